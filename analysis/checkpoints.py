@@ -1,0 +1,88 @@
+"""Open a run directory and rebuild its models and data from ``run.json``.
+
+>>> run = Run.open("checkpoints/digits-fedmut-s0")
+>>> model = run.model(round=50)              # nn.Module with the round-50 global weights
+>>> data = run.dataset()                     # the same train/test split as in training
+>>> sent, returned, info = run.clients(50)   # with --save-clients
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flatfl import checkpoint as ckpt
+from flatfl.config import DataConfig
+from flatfl.data import Dataset, load_dataset
+from flatfl.errors import UserError
+from flatfl.models import build_model
+from flatfl.statedict import StateDict
+
+
+@dataclass
+class Run:
+    """A run directory: its ``run.json`` and accessors for every saved round."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        path = Path(path)
+        return cls(path, ckpt.read_run_json(path))
+
+    @classmethod
+    def of_checkpoint(cls, file: str | Path) -> tuple[Run, int]:
+        """The run a ``round_NNNN.safetensors`` belongs to (its directory) and the round."""
+        file = Path(file)
+        if not (file.parent / ckpt.RUN_JSON).is_file():
+            raise UserError(f"{file}: no run.json beside it in {file.parent}; it cannot be rebuilt")
+        run = cls.open(file.parent)
+        _, r = ckpt.load_round(file, run.identity)
+        return run, r
+
+    @property
+    def identity(self) -> str:
+        return self.info["identity"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info["config"]
+
+    def rounds(self) -> list[int]:
+        return ckpt.list_rounds(self.path)
+
+    def global_state(self, round: int) -> StateDict:
+        state, _ = ckpt.load_round(ckpt.round_path(self.path, round), self.identity)
+        order = self.info["model"]["state_keys"]
+        return {k: state[k] for k in order} if set(order) == set(state) else state
+
+    def build(self) -> nn.Module:
+        """A fresh model of the run's architecture (weights not loaded)."""
+        m = self.info["model"]
+        return build_model(m["name"], **m["kwargs"])
+
+    def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
+        net = self.build()
+        net.load_state_dict(self.global_state(round))
+        return net.to(device)
+
+    def dataset(self) -> Dataset:
+        return load_dataset(DataConfig(**self.config["data"]))
+
+    def partition(self) -> list[np.ndarray]:
+        return [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(self.path)]
+
+    def clients(self, round: int) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
+        path = ckpt.clients_path(self.path, round)
+        if not path.is_file():
+            raise UserError(f"{path}: missing; train with --save-clients to keep client models")
+        return ckpt.load_clients(path)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return ckpt.read_metrics(self.path)

@@ -1,0 +1,19 @@
+"""Algorithm registry: ``--algo`` name -> class (with its frozen ``config_cls``)."""
+
+from __future__ import annotations
+
+from flatfl.algorithms.base import FederatedAlgorithm
+from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
+from flatfl.algorithms.fedmut import FedMut, FedMutConfig
+from flatfl.errors import UserError
+
+ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {cls.name: cls for cls in (FedAvg, FedMut)}
+
+
+def get_algorithm(name: str) -> type[FederatedAlgorithm]:
+    if name not in ALGORITHMS:
+        raise UserError(f"--algo: unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+__all__ = ["ALGORITHMS", "FedAvg", "FedAvgConfig", "FedMut", "FedMutConfig", "get_algorithm"]

@@ -1,0 +1,109 @@
+"""The federated round, written once; algorithms override only the hook that differs.
+
+One round t of every algorithm here is::
+
+    sent_i   = dispatch(t, w_t, clients)              # what each sampled client receives
+    w_i      = local training of client i from sent_i  # done by the trainer's Federation
+    w_{t+1}  = aggregate(t, w_t, [w_i])                # new global model
+    after_round(t, w_t, w_{t+1})                       # update the algorithm's own state
+
+FedAvg uses the defaults (send w_t to all, weighted mean). FedMut overrides ``dispatch``
+(mutants) and ``after_round`` (remember w_t). Algorithm state is explicit (``state_tensors``
+/ ``state_json``) and saved with every round, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from flatfl.statedict import StateDict, weighted_average
+
+
+@dataclass
+class ClientUpdate:
+    """What one sampled client returns: its trained model and how it got there."""
+
+    client: int
+    num_samples: int
+    state: StateDict
+    train_loss: float
+
+
+class Federation(Protocol):
+    """Runs local training; provided by the trainer (data, device, optimiser, seeds)."""
+
+    def train_client(self, round: int, slot: int, client: int, state: StateDict) -> ClientUpdate:
+        ...
+
+
+@dataclass
+class RoundOutput:
+    new_global: StateDict
+    sent: list[StateDict]
+    updates: list[ClientUpdate]
+
+
+class FederatedAlgorithm:
+    """Base class: FedAvg's behaviour in every hook."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, config: Any, *, param_names: Sequence[str]) -> None:
+        self.config = config
+        self.param_names = tuple(param_names)
+
+    # -- the round loop ---------------------------------------------------------------
+    def run_round(
+        self,
+        round: int,
+        global_state: StateDict,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+        federation: Federation,
+    ) -> RoundOutput:
+        sent = self.dispatch(round, global_state, clients, rng)
+        updates = [
+            federation.train_client(round, slot, int(c), s)
+            for slot, (c, s) in enumerate(zip(clients, sent))
+        ]
+        new_global = self.aggregate(round, global_state, updates)
+        self.after_round(round, global_state, new_global)
+        return RoundOutput(new_global, sent, updates)
+
+    # -- hooks ------------------------------------------------------------------------
+    def dispatch(
+        self,
+        round: int,
+        global_state: StateDict,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+    ) -> list[StateDict]:
+        """Models sent to the sampled clients, in slot order. Default: the global model."""
+        return [global_state for _ in clients]
+
+    def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
+        """New global model: sample-weighted mean (``weighted``) or plain mean of the returns."""
+        weights = [u.num_samples if self.config.weighted else 1.0 for u in updates]
+        return weighted_average([u.state for u in updates], weights)
+
+    def after_round(self, round: int, old_global: StateDict, new_global: StateDict) -> None:
+        """Update the algorithm's state once the round's new global model is known."""
+
+    def dispatch_info(self) -> dict[str, Any]:
+        """JSON description of the last dispatch, saved with ``--save-clients``."""
+        return {}
+
+    # -- state (saved with every round) ---------------------------------------------------
+    def state_tensors(self) -> StateDict:
+        return {}
+
+    def state_json(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, tensors: StateDict, meta: dict[str, Any]) -> None:
+        """Restore what ``state_tensors``/``state_json`` saved."""

@@ -1,0 +1,65 @@
+"""Local training on one client: plain minibatch SGD over in-memory tensors.
+
+The client's data stay on the device; each epoch is a fresh permutation drawn from the
+generator passed in (the last, smaller batch is kept, as PyTorch's DataLoader does by
+default). A new ``torch.optim.SGD`` is made per call, so no momentum carries over
+between rounds -- as in the FedMut reference code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flatfl.config import LocalConfig
+
+
+def local_sgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: LocalConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Train ``model`` in place for ``cfg.epochs`` epochs; return the mean minibatch loss.
+
+    The loss is returned as a 0-d tensor on the model's device (no host sync per step).
+    """
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    model.train()
+    n = int(y.shape[0])
+    total = torch.zeros((), device=x.device)
+    steps = 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in [0, 1]) of ``model`` in eval mode; restores its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        for start in range(0, int(y.shape[0]), batch_size):
+            out = model(x[start : start + batch_size])
+            t = y[start : start + batch_size]
+            loss_sum += F.cross_entropy(out, t, reduction="sum").double()
+            correct += (out.argmax(1) == t).sum()
+        n = max(int(y.shape[0]), 1)
+        return float(loss_sum) / n, int(correct) / n
+    finally:
+        model.train(was_training)

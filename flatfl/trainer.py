@@ -1,0 +1,328 @@
+"""The federated simulation: K clients, m sampled per round, one checkpoint per round.
+
+``train(cfg, out)`` is the whole job behind ``flatfl train``:
+
+1. load the dataset, split it over clients (seeded), build the model (seeded);
+2. for each round t: sample m clients, let the algorithm run its round (dispatch, local
+   SGD on each client, aggregate, update state), evaluate the new global model on the test
+   split, and write ``round_t``, optional ``clients_t``, ``state`` and a metrics line;
+3. stop with :class:`DivergenceError` on the first non-finite loss or weight, leaving the
+   last finite round as the newest checkpoint.
+
+With ``resume=True`` it continues a run directory from its last committed round and gives
+bitwise the same tensors as an uninterrupted run on CPU (all randomness is derived from
+(seed, round, client); see ``flatfl.seeding``).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import torch
+
+import flatfl
+from flatfl import checkpoint as ckpt
+from flatfl import seeding
+from flatfl.algorithms import get_algorithm
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm
+from flatfl.config import RunConfig
+from flatfl.data import Dataset, load_dataset
+from flatfl.errors import DivergenceError, UserError
+from flatfl.local import evaluate, local_sgd
+from flatfl.models import build_model, check_fits, num_parameters
+from flatfl.partition import label_counts, partition_dirichlet, partition_iid
+from flatfl.statedict import StateDict, clone, first_nonfinite
+
+RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else must be a valid torch device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"--device: {device!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: CUDA was asked for but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
+    rng = seeding.derive_rng(cfg.seed, seeding.PARTITION)
+    d = cfg.data
+    if d.partition == "iid":
+        return partition_iid(len(data.train), d.num_clients, rng)
+    if d.partition == "dirichlet":
+        labels = data.train.y.numpy()
+        return partition_dirichlet(labels, d.num_clients, d.dirichlet_alpha, d.min_size, rng)
+    raise UserError(f"--partition: unknown scheme {d.partition!r}; choose from iid, dirichlet")
+
+
+def sample_clients(cfg: RunConfig, round: int) -> np.ndarray:
+    """m distinct clients for ``round``, from the generator derived from (seed, round)."""
+    rng = seeding.derive_rng(cfg.seed, seeding.SAMPLE, round)
+    return rng.choice(cfg.data.num_clients, cfg.clients_per_round, replace=False)
+
+
+@dataclass
+class RoundLog:
+    round: int
+    test_loss: float
+    test_acc: float
+    train_loss: float | None
+    wall_time: float
+
+
+class Simulation:
+    """Holds the data, the working model and the algorithm; implements ``Federation``."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device, data: Dataset, parts: list[np.ndarray]) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.data = data
+        self.train_data = data.train.to(device)
+        self.test_data = data.test.to(device)
+        self.client_idx = [torch.as_tensor(p, dtype=torch.long, device=device) for p in parts]
+        self.client_x = [self.train_data.x[i] for i in self.client_idx]
+        self.client_y = [self.train_data.y[i] for i in self.client_idx]
+        torch.manual_seed(seeding.derive_seed(cfg.seed, seeding.INIT))
+        model = build_model(cfg.model, **cfg.model_kwargs)
+        check_fits(model, cfg.model, cfg.data.dataset, data.input_shape)
+        self.model = model.to(device)
+        self.algorithm: FederatedAlgorithm = get_algorithm(cfg.algo)(
+            cfg.algo_config, param_names=[n for n, _ in model.named_parameters()]
+        )
+        self.on_client_done: Callable[[int, int], None] | None = None
+
+    def initial_state(self) -> StateDict:
+        return clone(self.model.state_dict())
+
+    # Federation ------------------------------------------------------------------------
+    def train_client(self, round: int, slot: int, client: int, state: StateDict) -> ClientUpdate:
+        self.model.load_state_dict(state)
+        seed = seeding.derive_seed(self.cfg.seed, seeding.CLIENT, round, client)
+        torch.manual_seed(seed)  # dropout and other in-model randomness
+        gen = torch.Generator().manual_seed(seed)
+        loss_t = local_sgd(self.model, self.client_x[client], self.client_y[client], self.cfg.local, gen)
+        loss = float(loss_t)
+        new_state = clone(self.model.state_dict())
+        bad = None if np.isfinite(loss) else f"loss ({loss})"
+        if bad is None:
+            key = first_nonfinite(new_state)
+            bad = None if key is None else f"weight in {key}"
+        if bad is not None:
+            raise DivergenceError(f"round {round}, client {client}: local training produced a non-finite {bad}", round, client)
+        if self.on_client_done is not None:
+            self.on_client_done(slot, client)
+        return ClientUpdate(client, len(self.client_y[client]), new_state, loss)
+
+    def evaluate(self, state: StateDict) -> tuple[float, float]:
+        self.model.load_state_dict(state)
+        return evaluate(self.model, self.test_data.x, self.test_data.y, self.cfg.eval_batch_size)
+
+
+def _run_info(cfg: RunConfig, sim: Simulation, parts: list[np.ndarray], device: torch.device) -> dict[str, Any]:
+    labels = sim.data.train.y.numpy()
+    return {
+        "config": cfg.to_dict(),
+        "identity": cfg.identity(),
+        "clients_per_round": cfg.clients_per_round,
+        "versions": {
+            "flatfl": flatfl.__version__,
+            "torch": torch.__version__.split("+")[0],
+            "numpy": np.__version__,
+            "safetensors": safetensors.__version__,
+            "python": platform.python_version(),
+        },
+        "model": {
+            "name": cfg.model,
+            "kwargs": cfg.model_kwargs,
+            "num_parameters": num_parameters(sim.model),
+            "parameters": [n for n, _ in sim.model.named_parameters()],
+            "state_keys": list(sim.model.state_dict().keys()),
+        },
+        "dataset": sim.data.summary(),
+        "partition": {
+            "scheme": cfg.data.partition,
+            "dirichlet_alpha": cfg.data.dirichlet_alpha if cfg.data.partition == "dirichlet" else None,
+            "min_size": cfg.data.min_size,
+            "num_clients": cfg.data.num_clients,
+            "sizes": [len(p) for p in parts],
+            "label_counts": label_counts(parts, labels, sim.data.num_classes).tolist(),
+        },
+        "seeding": "numpy SeedSequence([seed, purpose, round, client]); see flatfl/seeding.py",
+    }
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless asked; remove flatfl files on ``overwrite``."""
+    run_json = out / ckpt.RUN_JSON
+    if resume:
+        if not out.is_dir():
+            raise UserError(f"--resume: {out} does not exist; start the run without --resume")
+        if not run_json.is_file():
+            raise UserError(f"--resume: {run_json} is missing; {out} holds no flatfl run to resume")
+        return
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
+    if run_json.exists() or list(out.glob("round_*.safetensors")):
+        if not overwrite:
+            raise UserError(
+                f"--out: {out} already holds a run; continue it with --resume {out} "
+                "or replace it with --overwrite"
+            )
+        for p in out.iterdir():
+            name = p.name
+            ours = name in RUN_FILES or (
+                name.endswith(".safetensors") and name.startswith(("round_", "clients_"))
+            )
+            if ours or (name.startswith(".") and name.endswith(".tmp")):
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[RoundLog]:
+    """Run (or continue) the federated simulation described by ``cfg`` into ``out``.
+
+    Returns the log of the rounds run by this call. Raises :class:`UserError` for bad
+    input and :class:`DivergenceError` when training produces non-finite values.
+    """
+    out = Path(out)
+    log = log or (lambda s: print(s, flush=True))
+    prepare_out(out, resume=resume, overwrite=overwrite)
+    dev = resolve_device(device)
+    data = load_dataset(cfg.data)
+    identity = cfg.identity()
+
+    if resume:
+        parts = [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(out)]
+        n = len(data.train)
+        if len(parts) != cfg.data.num_clients or any(len(p) and (p.min() < 0 or p.max() >= n) for p in parts):
+            raise UserError(f"{out / ckpt.PARTITION_JSON}: does not match the run's data ({cfg.data.num_clients} clients over {n} samples)")
+    else:
+        parts = make_partition(cfg, data)
+    sim = Simulation(cfg, dev, data, parts)
+    algo = sim.algorithm
+    config_dict = cfg.to_dict()
+
+    if resume:
+        start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
+        if algo_name != cfg.algo:
+            raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")
+        global_cpu, r = ckpt.load_round(ckpt.round_path(out, start), identity)
+        # files store tensors sorted by name; keep the model's state_dict order, which fixes
+        # the order in which FedMut draws per-tensor coefficients (resume == straight run)
+        model_sd = sim.model.state_dict()
+        _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
+        global_state = {k: global_cpu[k].to(dev) for k in model_sd}
+        algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
+        ckpt.truncate_metrics(out, start)
+        ckpt.write_run_json(out, _run_info(cfg, sim, parts, dev))
+        if start >= cfg.rounds:
+            log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
+            return []
+        log(f"resuming {out} from round {start}")
+    else:
+        start = 0
+        global_state = sim.initial_state()
+        ckpt.write_run_json(out, _run_info(cfg, sim, parts, dev))
+        ckpt.atomic_write_json(out / ckpt.PARTITION_JSON, {"clients": [p.tolist() for p in parts]})
+        ckpt.save_round(out, 0, global_state, config_dict, identity)
+        ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
+        loss0, acc0 = sim.evaluate(global_state)
+        ckpt.append_metrics(out, {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)})
+
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.rounds, initial=start, desc=f"{cfg.algo} rounds", unit="round", dynamic_ncols=True)
+        sim.on_client_done = lambda slot, client: bar.set_postfix_str(
+            f"client {slot + 1}/{cfg.clients_per_round}", refresh=True
+        )
+
+    logs: list[RoundLog] = []
+    try:
+        for t in range(start + 1, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            clients = sample_clients(cfg, t)
+            rng = seeding.derive_rng(cfg.seed, seeding.ALGORITHM, t)
+            result = algo.run_round(t, global_state, clients.tolist(), rng, sim)
+            new_global = result.new_global
+            key = first_nonfinite(new_global)
+            if key is not None:
+                raise DivergenceError(f"round {t}: the aggregated global model has non-finite values in {key}", t, None)
+            test_loss, test_acc = sim.evaluate(new_global)
+            if not np.isfinite(test_loss):
+                raise DivergenceError(f"round {t}: the global model's test loss is {test_loss}", t, None)
+            train_losses = [u.train_loss for u in result.updates]
+            if cfg.save_clients:
+                info = {
+                    "clients": [u.client for u in result.updates],
+                    "num_samples": [u.num_samples for u in result.updates],
+                    "train_loss": train_losses,
+                }
+                info.update(algo.dispatch_info())
+                ckpt.save_clients(out, t, result.sent, [u.state for u in result.updates], info, identity)
+            ckpt.save_round(out, t, new_global, config_dict, identity)
+            ckpt.save_state(out, t, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
+            wall = time.perf_counter() - t0
+            rec = RoundLog(t, test_loss, test_acc, float(np.mean(train_losses)), wall)
+            ckpt.append_metrics(out, {
+                "round": t, "test_loss": test_loss, "test_acc": test_acc, "train_loss": rec.train_loss,
+                "clients": [u.client for u in result.updates], "client_train_loss": train_losses,
+                "wall_time": wall, "device": str(dev),
+            })
+            logs.append(rec)
+            global_state = new_global
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(acc=f"{test_acc:.3f}", loss=f"{test_loss:.3f}")
+            else:
+                log(
+                    f"[{cfg.algo}] round {t}/{cfg.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
+                    f"train_loss {rec.train_loss:.4f}  {wall:.2f}s"
+                )
+    except DivergenceError as exc:
+        last = ckpt.list_rounds(out)[-1] if ckpt.list_rounds(out) else 0
+        raise DivergenceError(
+            f"{exc}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
+            "Lower --lr, --momentum or (FedMut) --radius.",
+            exc.round,
+            exc.client,
+        ) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return logs
+
+
+def _check_keys(saved: StateDict, expected: StateDict, path: Path) -> None:
+    if set(saved) != set(expected):
+        missing = sorted(set(expected) - set(saved))[:3]
+        extra = sorted(set(saved) - set(expected))[:3]
+        raise UserError(f"{path}: tensors do not match the model (missing {missing}, unexpected {extra})")
+    for k, v in expected.items():
+        if tuple(saved[k].shape) != tuple(v.shape):
+            raise UserError(f"{path}: tensor {k} has shape {tuple(saved[k].shape)}, the model expects {tuple(v.shape)}")
+
