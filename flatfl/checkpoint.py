@@ -12,7 +12,9 @@ See ``docs/checkpoint-format.md``. Files (no pickle anywhere, safetensors + JSON
 * ``metrics.jsonl``            one JSON line per round
 
 Every write goes to a temporary file in the same directory, is fsynced, then renamed over
-the target (``os.replace`` is atomic on POSIX): a crash leaves the previous file intact.
+the target (``os.replace`` is atomic on POSIX): a crash leaves the previous file or the new
+one, never a torn file. (The directory itself is not fsynced: after a power cut a rename
+may be lost, which leaves the previous round's file -- still a valid checkpoint.)
 ``state.safetensors`` is written last in a round and is the commit point for ``--resume``.
 """
 
@@ -21,9 +23,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -37,6 +42,7 @@ FORMAT_VERSION = 1
 RUN_JSON = "run.json"
 PARTITION_JSON = "partition.json"
 STATE_FILE = "state.safetensors"
+META_KEY = "flatfl"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -63,20 +69,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -84,14 +76,26 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def save_tensors(path: Path, tensors: StateDict, metadata: dict[str, Any]) -> None:
-    """Atomically save tensors (moved to CPU, contiguous) with JSON-encoded metadata values."""
-    meta = {k: v if isinstance(v, str) else canonical_json(v) for k, v in metadata.items()}
-    # clone: safetensors refuses tensors that share storage (e.g. FedAvg's identical sent models)
-    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    """Atomically save tensors (copied to CPU, contiguous) with JSON metadata.
+
+    The metadata go into one header entry, ``"flatfl"``, as canonical JSON: safetensors
+    writes its metadata map in hash order, so several entries would make the bytes of
+    identical checkpoints differ from run to run.
+    """
+    meta = {META_KEY: canonical_json(metadata)}
+    cpu: StateDict = {}
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        t = v.detach().to("cpu")
+        if t.data_ptr() in seen or not t.is_contiguous():
+            # safetensors refuses tensors that share storage (FedAvg sends one model m times)
+            t = t.clone(memory_format=torch.contiguous_format)
+        seen.add(t.data_ptr())
+        cpu[k] = t
     atomic_write_bytes(path, st_save(cpu, metadata=meta))
 
 
-def load_tensors(path: Path) -> tuple[StateDict, dict[str, str]]:
+def load_tensors(path: Path) -> tuple[StateDict, dict[str, Any]]:
     """Load a safetensors file and its metadata; a missing or corrupt file is a UserError."""
     path = Path(path)
     if not path.is_file():
@@ -105,10 +109,11 @@ def load_tensors(path: Path) -> tuple[StateDict, dict[str, str]]:
     return tensors, meta
 
 
-def _read_metadata(data: bytes) -> dict[str, str]:
+def _read_metadata(data: bytes) -> dict[str, Any]:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
-    return dict(header.get("__metadata__", {}) or {})
+    raw = (header.get("__metadata__") or {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
 
 
 # -- run.json ----------------------------------------------------------------------------
@@ -146,10 +151,13 @@ def read_partition(run_dir: Path) -> list[list[int]]:
 
 # -- rounds ------------------------------------------------------------------------------
 def save_round(run_dir: Path, round: int, state: StateDict, config: dict[str, Any], identity: str) -> None:
+    """Global model after ``round``; metadata carry the run's config (without ``rounds``,
+    which is the run's plan, not a property of this model) and its identity hash."""
+    config = {k: v for k, v in config.items() if k != "rounds"}
     save_tensors(
         round_path(run_dir, round),
         state,
-        {"format": "flatfl.round", "round": str(round), "run_identity": identity, "config": config},
+        {"format": "flatfl.round", "round": round, "run_identity": identity, "config": config},
     )
 
 
@@ -185,7 +193,7 @@ def save_clients(
     for slot, (s, r) in enumerate(zip(sent, returned)):
         tensors.update({f"sent/{slot}/{k}": v for k, v in s.items()})
         tensors.update({f"returned/{slot}/{k}": v for k, v in r.items()})
-    meta = {"format": "flatfl.clients", "round": str(round), "run_identity": identity, **info}
+    meta = {"format": "flatfl.clients", "round": round, "run_identity": identity, **info}
     save_tensors(clients_path(run_dir, round), tensors, meta)
 
 
@@ -194,20 +202,21 @@ def load_clients(path: Path) -> tuple[list[StateDict], list[StateDict], dict[str
     tensors, meta = load_tensors(path)
     if meta.get("format") != "flatfl.clients":
         raise UserError(f"{path}: not a flatfl clients file")
-    info = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "round", "run_identity")}
+    info = {k: v for k, v in meta.items() if k not in ("format", "run_identity")}
     m = len(info["clients"])
     sent: list[StateDict] = [{} for _ in range(m)]
     returned: list[StateDict] = [{} for _ in range(m)]
     for name, v in tensors.items():
         kind, slot, key = name.split("/", 2)
         (sent if kind == "sent" else returned)[int(slot)][key] = v
-    info["round"] = int(meta["round"])
     return sent, returned, info
 
 
 # -- server state (commit point) ------------------------------------------------------------
-def save_state(run_dir: Path, round: int, algo: str, tensors: StateDict, algo_json: dict[str, Any], identity: str) -> None:
-    meta = {"format": "flatfl.state", "round": str(round), "algo": algo, "algo_state": algo_json, "run_identity": identity}
+def save_state(
+    run_dir: Path, round: int, algo: str, tensors: StateDict, algo_json: dict[str, Any], identity: str
+) -> None:
+    meta = {"format": "flatfl.state", "round": round, "algo": algo, "algo_state": algo_json, "run_identity": identity}
     save_tensors(Path(run_dir) / STATE_FILE, tensors, meta)
 
 
@@ -218,7 +227,7 @@ def load_state(run_dir: Path, identity: str) -> tuple[int, str, StateDict, dict[
         raise UserError(f"{path}: not a flatfl state file")
     if meta.get("run_identity") != identity:
         raise UserError(f"{path}: belongs to a different run than {Path(run_dir) / RUN_JSON}")
-    return int(meta["round"]), meta["algo"], tensors, json.loads(meta["algo_state"])
+    return int(meta["round"]), meta["algo"], tensors, meta["algo_state"]
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -247,3 +256,43 @@ def truncate_metrics(run_dir: Path, last_round: int) -> None:
     """Keep only records of rounds <= last_round (used on resume)."""
     keep = [r for r in read_metrics(run_dir) if r.get("round", 0) <= last_round]
     atomic_write_bytes(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
+class BackgroundWriter:
+    """Runs checkpoint writes on one background thread, in submission order.
+
+    Training of round t+1 overlaps the (fsynced) writes of round t. Writes stay ordered, so
+    the commit protocol (round file, then state, then metrics) holds; ``close()`` waits for
+    all of them, and an exception raised by a write is re-raised on the next ``submit`` or
+    on ``close``. Callers pass tensors that are not modified afterwards (CPU snapshots).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flatfl-ckpt")
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._raise_failed()
+        self._pending.append(self._pool.submit(fn))
+
+    def _raise_failed(self) -> None:
+        still = []
+        for f in self._pending:
+            if f.done():
+                f.result()  # re-raises a failed write
+            else:
+                still.append(f)
+        self._pending = still
+
+    def close(self) -> None:
+        try:
+            for f in self._pending:
+                f.result()
+        finally:
+            self._pending = []
+            self._pool.shutdown(wait=True)
+
+
+def cpu_snapshot(sd: StateDict) -> StateDict:
+    """Detached CPU copies, safe to hand to a :class:`BackgroundWriter`."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}

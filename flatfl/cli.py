@@ -18,17 +18,29 @@ from flatfl.errors import DivergenceError, UserError
 
 # flag dest -> (section of RunConfig, field). Section "" is RunConfig itself.
 DATA_FLAGS = {
-    "dataset": "dataset", "test_frac": "test_frac", "split_seed": "split_seed",
-    "partition": "partition", "dirichlet": "dirichlet_alpha", "min_size": "min_size",
+    "dataset": "dataset",
+    "test_frac": "test_frac",
+    "split_seed": "split_seed",
+    "partition": "partition",
+    "dirichlet": "dirichlet_alpha",
+    "min_size": "min_size",
     "clients": "num_clients",
 }
 LOCAL_FLAGS = {
-    "lr": "lr", "momentum": "momentum", "batch_size": "batch_size",
-    "local_epochs": "epochs", "weight_decay": "weight_decay",
+    "lr": "lr",
+    "momentum": "momentum",
+    "batch_size": "batch_size",
+    "local_epochs": "epochs",
+    "weight_decay": "weight_decay",
 }
 RUN_FLAGS = ("algo", "model", "rounds", "frac", "seed", "save_clients", "eval_batch_size")
-ALGO_FLAGS = {"weighted": "weighted", "radius": "radius", "mut_acc_rate": "mut_acc_rate",
-              "mut_bound": "mut_bound", "mutate": "mutate"}
+ALGO_FLAGS = {
+    "weighted": "weighted",
+    "radius": "radius",
+    "mut_acc_rate": "mut_acc_rate",
+    "mut_bound": "mut_bound",
+    "mutate": "mutate",
+}
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {"rounds", "device", "progress", "resume", "out", "overwrite", "command"}
 
@@ -94,69 +106,167 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = t.add_argument_group("data and clients")
-    g.add_argument("--dataset", choices=sorted(DATASETS), metavar="NAME",
-                   help=f"dataset: {'; '.join(f'{k}: {v.description}' for k, v in sorted(DATASETS.items()))} {_d(dd, 'dataset')}")
-    g.add_argument("--test-frac", type=open_frac, metavar="F",
-                   help=f"fraction of the data held out as the global test set, for datasets without an official split {_d(dd, 'test_frac')}")
-    g.add_argument("--split-seed", type=nonneg_int, metavar="S",
-                   help=f"seed of the train/test split, kept apart from --seed so all runs share one test set {_d(dd, 'split_seed')}")
+    g.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        metavar="NAME",
+        help=f"dataset: {'; '.join(f'{k}: {v.description}' for k, v in sorted(DATASETS.items()))} {_d(dd, 'dataset')}",
+    )
+    g.add_argument(
+        "--test-frac",
+        type=open_frac,
+        metavar="F",
+        help="fraction of the data held out as the global test set, for datasets without an official "
+        f"split {_d(dd, 'test_frac')}",
+    )
+    g.add_argument(
+        "--split-seed",
+        type=nonneg_int,
+        metavar="S",
+        help="seed of the train/test split, kept apart from --seed so all runs share one test set "
+        f"{_d(dd, 'split_seed')}",
+    )
     g.add_argument("--clients", type=pos_int, metavar="K", help=f"number of clients K {_d(dd, 'num_clients')}")
-    g.add_argument("--frac", type=frac_0_1, metavar="C",
-                   help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {_d(RunConfig, 'frac')}")
-    g.add_argument("--partition", choices=["iid", "dirichlet"],
-                   help=f"how training data are split over clients {_d(dd, 'partition')}")
-    g.add_argument("--dirichlet", type=pos_float, metavar="ALPHA",
-                   help=f"Dirichlet concentration of label skew; smaller = more non-IID {_d(dd, 'dirichlet_alpha')}")
-    g.add_argument("--min-size", type=pos_int, metavar="N",
-                   help=f"redraw the Dirichlet split until every client has at least N samples {_d(dd, 'min_size')}")
+    g.add_argument(
+        "--frac",
+        type=frac_0_1,
+        metavar="C",
+        help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {_d(RunConfig, 'frac')}",
+    )
+    g.add_argument(
+        "--partition",
+        choices=["iid", "dirichlet"],
+        help=f"how training data are split over clients {_d(dd, 'partition')}",
+    )
+    g.add_argument(
+        "--dirichlet",
+        type=pos_float,
+        metavar="ALPHA",
+        help=f"Dirichlet concentration of label skew; smaller = more non-IID {_d(dd, 'dirichlet_alpha')}",
+    )
+    g.add_argument(
+        "--min-size",
+        type=pos_int,
+        metavar="N",
+        help=f"redraw the Dirichlet split until every client has at least N samples {_d(dd, 'min_size')}",
+    )
 
     g = t.add_argument_group("model and local training")
-    g.add_argument("--model", choices=sorted(MODELS), metavar="NAME",
-                   help="model: " + "; ".join(f"{k}: {v.description}" for k, v in sorted(MODELS.items()))
-                   + " (default: per dataset, " + ", ".join(f"{d}: {m}" for d, m in sorted(DEFAULT_MODEL.items())) + ")")
+    g.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        metavar="NAME",
+        help="model: "
+        + "; ".join(f"{k}: {v.description}" for k, v in sorted(MODELS.items()))
+        + " (default: per dataset, "
+        + ", ".join(f"{d}: {m}" for d, m in sorted(DEFAULT_MODEL.items()))
+        + ")",
+    )
     g.add_argument("--lr", type=pos_float, help=f"local SGD learning rate {_d(ld, 'lr')}")
-    g.add_argument("--momentum", type=momentum_t,
-                   help=f"local SGD momentum; the FedMut paper uses 0.9, its reference code 0.5 {_d(ld, 'momentum')}")
+    g.add_argument(
+        "--momentum",
+        type=momentum_t,
+        help=f"local SGD momentum; the FedMut paper uses 0.9, its reference code 0.5 {_d(ld, 'momentum')}",
+    )
     g.add_argument("--batch-size", type=pos_int, metavar="B", help=f"local minibatch size {_d(ld, 'batch_size')}")
     g.add_argument("--local-epochs", type=pos_int, metavar="E", help=f"local epochs per round {_d(ld, 'epochs')}")
-    g.add_argument("--weight-decay", type=nonneg_float, metavar="WD", help=f"local SGD weight decay {_d(ld, 'weight_decay')}")
+    g.add_argument(
+        "--weight-decay", type=nonneg_float, metavar="WD", help=f"local SGD weight decay {_d(ld, 'weight_decay')}"
+    )
 
     g = t.add_argument_group("algorithm")
-    g.add_argument("--algo", choices=list(ALGORITHMS), metavar="NAME",
-                   help=f"federated algorithm: {', '.join(ALGORITHMS)} (default: fedavg)")
-    g.add_argument("--rounds", type=pos_int, metavar="T",
-                   help=f"number of rounds; with --resume, the new total {_d(RunConfig, 'rounds')}")
+    g.add_argument(
+        "--algo",
+        choices=list(ALGORITHMS),
+        metavar="NAME",
+        help=f"federated algorithm: {', '.join(ALGORITHMS)} (default: fedavg)",
+    )
+    g.add_argument(
+        "--rounds",
+        type=pos_int,
+        metavar="T",
+        help=f"number of rounds; with --resume, the new total {_d(RunConfig, 'rounds')}",
+    )
     w = g.add_mutually_exclusive_group()
-    w.add_argument("--weighted", dest="weighted", action="store_const", const=True,
-                   help="aggregate with sample-count weights (FedAvg's default)")
-    w.add_argument("--unweighted", dest="weighted", action="store_const", const=False,
-                   help="aggregate with the plain mean (FedMut's default, as in its reference code)")
-    g.add_argument("--radius", type=nonneg_float, metavar="ALPHA",
-                   help=f"FedMut: mutation radius alpha; mutant = w + c*alpha*(w - w_prev) {_d(fm, 'radius')}")
-    g.add_argument("--mut-acc-rate", type=unit, metavar="BETA0",
-                   help=f"FedMut: beta0; pairs are (+1, -1+beta), beta = beta0*(1 - min(r/mut_bound, 1)) "
-                        f"(the paper uses 0.5 for ResNet-18, 0.3 for CNN/VGG-16) {_d(fm, 'mut_acc_rate')}")
-    g.add_argument("--mut-bound", type=pos_int, metavar="TB",
-                   help=f"FedMut: round after which beta reaches 0 {_d(fm, 'mut_bound')}")
-    g.add_argument("--mutate", choices=["all", "params"],
-                   help="FedMut: 'all' mutates every floating-point state_dict entry (BatchNorm running "
-                        f"stats too, as the reference code); 'params' only parameters {_d(fm, 'mutate')}")
+    w.add_argument(
+        "--weighted",
+        dest="weighted",
+        action="store_const",
+        const=True,
+        help="aggregate with sample-count weights (FedAvg's default)",
+    )
+    w.add_argument(
+        "--unweighted",
+        dest="weighted",
+        action="store_const",
+        const=False,
+        help="aggregate with the plain mean (FedMut's default, as in its reference code)",
+    )
+    g.add_argument(
+        "--radius",
+        type=nonneg_float,
+        metavar="ALPHA",
+        help=f"FedMut: mutation radius alpha; mutant = w + c*alpha*(w - w_prev) {_d(fm, 'radius')}",
+    )
+    g.add_argument(
+        "--mut-acc-rate",
+        type=unit,
+        metavar="BETA0",
+        help=f"FedMut: beta0; pairs are (+1, -1+beta), beta = beta0*(1 - min(r/mut_bound, 1)) "
+        f"(the paper uses 0.5 for ResNet-18, 0.3 for CNN/VGG-16) {_d(fm, 'mut_acc_rate')}",
+    )
+    g.add_argument(
+        "--mut-bound",
+        type=pos_int,
+        metavar="TB",
+        help=f"FedMut: round after which beta reaches 0 {_d(fm, 'mut_bound')}",
+    )
+    g.add_argument(
+        "--mutate",
+        choices=["all", "params"],
+        help="FedMut: 'all' mutates every floating-point state_dict entry (BatchNorm running "
+        f"stats too, as the reference code); 'params' only parameters {_d(fm, 'mutate')}",
+    )
 
     g = t.add_argument_group("run")
-    g.add_argument("--seed", type=nonneg_int, help=f"run seed: partition, init, sampling, mutants, shuffles {_d(RunConfig, 'seed')}")
-    g.add_argument("--out", type=Path, metavar="DIR",
-                   help="run directory (default: checkpoints/<dataset>-<algo>-s<seed>)")
-    g.add_argument("--resume", type=Path, metavar="DIR",
-                   help="continue the run in DIR from its last completed round; its config comes from "
-                        "DIR/run.json (only --rounds, --device and --no-progress may be given)")
+    g.add_argument(
+        "--seed",
+        type=nonneg_int,
+        help=f"run seed: partition, init, sampling, mutants, shuffles {_d(RunConfig, 'seed')}",
+    )
+    g.add_argument(
+        "--out", type=Path, metavar="DIR", help="run directory (default: checkpoints/<dataset>-<algo>-s<seed>)"
+    )
+    g.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its last completed round; its config comes from "
+        "DIR/run.json (only --rounds, --device and --no-progress may be given)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    g.add_argument("--save-clients", action="store_true",
-                   help="also save, per round, the model sent to each sampled client (FedMut mutants) "
-                        "and the model it returned, in clients_NNNN.safetensors")
-    g.add_argument("--device", metavar="DEV", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--eval-batch-size", type=pos_int, metavar="N", help=f"batch size of test evaluation {_d(RunConfig, 'eval_batch_size')}")
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                   help="plain log lines instead of a progress bar (automatic when stderr is not a terminal)")
+    g.add_argument(
+        "--save-clients",
+        action="store_true",
+        help="also save, per round, the model sent to each sampled client (FedMut mutants) "
+        "and the model it returned, in clients_NNNN.safetensors",
+    )
+    g.add_argument(
+        "--device", metavar="DEV", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)"
+    )
+    g.add_argument(
+        "--eval-batch-size",
+        type=pos_int,
+        metavar="N",
+        help=f"batch size of test evaluation {_d(RunConfig, 'eval_batch_size')}",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="plain log lines instead of a progress bar (automatic when stderr is not a terminal)",
+    )
     return top
 
 
@@ -193,10 +303,12 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
 
 def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) -> None:
     """Flags given with --resume must agree with the saved config (except runtime ones)."""
-    values = {**{k: getattr(saved.data, f) for k, f in DATA_FLAGS.items()},
-              **{k: getattr(saved.local, f) for k, f in LOCAL_FLAGS.items()},
-              **{k: getattr(saved, k) for k in RUN_FLAGS},
-              **{k: getattr(saved.algo_config, f) for k, f in ALGO_FLAGS.items() if hasattr(saved.algo_config, f)}}
+    values = {
+        **{k: getattr(saved.data, f) for k, f in DATA_FLAGS.items()},
+        **{k: getattr(saved.local, f) for k, f in LOCAL_FLAGS.items()},
+        **{k: getattr(saved, k) for k in RUN_FLAGS},
+        **{k: getattr(saved.algo_config, f) for k, f in ALGO_FLAGS.items() if hasattr(saved.algo_config, f)},
+    }
     for k, v in ns.items():
         if k in RESUME_FREE:
             continue
@@ -232,8 +344,14 @@ def cmd_train(ns: dict[str, Any]) -> int:
         cfg = config_from_args(ns)
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
-    logs = train(cfg, Path(out), device=ns.get("device", "auto"), resume=resume,
-                 overwrite=ns.get("overwrite", False), progress=ns.get("progress"))
+    logs = train(
+        cfg,
+        Path(out),
+        device=ns.get("device", "auto"),
+        resume=resume,
+        overwrite=ns.get("overwrite", False),
+        progress=ns.get("progress"),
+    )
     if logs:
         last = logs[-1]
         print(f"done: {out} round {last.round}  test_acc {last.test_acc:.4f}  test_loss {last.test_loss:.4f}")
@@ -242,7 +360,10 @@ def cmd_train(ns: dict[str, Any]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = vars(parser.parse_args(argv))
+    try:
+        ns = vars(parser.parse_args(argv))
+    except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
+        return int(exc.code or 0)
     try:
         if ns["command"] == "train":
             return cmd_train(ns)

@@ -26,13 +26,10 @@ def local_sgd(
 
     The loss is returned as a 0-d tensor on the model's device (no host sync per step).
     """
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.train()
     n = int(y.shape[0])
-    total = torch.zeros((), device=x.device)
-    steps = 0
+    losses = []
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, cfg.batch_size):
@@ -41,9 +38,10 @@ def local_sgd(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach()
-            steps += 1
-    return total / max(steps, 1)
+            losses.append(loss.detach())
+    if not losses:
+        return torch.zeros((), device=x.device)
+    return torch.stack(losses).mean()
 
 
 @torch.no_grad()

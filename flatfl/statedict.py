@@ -47,12 +47,24 @@ def weighted_average(states: Sequence[StateDict], weights: Sequence[float]) -> S
 
 
 def is_finite(sd: StateDict) -> bool:
-    """True when every floating-point entry is free of NaN and inf."""
-    return all(bool(torch.isfinite(v).all()) for v in sd.values() if v.is_floating_point())
+    """True when every floating-point entry is free of NaN and inf.
+
+    One fused check: max|x| per tensor (``_foreach_norm`` with ord=inf, the kernel
+    ``clip_grad_norm_`` uses) is finite iff the tensor is, NaN propagating; one host sync.
+    """
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for v in sd.values():
+        if v.is_floating_point() and v.numel():
+            by_dtype.setdefault((v.dtype, v.device), []).append(v)
+    return all(
+        bool(torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all()) for ts in by_dtype.values()
+    )
 
 
 def first_nonfinite(sd: StateDict) -> str | None:
     """Name of the first floating-point entry holding NaN/inf, or None."""
+    if is_finite(sd):
+        return None
     for k, v in sd.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             return k

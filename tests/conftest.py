@@ -7,8 +7,21 @@ import pytest
 from flatfl.cli import main
 
 # A run small enough for tests: 6 clients, m = 3 per round (odd: exercises FedMut's plain slot).
-TINY = ["--dataset", "digits", "--clients", "6", "--frac", "0.5", "--local-epochs", "1",
-        "--dirichlet", "0.5", "--lr", "0.05", "--no-progress"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--clients",
+    "6",
+    "--frac",
+    "0.5",
+    "--local-epochs",
+    "1",
+    "--dirichlet",
+    "0.5",
+    "--lr",
+    "0.05",
+    "--no-progress",
+]
 
 
 @pytest.fixture

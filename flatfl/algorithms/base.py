@@ -36,8 +36,7 @@ class ClientUpdate:
 class Federation(Protocol):
     """Runs local training; provided by the trainer (data, device, optimiser, seeds)."""
 
-    def train_client(self, round: int, slot: int, client: int, state: StateDict) -> ClientUpdate:
-        ...
+    def train_client(self, round: int, slot: int, client: int, state: StateDict) -> ClientUpdate: ...
 
 
 @dataclass
@@ -67,10 +66,7 @@ class FederatedAlgorithm:
         federation: Federation,
     ) -> RoundOutput:
         sent = self.dispatch(round, global_state, clients, rng)
-        updates = [
-            federation.train_client(round, slot, int(c), s)
-            for slot, (c, s) in enumerate(zip(clients, sent))
-        ]
+        updates = [federation.train_client(round, slot, int(c), s) for slot, (c, s) in enumerate(zip(clients, sent))]
         new_global = self.aggregate(round, global_state, updates)
         self.after_round(round, global_state, new_global)
         return RoundOutput(new_global, sent, updates)

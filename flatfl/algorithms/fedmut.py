@@ -64,9 +64,7 @@ def ctrl_rate(r: int, mut_acc_rate: float, mut_bound: int) -> float:
     return mut_acc_rate * (1.0 - min(r / mut_bound, 1.0))
 
 
-def mutation_coefficients(
-    num_tensors: int, m: int, beta: float, rng: np.random.Generator
-) -> np.ndarray:
+def mutation_coefficients(num_tensors: int, m: int, beta: float, rng: np.random.Generator) -> np.ndarray:
     """(num_tensors, m) coefficients: per row a shuffle of floor(m/2) pairs (+1, -1 + beta).
 
     With m odd the last column is 0 (that slot gets the plain global model).
@@ -93,11 +91,7 @@ class FedMut(FederatedAlgorithm):
     def mutable_keys(self, state: StateDict) -> list[str]:
         """State-dict entries that are mutated, in state-dict order."""
         params = set(self.param_names)
-        return [
-            k
-            for k, v in state.items()
-            if v.is_floating_point() and (self.config.mutate == "all" or k in params)
-        ]
+        return [k for k, v in state.items() if v.is_floating_point() and (self.config.mutate == "all" or k in params)]
 
     def dispatch(
         self,
@@ -145,8 +139,6 @@ class FedMut(FederatedAlgorithm):
     def load_state(self, tensors: StateDict, meta: dict[str, Any]) -> None:
         if meta.get("has_prev_global"):
             prefix = "prev_global/"
-            self.prev_global = {
-                k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)
-            }
+            self.prev_global = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         else:
             self.prev_global = None
