@@ -263,8 +263,9 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.rounds, initial=start, desc=f"{cfg.algo} rounds", unit="round", dynamic_ncols=True)
+        last_eval = {"text": ""}
         sim.on_client_done = lambda slot, client: bar.set_postfix_str(
-            f"client {slot + 1}/{cfg.clients_per_round}", refresh=True
+            f"client {slot + 1}/{cfg.clients_per_round}{last_eval['text']}", refresh=True
         )
 
     logs: list[RoundLog] = []
@@ -329,7 +330,8 @@ def train(
             global_state = new_global
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(acc=f"{test_acc:.3f}", loss=f"{test_loss:.3f}")
+                last_eval["text"] = f" | test acc {test_acc:.3f} loss {test_loss:.3f}"
+                bar.set_postfix_str(last_eval["text"].lstrip(" |"))
             else:
                 log(
                     f"[{cfg.algo}] round {t}/{cfg.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
