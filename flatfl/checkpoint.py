@@ -268,7 +268,7 @@ class BackgroundWriter:
     """
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flatfl-ckpt")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flatfl-ckpt", initializer=_lower_priority)
         self._pending: list[Future] = []
 
     def submit(self, fn: Callable[[], None]) -> None:
@@ -291,6 +291,20 @@ class BackgroundWriter:
         finally:
             self._pending = []
             self._pool.shutdown(wait=True)
+
+
+def _lower_priority() -> None:
+    """Nice the writer thread (Linux: per thread) so it yields the cores to training threads.
+
+    On a small machine the writes' CPU time (serialisation, syscalls, fsync) would otherwise
+    preempt PyTorch's intra-op threads and stall every op's barrier.
+    """
+    try:
+        import threading
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        pass
 
 
 def cpu_snapshot(sd: StateDict) -> StateDict:

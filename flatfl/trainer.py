@@ -288,6 +288,7 @@ def train(
                             u.client,
                         )
                 raise DivergenceError(f"round {t}: the aggregated global model has non-finite values in {key}", t, None)
+            t1 = time.perf_counter()
             test_loss, test_acc = sim.evaluate(new_global)
             if not np.isfinite(test_loss):
                 raise DivergenceError(f"round {t}: the global model's test loss is {test_loss}", t, None)
@@ -308,6 +309,7 @@ def train(
                 "clients": clients_info["clients"],
                 "client_train_loss": train_losses,
                 "wall_time": wall,
+                "round_time": t1 - t0,
                 "device": str(dev),
             }
             writer.submit(
