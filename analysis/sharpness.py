@@ -1,0 +1,228 @@
+"""Sharpness of a minimum: how much the loss rises under bounded weight perturbations.
+
+Each measure maximises (or averages) L(w + delta) - L(w) over a neighbourhood of the weights
+w; they differ in the neighbourhood. All work on any :class:`Objective` (a model's mean
+loss over a data set, :class:`analysis.operators.ModelLoss`, or a closed-form test loss) and
+return a :class:`SharpnessResult` recording the definition's parameters.
+
+* epsilon-sharpness (Keskar et al., ICLR 2017, Metric 2.1, full space):
+      100 * max_{|delta_i| <= eps (|w_i| + 1)} [L(w + delta) - L(w)] / (1 + L(w)),
+  maximised with L-BFGS-B (scipy) within the box, as in the paper.
+* SAM sharpness (Foret et al., ICLR 2021):  max_{||delta||_2 <= rho} L(w + delta) - L(w);
+  with ``m`` set, m-sharpness: the mean over disjoint batches of m samples of each batch's
+  own worst case.
+* adaptive sharpness (Kwon et al., ICML 2021 "ASAM"; Andriushchenko et al., ICML 2023):
+      max_{||delta / |w| ||_p <= rho} L(w + delta) - L(w),  p in {2, inf},
+  i.e. delta = |w| * u elementwise with ||u||_p <= rho. Invariant to rescaling a ReLU layer
+  pair by (a, 1/a) (Dinh et al., ICML 2017), unlike the Hessian's lambda_max.
+* average-case sharpness: E_delta [L(w + delta) - L(w)] for delta ~ N(0, sigma^2 diag(|w|^2))
+  (adaptive, default) or N(0, sigma^2 I), Monte Carlo with a standard error and 95% interval.
+
+Maximisation for SAM/adaptive uses projected steepest ascent (normalised gradient for l2,
+sign of the gradient for l_inf), started from the one-step SAM/ASAM perturbation, keeping
+the best point seen; ``steps`` is the budget. Closed forms these match: for a quadratic at its
+minimum SAM sharpness is rho^2 lambda_max / 2 and adaptive-l2 is rho^2 lambda_max(|W| H |W|) / 2;
+for a linear loss g^T w SAM is rho ||g||, adaptive-l_inf rho sum |w_i g_i|, and epsilon-sharpness
+100 eps sum (|w_i| + 1)|g_i| / (1 + L).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+
+
+class Objective(Protocol):
+    """A loss over flat parameters, optionally restricted to a subset of batches."""
+
+    size: int
+    dtype: torch.dtype
+    device: torch.device
+    batches: list
+
+    def flat(self) -> torch.Tensor: ...
+
+    def loss(self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None) -> float: ...
+
+    def loss_and_gradient(
+        self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None
+    ) -> tuple[float, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """One sharpness value with the loss it started from and the definition's parameters."""
+
+    measure: str
+    value: float
+    base_loss: float
+    settings: dict[str, Any]
+    num_loss_evals: int
+    stderr: float | None = None
+    ci95: tuple[float, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rebatch(obj: Objective, m: int) -> list[list[tuple]]:
+    """Disjoint groups of exactly-m samples (the tail < m is dropped, as in m-sharpness)."""
+    xs = torch.cat([b[0] for b in obj.batches])
+    ys = torch.cat([b[1] for b in obj.batches])
+    return [[(xs[i : i + m], ys[i : i + m])] for i in range(0, len(ys) - m + 1, m)]
+
+
+def _ascent(
+    obj: Objective,
+    w: torch.Tensor,
+    scale: torch.Tensor | None,
+    rho: float,
+    p: float,
+    steps: int,
+    batches: Sequence[tuple] | None,
+    generator: torch.Generator | None,
+) -> tuple[float, float, int]:
+    """max over ||u||_p <= rho of L(w + scale*u) (scale=None: identity). Returns (best, L(w), evals)."""
+    s = torch.ones_like(w) if scale is None else scale
+    base, g = obj.loss_and_gradient(w, batches)
+    evals = 1
+
+    def step_dir(grad_u: torch.Tensor) -> torch.Tensor:
+        if p == 2:
+            nrm = grad_u.norm()
+            return grad_u / nrm if nrm > 0 else grad_u
+        return torch.sign(grad_u)
+
+    def project(u: torch.Tensor) -> torch.Tensor:
+        if p == 2:
+            nrm = u.norm()
+            return u * (rho / nrm) if nrm > rho else u
+        return u.clamp(-rho, rho)
+
+    gu = s * g
+    if float(gu.abs().max()) == 0.0:  # exactly stationary: start from a random direction
+        gu = torch.randn(w.shape, generator=generator, dtype=torch.float64).to(w.device, w.dtype)
+    u = project(rho * step_dir(gu))
+    best = base
+    for _ in range(max(steps, 1)):
+        val, g = obj.loss_and_gradient(w + s * u, batches)
+        evals += 1
+        best = max(best, val)
+        u = project(u + rho * step_dir(s * g))
+    val = obj.loss(w + s * u, batches)
+    evals += 1
+    return max(best, val), base, evals
+
+
+def sam_sharpness(
+    obj: Objective,
+    *,
+    rho: float = 0.05,
+    steps: int = 10,
+    m: int | None = None,
+    generator: torch.Generator | None = None,
+) -> SharpnessResult:
+    """max_{||delta||_2 <= rho} L(w+delta) - L(w); with ``m``, the mean of per-batch worst cases."""
+    w = obj.flat()
+    settings = {"rho": rho, "steps": steps, "m": m, "norm": "l2"}
+    if m is None:
+        best, base, evals = _ascent(obj, w, None, rho, 2, steps, None, generator)
+        return SharpnessResult("sam", best - base, base, settings, evals)
+    vals, evals = [], 0
+    for group in _rebatch(obj, m):
+        best, base, e = _ascent(obj, w, None, rho, 2, steps, group, generator)
+        vals.append(best - base)
+        evals += e
+    arr = np.array(vals)
+    return SharpnessResult(
+        "sam", float(arr.mean()), obj.loss(w), settings, evals, stderr=float(arr.std(ddof=1) / np.sqrt(len(arr)))
+    )
+
+
+def adaptive_sharpness(
+    obj: Objective,
+    *,
+    rho: float = 0.05,
+    p: float = 2,
+    steps: int = 10,
+    generator: torch.Generator | None = None,
+) -> SharpnessResult:
+    """max_{||delta/|w| ||_p <= rho} L(w+delta) - L(w), p = 2 or inf (elementwise-adaptive)."""
+    if p not in (2, float("inf")):
+        raise ValueError("p must be 2 or inf")
+    w = obj.flat()
+    best, base, evals = _ascent(obj, w, w.abs(), rho, p, steps, None, generator)
+    name = "adaptive_l2" if p == 2 else "adaptive_linf"
+    return SharpnessResult(name, best - base, base, {"rho": rho, "p": "inf" if p != 2 else 2, "steps": steps}, evals)
+
+
+def epsilon_sharpness(
+    obj: Objective, *, eps: float = 1e-3, max_iter: int = 10, generator: torch.Generator | None = None
+) -> SharpnessResult:
+    """Keskar et al.'s epsilon-sharpness (x100, relative to 1 + L), box solved by L-BFGS-B.
+
+    L-BFGS-B starts from a random point in the inner half of the box: at an exact critical
+    point the gradient vanishes and a start at delta = 0 would never move.
+    """
+    w = obj.flat()
+    w64 = w.double().cpu().numpy()
+    bound = eps * (np.abs(w64) + 1.0)
+    u = torch.rand(w.shape, generator=generator, dtype=torch.float64).numpy()
+    x0 = (u - 0.5) * bound
+    base = obj.loss(w)
+    evals = [1]
+
+    def fun(d: np.ndarray) -> tuple[float, np.ndarray]:
+        evals[0] += 1
+        val, g = obj.loss_and_gradient(w + torch.as_tensor(d, dtype=w.dtype, device=w.device))
+        return -val, -g.double().cpu().numpy()
+
+    res = minimize(
+        fun,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=list(zip(-bound, bound)),
+        options={"maxiter": max_iter},
+    )
+    best = max(-float(res.fun), base)
+    return SharpnessResult(
+        "epsilon",
+        100.0 * (best - base) / (1.0 + base),
+        base,
+        {"eps": eps, "max_iter": max_iter, "solver": "L-BFGS-B"},
+        evals[0],
+        extra={"max_loss": best},
+    )
+
+
+def average_sharpness(
+    obj: Objective,
+    *,
+    sigma: float = 0.01,
+    adaptive: bool = True,
+    num_samples: int = 50,
+    generator: torch.Generator | None = None,
+) -> SharpnessResult:
+    """E[L(w+delta)] - L(w), delta ~ N(0, sigma^2 diag(|w|^2)) (adaptive) or N(0, sigma^2 I)."""
+    w = obj.flat()
+    base = obj.loss(w)
+    scale = w.abs() if adaptive else torch.ones_like(w)
+    diffs = []
+    for _ in range(num_samples):
+        z = torch.randn(w.shape, generator=generator, dtype=torch.float64).to(w.device, w.dtype)
+        diffs.append(obj.loss(w + sigma * scale * z) - base)
+    d = np.array(diffs)
+    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    return SharpnessResult(
+        "average_adaptive" if adaptive else "average_isotropic",
+        mean,
+        base,
+        {"sigma": sigma, "adaptive": adaptive, "num_samples": num_samples},
+        num_samples + 1,
+        stderr=se,
+        ci95=(mean - 1.96 * se, mean + 1.96 * se),
+    )
