@@ -69,7 +69,13 @@ class Run:
 
     def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
         net = self.build()
-        net.load_state_dict(self.global_state(round))
+        try:
+            net.load_state_dict(self.global_state(round))
+        except RuntimeError as exc:
+            raise UserError(
+                f"{ckpt.round_path(self.path, round)}: tensors do not fit model {self.info['model']['name']} "
+                f"({str(exc).splitlines()[0]})"
+            ) from exc
         return net.to(device)
 
     def dataset(self) -> Dataset:

@@ -66,12 +66,15 @@ def lanczos(
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_vectors: bool = True,
+    exact_residuals: bool = True,
 ) -> EigenResult:
     """The k largest eigenvalues (and, with ``smallest``, the most negative one) of ``op``.
 
     Stops when every wanted Ritz pair has residual <= ``tol`` * |largest Ritz value|, when the
     Krylov space is invariant (exact answer), or when ``max_vectors`` basis vectors are held
-    (default min(size, 128)).
+    (default min(size, 128)). With ``exact_residuals`` (default) the reported residuals are
+    ||H v - lambda v|| recomputed with k (+1) extra matvecs, since the Lanczos estimate
+    |beta_m s_{m,i}| assumes exact arithmetic and underflows to 0 once a pair has converged.
     """
     n = op.size
     if not 1 <= k <= n:
@@ -116,16 +119,26 @@ def lanczos(
     if m == n:  # full basis: T is H in that basis, residuals are round-off
         converged = True
     vectors = None
-    if return_vectors:
+    i_min = int(np.argmin(theta))
+    res_top, res_min = res[order].copy(), float(res[i_min])
+    if return_vectors or exact_residuals:
         coeffs = torch.as_tensor(S[:, order].T.copy(), dtype=op.dtype, device=op.device)
         vectors = coeffs @ basis[:m]
-    i_min = int(np.argmin(theta))
+    if exact_residuals:
+        res_top = np.array([float((op.matvec(v) - float(t) * v).norm()) for v, t in zip(vectors, theta[order])])
+        matvecs += len(order)
+        if smallest:
+            v = torch.as_tensor(S[:, i_min].copy(), dtype=op.dtype, device=op.device) @ basis[:m]
+            res_min = float((op.matvec(v) - float(theta[i_min]) * v).norm())
+            matvecs += 1
+    if not return_vectors:
+        vectors = None
     return EigenResult(
         values=theta[order].copy(),
         vectors=vectors,
-        residuals=res[order].copy(),
+        residuals=res_top,
         smallest=float(theta[i_min]) if smallest else None,
-        smallest_residual=float(res[i_min]) if smallest else None,
+        smallest_residual=res_min if smallest else None,
         num_matvecs=matvecs,
         num_vectors=m,
         converged=converged,

@@ -53,7 +53,7 @@ def test_negative_curvature_and_invariant_subspace():
     res = lanczos(DenseOperator(A), k=2, smallest=True, tol=1e-12)
     np.testing.assert_allclose(res.values, [3.0, 1.0], rtol=1e-10)
     assert res.smallest == pytest.approx(-7.0, rel=1e-10)
-    assert res.num_matvecs <= 4 and res.converged
+    assert res.num_matvecs <= 4 + 3 and res.converged  # <= n Lanczos steps + 3 residual checks
 
 
 def test_max_vectors_bounds_memory_and_reports_non_convergence():
@@ -165,7 +165,7 @@ def test_slq_is_gauss_quadrature_and_a_density():
     A, lam = known_spectrum(list(np.linspace(-1, 5, 120) ** 3 / 10), 120)
     op = DenseOperator(A)
     res = slq(op, num_runs=8, num_steps=15, generator=torch.Generator().manual_seed(0))
-    for th, w in zip(res.nodes, res.weights):
+    for w in res.weights:
         assert w.sum() == pytest.approx(1.0, abs=1e-12)
     # exactness: each run's quadrature reproduces v^T A^p v for p <= 2m-1 -> moments are unbiased
     exact = [float((lam**p).mean()) for p in (1, 2, 3)]

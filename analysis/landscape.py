@@ -1,0 +1,205 @@
+"""``flatfl landscape``: curvature and sharpness of one checkpoint, written as JSON.
+
+Reads a ``round_NNNN.safetensors`` and the ``run.json`` beside it, rebuilds the model and
+the chosen data (train union, test, or one client's training data), and computes what was
+asked: top-k Hessian eigenpairs and the most negative eigenvalue (Lanczos), the trace
+(Hutch++ with a standard error), the spectral density (SLQ) and sharpness measures. Every
+number is stored with the settings that produced it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from analysis.checkpoints import Run
+from analysis.density import SpectralDensity, slq
+from analysis.lanczos import lanczos
+from analysis.operators import HessianOperator, ModelLoss
+from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
+from analysis.trace import hutchpp
+from flatfl.errors import UserError
+
+SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
+
+
+@dataclass(frozen=True)
+class LandscapeSettings:
+    """What to compute and on which data (filled by the CLI)."""
+
+    data: str = "train"  # train | test | client:K
+    samples: int | None = None
+    batch_size: int = 250
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    hessian: bool = False
+    topk: int = 5
+    tol: float = 1e-5
+    max_vectors: int = 128
+    trace: bool = False
+    trace_matvecs: int = 99
+    density: bool = False
+    slq_runs: int = 10
+    slq_steps: int = 80
+    sharpness: tuple[str, ...] = ()
+    rho: float = 0.05
+    eps: float = 1e-3
+    sigma: float = 0.01
+    sharpness_steps: int = 10
+    sharpness_samples: int = 50
+    m: int | None = None
+
+
+def select_data(
+    run: Run, spec: str, samples: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The (x, y) a measurement uses: ``train``, ``test`` or ``client:K``; optionally a seeded subset."""
+    ds = run.dataset()
+    if spec == "train":
+        x, y = ds.train.x, ds.train.y
+    elif spec == "test":
+        x, y = ds.test.x, ds.test.y
+    elif spec.startswith("client:"):
+        try:
+            k = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise UserError(f"--data: {spec!r} is not client:K with an integer K") from None
+        parts = run.partition()
+        if not 0 <= k < len(parts):
+            raise UserError(f"--data: client {k} does not exist (the run has clients 0..{len(parts) - 1})")
+        idx = torch.as_tensor(parts[k])
+        x, y = ds.train.x[idx], ds.train.y[idx]
+    else:
+        raise UserError(f"--data: {spec!r} is not one of train, test, client:K")
+    n_all = len(y)
+    if samples is not None:
+        if samples <= 0:
+            raise UserError("--samples: must be a positive number of samples")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n_all, generator=g)[: min(samples, n_all)].sort().values
+        x, y = x[idx], y[idx]
+    if len(y) == 0:
+        raise UserError(f"--data: the selection {spec!r} holds no samples")
+    return x, y, {"selection": spec, "samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None}
+
+
+def compute(
+    ckpt: Path,
+    settings: LandscapeSettings,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[dict[str, Any], SpectralDensity | None]:
+    """All requested quantities for one checkpoint, as a JSON-ready dict (+ the SLQ result)."""
+    run, rnd = Run.of_checkpoint(ckpt)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
+    model = run.model(rnd)
+    x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
+    obj = ModelLoss(model, x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
+    gen = lambda k: torch.Generator().manual_seed(settings.seed * 1000 + k)  # noqa: E731
+    loss0, g0 = obj.loss_and_gradient()
+    out: dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "run": str(run.path),
+        "round": rnd,
+        "algo": run.config["algo"],
+        "model": run.info["model"]["name"],
+        "num_parameters": obj.size,
+        "data": data_info,
+        "loss": loss0,
+        "gradient_norm": float(g0.norm()),
+        "settings": asdict(settings),
+        "eval_mode": "model.eval(): BatchNorm uses running statistics, dropout off",
+    }
+    density = None
+    op = HessianOperator(obj)
+    out["hvp_method"] = op.method
+    if settings.hessian:
+        t = time.perf_counter()
+        log(f"hessian: top-{settings.topk} and most negative eigenvalue by Lanczos ...")
+        r = lanczos(
+            op, k=settings.topk, smallest=True, tol=settings.tol, max_vectors=settings.max_vectors, generator=gen(1)
+        )
+        out["hessian"] = {
+            "eigenvalues": r.values.tolist(),
+            "residuals": r.residuals.tolist(),
+            "smallest": r.smallest,
+            "smallest_residual": r.smallest_residual,
+            "num_hvps": r.num_matvecs,
+            "vectors_held": r.num_vectors,
+            "converged": r.converged,
+            "tol": r.tol,
+            "seconds": time.perf_counter() - t,
+        }
+        log(f"hessian: lambda_max {r.values[0]:.6g}, lambda_min {r.smallest:.6g}, {r.num_matvecs} HVPs")
+    if settings.trace:
+        t = time.perf_counter()
+        log(f"trace: Hutch++ with {settings.trace_matvecs} HVPs ...")
+        tr = hutchpp(op, num_matvecs=settings.trace_matvecs, generator=gen(2))
+        out["trace"] = {
+            "estimate": tr.estimate,
+            "stderr": tr.stderr,
+            "num_hvps": tr.num_matvecs,
+            "method": tr.method,
+            "seconds": time.perf_counter() - t,
+        }
+        log(f"trace: {tr.estimate:.6g} +- {tr.stderr:.2g}")
+    if settings.density:
+        t = time.perf_counter()
+        log(f"density: SLQ, {settings.slq_runs} runs x {settings.slq_steps} steps ...")
+        density = slq(op, num_runs=settings.slq_runs, num_steps=settings.slq_steps, generator=gen(3))
+        out["density"] = {
+            "nodes": [n.tolist() for n in density.nodes],
+            "weights": [w.tolist() for w in density.weights],
+            "num_hvps": density.num_matvecs,
+            "moments": {str(p): density.moment(p) for p in (1, 2)},
+            "seconds": time.perf_counter() - t,
+        }
+    sharp: dict[str, Any] = {}
+    for name in settings.sharpness:
+        t = time.perf_counter()
+        log(f"sharpness: {name} ...")
+        if name == "epsilon":
+            r = epsilon_sharpness(obj, eps=settings.eps, generator=gen(4))
+        elif name == "sam":
+            r = sam_sharpness(obj, rho=settings.rho, steps=settings.sharpness_steps, m=settings.m, generator=gen(5))
+        elif name in ("adaptive_l2", "adaptive_linf"):
+            r = adaptive_sharpness(
+                obj,
+                rho=settings.rho,
+                p=2 if name == "adaptive_l2" else float("inf"),
+                steps=settings.sharpness_steps,
+                generator=gen(6),
+            )
+        elif name in ("average_adaptive", "average_isotropic"):
+            r = average_sharpness(
+                obj,
+                sigma=settings.sigma,
+                adaptive=name == "average_adaptive",
+                num_samples=settings.sharpness_samples,
+                generator=gen(7),
+            )
+        else:
+            raise UserError(f"--sharpness: unknown measure {name!r}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
+        sharp[name] = {**asdict(r), "seconds": time.perf_counter() - t}
+        log(f"sharpness: {name} = {r.value:.6g}")
+    if sharp:
+        out["sharpness"] = sharp
+    return out, density
+
+
+def json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

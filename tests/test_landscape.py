@@ -1,0 +1,140 @@
+"""flatfl landscape on a real checkpoint, against scipy's eigsh as an independent oracle."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from analysis.checkpoints import Run
+from analysis.operators import ModelLoss
+from tests.test_cli import _one_line_error
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("ls") / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--clients",
+                "6",
+                "--frac",
+                "0.5",
+                "--local-epochs",
+                "1",
+                "--lr",
+                "0.05",
+                "--rounds",
+                "3",
+                "--algo",
+                "fedmut",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_landscape_matches_eigsh_and_writes_everything(cli, run_dir, tmp_path):
+    ckpt = run_dir / "round_0003.safetensors"
+    code, out, err = cli(
+        "landscape",
+        "--ckpt",
+        ckpt,
+        "--data",
+        "test",
+        "--samples",
+        "120",
+        "--dtype",
+        "float64",
+        "--hessian",
+        "--topk",
+        "3",
+        "--tol",
+        "1e-8",
+        "--trace",
+        "--trace-matvecs",
+        "30",
+        "--density",
+        "--slq-runs",
+        "2",
+        "--slq-steps",
+        "20",
+        "--sharpness",
+        "sam,adaptive_l2",
+        "--out",
+        tmp_path / "o",
+    )
+    assert code == 0, err
+    res = json.loads((tmp_path / "o" / "landscape.json").read_text())
+    assert (tmp_path / "o" / "density.png").stat().st_size > 10_000 and (tmp_path / "o" / "density.pdf").exists()
+    assert res["round"] == 3 and res["data"]["samples"] == 120 and res["data"]["selection"] == "test"
+
+    # independent oracle: ARPACK on exact HVPs of the same model and data
+    run = Run.open(run_dir)
+    ds = run.dataset()
+    idx = torch.randperm(len(ds.test.y), generator=torch.Generator().manual_seed(0))[:120].sort().values
+    obj = ModelLoss(run.model(3), ds.test.x[idx], ds.test.y[idx], dtype=torch.float64)
+    lin = LinearOperator((obj.size, obj.size), matvec=lambda v: obj.hvp(torch.as_tensor(v.ravel())).numpy())
+    ref = np.sort(eigsh(lin, k=3, which="LA", tol=1e-10)[0])[::-1]
+    np.testing.assert_allclose(res["hessian"]["eigenvalues"], ref, rtol=1e-6)
+    assert max(res["hessian"]["residuals"]) <= 1e-6 * ref[0]
+    assert res["hessian"]["smallest"] <= 0 and res["hessian"]["num_hvps"] > 0
+    assert res["trace"]["stderr"] > 0 and res["trace"]["num_hvps"] == 30
+    assert set(res["sharpness"]) == {"sam", "adaptive_l2"}
+    assert res["sharpness"]["sam"]["settings"]["rho"] == 0.05 and res["sharpness"]["sam"]["value"] > 0
+
+
+def test_landscape_client_selection(cli, run_dir, tmp_path):
+    code, _, err = cli(
+        "landscape",
+        "--ckpt",
+        run_dir / "round_0002.safetensors",
+        "--data",
+        "client:4",
+        "--hessian",
+        "--topk",
+        "1",
+        "--out",
+        tmp_path / "c",
+    )
+    assert code == 0, err
+    res = json.loads((tmp_path / "c" / "landscape.json").read_text())
+    sizes = Run.open(run_dir).info["partition"]["sizes"]
+    assert res["data"]["samples"] == sizes[4] and res["data"]["selection"] == "client:4"
+
+
+def test_landscape_bad_input(cli, run_dir, tmp_path):
+    ckpt = run_dir / "round_0001.safetensors"
+    code, _, err = cli("landscape", "--ckpt", tmp_path / "nope.safetensors", "--hessian")
+    _one_line_error(code, err, "--ckpt", "nope.safetensors")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(ckpt, lone / "round_0001.safetensors")
+    code, _, err = cli("landscape", "--ckpt", lone / "round_0001.safetensors", "--hessian")
+    _one_line_error(code, err, "run.json")
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--hessian", "--data", "client:99")
+    _one_line_error(code, err, "--data", "client 99")
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--hessian", "--samples", "0")
+    _one_line_error(code, err, "--samples")
+    code, _, err = cli("landscape", "--ckpt", ckpt)
+    _one_line_error(code, err, "nothing to compute")
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--sharpness", "flatness")
+    _one_line_error(code, err, "--sharpness", "flatness")
+    # a run.json whose model does not match the checkpoint's tensors
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    info = json.loads((bad / "run.json").read_text())
+    info["model"]["kwargs"]["num_classes"] = 7
+    (bad / "run.json").write_text(json.dumps(info))
+    code, _, err = cli("landscape", "--ckpt", bad / "round_0001.safetensors", "--hessian")
+    _one_line_error(code, err, "round_0001.safetensors", "do not fit")
