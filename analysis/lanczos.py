@@ -6,13 +6,13 @@ eigenvalues of H first. In floating point the basis loses orthogonality exactly 
 Ritz value converges, and plain Lanczos then returns spurious copies ("ghosts") of the top
 eigenvalue -- the failure of hessian-eigenthings 1.0 without reorthogonalisation. Here every
 new vector is orthogonalised against the whole basis twice ("twice is enough", Parlett
-1998 ch. 6), so no ghost can appear, and iteration stops as soon as every wanted Ritz pair
-has residual ||H y - theta y|| = |beta_m s_{m,i}| <= tol * |theta_max| (Parlett, Theorem 13.1.1),
-instead of on a relative change in the estimate (PyHessian's power iteration stops on a
-1e-3 change and can stop far from lambda_max when the eigengap is small).
-
-The error of a Ritz value is bounded by residual^2 / gap (Kato-Temple), so tol=1e-5 on
-the residual typically gives eigenvalues to ~1e-9 relative. Memory: the basis holds up to
+1998 ch. 6), so no ghost can appear. Iteration stops as soon as every wanted Ritz value is
+certified: its residual ||H y - theta y|| = |beta_m s_{m,i}| (Parlett, Theorem 13.1.1) bounds its
+error, sharpened to residual^2 / gap once it is separated from its neighbours (Kato-Temple),
+and ``tol`` is that bound relative to |theta_max| -- not a relative change between iterates,
+on which PyHessian's power iteration stops (it can stop far from lambda_max when the
+eigengap is small, and it finds the eigenvalue of largest *magnitude*, which is the most
+negative one when negative curvature dominates). Memory: the basis holds up to
 ``max_vectors`` parameter-sized vectors (reported in the result); a run that reaches the bound
 without converging says so (``converged=False``). Repeated eigenvalues are found with one
 copy each from a single start vector (an inherent limit of single-vector Krylov methods).
@@ -51,6 +51,24 @@ class EigenResult:
     tol: float
 
 
+def error_bound(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
+    """Bound on |lambda - theta_i| for each Ritz value: min(r_i, r_i^2 / gap_i).
+
+    r_i bounds the distance to *some* eigenvalue; once the Ritz values are separated, the
+    Kato-Temple inequality sharpens it to r_i^2 / gap_i, with gap_i the distance from theta_i to
+    the nearest other Ritz value (Parlett 1998, sec. 11.7; Saad 2011, Thm 3.8). The gap is
+    estimated from the current Ritz values, as ARPACK-style codes do.
+    """
+    if len(theta) == 1:
+        return res.copy()
+    gaps = np.empty_like(theta)
+    gaps[1:-1] = np.minimum(np.diff(theta)[:-1], np.diff(theta)[1:])
+    gaps[0], gaps[-1] = theta[1] - theta[0], theta[-1] - theta[-2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kt = np.where(gaps > res, res**2 / gaps, np.inf)
+    return np.minimum(res, kt)
+
+
 def _random_start(op: LinearOperator, generator: torch.Generator | None) -> torch.Tensor:
     v = torch.randn(op.size, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
     return v / v.norm()
@@ -70,9 +88,10 @@ def lanczos(
 ) -> EigenResult:
     """The k largest eigenvalues (and, with ``smallest``, the most negative one) of ``op``.
 
-    Stops when every wanted Ritz pair has residual <= ``tol`` * |largest Ritz value|, when the
-    Krylov space is invariant (exact answer), or when ``max_vectors`` basis vectors are held
-    (default min(size, 128)). With ``exact_residuals`` (default) the reported residuals are
+    ``tol`` is the wanted eigenvalue accuracy relative to |largest Ritz value|: iteration stops
+    when every wanted Ritz value's error bound min(r, r^2/gap) (:func:`error_bound`) is below
+    it, when the Krylov space is invariant (exact answer), or when ``max_vectors`` basis
+    vectors are held (default min(size, 128)). With ``exact_residuals`` (default) the reported residuals are
     ||H v - lambda v|| recomputed with k (+1) extra matvecs, since the Lanczos estimate
     |beta_m s_{m,i}| assumes exact arithmetic and underflows to 0 once a pair has converged.
     """
@@ -107,7 +126,7 @@ def lanczos(
         if smallest:
             wanted.append(0)
         invariant = b <= 1e-12 * scale
-        if invariant or (len(theta) >= k and np.all(res[wanted] <= tol * scale)):
+        if invariant or (len(theta) > k and np.all(error_bound(theta, res)[wanted] <= tol * scale)):
             converged = True
             break
         if j + 1 < m_max:

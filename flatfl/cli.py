@@ -379,6 +379,20 @@ def _add_landscape(sub) -> None:
     g.add_argument(
         "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
     )
+    g = p.add_argument_group("federated view")
+    g.add_argument(
+        "--federated",
+        action="store_true",
+        help="per client: lambda_max of its own loss at the global model and at the model it returned "
+        "(needs --save-clients), and |cos| of its top eigenvector with the --data one",
+    )
+    g.add_argument(
+        "--clients",
+        default="auto",
+        metavar="SEL",
+        help="clients of the federated view: all, sampled (this round's, from clients_NNNN), or ids "
+        "like 0,3,5 (default: sampled when saved, else all)",
+    )
 
 
 def cmd_landscape(ns: dict[str, Any]) -> int:
@@ -394,8 +408,8 @@ def cmd_landscape(ns: dict[str, Any]) -> int:
         bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
         if bad:
             raise UserError(f"--sharpness: unknown measure(s) {bad}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
-    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp):
-        raise UserError("nothing to compute: pass --hessian, --trace, --density and/or --sharpness")
+    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"]):
+        raise UserError("nothing to compute: pass --hessian, --trace, --density, --sharpness and/or --federated")
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
     settings = LandscapeSettings(
@@ -421,6 +435,8 @@ def cmd_landscape(ns: dict[str, Any]) -> int:
         sharpness_steps=ns["sharpness_steps"],
         sharpness_samples=ns["sharpness_samples"],
         m=ns.get("m"),
+        federated=ns["federated"],
+        clients=ns["clients"],
     )
     ckpt_path = Path(ns["ckpt"])
     if not ckpt_path.is_file():

@@ -138,3 +138,63 @@ def test_landscape_bad_input(cli, run_dir, tmp_path):
     (bad / "run.json").write_text(json.dumps(info))
     code, _, err = cli("landscape", "--ckpt", bad / "round_0001.safetensors", "--hessian")
     _one_line_error(code, err, "round_0001.safetensors", "do not fit")
+
+
+def test_federated_view_against_eigsh(cli, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli(
+        "train",
+        "--clients",
+        "6",
+        "--frac",
+        "0.5",
+        "--local-epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--rounds",
+        "2",
+        "--algo",
+        "fedmut",
+        "--save-clients",
+        "--no-progress",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        "landscape",
+        "--ckpt",
+        out / "round_0002.safetensors",
+        "--federated",
+        "--tol",
+        "1e-9",
+        "--dtype",
+        "float64",
+        "--out",
+        tmp_path / "f",
+    )
+    assert code == 0, err
+    fed = json.loads((tmp_path / "f" / "landscape.json").read_text())["federated"]
+    run = Run.open(out)
+    _, returned, info = run.clients(2)
+    assert [r["client"] for r in fed["clients"]] == info["clients"]  # default: the round's sampled clients
+    ds, parts = run.dataset(), run.partition()
+
+    def top(model, x, y):
+        obj = ModelLoss(model, x, y, dtype=torch.float64)
+        lin = LinearOperator((obj.size, obj.size), matvec=lambda v: obj.hvp(torch.as_tensor(v.ravel())).numpy())
+        vals, vecs = eigsh(lin, k=1, which="LA", tol=1e-12)
+        return vals[0], vecs[:, 0]
+
+    _, g_vec = top(run.model(2), ds.train.x, ds.train.y)
+    for row in fed["clients"]:
+        c = row["client"]
+        idx = torch.as_tensor(parts[c])
+        lam, vec = top(run.model(2), ds.train.x[idx], ds.train.y[idx])
+        assert row["lambda_max_at_global"] == pytest.approx(lam, rel=1e-6)
+        assert row["alignment_with_global"] == pytest.approx(abs(float(vec @ g_vec)), abs=1e-5)
+        local = run.build()
+        local.load_state_dict(returned[info["clients"].index(c)])
+        lam_r, _ = top(local, ds.train.x[idx], ds.train.y[idx])
+        assert row["lambda_max_at_returned"] == pytest.approx(lam_r, rel=1e-6)
