@@ -55,6 +55,7 @@ class LandscapeSettings:
     sharpness_steps: int = 10
     sharpness_samples: int = 50
     m: int | None = None
+    memory_budget_gb: float = 2.0
     federated: bool = False
     clients: str = "auto"  # auto | all | sampled | comma-separated ids
 
@@ -119,8 +120,9 @@ def compute(
         "eval_mode": "model.eval(): BatchNorm uses running statistics, dropout off",
     }
     density = None
-    op = HessianOperator(obj)
+    op = HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30)
     out["hvp_method"] = op.method
+    out["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
     r_top = None
     if settings.hessian:
         t = time.perf_counter()

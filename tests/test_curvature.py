@@ -89,13 +89,23 @@ def explicit_hessian(model, x, y):
     return torch.autograd.functional.hessian(f, w0), w0
 
 
-@pytest.mark.parametrize("method", ["double-backward", "fwd-rev"])
+@pytest.mark.parametrize("method", ["double-backward", "fwd-rev", "cached"])
 def test_hvp_equals_explicit_hessian_times_v(method):
     model, x, y = tiny_problem()
     H, _ = explicit_hessian(model, x, y)
     op = HessianOperator(ModelLoss(model, x, y, batch_size=7), method=method)  # uneven batches
-    v = torch.randn(op.size, dtype=torch.float64)
-    assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    for _ in range(2):  # the cached graph is reused by the second product
+        v = torch.randn(op.size, dtype=torch.float64)
+        assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_method_respects_the_memory_budget():
+    model, x, y = tiny_problem()
+    big = HessianOperator(ModelLoss(model, x, y), memory_budget=1e9)
+    small = HessianOperator(ModelLoss(model, x, y), memory_budget=100)
+    assert big.method == "cached" and small.method == "double-backward"
+    # estimate = bytes autograd saves, roughly linear in the samples: 40 samples, 6 hidden units
+    assert 40 * 6 * 8 < big.graph_bytes_estimate < 1e7
 
 
 def test_model_hessian_eigenvalues_trace_match_explicit():
@@ -221,3 +231,14 @@ def test_lstm_hvp_matches_explicit_hessian():
     res = lanczos(op, k=2, smallest=True, tol=1e-12)
     ev = np.linalg.eigh(H.numpy())[0]
     np.testing.assert_allclose(res.values, ev[::-1][:2], rtol=1e-6)
+
+
+def test_data_loader_api_gives_the_same_operator():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, x, y = tiny_problem()
+    loader = DataLoader(TensorDataset(x, y), batch_size=9, shuffle=True)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    a = HessianOperator(ModelLoss.from_loader(model, loader)).matvec(v)
+    b = HessianOperator(ModelLoss(model, x, y)).matvec(v)
+    assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
