@@ -23,7 +23,7 @@ from analysis.density import SpectralDensity, slq
 from analysis.lanczos import lanczos
 from analysis.operators import HessianOperator, ModelLoss
 from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
-from analysis.trace import hutchpp
+from analysis.trace import hutchinson, hutchpp
 from flatfl.errors import UserError
 
 SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
@@ -45,6 +45,7 @@ class LandscapeSettings:
     max_vectors: int = 128
     trace: bool = False
     trace_matvecs: int = 99
+    trace_method: str = "hutch++"
     density: bool = False
     slq_runs: int = 10
     slq_steps: int = 80
@@ -144,8 +145,9 @@ def compute(
         log(f"hessian: lambda_max {r.values[0]:.6g}, lambda_min {r.smallest:.6g}, {r.num_matvecs} HVPs")
     if settings.trace:
         t = time.perf_counter()
-        log(f"trace: Hutch++ with {settings.trace_matvecs} HVPs ...")
-        tr = hutchpp(op, num_matvecs=settings.trace_matvecs, generator=gen(2))
+        log(f"trace: {settings.trace_method} with {settings.trace_matvecs} HVPs ...")
+        estimator = hutchpp if settings.trace_method == "hutch++" else hutchinson
+        tr = estimator(op, num_matvecs=settings.trace_matvecs, generator=gen(2))
         out["trace"] = {
             "estimate": tr.estimate,
             "stderr": tr.stderr,
@@ -162,6 +164,7 @@ def compute(
             "nodes": [n.tolist() for n in density.nodes],
             "weights": [w.tolist() for w in density.weights],
             "num_hvps": density.num_matvecs,
+            "vectors_held": settings.slq_steps,
             "moments": {str(p): density.moment(p) for p in (1, 2)},
             "seconds": time.perf_counter() - t,
         }

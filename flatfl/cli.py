@@ -347,6 +347,12 @@ def _add_landscape(sub) -> None:
         help=f"HVP budget of Hutch++ (default: {d.trace_matvecs})",
     )
     g.add_argument(
+        "--trace-method",
+        choices=["hutch++", "hutchinson"],
+        default=d.trace_method,
+        help=f"trace estimator (default: {d.trace_method})",
+    )
+    g.add_argument(
         "--density", action="store_true", help="eigenvalue spectral density by stochastic Lanczos quadrature"
     )
     g.add_argument(
@@ -433,6 +439,7 @@ def cmd_landscape(ns: dict[str, Any]) -> int:
         max_vectors=ns["max_vectors"],
         trace=ns["trace"],
         trace_matvecs=ns["trace_matvecs"],
+        trace_method=ns["trace_method"],
         density=ns["density"],
         slq_runs=ns["slq_runs"],
         slq_steps=min(ns["slq_steps"], ns["max_vectors"]),

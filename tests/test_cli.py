@@ -160,3 +160,39 @@ def test_divergence_stops_and_keeps_last_finite_round(cli, tmp_path):
     # resuming a diverged run fails again at the same round, identically
     code2, _, err2 = cli("train", "--resume", out)
     assert code2 == 1 and err2.strip().splitlines()[-1] == line
+
+
+def test_landscape_help_explains_every_flag():
+    proc = subprocess.run([sys.executable, "-m", "flatfl", "landscape", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for flag in [
+        "--ckpt",
+        "--out",
+        "--data",
+        "--samples",
+        "--batch-size",
+        "--dtype",
+        "--device",
+        "--seed",
+        "--memory-budget",
+        "--hessian",
+        "--topk",
+        "--tol",
+        "--max-vectors",
+        "--trace",
+        "--trace-matvecs",
+        "--trace-method",
+        "--density",
+        "--slq-runs",
+        "--slq-steps",
+        "--sharpness",
+        "--rho",
+        "--eps",
+        "--sigma",
+        "--sharpness-steps",
+        "--sharpness-samples",
+        "--m",
+        "--federated",
+        "--clients",
+    ]:
+        assert flag in proc.stdout, flag

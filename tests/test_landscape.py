@@ -10,6 +10,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from analysis.checkpoints import Run
 from analysis.operators import ModelLoss
+from tests.conftest import TINY
 from tests.test_cli import _one_line_error
 
 
@@ -18,29 +19,7 @@ def run_dir(tmp_path_factory):
     from flatfl.cli import main
 
     out = tmp_path_factory.mktemp("ls") / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--clients",
-                "6",
-                "--frac",
-                "0.5",
-                "--local-epochs",
-                "1",
-                "--lr",
-                "0.05",
-                "--rounds",
-                "3",
-                "--algo",
-                "fedmut",
-                "--no-progress",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["train", *TINY, "--rounds", "3", "--algo", "fedmut", "--out", str(out)]) == 0
     return out
 
 
@@ -140,28 +119,8 @@ def test_landscape_bad_input(cli, run_dir, tmp_path):
     _one_line_error(code, err, "round_0001.safetensors", "do not fit")
 
 
-def test_federated_view_against_eigsh(cli, tmp_path):
-    out = tmp_path / "run"
-    code, _, err = cli(
-        "train",
-        "--clients",
-        "6",
-        "--frac",
-        "0.5",
-        "--local-epochs",
-        "1",
-        "--lr",
-        "0.05",
-        "--rounds",
-        "2",
-        "--algo",
-        "fedmut",
-        "--save-clients",
-        "--no-progress",
-        "--out",
-        out,
-    )
-    assert code == 0, err
+def test_federated_view_against_eigsh(cli, tiny, tmp_path):
+    out = tiny("run", "--save-clients", rounds=2)
     code, _, err = cli(
         "landscape",
         "--ckpt",
