@@ -140,6 +140,11 @@ class ModelLoss:
         parts = torch.split(v, self.numels)
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
 
+    def unflat_batch(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(P, size) stacked flat vectors -> name -> (P, *shape), for ``vmap``."""
+        parts = torch.split(V, self.numels, dim=1)
+        return {n: p.reshape(V.shape[0], *s) for n, p, s in zip(self.names, parts, self.shapes)}
+
     # the loss ----------------------------------------------------------------------------
     def batch_loss_sum(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.model, (params, self.buffers), (xb,))

@@ -1,0 +1,250 @@
+"""Loss surfaces: the loss and accuracy on lines and planes through weight space.
+
+A surface is L(theta + a d1 + b d2) (2D) or L(theta + a d1) (1D) on a grid of (a, b), each point
+computed directly from theta and the directions -- never by walking a model in place -- so
+the grid is exactly symmetric about theta and the model is never perturbed. Points are
+evaluated in chunks with ``torch.func.vmap`` over stacked parameter sets
+(``functional_call``), within a memory budget; the data stay on the device.
+
+Directions (Li, Xu, Taylor, Studer, Goldstein, NeurIPS 2018, "Visualizing the loss landscape
+of neural nets"):
+
+* random, filter-normalised: a Gaussian direction, each filter (output row of a weight
+  tensor) rescaled to the norm of the same filter of theta; biases and BatchNorm parameters
+  (tensors with one dimension) zeroed by default. The second direction is orthogonalised
+  against the first *after* normalisation (Gram-Schmidt, then rescaled to its norm), so the
+  plane's axes are orthogonal as drawn -- the ``loss-landscapes`` package orthogonalises
+  before normalising (and draws uniform noise), which leaves its axes correlated;
+* between models: d1 = theta_B - theta_A for interpolation (a in [-0.5, 1.5] by default);
+  the plane through three models (theta_A, theta_B, theta_C) with Gram-Schmidt axes, in which
+  each model's coordinates are exact;
+* the PCA plane of an optimisation trajectory (Li et al. sec. 7): the top two principal
+  directions of {theta_t - theta_T}, with the trajectory projected onto them;
+* any given vectors, e.g. the top Hessian eigenvectors from :func:`analysis.lanczos.lanczos`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+
+from analysis.operators import ModelLoss, eval_mode
+
+
+# -- directions -----------------------------------------------------------------------------
+def filter_normalized(obj: ModelLoss, d: torch.Tensor, *, include_1d: bool = False) -> torch.Tensor:
+    """Rescale each filter of direction ``d`` to the norm of the same filter of the weights.
+
+    A "filter" is one slice along the first (output) dimension of a weight tensor. Tensors
+    with one dimension (biases, BatchNorm scales/shifts) are zeroed unless ``include_1d``,
+    in which case they are rescaled to the norm of the whole weight tensor.
+    """
+    out = []
+    for name, di in obj.unflat(d).items():
+        wi = obj.params[name]
+        if wi.ndim <= 1:
+            if not include_1d:
+                out.append(torch.zeros_like(di).reshape(-1))
+                continue
+            out.append((di * (wi.norm() / di.norm().clamp_min(1e-12))).reshape(-1))
+            continue
+        dn = di.reshape(di.shape[0], -1)
+        wn = wi.reshape(wi.shape[0], -1)
+        scale = wn.norm(dim=1, keepdim=True) / dn.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        out.append((dn * scale).reshape(-1))
+    return torch.cat(out)
+
+
+def random_directions(
+    obj: ModelLoss, count: int, generator: torch.Generator | None = None, *, include_1d: bool = False
+) -> list[torch.Tensor]:
+    """``count`` Gaussian filter-normalised directions, orthogonalised after normalisation."""
+    dirs: list[torch.Tensor] = []
+    for _ in range(count):
+        d = torch.randn(obj.size, generator=generator, dtype=torch.float64).to(obj.device, obj.dtype)
+        d = filter_normalized(obj, d, include_1d=include_1d)
+        norm = d.norm()
+        for prev in dirs:
+            d = d - (d @ prev) / (prev @ prev) * prev
+        dirs.append(d * (norm / d.norm()))
+    return dirs
+
+
+def plane_through(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Axes (d1, d2) of the plane through three flat models, origin ``a``, and their coordinates.
+
+    d1 = b - a; d2 = the part of c - a orthogonal to d1. Returns (d1, d2, coords (3, 2)), coords of
+    a, b, c being (0, 0), (1, 0) and (x_c, 1).
+    """
+    d1 = b - a
+    u = c - a
+    x_c = float(u @ d1 / (d1 @ d1))
+    d2 = u - x_c * d1
+    return d1, d2, np.array([[0.0, 0.0], [1.0, 0.0], [x_c, 1.0]])
+
+
+def pca_directions(trajectory: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Top-2 principal directions of the trajectory {theta_t - theta_T} and its coordinates.
+
+    As Li et al.'s code (scikit-learn PCA), the differences are centred before the SVD; the
+    coordinates are the projections of theta_t - theta_T, so the last model sits at (0, 0).
+    Returns (d1, d2, coords (T, 2), explained variance ratios (2,)); directions have unit norm.
+    """
+    last = trajectory[-1]
+    M = torch.stack([t - last for t in trajectory]).double()  # (T, n)
+    _, S, Vh = torch.linalg.svd(M - M.mean(0, keepdim=True), full_matrices=False)
+    d1, d2 = Vh[0].to(last.dtype), Vh[1].to(last.dtype)
+    coords = (M @ Vh[:2].T).numpy()
+    var = (S**2 / (S**2).sum()).numpy()[:2]
+    return d1, d2, coords, var
+
+
+# -- evaluation -----------------------------------------------------------------------------
+@dataclass
+class Surface:
+    """A computed surface: grid axes, loss and accuracy per point, and how it was made."""
+
+    alphas: np.ndarray
+    betas: np.ndarray | None  # None for 1D
+    loss: np.ndarray  # (len(alphas),) or (len(alphas), len(betas))
+    accuracy: np.ndarray
+    description: dict[str, Any] = field(default_factory=dict)
+    points: dict[str, list[float]] = field(default_factory=dict)  # named models' coordinates
+
+    def save(self, path: Path) -> None:
+        """``path``.npz (arrays) and ``path``.json (description, points) -- no pickle."""
+        from flatfl.checkpoint import atomic_write_bytes, atomic_write_json
+
+        path = Path(path)
+        arrays = {"alphas": self.alphas, "loss": self.loss, "accuracy": self.accuracy}
+        if self.betas is not None:
+            arrays["betas"] = self.betas
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+        atomic_write_json(path.with_suffix(".json"), {"description": self.description, "points": self.points})
+
+    @classmethod
+    def load(cls, path: Path) -> Surface:
+        path = Path(path)
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(path.with_suffix(".json").read_text())
+        return cls(
+            arrays["alphas"],
+            arrays.get("betas"),
+            arrays["loss"],
+            arrays["accuracy"],
+            meta["description"],
+            meta["points"],
+        )
+
+
+def _points_loss(obj: ModelLoss, flat_points: torch.Tensor, vectorize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy of each row of ``flat_points`` (P, n) over all of obj's data."""
+    P = flat_points.shape[0]
+    loss = torch.zeros(P, dtype=torch.float64, device=obj.device)
+    correct = torch.zeros(P, dtype=torch.float64, device=obj.device)
+
+    def one(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = functional_call(obj.model, (params, obj.buffers), (xb,))
+        return obj.loss_fn(out, yb, reduction="sum"), (out.argmax(-1) == yb).sum()
+
+    with torch.no_grad(), eval_mode(obj.model):
+        if vectorize:
+            stacked = {n: v for n, v in obj.unflat_batch(flat_points).items()}
+            for xb, yb in obj.batches:
+                lb, cb = vmap(one, in_dims=(0, None, None))(stacked, xb, yb)
+                loss += lb.double()
+                correct += cb.double()
+        else:
+            for i in range(P):
+                params = obj.unflat(flat_points[i])
+                for xb, yb in obj.batches:
+                    lb, cb = one(params, xb, yb)
+                    loss[i] += lb.double()
+                    correct[i] += cb.double()
+    return loss / obj.n, correct / obj.n
+
+
+def evaluate_grid(
+    obj: ModelLoss,
+    directions: Sequence[torch.Tensor],
+    alphas: np.ndarray,
+    betas: np.ndarray | None = None,
+    *,
+    origin: torch.Tensor | None = None,
+    memory_budget: float = 2**30,
+    resume_from: Surface | None = None,
+    on_chunk: Callable[[Surface, int, int], None] | None = None,
+) -> Surface:
+    """Loss/accuracy at origin + a d1 (+ b d2) for every grid point.
+
+    Points go through ``vmap`` in chunks sized so the stacked parameters of a chunk stay
+    within ``memory_budget`` bytes (at least one point per chunk; if vmap is not supported by
+    the model, points are evaluated one by one). ``resume_from`` skips points already
+    computed (non-NaN); ``on_chunk(surface, done, total)`` is called after every chunk (for
+    progress bars and saving a partial surface).
+    """
+    theta = obj.flat() if origin is None else origin.to(obj.device, obj.dtype)
+    alphas = np.asarray(alphas, dtype=float)
+    shape = (len(alphas),) if betas is None else (len(alphas), len(betas))
+    if resume_from is not None and resume_from.loss.shape == shape:
+        loss, acc = resume_from.loss.copy(), resume_from.accuracy.copy()
+    else:
+        loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
+    surf = Surface(alphas, None if betas is None else np.asarray(betas, dtype=float), loss, acc)
+    coords = (
+        [(i,) for i in range(len(alphas))]
+        if betas is None
+        else [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
+    )
+    todo = [c for c in coords if np.isnan(loss[c])]
+    bytes_per_point = obj.size * torch.finfo(obj.dtype).bits // 8 * 4  # stacked params + activations slack
+    chunk = max(1, int(memory_budget // max(bytes_per_point, 1)))
+    dirs = [d.to(obj.device, obj.dtype) for d in directions]
+    vectorize = True
+    done = len(coords) - len(todo)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        pts = []
+        for c in part:
+            p = theta + float(alphas[c[0]]) * dirs[0]
+            if betas is not None:
+                p = p + float(betas[c[1]]) * dirs[1]
+            pts.append(p)
+        P = torch.stack(pts)
+        try:
+            lv, av = _points_loss(obj, P, vectorize)
+        except (RuntimeError, NotImplementedError):
+            if not vectorize:
+                raise
+            vectorize = False
+            lv, av = _points_loss(obj, P, vectorize)
+        for c, lval, aval in zip(part, lv.tolist(), av.tolist()):
+            loss[c], acc[c] = lval, aval
+        done += len(part)
+        if on_chunk is not None:
+            on_chunk(surf, done, len(coords))
+    return surf
+
+
+def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> Surface:
+    """1D loss along (1 - t) a + t b: origin a, direction b - a."""
+    s = evaluate_grid(obj, [b - a], ts, origin=a, **kw)
+    s.description = {"kind": "interpolation", "t": "(1 - t) A + t B"}
+    s.points = {"A": [0.0], "B": [1.0]}
+    return s
+
+
+def describe(**kw: Any) -> dict[str, Any]:
+    return {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in kw.items()}
