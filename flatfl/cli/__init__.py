@@ -1,0 +1,51 @@
+"""``flatfl`` command line. The only place where configs are filled from flags.
+
+Bad input exits with code 2 and one line ``flatfl: error: ...`` naming the flag or file and
+the fix; a diverging run exits 1 after keeping its last finite checkpoint. Each subcommand
+lives in its own module with ``add_parser(sub)`` and ``run(ns)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from flatfl.cli import landscape, train
+from flatfl.cli.common import Parser
+from flatfl.errors import DivergenceError, UserError
+
+COMMANDS = {"train": train, "landscape": landscape}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = Parser(prog="flatfl", description="Train federated learning algorithms, save every round, measure flatness.")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for module in COMMANDS.values():
+        module.add_parser(sub)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        ns = vars(parser.parse_args(argv))
+    except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[ns["command"]].run(ns)
+    except UserError as exc:
+        sys.stderr.write(f"flatfl: error: {exc}\n")
+        return exc.exit_code
+    except DivergenceError as exc:
+        sys.stderr.write(f"flatfl: diverged: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("flatfl: interrupted; completed rounds are saved, continue with --resume DIR\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

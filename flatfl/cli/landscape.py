@@ -1,0 +1,212 @@
+"""``flatfl landscape``: curvature, sharpness and the federated view of one checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from flatfl.cli.common import nonneg_int, pos_float, pos_int
+from flatfl.errors import UserError
+
+
+def add_parser(sub: Any) -> None:
+    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
+
+    d = LandscapeSettings()
+    p = sub.add_parser(
+        "landscape",
+        help="Hessian eigenvalues, trace, spectral density and sharpness of one checkpoint",
+        description=(
+            "Measure the curvature of the loss at one saved global model. Reads --ckpt and the run.json "
+            "beside it (model and data are rebuilt from it), and writes DIR/landscape.json with every "
+            "number and its settings, plus density.png/.pdf with --density. The model is evaluated in "
+            "eval mode (BatchNorm running statistics) on the full chosen data (exact, not one mini-batch)."
+        ),
+    )
+    p.add_argument("--ckpt", type=Path, required=True, metavar="FILE", help="a round_NNNN.safetensors of a flatfl run")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: RUN/landscape/round_NNNN)")
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default=d.data,
+        metavar="SEL",
+        help=f"train (union of all clients' data), test, or client:K (client K's training data) (default: {d.data})",
+    )
+    g.add_argument("--samples", type=pos_int, metavar="N", help="a seeded random subset of N samples (default: all)")
+    g.add_argument(
+        "--batch-size",
+        type=pos_int,
+        default=d.batch_size,
+        metavar="B",
+        help=f"samples per forward/backward pass; results do not depend on it (default: {d.batch_size})",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default=d.dtype,
+        help=f"precision of the analysis; float64 for reference checks (default: {d.dtype})",
+    )
+    g.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument(
+        "--seed", type=nonneg_int, default=d.seed, help=f"seed of random vectors and subsets (default: {d.seed})"
+    )
+    g.add_argument(
+        "--memory-budget",
+        type=pos_float,
+        default=d.memory_budget_gb,
+        metavar="GB",
+        help="keep the first-order graphs of all data in memory (about 2x faster HVPs) when their estimated "
+        f"size fits this many GiB, else recompute them per HVP (default: {d.memory_budget_gb})",
+    )
+    g = p.add_argument_group("curvature")
+    g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
+    g.add_argument(
+        "--topk", type=pos_int, default=d.topk, metavar="K", help=f"number of top eigenvalues (default: {d.topk})"
+    )
+    g.add_argument(
+        "--tol",
+        type=pos_float,
+        default=d.tol,
+        help=f"Lanczos stops when every residual ||Hv - lv|| <= tol * |lambda_max| (default: {d.tol})",
+    )
+    g.add_argument(
+        "--max-vectors",
+        type=pos_int,
+        default=d.max_vectors,
+        metavar="N",
+        help=f"most parameter-sized vectors Lanczos/SLQ hold in memory (default: {d.max_vectors})",
+    )
+    g.add_argument("--trace", action="store_true", help="Hessian trace by Hutch++, with a standard error")
+    g.add_argument(
+        "--trace-matvecs",
+        type=pos_int,
+        default=d.trace_matvecs,
+        metavar="N",
+        help=f"HVP budget of Hutch++ (default: {d.trace_matvecs})",
+    )
+    g.add_argument(
+        "--trace-method",
+        choices=["hutch++", "hutchinson"],
+        default=d.trace_method,
+        help=f"trace estimator (default: {d.trace_method})",
+    )
+    g.add_argument(
+        "--density", action="store_true", help="eigenvalue spectral density by stochastic Lanczos quadrature"
+    )
+    g.add_argument(
+        "--slq-runs", type=pos_int, default=d.slq_runs, metavar="N", help=f"SLQ random vectors (default: {d.slq_runs})"
+    )
+    g.add_argument(
+        "--slq-steps",
+        type=pos_int,
+        default=d.slq_steps,
+        metavar="N",
+        help=f"Lanczos steps per SLQ run (default: {d.slq_steps})",
+    )
+    g = p.add_argument_group("sharpness")
+    g.add_argument(
+        "--sharpness", metavar="LIST", help=f"comma-separated measures, or all: {', '.join(SHARPNESS_MEASURES)}"
+    )
+    g.add_argument(
+        "--rho", type=pos_float, default=d.rho, help=f"radius of SAM and adaptive sharpness (default: {d.rho})"
+    )
+    g.add_argument("--eps", type=pos_float, default=d.eps, help=f"box size of epsilon-sharpness (default: {d.eps})")
+    g.add_argument(
+        "--sigma", type=pos_float, default=d.sigma, help=f"noise scale of average-case sharpness (default: {d.sigma})"
+    )
+    g.add_argument(
+        "--sharpness-steps",
+        type=pos_int,
+        default=d.sharpness_steps,
+        metavar="N",
+        help=f"ascent steps of SAM/adaptive sharpness (default: {d.sharpness_steps})",
+    )
+    g.add_argument(
+        "--sharpness-samples",
+        type=pos_int,
+        default=d.sharpness_samples,
+        metavar="N",
+        help=f"Monte Carlo draws of average-case sharpness (default: {d.sharpness_samples})",
+    )
+    g.add_argument(
+        "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
+    )
+    g = p.add_argument_group("federated view")
+    g.add_argument(
+        "--federated",
+        action="store_true",
+        help="per client: lambda_max of its own loss at the global model and at the model it returned "
+        "(needs --save-clients), and |cos| of its top eigenvector with the --data one",
+    )
+    g.add_argument(
+        "--clients",
+        default="auto",
+        metavar="SEL",
+        help="clients of the federated view: all, sampled (this round's, from clients_NNNN), or ids "
+        "like 0,3,5 (default: sampled when saved, else all)",
+    )
+
+
+def run(ns: dict[str, Any]) -> int:
+    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings, compute, json_ready
+    from analysis.plots import plot_density
+    from flatfl import checkpoint as ckpt
+    from flatfl.trainer import resolve_device
+
+    sharp: tuple[str, ...] = ()
+    if ns.get("sharpness"):
+        names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
+        sharp = SHARPNESS_MEASURES if names == ["all"] else tuple(names)
+        bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
+        if bad:
+            raise UserError(f"--sharpness: unknown measure(s) {bad}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
+    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"]):
+        raise UserError("nothing to compute: pass --hessian, --trace, --density, --sharpness and/or --federated")
+    if ns["max_vectors"] < ns["topk"]:
+        raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
+    settings = LandscapeSettings(
+        data=ns["data"],
+        samples=ns.get("samples"),
+        batch_size=ns["batch_size"],
+        dtype=ns["dtype"],
+        device=str(resolve_device(ns["device"])),
+        seed=ns["seed"],
+        hessian=ns["hessian"],
+        topk=ns["topk"],
+        tol=ns["tol"],
+        max_vectors=ns["max_vectors"],
+        trace=ns["trace"],
+        trace_matvecs=ns["trace_matvecs"],
+        trace_method=ns["trace_method"],
+        density=ns["density"],
+        slq_runs=ns["slq_runs"],
+        slq_steps=min(ns["slq_steps"], ns["max_vectors"]),
+        sharpness=sharp,
+        rho=ns["rho"],
+        eps=ns["eps"],
+        sigma=ns["sigma"],
+        sharpness_steps=ns["sharpness_steps"],
+        sharpness_samples=ns["sharpness_samples"],
+        m=ns.get("m"),
+        federated=ns["federated"],
+        clients=ns["clients"],
+        memory_budget_gb=ns["memory_budget"],
+    )
+    ckpt_path = Path(ns["ckpt"])
+    if not ckpt_path.is_file():
+        raise UserError(f"--ckpt: {ckpt_path} does not exist")
+    result, density = compute(ckpt_path, settings, log=lambda s: print(s, file=sys.stderr, flush=True))
+    out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
+    print(f"wrote {out / 'landscape.json'}")
+    if density is not None:
+        for p in plot_density(
+            density,
+            out / "density",
+            title=f"{result['algo']} round {result['round']}, "
+            f"{result['data']['selection']} ({result['data']['samples']} samples)",
+        ):
+            print(f"wrote {p}")
+    return 0

@@ -1,0 +1,322 @@
+"""``flatfl train``: flags -> frozen RunConfig -> ``flatfl.trainer.train``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from flatfl.cli.common import (
+    default,
+    frac_0_1,
+    momentum_t,
+    nonneg_float,
+    nonneg_int,
+    open_frac,
+    pos_float,
+    pos_int,
+    unit,
+)
+from flatfl.config import DataConfig, LocalConfig, RunConfig
+from flatfl.errors import UserError
+
+# flag dest -> field of DataConfig / LocalConfig / RunConfig / the algorithm's config
+DATA_FLAGS = {
+    "dataset": "dataset",
+    "test_frac": "test_frac",
+    "split_seed": "split_seed",
+    "partition": "partition",
+    "dirichlet": "dirichlet_alpha",
+    "min_size": "min_size",
+    "clients": "num_clients",
+}
+LOCAL_FLAGS = {
+    "lr": "lr",
+    "momentum": "momentum",
+    "batch_size": "batch_size",
+    "local_epochs": "epochs",
+    "weight_decay": "weight_decay",
+}
+RUN_FLAGS = ("algo", "model", "rounds", "frac", "seed", "save_clients", "eval_batch_size")
+ALGO_FLAGS = {
+    "weighted": "weighted",
+    "radius": "radius",
+    "mut_acc_rate": "mut_acc_rate",
+    "mut_bound": "mut_bound",
+    "mutate": "mutate",
+}
+# Flags that may differ when resuming (runtime choices, or extending the run).
+RESUME_FREE = {"rounds", "device", "progress", "resume", "out", "overwrite", "command"}
+
+
+def add_parser(sub: Any) -> None:
+    from flatfl.algorithms import ALGORITHMS
+    from flatfl.algorithms.fedmut import FedMutConfig
+    from flatfl.data import DATASETS
+    from flatfl.models import DEFAULT_MODEL, MODELS
+
+    dd, ld = DataConfig(), LocalConfig()
+    fm = FedMutConfig()
+    t = sub.add_parser(
+        "train",
+        help="train FedAvg/FedMut on simulated non-IID clients, one checkpoint per round",
+        description=(
+            "Simulate K clients holding a partition of the training set; each round sample "
+            "m = max(floor(frac*K), 1) clients, train them locally with SGD and aggregate. "
+            "Writes run.json, partition.json, round_NNNN.safetensors (round 0 = initial model), "
+            "state.safetensors and metrics.jsonl to --out (see docs/checkpoint-format.md)."
+        ),
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = t.add_argument_group("data and clients")
+    g.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        metavar="NAME",
+        help="dataset: "
+        + "; ".join(f"{k}: {v.description}" for k, v in sorted(DATASETS.items()))
+        + f" {default(dd, 'dataset')}",
+    )
+    g.add_argument(
+        "--test-frac",
+        type=open_frac,
+        metavar="F",
+        help="fraction of the data held out as the global test set, for datasets without an official "
+        f"split {default(dd, 'test_frac')}",
+    )
+    g.add_argument(
+        "--split-seed",
+        type=nonneg_int,
+        metavar="S",
+        help="seed of the train/test split, kept apart from --seed so all runs share one test set "
+        f"{default(dd, 'split_seed')}",
+    )
+    g.add_argument("--clients", type=pos_int, metavar="K", help=f"number of clients K {default(dd, 'num_clients')}")
+    g.add_argument(
+        "--frac",
+        type=frac_0_1,
+        metavar="C",
+        help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {default(RunConfig, 'frac')}",
+    )
+    g.add_argument(
+        "--partition",
+        choices=["iid", "dirichlet"],
+        help=f"how training data are split over clients {default(dd, 'partition')}",
+    )
+    g.add_argument(
+        "--dirichlet",
+        type=pos_float,
+        metavar="ALPHA",
+        help=f"Dirichlet concentration of label skew; smaller = more non-IID {default(dd, 'dirichlet_alpha')}",
+    )
+    g.add_argument(
+        "--min-size",
+        type=pos_int,
+        metavar="N",
+        help=f"redraw the Dirichlet split until every client has at least N samples {default(dd, 'min_size')}",
+    )
+
+    g = t.add_argument_group("model and local training")
+    g.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        metavar="NAME",
+        help="model: "
+        + "; ".join(f"{k}: {v.description}" for k, v in sorted(MODELS.items()))
+        + " (default: per dataset, "
+        + ", ".join(f"{d}: {m}" for d, m in sorted(DEFAULT_MODEL.items()))
+        + ")",
+    )
+    g.add_argument("--lr", type=pos_float, help=f"local SGD learning rate {default(ld, 'lr')}")
+    g.add_argument(
+        "--momentum",
+        type=momentum_t,
+        help=f"local SGD momentum; the FedMut paper uses 0.9, its reference code 0.5 {default(ld, 'momentum')}",
+    )
+    g.add_argument("--batch-size", type=pos_int, metavar="B", help=f"local minibatch size {default(ld, 'batch_size')}")
+    g.add_argument("--local-epochs", type=pos_int, metavar="E", help=f"local epochs per round {default(ld, 'epochs')}")
+    g.add_argument(
+        "--weight-decay", type=nonneg_float, metavar="WD", help=f"local SGD weight decay {default(ld, 'weight_decay')}"
+    )
+
+    g = t.add_argument_group("algorithm")
+    g.add_argument(
+        "--algo",
+        choices=list(ALGORITHMS),
+        metavar="NAME",
+        help=f"federated algorithm: {', '.join(ALGORITHMS)} (default: fedavg)",
+    )
+    g.add_argument(
+        "--rounds",
+        type=pos_int,
+        metavar="T",
+        help=f"number of rounds; with --resume, the new total {default(RunConfig, 'rounds')}",
+    )
+    w = g.add_mutually_exclusive_group()
+    w.add_argument(
+        "--weighted",
+        dest="weighted",
+        action="store_const",
+        const=True,
+        help="aggregate with sample-count weights (FedAvg's default)",
+    )
+    w.add_argument(
+        "--unweighted",
+        dest="weighted",
+        action="store_const",
+        const=False,
+        help="aggregate with the plain mean (FedMut's default, as in its reference code)",
+    )
+    g.add_argument(
+        "--radius",
+        type=nonneg_float,
+        metavar="ALPHA",
+        help=f"FedMut: mutation radius alpha; mutant = w + c*alpha*(w - w_prev) {default(fm, 'radius')}",
+    )
+    g.add_argument(
+        "--mut-acc-rate",
+        type=unit,
+        metavar="BETA0",
+        help=f"FedMut: beta0; pairs are (+1, -1+beta), beta = beta0*(1 - min(r/mut_bound, 1)) "
+        f"(the paper uses 0.5 for ResNet-18, 0.3 for CNN/VGG-16) {default(fm, 'mut_acc_rate')}",
+    )
+    g.add_argument(
+        "--mut-bound",
+        type=pos_int,
+        metavar="TB",
+        help=f"FedMut: round after which beta reaches 0 {default(fm, 'mut_bound')}",
+    )
+    g.add_argument(
+        "--mutate",
+        choices=["all", "params"],
+        help="FedMut: 'all' mutates every floating-point state_dict entry (BatchNorm running "
+        f"stats too, as the reference code); 'params' only parameters {default(fm, 'mutate')}",
+    )
+
+    g = t.add_argument_group("run")
+    g.add_argument(
+        "--seed",
+        type=nonneg_int,
+        help=f"run seed: partition, init, sampling, mutants, shuffles {default(RunConfig, 'seed')}",
+    )
+    g.add_argument(
+        "--out", type=Path, metavar="DIR", help="run directory (default: checkpoints/<dataset>-<algo>-s<seed>)"
+    )
+    g.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its last completed round; its config comes from "
+        "DIR/run.json (only --rounds, --device and --no-progress may be given)",
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument(
+        "--save-clients",
+        action="store_true",
+        help="also save, per round, the model sent to each sampled client (FedMut mutants) "
+        "and the model it returned, in clients_NNNN.safetensors",
+    )
+    g.add_argument(
+        "--device", metavar="DEV", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)"
+    )
+    g.add_argument(
+        "--eval-batch-size",
+        type=pos_int,
+        metavar="N",
+        help=f"batch size of test evaluation {default(RunConfig, 'eval_batch_size')}",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="plain log lines instead of a progress bar (automatic when stderr is not a terminal)",
+    )
+
+
+def config_from_args(ns: dict[str, Any]) -> RunConfig:
+    """Fill a RunConfig from the flags that were given, defaults elsewhere."""
+    from flatfl.algorithms import get_algorithm
+    from flatfl.data import dataset_info
+    from flatfl.models import DEFAULT_MODEL, model_kwargs_for
+
+    data = replace(DataConfig(), **{f: ns[k] for k, f in DATA_FLAGS.items() if k in ns})
+    local = replace(LocalConfig(), **{f: ns[k] for k, f in LOCAL_FLAGS.items() if k in ns})
+    algo = ns.get("algo", "fedavg")
+    algo_cls = get_algorithm(algo)
+    names = {f.name for f in fields(algo_cls.config_cls)}
+    for k, f in ALGO_FLAGS.items():
+        if k in ns and f not in names:
+            raise UserError(f"--{k.replace('_', '-')}: applies to --algo fedmut only, not {algo}")
+    algo_config = algo_cls.config_cls(**{f: ns[k] for k, f in ALGO_FLAGS.items() if k in ns})
+    info = dataset_info(data)
+    model = ns.get("model", DEFAULT_MODEL.get(data.dataset))
+    if model is None:
+        raise UserError(f"--model: no default model for --dataset {data.dataset}; pass --model")
+    cfg = RunConfig(
+        algo=algo,
+        algo_config=algo_config,
+        model=model,
+        model_kwargs=model_kwargs_for(model, info),
+        data=data,
+        local=local,
+        **{k: ns[k] for k in RUN_FLAGS if k in ns and k not in ("algo", "model")},
+    )
+    return cfg
+
+
+def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) -> None:
+    """Flags given with --resume must agree with the saved config (except runtime ones)."""
+    values = {
+        **{k: getattr(saved.data, f) for k, f in DATA_FLAGS.items()},
+        **{k: getattr(saved.local, f) for k, f in LOCAL_FLAGS.items()},
+        **{k: getattr(saved, k) for k in RUN_FLAGS},
+        **{k: getattr(saved.algo_config, f) for k, f in ALGO_FLAGS.items() if hasattr(saved.algo_config, f)},
+    }
+    for k, v in ns.items():
+        if k in RESUME_FREE:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if k not in values:
+            raise UserError(f"{flag}: does not apply to the {saved.algo} run being resumed ({run_json})")
+        if values[k] != v:
+            raise UserError(
+                f"{flag} {v} differs from the resumed run's {values[k]} ({run_json}); a resumed run keeps "
+                "its config: drop the flag, or start a new run with another --out"
+            )
+
+
+def run(ns: dict[str, Any]) -> int:
+    from flatfl import checkpoint as ckpt
+    from flatfl.trainer import prepare_out, train
+
+    if "resume" in ns:
+        out = ns["resume"]
+        if "out" in ns and Path(ns["out"]).resolve() != Path(out).resolve():
+            raise UserError("--out: give only --resume DIR to continue a run (DIR is where it is written)")
+        if "overwrite" in ns:
+            raise UserError("--overwrite: cannot be combined with --resume")
+        prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
+        cfg = RunConfig.from_dict(ckpt.read_run_json(out)["config"])
+        _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
+        if "rounds" in ns:
+            cfg = replace(cfg, rounds=ns["rounds"])
+        resume = True
+    else:
+        cfg = config_from_args(ns)
+        out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
+        resume = False
+    logs = train(
+        cfg,
+        Path(out),
+        device=ns.get("device", "auto"),
+        resume=resume,
+        overwrite=ns.get("overwrite", False),
+        progress=ns.get("progress"),
+    )
+    if logs:
+        last = logs[-1]
+        print(f"done: {out} round {last.round}  test_acc {last.test_acc:.4f}  test_loss {last.test_loss:.4f}")
+    return 0
