@@ -57,6 +57,11 @@ class LandscapeSettings:
     sharpness_samples: int = 50
     m: int | None = None
     memory_budget_gb: float = 2.0
+    surface: str | None = None  # 1d | 2d
+    surface_dirs: str = "random"  # random | eigen
+    grid: int = 21
+    span: float = 1.0
+    include_1d: bool = False
     federated: bool = False
     clients: str = "auto"  # auto | all | sampled | comma-separated ids
 
@@ -297,6 +302,83 @@ def federated_view(
             + f", |cos| with global top eigenvector {cos:.3f}"
         )
     return {"clients": rows, "global_data": settings.data, "selection": settings.clients}
+
+
+def compute_surface(
+    ckpt: Path,
+    settings: LandscapeSettings,
+    out_dir: Path,
+    eigvecs: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+):
+    """The 1D/2D surface around a checkpoint; saved (and resumed) as ``out_dir/surface.npz/.json``."""
+    from analysis.surfaces import Surface, evaluate_grid, random_directions
+
+    run, rnd = Run.of_checkpoint(ckpt)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
+    x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
+    obj = ModelLoss(run.model(rnd), x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
+    count = 1 if settings.surface == "1d" else 2
+    if settings.surface_dirs == "eigen":
+        if eigvecs is None or len(eigvecs) < count:
+            r = lanczos(
+                HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30),
+                k=count,
+                tol=settings.tol,
+                max_vectors=settings.max_vectors,
+                generator=torch.Generator().manual_seed(settings.seed * 1000 + 1),
+            )
+            eigvecs = r.vectors
+        # unit eigenvectors, scaled to the weights' norm so that the span reads like Li et al.'s
+        dirs = [v * obj.flat().norm() for v in eigvecs[:count]]
+        labels = ["top Hessian eigenvector 1", "top Hessian eigenvector 2"]
+    elif settings.surface_dirs == "random":
+        dirs = random_directions(
+            obj, count, torch.Generator().manual_seed(settings.seed), include_1d=settings.include_1d
+        )
+        labels = ["random filter-normalised direction 1", "random direction 2 (orthogonalised)"]
+    else:
+        raise UserError(f"--surface-dirs: {settings.surface_dirs!r} is not random or eigen")
+    grid = np.linspace(-settings.span, settings.span, settings.grid)
+    desc = {
+        "kind": f"{settings.surface} {settings.surface_dirs}",
+        "checkpoint": str(ckpt),
+        "round": rnd,
+        "data": data_info,
+        "x_label": labels[0],
+        "y_label": labels[1] if count == 2 else None,
+        "grid": settings.grid,
+        "span": settings.span,
+        "include_1d": settings.include_1d,
+        "batchnorm": "running statistics of the checkpoint (not re-estimated per point)",
+        "filter_normalised": settings.surface_dirs == "random",
+        "seed": settings.seed,
+    }
+    path = out_dir / "surface"
+    previous = None
+    if path.with_suffix(".npz").is_file() and path.with_suffix(".json").is_file():
+        old = Surface.load(path)
+        if old.description == desc:
+            previous = old
+
+    def on_chunk(s: Surface, done: int, total: int) -> None:
+        s.description, s.points = desc, {"checkpoint": [0.0] * count}
+        s.save(path)
+        if progress is not None:
+            progress(done, total)
+
+    surf = evaluate_grid(
+        obj,
+        dirs,
+        grid,
+        grid if count == 2 else None,
+        memory_budget=settings.memory_budget_gb * 2**30,
+        resume_from=previous,
+        on_chunk=on_chunk,
+    )
+    surf.description, surf.points = desc, {"checkpoint": [0.0] * count}
+    surf.save(path)
+    return surf
 
 
 def json_ready(obj: Any) -> Any:

@@ -157,3 +157,68 @@ def test_federated_view_against_eigsh(cli, tiny, tmp_path):
         local.load_state_dict(returned[info["clients"].index(c)])
         lam_r, _ = top(local, ds.train.x[idx], ds.train.y[idx])
         assert row["lambda_max_at_returned"] == pytest.approx(lam_r, rel=1e-6)
+
+
+def test_surface_cli_writes_resumes_and_plots(cli, run_dir, tmp_path):
+    from analysis.surfaces import Surface
+
+    args = [
+        "landscape",
+        "--ckpt",
+        run_dir / "round_0003.safetensors",
+        "--data",
+        "test",
+        "--samples",
+        "100",
+        "--surface",
+        "2d",
+        "--grid",
+        "5",
+        "--span",
+        "0.5",
+        "--out",
+        tmp_path / "s",
+    ]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    res = json.loads((tmp_path / "s" / "landscape.json").read_text())
+    surf = Surface.load(tmp_path / "s" / "surface")
+    assert surf.loss.shape == (5, 5) and np.isfinite(surf.loss).all()
+    assert surf.loss[2, 2] == pytest.approx(res["loss"], rel=1e-5)  # the centre is the checkpoint itself
+    assert res["surface"]["loss_at_checkpoint"] == pytest.approx(res["loss"], rel=1e-5)
+    assert (tmp_path / "s" / "surface.png").stat().st_size > 20_000
+    # an interrupted surface: drop half the points; rerunning fills exactly those
+    partial = Surface(surf.alphas, surf.betas, surf.loss.copy(), surf.accuracy.copy(), surf.description, surf.points)
+    partial.loss[3:, :] = np.nan
+    partial.loss[0, 0] = -1.0  # marks a point that must be kept, not recomputed
+    partial.save(tmp_path / "s" / "surface")
+    code, _, err = cli(*args)
+    assert code == 0, err
+    again = Surface.load(tmp_path / "s" / "surface")
+    assert again.loss[0, 0] == -1.0
+    np.testing.assert_allclose(again.loss[3:], surf.loss[3:], rtol=1e-6)
+
+
+def test_surface_along_top_eigenvectors_1d(cli, run_dir, tmp_path):
+    code, _, err = cli(
+        "landscape",
+        "--ckpt",
+        run_dir / "round_0002.safetensors",
+        "--samples",
+        "80",
+        "--surface",
+        "1d",
+        "--surface-dirs",
+        "eigen",
+        "--grid",
+        "7",
+        "--out",
+        tmp_path / "e",
+    )
+    assert code == 0, err
+    from analysis.surfaces import Surface
+
+    s = Surface.load(tmp_path / "e" / "surface")
+    assert s.loss.shape == (7,) and s.betas is None and s.description["kind"] == "1d eigen"
+    # along the sharpest direction the loss rises on both sides of the checkpoint
+    assert s.loss[0] > s.loss[3] and s.loss[-1] > s.loss[3]

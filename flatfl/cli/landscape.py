@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flatfl.cli.common import nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
 
@@ -132,6 +134,24 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
     )
+    g = p.add_argument_group("loss surface")
+    g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
+    g.add_argument(
+        "--surface-dirs",
+        choices=["random", "eigen"],
+        default=d.surface_dirs,
+        help="random: Gaussian, filter-normalised, orthogonalised (Li et al. 2018); eigen: top Hessian "
+        f"eigenvectors scaled to ||w|| (default: {d.surface_dirs})",
+    )
+    g.add_argument("--grid", type=pos_int, default=d.grid, metavar="N", help=f"points per axis (default: {d.grid})")
+    g.add_argument(
+        "--span", type=pos_float, default=d.span, metavar="R", help=f"coordinates run from -R to R (default: {d.span})"
+    )
+    g.add_argument(
+        "--include-bias-bn",
+        action="store_true",
+        help="also perturb biases and BatchNorm parameters (Li et al. zero them in random directions)",
+    )
     g = p.add_argument_group("federated view")
     g.add_argument(
         "--federated",
@@ -161,8 +181,10 @@ def run(ns: dict[str, Any]) -> int:
         bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
         if bad:
             raise UserError(f"--sharpness: unknown measure(s) {bad}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
-    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"]):
-        raise UserError("nothing to compute: pass --hessian, --trace, --density, --sharpness and/or --federated")
+    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"] or ns.get("surface")):
+        raise UserError(
+            "nothing to compute: pass --hessian, --trace, --density, --sharpness, --federated and/or --surface"
+        )
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
     settings = LandscapeSettings(
@@ -192,6 +214,11 @@ def run(ns: dict[str, Any]) -> int:
         federated=ns["federated"],
         clients=ns["clients"],
         memory_budget_gb=ns["memory_budget"],
+        surface=ns.get("surface"),
+        surface_dirs=ns["surface_dirs"],
+        grid=ns["grid"],
+        span=ns["span"],
+        include_1d=ns["include_bias_bn"],
     )
     ckpt_path = Path(ns["ckpt"])
     if not ckpt_path.is_file():
@@ -201,6 +228,33 @@ def run(ns: dict[str, Any]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
     print(f"wrote {out / 'landscape.json'}")
+    if settings.surface:
+        from tqdm.auto import tqdm
+
+        from analysis.landscape import compute_surface
+        from analysis.plots import plot_surface
+
+        with tqdm(
+            total=settings.grid ** (2 if settings.surface == "2d" else 1),
+            unit="point",
+            desc="surface",
+            disable=not sys.stderr.isatty(),
+        ) as bar:
+            surf = compute_surface(ckpt_path, settings, out, progress=lambda d, t: bar.update(d - bar.n))
+        result["surface"] = {
+            "file": str(out / "surface.npz"),
+            "kind": surf.description["kind"],
+            "grid": settings.grid,
+            "span": settings.span,
+            "loss_min": float(np.nanmin(surf.loss)),
+            "loss_max": float(np.nanmax(surf.loss)),
+            "loss_at_checkpoint": float(surf.loss[(settings.grid // 2,) * surf.loss.ndim]),
+        }
+        ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
+        for p in plot_surface(
+            surf, out / "surface", title=f"{result['algo']} round {result['round']}: {surf.description['kind']} surface"
+        ):
+            print(f"wrote {p}")
     if density is not None:
         for p in plot_density(
             density,
