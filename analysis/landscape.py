@@ -133,7 +133,7 @@ def compute(
     if settings.hessian:
         t = time.perf_counter()
         log(f"hessian: top-{settings.topk} and most negative eigenvalue by Lanczos ...")
-        r = lanczos(
+        r = r_top = lanczos(
             op, k=settings.topk, smallest=True, tol=settings.tol, max_vectors=settings.max_vectors, generator=gen(1)
         )
         out["hessian"] = {
@@ -174,9 +174,7 @@ def compute(
             "seconds": time.perf_counter() - t,
         }
     if settings.federated:
-        global_vec = None
-        if settings.hessian and r_top is not None:
-            global_vec = r_top.vectors[0]
+        global_vec = r_top.vectors[0] if r_top is not None else None
         out["federated"] = federated_view(run, rnd, settings, dtype, global_vec, gen, log)
     sharp: dict[str, Any] = {}
     for name in settings.sharpness:
