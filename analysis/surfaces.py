@@ -209,12 +209,12 @@ def evaluate_grid(
         else [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
     )
     todo = [c for c in coords if np.isnan(loss[c])]
-    bytes_per_point = obj.size * torch.finfo(obj.dtype).bits // 8 * 4  # stacked params + activations slack
-    chunk = max(1, int(memory_budget // max(bytes_per_point, 1)))
+    chunk = points_per_chunk(obj, memory_budget)
     dirs = [d.to(obj.device, obj.dtype) for d in directions]
     vectorize = True
     done = len(coords) - len(todo)
-    for start in range(0, len(todo), chunk):
+    start = 0
+    while start < len(todo):
         part = todo[start : start + chunk]
         pts = []
         for c in part:
@@ -225,6 +225,11 @@ def evaluate_grid(
         P = torch.stack(pts)
         try:
             lv, av = _points_loss(obj, P, vectorize)
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)  # the estimate was too optimistic: smaller chunks
+            continue
         except (RuntimeError, NotImplementedError):
             if not vectorize:
                 raise
@@ -233,9 +238,33 @@ def evaluate_grid(
         for c, lval, aval in zip(part, lv.tolist(), av.tolist()):
             loss[c], acc[c] = lval, aval
         done += len(part)
+        start += len(part)
         if on_chunk is not None:
             on_chunk(surf, done, len(coords))
     return surf
+
+
+def points_per_chunk(obj: ModelLoss, memory_budget: float) -> int:
+    """How many grid points one vmap call may take within ``memory_budget`` bytes.
+
+    Per point: its stacked parameters plus the activations of one batch, measured by a forward
+    hook on every module during one forward pass of the first batch.
+    """
+    act = [0]
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            act[0] += output.numel() * output.element_size()
+
+    xb, yb = obj.batches[0]
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with torch.no_grad(), eval_mode(obj.model):
+            functional_call(obj.model, (obj.params, obj.buffers), (xb,))
+    finally:
+        handle.remove()
+    per_point = obj.size * obj.flat().element_size() + act[0]
+    return max(1, int(memory_budget // max(per_point, 1)))
 
 
 def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> Surface:

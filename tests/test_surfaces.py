@@ -167,3 +167,15 @@ def test_vmap_unsupported_model_falls_back_to_a_loop():
     (d,) = random_directions(obj, 1, torch.Generator().manual_seed(0))
     s = evaluate_grid(obj, [d], np.array([-1.0, 0.0, 1.0]))
     assert s.loss[1] == pytest.approx(F.cross_entropy(m(x), y).item(), rel=1e-6)
+
+
+def test_chunk_size_follows_the_memory_budget(cnn_problem):
+    from analysis.surfaces import points_per_chunk
+
+    model, x, y = cnn_problem
+    small, big = ModelLoss(model, x, y, batch_size=10), ModelLoss(model, x, y, batch_size=150)
+    # per point: parameters (13,706 floats) + one batch's activations (> 10 * 16*8*8 floats)
+    per_point_small = 13706 * 4 + 10 * 16 * 8 * 8 * 4
+    assert points_per_chunk(small, 100 * per_point_small) <= 100
+    assert points_per_chunk(big, 2**30) < points_per_chunk(small, 2**30)
+    assert points_per_chunk(big, 1) == 1
