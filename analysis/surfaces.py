@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ def _points_loss(obj: ModelLoss, flat_points: torch.Tensor, vectorize: bool) -> 
 
     with torch.no_grad(), eval_mode(obj.model):
         if vectorize:
-            stacked = {n: v for n, v in obj.unflat_batch(flat_points).items()}
+            stacked = obj.unflat_batch(flat_points)
             for xb, yb in obj.batches:
                 lb, cb = vmap(one, in_dims=(0, None, None))(stacked, xb, yb)
                 loss += lb.double()
@@ -273,7 +273,3 @@ def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarr
     s.description = {"kind": "interpolation", "t": "(1 - t) A + t B"}
     s.points = {"A": [0.0], "B": [1.0]}
     return s
-
-
-def describe(**kw: Any) -> dict[str, Any]:
-    return {k: (asdict(v) if hasattr(v, "__dataclass_fields__") else v) for k, v in kw.items()}

@@ -36,6 +36,27 @@ from flatfl.models import build_model
 from flatfl.trainer import make_partition, sample_clients, train
 
 
+def bare_round(model, glob, xs, ys, cfg: RunConfig, t: int) -> dict[str, torch.Tensor]:
+    """One hand-written round: each sampled client trains from ``glob`` by plain SGD; plain mean."""
+    lc = cfg.local
+    returned = []
+    for c in sample_clients(cfg, t).tolist():
+        model.load_state_dict(glob)
+        opt = torch.optim.SGD(model.parameters(), lr=lc.lr, momentum=lc.momentum)
+        g = torch.Generator().manual_seed(t * 1000 + c)
+        n = len(ys[c])
+        for _ in range(lc.epochs):
+            perm = torch.randperm(n, generator=g)
+            for s in range(0, n, lc.batch_size):
+                idx = perm[s : s + lc.batch_size]
+                loss = F.cross_entropy(model(xs[c][idx]), ys[c][idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        returned.append({k: v.clone() for k, v in model.state_dict().items()})
+    return {k: torch.stack([r[k] for r in returned]).mean(0) for k in glob}
+
+
 def bare_rounds(cfg: RunConfig, evaluate: bool) -> tuple[float, float]:
     """(whole time, time of the rounds' sampling + training + averaging)."""
     t0 = time.perf_counter()
@@ -45,26 +66,10 @@ def bare_rounds(cfg: RunConfig, evaluate: bool) -> tuple[float, float]:
     ys = [data.train.y[torch.as_tensor(p)] for p in parts]
     model = build_model(cfg.model, **cfg.model_kwargs)
     glob = {k: v.clone() for k, v in model.state_dict().items()}
-    lc = cfg.local
     in_rounds = 0.0
     for t in range(1, cfg.rounds + 1):
         r0 = time.perf_counter()
-        returned = []
-        for c in sample_clients(cfg, t).tolist():
-            model.load_state_dict(glob)
-            opt = torch.optim.SGD(model.parameters(), lr=lc.lr, momentum=lc.momentum)
-            g = torch.Generator().manual_seed(t * 1000 + c)
-            n = len(ys[c])
-            for _ in range(lc.epochs):
-                perm = torch.randperm(n, generator=g)
-                for s in range(0, n, lc.batch_size):
-                    idx = perm[s : s + lc.batch_size]
-                    loss = F.cross_entropy(model(xs[c][idx]), ys[c][idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            returned.append({k: v.clone() for k, v in model.state_dict().items()})
-        glob = {k: torch.stack([r[k] for r in returned]).mean(0) for k in glob}
+        glob = bare_round(model, glob, xs, ys, cfg, t)
         in_rounds += time.perf_counter() - r0
         if evaluate:  # the reference loop tests the global model every round
             model.load_state_dict(glob)
@@ -107,7 +112,6 @@ def interleaved_rounds(cfg: RunConfig) -> tuple[float, float]:
     ys = [data.train.y[torch.as_tensor(p)] for p in parts]
     model = build_model(cfg.model, **cfg.model_kwargs)
     g_b = {k: v.clone() for k, v in model.state_dict().items()}
-    lc = cfg.local
     t_tr = t_b = 0.0
 
     def trainer_round(t: int) -> None:
@@ -119,27 +123,12 @@ def interleaved_rounds(cfg: RunConfig) -> tuple[float, float]:
         first_nonfinite(out.new_global)
         g_tr = out.new_global
 
-    def bare_round(t: int) -> None:
+    def bare_side(t: int) -> None:
         nonlocal g_b
-        returned = []
-        for c in sample_clients(cfg, t).tolist():
-            model.load_state_dict(g_b)
-            opt = torch.optim.SGD(model.parameters(), lr=lc.lr, momentum=lc.momentum)
-            g = torch.Generator().manual_seed(t * 1000 + c)
-            n = len(ys[c])
-            for _ in range(lc.epochs):
-                perm = torch.randperm(n, generator=g)
-                for s in range(0, n, lc.batch_size):
-                    idx = perm[s : s + lc.batch_size]
-                    loss = F.cross_entropy(model(xs[c][idx]), ys[c][idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            returned.append({k: v.clone() for k, v in model.state_dict().items()})
-        g_b = {k: torch.stack([r[k] for r in returned]).mean(0) for k in g_b}
+        g_b = bare_round(model, g_b, xs, ys, cfg, t)
 
     for t in range(1, cfg.rounds + 1):
-        order = [(trainer_round, "tr"), (bare_round, "b")] if t % 2 else [(bare_round, "b"), (trainer_round, "tr")]
+        order = [(trainer_round, "tr"), (bare_side, "b")] if t % 2 else [(bare_side, "b"), (trainer_round, "tr")]
         for fn, side in order:
             t0 = time.perf_counter()
             fn(t)
@@ -187,9 +176,7 @@ def main() -> None:
     print("round compute, one trainer round and one bare round alternating in one process (3 x 40 rounds):")
     print(f"  trainer  {ms(il_tr / 3)}   bare {ms(il_b / 3)}   ratio {il_tr / il_b:.3f}  (target <= 1.05)")
     print("round compute (sampling, dispatch, local SGD, aggregation), separate runs:")
-    print(
-        f"  trainer  {ms(med(tr, 1))}   bare {ms(med(br, 1))}   ratio {med(tr, 1) / med(br, 1):.3f}"
-    )
+    print(f"  trainer  {ms(med(tr, 1))}   bare {ms(med(br, 1))}   ratio {med(tr, 1) / med(br, 1):.3f}")
     print("whole run (setup, rounds, test evaluation each round, checkpoints):")
     print(f"  trainer  {ms(med(tr, 0))}   bare+eval {ms(med(be, 0))}   ratio {med(tr, 0) / med(be, 0):.3f}")
     print(f"  trainer  {ms(med(tr, 0))}   bare      {ms(med(br, 0))}   ratio {med(tr, 0) / med(br, 0):.3f}")
