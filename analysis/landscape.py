@@ -58,9 +58,14 @@ class LandscapeSettings:
     m: int | None = None
     memory_budget_gb: float = 2.0
     surface: str | None = None  # 1d | 2d
-    surface_dirs: str = "random"  # random | eigen
+    surface_dirs: str = "random"  # random | eigen | interp | models | pca
     grid: int = 21
     span: float = 1.0
+    range: tuple[float, float] | None = None  # axis range (overrides span; interp/models/pca pick one)
+    to: str | None = None  # interp: the other end (checkpoint file, mutant:SLOT, returned:SLOT)
+    models: tuple[str, ...] | None = None  # models: the two other models of the plane
+    bn_reestimate: int = 0  # batches of training data to re-estimate BatchNorm statistics per point
+    markers: bool = True  # draw this round's mutants / returned models (and trajectory) on the surface
     include_1d: bool = False
     federated: bool = False
     clients: str = "auto"  # auto | all | sampled | comma-separated ids
@@ -302,6 +307,95 @@ def federated_view(
     return {"clients": rows, "global_data": settings.data, "selection": settings.clients}
 
 
+def _flat_of(run: Run, state: dict[str, torch.Tensor], obj: ModelLoss) -> torch.Tensor:
+    return torch.cat([state[n].reshape(-1) for n in obj.names]).to(obj.device, obj.dtype)
+
+
+def _model_spec(run: Run, rnd: int, spec: str, obj: ModelLoss) -> tuple[str, torch.Tensor]:
+    """A model named on the command line: a checkpoint file, ``mutant:SLOT`` (a model sent in
+    round rnd+1, i.e. a mutant of this checkpoint) or ``returned:SLOT`` (a model returned in
+    round rnd, whose mean is this checkpoint)."""
+    from flatfl import checkpoint as ckpt
+
+    kind, _, slot = spec.partition(":")
+    if kind in ("mutant", "returned") and slot.isdigit():
+        r = rnd + 1 if kind == "mutant" else rnd
+        path = ckpt.clients_path(run.path, r)
+        if not path.is_file():
+            raise UserError(f"--models {spec}: {path} is missing (train with --save-clients)")
+        sent, returned, info = run.clients(r)
+        models = sent if kind == "mutant" else returned
+        if int(slot) >= len(models):
+            raise UserError(f"--models {spec}: round {r} has slots 0..{len(models) - 1}")
+        return f"{kind} {slot} (client {info['clients'][int(slot)]})", _flat_of(run, models[int(slot)], obj)
+    file = Path(spec)
+    if not file.is_file():
+        raise UserError(f"--models/--to: {spec!r} is neither a checkpoint file nor mutant:SLOT / returned:SLOT")
+    other, r = Run.of_checkpoint(file)
+    if other.info["model"] != run.info["model"]:
+        raise UserError(
+            f"{spec}: model {other.info['model']['name']} {other.info['model']['kwargs']} differs from "
+            f"the checkpoint's {run.info['model']['name']} {run.info['model']['kwargs']}"
+        )
+    return f"{other.config['algo']} round {r}", _flat_of(other, other.global_state(r), obj)
+
+
+def _axis(lo: float, hi: float, n: int) -> np.ndarray:
+    return np.linspace(lo, hi, n)
+
+
+def _markers(
+    run: Run,
+    rnd: int,
+    obj: ModelLoss,
+    origin: torch.Tensor,
+    dirs: list[torch.Tensor],
+    named: list[tuple[str, str, torch.Tensor]],
+) -> list[dict[str, Any]]:
+    """Models drawn on a surface: the given ones plus this round's mutants and returned models.
+
+    Coordinates are least-squares positions in the plane (exact for models in it); loss and
+    accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
+    """
+    from analysis.spread import plane_coordinates
+    from analysis.surfaces import points_loss
+    from flatfl import checkpoint as ckpt
+
+    named = list(named)
+    if ckpt.clients_path(run.path, rnd + 1).is_file():
+        sent, _, info = run.clients(rnd + 1)
+        for i, sd in enumerate(sent):
+            named.append(
+                (f"mutant {i} (to client {info['clients'][i]}, round {rnd + 1})", "mutants", _flat_of(run, sd, obj))
+            )
+    if rnd >= 1 and ckpt.clients_path(run.path, rnd).is_file():
+        _, returned, info = run.clients(rnd)
+        for i, sd in enumerate(returned):
+            named.append((f"client {info['clients'][i]} (returned in round {rnd})", "clients", _flat_of(run, sd, obj)))
+    if not named:
+        return []
+    P = torch.stack([v for _, _, v in named])
+    coords, off = plane_coordinates(
+        P.cpu().double(),
+        origin.cpu().double(),
+        dirs[0].cpu().double(),
+        dirs[1].cpu().double() if len(dirs) > 1 else None,
+    )
+    lv, av = points_loss(obj, P)
+    return [
+        {
+            "name": name,
+            "group": group,
+            "coords": coords[i].tolist(),
+            "off_plane": float(off[i]),
+            "off_plane_relative": float(off[i] / max(float(origin.norm()), 1e-300)),
+            "loss": float(lv[i]),
+            "accuracy": float(av[i]),
+        }
+        for i, (name, group, _) in enumerate(named)
+    ]
+
+
 def compute_surface(
     ckpt: Path,
     settings: LandscapeSettings,
@@ -309,15 +403,38 @@ def compute_surface(
     eigvecs: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ):
-    """The 1D/2D surface around a checkpoint; saved (and resumed) as ``out_dir/surface.npz/.json``."""
-    from analysis.surfaces import Surface, evaluate_grid, random_directions
+    """The 1D/2D surface around a checkpoint; saved (and resumed) as ``out_dir/surface.npz/.json``.
+
+    Directions (``settings.surface_dirs``): ``random`` (filter-normalised Gaussian, Li et al.
+    2018), ``eigen`` (top Hessian eigenvectors, scaled to ||w||), ``interp`` (1D, towards
+    ``settings.to``), ``models`` (2D, the plane through the checkpoint and ``settings.models``),
+    ``pca`` (2D, the PCA plane of the run's trajectory up to this round, trajectory drawn).
+    """
+    from analysis.surfaces import (
+        BatchNormReestimator,
+        Surface,
+        evaluate_grid,
+        has_batchnorm,
+        pca_directions,
+        plane_through,
+        random_directions,
+    )
 
     run, rnd = Run.of_checkpoint(ckpt)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
     obj = ModelLoss(run.model(rnd), x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
+    theta = obj.flat()
+    kind = settings.surface_dirs
     count = 1 if settings.surface == "1d" else 2
-    if settings.surface_dirs == "eigen":
+    if kind == "interp" and count != 1:
+        raise UserError("--surface-dirs interp is a line: use --surface 1d")
+    if kind in ("models", "pca") and count != 2:
+        raise UserError(f"--surface-dirs {kind} is a plane: use --surface 2d")
+    lo_hi = settings.range
+    named: list[tuple[str, str, torch.Tensor]] = []
+    extra: dict[str, Any] = {}
+    if kind == "eigen":
         if eigvecs is None or len(eigvecs) < count:
             r = lanczos(
                 HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30),
@@ -328,30 +445,90 @@ def compute_surface(
             )
             eigvecs = r.vectors
         # unit eigenvectors, scaled to the weights' norm so that the span reads like Li et al.'s
-        dirs = [v * obj.flat().norm() for v in eigvecs[:count]]
-        labels = ["top Hessian eigenvector 1", "top Hessian eigenvector 2"]
-    elif settings.surface_dirs == "random":
+        dirs = [v * theta.norm() for v in eigvecs[:count]]
+        labels = ["top Hessian eigenvector 1 (x ||w||)", "top Hessian eigenvector 2 (x ||w||)"]
+        alphas = _axis(*(lo_hi or (-settings.span, settings.span)), settings.grid)
+    elif kind == "random":
         dirs = random_directions(
             obj, count, torch.Generator().manual_seed(settings.seed), include_1d=settings.include_1d
         )
         labels = ["random filter-normalised direction 1", "random direction 2 (orthogonalised)"]
+        alphas = _axis(*(lo_hi or (-settings.span, settings.span)), settings.grid)
+    elif kind == "interp":
+        if not settings.to:
+            raise UserError("--surface-dirs interp needs --to CKPT (the other end of the line)")
+        name, other = _model_spec(run, rnd, settings.to, obj)
+        dirs = [other - theta]
+        labels = [f"t: (1 - t) * this checkpoint + t * {name}"]
+        named.append((name, "models", other))
+        alphas = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid)
+    elif kind == "models":
+        if not settings.models or len(settings.models) != 2:
+            raise UserError("--surface-dirs models needs --models B C (two more models; the checkpoint is the third)")
+        (nb, b), (nc, c) = (_model_spec(run, rnd, m, obj) for m in settings.models)
+        d1, d2, co = plane_through(theta, b, c)
+        if float(d2.norm()) <= 1e-12 * max(float(d1.norm()), 1e-30):
+            raise UserError("--models: the three models lie on one line; they span no plane")
+        dirs = [d1, d2]
+        labels = [f"towards {nb}", f"towards {nc} (orthogonalised)"]
+        named += [(nb, "models", b), (nc, "models", c)]
+        xs = co[:, 0]
+        alphas = _axis(*(lo_hi or (min(xs.min(), 0.0) - 0.5, max(xs.max(), 1.0) + 0.5)), settings.grid)
+        extra["betas"] = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid)
+    elif kind == "pca":
+        rounds = [r for r in run.rounds() if r <= rnd]
+        if len(rounds) < 3:
+            raise UserError(f"--surface-dirs pca: needs >= 3 saved rounds up to round {rnd}, found {len(rounds)}")
+        traj = [_flat_of(run, run.global_state(r), obj) for r in rounds]
+        d1, d2, co, var = pca_directions(traj)
+        dirs = [d1, d2]
+        labels = [f"PC1 ({100 * var[0]:.1f}% of variance)", f"PC2 ({100 * var[1]:.1f}% of variance)"]
+        pad = lambda v: 0.2 * max(v.max() - v.min(), 1e-12)  # noqa: E731
+        alphas = _axis(co[:, 0].min() - pad(co[:, 0]), co[:, 0].max() + pad(co[:, 0]), settings.grid)
+        extra["betas"] = _axis(co[:, 1].min() - pad(co[:, 1]), co[:, 1].max() + pad(co[:, 1]), settings.grid)
+        for r, v in zip(rounds, traj):  # ends at the checkpoint itself, (0, 0)
+            named.append((f"round {r}", "trajectory", v))
+        extra["explained_variance"] = var.tolist()
     else:
-        raise UserError(f"--surface-dirs: {settings.surface_dirs!r} is not random or eigen")
-    grid = np.linspace(-settings.span, settings.span, settings.grid)
+        raise UserError(f"--surface-dirs: {kind!r} is not random, eigen, interp, models or pca")
+    betas = (extra.pop("betas", None) if kind in ("models", "pca") else alphas) if count == 2 else None
+    bn = None
+    bn_note = "running statistics of the checkpoint (not re-estimated per point)"
+    if settings.bn_reestimate:
+        if has_batchnorm(obj.model):
+            ds = run.dataset()
+            g = torch.Generator().manual_seed(settings.seed + 17)
+            idx = torch.randperm(len(ds.train.y), generator=g)[: settings.bn_reestimate * settings.batch_size]
+            xb = ds.train.x[idx]
+            bn = BatchNormReestimator(
+                obj.model, [xb[i : i + settings.batch_size] for i in range(0, len(xb), settings.batch_size)]
+            )
+            bn_note = (
+                f"re-estimated at every point on {len(idx)} training samples ({settings.bn_reestimate} batches), "
+                "exact cumulative average (momentum=None)"
+            )
+        else:
+            bn_note = "the model has no BatchNorm layers (--bn-reestimate had nothing to do)"
     desc = {
-        "kind": f"{settings.surface} {settings.surface_dirs}",
+        "kind": f"{settings.surface} {kind}",
         "checkpoint": str(ckpt),
         "round": rnd,
+        "algo": run.config["algo"],
         "data": data_info,
         "x_label": labels[0],
         "y_label": labels[1] if count == 2 else None,
         "grid": settings.grid,
         "span": settings.span,
+        "range": [float(alphas[0]), float(alphas[-1])],
         "include_1d": settings.include_1d,
-        "batchnorm": "running statistics of the checkpoint (not re-estimated per point)",
-        "filter_normalised": settings.surface_dirs == "random",
+        "batchnorm": bn_note,
+        "filter_normalised": kind == "random",
         "seed": settings.seed,
+        "to": settings.to,
+        "models": list(settings.models) if settings.models else None,
+        **extra,
     }
+    markers = _markers(run, rnd, obj, theta, dirs, named) if settings.markers else []
     path = out_dir / "surface"
     previous = None
     if path.with_suffix(".npz").is_file() and path.with_suffix(".json").is_file():
@@ -359,8 +536,11 @@ def compute_surface(
         if old.description == desc:
             previous = old
 
+    def finish(s: Surface) -> None:
+        s.description, s.points, s.markers = desc, {"checkpoint": [0.0] * count}, markers
+
     def on_chunk(s: Surface, done: int, total: int) -> None:
-        s.description, s.points = desc, {"checkpoint": [0.0] * count}
+        finish(s)
         s.save(path)
         if progress is not None:
             progress(done, total)
@@ -368,13 +548,14 @@ def compute_surface(
     surf = evaluate_grid(
         obj,
         dirs,
-        grid,
-        grid if count == 2 else None,
+        alphas,
+        betas,
         memory_budget=settings.memory_budget_gb * 2**30,
         resume_from=previous,
         on_chunk=on_chunk,
+        bn=bn,
     )
-    surf.description, surf.points = desc, {"checkpoint": [0.0] * count}
+    finish(surf)
     surf.save(path)
     return surf
 

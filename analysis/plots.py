@@ -56,40 +56,81 @@ def plot_density(
     return outs
 
 
+MARKER_STYLE = {
+    "mutants": dict(color="#e66101", marker="D", label="mutants (sent next round)"),
+    "clients": dict(color="#1a9641", marker="o", label="returned client models"),
+    "models": dict(color="#d7191c", marker="s", label="models"),
+    "trajectory": dict(color="0.25", marker=".", label="trajectory"),
+}
+
+
+def _draw_markers_2d(ax, surface) -> None:
+    groups: dict[str, list[dict]] = {}
+    for m in surface.markers:
+        groups.setdefault(m["group"], []).append(m)
+    for group, ms in groups.items():
+        st = MARKER_STYLE.get(group, dict(color="0.3", marker="o", label=group))
+        xy = np.array([m["coords"] for m in ms])
+        if group == "trajectory":
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=st["color"], lw=0.8, marker=".", ms=3, label=st["label"])
+        else:
+            ax.scatter(
+                xy[:, 0], xy[:, 1], s=22, c=st["color"], marker=st["marker"], edgecolors="k", lw=0.4, label=st["label"]
+            )
+    ax.plot(0, 0, "*", ms=10, color="k", label="checkpoint")
+    if surface.markers:
+        ax.legend(fontsize=6, loc="best", framealpha=0.8)
+
+
+def contour_levels(lo: float, hi: float, n: int) -> np.ndarray:
+    """n levels from lo to hi: geometric when the range spans > 20x (so the basin shows), else linear."""
+    if lo > 0 and hi / lo > 20:
+        return np.geomspace(lo, hi, n)
+    return np.linspace(lo, max(hi, lo + 1e-12), n)
+
+
+def _contour(ax, surface, levels: np.ndarray, metric: str = "loss"):
+    A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
+    z = surface.loss if metric == "loss" else surface.accuracy
+    cs = ax.contour(A, B, np.clip(z, levels[0], levels[-1]), levels=levels, cmap="viridis", linewidths=0.8)
+    ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
+    _draw_markers_2d(ax, surface)
+    ax.set_xlabel(surface.description.get("x_label", "a"), fontsize=8)
+    ax.set_ylabel(surface.description.get("y_label", "b"), fontsize=8)
+    if surface.description.get("kind", "").split()[-1] in ("random", "eigen", "pca"):
+        ax.set_aspect("equal", adjustable="box")  # orthogonal axes of equal scale: distances read true
+    return cs
+
+
 def plot_surface(surface, path: Path, *, title: str = "", levels: int = 20) -> list[Path]:
     """A 1D loss curve, or a 2D contour map with labelled levels and a 3D view, as PNG and PDF.
 
-    ``surface`` is an :class:`analysis.surfaces.Surface`; named points (``surface.points``:
-    the global model, mutants, client models, ...) are drawn and labelled.
+    ``surface`` is an :class:`analysis.surfaces.Surface`; its markers (mutants, returned client
+    models, named models, the trajectory) are drawn at their coordinates in the plane.
     """
     path = Path(path)
     if surface.betas is None:
         fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
         ax.plot(surface.alphas, surface.loss, color="#1f4e79", lw=1.6, label="loss")
-        ax.set_xlabel(surface.description.get("x_label", "a"))
+        ax.set_xlabel(surface.description.get("x_label", "a"), fontsize=8)
         ax.set_ylabel("loss")
         ax2 = ax.twinx()
         ax2.plot(surface.alphas, surface.accuracy, color="#c55a11", lw=1.0, ls="--", label="accuracy")
         ax2.set_ylabel("accuracy", color="#c55a11")
-        for name, (x,) in ((k, v) for k, v in surface.points.items() if len(v) == 1):
-            ax.axvline(x, color="0.6", lw=0.8, ls=":")
-            ax.text(x, ax.get_ylim()[1], name, ha="center", va="bottom", fontsize=7)
+        ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+        for m in surface.markers:
+            if m["group"] == "models":
+                ax.plot(m["coords"][0], m["loss"], "s", ms=5, color="#d7191c")
+                ax.annotate(
+                    m["name"], (m["coords"][0], m["loss"]), xytext=(3, 3), textcoords="offset points", fontsize=7
+                )
         ax.grid(True, alpha=0.3)
     else:
         fig = plt.figure(figsize=(9.5, 4.0), dpi=150)
         ax = fig.add_subplot(1, 2, 1)
+        finite = surface.loss[np.isfinite(surface.loss)]
+        _contour(ax, surface, contour_levels(float(finite.min()), float(finite.max()), levels))
         A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
-        finite = np.isfinite(surface.loss)
-        lo, hi = np.nanmin(surface.loss[finite]), np.nanmax(surface.loss[finite])
-        lv = np.linspace(lo, hi, levels)
-        cs = ax.contour(A, B, surface.loss, levels=lv, cmap="viridis", linewidths=0.8)
-        ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
-        for name, pt in ((k, v) for k, v in surface.points.items() if len(v) == 2):
-            ax.plot(*pt, "o", ms=4, color="#c00000")
-            ax.annotate(name, pt, xytext=(3, 3), textcoords="offset points", fontsize=7)
-        ax.set_xlabel(surface.description.get("x_label", "a"))
-        ax.set_ylabel(surface.description.get("y_label", "b"))
-        ax.set_aspect("equal", adjustable="box")
         ax3 = fig.add_subplot(1, 2, 2, projection="3d")
         ax3.plot_surface(A, B, surface.loss, cmap="viridis", linewidth=0, antialiased=True, alpha=0.9)
         ax3.set_xlabel("a", fontsize=8)
@@ -97,6 +138,52 @@ def plot_surface(surface, path: Path, *, title: str = "", levels: int = 20) -> l
         ax3.set_zlabel("loss", fontsize=8)
         ax3.tick_params(labelsize=6)
     fig.suptitle(title or surface.description.get("kind", "loss surface"), fontsize=10)
+    fig.tight_layout()
+    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in outs:
+        fig.savefig(p)
+    plt.close(fig)
+    return outs
+
+
+def plot_surfaces_side_by_side(
+    surfaces, titles, path: Path, *, levels: int = 20, vrange: tuple[float, float] | None = None
+) -> list[Path]:
+    """2D contour maps next to each other on one shared set of levels (comparable colours)."""
+    path = Path(path)
+    if vrange is None:
+        vals = np.concatenate([s.loss[np.isfinite(s.loss)].ravel() for s in surfaces])
+        vrange = (float(vals.min()), float(vals.max()))
+    lv = contour_levels(vrange[0], vrange[1], levels)
+    n = len(surfaces)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), dpi=150, squeeze=False)
+    cs = None
+    for ax, s, t in zip(axes[0], surfaces, titles):
+        cs = _contour(ax, s, lv)
+        ax.set_title(t, fontsize=9)
+    if cs is not None:
+        fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.8, label="loss")
+    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in outs:
+        fig.savefig(p, bbox_inches="tight")
+    plt.close(fig)
+    return outs
+
+
+def plot_curves(
+    series: dict[str, tuple[list, list]], path: Path, *, xlabel: str, ylabel: str, title: str = ""
+) -> list[Path]:
+    """Line plot of named (x, y) series, e.g. accuracy or spread over rounds, as PNG and PDF."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
+    for name, (x, y) in series.items():
+        ax.plot(x, y, lw=1.3, marker="." if len(x) < 30 else None, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for p in outs:

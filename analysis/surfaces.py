@@ -117,6 +117,9 @@ class Surface:
     accuracy: np.ndarray
     description: dict[str, Any] = field(default_factory=dict)
     points: dict[str, list[float]] = field(default_factory=dict)  # named models' coordinates
+    # models drawn on the surface: name, group, coords, off_plane distance, loss/accuracy at the
+    # model itself (not at its projection)
+    markers: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         """``path``.npz (arrays) and ``path``.json (description, points) -- no pickle."""
@@ -131,7 +134,10 @@ class Surface:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-        atomic_write_json(path.with_suffix(".json"), {"description": self.description, "points": self.points})
+        atomic_write_json(
+            path.with_suffix(".json"),
+            {"description": self.description, "points": self.points, "markers": self.markers},
+        )
 
     @classmethod
     def load(cls, path: Path) -> Surface:
@@ -146,17 +152,84 @@ class Surface:
             arrays["accuracy"],
             meta["description"],
             meta["points"],
+            meta.get("markers", []),
         )
 
 
-def _points_loss(obj: ModelLoss, flat_points: torch.Tensor, vectorize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss and accuracy of each row of ``flat_points`` (P, n) over all of obj's data."""
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class BatchNormReestimator:
+    """Fresh BatchNorm running statistics for given parameters, from a few training batches.
+
+    Li et al.'s surfaces keep the unperturbed model's running statistics at every grid point;
+    a perturbed model's activations no longer match them. This recomputes them the way
+    ``torch.optim.swa_utils.update_bn`` does -- statistics reset, ``momentum=None`` (an exact
+    cumulative average over the batches), forward passes in train mode -- but functionally, on
+    one private copy of the model made once (never per point), so the user's model is untouched.
+    """
+
+    def __init__(self, model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> None:
+        import copy
+
+        self.model = copy.deepcopy(model)
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = None
+        self.batches = list(batches)
+
+    def buffers(self, params: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        fresh = {}
+        for name, b in template.items():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "running_mean":
+                fresh[name] = torch.zeros_like(b)
+            elif leaf == "running_var":
+                fresh[name] = torch.ones_like(b)
+            elif leaf == "num_batches_tracked":
+                fresh[name] = torch.zeros_like(b)
+            else:
+                fresh[name] = b.clone()
+        ref = next(iter(params.values()))
+        was = self.model.training
+        self.model.train()
+        try:
+            with torch.no_grad():
+                for xb in self.batches:
+                    xb = xb.to(ref.device, ref.dtype) if xb.is_floating_point() else xb.to(ref.device)
+                    functional_call(self.model, (params, fresh), (xb,))
+        finally:
+            self.model.train(was)
+        return fresh
+
+
+def points_loss(
+    obj: ModelLoss,
+    flat_points: torch.Tensor,
+    vectorize: bool | None = None,
+    bn: BatchNormReestimator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and accuracy of each row of ``flat_points`` (P, n) over all of obj's data.
+
+    ``vectorize``: one ``vmap`` over the rows per batch (True), a loop (False), or vmap with a
+    fallback to the loop where the model does not support it (None).
+    """
+    if bn is not None:
+        vectorize = False  # per-point statistics: one point at a time
+    if vectorize is None:
+        try:
+            return points_loss(obj, flat_points, True)
+        except (RuntimeError, NotImplementedError):
+            return points_loss(obj, flat_points, False)
     P = flat_points.shape[0]
     loss = torch.zeros(P, dtype=torch.float64, device=obj.device)
     correct = torch.zeros(P, dtype=torch.float64, device=obj.device)
 
-    def one(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = functional_call(obj.model, (params, obj.buffers), (xb,))
+    def one(
+        params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, buffers: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = functional_call(obj.model, (params, obj.buffers if buffers is None else buffers), (xb,))
         return obj.loss_fn(out, yb, reduction="sum"), (out.argmax(-1) == yb).sum()
 
     with torch.no_grad(), eval_mode(obj.model):
@@ -169,8 +242,9 @@ def _points_loss(obj: ModelLoss, flat_points: torch.Tensor, vectorize: bool) -> 
         else:
             for i in range(P):
                 params = obj.unflat(flat_points[i])
+                buffers = None if bn is None else bn.buffers(params, obj.buffers)
                 for xb, yb in obj.batches:
-                    lb, cb = one(params, xb, yb)
+                    lb, cb = one(params, xb, yb, buffers)
                     loss[i] += lb.double()
                     correct[i] += cb.double()
     return loss / obj.n, correct / obj.n
@@ -186,6 +260,7 @@ def evaluate_grid(
     memory_budget: float = 2**30,
     resume_from: Surface | None = None,
     on_chunk: Callable[[Surface, int, int], None] | None = None,
+    bn: BatchNormReestimator | None = None,
 ) -> Surface:
     """Loss/accuracy at origin + a d1 (+ b d2) for every grid point.
 
@@ -193,7 +268,8 @@ def evaluate_grid(
     within ``memory_budget`` bytes (at least one point per chunk; if vmap is not supported by
     the model, points are evaluated one by one). ``resume_from`` skips points already
     computed (non-NaN); ``on_chunk(surface, done, total)`` is called after every chunk (for
-    progress bars and saving a partial surface).
+    progress bars and saving a partial surface). ``bn``: re-estimate BatchNorm statistics at
+    every point (see :class:`BatchNormReestimator`; points then go one at a time).
     """
     theta = obj.flat() if origin is None else origin.to(obj.device, obj.dtype)
     alphas = np.asarray(alphas, dtype=float)
@@ -211,7 +287,7 @@ def evaluate_grid(
     todo = [c for c in coords if np.isnan(loss[c])]
     chunk = points_per_chunk(obj, memory_budget)
     dirs = [d.to(obj.device, obj.dtype) for d in directions]
-    vectorize = True
+    vectorize = bn is None
     done = len(coords) - len(todo)
     start = 0
     while start < len(todo):
@@ -224,7 +300,7 @@ def evaluate_grid(
             pts.append(p)
         P = torch.stack(pts)
         try:
-            lv, av = _points_loss(obj, P, vectorize)
+            lv, av = points_loss(obj, P, vectorize, bn)
         except torch.OutOfMemoryError:
             if chunk == 1:
                 raise
@@ -234,7 +310,7 @@ def evaluate_grid(
             if not vectorize:
                 raise
             vectorize = False
-            lv, av = _points_loss(obj, P, vectorize)
+            lv, av = points_loss(obj, P, vectorize, bn)
         for c, lval, aval in zip(part, lv.tolist(), av.tolist()):
             loss[c], acc[c] = lval, aval
         done += len(part)

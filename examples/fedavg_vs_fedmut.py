@@ -2,15 +2,18 @@
 
 Both runs share the seed, so they share the Dirichlet(0.1) partition over 20 clients, the
 initial model and the client sample of every round; only the algorithm differs. Each run
-is written to ``checkpoints/digits-<algo>-s<seed>`` (one safetensors file per round) for the
-analysis commands to read.
+is written to ``checkpoints/digits-<algo>-s<seed>`` (one safetensors file per round, client
+models every 10th round) for the analysis commands to read; then ``flatfl report`` compares
+them (curvature, sharpness and surfaces at the middle and last round, spread of the mutants)
+in ``checkpoints/report-digits-s<seed>/report.html``.
 
-    python examples/fedavg_vs_fedmut.py [--rounds 200] [--seed 0]
+    python examples/fedavg_vs_fedmut.py [--rounds 200] [--seed 0] [--no-report]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,8 @@ def run(algo: str, rounds: int, seed: int, out: Path) -> float:
             "--out",
             str(out),
             "--overwrite",
+            "--save-clients",
+            "10",
         ]
     )
     if code != 0:
@@ -53,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200, help="rounds per run (default: 200)")
     ap.add_argument("--seed", type=int, default=0, help="shared seed (default: 0)")
     ap.add_argument("--root", type=Path, default=Path("checkpoints"), help="where runs go (default: checkpoints)")
+    ap.add_argument("--no-report", action="store_true", help="train only; skip flatfl report")
     args = ap.parse_args()
 
     outs, secs = {}, {}
@@ -74,6 +80,22 @@ def main() -> None:
     print(f"{'best':>8} {best['fedavg']:>8.4f} {best['fedmut']:>8.4f}")
     print(f"{'seconds':>8} {secs['fedavg']:>8.1f} {secs['fedmut']:>8.1f}")
     print(f"runs: {outs['fedavg']}  {outs['fedmut']}")
+    if args.no_report:
+        return
+    report = args.root / f"report-digits-s{args.seed}"
+    print(f"\nflatfl report {outs['fedavg']} {outs['fedmut']} --out {report} ...", flush=True)
+    t0 = time.perf_counter()
+    code = flatfl(["report", str(outs["fedavg"]), str(outs["fedmut"]), "--out", str(report)])
+    if code != 0:
+        sys.exit(code)
+    rows = list(csv.DictReader(open(report / "report.csv")))
+    print(f"\n{'run':>8} {'round':>6} {'test acc':>9} {'lambda_max':>11} {'trace':>15} {'SAM':>9}")
+    for r in rows:
+        print(
+            f"{r['run']:>8} {r['round']:>6} {float(r['test_acc']):>9.4f} {float(r['lambda_max']):>11.4g} "
+            f"{float(r['trace']):>8.4g} +-{float(r['trace_stderr']):<5.2g} {float(r['sharpness_sam']):>9.4g}"
+        )
+    print(f"report ({time.perf_counter() - t0:.0f} s): {(report / 'report.html').resolve()}")
 
 
 if __name__ == "__main__":

@@ -63,8 +63,17 @@ class RunConfig:
     rounds: int = 50
     frac: float = 0.25
     seed: int = 0
-    save_clients: bool = False
+    save_clients: int = 0  # 0: never; K: rounds t with t % K in (0, 1) (K = 1: every round)
     eval_batch_size: int = 500
+
+    def saves_clients(self, t: int) -> bool:
+        """Whether round t's sent/returned client models are saved.
+
+        With K > 1 both rounds t = nK (the models that produced w_nK) and nK + 1 (the models, e.g.
+        FedMut's mutants, sent from w_nK) are kept, so every saved "decade" has both sides.
+        """
+        k = self.save_clients
+        return k > 0 and (k == 1 or t % k in (0, 1))
 
     @property
     def clients_per_round(self) -> int:
@@ -92,7 +101,7 @@ class RunConfig:
                 rounds=int(d["rounds"]),
                 frac=float(d["frac"]),
                 seed=int(d["seed"]),
-                save_clients=bool(d["save_clients"]),
+                save_clients=int(d["save_clients"]),
                 eval_batch_size=int(d["eval_batch_size"]),
             )
         except (KeyError, TypeError) as exc:

@@ -322,8 +322,8 @@ def train(
                     ckpt.cpu_snapshot(new_global),
                     ckpt.cpu_snapshot(algo.state_tensors()),
                     algo.state_json(),
-                    [ckpt.cpu_snapshot(s) for s in result.sent] if cfg.save_clients else None,
-                    [ckpt.cpu_snapshot(u.state) for u in result.updates] if cfg.save_clients else None,
+                    [ckpt.cpu_snapshot(s) for s in result.sent] if cfg.saves_clients(t) else None,
+                    [ckpt.cpu_snapshot(u.state) for u in result.updates] if cfg.saves_clients(t) else None,
                     clients_info,
                     record,
                 )

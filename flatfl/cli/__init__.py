@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flatfl.cli import landscape, train
+from flatfl.cli import landscape, report, train
 from flatfl.cli.common import Parser
 from flatfl.errors import DivergenceError, UserError
 
-COMMANDS = {"train": train, "landscape": landscape}
+COMMANDS = {"train": train, "landscape": landscape, "report": report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = vars(parser.parse_args(argv))
     except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
         return int(exc.code or 0)
+    ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     try:
         return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:

@@ -12,6 +12,30 @@ from flatfl.cli.common import nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
 
 
+def _value_at_origin(surf: Any) -> float | None:
+    """The surface's loss at (0, 0) when the grid holds that point exactly."""
+    axes = [surf.alphas] + ([surf.betas] if surf.betas is not None else [])
+    idx = []
+    for ax in axes:
+        hit = np.flatnonzero(np.abs(ax) < 1e-12)
+        if not len(hit):
+            return None
+        idx.append(int(hit[0]))
+    return float(surf.loss[tuple(idx)])
+
+
+def _float_pair(text: str) -> tuple[float, float]:
+    import argparse
+
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers)") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
+    return lo, hi
+
+
 def add_parser(sub: Any) -> None:
     from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
 
@@ -138,14 +162,52 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
     g.add_argument(
         "--surface-dirs",
-        choices=["random", "eigen"],
+        choices=["random", "eigen", "interp", "models", "pca"],
         default=d.surface_dirs,
         help="random: Gaussian, filter-normalised, orthogonalised (Li et al. 2018); eigen: top Hessian "
-        f"eigenvectors scaled to ||w|| (default: {d.surface_dirs})",
+        "eigenvectors scaled to ||w||; interp (1d): the line to --to; models (2d): the plane through the "
+        "checkpoint and the two --models; pca (2d): the PCA plane of the run's global models up to this "
+        f"round, trajectory drawn (Li et al. sec. 7) (default: {d.surface_dirs})",
+    )
+    g.add_argument(
+        "--to",
+        metavar="MODEL",
+        help="interp: the other end -- a round_NNNN.safetensors of any run with the same model (e.g. FedAvg vs "
+        "FedMut), mutant:SLOT (a model sent in the next round) or returned:SLOT (returned in this round)",
+    )
+    g.add_argument(
+        "--models",
+        nargs=2,
+        metavar="MODEL",
+        help="models: the two other models of the plane (same forms as --to), e.g. mutant:0 mutant:1",
     )
     g.add_argument("--grid", type=pos_int, default=d.grid, metavar="N", help=f"points per axis (default: {d.grid})")
     g.add_argument(
-        "--span", type=pos_float, default=d.span, metavar="R", help=f"coordinates run from -R to R (default: {d.span})"
+        "--span",
+        type=pos_float,
+        default=d.span,
+        metavar="R",
+        help=f"random/eigen: coordinates run from -R to R (default: {d.span})",
+    )
+    g.add_argument(
+        "--range",
+        type=_float_pair,
+        metavar="LO,HI",
+        help="axis range instead of --span (default: -R,R for random/eigen, -0.5,1.5 for interp/models, "
+        "the trajectory plus 20%% for pca)",
+    )
+    g.add_argument(
+        "--bn-reestimate",
+        type=nonneg_int,
+        default=d.bn_reestimate,
+        metavar="N",
+        help="BatchNorm models: recompute the running statistics at every grid point on N batches of training "
+        "data (default 0: keep the checkpoint's statistics, as Li et al.); the output says which was used",
+    )
+    g.add_argument(
+        "--no-markers",
+        action="store_true",
+        help="do not draw this round's mutants / returned client models (from clients files) on the surface",
     )
     g.add_argument(
         "--include-bias-bn",
@@ -218,6 +280,11 @@ def run(ns: dict[str, Any]) -> int:
         surface_dirs=ns["surface_dirs"],
         grid=ns["grid"],
         span=ns["span"],
+        range=ns.get("range"),
+        to=ns.get("to"),
+        models=tuple(ns["models"]) if ns.get("models") else None,
+        bn_reestimate=ns["bn_reestimate"],
+        markers=not ns["no_markers"],
         include_1d=ns["include_bias_bn"],
     )
     ckpt_path = Path(ns["ckpt"])
@@ -231,6 +298,7 @@ def run(ns: dict[str, Any]) -> int:
     if settings.surface:
         from tqdm.auto import tqdm
 
+        from analysis.interactive import surface_figure, write_page
         from analysis.landscape import compute_surface
         from analysis.plots import plot_surface
 
@@ -248,13 +316,17 @@ def run(ns: dict[str, Any]) -> int:
             "span": settings.span,
             "loss_min": float(np.nanmin(surf.loss)),
             "loss_max": float(np.nanmax(surf.loss)),
-            "loss_at_checkpoint": float(surf.loss[(settings.grid // 2,) * surf.loss.ndim]),
+            "loss_at_checkpoint": _value_at_origin(surf),
+            "range": surf.description["range"],
+            "batchnorm": surf.description["batchnorm"],
+            "markers": surf.markers,
         }
         ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
-        for p in plot_surface(
-            surf, out / "surface", title=f"{result['algo']} round {result['round']}: {surf.description['kind']} surface"
-        ):
+        title = f"{result['algo']} round {result['round']}: {surf.description['kind']} surface"
+        for p in plot_surface(surf, out / "surface", title=title):
             print(f"wrote {p}")
+        fig = surface_figure([(f"round {result['round']}", surf)], title=title)
+        print(f"wrote {write_page(out / 'surface.html', title, [(surf.description['kind'], fig)])}")
     if density is not None:
         for p in plot_density(
             density,

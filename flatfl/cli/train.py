@@ -47,7 +47,7 @@ ALGO_FLAGS = {
     "mutate": "mutate",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
-RESUME_FREE = {"rounds", "device", "progress", "resume", "out", "overwrite", "command"}
+RESUME_FREE = {"_argv", "rounds", "device", "progress", "resume", "out", "overwrite", "command"}
 
 
 def add_parser(sub: Any) -> None:
@@ -214,9 +214,13 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument(
         "--save-clients",
-        action="store_true",
-        help="also save, per round, the model sent to each sampled client (FedMut mutants) "
-        "and the model it returned, in clients_NNNN.safetensors",
+        type=pos_int,
+        nargs="?",
+        const=1,
+        metavar="K",
+        help="also save the model sent to each sampled client (FedMut mutants) and the model it returned, in "
+        "clients_NNNN.safetensors: every round, or with K only rounds t with t %% K in (0, 1) -- the clients "
+        "that produced w_t and the mutants sent from it -- to save disk (needed by flatfl report's spread)",
     )
     g.add_argument(
         "--device", metavar="DEV", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)"

@@ -1,0 +1,170 @@
+"""``flatfl report``: FedAvg vs FedMut (or any runs) side by side in one HTML page + CSV/JSON."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from flatfl.cli.common import nonneg_int, pos_float, pos_int
+from flatfl.errors import UserError
+
+
+def _rounds(text: str) -> tuple[int, ...] | None:
+    import argparse
+
+    if text == "auto":
+        return None
+    try:
+        vals = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a comma-separated list of rounds") from None
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: rounds are integers >= 0")
+    return vals
+
+
+def add_parser(sub: Any) -> None:
+    from analysis.report import ReportSettings
+
+    d = ReportSettings()
+    ld = d.landscape
+    p = sub.add_parser(
+        "report",
+        help="compare runs (e.g. FedAvg vs FedMut): curves, curvature, sharpness, surfaces, spread -> HTML+CSV+JSON",
+        description=(
+            "Compare several runs side by side. For each RUN directory and each of --rounds: lambda_max "
+            "(Lanczos), Hessian trace (Hutch++), sharpness and a 2D filter-normalised random loss surface, on "
+            "the same data selection; over all rounds: test accuracy/loss and, for runs trained with "
+            "--save-clients, the spread of mutants and returned client models. Writes OUT/report.html (one "
+            "self-contained page that opens offline), OUT/report.csv (a row per run and round), "
+            "OUT/curves.csv (per-round metrics and spread) and OUT/report.json (all numbers and settings). "
+            "Per-checkpoint results are cached in OUT/runs/ and reused on a rerun with the same settings."
+        ),
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=None,
+        metavar="LIST",
+        help="comma-separated rounds to measure in every run, or auto: the middle and the last saved round "
+        "(default: auto)",
+    )
+    p.add_argument(
+        "--data",
+        default=ld.data,
+        metavar="SEL",
+        help=f"train (union of clients' data), test or client:K (default: {ld.data})",
+    )
+    p.add_argument(
+        "--samples",
+        type=nonneg_int,
+        default=ld.samples,
+        metavar="N",
+        help=f"seeded random subset of N samples, 0 = all (default: {ld.samples})",
+    )
+    p.add_argument(
+        "--sharpness",
+        default=",".join(ld.sharpness),
+        metavar="LIST",
+        help=f"sharpness measures (see flatfl landscape --help), or none (default: {','.join(ld.sharpness)})",
+    )
+    p.add_argument(
+        "--trace-matvecs",
+        type=nonneg_int,
+        default=ld.trace_matvecs,
+        metavar="N",
+        help=f"Hutch++ HVP budget, 0 = no trace (default: {ld.trace_matvecs})",
+    )
+    p.add_argument("--no-hessian", action="store_true", help="skip lambda_max")
+    p.add_argument(
+        "--grid", type=pos_int, default=ld.grid, metavar="N", help=f"surface points per axis (default: {ld.grid})"
+    )
+    p.add_argument(
+        "--span",
+        type=pos_float,
+        default=ld.span,
+        metavar="R",
+        help=f"surface axes run from -R to R (default: {ld.span})",
+    )
+    p.add_argument("--no-surface", action="store_true", help="skip the loss surfaces")
+    p.add_argument("--no-spread", action="store_true", help="skip the spread of mutants / client models")
+    p.add_argument(
+        "--spread-samples",
+        type=nonneg_int,
+        default=d.spread_samples,
+        metavar="N",
+        help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
+    )
+    p.add_argument(
+        "--seed", type=nonneg_int, default=ld.seed, help=f"seed of subsets, probes, directions (default: {ld.seed})"
+    )
+    p.add_argument("--batch-size", type=pos_int, default=ld.batch_size, metavar="B", help=f"(default: {ld.batch_size})")
+    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument(
+        "--memory-budget",
+        type=pos_float,
+        default=ld.memory_budget_gb,
+        metavar="GB",
+        help=f"memory for cached HVP graphs and surface chunks (default: {ld.memory_budget_gb})",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(ns: dict[str, Any]) -> int:
+    from analysis.landscape import SHARPNESS_MEASURES
+    from analysis.report import ReportSettings, build_report
+    from flatfl import checkpoint as ckpt
+    from flatfl.trainer import resolve_device
+
+    for r in ns["runs"]:
+        if not (Path(r) / ckpt.RUN_JSON).is_file():
+            raise UserError(
+                f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
+            )
+    names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
+    sharp = () if names in ([], ["none"]) else SHARPNESS_MEASURES if names == ["all"] else tuple(names)
+    bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
+    if bad:
+        raise UserError(
+            f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
+        )
+    d = ReportSettings()
+    ls = replace(
+        d.landscape,
+        data=ns["data"],
+        samples=ns["samples"] or None,
+        sharpness=sharp,
+        trace=ns["trace_matvecs"] > 0,
+        trace_matvecs=max(ns["trace_matvecs"], 3),
+        hessian=not ns["no_hessian"],
+        grid=ns["grid"],
+        span=ns["span"],
+        seed=ns["seed"],
+        batch_size=ns["batch_size"],
+        device=str(resolve_device(ns["device"])),
+        memory_budget_gb=ns["memory_budget"],
+    )
+    settings = ReportSettings(
+        rounds=ns["rounds"],
+        landscape=ls,
+        surface=not ns["no_surface"],
+        spread=not ns["no_spread"],
+        spread_samples=ns["spread_samples"],
+    )
+    command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
+    files = build_report(
+        [Path(r) for r in ns["runs"]],
+        settings,
+        Path(ns["out"]),
+        command=command,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+        show_progress=not ns["no_progress"] and sys.stderr.isatty(),
+    )
+    for kind in ("html", "csv", "curves", "json"):
+        print(f"wrote {files[kind]}")
+    return 0
