@@ -351,6 +351,7 @@ def _markers(
     origin: torch.Tensor,
     dirs: list[torch.Tensor],
     named: list[tuple[str, str, torch.Tensor]],
+    clients: bool = True,
 ) -> list[dict[str, Any]]:
     """Models drawn on a surface: the given ones plus this round's mutants and returned models.
 
@@ -362,13 +363,13 @@ def _markers(
     from flatfl import checkpoint as ckpt
 
     named = list(named)
-    if ckpt.clients_path(run.path, rnd + 1).is_file():
+    if clients and ckpt.clients_path(run.path, rnd + 1).is_file():
         sent, _, info = run.clients(rnd + 1)
         for i, sd in enumerate(sent):
             named.append(
                 (f"mutant {i} (to client {info['clients'][i]}, round {rnd + 1})", "mutants", _flat_of(run, sd, obj))
             )
-    if rnd >= 1 and ckpt.clients_path(run.path, rnd).is_file():
+    if clients and rnd >= 1 and ckpt.clients_path(run.path, rnd).is_file():
         _, returned, info = run.clients(rnd)
         for i, sd in enumerate(returned):
             named.append((f"client {info['clients'][i]} (returned in round {rnd})", "clients", _flat_of(run, sd, obj)))
@@ -396,6 +397,25 @@ def _markers(
     ]
 
 
+def check_surface_settings(settings: LandscapeSettings) -> None:
+    """Flag combinations a surface cannot use: one line each, before anything is computed."""
+    kind, count = settings.surface_dirs, 1 if settings.surface == "1d" else 2
+    if kind not in ("random", "eigen", "interp", "models", "pca"):
+        raise UserError(f"--surface-dirs: {kind!r} is not random, eigen, interp, models or pca")
+    if kind == "interp" and count != 1:
+        raise UserError("--surface-dirs interp is a line: use --surface 1d")
+    if kind in ("models", "pca") and count != 2:
+        raise UserError(f"--surface-dirs {kind} is a plane: use --surface 2d")
+    if kind == "interp" and not settings.to:
+        raise UserError("--surface-dirs interp needs --to MODEL (the other end of the line)")
+    if kind == "models" and (not settings.models or len(settings.models) != 2):
+        raise UserError("--surface-dirs models needs --models B C (two more models; the checkpoint is the third)")
+    for spec in ([settings.to] if kind == "interp" else []) + (list(settings.models or []) if kind == "models" else []):
+        kind_, _, slot = spec.partition(":")
+        if not (kind_ in ("mutant", "returned") and slot.isdigit()) and not Path(spec).is_file():
+            raise UserError(f"--models/--to: {spec!r} is neither a checkpoint file nor mutant:SLOT / returned:SLOT")
+
+
 def compute_surface(
     ckpt: Path,
     settings: LandscapeSettings,
@@ -420,6 +440,7 @@ def compute_surface(
         random_directions,
     )
 
+    check_surface_settings(settings)
     run, rnd = Run.of_checkpoint(ckpt)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
@@ -427,10 +448,6 @@ def compute_surface(
     theta = obj.flat()
     kind = settings.surface_dirs
     count = 1 if settings.surface == "1d" else 2
-    if kind == "interp" and count != 1:
-        raise UserError("--surface-dirs interp is a line: use --surface 1d")
-    if kind in ("models", "pca") and count != 2:
-        raise UserError(f"--surface-dirs {kind} is a plane: use --surface 2d")
     lo_hi = settings.range
     named: list[tuple[str, str, torch.Tensor]] = []
     extra: dict[str, Any] = {}
@@ -455,16 +472,12 @@ def compute_surface(
         labels = ["random filter-normalised direction 1", "random direction 2 (orthogonalised)"]
         alphas = _axis(*(lo_hi or (-settings.span, settings.span)), settings.grid)
     elif kind == "interp":
-        if not settings.to:
-            raise UserError("--surface-dirs interp needs --to CKPT (the other end of the line)")
         name, other = _model_spec(run, rnd, settings.to, obj)
         dirs = [other - theta]
         labels = [f"t: (1 - t) * this checkpoint + t * {name}"]
         named.append((name, "models", other))
         alphas = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid)
     elif kind == "models":
-        if not settings.models or len(settings.models) != 2:
-            raise UserError("--surface-dirs models needs --models B C (two more models; the checkpoint is the third)")
         (nb, b), (nc, c) = (_model_spec(run, rnd, m, obj) for m in settings.models)
         d1, d2, co = plane_through(theta, b, c)
         if float(d2.norm()) <= 1e-12 * max(float(d1.norm()), 1e-30):
@@ -528,7 +541,7 @@ def compute_surface(
         "models": list(settings.models) if settings.models else None,
         **extra,
     }
-    markers = _markers(run, rnd, obj, theta, dirs, named) if settings.markers else []
+    markers = _markers(run, rnd, obj, theta, dirs, named, clients=settings.markers)
     path = out_dir / "surface"
     previous = None
     if path.with_suffix(".npz").is_file() and path.with_suffix(".json").is_file():

@@ -102,8 +102,8 @@ def measure_round(
     res = _cached_landscape(out / "landscape.json", want)
     if res is None:
         res, _ = compute(file, ls, log=log)
-        res = json_ready(res)
-        ckpt.atomic_write_json(out / "landscape.json", res)
+        ckpt.atomic_write_json(out / "landscape.json", json_ready(res))
+        res = json.loads((out / "landscape.json").read_text())  # one path for fresh and cached results
     else:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
     surf = None

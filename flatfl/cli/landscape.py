@@ -193,7 +193,8 @@ def add_parser(sub: Any) -> None:
         "--range",
         type=_float_pair,
         metavar="LO,HI",
-        help="axis range instead of --span (default: -R,R for random/eigen, -0.5,1.5 for interp/models, "
+        help="axis range instead of --span, written --range=LO,HI when LO is negative (default: -R,R for "
+        "random/eigen, -0.5,1.5 for interp/models, "
         "the trajectory plus 20%% for pca)",
     )
     g.add_argument(
@@ -290,6 +291,10 @@ def run(ns: dict[str, Any]) -> int:
     ckpt_path = Path(ns["ckpt"])
     if not ckpt_path.is_file():
         raise UserError(f"--ckpt: {ckpt_path} does not exist")
+    if settings.surface:
+        from analysis.landscape import check_surface_settings
+
+        check_surface_settings(settings)
     result, density = compute(ckpt_path, settings, log=lambda s: print(s, file=sys.stderr, flush=True))
     out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
     out.mkdir(parents=True, exist_ok=True)

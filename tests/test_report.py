@@ -1,0 +1,106 @@
+"""flatfl report: FedAvg vs FedMut side by side, against the per-checkpoint tools it combines."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from analysis.checkpoints import Run
+from analysis.landscape import select_data
+from analysis.operators import HessianOperator, ModelLoss
+from tests.test_cli import _one_line_error
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    from flatfl.cli import main
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("rep")
+    for algo in ("fedavg", "fedmut"):
+        args = ["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]
+        assert main(args) == 0
+    return root
+
+
+REPORT = ["--rounds", "2,4", "--samples", "150", "--grid", "5", "--trace-matvecs", "12",
+          "--sharpness", "sam,average_isotropic", "--spread-samples", "100", "--no-progress"]  # fmt: skip
+
+
+def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
+    out = tmp_path / "rep"
+    code, stdout, err = cli("report", pair / "fedavg", pair / "fedmut", "--out", out, *REPORT)
+    assert code == 0, err
+    for name in ("report.html", "report.csv", "curves.csv", "report.json", "surfaces.png", "spread.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert [(r["run"], r["round"]) for r in rows] == [
+        ("fedavg", "2"),
+        ("fedavg", "4"),
+        ("fedmut", "2"),
+        ("fedmut", "4"),
+    ]
+    # lambda_max of every row against an independent eigensolver on the same data
+    for r in rows:
+        run = Run.open(pair / r["run"])
+        x, y, _ = select_data(run, "train", 150, 0)
+        op = HessianOperator(ModelLoss(run.model(int(r["round"])), x, y, dtype=torch.float64))
+        A = LinearOperator(
+            (op.size, op.size), matvec=lambda v, op=op: op.matvec(torch.as_tensor(v).reshape(-1)).numpy()
+        )
+        want = eigsh(A, k=1, which="LA", tol=1e-10)[0][0]
+        assert float(r["lambda_max"]) == pytest.approx(want, rel=1e-3)
+        assert float(r["trace_stderr"]) > 0 and r["sharpness_sam"] != ""
+        metrics = {m["round"]: m for m in run.metrics()}
+        assert float(r["test_acc"]) == pytest.approx(metrics[int(r["round"])]["test_acc"])
+    # spread: FedAvg's sent models are the global model; FedMut's mutants are not (from round 2 on)
+    curves = list(csv.DictReader(open(out / "curves.csv")))
+    avg = [c for c in curves if c["run"] == "fedavg" and c["spread_sent_l2_mean"] != ""]
+    mut = [c for c in curves if c["run"] == "fedmut" and c["spread_sent_l2_mean"] != ""]
+    assert len(avg) == len(mut) == 4
+    assert all(float(c["spread_sent_l2_mean"]) == 0.0 for c in avg)
+    assert all(float(c["spread_sent_l2_mean"]) > 0 for c in mut if int(c["round"]) >= 2)
+    html = (out / "report.html").read_text()
+    assert "<script src" not in html and html.count("Plotly.newPlot") >= 5
+    assert "flatfl report" in html and "dirichlet" in html  # the command and every run's config
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["landscape"]["samples"] == 150 and len(rep["rounds"]) == 4
+    # a rerun reuses every cached checkpoint result and writes the same table
+    before = (out / "report.csv").read_bytes()
+    code, _, err = cli("report", pair / "fedavg", pair / "fedmut", "--out", out, *REPORT)
+    assert code == 0 and err.count("reusing") == 4, err
+    assert (out / "report.csv").read_bytes() == before
+
+
+def test_report_surfaces_share_one_colour_scale(pair, tmp_path):
+    from analysis.interactive import color_range
+    from analysis.surfaces import Surface
+    from flatfl.cli import main
+
+    out = tmp_path / "r"
+    assert main(["report", str(pair / "fedavg"), str(pair / "fedmut"), "--out", str(out), "--rounds", "4",
+                 "--samples", "100", "--grid", "3", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none",
+                 "--no-spread", "--no-progress"]) == 0  # fmt: skip
+    surfs = [Surface.load(p.with_suffix("")) for p in sorted((out / "runs").glob("*/round_0004/surface.npz"))]
+    assert len(surfs) == 2
+    lo, hi = color_range(surfs)
+    html = (out / "report.html").read_text()
+    assert html.count(f'"cmax":{hi}') == 2 or html.count(f'"cmax":{np.log10(hi)}') == 2
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert "lambda_max" not in rows[0] and "trace" not in rows[0]
+
+
+def test_report_bad_input(cli, pair, tmp_path):
+    code, _, err = cli("report", tmp_path, "--out", tmp_path / "o")
+    _one_line_error(code, err, str(tmp_path), "run.json")
+    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "9")
+    _one_line_error(code, err, "--rounds", "9")
+    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--sharpness", "bogus")
+    _one_line_error(code, err, "--sharpness")
+    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "x")
+    _one_line_error(code, err, "--rounds")
