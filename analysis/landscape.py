@@ -542,7 +542,8 @@ def compute_surface(
         **extra,
     }
     markers = _markers(run, rnd, obj, theta, dirs, named, clients=settings.markers)
-    path = out_dir / "surface"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(out_dir) / "surface"
     previous = None
     if path.with_suffix(".npz").is_file() and path.with_suffix(".json").is_file():
         old = Surface.load(path)
