@@ -8,6 +8,8 @@ between rounds -- as in the FedMut reference code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,27 +23,32 @@ def local_sgd(
     y: torch.Tensor,
     cfg: LocalConfig,
     generator: torch.Generator,
-) -> torch.Tensor:
-    """Train ``model`` in place for ``cfg.epochs`` epochs; return the mean minibatch loss.
+    extra: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Train ``model`` in place for ``cfg.epochs`` epochs; return (mean minibatch loss, steps).
 
-    The loss is returned as a 0-d tensor on the model's device (no host sync per step).
+    ``extra(named parameters)`` is added to every minibatch loss (FedProx, SCAFFOLD); the
+    reported loss is the data loss alone. The loss is a 0-d tensor on the model's device (no
+    host sync per step).
     """
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.train()
     n = int(y.shape[0])
     losses = []
+    params = dict(model.named_parameters()) if extra is not None else None
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
+            total = loss if extra is None else loss + extra(params)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             opt.step()
             losses.append(loss.detach())
     if not losses:
-        return torch.zeros((), device=x.device)
-    return torch.stack(losses).mean()
+        return torch.zeros((), device=x.device), 0
+    return torch.stack(losses).mean(), len(losses)
 
 
 @torch.no_grad()

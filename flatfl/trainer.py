@@ -32,7 +32,7 @@ import flatfl
 from flatfl import checkpoint as ckpt
 from flatfl import seeding
 from flatfl.algorithms import get_algorithm
-from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, LocalTerm
 from flatfl.config import RunConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import DivergenceError, UserError
@@ -100,7 +100,7 @@ class Simulation:
         check_fits(model, cfg.model, cfg.data.dataset, data.input_shape)
         self.model = model.to(device)
         self.algorithm: FederatedAlgorithm = get_algorithm(cfg.algo)(
-            cfg.algo_config, param_names=[n for n, _ in model.named_parameters()]
+            cfg.algo_config, param_names=[n for n, _ in model.named_parameters()], num_clients=cfg.data.num_clients
         )
         self.on_client_done: Callable[[int, int], None] | None = None
 
@@ -108,7 +108,9 @@ class Simulation:
         return clone(self.model.state_dict())
 
     # Federation ------------------------------------------------------------------------
-    def train_client(self, round: int, slot: int, client: int, state: StateDict) -> ClientUpdate:
+    def train_client(
+        self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
+    ) -> ClientUpdate:
         self.model.load_state_dict(state)
         seed = seeding.derive_seed(self.cfg.seed, seeding.CLIENT, round, client)
         # dropout and other in-model randomness; torch.manual_seed would also queue a CUDA
@@ -117,7 +119,9 @@ class Simulation:
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        loss_t = local_sgd(self.model, self.client_x[client], self.client_y[client], self.cfg.local, gen)
+        loss_t, steps = local_sgd(
+            self.model, self.client_x[client], self.client_y[client], self.cfg.local, gen, local_term
+        )
         loss = float(loss_t)
         if not np.isfinite(loss):
             raise DivergenceError(
@@ -128,7 +132,7 @@ class Simulation:
         new_state = clone(self.model.state_dict())
         if self.on_client_done is not None:
             self.on_client_done(slot, client)
-        return ClientUpdate(client, len(self.client_y[client]), new_state, loss)
+        return ClientUpdate(client, len(self.client_y[client]), new_state, loss, steps, self.cfg.local.lr)
 
     def evaluate(self, state: StateDict) -> tuple[float, float]:
         self.model.load_state_dict(state)

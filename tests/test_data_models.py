@@ -30,3 +30,26 @@ def test_smallcnn_parameter_count_and_output():
     model = build_model("smallcnn", in_channels=1, image_size=8, num_classes=10)
     assert num_parameters(model) == 16 * 9 + 16 + 32 * 16 * 9 + 32 + 128 * 64 + 64 + 64 * 10 + 10 == 13706
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_paper_models_parameter_counts_and_outputs():
+    # the counts of the FedMut reference code's models (and of the usual CIFAR variants)
+    cnn = build_model("cnn", in_channels=3, num_classes=10)
+    assert num_parameters(cnn) == 3 * 6 * 25 + 6 + 6 * 16 * 25 + 16 + 400 * 120 + 120 + 120 * 84 + 84 + 84 * 10 + 10
+    assert num_parameters(cnn) == 62006
+    assert cnn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    resnet = build_model("resnet18", in_channels=3, num_classes=10)
+    assert num_parameters(resnet) == 11173962
+    assert resnet(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    gn = build_model("resnet18", in_channels=3, num_classes=10, norm="group")
+    assert num_parameters(gn) == 11173962 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in gn.modules())
+    assert len(list(gn.buffers())) == 0  # no running statistics to average or mutate
+    vgg = build_model("vgg16", in_channels=3, num_classes=10)
+    assert num_parameters(vgg) == 33646666
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in vgg.modules()) == 13
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in vgg.modules()) == 13
+    lstm = build_model("lstm", vocab_size=80)
+    assert num_parameters(lstm) == 80 * 8 + (4 * 256 * (8 + 256) + 8 * 256) + (4 * 256 * 512 + 8 * 256) + 256 * 80 + 80
+    assert num_parameters(lstm) == 819920
+    assert lstm(torch.zeros(2, 80, dtype=torch.long)).shape == (2, 80)
+    assert num_parameters(build_model("cnn", in_channels=3, num_classes=100)) == 62006 + 84 * 90 + 90

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flatfl.algorithms.base import FederatedAlgorithm
 from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
 from flatfl.algorithms.fedmut import FedMut, FedMutConfig
+from flatfl.algorithms.fedprox import FedProx, FedProxConfig
+from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
 from flatfl.errors import UserError
 
-ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {cls.name: cls for cls in (FedAvg, FedMut)}
+ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold)}
 
 
 def get_algorithm(name: str) -> type[FederatedAlgorithm]:
@@ -16,4 +18,15 @@ def get_algorithm(name: str) -> type[FederatedAlgorithm]:
     return ALGORITHMS[name]
 
 
-__all__ = ["ALGORITHMS", "FedAvg", "FedAvgConfig", "FedMut", "FedMutConfig", "get_algorithm"]
+__all__ = [
+    "ALGORITHMS",
+    "FedAvg",
+    "FedAvgConfig",
+    "FedMut",
+    "FedMutConfig",
+    "FedProx",
+    "FedProxConfig",
+    "Scaffold",
+    "ScaffoldConfig",
+    "get_algorithm",
+]

@@ -3,7 +3,8 @@
 One round t of every algorithm here is::
 
     sent_i   = dispatch(t, w_t, clients)              # what each sampled client receives
-    w_i      = local training of client i from sent_i  # done by the trainer's Federation
+    w_i      = local training of client i from sent_i  # done by the trainer's Federation,
+               on loss + local_term(t, i, sent_i)      #   with an optional extra objective term
     w_{t+1}  = aggregate(t, w_t, [w_i])                # new global model
     after_round(t, w_t, w_{t+1})                       # update the algorithm's own state
 
@@ -14,13 +15,16 @@ FedAvg uses the defaults (send w_t to all, weighted mean). FedMut overrides ``di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from flatfl.statedict import StateDict, weighted_average
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -31,12 +35,21 @@ class ClientUpdate:
     num_samples: int
     state: StateDict
     train_loss: float
+    num_steps: int = 0  # local SGD steps taken (SCAFFOLD's K)
+    lr: float = 0.0  # local learning rate used
+
+
+# An extra term of a client's local objective, f(named parameters) -> scalar, added to every
+# minibatch loss (FedProx's proximal term, SCAFFOLD's drift correction).
+LocalTerm = Callable[[dict[str, "torch.Tensor"]], "torch.Tensor"]
 
 
 class Federation(Protocol):
     """Runs local training; provided by the trainer (data, device, optimiser, seeds)."""
 
-    def train_client(self, round: int, slot: int, client: int, state: StateDict) -> ClientUpdate: ...
+    def train_client(
+        self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
+    ) -> ClientUpdate: ...
 
 
 @dataclass
@@ -52,9 +65,10 @@ class FederatedAlgorithm:
     name: ClassVar[str]
     config_cls: ClassVar[type]
 
-    def __init__(self, config: Any, *, param_names: Sequence[str]) -> None:
+    def __init__(self, config: Any, *, param_names: Sequence[str], num_clients: int = 0) -> None:
         self.config = config
         self.param_names = tuple(param_names)
+        self.num_clients = num_clients
 
     # -- the round loop ---------------------------------------------------------------
     def run_round(
@@ -66,7 +80,10 @@ class FederatedAlgorithm:
         federation: Federation,
     ) -> RoundOutput:
         sent = self.dispatch(round, global_state, clients, rng)
-        updates = [federation.train_client(round, slot, int(c), s) for slot, (c, s) in enumerate(zip(clients, sent))]
+        updates = [
+            federation.train_client(round, slot, int(c), s, self.local_term(round, int(c), s))
+            for slot, (c, s) in enumerate(zip(clients, sent))
+        ]
         new_global = self.aggregate(round, global_state, updates)
         self.after_round(round, global_state, new_global)
         return RoundOutput(new_global, sent, updates)
@@ -81,6 +98,10 @@ class FederatedAlgorithm:
     ) -> list[StateDict]:
         """Models sent to the sampled clients, in slot order. Default: the global model."""
         return [global_state for _ in clients]
+
+    def local_term(self, round: int, client: int, sent: StateDict) -> LocalTerm | None:
+        """An extra term of client ``client``'s local objective (default: none, plain local SGD)."""
+        return None
 
     def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         """New global model: sample-weighted mean (``weighted``) or plain mean of the returns."""

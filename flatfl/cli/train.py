@@ -45,6 +45,8 @@ ALGO_FLAGS = {
     "mut_acc_rate": "mut_acc_rate",
     "mut_bound": "mut_bound",
     "mutate": "mutate",
+    "mu": "mu",
+    "global_lr": "global_lr",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {"_argv", "rounds", "device", "progress", "resume", "out", "overwrite", "command"}
@@ -195,6 +197,19 @@ def add_parser(sub: Any) -> None:
         f"stats too, as the reference code); 'params' only parameters {default(fm, 'mutate')}",
     )
 
+    g.add_argument(
+        "--mu",
+        type=nonneg_float,
+        metavar="MU",
+        help="FedProx: weight of the proximal term (mu/2)||w - w_t||^2 (default: 0.01; 0 = FedAvg)",
+    )
+    g.add_argument(
+        "--global-lr",
+        type=pos_float,
+        metavar="ETA_G",
+        help="SCAFFOLD: server step size, x += eta_g * mean(y_k - x) (default: 1.0)",
+    )
+
     g = t.add_argument_group("run")
     g.add_argument(
         "--seed",
@@ -242,7 +257,7 @@ def add_parser(sub: Any) -> None:
 
 def config_from_args(ns: dict[str, Any]) -> RunConfig:
     """Fill a RunConfig from the flags that were given, defaults elsewhere."""
-    from flatfl.algorithms import get_algorithm
+    from flatfl.algorithms import ALGORITHMS, get_algorithm
     from flatfl.data import dataset_info
     from flatfl.models import DEFAULT_MODEL, model_kwargs_for
 
@@ -253,7 +268,8 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     names = {f.name for f in fields(algo_cls.config_cls)}
     for k, f in ALGO_FLAGS.items():
         if k in ns and f not in names:
-            raise UserError(f"--{k.replace('_', '-')}: applies to --algo fedmut only, not {algo}")
+            owners = [n for n, c in ALGORITHMS.items() if f in {x.name for x in fields(c.config_cls)}]
+            raise UserError(f"--{k.replace('_', '-')}: applies to --algo {'/'.join(owners)} only, not {algo}")
     algo_config = algo_cls.config_cls(**{f: ns[k] for k, f in ALGO_FLAGS.items() if k in ns})
     info = dataset_info(data)
     model = ns.get("model", DEFAULT_MODEL.get(data.dataset))

@@ -81,4 +81,6 @@ def check_fits(model: nn.Module, name: str, dataset: str, input_shape: tuple[int
         model.train(was_training)
 
 
+from flatfl.models import cifar as _cifar  # noqa: E402,F401
 from flatfl.models import cnn as _cnn  # noqa: E402,F401  (registers the CNNs)
+from flatfl.models import lstm as _lstm  # noqa: E402,F401

@@ -1,0 +1,36 @@
+"""The FedMut paper's Shakespeare model (the LEAF next-character LSTM).
+
+Embedding(80, 8) -> 2-layer LSTM(hidden 256) -> Linear(256, 80) on the last time step: the
+logits of the next character of an 80-character window (819,920 parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from flatfl.models import register_model
+
+
+def _text_kwargs(ds: dict[str, Any]) -> dict[str, Any]:
+    return {"vocab_size": ds["num_classes"]}
+
+
+@register_model(
+    "lstm", _text_kwargs, "character LSTM: Embedding(80, 8), 2x LSTM(256), Linear(256, 80) (819,920 params)"
+)
+class CharLSTM(nn.Module):
+    def __init__(self, vocab_size: int = 80, embed_dim: int = 8, hidden: int = 256, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, vocab_size)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(x))
+        return out[:, -1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
