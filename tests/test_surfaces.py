@@ -69,15 +69,18 @@ def test_random_directions_are_orthogonal_after_normalisation(cnn_problem):
     assert float(d2.norm()) == pytest.approx(float(raw2.norm()), rel=1e-5)
 
 
-@pytest.mark.parametrize("budget", [2**30, 1])  # big chunks through vmap; one point per chunk
-def test_grid_matches_direct_evaluation_and_leaves_model_untouched(cnn_problem, budget):
+@pytest.mark.parametrize(
+    "budget,vectorize",
+    [(2**30, True), (2**30, False), (2**30, None), (1, None)],  # vmap chunks, loop, auto, one point per chunk
+)
+def test_grid_matches_direct_evaluation_and_leaves_model_untouched(cnn_problem, budget, vectorize):
     model, x, y = cnn_problem
     model.train()
     before = [p.detach().clone() for p in model.parameters()]
     obj = ModelLoss(model, x, y, batch_size=64)
     d1, d2 = random_directions(obj, 2, torch.Generator().manual_seed(2))
     grid = np.linspace(-1, 1, 5)
-    s = evaluate_grid(obj, [d1, d2], grid, grid, memory_budget=budget)
+    s = evaluate_grid(obj, [d1, d2], grid, grid, memory_budget=budget, vectorize=vectorize)
     assert s.loss.shape == (5, 5) and not np.isnan(s.loss).any()
     theta = obj.flat()
     for i, j in [(2, 2), (0, 4), (3, 1), (4, 4)]:
