@@ -480,8 +480,11 @@ def compute_surface(
     elif kind == "models":
         (nb, b), (nc, c) = (_model_spec(run, rnd, m, obj) for m in settings.models)
         d1, d2, co = plane_through(theta, b, c)
-        if float(d2.norm()) <= 1e-12 * max(float(d1.norm()), 1e-30):
-            raise UserError("--models: the three models lie on one line; they span no plane")
+        if float(d2.norm()) <= 1e-4 * max(float(d1.norm()), 1e-30):
+            raise UserError(
+                f"--models: {nb} and {nc} lie on one line through the checkpoint (e.g. two FedMut mutants "
+                "with opposite signs in every tensor); choose models that span a plane"
+            )
         dirs = [d1, d2]
         labels = [f"towards {nb}", f"towards {nc} (orthogonalised)"]
         named += [(nb, "models", b), (nc, "models", c)]
@@ -542,6 +545,13 @@ def compute_surface(
         **extra,
     }
     markers = _markers(run, rnd, obj, theta, dirs, named, clients=settings.markers)
+    if kind == "models" and lo_hi is None:
+        # widen the axes to every model that lies in the plane (e.g. the mirrored FedMut mutants)
+        inplane = np.array([m["coords"] for m in markers if m["off_plane_relative"] < 1e-3] or [[0.0, 0.0]])
+        a_lo, a_hi = min(alphas[0], inplane[:, 0].min() - 0.25), max(alphas[-1], inplane[:, 0].max() + 0.25)
+        b_lo, b_hi = min(betas[0], inplane[:, 1].min() - 0.25), max(betas[-1], inplane[:, 1].max() + 0.25)
+        alphas, betas = _axis(a_lo, a_hi, settings.grid), _axis(b_lo, b_hi, settings.grid)
+        desc["range"] = [float(alphas[0]), float(alphas[-1])]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / "surface"
     previous = None

@@ -158,9 +158,11 @@ def plot_surfaces_side_by_side(
     n = len(surfaces)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), dpi=150, squeeze=False)
     cs = None
-    for ax, s, t in zip(axes[0], surfaces, titles):
+    for i, (ax, s, t) in enumerate(zip(axes[0], surfaces, titles)):
         cs = _contour(ax, s, lv)
         ax.set_title(t, fontsize=9)
+        if i:
+            ax.set_ylabel("")  # shared axes: label once
     if cs is not None:
         fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.8, label="loss")
     outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]

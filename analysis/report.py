@@ -129,7 +129,7 @@ def _table(rows: list[dict[str, Any]], cols: list[str], fmt: Callable[[str, Any]
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{cell(c, r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

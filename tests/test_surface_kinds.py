@@ -126,6 +126,11 @@ def test_surface_kind_errors(cli, runs, tmp_path):
     err("--surface", "1d", "--range", "1,0", needle="--range")
     code, _, e = cli(*base, "--surface", "2d", "--surface-dirs", "models", "--models", "mutant:9", "mutant:0")
     _one_line_error(code, e, "mutant:9")
+    ck2 = runs / "fedmut" / "round_0002.safetensors"
+    code, _, e = cli(
+        *base[:2], ck2, *base[3:], "--surface", "2d", "--surface-dirs", "models", "--models", "mutant:0", "mutant:0"
+    )
+    _one_line_error(code, e, "one line")
 
 
 class BNNet(nn.Module):
