@@ -33,6 +33,9 @@ class DataConfig:
     dirichlet_alpha: float = 0.1
     min_size: int = 10
     num_clients: int = 20
+    data_root: str = "data"  # where on-disk datasets live (not part of the run's identity)
+    augment: bool = False  # CIFAR: random crop (pad 4) + horizontal flip per local minibatch
+    cifar100_labels: str = "coarse"  # coarse (20 superclasses, as the FedMut code) | fine (100)
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,13 @@ class RunConfig:
     def identity(self) -> str:
         """SHA-256 of the canonical config without ``rounds``.
 
-        Extending a run with ``--resume --rounds N`` keeps its identity; any other change
-        makes a different experiment. Each checkpoint records this hash so a file that
-        belongs to another run is detected.
+        Extending a run with ``--resume --rounds N`` keeps its identity, and so does moving the
+        data (``data_root``); any other change makes a different experiment. Each checkpoint
+        records this hash so a file that belongs to another run is detected.
         """
         d = self.to_dict()
         d.pop("rounds")
+        d["data"].pop("data_root")  # the same data moved elsewhere is the same experiment
         return hashlib.sha256(canonical_json(d).encode()).hexdigest()
 
 

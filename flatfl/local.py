@@ -24,12 +24,14 @@ def local_sgd(
     cfg: LocalConfig,
     generator: torch.Generator,
     extra: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Train ``model`` in place for ``cfg.epochs`` epochs; return (mean minibatch loss, steps).
 
     ``extra(named parameters)`` is added to every minibatch loss (FedProx, SCAFFOLD); the
     reported loss is the data loss alone. The loss is a 0-d tensor on the model's device (no
-    host sync per step).
+    host sync per step). ``augment(x_batch, generator)`` transforms each minibatch's inputs
+    (CIFAR's crop + flip), drawing from the same client generator.
     """
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.train()
@@ -40,7 +42,8 @@ def local_sgd(
         perm = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            xb = x[idx] if augment is None else augment(x[idx], generator)
+            loss = F.cross_entropy(model(xb), y[idx])
             total = loss if extra is None else loss + extra(params)
             opt.zero_grad(set_to_none=True)
             total.backward()

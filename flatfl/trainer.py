@@ -103,6 +103,11 @@ class Simulation:
             cfg.algo_config, param_names=[n for n, _ in model.named_parameters()], num_clients=cfg.data.num_clients
         )
         self.on_client_done: Callable[[int, int], None] | None = None
+        self.augment = None
+        if cfg.data.augment:
+            from flatfl.data.cifar import augment_batch
+
+            self.augment = augment_batch
 
     def initial_state(self) -> StateDict:
         return clone(self.model.state_dict())
@@ -120,7 +125,7 @@ class Simulation:
             torch.cuda.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         loss_t, steps = local_sgd(
-            self.model, self.client_x[client], self.client_y[client], self.cfg.local, gen, local_term
+            self.model, self.client_x[client], self.client_y[client], self.cfg.local, gen, local_term, self.augment
         )
         loss = float(loss_t)
         if not np.isfinite(loss):
@@ -205,8 +210,11 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    download: bool = False,
 ) -> list[RoundLog]:
     """Run (or continue) the federated simulation described by ``cfg`` into ``out``.
+
+    ``download``: fetch an on-disk dataset missing under ``cfg.data.data_root``.
 
     Returns the log of the rounds run by this call. Raises :class:`UserError` for bad
     input and :class:`DivergenceError` when training produces non-finite values.
@@ -215,7 +223,7 @@ def train(
     log = log or (lambda s: print(s, flush=True))
     prepare_out(out, resume=resume, overwrite=overwrite)
     dev = resolve_device(device)
-    data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, download=download)
     identity = cfg.identity()
 
     if resume:

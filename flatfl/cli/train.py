@@ -30,6 +30,9 @@ DATA_FLAGS = {
     "dirichlet": "dirichlet_alpha",
     "min_size": "min_size",
     "clients": "num_clients",
+    "data_root": "data_root",
+    "augment": "augment",
+    "cifar100_labels": "cifar100_labels",
 }
 LOCAL_FLAGS = {
     "lr": "lr",
@@ -49,7 +52,18 @@ ALGO_FLAGS = {
     "global_lr": "global_lr",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
-RESUME_FREE = {"_argv", "rounds", "device", "progress", "resume", "out", "overwrite", "command"}
+RESUME_FREE = {
+    "_argv",
+    "data_root",
+    "download",
+    "rounds",
+    "device",
+    "progress",
+    "resume",
+    "out",
+    "overwrite",
+    "command",
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -95,6 +109,29 @@ def add_parser(sub: Any) -> None:
         help="seed of the train/test split, kept apart from --seed so all runs share one test set "
         f"{default(dd, 'split_seed')}",
     )
+    g.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="folder holding on-disk datasets (CIFAR: DIR/cifar-10-batches-py/, DIR/cifar-100-python/) "
+        f"{default(dd, 'data_root')}",
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a missing CIFAR archive into --data-root through torchvision (needs network)",
+    )
+    g.add_argument(
+        "--augment",
+        action="store_true",
+        help="CIFAR: random 32x32 crop of the 4-padded image + horizontal flip per local minibatch "
+        "(default: none, as the FedMut reference code)",
+    )
+    g.add_argument(
+        "--cifar100-labels",
+        choices=["coarse", "fine"],
+        help="CIFAR-100: 20 coarse superclasses (as the FedMut reference code) or 100 fine classes "
+        f"{default(dd, 'cifar100_labels')}",
+    )
     g.add_argument("--clients", type=pos_int, metavar="K", help=f"number of clients K {default(dd, 'num_clients')}")
     g.add_argument(
         "--frac",
@@ -121,6 +158,12 @@ def add_parser(sub: Any) -> None:
     )
 
     g = t.add_argument_group("model and local training")
+    g.add_argument(
+        "--norm",
+        choices=["batch", "group"],
+        help="resnet18: BatchNorm (default) or GroupNorm with 2 groups (no running statistics to average, "
+        "mutate or freeze in Hessian analysis)",
+    )
     g.add_argument(
         "--model",
         choices=sorted(MODELS),
@@ -275,11 +318,18 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     model = ns.get("model", DEFAULT_MODEL.get(data.dataset))
     if model is None:
         raise UserError(f"--model: no default model for --dataset {data.dataset}; pass --model")
+    kwargs = model_kwargs_for(model, info)
+    if "norm" in ns:
+        if "norm" not in kwargs:
+            raise UserError(f"--norm: applies to --model resnet18 only, not {model}")
+        kwargs["norm"] = ns["norm"]
+    if data.augment and not data.dataset.startswith("cifar"):
+        raise UserError(f"--augment: crop + flip is defined for cifar10/cifar100, not {data.dataset}")
     cfg = RunConfig(
         algo=algo,
         algo_config=algo_config,
         model=model,
-        model_kwargs=model_kwargs_for(model, info),
+        model_kwargs=kwargs,
         data=data,
         local=local,
         **{k: ns[k] for k in RUN_FLAGS if k in ns and k not in ("algo", "model")},
@@ -294,6 +344,7 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
         **{k: getattr(saved.local, f) for k, f in LOCAL_FLAGS.items()},
         **{k: getattr(saved, k) for k in RUN_FLAGS},
         **{k: getattr(saved.algo_config, f) for k, f in ALGO_FLAGS.items() if hasattr(saved.algo_config, f)},
+        **({"norm": saved.model_kwargs["norm"]} if "norm" in saved.model_kwargs else {}),
     }
     for k, v in ns.items():
         if k in RESUME_FREE:
@@ -323,6 +374,8 @@ def run(ns: dict[str, Any]) -> int:
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
         if "rounds" in ns:
             cfg = replace(cfg, rounds=ns["rounds"])
+        if "data_root" in ns:  # the data moved: same experiment
+            cfg = replace(cfg, data=replace(cfg.data, data_root=str(ns["data_root"])))
         resume = True
     else:
         cfg = config_from_args(ns)
@@ -335,6 +388,7 @@ def run(ns: dict[str, Any]) -> int:
         resume=resume,
         overwrite=ns.get("overwrite", False),
         progress=ns.get("progress"),
+        download=ns.get("download", False),
     )
     if logs:
         last = logs[-1]

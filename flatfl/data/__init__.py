@@ -56,7 +56,7 @@ class Dataset:
         }
 
 
-Loader = Callable[[DataConfig], Dataset]
+Loader = Callable[..., Dataset]  # loader(cfg, download=False)
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,15 @@ def _check_name(name: str) -> None:
         raise UserError(f"--dataset: unknown dataset {name!r}; choose from {', '.join(sorted(DATASETS))}")
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load ``cfg.dataset`` through the registry; unknown names list the choices."""
+def load_dataset(cfg: DataConfig, download: bool = False) -> Dataset:
+    """Load ``cfg.dataset`` through the registry; unknown names list the choices.
+
+    ``download``: on-disk datasets missing under ``cfg.data_root`` may be fetched (the only
+    network access flatfl makes); a runtime choice, not part of the run's config.
+    """
     _check_name(cfg.dataset)
-    return DATASETS[cfg.dataset].load(cfg)
+    return DATASETS[cfg.dataset].load(cfg, download=download)
 
 
+from flatfl.data import cifar as _cifar  # noqa: E402,F401  (registers "cifar10", "cifar100")
 from flatfl.data import digits as _digits  # noqa: E402,F401  (registers "digits")

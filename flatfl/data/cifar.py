@@ -93,11 +93,11 @@ def _check_md5(folder: Path, files: dict[str, str]) -> None:
             )
 
 
-def _locate(cfg: DataConfig, folder_name: str, files: dict[str, str], tv_name: str) -> Path:
+def _locate(cfg: DataConfig, folder_name: str, files: dict[str, str], tv_name: str, download: bool) -> Path:
     root = Path(cfg.data_root).expanduser()
     folder = root / folder_name
     missing = [f for f in files if not (folder / f).is_file()]
-    if missing and cfg.download:
+    if missing and download:
         import torchvision
 
         try:
@@ -125,8 +125,8 @@ def _to_tensor(data: np.ndarray, dataset: str) -> torch.Tensor:
     info=lambda cfg: {"num_classes": 10, "input_shape": [3, 32, 32]},
     description="CIFAR-10 (official python batches under --data-root; --download fetches them)",
 )
-def load_cifar10(cfg: DataConfig) -> Dataset:
-    folder = _locate(cfg, CIFAR10_DIR, CIFAR10_FILES, "CIFAR10")
+def load_cifar10(cfg: DataConfig, download: bool = False) -> Dataset:
+    folder = _locate(cfg, CIFAR10_DIR, CIFAR10_FILES, "CIFAR10", download)
     parts = [read_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     test = read_batch(folder / "test_batch")
     xtr = _to_tensor(np.concatenate([p["data"] for p in parts]), "cifar10")
@@ -146,8 +146,8 @@ def load_cifar10(cfg: DataConfig) -> Dataset:
     info=lambda cfg: {"num_classes": 100 if cfg.cifar100_labels == "fine" else 20, "input_shape": [3, 32, 32]},
     description="CIFAR-100, 20 coarse labels by default (--cifar100-labels fine: 100)",
 )
-def load_cifar100(cfg: DataConfig) -> Dataset:
-    folder = _locate(cfg, CIFAR100_DIR, CIFAR100_FILES, "CIFAR100")
+def load_cifar100(cfg: DataConfig, download: bool = False) -> Dataset:
+    folder = _locate(cfg, CIFAR100_DIR, CIFAR100_FILES, "CIFAR100", download)
     key = "fine_labels" if cfg.cifar100_labels == "fine" else "coarse_labels"
     tr, te = read_batch(folder / "train"), read_batch(folder / "test")
     return Dataset(

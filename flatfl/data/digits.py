@@ -38,7 +38,7 @@ def read_digits_csv() -> tuple[np.ndarray, np.ndarray]:
     info=lambda cfg: {"num_classes": 10, "input_shape": [1, 8, 8]},
     description="embedded UCI handwritten digits, 1,797 8x8 images, 10 classes (no download)",
 )
-def load_digits(cfg: DataConfig) -> Dataset:
+def load_digits(cfg: DataConfig, download: bool = False) -> Dataset:
     images, labels = read_digits_csv()
     n = len(labels)
     perm = np.random.default_rng(cfg.split_seed).permutation(n)

@@ -32,7 +32,12 @@ def _norm_kwargs(ds: dict[str, Any]) -> dict[str, Any]:
     return {**_image_kwargs(ds), "norm": "batch"}
 
 
-@register_model("cnn", _image_kwargs, "LeNet-5 style CNN for 32x32 images (62,006 params for 10 classes)")
+@register_model(
+    "cnn",
+    _image_kwargs,
+    "LeNet-5 style CNN for 32x32 images (62,006 params for 10 classes)",
+    default_for=("cifar10", "cifar100"),
+)
 class LeNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
         super().__init__()
