@@ -33,6 +33,7 @@ class DataConfig:
     dirichlet_alpha: float = 0.1
     min_size: int = 10
     num_clients: int = 20
+    shards_per_client: int = 2  # partition="shards": label-sorted shards per client
     data_root: str = "data"  # where on-disk datasets live (not part of the run's identity)
     augment: bool = False  # CIFAR: random crop (pad 4) + horizontal flip per local minibatch
     cifar100_labels: str = "coarse"  # coarse (20 superclasses, as the FedMut code) | fine (100)

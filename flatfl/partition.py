@@ -59,6 +59,26 @@ def partition_dirichlet(
     )
 
 
+def partition_shards(
+    labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """McMahan et al. (2017) pathological non-IID: sort by label, cut into K*k equal shards,
+    give each client k shards at random (so each client sees about k labels)."""
+    n = len(labels)
+    num_shards = num_clients * shards_per_client
+    if num_shards > n:
+        from flatfl.errors import UserError
+
+        raise UserError(f"--shards: {num_clients} clients x {shards_per_client} shards exceed the {n} samples")
+    order = np.argsort(labels, kind="stable")
+    shards = np.array_split(order, num_shards)
+    perm = rng.permutation(num_shards)
+    return [
+        np.sort(np.concatenate([shards[j] for j in perm[c * shards_per_client : (c + 1) * shards_per_client]]))
+        for c in range(num_clients)
+    ]
+
+
 def _check_enough(n: int, num_clients: int, min_size: int) -> None:
     if num_clients * min_size > n:
         raise UserError(

@@ -38,7 +38,7 @@ from flatfl.data import Dataset, load_dataset
 from flatfl.errors import DivergenceError, UserError
 from flatfl.local import evaluate, local_sgd
 from flatfl.models import build_model, check_fits, num_parameters
-from flatfl.partition import label_counts, partition_dirichlet, partition_iid
+from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.statedict import StateDict, clone, first_nonfinite
 
 RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl")
@@ -65,7 +65,14 @@ def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
     if d.partition == "dirichlet":
         labels = data.train.y.numpy()
         return partition_dirichlet(labels, d.num_clients, d.dirichlet_alpha, d.min_size, rng)
-    raise UserError(f"--partition: unknown scheme {d.partition!r}; choose from iid, dirichlet")
+    if d.partition == "shards":
+        return partition_shards(data.train.y.numpy(), d.num_clients, d.shards_per_client, rng)
+    if d.partition == "natural":
+        parts = data.natural_parts
+        if parts is None:
+            raise UserError(f"--partition natural: {d.dataset} has no natural clients (shakespeare has: its roles)")
+        return [np.asarray(p, dtype=np.int64) for p in parts]
+    raise UserError(f"--partition: unknown scheme {d.partition!r}; choose from iid, dirichlet, shards, natural")
 
 
 def sample_clients(cfg: RunConfig, round: int) -> np.ndarray:
@@ -97,7 +104,7 @@ class Simulation:
         self.client_y = [self.train_data.y[i] for i in self.client_idx]
         torch.manual_seed(seeding.derive_seed(cfg.seed, seeding.INIT))
         model = build_model(cfg.model, **cfg.model_kwargs)
-        check_fits(model, cfg.model, cfg.data.dataset, data.input_shape)
+        check_fits(model, cfg.model, cfg.data.dataset, data.input_shape, dtype=data.train.x.dtype)
         self.model = model.to(device)
         self.algorithm: FederatedAlgorithm = get_algorithm(cfg.algo)(
             cfg.algo_config, param_names=[n for n, _ in model.named_parameters()], num_clients=cfg.data.num_clients

@@ -44,3 +44,27 @@ def test_iid_sizes_differ_by_at_most_one():
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
     assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+
+
+def test_shards_give_each_client_k_label_sorted_shards():
+    from flatfl.partition import partition_shards
+
+    labels = np.repeat(np.arange(10), 30)
+    parts = partition_shards(labels, 15, 2, np.random.default_rng(0))
+    allidx = np.sort(np.concatenate(parts))
+    assert np.array_equal(allidx, np.arange(300))  # disjoint, covering
+    assert all(len(p) == 20 for p in parts)  # 30 shards of 10
+    assert all(len(np.unique(labels[p])) <= 2 for p in parts)  # a shard of 10 lies within one label here
+
+
+def test_partition_command_matches_the_trainer(cli, tiny, tmp_path):
+    import json
+
+    run = tiny("run", rounds=1, algo="fedavg")  # TINY: digits, 6 clients, Dirichlet(0.5), seed 0
+    data_flags = ["--dataset", "digits", "--clients", "6", "--dirichlet", "0.5"]
+    code, out, err = cli("partition", *data_flags, "--out", tmp_path / "p.png")
+    assert code == 0, err
+    sizes = json.loads((run / "run.json").read_text())["partition"]["sizes"]
+    printed = [int(line.split()[1]) for line in out.splitlines()[2 : 2 + len(sizes)]]
+    assert printed == sizes
+    assert (tmp_path / "p.png").stat().st_size > 5000

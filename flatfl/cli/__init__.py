@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flatfl.cli import landscape, report, train
+from flatfl.cli import data, landscape, partition, report, train
 from flatfl.cli.common import Parser
 from flatfl.errors import DivergenceError, UserError
 
-COMMANDS = {"train": train, "landscape": landscape, "report": report}
+COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": landscape, "report": report}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ DATA_FLAGS = {
     "dirichlet": "dirichlet_alpha",
     "min_size": "min_size",
     "clients": "num_clients",
+    "shards": "shards_per_client",
     "data_root": "data_root",
     "augment": "augment",
     "cifar100_labels": "cifar100_labels",
@@ -66,26 +67,11 @@ RESUME_FREE = {
 }
 
 
-def add_parser(sub: Any) -> None:
-    from flatfl.algorithms import ALGORITHMS
-    from flatfl.algorithms.fedmut import FedMutConfig
+def add_data_arguments(t: Any) -> None:
+    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition``."""
     from flatfl.data import DATASETS
-    from flatfl.models import DEFAULT_MODEL, MODELS
 
-    dd, ld = DataConfig(), LocalConfig()
-    fm = FedMutConfig()
-    t = sub.add_parser(
-        "train",
-        help="train FedAvg/FedMut on simulated non-IID clients, one checkpoint per round",
-        description=(
-            "Simulate K clients holding a partition of the training set; each round sample "
-            "m = max(floor(frac*K), 1) clients, train them locally with SGD and aggregate. "
-            "Writes run.json, partition.json, round_NNNN.safetensors (round 0 = initial model), "
-            "state.safetensors and metrics.jsonl to --out (see docs/checkpoint-format.md)."
-        ),
-        argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    dd = DataConfig()
     g = t.add_argument_group("data and clients")
     g.add_argument(
         "--dataset",
@@ -141,8 +127,9 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--partition",
-        choices=["iid", "dirichlet"],
-        help=f"how training data are split over clients {default(dd, 'partition')}",
+        choices=["iid", "dirichlet", "shards", "natural"],
+        help="how training data are split over clients; natural: the dataset's own clients (shakespeare: one "
+        f"per role, its default) {default(dd, 'partition')}",
     )
     g.add_argument(
         "--dirichlet",
@@ -151,11 +138,40 @@ def add_parser(sub: Any) -> None:
         help=f"Dirichlet concentration of label skew; smaller = more non-IID {default(dd, 'dirichlet_alpha')}",
     )
     g.add_argument(
+        "--shards",
+        type=pos_int,
+        metavar="S",
+        help=f"shards: label-sorted shards per client (McMahan et al. 2017) {default(dd, 'shards_per_client')}",
+    )
+    g.add_argument(
         "--min-size",
         type=pos_int,
         metavar="N",
-        help=f"redraw the Dirichlet split until every client has at least N samples {default(dd, 'min_size')}",
+        help="redraw the Dirichlet split until every client has at least N samples; natural: keep only clients "
+        f"(roles) with at least N training samples {default(dd, 'min_size')}",
     )
+
+
+def add_parser(sub: Any) -> None:
+    from flatfl.algorithms import ALGORITHMS
+    from flatfl.algorithms.fedmut import FedMutConfig
+    from flatfl.models import DEFAULT_MODEL, MODELS
+
+    ld = LocalConfig()
+    fm = FedMutConfig()
+    t = sub.add_parser(
+        "train",
+        help="train FedAvg/FedMut on simulated non-IID clients, one checkpoint per round",
+        description=(
+            "Simulate K clients holding a partition of the training set; each round sample "
+            "m = max(floor(frac*K), 1) clients, train them locally with SGD and aggregate. "
+            "Writes run.json, partition.json, round_NNNN.safetensors (round 0 = initial model), "
+            "state.safetensors and metrics.jsonl to --out (see docs/checkpoint-format.md)."
+        ),
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_arguments(t)
 
     g = t.add_argument_group("model and local training")
     g.add_argument(
@@ -305,6 +321,8 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     from flatfl.models import DEFAULT_MODEL, model_kwargs_for
 
     data = replace(DataConfig(), **{f: ns[k] for k, f in DATA_FLAGS.items() if k in ns})
+    if data.dataset == "shakespeare" and "partition" not in ns:
+        data = replace(data, partition="natural")
     local = replace(LocalConfig(), **{f: ns[k] for k, f in LOCAL_FLAGS.items() if k in ns})
     algo = ns.get("algo", "fedavg")
     algo_cls = get_algorithm(algo)

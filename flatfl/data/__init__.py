@@ -44,6 +44,8 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     source: str
+    natural_parts: list | None = None  # per-client train indices of datasets with natural clients
+    client_names: list[str] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -104,3 +106,4 @@ def load_dataset(cfg: DataConfig, download: bool = False) -> Dataset:
 
 from flatfl.data import cifar as _cifar  # noqa: E402,F401  (registers "cifar10", "cifar100")
 from flatfl.data import digits as _digits  # noqa: E402,F401  (registers "digits")
+from flatfl.data import shakespeare as _shakespeare  # noqa: E402,F401  (registers "shakespeare")

@@ -65,14 +65,16 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_fits(model: nn.Module, name: str, dataset: str, input_shape: tuple[int, ...]) -> None:
+def check_fits(
+    model: nn.Module, name: str, dataset: str, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+) -> None:
     """One forward pass on a zero batch; a shape error becomes a clear ``--model`` message."""
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((2, *input_shape)))
-    except RuntimeError as exc:
+            model(torch.zeros((2, *input_shape), dtype=dtype))
+    except (RuntimeError, IndexError, TypeError) as exc:
         raise UserError(
             f"--model: {name} does not fit --dataset {dataset} (inputs {tuple(input_shape)}): "
             f"{str(exc).splitlines()[0]}"

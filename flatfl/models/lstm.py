@@ -19,7 +19,10 @@ def _text_kwargs(ds: dict[str, Any]) -> dict[str, Any]:
 
 
 @register_model(
-    "lstm", _text_kwargs, "character LSTM: Embedding(80, 8), 2x LSTM(256), Linear(256, 80) (819,920 params)"
+    "lstm",
+    _text_kwargs,
+    "character LSTM: Embedding(80, 8), 2x LSTM(256), Linear(256, 80) (819,920 params)",
+    default_for=("shakespeare",),
 )
 class CharLSTM(nn.Module):
     def __init__(self, vocab_size: int = 80, embed_dim: int = 8, hidden: int = 256, layers: int = 2) -> None:

@@ -1,0 +1,77 @@
+"""``flatfl partition``: show how a run's data would be split over clients, before training."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flatfl.cli.common import nonneg_int
+
+
+def add_parser(sub: Any) -> None:
+    from flatfl.cli.train import add_data_arguments
+
+    p = sub.add_parser(
+        "partition",
+        help="print per-client sizes and write a label-count heatmap for a partition",
+        description=(
+            "Build the partition flatfl train would build with the same data flags and --seed (the same "
+            "generator), print each client's size and label counts, and write a heatmap PNG (clients x labels)."
+        ),
+        argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_arguments(p)
+    p.add_argument("--seed", type=nonneg_int, help="run seed (the partition depends on it) (default: 0)")
+    p.add_argument("--out", type=Path, metavar="PNG", help="heatmap file (default: partition.png)")
+
+
+def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k, c = counts.shape
+    fig, ax = plt.subplots(figsize=(min(2 + 0.25 * c, 14), min(1.5 + 0.22 * k, 16)), dpi=150)
+    im = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("label")
+    ax.set_ylabel("client")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="samples")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run(ns: dict[str, Any]) -> int:
+    from flatfl.cli.train import config_from_args
+    from flatfl.data import load_dataset
+    from flatfl.partition import label_counts
+    from flatfl.trainer import make_partition
+
+    ns = {k: v for k, v in ns.items() if k not in ("out", "download")} | {
+        "out": ns.get("out", Path("partition.png")),
+        "download": ns.get("download", False),
+    }
+    cfg = config_from_args({k: v for k, v in ns.items() if k not in ("out", "download", "command", "_argv")})
+    data = load_dataset(cfg.data, download=ns["download"])
+    parts = make_partition(cfg, data)
+    counts = label_counts(parts, data.train.y.numpy(), data.num_classes)
+    names = data.client_names or [str(i) for i in range(len(parts))]
+    print(f"{cfg.data.dataset}, {cfg.data.partition}, {len(parts)} clients, seed {cfg.seed}: {len(data.train)} samples")
+    print(f"{'client':>24} {'samples':>8} {'labels':>7}  top labels (count)")
+    for name, p, row in zip(names, parts, counts):
+        top = np.argsort(row)[::-1][:3]
+        print(f"{name[-24:]:>24} {len(p):>8} {int((row > 0).sum()):>7}  " + ", ".join(f"{t} ({row[t]})" for t in top))
+    sizes = np.array([len(p) for p in parts])
+    print(f"sizes: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}")
+    title = f"{cfg.data.dataset} {cfg.data.partition}" + (
+        f" alpha={cfg.data.dirichlet_alpha}" if cfg.data.partition == "dirichlet" else ""
+    )
+    print(f"wrote {heatmap(counts, Path(ns['out']), title)}")
+    return 0
