@@ -107,7 +107,10 @@ class Simulation:
         check_fits(model, cfg.model, cfg.data.dataset, data.input_shape, dtype=data.train.x.dtype)
         self.model = model.to(device)
         self.algorithm: FederatedAlgorithm = get_algorithm(cfg.algo)(
-            cfg.algo_config, param_names=[n for n, _ in model.named_parameters()], num_clients=cfg.data.num_clients
+            cfg.algo_config,
+            param_names=[n for n, _ in model.named_parameters()],
+            num_clients=cfg.data.num_clients,
+            client_sizes=[len(p) for p in parts],
         )
         self.on_client_done: Callable[[int, int], None] | None = None
         self.augment = None
@@ -292,9 +295,10 @@ def train(
     try:
         for t in range(start + 1, cfg.rounds + 1):
             t0 = time.perf_counter()
-            clients = sample_clients(cfg, t)
+            chosen = algo.select_clients(t, cfg.clients_per_round, seeding.derive_rng(cfg.seed, seeding.SAMPLE, t))
+            clients = sample_clients(cfg, t).tolist() if chosen is None else list(chosen)
             rng = seeding.derive_rng(cfg.seed, seeding.ALGORITHM, t)
-            result = algo.run_round(t, global_state, clients.tolist(), rng, sim)
+            result = algo.run_round(t, global_state, clients, rng, sim)
             new_global = result.new_global
             key = first_nonfinite(new_global)
             if key is not None:

@@ -147,3 +147,51 @@ def test_algorithm_flags_name_their_owner(cli, tmp_path):
     _one_line_error(code, err, "--mu", "fedprox")
     code, _, err = cli("train", *TINY, "--algo", "fedprox", "--radius", "2", "--out", tmp_path / "x")
     _one_line_error(code, err, "--radius", "fedmut")
+
+
+def test_clustered_sampling_distributions_keep_each_clients_importance():
+    from flatfl.algorithms.clusamp import sampling_distributions
+
+    rng = np.random.default_rng(0)
+    # three groups of similar clients (rows of the distance matrix), unequal sizes
+    centers = np.array([0.0, 5.0, 20.0])
+    g = np.repeat([0, 1, 2], [4, 3, 3])
+    pts = centers[g] + rng.normal(0, 0.1, 10)
+    sim = np.abs(pts[:, None] - pts[None, :])
+    sizes = rng.integers(10, 50, 10).astype(float)
+    w = sizes / sizes.sum()
+    for m in (1, 3, 4, 7):
+        R = sampling_distributions(sim, m, w, np.random.default_rng(1))
+        assert R.shape == (m, 10) and np.all(R >= 0)
+        np.testing.assert_allclose(R.sum(1), 1.0, atol=1e-9)
+        np.testing.assert_allclose(R.sum(0), m * w, atol=1e-9)  # unbiased: every client keeps m * p_i
+
+
+def test_clusamp_round_updates_similarity_and_takes_the_plain_mean():
+    from flatfl.algorithms.clusamp import CluSamp, CluSampConfig
+
+    torch.manual_seed(0)
+    start = clone(Tiny().state_dict())
+    algo = CluSamp(CluSampConfig(), param_names=["fc.weight", "fc.bias"], num_clients=4, client_sizes=[8, 8, 8, 8])
+    clients = algo.select_clients(1, 2, np.random.default_rng(0))
+    assert len(clients) == 2 and all(0 <= c < 4 for c in clients)
+    out = algo.run_round(1, start, [0, 2], np.random.default_rng(0), FakeFederation())
+    ys = [hand_sgd(start, c, 1, lambda w, b: (0.0, 0.0))[0] for c in (0, 2)]
+    for k in start:
+        torch.testing.assert_close(out.new_global[k], (ys[0][k] + ys[1][k]) / 2, rtol=1e-5, atol=1e-6)
+    flat = lambda sd: torch.cat([(sd[n] - start[n]).reshape(-1).double() for n in ("fc.weight", "fc.bias")])  # noqa: E731
+    g0, g2 = flat(ys[0]), flat(ys[1])
+    assert algo.similarity[0, 2] == pytest.approx(float((g0 - g2).abs().sum()), rel=1e-5)
+    assert algo.similarity[0, 1] == pytest.approx(float(g0.abs().sum()), rel=1e-5)  # client 1: zero gradient
+    assert algo.similarity[1, 3] == 0.0 and algo.similarity[2, 0] == algo.similarity[0, 2]
+
+
+def test_clusamp_resume_equals_straight_run(tiny, cli):
+    straight = tiny("straight", "--save-clients", rounds=5, algo="clusamp")
+    split = tiny("split", "--save-clients", rounds=2, algo="clusamp")
+    code, _, err = cli("train", "--resume", split, "--rounds", "5", "--no-progress")
+    assert code == 0, err
+    a, b = _files(straight), _files(split)
+    assert set(a) == set(b)
+    for name in a:
+        assert a[name] == b[name], name

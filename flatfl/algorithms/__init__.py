@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from flatfl.algorithms.base import FederatedAlgorithm
+from flatfl.algorithms.clusamp import CluSamp, CluSampConfig
 from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
 from flatfl.algorithms.fedmut import FedMut, FedMutConfig
 from flatfl.algorithms.fedprox import FedProx, FedProxConfig
 from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
 from flatfl.errors import UserError
 
-ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold)}
+ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {
+    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp)
+}
 
 
 def get_algorithm(name: str) -> type[FederatedAlgorithm]:
@@ -20,6 +23,8 @@ def get_algorithm(name: str) -> type[FederatedAlgorithm]:
 
 __all__ = [
     "ALGORITHMS",
+    "CluSamp",
+    "CluSampConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedMut",

@@ -65,10 +65,18 @@ class FederatedAlgorithm:
     name: ClassVar[str]
     config_cls: ClassVar[type]
 
-    def __init__(self, config: Any, *, param_names: Sequence[str], num_clients: int = 0) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        param_names: Sequence[str],
+        num_clients: int = 0,
+        client_sizes: Sequence[int] | None = None,
+    ) -> None:
         self.config = config
         self.param_names = tuple(param_names)
         self.num_clients = num_clients
+        self.client_sizes = None if client_sizes is None else list(client_sizes)
 
     # -- the round loop ---------------------------------------------------------------
     def run_round(
@@ -89,6 +97,10 @@ class FederatedAlgorithm:
         return RoundOutput(new_global, sent, updates)
 
     # -- hooks ------------------------------------------------------------------------
+    def select_clients(self, round: int, m: int, rng: np.random.Generator) -> list[int] | None:
+        """The m clients of ``round`` (may repeat), or None for the trainer's uniform sample."""
+        return None
+
     def dispatch(
         self,
         round: int,

@@ -81,8 +81,8 @@ class FedMut(FederatedAlgorithm):
     name = "fedmut"
     config_cls = FedMutConfig
 
-    def __init__(self, config: FedMutConfig, *, param_names: Sequence[str], num_clients: int = 0) -> None:
-        super().__init__(config, param_names=param_names, num_clients=num_clients)
+    def __init__(self, config: FedMutConfig, *, param_names: Sequence[str], **kw: Any) -> None:
+        super().__init__(config, param_names=param_names, **kw)
         self.prev_global: StateDict | None = None
         # Coefficients of the last dispatch, (tensor, slot), and the tensors they belong to.
         self.last_coefficients: np.ndarray | None = None

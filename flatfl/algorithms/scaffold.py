@@ -40,8 +40,8 @@ class Scaffold(FederatedAlgorithm):
     name = "scaffold"
     config_cls = ScaffoldConfig
 
-    def __init__(self, config: ScaffoldConfig, *, param_names: Sequence[str], num_clients: int = 0) -> None:
-        super().__init__(config, param_names=param_names, num_clients=num_clients)
+    def __init__(self, config: ScaffoldConfig, *, param_names: Sequence[str], **kw: Any) -> None:
+        super().__init__(config, param_names=param_names, **kw)
         self.c: StateDict | None = None  # server control variate
         self.c_clients: dict[int, StateDict] = {}  # client k's c_k (absent = zero)
 

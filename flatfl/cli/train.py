@@ -51,6 +51,7 @@ ALGO_FLAGS = {
     "mutate": "mutate",
     "mu": "mu",
     "global_lr": "global_lr",
+    "similarity": "similarity",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {
@@ -267,6 +268,12 @@ def add_parser(sub: Any) -> None:
         type=pos_float,
         metavar="ETA_G",
         help="SCAFFOLD: server step size, x += eta_g * mean(y_k - x) (default: 1.0)",
+    )
+
+    g.add_argument(
+        "--similarity",
+        choices=["L1", "L2", "cosine"],
+        help="CluSamp: distance between clients' representative gradients (default: L1, as the reference code)",
     )
 
     g = t.add_argument_group("run")
