@@ -117,3 +117,20 @@ def test_augment_batch_is_a_padded_crop_or_its_mirror():
         want = crop.flip(-1) if flip[k] else crop
         assert torch.equal(out[k], want), k
     assert flip.any() and (~flip).any()
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_resnet18_fedmut_round_on_cifar_files(cli, tmp_path, norm):
+    write_cifar10(tmp_path / "data", n=4)
+    code, _, err = cli(
+        "train", "--dataset", "cifar10", "--data-root", tmp_path / "data", "--model", "resnet18", "--norm", norm,
+        "--algo", "fedmut", "--clients", "2", "--frac", "1", "--partition", "iid", "--rounds", "2",
+        "--local-epochs", "1", "--batch-size", "10", "--no-progress", "--out", tmp_path / "run",
+    )  # fmt: skip
+    assert code == 0, err
+    from analysis.checkpoints import Run
+
+    run = Run.open(tmp_path / "run")
+    assert run.info["model"]["kwargs"]["norm"] == norm
+    has_bn = any("running_var" in k for k in run.global_state(2))
+    assert has_bn == (norm == "batch")

@@ -113,6 +113,13 @@ def test_unsplit_leaf_all_data_and_a_training_run(cli, tmp_path):
     assert run.info["partition"]["sizes"] == [int(0.9 * len(v["x"])) for v in users.values()]
     ds = run.dataset()
     assert run.model(2)(ds.test.x[:5]).shape == (5, 80)
+    # the analysis side on the LSTM: lambda_max and a 1D surface over character inputs
+    code, _, err = cli("landscape", "--ckpt", tmp_path / "run" / "round_0002.safetensors", "--hessian", "--topk", "1",
+                       "--samples", "40", "--surface", "1d", "--grid", "3", "--out", tmp_path / "ls")  # fmt: skip
+    assert code == 0, err
+    res = json.loads((tmp_path / "ls" / "landscape.json").read_text())
+    assert res["model"] == "lstm" and res["hessian"]["eigenvalues"][0] > 0
+    assert res["surface"]["loss_at_checkpoint"] == pytest.approx(res["loss"], rel=1e-5)
     code, _, err = cli("train", "--dataset", "digits", "--partition", "natural", "--out", tmp_path / "x")
     _one_line_error(code, err, "natural")
     code, _, err = cli(
