@@ -111,6 +111,7 @@ class Simulation:
             param_names=[n for n, _ in model.named_parameters()],
             num_clients=cfg.data.num_clients,
             client_sizes=[len(p) for p in parts],
+            client_label_counts=label_counts(parts, data.train.y.numpy(), data.num_classes),
         )
         self.on_client_done: Callable[[int, int], None] | None = None
         self.augment = None

@@ -195,3 +195,43 @@ def test_clusamp_resume_equals_straight_run(tiny, cli):
     assert set(a) == set(b)
     for name in a:
         assert a[name] == b[name], name
+
+
+def test_fedcluster_round_is_sequential_fedavg_steps():
+    from flatfl.algorithms.fedcluster import FedCluster, FedClusterConfig
+
+    torch.manual_seed(0)
+    start = clone(Tiny().state_dict())
+    algo = FedCluster(FedClusterConfig(clusters=2), param_names=["fc.weight", "fc.bias"], num_clients=4)
+    algo.assignment = [0, 1, 0, 1]
+    out = algo.run_round(1, start, [3, 0, 2], np.random.default_rng(0), FakeFederation())
+    # cluster 0 (clients 0, 2) from the global model, then cluster 1 (client 3) from their average
+    y0 = hand_sgd(start, 0, 1, lambda w, b: (0.0, 0.0))[0]
+    y2 = hand_sgd(start, 2, 1, lambda w, b: (0.0, 0.0))[0]
+    mid = {k: (y0[k] + y2[k]) / 2 for k in start}
+    y3 = hand_sgd(mid, 3, 1, lambda w, b: (0.0, 0.0))[0]
+    for k in start:
+        torch.testing.assert_close(out.new_global[k], y3[k], rtol=1e-5, atol=1e-6)
+    assert [u.client for u in out.updates] == [0, 2, 3]
+    torch.testing.assert_close(out.sent[2]["fc.weight"], mid["fc.weight"], rtol=1e-5, atol=1e-6)
+
+
+def test_fedcluster_with_one_cluster_is_fedavg_bit_for_bit(tiny):
+    from flatfl import checkpoint as ckpt
+
+    a = tiny("avg", rounds=3, algo="fedavg")
+    b = tiny("fc", "--clusters", "1", rounds=3, algo="fedcluster")
+    for r in range(4):
+        sa, _ = ckpt.load_round(ckpt.round_path(a, r))
+        sb, _ = ckpt.load_round(ckpt.round_path(b, r))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), r
+
+
+@pytest.mark.parametrize("grouping", ["random", "label"])
+def test_fedcluster_resume_equals_straight_run(tiny, cli, grouping):
+    straight = tiny("straight", "--clusters", "3", "--grouping", grouping, rounds=4, algo="fedcluster")
+    split = tiny("split", "--clusters", "3", "--grouping", grouping, rounds=2, algo="fedcluster")
+    code, _, err = cli("train", "--resume", split, "--rounds", "4", "--no-progress")
+    assert code == 0, err
+    a, b = _files(straight), _files(split)
+    assert set(a) == set(b) and all(a[n] == b[n] for n in a)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flatfl.algorithms.base import FederatedAlgorithm
 from flatfl.algorithms.clusamp import CluSamp, CluSampConfig
 from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
+from flatfl.algorithms.fedcluster import FedCluster, FedClusterConfig
 from flatfl.algorithms.fedmut import FedMut, FedMutConfig
 from flatfl.algorithms.fedprox import FedProx, FedProxConfig
 from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
 from flatfl.errors import UserError
 
 ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp)
+    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp, FedCluster)
 }
 
 
@@ -27,6 +28,8 @@ __all__ = [
     "CluSampConfig",
     "FedAvg",
     "FedAvgConfig",
+    "FedCluster",
+    "FedClusterConfig",
     "FedMut",
     "FedMutConfig",
     "FedProx",

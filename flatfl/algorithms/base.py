@@ -72,11 +72,13 @@ class FederatedAlgorithm:
         param_names: Sequence[str],
         num_clients: int = 0,
         client_sizes: Sequence[int] | None = None,
+        client_label_counts: Any = None,
     ) -> None:
         self.config = config
         self.param_names = tuple(param_names)
         self.num_clients = num_clients
         self.client_sizes = None if client_sizes is None else list(client_sizes)
+        self.client_label_counts = client_label_counts  # (K, classes) array, for label-aware algorithms
 
     # -- the round loop ---------------------------------------------------------------
     def run_round(

@@ -52,6 +52,8 @@ ALGO_FLAGS = {
     "mu": "mu",
     "global_lr": "global_lr",
     "similarity": "similarity",
+    "clusters": "clusters",
+    "grouping": "grouping",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {
@@ -274,6 +276,18 @@ def add_parser(sub: Any) -> None:
         "--similarity",
         choices=["L1", "L2", "cosine"],
         help="CluSamp: distance between clients' representative gradients (default: L1, as the reference code)",
+    )
+
+    g.add_argument(
+        "--clusters",
+        type=pos_int,
+        metavar="M",
+        help="FedCluster: number of client clusters taking turns within a round (default: 2; 1 = FedAvg)",
+    )
+    g.add_argument(
+        "--grouping",
+        choices=["random", "label"],
+        help="FedCluster: clusters drawn at random or by each client's most frequent label (default: random)",
     )
 
     g = t.add_argument_group("run")
