@@ -108,8 +108,13 @@ def compute(
     ckpt: Path,
     settings: LandscapeSettings,
     log: Callable[[str], None] = lambda s: None,
+    keep: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], SpectralDensity | None]:
-    """All requested quantities for one checkpoint, as a JSON-ready dict (+ the SLQ result)."""
+    """All requested quantities for one checkpoint, as a JSON-ready dict (+ the SLQ result).
+
+    ``keep``: a dict that receives the top eigenvectors (``"eigenvectors"``) when ``hessian``
+    ran, so a surface along them does not run Lanczos again.
+    """
     run, rnd = Run.of_checkpoint(ckpt)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     model = run.model(rnd)
@@ -131,9 +136,11 @@ def compute(
         "eval_mode": "model.eval(): BatchNorm uses running statistics, dropout off",
     }
     density = None
-    op = HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30)
-    out["hvp_method"] = op.method
-    out["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
+    op = None
+    if settings.hessian or settings.trace or settings.density:
+        op = HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30)
+        out["hvp_method"] = op.method
+        out["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
     r_top = None
     if settings.hessian:
         t = time.perf_counter()
@@ -153,6 +160,8 @@ def compute(
             "seconds": time.perf_counter() - t,
         }
         log(f"hessian: lambda_max {r.values[0]:.6g}, lambda_min {r.smallest:.6g}, {r.num_matvecs} HVPs")
+        if keep is not None:
+            keep["eigenvectors"] = r.vectors
     if settings.trace:
         t = time.perf_counter()
         log(f"trace: {settings.trace_method} with {settings.trace_matvecs} HVPs ...")

@@ -295,7 +295,8 @@ def run(ns: dict[str, Any]) -> int:
         from analysis.landscape import check_surface_settings
 
         check_surface_settings(settings)
-    result, density = compute(ckpt_path, settings, log=lambda s: print(s, file=sys.stderr, flush=True))
+    kept: dict[str, Any] = {}
+    result, density = compute(ckpt_path, settings, log=lambda s: print(s, file=sys.stderr, flush=True), keep=kept)
     out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
@@ -313,7 +314,13 @@ def run(ns: dict[str, Any]) -> int:
             desc="surface",
             disable=not sys.stderr.isatty(),
         ) as bar:
-            surf = compute_surface(ckpt_path, settings, out, progress=lambda d, t: bar.update(d - bar.n))
+            surf = compute_surface(
+                ckpt_path,
+                settings,
+                out,
+                eigvecs=kept.get("eigenvectors"),  # reuse --hessian's Lanczos vectors
+                progress=lambda d, t: bar.update(d - bar.n),
+            )
         result["surface"] = {
             "file": str(out / "surface.npz"),
             "kind": surf.description["kind"],
