@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
     d = LandscapeSettings()
     p = sub.add_parser(
         "landscape",
-        help="Hessian eigenvalues, trace, spectral density and sharpness of one checkpoint",
+        help="Hessian eigenvalues, trace, spectral density, sharpness and loss surfaces of one checkpoint",
         description=(
             "Measure the curvature of the loss at one saved global model. Reads --ckpt and the run.json "
             "beside it (model and data are rebuilt from it), and writes DIR/landscape.json with every "

@@ -164,7 +164,7 @@ def add_parser(sub: Any) -> None:
     fm = FedMutConfig()
     t = sub.add_parser(
         "train",
-        help="train FedAvg/FedMut on simulated non-IID clients, one checkpoint per round",
+        help="train FedAvg, FedMut or a baseline on simulated non-IID clients, one checkpoint per round",
         description=(
             "Simulate K clients holding a partition of the training set; each round sample "
             "m = max(floor(frac*K), 1) clients, train them locally with SGD and aggregate. "
@@ -224,14 +224,15 @@ def add_parser(sub: Any) -> None:
         dest="weighted",
         action="store_const",
         const=True,
-        help="aggregate with sample-count weights (FedAvg's default)",
+        help="aggregate with sample-count weights (default of fedavg, fedprox, fedcluster)",
     )
     w.add_argument(
         "--unweighted",
         dest="weighted",
         action="store_const",
         const=False,
-        help="aggregate with the plain mean (FedMut's default, as in its reference code)",
+        help="aggregate with the plain mean (default of fedmut, as its reference code, and of scaffold and "
+        "clusamp, as their papers)",
     )
     g.add_argument(
         "--radius",
