@@ -57,21 +57,37 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def server_holdout(cfg: RunConfig, n: int) -> np.ndarray:
+    """Training-set indices the algorithm keeps on the server (FedDF's unlabelled proxy data).
+
+    A seeded slice of ``frac * n`` samples (``algorithm.server_fraction``), never given to a
+    client; empty for algorithms that need none, so their partitions are unaffected.
+    """
+    frac = get_algorithm(cfg.algo).server_fraction(cfg.algo_config)
+    if frac <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = seeding.derive_rng(cfg.seed, seeding.PARTITION, 1)
+    return np.sort(rng.permutation(n)[: int(frac * n)]).astype(np.int64)
+
+
 def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
     rng = seeding.derive_rng(cfg.seed, seeding.PARTITION)
     d = cfg.data
+    n = len(data.train)
+    held = server_holdout(cfg, n)
+    rest = np.setdiff1d(np.arange(n), held) if len(held) else np.arange(n)
+    labels = data.train.y.numpy()[rest]
     if d.partition == "iid":
-        return partition_iid(len(data.train), d.num_clients, rng)
+        return [rest[p] for p in partition_iid(len(rest), d.num_clients, rng)]
     if d.partition == "dirichlet":
-        labels = data.train.y.numpy()
-        return partition_dirichlet(labels, d.num_clients, d.dirichlet_alpha, d.min_size, rng)
+        return [rest[p] for p in partition_dirichlet(labels, d.num_clients, d.dirichlet_alpha, d.min_size, rng)]
     if d.partition == "shards":
-        return partition_shards(data.train.y.numpy(), d.num_clients, d.shards_per_client, rng)
+        return [rest[p] for p in partition_shards(labels, d.num_clients, d.shards_per_client, rng)]
     if d.partition == "natural":
         parts = data.natural_parts
         if parts is None:
             raise UserError(f"--partition natural: {d.dataset} has no natural clients (shakespeare has: its roles)")
-        return [np.asarray(p, dtype=np.int64) for p in parts]
+        return [np.setdiff1d(np.asarray(p, dtype=np.int64), held) for p in parts]
     raise UserError(f"--partition: unknown scheme {d.partition!r}; choose from iid, dirichlet, shards, natural")
 
 
@@ -149,6 +165,17 @@ class Simulation:
         if self.on_client_done is not None:
             self.on_client_done(slot, client)
         return ClientUpdate(client, len(self.client_y[client]), new_state, loss, steps, self.cfg.local.lr)
+
+    def server_data(self) -> torch.Tensor:
+        """Inputs of the server's held-out proxy slice (no labels), on the device."""
+        idx = torch.as_tensor(server_holdout(self.cfg, len(self.train_data)), dtype=torch.long, device=self.device)
+        return self.train_data.x[idx]
+
+    def new_model(self, state: StateDict) -> torch.nn.Module:
+        """A model of the run's architecture with ``state`` loaded, on the device (for server-side work)."""
+        m = build_model(self.cfg.model, **self.cfg.model_kwargs).to(self.device)
+        m.load_state_dict(state)
+        return m
 
     def evaluate(self, state: StateDict) -> tuple[float, float]:
         self.model.load_state_dict(state)
@@ -272,7 +299,11 @@ def train(
         start = 0
         global_state = sim.initial_state()
         ckpt.write_run_json(out, _run_info(cfg, sim, parts, dev))
-        ckpt.atomic_write_json(out / ckpt.PARTITION_JSON, {"clients": [p.tolist() for p in parts]})
+        ckpt.atomic_write_json(
+            out / ckpt.PARTITION_JSON,
+            {"clients": [p.tolist() for p in parts]}
+            | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {}),
+        )
         ckpt.save_round(out, 0, global_state, config_dict, identity)
         ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
         loss0, acc0 = sim.evaluate(global_state)

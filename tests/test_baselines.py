@@ -235,3 +235,39 @@ def test_fedcluster_resume_equals_straight_run(tiny, cli, grouping):
     assert code == 0, err
     a, b = _files(straight), _files(split)
     assert set(a) == set(b) and all(a[n] == b[n] for n in a)
+
+
+def test_feddf_distillation_lowers_the_kl_to_the_ensemble():
+    from flatfl.algorithms.feddf import FedDF, FedDFConfig, distillation_loss, ensemble_logits
+
+    torch.manual_seed(0)
+    teachers = [Tiny() for _ in range(3)]
+    student = Tiny()
+    x = torch.randn(200, 3)
+    z = ensemble_logits(teachers, x)
+    # the closed form of the loss: T^2 * KL(p_teacher || p_student)
+    T = 2.0
+    p, q = torch.softmax(z / T, -1), torch.softmax(student(x) / T, -1)
+    want = float((p * (p.log() - q.log())).sum(-1).mean() * T * T)
+    assert float(distillation_loss(student(x), z, T)) == pytest.approx(want, rel=1e-5)
+    before = float(distillation_loss(student(x), z, 1.0))
+    algo = FedDF(FedDFConfig(steps=200, lr=0.05, patience=100), param_names=["fc.weight", "fc.bias"])
+    info = algo.distill(student, teachers, x, torch.Generator().manual_seed(0))
+    after = float(distillation_loss(student(x), z, 1.0))
+    assert after < 0.2 * before and info["val_kl_after"] < info["val_kl_before"]
+
+
+def test_feddf_keeps_proxy_data_off_the_clients_and_resumes_exactly(tiny, cli):
+    import json
+
+    straight = tiny("straight", "--proxy-frac", "0.2", "--distill-steps", "20", rounds=4, algo="feddf")
+    part = json.loads((straight / "partition.json").read_text())
+    server, used = set(part["server"]), {i for c in part["clients"] for i in c}
+    assert len(server) == int(0.2 * 1438) and not server & used and len(server | used) == 1438
+    split = tiny("split", "--proxy-frac", "0.2", "--distill-steps", "20", rounds=2, algo="feddf")
+    code, _, err = cli("train", "--resume", split, "--rounds", "4", "--no-progress")
+    assert code == 0, err
+    a, b = _files(straight), _files(split)
+    assert set(a) == set(b) and all(a[n] == b[n] for n in a)
+    avg = tiny("avg", rounds=1, algo="fedavg")
+    assert "server" not in json.loads((avg / "partition.json").read_text())

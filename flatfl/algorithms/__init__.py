@@ -6,13 +6,14 @@ from flatfl.algorithms.base import FederatedAlgorithm
 from flatfl.algorithms.clusamp import CluSamp, CluSampConfig
 from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
 from flatfl.algorithms.fedcluster import FedCluster, FedClusterConfig
+from flatfl.algorithms.feddf import FedDF, FedDFConfig
 from flatfl.algorithms.fedmut import FedMut, FedMutConfig
 from flatfl.algorithms.fedprox import FedProx, FedProxConfig
 from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
 from flatfl.errors import UserError
 
 ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp, FedCluster)
+    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp, FedCluster, FedDF)
 }
 
 
@@ -30,6 +31,8 @@ __all__ = [
     "FedAvgConfig",
     "FedCluster",
     "FedClusterConfig",
+    "FedDF",
+    "FedDFConfig",
     "FedMut",
     "FedMutConfig",
     "FedProx",

@@ -51,6 +51,14 @@ class Federation(Protocol):
         self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
     ) -> ClientUpdate: ...
 
+    def server_data(self) -> torch.Tensor:
+        """Unlabelled inputs held out for the server (algorithms with ``server_fraction`` > 0)."""
+        ...
+
+    def new_model(self, state: StateDict) -> torch.nn.Module:
+        """A module of the run's architecture with ``state`` loaded, on the training device."""
+        ...
+
 
 @dataclass
 class RoundOutput:
@@ -97,6 +105,11 @@ class FederatedAlgorithm:
         new_global = self.aggregate(round, global_state, updates)
         self.after_round(round, global_state, new_global)
         return RoundOutput(new_global, sent, updates)
+
+    @classmethod
+    def server_fraction(cls, config: Any) -> float:
+        """Share of the training set the server keeps as unlabelled proxy data (default none)."""
+        return 0.0
 
     # -- hooks ------------------------------------------------------------------------
     def select_clients(self, round: int, m: int, rng: np.random.Generator) -> list[int] | None:

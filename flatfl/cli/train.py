@@ -54,6 +54,10 @@ ALGO_FLAGS = {
     "similarity": "similarity",
     "clusters": "clusters",
     "grouping": "grouping",
+    "proxy_frac": "proxy_frac",
+    "temperature": "temperature",
+    "distill_steps": "steps",
+    "distill_lr": "lr",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {
@@ -290,6 +294,21 @@ def add_parser(sub: Any) -> None:
         choices=["random", "label"],
         help="FedCluster: clusters drawn at random or by each client's most frequent label (default: random)",
     )
+
+    g.add_argument(
+        "--proxy-frac",
+        type=open_frac,
+        metavar="F",
+        help="FedDF: share of the training set held out (unlabelled) as the server's proxy data (default: 0.1)",
+    )
+    g.add_argument("--temperature", type=pos_float, metavar="T", help="FedDF: distillation temperature (default: 1.0)")
+    g.add_argument(
+        "--distill-steps",
+        type=pos_int,
+        metavar="N",
+        help="FedDF: most Adam steps of distillation per round, early-stopped on 10%% of the proxy data (default: 100)",
+    )
+    g.add_argument("--distill-lr", type=pos_float, metavar="LR", help="FedDF: Adam step size (default: 1e-3)")
 
     g = t.add_argument_group("run")
     g.add_argument(

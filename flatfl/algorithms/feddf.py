@@ -1,0 +1,130 @@
+"""FedDF (Lin, Kong, Stich, Jaggi; NeurIPS 2020): ensemble distillation after averaging.
+
+Each round starts as FedAvg (send w_t, train locally, average into w_avg). The server then
+distils the ensemble of the returned client models into w_avg on unlabelled proxy data: with
+teacher logits z = mean_k f(x; w_k) and temperature T it minimises
+
+    L(w) = T^2 * KL( softmax(z / T) || softmax(f(x; w) / T) )
+
+by Adam (``lr``) on minibatches of the proxy data for at most ``steps`` steps, checking the KL
+on a validation part of the proxy data every ``eval_every`` steps and stopping after
+``patience`` checks without improvement; the best student on the validation part becomes
+w_{t+1} (w_avg itself when distillation never helps). Only trainable parameters are trained;
+BatchNorm statistics stay those of w_avg (the student runs in eval mode).
+
+Proxy data: a seeded ``proxy_frac`` slice of the training set held out from every client and
+used without labels (FedDF's setting when no other unlabelled data is at hand; the indices
+are in ``partition.json`` under ``server``); 10% of it is the validation part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flatfl.algorithms.base import FederatedAlgorithm, Federation, RoundOutput
+from flatfl.statedict import StateDict, clone
+
+
+@dataclass(frozen=True)
+class FedDFConfig:
+    proxy_frac: float = 0.1
+    temperature: float = 1.0
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 64
+    eval_every: int = 10
+    patience: int = 3
+    weighted: bool = True
+
+
+@torch.no_grad()
+def ensemble_logits(models: Sequence[torch.nn.Module], x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Mean logits of ``models`` on ``x`` (eval mode)."""
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(torch.stack([m.eval()(x[i : i + batch]) for m in models]).mean(0))
+    return torch.cat(out)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch."""
+    return F.kl_div(
+        F.log_softmax(student_logits / T, -1),
+        F.log_softmax(teacher_logits / T, -1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (T * T)
+
+
+class FedDF(FederatedAlgorithm):
+    name = "feddf"
+    config_cls = FedDFConfig
+
+    @classmethod
+    def server_fraction(cls, config: FedDFConfig) -> float:
+        return config.proxy_frac
+
+    def run_round(
+        self,
+        round: int,
+        global_state: StateDict,
+        clients: Sequence[int],
+        rng: np.random.Generator,
+        federation: Federation,
+    ) -> RoundOutput:
+        out = super().run_round(round, global_state, clients, rng, federation)
+        x = federation.server_data()
+        if len(x) < 2:
+            return out
+        teachers = [federation.new_model(u.state) for u in out.updates]
+        student = federation.new_model(out.new_global)
+        self.last_info = self.distill(student, teachers, x, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        new = clone(out.new_global)
+        new.update({k: v.detach().clone() for k, v in student.state_dict().items() if k in self.param_names})
+        out.new_global = new
+        return out
+
+    def distill(
+        self, student: torch.nn.Module, teachers: Sequence[torch.nn.Module], x: torch.Tensor, gen: torch.Generator
+    ) -> dict[str, Any]:
+        """Train ``student`` in place towards the teachers' mean logits; keep the best on validation."""
+        c, T = self.config, self.config.temperature
+        z = ensemble_logits(teachers, x)
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
+        n_val = max(1, len(x) // 10)
+        val, tr = perm[:n_val], perm[n_val:]
+        student.eval()  # BatchNorm statistics and dropout fixed: only parameters move
+
+        def val_loss() -> float:
+            with torch.no_grad():
+                return float(distillation_loss(student(x[val]), z[val], T))
+
+        opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=c.lr)
+        start = best = val_loss()
+        best_state, bad, steps = clone(student.state_dict()), 0, 0
+        for step in range(1, c.steps + 1):
+            idx = tr[torch.randint(len(tr), (min(c.batch_size, len(tr)),), generator=gen).to(x.device)]
+            loss = distillation_loss(student(x[idx]), z[idx], T)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps = step
+            if step % c.eval_every == 0:
+                v = val_loss()
+                if v < best:
+                    best, best_state, bad = v, clone(student.state_dict()), 0
+                else:
+                    bad += 1
+                    if bad >= c.patience:
+                        break
+        student.load_state_dict(best_state)
+        return {"val_kl_before": start, "val_kl_after": best, "steps": steps}
+
+    def dispatch_info(self) -> dict[str, Any]:
+        return {"distillation": getattr(self, "last_info", None)}
