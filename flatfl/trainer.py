@@ -164,7 +164,9 @@ class Simulation:
         new_state = clone(self.model.state_dict())
         if self.on_client_done is not None:
             self.on_client_done(slot, client)
-        return ClientUpdate(client, len(self.client_y[client]), new_state, loss, steps, self.cfg.local.lr)
+        return ClientUpdate(
+            client, len(self.client_y[client]), new_state, loss, steps, self.cfg.local.lr, self.cfg.local.momentum
+        )
 
     def server_data(self) -> torch.Tensor:
         """Inputs of the server's held-out proxy slice (no labels), on the device."""

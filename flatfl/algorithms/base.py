@@ -37,6 +37,7 @@ class ClientUpdate:
     train_loss: float
     num_steps: int = 0  # local SGD steps taken (SCAFFOLD's K)
     lr: float = 0.0  # local learning rate used
+    momentum: float = 0.0  # local SGD momentum used
 
 
 # An extra term of a client's local objective, f(named parameters) -> scalar, added to every
