@@ -13,6 +13,16 @@ import numpy as np  # noqa: E402
 from analysis.density import SpectralDensity  # noqa: E402
 
 
+def _save(fig, path: Path, **kw) -> list[Path]:
+    """Write ``fig`` as path.png and path.pdf, close it, return both paths."""
+    path = Path(path)
+    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in outs:
+        fig.savefig(p, **kw)
+    plt.close(fig)
+    return outs
+
+
 def plot_density(
     result: SpectralDensity,
     path: Path,
@@ -48,12 +58,7 @@ def plot_density(
         color="0.35",
     )
     fig.tight_layout()
-    path = Path(path)
-    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in outs:
-        fig.savefig(p)
-    plt.close(fig)
-    return outs
+    return _save(fig, path)
 
 
 MARKER_STYLE = {
@@ -139,11 +144,7 @@ def plot_surface(surface, path: Path, *, title: str = "", levels: int = 20) -> l
         ax3.tick_params(labelsize=6)
     fig.suptitle(title or surface.description.get("kind", "loss surface"), fontsize=10)
     fig.tight_layout()
-    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in outs:
-        fig.savefig(p)
-    plt.close(fig)
-    return outs
+    return _save(fig, path)
 
 
 def plot_surfaces_side_by_side(
@@ -165,11 +166,7 @@ def plot_surfaces_side_by_side(
             ax.set_ylabel("")  # shared axes: label once
     if cs is not None:
         fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.8, label="loss")
-    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in outs:
-        fig.savefig(p, bbox_inches="tight")
-    plt.close(fig)
-    return outs
+    return _save(fig, path, bbox_inches="tight")
 
 
 def plot_curves(
@@ -187,8 +184,4 @@ def plot_curves(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in outs:
-        fig.savefig(p)
-    plt.close(fig)
-    return outs
+    return _save(fig, path)

@@ -130,6 +130,7 @@ class Simulation:
             client_label_counts=label_counts(parts, data.train.y.numpy(), data.num_classes),
         )
         self.on_client_done: Callable[[int, int], None] | None = None
+        self._server_x: torch.Tensor | None = None
         self.augment = None
         if cfg.data.augment:
             from flatfl.data.cifar import augment_batch
@@ -169,9 +170,11 @@ class Simulation:
         )
 
     def server_data(self) -> torch.Tensor:
-        """Inputs of the server's held-out proxy slice (no labels), on the device."""
-        idx = torch.as_tensor(server_holdout(self.cfg, len(self.train_data)), dtype=torch.long, device=self.device)
-        return self.train_data.x[idx]
+        """Inputs of the server's held-out proxy slice (no labels), on the device; built once per run."""
+        if self._server_x is None:
+            idx = server_holdout(self.cfg, len(self.train_data))
+            self._server_x = self.train_data.x[torch.as_tensor(idx, dtype=torch.long, device=self.device)]
+        return self._server_x
 
     def new_model(self, state: StateDict) -> torch.nn.Module:
         """A model of the run's architecture with ``state`` loaded, on the device (for server-side work)."""
