@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flatfl.algorithms.base import LocalBatch
 from flatfl.config import LocalConfig
 
 
@@ -23,12 +24,12 @@ def local_sgd(
     y: torch.Tensor,
     cfg: LocalConfig,
     generator: torch.Generator,
-    extra: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    extra: Callable[[dict[str, torch.Tensor], LocalBatch], torch.Tensor] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Train ``model`` in place for ``cfg.epochs`` epochs; return (mean minibatch loss, steps).
 
-    ``extra(named parameters)`` is added to every minibatch loss (FedProx, SCAFFOLD); the
+    ``extra(named parameters, batch)`` is added to every minibatch loss (FedProx, SCAFFOLD); the
     reported loss is the data loss alone. The loss is a 0-d tensor on the model's device (no
     host sync per step). ``augment(x_batch, generator)`` transforms each minibatch's inputs
     (CIFAR's crop + flip), drawing from the same client generator.
@@ -43,8 +44,10 @@ def local_sgd(
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             xb = x[idx] if augment is None else augment(x[idx], generator)
-            loss = F.cross_entropy(model(xb), y[idx])
-            total = loss if extra is None else loss + extra(params)
+            yb = y[idx]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            total = loss if extra is None else loss + extra(params, LocalBatch(xb, yb, logits, model, generator))
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()

@@ -176,6 +176,9 @@ class Simulation:
             self._server_x = self.train_data.x[torch.as_tensor(idx, dtype=torch.long, device=self.device)]
         return self._server_x
 
+    def client_inputs(self, client: int) -> torch.Tensor:
+        return self.client_x[client]
+
     def new_model(self, state: StateDict) -> torch.nn.Module:
         """A model of the run's architecture with ``state`` loaded, on the device (for server-side work)."""
         m = build_model(self.cfg.model, **self.cfg.model_kwargs).to(self.device)

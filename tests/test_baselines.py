@@ -135,6 +135,8 @@ def test_fedprox_with_mu_zero_is_fedavg_bit_for_bit(tiny):
         ("clusamp", ("--save-clients",)),
         ("fedcluster", ("--clusters", "3", "--grouping", "random")),
         ("fedcluster", ("--clusters", "3", "--grouping", "label")),
+        ("fedgen", ("--gen-epochs", "2", "--gen-batch", "32")),
+        ("fedaux", ("--aux-pretrain-steps", "5", "--distill-steps", "10")),
     ],
 )
 def test_baseline_resume_equals_straight_run(tiny, cli, algo, extra):
@@ -232,15 +234,19 @@ def test_feddf_distillation_lowers_the_kl_to_the_ensemble():
     teachers = [Tiny() for _ in range(3)]
     student = Tiny()
     x = torch.randn(200, 3)
-    z = ensemble_logits(teachers, x)
-    # the closed form of the loss: T^2 * KL(p_teacher || p_student)
+    zl = ensemble_logits(teachers, x)
+    torch.testing.assert_close(zl, torch.stack([t(x) for t in teachers]).mean(0).detach())
+    # the closed form of the loss: T^2 * KL(p_teacher || p_student), p_teacher = softmax(mean logits / T)
     T = 2.0
-    p, q = torch.softmax(z / T, -1), torch.softmax(student(x) / T, -1)
+    algo = FedDF(FedDFConfig(steps=200, lr=0.05, patience=100, temperature=T), param_names=["fc.weight", "fc.bias"])
+    z = algo.teacher_log_probs(teachers, [0, 1, 2], x)
+    p, q = torch.softmax(zl / T, -1), torch.softmax(student(x) / T, -1)
     want = float((p * (p.log() - q.log())).sum(-1).mean() * T * T)
     assert float(distillation_loss(student(x), z, T)) == pytest.approx(want, rel=1e-5)
-    before = float(distillation_loss(student(x), z, 1.0))
     algo = FedDF(FedDFConfig(steps=200, lr=0.05, patience=100), param_names=["fc.weight", "fc.bias"])
-    info = algo.distill(student, teachers, x, torch.Generator().manual_seed(0))
+    z = algo.teacher_log_probs(teachers, [0, 1, 2], x)
+    before = float(distillation_loss(student(x), z, 1.0))
+    info = algo.distill(student, z, x, torch.Generator().manual_seed(0))
     after = float(distillation_loss(student(x), z, 1.0))
     assert after < 0.2 * before and info["val_kl_after"] < info["val_kl_before"]
 

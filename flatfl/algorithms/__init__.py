@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from flatfl.algorithms.base import FederatedAlgorithm
 from flatfl.algorithms.clusamp import CluSamp, CluSampConfig
+from flatfl.algorithms.fedaux import FedAUX, FedAUXConfig
 from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
 from flatfl.algorithms.fedcluster import FedCluster, FedClusterConfig
 from flatfl.algorithms.feddf import FedDF, FedDFConfig
+from flatfl.algorithms.fedgen import FedGen, FedGenConfig
 from flatfl.algorithms.fedmut import FedMut, FedMutConfig
 from flatfl.algorithms.fedprox import FedProx, FedProxConfig
 from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
 from flatfl.errors import UserError
 
 ALGORITHMS: dict[str, type[FederatedAlgorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp, FedCluster, FedDF)
+    cls.name: cls for cls in (FedAvg, FedMut, FedProx, Scaffold, CluSamp, FedCluster, FedDF, FedGen, FedAUX)
 }
 
 
@@ -28,11 +30,15 @@ __all__ = [
     "CluSamp",
     "CluSampConfig",
     "FedAvg",
+    "FedAUX",
+    "FedAUXConfig",
     "FedAvgConfig",
     "FedCluster",
     "FedClusterConfig",
     "FedDF",
     "FedDFConfig",
+    "FedGen",
+    "FedGenConfig",
     "FedMut",
     "FedMutConfig",
     "FedProx",

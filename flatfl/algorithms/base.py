@@ -40,9 +40,23 @@ class ClientUpdate:
     momentum: float = 0.0  # local SGD momentum used
 
 
-# An extra term of a client's local objective, f(named parameters) -> scalar, added to every
-# minibatch loss (FedProx's proximal term, SCAFFOLD's drift correction).
-LocalTerm = Callable[[dict[str, "torch.Tensor"]], "torch.Tensor"]
+@dataclass(frozen=True)
+class LocalBatch:
+    """The minibatch a local term sees: inputs, labels, the model's logits on them, the model
+    itself (for terms that run it on other inputs, as FedGen's head on generated latents) and
+    the client's generator (for terms that draw, so runs stay seeded)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor
+    model: torch.nn.Module
+    generator: torch.Generator
+
+
+# An extra term of a client's local objective, f(named parameters, batch) -> scalar, added to
+# every minibatch loss (FedProx's proximal term, SCAFFOLD's drift correction, FedGen's
+# generator regulariser).
+LocalTerm = Callable[[dict[str, "torch.Tensor"], LocalBatch], "torch.Tensor"]
 
 
 class Federation(Protocol):
@@ -58,6 +72,11 @@ class Federation(Protocol):
 
     def new_model(self, state: StateDict) -> torch.nn.Module:
         """A module of the run's architecture with ``state`` loaded, on the training device."""
+        ...
+
+    def client_inputs(self, client: int) -> torch.Tensor:
+        """Client ``client``'s training inputs (for client-side computations outside local SGD,
+        such as FedAUX's scorers)."""
         ...
 
 

@@ -52,14 +52,12 @@ def ensemble_logits(models: Sequence[torch.nn.Module], x: torch.Tensor, batch: i
     return torch.cat(out)
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch."""
-    return F.kl_div(
-        F.log_softmax(student_logits / T, -1),
-        F.log_softmax(teacher_logits / T, -1),
-        log_target=True,
-        reduction="batchmean",
-    ) * (T * T)
+def distillation_loss(student_logits: torch.Tensor, teacher_logp: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(p_teacher || softmax(student / T)), mean over the batch; ``teacher_logp`` = log p_teacher
+    (for FedDF log_softmax(mean teacher logits / T))."""
+    return F.kl_div(F.log_softmax(student_logits / T, -1), teacher_logp, log_target=True, reduction="batchmean") * (
+        T * T
+    )
 
 
 class FedDF(FederatedAlgorithm):
@@ -84,18 +82,25 @@ class FedDF(FederatedAlgorithm):
             return out
         teachers = [federation.new_model(u.state) for u in out.updates]
         student = federation.new_model(out.new_global)
-        self.last_info = self.distill(student, teachers, x, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        target = self.teacher_log_probs(teachers, [u.client for u in out.updates], x)
+        self.last_info = self.distill(student, target, x, torch.Generator().manual_seed(int(rng.integers(2**62))))
         new = clone(out.new_global)
         new.update({k: v.detach().clone() for k, v in student.state_dict().items() if k in self.param_names})
         out.new_global = new
         return out
 
+    def teacher_log_probs(
+        self, teachers: Sequence[torch.nn.Module], clients: Sequence[int], x: torch.Tensor
+    ) -> torch.Tensor:
+        """FedDF's target: log_softmax(mean_k f(x; w_k) / T)."""
+        return F.log_softmax(ensemble_logits(teachers, x) / self.config.temperature, -1)
+
     def distill(
-        self, student: torch.nn.Module, teachers: Sequence[torch.nn.Module], x: torch.Tensor, gen: torch.Generator
+        self, student: torch.nn.Module, z: torch.Tensor, x: torch.Tensor, gen: torch.Generator
     ) -> dict[str, Any]:
-        """Train ``student`` in place towards the teachers' mean logits; keep the best on validation."""
+        """Train ``student`` in place towards the target log-probabilities ``z`` on ``x``; keep the
+        best student on the validation part."""
         c, T = self.config, self.config.temperature
-        z = ensemble_logits(teachers, x)
         perm = torch.randperm(len(x), generator=gen).to(x.device)
         n_val = max(1, len(x) // 10)
         val, tr = perm[:n_val], perm[n_val:]

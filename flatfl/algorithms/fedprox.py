@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flatfl.algorithms.base import FederatedAlgorithm, LocalTerm
+from flatfl.algorithms.base import FederatedAlgorithm, LocalBatch, LocalTerm
 from flatfl.statedict import StateDict
 
 
@@ -36,7 +36,7 @@ class FedProx(FederatedAlgorithm):
             return None
         anchor = {n: sent[n].detach() for n in self.param_names}
 
-        def proximal(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        def proximal(params: dict[str, torch.Tensor], batch: LocalBatch) -> torch.Tensor:
             sq = torch.stack([(params[n] - anchor[n].to(params[n].device)).pow(2).sum() for n in self.param_names])
             return 0.5 * mu * sq.sum()
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, LocalTerm
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, LocalBatch, LocalTerm
 from flatfl.statedict import StateDict, weighted_average
 
 
@@ -57,7 +57,7 @@ class Scaffold(FederatedAlgorithm):
         ck = self.c_clients.get(client)
         diff = {n: (self.c[n] - (ck[n] if ck is not None else 0.0)).detach() for n in self.param_names}
 
-        def correction(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        def correction(params: dict[str, torch.Tensor], batch: LocalBatch) -> torch.Tensor:
             return torch.stack([(params[n] * diff[n].to(params[n].device)).sum() for n in self.param_names]).sum()
 
         return correction

@@ -58,6 +58,20 @@ ALGO_FLAGS = {
     "temperature": "temperature",
     "distill_steps": "steps",
     "distill_lr": "lr",
+    "gen_hidden": "gen_hidden",
+    "gen_noise": "gen_noise",
+    "gen_lr": "gen_lr",
+    "gen_epochs": "gen_epochs",
+    "gen_iters": "gen_iters",
+    "gen_batch": "gen_batch",
+    "gen_alpha": "gen_alpha",
+    "gen_beta": "gen_beta",
+    "diversity": "diversity",
+    "aux_pretrain_steps": "pretrain_steps",
+    "aux_pretrain_lr": "pretrain_lr",
+    "score_l2": "score_l2",
+    "dp_epsilon": "dp_epsilon",
+    "dp_delta": "dp_delta",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {
@@ -299,16 +313,70 @@ def add_parser(sub: Any) -> None:
         "--proxy-frac",
         type=open_frac,
         metavar="F",
-        help="FedDF: share of the training set held out (unlabelled) as the server's proxy data (default: 0.1)",
+        help="FedDF/FedAUX: share of the training set held out (unlabelled) as the server's proxy (FedAUX: "
+        "auxiliary) data (default: 0.1)",
     )
-    g.add_argument("--temperature", type=pos_float, metavar="T", help="FedDF: distillation temperature (default: 1.0)")
+    g.add_argument(
+        "--temperature", type=pos_float, metavar="T", help="FedDF/FedAUX: distillation temperature (default: 1.0)"
+    )
     g.add_argument(
         "--distill-steps",
         type=pos_int,
         metavar="N",
-        help="FedDF: most Adam steps of distillation per round, early-stopped on 10%% of the proxy data (default: 100)",
+        help="FedDF/FedAUX: most Adam steps of distillation per round, early-stopped on 10%% of the proxy data "
+        "(default: 100)",
     )
-    g.add_argument("--distill-lr", type=pos_float, metavar="LR", help="FedDF: Adam step size (default: 1e-3)")
+    g.add_argument("--distill-lr", type=pos_float, metavar="LR", help="FedDF/FedAUX: Adam step size (default: 1e-3)")
+
+    g.add_argument(
+        "--gen-alpha",
+        type=nonneg_float,
+        metavar="A",
+        help="FedGen: client weight of CE(head(G(eps, y)), y) on generated latents (default: 0.2; all models)",
+    )
+    g.add_argument(
+        "--gen-beta",
+        type=nonneg_float,
+        metavar="B",
+        help="FedGen: client weight of KL(softmax(head(G(y))) || softmax(f(x))) on its own batch (default: 0.2)",
+    )
+    g.add_argument("--gen-lr", type=pos_float, metavar="LR", help="FedGen: generator Adam step size (default: 3e-4)")
+    g.add_argument("--gen-epochs", type=pos_int, metavar="N", help="FedGen: generator epochs a round (default: 10)")
+    g.add_argument("--gen-iters", type=pos_int, metavar="N", help="FedGen: Adam steps per generator epoch (default: 5)")
+    g.add_argument(
+        "--gen-batch", type=pos_int, metavar="B", help="FedGen: generated latents per step, server and clients (128)"
+    )
+    g.add_argument("--gen-hidden", type=pos_int, metavar="H", help="FedGen: generator hidden width (default: 512)")
+    g.add_argument("--gen-noise", type=pos_int, metavar="D", help="FedGen: generator noise size (default: 100)")
+    g.add_argument(
+        "--diversity", type=nonneg_float, metavar="ETA", help="FedGen: weight of the diversity loss (default: 1.0)"
+    )
+
+    g.add_argument(
+        "--aux-pretrain-steps",
+        type=nonneg_int,
+        metavar="N",
+        help="FedAUX: Adam steps of self-supervised rotation-prediction pre-training of the feature extractor on "
+        "the auxiliary data before round 1; image datasets only (default: 0 = off)",
+    )
+    g.add_argument(
+        "--aux-pretrain-lr", type=pos_float, metavar="LR", help="FedAUX: pre-training Adam step size (default: 1e-3)"
+    )
+    g.add_argument(
+        "--score-l2",
+        type=pos_float,
+        metavar="LAMBDA",
+        help="FedAUX: l2 weight of each client's logistic-regression certainty scorer (default: 0.01)",
+    )
+    g.add_argument(
+        "--dp-epsilon",
+        type=nonneg_float,
+        metavar="EPS",
+        help="FedAUX: (epsilon, delta)-DP Gaussian noise on the scorers' weights; 0 = none (default: 0)",
+    )
+    g.add_argument(
+        "--dp-delta", type=open_frac, metavar="DELTA", help="FedAUX: delta of the scorers' privacy (default: 1e-5)"
+    )
 
     g = t.add_argument_group("run")
     g.add_argument(
@@ -373,6 +441,8 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
             owners = [n for n, c in ALGORITHMS.items() if f in {x.name for x in fields(c.config_cls)}]
             raise UserError(f"--{k.replace('_', '-')}: applies to --algo {'/'.join(owners)} only, not {algo}")
     algo_config = algo_cls.config_cls(**{f: ns[k] for k, f in ALGO_FLAGS.items() if k in ns})
+    if algo == "fedaux" and algo_config.pretrain_steps > 0 and data.dataset == "shakespeare":
+        raise UserError("--aux-pretrain-steps: rotation pre-training needs images; use 0 with --dataset shakespeare")
     info = dataset_info(data)
     model = ns.get("model", DEFAULT_MODEL.get(data.dataset))
     if model is None:

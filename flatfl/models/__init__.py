@@ -2,7 +2,9 @@
 
 ``run.json`` records ``model`` and ``model_kwargs``; ``build_model(name, **kwargs)`` is all
 the analysis side needs to turn a checkpoint back into a module. Every model maps an input
-batch to class logits (a plain tensor).
+batch to class logits (a plain tensor), and splits as ``forward(x) == head(latent(x))`` with
+``latent_dim`` features: the latent is the classifier head's input (FedGen's generator
+targets it, FedAUX scores on it).
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def model_kwargs_for(name: str, dataset_summary: dict[str, Any]) -> dict[str, An
     if name not in MODELS:
         raise UserError(f"--model: unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
     return MODELS[name].kwargs_for(dataset_summary)
+
+
+def latent_split(model: nn.Module, name: str = "") -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable, int]:
+    """``(latent, head, latent_dim)`` of a registered model; a clear error if it has no split."""
+    if not all(hasattr(model, a) for a in ("latent", "head", "latent_dim")):
+        raise UserError(f"--model: {name or type(model).__name__} has no feature/head split (latent, head, latent_dim)")
+    return model.latent, model.head, int(model.latent_dim)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -48,12 +48,20 @@ class LeNet(nn.Module):
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    latent_dim = 84
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier head: fc2's 84 units after ReLU (FedGen's latent)."""
         x = self.pool(torch.relu(self.conv1(x)))
         x = self.pool(torch.relu(self.conv2(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
-        x = torch.relu(self.fc2(x))
-        return self.fc3(x)
+        return torch.relu(self.fc2(x))
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc3(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.latent(x))
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -102,13 +110,19 @@ class ResNet18(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    latent_dim = 512
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier head: the globally pooled 512 features."""
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.pool(x).flatten(1)
 
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
+        return self.head(self.latent(x))
 
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -137,5 +151,14 @@ class VGG16(nn.Module):
             nn.Linear(4096, num_classes),
         )
 
+    latent_dim = 512
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier head: the 512 features left after the last max-pool."""
+        return self.features(x).flatten(1)
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return self.head(self.latent(x))

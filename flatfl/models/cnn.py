@@ -39,8 +39,16 @@ class SmallCNN(nn.Module):
         self.fc1 = nn.Linear(32 * side * side, 64)
         self.fc2 = nn.Linear(64, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    latent_dim = 64
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier head: the 64-unit hidden layer after ReLU."""
         x = self.pool(torch.relu(self.conv1(x)))
         x = self.pool(torch.relu(self.conv2(x)))
-        x = torch.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
+        return torch.relu(self.fc1(x.flatten(1)))
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc2(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.latent(x))

@@ -30,10 +30,15 @@ class CharLSTM(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
         self.fc = nn.Linear(hidden, vocab_size)
+        self.latent_dim = hidden
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier head: the last hidden state of the top LSTM layer."""
         out, _ = self.lstm(self.embed(x))
         return out[:, -1]
 
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.head(self.latent(x))
