@@ -30,9 +30,9 @@ import torch
 
 import flatfl
 from flatfl import checkpoint as ckpt
-from flatfl import seeding
+from flatfl import distributed, seeding
 from flatfl.algorithms import get_algorithm
-from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, LocalTerm
+from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm
 from flatfl.config import RunConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import DivergenceError, UserError
@@ -109,8 +109,18 @@ class RoundLog:
 class Simulation:
     """Holds the data, the working model and the algorithm; implements ``Federation``."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device, data: Dataset, parts: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        device: torch.device,
+        data: Dataset,
+        parts: list[np.ndarray],
+        dist: distributed.DistContext | None = None,
+        parallel_clients: int = 1,
+    ) -> None:
         self.cfg = cfg
+        self.dist = dist
+        self.parallel_clients = parallel_clients
         self.device = device
         self.data = data
         self.train_data = data.train.to(device)
@@ -141,6 +151,41 @@ class Simulation:
         return clone(self.model.state_dict())
 
     # Federation ------------------------------------------------------------------------
+    def train_clients(self, round: int, jobs: list[ClientJob]) -> list[ClientUpdate]:
+        """Every job's update in job order: this process alone, or this rank's share (slots r, r+W,
+        ...) gathered from every rank (``flatfl.distributed``)."""
+        if self.dist is None:
+            return self._train_here(round, jobs)
+        ctx, n = self.dist, len(jobs)
+        idx = ctx.my_slots(n)
+        mine: list[ClientUpdate] = []
+        error = None
+        try:
+            mine = self._train_here(round, [jobs[j] for j in idx])
+        except DivergenceError as exc:  # every rank must learn of it, or the others wait forever
+            error = (idx[len(mine)] if len(mine) < len(idx) else n, str(exc), exc.round, exc.client)
+        metas = distributed.gather_objects(
+            ctx, (error, [(u.client, u.num_samples, u.train_loss, u.num_steps, u.lr, u.momentum) for u in mine])
+        )
+        errors = sorted(e for e, _ in metas if e is not None)
+        if errors:  # the first failing slot, as a single process would have met it
+            _, msg, r, c = errors[0]
+            raise DivergenceError(msg, r, c)
+        states = distributed.gather_states(ctx, n, {j: u.state for j, u in zip(idx, mine)}, self.model.state_dict())
+        fields = distributed.merge_in_job_order(ctx, n, [m for _, m in metas])
+        return [ClientUpdate(f[0], f[1], st, f[2], f[3], f[4], f[5]) for f, st in zip(fields, states)]
+
+    def _train_here(self, round: int, jobs: list[ClientJob]) -> list[ClientUpdate]:
+        if self.parallel_clients > 1:
+            from flatfl.parallel import parallel_eligible, train_parallel
+
+            if parallel_eligible(self, jobs):
+                out: list[ClientUpdate] = []
+                for i in range(0, len(jobs), self.parallel_clients):
+                    out += train_parallel(self, round, jobs[i : i + self.parallel_clients])
+                return out
+        return [self.train_client(round, j.slot, j.client, j.state, j.local_term) for j in jobs]
+
     def train_client(
         self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
     ) -> ClientUpdate:
@@ -247,6 +292,22 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _on_main(ctx: distributed.DistContext | None, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only and give its result -- or its ``UserError`` -- to every rank."""
+    if ctx is None:
+        return fn()
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = str(exc)
+    result, error = distributed.broadcast_object(ctx, (result, error))
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
 def train(
     cfg: RunConfig,
     out: Path,
@@ -257,23 +318,60 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     download: bool = False,
+    parallel_clients: int = 1,
 ) -> list[RoundLog]:
     """Run (or continue) the federated simulation described by ``cfg`` into ``out``.
 
     ``download``: fetch an on-disk dataset missing under ``cfg.data.data_root``.
+    ``parallel_clients``: train up to this many clients at once on the device by stacking their
+    parameters (``flatfl.parallel``; models without BatchNorm/dropout, rounds without local terms).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) each rank trains a share of every round's clients and rank
+    0 alone writes (``flatfl.distributed``); the files are those of a single-process run.
 
     Returns the log of the rounds run by this call. Raises :class:`UserError` for bad
     input and :class:`DivergenceError` when training produces non-finite values.
     """
     out = Path(out)
-    log = log or (lambda s: print(s, flush=True))
-    prepare_out(out, resume=resume, overwrite=overwrite)
     dev = resolve_device(device)
-    data = load_dataset(cfg.data, download=download)
+    if distributed.launched_by_torchrun() and dev.type == "cuda":
+        dev = torch.device("cuda", distributed.local_rank())
+    ctx = distributed.init(dev)
+    try:
+        return _train(cfg, out, dev, ctx, resume, overwrite, progress, log, download, parallel_clients)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    dev: torch.device,
+    ctx: distributed.DistContext | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool | None,
+    log: Callable[[str], None] | None,
+    download: bool,
+    parallel_clients: int,
+) -> list[RoundLog]:
+    main = ctx is None or ctx.is_main
+    log = log or (lambda s: print(s, flush=True))
+    if not main:
+        log = lambda s: None  # noqa: E731
+    _on_main(ctx, lambda: prepare_out(out, resume=resume, overwrite=overwrite))
+    data = load_dataset(cfg.data, download=download and main)
     identity = cfg.identity()
 
+    def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
+        parts = ckpt.read_partition(out)
+        start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
+        global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
+        return parts, start, algo_name, st_tensors, st_json, global_cpu
+
     if resume:
-        parts = [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(out)]
+        raw_parts, start, algo_name, st_tensors, st_json, global_cpu = _on_main(ctx, read_resume)
+        parts = [np.asarray(p, dtype=np.int64) for p in raw_parts]
         n = len(data.train)
         if len(parts) != cfg.data.num_clients or any(len(p) and (p.min() < 0 or p.max() >= n) for p in parts):
             raise UserError(
@@ -282,52 +380,59 @@ def train(
             )
     else:
         parts = make_partition(cfg, data)
-    sim = Simulation(cfg, dev, data, parts)
+    sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
     algo = sim.algorithm
     config_dict = cfg.to_dict()
+    info = _run_info(cfg, sim, parts, dev) | (
+        {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
+    )
 
     if resume:
-        start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
         if algo_name != cfg.algo:
             raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")
-        global_cpu, r = ckpt.load_round(ckpt.round_path(out, start), identity)
         # files store tensors sorted by name; keep the model's state_dict order, which fixes
         # the order in which FedMut draws per-tensor coefficients (resume == straight run)
         model_sd = sim.model.state_dict()
         _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
         global_state = {k: global_cpu[k].to(dev) for k in model_sd}
         algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
-        ckpt.truncate_metrics(out, start)
-        ckpt.write_run_json(out, _run_info(cfg, sim, parts, dev))
+        if main:
+            ckpt.truncate_metrics(out, start)
+            ckpt.write_run_json(out, info)
         if start >= cfg.rounds:
             log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
             return []
         log(f"resuming {out} from round {start}")
     else:
         start = 0
-        global_state = sim.initial_state()
-        ckpt.write_run_json(out, _run_info(cfg, sim, parts, dev))
-        ckpt.atomic_write_json(
-            out / ckpt.PARTITION_JSON,
-            {"clients": [p.tolist() for p in parts]}
-            | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {}),
-        )
-        ckpt.save_round(out, 0, global_state, config_dict, identity)
-        ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
+        global_state = distributed.broadcast_state(ctx, sim.initial_state())
         loss0, acc0 = sim.evaluate(global_state)
-        ckpt.append_metrics(
-            out, {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
-        )
+        if main:
+            ckpt.write_run_json(out, info)
+            ckpt.atomic_write_json(
+                out / ckpt.PARTITION_JSON,
+                {"clients": [p.tolist() for p in parts]}
+                | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {}),
+            )
+            ckpt.save_round(out, 0, global_state, config_dict, identity)
+            ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
+            ckpt.append_metrics(
+                out, {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
+            )
 
-    show_bar = sys.stderr.isatty() if progress is None else progress
+    show_bar = main and (sys.stderr.isatty() if progress is None else progress)
     bar = None
     if show_bar:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.rounds, initial=start, desc=f"{cfg.algo} rounds", unit="round", dynamic_ncols=True)
         last_eval = {"text": ""}
+        mine = cfg.clients_per_round if ctx is None else len(ctx.my_slots(cfg.clients_per_round))
         sim.on_client_done = lambda slot, client: bar.set_postfix_str(
-            f"client {slot + 1}/{cfg.clients_per_round}{last_eval['text']}", refresh=True
+            f"client {slot + 1}/{cfg.clients_per_round}{last_eval['text']}"
+            if ctx is None
+            else f"{mine} clients on each of {ctx.world_size} ranks{last_eval['text']}",
+            refresh=True,
         )
 
     logs: list[RoundLog] = []
@@ -340,6 +445,8 @@ def train(
             rng = seeding.derive_rng(cfg.seed, seeding.ALGORITHM, t)
             result = algo.run_round(t, global_state, clients, rng, sim)
             new_global = result.new_global
+            if ctx is not None and dev.type == "cuda":  # ranks must not drift apart through GPU non-determinism
+                distributed.broadcast_state(ctx, new_global)
             key = first_nonfinite(new_global)
             if key is not None:
                 for u in result.updates:
@@ -358,6 +465,10 @@ def train(
             train_losses = [u.train_loss for u in result.updates]
             wall = time.perf_counter() - t0
             rec = RoundLog(t, test_loss, test_acc, float(np.mean(train_losses)), wall)
+            logs.append(rec)
+            global_state = new_global
+            if not main:
+                continue
             clients_info = {
                 "clients": [u.client for u in result.updates],
                 "num_samples": [u.num_samples for u in result.updates],
@@ -374,7 +485,7 @@ def train(
                 "wall_time": wall,
                 "round_time": t1 - t0,
                 "device": str(dev),
-            }
+            } | ({"world_size": ctx.world_size} if ctx is not None else {})
             writer.submit(
                 _commit_job(
                     out,
@@ -391,8 +502,6 @@ def train(
                     record,
                 )
             )
-            logs.append(rec)
-            global_state = new_global
             if bar is not None:
                 bar.update(1)
                 last_eval["text"] = f" | test acc {test_acc:.3f} loss {test_loss:.3f}"
@@ -404,7 +513,8 @@ def train(
                 )
     except DivergenceError as exc:
         writer.close()
-        last = ckpt.list_rounds(out)[-1] if ckpt.list_rounds(out) else 0
+        rounds = ckpt.list_rounds(out) if main else []
+        last = rounds[-1] if rounds else 0
         raise DivergenceError(
             f"{exc}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
             "Lower --lr, --momentum or (FedMut) --radius.",

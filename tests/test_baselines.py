@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from flatfl.algorithms.base import ClientUpdate
+from flatfl.algorithms.base import ClientUpdate, SequentialTraining
 from flatfl.algorithms.fedavg import FedAvg, FedAvgConfig
 from flatfl.algorithms.fedprox import FedProx, FedProxConfig
 from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
@@ -33,7 +33,7 @@ def _data(k: int):
     return torch.randn(8, 3, generator=g), torch.randint(0, 2, (8,), generator=g)
 
 
-class FakeFederation:
+class FakeFederation(SequentialTraining):
     """Local SGD as the trainer runs it (same local_sgd, fixed per-client data and seeds)."""
 
     def __init__(self) -> None:

@@ -59,12 +59,27 @@ class LocalBatch:
 LocalTerm = Callable[[dict[str, "torch.Tensor"], LocalBatch], "torch.Tensor"]
 
 
+@dataclass(frozen=True)
+class ClientJob:
+    """One client's local training of a round: its slot, its id, the model it starts from and
+    the extra term of its objective."""
+
+    slot: int
+    client: int
+    state: StateDict
+    local_term: LocalTerm | None = None
+
+
 class Federation(Protocol):
     """Runs local training; provided by the trainer (data, device, optimiser, seeds)."""
 
     def train_client(
         self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
     ) -> ClientUpdate: ...
+
+    def train_clients(self, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
+        """Every job's update, in job order (one after another, in parallel, or across ranks)."""
+        ...
 
     def server_data(self) -> torch.Tensor:
         """Unlabelled inputs held out for the server (algorithms with ``server_fraction`` > 0)."""
@@ -78,6 +93,13 @@ class Federation(Protocol):
         """Client ``client``'s training inputs (for client-side computations outside local SGD,
         such as FedAUX's scorers)."""
         ...
+
+
+class SequentialTraining:
+    """Mixin for a ``Federation``: ``train_clients`` as one ``train_client`` after another."""
+
+    def train_clients(self, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
+        return [self.train_client(round, j.slot, j.client, j.state, j.local_term) for j in jobs]  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -118,10 +140,11 @@ class FederatedAlgorithm:
         federation: Federation,
     ) -> RoundOutput:
         sent = self.dispatch(round, global_state, clients, rng)
-        updates = [
-            federation.train_client(round, slot, int(c), s, self.local_term(round, int(c), s))
+        jobs = [
+            ClientJob(slot, int(c), s, self.local_term(round, int(c), s))
             for slot, (c, s) in enumerate(zip(clients, sent))
         ]
+        updates = federation.train_clients(round, jobs)
         new_global = self.aggregate(round, global_state, updates)
         self.after_round(round, global_state, new_global)
         return RoundOutput(new_global, sent, updates)

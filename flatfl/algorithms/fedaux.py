@@ -126,7 +126,7 @@ def rotation_pretrain(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 class FedAUX(FedDF):

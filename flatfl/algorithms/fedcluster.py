@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flatfl.algorithms.base import FederatedAlgorithm, Federation, RoundOutput
+from flatfl.algorithms.base import ClientJob, FederatedAlgorithm, Federation, RoundOutput
 from flatfl.statedict import StateDict
 
 
@@ -66,7 +66,7 @@ class FedCluster(FederatedAlgorithm):
             members = [(slot, int(c)) for slot, c in enumerate(clients) if self.assignment[int(c)] == cluster]
             if not members:
                 continue
-            ups = [federation.train_client(round, slot, c, state) for slot, c in members]
+            ups = federation.train_clients(round, [ClientJob(slot, c, state) for slot, c in members])
             sent += [state] * len(members)
             updates += ups
             state = super().aggregate(round, state, ups)  # a FedAvg step within the round

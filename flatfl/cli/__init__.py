@@ -8,6 +8,7 @@ lives in its own module with ``add_parser(sub)`` and ``run(ns)``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,13 +35,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
         return int(exc.code or 0)
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    # under torchrun every rank meets the same error: rank 0 alone reports it
+    say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
     try:
         return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:
-        sys.stderr.write(f"flatfl: error: {exc}\n")
+        say(f"flatfl: error: {exc}\n")
         return exc.exit_code
     except DivergenceError as exc:
-        sys.stderr.write(f"flatfl: diverged: {exc}\n")
+        say(f"flatfl: diverged: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("flatfl: interrupted; completed rounds are saved, continue with --resume DIR\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ RESUME_FREE = {
     "download",
     "rounds",
     "device",
+    "parallel_clients",
     "progress",
     "resume",
     "out",
@@ -187,7 +189,11 @@ def add_parser(sub: Any) -> None:
             "Simulate K clients holding a partition of the training set; each round sample "
             "m = max(floor(frac*K), 1) clients, train them locally with SGD and aggregate. "
             "Writes run.json, partition.json, round_NNNN.safetensors (round 0 = initial model), "
-            "state.safetensors and metrics.jsonl to --out (see docs/checkpoint-format.md)."
+            "state.safetensors and metrics.jsonl to --out (see docs/checkpoint-format.md).\n\n"
+            "Several processes: torchrun --nproc_per_node=N -m flatfl train ... splits each round's clients "
+            "across the N ranks (NCCL on GPUs, gloo on CPU; add --nnodes/--node-rank/--rdzv-endpoint for several "
+            "machines); rank 0 writes the same files a single process would (bit for bit on CPU). "
+            "See README 'Scaling out'."
         ),
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -409,6 +415,15 @@ def add_parser(sub: Any) -> None:
         "--device", metavar="DEV", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)"
     )
     g.add_argument(
+        "--parallel-clients",
+        type=pos_int,
+        metavar="N",
+        help="train up to N sampled clients at once on the device by stacking their parameters (torch.func.vmap); "
+        "models without BatchNorm or dropout (smallcnn, cnn, lstm, resnet18 --norm group), rounds without a "
+        "local term (not fedprox with mu > 0, scaffold, fedgen after round 1); others train one after another. "
+        "Same results within float tolerance; a runtime choice, free on --resume (default: 1)",
+    )
+    g.add_argument(
         "--eval-batch-size",
         type=pos_int,
         metavar="N",
@@ -518,8 +533,9 @@ def run(ns: dict[str, Any]) -> int:
         overwrite=ns.get("overwrite", False),
         progress=ns.get("progress"),
         download=ns.get("download", False),
+        parallel_clients=ns.get("parallel_clients", 1),
     )
-    if logs:
+    if logs and os.environ.get("RANK", "0") == "0":
         last = logs[-1]
         print(f"done: {out} round {last.round}  test_acc {last.test_acc:.4f}  test_loss {last.test_loss:.4f}")
     return 0

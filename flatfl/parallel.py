@@ -1,0 +1,131 @@
+"""Many clients' local SGD at once on one device: stacked parameters and ``torch.func.vmap``.
+
+Small models (the CNNs, the LSTM) leave a GPU mostly idle when clients train one after another.
+Here the k clients of a group keep their parameters stacked along a new leading dimension and
+take their SGD steps in lockstep: step s evaluates ``vmap(grad(loss))`` over the clients' s-th
+minibatches in one batched call, then applies every client's own SGD update (momentum, weight
+decay as ``torch.optim.SGD``: g += wd * w; b = g on the first step, b = m b + g after;
+w -= lr * b).
+
+Each client draws exactly what it draws in ``flatfl.local.local_sgd`` from its own generator
+(a permutation per epoch, then augmentation per minibatch), so the minibatches are the same;
+a client with fewer or smaller batches is padded and masked (a masked example weighs 0 in the
+mean loss; a client that has finished does not move). Results equal sequential training up to
+float summation order (tested).
+
+Which models qualify: no BatchNorm running statistics (buffers updated in place by a forward
+pass cannot be vmapped) and no dropout (its random masks would not be the sequential ones):
+``smallcnn``, ``cnn``, ``lstm``, ``resnet18 --norm group``; not ``resnet18`` (BatchNorm) nor
+``vgg16`` (BatchNorm, dropout). Rounds whose clients have a local term (FedProx's proximal
+term, SCAFFOLD's correction, FedGen's regulariser) train sequentially.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from flatfl import seeding
+from flatfl.algorithms.base import ClientJob, ClientUpdate
+from flatfl.errors import DivergenceError
+
+if TYPE_CHECKING:
+    from flatfl.trainer import Simulation
+
+
+def model_qualifies(model: nn.Module) -> bool:
+    """True when the model has no buffers (BatchNorm statistics) and no dropout modules."""
+    if any(True for _ in model.buffers()):
+        return False
+    return not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def parallel_eligible(sim: Simulation, jobs: Sequence[ClientJob]) -> bool:
+    return len(jobs) > 1 and all(j.local_term is None for j in jobs) and model_qualifies(sim.model)
+
+
+def _client_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, gen: torch.Generator, augment
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The minibatches ``local_sgd`` would draw from ``gen``, in order."""
+    out = []
+    n = int(y.shape[0])
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            out.append((x[idx] if augment is None else augment(x[idx], gen), y[idx]))
+    return out
+
+
+def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
+    """Local SGD of every job at once (see the module docstring); updates in job order."""
+    cfg, model = sim.cfg.local, sim.model
+    names = [n for n, _ in model.named_parameters()]
+    k = len(jobs)
+    params = {n: torch.stack([j.state[n] for j in jobs]).detach() for n in names}
+    schedules = []
+    for j in jobs:
+        gen = torch.Generator().manual_seed(seeding.derive_seed(sim.cfg.seed, seeding.CLIENT, round, j.client))
+        schedules.append(
+            _client_batches(
+                sim.client_x[j.client], sim.client_y[j.client], cfg.batch_size, cfg.epochs, gen, sim.augment
+            )
+        )
+    steps = [len(s) for s in schedules]
+    x0 = sim.client_x[jobs[0].client]
+    B = cfg.batch_size
+
+    def loss_fn(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none")
+        return (ce * m).sum() / m.sum().clamp_min(1.0)
+
+    step_fn = vmap(grad_and_value(loss_fn))
+    was_training = model.training
+    model.train()
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=x0.device)
+    bufs: dict[str, torch.Tensor] = {}
+    try:
+        for s in range(max(steps)):
+            active = torch.tensor([s < n for n in steps], device=x0.device)
+            X = torch.zeros((k, B, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)
+            Y = torch.zeros((k, B), dtype=torch.long, device=x0.device)
+            M = torch.zeros((k, B), dtype=params[names[0]].dtype, device=x0.device)
+            for i, sched in enumerate(schedules):
+                if s < len(sched):
+                    xb, yb = sched[s]
+                    X[i, : len(yb)], Y[i, : len(yb)], M[i, : len(yb)] = xb, yb, 1.0
+            grads, losses = step_fn(params, X, Y, M)
+            loss_sum += torch.where(active, losses.double(), 0.0)
+            for n in names:
+                p, g = params[n], grads[n]
+                if cfg.weight_decay:
+                    g = g + cfg.weight_decay * p
+                if cfg.momentum:
+                    g = g if s == 0 else cfg.momentum * bufs[n] + g
+                    bufs[n] = torch.where(active.view(-1, *[1] * (p.ndim - 1)), g, bufs.get(n, g))
+                params[n] = torch.where(active.view(-1, *[1] * (p.ndim - 1)), p - cfg.lr * g, p)
+    finally:
+        model.train(was_training)
+    mean_loss = (loss_sum / torch.tensor(steps, device=x0.device).clamp_min(1)).tolist()
+    out = []
+    for i, j in enumerate(jobs):
+        if not np.isfinite(mean_loss[i]):
+            raise DivergenceError(
+                f"round {round}, client {j.client}: local training produced a non-finite loss ({mean_loss[i]})",
+                round,
+                j.client,
+            )
+        state = {n: params[n][i].clone() for n in names}
+        if sim.on_client_done is not None:
+            sim.on_client_done(j.slot, j.client)
+        out.append(
+            ClientUpdate(j.client, len(sim.client_y[j.client]), state, mean_loss[i], steps[i], cfg.lr, cfg.momentum)
+        )
+    return out

@@ -1,0 +1,106 @@
+"""torchrun on CPU (gloo, localhost): the files equal the single-process run's, bit for bit.
+
+Thread count changes CPU reduction order, and torchrun starts each rank with OMP_NUM_THREADS=1,
+so the single-process references here run with one thread too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {
+    "fedavg": [],
+    "fedmut": ["--save-clients"],
+    "fedprox": ["--mu", "0.1"],
+    "scaffold": [],
+    "clusamp": [],
+    "fedcluster": ["--clusters", "2"],
+    "feddf": ["--distill-steps", "10"],
+    "fedgen": ["--gen-epochs", "1", "--gen-batch", "32"],
+    "fedaux": ["--distill-steps", "10", "--aux-pretrain-steps", "3"],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _same_files(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        if n == "run.json":  # the distributed run also records its launch
+            ja, jb = json.loads((a / n).read_text()), json.loads((b / n).read_text())
+            assert jb.pop("launch") == {"world_size": 2, "backend": "gloo"}
+            assert ja == jb
+        elif n == "metrics.jsonl":  # wall times differ; the numbers must not
+            for la, lb in zip((a / n).read_text().splitlines(), (b / n).read_text().splitlines(), strict=True):
+                ra, rb = json.loads(la), json.loads(lb)
+                assert {
+                    k: ra.get(k) for k in ("round", "test_loss", "test_acc", "train_loss", "client_train_loss")
+                } == {k: rb.get(k) for k in ("round", "test_loss", "test_acc", "train_loss", "client_train_loss")}
+        else:
+            assert (a / n).read_bytes() == (b / n).read_bytes(), (a.name, n)
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_torchrun_two_ranks_equal_one_process_for_every_algorithm(cli, tmp_path, one_thread):
+    runs = []
+    for algo, extra in FAST.items():
+        runs.append(["train", *TINY, "--algo", algo, "--rounds", "3", *extra, "--out", str(tmp_path / "d" / algo)])
+    # resume under torchrun: 2 rounds, then 2 more
+    runs.append(["train", *TINY, "--algo", "fedmut", "--rounds", "2", "--out", str(tmp_path / "d" / "resumed")])
+    runs.append(["train", "--resume", str(tmp_path / "d" / "resumed"), "--rounds", "4", "--no-progress"])
+    proc = _torchrun("tests/scripts/dist_train.py", json.dumps(runs))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for algo, extra in FAST.items():
+        code, _, err = cli("train", *TINY, "--algo", algo, "--rounds", "3", *extra, "--out", tmp_path / "s" / algo)
+        assert code == 0, err
+        _same_files(tmp_path / "s" / algo, tmp_path / "d" / algo)
+    code, _, err = cli("train", *TINY, "--algo", "fedmut", "--rounds", "4", "--out", tmp_path / "s" / "straight")
+    assert code == 0, err
+    _same_files(tmp_path / "s" / "straight", tmp_path / "d" / "resumed")
+
+
+def test_torchrun_module_entry_point_and_errors_once(cli, tmp_path, one_thread):
+    out = tmp_path / "dist"
+    proc = _torchrun("-m", "flatfl", "train", *TINY, "--algo", "fedmut", "--rounds", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done:") == 1  # rank 0 alone reports
+    code, _, err = cli("train", *TINY, "--algo", "fedmut", "--rounds", "2", "--out", tmp_path / "single")
+    assert code == 0, err
+    _same_files(tmp_path / "single", out)
+    # a bad flag combination: one line from rank 0, exit 2 on every rank, nothing written
+    proc = _torchrun("-m", "flatfl", "train", *TINY, "--out", str(out))
+    assert proc.returncode != 0
+    lines = [s for s in proc.stderr.splitlines() if s.startswith("flatfl: error:")]
+    assert len(lines) == 1 and "--resume" in lines[0]
