@@ -20,6 +20,9 @@ import torch
 
 from analysis.checkpoints import Run
 from analysis.density import SpectralDensity, slq
+from analysis.distributed import ShardedOperator, shard, sharded_loss_and_gradient
+from analysis.distributed import is_main as dist_is_main
+from analysis.distributed import world as dist_world
 from analysis.lanczos import lanczos
 from analysis.operators import HessianOperator, ModelLoss
 from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
@@ -121,7 +124,14 @@ def compute(
     x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
     obj = ModelLoss(model, x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
     gen = lambda k: torch.Generator().manual_seed(settings.seed * 1000 + k)  # noqa: E731
-    loss0, g0 = obj.loss_and_gradient()
+    ranks = dist_world()
+    if ranks is None:
+        obj_h = obj
+        loss0, g0 = obj.loss_and_gradient()
+    else:  # under torchrun: HVPs, loss and gradient over this rank's shard, reduced over ranks
+        part = shard(len(y), *ranks)
+        obj_h = ModelLoss(model, x[part], y[part], batch_size=settings.batch_size, dtype=dtype, device=settings.device)
+        loss0, g0 = sharded_loss_and_gradient(obj_h, len(y))
     out: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "run": str(run.path),
@@ -138,7 +148,10 @@ def compute(
     density = None
     op = None
     if settings.hessian or settings.trace or settings.density:
-        op = HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30)
+        op = HessianOperator(obj_h, memory_budget=settings.memory_budget_gb * 2**30)
+        if ranks is not None:
+            op = ShardedOperator(op, obj_h.n, obj.n)
+            out["ranks"] = ranks[1]
         out["hvp_method"] = op.method
         out["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
     r_top = None
@@ -574,7 +587,8 @@ def compute_surface(
 
     def on_chunk(s: Surface, done: int, total: int) -> None:
         finish(s)
-        s.save(path)
+        if dist_is_main():
+            s.save(path)
         if progress is not None:
             progress(done, total)
 
@@ -587,9 +601,11 @@ def compute_surface(
         resume_from=previous,
         on_chunk=on_chunk,
         bn=bn,
+        split=dist_world(),
     )
     finish(surf)
-    surf.save(path)
+    if dist_is_main():
+        surf.save(path)
     return surf
 
 

@@ -284,6 +284,7 @@ def evaluate_grid(
     on_chunk: Callable[[Surface, int, int], None] | None = None,
     bn: BatchNormReestimator | None = None,
     vectorize: bool | None = None,
+    split: tuple[int, int] | None = None,
 ) -> Surface:
     """Loss/accuracy at origin + a d1 (+ b d2) for every grid point.
 
@@ -296,6 +297,8 @@ def evaluate_grid(
     computed (non-NaN); ``on_chunk(surface, done, total)`` is called after every chunk (for
     progress bars and saving a partial surface). ``bn``: re-estimate BatchNorm statistics at
     every point (see :class:`BatchNormReestimator`; points then go one at a time).
+    ``split=(rank, world)``: under torchrun this rank evaluates every world-th remaining point and
+    the grid is assembled on every rank (``analysis.distributed``); rank 0's ``resume_from`` counts.
     """
     theta = obj.flat() if origin is None else origin.to(obj.device, obj.dtype)
     alphas = np.asarray(alphas, dtype=float)
@@ -310,7 +313,14 @@ def evaluate_grid(
         if betas is None
         else [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
     )
+    if split is not None:
+        from analysis import distributed
+
+        loss, acc = distributed.broadcast_array(loss), distributed.broadcast_array(acc)
+        surf.loss, surf.accuracy = loss, acc
     todo = [c for c in coords if np.isnan(loss[c])]
+    if split is not None:
+        todo = todo[split[0] :: split[1]]
     chunk = points_per_chunk(obj, memory_budget)
     dirs = [d.to(obj.device, obj.dtype) for d in directions]
     if bn is not None:
@@ -360,6 +370,13 @@ def evaluate_grid(
         start += len(part)
         if on_chunk is not None:
             on_chunk(surf, done, len(coords))
+    if split is not None:
+        mine = np.zeros(shape, dtype=bool)
+        for c in todo:
+            mine[c] = True
+        filled = ~np.isnan(surf.loss) & ~mine  # points resumed from rank 0's file: already on every rank
+        surf.loss = np.where(filled, surf.loss, distributed.assemble(surf.loss, mine))
+        surf.accuracy = np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine))
     return surf
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from flatfl.checkpoint import read_metrics
 from flatfl.cli import main as flatfl
 
-ALGOS = ["fedavg", "fedmut", "fedprox", "scaffold", "clusamp", "fedcluster", "feddf"]
+ALGOS = ["fedavg", "fedmut", "fedprox", "scaffold", "clusamp", "fedcluster", "feddf", "fedgen", "fedaux"]
 COMMON = ["--dataset", "digits", "--clients", "20", "--frac", "0.25", "--dirichlet", "0.1", "--no-progress"]
 
 

@@ -14,9 +14,11 @@ mean loss; a client that has finished does not move). Results equal sequential t
 float summation order (tested).
 
 Which models qualify: no BatchNorm running statistics (buffers updated in place by a forward
-pass cannot be vmapped) and no dropout (its random masks would not be the sequential ones):
-``smallcnn``, ``cnn``, ``lstm``, ``resnet18 --norm group``; not ``resnet18`` (BatchNorm) nor
-``vgg16`` (BatchNorm, dropout). Rounds whose clients have a local term (FedProx's proximal
+pass cannot be vmapped), no dropout (its random masks would not be the sequential ones) and no
+fused RNN: ``smallcnn``, ``cnn``, ``resnet18 --norm group``; not ``resnet18`` (BatchNorm),
+``vgg16`` (BatchNorm, dropout) nor ``lstm`` -- PyTorch has no vmap batching rule for its fused
+LSTM kernel and runs it client by client through a slow fallback (measured on CPU: 2.7x slower
+than sequential training), so LSTM rounds train sequentially. Rounds whose clients have a local term (FedProx's proximal
 term, SCAFFOLD's correction, FedGen's regulariser) train sequentially.
 """
 
@@ -40,10 +42,10 @@ if TYPE_CHECKING:
 
 
 def model_qualifies(model: nn.Module) -> bool:
-    """True when the model has no buffers (BatchNorm statistics) and no dropout modules."""
+    """True when the model has no buffers (BatchNorm statistics), no dropout and no fused RNN."""
     if any(True for _ in model.buffers()):
         return False
-    return not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+    return not any(isinstance(m, (nn.modules.dropout._DropoutNd, nn.RNNBase)) for m in model.modules())
 
 
 def parallel_eligible(sim: Simulation, jobs: Sequence[ClientJob]) -> bool:

@@ -324,7 +324,7 @@ def train(
 
     ``download``: fetch an on-disk dataset missing under ``cfg.data.data_root``.
     ``parallel_clients``: train up to this many clients at once on the device by stacking their
-    parameters (``flatfl.parallel``; models without BatchNorm/dropout, rounds without local terms).
+    parameters (``flatfl.parallel``; models without BatchNorm/dropout/LSTM, rounds without local terms).
 
     Under ``torchrun`` (WORLD_SIZE > 1) each rank trains a share of every round's clients and rank
     0 alone writes (``flatfl.distributed``); the files are those of a single-process run.

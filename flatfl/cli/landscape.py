@@ -232,9 +232,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(ns: dict[str, Any]) -> int:
-    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings, compute, json_ready
-    from analysis.plots import plot_density
-    from flatfl import checkpoint as ckpt
+    import torch
+
+    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    from flatfl.distributed import launched_by_torchrun, local_rank
     from flatfl.trainer import resolve_device
 
     sharp: tuple[str, ...] = ()
@@ -250,12 +251,15 @@ def run(ns: dict[str, Any]) -> int:
         )
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
+    device = resolve_device(ns["device"])
+    if launched_by_torchrun() and device.type == "cuda":
+        device = torch.device("cuda", local_rank())
     settings = LandscapeSettings(
         data=ns["data"],
         samples=ns.get("samples"),
         batch_size=ns["batch_size"],
         dtype=ns["dtype"],
-        device=str(resolve_device(ns["device"])),
+        device=str(device),
         seed=ns["seed"],
         hessian=ns["hessian"],
         topk=ns["topk"],
@@ -295,12 +299,34 @@ def run(ns: dict[str, Any]) -> int:
         from analysis.landscape import check_surface_settings
 
         check_surface_settings(settings)
+    from analysis import distributed
+
+    owns_group = distributed.init_from_env(torch.device(settings.device))
+    try:
+        return _run(ns, settings, ckpt_path)
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
+    """Compute on every rank; rank 0 alone writes and prints."""
+    from analysis.distributed import is_main
+    from analysis.landscape import compute, json_ready
+    from analysis.plots import plot_density
+    from flatfl import checkpoint as ckpt
+
+    main = is_main()
     kept: dict[str, Any] = {}
-    result, density = compute(ckpt_path, settings, log=lambda s: print(s, file=sys.stderr, flush=True), keep=kept)
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None)
+    result, density = compute(ckpt_path, settings, log=log, keep=kept)
     out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
-    print(f"wrote {out / 'landscape.json'}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
+        print(f"wrote {out / 'landscape.json'}")
     if settings.surface:
         from tqdm.auto import tqdm
 
@@ -312,7 +338,7 @@ def run(ns: dict[str, Any]) -> int:
             total=settings.grid ** (2 if settings.surface == "2d" else 1),
             unit="point",
             desc="surface",
-            disable=not sys.stderr.isatty(),
+            disable=not (main and sys.stderr.isatty()),
         ) as bar:
             surf = compute_surface(
                 ckpt_path,
@@ -333,13 +359,15 @@ def run(ns: dict[str, Any]) -> int:
             "batchnorm": surf.description["batchnorm"],
             "markers": surf.markers,
         }
+        if not main:
+            return 0
         ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
         title = f"{result['algo']} round {result['round']}: {surf.description['kind']} surface"
         for p in plot_surface(surf, out / "surface", title=title):
             print(f"wrote {p}")
         fig = surface_figure([(f"round {result['round']}", surf)], title=title)
         print(f"wrote {write_page(out / 'surface.html', title, [(surf.description['kind'], fig)])}")
-    if density is not None:
+    if density is not None and main:
         for p in plot_density(
             density,
             out / "density",

@@ -419,7 +419,7 @@ def add_parser(sub: Any) -> None:
         type=pos_int,
         metavar="N",
         help="train up to N sampled clients at once on the device by stacking their parameters (torch.func.vmap); "
-        "models without BatchNorm or dropout (smallcnn, cnn, lstm, resnet18 --norm group), rounds without a "
+        "models without BatchNorm, dropout or LSTM (smallcnn, cnn, resnet18 --norm group), rounds without a "
         "local term (not fedprox with mu > 0, scaffold, fedgen after round 1); others train one after another. "
         "Same results within float tolerance; a runtime choice, free on --resume (default: 1)",
     )
