@@ -8,7 +8,8 @@
   summation order).
 * Surface grids split the *points*: rank r evaluates the points k with k mod W = r on the
   whole selection; one ``all_reduce`` (the other ranks contribute exact zeros) assembles the
-  grid, so each point's value is exactly what one process computes for it.
+  grid. Each point is computed as one process computes it, up to float rounding where a rank's
+  vmap-or-loop choice (``analysis.surfaces.evaluate_grid`` times both) differs from one process's.
 
 Everything else (sharpness measures, the federated view, markers) runs whole on every rank.
 Rank 0 writes the files. Backend: NCCL on CUDA devices, gloo on CPU.

@@ -9,6 +9,7 @@ number is stored with the settings that produced it.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -107,6 +108,15 @@ def select_data(
     return x, y, {"selection": spec, "samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None}
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file: cached results are reused only for the very same tensors."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def compute(
     ckpt: Path,
     settings: LandscapeSettings,
@@ -134,6 +144,7 @@ def compute(
         loss0, g0 = sharded_loss_and_gradient(obj_h, len(y))
     out: dict[str, Any] = {
         "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_digest(ckpt),
         "run": str(run.path),
         "round": rnd,
         "algo": run.config["algo"],
@@ -548,6 +559,7 @@ def compute_surface(
         else:
             bn_note = "the model has no BatchNorm layers (--bn-reestimate had nothing to do)"
     desc = {
+        "checkpoint_sha256": file_digest(ckpt),  # a retrained run must not resume an old surface
         "kind": f"{settings.surface} {kind}",
         "checkpoint": str(ckpt),
         "round": rnd,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from analysis.checkpoints import Run
-from analysis.landscape import LandscapeSettings, compute, compute_surface, json_ready
+from analysis.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
 from analysis.surfaces import Surface
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
@@ -81,14 +81,15 @@ def choose_rounds(run: Run, wanted: Sequence[int] | None) -> list[int]:
     return list(wanted)
 
 
-def _cached_landscape(path: Path, settings: dict) -> dict | None:
+def _cached_landscape(path: Path, settings: dict, digest: str) -> dict | None:
+    """The cached result if it was computed with these settings from this very checkpoint file."""
     if not path.is_file():
         return None
     try:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return old if old.get("settings") == settings else None
+    return old if old.get("settings") == settings and old.get("checkpoint_sha256") == digest else None
 
 
 def measure_round(
@@ -99,7 +100,7 @@ def measure_round(
     out.mkdir(parents=True, exist_ok=True)
     ls = replace(settings.landscape, surface=None)
     want = json_ready(asdict(ls))
-    res = _cached_landscape(out / "landscape.json", want)
+    res = _cached_landscape(out / "landscape.json", want, file_digest(file))
     if res is None:
         res, _ = compute(file, ls, log=log)
         ckpt.atomic_write_json(out / "landscape.json", json_ready(res))

@@ -104,3 +104,26 @@ def test_torchrun_module_entry_point_and_errors_once(cli, tmp_path, one_thread):
     assert proc.returncode != 0
     lines = [s for s in proc.stderr.splitlines() if s.startswith("flatfl: error:")]
     assert len(lines) == 1 and "--resume" in lines[0]
+
+
+def test_torchrun_landscape_splits_hvps_and_grid_points(tiny, cli, tmp_path, one_thread):
+    import numpy as np
+
+    run = tiny("run", rounds=2, algo="fedavg")
+    args = ["landscape", "--ckpt", str(run / "round_0002.safetensors"), "--hessian", "--topk", "2", "--trace",
+            "--trace-matvecs", "6", "--surface", "2d", "--grid", "4", "--samples", "200"]  # fmt: skip
+    code, _, err = cli(*args, "--out", tmp_path / "one")
+    assert code == 0, err
+    proc = _torchrun("-m", "flatfl", *args, "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "landscape.json").read_text())
+    b = json.loads((tmp_path / "two" / "landscape.json").read_text())
+    assert b["ranks"] == 2 and "ranks" not in a
+    assert b["hessian"]["eigenvalues"] == pytest.approx(a["hessian"]["eigenvalues"], rel=1e-5)
+    assert b["hessian"]["num_hvps"] == a["hessian"]["num_hvps"]
+    assert b["trace"]["estimate"] == pytest.approx(a["trace"]["estimate"], rel=1e-5)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    sa, sb = np.load(tmp_path / "one" / "surface.npz"), np.load(tmp_path / "two" / "surface.npz")
+    assert not np.isnan(sb["loss"]).any()
+    np.testing.assert_allclose(sb["loss"], sa["loss"], rtol=1e-5)
+    np.testing.assert_allclose(sb["accuracy"], sa["accuracy"], atol=1e-9)

@@ -104,3 +104,17 @@ def test_report_bad_input(cli, pair, tmp_path):
     _one_line_error(code, err, "--sharpness")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "x")
     _one_line_error(code, err, "--rounds")
+
+
+def test_report_cache_is_keyed_on_the_checkpoint_bytes(tiny, cli, tmp_path):
+    """A run retrained in place (--overwrite) must be measured again, not read from the cache."""
+    flags = ["--rounds", "2", "--samples", "100", "--no-surface", "--no-spread", "--trace-matvecs", "0",
+             "--sharpness", "none", "--no-progress"]  # fmt: skip
+    run = tiny("r", rounds=2, algo="fedavg")
+    code, _, err = cli("report", run, "--out", tmp_path / "rep", *flags)
+    assert code == 0, err
+    first = list(csv.DictReader(open(tmp_path / "rep" / "report.csv")))[0]["lambda_max"]
+    tiny("r", "--overwrite", "--lr", "0.2", rounds=2, algo="fedavg")
+    code, _, err = cli("report", run, "--out", tmp_path / "rep", *flags)
+    assert code == 0 and "reusing" not in err, err
+    assert list(csv.DictReader(open(tmp_path / "rep" / "report.csv")))[0]["lambda_max"] != first

@@ -116,6 +116,13 @@ def add_parser(sub: Any) -> None:
 
 
 def run(ns: dict[str, Any]) -> int:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            "flatfl report runs in one process; under torchrun use flatfl landscape --ckpt ... per checkpoint "
+            "(HVPs and surface points are split across ranks there), then flatfl report in one process"
+        )
     from analysis.landscape import SHARPNESS_MEASURES
     from analysis.report import ReportSettings, build_report
     from flatfl import checkpoint as ckpt
