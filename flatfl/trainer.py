@@ -33,7 +33,7 @@ from flatfl import checkpoint as ckpt
 from flatfl import distributed, seeding
 from flatfl.algorithms import get_algorithm
 from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm
-from flatfl.config import RunConfig
+from flatfl.config import DataConfig, RunConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import DivergenceError, UserError
 from flatfl.local import evaluate, local_sgd
@@ -68,6 +68,29 @@ def server_holdout(cfg: RunConfig, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     rng = seeding.derive_rng(cfg.seed, seeding.PARTITION, 1)
     return np.sort(rng.permutation(n)[: int(frac * n)]).astype(np.int64)
+
+
+def proxy_dataset_inputs(cfg: RunConfig, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """A seeded ``proxy_frac`` share of the training inputs of the dataset named by ``proxy_data``
+    (FedDF/FedAUX's unlabelled proxy data from another source), checked against the run's input."""
+    from dataclasses import replace as _replace
+
+    ac = cfg.algo_config
+    if ac.proxy_data == cfg.data.dataset:
+        raise UserError(
+            f"--proxy-data: {ac.proxy_data} is the training set itself; "
+            "use holdout to keep a slice of it off the clients"
+        )
+    other = load_dataset(_replace(DataConfig(), dataset=ac.proxy_data, data_root=cfg.data.data_root))
+    if tuple(other.input_shape) != tuple(input_shape) or other.train.x.dtype != torch.float32:
+        raise UserError(
+            f"--proxy-data: {ac.proxy_data} inputs {tuple(other.input_shape)} do not fit the model's "
+            f"{tuple(input_shape)}; choose a dataset shaped like --dataset {cfg.data.dataset} or holdout"
+        )
+    n = len(other.train)
+    rng = seeding.derive_rng(cfg.seed, seeding.PARTITION, 2)
+    idx = np.sort(rng.permutation(n)[: max(2, int(ac.proxy_frac * n))])
+    return other.train.x[torch.as_tensor(idx, dtype=torch.long)]
 
 
 def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
@@ -215,10 +238,15 @@ class Simulation:
         )
 
     def server_data(self) -> torch.Tensor:
-        """Inputs of the server's held-out proxy slice (no labels), on the device; built once per run."""
+        """The server's unlabelled proxy inputs, on the device; built once per run: the held-out
+        slice of the training set, or a seeded share of another dataset (``proxy_data``)."""
         if self._server_x is None:
-            idx = server_holdout(self.cfg, len(self.train_data))
-            self._server_x = self.train_data.x[torch.as_tensor(idx, dtype=torch.long, device=self.device)]
+            name = getattr(self.cfg.algo_config, "proxy_data", "holdout")
+            if name == "holdout":
+                idx = server_holdout(self.cfg, len(self.train_data))
+                self._server_x = self.train_data.x[torch.as_tensor(idx, dtype=torch.long, device=self.device)]
+            else:
+                self._server_x = proxy_dataset_inputs(self.cfg, self.data.input_shape).to(self.device)
         return self._server_x
 
     def client_inputs(self, client: int) -> torch.Tensor:
@@ -386,6 +414,9 @@ def _train(
     info = _run_info(cfg, sim, parts, dev) | (
         {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
     )
+    source = getattr(cfg.algo_config, "proxy_data", None)
+    if source is not None:  # FedDF/FedAUX: where the unlabelled proxy data come from (checked now)
+        info["server_data"] = {"source": source, "samples": int(len(sim.server_data()))}
 
     if resume:
         if algo_name != cfg.algo:

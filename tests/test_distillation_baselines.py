@@ -272,3 +272,42 @@ def test_baselines_run_on_cifar_files_and_shakespeare(cli, tmp_path, algo):
             "--aux-pretrain-steps", "3", "--out", tmp_path / "shk2",
         )  # fmt: skip
         _one_line_error(code, err, "--aux-pretrain-steps", "images")
+
+
+def _last_line_error(code, err, needle):
+    """Exit 2, no traceback, the error the last line (generated CIFAR files also draw md5 warnings)."""
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("flatfl: error: --proxy-data") and needle in last, err
+
+
+def test_feddf_proxy_data_from_another_dataset(cli, tmp_path):
+    import pickle
+
+    from tests.test_cifar import _batch
+
+    write_cifar10(tmp_path / "c", n=20)
+    folder = tmp_path / "c" / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 40), ("test", 4)):
+        d = _batch(n, 5, fine_labels=[0] * n, coarse_labels=[0] * n)
+        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [], b"coarse_label_names": []}, protocol=2))
+    base = ["train", "--dataset", "cifar10", "--data-root", tmp_path / "c", "--model", "cnn", "--clients", "4",
+            "--frac", "0.5", "--partition", "iid", "--rounds", "1", "--local-epochs", "1", "--no-progress",
+            "--distill-steps", "5"]  # fmt: skip
+    code, _, err = cli(*base, "--algo", "feddf", "--proxy-data", "cifar100", "--proxy-frac", "0.5",
+                       "--out", tmp_path / "r")  # fmt: skip
+    assert code == 0, err
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["server_data"] == {"source": "cifar100", "samples": 20}
+    assert info["config"]["algo_config"]["proxy_data"] == "cifar100"
+    part = json.loads((tmp_path / "r" / "partition.json").read_text())
+    assert "server" not in part and sum(map(len, part["clients"])) == 100  # every training image on a client
+    code, _, err = cli(*base, "--algo", "fedaux", "--proxy-data", "cifar10", "--out", tmp_path / "s")
+    _last_line_error(code, err, "holdout")
+    code, _, err = cli("train", "--algo", "feddf", "--proxy-data", "cifar10", "--data-root", tmp_path / "c",
+                       "--out", tmp_path / "t")  # fmt: skip
+    _last_line_error(code, err, "do not fit")
+    code, _, err = cli("train", "--algo", "feddf", "--proxy-data", "imagenet", "--out", tmp_path / "u")
+    _one_line_error(code, err, "--proxy-data", "imagenet")

@@ -27,7 +27,8 @@ Unlabelled auxiliary data on the server serve three purposes:
    each client's vote counting where its data look like x.
 
 The auxiliary data are a held-out unlabelled slice of the training set (``proxy_frac``;
-indices in ``partition.json`` under ``server``), as for FedDF. The distillation settings
+indices in ``partition.json`` under ``server``) or a share of another dataset
+(``proxy_data``), as for FedDF. The distillation settings
 (temperature, Adam steps and lr, early stopping) are FedDF's.
 """
 
@@ -51,6 +52,7 @@ from flatfl.statedict import StateDict, clone
 
 @dataclass(frozen=True)
 class FedAUXConfig:
+    proxy_data: str = "holdout"  # or the name of another dataset whose training inputs are used unlabelled
     proxy_frac: float = 0.1
     pretrain_steps: int = 0
     pretrain_lr: float = 1e-3

@@ -12,9 +12,12 @@ on a validation part of the proxy data every ``eval_every`` steps and stopping a
 w_{t+1} (w_avg itself when distillation never helps). Only trainable parameters are trained;
 BatchNorm statistics stay those of w_avg (the student runs in eval mode).
 
-Proxy data: a seeded ``proxy_frac`` slice of the training set held out from every client and
-used without labels (FedDF's setting when no other unlabelled data is at hand; the indices
-are in ``partition.json`` under ``server``); 10% of it is the validation part.
+Proxy data (``proxy_data``): ``"holdout"`` (default) is a seeded ``proxy_frac`` slice of the
+training set held out from every client and used without labels (FedDF's setting when no other
+unlabelled data is at hand; the indices are in ``partition.json`` under ``server``); the name
+of another dataset with the same input shape (e.g. ``cifar100`` for a CIFAR-10 run, as the paper
+does) uses a seeded ``proxy_frac`` share of that dataset's training inputs, and every client
+keeps all of its data. 10% of the proxy data is the validation part.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from flatfl.statedict import StateDict, clone
 
 @dataclass(frozen=True)
 class FedDFConfig:
+    proxy_data: str = "holdout"  # or the name of another dataset whose training inputs are used unlabelled
     proxy_frac: float = 0.1
     temperature: float = 1.0
     steps: int = 100
@@ -66,7 +70,7 @@ class FedDF(FederatedAlgorithm):
 
     @classmethod
     def server_fraction(cls, config: FedDFConfig) -> float:
-        return config.proxy_frac
+        return config.proxy_frac if config.proxy_data == "holdout" else 0.0
 
     def run_round(
         self,

@@ -55,6 +55,7 @@ ALGO_FLAGS = {
     "similarity": "similarity",
     "clusters": "clusters",
     "grouping": "grouping",
+    "proxy_data": "proxy_data",
     "proxy_frac": "proxy_frac",
     "temperature": "temperature",
     "distill_steps": "steps",
@@ -323,6 +324,14 @@ def add_parser(sub: Any) -> None:
         "auxiliary) data (default: 0.1)",
     )
     g.add_argument(
+        "--proxy-data",
+        metavar="SOURCE",
+        help="FedDF/FedAUX: unlabelled proxy data: 'holdout' (a --proxy-frac slice of the training set kept off "
+        "every client; default) or another dataset with the same input shape, of which a seeded --proxy-frac "
+        "share of the training inputs is used (e.g. cifar100 for a cifar10 run, as the FedDF paper); recorded "
+        "in run.json's config",
+    )
+    g.add_argument(
         "--temperature", type=pos_float, metavar="T", help="FedDF/FedAUX: distillation temperature (default: 1.0)"
     )
     g.add_argument(
@@ -456,6 +465,13 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
             owners = [n for n, c in ALGORITHMS.items() if f in {x.name for x in fields(c.config_cls)}]
             raise UserError(f"--{k.replace('_', '-')}: applies to --algo {'/'.join(owners)} only, not {algo}")
     algo_config = algo_cls.config_cls(**{f: ns[k] for k, f in ALGO_FLAGS.items() if k in ns})
+    if algo in ("feddf", "fedaux") and algo_config.proxy_data != "holdout":
+        from flatfl.data import DATASETS
+
+        if algo_config.proxy_data not in DATASETS:
+            raise UserError(
+                f"--proxy-data: {algo_config.proxy_data!r} is not holdout or a dataset ({', '.join(sorted(DATASETS))})"
+            )
     if algo == "fedaux" and algo_config.pretrain_steps > 0 and data.dataset == "shakespeare":
         raise UserError("--aux-pretrain-steps: rotation pre-training needs images; use 0 with --dataset shakespeare")
     info = dataset_info(data)
