@@ -47,7 +47,9 @@ def add_parser(sub: Any) -> None:
             "Measure the curvature of the loss at one saved global model. Reads --ckpt and the run.json "
             "beside it (model and data are rebuilt from it), and writes DIR/landscape.json with every "
             "number and its settings, plus density.png/.pdf with --density. The model is evaluated in "
-            "eval mode (BatchNorm running statistics) on the full chosen data (exact, not one mini-batch)."
+            "eval mode (BatchNorm running statistics) on the full chosen data (exact, not one mini-batch). "
+            "Under torchrun (torchrun --nproc_per_node=N -m flatfl landscape ...) the Hessian-vector products "
+            "are summed over data shards and surface points are split across the ranks; rank 0 writes."
         ),
     )
     p.add_argument("--ckpt", type=Path, required=True, metavar="FILE", help="a round_NNNN.safetensors of a flatfl run")
