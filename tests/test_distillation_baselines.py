@@ -107,7 +107,8 @@ def test_fedgen_generator_loss_falls_against_fixed_heads():
 
     def eval_loss() -> float:
         algo.generator.eval()
-        return float(generator_loss(algo.generator, heads, weights, y, torch.Generator().manual_seed(7), 1.0)[0])
+        with torch.no_grad():
+            return float(generator_loss(algo.generator, heads, weights, y, torch.Generator().manual_seed(7), 1.0)[0])
 
     before = eval_loss()
     info = algo.train_generator(heads, [0, 1], torch.Generator().manual_seed(1))
