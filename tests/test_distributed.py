@@ -127,3 +127,46 @@ def test_torchrun_landscape_splits_hvps_and_grid_points(tiny, cli, tmp_path, one
     assert not np.isnan(sb["loss"]).any()
     np.testing.assert_allclose(sb["loss"], sa["loss"], rtol=1e-5)
     np.testing.assert_allclose(sb["accuracy"], sa["accuracy"], atol=1e-9)
+
+
+def test_two_nodes_by_rendezvous_equal_one_process(cli, tmp_path, one_thread):
+    """The README's several-machines command, both 'machines' on localhost (c10d rendezvous)."""
+    out = tmp_path / "nodes"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={n}",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "-m",
+                "flatfl",
+                "train",
+                *TINY,
+                "--algo",
+                "scaffold",
+                "--rounds",
+                "2",
+                "--out",
+                str(out),
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (0, 1)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    code, _, err = cli("train", *TINY, "--algo", "scaffold", "--rounds", "2", "--out", tmp_path / "single")
+    assert code == 0, err
+    _same_files(tmp_path / "single", out)
