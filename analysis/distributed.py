@@ -11,8 +11,9 @@
   grid. Each point is computed as one process computes it, up to float rounding where a rank's
   vmap-or-loop choice (``analysis.surfaces.evaluate_grid`` times both) differs from one process's.
 
-Everything else (sharpness measures, the federated view, markers) runs whole on every rank.
-Rank 0 writes the files. Backend: NCCL on CUDA devices, gloo on CPU.
+Everything else (sharpness measures, the federated view, markers) runs whole on every rank;
+``flatfl report`` measures each checkpoint this way, then leaves the spread and the writing to
+rank 0. Rank 0 writes the files. Backend: NCCL on CUDA devices, gloo on CPU.
 """
 
 from __future__ import annotations

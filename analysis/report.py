@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import distributed
 from analysis.checkpoints import Run
 from analysis.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
 from analysis.surfaces import Surface
@@ -97,14 +98,20 @@ def measure_round(
 ) -> tuple[dict[str, Any], Surface | None]:
     """Curvature, sharpness and surface of one checkpoint, cached in ``out``."""
     file = ckpt.round_path(run.path, rnd)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     ls = replace(settings.landscape, surface=None)
     want = json_ready(asdict(ls))
-    res = _cached_landscape(out / "landscape.json", want, file_digest(file))
+    # under torchrun rank 0's cache decides for every rank (the computation below is collective)
+    res = distributed.broadcast_array(
+        _cached_landscape(out / "landscape.json", want, file_digest(file)) if main else None
+    )
     if res is None:
         res, _ = compute(file, ls, log=log)
-        ckpt.atomic_write_json(out / "landscape.json", json_ready(res))
-        res = json.loads((out / "landscape.json").read_text())  # one path for fresh and cached results
+        res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
+        if main:
+            ckpt.atomic_write_json(out / "landscape.json", res)
     else:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
     surf = None
@@ -210,6 +217,8 @@ def build_report(
                     row["surface_loss_max"] = float(np.nanmax(surf.loss))
                     row["surface_loss_mean"] = float(np.nanmean(surf.loss))
                 rows.append(row)
+    if not distributed.is_main():
+        return {}  # under torchrun: the collective part is done; rank 0 computes the spread and writes
 
     # training curves and spread over rounds
     curve_rows: list[dict[str, Any]] = []

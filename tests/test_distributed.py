@@ -170,3 +170,23 @@ def test_two_nodes_by_rendezvous_equal_one_process(cli, tmp_path, one_thread):
     code, _, err = cli("train", *TINY, "--algo", "scaffold", "--rounds", "2", "--out", tmp_path / "single")
     assert code == 0, err
     _same_files(tmp_path / "single", out)
+
+
+def test_torchrun_report_equals_one_process(tiny, cli, tmp_path, one_thread):
+    import csv
+
+    runs = [tiny("avg", "--save-clients", rounds=2, algo="fedavg"), tiny("mut", "--save-clients", rounds=2)]
+    args = ["report", *map(str, runs), "--rounds", "2", "--samples", "100", "--grid", "3", "--trace-matvecs", "6",
+            "--sharpness", "sam", "--no-progress"]  # fmt: skip
+    code, _, err = cli(*args, "--out", tmp_path / "one")
+    assert code == 0, err
+    proc = _torchrun("-m", "flatfl", *args, "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report.html") == 1  # rank 0 alone writes and prints
+    a = list(csv.DictReader(open(tmp_path / "one" / "report.csv")))
+    b = list(csv.DictReader(open(tmp_path / "two" / "report.csv")))
+    assert [r["run"] for r in a] == [r["run"] for r in b] == ["fedavg", "fedmut"]
+    for ra, rb in zip(a, b):
+        for k in ("lambda_max", "trace", "loss", "sharpness_sam", "surface_loss_mean"):
+            assert float(rb[k]) == pytest.approx(float(ra[k]), rel=1e-4), k
+    assert (tmp_path / "two" / "report.html").is_file() and (tmp_path / "two" / "curves.csv").is_file()

@@ -109,6 +109,8 @@ def test_landscape_bad_input(cli, run_dir, tmp_path):
     _one_line_error(code, err, "nothing to compute")
     code, _, err = cli("landscape", "--ckpt", ckpt, "--sharpness", "flatness")
     _one_line_error(code, err, "--sharpness", "flatness")
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--trace", "--trace-matvecs", "4")
+    _one_line_error(code, err, "--trace-matvecs", "hutchinson")
     # a run.json whose model does not match the checkpoint's tensors
     bad = tmp_path / "bad"
     shutil.copytree(run_dir, bad)

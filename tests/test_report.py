@@ -104,6 +104,8 @@ def test_report_bad_input(cli, pair, tmp_path):
     _one_line_error(code, err, "--sharpness")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "x")
     _one_line_error(code, err, "--rounds")
+    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--trace-matvecs", "4")
+    _one_line_error(code, err, "--trace-matvecs", "6")
 
 
 def test_report_cache_is_keyed_on_the_checkpoint_bytes(tiny, cli, tmp_path):

@@ -253,6 +253,8 @@ def run(ns: dict[str, Any]) -> int:
         )
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
+    if ns["trace"] and ns["trace_method"] == "hutch++" and ns["trace_matvecs"] < 6:
+        raise UserError("--trace-matvecs: Hutch++ needs at least 6 HVPs (or use --trace-method hutchinson)")
     device = resolve_device(ns["device"])
     if launched_by_torchrun() and device.type == "cuda":
         device = torch.device("cuda", local_rank())

@@ -116,16 +116,13 @@ def add_parser(sub: Any) -> None:
 
 
 def run(ns: dict[str, Any]) -> int:
-    import os
+    import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(
-            "flatfl report runs in one process; under torchrun use flatfl landscape --ckpt ... per checkpoint "
-            "(HVPs and surface points are split across ranks there), then flatfl report in one process"
-        )
+    from analysis import distributed
     from analysis.landscape import SHARPNESS_MEASURES
     from analysis.report import ReportSettings, build_report
     from flatfl import checkpoint as ckpt
+    from flatfl.distributed import launched_by_torchrun, local_rank
     from flatfl.trainer import resolve_device
 
     for r in ns["runs"]:
@@ -140,6 +137,11 @@ def run(ns: dict[str, Any]) -> int:
         raise UserError(
             f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
         )
+    device = resolve_device(ns["device"])
+    if launched_by_torchrun() and device.type == "cuda":
+        device = torch.device("cuda", local_rank())
+    if 0 < ns["trace_matvecs"] < 6:
+        raise UserError("--trace-matvecs: Hutch++ needs at least 6 HVPs; 0 skips the trace")
     d = ReportSettings()
     ls = replace(
         d.landscape,
@@ -147,13 +149,13 @@ def run(ns: dict[str, Any]) -> int:
         samples=ns["samples"] or None,
         sharpness=sharp,
         trace=ns["trace_matvecs"] > 0,
-        trace_matvecs=max(ns["trace_matvecs"], 3),
+        trace_matvecs=max(ns["trace_matvecs"], 6),
         hessian=not ns["no_hessian"],
         grid=ns["grid"],
         span=ns["span"],
         seed=ns["seed"],
         batch_size=ns["batch_size"],
-        device=str(resolve_device(ns["device"])),
+        device=str(device),
         memory_budget_gb=ns["memory_budget"],
     )
     settings = ReportSettings(
@@ -164,14 +166,23 @@ def run(ns: dict[str, Any]) -> int:
         spread_samples=ns["spread_samples"],
     )
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
-    files = build_report(
-        [Path(r) for r in ns["runs"]],
-        settings,
-        Path(ns["out"]),
-        command=command,
-        log=lambda s: print(s, file=sys.stderr, flush=True),
-        show_progress=not ns["no_progress"] and sys.stderr.isatty(),
-    )
+    owns_group = distributed.init_from_env(torch.device(settings.landscape.device))
+    try:
+        main = distributed.is_main()
+        files = build_report(
+            [Path(r) for r in ns["runs"]],
+            settings,
+            Path(ns["out"]),
+            command=command,
+            log=(lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None),
+            show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
+        )
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     for kind in ("html", "csv", "curves", "json"):
-        print(f"wrote {files[kind]}")
+        if kind in files:
+            print(f"wrote {files[kind]}")
     return 0
