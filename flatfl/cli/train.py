@@ -359,7 +359,10 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--gen-epochs", type=pos_int, metavar="N", help="FedGen: generator epochs a round (default: 10)")
     g.add_argument("--gen-iters", type=pos_int, metavar="N", help="FedGen: Adam steps per generator epoch (default: 5)")
     g.add_argument(
-        "--gen-batch", type=pos_int, metavar="B", help="FedGen: generated latents per step, server and clients (128)"
+        "--gen-batch",
+        type=pos_int,
+        metavar="B",
+        help="FedGen: generated latents per step, server and clients (default: 128)",
     )
     g.add_argument("--gen-hidden", type=pos_int, metavar="H", help="FedGen: generator hidden width (default: 512)")
     g.add_argument("--gen-noise", type=pos_int, metavar="D", help="FedGen: generator noise size (default: 100)")
