@@ -19,6 +19,8 @@ rank 0. Rank 0 writes the files. Backend: NCCL on CUDA devices, gloo on CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -45,6 +47,18 @@ def init_from_env(device: torch.device) -> bool:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """Inside: torchrun's process group joined (if launched by it); left and destroyed after, if
+    this call made it."""
+    owns = init_from_env(device)
+    try:
+        yield
+    finally:
+        if owns and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def shard(n: int, rank: int, size: int) -> slice:

@@ -344,10 +344,11 @@ def _flat_of(run: Run, state: dict[str, torch.Tensor], obj: ModelLoss) -> torch.
     return torch.cat([state[n].reshape(-1) for n in obj.names]).to(obj.device, obj.dtype)
 
 
-def _model_spec(run: Run, rnd: int, spec: str, obj: ModelLoss) -> tuple[str, torch.Tensor]:
+def _resolve_model_spec(run: Run, rnd: int, spec: str) -> tuple[str, Run, Callable[[], dict[str, torch.Tensor]]]:
     """A model named on the command line: a checkpoint file, ``mutant:SLOT`` (a model sent in
     round rnd+1, i.e. a mutant of this checkpoint) or ``returned:SLOT`` (a model returned in
-    round rnd, whose mean is this checkpoint)."""
+    round rnd, whose mean is this checkpoint). Returns (label, its run, a loader of its state);
+    every error is found here, before anything is computed."""
     from flatfl import checkpoint as ckpt
 
     kind, _, slot = spec.partition(":")
@@ -360,7 +361,7 @@ def _model_spec(run: Run, rnd: int, spec: str, obj: ModelLoss) -> tuple[str, tor
         models = sent if kind == "mutant" else returned
         if int(slot) >= len(models):
             raise UserError(f"--models {spec}: round {r} has slots 0..{len(models) - 1}")
-        return f"{kind} {slot} (client {info['clients'][int(slot)]})", _flat_of(run, models[int(slot)], obj)
+        return f"{kind} {slot} (client {info['clients'][int(slot)]})", run, lambda: models[int(slot)]
     file = Path(spec)
     if not file.is_file():
         raise UserError(f"--models/--to: {spec!r} is neither a checkpoint file nor mutant:SLOT / returned:SLOT")
@@ -370,7 +371,13 @@ def _model_spec(run: Run, rnd: int, spec: str, obj: ModelLoss) -> tuple[str, tor
             f"{spec}: model {other.info['model']['name']} {other.info['model']['kwargs']} differs from "
             f"the checkpoint's {run.info['model']['name']} {run.info['model']['kwargs']}"
         )
-    return f"{other.config['algo']} round {r}", _flat_of(other, other.global_state(r), obj)
+    return f"{other.config['algo']} round {r}", other, lambda: other.global_state(r)
+
+
+def _model_spec(run: Run, rnd: int, spec: str, obj: ModelLoss) -> tuple[str, torch.Tensor]:
+    """(label, flat parameters) of a model named on the command line (see ``_resolve_model_spec``)."""
+    label, owner, state = _resolve_model_spec(run, rnd, spec)
+    return label, _flat_of(owner, state(), obj)
 
 
 def _axis(lo: float, hi: float, n: int) -> np.ndarray:
@@ -430,8 +437,9 @@ def _markers(
     ]
 
 
-def check_surface_settings(settings: LandscapeSettings) -> None:
-    """Flag combinations a surface cannot use: one line each, before anything is computed."""
+def check_surface_settings(settings: LandscapeSettings, ckpt: Path | None = None) -> None:
+    """Flag combinations a surface cannot use: one line each, before anything is computed
+    (with ``ckpt``, the ``--to``/``--models`` specs are resolved against its run too)."""
     kind, count = settings.surface_dirs, 1 if settings.surface == "1d" else 2
     if kind not in ("random", "eigen", "interp", "models", "pca"):
         raise UserError(f"--surface-dirs: {kind!r} is not random, eigen, interp, models or pca")
@@ -443,10 +451,14 @@ def check_surface_settings(settings: LandscapeSettings) -> None:
         raise UserError("--surface-dirs interp needs --to MODEL (the other end of the line)")
     if kind == "models" and (not settings.models or len(settings.models) != 2):
         raise UserError("--surface-dirs models needs --models B C (two more models; the checkpoint is the third)")
-    for spec in ([settings.to] if kind == "interp" else []) + (list(settings.models or []) if kind == "models" else []):
+    specs = ([settings.to] if kind == "interp" else []) + (list(settings.models or []) if kind == "models" else [])
+    run, rnd = Run.of_checkpoint(ckpt) if ckpt is not None and specs else (None, 0)
+    for spec in specs:
         kind_, _, slot = spec.partition(":")
         if not (kind_ in ("mutant", "returned") and slot.isdigit()) and not Path(spec).is_file():
             raise UserError(f"--models/--to: {spec!r} is neither a checkpoint file nor mutant:SLOT / returned:SLOT")
+    for spec in specs if run is not None else []:
+        _resolve_model_spec(run, rnd, spec)
 
 
 def compute_surface(

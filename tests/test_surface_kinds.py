@@ -124,8 +124,7 @@ def test_surface_kind_errors(cli, runs, tmp_path):
     err("--surface", "2d", "--surface-dirs", "models", "--models", "mutant:0", "x", needle="'x'")
     err("--surface", "1d", "--surface-dirs", "interp", "--to", "nowhere.safetensors", needle="nowhere")
     err("--surface", "1d", "--range", "1,0", needle="--range")
-    code, _, e = cli(*base, "--surface", "2d", "--surface-dirs", "models", "--models", "mutant:9", "mutant:0")
-    _one_line_error(code, e, "mutant:9")
+    err("--surface", "2d", "--surface-dirs", "models", "--models", "mutant:9", "mutant:0", needle="mutant:9")
     ck2 = runs / "fedmut" / "round_0002.safetensors"
     code, _, e = cli(
         *base[:2], ck2, *base[3:], "--surface", "2d", "--surface-dirs", "models", "--models", "mutant:0", "mutant:0"

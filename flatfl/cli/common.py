@@ -42,3 +42,50 @@ momentum_t = _typed(float, lambda v: 0 <= v < 1, "a momentum in [0, 1)")
 def default(obj: Any, name: str) -> str:
     """``(default: <value>)`` for help texts, read from a config dataclass."""
     return f"(default: {getattr(obj, name)})"
+
+
+def add_analysis_arguments(g: Any, d: Any) -> None:
+    """Flags ``flatfl landscape`` and ``flatfl report`` share, with defaults from a
+    ``LandscapeSettings`` ``d``: data selection, batch size, device, seed, memory budget."""
+    g.add_argument(
+        "--data",
+        default=d.data,
+        metavar="SEL",
+        help=f"train (union of all clients' data), test, or client:K (client K's training data) (default: {d.data})",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=pos_int,
+        default=d.batch_size,
+        metavar="B",
+        help=f"samples per forward/backward pass; results do not depend on it (default: {d.batch_size})",
+    )
+    g.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument(
+        "--seed",
+        type=nonneg_int,
+        default=d.seed,
+        help=f"seed of random subsets, probe vectors and directions (default: {d.seed})",
+    )
+    g.add_argument(
+        "--memory-budget",
+        type=pos_float,
+        default=d.memory_budget_gb,
+        metavar="GB",
+        help="keep the first-order graphs of all data in memory (about 2x faster HVPs) when their estimated "
+        f"size fits this many GiB, else recompute them per HVP; also bounds surface chunks (default: "
+        f"{d.memory_budget_gb})",
+    )
+
+
+def analysis_device(name: str) -> Any:
+    """The device of an analysis command; under torchrun with CUDA, this rank's GPU (LOCAL_RANK)."""
+    import torch
+
+    from flatfl.distributed import launched_by_torchrun, local_rank
+    from flatfl.trainer import resolve_device
+
+    device = resolve_device(name)
+    if launched_by_torchrun() and device.type == "cuda":
+        device = torch.device("cuda", local_rank())
+    return device

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from flatfl.cli.common import nonneg_int, pos_float, pos_int
+from flatfl.cli.common import add_analysis_arguments, analysis_device, nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
 
 
@@ -55,37 +55,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ckpt", type=Path, required=True, metavar="FILE", help="a round_NNNN.safetensors of a flatfl run")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: RUN/landscape/round_NNNN)")
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        default=d.data,
-        metavar="SEL",
-        help=f"train (union of all clients' data), test, or client:K (client K's training data) (default: {d.data})",
-    )
+    add_analysis_arguments(g, d)
     g.add_argument("--samples", type=pos_int, metavar="N", help="a seeded random subset of N samples (default: all)")
-    g.add_argument(
-        "--batch-size",
-        type=pos_int,
-        default=d.batch_size,
-        metavar="B",
-        help=f"samples per forward/backward pass; results do not depend on it (default: {d.batch_size})",
-    )
     g.add_argument(
         "--dtype",
         choices=["float32", "float64"],
         default=d.dtype,
         help=f"precision of the analysis; float64 for reference checks (default: {d.dtype})",
-    )
-    g.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
-    g.add_argument(
-        "--seed", type=nonneg_int, default=d.seed, help=f"seed of random vectors and subsets (default: {d.seed})"
-    )
-    g.add_argument(
-        "--memory-budget",
-        type=pos_float,
-        default=d.memory_budget_gb,
-        metavar="GB",
-        help="keep the first-order graphs of all data in memory (about 2x faster HVPs) when their estimated "
-        f"size fits this many GiB, else recompute them per HVP (default: {d.memory_budget_gb})",
     )
     g = p.add_argument_group("curvature")
     g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
@@ -237,8 +213,6 @@ def run(ns: dict[str, Any]) -> int:
     import torch
 
     from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
-    from flatfl.distributed import launched_by_torchrun, local_rank
-    from flatfl.trainer import resolve_device
 
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
@@ -255,9 +229,7 @@ def run(ns: dict[str, Any]) -> int:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
     if ns["trace"] and ns["trace_method"] == "hutch++" and ns["trace_matvecs"] < 6:
         raise UserError("--trace-matvecs: Hutch++ needs at least 6 HVPs (or use --trace-method hutchinson)")
-    device = resolve_device(ns["device"])
-    if launched_by_torchrun() and device.type == "cuda":
-        device = torch.device("cuda", local_rank())
+    device = analysis_device(ns["device"])
     settings = LandscapeSettings(
         data=ns["data"],
         samples=ns.get("samples"),
@@ -302,17 +274,11 @@ def run(ns: dict[str, Any]) -> int:
     if settings.surface:
         from analysis.landscape import check_surface_settings
 
-        check_surface_settings(settings)
+        check_surface_settings(settings, ckpt_path)
     from analysis import distributed
 
-    owns_group = distributed.init_from_env(torch.device(settings.device))
-    try:
+    with distributed.process_group(torch.device(settings.device)):
         return _run(ns, settings, ckpt_path)
-    finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flatfl.cli.common import nonneg_int, pos_float, pos_int
+from flatfl.cli.common import add_analysis_arguments, analysis_device, nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
 
 
@@ -55,12 +55,6 @@ def add_parser(sub: Any) -> None:
         "(default: auto)",
     )
     p.add_argument(
-        "--data",
-        default=ld.data,
-        metavar="SEL",
-        help=f"train (union of clients' data), test or client:K (default: {ld.data})",
-    )
-    p.add_argument(
         "--samples",
         type=nonneg_int,
         default=ld.samples,
@@ -100,18 +94,7 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
     )
-    p.add_argument(
-        "--seed", type=nonneg_int, default=ld.seed, help=f"seed of subsets, probes, directions (default: {ld.seed})"
-    )
-    p.add_argument("--batch-size", type=pos_int, default=ld.batch_size, metavar="B", help=f"(default: {ld.batch_size})")
-    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument(
-        "--memory-budget",
-        type=pos_float,
-        default=ld.memory_budget_gb,
-        metavar="GB",
-        help=f"memory for cached HVP graphs and surface chunks (default: {ld.memory_budget_gb})",
-    )
+    add_analysis_arguments(p, ld)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -122,8 +105,6 @@ def run(ns: dict[str, Any]) -> int:
     from analysis.landscape import SHARPNESS_MEASURES
     from analysis.report import ReportSettings, build_report
     from flatfl import checkpoint as ckpt
-    from flatfl.distributed import launched_by_torchrun, local_rank
-    from flatfl.trainer import resolve_device
 
     for r in ns["runs"]:
         if not (Path(r) / ckpt.RUN_JSON).is_file():
@@ -137,9 +118,7 @@ def run(ns: dict[str, Any]) -> int:
         raise UserError(
             f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
         )
-    device = resolve_device(ns["device"])
-    if launched_by_torchrun() and device.type == "cuda":
-        device = torch.device("cuda", local_rank())
+    device = analysis_device(ns["device"])
     if 0 < ns["trace_matvecs"] < 6:
         raise UserError("--trace-matvecs: Hutch++ needs at least 6 HVPs; 0 skips the trace")
     d = ReportSettings()
@@ -166,8 +145,7 @@ def run(ns: dict[str, Any]) -> int:
         spread_samples=ns["spread_samples"],
     )
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
-    owns_group = distributed.init_from_env(torch.device(settings.landscape.device))
-    try:
+    with distributed.process_group(torch.device(settings.landscape.device)):
         main = distributed.is_main()
         files = build_report(
             [Path(r) for r in ns["runs"]],
@@ -177,11 +155,6 @@ def run(ns: dict[str, Any]) -> int:
             log=(lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None),
             show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
         )
-    finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
     for kind in ("html", "csv", "curves", "json"):
         if kind in files:
             print(f"wrote {files[kind]}")
