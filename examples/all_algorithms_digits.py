@@ -1,4 +1,4 @@
-"""Every algorithm on the embedded digits (Dirichlet 0.1, 20 clients, 5 per round), several seeds.
+"""Every algorithm on the embedded digits (Dirichlet 0.1 by default, 20 clients, 5 per round), several seeds.
 
 Trains each (algorithm, seed) into ``--root/digits-<algo>-s<seed>``, then measures the final
 global model with ``flatfl report`` (lambda_max by Lanczos on 1,000 training samples) and prints
@@ -6,6 +6,7 @@ one table: mean +- std over seeds of the last-10-rounds test accuracy and of lam
 that diverges (flatfl stops it and keeps its last finite round) is listed, not averaged.
 
     python examples/all_algorithms_digits.py [--seeds 0,1,2] [--rounds 200] [--root checkpoints/all]
+        [--algos fedavg,fedmut,...] [--dirichlet 0.1]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flatfl.checkpoint import read_metrics
 from flatfl.cli import main as flatfl
 
 ALGOS = ["fedavg", "fedmut", "fedprox", "scaffold", "clusamp", "fedcluster", "feddf", "fedgen", "fedaux"]
-COMMON = ["--dataset", "digits", "--clients", "20", "--frac", "0.25", "--dirichlet", "0.1", "--no-progress"]
+COMMON = ["--dataset", "digits", "--clients", "20", "--frac", "0.25", "--no-progress"]
 
 
 def main() -> None:
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--root", type=Path, default=Path("checkpoints/all"))
     ap.add_argument("--algos", default=",".join(ALGOS))
+    ap.add_argument("--dirichlet", default="0.1", help="label-skew concentration alpha (default: 0.1)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     algos = args.algos.split(",")
@@ -40,8 +42,8 @@ def main() -> None:
         for seed in seeds:
             out = args.root / f"digits-{algo}-s{seed}"
             with contextlib.redirect_stdout(io.StringIO()):
-                code = flatfl(["train", *COMMON, "--algo", algo, "--rounds", str(args.rounds), "--seed", str(seed),
-                               "--out", str(out), "--overwrite"])  # fmt: skip
+                code = flatfl(["train", *COMMON, "--dirichlet", args.dirichlet, "--algo", algo, "--rounds",
+                               str(args.rounds), "--seed", str(seed), "--out", str(out), "--overwrite"])  # fmt: skip
             if code not in (0, 1):  # 1: diverged; the last finite round is kept and measured
                 sys.exit(code)
             m = read_metrics(out)
@@ -59,7 +61,7 @@ def main() -> None:
             note = "" if last == args.rounds else f"  (diverged: last finite round {last})"
             print(f"{algo:>10} seed {seed}: last-10 acc {acc:.4f}  lambda_max {lam:.3f}{note}", flush=True)
     print()
-    print(f"digits, Dirichlet(0.1), 20 clients, 5 per round, {args.rounds} rounds, seeds {args.seeds}")
+    print(f"digits, Dirichlet({args.dirichlet}), 20 clients, 5 per round, {args.rounds} rounds, seeds {args.seeds}")
     print(f"{'algorithm':>10} {'last-10 test acc':>20} {'lambda_max (round ' + str(args.rounds) + ')':>26}")
     for algo in algos:
         ok = [s for s in seeds if rows[(algo, s)][2] == args.rounds]
