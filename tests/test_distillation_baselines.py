@@ -160,9 +160,11 @@ def test_fedgen_client_regulariser_is_the_papers_on_generated_latents():
 
 def test_fedaux_scorer_is_the_regularised_logistic_regression_scipy_finds():
     g = torch.Generator().manual_seed(0)
-    pos = scorer_inputs(torch.randn(40, 5, generator=g) + 1.0)
-    neg = scorer_inputs(torch.randn(60, 5, generator=g))
-    assert torch.allclose(pos.norm(dim=1), torch.ones(40, dtype=torch.float64))
+    hp, hn = torch.randn(40, 5, generator=g) + 1.0, torch.randn(60, 5, generator=g)
+    scale = float(torch.cat([hp, hn]).norm(dim=1).max())
+    pos, neg = scorer_inputs(hp, scale), scorer_inputs(hn, scale)
+    assert float(torch.cat([pos, neg]).norm(dim=1).max()) == pytest.approx(1.0)  # the sensitivity's ||u|| <= 1
+    torch.testing.assert_close(pos[:, :5] * np.sqrt(2) * scale, hp.double())
     lam = 0.05
     v = fit_logistic(pos, neg, lam)
     u = np.concatenate([pos.numpy(), neg.numpy()])
@@ -183,13 +185,16 @@ def test_fedaux_target_and_distillation_lower_the_kl_to_the_weighted_ensemble():
     torch.manual_seed(0)
     logits, scores = torch.randn(3, 50, 4), torch.rand(3, 50)
     T = 2.0
-    p = torch.softmax(logits / T, -1)
-    want = ((scores[..., None] * p).sum(0) / scores.sum(0)[:, None]).log()
+    # the closed form, written out per sample and class
+    want = torch.empty(50, 4)
+    for i in range(50):
+        zbar = sum(scores[k, i] * logits[k, i] for k in range(3)) / scores[:, i].sum()
+        want[i] = zbar / T - torch.logsumexp(zbar / T, 0)
     target = weighted_ensemble_log_probs(logits, scores, T)
     torch.testing.assert_close(target, want, rtol=1e-5, atol=1e-6)
-    # uniform scores: the mean of the probabilities (FedDF averages logits instead)
-    flat = weighted_ensemble_log_probs(logits, torch.ones(3, 50), T)
-    torch.testing.assert_close(flat, p.mean(0).log(), rtol=1e-5, atol=1e-6)
+    # equal scores: FedDF's target, the softmax of the mean logits
+    flat = weighted_ensemble_log_probs(logits, torch.full((3, 50), 0.3), T)
+    torch.testing.assert_close(flat, torch.log_softmax(logits.mean(0) / T, -1), rtol=1e-5, atol=1e-6)
 
     teachers, student = [Split(3, 4) for _ in range(3)], Split(3, 4)
     x = torch.randn(300, 3)

@@ -12,7 +12,8 @@ Unlabelled auxiliary data on the server serve three purposes:
    regression separating its own features (label 1) from the auxiliary features (label 0),
 
        min_v  mean_i log(1 + exp(-s_i v^T u_i)) + (lambda / 2) ||v||^2,
-       u = [h(x) / ||h(x)||, 1] / sqrt(2)   (so ||u|| = 1; the bias is the last weight),
+       u = [h(x) / M, 1] / sqrt(2)   (M the largest ||h|| of the client's fit: ||u|| <= 1;
+                                      the bias is the last weight),
 
    and reports s_k(x) = sigmoid(v_k^T u(x)) for every auxiliary x: how much x looks like
    client k's data. With ``dp_epsilon`` > 0 the weights are released with Gaussian output
@@ -22,9 +23,18 @@ Unlabelled auxiliary data on the server serve three purposes:
 3. *Certainty-weighted distillation*: after FedAvg's aggregation the server distils the
    ensemble into the global model on the auxiliary data, as FedDF, but with the target
 
-       p(x) = sum_k s_k(x) softmax(f(x; w_k) / T) / sum_k s_k(x),
+       p(x) = softmax( sum_k s_k(x) f(x; w_k) / (T sum_k s_k(x)) ),
 
-   each client's vote counting where its data look like x.
+   the certainty-weighted mean of the clients' logits (FedDF's plain mean of logits when all
+   scores are equal), each client's vote counting where its data look like x.
+
+Against the authors' code (github fedl-repo/fedaux, ``fl_devices.py``): the weighted *logits*
+and the max-norm feature scaling are theirs. Their scorer is scikit-learn's
+``LogisticRegression(C=1/lambda)``, i.e. a *sum* of losses + ||v||^2 / 2 with an unpenalised
+intercept -- on the mean that is a regulariser lambda / n, while their noise uses the
+sensitivity 2 / (n lambda) of the mean form; flatfl fits the mean form the sensitivity belongs
+to (so ``--score-l2`` is that lambda, and the same number regularises more than theirs).
+Their teachers and student run in train mode (BatchNorm batch statistics); flatfl's in eval mode.
 
 The auxiliary data are a held-out unlabelled slice of the training set (``proxy_frac``;
 indices in ``partition.json`` under ``server``) or a share of another dataset
@@ -68,10 +78,10 @@ class FedAUXConfig:
     weighted: bool = True
 
 
-def scorer_inputs(features: torch.Tensor) -> torch.Tensor:
-    """u = [h / ||h||, 1] / sqrt(2) in float64: unit-norm rows with a bias coordinate."""
-    h = features.double()
-    h = h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
+def scorer_inputs(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """u = [h / scale, 1] / sqrt(2) in float64 (rows of norm <= 1 when scale >= every ||h||),
+    the last coordinate carrying the bias."""
+    h = features.double() / max(scale, 1e-12)
     return torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], 1) / math.sqrt(2.0)
 
 
@@ -101,9 +111,9 @@ def dp_sigma(n: int, l2: float, epsilon: float, delta: float) -> float:
 
 
 def weighted_ensemble_log_probs(logits: torch.Tensor, scores: torch.Tensor, T: float) -> torch.Tensor:
-    """log( sum_k s_k softmax(z_k / T) / sum_k s_k ) for logits (k, n, C) and scores (k, n), stably."""
-    logs = torch.log(scores.clamp_min(1e-30)).unsqueeze(-1)
-    return torch.logsumexp(logs + F.log_softmax(logits / T, -1), 0) - torch.logsumexp(logs, 0)
+    """log_softmax( sum_k s_k z_k / (T sum_k s_k) ) for logits z (k, n, C) and scores s (k, n)."""
+    w = scores / scores.sum(0, keepdim=True).clamp_min(1e-30)
+    return F.log_softmax((w.unsqueeze(-1) * logits).sum(0) / T, -1)
 
 
 def rotation_pretrain(
@@ -157,10 +167,12 @@ class FedAUX(FedDF):
             last = rotation_pretrain(model, aux, c.pretrain_steps, c.pretrain_lr, c.batch_size, gen)
             state = clone(global_state) | {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.prepare_info["pretrain_last_loss"] = last
-        neg = scorer_inputs(self._features(model, aux))
+        h_aux = self._features(model, aux)
         rows, accs = [], []
         for k in range(self.num_clients):
-            pos = scorer_inputs(self._features(model, federation.client_inputs(k)))
+            h_k = self._features(model, federation.client_inputs(k))
+            scale = float(torch.cat([h_k, h_aux]).norm(dim=1).max())  # the largest norm of this fit
+            pos, neg = scorer_inputs(h_k, scale), scorer_inputs(h_aux, scale)
             v = fit_logistic(pos, neg, c.score_l2)
             if c.dp_epsilon > 0:
                 sigma = dp_sigma(len(pos) + len(neg), c.score_l2, c.dp_epsilon, c.dp_delta)
@@ -190,7 +202,7 @@ class FedAUX(FedDF):
     def teacher_log_probs(
         self, teachers: Sequence[torch.nn.Module], clients: Sequence[int], x: torch.Tensor, batch: int = 500
     ) -> torch.Tensor:
-        """Certainty-weighted ensemble: log sum_k s_k(x) softmax(f_k(x)/T) / sum_k s_k(x)."""
+        """Certainty-weighted ensemble: log_softmax(sum_k s_k(x) f_k(x) / (T sum_k s_k(x)))."""
         assert self.scores is not None
         s = self.scores[list(clients)].to(x.device)
         logits = torch.stack(
