@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -45,7 +46,9 @@ def init_from_env(device: torch.device) -> bool:
         return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # generous: the other ranks wait at the final barrier while rank 0 alone writes (flatfl report
+    # also computes the spread there), which may take longer than the default 30 minutes
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return True
 
 
@@ -54,10 +57,14 @@ def process_group(device: torch.device) -> Iterator[None]:
     """Inside: torchrun's process group joined (if launched by it); left and destroyed after, if
     this call made it."""
     owns = init_from_env(device)
+    ok = False
     try:
         yield
+        ok = True
     finally:
         if owns and dist.is_initialized():
+            if ok:  # every rank done (rank 0 writing last): nobody tears down a group a peer still uses;
+                dist.barrier()  # without it a rank leaving early was seen to abort in teardown (1 in 12 under load)
             dist.destroy_process_group()
 
 

@@ -77,8 +77,13 @@ def init(device: torch.device) -> DistContext | None:
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank(), backend)
 
 
-def shutdown(ctx: DistContext | None) -> None:
+def shutdown(ctx: DistContext | None, ok: bool = True) -> None:
+    """Leave the process group this module made; after a barrier when the run ended normally
+    (rank 0 may still be flushing checkpoints; tearing down while a peer still uses the group
+    was seen to abort a rank), without one after an error (the peers may never arrive)."""
     if ctx is not None and ctx.owns_group and dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -365,10 +365,13 @@ def train(
     if distributed.launched_by_torchrun() and dev.type == "cuda":
         dev = torch.device("cuda", distributed.local_rank())
     ctx = distributed.init(dev)
+    ok = False
     try:
-        return _train(cfg, out, dev, ctx, resume, overwrite, progress, log, download, parallel_clients)
+        logs = _train(cfg, out, dev, ctx, resume, overwrite, progress, log, download, parallel_clients)
+        ok = True
+        return logs
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(ctx, ok)
 
 
 def _train(

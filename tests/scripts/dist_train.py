@@ -14,10 +14,9 @@ import torch.distributed as dist
 from flatfl.cli import main
 
 dist.init_process_group("gloo")
-try:
-    for argv in json.loads(sys.argv[1]):
-        code = main(argv)
-        if code != 0:
-            sys.exit(code)
-finally:
-    dist.destroy_process_group()
+for argv in json.loads(sys.argv[1]):
+    code = main(argv)
+    if code != 0:
+        sys.exit(code)
+dist.barrier()  # nobody tears the group down while a peer still uses it
+dist.destroy_process_group()
