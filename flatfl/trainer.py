@@ -186,7 +186,10 @@ class Simulation:
         try:
             mine = self._train_here(round, [jobs[j] for j in idx])
         except DivergenceError as exc:  # every rank must learn of it, or the others wait forever
-            error = (idx[len(mine)] if len(mine) < len(idx) else n, str(exc), exc.round, exc.client)
+            # the failing job: this rank's first job of that client (a client met twice in a round
+            # trains identically, so it fails at its first slot)
+            at = next((j for j in idx if jobs[j].client == exc.client), idx[0] if idx else n)
+            error = (at, str(exc), exc.round, exc.client)
         metas = distributed.gather_objects(
             ctx, (error, [(u.client, u.num_samples, u.train_loss, u.num_steps, u.lr, u.momentum) for u in mine])
         )

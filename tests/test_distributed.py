@@ -190,3 +190,15 @@ def test_torchrun_report_equals_one_process(tiny, cli, tmp_path, one_thread):
         for k in ("lambda_max", "trace", "loss", "sharpness_sam", "surface_loss_mean"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=1e-4), k
     assert (tmp_path / "two" / "report.html").is_file() and (tmp_path / "two" / "curves.csv").is_file()
+
+
+def test_torchrun_divergence_stops_every_rank_like_one_process(cli, tmp_path, one_thread):
+    bad = [*TINY, "--algo", "fedmut", "--rounds", "6", "--lr", "50", "--momentum", "0.9"]
+    code, _, err = cli("train", *bad, "--out", tmp_path / "single")
+    assert code == 1 and "diverged" in err, err
+    proc = _torchrun("-m", "flatfl", "train", *bad, "--out", str(tmp_path / "dist"))
+    assert proc.returncode != 0
+    lines = [s for s in proc.stderr.splitlines() if s.startswith("flatfl: diverged:")]
+    assert len(lines) == 1, proc.stderr[-3000:]  # one message, from rank 0
+    assert lines[0].split(";")[0] == err.strip().split(";")[0].replace(str(tmp_path / "single"), str(tmp_path / "dist"))
+    _same_files(tmp_path / "single", tmp_path / "dist")
