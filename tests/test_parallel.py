@@ -57,3 +57,13 @@ def test_which_models_and_rounds_qualify(tiny):
     a = tiny("a", "--mu", "0.1", rounds=2, algo="fedprox")
     b = tiny("b", "--mu", "0.1", "--parallel-clients", "3", rounds=2, algo="fedprox")
     _close(a, b, 2, 0.0)
+
+
+def test_parallel_clients_groupnorm_resnet18_with_fedmut(cli, tmp_path):
+    write_cifar10(tmp_path / "c", n=4)
+    base = ["train", "--dataset", "cifar10", "--data-root", tmp_path / "c", "--model", "resnet18", "--norm", "group",
+            "--algo", "fedmut", "--clients", "2", "--frac", "1", "--partition", "iid", "--rounds", "2",
+            "--local-epochs", "1", "--batch-size", "5", "--no-progress"]  # fmt: skip
+    assert cli(*base, "--out", tmp_path / "s")[0] == 0
+    assert cli(*base, "--parallel-clients", "2", "--out", tmp_path / "p")[0] == 0
+    _close(tmp_path / "s", tmp_path / "p", 2, 1e-5)
