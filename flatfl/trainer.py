@@ -416,6 +416,14 @@ def _train(
         parts = make_partition(cfg, data)
     sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
     algo = sim.algorithm
+    if parallel_clients > 1:
+        from flatfl.parallel import model_qualifies
+
+        if not model_qualifies(sim.model):
+            log(
+                f"note: --parallel-clients: {cfg.model} has BatchNorm statistics, dropout or an LSTM, which cannot "
+                "be stacked; its clients train one after another"
+            )
     config_dict = cfg.to_dict()
     info = _run_info(cfg, sim, parts, dev) | (
         {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}

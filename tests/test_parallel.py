@@ -47,12 +47,19 @@ def test_parallel_clients_on_cifar_with_augmentation(cli, tmp_path):
     _close(tmp_path / "cs", tmp_path / "cp", 2, 1e-5)
 
 
-def test_which_models_and_rounds_qualify(tiny):
+def test_which_models_and_rounds_qualify(tiny, cli, tmp_path):
     assert model_qualifies(build_model("smallcnn"))
     assert model_qualifies(build_model("cnn")) and not model_qualifies(build_model("lstm"))  # no vmap rule
     assert model_qualifies(build_model("resnet18", norm="group"))
     assert not model_qualifies(build_model("resnet18"))  # BatchNorm running statistics
     assert not model_qualifies(build_model("vgg16"))  # BatchNorm and dropout
+    # a model that does not qualify is said so, and trains sequentially
+    from tests.test_distillation_baselines import _shakespeare_root
+
+    code, out, err = cli("train", "--dataset", "shakespeare", "--data-root", _shakespeare_root(tmp_path), "--clients",
+                         "3", "--frac", "1", "--min-size", "10", "--rounds", "1", "--local-epochs", "1", "--batch-size",
+                         "64", "--parallel-clients", "3", "--no-progress", "--out", tmp_path / "q")  # fmt: skip
+    assert code == 0 and "note: --parallel-clients: lstm" in out, err
     # a local term (FedProx) trains sequentially: bit for bit the plain run
     a = tiny("a", "--mu", "0.1", rounds=2, algo="fedprox")
     b = tiny("b", "--mu", "0.1", "--parallel-clients", "3", rounds=2, algo="fedprox")
