@@ -47,11 +47,14 @@ def hutchinson(op: LinearOperator, *, num_matvecs: int = 100, generator: torch.G
     )
 
 
+HUTCHPP_MIN_MATVECS = 6  # a third for the sketch, a third for projection, a third for Hutchinson: >= 2 each
+
+
 def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None) -> TraceResult:
     """Hutch++ with ``num_matvecs`` operator applications (split in thirds)."""
     r = num_matvecs // 3
-    if r < 2:
-        raise ValueError("num_matvecs must be >= 6 for Hutch++")
+    if num_matvecs < HUTCHPP_MIN_MATVECS:
+        raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for Hutch++")
     S = _rademacher(op.size, r, op, generator)
     HS = torch.stack([op.matvec(s) for s in S], dim=1)  # (n, r)
     Q, _ = torch.linalg.qr(HS.double())

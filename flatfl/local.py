@@ -8,7 +8,7 @@ between rounds -- as in the FedMut reference code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,26 @@ from torch import nn
 
 from flatfl.algorithms.base import LocalBatch
 from flatfl.config import LocalConfig
+
+
+def minibatches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    epochs: int,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A client's minibatches in order: a fresh permutation from ``generator`` per epoch, the
+    last smaller batch kept, each batch's inputs through ``augment`` (drawing from the same
+    generator). Shared by sequential and stacked (``flatfl.parallel``) training, so both see the
+    same batches."""
+    n = int(y.shape[0])
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            yield (x[idx] if augment is None else augment(x[idx], generator)), y[idx]
 
 
 def local_sgd(
@@ -36,22 +56,16 @@ def local_sgd(
     """
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.train()
-    n = int(y.shape[0])
     losses = []
     params = dict(model.named_parameters()) if extra is not None else None
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            xb = x[idx] if augment is None else augment(x[idx], generator)
-            yb = y[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            total = loss if extra is None else loss + extra(params, LocalBatch(xb, yb, logits, model, generator))
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            losses.append(loss.detach())
+    for xb, yb in minibatches(x, y, cfg.batch_size, cfg.epochs, generator, augment):
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        total = loss if extra is None else loss + extra(params, LocalBatch(xb, yb, logits, model, generator))
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        losses.append(loss.detach())
     if not losses:
         return torch.zeros((), device=x.device), 0
     return torch.stack(losses).mean(), len(losses)

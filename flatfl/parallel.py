@@ -7,8 +7,8 @@ minibatches in one batched call, then applies every client's own SGD update (mom
 decay as ``torch.optim.SGD``: g += wd * w; b = g on the first step, b = m b + g after;
 w -= lr * b).
 
-Each client draws exactly what it draws in ``flatfl.local.local_sgd`` from its own generator
-(a permutation per epoch, then augmentation per minibatch), so the minibatches are the same;
+Each client's minibatches come from ``flatfl.local.minibatches`` with its own generator, as in
+``local_sgd`` (a permutation per epoch, then augmentation per minibatch), so they are the same;
 a client with fewer or smaller batches is padded and masked (a masked example weighs 0 in the
 mean loss; a client that has finished does not move). Results equal sequential training up to
 float summation order (tested).
@@ -36,6 +36,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from flatfl import seeding
 from flatfl.algorithms.base import ClientJob, ClientUpdate
 from flatfl.errors import DivergenceError
+from flatfl.local import minibatches
 
 if TYPE_CHECKING:
     from flatfl.trainer import Simulation
@@ -52,20 +53,6 @@ def parallel_eligible(sim: Simulation, jobs: Sequence[ClientJob]) -> bool:
     return len(jobs) > 1 and all(j.local_term is None for j in jobs) and model_qualifies(sim.model)
 
 
-def _client_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, gen: torch.Generator, augment
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The minibatches ``local_sgd`` would draw from ``gen``, in order."""
-    out = []
-    n = int(y.shape[0])
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            out.append((x[idx] if augment is None else augment(x[idx], gen), y[idx]))
-    return out
-
-
 def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
     """Local SGD of every job at once (see the module docstring); updates in job order."""
     cfg, model = sim.cfg.local, sim.model
@@ -76,8 +63,10 @@ def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> li
     for j in jobs:
         gen = torch.Generator().manual_seed(seeding.derive_seed(sim.cfg.seed, seeding.CLIENT, round, j.client))
         schedules.append(
-            _client_batches(
-                sim.client_x[j.client], sim.client_y[j.client], cfg.batch_size, cfg.epochs, gen, sim.augment
+            list(
+                minibatches(
+                    sim.client_x[j.client], sim.client_y[j.client], cfg.batch_size, cfg.epochs, gen, sim.augment
+                )
             )
         )
     steps = [len(s) for s in schedules]

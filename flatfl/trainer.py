@@ -32,7 +32,7 @@ import flatfl
 from flatfl import checkpoint as ckpt
 from flatfl import distributed, seeding
 from flatfl.algorithms import get_algorithm
-from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm
+from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm, SequentialTraining
 from flatfl.config import DataConfig, RunConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import DivergenceError, UserError
@@ -73,15 +73,13 @@ def server_holdout(cfg: RunConfig, n: int) -> np.ndarray:
 def proxy_dataset_inputs(cfg: RunConfig, input_shape: tuple[int, ...]) -> torch.Tensor:
     """A seeded ``proxy_frac`` share of the training inputs of the dataset named by ``proxy_data``
     (FedDF/FedAUX's unlabelled proxy data from another source), checked against the run's input."""
-    from dataclasses import replace as _replace
-
     ac = cfg.algo_config
     if ac.proxy_data == cfg.data.dataset:
         raise UserError(
             f"--proxy-data: {ac.proxy_data} is the training set itself; "
             "use holdout to keep a slice of it off the clients"
         )
-    other = load_dataset(_replace(DataConfig(), dataset=ac.proxy_data, data_root=cfg.data.data_root))
+    other = load_dataset(DataConfig(dataset=ac.proxy_data, data_root=cfg.data.data_root))
     if tuple(other.input_shape) != tuple(input_shape) or other.train.x.dtype != torch.float32:
         raise UserError(
             f"--proxy-data: {ac.proxy_data} inputs {tuple(other.input_shape)} do not fit the model's "
@@ -129,7 +127,7 @@ class RoundLog:
     wall_time: float
 
 
-class Simulation:
+class Simulation(SequentialTraining):
     """Holds the data, the working model and the algorithm; implements ``Federation``."""
 
     def __init__(
@@ -210,7 +208,7 @@ class Simulation:
                 for i in range(0, len(jobs), self.parallel_clients):
                     out += train_parallel(self, round, jobs[i : i + self.parallel_clients])
                 return out
-        return [self.train_client(round, j.slot, j.client, j.state, j.local_term) for j in jobs]
+        return super().train_clients(round, jobs)  # one client after another
 
     def train_client(
         self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None

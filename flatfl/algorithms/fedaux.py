@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from flatfl.algorithms.base import Federation, RoundOutput
-from flatfl.algorithms.feddf import FedDF
+from flatfl.algorithms.feddf import FedDF, teacher_logits
 from flatfl.errors import UserError
 from flatfl.models import latent_split
 from flatfl.statedict import StateDict, clone
@@ -198,17 +198,13 @@ class FedAUX(FedDF):
             self.prepare_info = {}
         return super().run_round(round, global_state, clients, rng, federation)
 
-    @torch.no_grad()
     def teacher_log_probs(
-        self, teachers: Sequence[torch.nn.Module], clients: Sequence[int], x: torch.Tensor, batch: int = 500
+        self, teachers: Sequence[torch.nn.Module], clients: Sequence[int], x: torch.Tensor
     ) -> torch.Tensor:
         """Certainty-weighted ensemble: log_softmax(sum_k s_k(x) f_k(x) / (T sum_k s_k(x)))."""
         assert self.scores is not None
         s = self.scores[list(clients)].to(x.device)
-        logits = torch.stack(
-            [torch.cat([m.eval()(x[i : i + batch]) for i in range(0, len(x), batch)]) for m in teachers]
-        )
-        return weighted_ensemble_log_probs(logits, s, self.config.temperature)
+        return weighted_ensemble_log_probs(teacher_logits(teachers, x), s, self.config.temperature)
 
     def dispatch_info(self) -> dict[str, Any]:
         return {"distillation": getattr(self, "last_info", None), "prepare": self.prepare_info or None}

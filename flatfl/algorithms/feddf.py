@@ -48,12 +48,14 @@ class FedDFConfig:
 
 
 @torch.no_grad()
+def teacher_logits(models: Sequence[torch.nn.Module], x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Logits of every model on ``x`` (eval mode, in batches), stacked: (models, samples, classes)."""
+    return torch.stack([torch.cat([m.eval()(x[i : i + batch]) for i in range(0, len(x), batch)]) for m in models])
+
+
 def ensemble_logits(models: Sequence[torch.nn.Module], x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Mean logits of ``models`` on ``x`` (eval mode)."""
-    out = []
-    for i in range(0, len(x), batch):
-        out.append(torch.stack([m.eval()(x[i : i + batch]) for m in models]).mean(0))
-    return torch.cat(out)
+    return teacher_logits(models, x, batch).mean(0)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logp: torch.Tensor, T: float) -> torch.Tensor:

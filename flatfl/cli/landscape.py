@@ -227,8 +227,12 @@ def run(ns: dict[str, Any]) -> int:
         )
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
-    if ns["trace"] and ns["trace_method"] == "hutch++" and ns["trace_matvecs"] < 6:
-        raise UserError("--trace-matvecs: Hutch++ needs at least 6 HVPs (or use --trace-method hutchinson)")
+    from analysis.trace import HUTCHPP_MIN_MATVECS
+
+    if ns["trace"] and ns["trace_method"] == "hutch++" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
+        raise UserError(
+            f"--trace-matvecs: Hutch++ needs at least {HUTCHPP_MIN_MATVECS} HVPs (or use --trace-method hutchinson)"
+        )
     device = analysis_device(ns["device"])
     settings = LandscapeSettings(
         data=ns["data"],

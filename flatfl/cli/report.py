@@ -119,8 +119,10 @@ def run(ns: dict[str, Any]) -> int:
             f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
         )
     device = analysis_device(ns["device"])
-    if 0 < ns["trace_matvecs"] < 6:
-        raise UserError("--trace-matvecs: Hutch++ needs at least 6 HVPs; 0 skips the trace")
+    from analysis.trace import HUTCHPP_MIN_MATVECS
+
+    if 0 < ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
+        raise UserError(f"--trace-matvecs: Hutch++ needs at least {HUTCHPP_MIN_MATVECS} HVPs; 0 skips the trace")
     d = ReportSettings()
     ls = replace(
         d.landscape,
@@ -128,7 +130,7 @@ def run(ns: dict[str, Any]) -> int:
         samples=ns["samples"] or None,
         sharpness=sharp,
         trace=ns["trace_matvecs"] > 0,
-        trace_matvecs=max(ns["trace_matvecs"], 6),
+        trace_matvecs=max(ns["trace_matvecs"], HUTCHPP_MIN_MATVECS),
         hessian=not ns["no_hessian"],
         grid=ns["grid"],
         span=ns["span"],
