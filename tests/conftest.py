@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from flatfl.cli import main
 
@@ -47,3 +48,15 @@ def tiny(cli, tmp_path):
         return out
 
     return run
+
+
+def assert_same_rounds(a: Path, b: Path, rounds: int, atol: float = 0.0) -> None:
+    """Rounds 0..rounds of two run directories hold the same tensors (bit for bit with atol=0)."""
+    from flatfl import checkpoint as ckpt
+
+    for r in range(rounds + 1):
+        sa, _ = ckpt.load_round(ckpt.round_path(a, r))
+        sb, _ = ckpt.load_round(ckpt.round_path(b, r))
+        assert sa.keys() == sb.keys(), r
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=atol, msg=f"round {r} {k}")

@@ -14,6 +14,7 @@ from flatfl.algorithms.scaffold import Scaffold, ScaffoldConfig
 from flatfl.config import LocalConfig
 from flatfl.local import local_sgd
 from flatfl.statedict import clone
+from tests.conftest import assert_same_rounds
 from tests.test_checkpoint import _files
 
 CFG = LocalConfig(lr=0.1, momentum=0.0, batch_size=4, epochs=1, weight_decay=0.0)
@@ -118,13 +119,7 @@ def test_scaffold_two_rounds_against_hand_computed_updates():
 def test_fedprox_with_mu_zero_is_fedavg_bit_for_bit(tiny):
     a = tiny("avg", rounds=3, algo="fedavg")
     b = tiny("prox", "--mu", "0", rounds=3, algo="fedprox")
-    from flatfl import checkpoint as ckpt
-
-    for r in range(4):
-        sa, _ = ckpt.load_round(ckpt.round_path(a, r))
-        sb, _ = ckpt.load_round(ckpt.round_path(b, r))
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), (r, k)
+    assert_same_rounds(a, b, 3)
 
 
 @pytest.mark.parametrize(
@@ -217,14 +212,9 @@ def test_fedcluster_round_is_sequential_fedavg_steps():
 
 
 def test_fedcluster_with_one_cluster_is_fedavg_bit_for_bit(tiny):
-    from flatfl import checkpoint as ckpt
-
     a = tiny("avg", rounds=3, algo="fedavg")
     b = tiny("fc", "--clusters", "1", rounds=3, algo="fedcluster")
-    for r in range(4):
-        sa, _ = ckpt.load_round(ckpt.round_path(a, r))
-        sb, _ = ckpt.load_round(ckpt.round_path(b, r))
-        assert all(torch.equal(sa[k], sb[k]) for k in sa), r
+    assert_same_rounds(a, b, 3)
 
 
 def test_feddf_distillation_lowers_the_kl_to_the_ensemble():

@@ -33,6 +33,7 @@ from flatfl.algorithms.fedgen import (
 from flatfl.models import MODELS, build_model
 from tests.test_cifar import write_cifar10
 from tests.test_cli import _one_line_error
+from tests.test_shakespeare import write_leaf_all_data
 
 
 class Split(nn.Module):
@@ -239,14 +240,7 @@ def test_fedaux_prepares_once_and_records_the_scores(tiny, cli, tmp_path):
 
 
 def _shakespeare_root(tmp_path):
-    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 4
-    users = {}
-    for name, t in (("A_HAM", text), ("A_OPH", text.upper()), ("A_POL", text[::-1])):
-        users[name] = {"x": [t[i : i + 80] for i in range(len(t) - 80)], "y": [t[i + 80] for i in range(len(t) - 80)]}
-    root = tmp_path / "sd" / "shakespeare" / "all_data"
-    root.mkdir(parents=True)
-    doc = {"users": list(users), "num_samples": [len(v["x"]) for v in users.values()], "user_data": users}
-    (root / "all_data.json").write_text(json.dumps(doc))
+    write_leaf_all_data(tmp_path / "sd", repeats=4)
     return tmp_path / "sd"
 
 

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from flatfl import checkpoint as ckpt
 from flatfl.models import build_model
 from flatfl.parallel import model_qualifies
+from tests.conftest import assert_same_rounds
 from tests.test_cifar import write_cifar10
-
-
-def _close(a, b, rounds, atol):
-    for r in range(1, rounds + 1):
-        sa, _ = ckpt.load_round(ckpt.round_path(a, r))
-        sb, _ = ckpt.load_round(ckpt.round_path(b, r))
-        assert sa.keys() == sb.keys()
-        for k in sa:
-            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=atol, msg=f"round {r} {k}")
 
 
 def _metrics_close(a, b):
@@ -32,8 +23,8 @@ def test_parallel_clients_equal_sequential_with_momentum_and_weight_decay(tiny):
     seq = tiny("seq", *extra, rounds=3, algo="fedmut")
     par = tiny("par", *extra, "--parallel-clients", "3", rounds=3, algo="fedmut")
     two = tiny("two", *extra, "--parallel-clients", "2", rounds=3, algo="fedmut")  # groups of 2 and 1
-    _close(seq, par, 3, 1e-5)
-    _close(seq, two, 3, 1e-5)
+    assert_same_rounds(seq, par, 3, 1e-5)
+    assert_same_rounds(seq, two, 3, 1e-5)
     _metrics_close(seq, par)
 
 
@@ -44,7 +35,7 @@ def test_parallel_clients_on_cifar_with_augmentation(cli, tmp_path):
             "--batch-size", "8", "--no-progress"]  # fmt: skip
     assert cli(*base, "--out", tmp_path / "cs")[0] == 0
     assert cli(*base, "--parallel-clients", "4", "--out", tmp_path / "cp")[0] == 0
-    _close(tmp_path / "cs", tmp_path / "cp", 2, 1e-5)
+    assert_same_rounds(tmp_path / "cs", tmp_path / "cp", 2, 1e-5)
 
 
 def test_which_models_and_rounds_qualify(tiny, cli, tmp_path):
@@ -63,7 +54,7 @@ def test_which_models_and_rounds_qualify(tiny, cli, tmp_path):
     # a local term (FedProx) trains sequentially: bit for bit the plain run
     a = tiny("a", "--mu", "0.1", rounds=2, algo="fedprox")
     b = tiny("b", "--mu", "0.1", "--parallel-clients", "3", rounds=2, algo="fedprox")
-    _close(a, b, 2, 0.0)
+    assert_same_rounds(a, b, 2, 0.0)
 
 
 def test_parallel_clients_groupnorm_resnet18_with_fedmut(cli, tmp_path):
@@ -73,4 +64,4 @@ def test_parallel_clients_groupnorm_resnet18_with_fedmut(cli, tmp_path):
             "--local-epochs", "1", "--batch-size", "5", "--no-progress"]  # fmt: skip
     assert cli(*base, "--out", tmp_path / "s")[0] == 0
     assert cli(*base, "--parallel-clients", "2", "--out", tmp_path / "p")[0] == 0
-    _close(tmp_path / "s", tmp_path / "p", 2, 1e-5)
+    assert_same_rounds(tmp_path / "s", tmp_path / "p", 2, 1e-5)

@@ -91,15 +91,22 @@ def test_builder_writes_leaf_json_and_loader_makes_natural_clients(cli, tmp_path
         load_dataset(DataConfig(dataset="shakespeare", data_root=str(tmp_path / "d"), num_clients=50, min_size=50))
 
 
-def test_unsplit_leaf_all_data_and_a_training_run(cli, tmp_path):
-    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 8
+def write_leaf_all_data(data_root, repeats: int) -> dict:
+    """An unsplit LEAF ``shakespeare/all_data/all_data.json`` under ``data_root``: three roles of
+    80-character windows (the text, its upper case, its reverse); returns the users written."""
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * repeats
     users = {}
     for name, t in (("A_HAM", text), ("A_OPH", text.upper()), ("A_POL", text[::-1])):
         users[name] = {"x": [t[i : i + 80] for i in range(len(t) - 80)], "y": [t[i + 80] for i in range(len(t) - 80)]}
-    root = tmp_path / "d" / "shakespeare" / "all_data"
+    root = data_root / "shakespeare" / "all_data"
     root.mkdir(parents=True)
     doc = {"users": list(users), "num_samples": [len(v["x"]) for v in users.values()], "user_data": users}
     (root / "all_data.json").write_text(json.dumps(doc))
+    return users
+
+
+def test_unsplit_leaf_all_data_and_a_training_run(cli, tmp_path):
+    users = write_leaf_all_data(tmp_path / "d", repeats=8)
     code, _, err = cli(
         "train", "--dataset", "shakespeare", "--data-root", tmp_path / "d", "--clients", "3", "--frac", "0.67",
         "--min-size", "10", "--rounds", "2", "--local-epochs", "1", "--batch-size", "64", "--lr", "0.5",
