@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from analysis.lanczos import lanczos_tridiagonal
+from analysis.lanczos import lanczos_tridiagonal_block
 from analysis.operators import LinearOperator
 
 
@@ -55,18 +55,24 @@ def slq(
     num_runs: int = 10,
     num_steps: int = 80,
     generator: torch.Generator | None = None,
+    block: int | None = None,
 ) -> SpectralDensity:
     """SLQ with ``num_runs`` Rademacher start vectors and ``num_steps`` Lanczos steps each.
 
-    Holds ``num_steps`` parameter-sized vectors at a time (full reorthogonalisation).
+    ``block`` runs go in lockstep (one ``matmat`` of ``block`` vectors per step; default all),
+    holding ``block * num_steps`` parameter-sized vectors (full reorthogonalisation). The start
+    vectors and results do not depend on ``block`` (up to float summation order).
     """
+    block = num_runs if block is None else max(1, block)
+    starts = [
+        (2 * torch.randint(0, 2, (op.size,), generator=generator) - 1).to(op.device, op.dtype) for _ in range(num_runs)
+    ]
     nodes, weights = [], []
     matvecs = 0
-    for _ in range(num_runs):
-        z = (2 * torch.randint(0, 2, (op.size,), generator=generator) - 1).to(op.device, op.dtype)
-        a, b, m = lanczos_tridiagonal(op, z, num_steps)
-        matvecs += m
-        theta, S = eigh_tridiagonal(a, b) if len(a) > 1 else (a.copy(), np.ones((1, 1)))
-        nodes.append(theta)
-        weights.append(S[0, :] ** 2)
+    for i in range(0, num_runs, block):
+        for a, b, m in lanczos_tridiagonal_block(op, torch.stack(starts[i : i + block]), num_steps):
+            matvecs += m
+            theta, S = eigh_tridiagonal(a, b) if len(a) > 1 else (a.copy(), np.ones((1, 1)))
+            nodes.append(theta)
+            weights.append(S[0, :] ** 2)
     return SpectralDensity(tuple(nodes), tuple(weights), matvecs, num_steps)

@@ -90,7 +90,7 @@ class ShardedOperator:
     """The Hessian of the mean loss over all ranks' shards, from each rank's local operator.
 
     ``matvec(v) = sum_r n_r H_r v / n`` with ``H_r`` the local operator's mean-loss Hessian.
-    Implements ``size/dtype/device/matvec`` and counts products like the local operator.
+    Implements ``size/dtype/device/matvec/matmat`` and counts products like the local operator.
     """
 
     def __init__(self, local, n_local: int, n_total: int) -> None:
@@ -110,6 +110,13 @@ class ShardedOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.num_matvecs += 1
         return all_reduce_sum(self.local.matvec(v) * self.weight)
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """sum_r n_r H_r V / n: each rank's block product, one ``all_reduce`` per block."""
+        from analysis.operators import matmat
+
+        self.num_matvecs += V.shape[1]
+        return all_reduce_sum(matmat(self.local, V) * self.weight)
 
 
 def sharded_loss_and_gradient(obj, n_total: int) -> tuple[float, torch.Tensor]:

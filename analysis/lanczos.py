@@ -170,22 +170,44 @@ def lanczos_tridiagonal(op: LinearOperator, v0: torch.Tensor, num_steps: int) ->
 
     Used by stochastic Lanczos quadrature; stops early on an invariant subspace.
     """
-    n = op.size
+    return lanczos_tridiagonal_block(op, v0[None], num_steps)[0]
+
+
+def lanczos_tridiagonal_block(
+    op: LinearOperator, V0: torch.Tensor, num_steps: int
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Independent Lanczos runs from the rows of ``V0`` (b x size), in lockstep.
+
+    Each step applies the operator to the b current vectors at once (``matmat``: one pass over
+    the data for all of them); each run keeps its own fully reorthogonalised basis and stops on
+    its own invariant subspace, exactly as :func:`lanczos_tridiagonal` would run it alone.
+    Holds b x ``num_steps`` parameter-sized vectors.
+    """
+    from analysis.operators import matmat
+
+    n, b = op.size, V0.shape[0]
     m_max = min(n, num_steps)
-    q = (v0 / v0.norm()).to(op.device, op.dtype)
-    basis = torch.empty((m_max, n), dtype=op.dtype, device=op.device)
-    alpha: list[float] = []
-    beta: list[float] = []
+    Q = (V0 / V0.norm(dim=1, keepdim=True)).to(op.device, op.dtype)
+    basis = torch.empty((b, m_max, n), dtype=op.dtype, device=op.device)
+    alpha: list[list[float]] = [[] for _ in range(b)]
+    beta: list[list[float]] = [[] for _ in range(b)]
+    active = list(range(b))
     for j in range(m_max):
-        basis[j] = q
-        w = op.matvec(q)
-        alpha.append(float(torch.dot(w, q)))
-        Qj = basis[: j + 1]
-        for _ in range(2):
-            w = w - Qj.T @ (Qj @ w)
-        b = float(w.norm())
-        if j + 1 == m_max or b <= 1e-12 * max(abs(x) for x in alpha):
+        basis[active, j] = Q[active]
+        W = op.matvec(Q[active[0]])[None] if len(active) == 1 else matmat(op, Q[active].T).T
+        still = []
+        for w, i in zip(W, active):
+            alpha[i].append(float(torch.dot(w, Q[i])))
+            Qj = basis[i, : j + 1]
+            for _ in range(2):
+                w = w - Qj.T @ (Qj @ w)
+            nb = float(w.norm())
+            if j + 1 == m_max or nb <= 1e-12 * max(abs(x) for x in alpha[i]):
+                continue
+            beta[i].append(nb)
+            Q[i] = w / nb
+            still.append(i)
+        active = still
+        if not active:
             break
-        beta.append(b)
-        q = w / b
-    return np.array(alpha), np.array(beta), len(alpha)
+    return [(np.array(a), np.array(bt), len(a)) for a, bt in zip(alpha, beta)]

@@ -18,10 +18,19 @@ memory; ``method="auto"`` takes it when the graphs fit ``memory_budget``, else d
 backward, and forward-over-reverse where a layer lacks a double-backward rule. The model is evaluated in
 eval mode (BatchNorm uses its running statistics, dropout is off) on detached copies of its
 parameters: the user's model and its train/eval mode are left as they were.
+
+Blocks: ``matmat(V)`` (V: size x b) computes H V for b vectors in one pass over the data. Per
+batch the first-order graph g(w) is built once (or taken from the cache) and the b products
+H v_j = d(g . v_j)/dw are back-propagated through it, either together -- one batched backward,
+``torch.autograd.grad(g, w, V, is_grads_batched=True)``, which vmaps the backward over the
+vectors -- or one after the other through the same graph (``block_mode="loop"``).
+``block_mode="auto"`` times both on the first two blocks of real work and keeps the faster,
+as the surfaces do for their points; b is capped by the memory budget (:meth:`block_size`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Protocol
@@ -57,6 +66,17 @@ class DenseOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.num_matvecs += 1
         return self.matrix @ v
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.num_matvecs += V.shape[1]
+        return self.matrix @ V
+
+
+def matmat(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
+    """H V (V: size x b) by the operator's own ``matmat`` when it has one, else column by column."""
+    if hasattr(op, "matmat"):
+        return op.matmat(V)
+    return torch.stack([op.matvec(v) for v in V.T], dim=1)
 
 
 @contextmanager
@@ -205,6 +225,73 @@ class ModelLoss:
                 out = self._cached_hvp(tangents, batches)
         return out / n
 
+    def hvp_block(
+        self,
+        V: torch.Tensor,
+        method: str = "double-backward",
+        batched: bool = True,
+        batches: Sequence[tuple] | None = None,
+    ) -> torch.Tensor:
+        """H V for the mean loss (V: b x size, rows are vectors; returns b x size).
+
+        The first-order graph of each batch is built once (kept across calls with ``cached``)
+        and the b products go through it: in one batched backward (``batched``) or in a loop.
+        ``fwd-rev`` falls back to one product at a time.
+        """
+        batches = self.batches if batches is None else batches
+        n = sum(len(b[1]) for b in batches)
+        V = V.to(self.device, self.dtype)
+        if method == "fwd-rev":
+            return torch.stack([self.hvp(v, method, batches) for v in V])
+        if method not in ("double-backward", "cached"):
+            raise ValueError(f"unknown HVP method {method!r}")
+        tangents = self.unflat_batch(V)
+        with eval_mode(self.model):
+            if method == "cached":
+                leaves, grads = self._first_order_graph(batches)
+                return self._back_block(leaves, grads, tangents, batched, retain=True) / n
+            out = torch.zeros_like(V)
+            for xb, yb in batches:
+                leaves, grads = self._first_order_graph_of([(xb, yb)])
+                out += self._back_block(leaves, grads, tangents, batched, retain=False)
+        return out / n
+
+    def _back_block(
+        self, leaves: dict, grads: list, tangents: dict[str, torch.Tensor], batched: bool, retain: bool
+    ) -> torch.Tensor:
+        """sum over graphs of d(g . v_j)/dw for each row v_j of ``tangents`` (b x size)."""
+        inputs = [leaves[n] for n in self.names]
+        outs = [g for gs in grads for g in gs]
+        b = next(iter(tangents.values())).shape[0]
+        with torch.enable_grad():
+            if batched:
+                gos = [tangents[n] for _ in grads for n in self.names]
+                hv = torch.autograd.grad(outs, inputs, grad_outputs=gos, retain_graph=True, is_grads_batched=True)
+                return torch.cat([h.reshape(b, -1) for h in hv], dim=1)
+            rows = []
+            for j in range(b):
+                gos = [tangents[n][j] for _ in grads for n in self.names]
+                hv = torch.autograd.grad(outs, inputs, grad_outputs=gos, retain_graph=retain or j + 1 < b)
+                rows.append(torch.cat([h.reshape(-1) for h in hv]))
+            return torch.stack(rows)
+
+    def _first_order_graph_of(self, batches: Sequence[tuple]) -> tuple[dict, list]:
+        """Leaves and per-batch gradients recorded with ``create_graph=True``."""
+        leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+        grads = []
+        with torch.enable_grad():
+            for xb, yb in batches:
+                loss = self.batch_loss_sum(leaves, xb, yb)
+                grads.append(torch.autograd.grad(loss, [leaves[n] for n in self.names], create_graph=True))
+        return leaves, grads
+
+    def _first_order_graph(self, batches: Sequence[tuple]) -> tuple[dict, list]:
+        """The kept first-order graphs of ``batches`` (built on first use, see :meth:`_cached_hvp`)."""
+        key = tuple(id(b[0]) for b in batches)
+        if getattr(self, "_graph_key", None) != key:
+            self._graph, self._graph_key = self._first_order_graph_of(batches), key
+        return self._graph
+
     def _cached_hvp(self, tangents: dict[str, torch.Tensor], batches: Sequence[tuple]) -> torch.Tensor:
         """H v through first-order graphs built once and kept (``method="cached"``).
 
@@ -214,16 +301,7 @@ class ModelLoss:
         (about two forward passes' activations per sample, for all samples) until
         :meth:`release_graph`; use it when the data fit.
         """
-        key = tuple(id(b[0]) for b in batches)
-        if getattr(self, "_graph_key", None) != key:
-            leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
-            grads = []
-            with torch.enable_grad():
-                for xb, yb in batches:
-                    loss = self.batch_loss_sum(leaves, xb, yb)
-                    grads.append(torch.autograd.grad(loss, [leaves[n] for n in self.names], create_graph=True))
-            self._graph, self._graph_key = (leaves, grads), key
-        leaves, grads = self._graph
+        leaves, grads = self._first_order_graph(batches)
         with torch.enable_grad():
             dot = sum((g * tangents[n]).sum() for gs in grads for g, n in zip(gs, self.names))
             hv = torch.autograd.grad(dot, [leaves[n] for n in self.names], retain_graph=True)
@@ -237,13 +315,27 @@ class ModelLoss:
 class HessianOperator:
     """The Hessian of a :class:`ModelLoss` as a :class:`LinearOperator`; counts HVPs."""
 
-    def __init__(self, objective: ModelLoss, method: str = "auto", memory_budget: float = 2 * 2**30) -> None:
+    def __init__(
+        self,
+        objective: ModelLoss,
+        method: str = "auto",
+        memory_budget: float = 2 * 2**30,
+        block_mode: str = "auto",
+        max_block: int = 32,
+    ) -> None:
+        if block_mode not in ("auto", "batched", "loop"):
+            raise ValueError(f"unknown block mode {block_mode!r}")
         self.objective = objective
         self.size = objective.size
         self.dtype = objective.dtype
         self.device = objective.device
         self.num_matvecs = 0
         self.graph_bytes_estimate = None
+        self.batch_graph_bytes: float | None = None
+        self.memory_budget = memory_budget
+        self.max_block = max_block
+        self.block_mode = block_mode
+        self.block_seconds: dict[str, list[float]] = {"batched": [], "loop": []}  # per vector, for "auto"
         if method == "auto":
             method = self._choose_method(memory_budget)
         self.method = method
@@ -277,6 +369,7 @@ class HessianOperator:
         per_sample = max(s2 - s1, 0) / 2  # bytes(m) = per_batch + per_sample * m
         per_batch = max(s1 - 2 * per_sample, 0)
         self.graph_bytes_estimate = per_batch * len(obj.batches) + per_sample * obj.n
+        self.batch_graph_bytes = per_batch + per_sample * len(yb)
         return "cached" if self.graph_bytes_estimate <= memory_budget else "double-backward"
 
     @classmethod
@@ -287,3 +380,47 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         self.num_matvecs += 1
         return self.objective.hvp(v, self.method)
+
+    def block_size(self) -> int:
+        """Most vectors per pass: b x (one batch's graph + 3 parameter-sized vectors) must fit
+        the memory budget left after the kept graphs (``cached``) or one batch's graph."""
+        if self.batch_graph_bytes is None or self.method == "fwd-rev":
+            return 1
+        held = self.graph_bytes_estimate if self.method == "cached" else self.batch_graph_bytes
+        per_vector = self.batch_graph_bytes + 3 * self.size * torch.finfo(self.dtype).bits // 8
+        return int(max(1, min(self.max_block, (self.memory_budget - held) // max(per_vector, 1))))
+
+    def _next_mode(self) -> str:
+        """``block_mode``, or under "auto": each way twice (batched first), then the faster per vector."""
+        if self.block_mode != "auto":
+            return self.block_mode
+        t = self.block_seconds
+        if min(len(t["batched"]), len(t["loop"])) < 2:
+            return "batched" if len(t["batched"]) <= len(t["loop"]) else "loop"
+        return "batched" if sum(t["batched"]) <= sum(t["loop"]) else "loop"
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """H V for V of shape (size, b): the columns in blocks of :meth:`block_size` per pass."""
+        if V.ndim != 2 or V.shape[0] != self.size:
+            raise ValueError(f"V must be ({self.size}, b)")
+        b = V.shape[1]
+        self.num_matvecs += b
+        if self.method == "cached":
+            self.objective._first_order_graph(self.objective.batches)  # built once, outside the timings
+        cols, step = [], self.block_size()
+        for i in range(0, b, step):
+            block = V[:, i : i + step].T
+            mode = self._next_mode()
+            t0 = time.perf_counter()
+            try:
+                hv = self.objective.hvp_block(block, self.method, batched=mode == "batched")
+            except (RuntimeError, NotImplementedError):
+                if mode != "batched" or self.block_mode == "batched":
+                    raise
+                self.block_mode, mode = "loop", "loop"  # no batched rule for some layer: loop from now on
+                hv = self.objective.hvp_block(block, self.method, batched=False)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.block_seconds[mode].append((time.perf_counter() - t0) / block.shape[0])
+            cols.append(hv.T)
+        return torch.cat(cols, dim=1)

@@ -1,13 +1,26 @@
-"""Stochastic trace estimators: Hutchinson and Hutch++.
+"""Stochastic trace estimators: Hutchinson, Hutch++ and an adaptive choice between them.
 
 Hutchinson (1989): tr(H) = E[z^T H z] for Rademacher z; the mean of s samples has standard
 error std(z^T H z)/sqrt(s). Hutch++ (Meyer, Musco, Musco, Woodruff, SOSA 2021, Algorithm 1)
 spends a third of its m matvecs on a sketch Q = orth(H S) of the top eigenspace, takes
 tr(Q^T H Q) exactly (another third) and runs Hutchinson only on the deflated remainder
 (I - QQ^T) H (I - QQ^T) (the last third). When a few eigenvalues dominate -- as in neural
-network Hessians -- the remainder's variance is far smaller, so the same standard error
-costs fewer matvecs. The reported standard error is that of the Hutchinson part (the
-deflated trace is exact given Q); it holds 2m/3 parameter-sized vectors.
+network Hessians early in training -- the remainder's variance is far smaller, so the same
+standard error costs fewer matvecs; on a wide bulk it costs more (Hutchinson spends all m on
+samples). The reported standard error is that of the Hutchinson part (the deflated trace is
+exact given Q); it holds 2m/3 parameter-sized vectors.
+
+:func:`adaptive_trace` decides between the two from its own first third, in the spirit of
+adaptive Hutch++ (Persson, Cortinovis & Kressner, SIMAX 2022: size the sketch from an estimate of
+the remainder's Frobenius norm): the first r = m/3 Rademacher vectors S are Hutchinson samples
+*and* a sketch. Their products Y = HS give ||H||_F^2 ~ mean ||H s||^2 (E||Hs||^2 = ||H||_F^2), and a
+held-out estimate of the share a sketch leaves, rho = sum ||(I - Q_1 Q_1^T) H s||^2 / sum ||H s||^2
+over the second half of S with Q_1 = orth(H S_first half) -- no extra products. Hutch++'s
+variance is then about rho * v / (m - 2r) against Hutchinson's v / m (v: the per-sample
+variance), so it deflates when rho < (m - 2r)/m, else it continues as plain Hutchinson with the
+same vectors: the estimate is exactly one of the two estimators (bitwise Hutchinson's with the
+same seed when it does not deflate), chosen by measurement, at no extra cost. Every product
+goes through ``matmat`` (blocks of vectors per pass over the data).
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analysis.operators import LinearOperator
+from analysis.operators import LinearOperator, matmat
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,8 @@ class TraceResult:
     num_matvecs: int
     method: str
     samples: np.ndarray  # the Hutchinson terms (of the remainder, for Hutch++)
+    deflated: bool = False  # adaptive: whether it chose Hutch++'s deflation
+    remainder_share: float | None = None  # adaptive: held-out rho (see the module docstring)
 
 
 def _rademacher(n: int, count: int, op: LinearOperator, generator: torch.Generator | None) -> torch.Tensor:
@@ -36,18 +51,37 @@ def _rademacher(n: int, count: int, op: LinearOperator, generator: torch.Generat
     return (2 * z - 1).to(op.device, op.dtype)
 
 
+def _quadratic_forms(Z: torch.Tensor, HZ: torch.Tensor) -> np.ndarray:
+    """z_j^T H z_j for the rows of Z and the columns of HZ."""
+    return (Z * HZ.T).sum(1).double().cpu().numpy()
+
+
+def _mean_se(samples: np.ndarray) -> tuple[float, float]:
+    return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(len(samples)))
+
+
 def hutchinson(op: LinearOperator, *, num_matvecs: int = 100, generator: torch.Generator | None = None) -> TraceResult:
     """Mean of z^T H z over ``num_matvecs`` Rademacher vectors."""
     if num_matvecs < 2:
         raise ValueError("num_matvecs must be >= 2 (for a standard error)")
-    zs = _rademacher(op.size, num_matvecs, op, generator)
-    samples = np.array([float(torch.dot(z, op.matvec(z))) for z in zs])
-    return TraceResult(
-        float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(len(samples))), num_matvecs, "hutchinson", samples
-    )
+    Z = _rademacher(op.size, num_matvecs, op, generator)
+    samples = _quadratic_forms(Z, matmat(op, Z.T))
+    return TraceResult(*_mean_se(samples), num_matvecs, "hutchinson", samples)
 
 
 HUTCHPP_MIN_MATVECS = 6  # a third for the sketch, a third for projection, a third for Hutchinson: >= 2 each
+
+
+def _deflated(
+    op: LinearOperator, HS: torch.Tensor, num_probes: int, generator: torch.Generator | None
+) -> tuple[float, np.ndarray]:
+    """Hutch++'s second and third thirds: tr(Q^T H Q) with Q = orth(HS), and the remainder's samples."""
+    Q, _ = torch.linalg.qr(HS.double())
+    Q = Q.to(op.dtype)
+    low_rank = float(torch.trace(Q.T @ matmat(op, Q)))
+    G = _rademacher(op.size, num_probes, op, generator)
+    G_perp = G - (G @ Q) @ Q.T
+    return low_rank, _quadratic_forms(G_perp, matmat(op, G_perp.T))
 
 
 def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None) -> TraceResult:
@@ -56,15 +90,44 @@ def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Gener
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for Hutch++")
     S = _rademacher(op.size, r, op, generator)
-    HS = torch.stack([op.matvec(s) for s in S], dim=1)  # (n, r)
-    Q, _ = torch.linalg.qr(HS.double())
-    Q = Q.to(op.dtype)
-    HQ = torch.stack([op.matvec(q) for q in Q.T], dim=1)
-    low_rank = float(torch.trace(Q.T @ HQ))
-    G = _rademacher(op.size, num_matvecs - 2 * r, op, generator)
-    samples = []
-    for g in G:
-        g_perp = g - Q @ (Q.T @ g)
-        samples.append(float(torch.dot(g_perp, op.matvec(g_perp))))
-    s = np.array(samples)
-    return TraceResult(low_rank + float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))), num_matvecs, "hutch++", s)
+    low_rank, s = _deflated(op, matmat(op, S.T), num_matvecs - 2 * r, generator)
+    est, se = _mean_se(s)
+    return TraceResult(low_rank + est, se, num_matvecs, "hutch++", s, deflated=True)
+
+
+def remainder_share(HS: torch.Tensor) -> float:
+    """Held-out share of ||H||_F^2 a sketch from half of S leaves: sum ||(I - Q1 Q1^T) H s||^2 / sum ||H s||^2
+    over the other half (Q1 = orth(H S_1)); an unbiased ratio estimate of ||(I - P1) H||_F^2 / ||H||_F^2."""
+    Y = HS.double()
+    h = Y.shape[1] // 2
+    Q1, _ = torch.linalg.qr(Y[:, :h])
+    Y2 = Y[:, h:]
+    rest = Y2 - Q1 @ (Q1.T @ Y2)
+    total = float((Y2 * Y2).sum())
+    return float((rest * rest).sum()) / total if total > 0 else 1.0
+
+
+def adaptive_trace(
+    op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None
+) -> TraceResult:
+    """Hutchinson or Hutch++, whichever the first third of the budget predicts has the smaller variance.
+
+    See the module docstring: with r = m // 3 and rho = :func:`remainder_share`, deflate (Hutch++ on
+    the same S) when rho < (m - 2r) / m, else spend the rest on Hutchinson samples.
+    """
+    if num_matvecs < HUTCHPP_MIN_MATVECS:
+        raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for the adaptive estimator")
+    r = num_matvecs // 3
+    S = _rademacher(op.size, r, op, generator)
+    HS = matmat(op, S.T)
+    rho = remainder_share(HS)
+    if rho < (num_matvecs - 2 * r) / num_matvecs:
+        low_rank, s = _deflated(op, HS, num_matvecs - 2 * r, generator)
+        est, se = _mean_se(s)
+        return TraceResult(low_rank + est, se, num_matvecs, "adaptive", s, deflated=True, remainder_share=rho)
+    Z = _rademacher(op.size, num_matvecs - r, op, generator)
+    samples = np.concatenate([_quadratic_forms(S, HS), _quadratic_forms(Z, matmat(op, Z.T))])
+    return TraceResult(*_mean_se(samples), num_matvecs, "adaptive", samples, deflated=False, remainder_share=rho)
+
+
+TRACE_ESTIMATORS = {"adaptive": adaptive_trace, "hutch++": hutchpp, "hutchinson": hutchinson}
