@@ -3,7 +3,7 @@
 Reads a ``round_NNNN.safetensors`` and the ``run.json`` beside it, rebuilds the model and
 the chosen data (train union, test, or one client's training data), and computes what was
 asked: top-k Hessian eigenpairs and the most negative eigenvalue (Lanczos), the trace
-(Hutch++ with a standard error), the spectral density (SLQ) and sharpness measures. Every
+(adaptive Hutchinson/Hutch++ with a standard error), the spectral density (SLQ) and sharpness measures. Every
 number is stored with the settings that produced it.
 """
 
@@ -27,7 +27,7 @@ from analysis.distributed import world as dist_world
 from analysis.lanczos import lanczos
 from analysis.operators import HessianOperator, ModelLoss
 from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
-from analysis.trace import hutchinson, hutchpp
+from analysis.trace import TRACE_ESTIMATORS
 from flatfl.errors import UserError
 
 SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
@@ -49,7 +49,7 @@ class LandscapeSettings:
     max_vectors: int = 128
     trace: bool = False
     trace_matvecs: int = 99
-    trace_method: str = "hutch++"
+    trace_method: str = "adaptive"  # adaptive | hutch++ | hutchinson
     density: bool = False
     slq_runs: int = 10
     slq_steps: int = 80
@@ -106,6 +106,12 @@ def select_data(
     if len(y) == 0:
         raise UserError(f"--data: the selection {spec!r} holds no samples")
     return x, y, {"selection": spec, "samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None}
+
+
+def slq_block(size: int, dtype: torch.dtype, settings: LandscapeSettings) -> int:
+    """SLQ runs in lockstep: as many as the memory budget holds bases of ``slq_steps`` vectors for."""
+    per_run = settings.slq_steps * size * torch.finfo(dtype).bits // 8
+    return int(max(1, min(settings.slq_runs, settings.memory_budget_gb * 2**30 // max(per_run, 1))))
 
 
 def file_digest(path: Path) -> str:
@@ -189,25 +195,30 @@ def compute(
     if settings.trace:
         t = time.perf_counter()
         log(f"trace: {settings.trace_method} with {settings.trace_matvecs} HVPs ...")
-        estimator = hutchpp if settings.trace_method == "hutch++" else hutchinson
-        tr = estimator(op, num_matvecs=settings.trace_matvecs, generator=gen(2))
+        tr = TRACE_ESTIMATORS[settings.trace_method](op, num_matvecs=settings.trace_matvecs, generator=gen(2))
         out["trace"] = {
             "estimate": tr.estimate,
             "stderr": tr.stderr,
             "num_hvps": tr.num_matvecs,
             "method": tr.method,
+            "deflated": tr.deflated,
+            "remainder_share": tr.remainder_share,
             "seconds": time.perf_counter() - t,
         }
         log(f"trace: {tr.estimate:.6g} +- {tr.stderr:.2g}")
     if settings.density:
         t = time.perf_counter()
         log(f"density: SLQ, {settings.slq_runs} runs x {settings.slq_steps} steps ...")
-        density = slq(op, num_runs=settings.slq_runs, num_steps=settings.slq_steps, generator=gen(3))
+        lockstep = slq_block(op.size, op.dtype, settings)
+        density = slq(
+            op, num_runs=settings.slq_runs, num_steps=settings.slq_steps, generator=gen(3), block=lockstep
+        )
         out["density"] = {
             "nodes": [n.tolist() for n in density.nodes],
             "weights": [w.tolist() for w in density.weights],
             "num_hvps": density.num_matvecs,
-            "vectors_held": settings.slq_steps,
+            "vectors_held": settings.slq_steps * lockstep,
+            "runs_in_lockstep": lockstep,
             "moments": {str(p): density.moment(p) for p in (1, 2)},
             "seconds": time.perf_counter() - t,
         }

@@ -24,8 +24,10 @@ batch the first-order graph g(w) is built once (or taken from the cache) and the
 H v_j = d(g . v_j)/dw are back-propagated through it, either together -- one batched backward,
 ``torch.autograd.grad(g, w, V, is_grads_batched=True)``, which vmaps the backward over the
 vectors -- or one after the other through the same graph (``block_mode="loop"``).
-``block_mode="auto"`` times both on the first two blocks of real work and keeps the faster,
-as the surfaces do for their points; b is capped by the memory budget (:meth:`block_size`).
+``block_mode="auto"`` times both on blocks of real work and keeps the faster per vector, as the
+surfaces do for their points; b is capped by the memory budget (:meth:`block_size`). With kept
+graphs (``cached``) a loop costs what single products cost; without them (data too large for the
+budget) every block saves b - 1 forward and first-backward passes per batch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -381,36 +384,40 @@ class HessianOperator:
         self.num_matvecs += 1
         return self.objective.hvp(v, self.method)
 
-    def block_size(self) -> int:
-        """Most vectors per pass: b x (one batch's graph + 3 parameter-sized vectors) must fit
+    def block_size(self, mode: str = "batched") -> int:
+        """Most vectors per pass. A batched backward holds about one batch's graph per vector (its
+        intermediate gradients) plus 3 parameter-sized vectors; a loop only the vectors. Either must fit
         the memory budget left after the kept graphs (``cached``) or one batch's graph."""
         if self.batch_graph_bytes is None or self.method == "fwd-rev":
             return 1
         held = self.graph_bytes_estimate if self.method == "cached" else self.batch_graph_bytes
-        per_vector = self.batch_graph_bytes + 3 * self.size * torch.finfo(self.dtype).bits // 8
+        per_vector = 3 * self.size * torch.finfo(self.dtype).bits // 8
+        if mode == "batched":
+            per_vector += self.batch_graph_bytes
         return int(max(1, min(self.max_block, (self.memory_budget - held) // max(per_vector, 1))))
 
     def _next_mode(self) -> str:
-        """``block_mode``, or under "auto": each way twice (batched first), then the faster per vector."""
+        """``block_mode``, or under "auto": each way once (batched first), then the faster per vector so
+        far (the running means keep being updated, so a wrong early pick is corrected)."""
         if self.block_mode != "auto":
             return self.block_mode
         t = self.block_seconds
-        if min(len(t["batched"]), len(t["loop"])) < 2:
-            return "batched" if len(t["batched"]) <= len(t["loop"]) else "loop"
-        return "batched" if sum(t["batched"]) <= sum(t["loop"]) else "loop"
+        if not t["batched"] or not t["loop"]:
+            return "loop" if t["batched"] else "batched"
+        return "batched" if np.mean(t["batched"]) <= np.mean(t["loop"]) else "loop"
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (size, b): the columns in blocks of :meth:`block_size` per pass."""
         if V.ndim != 2 or V.shape[0] != self.size:
             raise ValueError(f"V must be ({self.size}, b)")
-        b = V.shape[1]
-        self.num_matvecs += b
+        self.num_matvecs += V.shape[1]
         if self.method == "cached":
             self.objective._first_order_graph(self.objective.batches)  # built once, outside the timings
-        cols, step = [], self.block_size()
-        for i in range(0, b, step):
-            block = V[:, i : i + step].T
+        cols, i = [], 0
+        while i < V.shape[1]:
             mode = self._next_mode()
+            block = V[:, i : i + self.block_size(mode)].T
+            i += block.shape[0]
             t0 = time.perf_counter()
             try:
                 hv = self.objective.hvp_block(block, self.method, batched=mode == "batched")

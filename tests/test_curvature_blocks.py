@@ -27,7 +27,7 @@ def test_matmat_equals_the_explicit_hessian_times_v(method, block_mode):
     stacked = torch.stack([op.matvec(v) for v in V.T], dim=1)
     torch.testing.assert_close(HV, stacked, rtol=1e-10, atol=1e-12)
     if method != "fwd-rev" and block_mode == "auto":
-        assert len(op.block_seconds["batched"]) >= 2 and len(op.block_seconds["loop"]) >= 2
+        assert op.block_seconds["batched"] and op.block_seconds["loop"]
 
 
 def test_block_size_is_bounded_by_the_memory_budget():
@@ -39,7 +39,7 @@ def test_block_size_is_bounded_by_the_memory_budget():
     tight = HessianOperator(
         ModelLoss(model, x, y, batch_size=7), memory_budget=roomy.graph_bytes_estimate + 2.5 * per_vector
     )
-    assert tight.method == "cached" and tight.block_size() == 2
+    assert tight.method == "cached" and tight.block_size() == 2 and tight.block_size("loop") == int(2.5 * per_vector // (3 * tight.size * 8))
     assert HessianOperator(ModelLoss(model, x, y), memory_budget=100).block_size() == 1
 
 
@@ -60,11 +60,11 @@ def test_matmat_of_operators_without_one_and_of_the_sharded_operator():
 
 
 def test_lockstep_lanczos_runs_equal_single_runs():
-    A, _ = known_spectrum([5.0, 4.0, 4.0] + list(np.linspace(-1, 1, 37)), 40)
+    spread, _ = known_spectrum([5.0, 4.0, 4.0] + list(np.linspace(-1, 1, 37)), 40)
     V0 = torch.randn(3, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     V0[2, 20:] = 0  # this run's Krylov space differs
     low_rank, _ = known_spectrum([2.0] * 20 + [-1.0] * 20, 40)  # two eigenvalues: invariant after 2 steps
-    for A, steps, expected in ((A, 15, 15), (low_rank, 30, 2)):
+    for A, steps, expected in ((spread, 15, 15), (low_rank, 30, 2)):
         op = DenseOperator(A)
         block = lanczos_tridiagonal_block(op, V0, steps)
         for v, (a, b, m) in zip(V0, block):

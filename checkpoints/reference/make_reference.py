@@ -60,6 +60,7 @@ def settings():
         tol=1e-6,
         trace=True,
         trace_matvecs=30,
+        trace_method="hutch++",  # pinned: the expected trace is Hutch++'s, whatever the default
         sharpness=("sam", "average_isotropic"),
         sharpness_samples=20,
         surface="2d",

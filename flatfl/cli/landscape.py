@@ -81,19 +81,20 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"most parameter-sized vectors Lanczos/SLQ hold in memory (default: {d.max_vectors})",
     )
-    g.add_argument("--trace", action="store_true", help="Hessian trace by Hutch++, with a standard error")
+    g.add_argument("--trace", action="store_true", help="Hessian trace with a standard error (see --trace-method)")
     g.add_argument(
         "--trace-matvecs",
         type=pos_int,
         default=d.trace_matvecs,
         metavar="N",
-        help=f"HVP budget of Hutch++ (default: {d.trace_matvecs})",
+        help=f"HVP budget of the trace estimator (default: {d.trace_matvecs})",
     )
     g.add_argument(
         "--trace-method",
-        choices=["hutch++", "hutchinson"],
+        choices=["adaptive", "hutch++", "hutchinson"],
         default=d.trace_method,
-        help=f"trace estimator (default: {d.trace_method})",
+        help="adaptive: Hutch++ when its first third predicts a smaller variance than Hutchinson's, else "
+        f"Hutchinson with the same vectors; hutch++; hutchinson (default: {d.trace_method})",
     )
     g.add_argument(
         "--density", action="store_true", help="eigenvalue spectral density by stochastic Lanczos quadrature"
@@ -229,9 +230,10 @@ def run(ns: dict[str, Any]) -> int:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
     from analysis.trace import HUTCHPP_MIN_MATVECS
 
-    if ns["trace"] and ns["trace_method"] == "hutch++" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
+    if ns["trace"] and ns["trace_method"] != "hutchinson" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
         raise UserError(
-            f"--trace-matvecs: Hutch++ needs at least {HUTCHPP_MIN_MATVECS} HVPs (or use --trace-method hutchinson)"
+            f"--trace-matvecs: {ns['trace_method']} needs at least {HUTCHPP_MIN_MATVECS} HVPs "
+            "(or use --trace-method hutchinson)"
         )
     device = analysis_device(ns["device"])
     settings = LandscapeSettings(
