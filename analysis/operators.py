@@ -339,17 +339,16 @@ class HessianOperator:
         self.max_block = max_block
         self.block_mode = block_mode
         self.block_seconds: dict[str, list[float]] = {"batched": [], "loop": []}  # per vector, for "auto"
+        estimated = self._estimate_graph_bytes() if method != "fwd-rev" else False
         if method == "auto":
-            method = self._choose_method(memory_budget)
+            method = "fwd-rev" if not estimated else self._choose_method(memory_budget)
         self.method = method
 
-    def _choose_method(self, memory_budget: float) -> str:
-        """``cached`` when the kept graphs fit ``memory_budget`` bytes, else double backward.
-
-        The graphs' size is estimated from the bytes autograd saves (a saved-tensors hook) for
-        probes of 2 and 4 samples, fitted as per-batch + per-sample bytes and scaled to the data
-        set. Layers without a double-backward rule fall back to forward-over-reverse.
-        """
+    def _estimate_graph_bytes(self) -> bool:
+        """Estimate the first-order graphs' size from the bytes autograd saves (a saved-tensors hook)
+        for probes of 2 and 4 samples, fitted as per-batch + per-sample bytes and scaled to one batch
+        (``batch_graph_bytes``) and the data set (``graph_bytes_estimate``). False where a layer has no
+        double-backward rule."""
         obj = self.objective
         xb, yb = obj.batches[0]
         zero = torch.zeros(self.size, dtype=self.dtype, device=self.device)
@@ -368,11 +367,16 @@ class HessianOperator:
         try:
             s1, s2 = saved_bytes(2), saved_bytes(4)
         except (NotImplementedError, RuntimeError):
-            return "fwd-rev"
+            return False
         per_sample = max(s2 - s1, 0) / 2  # bytes(m) = per_batch + per_sample * m
         per_batch = max(s1 - 2 * per_sample, 0)
         self.graph_bytes_estimate = per_batch * len(obj.batches) + per_sample * obj.n
         self.batch_graph_bytes = per_batch + per_sample * len(yb)
+        return True
+
+    def _choose_method(self, memory_budget: float) -> str:
+        """``cached`` when the kept graphs fit ``memory_budget`` bytes, else double backward
+        (layers without a double-backward rule: forward-over-reverse, decided before)."""
         return "cached" if self.graph_bytes_estimate <= memory_budget else "double-backward"
 
     @classmethod
