@@ -14,9 +14,9 @@ exact given Q); it holds 2m/3 parameter-sized vectors.
 adaptive Hutch++ (Persson, Cortinovis & Kressner, SIMAX 2022: size the sketch from an estimate of
 the remainder's Frobenius norm): the first r = m/3 Rademacher vectors S are Hutchinson samples
 *and* a sketch. Their products Y = HS give ||H||_F^2 ~ mean ||H s||^2 (E||Hs||^2 = ||H||_F^2), and a
-held-out estimate of the share a sketch leaves, rho = sum ||(I - Q_1 Q_1^T) H s||^2 / sum ||H s||^2
-over the second half of S with Q_1 = orth(H S_first half) -- no extra products. Hutch++'s
-variance is then about rho * v / (m - 2r) against Hutchinson's v / m (v: the per-sample
+leave-one-out estimate of the share a sketch leaves, rho = sum_j ||(I - P_{-j}) H s_j||^2 / sum_j ||H s_j||^2
+with P_{-j} the projection on the other columns of Y (:func:`remainder_share`) -- no extra products.
+Hutch++'s variance is then about rho * v / (m - 2r) against Hutchinson's v / m (v: the per-sample
 variance), so it deflates when rho < (m - 2r)/m, else it continues as plain Hutchinson with the
 same vectors: the estimate is exactly one of the two estimators (bitwise Hutchinson's with the
 same seed when it does not deflate), chosen by measurement, at no extra cost. Every product
@@ -43,7 +43,7 @@ class TraceResult:
     method: str
     samples: np.ndarray  # the Hutchinson terms (of the remainder, for Hutch++)
     deflated: bool = False  # adaptive: whether it chose Hutch++'s deflation
-    remainder_share: float | None = None  # adaptive: held-out rho (see the module docstring)
+    remainder_share: float | None = None  # adaptive: leave-one-out rho (see the module docstring)
 
 
 def _rademacher(n: int, count: int, op: LinearOperator, generator: torch.Generator | None) -> torch.Tensor:
@@ -96,15 +96,23 @@ def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Gener
 
 
 def remainder_share(HS: torch.Tensor) -> float:
-    """Held-out share of ||H||_F^2 a sketch from half of S leaves: sum ||(I - Q1 Q1^T) H s||^2 / sum ||H s||^2
-    over the other half (Q1 = orth(H S_1)); an unbiased ratio estimate of ||(I - P1) H||_F^2 / ||H||_F^2."""
+    """Leave-one-out share of ||H||_F^2 a sketch leaves: sum_j ||(I - P_{-j}) H s_j||^2 / sum_j ||H s_j||^2.
+
+    P_{-j} projects on the span of the other r - 1 columns of Y = HS, independent of s_j, so each term
+    is an unbiased estimate of ||(I - P_{-j}) H||_F^2 (E ||A s||^2 = ||A||_F^2 for Rademacher s). The
+    squared distance of column j from the others' span is 1 / (G^{-1})_jj with G = Y^T Y (the
+    regression identity), so all r terms cost one r x r inverse, no extra products.
+    """
     Y = HS.double()
-    h = Y.shape[1] // 2
-    Q1, _ = torch.linalg.qr(Y[:, :h])
-    Y2 = Y[:, h:]
-    rest = Y2 - Q1 @ (Q1.T @ Y2)
-    total = float((Y2 * Y2).sum())
-    return float((rest * rest).sum()) / total if total > 0 else 1.0
+    G = Y.T @ Y
+    norms = torch.diagonal(G).clone()
+    total = float(norms.sum())
+    if total <= 0:
+        return 1.0
+    ridge = 1e-12 * total / len(norms)
+    inv_diag = torch.diagonal(torch.linalg.inv(G + ridge * torch.eye(len(G), dtype=G.dtype, device=G.device)))
+    residual = torch.clamp(1.0 / inv_diag - ridge, min=torch.zeros_like(norms), max=norms)
+    return float(residual.sum()) / total
 
 
 def adaptive_trace(
