@@ -339,9 +339,8 @@ class HessianOperator:
         self.max_block = max_block
         self.block_mode = block_mode
         self.block_seconds: dict[str, list[float]] = {"batched": [], "loop": []}  # per vector, for "auto"
-        estimated = self._estimate_graph_bytes() if method != "fwd-rev" else False
         if method == "auto":
-            method = "fwd-rev" if not estimated else self._choose_method(memory_budget)
+            method = self._choose_method(memory_budget) if self._estimate_graph_bytes() else "fwd-rev"
         self.method = method
 
     def _estimate_graph_bytes(self) -> bool:
@@ -392,7 +391,7 @@ class HessianOperator:
         """Most vectors per pass. A batched backward holds about one batch's graph per vector (its
         intermediate gradients) plus 3 parameter-sized vectors; a loop only the vectors. Either must fit
         the memory budget left after the kept graphs (``cached``) or one batch's graph."""
-        if self.batch_graph_bytes is None or self.method == "fwd-rev":
+        if self.method == "fwd-rev" or (self.batch_graph_bytes is None and not self._estimate_graph_bytes()):
             return 1
         held = self.graph_bytes_estimate if self.method == "cached" else self.batch_graph_bytes
         per_vector = 3 * self.size * torch.finfo(self.dtype).bits // 8

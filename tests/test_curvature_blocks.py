@@ -39,7 +39,8 @@ def test_block_size_is_bounded_by_the_memory_budget():
     tight = HessianOperator(
         ModelLoss(model, x, y, batch_size=7), memory_budget=roomy.graph_bytes_estimate + 2.5 * per_vector
     )
-    assert tight.method == "cached" and tight.block_size() == 2 and tight.block_size("loop") == int(2.5 * per_vector // (3 * tight.size * 8))
+    assert tight.method == "cached" and tight.block_size() == 2
+    assert tight.block_size("loop") == int(2.5 * per_vector // (3 * tight.size * 8))  # loops hold only vectors
     assert HessianOperator(ModelLoss(model, x, y), memory_budget=100).block_size() == 1
 
 
@@ -116,3 +117,18 @@ def test_trace_standard_errors_cover_the_true_trace(name):
             r = TRACE_ESTIMATORS[name](op, num_matvecs=60, generator=torch.Generator().manual_seed(s))
             hits += abs(r.estimate - exact) <= 1.96 * r.stderr
         assert 0.90 <= hits / 200 <= 0.98, (name, hits)
+
+
+def test_gpu_check_script_parses_lists_its_steps_and_refuses_without_cuda(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    dry = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True)
+    assert dry.returncode == 0 and "pytest -m gpu" in dry.stdout and "curvature_blocks.py --device cuda" in dry.stdout
+    assert int(dry.stdout.strip().splitlines()[-1].split()[-1].rstrip("s")) < 8 * 60  # limits sum under 8 minutes
+    if not torch.cuda.is_available():
+        out = subprocess.run(["bash", str(script), str(tmp_path / "t.md")], capture_output=True, text=True)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no CUDA" in out.stderr
+        assert not (tmp_path / "t.md").exists()
