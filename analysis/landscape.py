@@ -39,6 +39,8 @@ class LandscapeSettings:
 
     data: str = "train"  # train | test | client:K
     samples: int | None = None
+    samples_auto: bool = False  # --samples auto: grow a random subset until the data error is below data_tol
+    data_tol: float = 0.01
     batch_size: int = 250
     dtype: str = "float32"
     device: str = "cpu"
@@ -108,6 +110,42 @@ def select_data(
     return x, y, {"selection": spec, "samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None}
 
 
+def auto_subset(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: LandscapeSettings,
+    dtype: torch.dtype,
+    log: Callable[[str], None],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``--samples auto``: the random subset whose data-sampling error of lambda_max (``--hessian``) and
+    the trace (``--trace``) is below ``data_tol`` (see :mod:`analysis.subsample`); (x, y, record)."""
+    from analysis.subsample import SubsampleSettings, subsample
+
+    if dist_world() is not None:
+        raise UserError("--samples auto: not available under torchrun; pass a number of samples")
+    quantities = tuple(q for q, on in (("lambda_max", settings.hessian), ("trace", settings.trace)) if on)
+    quantities = quantities or ("lambda_max",)
+
+    def make_op(idx: np.ndarray) -> HessianOperator:
+        i = torch.as_tensor(idx)
+        obj = ModelLoss(model, x[i], y[i], batch_size=settings.batch_size, dtype=dtype, device=settings.device)
+        return HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30)
+
+    st = SubsampleSettings(data_tol=settings.data_tol, tol=max(settings.tol, 1e-6), seed=settings.seed)
+    r = subsample(len(y), make_op, quantities, st, log)
+    record = {
+        "data_tol": settings.data_tol,
+        "converged": r.converged,
+        "values": r.values,
+        "data_errors": r.data_errors,
+        "groups": st.groups,
+        "levels": r.levels,
+    }
+    i = torch.as_tensor(r.indices)
+    return x[i], y[i], record
+
+
 def slq_block(size: int, dtype: torch.dtype, settings: LandscapeSettings) -> int:
     """SLQ runs in lockstep: as many as the memory budget holds bases of ``slq_steps`` vectors for."""
     per_run = settings.slq_steps * size * torch.finfo(dtype).bits // 8
@@ -138,6 +176,10 @@ def compute(
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     model = run.model(rnd)
     x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
+    auto = None
+    if settings.samples_auto:
+        x, y, auto = auto_subset(model, x, y, settings, dtype, log)
+        data_info.update(samples=int(len(y)), subset_seed=settings.seed, auto=auto)
     obj = ModelLoss(model, x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
     gen = lambda k: torch.Generator().manual_seed(settings.seed * 1000 + k)  # noqa: E731
     ranks = dist_world()
@@ -184,6 +226,7 @@ def compute(
             "smallest": r.smallest,
             "smallest_residual": r.smallest_residual,
             "num_hvps": r.num_matvecs,
+            "data_error": auto["data_errors"].get("lambda_max") if auto else None,
             "vectors_held": r.num_vectors,
             "converged": r.converged,
             "tol": r.tol,
@@ -201,6 +244,7 @@ def compute(
             "stderr": tr.stderr,
             "num_hvps": tr.num_matvecs,
             "method": tr.method,
+            "data_error": auto["data_errors"].get("trace") if auto else None,
             "deflated": tr.deflated,
             "remainder_share": tr.remainder_share,
             "seconds": time.perf_counter() - t,

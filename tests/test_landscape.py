@@ -224,3 +224,22 @@ def test_surface_along_top_eigenvectors_1d(cli, run_dir, tmp_path):
     assert s.loss.shape == (7,) and s.betas is None and s.description["kind"] == "1d eigen"
     # along the sharpest direction the loss rises on both sides of the checkpoint
     assert s.loss[0] > s.loss[3] and s.loss[-1] > s.loss[3]
+
+
+def test_samples_auto_reports_the_data_error_and_the_subset(cli, run_dir, tmp_path):
+    ckpt = run_dir / "round_0003.safetensors"
+    code, out, err = cli(
+        "landscape", "--ckpt", ckpt, "--hessian", "--topk", "1", "--trace", "--trace-matvecs", "12",
+        "--samples", "auto", "--data-tol", "0.5", "--out", tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads((tmp_path / "landscape.json").read_text())
+    auto = res["data"]["auto"]
+    assert auto["converged"] and res["data"]["samples"] == auto["levels"][-1]["samples"] == 256 < res["data"]["of"]
+    assert 0 < res["hessian"]["data_error"] <= 0.5 * res["hessian"]["eigenvalues"][0]
+    assert 0 < res["trace"]["data_error"] == auto["data_errors"]["trace"]
+    # the eigenvalue reported is the subset's own, as the subsampler computed it
+    assert res["hessian"]["eigenvalues"][0] == pytest.approx(auto["values"]["lambda_max"], rel=1e-3)
+    assert "samples auto: 256 of" in err
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--hessian", "--samples", "many")
+    _one_line_error(code, err, "--samples", "auto")

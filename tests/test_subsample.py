@@ -27,7 +27,7 @@ def exact_full_data(model, x, y, settings):
 
 
 def run(model, x, y, settings):
-    make_op = lambda idx: HessianOperator(ModelLoss(model, x[idx], y[idx], batch_size=400))  # noqa: E731
+    make_op = lambda idx: HessianOperator(ModelLoss(model, x[idx], y[idx], batch_size=400), method="cached")  # noqa: E731
     return subsample(len(y), make_op, ("lambda_max", "trace"), settings)
 
 

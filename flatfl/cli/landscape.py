@@ -36,6 +36,20 @@ def _float_pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _samples(text: str) -> int | str:
+    import argparse
+
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
 
@@ -56,7 +70,21 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: RUN/landscape/round_NNNN)")
     g = p.add_argument_group("data")
     add_analysis_arguments(g, d)
-    g.add_argument("--samples", type=pos_int, metavar="N", help="a seeded random subset of N samples (default: all)")
+    g.add_argument(
+        "--samples",
+        type=_samples,
+        metavar="N",
+        help="a seeded random subset of N samples, or auto: subsets of 256, 512, ... samples until the "
+        "data-sampling error of lambda_max (--hessian) and the trace (--trace) is below --data-tol, "
+        "reported as data_error (default: all)",
+    )
+    g.add_argument(
+        "--data-tol",
+        type=pos_float,
+        default=d.data_tol,
+        metavar="REL",
+        help=f"--samples auto: relative data-sampling error to reach (default: {d.data_tol})",
+    )
     g.add_argument(
         "--dtype",
         choices=["float32", "float64"],
@@ -238,7 +266,9 @@ def run(ns: dict[str, Any]) -> int:
     device = analysis_device(ns["device"])
     settings = LandscapeSettings(
         data=ns["data"],
-        samples=ns.get("samples"),
+        samples=None if ns.get("samples") == "auto" else ns.get("samples"),
+        samples_auto=ns.get("samples") == "auto",
+        data_tol=ns["data_tol"],
         batch_size=ns["batch_size"],
         dtype=ns["dtype"],
         device=str(device),
