@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, report, train
-from flatfl.cli.common import Parser
+from flatfl.cli.common import Parser, add_threads_argument, apply_threads
 from flatfl.errors import DivergenceError, UserError
 
 COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": landscape, "report": report}
@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in COMMANDS.values():
         module.add_parser(sub)
+    for p in sub.choices.values():
+        add_threads_argument(p)
     return top
 
 
@@ -38,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
     try:
+        apply_threads(ns.get("threads"), say)
         return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:
         say(f"flatfl: error: {exc}\n")

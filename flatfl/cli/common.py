@@ -89,3 +89,54 @@ def analysis_device(name: str) -> Any:
     if launched_by_torchrun() and device.type == "cuda":
         device = torch.device("cuda", local_rank())
     return device
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where it is missing)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def threads_per_process(requested: int | None, cores: int, processes: int) -> tuple[int, str | None]:
+    """Intra-op threads of each of ``processes`` processes (torchrun ranks on this machine) sharing ``cores``.
+
+    ``requested`` (``--threads N``) is the command's total, divided among the processes (at least one
+    each); without it the available cores are divided. Returns (threads, a one-line warning when
+    the total exceeds the cores, else None): oversubscribed torch processes slow each other
+    down many times over (each op's threads wait at a barrier for threads that are not running).
+    """
+    total = requested if requested is not None else cores
+    per = max(1, total // processes)
+    warning = None
+    if per * processes > cores:
+        warning = (
+            f"flatfl: warning: --threads {total} over {processes} process(es) uses {per * processes} threads but only "
+            f"{cores} cores are available to this process (os.sched_getaffinity); expect a slowdown, lower --threads"
+        )
+    return per, warning
+
+
+def add_threads_argument(p: Any) -> None:
+    p.add_argument(
+        "--threads",
+        type=pos_int,
+        metavar="N",
+        help="CPU threads of this command, divided among torchrun's ranks on this machine; a warning when they "
+        "exceed the cores available to the process (default: those cores, divided among the ranks)",
+    )
+
+
+def apply_threads(requested: int | None, say: Any) -> int:
+    """Set torch's intra-op threads for this process from ``--threads`` (see :func:`threads_per_process`)."""
+    import os
+
+    import torch
+
+    per, warning = threads_per_process(requested, available_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if warning:
+        say(warning + "\n")
+    torch.set_num_threads(per)
+    return per
