@@ -38,5 +38,10 @@ def test_threads_are_applied_and_oversubscription_warns_in_one_line(cli, monkeyp
         assert "--ckpt" in lines[1]
         code, _, err = cli("landscape", "--threads", "1", "--ckpt", tmp_path / "missing.safetensors", "--hessian")
         assert torch.get_num_threads() == 1 and "warning" not in err
+        cli("landscape", "--ckpt", tmp_path / "missing.safetensors", "--hessian")  # no flag, one process: unchanged
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # a torchrun rank on a 1-core machine: one thread, a warning
+        code, _, err = cli("landscape", "--ckpt", tmp_path / "missing.safetensors", "--hessian")
+        assert torch.get_num_threads() == 1 and err.startswith("flatfl: warning:")
     finally:
         torch.set_num_threads(before)

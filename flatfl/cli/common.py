@@ -130,12 +130,16 @@ def add_threads_argument(p: Any) -> None:
 
 
 def apply_threads(requested: int | None, say: Any) -> int:
-    """Set torch's intra-op threads for this process from ``--threads`` (see :func:`threads_per_process`)."""
+    """Set torch's intra-op threads for this process from ``--threads`` (see :func:`threads_per_process`);
+    without the flag only torchrun's ranks are changed (the cores divided among them)."""
     import os
 
     import torch
 
-    per, warning = threads_per_process(requested, available_cores(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if requested is None and processes == 1:
+        return torch.get_num_threads()  # one process, no flag: torch's own choice (or the caller's) stands
+    per, warning = threads_per_process(requested, available_cores(), processes)
     if warning:
         say(warning + "\n")
     torch.set_num_threads(per)
