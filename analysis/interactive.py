@@ -55,16 +55,19 @@ def origin_value(surf: Surface, metric: str = "loss") -> float:
 
 
 def delta_range(surfaces: Sequence[Surface]) -> tuple[float, float]:
-    """(0, hi) for Δloss = loss − loss(checkpoint) shared by several surfaces: hi is the median of the
-    surfaces' own largest Δloss, so every surface spans most of the levels and none dwarfs the rest."""
-    tops = []
+    """(lo, hi) for Δloss = loss − loss(checkpoint) shared by several surfaces: hi is the median of the
+    surfaces' own largest Δloss (every surface spans most of the levels, none dwarfs the rest); lo is 0, or
+    the lowest Δloss where a plane dips below its checkpoint (the checkpoint is then not the plane's minimum)."""
+    tops, lows = [], [0.0]
     for s in surfaces:
         d = s.loss - origin_value(s)
         d = d[np.isfinite(d)]
         if d.size:
             tops.append(float(d.max()))
+            lows.append(float(d.min()))
     hi = float(np.median(tops)) if tops else 1.0
-    return 0.0, max(hi, 1e-12)
+    lo = min(lows)
+    return lo, max(hi, lo + 1e-12)
 
 
 def _marker_label(group: str, surf: Surface) -> str:
@@ -87,7 +90,7 @@ def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, sho
             zmax=zrange[1],
             autocontour=False,
             contours=dict(
-                start=zrange[0] + step,  # no line at 0: clipped negative Δloss would draw a false ring
+                start=zrange[0] + step,
                 end=zrange[1],
                 size=step,
                 showlabels=True,

@@ -90,7 +90,8 @@ def _draw_markers_2d(ax, surface) -> None:
 
 
 def delta_levels(zrange: tuple[float, float], n: int) -> np.ndarray:
-    """n + 1 linear Δloss levels over zrange: the same levels for every surface compared."""
+    """n + 1 linear Δloss levels over zrange: the same levels for every surface compared (contourf fills
+    values outside zrange with the end colours: values are clipped into the range first)."""
     return np.linspace(zrange[0], max(zrange[1], zrange[0] + 1e-12), n + 1)
 
 
@@ -105,7 +106,7 @@ def _contour(ax, surface, levels: np.ndarray):
     A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
     d = np.clip(surface.loss - _origin_loss(surface), levels[0], levels[-1])
     cf = ax.contourf(A, B, d, levels=levels, cmap="viridis")
-    cs = ax.contour(A, B, d, levels=levels[2::2], colors="k", linewidths=0.4)  # none at 0 (clipped values)
+    cs = ax.contour(A, B, d, levels=levels[1:-1:2], colors="k", linewidths=0.4)
     labels = ax.clabel(cs, cs.levels[::2], fontsize=6, fmt="%.3g", colors="k")
     for t in labels:
         t.set_bbox(dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
@@ -149,7 +150,7 @@ def plot_surface(
         return _save(fig, path)
     if zrange is None:
         d = surface.loss - _origin_loss(surface)
-        zrange = (0.0, float(np.nanmax(d)))
+        zrange = (min(0.0, float(np.nanmin(d))), float(np.nanmax(d)))
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=150, layout="constrained")
     cf = _contour(ax, surface, delta_levels(zrange, levels))
     fig.colorbar(cf, ax=ax, shrink=0.85, label="Δloss = L − L(checkpoint)")
@@ -163,7 +164,10 @@ def plot_surfaces_side_by_side(
     """2D Δloss contour maps next to each other on one shared set of linear levels and one colour bar."""
     path = Path(path)
     if zrange is None:
-        zrange = (0.0, float(np.nanmedian([np.nanmax(s.loss - _origin_loss(s)) for s in surfaces])))
+        zrange = (
+            min([0.0] + [float(np.nanmin(s.loss - _origin_loss(s))) for s in surfaces]),
+            float(np.nanmedian([np.nanmax(s.loss - _origin_loss(s)) for s in surfaces])),
+        )
     lv = delta_levels(zrange, levels)
     n = len(surfaces)
     fig, axes = plt.subplots(1, n, figsize=(4.4 * n + 1.0, 4.4), dpi=150, squeeze=False, layout="constrained")

@@ -98,8 +98,8 @@ def measures(settings: ReportSettings) -> list[Measure]:
     rows += [Measure(f"sharpness_{s}", SHARPNESS_LABELS.get(s, s)) for s in ls.sharpness]
     if settings.slice_directions:
         rows += [Measure(_width_key(t), f"1D width at Δloss {t:g}", lower_is_better=False) for t in settings.widths]
-    rows.append(Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance"))
-    rows.append(Measure("train_loss", "train loss", kind="performance"))
+    rows.append(Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False))
+    rows.append(Measure("train_loss", "train loss", kind="performance", ratio=False))
     return rows
 
 
@@ -386,7 +386,7 @@ def verdicts(groups: Sequence[Group], conds: Sequence[Condition], ms: list[Measu
                 "comparisons": {},
             }
             for g in others:
-                p = paired(per[ref.label], per[g.label])
+                p = paired(per[ref.label], per[g.label], ratio=m.ratio)
                 row["comparisons"][g.label] = {
                     "against": ref.label,
                     "paired": _paired_json(p),

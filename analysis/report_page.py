@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -52,14 +53,21 @@ def summary_text(s: Mapping[str, Any] | None, censored: int = 0) -> str:
     return f"{pre}{fmt(s['mean'])} [{fmt(s['lo'], 3)}, {fmt(s['hi'], 3)}]"
 
 
-def paired_text(p: Mapping[str, Any] | None) -> str:
+def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
+    """The paired comparison in words: a ratio A/B for scale measures, else a difference A − B."""
     if p is None:
         return ""
+    seeds = f"{p['n']} seed{'s' if p['n'] > 1 else ''}"
+    if p["lo"] is not None and p["lo"] == p["hi"] == p["mean"] == 0.0:
+        return f"identical on {seeds}"
+    if p.get("log"):
+        e = lambda v: f"{math.exp(v):.3g}"  # noqa: E731
+        core = f"{a}/{b} ×{e(p['mean'])}" + ("" if p["lo"] is None else f" [{e(p['lo'])}, {e(p['hi'])}]")
+    else:
+        core = f"{a}−{b} {fmt(p['mean'], 3)}" + ("" if p["lo"] is None else f" [{fmt(p['lo'], 3)}, {fmt(p['hi'], 3)}]")
     if p["lo"] is None:
-        return f"Δ {fmt(p['mean'], 3)}, 1 seed"
-    if p["lo"] == p["hi"] == p["mean"] == 0.0:
-        return f"identical on {p['n']} seed{'s' if p['n'] > 1 else ''}"
-    return f"Δ {fmt(p['mean'], 3)} [{fmt(p['lo'], 3)}, {fmt(p['hi'], 3)}], {p['agree']}/{p['n']} seeds agree"
+        return f"{core}, 1 seed"
+    return f"{core}, {p['agree']}/{p['n']} seeds agree"
 
 
 def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
@@ -86,7 +94,7 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
                 cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
                 cells.append(
                     f"<td class='v {cls}'>{html.escape(comp['verdict'])}<br><small>"
-                    f"{html.escape(paired_text(comp['paired']))}</small></td>"
+                    f"{html.escape(paired_text(comp['paired'], ref, o))}</small></td>"
                 )
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
@@ -233,9 +241,10 @@ def _settings_note(settings: Any) -> str:
         f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
         f"filter-normalised random directions (t in ±{settings.slice_radius:g}; '≥' = not reached in the range). "
-        "Interval: 95% Student-t over seeds; verdict: the paired difference (same seed = same partition, "
-        "initial model and client sample) with its 95% interval; <i>no clear difference</i> when that interval "
-        "contains 0. ↓ lower is flatter/better, ↑ higher is.</small></p>"
+        "Interval: 95% Student-t over seeds. Verdict: the paired comparison of the same seeds (same partition, "
+        "initial model and client sample) with its 95% t-interval -- of the ratio for curvature, sharpness and "
+        "widths (log-ratios averaged), of the difference for accuracy and loss; <i>no clear difference</i> when "
+        "the interval contains ratio 1 / difference 0. ↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
 
 

@@ -10,7 +10,11 @@ measure (lambda_max, trace, a sharpness, a 1D width, test accuracy, ...):
 * :func:`paired` compares two groups seed by seed (same seed = same partition, initial model
   and client sample, so the pairs share every source of randomness but the algorithm): the
   mean of the differences d_s = a_s - b_s, its t-interval, and how many seeds agree in sign
-  with the mean (a paired t-test, e.g. Wasserman, *All of Statistics*, sec. 10.1);
+  with the mean (a paired t-test, e.g. Wasserman, *All of Statistics*, sec. 10.1). For scale
+  quantities (curvature, sharpness, widths: ``Measure.ratio``) the differences are taken of
+  logarithms, d_s = log a_s - log b_s, so the interval is one for the ratio a/b: a seed with
+  ten times the curvature of the others does not swamp the comparison (if any value is <= 0
+  the plain difference is used and the result says so);
 * :func:`verdict` turns the paired interval into one phrase: ``flatter: A`` / ``flatter: B``
   when the interval excludes 0, ``no clear difference`` when it contains 0, and says so when
   one seed gives no interval at all;
@@ -41,6 +45,7 @@ class Measure:
     label: str
     lower_is_better: bool = True
     kind: str = "flatness"
+    ratio: bool = True  # compare as log-ratios when every value is positive (scale quantities)
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,10 @@ class Summary:
 
 @dataclass(frozen=True)
 class Paired:
-    """Paired differences a_s - b_s over the seeds both groups have (finite values only)."""
+    """Paired differences over the seeds both groups have (finite values only).
+
+    ``log``: the differences are log a_s - log b_s (mean/lo/hi are then log-ratios; exp() gives a/b).
+    """
 
     n: int
     mean: float
@@ -64,6 +72,7 @@ class Paired:
     hi: float | None
     agree: int  # seeds whose difference has the sign of the mean difference
     seeds: tuple[int, ...]
+    log: bool = False
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float | None, float | None]:
@@ -88,8 +97,11 @@ def summarize(values: Sequence[float]) -> Summary | None:
     return Summary(len(vals), mean, lo, hi, vals)
 
 
-def paired(a: Mapping[int, float | None], b: Mapping[int, float | None]) -> Paired | None:
-    """Paired comparison of two groups' per-seed values; None when no seed has both."""
+def paired(a: Mapping[int, float | None], b: Mapping[int, float | None], *, ratio: bool = False) -> Paired | None:
+    """Paired comparison of two groups' per-seed values; None when no seed has both.
+
+    ``ratio``: compare log a_s - log b_s when every value is positive (see module doc).
+    """
     seeds = tuple(
         s
         for s in sorted(set(a) & set(b))
@@ -97,11 +109,15 @@ def paired(a: Mapping[int, float | None], b: Mapping[int, float | None]) -> Pair
     )
     if not seeds:
         return None
-    diffs = [float(a[s]) - float(b[s]) for s in seeds]
+    log = ratio and all(float(a[s]) > 0 and float(b[s]) > 0 for s in seeds)
+    if log:
+        diffs = [math.log(float(a[s])) - math.log(float(b[s])) for s in seeds]
+    else:
+        diffs = [float(a[s]) - float(b[s]) for s in seeds]
     mean, lo, hi = t_interval(diffs)
     sign = (mean > 0) - (mean < 0)
     agree = sum(1 for d in diffs if ((d > 0) - (d < 0)) == sign)
-    return Paired(len(seeds), mean, lo, hi, agree, seeds)
+    return Paired(len(seeds), mean, lo, hi, agree, seeds, log)
 
 
 NO_DIFFERENCE = "no clear difference"
