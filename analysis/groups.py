@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.checkpoints import Run
-
-DIVERGED_JSON = "diverged.json"
+from flatfl.checkpoint import DIVERGED_JSON
 _NOT_IDENTITY = ("seed", "rounds", "data.data_root")
 
 

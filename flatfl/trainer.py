@@ -41,7 +41,7 @@ from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.statedict import StateDict, clone, first_nonfinite
 
-RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl")
+RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl", ckpt.DIVERGED_JSON)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -392,6 +392,8 @@ def _train(
     if not main:
         log = lambda s: None  # noqa: E731
     _on_main(ctx, lambda: prepare_out(out, resume=resume, overwrite=overwrite))
+    if resume and (ctx is None or ctx.rank == 0):
+        (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # written again if it diverges again
     data = load_dataset(cfg.data, download=download and main)
     identity = cfg.identity()
 
@@ -558,12 +560,16 @@ def _train(
         writer.close()
         rounds = ckpt.list_rounds(out) if main else []
         last = rounds[-1] if rounds else 0
-        raise DivergenceError(
+        message = (
             f"{exc}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
-            "Lower --lr, --momentum or (FedMut) --radius.",
-            exc.round,
-            exc.client,
-        ) from None
+            "Lower --lr, --momentum or (FedMut) --radius."
+        )
+        if main:  # the analysis side lists the run as diverged instead of averaging it in
+            ckpt.atomic_write_json(
+                out / ckpt.DIVERGED_JSON,
+                {"round": exc.round, "client": exc.client, "last_finite_round": last, "message": str(exc)},
+            )
+        raise DivergenceError(message, exc.round, exc.client) from None
     finally:
         writer.close()
         if bar is not None:

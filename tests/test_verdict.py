@@ -259,3 +259,17 @@ def test_mixed_local_optimizers_are_refused(cli, twins, tmp_path):
     _one_line_error(code, err, "momentum", "--allow-mixed-optimizers")
     code, _, err = cli("report", twins / "fedavg-s0", twins / "fedavg-s0", "--out", tmp_path / "r", *FAST)
     _one_line_error(code, err, "same seed")
+
+
+def test_divergence_leaves_a_marker_the_report_reads(cli, tmp_path):
+    from analysis.checkpoints import Run
+    from analysis.groups import run_status
+    from tests.conftest import TINY
+
+    code, _, err = cli("train", *TINY, "--algo", "fedmut", "--rounds", "6", "--lr", "50", "--momentum", "0.9",
+                       "--out", tmp_path / "bad")  # fmt: skip
+    assert code == 1 and "diverged" in err
+    marker = json.loads((tmp_path / "bad" / "diverged.json").read_text())
+    st = run_status(Run.open(tmp_path / "bad"))
+    assert st.state == "diverged" and st.last == marker["last_finite_round"] < marker["round"]
+    assert st.why in err
