@@ -288,7 +288,12 @@ def curve_figure(frames: Sequence[tuple[str, Surface]], *, title: str = "") -> g
     fig.update_xaxes(title_text=desc.get("x_label") or "a")
     fig.update_yaxes(title_text="loss", secondary_y=False)
     fig.update_yaxes(title_text="accuracy", secondary_y=True, range=[0, 1])
-    fig.update_layout(title=dict(text=title or "1D loss", x=0.01), height=460, template="plotly_white")
+    fig.update_layout(
+        title=dict(text=title or "1D loss", x=0.01),
+        height=480,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.2),  # below the plot: never over the ticks of either axis
+    )
     return fig
 
 

@@ -214,9 +214,16 @@ def plot_curves(
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
     for name, (x, y) in series.items():
-        ax.plot(x, y, lw=1.3, marker="." if len(x) < 30 else None, label=name)
+        x, y = list(x), list(y)
+        gaps = [i for i in range(1, len(x)) if x[i] != x[i - 1] + 1]
+        xs = np.array(x, dtype=float)
+        ys = np.array(y, dtype=float)
+        if gaps:  # break the line where rounds are missing; markers show the saved rounds
+            xs, ys = np.insert(xs, gaps, np.nan), np.insert(ys, gaps, np.nan)
+        ax.plot(xs, ys, lw=1.3, marker="." if gaps or len(x) < 30 else None, ms=4, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # rounds: whole numbers
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     if title:

@@ -159,8 +159,13 @@ def over_rounds_figure(
     colors: Mapping[str, str],
     *,
     height: int = 380,
+    markers: bool | None = None,
 ) -> go.Figure:
-    """Per-round metrics side by side (one panel per (key, title)); a line per run, coloured by group."""
+    """Per-round metrics side by side (one panel per (key, title)); a line per run, coloured by group.
+
+    ``markers``: draw a marker at every point (default: only for short series); where rounds are
+    missing the line breaks, so isolated saved rounds show as markers only.
+    """
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels], horizontal_spacing=0.08)
     runs: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for row in curves:
@@ -177,7 +182,7 @@ def over_rounds_figure(
                 go.Scatter(
                     x=xs,
                     y=ys,
-                    mode="lines+markers" if len(pts) < 40 else "lines",
+                    mode="lines+markers" if (markers if markers is not None else len(pts) < 40) else "lines",
                     marker=dict(size=5),
                     line=dict(color=colors[lab], width=1.4, dash="dash" if status == "diverged" else "solid"),
                     name=lab,

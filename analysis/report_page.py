@@ -328,6 +328,7 @@ def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any],
             ("spread_returned_l2_mean", "returned models: mean L2 to w_(t-1)"),
         ],
         colors,
+        markers=True,
     )
     series = {}
     for g in groups:

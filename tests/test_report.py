@@ -72,6 +72,9 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     assert "flatfl report" in html and "dirichlet" in html  # the command and every run's config
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["landscape"]["samples"] == 150 and len(rep["rounds"]) == 4
+    for pdf in ("slices.pdf", "surfaces.pdf", "spread.pdf"):  # TrueType fonts: venues refuse Type 3
+        data = (out / pdf).read_bytes()
+        assert b"/FontFile2" in data and b"/Type3" not in data, pdf  # embedded TrueType outlines
     assert "one seed: no interval" in stdout and "equal round (4)" in stdout  # the verdict table is printed
     # a rerun reuses every cached checkpoint result and writes the same table
     before = (out / "report.csv").read_bytes()
