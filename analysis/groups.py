@@ -20,6 +20,7 @@ from typing import Any
 
 from analysis.checkpoints import Run
 from flatfl.checkpoint import DIVERGED_JSON
+
 _NOT_IDENTITY = ("seed", "rounds", "data.data_root")
 
 
