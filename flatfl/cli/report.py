@@ -33,15 +33,20 @@ def add_parser(sub: Any) -> None:
     ld = d.landscape
     p = sub.add_parser(
         "report",
-        help="compare runs (e.g. FedAvg vs FedMut): curves, curvature, sharpness, surfaces, spread -> HTML+CSV+JSON",
+        help="is one setting flatter than another? groups of seeds, matched convergence, a verdict per measure",
         description=(
-            "Compare several runs side by side. For each RUN directory and each of --rounds: lambda_max "
-            "(Lanczos), Hessian trace (Hutch++), sharpness and a 2D filter-normalised random loss surface, on "
-            "the same data selection; over all rounds: test accuracy/loss and, for runs trained with "
-            "--save-clients, the spread of mutants and returned client models. Writes OUT/report.html (one "
-            "self-contained page that opens offline), OUT/report.csv (a row per run and round), "
-            "OUT/curves.csv (per-round metrics and spread) and OUT/report.json (all numbers and settings). "
-            "Per-checkpoint results are cached in OUT/runs/ and reused on a rerun with the same settings."
+            "Answer whether one training setting (e.g. FedMut) reaches flatter minima than another (e.g. FedAvg). "
+            "Runs that differ only in their seed form a group. Every run is measured at equal rounds, at equal "
+            "training loss (its first saved round whose loss on the analysis data is at or below a common level) "
+            "and, with --match-acc, at equal test accuracy: lambda_max (Lanczos), the Hessian trace (Hutch++), "
+            "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
+            "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
+            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when the interval "
+            "contains 0 -- with a sentence when the measures disagree; diverged runs are listed, never averaged. "
+            "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
+            "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
+            "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
+            "cached in OUT/runs/ and reused on a rerun with the same settings."
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
@@ -51,8 +56,8 @@ def add_parser(sub: Any) -> None:
         type=_rounds,
         default=None,
         metavar="LIST",
-        help="comma-separated rounds to measure in every run, or auto: the middle and the last saved round "
-        "(default: auto)",
+        help="comma-separated equal rounds to measure in every run (the verdict uses the last), or auto: the middle "
+        "and the last round every run has (default: auto)",
     )
     p.add_argument(
         "--samples",
