@@ -447,7 +447,7 @@ def line_slices(
                 continue
             obj = model_loss_of(a_run, rnd, settings.landscape, data=data(a_run))
             state = b_run.global_state(rnd)
-            b = torch_cat([state[n] for n in obj.names]).to(obj.device, obj.dtype)
+            b = obj.flat({n: state[n] for n in obj.names}).to(obj.device, obj.dtype)
             ln = line_slice(obj, obj.flat(), b, ts, memory_budget=settings.landscape.memory_budget_gb * 2**30)
             out.setdefault(g.label, {})[s] = {
                 "ts": ln.ts.tolist(),
@@ -457,12 +457,6 @@ def line_slices(
                 "round": rnd,
             }
     return out
-
-
-def torch_cat(tensors: list) -> Any:
-    import torch
-
-    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def training_curves(groups: Sequence[Group], settings: ReportSettings, show_progress: bool) -> list[dict[str, Any]]:

@@ -402,20 +402,64 @@ def write_report(
     command: str,
 ) -> dict[str, Path]:
     """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures."""
-    import torch
-
     from analysis.interactive import write_page
-    from analysis.plots import plot_slices
-    from analysis.report_figures import group_colors, line_figure, measures_figure, over_rounds_figure, slices_figure
 
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     labels = [g.label for g in groups]
-    colors = group_colors(labels)
     for name, data in (("verdict", verdict_csv_rows(verdict)), ("csv", rows), ("curves", curves)):
         path = out / {"verdict": "verdict.csv", "csv": "report.csv", "curves": "curves.csv"}[name]
         write_csv(path, data)
         files[name] = path
+    sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
+    sections.append(_commands_section(command, settings, groups))
+    title = " vs ".join(labels) + ": is one flatter?"
+    files["html"] = write_page(out / "report.html", title, sections, css=PAGE_CSS)
+    _write_json(out / "report.json", settings, groups, rounds, verdict, rows, measured, lines, curves, command)
+    files["json"] = out / "report.json"
+    return files
+
+
+def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, curves, command) -> None:
+    """report.json: every number, with the settings, the command and each checkpoint's full result."""
+    import torch
+
+    ckpt.atomic_write_json(
+        path,
+        json_ready(
+            {
+                "command": command,
+                "settings": asdict(settings),
+                "groups": {
+                    g.label: {
+                        "algo": g.algo,
+                        "runs": {
+                            str(s): {"path": str(r.path), "status": asdict(g.status[s]), "config": r.config}
+                            for s, r in g.runs.items()
+                        },
+                    }
+                    for g in groups
+                },
+                "equal_rounds": list(rounds),
+                "verdict": list(verdict),
+                "rounds": list(rows),
+                "results": {f"{lab} seed {s} round {r}": v for (lab, s, r), v in measured.results.items()},
+                "lines": lines,
+                "curves": list(curves),
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+            }
+        ),
+    )
+
+
+def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
+    """The page's sections in reading order: the answer first."""
+    from analysis.plots import plot_slices
+    from analysis.report_figures import group_colors, line_figure, measures_figure, over_rounds_figure, slices_figure
+
+    labels = [g.label for g in groups]
+    colors = group_colors(labels)
     top = answer_html(verdict) + _excluded_html(groups) + verdict_table_html(verdict, labels) + _settings_note(settings)
     sections: list[tuple[str, object]] = [
         ("The answer", top),
@@ -470,35 +514,4 @@ def write_report(
     if settings.spread:
         sections += _spread_sections(curves, groups, colors, out, files)
     sections += _diagnostic_section(curves, colors)
-    sections.append(_commands_section(command, settings, groups))
-    title = " vs ".join(labels) + ": is one flatter?"
-    files["html"] = write_page(out / "report.html", title, sections, css=PAGE_CSS)
-    ckpt.atomic_write_json(
-        out / "report.json",
-        json_ready(
-            {
-                "command": command,
-                "settings": asdict(settings),
-                "groups": {
-                    g.label: {
-                        "algo": g.algo,
-                        "runs": {
-                            str(s): {"path": str(r.path), "status": asdict(g.status[s]), "config": r.config}
-                            for s, r in g.runs.items()
-                        },
-                    }
-                    for g in groups
-                },
-                "equal_rounds": list(rounds),
-                "verdict": list(verdict),
-                "rounds": list(rows),
-                "results": {f"{lab} seed {s} round {r}": v for (lab, s, r), v in measured.results.items()},
-                "lines": lines,
-                "curves": list(curves),
-                "python": sys.version.split()[0],
-                "torch": torch.__version__,
-            }
-        ),
-    )
-    files["json"] = out / "report.json"
-    return files
+    return sections
