@@ -104,6 +104,11 @@ def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
         return [rest[p] for p in partition_dirichlet(labels, d.num_clients, d.dirichlet_alpha, d.min_size, rng)]
     if d.partition == "shards":
         return [rest[p] for p in partition_shards(labels, d.num_clients, d.shards_per_client, rng)]
+    if d.partition == "file":
+        from flatfl.partition_file import load_for_run
+
+        parts = load_for_run(str(d.partition_file), d.partition_sha256, dataset=d.dataset, num_train=n)
+        return [np.setdiff1d(p, held) if len(held) else p for p in parts]
     if d.partition == "natural":
         parts = data.natural_parts
         if parts is None:
@@ -290,11 +295,20 @@ def _run_info(cfg: RunConfig, sim: Simulation, parts: list[np.ndarray], device: 
             "dirichlet_alpha": cfg.data.dirichlet_alpha if cfg.data.partition == "dirichlet" else None,
             "min_size": cfg.data.min_size,
             "num_clients": cfg.data.num_clients,
+            **({"file": cfg.data.partition_file, "sha256": cfg.data.partition_sha256} if cfg.data.partition_file else {}),
             "sizes": [len(p) for p in parts],
             "label_counts": label_counts(parts, labels, sim.data.num_classes).tolist(),
         },
         "seeding": "numpy SeedSequence([seed, purpose, round, client]); see flatfl/seeding.py",
-    }
+    } | (_preset_info(cfg) if cfg.preset else {})
+
+
+def _preset_info(cfg: RunConfig) -> dict[str, Any]:
+    """run.json's ``preset``: its name and the values it sets for this run (flags given override them;
+    ``config`` holds every resolved value)."""
+    from flatfl.presets import preset_values
+
+    return {"preset": {"name": cfg.preset, "values": preset_values(cfg.preset, cfg.algo, cfg.model)}}
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 RUNS = {"digits-fedavg": "fedavg", "digits-fedmut": "fedmut"}
 TRAIN = [
     "--dataset", "digits", "--clients", "6", "--frac", "0.5", "--dirichlet", "0.5", "--local-epochs", "1",
-    "--lr", "0.05", "--rounds", "5", "--seed", "0", "--save-clients", "5", "--no-progress",
+    "--lr", "0.05", "--momentum", "0.9", "--rounds", "5", "--seed", "0", "--save-clients", "5", "--no-progress",
 ]  # fmt: skip
 ROUND = 5
 # relative tolerances: the computations are deterministic given the seeds; these absorb float
