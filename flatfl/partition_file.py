@@ -52,7 +52,9 @@ def read_partition_file(path: str | Path) -> PartitionFile:
     try:
         doc = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where}: not valid JSON ({exc}); give a flatfl partition.json or a FedMut data/*.json") from exc
+        raise UserError(
+            f"{where}: not valid JSON ({exc}); give a flatfl partition.json or a FedMut data/*.json"
+        ) from exc
     if isinstance(doc, dict) and "clients" in doc:
         fmt, lists, dataset = "flatfl", doc["clients"], None
         if not isinstance(lists, list):

@@ -295,7 +295,11 @@ def _run_info(cfg: RunConfig, sim: Simulation, parts: list[np.ndarray], device: 
             "dirichlet_alpha": cfg.data.dirichlet_alpha if cfg.data.partition == "dirichlet" else None,
             "min_size": cfg.data.min_size,
             "num_clients": cfg.data.num_clients,
-            **({"file": cfg.data.partition_file, "sha256": cfg.data.partition_sha256} if cfg.data.partition_file else {}),
+            **(
+                {"file": cfg.data.partition_file, "sha256": cfg.data.partition_sha256}
+                if cfg.data.partition_file
+                else {}
+            ),
             "sizes": [len(p) for p in parts],
             "label_counts": label_counts(parts, labels, sim.data.num_classes).tolist(),
         },
