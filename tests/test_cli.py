@@ -120,6 +120,9 @@ def test_help_explains_every_flag():
         "--frac",
         "--dirichlet",
         "--partition",
+        "--partition-file",
+        "--preset",
+        "--mutation-cap",
         "--min-size",
         "--seed",
         "--out",
@@ -140,7 +143,7 @@ def test_help_explains_every_flag():
         "--no-progress",
     ]:
         assert flag in proc.stdout, flag
-    assert "default: 0.9" in proc.stdout and "default: 4.0" in proc.stdout
+    assert "default: 0.5" in proc.stdout and "default: 4.0" in proc.stdout
 
 
 def test_divergence_stops_and_keeps_last_finite_round(cli, tmp_path):

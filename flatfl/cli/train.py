@@ -51,6 +51,7 @@ ALGO_FLAGS = {
     "mut_acc_rate": "mut_acc_rate",
     "mut_bound": "mut_bound",
     "mutate": "mutate",
+    "mutation_cap": "mutation_cap",
     "mu": "mu",
     "global_lr": "global_lr",
     "similarity": "similarity",
@@ -304,6 +305,14 @@ def add_parser(sub: Any) -> None:
         f"stats too, as the reference code); 'params' only parameters {default(fm, 'mutate')}",
     )
 
+    g.add_argument(
+        "--mutation-cap",
+        type=pos_float,
+        metavar="RHO",
+        help="FedMut safeguard, NOT in the paper or the reference code: cap the mutation step radius*||d|| at "
+        "RHO*||w_t|| (the round's radius becomes min(radius, RHO*||w_t||/||d||), logged as mutation_radius) "
+        "(default: off)",
+    )
     g.add_argument(
         "--mu",
         type=nonneg_float,
