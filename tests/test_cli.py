@@ -154,6 +154,8 @@ def test_divergence_stops_and_keeps_last_finite_round(cli, tmp_path):
     assert code == 1, err
     line = err.strip().splitlines()[-1]
     assert line.startswith("flatfl: diverged: round ") and "non-finite" in line and "Traceback" not in err
+    # the diagnosis: which client, and how far FedMut's mutation threw the model (flatfl.diagnostics)
+    assert ", client " in line and "mutation norm radius*||d|| = " in line and " x ||w||" in line, line
     bad_round = int(line.split("round ")[1].split(",")[0].split(":")[0])
     rounds = ckpt.list_rounds(out)
     assert rounds == list(range(bad_round))  # every round before the bad one, nothing after
