@@ -59,6 +59,14 @@ def run_cell(args: argparse.Namespace, alpha: float, radius: float, mom: float, 
     }  # fmt: skip
 
 
+def parse_row(r: dict[str, str]) -> dict:
+    """A stability.csv line with its numbers as numbers."""
+    out: dict = dict(r)
+    for k in ("dirichlet", "radius", "momentum", "lr", "final_acc", "lambda_max"):
+        out[k] = float(r[k])
+    return out
+
+
 def heatmap(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
@@ -81,7 +89,8 @@ def heatmap(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
                 acc[i, j] = np.mean([r["final_acc"] for r in ok]) if ok else 0.0
                 div = [str(r["diverged_round"]) for r in cell if r["status"] == "diverged"]
                 lam = f"λ {np.mean([r['lambda_max'] for r in ok]):.1f}" if ok else "—"
-                text = f"{len(div)}/{len(cell)} div" + (f" (r{','.join(div)})" if div else "") + f"\n{lam}"
+                acc_text = f"acc {acc[i, j]:.2f}\n" if ok else ""
+                text = acc_text + f"{len(div)}/{len(cell)} div" + (f" (r{','.join(div)})" if div else "") + f"\n{lam}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color="k" if acc[i, j] > 0.5 else "w")
         im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(cols)), [f"α{a}\nm{mo} lr{lr}" for a, mo, lr in cols], fontsize=7)
@@ -109,8 +118,15 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads; 1 avoids thrashing on a busy CPU (default: 1)"
     )
+    ap.add_argument("--plot-only", action="store_true", help="redraw stability.png from --root's stability.csv")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.plot_only:
+        with open(args.root / "stability.csv") as f:
+            rows = [parse_row(r) for r in csv.DictReader(f)]
+        heatmap(rows, args, args.root / "stability.png")
+        print(f"wrote {args.root / 'stability.png'}")
+        return
     grid = [
         (a, rad, mo, lr, cap, s)
         for a in floats(args.dirichlet)
