@@ -12,7 +12,7 @@ mutation_rel = radius*||d||/||w|| met. Writes ``stability.csv``
 each cell annotated with how many seeds diverged and the mean lambda_max of the others).
 
     python examples/fedmut_stability.py [--dataset digits] [--radii 0,2,4] [--momenta 0.5,0.9]
-        [--lrs 0.01,0.05] [--dirichlet 0.1] [--seeds 0,1] [--rounds 60] [--caps none,0.05]
+        [--lrs 0.01,0.05] [--dirichlet 0.1] [--seeds 0,1] [--rounds 30] [--caps none,0.05]
         [--root checkpoints/stability] [--data-root DIR] [--threads 1]
 """
 
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--lrs", default="0.01,0.05", help="local learning rates (default: 0.01,0.05)")
     ap.add_argument("--dirichlet", default="0.1", help="Dirichlet alphas of the label skew (default: 0.1)")
     ap.add_argument("--seeds", default="0,1", help="run seeds (default: 0,1)")
-    ap.add_argument("--rounds", type=int, default=60, help="rounds per run (default: 60)")
+    ap.add_argument("--rounds", type=int, default=30, help="rounds per run (default: 30)")
     ap.add_argument("--caps", default="none,0.05", help="mutation caps rho; none = off (default: none,0.05)")
     ap.add_argument("--root", type=Path, default=Path("checkpoints/stability"), help="runs, CSV and PNG go here")
     ap.add_argument(
