@@ -415,6 +415,15 @@ def verdicts(groups: Sequence[Group], conds: Sequence[Condition], ms: list[Measu
     return out
 
 
+def _partition_digest(run: Run) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256((run.path / ckpt.PARTITION_JSON).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
 def check_comparable(groups: Sequence[Group], settings: ReportSettings, log: Callable[[str], None]) -> None:
     """Refuse runs with different local optimizers (unless allowed); note different data/models."""
     opts = local_optimizers(groups)
@@ -424,6 +433,13 @@ def check_comparable(groups: Sequence[Group], settings: ReportSettings, log: Cal
             f"the groups train with different local optimizers ({detail}); a flatness comparison needs the same "
             "one -- retrain, or pass --allow-mixed-optimizers to compare anyway"
         )
+    for seed in sorted({s for g in groups for s in g.runs}):
+        parts = {g.label: _partition_digest(g.runs[seed]) for g in groups if seed in g.runs}
+        if len(set(parts.values())) > 1:
+            log(
+                f"note: seed {seed}: the groups' client partitions differ ({', '.join(parts)}); the paired comparison "
+                "then pairs different client data (expected where FedDF/FedAUX hold out server data)"
+            )
     kinds = {(g.runs[s].config["data"]["dataset"], g.runs[s].info["model"]["name"]) for g in groups for s in g.runs}
     if len(kinds) > 1:
         log(f"note: the runs differ in dataset/model {sorted(kinds)}; their curvature is not directly comparable")

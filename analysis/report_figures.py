@@ -89,14 +89,17 @@ def slices_figure(panels: Mapping[str, Mapping[str, Sequence[Slices]]], colors: 
 
 
 def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference: str, colors: Mapping[str, str]):
-    """Loss along the straight line from the reference group's model (t = 0) to another's (t = 1), per seed."""
+    """Δloss along the straight line from the reference group's model (t = 0) to another's (t = 1), per seed:
+    L((1 - t) θ_ref + t θ_other) - L(θ_ref)."""
     fig = go.Figure()
     for lab, per_seed in lines.items():
         for s, ln in sorted(per_seed.items()):
+            ts = np.asarray(ln["ts"])
+            loss = np.asarray(ln["loss"])
             fig.add_trace(
                 go.Scatter(
-                    x=ln["ts"],
-                    y=ln["loss"],
+                    x=ts,
+                    y=loss - loss[ts == 0.0][0],
                     name=f"{reference} → {lab}, seed {s} (barrier {ln['barrier']:.3g})",
                     line=dict(color=colors[lab], width=1.6),
                     opacity=0.9,
@@ -107,7 +110,7 @@ def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference:
     fig.update_layout(
         height=380,
         xaxis_title=f"t: (1 − t)·θ[{reference}] + t·θ[other], same seed",
-        yaxis_title="loss",
+        yaxis_title=f"Δloss = L(θ_t) − L(θ[{reference}])",
         legend=dict(orientation="h", y=-0.25),
         **LAYOUT,
     )
