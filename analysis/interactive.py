@@ -44,215 +44,219 @@ def _value(surf: Surface, metric: str) -> np.ndarray:
     return surf.loss if metric == "loss" else surf.accuracy
 
 
-def color_range(surfaces: Sequence[Surface], metric: str = "loss", clip: float | None = None) -> tuple[float, float]:
-    """One (min, max) over several surfaces, so they share a colour scale; ``clip`` caps max."""
-    vals = np.concatenate([_value(s, metric)[np.isfinite(_value(s, metric))].ravel() for s in surfaces])
-    lo, hi = float(vals.min()), float(vals.max())
-    if clip is not None:
-        hi = min(hi, clip)
+def origin_value(surf: Surface, metric: str = "loss") -> float:
+    """The surface's value at the checkpoint itself: the grid point a = 0 (and b = 0), which the grid holds exactly."""
+    z = _value(surf, metric)
+    i = np.flatnonzero(np.asarray(surf.alphas) == 0.0)
+    if surf.betas is None:
+        return float(z[i[0]]) if i.size else float("nan")
+    j = np.flatnonzero(np.asarray(surf.betas) == 0.0)
+    return float(z[i[0], j[0]]) if i.size and j.size else float("nan")
+
+
+def delta_range(surfaces: Sequence[Surface]) -> tuple[float, float]:
+    """(lo, hi) for Δloss = loss − loss(checkpoint) shared by several surfaces: hi is the median of the
+    surfaces' own largest Δloss (every surface spans most of the levels, none dwarfs the rest); lo is 0, or
+    the lowest Δloss where a plane dips below its checkpoint (the checkpoint is then not the plane's minimum)."""
+    tops, lows = [], [0.0]
+    for s in surfaces:
+        d = s.loss - origin_value(s)
+        d = d[np.isfinite(d)]
+        if d.size:
+            tops.append(float(d.max()))
+            lows.append(float(d.min()))
+    hi = float(np.median(tops)) if tops else 1.0
+    lo = min(lows)
     return lo, max(hi, lo + 1e-12)
 
 
-def use_log_scale(crange: tuple[float, float], metric: str = "loss") -> bool:
-    """Colour by log10(loss) when the range spans more than a factor 20 (else the basin is one colour)."""
-    return metric == "loss" and crange[0] > 0 and crange[1] / crange[0] > 20
+def _marker_label(group: str, surf: Surface) -> str:
+    if group == "mutants" and surf.description.get("algo") == "fedavg":
+        return "global model sent (next round)"
+    return GROUP_STYLE.get(group, {}).get("label", group)
 
 
-def _surface_traces(surf: Surface, metric: str, crange: tuple[float, float], show_scale: bool) -> list[tuple]:
-    """(trace, row, col) of one 2D surface: 3D surface, contour, and marker traces in both."""
-    raw = np.clip(_value(surf, metric), *crange).T  # plotly: z[j, i] at (x_i, y_j)
-    a, b = surf.alphas, surf.betas
-    log = use_log_scale(crange, metric)
-    if log:
-        color, cmin, cmax = np.log10(raw), np.log10(crange[0]), np.log10(crange[1])
-        ticks = [v for v in np.geomspace(crange[0], crange[1], 7)]
-        cbar = dict(
-            title=metric + " (log)", len=0.8, tickvals=np.log10(ticks).tolist(), ticktext=[f"{t:.3g}" for t in ticks]
+def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, show_scale: bool) -> list:
+    """Contour of Δloss on fixed linear levels, then the models, then the checkpoint star on top."""
+    z0 = origin_value(surf)
+    d = np.clip(surf.loss - z0, *zrange).T  # plotly: z[j, i] at (x_i, y_j)
+    step = (zrange[1] - zrange[0]) / max(levels, 1)
+    traces: list = [
+        go.Contour(
+            x=surf.alphas,
+            y=surf.betas,
+            z=d,
+            zmin=zrange[0],
+            zmax=zrange[1],
+            autocontour=False,
+            contours=dict(
+                start=zrange[0] + step,
+                end=zrange[1],
+                size=step,
+                showlabels=True,
+                labelfont=dict(size=10, color="white"),
+            ),
+            colorscale="Viridis",
+            showscale=show_scale,
+            colorbar=dict(title="Δloss", len=0.9),
+            name="Δloss",
+            hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
         )
-    else:
-        color, (cmin, cmax) = raw, crange
-        cbar = dict(title=metric, len=0.8)
-    hover = "a %{x:.3f}<br>b %{y:.3f}<br>" + metric + " %{customdata:.4g}<extra></extra>"
-    z = raw
-    out: list[tuple] = [
-        (
-            go.Surface(
-                x=a,
-                y=b,
-                z=z,
-                surfacecolor=color,
-                customdata=raw,
-                cmin=cmin,
-                cmax=cmax,
-                colorscale="Viridis",
-                showscale=False,
-                name=metric,
-                hovertemplate=hover,
-            ),
-            1,
-            1,
-        ),
-        (
-            go.Contour(
-                x=a,
-                y=b,
-                z=color,
-                customdata=raw,
-                zmin=cmin,
-                zmax=cmax,
-                ncontours=20,
-                colorscale="Viridis",
-                showscale=show_scale,
-                colorbar=cbar,
-                contours=dict(showlabels=not log, labelfont=dict(size=9, color="white")),
-                name=metric,
-                hovertemplate=hover,
-            ),
-            1,
-            2,
-        ),
     ]
-    z0 = float(np.clip(_value(surf, metric)[len(a) // 2, len(b) // 2], *crange)) if len(a) % 2 else None
-    origin = [0.0, 0.0]
-    if z0 is not None:
-        text = f"checkpoint (round {surf.description.get('round', '?')})<br>{metric} {z0:.4g}"
-        out.append(
-            (
-                go.Scatter3d(
-                    x=[origin[0]],
-                    y=[origin[1]],
-                    z=[z0],
-                    mode="markers",
-                    marker=dict(size=6, color="black", symbol="x"),
-                    name="checkpoint",
-                    hovertext=[text],
-                    hoverinfo="text",
-                    showlegend=False,
-                ),
-                1,
-                1,
-            )
-        )
-    out.append(
-        (
-            go.Scatter(
-                x=[origin[0]],
-                y=[origin[1]],
-                mode="markers",
-                marker=dict(size=14, color="black", symbol="star"),
-                name="checkpoint",
-                hovertext=[f"checkpoint (round {surf.description.get('round', '?')})"],
-                hoverinfo="text",
-            ),
-            1,
-            2,
-        )
-    )
     groups: dict[str, list[dict]] = {}
     for m in surf.markers:
         groups.setdefault(m["group"], []).append(m)
     for group, ms in groups.items():
-        st = GROUP_STYLE.get(group, dict(color="#444", symbol="circle", label=group))
-        xs = [m["coords"][0] for m in ms]
-        ys = [m["coords"][1] for m in ms]
-        zs = [float(np.clip(m["loss"] if metric == "loss" else m["accuracy"], *crange)) for m in ms]
-        texts = [_hover(m) for m in ms]
+        st = GROUP_STYLE.get(group, dict(color="#444", symbol="circle"))
         line = group == "trajectory"
-        out.append(
-            (
-                go.Scatter3d(
-                    x=xs,
-                    y=ys,
-                    z=zs,
-                    mode="lines+markers" if line else "markers",
-                    marker=dict(size=3 if line else 5, color=st["color"], line=dict(width=1, color="black")),
-                    line=dict(color=st["color"], width=3),
-                    name=st["label"],
-                    hovertext=texts,
-                    hoverinfo="text",
-                    showlegend=False,
+        traces.append(
+            go.Scatter(
+                x=[m["coords"][0] for m in ms],
+                y=[m["coords"][1] for m in ms],
+                mode="lines+markers" if line else "markers",
+                marker=dict(
+                    size=6 if line else 10, color=st["color"], symbol=st["symbol"], line=dict(width=1, color="black")
                 ),
-                1,
-                1,
+                line=dict(color=st["color"], width=2),
+                name=_marker_label(group, surf),
+                hovertext=[_hover(m) for m in ms],
+                hoverinfo="text",
             )
         )
-        out.append(
-            (
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines+markers" if line else "markers",
-                    marker=dict(
-                        size=6 if line else 10,
-                        color=st["color"],
-                        symbol=st["symbol"],
-                        line=dict(width=1, color="black"),
-                    ),
-                    line=dict(color=st["color"], width=2),
-                    name=st["label"],
-                    hovertext=texts,
-                    hoverinfo="text",
-                ),
-                1,
-                2,
+    traces.append(
+        go.Scatter(
+            x=[0.0],
+            y=[0.0],
+            mode="markers",
+            marker=dict(size=16, color="black", symbol="star", line=dict(width=1, color="white")),
+            name="checkpoint",
+            hovertext=[f"checkpoint (round {surf.description.get('round', '?')}), loss {z0:.4g}"],
+            hoverinfo="text",
+        )
+    )
+    return traces
+
+
+def _scene_traces(surf: Surface, zrange: tuple[float, float]) -> list:
+    """3D Δloss surface with the models; symbols limited to ones WebGL draws (no glyph fallback)."""
+    z0 = origin_value(surf)
+    d = np.clip(surf.loss - z0, *zrange).T
+    traces: list = [
+        go.Surface(
+            x=surf.alphas,
+            y=surf.betas,
+            z=d,
+            cmin=zrange[0],
+            cmax=zrange[1],
+            colorscale="Viridis",
+            showscale=False,
+            name="Δloss",
+            hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
+        )
+    ]
+    for group in dict.fromkeys(m["group"] for m in surf.markers):
+        ms = [m for m in surf.markers if m["group"] == group]
+        st = GROUP_STYLE.get(group, dict(color="#444"))
+        traces.append(
+            go.Scatter3d(
+                x=[m["coords"][0] for m in ms],
+                y=[m["coords"][1] for m in ms],
+                z=[float(np.clip(m["loss"] - z0, *zrange)) for m in ms],
+                mode="lines+markers" if group == "trajectory" else "markers",
+                marker=dict(size=4, color=st["color"], symbol="circle", line=dict(width=1, color="black")),
+                name=_marker_label(group, surf),
+                hovertext=[_hover(m) for m in ms],
+                hoverinfo="text",
             )
         )
-    return out
+    traces.append(
+        go.Scatter3d(
+            x=[0.0],
+            y=[0.0],
+            z=[0.0],
+            mode="markers",
+            marker=dict(size=6, color="black", symbol="diamond"),
+            name="checkpoint",
+            hovertext=[f"checkpoint, loss {z0:.4g}"],
+            hoverinfo="text",
+        )
+    )
+    return traces
 
 
-def surface_figure(
+def _with_slider(fig: go.Figure, spans: list[tuple[int, int]], labels: list[str]) -> None:
+    """One visible frame at a time, the last one first (the slider opens at the last round)."""
+    last = len(spans) - 1
+    for k, (a, b) in enumerate(spans):
+        for i in range(a, b):
+            fig.data[i].visible = k == last
+    if len(spans) > 1:
+        steps = []
+        for k, label in enumerate(labels):
+            vis = [spans[k][0] <= i < spans[k][1] for i in range(len(fig.data))]
+            steps.append(dict(method="update", label=label, args=[{"visible": vis}]))
+        fig.update_layout(sliders=[dict(active=last, steps=steps, currentvalue=dict(prefix=""), pad=dict(t=50))])
+
+
+def surface_figures(
     frames: Sequence[tuple[str, Surface]],
     *,
-    metric: str = "loss",
+    zrange: tuple[float, float] | None = None,
+    levels: int = 20,
     title: str = "",
-    crange: tuple[float, float] | None = None,
-    clip: float | None = None,
-) -> go.Figure:
-    """A 2D surface (3D view + contour), or several with a slider (one step per frame label)."""
+) -> tuple[go.Figure, go.Figure | None]:
+    """(contour figure, 3D figure) of 2D surfaces, a slider over frames; (curve figure, None) for 1D.
+
+    The contour is its own figure (it renders without WebGL); both show Δloss = loss − loss at the
+    checkpoint on ``levels`` linear levels over ``zrange`` (default :func:`delta_range`), equal
+    aspect, the checkpoint star drawn last.
+    """
     if not frames:
         raise ValueError("no surfaces")
     if any(s.betas is None for _, s in frames):
-        return curve_figure(frames, title=title)
-    crange = crange or color_range([s for _, s in frames], metric, clip)
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        specs=[[{"type": "scene"}, {"type": "xy"}]],
-        column_widths=[0.5, 0.5],
-        horizontal_spacing=0.06,
-    )
-    spans = []
-    for k, (_, surf) in enumerate(frames):
-        first = len(fig.data)
-        for trace, row, col in _surface_traces(surf, metric, crange, show_scale=True):
-            trace.visible = k == 0
-            fig.add_trace(trace, row=row, col=col)
-        spans.append((first, len(fig.data)))
+        return curve_figure(frames, title=title), None
+    zrange = zrange or delta_range([s for _, s in frames])
     desc = frames[0][1].description
-    fig.update_layout(
-        title=dict(text=title or f"{metric} surface", x=0.01),
-        scene=dict(
-            xaxis_title="a: " + (desc.get("x_label") or ""),
-            yaxis_title="b: " + (desc.get("y_label") or ""),
-            zaxis=dict(title=metric, range=list(crange)),
-            camera=dict(eye=dict(x=1.5, y=-1.5, z=1.0)),
-        ),
-        xaxis=dict(title="a: " + (desc.get("x_label") or "")),
-        yaxis=dict(title="b: " + (desc.get("y_label") or ""), scaleanchor=None),
-        legend=dict(orientation="h", x=0.0, y=1.06, font=dict(size=11)),
-        height=620,
-        margin=dict(l=10, r=10, t=60, b=40),
+    xl, yl = "a: " + (desc.get("x_label") or ""), "b: " + (desc.get("y_label") or "")
+    contour, scene = go.Figure(), go.Figure()
+    cspans, sspans = [], []
+    for _, surf in frames:
+        first = len(contour.data)
+        for tr in _contour_traces(surf, zrange, levels, show_scale=True):
+            contour.add_trace(tr)
+        cspans.append((first, len(contour.data)))
+        first = len(scene.data)
+        for tr in _scene_traces(surf, zrange):
+            scene.add_trace(tr)
+        sspans.append((first, len(scene.data)))
+    names = [label for label, _ in frames]
+    _with_slider(contour, cspans, names)
+    _with_slider(scene, sspans, names)
+    contour.update_layout(
+        title=dict(text=(title + ": " if title else "") + "Δloss contours", x=0.01),
+        xaxis=dict(title=xl, constrain="domain"),
+        yaxis=dict(title=yl, scaleanchor="x", scaleratio=1, constrain="domain"),
+        legend=dict(orientation="h", y=-0.18),
+        height=640,
+        width=720,
+        margin=dict(l=70, r=20, t=50, b=60),
         template="plotly_white",
     )
-    if len(frames) > 1:
-        steps = []
-        for k, (label, _) in enumerate(frames):
-            vis = [False] * len(fig.data)
-            for i in range(*spans[k]):
-                vis[i] = True
-            steps.append(dict(method="update", label=label, args=[{"visible": vis}]))
-        fig.update_layout(sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix=""), pad=dict(t=40))])
-    return fig
+    scene.update_layout(
+        title=dict(text=(title + ": " if title else "") + "Δloss surface", x=0.01),
+        scene=dict(
+            xaxis_title="a",
+            yaxis_title="b",
+            zaxis=dict(title="Δloss", range=list(zrange)),
+            camera=dict(eye=dict(x=1.1, y=-1.4, z=1.5)),
+            aspectmode="cube",
+        ),
+        legend=dict(orientation="h", y=-0.05),
+        height=600,
+        margin=dict(l=10, r=10, t=50, b=40),
+        template="plotly_white",
+    )
+    return contour, scene
 
 
 def curve_figure(frames: Sequence[tuple[str, Surface]], *, title: str = "") -> go.Figure:
@@ -284,11 +288,18 @@ def curve_figure(frames: Sequence[tuple[str, Surface]], *, title: str = "") -> g
     fig.update_xaxes(title_text=desc.get("x_label") or "a")
     fig.update_yaxes(title_text="loss", secondary_y=False)
     fig.update_yaxes(title_text="accuracy", secondary_y=True, range=[0, 1])
-    fig.update_layout(title=dict(text=title or "1D loss", x=0.01), height=460, template="plotly_white")
+    fig.update_layout(
+        title=dict(text=title or "1D loss", x=0.01),
+        height=480,
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.2),  # below the plot: never over the ticks of either axis
+    )
     return fig
 
 
-def write_page(path: Path, title: str, sections: Sequence[tuple[str, object]], *, intro: str = "") -> Path:
+def write_page(
+    path: Path, title: str, sections: Sequence[tuple[str, object]], *, intro: str = "", css: str = ""
+) -> Path:
     """One self-contained HTML page: plotly.js inlined once, then each (heading, figure-or-HTML).
 
     A section's body is a plotly figure or an HTML string (tables, images as data URIs).
@@ -303,7 +314,9 @@ def write_page(path: Path, title: str, sections: Sequence[tuple[str, object]], *
         "<style>body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:1em;color:#222}"
         "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;margin-top:1.6em}code,pre{background:#f6f6f6}"
-        "pre{padding:0.6em;overflow-x:auto;font-size:0.85em}.row{display:flex;flex-wrap:wrap;gap:1em}</style>",
+        "pre{padding:0.6em;overflow-x:auto;font-size:0.85em}.row{display:flex;flex-wrap:wrap;gap:1em}"
+        + css
+        + "</style>",
         f"<script type='text/javascript'>{get_plotlyjs()}</script>",
         f"</head><body><h1>{html.escape(title)}</h1>{intro}",
     ]

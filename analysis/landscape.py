@@ -152,6 +152,13 @@ def slq_block(size: int, dtype: torch.dtype, settings: LandscapeSettings) -> int
     return int(max(1, min(settings.slq_runs, settings.memory_budget_gb * 2**30 // max(per_run, 1))))
 
 
+def model_loss_of(run: Run, rnd: int, settings: LandscapeSettings, *, data: tuple | None = None) -> ModelLoss:
+    """The mean loss of round ``rnd``'s global model on the selection ``settings`` names (or ``data`` = (x, y))."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
+    x, y = data if data is not None else select_data(run, settings.data, settings.samples, settings.seed)[:2]
+    return ModelLoss(run.model(rnd), x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a checkpoint file: cached results are reused only for the very same tensors."""
     h = hashlib.sha256()
@@ -254,9 +261,7 @@ def compute(
         t = time.perf_counter()
         log(f"density: SLQ, {settings.slq_runs} runs x {settings.slq_steps} steps ...")
         lockstep = slq_block(op.size, op.dtype, settings)
-        density = slq(
-            op, num_runs=settings.slq_runs, num_steps=settings.slq_steps, generator=gen(3), block=lockstep
-        )
+        density = slq(op, num_runs=settings.slq_runs, num_steps=settings.slq_steps, generator=gen(3), block=lockstep)
         out["density"] = {
             "nodes": [n.tolist() for n in density.nodes],
             "weights": [w.tolist() for w in density.weights],
@@ -435,8 +440,24 @@ def _model_spec(run: Run, rnd: int, spec: str, obj: ModelLoss) -> tuple[str, tor
     return label, _flat_of(owner, state(), obj)
 
 
-def _axis(lo: float, hi: float, n: int) -> np.ndarray:
-    return np.linspace(lo, hi, n)
+def _axis(lo: float, hi: float, n: int, must: tuple[float, ...] = (0.0,)) -> np.ndarray:
+    """n points from lo to hi that hold each of ``must`` inside [lo, hi] exactly.
+
+    A grid point within half a step of such a value is moved onto it; otherwise the value is
+    inserted (the grid is then one point longer and not quite even). So the checkpoint (0) and,
+    for interpolation, the other end (1) are always points of the surface.
+    """
+    axis = np.linspace(lo, hi, n)
+    half = 0.5 * (hi - lo) / max(n - 1, 1)
+    for v in must:
+        if not lo <= v <= hi:
+            continue
+        i = int(np.argmin(np.abs(axis - v)))
+        if abs(axis[i] - v) <= half * 1e-6:
+            axis[i] = v  # float rounding of linspace
+        elif axis[i] != v:
+            axis = np.sort(np.append(axis, v))
+    return axis
 
 
 def _markers(
@@ -576,7 +597,7 @@ def compute_surface(
         dirs = [other - theta]
         labels = [f"t: (1 - t) * this checkpoint + t * {name}"]
         named.append((name, "models", other))
-        alphas = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid)
+        alphas = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid, must=(0.0, 1.0))
     elif kind == "models":
         (nb, b), (nc, c) = (_model_spec(run, rnd, m, obj) for m in settings.models)
         d1, d2, co = plane_through(theta, b, c)
@@ -589,8 +610,8 @@ def compute_surface(
         labels = [f"towards {nb}", f"towards {nc} (orthogonalised)"]
         named += [(nb, "models", b), (nc, "models", c)]
         xs = co[:, 0]
-        alphas = _axis(*(lo_hi or (min(xs.min(), 0.0) - 0.5, max(xs.max(), 1.0) + 0.5)), settings.grid)
-        extra["betas"] = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid)
+        alphas = _axis(*(lo_hi or (min(xs.min(), 0.0) - 0.5, max(xs.max(), 1.0) + 0.5)), settings.grid, must=(0.0, 1.0))
+        extra["betas"] = _axis(*(lo_hi or (-0.5, 1.5)), settings.grid, must=(0.0, 1.0))
     elif kind == "pca":
         rounds = [r for r in run.rounds() if r <= rnd]
         if len(rounds) < 3:
@@ -651,8 +672,13 @@ def compute_surface(
         inplane = np.array([m["coords"] for m in markers if m["off_plane_relative"] < 1e-3] or [[0.0, 0.0]])
         a_lo, a_hi = min(alphas[0], inplane[:, 0].min() - 0.25), max(alphas[-1], inplane[:, 0].max() + 0.25)
         b_lo, b_hi = min(betas[0], inplane[:, 1].min() - 0.25), max(betas[-1], inplane[:, 1].max() + 0.25)
-        alphas, betas = _axis(a_lo, a_hi, settings.grid), _axis(b_lo, b_hi, settings.grid)
+        alphas, betas = (
+            _axis(a_lo, a_hi, settings.grid, must=(0.0, 1.0)),
+            _axis(b_lo, b_hi, settings.grid, must=(0.0, 1.0)),
+        )
         desc["range"] = [float(alphas[0]), float(alphas[-1])]
+    if betas is not None:
+        desc["range_b"] = [float(betas[0]), float(betas[-1])]
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / "surface"
     previous = None

@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+# TrueType (Type 42) fonts in PDFs: many venues refuse Type 3 fonts
+matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -82,36 +84,49 @@ def _draw_markers_2d(ax, surface) -> None:
             ax.scatter(
                 xy[:, 0], xy[:, 1], s=22, c=st["color"], marker=st["marker"], edgecolors="k", lw=0.4, label=st["label"]
             )
-    ax.plot(0, 0, "*", ms=10, color="k", label="checkpoint")
+    ax.plot(0, 0, "*", ms=12, color="k", mec="white", mew=0.6, label="checkpoint", zorder=10)
     if surface.markers:
-        ax.legend(fontsize=6, loc="best", framealpha=0.8)
+        ax.legend(fontsize=6, loc="upper right", framealpha=0.85)
 
 
-def contour_levels(lo: float, hi: float, n: int) -> np.ndarray:
-    """n levels from lo to hi: geometric when the range spans > 20x (so the basin shows), else linear."""
-    if lo > 0 and hi / lo > 20:
-        return np.geomspace(lo, hi, n)
-    return np.linspace(lo, max(hi, lo + 1e-12), n)
+def delta_levels(zrange: tuple[float, float], n: int) -> np.ndarray:
+    """n + 1 linear Δloss levels over zrange: the same levels for every surface compared (contourf fills
+    values outside zrange with the end colours: values are clipped into the range first)."""
+    return np.linspace(zrange[0], max(zrange[1], zrange[0] + 1e-12), n + 1)
 
 
-def _contour(ax, surface, levels: np.ndarray, metric: str = "loss"):
+def _origin_loss(surface) -> float:
+    i = np.flatnonzero(np.asarray(surface.alphas) == 0.0)
+    j = np.flatnonzero(np.asarray(surface.betas) == 0.0)
+    return float(surface.loss[i[0], j[0]]) if i.size and j.size else float(np.nanmin(surface.loss))
+
+
+def _contour(ax, surface, levels: np.ndarray):
+    """Filled Δloss contours on fixed levels, black level lines with black labels on a white box."""
     A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
-    z = surface.loss if metric == "loss" else surface.accuracy
-    cs = ax.contour(A, B, np.clip(z, levels[0], levels[-1]), levels=levels, cmap="viridis", linewidths=0.8)
-    ax.clabel(cs, cs.levels[::3], fontsize=6, fmt="%.3g")
+    d = np.clip(surface.loss - _origin_loss(surface), levels[0], levels[-1])
+    cf = ax.contourf(A, B, d, levels=levels, cmap="viridis")
+    cs = ax.contour(A, B, d, levels=levels[1:-1:2], colors="k", linewidths=0.4)
+    labels = ax.clabel(cs, cs.levels[::2], fontsize=6, fmt="%.3g", colors="k")
+    for t in labels:
+        t.set_bbox(dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
     _draw_markers_2d(ax, surface)
-    ax.set_xlabel(surface.description.get("x_label", "a"), fontsize=8)
-    ax.set_ylabel(surface.description.get("y_label", "b"), fontsize=8)
-    if surface.description.get("kind", "").split()[-1] in ("random", "eigen", "pca"):
-        ax.set_aspect("equal", adjustable="box")  # orthogonal axes of equal scale: distances read true
-    return cs
+    ax.set_xlabel("a: " + (surface.description.get("x_label") or ""), fontsize=8)
+    ax.set_ylabel("b: " + (surface.description.get("y_label") or ""), fontsize=8)
+    ax.set_aspect("equal", adjustable="box")  # a circle looks like a circle
+    ax.tick_params(labelsize=7)
+    return cf
 
 
-def plot_surface(surface, path: Path, *, title: str = "", levels: int = 20) -> list[Path]:
-    """A 1D loss curve, or a 2D contour map with labelled levels and a 3D view, as PNG and PDF.
+def plot_surface(
+    surface, path: Path, *, title: str = "", levels: int = 20, zrange: tuple[float, float] | None = None
+) -> list[Path]:
+    """A 1D loss curve, or a 2D Δloss contour map with a colour bar, as PNG and PDF.
 
     ``surface`` is an :class:`analysis.surfaces.Surface`; its markers (mutants, returned client
-    models, named models, the trajectory) are drawn at their coordinates in the plane.
+    models, named models, the trajectory) are drawn at their coordinates in the plane. 2D maps
+    show Δloss = loss − loss at the checkpoint on ``levels`` linear levels over ``zrange``
+    (default: 0 to the largest Δloss), the axis names those of the interactive page.
     """
     path = Path(path)
     if surface.betas is None:
@@ -130,43 +145,66 @@ def plot_surface(surface, path: Path, *, title: str = "", levels: int = 20) -> l
                     m["name"], (m["coords"][0], m["loss"]), xytext=(3, 3), textcoords="offset points", fontsize=7
                 )
         ax.grid(True, alpha=0.3)
-    else:
-        fig = plt.figure(figsize=(9.5, 4.0), dpi=150)
-        ax = fig.add_subplot(1, 2, 1)
-        finite = surface.loss[np.isfinite(surface.loss)]
-        _contour(ax, surface, contour_levels(float(finite.min()), float(finite.max()), levels))
-        A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
-        ax3 = fig.add_subplot(1, 2, 2, projection="3d")
-        ax3.plot_surface(A, B, surface.loss, cmap="viridis", linewidth=0, antialiased=True, alpha=0.9)
-        ax3.set_xlabel("a", fontsize=8)
-        ax3.set_ylabel("b", fontsize=8)
-        ax3.set_zlabel("loss", fontsize=8)
-        ax3.tick_params(labelsize=6)
-    fig.suptitle(title or surface.description.get("kind", "loss surface"), fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title or surface.description.get("kind", "loss"), fontsize=10)
+        fig.tight_layout()
+        return _save(fig, path)
+    if zrange is None:
+        d = surface.loss - _origin_loss(surface)
+        zrange = (min(0.0, float(np.nanmin(d))), float(np.nanmax(d)))
+    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=150, layout="constrained")
+    cf = _contour(ax, surface, delta_levels(zrange, levels))
+    fig.colorbar(cf, ax=ax, shrink=0.85, label="Δloss = L − L(checkpoint)")
+    ax.set_title(title or surface.description.get("kind", "loss surface"), fontsize=9)
     return _save(fig, path)
 
 
 def plot_surfaces_side_by_side(
-    surfaces, titles, path: Path, *, levels: int = 20, vrange: tuple[float, float] | None = None
+    surfaces, titles, path: Path, *, levels: int = 20, zrange: tuple[float, float] | None = None
 ) -> list[Path]:
-    """2D contour maps next to each other on one shared set of levels (comparable colours)."""
+    """2D Δloss contour maps next to each other on one shared set of linear levels and one colour bar."""
     path = Path(path)
-    if vrange is None:
-        vals = np.concatenate([s.loss[np.isfinite(s.loss)].ravel() for s in surfaces])
-        vrange = (float(vals.min()), float(vals.max()))
-    lv = contour_levels(vrange[0], vrange[1], levels)
+    if zrange is None:
+        zrange = (
+            min([0.0] + [float(np.nanmin(s.loss - _origin_loss(s))) for s in surfaces]),
+            float(np.nanmedian([np.nanmax(s.loss - _origin_loss(s)) for s in surfaces])),
+        )
+    lv = delta_levels(zrange, levels)
     n = len(surfaces)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), dpi=150, squeeze=False)
-    cs = None
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n + 1.0, 4.4), dpi=150, squeeze=False, layout="constrained")
+    cf = None
     for i, (ax, s, t) in enumerate(zip(axes[0], surfaces, titles)):
-        cs = _contour(ax, s, lv)
+        cf = _contour(ax, s, lv)
         ax.set_title(t, fontsize=9)
         if i:
             ax.set_ylabel("")  # shared axes: label once
-    if cs is not None:
-        fig.colorbar(cs, ax=axes[0].tolist(), shrink=0.8, label="loss")
-    return _save(fig, path, bbox_inches="tight")
+    if cf is not None:
+        fig.colorbar(cf, ax=axes[0].tolist(), shrink=0.85, label="Δloss = L − L(checkpoint)")
+    return _save(fig, path)
+
+
+def plot_slices(panels, colors, path: Path) -> list[Path]:
+    """Li et al. 1D slices: per panel (condition) the mean Δloss per group with a min-max band, as PNG and PDF.
+
+    ``panels``: {panel title: {group label: [analysis.slices.Slices, ...]}}; ``colors``: group -> colour.
+    """
+    path = Path(path)
+    titles = [t for t in panels if panels[t]]
+    fig, axes = plt.subplots(
+        1, len(titles), figsize=(4.6 * len(titles), 3.6), dpi=150, squeeze=False, sharey=True, layout="constrained"
+    )
+    for ax, t in zip(axes[0], titles):
+        for lab, sl in panels[t].items():
+            delta = np.concatenate([s.delta for s in sl])
+            ts = sl[0].ts
+            ax.fill_between(ts, delta.min(0), delta.max(0), color=colors[lab], alpha=0.15, lw=0)
+            ax.plot(ts, delta.mean(0), color=colors[lab], lw=1.8, label=f"{lab} ({len(sl)} seeds)")
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("t (filter-normalised random direction)", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("Δloss = L(θ + t·d) − L(θ)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper center")
+    return _save(fig, path)
 
 
 def plot_curves(
@@ -176,9 +214,16 @@ def plot_curves(
     path = Path(path)
     fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
     for name, (x, y) in series.items():
-        ax.plot(x, y, lw=1.3, marker="." if len(x) < 30 else None, label=name)
+        x, y = list(x), list(y)
+        gaps = [i for i in range(1, len(x)) if x[i] != x[i - 1] + 1]
+        xs = np.array(x, dtype=float)
+        ys = np.array(y, dtype=float)
+        if gaps:  # break the line where rounds are missing; markers show the saved rounds
+            xs, ys = np.insert(xs, gaps, np.nan), np.insert(ys, gaps, np.nan)
+        ax.plot(xs, ys, lw=1.3, marker="." if gaps or len(x) < 30 else None, ms=4, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # rounds: whole numbers
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     if title:

@@ -1,29 +1,34 @@
-"""``flatfl report``: several runs (e.g. FedAvg vs FedMut, same seed) side by side.
+"""``flatfl report``: is one setting flatter than another, across seeds and at matched convergence?
 
-For each run and each chosen round: lambda_max (Lanczos), the Hessian trace (Hutch++ with a
-standard error), sharpness measures and a 2D filter-normalised random surface (same seed, so
-the same Gaussian draw for every run; each run's directions are normalised to its own
-filters), computed on the same data selection; over all rounds: test accuracy/loss curves
-and -- for runs saved with ``--save-clients`` -- the spread of sent (mutant) and returned
-models. Written to one self-contained HTML page (plotly.js inlined, figures interactive,
-static PNGs embedded), ``report.csv`` (one row per run and round), ``curves.csv`` (per-round
-training metrics and spread), ``report.json`` (everything, with every setting and the command).
+Runs are grouped by setting (runs that differ only in their seed, :mod:`analysis.groups`).
+Every run is measured, on the same data selection, at
 
-Per-round results are cached under ``DIR/runs/<label>/round_NNNN/`` (landscape.json and the
-surface files) and reused when their settings match, so an interrupted or extended report
-resumes.
+* **equal rounds** (``rounds``; by default the middle and the last round all runs have; the
+  verdict uses the last of them),
+* **equal training loss** (the first saved round whose loss on the analysis data is at or
+  below a common level, :mod:`analysis.matching`) and, when asked, **equal test accuracy**;
+
+with lambda_max (Lanczos), the Hessian trace (Hutch++ with a standard error), the sharpness
+measures, and Li et al. 1D slices along K filter-normalised random directions with the basin
+width at given Δloss thresholds (:mod:`analysis.slices`). :mod:`analysis.verdict` turns the
+per-seed numbers into one row per measure: each group's mean with a 95% t-interval, the
+paired difference against the reference group (FedAvg's, if present) and a verdict --
+*flatter: A*, *flatter: B* or *no clear difference* -- with a sentence when the measures
+disagree. Diverged runs are listed and left out of every mean.
+
+Written: ``report.html`` (verdict first, then slices, curvature, curves, surfaces, spread;
+one self-contained page), ``verdict.csv``, ``report.csv`` (a row per run, condition and
+round), ``curves.csv`` (per-round metrics and spread), ``report.json`` (everything, with
+settings and the command). Per-checkpoint results are cached under ``DIR/runs/`` and reused
+when their settings and the checkpoint's SHA-256 match, so an interrupted report resumes.
 """
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +36,20 @@ import numpy as np
 
 from analysis import distributed
 from analysis.checkpoints import Run
+from analysis.groups import Group, group_runs, local_optimizers, reference_group
 from analysis.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
+from analysis.matching import LossCurve, Match, match_accuracy, match_loss
+from analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
 from analysis.surfaces import Surface
+from analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
 from flatfl import checkpoint as ckpt
-from flatfl.errors import UserError
 
 
 @dataclass(frozen=True)
 class ReportSettings:
-    """What the report computes at each chosen round (filled by the CLI)."""
+    """What the report computes (filled by the CLI)."""
 
-    rounds: tuple[int, ...] | None = None  # None: last round of each run (and the middle one)
+    rounds: tuple[int, ...] | None = None  # equal rounds; None: the middle and the last common round
     landscape: LandscapeSettings = LandscapeSettings(
         data="train",
         samples=1000,
@@ -58,98 +66,473 @@ class ReportSettings:
     surface: bool = True
     spread: bool = True
     spread_samples: int = 500  # test samples for each spread model's loss (0: distances only)
+    match: bool = True  # also compare at equal training loss
+    match_loss: float | None = None  # the common loss level (None: the highest final loss among the runs)
+    match_acc: float | None = None  # also compare at equal test accuracy
+    slice_directions: int = 10  # 1D slices: random directions per checkpoint (0: none)
+    slice_radius: float = 1.0
+    slice_points: int = 20  # grid points per side of 0
+    widths: tuple[float, ...] = (0.1, 1.0)  # Δloss thresholds of the 1D width
+    labels: tuple[tuple[str, str], ...] = ()  # (run path, group name) overrides
+    allow_mixed_optimizers: bool = False
 
 
-def run_labels(runs: Sequence[Run]) -> list[str]:
-    """Short unique names: the algorithm, or algorithm + folder name when algorithms repeat."""
-    algos = [r.config["algo"] for r in runs]
-    labels = [a if algos.count(a) == 1 else f"{a} ({r.path.name})" for a, r in zip(algos, runs)]
-    if len(set(labels)) != len(labels):
-        labels = [f"{r.path.name}" for r in runs]
-    return labels
+SHARPNESS_LABELS = {
+    "epsilon": "epsilon-sharpness",
+    "sam": "SAM sharpness",
+    "adaptive_l2": "adaptive sharpness (L2)",
+    "adaptive_linf": "adaptive sharpness (Linf)",
+    "average_adaptive": "average adaptive sharpness",
+    "average_isotropic": "average sharpness",
+}
 
 
-def choose_rounds(run: Run, wanted: Sequence[int] | None) -> list[int]:
-    have = run.rounds()
-    if not have:
-        raise UserError(f"{run.path}: no round_NNNN.safetensors checkpoints")
-    if wanted is None:
-        last = have[-1]
-        return sorted({have[len(have) // 2], last}) if last > 0 else [last]
-    missing = [r for r in wanted if r not in have]
-    if missing:
-        raise UserError(f"--rounds: {run.path} has no checkpoint for round(s) {missing} (saved: {have[0]}..{have[-1]})")
-    return list(wanted)
+def measures(settings: ReportSettings) -> list[Measure]:
+    """The verdict table's rows for these settings: flatness measures first, then performance."""
+    ls = settings.landscape
+    rows = []
+    if ls.hessian:
+        rows.append(Measure("lambda_max", "lambda_max"))
+    if ls.trace:
+        rows.append(Measure("trace", "trace"))
+    rows += [Measure(f"sharpness_{s}", SHARPNESS_LABELS.get(s, s)) for s in ls.sharpness]
+    if settings.slice_directions:
+        rows += [Measure(_width_key(t), f"1D width at Δloss {t:g}", lower_is_better=False) for t in settings.widths]
+    rows.append(Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False))
+    rows.append(Measure("train_loss", "train loss", kind="performance", ratio=False))
+    return rows
 
 
-def _cached_landscape(path: Path, settings: dict, digest: str) -> dict | None:
+def _width_key(t: float) -> str:
+    return f"width_{t:g}"
+
+
+@dataclass
+class Condition:
+    """One way of choosing each run's round: equal round, equal train loss or equal accuracy."""
+
+    name: str  # round | loss | acc
+    title: str
+    rounds: dict[str, dict[int, Match]]  # group label -> seed -> where it is measured
+    level: float | None = None
+    values: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # label -> seed -> row
+
+
+@dataclass
+class Measured:
+    """Per-checkpoint results, keyed by (group label, seed, round)."""
+
+    rows: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+    results: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
+    slices: dict[tuple[str, int, int], Slices] = field(default_factory=dict)
+    surfaces: dict[str, list[tuple[int, Surface]]] = field(default_factory=dict)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def cache_dir(out: Path, label: str, seed: int, rnd: int) -> Path:
+    return out / "runs" / f"{_slug(label)}-s{seed}" / f"round_{rnd:04d}"
+
+
+def _cached_json(path: Path, settings: dict, digest: str) -> dict | None:
     """The cached result if it was computed with these settings from this very checkpoint file."""
-    if not path.is_file():
-        return None
     try:
         old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
     return old if old.get("settings") == settings and old.get("checkpoint_sha256") == digest else None
 
 
-def measure_round(
-    run: Run, rnd: int, settings: ReportSettings, out: Path, log: Callable[[str], None], progress: Callable[[int], None]
-) -> tuple[dict[str, Any], Surface | None]:
-    """Curvature, sharpness and surface of one checkpoint, cached in ``out``."""
+def measure_landscape(run: Run, rnd: int, ls: LandscapeSettings, out: Path, log: Callable[[str], None]) -> dict:
+    """Curvature and sharpness of one checkpoint, cached in ``out/landscape.json``."""
     file = ckpt.round_path(run.path, rnd)
     main = distributed.is_main()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    ls = replace(settings.landscape, surface=None)
+    ls = replace(ls, surface=None)
     want = json_ready(asdict(ls))
     # under torchrun rank 0's cache decides for every rank (the computation below is collective)
-    res = distributed.broadcast_array(
-        _cached_landscape(out / "landscape.json", want, file_digest(file)) if main else None
-    )
-    if res is None:
-        res, _ = compute(file, ls, log=log)
-        res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
-        if main:
-            ckpt.atomic_write_json(out / "landscape.json", res)
-    else:
+    res = distributed.broadcast_array(_cached_json(out / "landscape.json", want, file_digest(file)) if main else None)
+    if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
-    surf = None
-    if settings.surface:
-        ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
-        surf = compute_surface(file, ss, out, progress=lambda d, t: None)
-    progress(1)
-    return res, surf
+        return res
+    res, _ = compute(file, ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}"))
+    res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(out / "landscape.json", res)
+    return res
 
 
-def _png_data_uri(paths: list[Path]) -> str:
-    png = [p for p in paths if p.suffix == ".png"][0]
-    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path) -> Slices:
+    """Li et al. 1D slices of one checkpoint, cached in ``out/slices.json``."""
+    from analysis.landscape import model_loss_of
+
+    file = ckpt.round_path(run.path, rnd)
+    ls = settings.landscape
+    want = {
+        "directions": settings.slice_directions,
+        "radius": settings.slice_radius,
+        "points": settings.slice_points,
+        "data": ls.data,
+        "samples": ls.samples,
+        "seed": ls.seed,
+        "dtype": ls.dtype,
+    }
+    digest = file_digest(file)
+    old = _cached_json(out / "slices.json", want, digest)
+    if old is not None:
+        return Slices(np.array(old["ts"]), np.array(old["delta"]), old["loss0"], old["seed"], old["directions"])
+    obj = model_loss_of(run, rnd, ls)
+    ts = symmetric_grid(settings.slice_radius, settings.slice_points)
+    s = random_slices(
+        obj, ts, num_directions=settings.slice_directions, seed=ls.seed, memory_budget=ls.memory_budget_gb * 2**30
+    )
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_json(
+            out / "slices.json",
+            {
+                "settings": want,
+                "checkpoint_sha256": digest,
+                "ts": s.ts.tolist(),
+                "delta": s.delta.tolist(),
+                "loss0": s.loss0,
+                "seed": s.seed,
+                "directions": s.num_directions,
+            },
+        )
+    return s
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str], fmt: Callable[[str, Any], str] | None = None) -> str:
-    def cell(c: str, v: Any) -> str:
-        if fmt is not None:
-            return fmt(c, v)
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return html.escape("" if v is None else str(v))
+def checkpoint_row(res: dict, metrics: dict, slices: Slices | None, widths: Sequence[float]) -> dict[str, Any]:
+    """The numbers of one measured checkpoint as one flat row (report.csv, verdict input)."""
+    row: dict[str, Any] = {
+        "test_acc": metrics.get("test_acc"),
+        "test_loss": metrics.get("test_loss"),
+        "train_loss": res["loss"],
+        "gradient_norm": res["gradient_norm"],
+    }
+    if "hessian" in res:
+        row["lambda_max"] = res["hessian"]["eigenvalues"][0]
+        row["lambda_min"] = res["hessian"]["smallest"]
+    if "trace" in res:
+        row["trace"] = res["trace"]["estimate"]
+        row["trace_stderr"] = res["trace"]["stderr"]
+    for name, v in res.get("sharpness", {}).items():
+        row[f"sharpness_{name}"] = v["value"]
+        if v.get("stderr") is not None:
+            row[f"sharpness_{name}_stderr"] = v["stderr"]
+    if slices is not None:
+        for t in widths:
+            w, censored = width(slices.ts, slices.mean, t)
+            row[_width_key(t)] = w
+            row[_width_key(t) + "_censored"] = censored
+    return row
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{cell(c, r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
+
+def _name(label: str, seed: int) -> str:
+    return f"{label} seed {seed}"
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    ckpt.atomic_write_bytes(path, buf.getvalue().encode())
+class AnalysisData:
+    """The (x, y) selection of the analysis data per data config, loaded once per report."""
+
+    def __init__(self, ls: LandscapeSettings) -> None:
+        self.ls, self._memo = ls, {}
+
+    def __call__(self, run: Run) -> tuple:
+        from analysis.landscape import select_data
+
+        key = json.dumps(run.config["data"], sort_keys=True)
+        if key not in self._memo:
+            self._memo[key] = select_data(run, self.ls.data, self.ls.samples, self.ls.seed)[:2]
+        return self._memo[key]
+
+
+def equal_rounds(groups: Sequence[Group], wanted: Sequence[int] | None) -> list[int]:
+    """The equal rounds to measure: ``wanted``, or the middle and the last round every run has."""
+    lasts = {g.runs[s].path: g.status[s].last for g in groups for s in g.seeds}
+    if not lasts:
+        raise ValueError("every run diverged: nothing to compare (see the list of diverged runs)")
+    common = min(lasts.values())
+    if wanted is None:
+        return sorted({common // 2, common}) if common > 0 else [common]
+    short = {str(p): last for p, last in lasts.items() if last < max(wanted)}
+    if short:
+        raise ValueError(f"--rounds: run(s) {sorted(short)} stop before round {max(wanted)} (last saved: {short})")
+    return sorted(wanted)
+
+
+def plan_conditions(
+    groups: Sequence[Group], settings: ReportSettings, rounds: list[int], out: Path, data: AnalysisData
+) -> list[Condition]:
+    """Equal round (the last of ``rounds``), equal train loss and, if asked, equal test accuracy."""
+    last = rounds[-1]
+    conds = [
+        Condition(
+            "round",
+            f"equal round ({last})",
+            {g.label: {s: Match(last, None) for s in g.seeds} for g in groups},
+        )
+    ]
+    ls = settings.landscape
+    if settings.match:
+        curves = {}
+        for g in groups:
+            for s in g.seeds:
+                run = g.runs[s]
+                key = {"data": ls.data, "samples": ls.samples, "seed": ls.seed, "dtype": ls.dtype}
+                curve = LossCurve(
+                    run, *data(run), out / "runs" / f"{_slug(g.label)}-s{s}" / "train_loss.json", key,
+                    batch_size=ls.batch_size, device=ls.device,
+                )  # fmt: skip
+                curves[_name(g.label, s)] = (curve, run.rounds())
+        level, found = match_loss(curves, settings.match_loss, None if settings.match_loss is not None else last)
+        if distributed.is_main():
+            for curve, _ in curves.values():
+                curve.save()
+        conds.append(
+            Condition(
+                "loss",
+                f"equal train loss (<= {level:.4g})",
+                {g.label: {s: found[_name(g.label, s)] for s in g.seeds} for g in groups},
+                level,
+            )
+        )
+    if settings.match_acc is not None:
+        accs = {}
+        for g in groups:
+            for s in g.seeds:
+                m = {int(r["round"]): r["test_acc"] for r in g.runs[s].metrics() if r.get("test_acc") is not None}
+                accs[_name(g.label, s)] = (m, g.runs[s].rounds())
+        found = match_accuracy(accs, settings.match_acc)
+        conds.append(
+            Condition(
+                "acc",
+                f"equal test accuracy (>= {settings.match_acc:g})",
+                {g.label: {s: found[_name(g.label, s)] for s in g.seeds} for g in groups},
+                settings.match_acc,
+            )
+        )
+    return conds
+
+
+def measure_all(
+    groups: Sequence[Group],
+    conds: Sequence[Condition],
+    settings: ReportSettings,
+    rounds: list[int],
+    out: Path,
+    log: Callable[[str], None],
+    progress: Callable[[int], None],
+) -> Measured:
+    """Every checkpoint a condition or an equal round needs, once; 2D surfaces for each group's first seed."""
+    ms = Measured()
+    for g in groups:
+        first = g.first()
+        for s in g.seeds:
+            run = g.runs[s]
+            metrics = {m["round"]: m for m in run.metrics()}
+            need = set(rounds) | {c.rounds[g.label][s].round for c in conds} - {None}
+            for rnd in sorted(need):
+                where = cache_dir(out, g.label, s, rnd)
+                res = measure_landscape(run, rnd, settings.landscape, where, log)
+                sl = measure_slices(run, rnd, settings, where) if settings.slice_directions else None
+                ms.results[(g.label, s, rnd)] = res
+                if sl is not None:
+                    ms.slices[(g.label, s, rnd)] = sl
+                ms.rows[(g.label, s, rnd)] = checkpoint_row(res, metrics.get(rnd, {}), sl, settings.widths)
+                if settings.surface and first is not None and s == first[0] and rnd in rounds:
+                    ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
+                    surf = compute_surface(ckpt.round_path(run.path, rnd), ss, where, progress=lambda d, t: None)
+                    ms.surfaces.setdefault(g.label, []).append((rnd, surf))
+                progress(1)
+    for c in conds:
+        c.values = {
+            g.label: {s: ms.rows[(g.label, s, m.round)] for s, m in c.rounds[g.label].items() if m.round is not None}
+            for g in groups
+        }
+    return ms
+
+
+def _summary_json(values: list[float | None]) -> dict[str, Any] | None:
+    s = summarize([v for v in values if v is not None])
+    return None if s is None else asdict(s)
+
+
+def _paired_json(p: Paired | None) -> dict[str, Any] | None:
+    return None if p is None else asdict(p)
+
+
+def verdicts(groups: Sequence[Group], conds: Sequence[Condition], ms: list[Measure]) -> list[dict[str, Any]]:
+    """Per condition: per measure each group's summary and the paired comparison with the reference group."""
+    ref = reference_group(groups)
+    others = [g for g in groups if g is not ref]
+    out = []
+    for c in conds:
+        rows = []
+        for m in ms:
+            per = {g.label: {s: row.get(m.key) for s, row in c.values[g.label].items()} for g in groups}
+            row: dict[str, Any] = {
+                "measure": m.key,
+                "label": m.label,
+                "kind": m.kind,
+                "lower_is_better": m.lower_is_better,
+                "groups": {lab: _summary_json(list(v.values())) for lab, v in per.items()},
+                "censored": {
+                    g.label: sum(bool(r.get(m.key + "_censored")) for r in c.values[g.label].values()) for g in groups
+                },
+                "comparisons": {},
+            }
+            for g in others:
+                p = paired(per[ref.label], per[g.label], ratio=m.ratio)
+                row["comparisons"][g.label] = {
+                    "against": ref.label,
+                    "paired": _paired_json(p),
+                    "verdict": verdict(m, p, ref.label, g.label),
+                    "winner": winner(m, p, ref.label, g.label),
+                }
+            rows.append(row)
+        comp = {}
+        for g in others:
+            vs = {r["measure"]: r["comparisons"][g.label]["verdict"] for r in rows}
+            comp[g.label] = {
+                "headline": headline(ms, vs, ref.label, g.label),
+                "disagreement": disagreement(ms, vs),
+            }
+        out.append(
+            {
+                "condition": c.name,
+                "title": c.title,
+                "level": c.level,
+                "reference": ref.label,
+                "rounds": {lab: {str(s): asdict(m) for s, m in per_seed.items()} for lab, per_seed in c.rounds.items()},
+                "rows": rows,
+                "comparisons": comp,
+            }
+        )
+    return out
+
+
+def _partition_digest(run: Run) -> str:
+    import hashlib
+
+    try:
+        return hashlib.sha256((run.path / ckpt.PARTITION_JSON).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def check_comparable(groups: Sequence[Group], settings: ReportSettings, log: Callable[[str], None]) -> None:
+    """Refuse runs with different local optimizers (unless allowed); note different data/models."""
+    opts = local_optimizers(groups)
+    if len(set(opts.values())) > 1 and not settings.allow_mixed_optimizers:
+        detail = "; ".join(f"{k}: {v}" for k, v in opts.items())
+        raise ValueError(
+            f"the groups train with different local optimizers ({detail}); a flatness comparison needs the same "
+            "one -- retrain, or pass --allow-mixed-optimizers to compare anyway"
+        )
+    for seed in sorted({s for g in groups for s in g.runs}):
+        parts = {g.label: _partition_digest(g.runs[seed]) for g in groups if seed in g.runs}
+        if len(set(parts.values())) > 1:
+            log(
+                f"note: seed {seed}: the groups' client partitions differ ({', '.join(parts)}); the paired comparison "
+                "then pairs different client data (expected where FedDF/FedAUX hold out server data)"
+            )
+    kinds = {(g.runs[s].config["data"]["dataset"], g.runs[s].info["model"]["name"]) for g in groups for s in g.runs}
+    if len(kinds) > 1:
+        log(f"note: the runs differ in dataset/model {sorted(kinds)}; their curvature is not directly comparable")
+
+
+def line_slices(
+    groups: Sequence[Group], rnd: int, settings: ReportSettings, data: AnalysisData
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Loss along the straight line from the reference group's model to each other group's, seed by seed."""
+    from analysis.landscape import model_loss_of
+
+    ref = reference_group(groups)
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    ts = line_grid()
+    for g in groups:
+        if g is ref:
+            continue
+        for s in sorted(set(ref.seeds) & set(g.seeds)):
+            a_run, b_run = ref.runs[s], g.runs[s]
+            if a_run.info["model"] != b_run.info["model"]:
+                continue
+            obj = model_loss_of(a_run, rnd, settings.landscape, data=data(a_run))
+            state = b_run.global_state(rnd)
+            b = obj.flat({n: state[n] for n in obj.names}).to(obj.device, obj.dtype)
+            ln = line_slice(obj, obj.flat(), b, ts, memory_budget=settings.landscape.memory_budget_gb * 2**30)
+            out.setdefault(g.label, {})[s] = {
+                "ts": ln.ts.tolist(),
+                "loss": ln.loss.tolist(),
+                "accuracy": ln.accuracy.tolist(),
+                "barrier": ln.barrier,
+                "round": rnd,
+            }
+    return out
+
+
+def training_curves(groups: Sequence[Group], settings: ReportSettings, show_progress: bool) -> list[dict[str, Any]]:
+    """Per run and round: test accuracy/loss, training metrics and (first seed, --save-clients) the spread."""
+    from tqdm.auto import tqdm
+
+    from analysis.landscape import select_data
+    from analysis.spread import spread_curve, spread_rounds
+
+    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+    keep = ("test_acc", "test_loss", "train_loss", "global_update_norm", "mutation_norm", "mutation_rel")
+    for g in groups:
+        for s, run in sorted(g.runs.items()):
+            for m in run.metrics():
+                r = {"run": g.label, "seed": s, "round": m["round"], "status": g.status[s].state}
+                r.update({k: m.get(k) for k in keep if k in m})
+                if "sent_loss_mean" in m:
+                    r["sent_first_batch_loss_mean"] = m["sent_loss_mean"]
+                rows[(g.label, s, m["round"])] = r
+        first = g.first()
+        if not settings.spread or first is None or not spread_rounds(first[1]):
+            continue
+        s, run = first
+        data = None
+        if settings.spread_samples:
+            x, y, _ = select_data(run, "test", settings.spread_samples, settings.landscape.seed)
+            data = (x, y)
+        rs = spread_rounds(run)
+        with tqdm(total=len(rs), desc=f"spread {g.label}", unit="round", disable=not show_progress) as bar:
+            curve = spread_curve(
+                run, rs, data=data, progress=bar.update,
+                batch_size=settings.landscape.batch_size, device=settings.landscape.device,
+            )  # fmt: skip
+        for c in curve:
+            summ = c.summary()
+            rows.setdefault((g.label, s, summ["round"]), {"run": g.label, "seed": s, "round": summ["round"]}).update(
+                {f"spread_{k}": v for k, v in summ.items() if k != "round"}
+            )
+    order = {g.label: i for i, g in enumerate(groups)}
+    return [rows[k] for k in sorted(rows, key=lambda k: (order[k[0]], k[1], k[2]))]
+
+
+def report_rows(groups: Sequence[Group], conds: Sequence[Condition], ms: Measured) -> list[dict[str, Any]]:
+    """report.csv: one row per run, measured round and the conditions it serves."""
+    out = []
+    for (lab, s, rnd), row in ms.rows.items():
+        g = next(g for g in groups if g.label == lab)
+        serves = [c.name for c in conds if c.rounds[lab].get(s) is not None and c.rounds[lab][s].round == rnd]
+        out.append(
+            {
+                "run": lab,
+                "seed": s,
+                "algo": g.algo,
+                "path": str(g.runs[s].path),
+                "round": rnd,
+                "conditions": " ".join(serves),
+                **row,
+            }
+        )
+    return out
 
 
 def build_report(
@@ -162,298 +545,43 @@ def build_report(
     show_progress: bool = False,
 ) -> dict[str, Path]:
     """Compute and write the report; returns the written files by kind."""
-    import plotly.graph_objects as go
-    import torch
     from tqdm.auto import tqdm
 
-    from analysis.interactive import color_range, surface_figure, write_page
-    from analysis.landscape import select_data
-    from analysis.plots import plot_curves, plot_surfaces_side_by_side
-    from analysis.spread import spread_curve, spread_rounds
+    from analysis.report_page import write_report
 
     runs = [Run.open(p) for p in run_dirs]
-    labels = run_labels(runs)
-    datasets = {(r.config["data"]["dataset"], r.info["model"]["name"]) for r in runs}
-    if len(datasets) > 1:
-        log(f"note: the runs differ in dataset/model {sorted(datasets)}; their curvature is not directly comparable")
-    rounds = {lab: choose_rounds(r, settings.rounds) for lab, r in zip(labels, runs)}
-    total = sum(len(v) for v in rounds.values())
-    rows: list[dict[str, Any]] = []
-    surfaces: dict[str, list[tuple[int, Surface]]] = {lab: [] for lab in labels}
-    results: dict[str, dict[int, dict]] = {lab: {} for lab in labels}
+    groups = group_runs(runs, dict(settings.labels))
+    check_comparable(groups, settings, log)
+    for g in groups:
+        for s in g.diverged:
+            log(f"{g.runs[s].path}: diverged ({g.status[s].why}); listed, left out of every mean")
+    rounds = equal_rounds(groups, settings.rounds)
+    data = AnalysisData(settings.landscape)
+    conds = plan_conditions(groups, settings, rounds, out, data)
+    total = sum(
+        len(set(rounds) | ({c.rounds[g.label][s].round for c in conds} - {None})) for g in groups for s in g.seeds
+    )
+
     with tqdm(total=total, desc="report", unit="ckpt", disable=not show_progress) as bar:
-        for lab, run in zip(labels, runs):
-            metrics = {m["round"]: m for m in run.metrics()}
-            for rnd in rounds[lab]:
-                res, surf = measure_round(
-                    run, rnd, settings, out / "runs" / _slug(lab) / f"round_{rnd:04d}", log, bar.update
-                )
-                results[lab][rnd] = res
-                if surf is not None:
-                    surfaces[lab].append((rnd, surf))
-                m = metrics.get(rnd, {})
-                row: dict[str, Any] = {
-                    "run": lab,
-                    "algo": run.config["algo"],
-                    "path": str(run.path),
-                    "round": rnd,
-                    "test_acc": m.get("test_acc"),
-                    "test_loss": m.get("test_loss"),
-                    "loss": res["loss"],
-                    "gradient_norm": res["gradient_norm"],
-                }
-                if "hessian" in res:
-                    row["lambda_max"] = res["hessian"]["eigenvalues"][0]
-                    row["lambda_min"] = res["hessian"]["smallest"]
-                if "trace" in res:
-                    row["trace"] = res["trace"]["estimate"]
-                    row["trace_stderr"] = res["trace"]["stderr"]
-                for name, v in res.get("sharpness", {}).items():
-                    row[f"sharpness_{name}"] = v["value"]
-                    if v.get("stderr") is not None:
-                        row[f"sharpness_{name}_stderr"] = v["stderr"]
-                if surf is not None:
-                    row["surface_loss_min"] = float(np.nanmin(surf.loss))
-                    row["surface_loss_max"] = float(np.nanmax(surf.loss))
-                    row["surface_loss_mean"] = float(np.nanmean(surf.loss))
-                rows.append(row)
+        say = (lambda text: tqdm.write(text, file=sys.stderr)) if show_progress else log  # through the bar
+        ms = measure_all(groups, conds, settings, rounds, out, say, bar.update)
     if not distributed.is_main():
-        return {}  # under torchrun: the collective part is done; rank 0 computes the spread and writes
-
-    # training curves and spread over rounds
-    curve_rows: list[dict[str, Any]] = []
-    spread_rows: dict[str, list[dict[str, Any]]] = {}
-    for lab, run in zip(labels, runs):
-        for m in run.metrics():
-            curve_rows.append(
-                {
-                    "run": lab,
-                    "round": m["round"],
-                    "test_acc": m.get("test_acc"),
-                    "test_loss": m.get("test_loss"),
-                    "train_loss": m.get("train_loss"),
-                }
-            )
-        if settings.spread and spread_rounds(run):
-            data = None
-            if settings.spread_samples:
-                x, y, _ = select_data(run, "test", settings.spread_samples, settings.landscape.seed)
-                data = (x, y)
-            rs = spread_rounds(run)
-            with tqdm(total=len(rs), desc=f"spread {lab}", unit="round", disable=not show_progress) as bar:
-                curve = spread_curve(
-                    run,
-                    rs,
-                    data=data,
-                    progress=bar.update,
-                    batch_size=settings.landscape.batch_size,
-                    device=settings.landscape.device,
-                )
-            spread_rows[lab] = [{"run": lab, **c.summary()} for c in curve]
-    by_round = {(r["run"], r["round"]): r for r in curve_rows}
-    for lab, srows in spread_rows.items():
-        for s in srows:
-            by_round.setdefault((lab, s["round"]), {"run": lab, "round": s["round"]}).update(
-                {f"spread_{k}": v for k, v in s.items() if k not in ("run", "round")}
-            )
-    curve_rows = [by_round[k] for k in sorted(by_round, key=lambda k: (labels.index(k[0]), k[1]))]
-
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    _write_csv(out / "report.csv", rows)
-    files["csv"] = out / "report.csv"
-    _write_csv(out / "curves.csv", curve_rows)
-    files["curves"] = out / "curves.csv"
-
-    sections: list[tuple[str, object]] = []
-    run_rows = []
-    for lab, run in zip(labels, runs):
-        c = run.config
-        run_rows.append(
-            {
-                "run": lab,
-                "path": str(run.path),
-                "dataset": c["data"]["dataset"],
-                "partition": f"{c['data']['partition']}"
-                + (f"({c['data'].get('dirichlet_alpha')})" if c["data"]["partition"] == "dirichlet" else ""),
-                "clients": f"{c['data']['num_clients']} (frac {c['frac']})",
-                "model": run.info["model"]["name"],
-                "rounds": run.rounds()[-1],
-                "seed": c["seed"],
-                "algo config": json.dumps(c.get("algo_config", {})),
-            }
-        )
-    sections.append(("Runs", _table(run_rows, list(run_rows[0]))))
-
-    fig = go.Figure()
-    for lab in labels:
-        pts = [r for r in curve_rows if r["run"] == lab and r.get("test_acc") is not None]
-        fig.add_trace(go.Scatter(x=[r["round"] for r in pts], y=[r["test_acc"] for r in pts], name=f"{lab}: test acc"))
-        pts = [r for r in curve_rows if r["run"] == lab and r.get("test_loss") is not None]
-        fig.add_trace(
-            go.Scatter(
-                x=[r["round"] for r in pts],
-                y=[r["test_loss"] for r in pts],
-                name=f"{lab}: test loss",
-                yaxis="y2",
-                line=dict(dash="dot"),
-            )
-        )
-    fig.update_layout(
-        xaxis_title="round",
-        yaxis=dict(title="test accuracy"),
-        yaxis2=dict(title="test loss", overlaying="y", side="right"),
-        height=420,
-        template="plotly_white",
+        return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
+    mlist = measures(settings)
+    verdict = verdicts(groups, conds, mlist)
+    lines = line_slices(groups, rounds[-1], settings, data)
+    curves = training_curves(groups, settings, show_progress)
+    return write_report(
+        out,
+        settings=settings,
+        groups=groups,
+        rounds=rounds,
+        conds=conds,
+        measured=ms,
+        measures=mlist,
+        verdict=verdict,
+        lines=lines,
+        curves=curves,
+        rows=report_rows(groups, conds, ms),
+        command=command,
     )
-    sections.append(("Accuracy and loss over rounds", fig))
-
-    cols = [c for c in rows[0] if c not in ("path", "algo")] if rows else []
-    for r in rows[1:]:
-        cols += [c for c in r if c not in cols and c not in ("path", "algo")]
-    ld = settings.landscape
-    note = (
-        f"<p>On {html.escape(ld.data)} data ({ld.samples or 'all'} samples, subset seed {ld.seed}), eval mode. "
-        f"lambda_max: Lanczos, residual tol {ld.tol:g}; trace: {ld.trace_method} with {ld.trace_matvecs} HVPs "
-        f"(&plusmn; one standard error); sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average), "
-        f"{ld.sharpness_steps} ascent steps. Lower is flatter for every column but accuracy.</p>"
-    )
-    sections.append(("Curvature and sharpness at the chosen rounds", note + _table(rows, cols)))
-    if any("lambda_max" in r or "trace" in r for r in rows):
-        fig = go.Figure()
-        for lab in labels:
-            pts = [r for r in rows if r["run"] == lab]
-            if pts and "lambda_max" in pts[0]:
-                fig.add_trace(
-                    go.Scatter(
-                        x=[r["round"] for r in pts],
-                        y=[r["lambda_max"] for r in pts],
-                        mode="lines+markers",
-                        name=f"{lab}: lambda_max",
-                    )
-                )
-            if pts and "trace" in pts[0]:
-                fig.add_trace(
-                    go.Scatter(
-                        x=[r["round"] for r in pts],
-                        y=[r["trace"] for r in pts],
-                        mode="lines+markers",
-                        name=f"{lab}: trace",
-                        yaxis="y2",
-                        line=dict(dash="dot"),
-                        error_y=dict(type="data", array=[r["trace_stderr"] for r in pts]),
-                    )
-                )
-        fig.update_layout(
-            xaxis_title="round",
-            yaxis=dict(title="lambda_max"),
-            yaxis2=dict(title="trace", overlaying="y", side="right"),
-            height=400,
-            template="plotly_white",
-        )
-        sections.append(("Curvature over the chosen rounds", fig))
-
-    if settings.surface and any(surfaces.values()):
-        allsurf = [s for v in surfaces.values() for _, s in v]
-        crange = color_range(allsurf)
-        body = [
-            f"<p>2D filter-normalised random planes (Li et al. 2018), a, b in [-{ld.span:g}, {ld.span:g}], "
-            f"{ld.grid}x{ld.grid} points, the same colour scale for every run and round "
-            f"(loss {crange[0]:.3g} to {crange[1]:.3g}). Markers: this round's returned client models and the "
-            "mutants sent in the next round, at their least-squares position in the plane (hover: their own "
-            "loss and distance off the plane; a random plane holds almost none of them).</p>"
-        ]
-        last = {lab: v[-1] for lab, v in surfaces.items() if v}
-        paths = plot_surfaces_side_by_side(
-            [s for _, s in last.values()],
-            [f"{lab}, round {r}" for lab, (r, _) in last.items()],
-            out / "surfaces",
-            vrange=crange,
-        )
-        files["surfaces_png"] = paths[0]
-        body.append(f"<img alt='surfaces' style='max-width:100%' src='{_png_data_uri(paths)}'>")
-        sections.append(("Loss surfaces (last chosen round, shared levels)", "\n".join(body)))
-        for lab, v in surfaces.items():
-            if v:
-                sections.append(
-                    (
-                        f"Loss surface: {lab}" + (" (slider: round)" if len(v) > 1 else ""),
-                        surface_figure([(f"round {r}", s) for r, s in v], crange=crange, title=f"{lab}"),
-                    )
-                )
-
-    if settings.spread:
-        have = [lab for lab in labels if spread_rows.get(lab)]
-        missing = [lab for lab in labels if not spread_rows.get(lab)]
-        body = []
-        if have:
-            fig = go.Figure()
-            for lab in have:
-                sr = spread_rows[lab]
-                x = [s["round"] for s in sr]
-                fig.add_trace(go.Scatter(x=x, y=[s["sent_l2_mean"] for s in sr], name=f"{lab}: sent (mutants)"))
-                fig.add_trace(
-                    go.Scatter(
-                        x=x, y=[s["returned_l2_mean"] for s in sr], name=f"{lab}: returned", line=dict(dash="dot")
-                    )
-                )
-            fig.update_layout(
-                xaxis_title="round",
-                yaxis_title="mean L2 distance to the dispatched global model",
-                height=400,
-                template="plotly_white",
-            )
-            body.append(fig)
-            series = {}
-            for lab in have:
-                sr = spread_rows[lab]
-                series[f"{lab}: sent"] = ([s["round"] for s in sr], [s["sent_l2_mean"] for s in sr])
-                series[f"{lab}: returned"] = ([s["round"] for s in sr], [s["returned_l2_mean"] for s in sr])
-            files["spread_png"] = plot_curves(series, out / "spread", xlabel="round", ylabel="mean L2 to w_(t-1)")[0]
-        text = (
-            "<p>Per round t: mean L2 distance of the models sent to clients (FedMut's mutants; FedAvg sends "
-            "w<sub>t-1</sub> itself, distance 0) and of the returned models to w<sub>t-1</sub>. "
-            "Per-round values (relative, filter-normalised, update cosines, losses of the sent models on "
-            f"{settings.spread_samples} test samples) are in curves.csv.</p>"
-        )
-        if missing:
-            text += f"<p>No client models saved (train with --save-clients) for: {html.escape(', '.join(missing))}.</p>"
-        sections.append(("Spread of sent and returned models", text))
-        for b in body:
-            sections.append(("Spread over rounds", b))
-
-    settings_json = json.dumps(json_ready({"report": asdict(settings), "command": command}), indent=1)
-    run_json = "".join(
-        f"<h3>{html.escape(lab)}</h3><pre>{html.escape(json.dumps(run.config, indent=1, sort_keys=True))}</pre>"
-        for lab, run in zip(labels, runs)
-    )
-    sections.append(
-        (
-            "Commands and settings",
-            f"<p>Made by:</p><pre>{html.escape(command)}</pre><p>Report settings:</p>"
-            f"<pre>{html.escape(settings_json)}</pre><p>Runs (run.json config):</p>{run_json}",
-        )
-    )
-    title = " vs ".join(labels) + ": flatness report"
-    files["html"] = write_page(out / "report.html", title, sections)
-    ckpt.atomic_write_json(
-        out / "report.json",
-        json_ready(
-            {
-                "command": command,
-                "settings": asdict(settings),
-                "runs": {lab: {"path": str(r.path), "config": r.config} for lab, r in zip(labels, runs)},
-                "rounds": rows,
-                "results": {lab: {str(k): v for k, v in rr.items()} for lab, rr in results.items()},
-                "curves": curve_rows,
-                "python": sys.version.split()[0],
-                "torch": torch.__version__,
-            }
-        ),
-    )
-    files["json"] = out / "report.json"
-    return files
-
-
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)

@@ -10,6 +10,7 @@ See ``docs/checkpoint-format.md``. Files (no pickle anywhere, safetensors + JSON
                                ``returned/<slot>/<key>`` for each sampled client
 * ``state.safetensors``        server/algorithm state after the last completed round
 * ``metrics.jsonl``            one JSON line per round
+* ``diverged.json``            only after a divergence: its round, client and message
 
 Every write goes to a temporary file in the same directory, is fsynced, then renamed over
 the target (``os.replace`` is atomic on POSIX): a crash leaves the previous file or the new
@@ -44,6 +45,7 @@ PARTITION_JSON = "partition.json"
 STATE_FILE = "state.safetensors"
 META_KEY = "flatfl"
 METRICS_FILE = "metrics.jsonl"
+DIVERGED_JSON = "diverged.json"  # written when training diverged: round, client, message
 
 
 def round_path(run_dir: Path, round: int) -> Path:

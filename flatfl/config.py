@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from flatfl.errors import UserError
 
@@ -37,18 +37,26 @@ class DataConfig:
     data_root: str = "data"  # where on-disk datasets live (not part of the run's identity)
     augment: bool = False  # CIFAR: random crop (pad 4) + horizontal flip per local minibatch
     cifar100_labels: str = "coarse"  # coarse (20 superclasses, as the FedMut code) | fine (100)
+    # partition="file": a client split read from a JSON file (flatfl's partition.json or the FedMut
+    # authors' format, flatfl.partition_file); the path is not part of the run's identity, its hash is
+    partition_file: str | None = None
+    partition_sha256: str | None = None
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("partition_file", "partition_sha256")
 
 
 @dataclass(frozen=True)
 class LocalConfig:
-    """Local SGD on each client: the seed paper's defaults (lr 0.01, momentum 0.9, B=50, E=5).
+    """Local SGD on each client, the same for every algorithm: lr 0.01, momentum 0.5, B=50, E=5.
 
-    The FedMut reference code's parser uses momentum 0.5; pass ``--momentum 0.5`` for it.
+    These are the FedMut reference code's parser defaults (github HMHelloWorld/FedMut,
+    ``utils/options.py``). The paper states momentum 0.9, with which FedMut diverged on real
+    CIFAR-10 (README "Paper vs reference code"); ``--preset paper`` or ``--momentum 0.9`` gives it.
     A fresh optimiser is made for every client in every round (no momentum carried over).
     """
 
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.5
     batch_size: int = 50
     epochs: int = 5
     weight_decay: float = 0.0
@@ -69,6 +77,9 @@ class RunConfig:
     seed: int = 0
     save_clients: int = 0  # 0: never; K: rounds t with t % K in (0, 1) (K = 1: every round)
     eval_batch_size: int = 500
+    preset: str | None = None  # the --preset the values were filled from (flatfl.presets); a label
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("preset",)
 
     def saves_clients(self, t: int) -> bool:
         """Whether round t's sent/returned client models are saved.
@@ -85,8 +96,10 @@ class RunConfig:
         return max(int(self.frac * self.data.num_clients), 1)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["algo_config"] = dataclasses.asdict(self.algo_config)
+        d = compact_dict(self)
+        d["algo_config"] = compact_dict(self.algo_config)
+        d["data"] = compact_dict(self.data)
+        d["local"] = compact_dict(self.local)
         return d
 
     @classmethod
@@ -107,6 +120,7 @@ class RunConfig:
                 seed=int(d["seed"]),
                 save_clients=int(d["save_clients"]),
                 eval_batch_size=int(d["eval_batch_size"]),
+                preset=d.get("preset"),
             )
         except (KeyError, TypeError) as exc:
             raise UserError(f"run config is incomplete or from another version: {exc}") from exc
@@ -120,8 +134,23 @@ class RunConfig:
         """
         d = self.to_dict()
         d.pop("rounds")
+        d.pop("preset", None)  # a label: the resolved values are what identify the run
         d["data"].pop("data_root")  # the same data moved elsewhere is the same experiment
+        d["data"].pop("partition_file", None)  # so is a moved partition file (its SHA-256 stays)
         return hashlib.sha256(canonical_json(d).encode()).hexdigest()
+
+
+def compact_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict`` without the fields named in ``OMIT_AT_DEFAULT`` that hold their default.
+
+    Fields added after runs were stored are listed there, so a config that does not use them has
+    the same dict -- and the same identity hash and checkpoint bytes -- as before they existed.
+    """
+    d = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if f.name in getattr(obj, "OMIT_AT_DEFAULT", ()) and d[f.name] == f.default:
+            d.pop(f.name)
+    return d
 
 
 def _build(cls: type, d: dict[str, Any]) -> Any:

@@ -46,13 +46,15 @@ def local_sgd(
     generator: torch.Generator,
     extra: Callable[[dict[str, torch.Tensor], LocalBatch], torch.Tensor] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    first_loss: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Train ``model`` in place for ``cfg.epochs`` epochs; return (mean minibatch loss, steps).
 
     ``extra(named parameters, batch)`` is added to every minibatch loss (FedProx, SCAFFOLD); the
     reported loss is the data loss alone. The loss is a 0-d tensor on the model's device (no
     host sync per step). ``augment(x_batch, generator)`` transforms each minibatch's inputs
-    (CIFAR's crop + flip), drawing from the same client generator.
+    (CIFAR's crop + flip), drawing from the same client generator. ``first_loss``, when given,
+    receives the first minibatch's loss: that of the model as it was passed in.
     """
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.train()
@@ -68,6 +70,8 @@ def local_sgd(
         losses.append(loss.detach())
     if not losses:
         return torch.zeros((), device=x.device), 0
+    if first_loss is not None:
+        first_loss.append(losses[0])
     return torch.stack(losses).mean(), len(losses)
 
 

@@ -82,6 +82,7 @@ def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> li
     model.train()
     loss_sum = torch.zeros(k, dtype=torch.float64, device=x0.device)
     bufs: dict[str, torch.Tensor] = {}
+    first = torch.full((k,), float("nan"), dtype=torch.float64, device=x0.device)
     try:
         for s in range(max(steps)):
             active = torch.tensor([s < n for n in steps], device=x0.device)
@@ -93,6 +94,8 @@ def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> li
                     xb, yb = sched[s]
                     X[i, : len(yb)], Y[i, : len(yb)], M[i, : len(yb)] = xb, yb, 1.0
             grads, losses = step_fn(params, X, Y, M)
+            if s == 0:
+                first = losses.detach().double()  # each client's sent model on its first minibatch
             loss_sum += torch.where(active, losses.double(), 0.0)
             for n in names:
                 p, g = params[n], grads[n]
@@ -105,6 +108,7 @@ def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> li
     finally:
         model.train(was_training)
     mean_loss = (loss_sum / torch.tensor(steps, device=x0.device).clamp_min(1)).tolist()
+    sent_loss = first.tolist()
     out = []
     for i, j in enumerate(jobs):
         if not np.isfinite(mean_loss[i]):
@@ -117,6 +121,8 @@ def train_parallel(sim: Simulation, round: int, jobs: Sequence[ClientJob]) -> li
         if sim.on_client_done is not None:
             sim.on_client_done(j.slot, j.client)
         out.append(
-            ClientUpdate(j.client, len(sim.client_y[j.client]), state, mean_loss[i], steps[i], cfg.lr, cfg.momentum)
+            ClientUpdate(
+                j.client, len(sim.client_y[j.client]), state, mean_loss[i], steps[i], cfg.lr, cfg.momentum, sent_loss[i]
+            )
         )
     return out

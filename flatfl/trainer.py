@@ -30,7 +30,7 @@ import torch
 
 import flatfl
 from flatfl import checkpoint as ckpt
-from flatfl import distributed, seeding
+from flatfl import diagnostics, distributed, seeding
 from flatfl.algorithms import get_algorithm
 from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm, SequentialTraining
 from flatfl.config import DataConfig, RunConfig
@@ -41,7 +41,7 @@ from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.statedict import StateDict, clone, first_nonfinite
 
-RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl")
+RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl", ckpt.DIVERGED_JSON)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,6 +104,11 @@ def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
         return [rest[p] for p in partition_dirichlet(labels, d.num_clients, d.dirichlet_alpha, d.min_size, rng)]
     if d.partition == "shards":
         return [rest[p] for p in partition_shards(labels, d.num_clients, d.shards_per_client, rng)]
+    if d.partition == "file":
+        from flatfl.partition_file import load_for_run
+
+        parts = load_for_run(str(d.partition_file), d.partition_sha256, dataset=d.dataset, num_train=n)
+        return [np.setdiff1d(p, held) if len(held) else p for p in parts]
     if d.partition == "natural":
         parts = data.natural_parts
         if parts is None:
@@ -189,7 +194,11 @@ class Simulation(SequentialTraining):
             at = next((j for j in idx if jobs[j].client == exc.client), idx[0] if idx else n)
             error = (at, str(exc), exc.round, exc.client)
         metas = distributed.gather_objects(
-            ctx, (error, [(u.client, u.num_samples, u.train_loss, u.num_steps, u.lr, u.momentum) for u in mine])
+            ctx,
+            (
+                error,
+                [(u.client, u.num_samples, u.train_loss, u.num_steps, u.lr, u.momentum, u.sent_loss) for u in mine],
+            ),
         )
         errors = sorted(e for e, _ in metas if e is not None)
         if errors:  # the first failing slot, as a single process would have met it
@@ -197,7 +206,7 @@ class Simulation(SequentialTraining):
             raise DivergenceError(msg, r, c)
         states = distributed.gather_states(ctx, n, {j: u.state for j, u in zip(idx, mine)}, self.model.state_dict())
         fields = distributed.merge_in_job_order(ctx, n, [m for _, m in metas])
-        return [ClientUpdate(f[0], f[1], st, f[2], f[3], f[4], f[5]) for f, st in zip(fields, states)]
+        return [ClientUpdate(f[0], f[1], st, *f[2:]) for f, st in zip(fields, states)]
 
     def _train_here(self, round: int, jobs: list[ClientJob]) -> list[ClientUpdate]:
         if self.parallel_clients > 1:
@@ -221,8 +230,16 @@ class Simulation(SequentialTraining):
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
+        first: list[torch.Tensor] = []
         loss_t, steps = local_sgd(
-            self.model, self.client_x[client], self.client_y[client], self.cfg.local, gen, local_term, self.augment
+            self.model,
+            self.client_x[client],
+            self.client_y[client],
+            self.cfg.local,
+            gen,
+            local_term,
+            self.augment,
+            first,
         )
         loss = float(loss_t)
         if not np.isfinite(loss):
@@ -234,9 +251,9 @@ class Simulation(SequentialTraining):
         new_state = clone(self.model.state_dict())
         if self.on_client_done is not None:
             self.on_client_done(slot, client)
-        return ClientUpdate(
-            client, len(self.client_y[client]), new_state, loss, steps, self.cfg.local.lr, self.cfg.local.momentum
-        )
+        sent_loss = float(first[0]) if first else float("nan")
+        lc = self.cfg.local
+        return ClientUpdate(client, len(self.client_y[client]), new_state, loss, steps, lc.lr, lc.momentum, sent_loss)
 
     def server_data(self) -> torch.Tensor:
         """The server's unlabelled proxy inputs, on the device; built once per run: the held-out
@@ -290,11 +307,24 @@ def _run_info(cfg: RunConfig, sim: Simulation, parts: list[np.ndarray], device: 
             "dirichlet_alpha": cfg.data.dirichlet_alpha if cfg.data.partition == "dirichlet" else None,
             "min_size": cfg.data.min_size,
             "num_clients": cfg.data.num_clients,
+            **(
+                {"file": cfg.data.partition_file, "sha256": cfg.data.partition_sha256}
+                if cfg.data.partition_file
+                else {}
+            ),
             "sizes": [len(p) for p in parts],
             "label_counts": label_counts(parts, labels, sim.data.num_classes).tolist(),
         },
         "seeding": "numpy SeedSequence([seed, purpose, round, client]); see flatfl/seeding.py",
-    }
+    } | (_preset_info(cfg) if cfg.preset else {})
+
+
+def _preset_info(cfg: RunConfig) -> dict[str, Any]:
+    """run.json's ``preset``: its name and the values it sets for this run (flags given override them;
+    ``config`` holds every resolved value)."""
+    from flatfl.presets import preset_values
+
+    return {"preset": {"name": cfg.preset, "values": preset_values(cfg.preset, cfg.algo, cfg.model)}}
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -392,6 +422,8 @@ def _train(
     if not main:
         log = lambda s: None  # noqa: E731
     _on_main(ctx, lambda: prepare_out(out, resume=resume, overwrite=overwrite))
+    if resume and (ctx is None or ctx.rank == 0):
+        (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # written again if it diverges again
     data = load_dataset(cfg.data, download=download and main)
     identity = cfg.identity()
 
@@ -509,7 +541,7 @@ def _train(
             wall = time.perf_counter() - t0
             rec = RoundLog(t, test_loss, test_acc, float(np.mean(train_losses)), wall)
             logs.append(rec)
-            global_state = new_global
+            old_global, global_state = global_state, new_global
             if not main:
                 continue
             clients_info = {
@@ -529,6 +561,8 @@ def _train(
                 "round_time": t1 - t0,
                 "device": str(dev),
             } | ({"world_size": ctx.world_size} if ctx is not None else {})
+            record |= diagnostics.round_metrics(old_global, new_global, [u.sent_loss for u in result.updates])
+            record |= algo.round_metrics()
             writer.submit(
                 _commit_job(
                     out,
@@ -558,17 +592,33 @@ def _train(
         writer.close()
         rounds = ckpt.list_rounds(out) if main else []
         last = rounds[-1] if rounds else 0
-        raise DivergenceError(
-            f"{exc}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
-            "Lower --lr, --momentum or (FedMut) --radius.",
-            exc.round,
-            exc.client,
-        ) from None
+        reason = f"{exc}{_mutation_note(algo)}"
+        message = (
+            f"{reason}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
+            "Lower --lr, --momentum or (FedMut) --radius."
+        )
+        if main:  # the analysis side lists the run as diverged instead of averaging it in
+            ckpt.atomic_write_json(
+                out / ckpt.DIVERGED_JSON,
+                {"round": exc.round, "client": exc.client, "last_finite_round": last, "message": reason},
+            )
+        raise DivergenceError(message, exc.round, exc.client) from None
     finally:
         writer.close()
         if bar is not None:
             bar.close()
     return logs
+
+
+def _mutation_note(algo: FederatedAlgorithm) -> str:
+    """The diverging round's mutation norm for the one-line message (FedMut), else nothing."""
+    m = algo.round_metrics()
+    if "mutation_norm" not in m:
+        return ""
+    rel = m.get("mutation_rel")
+    return f" (mutation norm radius*||d|| = {m['mutation_norm']:.4g}" + (
+        f", {rel:.3g} x ||w||)" if rel is not None else ")"
+    )
 
 
 def _commit_job(

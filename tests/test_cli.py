@@ -120,6 +120,9 @@ def test_help_explains_every_flag():
         "--frac",
         "--dirichlet",
         "--partition",
+        "--partition-file",
+        "--preset",
+        "--mutation-cap",
         "--min-size",
         "--seed",
         "--out",
@@ -140,7 +143,7 @@ def test_help_explains_every_flag():
         "--no-progress",
     ]:
         assert flag in proc.stdout, flag
-    assert "default: 0.9" in proc.stdout and "default: 4.0" in proc.stdout
+    assert "default: 0.5" in proc.stdout and "default: 4.0" in proc.stdout
 
 
 def test_divergence_stops_and_keeps_last_finite_round(cli, tmp_path):
@@ -151,6 +154,8 @@ def test_divergence_stops_and_keeps_last_finite_round(cli, tmp_path):
     assert code == 1, err
     line = err.strip().splitlines()[-1]
     assert line.startswith("flatfl: diverged: round ") and "non-finite" in line and "Traceback" not in err
+    # the diagnosis: which client, and how far FedMut's mutation threw the model (flatfl.diagnostics)
+    assert ", client " in line and "mutation norm radius*||d|| = " in line and " x ||w||" in line, line
     bad_round = int(line.split("round ")[1].split(",")[0].split(":")[0])
     rounds = ckpt.list_rounds(out)
     assert rounds == list(range(bad_round))  # every round before the bad one, nothing after

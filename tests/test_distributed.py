@@ -187,7 +187,7 @@ def test_torchrun_report_equals_one_process(tiny, cli, tmp_path, one_thread):
     b = list(csv.DictReader(open(tmp_path / "two" / "report.csv")))
     assert [r["run"] for r in a] == [r["run"] for r in b] == ["fedavg", "fedmut"]
     for ra, rb in zip(a, b):
-        for k in ("lambda_max", "trace", "loss", "sharpness_sam", "surface_loss_mean"):
+        for k in ("lambda_max", "trace", "train_loss", "sharpness_sam", "width_0.1"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=1e-4), k
     assert (tmp_path / "two" / "report.html").is_file() and (tmp_path / "two" / "curves.csv").is_file()
 

@@ -29,14 +29,16 @@ def pair(tmp_path_factory):
 
 
 REPORT = ["--rounds", "2,4", "--samples", "150", "--grid", "5", "--trace-matvecs", "12",
-          "--sharpness", "sam,average_isotropic", "--spread-samples", "100", "--no-progress"]  # fmt: skip
+          "--sharpness", "sam,average_isotropic", "--spread-samples", "100", "--no-match", "--slices", "2",
+          "--no-progress"]  # fmt: skip
 
 
 def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     out = tmp_path / "rep"
     code, stdout, err = cli("report", pair / "fedavg", pair / "fedmut", "--out", out, *REPORT)
     assert code == 0, err
-    for name in ("report.html", "report.csv", "curves.csv", "report.json", "surfaces.png", "spread.png"):
+    for name in ("report.html", "report.csv", "verdict.csv", "curves.csv", "report.json", "surfaces.png", "spread.png",
+                 "slices.png", "slices.pdf"):  # fmt: skip
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [(r["run"], r["round"]) for r in rows] == [
@@ -70,6 +72,10 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     assert "flatfl report" in html and "dirichlet" in html  # the command and every run's config
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["landscape"]["samples"] == 150 and len(rep["rounds"]) == 4
+    for pdf in ("slices.pdf", "surfaces.pdf", "spread.pdf"):  # TrueType fonts: venues refuse Type 3
+        data = (out / pdf).read_bytes()
+        assert b"/FontFile2" in data and b"/Type3" not in data, pdf  # embedded TrueType outlines
+    assert "one seed: no interval" in stdout and "equal round (4)" in stdout  # the verdict table is printed
     # a rerun reuses every cached checkpoint result and writes the same table
     before = (out / "report.csv").read_bytes()
     code, _, err = cli("report", pair / "fedavg", pair / "fedmut", "--out", out, *REPORT)
@@ -77,20 +83,22 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     assert (out / "report.csv").read_bytes() == before
 
 
-def test_report_surfaces_share_one_colour_scale(pair, tmp_path):
-    from analysis.interactive import color_range
+def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
+    from analysis.interactive import delta_range
     from analysis.surfaces import Surface
     from flatfl.cli import main
 
     out = tmp_path / "r"
     assert main(["report", str(pair / "fedavg"), str(pair / "fedmut"), "--out", str(out), "--rounds", "4",
                  "--samples", "100", "--grid", "3", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none",
-                 "--no-spread", "--no-progress"]) == 0  # fmt: skip
+                 "--no-spread", "--no-match", "--slices", "0", "--no-progress"]) == 0  # fmt: skip
     surfs = [Surface.load(p.with_suffix("")) for p in sorted((out / "runs").glob("*/round_0004/surface.npz"))]
     assert len(surfs) == 2
-    lo, hi = color_range(surfs)
+    lo, hi = delta_range(surfs)
+    assert lo == min(0.0, *[np.nanmin(s.loss - s.loss[1, 1]) for s in surfs])  # the grid holds the checkpoint
+    assert hi == pytest.approx(np.median([np.nanmax(s.loss - s.loss[1, 1]) for s in surfs]))
     html = (out / "report.html").read_text()
-    assert html.count(f'"cmax":{hi}') == 2 or html.count(f'"cmax":{np.log10(hi)}') == 2
+    assert html.count(f'"zmax":{hi}') == 2  # both contour figures on the same levels
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert "lambda_max" not in rows[0] and "trace" not in rows[0]
 

@@ -176,7 +176,7 @@ def test_batchnorm_reestimation_matches_update_bn():
 
 
 def test_surface_html_has_a_round_slider_and_markers(runs, tmp_path):
-    from analysis.interactive import surface_figure, write_page
+    from analysis.interactive import surface_figures, write_page
 
     a = np.linspace(-1, 1, 5)
     mk = {"name": "mutant 0", "group": "mutants", "coords": [0.2, 0.1], "off_plane": 0.5, "off_plane_relative": 0.1,
@@ -185,10 +185,23 @@ def test_surface_html_has_a_round_slider_and_markers(runs, tmp_path):
         (f"round {r}", Surface(a, a, np.add.outer(a**2, a**2) + r, np.ones((5, 5)), {"round": r}, {}, [mk]))
         for r in (1, 2, 3)
     ]
-    path = write_page(tmp_path / "s.html", "t", [("surf", surface_figure(frames))])
+    contour, scene = surface_figures(frames)
+    path = write_page(tmp_path / "s.html", "t", [("contour", contour), ("3d", scene)])
     text = path.read_text()
     assert "<script src" not in text and len(text) > 3_000_000  # plotly.js inlined
-    spec = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*(\{.*\}),", text, re.S).group(1))
-    assert [t["type"] for t in spec].count("surface") == 3
-    assert sum(1 for t in spec if t.get("name") == "mutants (sent next round)") == 6  # 3D + contour per frame
+    specs = [
+        json.loads(m.group(1))
+        for m in re.finditer(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{", text, re.S)
+    ]
+    kinds = [[t["type"] for t in spec] for spec in specs]
+    assert "surface" not in kinds[0] and kinds[0].count("contour") == 3  # the contour figure needs no WebGL
+    assert kinds[1].count("surface") == 3
+    assert sum(1 for t in specs[0] if t.get("name") == "mutants (sent next round)") == 3
     assert "round 3" in text and "sliders" in text
+    # the slider opens at the last round; the checkpoint star is drawn after (above) every other trace
+    assert contour.layout.sliders[0].active == 2
+    visible = [t for t in contour.data if t.visible]
+    assert visible[-1].name == "checkpoint" and visible[0].z[2][2] == 0.0  # Δloss is 0 at the checkpoint
+    # the same linear levels for every frame
+    assert {(t.contours.start, t.contours.size) for t in contour.data if t.type == "contour"} == {(0.1, 0.1)}
+    assert contour.layout.yaxis.scaleanchor == "x"  # equal aspect

@@ -4,7 +4,8 @@
     python checkpoints/reference/make_reference.py --check  # remeasure and compare only (what the tests do)
 
 Two tiny runs on the embedded digits (FedAvg and FedMut, same seed: 6 clients, 3 per round,
-Dirichlet(0.5), 5 rounds, client models of rounds 1 and 5 saved) live in ``digits-fedavg`` and
+Dirichlet(0.5), 5 rounds, SGD momentum 0.9 pinned -- flatfl's default when they were made, now
+0.5 -- so the stored files stay valid; client models of rounds 1 and 5 saved) live in ``digits-fedavg`` and
 ``digits-fedmut``; ``expected.json`` holds, for the last round of each, lambda_max and the
 most negative eigenvalue, the Hutch++ trace, SAM and average-case sharpness, the mean
 distance of the sent (mutant) and returned models to the dispatched global model, and a 5x5
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 RUNS = {"digits-fedavg": "fedavg", "digits-fedmut": "fedmut"}
 TRAIN = [
     "--dataset", "digits", "--clients", "6", "--frac", "0.5", "--dirichlet", "0.5", "--local-epochs", "1",
-    "--lr", "0.05", "--rounds", "5", "--seed", "0", "--save-clients", "5", "--no-progress",
+    "--lr", "0.05", "--momentum", "0.9", "--rounds", "5", "--seed", "0", "--save-clients", "5", "--no-progress",
 ]  # fmt: skip
 ROUND = 5
 # relative tolerances: the computations are deterministic given the seeds; these absorb float

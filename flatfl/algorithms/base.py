@@ -38,6 +38,7 @@ class ClientUpdate:
     num_steps: int = 0  # local SGD steps taken (SCAFFOLD's K)
     lr: float = 0.0  # local learning rate used
     momentum: float = 0.0  # local SGD momentum used
+    sent_loss: float = float("nan")  # loss of the model it was sent on its first local minibatch
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,10 @@ class FederatedAlgorithm:
 
     def dispatch_info(self) -> dict[str, Any]:
         """JSON description of the last dispatch, saved with ``--save-clients``."""
+        return {}
+
+    def round_metrics(self) -> dict[str, Any]:
+        """The algorithm's own diagnostics of the last round, added to its metrics line (default none)."""
         return {}
 
     # -- state (saved with every round) ---------------------------------------------------

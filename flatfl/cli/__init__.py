@@ -20,7 +20,10 @@ COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": l
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import flatfl
+
     top = Parser(prog="flatfl", description="Train federated learning algorithms, save every round, measure flatness.")
+    top.add_argument("--version", action="version", version=f"flatfl {flatfl.__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in COMMANDS.values():

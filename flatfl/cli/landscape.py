@@ -205,6 +205,21 @@ def add_parser(sub: Any) -> None:
         "the trajectory plus 20%% for pca)",
     )
     g.add_argument(
+        "--levels",
+        type=pos_int,
+        default=20,
+        metavar="N",
+        help="2D pages and figures: N linear Δloss levels (default: 20); give two pages the same --levels and "
+        "--zrange to compare them",
+    )
+    g.add_argument(
+        "--zrange",
+        type=_float_pair,
+        metavar="LO,HI",
+        help="2D pages and figures: the Δloss range the colours and levels span (Δloss = loss - loss at the "
+        "checkpoint; default: 0 to this surface's largest Δloss)",
+    )
+    g.add_argument(
         "--bn-reestimate",
         type=nonneg_int,
         default=d.bn_reestimate,
@@ -336,7 +351,7 @@ def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
     if settings.surface:
         from tqdm.auto import tqdm
 
-        from analysis.interactive import surface_figure, write_page
+        from analysis.interactive import surface_figures, write_page
         from analysis.landscape import compute_surface
         from analysis.plots import plot_surface
 
@@ -369,10 +384,13 @@ def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
             return 0
         ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
         title = f"{result['algo']} round {result['round']}: {surf.description['kind']} surface"
-        for p in plot_surface(surf, out / "surface", title=title):
+        for p in plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"]):
             print(f"wrote {p}")
-        fig = surface_figure([(f"round {result['round']}", surf)], title=title)
-        print(f"wrote {write_page(out / 'surface.html', title, [(surf.description['kind'], fig)])}")
+        figs = surface_figures(
+            [(f"round {result['round']}", surf)], title=title, levels=ns["levels"], zrange=ns["zrange"]
+        )
+        sections = [(surf.description["kind"], f) for f in figs if f is not None]
+        print(f"wrote {write_page(out / 'surface.html', title, sections)}")
     if density is not None and main:
         for p in plot_density(
             density,

@@ -33,15 +33,20 @@ def add_parser(sub: Any) -> None:
     ld = d.landscape
     p = sub.add_parser(
         "report",
-        help="compare runs (e.g. FedAvg vs FedMut): curves, curvature, sharpness, surfaces, spread -> HTML+CSV+JSON",
+        help="is one setting flatter than another? groups of seeds, matched convergence, a verdict per measure",
         description=(
-            "Compare several runs side by side. For each RUN directory and each of --rounds: lambda_max "
-            "(Lanczos), Hessian trace (Hutch++), sharpness and a 2D filter-normalised random loss surface, on "
-            "the same data selection; over all rounds: test accuracy/loss and, for runs trained with "
-            "--save-clients, the spread of mutants and returned client models. Writes OUT/report.html (one "
-            "self-contained page that opens offline), OUT/report.csv (a row per run and round), "
-            "OUT/curves.csv (per-round metrics and spread) and OUT/report.json (all numbers and settings). "
-            "Per-checkpoint results are cached in OUT/runs/ and reused on a rerun with the same settings."
+            "Answer whether one training setting (e.g. FedMut) reaches flatter minima than another (e.g. FedAvg). "
+            "Runs that differ only in their seed form a group. Every run is measured at equal rounds, at equal "
+            "training loss (its first saved round whose loss on the analysis data is at or below a common level) "
+            "and, with --match-acc, at equal test accuracy: lambda_max (Lanczos), the Hessian trace (Hutch++), "
+            "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
+            "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
+            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when the interval "
+            "contains 0 -- with a sentence when the measures disagree; diverged runs are listed, never averaged. "
+            "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
+            "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
+            "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
+            "cached in OUT/runs/ and reused on a rerun with the same settings."
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
@@ -51,8 +56,8 @@ def add_parser(sub: Any) -> None:
         type=_rounds,
         default=None,
         metavar="LIST",
-        help="comma-separated rounds to measure in every run, or auto: the middle and the last saved round "
-        "(default: auto)",
+        help="comma-separated equal rounds to measure in every run (the verdict uses the last), or auto: the middle "
+        "and the last round every run has (default: auto)",
     )
     p.add_argument(
         "--samples",
@@ -94,8 +99,100 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
     )
+    g = p.add_argument_group("groups, matched convergence and 1D slices")
+    g.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="RUN=NAME",
+        help="name the group RUN belongs to (runs that differ only in their seed form one group; default label: "
+        "the algorithm plus the settings that tell groups apart); repeatable",
+    )
+    g.add_argument(
+        "--no-match",
+        action="store_true",
+        help="compare at equal rounds only (default: also at equal training loss)",
+    )
+    g.add_argument(
+        "--match-loss",
+        type=pos_float,
+        default=None,
+        metavar="L",
+        help="equal training loss: measure each run at its first saved round whose loss on the analysis data is "
+        "<= L (default: the highest loss among the runs at the last equal round, which every run reaches)",
+    )
+    g.add_argument(
+        "--match-acc",
+        type=_fraction,
+        default=None,
+        metavar="A",
+        help="also compare at equal test accuracy: each run at its first saved round with test accuracy >= A "
+        "(from metrics.jsonl; a run that never gets there is listed)",
+    )
+    g.add_argument(
+        "--slices",
+        type=nonneg_int,
+        default=d.slice_directions,
+        metavar="K",
+        help=f"1D slices (Li et al.): K filter-normalised random directions per checkpoint, 0 = none "
+        f"(default: {d.slice_directions})",
+    )
+    g.add_argument(
+        "--slice-radius",
+        type=pos_float,
+        default=d.slice_radius,
+        metavar="R",
+        help=f"1D slices run over t in [-R, R] (default: {d.slice_radius})",
+    )
+    g.add_argument(
+        "--widths",
+        type=_thresholds,
+        default=d.widths,
+        metavar="LIST",
+        help="Δloss thresholds at which the 1D width is read, comma-separated "
+        f"(default: {','.join(f'{t:g}' for t in d.widths)})",
+    )
+    g.add_argument(
+        "--allow-mixed-optimizers",
+        action="store_true",
+        help="compare groups whose local optimizers differ (lr, momentum, batch, epochs); refused by default",
+    )
     add_analysis_arguments(p, ld)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _label(text: str) -> tuple[str, str]:
+    import argparse
+
+    run, sep, name = text.partition("=")
+    if not sep or not run or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not RUN=NAME")
+    return run, name.strip()
+
+
+def _fraction(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: an accuracy between 0 and 1")
+    return v
+
+
+def _thresholds(text: str) -> tuple[float, ...]:
+    import argparse
+
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not vals or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: thresholds are positive numbers")
+    return vals
 
 
 def run(ns: dict[str, Any]) -> int:
@@ -145,19 +242,42 @@ def run(ns: dict[str, Any]) -> int:
         surface=not ns["no_surface"],
         spread=not ns["no_spread"],
         spread_samples=ns["spread_samples"],
+        match=not ns["no_match"],
+        match_loss=ns["match_loss"],
+        match_acc=ns["match_acc"],
+        slice_directions=ns["slices"],
+        slice_radius=ns["slice_radius"],
+        widths=ns["widths"],
+        labels=tuple(ns["label"]),
+        allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
     with distributed.process_group(torch.device(settings.landscape.device)):
         main = distributed.is_main()
-        files = build_report(
-            [Path(r) for r in ns["runs"]],
-            settings,
-            Path(ns["out"]),
-            command=command,
-            log=(lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None),
-            show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
-        )
-    for kind in ("html", "csv", "curves", "json"):
+        try:
+            files = build_report(
+                [Path(r) for r in ns["runs"]],
+                settings,
+                Path(ns["out"]),
+                command=command,
+                log=(lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None),
+                show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
+            )
+        except ValueError as exc:  # the analysis side's plain errors about the runs given
+            raise UserError(str(exc)) from exc
+    if not files:
+        return 0
+    for kind in ("html", "verdict", "csv", "curves", "json"):
         if kind in files:
             print(f"wrote {files[kind]}")
+    _print_verdict(files["json"])
     return 0
+
+
+def _print_verdict(report_json: Path) -> None:
+    import json
+
+    from analysis.report_page import verdict_text
+
+    rep = json.loads(Path(report_json).read_text())
+    print(verdict_text(rep["verdict"], list(rep["groups"])))

@@ -21,6 +21,7 @@ from flatfl.cli.common import (
 )
 from flatfl.config import DataConfig, LocalConfig, RunConfig
 from flatfl.errors import UserError
+from flatfl.presets import PRESETS, apply_preset, describe
 
 # flag dest -> field of DataConfig / LocalConfig / RunConfig / the algorithm's config
 DATA_FLAGS = {
@@ -50,6 +51,7 @@ ALGO_FLAGS = {
     "mut_acc_rate": "mut_acc_rate",
     "mut_bound": "mut_bound",
     "mutate": "mutate",
+    "mutation_cap": "mutation_cap",
     "mu": "mu",
     "global_lr": "global_lr",
     "similarity": "similarity",
@@ -150,6 +152,15 @@ def add_data_arguments(t: Any) -> None:
         help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {default(RunConfig, 'frac')}",
     )
     g.add_argument(
+        "--partition-file",
+        type=Path,
+        metavar="FILE",
+        help="read the client split from FILE instead of drawing one: flatfl's partition.json ({'clients': "
+        "[[indices], ...]}) or the FedMut authors' data/*.json ({'num_users', 'train_data': {'0': [indices], "
+        "...}}, e.g. cifar10_100_noniidCase5_beta0.1.json); it fixes the number of clients; checked for range, "
+        "duplicates and client count; its SHA-256 is recorded in run.json",
+    )
+    g.add_argument(
         "--partition",
         choices=["iid", "dirichlet", "shards", "natural"],
         help="how training data are split over clients; natural: the dataset's own clients (shakespeare: one "
@@ -203,6 +214,14 @@ def add_parser(sub: Any) -> None:
 
     g = t.add_argument_group("model and local training")
     g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="fill every flag not given from a FedMut hyperparameter set; "
+        + " | ".join(describe(n) for n in sorted(PRESETS))
+        + ". Recorded in run.json (default: none; flatfl's own defaults are the reference code's local SGD "
+        "with 20 clients, 25%% per round)",
+    )
+    g.add_argument(
         "--norm",
         choices=["batch", "group"],
         help="resnet18: BatchNorm (default) or GroupNorm with 2 groups (no running statistics to average, "
@@ -222,7 +241,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--momentum",
         type=momentum_t,
-        help=f"local SGD momentum; the FedMut paper uses 0.9, its reference code 0.5 {default(ld, 'momentum')}",
+        help="local SGD momentum, the same for every algorithm; the FedMut reference code's 0.5 (default), "
+        f"the paper states 0.9, with which FedMut diverged on real CIFAR-10 {default(ld, 'momentum')}",
     )
     g.add_argument("--batch-size", type=pos_int, metavar="B", help=f"local minibatch size {default(ld, 'batch_size')}")
     g.add_argument("--local-epochs", type=pos_int, metavar="E", help=f"local epochs per round {default(ld, 'epochs')}")
@@ -285,6 +305,14 @@ def add_parser(sub: Any) -> None:
         f"stats too, as the reference code); 'params' only parameters {default(fm, 'mutate')}",
     )
 
+    g.add_argument(
+        "--mutation-cap",
+        type=pos_float,
+        metavar="RHO",
+        help="FedMut safeguard, NOT in the paper or the reference code: cap the mutation step radius*||d|| at "
+        "RHO*||w_t|| (the round's radius becomes min(radius, RHO*||w_t||/||d||), logged as mutation_radius) "
+        "(default: off)",
+    )
     g.add_argument(
         "--mu",
         type=nonneg_float,
@@ -456,9 +484,12 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     from flatfl.data import dataset_info
     from flatfl.models import DEFAULT_MODEL, model_kwargs_for
 
+    ns = apply_preset(ns, DEFAULT_MODEL.get(ns.get("dataset", DataConfig.dataset)))
     data = replace(DataConfig(), **{f: ns[k] for k, f in DATA_FLAGS.items() if k in ns})
     if data.dataset == "shakespeare" and "partition" not in ns:
         data = replace(data, partition="natural")
+    if "partition_file" in ns:
+        data = _with_partition_file(data, ns)
     local = replace(LocalConfig(), **{f: ns[k] for k, f in LOCAL_FLAGS.items() if k in ns})
     algo = ns.get("algo", "fedavg")
     algo_cls = get_algorithm(algo)
@@ -495,9 +526,31 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
         model_kwargs=kwargs,
         data=data,
         local=local,
+        preset=ns.get("preset"),
         **{k: ns[k] for k in RUN_FLAGS if k in ns and k not in ("algo", "model")},
     )
     return cfg
+
+
+def _with_partition_file(data: DataConfig, ns: dict[str, Any]) -> DataConfig:
+    """``data`` reading its split from ``--partition-file`` (checked now; the index range once loaded)."""
+    from flatfl.partition_file import check_dataset, read_partition_file
+
+    path = ns["partition_file"]
+    for k in ("partition", "dirichlet", "shards", "min_size"):
+        if k in ns:
+            raise UserError(f"--{k.replace('_', '-')}: the split comes from --partition-file {path}; drop one of them")
+    pf = read_partition_file(path)
+    check_dataset(pf, path, data.dataset)
+    if "clients" in ns and ns["clients"] != len(pf.clients):
+        raise UserError(f"--clients {ns['clients']}: --partition-file {path} holds {len(pf.clients)} clients")
+    return replace(
+        data,
+        partition="file",
+        partition_file=str(path),
+        partition_sha256=pf.sha256,
+        num_clients=len(pf.clients),
+    )
 
 
 def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) -> None:
@@ -508,6 +561,7 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
         **{k: getattr(saved, k) for k in RUN_FLAGS},
         **{k: getattr(saved.algo_config, f) for k, f in ALGO_FLAGS.items() if hasattr(saved.algo_config, f)},
         **({"norm": saved.model_kwargs["norm"]} if "norm" in saved.model_kwargs else {}),
+        "preset": saved.preset,
     }
     for k, v in ns.items():
         if k in RESUME_FREE:

@@ -1,0 +1,206 @@
+"""The report's interactive figures (plotly). They take computed results only.
+
+One colour per group throughout (``group_colors``); seeds of a group share its colour. Lines
+join only consecutive rounds: where rounds are missing (a run saved every 10th round, a
+spread only on saved rounds) the line breaks and the saved rounds show as markers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.slices import Slices
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+
+
+def group_colors(labels: Sequence[str]) -> dict[str, str]:
+    return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def gapped(xs: Sequence[int], ys: Sequence[Any]) -> tuple[list, list]:
+    """(x, y) with a None between non-consecutive x, so plotly breaks the line there."""
+    ox: list = []
+    oy: list = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if i and x != xs[i - 1] + 1:
+            ox.append(None)
+            oy.append(None)
+        ox.append(x)
+        oy.append(y)
+    return ox, oy
+
+
+def slices_figure(panels: Mapping[str, Mapping[str, Sequence[Slices]]], colors: Mapping[str, str]) -> go.Figure:
+    """Li et al. 1D slices: per panel (condition) and group, the mean Δloss over seeds x directions
+    with a min-max band; all groups on one axis, panels share the y axis."""
+    titles = list(panels)
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.06)
+    for col, title in enumerate(titles, start=1):
+        for lab, sl in panels[title].items():
+            if not sl:
+                continue
+            ts = sl[0].ts
+            delta = np.concatenate([s.delta for s in sl])
+            c = colors[lab]
+            lo, hi = delta.min(0), delta.max(0)
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([ts, ts[::-1]]),
+                    y=np.concatenate([hi, lo[::-1]]),
+                    fill="toself",
+                    fillcolor=_rgba(c, 0.15),
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=lab,
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=ts,
+                    y=delta.mean(0),
+                    name=f"{lab} ({len(sl)} seed{'s' if len(sl) > 1 else ''} x {sl[0].num_directions} dirs)",
+                    line=dict(color=c, width=2.5),
+                    legendgroup=lab,
+                    showlegend=col == 1,
+                    hovertemplate="t %{x:.2f}<br>mean Δloss %{y:.4g}<extra>" + lab + "</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="t (filter-normalised random direction)", row=1, col=col)
+    fig.update_yaxes(title_text="Δloss = L(θ + t·d) − L(θ)", row=1, col=1)
+    fig.update_layout(height=430, legend=dict(orientation="h", y=-0.22), **LAYOUT)
+    return fig
+
+
+def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference: str, colors: Mapping[str, str]):
+    """Δloss along the straight line from the reference group's model (t = 0) to another's (t = 1), per seed:
+    L((1 - t) θ_ref + t θ_other) - L(θ_ref)."""
+    fig = go.Figure()
+    for lab, per_seed in lines.items():
+        for s, ln in sorted(per_seed.items()):
+            ts = np.asarray(ln["ts"])
+            loss = np.asarray(ln["loss"])
+            fig.add_trace(
+                go.Scatter(
+                    x=ts,
+                    y=loss - loss[ts == 0.0][0],
+                    name=f"{reference} → {lab}, seed {s} (barrier {ln['barrier']:.3g})",
+                    line=dict(color=colors[lab], width=1.6),
+                    opacity=0.9,
+                )
+            )
+    fig.add_vline(x=0, line=dict(color="#888", dash="dot"))
+    fig.add_vline(x=1, line=dict(color="#888", dash="dot"))
+    fig.update_layout(
+        height=380,
+        xaxis_title=f"t: (1 − t)·θ[{reference}] + t·θ[other], same seed",
+        yaxis_title=f"Δloss = L(θ_t) − L(θ[{reference}])",
+        legend=dict(orientation="h", y=-0.25),
+        **LAYOUT,
+    )
+    return fig
+
+
+def measures_figure(
+    points: Mapping[str, Mapping[str, list[tuple[int, int, float]]]],
+    labels: Mapping[str, str],
+    colors: Mapping[str, str],
+) -> go.Figure:
+    """Small multiples, one per measure: value against round, a marker per seed and measured round."""
+    keys = list(labels)
+    cols = 3
+    rows = (len(keys) + cols - 1) // cols
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[labels[k] for k in keys], vertical_spacing=0.14, horizontal_spacing=0.08
+    )
+    shown: set[str] = set()
+    for i, key in enumerate(keys):
+        r, c = i // cols + 1, i % cols + 1
+        for lab, pts in points[key].items():
+            if not pts:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[1] for p in pts],
+                    y=[p[2] for p in pts],
+                    mode="markers",
+                    marker=dict(color=colors[lab], size=8, line=dict(width=0.5, color="black")),
+                    name=lab,
+                    legendgroup=lab,
+                    showlegend=lab not in shown,
+                    text=[f"seed {p[0]}" for p in pts],
+                    hovertemplate="round %{x}<br>%{y:.4g}<br>%{text}<extra>" + lab + "</extra>",
+                ),
+                row=r,
+                col=c,
+            )
+            shown.add(lab)
+        fig.update_xaxes(title_text="round", tickformat="d", row=r, col=c)
+    fig.update_layout(height=300 * rows + 60, legend=dict(orientation="h", y=1.08), **LAYOUT)
+    return fig
+
+
+def over_rounds_figure(
+    curves: Sequence[Mapping[str, Any]],
+    panels: Sequence[tuple[str, str]],
+    colors: Mapping[str, str],
+    *,
+    height: int = 380,
+    markers: bool | None = None,
+) -> go.Figure:
+    """Per-round metrics side by side (one panel per (key, title)); a line per run, coloured by group.
+
+    ``markers``: draw a marker at every point (default: only for short series); where rounds are
+    missing the line breaks, so isolated saved rounds show as markers only.
+    """
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels], horizontal_spacing=0.08)
+    runs: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in curves:
+        runs.setdefault((row["run"], row["seed"]), []).append(row)
+    shown: set[str] = set()
+    for col, (key, _) in enumerate(panels, start=1):
+        for (lab, s), rows in runs.items():
+            pts = [r for r in rows if r.get(key) is not None]
+            if not pts:
+                continue
+            xs, ys = gapped([r["round"] for r in pts], [r[key] for r in pts])
+            status = pts[0].get("status", "complete")
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers" if (markers if markers is not None else len(pts) < 40) else "lines",
+                    marker=dict(size=5),
+                    line=dict(color=colors[lab], width=1.4, dash="dash" if status == "diverged" else "solid"),
+                    name=lab,
+                    legendgroup=lab,
+                    showlegend=lab not in shown,
+                    hovertemplate=f"seed {s}"
+                    + (" (diverged)" if status == "diverged" else "")
+                    + "<br>round %{x}<br>%{y:.4g}<extra>"
+                    + lab
+                    + "</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+            shown.add(lab)
+        fig.update_xaxes(title_text="round", tickformat="d", row=1, col=col)
+    fig.update_layout(height=height, legend=dict(orientation="h", y=-0.25), **LAYOUT)
+    return fig

@@ -1,0 +1,517 @@
+"""Writing the report: the verdict table (HTML and text), report.html, CSVs, JSON and static figures.
+
+Takes computed results only (the objects :func:`analysis.report.build_report` assembles).
+The page opens with the answer: one sentence per condition (equal round, equal train loss,
+equal accuracy), a sentence when the flatness measures disagree, and the verdict table --
+one row per measure, each group's mean with its 95% interval over seeds, and the verdict of
+the paired comparison. Below it: which round each run was measured at, the Li et al. 1D
+slices, the straight line between the groups' models, every measure over rounds, the
+curvature table (key columns first, the rest folded), accuracy/loss curves, loss surfaces,
+the spread of mutants and client models, diagnostics, and the commands and settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from analysis.landscape import json_ready
+from flatfl import checkpoint as ckpt
+
+PAGE_CSS = (
+    "table.verdict{font-size:0.92em}table.verdict td.v{text-align:left;min-width:9em}"
+    "td.win-a{background:#e3efff}td.win-b{background:#ffe6e3}td.none{background:#f4f4f4;color:#555}"
+    "p.answer{font-size:1.15em;margin:0.3em 0}p.disagree{color:#9a3b00;font-weight:600}"
+    "table.verdict th{text-align:center}small{color:#555}details{margin:0.6em 0}summary{cursor:pointer;color:#1f4e79}"
+)
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def summary_text(s: Mapping[str, Any] | None, censored: int = 0) -> str:
+    """'mean [lo, hi] (n)' or 'value (1 seed)'; a '≥' where some widths are lower bounds."""
+    if s is None:
+        return "–"
+    pre = "≥" if censored else ""
+    if s["lo"] is None:
+        return f"{pre}{fmt(s['mean'])} (1 seed)"
+    return f"{pre}{fmt(s['mean'])} [{fmt(s['lo'], 3)}, {fmt(s['hi'], 3)}]"
+
+
+def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
+    """The paired comparison in words: a ratio A/B for scale measures, else a difference A − B."""
+    if p is None:
+        return ""
+    seeds = f"{p['n']} seed{'s' if p['n'] > 1 else ''}"
+    if p["lo"] is not None and p["lo"] == p["hi"] == p["mean"] == 0.0:
+        return f"identical on {seeds}"
+    if p.get("log"):
+        e = lambda v: f"{math.exp(v):.3g}"  # noqa: E731
+        core = f"{a}/{b} ×{e(p['mean'])}" + ("" if p["lo"] is None else f" [{e(p['lo'])}, {e(p['hi'])}]")
+    else:
+        core = f"{a}−{b} {fmt(p['mean'], 3)}" + ("" if p["lo"] is None else f" [{fmt(p['lo'], 3)}, {fmt(p['hi'], 3)}]")
+    if p["lo"] is None:
+        return f"{core}, 1 seed"
+    return f"{core}, {p['agree']}/{p['n']} seeds agree"
+
+
+def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
+    """Measures as rows; per condition a column per group (mean [95% CI]) and a verdict per comparison."""
+    ref = verdict[0]["reference"]
+    others = [lab for lab in labels if lab != ref]
+    head1 = "<tr><th rowspan='2'>measure</th>" + "".join(
+        f"<th colspan='{len(labels) + len(others)}'>{html.escape(c['title'])}</th>" for c in verdict
+    )
+    head2 = "<tr>" + "".join(
+        "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
+        + "".join(f"<th>verdict{'' if len(others) == 1 else ': ' + html.escape(o)}</th>" for o in others)
+        for _ in verdict
+    )
+    body = []
+    for i, row in enumerate(verdict[0]["rows"]):
+        arrow = "↓" if row["lower_is_better"] else "↑"
+        cells = [f"<td style='text-align:left'>{html.escape(row['label'])} {arrow}</td>"]
+        for c in verdict:
+            r = c["rows"][i]
+            cells += [f"<td>{summary_text(r['groups'].get(lab), r['censored'].get(lab, 0))}</td>" for lab in labels]
+            for o in others:
+                comp = r["comparisons"][o]
+                cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
+                cells.append(
+                    f"<td class='v {cls}'>{html.escape(comp['verdict'])}<br><small>"
+                    f"{html.escape(paired_text(comp['paired'], ref, o))}</small></td>"
+                )
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<div style='overflow-x:auto'><table class='verdict'>"
+        + head1
+        + "</tr>"
+        + head2
+        + "</tr>"
+        + "".join(body)
+        + "</table></div>"
+    )
+
+
+def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
+    """The answer in sentences: per condition and comparison the headline, and any disagreement."""
+    parts = []
+    for c in verdict:
+        for other, comp in c["comparisons"].items():
+            who = f"{html.escape(c['reference'])} vs {html.escape(other)}"
+            parts.append(
+                f"<p class='answer'><b>At {html.escape(c['title'])}</b> ({who}): {html.escape(comp['headline'])}</p>"
+            )
+            if comp["disagreement"]:
+                parts.append(f"<p class='disagree'>{html.escape(comp['disagreement'])}</p>")
+    return "\n".join(parts)
+
+
+def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
+    """The verdict table as plain text (printed at the end of ``flatfl report``)."""
+    ref = verdict[0]["reference"]
+    others = [lab for lab in labels if lab != ref]
+    lines = []
+    for c in verdict:
+        lines.append(f"\n{c['title']}")
+        for other, comp in c["comparisons"].items():
+            lines.append(f"  {ref} vs {other}: {comp['headline']}")
+            if comp["disagreement"]:
+                lines.append(f"  {comp['disagreement']}")
+        cols = ["measure", *labels, *[f"verdict ({o})" if len(others) > 1 else "verdict" for o in others]]
+        table = []
+        for r in c["rows"]:
+            cells = [r["label"]]
+            cells += [summary_text(r["groups"].get(lab), r["censored"].get(lab, 0)) for lab in labels]
+            cells += [r["comparisons"][o]["verdict"] for o in others]
+            table.append(cells)
+        widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
+        lines.append("  " + "  ".join(str(h).ljust(w) for h, w in zip(cols, widths)))
+        lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in table]
+    return "\n".join(lines)
+
+
+def verdict_csv_rows(verdict: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """verdict.csv: one row per condition, measure and comparison."""
+    out = []
+    for c in verdict:
+        for r in c["rows"]:
+            for other, comp in r["comparisons"].items():
+                a, b, p = r["groups"].get(c["reference"]), r["groups"].get(other), comp["paired"] or {}
+                out.append(
+                    {
+                        "condition": c["condition"],
+                        "condition_title": c["title"],
+                        "measure": r["measure"],
+                        "group_a": c["reference"],
+                        "a_mean": a and a["mean"],
+                        "a_lo": a and a["lo"],
+                        "a_hi": a and a["hi"],
+                        "a_seeds": a and a["n"],
+                        "group_b": other,
+                        "b_mean": b and b["mean"],
+                        "b_lo": b and b["lo"],
+                        "b_hi": b and b["hi"],
+                        "b_seeds": b and b["n"],
+                        "diff_mean": p.get("mean"),
+                        "diff_lo": p.get("lo"),
+                        "diff_hi": p.get("hi"),
+                        "seeds_agree": p.get("agree"),
+                        "paired_seeds": p.get("n"),
+                        "verdict": comp["verdict"],
+                    }
+                )
+    return out
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    ckpt.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def table_html(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def png_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+KEY_COLUMNS = ["run", "seed", "round", "conditions", "test_acc", "train_loss", "lambda_max", "trace"]
+
+
+def _excluded_html(groups: Sequence[Any]) -> str:
+    items = [
+        f"<li>{html.escape(g.label)} seed {s} ({html.escape(str(g.runs[s].path))}): {html.escape(g.status[s].why)}</li>"
+        for g in groups
+        for s in g.diverged
+    ]
+    if not items:
+        return ""
+    return "<p><b>Diverged runs, left out of every mean and test:</b></p><ul>" + "".join(items) + "</ul>"
+
+
+def _rounds_rows(groups: Sequence[Any], conds: Sequence[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        for s in sorted(g.runs):
+            st = g.status[s]
+            row: dict[str, Any] = {"run": g.label, "seed": s, "status": st.state, "last saved round": st.last}
+            for c in conds:
+                m = c.rounds[g.label].get(s)
+                if m is None:
+                    row[c.title] = "left out"
+                elif m.round is None:
+                    row[c.title] = m.note
+                else:
+                    row[c.title] = f"round {m.round}" + (f" ({m.value:.4g})" if m.value is not None else "")
+            rows.append(row)
+    return rows
+
+
+def _settings_note(settings: Any) -> str:
+    ld = settings.landscape
+    return (
+        f"<p><small>All measures on {html.escape(ld.data)} data ({ld.samples or 'all'} samples, subset seed "
+        f"{ld.seed}), eval mode. lambda_max: Lanczos (residual tol {ld.tol:g}); trace: {ld.trace_method}, "
+        f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
+        f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
+        f"filter-normalised random directions (t in ±{settings.slice_radius:g}; '≥' = not reached in the range). "
+        "Interval: 95% Student-t over seeds. Verdict: the paired comparison of the same seeds (same partition, "
+        "initial model and client sample) with its 95% t-interval -- of the ratio for curvature, sharpness and "
+        "widths (log-ratios averaged), of the difference for accuracy and loss; <i>no clear difference</i> when "
+        "the interval contains ratio 1 / difference 0. ↓ lower is flatter/better, ↑ higher is.</small></p>"
+    )
+
+
+def _slices_panels(conds: Sequence[Any], measured: Any) -> dict[str, dict[str, list]]:
+    """Per condition title and group: the 1D slices of the checkpoints that condition measures."""
+    panels: dict[str, dict[str, list]] = {}
+    for c in conds:
+        panels[c.title] = {}
+        for lab, per in c.rounds.items():
+            found = [measured.slices.get((lab, s, m.round)) for s, m in sorted(per.items()) if m.round is not None]
+            found = [x for x in found if x is not None]
+            if found:
+                panels[c.title][lab] = found
+    return panels
+
+
+def _measure_points(measured: Any, keys: Sequence[str]) -> dict[str, dict[str, list]]:
+    pts: dict[str, dict[str, list]] = {k: {} for k in keys}
+    for (lab, s, rnd), row in sorted(measured.rows.items(), key=lambda kv: kv[0][2]):
+        for k in keys:
+            if row.get(k) is not None:
+                pts[k].setdefault(lab, []).append((s, rnd, row[k]))
+    return pts
+
+
+def _surface_sections(out: Path, measured: Any, settings: Any, files: dict[str, Path]) -> list[tuple[str, object]]:
+    from analysis.interactive import delta_range, surface_figures
+    from analysis.plots import plot_surfaces_side_by_side
+
+    surfaces = {lab: v for lab, v in measured.surfaces.items() if v}
+    if not surfaces:
+        return []
+    ld = settings.landscape
+    allsurf = [s for v in surfaces.values() for _, s in v]
+    zr = delta_range(allsurf)
+    last = {lab: v[-1] for lab, v in surfaces.items()}
+    png = plot_surfaces_side_by_side(
+        [s for _, s in last.values()],
+        [f"{lab}, round {r}" for lab, (r, _) in last.items()],
+        out / "surfaces",
+        zrange=zr,
+    )[0]
+    files["surfaces_png"] = png
+    text = (
+        f"<p>2D filter-normalised random planes (Li et al. 2018) through each group's lowest-seed model, a, b in "
+        f"[-{ld.span:g}, {ld.span:g}], {ld.grid}x{ld.grid} points. Colour and contours: Δloss = L − L(checkpoint) "
+        f"on the same linear levels for every run and round (0 to {zr[1]:.3g}). Markers: the returned client models "
+        "and the models sent in the next round, at their least-squares position in the plane (hover: their own "
+        "loss and distance off the plane).</p>"
+        f"<img alt='surfaces' style='max-width:100%' src='{png_data_uri(png)}'>"
+    )
+    out_sections: list[tuple[str, object]] = [("Loss surfaces (last measured round, shared levels)", text)]
+    for lab, v in surfaces.items():
+        contour, scene = surface_figures([(f"round {r}", s) for r, s in v], zrange=zr, title=lab)
+        out_sections.append((f"Loss surface: {lab} (contour" + (", slider: round)" if len(v) > 1 else ")"), contour))
+        out_sections.append((f"Loss surface: {lab} (3D, needs WebGL)", scene))
+    return out_sections
+
+
+def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any], colors, out: Path, files) -> list:
+    from analysis.plots import plot_curves
+    from analysis.report_figures import over_rounds_figure
+
+    have = [r for r in curves if r.get("spread_sent_l2_mean") is not None]
+    if not have:
+        missing = ", ".join(g.label for g in groups)
+        return [
+            (
+                "Spread of sent and returned models",
+                f"<p>No client models saved (train with --save-clients): {html.escape(missing)}.</p>",
+            )
+        ]
+    algo = {g.label: g.algo for g in groups}
+    sent_name = {
+        lab: ("global model sent (FedAvg sends w_{t-1})" if algo[lab] == "fedavg" else "sent (mutants)") for lab in algo
+    }
+    fig = over_rounds_figure(
+        have,
+        [
+            ("spread_sent_l2_mean", "sent models: mean L2 to w_(t-1)"),
+            ("spread_returned_l2_mean", "returned models: mean L2 to w_(t-1)"),
+        ],
+        colors,
+        markers=True,
+    )
+    series = {}
+    for g in groups:
+        pts = [r for r in have if r["run"] == g.label]
+        if pts:
+            series[f"{g.label}: {sent_name[g.label]}"] = (
+                [r["round"] for r in pts],
+                [r["spread_sent_l2_mean"] for r in pts],
+            )
+            series[f"{g.label}: returned"] = ([r["round"] for r in pts], [r["spread_returned_l2_mean"] for r in pts])
+    files["spread_png"] = plot_curves(series, out / "spread", xlabel="round", ylabel="mean L2 distance to w_(t-1)")[0]
+    text = (
+        "<p>Per saved round t (lowest seed of each group): mean L2 distance to w<sub>t-1</sub> of the models sent to "
+        "clients (FedMut's mutants; FedAvg sends the global model itself, distance 0) and of the returned models. "
+        "Markers at the saved rounds; lines only join consecutive rounds. Relative and filter-normalised distances, "
+        "update cosines and the sent models' losses are in curves.csv.</p>"
+    )
+    return [("Spread of sent and returned models", text), ("Spread over rounds", fig)]
+
+
+def _diagnostic_section(curves: Sequence[Mapping[str, Any]], colors) -> list:
+    from analysis.report_figures import over_rounds_figure
+
+    panels = [
+        (k, t)
+        for k, t in (
+            ("global_update_norm", "global update ||w_t − w_(t−1)||"),
+            ("mutation_rel", "mutation norm / ||w||"),
+            ("sent_first_batch_loss_mean", "loss of the sent models (first batch)"),
+        )
+        if any(r.get(k) is not None for r in curves)
+    ]
+    if not panels:
+        return []
+    text = "<p>Training diagnostics from metrics.jsonl, every run including diverged ones (dashed).</p>"
+    return [
+        ("Why runs diverge: per-round diagnostics", text),
+        ("Diagnostics over rounds", over_rounds_figure(curves, panels, colors)),
+    ]
+
+
+def _commands_section(command: str, settings: Any, groups: Sequence[Any]) -> tuple[str, str]:
+    settings_json = json.dumps(json_ready({"report": asdict(settings), "command": command}), indent=1)
+    run_json = "".join(
+        f"<h3>{html.escape(g.label)} seed {s}</h3>"
+        f"<pre>{html.escape(json.dumps(run.config, indent=1, sort_keys=True))}</pre>"
+        for g in groups
+        for s, run in sorted(g.runs.items())
+    )
+    body = (
+        f"<p>Made by:</p><pre>{html.escape(command)}</pre>"
+        f"<p>Report settings:</p><pre>{html.escape(settings_json)}</pre>"
+        f"<details><summary>Runs (run.json config)</summary>{run_json}</details>"
+    )
+    return "Commands and settings", body
+
+
+def write_report(
+    out: Path,
+    *,
+    settings: Any,
+    groups: Sequence[Any],
+    rounds: Sequence[int],
+    conds: Sequence[Any],
+    measured: Any,
+    measures: Sequence[Any],
+    verdict: Sequence[Mapping[str, Any]],
+    lines: Mapping[str, Any],
+    curves: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    command: str,
+) -> dict[str, Path]:
+    """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures."""
+    from analysis.interactive import write_page
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    labels = [g.label for g in groups]
+    for name, data in (("verdict", verdict_csv_rows(verdict)), ("csv", rows), ("curves", curves)):
+        path = out / {"verdict": "verdict.csv", "csv": "report.csv", "curves": "curves.csv"}[name]
+        write_csv(path, data)
+        files[name] = path
+    sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
+    sections.append(_commands_section(command, settings, groups))
+    title = " vs ".join(labels) + ": is one flatter?"
+    files["html"] = write_page(out / "report.html", title, sections, css=PAGE_CSS)
+    _write_json(out / "report.json", settings, groups, rounds, verdict, rows, measured, lines, curves, command)
+    files["json"] = out / "report.json"
+    return files
+
+
+def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, curves, command) -> None:
+    """report.json: every number, with the settings, the command and each checkpoint's full result."""
+    import torch
+
+    ckpt.atomic_write_json(
+        path,
+        json_ready(
+            {
+                "command": command,
+                "settings": asdict(settings),
+                "groups": {
+                    g.label: {
+                        "algo": g.algo,
+                        "runs": {
+                            str(s): {"path": str(r.path), "status": asdict(g.status[s]), "config": r.config}
+                            for s, r in g.runs.items()
+                        },
+                    }
+                    for g in groups
+                },
+                "equal_rounds": list(rounds),
+                "verdict": list(verdict),
+                "rounds": list(rows),
+                "results": {f"{lab} seed {s} round {r}": v for (lab, s, r), v in measured.results.items()},
+                "lines": lines,
+                "curves": list(curves),
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+            }
+        ),
+    )
+
+
+def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
+    """The page's sections in reading order: the answer first."""
+    from analysis.plots import plot_slices
+    from analysis.report_figures import group_colors, line_figure, measures_figure, over_rounds_figure, slices_figure
+
+    labels = [g.label for g in groups]
+    colors = group_colors(labels)
+    top = answer_html(verdict) + _excluded_html(groups) + verdict_table_html(verdict, labels) + _settings_note(settings)
+    sections: list[tuple[str, object]] = [
+        ("The answer", top),
+        ("Where each run was measured", table_html(_rounds_rows(groups, conds), list(_rounds_rows(groups, conds)[0]))),
+    ]
+    panels = _slices_panels(conds, measured)
+    if any(panels.values()):
+        files["slices_png"] = plot_slices(panels, colors, out / "slices")[0]
+        sections.append(
+            (
+                "1D slices along random directions (Li et al. 2018)",
+                "<p>Δloss(t) = L(θ + t·d) − L(θ) along filter-normalised random directions d (the same seeds for "
+                "every run): the mean over seeds and directions, and the min–max band. A slower rise is a flatter "
+                "minimum; the 1D widths in the verdict are read from each run's mean curve.</p>",
+            )
+        )
+        sections.append(("1D slices", slices_figure(panels, colors)))
+    if lines:
+        ref = verdict[0]["reference"]
+        sections.append(
+            (f"Straight line between the models of the same seed (round {rounds[-1]})", line_figure(lines, ref, colors))
+        )
+    keys = {m.key: m.label for m in measures}
+    sections.append(
+        ("Every measure at every measured round", measures_figure(_measure_points(measured, list(keys)), keys, colors))
+    )
+    full_cols: list[str] = []
+    for r in rows:
+        full_cols += [c for c in r if c not in full_cols and c not in ("path", "algo")]
+    sections.append(
+        (
+            "Curvature and sharpness per checkpoint",
+            table_html(rows, [c for c in KEY_COLUMNS if any(c in r for r in rows)])
+            + f"<details><summary>All columns ({len(full_cols)})</summary>{table_html(rows, full_cols)}</details>",
+        )
+    )
+    sections.append(
+        (
+            "Accuracy and loss over rounds",
+            over_rounds_figure(
+                curves,
+                [
+                    ("test_acc", "test accuracy"),
+                    ("test_loss", "test loss"),
+                    ("train_loss", "clients' local train loss"),
+                ],
+                colors,
+            ),
+        )
+    )
+    sections += _surface_sections(out, measured, settings, files)
+    if settings.spread:
+        sections += _spread_sections(curves, groups, colors, out, files)
+    sections += _diagnostic_section(curves, colors)
+    return sections

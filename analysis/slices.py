@@ -1,0 +1,134 @@
+"""Li et al.-style 1D slices: how fast the loss rises along random filter-normalised directions.
+
+For a model theta and K directions d_k (Gaussian, filter-normalised to theta's own filters,
+Li, Xu, Taylor, Studer & Goldstein, NeurIPS 2018, sec. 4), the slice is
+
+    delta_k(t) = L(theta + t d_k) - L(theta),   t on a grid symmetric about 0 that holds 0 exactly.
+
+Filter normalisation removes the scale symmetry of ReLU networks, so slices of different
+models (FedAvg's, FedMut's) are comparable on one axis. Direction k is drawn from a generator
+seeded with ``seed + k`` for every model: the same Gaussian draws, each normalised to its
+own model's filters. From the mean curve m(t) = mean_k delta_k(t), :func:`width` reads the
+*width* at a threshold tau: the distance between the first crossings of m(t) >= tau on
+either side of 0 (linearly interpolated between grid points) -- wider is flatter.
+
+Also :func:`line_slice`: the loss along the straight line (1 - t) theta_A + t theta_B between
+two models (Goodfellow et al. 2015), with its barrier max_t [L(t) - ((1 - t) L(0) + t L(1))]
+over t in [0, 1] (Frankle et al. 2020).
+
+Pure numerics over :class:`analysis.operators.ModelLoss`; the model is never perturbed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from analysis.operators import ModelLoss
+from analysis.surfaces import evaluate_grid, random_directions
+
+
+def symmetric_grid(radius: float, points_per_side: int) -> np.ndarray:
+    """``2 * points_per_side + 1`` evenly spaced values from -radius to radius with 0 and +-radius exact."""
+    if radius <= 0 or points_per_side < 1:
+        raise ValueError("radius > 0 and points_per_side >= 1 required")
+    return radius * np.arange(-points_per_side, points_per_side + 1) / points_per_side
+
+
+@dataclass(frozen=True)
+class Slices:
+    """delta_k(t) for K directions (rows) on the grid ``ts``; ``loss0`` = L(theta)."""
+
+    ts: np.ndarray
+    delta: np.ndarray  # (K, T)
+    loss0: float
+    seed: int
+    num_directions: int
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.delta.mean(axis=0)
+
+    @property
+    def band(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) over the directions at each t."""
+        return self.delta.min(axis=0), self.delta.max(axis=0)
+
+
+def random_slices(
+    obj: ModelLoss,
+    ts: np.ndarray,
+    *,
+    num_directions: int = 10,
+    seed: int = 0,
+    memory_budget: float = 2**30,
+    include_1d: bool = False,
+) -> Slices:
+    """delta_k(t) along ``num_directions`` filter-normalised random directions (see module doc)."""
+    ts = np.asarray(ts, dtype=float)
+    zero = np.flatnonzero(ts == 0.0)
+    if zero.size != 1:
+        raise ValueError("the grid must hold t = 0 exactly once")
+    rows = []
+    loss0 = None
+    for k in range(num_directions):
+        (d,) = random_directions(obj, 1, torch.Generator().manual_seed(seed + k), include_1d=include_1d)
+        surf = evaluate_grid(obj, [d], ts, memory_budget=memory_budget)
+        if loss0 is None:
+            loss0 = float(surf.loss[zero[0]])
+        rows.append(surf.loss - loss0)
+    return Slices(ts, np.array(rows), float(loss0), seed, num_directions)
+
+
+def _crossing(ts: np.ndarray, m: np.ndarray, threshold: float) -> tuple[float, bool]:
+    """First t >= 0 (ts ascending from 0) where m reaches threshold, interpolated; (t_last, True) if never."""
+    for i in range(1, len(ts)):
+        if m[i] >= threshold:
+            prev = m[i - 1]
+            frac = 1.0 if m[i] == prev else (threshold - prev) / (m[i] - prev)
+            return float(ts[i - 1] + min(max(frac, 0.0), 1.0) * (ts[i] - ts[i - 1])), False
+    return float(ts[-1]), True
+
+
+def width(ts: np.ndarray, mean_delta: np.ndarray, threshold: float) -> tuple[float, bool]:
+    """Width of the basin at ``threshold``: right crossing minus left crossing of the mean Δloss.
+
+    Returns (width, censored): ``censored`` is True when the mean curve does not reach the
+    threshold on some side within the grid (the width is then a lower bound: the grid's end).
+    """
+    ts = np.asarray(ts, dtype=float)
+    m = np.asarray(mean_delta, dtype=float)
+    i0 = int(np.flatnonzero(ts == 0.0)[0])
+    right, cr = _crossing(ts[i0:], m[i0:], threshold)
+    left, cl = _crossing(-ts[: i0 + 1][::-1], m[: i0 + 1][::-1], threshold)
+    return right + left, cr or cl
+
+
+@dataclass(frozen=True)
+class LineSlice:
+    """L((1 - t) a + t b) on ``ts`` (holding 0 and 1), and the barrier over [0, 1]."""
+
+    ts: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    barrier: float
+
+
+def line_slice(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> LineSlice:
+    """Loss and accuracy along the straight line from flat model ``a`` (t = 0) to ``b`` (t = 1)."""
+    ts = np.asarray(ts, dtype=float)
+    if not ((ts == 0.0).any() and (ts == 1.0).any()):
+        raise ValueError("the grid must hold t = 0 and t = 1 exactly")
+    surf = evaluate_grid(obj, [b - a], ts, origin=a, **kw)
+    l0, l1 = float(surf.loss[ts == 0.0][0]), float(surf.loss[ts == 1.0][0])
+    inside = (ts >= 0.0) & (ts <= 1.0)
+    chord = (1.0 - ts[inside]) * l0 + ts[inside] * l1
+    return LineSlice(ts, surf.loss, surf.accuracy, float(np.max(surf.loss[inside] - chord)))
+
+
+def line_grid(points_per_unit: int = 10, pad: float = 0.25) -> np.ndarray:
+    """t from -pad to 1 + pad with 0 and 1 on the grid exactly (step 1 / points_per_unit)."""
+    k = int(round(pad * points_per_unit))
+    return np.arange(-k, points_per_unit + k + 1) / points_per_unit

@@ -1,0 +1,131 @@
+"""The report and a surface page in a real browser: headless Chromium (Debian's ``chromium``) driven by
+playwright, WebGL on and off. ``.ci/run`` installs Chromium when it is missing; without any browser the
+tests skip with one line saying so."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
+
+CHROMIUM = os.environ.get("FLATFL_CHROMIUM") or next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (apt-get install chromium; .ci/run does)")
+NO_WEBGL = ["--disable-webgl", "--disable-3d-apis"]
+CONTOUR_WITH_SLIDER = (
+    "[...document.querySelectorAll('.js-plotly-plot')]"
+    ".find(f => f.layout.sliders && f.data.some(t => t.type === 'contour'))"
+)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """A report of FedAvg vs FedMut (two measured rounds: a slider) and a standalone surface page."""
+    from flatfl.cli import main
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("browser")
+    for algo in ("fedavg", "fedmut"):
+        assert main(["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]) == 0
+    assert main(["report", str(root / "fedavg"), str(root / "fedmut"), "--out", str(root / "rep"), "--rounds", "2,4",
+                 "--samples", "100", "--grid", "5", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "2",
+                 "--no-match", "--spread-samples", "50", "--no-progress"]) == 0  # fmt: skip
+    assert main(["landscape", "--ckpt", str(root / "fedmut" / "round_0004.safetensors"), "--surface", "2d",
+                 "--grid", "5", "--samples", "100", "--levels", "8", "--zrange=0,0.5",
+                 "--out", str(root / "land")]) == 0  # fmt: skip
+    return root / "rep" / "report.html", root / "land" / "surface.html"
+
+
+def _open(path: Path, args: list[str]):
+    """(page, console errors, outside requests, close) for a file in headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *args])
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else requests.append(r.url))
+    page.goto(path.as_uri())
+    page.wait_for_function("() => window.Plotly !== undefined && document.querySelectorAll('.js-plotly-plot').length")
+    page.wait_for_timeout(500)
+
+    def close() -> None:
+        browser.close()
+        pw.stop()
+
+    return page, errors, requests, close
+
+
+def _contour_paths(page, index: int) -> int:
+    """How many drawn contour paths the index-th contour figure holds (SVG, no WebGL needed)."""
+    return page.evaluate(
+        """(i) => {
+            const figs = [...document.querySelectorAll('.js-plotly-plot')]
+                .filter(f => f.data && f.data.some(t => t.type === 'contour'));
+            return figs[i].querySelectorAll('g.contourlayer path').length;
+        }""",
+        index,
+    )
+
+
+@pytest.mark.parametrize("webgl", [True, False], ids=["webgl", "no-webgl"])
+def test_report_in_chromium(pages, webgl):
+    report, _ = pages
+    page, errors, requests, close = _open(report, [] if webgl else NO_WEBGL)
+    try:
+        assert requests == []  # everything inlined: opens offline
+        if webgl:
+            assert errors == []
+        table = page.locator("table.verdict")
+        assert table.count() == 1 and "lambda_max" in table.inner_text() and "verdict" in table.inner_text()
+        assert page.locator("p.answer").count() >= 1
+        # the verdict is on the first screen
+        assert table.bounding_box()["y"] < 900
+        assert _contour_paths(page, 0) > 5  # the contour renders without WebGL
+        # the round slider opens at the last round
+        assert page.evaluate(f"() => {CONTOUR_WITH_SLIDER}.layout.sliders[0].active") == 1
+        # no table wider than a 1,366-px screen: the verdict table fits
+        assert page.evaluate("() => document.querySelector('table.verdict').scrollWidth") <= 1366
+    finally:
+        close()
+
+
+def test_slider_click_moves_the_round(pages):
+    report, _ = pages
+    page, errors, _, close = _open(report, NO_WEBGL)
+    try:
+        fig = page.evaluate_handle(f"() => {CONTOUR_WITH_SLIDER}").as_element()
+        fig.scroll_into_view_if_needed()
+        before = page.evaluate(f"() => {CONTOUR_WITH_SLIDER}.data.map(t => t.visible)")
+        box = fig.query_selector(".slider-rail-touch-rect").bounding_box()
+        page.mouse.click(box["x"] + 2, box["y"] + box["height"] / 2)  # the rail's left end: the first round
+        page.wait_for_timeout(300)
+        assert page.evaluate(f"() => {CONTOUR_WITH_SLIDER}.layout.sliders[0].active") == 0
+        after = page.evaluate(f"() => {CONTOUR_WITH_SLIDER}.data.map(t => t.visible)")
+        want = page.evaluate(f"() => {CONTOUR_WITH_SLIDER}.layout.sliders[0].steps[0].args[0].visible")
+        assert after == want and after != before  # round 2's traces shown, round 4's hidden
+        assert _contour_paths(page, 0) > 5
+    finally:
+        close()
+
+
+def test_standalone_surface_page(pages):
+    _, surface = pages
+    page, errors, requests, close = _open(surface, NO_WEBGL)
+    try:
+        assert requests == []
+        assert _contour_paths(page, 0) > 3
+        spec = page.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot')][0].data.find(t => t.type === 'contour').contours"
+        )
+        assert spec["size"] == pytest.approx(0.5 / 8) and spec["end"] == pytest.approx(0.5)  # --levels/--zrange
+    finally:
+        close()

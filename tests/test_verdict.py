@@ -1,0 +1,275 @@
+"""The verdict: statistics against scipy, widths and slices against closed forms and direct evaluation,
+and whole reports whose answer is known by construction."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from analysis.verdict import Measure, disagreement, headline, paired, summarize, t_interval, verdict
+from tests.test_cli import _one_line_error
+
+LAM = Measure("lambda_max", "lambda_max")
+WIDTH = Measure("width_0.1", "1D width", lower_is_better=False)
+ACC = Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance")
+
+
+def test_t_interval_matches_scipy():
+    vals = [3.1, 2.4, 5.0, 4.2]
+    mean, lo, hi = t_interval(vals)
+    want = stats.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=stats.sem(vals))
+    assert mean == pytest.approx(np.mean(vals)) and (lo, hi) == pytest.approx(want, rel=1e-12)
+    assert t_interval([2.0]) == (2.0, None, None)
+    s = summarize([1.0, float("nan"), 3.0, None])
+    assert s.n == 2 and s.values == (1.0, 3.0)
+    assert summarize([float("inf")]) is None
+
+
+def test_paired_verdicts_by_construction():
+    same = paired({0: 5.0, 1: 6.0, 2: 7.0}, {0: 5.0, 1: 6.0, 2: 7.0})
+    assert (same.mean, same.lo, same.hi) == (0.0, 0.0, 0.0)
+    assert verdict(LAM, same, "A", "B") == "no clear difference"
+    lower = paired({0: 2.0, 1: 2.5, 2: 1.9}, {0: 4.0, 1: 4.4, 2: 4.1})  # A lower on every seed
+    assert lower.agree == 3 and lower.hi < 0 and not lower.log
+    # as ratios: one seed ten times larger does not swamp a consistent factor 2
+    a, b = {0: 20.0, 1: 1.0, 2: 1.1}, {0: 40.0, 1: 2.1, 2: 2.0}
+    assert verdict(LAM, paired(a, b), "A", "B") == "no clear difference"
+    r = paired(a, b, ratio=True)
+    assert r.log and verdict(LAM, r, "A", "B") == "flatter: A"
+    logs = [np.log(a[s] / b[s]) for s in (0, 1, 2)]
+    assert (r.lo, r.hi) == pytest.approx(stats.t.interval(0.95, 2, loc=np.mean(logs), scale=stats.sem(logs)))
+    assert not paired({0: -1.0, 1: 2.0}, {0: 1.0, 1: 1.0}, ratio=True).log  # a value <= 0: plain differences
+    assert verdict(LAM, lower, "A", "B") == "flatter: A"  # lower curvature: flatter
+    assert verdict(WIDTH, lower, "A", "B") == "flatter: B"  # a smaller width: sharper
+    assert verdict(ACC, lower, "A", "B") == "better: B"
+    noisy = paired({0: 1.0, 1: 3.0}, {0: 2.0, 1: 1.5})  # signs disagree
+    assert noisy.agree == 1 and verdict(LAM, noisy, "A", "B") == "no clear difference"
+    assert verdict(LAM, paired({0: 1.0}, {0: 2.0}), "A", "B") == "one seed: no interval"
+    assert verdict(LAM, paired({0: 1.0}, {1: 2.0}), "A", "B") == "not measured"  # no common seed
+
+
+def test_disagreement_and_headline_name_the_measures():
+    ms = [LAM, Measure("sam", "SAM"), WIDTH, ACC]
+    vs = {"lambda_max": "flatter: B", "sam": "flatter: A", "width_0.1": "no clear difference", "test_acc": "better: A"}
+    text = disagreement(ms, vs)
+    assert text == "The measures disagree: lambda_max say B is flatter; SAM say A is flatter."
+    assert headline(ms, vs, "A", "B").startswith("Split answer")
+    agree = {"lambda_max": "flatter: B", "sam": "flatter: B", "width_0.1": "no clear difference"}
+    assert disagreement(ms, agree) is None  # performance rows never count as a flatness vote
+    assert headline(ms, agree, "A", "B") == "B is flatter by lambda_max and SAM; no clear difference by 1D width."
+
+
+def test_width_closed_forms():
+    from analysis.slices import symmetric_grid, width
+
+    ts = symmetric_grid(1.0, 20)  # step 0.05
+    assert ts[20] == 0.0 and ts[0] == -1.0 and ts[-1] == 1.0
+    m = np.where(ts > 0, ts**2, 4 * ts**2)  # right branch t^2, left 4 t^2
+    w, censored = width(ts, m, 0.25)  # right crossing 0.5, left 0.25: both on the grid
+    assert w == pytest.approx(0.75, abs=1e-12) and not censored
+    # between grid points: linear interpolation of the piecewise-linear curve (exact for a linear m)
+    w, _ = width(ts, 2 * np.abs(ts), 0.33)
+    assert w == pytest.approx(0.33, abs=1e-12)
+    w, censored = width(ts, 0.01 * ts**2, 1.0)  # never reached: the grid's width, flagged
+    assert w == 2.0 and censored
+
+
+def test_random_slices_equal_direct_float64_evaluation():
+    from analysis.operators import ModelLoss
+    from analysis.slices import random_slices, symmetric_grid
+    from analysis.surfaces import random_directions
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3)).double()
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = ModelLoss(model, x, y, batch_size=16)
+    ts = symmetric_grid(0.8, 4)
+    sl = random_slices(obj, ts, num_directions=3, seed=11)
+    assert sl.delta.shape == (3, 9) and np.all(sl.delta[:, 4] == 0.0)
+    theta = obj.flat()
+    for k in range(3):
+        (d,) = random_directions(obj, 1, torch.Generator().manual_seed(11 + k))
+        for j, t in enumerate(ts):
+            params = obj.unflat(theta + float(t) * d)
+            with torch.no_grad():
+                out = torch.func.functional_call(model, params, (x,))
+            with torch.no_grad():
+                want = float(F.cross_entropy(out, y)) - float(F.cross_entropy(model(x), y))
+            assert sl.delta[k, j] == pytest.approx(want, abs=1e-12)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # the model is never perturbed
+
+
+def test_line_slice_barrier_on_a_known_curve():
+    from analysis.operators import ModelLoss
+    from analysis.slices import line_grid, line_slice
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    obj = ModelLoss(model, x, y)
+    a = obj.flat()
+    b = a + torch.randn_like(a)
+    ts = line_grid(10, 0.2)
+    assert (ts == 0.0).sum() == 1 and (ts == 1.0).sum() == 1
+    ln = line_slice(obj, a, b, ts)
+    direct = [float(obj.loss((1 - t) * a + t * b)) for t in ts]
+    assert ln.loss == pytest.approx(direct, rel=1e-10)
+    inside = (ts >= 0) & (ts <= 1)
+    l0, l1 = direct[int(np.flatnonzero(ts == 0)[0])], direct[int(np.flatnonzero(ts == 1)[0])]
+    chord = (1 - ts[inside]) * l0 + ts[inside] * l1
+    assert ln.barrier == pytest.approx(float(np.max(np.array(direct)[inside] - chord)), rel=1e-10)
+
+
+def test_match_loss_and_accuracy_pick_the_first_round():
+    from analysis.matching import match_accuracy, match_loss
+
+    losses = {"A": [2.3, 1.0, 0.5, 0.4], "B": [2.3, 1.5, 0.9, 0.6]}
+    curves = {k: (lambda r, v=v: v[r], [0, 1, 2, 3]) for k, v in losses.items()}
+    level, found = match_loss(curves, None, 3)
+    assert level == 0.6 and found["A"].round == 2 and found["B"].round == 3
+    level, found = match_loss(curves, 0.45, None)
+    assert found["A"].round == 3 and found["B"].round is None and "never reaches" in found["B"].note
+    _, found = match_loss(curves, 5.0, None)
+    assert found["A"].round == 1  # round 0, the untrained model, is never a match
+    acc = match_accuracy({"A": ({0: 0.1, 1: 0.5, 2: 0.8}, [0, 1, 2])}, 0.75)
+    assert acc["A"].round == 2 and acc["A"].value == 0.8
+
+
+# -- whole reports with a known answer ------------------------------------------------------
+FAST = ["--rounds", "3", "--samples", "150", "--no-surface", "--no-spread", "--trace-matvecs", "0",
+        "--sharpness", "none", "--slices", "2", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """FedAvg and FedProx with mu = 0 (the same models bit for bit), seeds 0, 1 and 2."""
+    from flatfl.cli import main
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("twins")
+    for algo, extra in (("fedavg", []), ("fedprox", ["--mu", "0"])):
+        for seed in (0, 1, 2):
+            out = root / f"{algo}-s{seed}"
+            args = ["train", *TINY, "--rounds", "3", "--algo", algo, "--seed", str(seed), *extra, "--out", str(out)]
+            assert main(args) == 0
+    return root
+
+
+def _verdicts(out, condition="round"):
+    rep = json.loads((out / "report.json").read_text())
+    cond = next(c for c in rep["verdict"] if c["condition"] == condition)
+    return rep, {r["measure"]: next(iter(r["comparisons"].values()))["verdict"] for r in cond["rows"]}
+
+
+def test_identical_models_give_no_clear_difference(cli, twins, tmp_path):
+    runs = [twins / n for n in ("fedavg-s0", "fedavg-s1", "fedprox-s0", "fedprox-s1")]
+    code, stdout, err = cli("report", *runs, "--out", tmp_path / "r", *FAST)
+    assert code == 0, err
+    rep, vs = _verdicts(tmp_path / "r")
+    assert list(rep["groups"]) == ["fedavg", "fedprox"]
+    assert set(vs.values()) == {"no clear difference"}, vs
+    _, vs = _verdicts(tmp_path / "r", "loss")
+    assert set(vs.values()) == {"no clear difference"}, vs
+    assert "No clear difference between fedavg and fedprox by any flatness measure" in stdout
+    rows = list(csv.DictReader(open(tmp_path / "r" / "verdict.csv")))
+    assert {r["condition"] for r in rows} == {"round", "loss"} and all(r["diff_mean"] == "0.0" for r in rows)
+
+
+def _reparametrize(run_dir, alpha):
+    """Scale fc1 (weights and bias) by alpha and fc2's weights by 1/alpha in every round: the same
+    function (ReLU is positively homogeneous), a Hessian ~alpha^2 larger in fc2's weights (Dinh et al. 2017)."""
+    from flatfl import checkpoint as ckpt
+
+    info = ckpt.read_run_json(run_dir)
+    for r in ckpt.list_rounds(run_dir):
+        state, meta = ckpt.load_tensors(ckpt.round_path(run_dir, r))
+        state["fc1.weight"] = state["fc1.weight"] * alpha
+        state["fc1.bias"] = state["fc1.bias"] * alpha
+        state["fc2.weight"] = state["fc2.weight"] / alpha
+        ckpt.save_round(run_dir, r, state, meta["config"], info["identity"])
+
+
+def test_a_sharpened_copy_is_found_sharper(cli, twins, tmp_path):
+    for s in (0, 1, 2):
+        shutil.copytree(twins / f"fedprox-s{s}", tmp_path / f"sharp-s{s}")
+        _reparametrize(tmp_path / f"sharp-s{s}", 4.0)
+    runs = [twins / f"fedavg-s{s}" for s in (0, 1, 2)] + [tmp_path / f"sharp-s{s}" for s in (0, 1, 2)]
+    code, stdout, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--no-match",
+                            "--label", f"{tmp_path / 'sharp-s0'}=rescaled")  # fmt: skip
+    assert code == 0, err
+    rep, vs = _verdicts(tmp_path / "r")
+    assert list(rep["groups"]) == ["fedavg", "rescaled"]
+    assert vs["lambda_max"] == "flatter: fedavg"  # the same function, a sharper parametrisation
+    assert vs["test_acc"] == "no clear difference"  # the same predictions
+    lam = next(r for r in rep["verdict"][0]["rows"] if r["measure"] == "lambda_max")
+    assert lam["comparisons"]["rescaled"]["paired"]["agree"] == 3
+
+
+def test_diverged_runs_are_listed_not_averaged(cli, twins, tmp_path):
+    for n in ("fedavg-s0", "fedavg-s1", "fedprox-s0", "fedprox-s1"):
+        shutil.copytree(twins / n, tmp_path / n)
+    (tmp_path / "fedprox-s1" / "diverged.json").write_text(json.dumps({"round": 3, "message": "round 3: NaN"}))
+    runs = [tmp_path / n for n in ("fedavg-s0", "fedavg-s1", "fedprox-s0", "fedprox-s1")]
+    code, stdout, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--no-match")
+    assert code == 0, err
+    rep, vs = _verdicts(tmp_path / "r")
+    assert rep["groups"]["fedprox"]["runs"]["1"]["status"]["state"] == "diverged"
+    lam = next(r for r in rep["verdict"][0]["rows"] if r["measure"] == "lambda_max")
+    assert lam["groups"]["fedprox"]["n"] == 1 and lam["comparisons"]["fedprox"]["paired"]["n"] == 1
+    assert vs["lambda_max"] == "one seed: no interval"
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Diverged runs, left out of every mean" in html and "round 3: NaN" in html
+
+
+def test_matched_loss_rounds_are_the_first_below_the_level(cli, twins, tmp_path):
+    from analysis.checkpoints import Run
+    from analysis.landscape import select_data
+    from analysis.operators import ModelLoss
+
+    runs = [twins / "fedavg-s0", twins / "fedavg-s1"]
+    code, _, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--match-loss", "1.6")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    cond = next(c for c in rep["verdict"] if c["condition"] == "loss")
+    assert cond["level"] == 1.6
+    for seed, m in cond["rounds"]["fedavg"].items():
+        run = Run.open(twins / f"fedavg-s{seed}")
+        x, y, _ = select_data(run, "train", 150, 0)
+        loss = [ModelLoss(run.model(r), x, y).loss() for r in run.rounds()]
+        want = next((r for r in run.rounds() if r >= 1 and loss[r] <= 1.6), None)
+        assert m["round"] == want
+
+
+def test_mixed_local_optimizers_are_refused(cli, twins, tmp_path):
+    from flatfl.cli import main
+    from tests.conftest import TINY
+
+    other = tmp_path / "m"
+    assert main(["train", *TINY, "--rounds", "1", "--algo", "fedprox", "--momentum", "0.3", "--out", str(other)]) == 0
+    code, _, err = cli("report", twins / "fedavg-s0", other, "--out", tmp_path / "r", *FAST)
+    _one_line_error(code, err, "momentum", "--allow-mixed-optimizers")
+    code, _, err = cli("report", twins / "fedavg-s0", twins / "fedavg-s0", "--out", tmp_path / "r", *FAST)
+    _one_line_error(code, err, "same seed")
+
+
+def test_divergence_leaves_a_marker_the_report_reads(cli, tmp_path):
+    from analysis.checkpoints import Run
+    from analysis.groups import run_status
+    from tests.conftest import TINY
+
+    code, _, err = cli("train", *TINY, "--algo", "fedmut", "--rounds", "6", "--lr", "50", "--momentum", "0.9",
+                       "--out", tmp_path / "bad")  # fmt: skip
+    assert code == 1 and "diverged" in err
+    marker = json.loads((tmp_path / "bad" / "diverged.json").read_text())
+    st = run_status(Run.open(tmp_path / "bad"))
+    assert st.state == "diverged" and st.last == marker["last_finite_round"] < marker["round"]
+    assert st.why in err
