@@ -8,7 +8,7 @@ Every run is measured, on the same data selection, at
 * **equal training loss** (the first saved round whose loss on the analysis data is at or
   below a common level, :mod:`analysis.matching`) and, when asked, **equal test accuracy**;
 
-with lambda_max (Lanczos), the Hessian trace (Hutch++ with a standard error), the sharpness
+with lambda_max (Lanczos), the Hessian trace (adaptive Hutch++ with a standard error), the sharpness
 measures, and Li et al. 1D slices along K filter-normalised random directions with the basin
 width at given Δloss thresholds (:mod:`analysis.slices`). :mod:`analysis.verdict` turns the
 per-seed numbers into one row per measure: each group's mean with a 95% t-interval, the
