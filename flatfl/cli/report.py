@@ -38,7 +38,8 @@ def add_parser(sub: Any) -> None:
             "Answer whether one training setting (e.g. FedMut) reaches flatter minima than another (e.g. FedAvg). "
             "Runs that differ only in their seed form a group. Every run is measured at equal rounds, at equal "
             "training loss (its first saved round whose loss on the analysis data is at or below a common level) "
-            "and, with --match-acc, at equal test accuracy: lambda_max (Lanczos), the Hessian trace (adaptive Hutch++), "
+            "and, with --match-acc, at equal test accuracy: lambda_max (Lanczos), the Hessian trace "
+            "(adaptive Hutch++), "
             "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
             "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
             "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when the interval "
@@ -219,7 +220,9 @@ def run(ns: dict[str, Any]) -> int:
     from analysis.trace import HUTCHPP_MIN_MATVECS
 
     if 0 < ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
-        raise UserError(f"--trace-matvecs: the trace estimator needs at least {HUTCHPP_MIN_MATVECS} HVPs; 0 skips the trace")
+        raise UserError(
+            f"--trace-matvecs: the trace estimator needs at least {HUTCHPP_MIN_MATVECS} HVPs; 0 skips the trace"
+        )
     d = ReportSettings()
     ls = replace(
         d.landscape,
