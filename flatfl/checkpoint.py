@@ -77,9 +77,6 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()
-
-
 def os_error(path: Path, exc: OSError) -> UserError:
     """One line for a filesystem error: the path and the OS's reason (read-only, full, ...)."""
     reason = exc.strerror or str(exc)
@@ -87,9 +84,11 @@ def os_error(path: Path, exc: OSError) -> UserError:
 
 
 def _kind(path: Path) -> str:
-    """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, or the file name."""
+    """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, metrics, run.json, partition.json."""
     name = path.name
-    return name.split("_", 1)[0] if name.startswith(("round_", "clients_")) else name
+    if name.startswith(("round_", "clients_")):
+        return name.split("_", 1)[0]
+    return name.removesuffix(".safetensors").removesuffix(".jsonl")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -100,7 +99,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise os_error(path, exc) from exc
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as fh:
             fault_point(f"{_kind(path)}:write", lambda: fh.write(data[: len(data) // 2]) and fh.flush())
             fh.write(data)

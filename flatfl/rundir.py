@@ -162,3 +162,13 @@ class RunDir:
         aside = self.out / REPLACED
         if aside.is_dir():
             shutil.rmtree(aside)
+
+
+def recover(out: Path) -> list[str]:
+    """Take the lock, finish or undo what a killed process left in ``out``, release it (before
+    ``--resume`` reads run.json, which an undone ``--overwrite`` brings back)."""
+    rd = RunDir(out)
+    try:
+        return rd.open(create=False)
+    finally:
+        rd.close()

@@ -448,6 +448,7 @@ def _train(
         # the order in which FedMut draws per-tensor coefficients (resume == straight run)
         model_sd = sim.model.state_dict()
         _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
+        _check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
         global_state = {k: global_cpu[k].to(dev) for k in model_sd}
         algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
         if main:
@@ -664,3 +665,23 @@ def complete_metrics(out: Path, start: int, sim: Simulation, identity: str, devi
             {"round": r, "test_loss": loss, "test_acc": acc, "train_loss": None, "device": device, "rebuilt": True}
         )
     ckpt.write_metrics(out, sorted(keep, key=lambda rec: rec["round"]))
+
+
+def _check_state_groups(tensors: StateDict, model_sd: StateDict, params: set[str], path: Path) -> None:
+    """Algorithm state saved per model tensor (``prefix/<key>``: FedMut's previous global model,
+    SCAFFOLD's control variates) must cover all parameters or all state keys, in the model's shapes."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, v in tensors.items():
+        prefix, _, key = name.rpartition("/")
+        if prefix and key in model_sd:
+            groups.setdefault(prefix, {})[key] = v
+    for prefix, group in groups.items():
+        if set(group) not in (params, set(model_sd)):
+            missing = sorted((params if set(group) <= params else set(model_sd)) - set(group))[:3]
+            raise UserError(f"{path}: {prefix}/ lacks tensors {missing}; the state file is damaged")
+        for key, v in group.items():
+            if tuple(v.shape) != tuple(model_sd[key].shape):
+                raise UserError(
+                    f"{path}: {prefix}/{key} has shape {tuple(v.shape)}, the model expects "
+                    f"{tuple(model_sd[key].shape)}; the state file is damaged"
+                )

@@ -524,6 +524,7 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
 
 def run(ns: dict[str, Any]) -> int:
     from flatfl import checkpoint as ckpt
+    from flatfl.rundir import recover
     from flatfl.trainer import prepare_out, train
 
     if "resume" in ns:
@@ -533,6 +534,8 @@ def run(ns: dict[str, Any]) -> int:
         if "overwrite" in ns:
             raise UserError("--overwrite: cannot be combined with --resume")
         prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
+        for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
+            print(f"{out}: {note}")
         cfg = RunConfig.from_dict(ckpt.read_run_json(out)["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
         if "rounds" in ns:
