@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, report, train
 from flatfl.cli.common import Parser
-from flatfl.errors import DivergenceError, UserError
+from flatfl.errors import DivergenceError, Interrupted, UserError
 
 COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": landscape, "report": report}
 
@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DivergenceError as exc:
         say(f"flatfl: diverged: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("flatfl: interrupted; completed rounds are saved, continue with --resume DIR\n")
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"flatfl: {exc if isinstance(exc, Interrupted) else 'interrupted'}\n")
         return 130
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from flatfl.cli.common import (
     unit,
 )
 from flatfl.config import DataConfig, LocalConfig, RunConfig
-from flatfl.errors import UserError
+from flatfl.errors import Interrupted, UserError
 
 # flag dest -> field of DataConfig / LocalConfig / RunConfig / the algorithm's config
 DATA_FLAGS = {
@@ -547,16 +548,24 @@ def run(ns: dict[str, Any]) -> int:
         cfg = config_from_args(ns)
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
-    logs = train(
-        cfg,
-        Path(out),
-        device=ns.get("device", "auto"),
-        resume=resume,
-        overwrite=ns.get("overwrite", False),
-        progress=ns.get("progress"),
-        download=ns.get("download", False),
-        parallel_clients=ns.get("parallel_clients", 1),
-    )
+    try:
+        logs = train(
+            cfg,
+            Path(out),
+            device=ns.get("device", "auto"),
+            resume=resume,
+            overwrite=ns.get("overwrite", False),
+            progress=ns.get("progress"),
+            download=ns.get("download", False),
+            parallel_clients=ns.get("parallel_clients", 1),
+        )
+    except KeyboardInterrupt:
+        if not (Path(out) / ckpt.RUN_JSON).is_file():
+            raise Interrupted(f"interrupted before {out} held a run; nothing was saved") from None
+        raise Interrupted(
+            f"interrupted; the completed rounds are saved in {out}; continue with: "
+            f"flatfl train --resume {shlex.quote(str(out))}"
+        ) from None
     if logs and os.environ.get("RANK", "0") == "0":
         last = logs[-1]
         print(f"done: {out} round {last.round}  test_acc {last.test_acc:.4f}  test_loss {last.test_loss:.4f}")
