@@ -114,3 +114,18 @@ def test_sigint_stops_and_prints_the_resume_command(cli, tmp_path):
     code, _, err = cli("train", "--resume", out, "--rounds", str(done + 1))
     assert code == 0, err
     assert [r["round"] for r in ckpt.read_metrics(out)] == list(range(done + 2))
+
+
+def test_report_out_is_a_file(cli, run3, tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, _, err = cli("report", run3, "--out", tmp_path / "f")
+    _one_line_error(code, err, "--out", "is a file")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from flatfl.cli import main
+    from flatfl.errors import UserError
+
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    with pytest.raises(UserError, match="does not exist"):
+        main(["--debug", "train", "--resume", str(tmp_path / "none")])

@@ -21,6 +21,9 @@ COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": l
 
 def build_parser() -> argparse.ArgumentParser:
     top = Parser(prog="flatfl", description="Train federated learning algorithms, save every round, measure flatness.")
+    top.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error instead of its one-line message"
+    )
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in COMMANDS.values():
@@ -34,12 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = vars(parser.parse_args(argv))
     except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
         return int(exc.code or 0)
+    debug = ns.pop("debug", False)
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
     try:
         return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:
+        if debug:
+            raise
         say(f"flatfl: error: {exc}\n")
         return exc.exit_code
     except DivergenceError as exc:
