@@ -422,7 +422,7 @@ class BackgroundWriter:
     """Runs checkpoint writes on one background thread, in submission order.
 
     Training of round t+1 overlaps the (fsynced) writes of round t. Writes stay ordered, so
-    the commit protocol (round file, then state, then metrics) holds; ``close()`` waits for
+    the commit protocol (round file, metrics line, then state) holds; ``close()`` waits for
     all of them, and an exception raised by a write is re-raised on the next ``submit`` or
     on ``close``. Callers pass tensors that are not modified afterwards (CPU snapshots).
     """

@@ -41,8 +41,6 @@ from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.statedict import StateDict, clone, first_nonfinite
 
-RUN_FILES = rundir.RUN_FILES
-
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else must be a valid torch device."""
