@@ -535,8 +535,9 @@ def run(ns: dict[str, Any]) -> int:
         if "overwrite" in ns:
             raise UserError("--overwrite: cannot be combined with --resume")
         prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
-        for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
-            print(f"{out}: {note}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone touches the directory
+            for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
+                print(f"{out}: {note}")
         cfg = RunConfig.from_dict(ckpt.read_run_json(out)["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
         if "rounds" in ns:
