@@ -21,7 +21,7 @@ from flatfl.config import DataConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import UserError
 from flatfl.models import build_model
-from flatfl.statedict import StateDict
+from flatfl.statedict import StateDict, first_nonfinite
 
 
 @dataclass
@@ -44,6 +44,9 @@ class Run:
             raise UserError(f"{file}: no run.json beside it in {file.parent}; it cannot be rebuilt")
         run = cls.open(file.parent)
         _, r = ckpt.load_round(file, run.identity)
+        named = file.stem.removeprefix("round_")
+        if file.stem.startswith("round_") and named.isdigit() and int(named) != r:
+            raise UserError(f"{file}: its metadata say round {r}, its name round {int(named)}; rename or restore it")
         return run, r
 
     @property
@@ -58,7 +61,11 @@ class Run:
         return ckpt.list_rounds(self.path)
 
     def global_state(self, round: int) -> StateDict:
-        state, _ = ckpt.load_round(ckpt.round_path(self.path, round), self.identity)
+        path = ckpt.round_path(self.path, round)
+        state, _ = ckpt.load_round(path, self.identity)
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise UserError(f"{path}: tensor {bad} holds NaN or Inf; a diverged model has no landscape to measure")
         order = self.info["model"]["state_keys"]
         return {k: state[k] for k in order} if set(order) == set(state) else state
 
@@ -82,7 +89,8 @@ class Run:
         return load_dataset(DataConfig(**self.config["data"]))
 
     def partition(self) -> list[np.ndarray]:
-        return [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(self.path)]
+        """Client -> indices, refused when partition.json differs from run.json's record of it."""
+        return [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(self.path, self.info)]
 
     def clients(self, round: int) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
         path = ckpt.clients_path(self.path, round)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -221,6 +222,8 @@ def compute(
         out["hvp_method"] = op.method
         out["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
     r_top = None
+    if settings.hessian and settings.topk >= obj.size:
+        raise UserError(f"--topk {settings.topk}: the model has only {obj.size} parameters; use --topk < {obj.size}")
     if settings.hessian:
         t = time.perf_counter()
         log(f"hessian: top-{settings.topk} and most negative eigenvalue by Lanczos ...")
@@ -412,7 +415,7 @@ def _resolve_model_spec(run: Run, rnd: int, spec: str) -> tuple[str, Run, Callab
     from flatfl import checkpoint as ckpt
 
     kind, _, slot = spec.partition(":")
-    if kind in ("mutant", "returned") and slot.isdigit():
+    if kind in ("mutant", "returned") and _is_slot(slot):
         r = rnd + 1 if kind == "mutant" else rnd
         path = ckpt.clients_path(run.path, r)
         if not path.is_file():
@@ -513,6 +516,11 @@ def _markers(
     ]
 
 
+def _is_slot(text: str) -> bool:
+    """A slot number in ASCII digits (``str.isdigit`` accepts '²', which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def check_surface_settings(settings: LandscapeSettings, ckpt: Path | None = None) -> None:
     """Flag combinations a surface cannot use: one line each, before anything is computed
     (with ``ckpt``, the ``--to``/``--models`` specs are resolved against its run too)."""
@@ -531,7 +539,7 @@ def check_surface_settings(settings: LandscapeSettings, ckpt: Path | None = None
     run, rnd = Run.of_checkpoint(ckpt) if ckpt is not None and specs else (None, 0)
     for spec in specs:
         kind_, _, slot = spec.partition(":")
-        if not (kind_ in ("mutant", "returned") and slot.isdigit()) and not Path(spec).is_file():
+        if not (kind_ in ("mutant", "returned") and _is_slot(slot)) and not Path(spec).is_file():
             raise UserError(f"--models/--to: {spec!r} is neither a checkpoint file nor mutant:SLOT / returned:SLOT")
     for spec in specs if run is not None else []:
         _resolve_model_spec(run, rnd, spec)
@@ -683,8 +691,11 @@ def compute_surface(
     path = Path(out_dir) / "surface"
     previous = None
     if path.with_suffix(".npz").is_file() and path.with_suffix(".json").is_file():
-        old = Surface.load(path)
-        if old.description == desc:
+        try:
+            old = Surface.load(path)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):  # a cut cache: recompute
+            old = None
+        if old is not None and old.description == desc:
             previous = old
 
     def finish(s: Surface) -> None:

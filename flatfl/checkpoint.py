@@ -16,11 +16,17 @@ Every write goes to a temporary file in the same directory, is fsynced, then ren
 the target (``os.replace`` is atomic on POSIX): a crash leaves the previous file or the new
 one, never a torn file. (The directory itself is not fsynced: after a power cut a rename
 may be lost, which leaves the previous round's file -- still a valid checkpoint.)
-``state.safetensors`` is written last in a round and is the commit point for ``--resume``.
+``state.safetensors`` is written last in a round and is the commit point for ``--resume``;
+the round's metrics line is appended just before it, so every committed round has its line
+(``--resume`` drops lines of uncommitted rounds, see :func:`metrics_for_resume`).
+
+Files are created with the permissions ``open()`` would give (``0o666 & ~umask``), not the
+0600 of ``tempfile.mkstemp``. ``FLATFL_FAULT_AT`` is a test-only hook (``flatfl.faults``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +42,7 @@ from safetensors.torch import save as st_save
 
 from flatfl.config import canonical_json
 from flatfl.errors import UserError
+from flatfl.faults import fault_point
 from flatfl.statedict import StateDict
 
 FORMAT = "flatfl.run"
@@ -57,20 +64,55 @@ def clients_path(run_dir: Path, round: int) -> Path:
 
 
 # -- atomic writes ---------------------------------------------------------------------
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def os_error(path: Path, exc: OSError) -> UserError:
+    """One line for a filesystem error: the path and the OS's reason (read-only, full, ...)."""
+    reason = exc.strerror or str(exc)
+    return UserError(f"{path}: cannot write ({reason}); free space or fix permissions, then --resume the run")
+
+
+def _kind(path: Path) -> str:
+    """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, metrics, run.json, partition.json."""
+    name = path.name
+    if name.startswith(("round_", "clients_")):
+        return name.split("_", 1)[0]
+    return name.removesuffix(".safetensors").removesuffix(".jsonl")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise os_error(path, exc) from exc
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as fh:
+            fault_point(f"{_kind(path)}:write", lambda: fh.write(data[: len(data) // 2]) and fh.flush())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise os_error(path, exc) from exc
         raise
+    fault_point(f"{_kind(path)}:commit")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -128,27 +170,84 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: missing; {run_dir} holds no flatfl run")
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        info = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from exc
-    if info.get("format") != FORMAT:
-        raise UserError(f"{path}: not a flatfl run.json (format {info.get('format')!r})")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        got = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise UserError(f"{path}: not a flatfl run.json (format {got!r})")
     if info.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{path}: format version {info.get('format_version')} is not supported by this "
             f"flatfl (expects {FORMAT_VERSION})"
         )
+    _check_run_info(path, info)
     return info
 
 
-def read_partition(run_dir: Path) -> list[list[int]]:
+def _check_run_info(path: Path, info: dict[str, Any]) -> None:
+    """The fields every reader relies on, with their types: one line naming the first bad one."""
+    config = info.get("config")
+    problems = [
+        (not isinstance(config, dict), "'config' is missing or not an object"),
+        (not isinstance(info.get("identity"), str), "'identity' is missing or not a string"),
+        (not isinstance(info.get("model"), dict), "'model' is missing or not an object"),
+    ]
+    if isinstance(config, dict):
+        for key in ("rounds", "seed"):
+            v = config.get(key)
+            problems.append((not isinstance(v, int) or isinstance(v, bool), f"config.{key} is {v!r}, not an integer"))
+    for bad, what in problems:
+        if bad:
+            raise UserError(f"{path}: {what}; the run directory is damaged (restore run.json from a copy)")
+
+
+def set_run_rounds(run_dir: Path, rounds: int) -> None:
+    """Record a resumed run's new planned ``rounds``: the only field of run.json a resume
+    changes, and only when it changes."""
+    path = Path(run_dir) / RUN_JSON
+    info = read_run_json(run_dir)
+    if info["config"]["rounds"] != rounds:
+        info["config"]["rounds"] = rounds
+        atomic_write_json(path, info)
+
+
+def partition_json_bytes(parts: dict[str, Any]) -> bytes:
+    """The bytes ``partition.json`` is written with (their SHA-256 goes into run.json)."""
+    return (json.dumps(parts, indent=2, sort_keys=True) + "\n").encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_partition(run_dir: Path, info: dict[str, Any] | None = None) -> list[list[int]]:
+    """Client -> training indices; with ``info`` (run.json), checked against the recorded SHA-256
+    (``partition_sha256``, runs since it was added) and client sizes: an edited file is refused."""
     path = Path(run_dir) / PARTITION_JSON
     if not path.is_file():
         raise UserError(f"{path}: missing; the run directory is incomplete")
+    raw = path.read_bytes()
+    want = (info or {}).get("partition_sha256")
+    if want is not None and sha256_hex(raw) != want:
+        raise UserError(
+            f"{path}: SHA-256 differs from the one recorded in run.json; the partition was edited "
+            "after the run started (restore the original file)"
+        )
     try:
-        return [list(map(int, c)) for c in json.loads(path.read_text())["clients"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        clients = json.loads(raw)["clients"]
+        if not isinstance(clients, list) or not all(isinstance(c, list) for c in clients):
+            raise TypeError("'clients' is not a list of lists")
+        for c in clients:
+            for i in c:
+                if not isinstance(i, int) or isinstance(i, bool):
+                    raise TypeError(f"index {i!r} is not an integer")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: damaged ({exc})") from exc
+    sizes = ((info or {}).get("partition") or {}).get("sizes")
+    if sizes is not None and [len(c) for c in clients] != sizes:
+        raise UserError(f"{path}: client sizes differ from run.json's partition record; the file was edited")
+    return clients
 
 
 # -- rounds ------------------------------------------------------------------------------
@@ -170,7 +269,14 @@ def load_round(path: Path, identity: str | None = None) -> tuple[StateDict, int]
         raise UserError(f"{path}: not a flatfl round checkpoint (metadata format {meta.get('format')!r})")
     if identity is not None and meta.get("run_identity") != identity:
         raise UserError(f"{path}: belongs to a different run than the run.json beside it (config differs)")
-    return tensors, int(meta["round"])
+    return tensors, _meta_round(path, meta)
+
+
+def _meta_round(path: Path, meta: dict[str, Any]) -> int:
+    r = meta.get("round")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        raise UserError(f"{path}: metadata 'round' is {r!r}, not a round number; the file is damaged")
+    return r
 
 
 def list_rounds(run_dir: Path) -> list[int]:
@@ -229,42 +335,94 @@ def load_state(run_dir: Path, identity: str) -> tuple[int, str, StateDict, dict[
         raise UserError(f"{path}: not a flatfl state file")
     if meta.get("run_identity") != identity:
         raise UserError(f"{path}: belongs to a different run than {Path(run_dir) / RUN_JSON}")
-    return int(meta["round"]), meta["algo"], tensors, meta["algo_state"]
+    if not isinstance(meta.get("algo"), str) or not isinstance(meta.get("algo_state"), dict):
+        raise UserError(f"{path}: metadata lack 'algo' or 'algo_state'; the file is damaged")
+    return _meta_round(path, meta), meta["algo"], tensors, meta["algo_state"]
 
 
 # -- metrics -------------------------------------------------------------------------------
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS_FILE, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    path = Path(run_dir) / METRICS_FILE
+    line = (json.dumps(record) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        with os.fdopen(fd, "ab") as fh:
+            fault_point("metrics:write", lambda: fh.write(line[: len(line) // 2]) and fh.flush())
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise os_error(path, exc) from exc
+    fault_point("metrics:commit")
+
+
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """(records, torn): every line must be a JSON object with an integer ``round``; only an
+    unterminated last line (a write cut short by a kill) may be unreadable, and is left out."""
+    if not path.is_file():
+        return [], False
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    out = []
+    for i, line in enumerate(lines, 1):
+        rec = _metrics_record(path, i, line)
+        out.append(rec)
+    torn = False
+    if tail:
+        try:
+            out.append(_metrics_record(path, len(lines) + 1, tail))
+        except UserError:
+            torn = True
+    return out, torn
+
+
+def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: line {i} is not UTF-8 JSON ({exc}); fix or delete that line") from exc
+    r = rec.get("round") if isinstance(rec, dict) else None
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        raise UserError(f"{path}: line {i} is not a round record (needs an object with an integer 'round')")
+    return rec
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of ``metrics.jsonl`` (a torn last line is skipped)."""
+    """The records of ``metrics.jsonl`` (a torn last line, cut by a kill, is left out); any other
+    unreadable line is a :class:`UserError` naming it."""
+    return _parse_metrics(Path(run_dir) / METRICS_FILE)[0]
+
+
+def metrics_for_resume(run_dir: Path, committed: int) -> tuple[list[dict[str, Any]], list[int], bool]:
+    """(records to keep, committed rounds without a record, whether the file must be rewritten).
+
+    Records of rounds after ``committed`` were written by a round that never committed and are
+    dropped, as is a torn last line. A record out of order or twice (two writers) is refused: no
+    valid record is ever deleted. Missing rounds are rebuilt by the caller.
+    """
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+    records, torn = _parse_metrics(path)
+    keep = [r for r in records if r["round"] <= committed]
+    rounds = [r["round"] for r in keep]
+    if rounds != sorted(set(rounds)):
+        dup = next(r for i, r in enumerate(rounds) if r in rounds[:i] or (i and r < rounds[i - 1]))
+        raise UserError(
+            f"{path}: round {dup} is out of order or recorded twice (two processes wrote this run?); "
+            "keep one line per round, in order, then --resume again"
+        )
+    missing = sorted(set(range(committed + 1)) - set(rounds))
+    return keep, missing, torn or len(keep) != len(records) or bool(missing)
 
 
-def truncate_metrics(run_dir: Path, last_round: int) -> None:
-    """Keep only records of rounds <= last_round (used on resume)."""
-    keep = [r for r in read_metrics(run_dir) if r.get("round", 0) <= last_round]
-    atomic_write_bytes(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in keep).encode())
+def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 class BackgroundWriter:
     """Runs checkpoint writes on one background thread, in submission order.
 
     Training of round t+1 overlaps the (fsynced) writes of round t. Writes stay ordered, so
-    the commit protocol (round file, then state, then metrics) holds; ``close()`` waits for
+    the commit protocol (round file, metrics line, then state) holds; ``close()`` waits for
     all of them, and an exception raised by a write is re-raised on the next ``submit`` or
     on ``close``. Callers pass tensors that are not modified afterwards (CPU snapshots).
     """
@@ -285,6 +443,12 @@ class BackgroundWriter:
             else:
                 still.append(f)
         self._pending = still
+
+    def cancel_pending(self) -> None:
+        """Drop the writes not yet begun (on interrupt: stop at the round being written)."""
+        for f in self._pending:
+            f.cancel()
+        self._pending = [f for f in self._pending if not f.cancelled()]
 
     def close(self) -> None:
         try:

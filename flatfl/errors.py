@@ -23,3 +23,7 @@ class DivergenceError(Exception):
         super().__init__(message)
         self.round = round
         self.client = client
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``flatfl train``: the message names the run and the command that continues it."""

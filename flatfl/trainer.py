@@ -30,7 +30,7 @@ import torch
 
 import flatfl
 from flatfl import checkpoint as ckpt
-from flatfl import diagnostics, distributed, seeding
+from flatfl import diagnostics, distributed, rundir, seeding
 from flatfl.algorithms import get_algorithm
 from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm, SequentialTraining
 from flatfl.config import DataConfig, RunConfig
@@ -40,8 +40,6 @@ from flatfl.local import evaluate, local_sgd
 from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.statedict import StateDict, clone, first_nonfinite
-
-RUN_FILES = ("run.json", "partition.json", "state.safetensors", "metrics.jsonl", ckpt.DIVERGED_JSON)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -328,7 +326,9 @@ def _preset_info(cfg: RunConfig) -> dict[str, Any]:
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless asked; remove flatfl files on ``overwrite``."""
+    """Refuse to clobber an existing run unless asked (checks only: ``flatfl.rundir`` moves an
+    overwritten run aside once the new one is validated). A run killed before its round 0 was
+    committed is no run yet."""
     run_json = out / ckpt.RUN_JSON
     if resume:
         if not out.is_dir():
@@ -338,17 +338,11 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         return
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {out} exists and is not a directory")
-    if run_json.exists() or list(out.glob("round_*.safetensors")):
-        if not overwrite:
-            raise UserError(
-                f"--out: {out} already holds a run; continue it with --resume {out} or replace it with --overwrite"
-            )
-        for p in out.iterdir():
-            name = p.name
-            ours = name in RUN_FILES or (name.endswith(".safetensors") and name.startswith(("round_", "clients_")))
-            if ours or (name.startswith(".") and name.endswith(".tmp")):
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    holds = (out / rundir.REPLACED).is_dir() or run_json.exists() or bool(list(out.glob("round_*.safetensors")))
+    if holds and not overwrite and not rundir.uncommitted_start(out):
+        raise UserError(
+            f"--out: {out} already holds a run; continue it with --resume {out} or replace it with --overwrite"
+        )
 
 
 def _on_main(ctx: distributed.DistContext | None, fn: Callable[[], Any]) -> Any:
@@ -397,11 +391,20 @@ def train(
         dev = torch.device("cuda", distributed.local_rank())
     ctx = distributed.init(dev)
     ok = False
+    rd = rundir.RunDir(out) if ctx is None or ctx.is_main else None  # rank 0 holds the lock
     try:
-        logs = _train(cfg, out, dev, ctx, resume, overwrite, progress, log, download, parallel_clients)
+        check = lambda: prepare_out(out, resume=resume, overwrite=overwrite)  # noqa: E731
+        _on_main(ctx, check)  # before the folder is made or locked
+        notes = _on_main(ctx, lambda: rd.open(create=not resume))  # type: ignore[union-attr]
+        _on_main(ctx, check)  # again under the lock, after recovery
+        for note in notes if rd is not None else []:
+            (log or print)(f"{out}: {note}")
+        logs = _train(cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients)
         ok = True
         return logs
     finally:
+        if rd is not None:
+            rd.close(failed=not ok)
         distributed.shutdown(ctx, ok)
 
 
@@ -410,8 +413,8 @@ def _train(
     out: Path,
     dev: torch.device,
     ctx: distributed.DistContext | None,
+    rd: rundir.RunDir | None,
     resume: bool,
-    overwrite: bool,
     progress: bool | None,
     log: Callable[[str], None] | None,
     download: bool,
@@ -421,16 +424,18 @@ def _train(
     log = log or (lambda s: print(s, flush=True))
     if not main:
         log = lambda s: None  # noqa: E731
-    _on_main(ctx, lambda: prepare_out(out, resume=resume, overwrite=overwrite))
-    if resume and (ctx is None or ctx.rank == 0):
-        (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # written again if it diverges again
-    data = load_dataset(cfg.data, download=download and main)
     identity = cfg.identity()
+    if resume and not _on_main(ctx, lambda: rundir.committed(out) or not rundir.uncommitted_start(out)):
+        log(f"{out}: stopped before its round 0 was saved; starting it from round 0")
+        resume = False
+    data = load_dataset(cfg.data, download=download and main)
 
     def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
-        parts = ckpt.read_partition(out)
+        parts = ckpt.read_partition(out, resume_info(out, identity))
         start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
         global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
+        check_finite(ckpt.round_path(out, start), global_cpu)
+        check_finite(out / ckpt.STATE_FILE, st_tensors)
         return parts, start, algo_name, st_tensors, st_json, global_cpu
 
     if resume:
@@ -469,31 +474,37 @@ def _train(
         # the order in which FedMut draws per-tensor coefficients (resume == straight run)
         model_sd = sim.model.state_dict()
         _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
+        _check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
         global_state = {k: global_cpu[k].to(dev) for k in model_sd}
         algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
         if main:
-            ckpt.truncate_metrics(out, start)
-            ckpt.write_run_json(out, info)
+            complete_metrics(out, start, sim, identity, str(dev))
         if start >= cfg.rounds:
             log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
             return []
+        if main:
+            ckpt.set_run_rounds(out, cfg.rounds)
+            (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
         log(f"resuming {out} from round {start}")
     else:
         start = 0
         global_state = distributed.broadcast_state(ctx, sim.initial_state())
         loss0, acc0 = sim.evaluate(global_state)
         if main:
-            ckpt.write_run_json(out, info)
-            ckpt.atomic_write_json(
-                out / ckpt.PARTITION_JSON,
+            assert rd is not None
+            rd.clear_for_new_run()  # everything is validated: an overwritten run is moved aside now
+            partition = ckpt.partition_json_bytes(
                 {"clients": [p.tolist() for p in parts]}
-                | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {}),
+                | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {})
             )
+            ckpt.write_run_json(out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
+            ckpt.atomic_write_bytes(out / ckpt.PARTITION_JSON, partition)
             ckpt.save_round(out, 0, global_state, config_dict, identity)
-            ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
             ckpt.append_metrics(
                 out, {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
             )
+            ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
+            rd.round0_committed()
 
     show_bar = main and (sys.stderr.isatty() if progress is None else progress)
     bar = None
@@ -588,6 +599,9 @@ def _train(
                     f"[{cfg.algo}] round {t}/{cfg.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
                     f"train_loss {rec.train_loss:.4f}  {wall:.2f}s"
                 )
+    except KeyboardInterrupt:
+        writer.cancel_pending()  # queued rounds are dropped; the one being written completes
+        raise
     except DivergenceError as exc:
         writer.close()
         rounds = ckpt.list_rounds(out) if main else []
@@ -635,14 +649,14 @@ def _commit_job(
     clients_info: dict[str, Any],
     record: dict[str, Any],
 ) -> Callable[[], None]:
-    """The writes of one round, in commit order: clients, round, state (commit), metrics."""
+    """The writes of one round, in commit order: clients, round, metrics, state (commit)."""
 
     def job() -> None:
         if sent is not None and returned is not None:
             ckpt.save_clients(out, t, sent, returned, clients_info, identity)
         ckpt.save_round(out, t, global_state, config_dict, identity)
-        ckpt.save_state(out, t, cfg.algo, state_tensors, state_json, identity)
         ckpt.append_metrics(out, record)
+        ckpt.save_state(out, t, cfg.algo, state_tensors, state_json, identity)
 
     return job
 
@@ -655,3 +669,60 @@ def _check_keys(saved: StateDict, expected: StateDict, path: Path) -> None:
     for k, v in expected.items():
         if tuple(saved[k].shape) != tuple(v.shape):
             raise UserError(f"{path}: tensor {k} has shape {tuple(saved[k].shape)}, the model expects {tuple(v.shape)}")
+
+
+def resume_info(out: Path, identity: str) -> dict[str, Any]:
+    """run.json of the run being resumed, which must still be the run the CLI read (an
+    interrupted ``--overwrite`` undone on opening brings back another one)."""
+    info = ckpt.read_run_json(out)
+    if info["identity"] != identity:
+        raise UserError(
+            f"{out / ckpt.RUN_JSON}: changed while opening the run (an interrupted --overwrite was undone); "
+            "run the same command again"
+        )
+    return info
+
+
+def check_finite(path: Path, tensors: StateDict) -> None:
+    key = first_nonfinite(tensors)
+    if key is not None:
+        raise UserError(f"{path}: tensor {key} holds NaN or Inf; this run cannot continue from it (start a new run)")
+
+
+def complete_metrics(out: Path, start: int, sim: Simulation, identity: str, device: str) -> None:
+    """metrics.jsonl with exactly one record per committed round 0..start: lines of uncommitted
+    rounds and a torn last line go; a committed round without a line (lost by a kill under
+    earlier versions) gets its test metrics back from its round file, marked ``rebuilt``."""
+    keep, missing, rewrite = ckpt.metrics_for_resume(out, start)
+    if not rewrite:
+        return
+    for r in missing:
+        path = ckpt.round_path(out, r)
+        if not path.is_file():
+            raise UserError(f"{out / ckpt.METRICS_FILE}: round {r} has no line and no {path.name} to rebuild it from")
+        state, _ = ckpt.load_round(path, identity)
+        loss, acc = sim.evaluate({k: v.to(sim.device) for k, v in state.items()})
+        keep.append(
+            {"round": r, "test_loss": loss, "test_acc": acc, "train_loss": None, "device": device, "rebuilt": True}
+        )
+    ckpt.write_metrics(out, sorted(keep, key=lambda rec: rec["round"]))
+
+
+def _check_state_groups(tensors: StateDict, model_sd: StateDict, params: set[str], path: Path) -> None:
+    """Algorithm state saved per model tensor (``prefix/<key>``: FedMut's previous global model,
+    SCAFFOLD's control variates) must cover all parameters or all state keys, in the model's shapes."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, v in tensors.items():
+        prefix, _, key = name.rpartition("/")
+        if prefix and key in model_sd:
+            groups.setdefault(prefix, {})[key] = v
+    for prefix, group in groups.items():
+        if set(group) not in (params, set(model_sd)):
+            missing = sorted((params if set(group) <= params else set(model_sd)) - set(group))[:3]
+            raise UserError(f"{path}: {prefix}/ lacks tensors {missing}; the state file is damaged")
+        for key, v in group.items():
+            if tuple(v.shape) != tuple(model_sd[key].shape):
+                raise UserError(
+                    f"{path}: {prefix}/{key} has shape {tuple(v.shape)}, the model expects "
+                    f"{tuple(model_sd[key].shape)}; the state file is damaged"
+                )

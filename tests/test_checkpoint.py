@@ -13,6 +13,7 @@ import torch
 
 from analysis.checkpoints import Run
 from flatfl import checkpoint as ckpt
+from flatfl.errors import UserError
 from flatfl.local import evaluate
 
 
@@ -103,7 +104,7 @@ def test_exception_during_write_keeps_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="x.safetensors: cannot write \\(disk full\\)"):
         ckpt.save_tensors(path, {"w": torch.zeros(3)}, {"v": "2"})
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # temp file cleaned up

@@ -77,6 +77,33 @@ def test_batches_are_unpickled_without_running_code(tmp_path):
         read_batch(tmp_path / "b")
 
 
+BAD_BATCHES = {
+    "a list": (lambda d: [d], "holds a list, not a dict"),
+    "no data": (lambda d: {k: v for k, v in d.items() if k != b"data"}, "without 'data'"),
+    "no labels": (lambda d: {k: v for k, v in d.items() if k != b"labels"}, "without 'labels'"),
+    "short rows": (lambda d: d | {b"data": d[b"data"][:, :3000]}, "not N x 3072 uint8"),
+    "float data": (lambda d: d | {b"data": d[b"data"].astype(np.float64)}, "not N x 3072 uint8"),
+    "label -1": (lambda d: d | {b"labels": [-1] + d[b"labels"][1:]}, "labels in 0..9"),
+    "label 10": (lambda d: d | {b"labels": [10] + d[b"labels"][1:]}, "labels in 0..9"),
+    "text labels": (lambda d: d | {b"labels": ["cat"] * len(d[b"labels"])}, "labels in 0..9"),
+    "more images than labels": (lambda d: d | {b"labels": d[b"labels"][:-1]}, "6 images but 5 labels"),
+    "more labels than images": (lambda d: d | {b"labels": d[b"labels"] + [0]}, "6 images but 7 labels"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BATCHES))
+def test_wrongly_shaped_cifar_batch_is_refused_in_one_line(cli, tmp_path, case):
+    batches = write_cifar10(tmp_path)
+    edit, needle = BAD_BATCHES[case]
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(pickle.dumps(edit(batches["data_batch_3"]), protocol=2))
+    code, _, err = cli("train", "--dataset", "cifar10", "--data-root", tmp_path, "--rounds", "1",
+                       "--clients", "2", "--out", tmp_path / "o")  # fmt: skip
+    err = "".join(line for line in err.splitlines(keepends=True) if "differs from the official archive" not in line)
+    _one_line_error(code, err, "data_batch_3", needle)
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_cifar_is_one_clear_line(cli, tmp_path):
     code, _, err = cli("train", "--dataset", "cifar10", "--data-root", tmp_path, "--rounds", "1",
                        "--clients", "2", "--out", tmp_path / "o")  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, report, train
 from flatfl.cli.common import Parser, add_threads_argument, apply_threads
-from flatfl.errors import DivergenceError, UserError
+from flatfl.errors import DivergenceError, Interrupted, UserError
 
 COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": landscape, "report": report}
 
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     top = Parser(prog="flatfl", description="Train federated learning algorithms, save every round, measure flatness.")
     top.add_argument("--version", action="version", version=f"flatfl {flatfl.__version__}")
+    top.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error instead of its one-line message"
+    )
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for module in COMMANDS.values():
@@ -39,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = vars(parser.parse_args(argv))
     except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
         return int(exc.code or 0)
+    debug = ns.pop("debug", False)
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
@@ -46,13 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_threads(ns.get("threads"), say)
         return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:
+        if debug:
+            raise
         say(f"flatfl: error: {exc}\n")
         return exc.exit_code
     except DivergenceError as exc:
         say(f"flatfl: diverged: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("flatfl: interrupted; completed rounds are saved, continue with --resume DIR\n")
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"flatfl: {exc if isinstance(exc, Interrupted) else 'interrupted'}\n")
         return 130
     return 0
 

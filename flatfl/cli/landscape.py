@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,8 @@ def run(ns: dict[str, Any]) -> int:
         raise UserError(
             "nothing to compute: pass --hessian, --trace, --density, --sharpness, --federated and/or --surface"
         )
+    if ns.get("surface"):
+        check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
     from analysis.trace import HUTCHPP_MIN_MATVECS
@@ -319,9 +322,7 @@ def run(ns: dict[str, Any]) -> int:
         markers=not ns["no_markers"],
         include_1d=ns["include_bias_bn"],
     )
-    ckpt_path = Path(ns["ckpt"])
-    if not ckpt_path.is_file():
-        raise UserError(f"--ckpt: {ckpt_path} does not exist")
+    ckpt_path = check_ckpt_arg(Path(ns["ckpt"]))
     if settings.surface:
         from analysis.landscape import check_surface_settings
 
@@ -400,3 +401,33 @@ def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
         ):
             print(f"wrote {p}")
     return 0
+
+
+def check_ckpt_arg(path: Path) -> Path:
+    """``--ckpt`` must be a round file: a run directory gets the name of its latest one."""
+    if path.is_dir():
+        from flatfl import checkpoint as ckpt
+
+        rounds = ckpt.list_rounds(path)
+        hint = f", e.g. {ckpt.round_path(path, rounds[-1])} (its latest)" if rounds else ""
+        raise UserError(f"--ckpt: {path} is a directory; pass one round_NNNN.safetensors file{hint}")
+    if not path.is_file():
+        raise UserError(f"--ckpt: {path} does not exist")
+    return path
+
+
+def check_grid(grid: int, dims: int) -> None:
+    """At least 2 points per axis, and a grid whose result arrays fit in memory (estimated
+    before anything is allocated: loss and accuracy, float64, a few copies)."""
+    if grid < 2:
+        raise UserError(f"--grid {grid}: a surface needs at least 2 points per axis")
+    need = 4 * 16 * grid**dims
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise UserError(
+            f"--grid {grid}: {grid}^{dims} points need about {need / 2**30:.0f} GiB, more than this machine's "
+            f"{have / 2**30:.0f} GiB; use a smaller --grid"
+        )

@@ -254,6 +254,8 @@ def run(ns: dict[str, Any]) -> int:
         labels=tuple(ns["label"]),
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
+    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
+        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
     with distributed.process_group(torch.device(settings.landscape.device)):
         main = distributed.is_main()

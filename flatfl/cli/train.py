@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from flatfl.cli.common import (
     unit,
 )
 from flatfl.config import DataConfig, LocalConfig, RunConfig
-from flatfl.errors import UserError
+from flatfl.errors import Interrupted, UserError
 from flatfl.presets import PRESETS, apply_preset, describe
 
 # flag dest -> field of DataConfig / LocalConfig / RunConfig / the algorithm's config
@@ -578,6 +579,7 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
 
 def run(ns: dict[str, Any]) -> int:
     from flatfl import checkpoint as ckpt
+    from flatfl.rundir import recover
     from flatfl.trainer import prepare_out, train
 
     if "resume" in ns:
@@ -587,6 +589,9 @@ def run(ns: dict[str, Any]) -> int:
         if "overwrite" in ns:
             raise UserError("--overwrite: cannot be combined with --resume")
         prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone touches the directory
+            for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
+                print(f"{out}: {note}")
         cfg = RunConfig.from_dict(ckpt.read_run_json(out)["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
         if "rounds" in ns:
@@ -598,16 +603,24 @@ def run(ns: dict[str, Any]) -> int:
         cfg = config_from_args(ns)
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
-    logs = train(
-        cfg,
-        Path(out),
-        device=ns.get("device", "auto"),
-        resume=resume,
-        overwrite=ns.get("overwrite", False),
-        progress=ns.get("progress"),
-        download=ns.get("download", False),
-        parallel_clients=ns.get("parallel_clients", 1),
-    )
+    try:
+        logs = train(
+            cfg,
+            Path(out),
+            device=ns.get("device", "auto"),
+            resume=resume,
+            overwrite=ns.get("overwrite", False),
+            progress=ns.get("progress"),
+            download=ns.get("download", False),
+            parallel_clients=ns.get("parallel_clients", 1),
+        )
+    except KeyboardInterrupt:
+        if not (Path(out) / ckpt.RUN_JSON).is_file():
+            raise Interrupted(f"interrupted before {out} held a run; nothing was saved") from None
+        raise Interrupted(
+            f"interrupted; the completed rounds are saved in {out}; continue with: "
+            f"flatfl train --resume {shlex.quote(str(out))}"
+        ) from None
     if logs and os.environ.get("RANK", "0") == "0":
         last = logs[-1]
         print(f"done: {out} round {last.round}  test_acc {last.test_acc:.4f}  test_loss {last.test_loss:.4f}")

@@ -79,7 +79,35 @@ def read_batch(path: Path) -> dict[str, Any]:
         d = _ArraysOnly(io.BytesIO(raw), encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(f"{path}: not a readable CIFAR batch ({exc})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a CIFAR batch (holds a {type(d).__name__}, not a dict); replace the file")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def batch_arrays(path: Path, batch: dict[str, Any], label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N x 3072 uint8 images, N labels in [0, num_classes)) of one batch, or one line saying what
+    is wrong with it: a missing key, rows that are not 3x32x32 images, labels out of range, or a
+    different number of images and labels (which would pair images with the wrong labels)."""
+    fix = "replace it with the file from the official python-version archive"
+    for key in ("data", label_key):
+        if key not in batch:
+            raise UserError(f"{path}: CIFAR batch without '{key}'; {fix}")
+    try:
+        data = np.asarray(batch["data"])
+        labels = np.asarray(batch[label_key])
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path}: 'data' or '{label_key}' is not an array ({exc}); {fix}") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise UserError(f"{path}: 'data' is {data.dtype} {data.shape}, not N x 3072 uint8 images; {fix}")
+    if (
+        labels.ndim != 1
+        or labels.dtype.kind not in "iu"
+        or (len(labels) and not 0 <= labels.min() <= labels.max() < num_classes)
+    ):
+        raise UserError(f"{path}: '{label_key}' are not integer labels in 0..{num_classes - 1}; {fix}")
+    if len(labels) != len(data):
+        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels; {fix}")
+    return data, labels.astype(np.int64)
 
 
 def _check_md5(folder: Path, files: dict[str, str]) -> None:
@@ -127,14 +155,15 @@ def _to_tensor(data: np.ndarray, dataset: str) -> torch.Tensor:
 )
 def load_cifar10(cfg: DataConfig, download: bool = False) -> Dataset:
     folder = _locate(cfg, CIFAR10_DIR, CIFAR10_FILES, "CIFAR10", download)
-    parts = [read_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
-    test = read_batch(folder / "test_batch")
-    xtr = _to_tensor(np.concatenate([p["data"] for p in parts]), "cifar10")
-    ytr = torch.tensor(np.concatenate([p["labels"] for p in parts]), dtype=torch.long)
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    parts = [batch_arrays(folder / f, read_batch(folder / f), "labels", 10) for f in names]
+    xte, yte = batch_arrays(folder / "test_batch", read_batch(folder / "test_batch"), "labels", 10)
+    xtr = _to_tensor(np.concatenate([x for x, _ in parts]), "cifar10")
+    ytr = torch.from_numpy(np.concatenate([y for _, y in parts]))
     return Dataset(
         name="cifar10",
         train=TensorData(xtr, ytr),
-        test=TensorData(_to_tensor(test["data"], "cifar10"), torch.tensor(test["labels"], dtype=torch.long)),
+        test=TensorData(_to_tensor(xte, "cifar10"), torch.from_numpy(yte)),
         num_classes=10,
         input_shape=(3, 32, 32),
         source=str(folder),
@@ -149,12 +178,14 @@ def load_cifar10(cfg: DataConfig, download: bool = False) -> Dataset:
 def load_cifar100(cfg: DataConfig, download: bool = False) -> Dataset:
     folder = _locate(cfg, CIFAR100_DIR, CIFAR100_FILES, "CIFAR100", download)
     key = "fine_labels" if cfg.cifar100_labels == "fine" else "coarse_labels"
-    tr, te = read_batch(folder / "train"), read_batch(folder / "test")
+    k = 100 if cfg.cifar100_labels == "fine" else 20
+    xtr, ytr = batch_arrays(folder / "train", read_batch(folder / "train"), key, k)
+    xte, yte = batch_arrays(folder / "test", read_batch(folder / "test"), key, k)
     return Dataset(
         name="cifar100",
-        train=TensorData(_to_tensor(tr["data"], "cifar100"), torch.tensor(tr[key], dtype=torch.long)),
-        test=TensorData(_to_tensor(te["data"], "cifar100"), torch.tensor(te[key], dtype=torch.long)),
-        num_classes=100 if cfg.cifar100_labels == "fine" else 20,
+        train=TensorData(_to_tensor(xtr, "cifar100"), torch.from_numpy(ytr)),
+        test=TensorData(_to_tensor(xte, "cifar100"), torch.from_numpy(yte)),
+        num_classes=k,
         input_shape=(3, 32, 32),
         source=f"{folder} ({key})",
     )

@@ -1,0 +1,174 @@
+"""One trainer per run directory, and no run lost to a failed start, a kill or ``--overwrite``.
+
+:class:`RunDir` is what ``flatfl train`` holds while it writes ``--out``:
+
+* an exclusive ``fcntl.flock`` on ``DIR/.flatfl.lock`` (which holds the owner's PID while it
+  runs): a second train, resume or overwrite of the same directory stops with one line naming
+  that PID. The kernel drops the lock when the process dies, so a kill leaves nothing stale.
+* ``--overwrite`` moves the old run's files into ``DIR/.flatfl-replaced/`` and deletes them
+  only once the new run's round 0 is committed (``state.safetensors`` written). Opening a
+  directory finishes or undoes such a replacement: a kill before the new commit gives the old
+  run back; after it, the old files go.
+* temporary files left by a killed writer (``.NAME.XXXX.tmp``) are removed when the directory
+  is opened (the lock guarantees that no one else is writing them);
+* a run killed before its round 0 was committed (``run.json`` but no ``state.safetensors`` and
+  no round after 0) counts as no run yet: a fresh start replaces it, ``--resume`` starts it
+  from round 0.
+* a directory created by a start that then failed is removed again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from pathlib import Path
+
+from flatfl import checkpoint as ckpt
+from flatfl.errors import UserError
+
+LOCK_FILE = ".flatfl.lock"
+REPLACED = ".flatfl-replaced"
+MOVING = REPLACED + ".partial"
+RUN_FILES = (ckpt.RUN_JSON, ckpt.PARTITION_JSON, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.DIVERGED_JSON)
+_TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
+
+
+def is_run_file(name: str) -> bool:
+    """A file flatfl train writes into a run directory (and may replace or remove)."""
+    return name in RUN_FILES or (name.endswith(".safetensors") and name.startswith(("round_", "clients_")))
+
+
+def is_temp_file(name: str) -> bool:
+    """A temporary file of :func:`flatfl.checkpoint.atomic_write_bytes` for one of our files."""
+    m = _TEMP.match(name)
+    return m is not None and is_run_file(m.group(1))
+
+
+def run_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if is_run_file(p.name)) if out.is_dir() else []
+
+
+def committed(out: Path) -> bool:
+    """Round 0 (at least) is committed: the commit point ``state.safetensors`` exists."""
+    return (out / ckpt.STATE_FILE).is_file()
+
+
+def uncommitted_start(out: Path) -> bool:
+    """``run.json`` written but the run killed before its round 0 was committed."""
+    if committed(out) or not (out / ckpt.RUN_JSON).is_file():
+        return False
+    return set(ckpt.list_rounds(out)) <= {0} and not list(out.glob("clients_*.safetensors"))
+
+
+class RunDir:
+    """The lock on a run directory and its recovery steps (rank 0 of a launch only)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.created = False
+        self._fd: int | None = None
+
+    # -- lock ------------------------------------------------------------------------------
+    def open(self, create: bool) -> list[str]:
+        """Lock the directory (making it with ``create``), then finish what a killed process left.
+
+        Returns notes for the log (what was recovered)."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out: {out} exists and is not a directory")
+        if create and not out.exists():
+            try:
+                out.mkdir(parents=True)
+            except OSError as exc:
+                raise UserError(f"--out: cannot create {out} ({exc.strerror}); choose another folder") from exc
+            self.created = True
+        path = out / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            self.close(failed=True)
+            raise UserError(f"{path}: cannot open the run's lock file ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{out}: another flatfl process (PID {holder}) is training this run; wait for it to finish "
+                "or stop it, then try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self._recover()
+
+    def close(self, failed: bool = False) -> None:
+        """Release the lock; after a failed start in a folder this call made, remove the folder."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if failed and self.created and not run_files(self.out):
+            shutil.rmtree(self.out, ignore_errors=True)
+
+    # -- recovery ----------------------------------------------------------------------------
+    def _recover(self) -> list[str]:
+        out, notes = self.out, []
+        for p in out.iterdir():
+            if is_temp_file(p.name):
+                p.unlink()
+                notes.append(f"removed {p.name}, left by an interrupted write")
+        moving = out / MOVING
+        if moving.is_dir():  # killed while moving the old run aside: nothing new written yet
+            for p in moving.iterdir():
+                os.replace(p, out / p.name)
+            moving.rmdir()
+            notes.append("an interrupted --overwrite was undone; the previous run is back")
+        aside = out / REPLACED
+        if aside.is_dir():
+            if committed(out):  # the new run's round 0 was committed: the old run may go
+                shutil.rmtree(aside)
+            else:  # killed before the new round 0 was committed: the old run comes back
+                for p in run_files(out):
+                    p.unlink()
+                for p in aside.iterdir():
+                    os.replace(p, out / p.name)
+                aside.rmdir()
+                notes.append("an --overwrite killed before its round 0 was saved was undone; the previous run is back")
+        return notes
+
+    # -- replacing ---------------------------------------------------------------------------
+    def clear_for_new_run(self) -> None:
+        """Before round 0 of a new run: an uncommitted start is deleted; a committed run is
+        moved aside, deleted by :meth:`round0_committed`."""
+        out = self.out
+        files = run_files(out)
+        if not files:
+            return
+        if uncommitted_start(out):
+            for p in files:
+                p.unlink()
+            return
+        moving = out / MOVING
+        moving.mkdir()
+        for p in files:
+            os.replace(p, moving / p.name)
+        os.replace(moving, out / REPLACED)
+
+    def round0_committed(self) -> None:
+        aside = self.out / REPLACED
+        if aside.is_dir():
+            shutil.rmtree(aside)
+
+
+def recover(out: Path) -> list[str]:
+    """Take the lock, finish or undo what a killed process left in ``out``, release it (before
+    ``--resume`` reads run.json, which an undone ``--overwrite`` brings back)."""
+    rd = RunDir(out)
+    try:
+        return rd.open(create=False)
+    finally:
+        rd.close()

@@ -1,0 +1,303 @@
+"""Nothing lost, nothing mixed: kills at every write point, corrupt files, two writers.
+
+The trainer is killed (``os._exit``, as SIGKILL: no cleanup) at each write point of
+``flatfl.checkpoint`` through the test-only hook ``FLATFL_FAULT_AT`` (``flatfl.faults``), then
+continued; every file of the run must equal the straight run's byte for byte (metrics.jsonl
+compared with its two timing fields, ``wall_time`` and ``round_time``, left out).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flatfl import checkpoint as ckpt
+from flatfl.faults import ENV, KILLED
+from flatfl.rundir import LOCK_FILE
+from tests.conftest import TINY
+
+ROUNDS = 3
+ARGS = [*TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--save-clients"]
+TIMING = ("wall_time", "round_time")
+
+# Write order: round 0: run.json, partition.json, round, metrics, state (commit);
+# round t >= 1: clients, round, metrics, state (commit). n counts passages per point: every
+# point once, in round 2 for the per-round files (round 0's state is the test below).
+CASES = [
+    ("run.json:write", 1),
+    ("run.json:commit", 1),
+    ("partition.json:write", 1),
+    ("partition.json:commit", 1),
+    ("clients:write", 2),
+    ("clients:commit", 2),
+    ("round:write", 3),
+    ("round:commit", 3),
+    ("metrics:write", 3),  # half a line
+    ("metrics:commit", 3),  # round 2's line written, round 2 not committed
+    ("state:write", 3),
+    ("state:commit", 3),
+]
+
+
+def flatfl_proc(*args: str | Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flatfl", *map(str, args)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in ckpt.read_metrics(run)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        if name == ckpt.METRICS_FILE:
+            assert metrics_without_timing(a) == metrics_without_timing(b)
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert main(["train", *ARGS, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(("point", "n"), CASES, ids=[f"{p}-{n}" for p, n in CASES])
+def test_killed_at_every_write_point_then_continued_equals_straight_run(straight, cli, tmp_path, point, n):
+    out = tmp_path / "run"
+    proc = flatfl_proc("train", *ARGS, "--out", out, env={ENV: f"{point}:{n}"})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == KILLED, err
+    # the straight run's command again: --resume when run.json made it, else the first command
+    if (out / ckpt.RUN_JSON).is_file():
+        code, _, err = cli("train", "--resume", out)
+    else:
+        code, _, err = cli("train", *ARGS, "--out", out)
+    assert code == 0, err
+    assert_same_run(straight, out)
+    assert [r["round"] for r in ckpt.read_metrics(out)] == list(range(ROUNDS + 1))
+
+
+def test_kill_before_round0_commit_is_no_dead_end(cli, tmp_path):
+    """Killed before round 0 was saved: the first command starts it again (no --overwrite)."""
+    out = tmp_path / "run"
+    proc = flatfl_proc("train", *ARGS, "--out", out, env={ENV: "state:write:1"})
+    proc.communicate(timeout=300)
+    assert proc.returncode == KILLED
+    assert (out / ckpt.RUN_JSON).is_file() and not (out / ckpt.STATE_FILE).is_file()
+    assert any(p.name.endswith(".tmp") for p in out.iterdir())
+    code, _, err = cli("train", *ARGS, "--rounds", "1", "--out", out)
+    assert code == 0, err
+    assert [r["round"] for r in ckpt.read_metrics(out)] == [0, 1]
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+# -- corrupt files: one line, exit 2, the file left as it was --------------------------------
+def _cut(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+
+
+def _json_edit(fn):
+    def edit(p: Path) -> None:
+        obj = json.loads(p.read_text())
+        p.write_text(json.dumps(fn(obj)))
+
+    return edit
+
+
+def _swap_clients(obj):
+    obj["clients"][0], obj["clients"][1] = obj["clients"][1], obj["clients"][0]
+    return obj
+
+
+def _metrics_lines(fn):
+    def edit(p: Path) -> None:
+        lines = p.read_bytes().split(b"\n")
+        p.write_bytes(b"\n".join(fn(lines)))
+
+    return edit
+
+
+def _set_round_meta(value):
+    def edit(p: Path) -> None:
+        tensors, meta = ckpt.load_tensors(p)
+        ckpt.save_tensors(p, tensors, meta | {"round": value})
+
+    return edit
+
+
+def _drop_state_tensor(p: Path) -> None:
+    tensors, meta = ckpt.load_tensors(p)
+    del tensors[sorted(tensors)[0]]
+    ckpt.save_tensors(p, tensors, meta)
+
+
+def _reshape_state_tensor(p: Path) -> None:
+    tensors, meta = ckpt.load_tensors(p)
+    k = sorted(tensors)[0]
+    tensors[k] = tensors[k].flatten()[:-1].clone()
+    ckpt.save_tensors(p, tensors, meta)
+
+
+CORRUPT = {
+    "run.json cut": ("run.json", _cut, "run.json: not valid JSON"),
+    "run.json list": ("run.json", _json_edit(lambda o: [o]), "run.json: not a flatfl run.json"),
+    "run.json null": ("run.json", _json_edit(lambda o: None), "run.json: not a flatfl run.json"),
+    "run.json no config": ("run.json", _json_edit(lambda o: {k: v for k, v in o.items() if k != "config"}), "'config'"),
+    "run.json text rounds": ("run.json", _json_edit(lambda o: o | {"config": o["config"] | {"rounds": "3"}}), "rounds"),
+    "run.json text seed": ("run.json", _json_edit(lambda o: o | {"config": o["config"] | {"seed": "x"}}), "seed"),
+    "partition cut": ("partition.json", _cut, "partition.json: SHA-256 differs"),
+    "partition swapped": ("partition.json", _json_edit(_swap_clients), "partition.json: SHA-256 differs"),
+    "round cut": ("round_0003.safetensors", _cut, "round_0003.safetensors: truncated"),
+    "round text round": ("round_0003.safetensors", _set_round_meta("3"), "metadata 'round' is '3'"),
+    "round list round": ("round_0003.safetensors", _set_round_meta([3]), "metadata 'round' is [3]"),
+    "state cut": ("state.safetensors", _cut, "state.safetensors: truncated"),
+    "state missing tensor": ("state.safetensors", _drop_state_tensor, "state.safetensors"),
+    "state wrong shape": ("state.safetensors", _reshape_state_tensor, "state.safetensors"),
+    "metrics list line": ("metrics.jsonl", _metrics_lines(lambda ls: ls[:1] + [b"[1, 2]"] + ls[2:]), "line 2"),
+    "metrics text round": ("metrics.jsonl", _metrics_lines(lambda ls: ls[:1] + [b'{"round": "1"}'] + ls[2:]), "line 2"),
+    "metrics not utf-8": ("metrics.jsonl", _metrics_lines(lambda ls: ls[:1] + [b"\xff\xfe"] + ls[2:]), "line 2"),
+    "metrics cut line": ("metrics.jsonl", _metrics_lines(lambda ls: ls[:1] + [ls[1][:9]] + ls[2:]), "line 2"),
+    "metrics duplicate": ("metrics.jsonl", _metrics_lines(lambda ls: ls[:2] + ls[1:]), "round 1 is out of order"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished(straight, tmp_path_factory):
+    import shutil
+
+    base = tmp_path_factory.mktemp("corrupt")
+
+    def copy(name: str) -> Path:
+        out = base / name.replace(" ", "_")
+        shutil.copytree(straight, out)
+        return out
+
+    return copy
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_corrupt_run_file_is_one_line_and_left_untouched(finished, cli, case):
+    name, corrupt, needle = CORRUPT[case]
+    run = finished(case)
+    corrupt(run / name)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, out, err = cli("train", "--resume", run, "--rounds", str(ROUNDS + 1))
+    assert code == 2, (out, err)
+    assert err.startswith("flatfl: error: ") and err.count("\n") == 1, err
+    assert needle in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_missing_last_metrics_line_is_rebuilt_and_no_valid_record_deleted(finished, cli):
+    run = finished("metrics-lost-line")
+    lines = (run / ckpt.METRICS_FILE).read_bytes().splitlines(keepends=True)
+    (run / ckpt.METRICS_FILE).write_bytes(b"".join(lines[:-1]))  # round 3's line lost (old kill)
+    code, _, err = cli("train", "--resume", run, "--rounds", str(ROUNDS + 1))
+    assert code == 0, err
+    recs = ckpt.read_metrics(run)
+    assert [r["round"] for r in recs] == list(range(ROUNDS + 2))
+    assert recs[ROUNDS]["rebuilt"] is True
+    old = json.loads(lines[-1])
+    assert (recs[ROUNDS]["test_loss"], recs[ROUNDS]["test_acc"]) == (old["test_loss"], old["test_acc"])
+    assert [json.dumps(r).encode() + b"\n" for r in recs[:ROUNDS]] == lines[:ROUNDS]
+
+
+def test_noop_resume_writes_nothing(finished, cli):
+    run = finished("noop")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.name != LOCK_FILE}
+    code, out, err = cli("train", "--resume", run, "--rounds", "1")
+    assert code == 0 and "nothing to do" in out, err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.name != LOCK_FILE} == before
+
+
+def test_resume_changes_only_rounds_in_run_json(finished, cli):
+    run = finished("rounds-only")
+    before = json.loads((run / ckpt.RUN_JSON).read_text())
+    assert len(before["partition_sha256"]) == 64
+    code, _, err = cli("train", "--resume", run, "--rounds", str(ROUNDS + 1))
+    assert code == 0, err
+    after = json.loads((run / ckpt.RUN_JSON).read_text())
+    before["config"]["rounds"] = ROUNDS + 1
+    assert after == before
+
+
+def test_failed_overwrite_keeps_the_old_run(finished, cli, tmp_path):
+    run = finished("overwrite")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = cli(
+        "train", *ARGS, "--overwrite", "--out", run, "--dataset", "cifar10", "--data-root", tmp_path / "none"
+    )
+    assert code == 2 and "--data-root" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_overwrite_killed_before_its_round0_commit_gives_the_old_run_back(finished, cli):
+    run = finished("overwrite-killed")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_FILE}
+    proc = flatfl_proc("train", *ARGS, "--seed", "1", "--overwrite", "--out", run, env={ENV: "state:write:1"})
+    proc.communicate(timeout=300)
+    assert proc.returncode == KILLED
+    code, _, err = cli("train", "--resume", run, "--rounds", "1")  # opening the run undoes the overwrite
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_FILE} == before
+
+
+def test_failed_start_leaves_no_empty_folder(cli, tmp_path):
+    out = tmp_path / "new"
+    code, _, err = cli("train", *ARGS, "--out", out, "--dataset", "cifar10", "--data-root", tmp_path / "none")
+    assert code == 2, err
+    assert not out.exists()
+
+
+def test_files_respect_the_umask(cli, tmp_path):
+    old = os.umask(0o027)
+    try:
+        code, _, err = cli("train", *ARGS, "--rounds", "1", "--out", tmp_path / "run")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    assert set(modes.values()) == {0o640}, modes
+
+
+# -- two writers -------------------------------------------------------------------------------
+def test_second_trainer_is_refused_naming_the_holder(finished, cli):
+    run = finished("locked")
+    holder = flatfl_proc("train", "--resume", run, "--rounds", "100000")
+    try:
+        deadline = time.monotonic() + 120
+        while (run / LOCK_FILE).read_text().strip() != str(holder.pid):
+            assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()
+            time.sleep(0.05)
+        for args in (["--resume", run], [*ARGS, "--overwrite", "--out", run]):
+            code, _, err = cli("train", *args)
+            assert code == 2 and f"PID {holder.pid}" in err, err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    code, _, err = cli("train", "--resume", run, "--rounds", "1")  # the killed holder left no stale lock
+    assert code == 0, err
+    rounds = [r["round"] for r in ckpt.read_metrics(run)]
+    assert (
+        rounds == list(range(len(rounds)))
+        and rounds[-1] == ckpt.load_state(run, json.loads((run / "run.json").read_text())["identity"])[0]
+    )
