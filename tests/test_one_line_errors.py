@@ -129,3 +129,26 @@ def test_debug_shows_the_traceback(tmp_path):
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
     with pytest.raises(UserError, match="does not exist"):
         main(["--debug", "train", "--resume", str(tmp_path / "none")])
+
+
+def test_file_size_limit_is_one_line_and_the_run_resumes(cli, tmp_path):
+    """A write that the OS refuses (here RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC) stops the trainer with
+    one line naming the file and the reason; the rounds already committed stay, and --resume finishes the run."""
+    import resource
+
+    def limit() -> None:  # in the child: clients files (3 clients x 2 x 55 kB) exceed 150 kB, round files do not
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--algo", "fedmut", "--rounds", "3", "--out", out]
+    proc = flatfl_proc(*args, "--save-clients", "2", preexec_fn=limit)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    lines = [s for s in err.strip().splitlines() if s.startswith("flatfl:")]
+    assert len(lines) == 1 and "File too large" in lines[0] and "clients_0001" in lines[0], err
+    assert "Traceback" not in err
+    assert ckpt.list_rounds(out) == [0]  # round 0 committed; round 1 never was (its clients file failed)
+    code, _, err = cli("train", "--resume", out, "--rounds", "3")
+    assert code == 0, err
+    assert ckpt.list_rounds(out) == [0, 1, 2, 3] and [m["round"] for m in ckpt.read_metrics(out)] == [0, 1, 2, 3]
