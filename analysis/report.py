@@ -251,17 +251,26 @@ class AnalysisData:
 
 
 def equal_rounds(groups: Sequence[Group], wanted: Sequence[int] | None) -> list[int]:
-    """The equal rounds to measure: ``wanted``, or the middle and the last round every run has."""
-    lasts = {g.runs[s].path: g.status[s].last for g in groups for s in g.seeds}
-    if not lasts:
+    """The equal rounds to measure: ``wanted``, or the middle and the last round every run has saved."""
+    runs = [g.runs[s] for g in groups for s in g.seeds]
+    if not runs:
         raise ValueError("every run diverged: nothing to compare (see the list of diverged runs)")
-    common = min(lasts.values())
-    if wanted is None:
-        return sorted({common // 2, common}) if common > 0 else [common]
-    short = {str(p): last for p, last in lasts.items() if last < max(wanted)}
-    if short:
-        raise ValueError(f"--rounds: run(s) {sorted(short)} stop before round {max(wanted)} (last saved: {short})")
-    return sorted(wanted)
+    saved = {str(r.path): set(r.rounds()) for r in runs}
+    if wanted is not None:
+        missing = {p: sorted(set(wanted) - have) for p, have in saved.items() if set(wanted) - have}
+        if missing:
+            p, m = next(iter(missing.items()))
+            raise ValueError(
+                f"--rounds: {p} has no checkpoint for round(s) {m} (saved: {min(saved[p])}..{max(saved[p])}); "
+                "choose rounds every run has saved"
+            )
+        return sorted(wanted)
+    common = sorted(set.intersection(*saved.values()))
+    if not common:
+        raise ValueError("the runs share no saved round; pass --rounds with rounds every run has")
+    last = common[-1]
+    middle = max((r for r in common if r <= last // 2), default=last)
+    return sorted({middle, last})
 
 
 def plan_conditions(

@@ -108,6 +108,12 @@ def test_report_bad_input(cli, pair, tmp_path):
     _one_line_error(code, err, str(tmp_path), "run.json")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "9")
     _one_line_error(code, err, "--rounds", "9")
+    import shutil
+
+    shutil.copytree(pair / "fedmut", tmp_path / "hole")  # a run missing a round file the others have
+    (tmp_path / "hole" / "round_0003.safetensors").unlink()
+    code, _, err = cli("report", pair / "fedavg", tmp_path / "hole", "--out", tmp_path / "o", "--rounds", "3")
+    _one_line_error(code, err, "--rounds", "hole", "[3]")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--sharpness", "bogus")
     _one_line_error(code, err, "--sharpness")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "x")
