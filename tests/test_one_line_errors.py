@@ -152,3 +152,13 @@ def test_file_size_limit_is_one_line_and_the_run_resumes(cli, tmp_path):
     code, _, err = cli("train", "--resume", out, "--rounds", "3")
     assert code == 0, err
     assert ckpt.list_rounds(out) == [0, 1, 2, 3] and [m["round"] for m in ckpt.read_metrics(out)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("key", ["identity", "model"])
+def test_landscape_on_a_run_json_without_a_key(cli, run3, tmp_path, key):
+    out = _copy(run3, tmp_path)
+    info = json.loads((out / "run.json").read_text())
+    info.pop(key)
+    (out / "run.json").write_text(json.dumps(info))
+    code, _, err = cli("landscape", "--ckpt", out / "round_0003.safetensors", "--hessian", "--samples", "50")
+    _one_line_error(code, err, "run.json", key)
