@@ -162,3 +162,20 @@ def test_landscape_on_a_run_json_without_a_key(cli, run3, tmp_path, key):
     (out / "run.json").write_text(json.dumps(info))
     code, _, err = cli("landscape", "--ckpt", out / "round_0003.safetensors", "--hessian", "--samples", "50")
     _one_line_error(code, err, "run.json", key)
+
+
+@pytest.mark.parametrize("key", ["round", "algo", "algo_state", "run_identity"])
+def test_state_metadata_without_a_key(cli, run3, tmp_path, key):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    out = _copy(run3, tmp_path)
+    path = out / ckpt.STATE_FILE
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    inner = json.loads(meta[ckpt.META_KEY])
+    inner.pop(key)
+    meta[ckpt.META_KEY] = json.dumps(inner)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    code, _, err = cli("train", "--resume", out, "--rounds", "4", "--no-progress")
+    _one_line_error(code, err, "state.safetensors")
