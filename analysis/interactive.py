@@ -44,23 +44,13 @@ def _value(surf: Surface, metric: str) -> np.ndarray:
     return surf.loss if metric == "loss" else surf.accuracy
 
 
-def origin_value(surf: Surface, metric: str = "loss") -> float:
-    """The surface's value at the checkpoint itself: the grid point a = 0 (and b = 0), which the grid holds exactly."""
-    z = _value(surf, metric)
-    i = np.flatnonzero(np.asarray(surf.alphas) == 0.0)
-    if surf.betas is None:
-        return float(z[i[0]]) if i.size else float("nan")
-    j = np.flatnonzero(np.asarray(surf.betas) == 0.0)
-    return float(z[i[0], j[0]]) if i.size and j.size else float("nan")
-
-
 def delta_range(surfaces: Sequence[Surface]) -> tuple[float, float]:
     """(lo, hi) for Δloss = loss − loss(checkpoint) shared by several surfaces: hi is the median of the
     surfaces' own largest Δloss (every surface spans most of the levels, none dwarfs the rest); lo is 0, or
     the lowest Δloss where a plane dips below its checkpoint (the checkpoint is then not the plane's minimum)."""
     tops, lows = [], [0.0]
     for s in surfaces:
-        d = s.loss - origin_value(s)
+        d = s.loss - s.origin_loss()
         d = d[np.isfinite(d)]
         if d.size:
             tops.append(float(d.max()))
@@ -78,7 +68,7 @@ def _marker_label(group: str, surf: Surface) -> str:
 
 def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, show_scale: bool) -> list:
     """Contour of Δloss on fixed linear levels, then the models, then the checkpoint star on top."""
-    z0 = origin_value(surf)
+    z0 = surf.origin_loss()
     d = np.clip(surf.loss - z0, *zrange).T  # plotly: z[j, i] at (x_i, y_j)
     step = (zrange[1] - zrange[0]) / max(levels, 1)
     traces: list = [
@@ -103,10 +93,7 @@ def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, sho
             hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
         )
     ]
-    groups: dict[str, list[dict]] = {}
-    for m in surf.markers:
-        groups.setdefault(m["group"], []).append(m)
-    for group, ms in groups.items():
+    for group, ms in surf.marker_groups().items():
         st = GROUP_STYLE.get(group, dict(color="#444", symbol="circle"))
         line = group == "trajectory"
         traces.append(
@@ -139,7 +126,7 @@ def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, sho
 
 def _scene_traces(surf: Surface, zrange: tuple[float, float]) -> list:
     """3D Δloss surface with the models; symbols limited to ones WebGL draws (no glyph fallback)."""
-    z0 = origin_value(surf)
+    z0 = surf.origin_loss()
     d = np.clip(surf.loss - z0, *zrange).T
     traces: list = [
         go.Surface(
@@ -154,8 +141,7 @@ def _scene_traces(surf: Surface, zrange: tuple[float, float]) -> list:
             hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
         )
     ]
-    for group in dict.fromkeys(m["group"] for m in surf.markers):
-        ms = [m for m in surf.markers if m["group"] == group]
+    for group, ms in surf.marker_groups().items():
         st = GROUP_STYLE.get(group, dict(color="#444"))
         traces.append(
             go.Scatter3d(

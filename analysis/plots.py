@@ -72,10 +72,7 @@ MARKER_STYLE = {
 
 
 def _draw_markers_2d(ax, surface) -> None:
-    groups: dict[str, list[dict]] = {}
-    for m in surface.markers:
-        groups.setdefault(m["group"], []).append(m)
-    for group, ms in groups.items():
+    for group, ms in surface.marker_groups().items():
         st = MARKER_STYLE.get(group, dict(color="0.3", marker="o", label=group))
         xy = np.array([m["coords"] for m in ms])
         if group == "trajectory":
@@ -95,16 +92,10 @@ def delta_levels(zrange: tuple[float, float], n: int) -> np.ndarray:
     return np.linspace(zrange[0], max(zrange[1], zrange[0] + 1e-12), n + 1)
 
 
-def _origin_loss(surface) -> float:
-    i = np.flatnonzero(np.asarray(surface.alphas) == 0.0)
-    j = np.flatnonzero(np.asarray(surface.betas) == 0.0)
-    return float(surface.loss[i[0], j[0]]) if i.size and j.size else float(np.nanmin(surface.loss))
-
-
 def _contour(ax, surface, levels: np.ndarray):
     """Filled Δloss contours on fixed levels, black level lines with black labels on a white box."""
     A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
-    d = np.clip(surface.loss - _origin_loss(surface), levels[0], levels[-1])
+    d = np.clip(surface.loss - surface.origin_loss(), levels[0], levels[-1])
     cf = ax.contourf(A, B, d, levels=levels, cmap="viridis")
     cs = ax.contour(A, B, d, levels=levels[1:-1:2], colors="k", linewidths=0.4)
     labels = ax.clabel(cs, cs.levels[::2], fontsize=6, fmt="%.3g", colors="k")
@@ -149,7 +140,7 @@ def plot_surface(
         fig.tight_layout()
         return _save(fig, path)
     if zrange is None:
-        d = surface.loss - _origin_loss(surface)
+        d = surface.loss - surface.origin_loss()
         zrange = (min(0.0, float(np.nanmin(d))), float(np.nanmax(d)))
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=150, layout="constrained")
     cf = _contour(ax, surface, delta_levels(zrange, levels))
@@ -165,8 +156,8 @@ def plot_surfaces_side_by_side(
     path = Path(path)
     if zrange is None:
         zrange = (
-            min([0.0] + [float(np.nanmin(s.loss - _origin_loss(s))) for s in surfaces]),
-            float(np.nanmedian([np.nanmax(s.loss - _origin_loss(s)) for s in surfaces])),
+            min([0.0] + [float(np.nanmin(s.loss - s.origin_loss())) for s in surfaces]),
+            float(np.nanmedian([np.nanmax(s.loss - s.origin_loss()) for s in surfaces])),
         )
     lv = delta_levels(zrange, levels)
     n = len(surfaces)

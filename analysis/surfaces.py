@@ -121,6 +121,30 @@ class Surface:
     # model itself (not at its projection)
     markers: list[dict[str, Any]] = field(default_factory=list)
 
+    def at_origin(self, metric: str = "loss") -> float | None:
+        """The value at the grid point a = 0 (and b = 0) -- the model the surface is centred on -- or None when
+        the grid does not hold that point (flatfl's grids always do)."""
+        z = self.loss if metric == "loss" else self.accuracy
+        idx = []
+        for ax in [self.alphas] + ([self.betas] if self.betas is not None else []):
+            hit = np.flatnonzero(np.abs(np.asarray(ax)) < 1e-12)
+            if not len(hit):
+                return None
+            idx.append(int(hit[0]))
+        return float(z[tuple(idx)])
+
+    def marker_groups(self) -> dict[str, list[dict[str, Any]]]:
+        """The markers by group (mutants, clients, models, trajectory), in order of first appearance."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for m in self.markers:
+            out.setdefault(m["group"], []).append(m)
+        return out
+
+    def origin_loss(self) -> float:
+        """The loss at the checkpoint, against which Δloss is drawn (the lowest loss for an old grid without it)."""
+        v = self.at_origin()
+        return v if v is not None else float(np.nanmin(self.loss))
+
     def save(self, path: Path) -> None:
         """``path``.npz (arrays) and ``path``.json (description, points) -- no pickle."""
         from flatfl.checkpoint import atomic_write_bytes, atomic_write_json

@@ -13,18 +13,6 @@ from flatfl.cli.common import add_analysis_arguments, analysis_device, nonneg_in
 from flatfl.errors import UserError
 
 
-def _value_at_origin(surf: Any) -> float | None:
-    """The surface's loss at (0, 0) when the grid holds that point exactly."""
-    axes = [surf.alphas] + ([surf.betas] if surf.betas is not None else [])
-    idx = []
-    for ax in axes:
-        hit = np.flatnonzero(np.abs(ax) < 1e-12)
-        if not len(hit):
-            return None
-        idx.append(int(hit[0]))
-    return float(surf.loss[tuple(idx)])
-
-
 def _float_pair(text: str) -> tuple[float, float]:
     import argparse
 
@@ -376,7 +364,7 @@ def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
             "span": settings.span,
             "loss_min": float(np.nanmin(surf.loss)),
             "loss_max": float(np.nanmax(surf.loss)),
-            "loss_at_checkpoint": _value_at_origin(surf),
+            "loss_at_checkpoint": surf.at_origin(),
             "range": surf.description["range"],
             "batchnorm": surf.description["batchnorm"],
             "markers": surf.markers,
