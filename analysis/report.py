@@ -145,14 +145,16 @@ def _cached_json(path: Path, settings: dict, digest: str) -> dict | None:
     return old if old.get("settings") == settings and old.get("checkpoint_sha256") == digest else None
 
 
-def measure_landscape(run: Run, rnd: int, ls: LandscapeSettings, out: Path, log: Callable[[str], None]) -> dict:
-    """Curvature and sharpness of one checkpoint, cached in ``out/landscape.json``."""
+def measure_landscape(
+    run: Run, rnd: int, ls: LandscapeSettings, out: Path, log: Callable[[str], None], digest: str
+) -> dict:
+    """Curvature and sharpness of one checkpoint (SHA-256 ``digest``), cached in ``out/landscape.json``."""
     file = ckpt.round_path(run.path, rnd)
     main = distributed.is_main()
     ls = replace(ls, surface=None)
     want = json_ready(asdict(ls))
     # under torchrun rank 0's cache decides for every rank (the computation below is collective)
-    res = distributed.broadcast_array(_cached_json(out / "landscape.json", want, file_digest(file)) if main else None)
+    res = distributed.broadcast_array(_cached_json(out / "landscape.json", want, digest) if main else None)
     if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
         return res
@@ -164,11 +166,10 @@ def measure_landscape(run: Run, rnd: int, ls: LandscapeSettings, out: Path, log:
     return res
 
 
-def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path) -> Slices:
-    """Li et al. 1D slices of one checkpoint, cached in ``out/slices.json``."""
+def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path, digest: str) -> Slices:
+    """Li et al. 1D slices of one checkpoint (SHA-256 ``digest``), cached in ``out/slices.json``."""
     from analysis.landscape import model_loss_of
 
-    file = ckpt.round_path(run.path, rnd)
     ls = settings.landscape
     want = {
         "directions": settings.slice_directions,
@@ -179,7 +180,6 @@ def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path) -> S
         "seed": ls.seed,
         "dtype": ls.dtype,
     }
-    digest = file_digest(file)
     old = _cached_json(out / "slices.json", want, digest)
     if old is not None:
         return Slices(np.array(old["ts"]), np.array(old["delta"]), old["loss0"], old["seed"], old["directions"])
@@ -346,8 +346,9 @@ def measure_all(
             need = set(rounds) | {c.rounds[g.label][s].round for c in conds} - {None}
             for rnd in sorted(need):
                 where = cache_dir(out, g.label, s, rnd)
-                res = measure_landscape(run, rnd, settings.landscape, where, log)
-                sl = measure_slices(run, rnd, settings, where) if settings.slice_directions else None
+                digest = file_digest(ckpt.round_path(run.path, rnd))  # once: both caches are keyed on it
+                res = measure_landscape(run, rnd, settings.landscape, where, log, digest)
+                sl = measure_slices(run, rnd, settings, where, digest) if settings.slice_directions else None
                 ms.results[(g.label, s, rnd)] = res
                 if sl is not None:
                     ms.slices[(g.label, s, rnd)] = sl

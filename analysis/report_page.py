@@ -461,9 +461,10 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     labels = [g.label for g in groups]
     colors = group_colors(labels)
     top = answer_html(verdict) + _excluded_html(groups) + verdict_table_html(verdict, labels) + _settings_note(settings)
+    where = _rounds_rows(groups, conds)
     sections: list[tuple[str, object]] = [
         ("The answer", top),
-        ("Where each run was measured", table_html(_rounds_rows(groups, conds), list(_rounds_rows(groups, conds)[0]))),
+        ("Where each run was measured", table_html(where, list(where[0]))),
     ]
     panels = _slices_panels(conds, measured)
     if any(panels.values()):
