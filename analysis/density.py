@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flatfl.analysis.lanczos import lanczos_tridiagonal_block
+from flatfl.analysis.operators import LinearOperator
 from scipy.linalg import eigh_tridiagonal
-
-from analysis.lanczos import lanczos_tridiagonal_block
-from analysis.operators import LinearOperator
 
 
 @dataclass(frozen=True)

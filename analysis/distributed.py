@@ -113,7 +113,7 @@ class ShardedOperator:
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """sum_r n_r H_r V / n: each rank's block product, one ``all_reduce`` per block."""
-        from analysis.operators import matmat
+        from flatfl.analysis.operators import matmat
 
         self.num_matvecs += V.shape[1]
         return all_reduce_sum(matmat(self.local, V) * self.weight)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from flatfl.analysis.operators import LinearOperator
 from scipy.linalg import eigh_tridiagonal
-
-from analysis.operators import LinearOperator
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,7 @@ def lanczos_tridiagonal_block(
     its own invariant subspace, exactly as :func:`lanczos_tridiagonal` would run it alone.
     Holds b x ``num_steps`` parameter-sized vectors.
     """
-    from analysis.operators import matmat
+    from flatfl.analysis.operators import matmat
 
     n, b = op.size, V0.shape[0]
     m_max = min(n, num_steps)

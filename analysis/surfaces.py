@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from flatfl.analysis.operators import ModelLoss, eval_mode
 from torch.func import functional_call, vmap
-
-from analysis.operators import ModelLoss, eval_mode
 
 
 # -- directions -----------------------------------------------------------------------------
@@ -145,23 +144,20 @@ class Surface:
         v = self.at_origin()
         return v if v is not None else float(np.nanmin(self.loss))
 
-    def save(self, path: Path) -> None:
-        """``path``.npz (arrays) and ``path``.json (description, points) -- no pickle."""
-        from flatfl.checkpoint import atomic_write_bytes, atomic_write_json
+    def npz_bytes(self) -> bytes:
+        """The arrays (alphas, betas, loss, accuracy) as the bytes of an ``.npz`` file -- no pickle."""
+        import io
 
-        path = Path(path)
         arrays = {"alphas": self.alphas, "loss": self.loss, "accuracy": self.accuracy}
         if self.betas is not None:
             arrays["betas"] = self.betas
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-        atomic_write_json(
-            path.with_suffix(".json"),
-            {"description": self.description, "points": self.points, "markers": self.markers},
-        )
+        return buf.getvalue()
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON half of a saved surface: description, points, markers."""
+        return {"description": self.description, "points": self.points, "markers": self.markers}
 
     @classmethod
     def load(cls, path: Path) -> Surface:
@@ -338,7 +334,7 @@ def evaluate_grid(
         else [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
     )
     if split is not None:
-        from analysis import distributed
+        from flatfl.analysis import distributed
 
         loss, acc = distributed.broadcast_array(loss), distributed.broadcast_array(acc)
         surf.loss, surf.accuracy = loss, acc

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from analysis.operators import LinearOperator, matmat
+from flatfl.analysis.operators import LinearOperator, matmat
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,8 @@ def worker(task: str, problem: Path, arg: str) -> dict:
         torch.autograd.grad(loss, list(model.parameters()))
         return {"seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mb(), "n": n}
     if task == "reference":
+        from flatfl.analysis.operators import ModelLoss
         from scipy.sparse.linalg import LinearOperator, eigsh
-
-        from analysis.operators import ModelLoss
 
         obj = ModelLoss(model, x, y)
         count = [0]
@@ -117,8 +116,8 @@ def worker(task: str, problem: Path, arg: str) -> dict:
         vals = eigsh(LinearOperator((n, n), matvec=mv, dtype=np.float64), k=int(arg), which="LA", tol=1e-8)[0]
         return {"values": sorted(vals.tolist(), reverse=True), "hvps": count[0], "seconds": time.perf_counter() - t0}
     if task == "flatfl":
-        from analysis.lanczos import lanczos
-        from analysis.operators import HessianOperator, ModelLoss
+        from flatfl.analysis.lanczos import lanczos
+        from flatfl.analysis.operators import HessianOperator, ModelLoss
 
         k, tol = arg.split(":")
         op = HessianOperator(ModelLoss(model, x, y))
@@ -184,8 +183,8 @@ def worker(task: str, problem: Path, arg: str) -> dict:
             "peak_mb": peak_rss_mb(),
         }
     if task == "trace":
-        from analysis.operators import HessianOperator, ModelLoss
-        from analysis.trace import hutchinson, hutchpp
+        from flatfl.analysis.operators import HessianOperator, ModelLoss
+        from flatfl.analysis.trace import hutchinson, hutchpp
 
         op = HessianOperator(ModelLoss(model, x, y))
         m = int(arg)

@@ -53,8 +53,8 @@ from hessian_vs_peers import load_problem, make_problem, peak_rss_mb  # noqa: E4
 
 
 def directions(model, x, y):
-    from analysis.operators import ModelLoss
-    from analysis.surfaces import random_directions
+    from flatfl.analysis.operators import ModelLoss
+    from flatfl.analysis.surfaces import random_directions
 
     obj = ModelLoss(model, x, y)
     d1, d2 = random_directions(obj, 2, torch.Generator().manual_seed(0))
@@ -69,7 +69,7 @@ def worker(task: str, problem: Path, grid: int, budget_gb: float, out: Path) -> 
     step = float(ax[1] - ax[0])
     t0 = time.perf_counter()
     if task.startswith("flatfl"):
-        from analysis.surfaces import evaluate_grid, points_per_chunk
+        from flatfl.analysis.surfaces import evaluate_grid, points_per_chunk
 
         budget = budget_gb * 2**30 if task != "flatfl-1pt" else 1.5 * (obj.size * 4)  # < 2 points' parameters
         chunk = points_per_chunk(obj, budget)

@@ -5,12 +5,11 @@ Skipped where no CUDA device is visible (they have never run on this project's C
 import numpy as np
 import pytest
 import torch
+from flatfl.analysis.density import slq
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.trace import TRACE_ESTIMATORS
 from test_curvature import explicit_hessian, tiny_problem
-
-from analysis.density import slq
-from analysis.lanczos import lanczos
-from analysis.operators import HessianOperator, ModelLoss
-from analysis.trace import TRACE_ESTIMATORS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -44,7 +43,7 @@ def test_cuda_eigenvalues_trace_and_slq_match_the_cpu():
 
 
 def test_cuda_surface_points_match_the_cpu():
-    from analysis.surfaces import points_loss
+    from flatfl.analysis.surfaces import points_loss
 
     model, x, y = tiny_problem()
     P = torch.randn(4, sum(p.numel() for p in model.parameters()), dtype=torch.float64) * 0.1

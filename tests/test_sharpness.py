@@ -4,11 +4,10 @@ reparameterisation (in)variance of Dinh et al. (2017) on a ReLU network."""
 import numpy as np
 import pytest
 import torch
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
 from torch import nn
-
-from analysis.lanczos import lanczos
-from analysis.operators import HessianOperator, ModelLoss
-from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
 
 
 class Quadratic:

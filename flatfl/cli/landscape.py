@@ -40,7 +40,7 @@ def _samples(text: str) -> int | str:
 
 
 def add_parser(sub: Any) -> None:
-    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    from flatfl.runs.landscape import SHARPNESS_MEASURES, LandscapeSettings
 
     d = LandscapeSettings()
     p = sub.add_parser(
@@ -245,7 +245,7 @@ def add_parser(sub: Any) -> None:
 def run(ns: dict[str, Any]) -> int:
     import torch
 
-    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    from flatfl.runs.landscape import SHARPNESS_MEASURES, LandscapeSettings
 
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
@@ -262,7 +262,7 @@ def run(ns: dict[str, Any]) -> int:
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
-    from analysis.trace import HUTCHPP_MIN_MATVECS
+    from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 
     if ns["trace"] and ns["trace_method"] != "hutchinson" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
         raise UserError(
@@ -312,10 +312,10 @@ def run(ns: dict[str, Any]) -> int:
     )
     ckpt_path = check_ckpt_arg(Path(ns["ckpt"]))
     if settings.surface:
-        from analysis.landscape import check_surface_settings
+        from flatfl.runs.landscape import check_surface_settings
 
         check_surface_settings(settings, ckpt_path)
-    from analysis import distributed
+    from flatfl.analysis import distributed
 
     with distributed.process_group(torch.device(settings.device)):
         return _run(ns, settings, ckpt_path)
@@ -323,10 +323,10 @@ def run(ns: dict[str, Any]) -> int:
 
 def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
     """Compute on every rank; rank 0 alone writes and prints."""
-    from analysis.distributed import is_main
-    from analysis.landscape import compute, json_ready
-    from analysis.plots import plot_density
     from flatfl import checkpoint as ckpt
+    from flatfl.analysis.distributed import is_main
+    from flatfl.analysis.plots import plot_density
+    from flatfl.runs.landscape import compute, json_ready
 
     main = is_main()
     kept: dict[str, Any] = {}
@@ -340,9 +340,10 @@ def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
     if settings.surface:
         from tqdm.auto import tqdm
 
-        from analysis.interactive import surface_figures, write_page
-        from analysis.landscape import compute_surface
-        from analysis.plots import plot_surface
+        from flatfl.analysis.interactive import surface_figures
+        from flatfl.analysis.plots import plot_surface
+        from flatfl.runs.files import write_page
+        from flatfl.runs.landscape import compute_surface
 
         with tqdm(
             total=settings.grid ** (2 if settings.surface == "2d" else 1),

@@ -27,7 +27,7 @@ def _rounds(text: str) -> tuple[int, ...] | None:
 
 
 def add_parser(sub: Any) -> None:
-    from analysis.report import ReportSettings
+    from flatfl.runs.report import ReportSettings
 
     d = ReportSettings()
     ld = d.landscape
@@ -199,10 +199,10 @@ def _thresholds(text: str) -> tuple[float, ...]:
 def run(ns: dict[str, Any]) -> int:
     import torch
 
-    from analysis import distributed
-    from analysis.landscape import SHARPNESS_MEASURES
-    from analysis.report import ReportSettings, build_report
     from flatfl import checkpoint as ckpt
+    from flatfl.analysis import distributed
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.runs.report import ReportSettings, build_report
 
     for r in ns["runs"]:
         if not (Path(r) / ckpt.RUN_JSON).is_file():
@@ -217,7 +217,7 @@ def run(ns: dict[str, Any]) -> int:
             f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
         )
     device = analysis_device(ns["device"])
-    from analysis.trace import HUTCHPP_MIN_MATVECS
+    from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 
     if 0 < ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
         raise UserError(
@@ -282,7 +282,7 @@ def run(ns: dict[str, Any]) -> int:
 def _print_verdict(report_json: Path) -> None:
     import json
 
-    from analysis.report_page import verdict_text
+    from flatfl.runs.report_page import verdict_text
 
     rep = json.loads(Path(report_json).read_text())
     print(verdict_text(rep["verdict"], list(rep["groups"])))

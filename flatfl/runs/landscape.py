@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from analysis.checkpoints import Run
-from analysis.density import SpectralDensity, slq
-from analysis.distributed import ShardedOperator, shard, sharded_loss_and_gradient
-from analysis.distributed import is_main as dist_is_main
-from analysis.distributed import world as dist_world
-from analysis.lanczos import lanczos
-from analysis.operators import HessianOperator, ModelLoss
-from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
-from analysis.trace import TRACE_ESTIMATORS
+from flatfl.analysis.density import SpectralDensity, slq
+from flatfl.analysis.distributed import ShardedOperator, shard, sharded_loss_and_gradient
+from flatfl.analysis.distributed import is_main as dist_is_main
+from flatfl.analysis.distributed import world as dist_world
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
+from flatfl.analysis.trace import TRACE_ESTIMATORS
 from flatfl.errors import UserError
+from flatfl.runs.files import save_surface
+from flatfl.runs.run import Run
 
 SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
 
@@ -121,7 +122,7 @@ def auto_subset(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``--samples auto``: the random subset whose data-sampling error of lambda_max (``--hessian``) and
     the trace (``--trace``) is below ``data_tol`` (see :mod:`analysis.subsample`); (x, y, record)."""
-    from analysis.subsample import SubsampleSettings, subsample
+    from flatfl.analysis.subsample import SubsampleSettings, subsample
 
     if dist_world() is not None:
         raise UserError("--samples auto: not available under torchrun; pass a number of samples")
@@ -477,9 +478,9 @@ def _markers(
     Coordinates are least-squares positions in the plane (exact for models in it); loss and
     accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
     """
-    from analysis.spread import plane_coordinates
-    from analysis.surfaces import points_loss
     from flatfl import checkpoint as ckpt
+    from flatfl.analysis.spread import plane_coordinates
+    from flatfl.analysis.surfaces import points_loss
 
     named = list(named)
     if clients and ckpt.clients_path(run.path, rnd + 1).is_file():
@@ -559,7 +560,7 @@ def compute_surface(
     ``settings.to``), ``models`` (2D, the plane through the checkpoint and ``settings.models``),
     ``pca`` (2D, the PCA plane of the run's trajectory up to this round, trajectory drawn).
     """
-    from analysis.surfaces import (
+    from flatfl.analysis.surfaces import (
         BatchNormReestimator,
         Surface,
         evaluate_grid,
@@ -704,7 +705,7 @@ def compute_surface(
     def on_chunk(s: Surface, done: int, total: int) -> None:
         finish(s)
         if dist_is_main():
-            s.save(path)
+            save_surface(s, path)
         if progress is not None:
             progress(done, total)
 
@@ -721,7 +722,7 @@ def compute_surface(
     )
     finish(surf)
     if dist_is_main():
-        surf.save(path)
+        save_surface(surf, path)
     return surf
 
 

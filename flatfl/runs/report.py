@@ -1,12 +1,12 @@
 """``flatfl report``: is one setting flatter than another, across seeds and at matched convergence?
 
-Runs are grouped by setting (runs that differ only in their seed, :mod:`analysis.groups`).
+Runs are grouped by setting (runs that differ only in their seed, :mod:`flatfl.runs.groups`).
 Every run is measured, on the same data selection, at
 
 * **equal rounds** (``rounds``; by default the middle and the last round all runs have; the
   verdict uses the last of them),
 * **equal training loss** (the first saved round whose loss on the analysis data is at or
-  below a common level, :mod:`analysis.matching`) and, when asked, **equal test accuracy**;
+  below a common level, :mod:`flatfl.runs.matching`) and, when asked, **equal test accuracy**;
 
 with lambda_max (Lanczos), the Hessian trace (adaptive Hutch++ with a standard error), the sharpness
 measures, and Li et al. 1D slices along K filter-normalised random directions with the basin
@@ -34,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from analysis import distributed
-from analysis.checkpoints import Run
-from analysis.groups import Group, group_runs, local_optimizers, reference_group
-from analysis.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
-from analysis.matching import LossCurve, Match, match_accuracy, match_loss
-from analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
-from analysis.surfaces import Surface
-from analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
 from flatfl import checkpoint as ckpt
+from flatfl.analysis import distributed
+from flatfl.analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
+from flatfl.analysis.surfaces import Surface
+from flatfl.analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
+from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
+from flatfl.runs.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
+from flatfl.runs.matching import LossCurve, Match, match_accuracy, match_loss
+from flatfl.runs.run import Run
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def measure_landscape(
 
 def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path, digest: str) -> Slices:
     """Li et al. 1D slices of one checkpoint (SHA-256 ``digest``), cached in ``out/slices.json``."""
-    from analysis.landscape import model_loss_of
+    from flatfl.runs.landscape import model_loss_of
 
     ls = settings.landscape
     want = {
@@ -242,7 +242,7 @@ class AnalysisData:
         self.ls, self._memo = ls, {}
 
     def __call__(self, run: Run) -> tuple:
-        from analysis.landscape import select_data
+        from flatfl.runs.landscape import select_data
 
         key = json.dumps(run.config["data"], sort_keys=True)
         if key not in self._memo:
@@ -459,7 +459,7 @@ def line_slices(
     groups: Sequence[Group], rnd: int, settings: ReportSettings, data: AnalysisData
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """Loss along the straight line from the reference group's model to each other group's, seed by seed."""
-    from analysis.landscape import model_loss_of
+    from flatfl.runs.landscape import model_loss_of
 
     ref = reference_group(groups)
     out: dict[str, dict[int, dict[str, Any]]] = {}
@@ -489,8 +489,8 @@ def training_curves(groups: Sequence[Group], settings: ReportSettings, show_prog
     """Per run and round: test accuracy/loss, training metrics and (first seed, --save-clients) the spread."""
     from tqdm.auto import tqdm
 
-    from analysis.landscape import select_data
-    from analysis.spread import spread_curve, spread_rounds
+    from flatfl.runs.landscape import select_data
+    from flatfl.runs.spread import spread_curve, spread_rounds
 
     rows: dict[tuple[str, int, int], dict[str, Any]] = {}
     keep = ("test_acc", "test_loss", "train_loss", "global_update_norm", "mutation_norm", "mutation_rel")
@@ -557,7 +557,7 @@ def build_report(
     """Compute and write the report; returns the written files by kind."""
     from tqdm.auto import tqdm
 
-    from analysis.report_page import write_report
+    from flatfl.runs.report_page import write_report
 
     runs = [Run.open(p) for p in run_dirs]
     groups = group_runs(runs, dict(settings.labels))
