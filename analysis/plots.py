@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from flatfl.analysis.density import SpectralDensity  # noqa: E402
 
 
