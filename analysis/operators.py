@@ -84,6 +84,16 @@ def matmat(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
     return torch.stack([op.matvec(v) for v in V.T], dim=1)
 
 
+def twice_differentiable():
+    """Attention through PyTorch's math kernel while gradients are recorded: the fused scaled-dot-product
+    kernels (flash, memory-efficient) have no second derivative, so Hessian-vector products through
+    ``nn.MultiheadAttention``/``F.scaled_dot_product_attention`` would fail; the math kernel computes the
+    same function with differentiable primitives. Forward-only evaluation (surfaces) keeps the fast kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 @contextmanager
 def eval_mode(model: nn.Module):
     """Put ``model`` in eval mode and restore each submodule's mode afterwards."""
@@ -134,7 +144,7 @@ class ModelLoss:
     to ``dtype``) and buffers; ``loss``, ``gradient`` and ``hvp`` take parameter dicts or flat vectors and
     never touch the model's own tensors. The data stay on ``device`` when they take at most half of
     ``memory_budget`` bytes, else on the host, one batch moved to the device at a time (data larger than the
-    device's memory work).
+    device's memory work); ``stream`` forces either way.
     """
 
     def __init__(
@@ -151,6 +161,7 @@ class ModelLoss:
         forward: ForwardFn | None = None,
         targets: TargetsFn | None = None,
         memory_budget: float = 2 * 2**30,
+        stream: bool | None = None,
     ) -> None:
         if (batches is None) == (x is None or y is None):
             raise ValueError("give either x and y tensors or batches=")
@@ -184,7 +195,8 @@ class ModelLoss:
         if self.n == 0:
             raise ValueError("empty data set")
         self.data_bytes = sum(bt.nbytes(b) for b in raw)
-        self.streamed = self.device.type != "cpu" and self.data_bytes > memory_budget / 2
+        big = self.device.type != "cpu" and self.data_bytes > memory_budget / 2
+        self.streamed = big if stream is None else stream
         home = torch.device("cpu") if self.streamed else self.device
         self.batches = [bt.to(b, home, self.dtype) for b in raw]
 
@@ -209,8 +221,11 @@ class ModelLoss:
         if self._prefix:
             params = {self._prefix + n: p for n, p in params.items()}
             buffers = {self._prefix + n: b for n, b in buffers.items()}
-            return functional_call(self._net, (params, buffers), (batch,))
-        return functional_call(self._net, (params, buffers), (batch[0],))
+        args = (batch,) if self._prefix else (batch[0],)
+        if not torch.is_grad_enabled():
+            return functional_call(self._net, (params, buffers), args)
+        with twice_differentiable():
+            return functional_call(self._net, (params, buffers), args)
 
     def loss_sum(self, out: Any, batch: Any) -> torch.Tensor:
         """The batch's summed loss from the model's output (see the class docstring for the bookkeeping)."""

@@ -450,6 +450,40 @@ def points_per_chunk(obj: ModelLoss, memory_budget: float) -> int:
     return max(1, int(memory_budget // max(per_point, 1)))
 
 
+def model_markers(
+    obj: ModelLoss, origin: torch.Tensor, dirs: Sequence[torch.Tensor], named: Sequence[tuple[str, str, torch.Tensor]]
+) -> list[dict[str, Any]]:
+    """Markers for the models ``named`` (name, group, flat parameters) on the surface origin + a d1 (+ b d2).
+
+    Coordinates are least-squares positions in the plane (exact for models in it); loss and
+    accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
+    """
+    from flatfl.analysis.spread import plane_coordinates
+
+    if not named:
+        return []
+    P = torch.stack([v.to(obj.device, obj.dtype) for _, _, v in named])
+    coords, off = plane_coordinates(
+        P.cpu().double(),
+        origin.cpu().double(),
+        dirs[0].cpu().double(),
+        dirs[1].cpu().double() if len(dirs) > 1 else None,
+    )
+    lv, av = points_loss(obj, P)
+    return [
+        {
+            "name": name,
+            "group": group,
+            "coords": coords[i].tolist(),
+            "off_plane": float(off[i]),
+            "off_plane_relative": float(off[i] / max(float(origin.norm()), 1e-300)),
+            "loss": float(lv[i]),
+            "accuracy": float(av[i]),
+        }
+        for i, (name, group, _) in enumerate(named)
+    ]
+
+
 def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> Surface:
     """1D loss along (1 - t) a + t b: origin a, direction b - a."""
     s = evaluate_grid(obj, [b - a], ts, origin=a, **kw)
