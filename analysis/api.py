@@ -226,14 +226,14 @@ def _directions(
     w = obj.flat()
     if kind == "random":
         dirs = random_directions(obj, dims, gen)
-        return dirs, [], {"kind": "random", "x_label": "α (filter-normalised random direction 1)",
-                          "y_label": "β (filter-normalised random direction 2)"}  # fmt: skip
+        return dirs, [], {"kind": "random", "x_label": "random filter-normalised direction 1",
+                          "y_label": "random direction 2 (orthogonalised)"}  # fmt: skip
     if kind == "eigen":
         res = lanczos(HessianOperator(obj), k=dims, generator=gen, return_vectors=True)
-        dirs = [v.to(obj.device, obj.dtype) for v in res.vectors]
+        dirs = [v.to(obj.device, obj.dtype) * w.norm() for v in res.vectors]  # x ||w||, as flatfl landscape
         return dirs, [], {"kind": "eigen", "eigenvalues": res.values.tolist(),
-                          "x_label": f"α (Hessian eigenvector 1, λ={res.values[0]:.4g})",
-                          "y_label": f"β (Hessian eigenvector 2, λ={res.values[-1]:.4g})"}  # fmt: skip
+                          "x_label": f"top Hessian eigenvector 1 (x ||w||, λ={res.values[0]:.4g})",
+                          "y_label": f"top Hessian eigenvector 2 (x ||w||, λ={res.values[-1]:.4g})"}  # fmt: skip
     if kind == "models":
         if len(towards) != dims:
             raise ValueError(
@@ -246,7 +246,8 @@ def _directions(
             u = flats[1] - w
             dirs.append(u - (u @ d1) / (d1 @ d1) * d1)  # the plane through w and both models
         named = [(f"model {i + 1}", "models", f) for i, f in enumerate(flats)]
-        return dirs, named, {"kind": "models", "x_label": "α (towards model 1)", "y_label": "β (towards model 2)"}
+        labels = {"x_label": "towards model 1", "y_label": "towards model 2 (orthogonalised)"}
+        return dirs, named, {"kind": "models", **labels}
     if kind == "pca":
         if dims != 2 or len(trajectory) < 2:
             raise ValueError("directions='pca' needs dims=2 and trajectory= with at least 2 models")
@@ -277,11 +278,12 @@ def loss_surface(
     L(w + α d1 (+ β d2)) for ``steps`` values of α (and β) over ``span``.
 
     ``directions``: ``random`` -- Gaussian, filter-normalised and orthogonalised (Li et al. 2018);
-    ``eigen`` -- the top Hessian eigenvectors (unit norm); ``models`` -- towards the models or state dicts
-    in ``towards`` (1D: α = 1 is the model, the line is the interpolation; 2D: the plane through w and
-    both); ``pca`` -- the top-2 principal directions of ``trajectory`` (state dicts or models, e.g. saved
-    during training) around w. Given models are drawn on the surface as markers. Default ``span``:
-    (-1, 1); (-0.5, 1.5) towards models; for ``pca`` 1.25 times the trajectory's reach."""
+    ``eigen`` -- the top Hessian eigenvectors, scaled to ||w|| (as ``flatfl landscape``); ``models`` --
+    towards the models or state dicts in ``towards`` (1D: α = 1 is the model, the line is the
+    interpolation; 2D: the plane through w and both); ``pca`` -- the top-2 principal directions of
+    ``trajectory`` (state dicts or models, e.g. saved during training) around w. Given models are drawn
+    on the surface as markers. Default ``span``: (-1, 1); (-0.5, 1.5) towards models; for ``pca`` 1.25
+    times the trajectory's reach."""
     if dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims}")
     obj = _problem(model, data, objective_kw)

@@ -222,9 +222,10 @@ def test_eigen_surface_curvature_at_the_model_is_lambda_max():
     model, (x, y) = _mlp().double(), _data()
     x = x.double()
     lam = hessian_eigenvalues(model, (x, y), tol=1e-10).values[0]
-    h = 1e-3
+    wn = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
+    h = 1e-3 / wn  # directions are unit eigenvectors times ||w||
     s = loss_surface(model, (x, y), dims=1, directions="eigen", span=(-h, h), steps=3)
-    second = (s.loss[0] - 2 * s.loss[1] + s.loss[2]) / h**2
+    second = (s.loss[0] - 2 * s.loss[1] + s.loss[2]) / (h * wn) ** 2
     assert s.alphas[1] == 0.0 and second == pytest.approx(lam, rel=1e-4)
 
 

@@ -25,6 +25,7 @@ when their settings and the checkpoint's SHA-256 match, so an interrupted report
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -40,9 +41,12 @@ from flatfl.analysis.slices import Slices, line_grid, line_slice, random_slices,
 from flatfl.analysis.surfaces import Surface
 from flatfl.analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
 from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
-from flatfl.runs.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
+from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
 from flatfl.runs.matching import LossCurve, Match, match_accuracy, match_loss
+from flatfl.runs.measure import measure
+from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.run import Run
+from flatfl.runs.surface import measure_surface
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,16 @@ def _cached_json(path: Path, settings: dict, digest: str) -> dict | None:
 
 
 def measure_landscape(
-    run: Run, rnd: int, ls: LandscapeSettings, out: Path, log: Callable[[str], None], digest: str
+    problem: Callable[[], Problem],
+    run: Run,
+    rnd: int,
+    ls: LandscapeSettings,
+    out: Path,
+    log: Callable[[str], None],
+    digest: str,
 ) -> dict:
-    """Curvature and sharpness of one checkpoint (SHA-256 ``digest``), cached in ``out/landscape.json``."""
-    file = ckpt.round_path(run.path, rnd)
+    """Curvature and sharpness of one checkpoint (SHA-256 ``digest``), cached in ``out/landscape.json``;
+    ``problem()`` resolves the checkpoint's model and data (once, shared with the slices and surface)."""
     main = distributed.is_main()
     ls = replace(ls, surface=None)
     want = json_ready(asdict(ls))
@@ -158,7 +168,7 @@ def measure_landscape(
     if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
         return res
-    res, _ = compute(file, ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}"))
+    res = measure(problem(), ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}")).record
     res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -166,10 +176,8 @@ def measure_landscape(
     return res
 
 
-def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path, digest: str) -> Slices:
+def measure_slices(problem: Callable[[], Problem], settings: ReportSettings, out: Path, digest: str) -> Slices:
     """Li et al. 1D slices of one checkpoint (SHA-256 ``digest``), cached in ``out/slices.json``."""
-    from flatfl.runs.landscape import model_loss_of
-
     ls = settings.landscape
     want = {
         "directions": settings.slice_directions,
@@ -183,7 +191,7 @@ def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path, dige
     old = _cached_json(out / "slices.json", want, digest)
     if old is not None:
         return Slices(np.array(old["ts"]), np.array(old["delta"]), old["loss0"], old["seed"], old["directions"])
-    obj = model_loss_of(run, rnd, ls)
+    obj = problem().objective
     ts = symmetric_grid(settings.slice_radius, settings.slice_points)
     s = random_slices(
         obj, ts, num_directions=settings.slice_directions, seed=ls.seed, memory_budget=ls.memory_budget_gb * 2**30
@@ -346,16 +354,18 @@ def measure_all(
             need = set(rounds) | {c.rounds[g.label][s].round for c in conds} - {None}
             for rnd in sorted(need):
                 where = cache_dir(out, g.label, s, rnd)
-                digest = file_digest(ckpt.round_path(run.path, rnd))  # once: both caches are keyed on it
-                res = measure_landscape(run, rnd, settings.landscape, where, log, digest)
-                sl = measure_slices(run, rnd, settings, where, digest) if settings.slice_directions else None
+                file = ckpt.round_path(run.path, rnd)
+                digest = file_digest(file)  # once: both caches are keyed on it
+                problem = functools.cache(lambda file=file: of_checkpoint(file, settings.landscape))
+                res = measure_landscape(problem, run, rnd, settings.landscape, where, log, digest)
+                sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
                 ms.results[(g.label, s, rnd)] = res
                 if sl is not None:
                     ms.slices[(g.label, s, rnd)] = sl
                 ms.rows[(g.label, s, rnd)] = checkpoint_row(res, metrics.get(rnd, {}), sl, settings.widths)
                 if settings.surface and first is not None and s == first[0] and rnd in rounds:
                     ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
-                    surf = compute_surface(ckpt.round_path(run.path, rnd), ss, where, progress=lambda d, t: None)
+                    surf = measure_surface(problem(), ss, where)
                     ms.surfaces.setdefault(g.label, []).append((rnd, surf))
                 progress(1)
     for c in conds:
