@@ -32,7 +32,7 @@ def test_every_code_block_of_library_md_runs(tmp_path, monkeypatch, capsys):
     [
         ("library_regression.py", ["--samples", "128"]),
         ("library_transformer.py", ["--sequences", "32"]),
-        ("library_resnet18.py", ["--images", "8"]),
+        ("library_resnet18.py", ["--images", "4", "--vectors", "4", "--probes", "2"]),
     ],
 )
 def test_library_examples_run(tmp_path, script, args):

@@ -282,6 +282,16 @@ def run(ns: dict[str, Any]) -> int:
 
     from flatfl.runs.landscape import SHARPNESS_MEASURES, LandscapeSettings
 
+    foreign = ns.get("model") is not None
+    if foreign == (ns.get("ckpt") is not None):
+        raise UserError("pass either --ckpt FILE (a flatfl run) or --model SPEC with --data SPEC (any model)")
+    if foreign and (ns["data"] in ("train", "test") or ns["data"].startswith("client:")):
+        raise UserError(
+            "--data: with --model, name the data: MODULE:FACTORY, a torchvision NAME:ROOT[:train|test], "
+            "imagefolder:DIR or digits[:train|test]"
+        )
+    if not foreign and any(ns.get(k) for k in ("weights", "forward", "targets")):
+        raise UserError("--weights/--forward/--targets: only with --model (a flatfl --ckpt knows its own)")
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
         names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
@@ -304,16 +314,6 @@ def run(ns: dict[str, Any]) -> int:
             f"--trace-matvecs: {ns['trace_method']} needs at least {HUTCHPP_MIN_MATVECS} HVPs "
             "(or use --trace-method hutchinson)"
         )
-    foreign = ns.get("model") is not None
-    if foreign == (ns.get("ckpt") is not None):
-        raise UserError("pass either --ckpt FILE (a flatfl run) or --model SPEC with --data SPEC (any model)")
-    if foreign and (ns["data"] in ("train", "test") or ns["data"].startswith("client:")):
-        raise UserError(
-            "--data: with --model, name the data: MODULE:FACTORY, a torchvision NAME:ROOT[:train|test], "
-            "imagefolder:DIR or digits[:train|test]"
-        )
-    if not foreign and any(ns.get(k) for k in ("weights", "forward", "targets")):
-        raise UserError("--weights/--forward/--targets: only with --model (a flatfl --ckpt knows its own)")
     device = analysis_device(ns["device"])
     settings = LandscapeSettings(
         data=ns["data"],
