@@ -28,7 +28,7 @@ from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.lanczos import EigenResult, lanczos
 from flatfl.analysis.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
 from flatfl.analysis.sharpness import SharpnessResult
-from flatfl.analysis.surfaces import Surface, evaluate_grid
+from flatfl.analysis.surfaces import Surface, evaluate_grid, random_directions
 from flatfl.analysis.trace import TraceResult, adaptive_trace, hutchinson, hutchpp
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "adaptive_trace",
     "slq",
     "evaluate_grid",
+    "random_directions",
     # plots (imported on first use: matplotlib and plotly load only when asked for)
     "plot_surface",
     "plot_density",

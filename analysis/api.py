@@ -109,13 +109,15 @@ def hessian_eigenvalues(
     tol: float = 1e-4,
     max_vectors: int | None = None,
     return_vectors: bool = False,
+    exact_residuals: bool = True,
     hvp: str = "auto",
     seed: int | torch.Generator = 0,
     **objective_kw: Any,
 ) -> EigenResult:
     """The ``k`` largest Hessian eigenvalues (and with ``smallest`` the most negative one, λmin) by Lanczos
     with full reorthogonalisation, each with its residual ||H v - λ v||; ``tol`` is the accuracy relative to
-    |λmax|. The Hessian is that of the mean loss over all of ``data`` (not one mini-batch)."""
+    |λmax|; ``exact_residuals`` recomputes them with k (+1) more products (else Lanczos' own estimates).
+    The Hessian is that of the mean loss over all of ``data`` (not one mini-batch)."""
     obj = _problem(model, data, objective_kw)
     op = HessianOperator(obj, method=hvp, memory_budget=objective_kw.get("memory_budget", 2 * 2**30))
     res = lanczos(
@@ -126,6 +128,7 @@ def hessian_eigenvalues(
         max_vectors=max_vectors,
         generator=_generator(seed),
         return_vectors=return_vectors,
+        exact_residuals=exact_residuals,
     )
     settings = {"k": k, "smallest": smallest, "tol": tol, "hvp": op.method, **_common(obj, seed)}
     return replace(res, settings=settings)
@@ -142,7 +145,7 @@ def hessian_trace(
     **objective_kw: Any,
 ) -> TraceResult:
     """tr(H) with its standard error from ``num_matvecs`` Hessian-vector products: ``adaptive`` (default;
-    Hutchinson or Hutch++, whichever the first third of the budget predicts is better), ``hutchpp``
+    Hutchinson or Hutch++, whichever the first third of the budget predicts is better), ``hutch++``
     (Meyer et al. 2021) or ``hutchinson`` (1989)."""
     if estimator not in TRACE_ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(TRACE_ESTIMATORS)}, got {estimator!r}")
