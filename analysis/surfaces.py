@@ -312,6 +312,51 @@ def points_loss(
     return loss / obj.n, accuracy
 
 
+class _ChunkPlan:
+    """How many grid points go through :func:`points_loss` at once, and whether stacked (vmap) or in a loop.
+
+    ``vectorize=None`` (auto): point 1 in a loop (warm-up), point 2 in a loop (timed), then one vmap chunk
+    of up to 4 points (timed); the faster per point is kept. Out of memory halves the chunk; a model vmap
+    cannot batch falls back to the loop for good.
+    """
+
+    def __init__(self, chunk: int, vectorize: bool | None) -> None:
+        self.chunk = chunk
+        self.trials = ["loop-warm", "loop", "vmap"] if vectorize is None and chunk > 1 else []
+        self.vectorize = chunk > 1 if vectorize is None else vectorize
+        self.per_point: dict[str, float] = {}
+        self._last: str | None = None
+
+    def next(self) -> tuple[int, bool, str | None]:
+        """(points in the next chunk, stacked?, the trial it is or None)."""
+        trial = self.trials.pop(0) if self.trials else None
+        size = 1 if trial in ("loop-warm", "loop") else min(self.chunk, 4) if trial == "vmap" else self.chunk
+        return size, (trial == "vmap") if trial else self.vectorize, trial
+
+    def out_of_memory(self, trial: str | None) -> bool:
+        """Halve the chunk and retry (True), or give up at one point per chunk (False)."""
+        if self.chunk == 1:
+            return False
+        self.chunk = max(1, self.chunk // 2)  # the estimate was too optimistic: smaller chunks
+        if trial:
+            self.trials.insert(0, trial)
+        return True
+
+    def no_vmap(self) -> None:
+        self.vectorize, self.trials = False, []
+
+    def timed(self, trial: str | None, seconds_per_point: float) -> None:
+        if trial in ("loop", "vmap"):
+            self.per_point[trial] = seconds_per_point
+            if len(self.per_point) == 2:
+                self.vectorize = self.per_point["vmap"] < self.per_point["loop"]
+
+
+def _grid_point(theta: torch.Tensor, dirs: list[torch.Tensor], alphas: Any, betas: Any, c: tuple) -> torch.Tensor:
+    p = theta + float(alphas[c[0]]) * dirs[0]
+    return p if betas is None else p + float(betas[c[1]]) * dirs[1]
+
+
 def evaluate_grid(
     obj: ModelLoss,
     directions: Sequence[torch.Tensor],
@@ -361,49 +406,27 @@ def evaluate_grid(
     todo = [c for c in coords if np.isnan(loss[c])]
     if split is not None:
         todo = todo[split[0] :: split[1]]
-    chunk = points_per_chunk(obj, memory_budget)
+    plan = _ChunkPlan(points_per_chunk(obj, memory_budget), False if bn is not None else vectorize)
     dirs = [d.to(obj.device, obj.dtype) for d in directions]
-    if bn is not None:
-        vectorize = False
-    # auto: loop on point 1 (warm-up) and point 2 (timed), then one vmap chunk (timed); keep the faster
-    trials = ["loop-warm", "loop", "vmap"] if vectorize is None and chunk > 1 else []
-    if vectorize is None:
-        vectorize = chunk > 1
-    per_point: dict[str, float] = {}
-    done = len(coords) - len(todo)
-    start = 0
+    done, start = len(coords) - len(todo), 0
     while start < len(todo):
-        trial = trials.pop(0) if trials else None
-        size = 1 if trial in ("loop-warm", "loop") else min(chunk, 4) if trial == "vmap" else chunk
-        vec = (trial == "vmap") if trial else vectorize
+        size, vec, trial = plan.next()
         part = todo[start : start + size]
-        pts = []
-        for c in part:
-            p = theta + float(alphas[c[0]]) * dirs[0]
-            if betas is not None:
-                p = p + float(betas[c[1]]) * dirs[1]
-            pts.append(p)
-        P = torch.stack(pts)
+        P = torch.stack([_grid_point(theta, dirs, alphas, betas, c) for c in part])
         t0 = _synced_time(obj.device)
         try:
             lv, av = points_loss(obj, P, vec, bn)
         except torch.OutOfMemoryError:
-            if chunk == 1:
+            if not plan.out_of_memory(trial):
                 raise
-            chunk = max(1, chunk // 2)  # the estimate was too optimistic: smaller chunks
-            if trial:
-                trials.insert(0, trial)
             continue
         except (RuntimeError, NotImplementedError):
             if not vec:
                 raise
-            vectorize, trials = False, []  # the model does not support vmap: loop
+            plan.no_vmap()
             vec, trial = False, None
             lv, av = points_loss(obj, P, vec, bn)
-        if trial in ("loop", "vmap"):
-            per_point[trial] = (_synced_time(obj.device) - t0) / len(part)
-            if len(per_point) == 2:
-                vectorize = per_point["vmap"] < per_point["loop"]
+        plan.timed(trial, (_synced_time(obj.device) - t0) / len(part))
         for c, lval, aval in zip(part, lv.tolist(), av.tolist()):
             loss[c], acc[c] = lval, aval
         done += len(part)

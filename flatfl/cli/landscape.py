@@ -39,7 +39,7 @@ def _samples(text: str) -> int | str:
 
 
 def add_parser(sub: Any) -> None:
-    from flatfl.runs.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    from flatfl.runs.landscape import LandscapeSettings
 
     d = LandscapeSettings()
     p = sub.add_parser(
@@ -62,6 +62,16 @@ def add_parser(sub: Any) -> None:
         metavar="DIR",
         help="output folder (default: RUN/landscape/round_NNNN; with --model checkpoints/landscape/NAME)",
     )
+    _foreign_arguments(p, d)
+    _data_arguments(p, d)
+    _curvature_arguments(p, d)
+    _sharpness_arguments(p, d)
+    _surface_arguments(p, d)
+    _federated_arguments(p, d)
+
+
+def _foreign_arguments(p: Any, d: Any) -> None:
+    """--model/--weights/--data/--forward/--targets: a model flatfl did not train."""
     f = p.add_argument_group(
         "any model (instead of --ckpt)",
         "analyse a model flatfl did not train; --data then names its data (see below)",
@@ -87,6 +97,10 @@ def add_parser(sub: Any) -> None:
         help="forward(model, batch) -> output, for batches other than (x, y) (dicts, several inputs)",
     )
     f.add_argument("--targets", metavar="MODULE:FUNC", help="targets(batch) -> the labels the loss compares with")
+
+
+def _data_arguments(p: Any, d: Any) -> None:
+    """Which data, how many samples, in which precision."""
     g = p.add_argument_group("data")
     add_analysis_arguments(
         g,
@@ -115,6 +129,10 @@ def add_parser(sub: Any) -> None:
         default=d.dtype,
         help=f"precision of the analysis; float64 for reference checks (default: {d.dtype})",
     )
+
+
+def _curvature_arguments(p: Any, d: Any) -> None:
+    """Hessian eigenvalues, trace and spectral density."""
     g = p.add_argument_group("curvature")
     g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
     g.add_argument(
@@ -161,6 +179,12 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"Lanczos steps per SLQ run (default: {d.slq_steps})",
     )
+
+
+def _sharpness_arguments(p: Any, d: Any) -> None:
+    """The sharpness measures and their radii."""
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
+
     g = p.add_argument_group("sharpness")
     g.add_argument(
         "--sharpness", metavar="LIST", help=f"comma-separated measures, or all: {', '.join(SHARPNESS_MEASURES)}"
@@ -189,6 +213,10 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
     )
+
+
+def _surface_arguments(p: Any, d: Any) -> None:
+    """1D/2D loss surfaces: directions, grid, markers, BatchNorm."""
     g = p.add_argument_group("loss surface")
     g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
     g.add_argument(
@@ -261,6 +289,10 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="also perturb biases and BatchNorm parameters (Li et al. zero them in random directions)",
     )
+
+
+def _federated_arguments(p: Any, d: Any) -> None:
+    """Global vs local flatness per client."""
     g = p.add_argument_group("federated view")
     g.add_argument(
         "--federated",
@@ -280,8 +312,42 @@ def add_parser(sub: Any) -> None:
 def run(ns: dict[str, Any]) -> int:
     import torch
 
-    from flatfl.runs.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    foreign = _check_source(ns)
+    settings = _settings(ns, _validated_measures(ns))
+    from flatfl.runs.surface import check_surface_settings
 
+    if not foreign:
+        ckpt_path = check_ckpt_arg(Path(ns["ckpt"]))
+        if settings.surface:
+            check_surface_settings(settings, ckpt_path)
+        from flatfl.runs.problem import of_checkpoint
+
+        problem_of = lambda log: of_checkpoint(ckpt_path, settings, log)  # noqa: E731
+        out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
+    else:
+        from flatfl.runs.foreign import ForeignSpec, check_foreign, of_foreign
+
+        spec = ForeignSpec(
+            model=ns["model"],
+            weights=ns.get("weights"),
+            data=ns["data"],
+            model_kwargs=ns["model_kwargs"],
+            forward=ns.get("forward"),
+            targets=ns.get("targets"),
+        )
+        check_foreign(spec, settings)
+        if settings.surface:
+            check_surface_settings(settings)
+        problem_of = lambda log: of_foreign(spec, settings, log)  # noqa: E731
+        out = ns.get("out") or Path("checkpoints") / "landscape" / spec.name
+    from flatfl.analysis import distributed
+
+    with distributed.process_group(torch.device(settings.device)):
+        return _run(ns, settings, problem_of, out)
+
+
+def _check_source(ns: dict[str, Any]) -> bool:
+    """Exactly one of --ckpt and --model, and the flags that go with it; True for --model."""
     foreign = ns.get("model") is not None
     if foreign == (ns.get("ckpt") is not None):
         raise UserError("pass either --ckpt FILE (a flatfl run) or --model SPEC with --data SPEC (any model)")
@@ -292,6 +358,13 @@ def run(ns: dict[str, Any]) -> int:
         )
     if not foreign and any(ns.get(k) for k in ("weights", "forward", "targets")):
         raise UserError("--weights/--forward/--targets: only with --model (a flatfl --ckpt knows its own)")
+    return foreign
+
+
+def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
+    """The --sharpness measures; every combination that cannot run is refused before anything starts."""
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
+
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
         names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
@@ -314,8 +387,15 @@ def run(ns: dict[str, Any]) -> int:
             f"--trace-matvecs: {ns['trace_method']} needs at least {HUTCHPP_MIN_MATVECS} HVPs "
             "(or use --trace-method hutchinson)"
         )
+    return sharp
+
+
+def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
+    """The frozen :class:`LandscapeSettings` of the command line."""
+    from flatfl.runs.landscape import LandscapeSettings
+
     device = analysis_device(ns["device"])
-    settings = LandscapeSettings(
+    return LandscapeSettings(
         data=ns["data"],
         samples=None if ns.get("samples") == "auto" else ns.get("samples"),
         samples_auto=ns.get("samples") == "auto",
@@ -355,36 +435,6 @@ def run(ns: dict[str, Any]) -> int:
         markers=not ns["no_markers"],
         include_1d=ns["include_bias_bn"],
     )
-    from flatfl.runs.surface import check_surface_settings
-
-    if ns.get("ckpt"):
-        ckpt_path = check_ckpt_arg(Path(ns["ckpt"]))
-        if settings.surface:
-            check_surface_settings(settings, ckpt_path)
-        from flatfl.runs.problem import of_checkpoint
-
-        problem_of = lambda log: of_checkpoint(ckpt_path, settings, log)  # noqa: E731
-        out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
-    else:
-        from flatfl.runs.foreign import ForeignSpec, check_foreign, of_foreign
-
-        spec = ForeignSpec(
-            model=ns["model"],
-            weights=ns.get("weights"),
-            data=ns["data"],
-            model_kwargs=ns["model_kwargs"],
-            forward=ns.get("forward"),
-            targets=ns.get("targets"),
-        )
-        check_foreign(spec, settings)
-        if settings.surface:
-            check_surface_settings(settings)
-        problem_of = lambda log: of_foreign(spec, settings, log)  # noqa: E731
-        out = ns.get("out") or Path("checkpoints") / "landscape" / spec.name
-    from flatfl.analysis import distributed
-
-    with distributed.process_group(torch.device(settings.device)):
-        return _run(ns, settings, problem_of, out)
 
 
 def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str], None]], Any], out: Path) -> int:
