@@ -185,13 +185,15 @@ def sharpness(
     eps: float = 1e-3,
     sigma: float = 0.01,
     num_samples: int = 50,
+    adaptive: bool = True,
     seed: int | torch.Generator = 0,
     **objective_kw: Any,
 ) -> SharpnessResult:
     """One sharpness measure: ``sam`` -- max over ||δ||₂ ≤ ``rho`` of L(w+δ) − L(w) (Foret et al. 2021;
     with ``m``, the mean over m-sample groups); ``adaptive`` -- the same in the ball ||δ/|w| ||_p ≤ ``rho``
     (Kwon et al. 2021; ``p`` 2 or inf); ``epsilon`` -- Keskar et al.'s (2017) box measure of size ``eps``;
-    ``average`` -- E L(w+δ) − L(w), δ ~ N(0, ``sigma``² diag(w²)), ``num_samples`` draws."""
+    ``average`` -- E L(w+δ) − L(w), δ ~ N(0, ``sigma``² diag(w²)) (``adaptive=False``: N(0, ``sigma``² I)),
+    ``num_samples`` draws."""
     obj = _problem(model, data, objective_kw)
     gen = _generator(seed)
     if kind == "sam":
@@ -201,7 +203,7 @@ def sharpness(
     if kind == "epsilon":
         return epsilon_sharpness(obj, eps=eps, max_iter=steps, generator=gen)
     if kind == "average":
-        return average_sharpness(obj, sigma=sigma, num_samples=num_samples, generator=gen)
+        return average_sharpness(obj, sigma=sigma, adaptive=adaptive, num_samples=num_samples, generator=gen)
     raise ValueError(f"kind must be one of {SHARPNESS_KINDS}, got {kind!r}")
 
 

@@ -100,6 +100,11 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
     )
+    _group_arguments(p, d)
+
+
+def _group_arguments(p: Any, d: Any) -> None:
+    """Seed groups, matched convergence and the 1D slices."""
     g = p.add_argument_group("groups, matched convergence and 1D slices")
     g.add_argument(
         "--label",
@@ -159,7 +164,7 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="compare groups whose local optimizers differ (lr, momentum, batch, epochs); refused by default",
     )
-    add_analysis_arguments(p, ld)
+    add_analysis_arguments(p, d.landscape)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -201,14 +206,46 @@ def run(ns: dict[str, Any]) -> int:
 
     from flatfl import checkpoint as ckpt
     from flatfl.analysis import distributed
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
-    from flatfl.runs.report import ReportSettings, build_report
+    from flatfl.runs.report import build_report
 
     for r in ns["runs"]:
         if not (Path(r) / ckpt.RUN_JSON).is_file():
             raise UserError(
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
             )
+    settings = _report_settings(ns)
+    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
+        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
+    command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
+    from tqdm.auto import tqdm
+
+    with distributed.process_group(torch.device(settings.landscape.device)):
+        main = distributed.is_main()
+        try:
+            files = build_report(
+                [Path(r) for r in ns["runs"]],
+                settings,
+                Path(ns["out"]),
+                command=command,
+                log=(lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None),  # above the bar
+                show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
+            )
+        except ValueError as exc:  # the analysis side's plain errors about the runs given
+            raise UserError(str(exc)) from exc
+    if not files:
+        return 0
+    for kind in ("html", "verdict", "csv", "curves", "json"):
+        if kind in files:
+            print(f"wrote {files[kind]}")
+    _print_verdict(files["json"])
+    return 0
+
+
+def _report_settings(ns: dict[str, Any]) -> Any:
+    """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.runs.report import ReportSettings
+
     names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
     sharp = () if names in ([], ["none"]) else SHARPNESS_MEASURES if names == ["all"] else tuple(names)
     bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
@@ -239,7 +276,7 @@ def run(ns: dict[str, Any]) -> int:
         device=str(device),
         memory_budget_gb=ns["memory_budget"],
     )
-    settings = ReportSettings(
+    return ReportSettings(
         rounds=ns["rounds"],
         landscape=ls,
         surface=not ns["no_surface"],
@@ -254,29 +291,6 @@ def run(ns: dict[str, Any]) -> int:
         labels=tuple(ns["label"]),
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
-    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
-        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
-    command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
-    with distributed.process_group(torch.device(settings.landscape.device)):
-        main = distributed.is_main()
-        try:
-            files = build_report(
-                [Path(r) for r in ns["runs"]],
-                settings,
-                Path(ns["out"]),
-                command=command,
-                log=(lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None),
-                show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
-            )
-        except ValueError as exc:  # the analysis side's plain errors about the runs given
-            raise UserError(str(exc)) from exc
-    if not files:
-        return 0
-    for kind in ("html", "verdict", "csv", "curves", "json"):
-        if kind in files:
-            print(f"wrote {files[kind]}")
-    _print_verdict(files["json"])
-    return 0
 
 
 def _print_verdict(report_json: Path) -> None:
