@@ -167,6 +167,61 @@ def model_losses(
     return loss.cpu().numpy(), acc.cpu().numpy()
 
 
+def _losses(
+    model: nn.Module,
+    origin: torch.Tensor,
+    new: torch.Tensor,
+    S: torch.Tensor,
+    R: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    device: str,
+) -> dict[str, Any]:
+    """Loss and accuracy of the origin, the new global and every sent/returned model (one pass over the data)."""
+    m = len(S)
+    allm = torch.cat([origin[None], new[None], S, R])
+    lv, av = model_losses(model, allm, data[0], data[1], batch_size=batch_size, device=device)
+    return {
+        "origin_loss": float(lv[0]),
+        "origin_accuracy": float(av[0]),
+        "new_global_loss": float(lv[1]),
+        "new_global_accuracy": float(av[1]),
+        "sent_loss": lv[2 : 2 + m].tolist(),
+        "sent_accuracy": av[2 : 2 + m].tolist(),
+        "returned_loss": lv[2 + m :].tolist(),
+        "returned_accuracy": av[2 + m :].tolist(),
+    }
+
+
+def _positions(
+    origin: torch.Tensor,
+    new: torch.Tensor,
+    S: torch.Tensor,
+    R: torch.Tensor,
+    plane: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """Least-squares coordinates of every model in ``plane`` (default: the round's own PCA plane)."""
+    if plane is None:
+        d1, d2 = pca_plane(torch.cat([S - origin, R - origin]))
+        plane_o, plane_desc = origin, "top-2 principal directions of the round's sent and returned models"
+    else:
+        plane_o, d1, d2 = plane
+        plane_desc = "given plane"
+    sc, so = plane_coordinates(S, plane_o, d1, d2)
+    rc, ro = plane_coordinates(R, plane_o, d1, d2)
+    nc, no = plane_coordinates(torch.stack([origin, new]), plane_o, d1, d2)
+    return {
+        "plane": plane_desc,
+        "origin": nc[0].tolist(),
+        "new_global": nc[1].tolist(),
+        "sent": sc.tolist(),
+        "returned": rc.tolist(),
+        "sent_off_plane": so.tolist(),
+        "returned_off_plane": ro.tolist(),
+        "new_global_off_plane": float(no[1]),
+    }
+
+
 def spread_of(
     origin_state: dict[str, torch.Tensor],
     new_state: dict[str, torch.Tensor],
@@ -215,38 +270,8 @@ def spread_of(
 
     losses = None
     if data is not None:
-        allm = torch.cat([origin[None], new[None], S, R])
-        # BatchNorm statistics: those of the dispatch origin w_{t-1} for every model
-        lv, av = model_losses(model, allm, data[0], data[1], batch_size=batch_size, device=device)
-        losses = {
-            "origin_loss": float(lv[0]),
-            "origin_accuracy": float(av[0]),
-            "new_global_loss": float(lv[1]),
-            "new_global_accuracy": float(av[1]),
-            "sent_loss": lv[2 : 2 + m].tolist(),
-            "sent_accuracy": av[2 : 2 + m].tolist(),
-            "returned_loss": lv[2 + m :].tolist(),
-            "returned_accuracy": av[2 + m :].tolist(),
-        }
-    if plane is None:
-        d1, d2 = pca_plane(torch.cat([S - origin, R - origin]))
-        plane_o, plane_desc = origin, "top-2 principal directions of the round's sent and returned models"
-    else:
-        plane_o, d1, d2 = plane
-        plane_desc = "given plane"
-    sc, so = plane_coordinates(S, plane_o, d1, d2)
-    rc, ro = plane_coordinates(R, plane_o, d1, d2)
-    nc, no = plane_coordinates(torch.stack([origin, new]), plane_o, d1, d2)
-    positions = {
-        "plane": plane_desc,
-        "origin": nc[0].tolist(),
-        "new_global": nc[1].tolist(),
-        "sent": sc.tolist(),
-        "returned": rc.tolist(),
-        "sent_off_plane": so.tolist(),
-        "returned_off_plane": ro.tolist(),
-        "new_global_off_plane": float(no[1]),
-    }
+        losses = _losses(model, origin, new, S, R, data, batch_size, device)
+    positions = _positions(origin, new, S, R, plane)
     return RoundSpread(
         round=round,
         clients=list(clients),
