@@ -54,3 +54,16 @@ def test_cuda_surface_points_match_the_cpu():
     lg, ag = points_loss(ModelLoss(model, x, y, device="cuda"), P.cuda())
     torch.testing.assert_close(lg.cpu(), lc, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ag.cpu(), ac)
+
+
+@pytest.mark.parametrize("method", ["double-backward", "cached"])
+def test_cuda_streamed_data_stay_on_the_host_and_match_the_explicit_hessian(method):
+    model, x, y = tiny_problem()
+    H, _ = explicit_hessian(model, x, y)
+    batches = [(x[i : i + 7], y[i : i + 7]) for i in range(0, len(y), 7)]
+    obj = ModelLoss(model, batches=batches, device="cuda", stream=True)
+    assert obj.streamed and all(b[0].device.type == "cpu" for b in obj.batches)
+    V = torch.randn(obj.size, 4, dtype=torch.float64)
+    torch.testing.assert_close(HessianOperator(obj, method=method).matmat(V.cuda()).cpu(), H @ V, rtol=1e-10, atol=1e-12)
+    budget = ModelLoss(model, x, y, device="cuda", memory_budget=1.0)  # data larger than half the budget
+    assert budget.streamed
