@@ -64,6 +64,7 @@ def test_cuda_streamed_data_stay_on_the_host_and_match_the_explicit_hessian(meth
     obj = ModelLoss(model, batches=batches, device="cuda", stream=True)
     assert obj.streamed and all(b[0].device.type == "cpu" for b in obj.batches)
     V = torch.randn(obj.size, 4, dtype=torch.float64)
-    torch.testing.assert_close(HessianOperator(obj, method=method).matmat(V.cuda()).cpu(), H @ V, rtol=1e-10, atol=1e-12)
+    HV = HessianOperator(obj, method=method).matmat(V.cuda()).cpu()
+    torch.testing.assert_close(HV, H @ V, rtol=1e-10, atol=1e-12)
     budget = ModelLoss(model, x, y, device="cuda", memory_budget=1.0)  # data larger than half the budget
     assert budget.streamed
