@@ -234,3 +234,14 @@ def test_as_operator_rejects_a_non_square_curvlinops_operator(problem):
     J = JacobianLinearOperator(model, list(model.parameters()), batches(x, y, 8))
     with pytest.raises(ValueError, match=r"JacobianLinearOperator has shape \(72, 51\)"):
         as_operator(J)
+
+
+def test_the_interop_example_in_the_docs_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "curvature.md").read_text()
+    section = text.split("## Interop", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "docs/curvature.md (Interop)", "exec"), scope)
+    assert len(scope["top3"]) == 3 and len(scope["density"].nodes) == 5
