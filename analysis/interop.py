@@ -123,7 +123,7 @@ def _square(shape: Any, what: str) -> int:
 
 def _is_protocol(obj: Any) -> bool:
     return (
-        isinstance(getattr(obj, "size", None), int)
+        isinstance(getattr(obj, "size", None), (int, np.integer))
         and isinstance(getattr(obj, "dtype", None), torch.dtype)
         and callable(getattr(obj, "matvec", None))
         and hasattr(obj, "device")

@@ -199,6 +199,8 @@ def test_as_operator_keeps_flatfl_operators_and_wraps_scipy_and_matrices():
     M = torch.diag(torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64))
     dense = DenseOperator(M)
     assert as_operator(dense) is dense
+    dense.size = np.int64(3)  # a protocol object with a NumPy integer size is still one
+    assert as_operator(dense) is dense
     assert isinstance(as_operator(M), DenseOperator)
     for obj in (aslinearoperator(M.numpy()), M.numpy(), scipy.sparse.csr_matrix(M.numpy())):
         op = as_operator(obj)
