@@ -11,14 +11,15 @@ phi(t) = (1/n) sum_i delta(t - lambda_i), smoothed by a Gaussian of width sigma.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
+
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.lanczos import lanczos_tridiagonal_block
 from flatfl.analysis.operators import LinearOperator
-from scipy.linalg import eigh_tridiagonal
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SpectralDensity:
     weights: tuple[np.ndarray, ...]
     num_matvecs: int
     num_steps: int
+    settings: dict = field(default_factory=dict)  # how it was computed (the public API fills it)
 
     def density(self, grid: np.ndarray, sigma: float) -> np.ndarray:
         """Gaussian-smoothed density on ``grid``; integrates to ~1 over a wide grid."""

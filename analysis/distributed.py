@@ -26,6 +26,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from flatfl.analysis.operators import ScipyExport
 
 

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from flatfl.analysis.surfaces import Surface
 from plotly.subplots import make_subplots
+
+from flatfl.analysis.surfaces import Surface
 
 GROUP_STYLE = {
     "mutants": dict(color="#e66101", symbol="diamond", label="mutants (sent next round)"),

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg as sla
 import torch
+
 from flatfl.analysis.operators import DenseOperator, LinearOperator, ScipyExport, matmat
 
 

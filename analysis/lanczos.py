@@ -20,13 +20,14 @@ copy each from a single start vector (an inherent limit of single-vector Krylov 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import eigh_tridiagonal
+
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator
-from scipy.linalg import eigh_tridiagonal
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class EigenResult:
     num_vectors: int
     converged: bool
     tol: float
+    settings: dict = field(default_factory=dict)  # how it was computed (the public API fills it)
 
 
 def error_bound(theta: np.ndarray, res: np.ndarray) -> np.ndarray:

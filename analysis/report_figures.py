@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from flatfl.analysis.slices import Slices
 from plotly.subplots import make_subplots
+
+from flatfl.analysis.slices import Slices
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))

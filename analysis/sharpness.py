@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from flatfl.analysis import batches as bt
+
 
 class Objective(Protocol):
     """A loss over flat parameters, optionally restricted to a subset of batches."""
@@ -70,9 +72,8 @@ class SharpnessResult:
 
 def _rebatch(obj: Objective, m: int) -> list[list[tuple]]:
     """Disjoint groups of exactly-m samples (the tail < m is dropped, as in m-sharpness)."""
-    xs = torch.cat([b[0] for b in obj.batches])
-    ys = torch.cat([b[1] for b in obj.batches])
-    return [[(xs[i : i + m], ys[i : i + m])] for i in range(0, len(ys) - m + 1, m)]
+    every = bt.concat(obj.batches)
+    return [[bt.slice_batch(every, i, i + m)] for i in range(0, obj.n - m + 1, m)]
 
 
 def _ascent(

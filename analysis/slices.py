@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from flatfl.analysis.operators import ModelLoss
 from flatfl.analysis.surfaces import evaluate_grid, random_directions
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.operators import HessianOperator, LinearOperator, matmat
 from flatfl.analysis.trace import _rademacher

@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flatfl.analysis.operators import ModelLoss, eval_mode
 from torch.func import functional_call, vmap
+
+from flatfl.analysis import batches as bt
+from flatfl.analysis.operators import ModelLoss, _Hooked, eval_mode
 
 
 # -- directions -----------------------------------------------------------------------------
@@ -190,7 +192,13 @@ class BatchNormReestimator:
     one private copy of the model made once (never per point), so the user's model is untouched.
     """
 
-    def __init__(self, model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batches: Sequence[Any],
+        forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+    ) -> None:
+        """``batches``: input tensors, or whole batches when a ``forward(model, batch)`` hook is given."""
         import copy
 
         self.model = copy.deepcopy(model)
@@ -198,6 +206,7 @@ class BatchNormReestimator:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.momentum = None
         self.batches = list(batches)
+        self.forward = forward
 
     def buffers(self, params: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fresh = {}
@@ -217,8 +226,13 @@ class BatchNormReestimator:
         try:
             with torch.no_grad():
                 for xb in self.batches:
-                    xb = xb.to(ref.device, ref.dtype) if xb.is_floating_point() else xb.to(ref.device)
-                    functional_call(self.model, (params, fresh), (xb,))
+                    xb = bt.to(xb, ref.device, ref.dtype)
+                    if self.forward is None:
+                        functional_call(self.model, (params, fresh), (xb,))
+                    else:
+                        p = {"model." + n: v for n, v in params.items()}
+                        b = {"model." + n: v for n, v in fresh.items()}
+                        functional_call(_Hooked(self.model, self.forward), (p, b), (xb,))
         finally:
             self.model.train(was)
         return fresh
@@ -229,7 +243,7 @@ def _channels_last(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: p.contiguous(memory_format=torch.channels_last) if p.ndim == 4 else p for n, p in params.items()}
 
 
-def _channels_last_batches(obj: ModelLoss) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _channels_last_batches(obj: ModelLoss) -> list[Any]:
     """obj's batches with image inputs (N, C, H, W) in channels-last layout, converted once and kept.
 
     Measured on this project's 2-core CPU (0.9M-parameter CNN, 1,000 3x32x32 images, batches of
@@ -239,7 +253,8 @@ def _channels_last_batches(obj: ModelLoss) -> list[tuple[torch.Tensor, torch.Ten
     cached = getattr(obj, "_surface_batches", None)
     if cached is None:
         cached = [
-            (xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb, yb) for xb, yb in obj.batches
+            bt.tree_map(lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t, b)
+            for b in obj.batches
         ]
         obj._surface_batches = cached
     return cached
@@ -267,17 +282,21 @@ def points_loss(
     loss = torch.zeros(P, dtype=torch.float64, device=obj.device)
     correct = torch.zeros(P, dtype=torch.float64, device=obj.device)
 
-    def one(
-        params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, buffers: dict | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = functional_call(obj.model, (params, obj.buffers if buffers is None else buffers), (xb,))
-        return obj.loss_fn(out, yb, reduction="sum"), (out.argmax(-1) == yb).sum()
+    classify = [True]
+
+    def one(params: dict[str, torch.Tensor], batch: Any, buffers: dict | None = None) -> tuple[torch.Tensor, ...]:
+        out = obj.output(params, batch, buffers)
+        c = obj.correct(out, batch)
+        if c is None:
+            classify[0] = False
+            c = torch.zeros((), device=obj.device)
+        return obj.loss_sum(out, batch), c
 
     with torch.no_grad(), eval_mode(obj.model):
         if vectorize:
             stacked = obj.unflat_batch(flat_points)
-            for xb, yb in obj.batches:
-                lb, cb = vmap(one, in_dims=(0, None, None))(stacked, xb, yb)
+            for b in obj.batches:
+                lb, cb = vmap(one, in_dims=(0, None))(stacked, obj.on_device(b))
                 loss += lb.double()
                 correct += cb.double()
         else:
@@ -285,11 +304,12 @@ def points_loss(
             for i in range(P):
                 params = _channels_last(obj.unflat(flat_points[i]))
                 buffers = None if bn is None else bn.buffers(params, obj.buffers)
-                for xb, yb in batches:
-                    lb, cb = one(params, xb, yb, buffers)
+                for b in batches:
+                    lb, cb = one(params, obj.on_device(b), buffers)
                     loss[i] += lb.double()
                     correct[i] += cb.double()
-    return loss / obj.n, correct / obj.n
+    accuracy = correct / obj.n if classify[0] else torch.full_like(correct, float("nan"))
+    return loss / obj.n, accuracy
 
 
 def evaluate_grid(
@@ -420,15 +440,48 @@ def points_per_chunk(obj: ModelLoss, memory_budget: float) -> int:
         if isinstance(output, torch.Tensor):
             act[0] += output.numel() * output.element_size()
 
-    xb, yb = obj.batches[0]
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
         with torch.no_grad(), eval_mode(obj.model):
-            functional_call(obj.model, (obj.params, obj.buffers), (xb,))
+            obj.output(obj.params, obj.on_device(obj.batches[0]))
     finally:
         handle.remove()
     per_point = obj.size * obj.flat().element_size() + act[0]
     return max(1, int(memory_budget // max(per_point, 1)))
+
+
+def model_markers(
+    obj: ModelLoss, origin: torch.Tensor, dirs: Sequence[torch.Tensor], named: Sequence[tuple[str, str, torch.Tensor]]
+) -> list[dict[str, Any]]:
+    """Markers for the models ``named`` (name, group, flat parameters) on the surface origin + a d1 (+ b d2).
+
+    Coordinates are least-squares positions in the plane (exact for models in it); loss and
+    accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
+    """
+    from flatfl.analysis.spread import plane_coordinates
+
+    if not named:
+        return []
+    P = torch.stack([v.to(obj.device, obj.dtype) for _, _, v in named])
+    coords, off = plane_coordinates(
+        P.cpu().double(),
+        origin.cpu().double(),
+        dirs[0].cpu().double(),
+        dirs[1].cpu().double() if len(dirs) > 1 else None,
+    )
+    lv, av = points_loss(obj, P)
+    return [
+        {
+            "name": name,
+            "group": group,
+            "coords": coords[i].tolist(),
+            "off_plane": float(off[i]),
+            "off_plane_relative": float(off[i] / max(float(origin.norm()), 1e-300)),
+            "loss": float(lv[i]),
+            "accuracy": float(av[i]),
+        }
+        for i, (name, group, _) in enumerate(named)
+    ]
 
 
 def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> Surface:

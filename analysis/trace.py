@@ -25,10 +25,11 @@ goes through ``matmat`` (blocks of vectors per pass over the data).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator, matmat
 
@@ -44,6 +45,7 @@ class TraceResult:
     samples: np.ndarray  # the Hutchinson terms (of the remainder, for Hutch++)
     deflated: bool = False  # adaptive: whether it chose Hutch++'s deflation
     remainder_share: float | None = None  # adaptive: leave-one-out rho (see the module docstring)
+    settings: dict = field(default_factory=dict)  # how it was computed (the public API fills it)
 
 
 def _rademacher(n: int, count: int, op: LinearOperator, generator: torch.Generator | None) -> torch.Tensor:

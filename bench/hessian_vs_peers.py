@@ -103,8 +103,9 @@ def worker(task: str, problem: Path, arg: str) -> dict:
         torch.autograd.grad(loss, list(model.parameters()))
         return {"seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mb(), "n": n}
     if task == "reference":
-        from flatfl.analysis.operators import ModelLoss
         from scipy.sparse.linalg import LinearOperator, eigsh
+
+        from flatfl.analysis.operators import ModelLoss
 
         obj = ModelLoss(model, x, y)
         count = [0]

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from flatfl.analysis.density import slq
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.operators import DenseOperator, HessianOperator, ModelLoss
 from flatfl.analysis.trace import hutchinson, hutchpp
-from torch import nn
 
 
 def known_spectrum(values, n, seed=0):

@@ -5,11 +5,12 @@ Skipped where no CUDA device is visible (they have never run on this project's C
 import numpy as np
 import pytest
 import torch
+from test_curvature import explicit_hessian, tiny_problem
+
 from flatfl.analysis.density import slq
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.analysis.trace import TRACE_ESTIMATORS
-from test_curvature import explicit_hessian, tiny_problem
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

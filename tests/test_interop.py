@@ -13,16 +13,17 @@ import pytest
 import scipy.sparse
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
+from scipy.sparse.linalg import aslinearoperator, eigsh
+from torch import nn
+from torch.func import functional_call, jacrev
+
 from flatfl.analysis.density import slq
 from flatfl.analysis.distributed import ShardedOperator
 from flatfl.analysis.interop import ScipyOperator, TorchMatmulOperator, as_operator, to_scipy
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.operators import DenseOperator, HessianOperator, ModelLoss
 from flatfl.analysis.trace import adaptive_trace, hutchinson, hutchpp
-from scipy.sparse.linalg import LinearOperator as ScipyLinearOperator
-from scipy.sparse.linalg import aslinearoperator, eigsh
-from torch import nn
-from torch.func import functional_call, jacrev
 
 N, D, HIDDEN, C = 24, 4, 6, 3  # 51 parameters
 

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from flatfl.analysis.operators import ModelLoss
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from flatfl.analysis.operators import ModelLoss
 from flatfl.runs.files import save_surface
 from flatfl.runs.run import Run
 from tests.conftest import TINY

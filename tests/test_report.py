@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from flatfl.analysis.operators import HessianOperator, ModelLoss
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.runs.landscape import select_data
 from flatfl.runs.run import Run
 from tests.test_cli import _one_line_error
@@ -86,7 +86,6 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
 def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
     from flatfl.analysis.interactive import delta_range
     from flatfl.analysis.surfaces import Surface
-
     from flatfl.cli import main
 
     out = tmp_path / "r"

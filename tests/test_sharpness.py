@@ -4,10 +4,11 @@ reparameterisation (in)variance of Dinh et al. (2017) on a ReLU network."""
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
-from torch import nn
 
 
 class Quadratic:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from flatfl.analysis.operators import ModelLoss
 from flatfl.analysis.spread import (
     filter_normalized_distance,
@@ -12,7 +13,6 @@ from flatfl.analysis.spread import (
     pca_plane,
     plane_coordinates,
 )
-
 from flatfl.runs.run import Run
 from flatfl.runs.spread import round_spread, spread_rounds
 

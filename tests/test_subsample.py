@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from test_curvature import explicit_hessian
+from torch import nn
+
 from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.analysis.subsample import SubsampleSettings, group_error, subsample
 from flatfl.analysis.trace import _rademacher
-from test_curvature import explicit_hessian
-from torch import nn
 
 
 def problem(n=3200, seed=0):

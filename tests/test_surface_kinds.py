@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flatfl.analysis.operators import ModelLoss
-from flatfl.analysis.surfaces import BatchNormReestimator, Surface, evaluate_grid
 from torch import nn
 
+from flatfl.analysis.operators import ModelLoss
+from flatfl.analysis.surfaces import BatchNormReestimator, Surface, evaluate_grid
 from flatfl.runs.run import Run
 from tests.test_cli import _one_line_error
 
@@ -177,7 +177,6 @@ def test_batchnorm_reestimation_matches_update_bn():
 
 def test_surface_html_has_a_round_slider_and_markers(runs, tmp_path):
     from flatfl.analysis.interactive import surface_figures
-
     from flatfl.runs.files import write_page
 
     a = np.linspace(-1, 1, 5)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from flatfl.analysis.operators import ModelLoss
 from flatfl.analysis.surfaces import (
     Surface,
@@ -16,8 +18,6 @@ from flatfl.analysis.surfaces import (
     plane_through,
     random_directions,
 )
-from torch import nn
-
 from flatfl.config import DataConfig
 from flatfl.data import load_dataset
 from flatfl.models import build_model

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from flatfl.analysis.verdict import Measure, disagreement, headline, paired, summarize, t_interval, verdict
 from scipy import stats
 
+from flatfl.analysis.verdict import Measure, disagreement, headline, paired, summarize, t_interval, verdict
 from tests.test_cli import _one_line_error
 
 LAM = Measure("lambda_max", "lambda_max")
@@ -232,7 +232,6 @@ def test_diverged_runs_are_listed_not_averaged(cli, twins, tmp_path):
 
 def test_matched_loss_rounds_are_the_first_below_the_level(cli, twins, tmp_path):
     from flatfl.analysis.operators import ModelLoss
-
     from flatfl.runs.landscape import select_data
     from flatfl.runs.run import Run
 

@@ -479,8 +479,7 @@ def _markers(
     accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
     """
     from flatfl import checkpoint as ckpt
-    from flatfl.analysis.spread import plane_coordinates
-    from flatfl.analysis.surfaces import points_loss
+    from flatfl.analysis.surfaces import model_markers
 
     named = list(named)
     if clients and ckpt.clients_path(run.path, rnd + 1).is_file():
@@ -493,28 +492,7 @@ def _markers(
         _, returned, info = run.clients(rnd)
         for i, sd in enumerate(returned):
             named.append((f"client {info['clients'][i]} (returned in round {rnd})", "clients", _flat_of(run, sd, obj)))
-    if not named:
-        return []
-    P = torch.stack([v for _, _, v in named])
-    coords, off = plane_coordinates(
-        P.cpu().double(),
-        origin.cpu().double(),
-        dirs[0].cpu().double(),
-        dirs[1].cpu().double() if len(dirs) > 1 else None,
-    )
-    lv, av = points_loss(obj, P)
-    return [
-        {
-            "name": name,
-            "group": group,
-            "coords": coords[i].tolist(),
-            "off_plane": float(off[i]),
-            "off_plane_relative": float(off[i] / max(float(origin.norm()), 1e-300)),
-            "loss": float(lv[i]),
-            "accuracy": float(av[i]),
-        }
-        for i, (name, group, _) in enumerate(named)
-    ]
+    return model_markers(obj, origin, dirs, named)
 
 
 def _is_slot(text: str) -> bool:
