@@ -8,7 +8,8 @@ One call per question (:mod:`flatfl.analysis.api`)::
     plot_surface(surf, "surface")            # surface.png + surface.pdf
 
 Underneath: curvature operators (:class:`ModelLoss`, :class:`HessianOperator`, any object with
-``size/dtype/device/matvec``), keyword-only solvers (:func:`lanczos`, :func:`adaptive_trace`,
+``size/dtype/device/matvec``; ``op.to_scipy()`` for SciPy, and curvlinops or SciPy operators taken as they
+are via :func:`as_operator`), keyword-only solvers (:func:`lanczos`, :func:`adaptive_trace`,
 :func:`hutchpp`, :func:`hutchinson`, :func:`slq`), sharpness, surfaces, spread, verdict statistics and
 plots. It imports nothing of flatfl's trainer side (run directories, checkpoints, CLI) and raises plain
 exceptions; reading runs and writing files live in :mod:`flatfl.runs`.
@@ -25,6 +26,7 @@ from flatfl.analysis.api import (
     sharpness,
 )
 from flatfl.analysis.density import SpectralDensity, slq
+from flatfl.analysis.interop import as_operator, to_scipy
 from flatfl.analysis.lanczos import EigenResult, lanczos
 from flatfl.analysis.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
 from flatfl.analysis.sharpness import SharpnessResult
@@ -50,6 +52,8 @@ __all__ = [
     "DenseOperator",
     "ModelLoss",
     "HessianOperator",
+    "as_operator",
+    "to_scipy",
     "lanczos",
     "hutchinson",
     "hutchpp",

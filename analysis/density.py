@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from flatfl.analysis.interop import as_operator
 from flatfl.analysis.lanczos import lanczos_tridiagonal_block
 from flatfl.analysis.operators import LinearOperator
 
@@ -62,8 +63,10 @@ def slq(
 
     ``block`` runs go in lockstep (one ``matmat`` of ``block`` vectors per step; default all),
     holding ``block * num_steps`` parameter-sized vectors (full reorthogonalisation). The start
-    vectors and results do not depend on ``block`` (up to float summation order).
+    vectors and results do not depend on ``block`` (up to float summation order). ``op``: a flatfl
+    operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     """
+    op = as_operator(op)
     block = num_runs if block is None else max(1, block)
     starts = [
         (2 * torch.randint(0, 2, (op.size,), generator=generator) - 1).to(op.device, op.dtype) for _ in range(num_runs)

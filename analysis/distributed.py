@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from flatfl.analysis.operators import ScipyExport
+
 
 def world() -> tuple[int, int] | None:
     """(rank, world size) inside an initialised process group of more than one rank, else None."""
@@ -86,7 +88,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class ShardedOperator:
+class ShardedOperator(ScipyExport):
     """The Hessian of the mean loss over all ranks' shards, from each rank's local operator.
 
     ``matvec(v) = sum_r n_r H_r v / n`` with ``H_r`` the local operator's mean-loss Hessian.

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator
 
 
@@ -95,7 +96,9 @@ def lanczos(
     vectors are held (default min(size, 128)). With ``exact_residuals`` (default) the reported residuals are
     ||H v - lambda v|| recomputed with k (+1) extra matvecs, since the Lanczos estimate
     |beta_m s_{m,i}| assumes exact arithmetic and underflows to 0 once a pair has converged.
+    ``op``: a flatfl operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     """
+    op = as_operator(op)
     n = op.size
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}]")
@@ -186,6 +189,7 @@ def lanczos_tridiagonal_block(
     """
     from flatfl.analysis.operators import matmat
 
+    op = as_operator(op)
     n, b = op.size, V0.shape[0]
     m_max = min(n, num_steps)
     Q = (V0 / V0.norm(dim=1, keepdim=True)).to(op.device, op.dtype)

@@ -56,7 +56,16 @@ class LinearOperator(Protocol):
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
-class DenseOperator:
+class ScipyExport:
+    """Base of flatfl's operators: ``op.to_scipy()``, a ``scipy.sparse.linalg.LinearOperator`` (see interop)."""
+
+    def to_scipy(self):
+        from flatfl.analysis.interop import to_scipy  # interop imports this module
+
+        return to_scipy(self)
+
+
+class DenseOperator(ScipyExport):
     """A symmetric matrix as an operator (reference problems with a known spectrum)."""
 
     def __init__(self, matrix: torch.Tensor) -> None:
@@ -406,7 +415,7 @@ class ModelLoss:
         self._graph = self._graph_key = None
 
 
-class HessianOperator:
+class HessianOperator(ScipyExport):
     """The Hessian of a :class:`ModelLoss` as a :class:`LinearOperator`; counts HVPs."""
 
     def __init__(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator, matmat
 
 
@@ -62,7 +63,8 @@ def _mean_se(samples: np.ndarray) -> tuple[float, float]:
 
 
 def hutchinson(op: LinearOperator, *, num_matvecs: int = 100, generator: torch.Generator | None = None) -> TraceResult:
-    """Mean of z^T H z over ``num_matvecs`` Rademacher vectors."""
+    """Mean of z^T H z over ``num_matvecs`` Rademacher vectors (``op``: see :func:`as_operator`)."""
+    op = as_operator(op)
     if num_matvecs < 2:
         raise ValueError("num_matvecs must be >= 2 (for a standard error)")
     Z = _rademacher(op.size, num_matvecs, op, generator)
@@ -86,7 +88,8 @@ def _deflated(
 
 
 def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None) -> TraceResult:
-    """Hutch++ with ``num_matvecs`` operator applications (split in thirds)."""
+    """Hutch++ with ``num_matvecs`` operator applications (split in thirds; ``op``: see :func:`as_operator`)."""
+    op = as_operator(op)
     r = num_matvecs // 3
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for Hutch++")
@@ -122,8 +125,10 @@ def adaptive_trace(
     """Hutchinson or Hutch++, whichever the first third of the budget predicts has the smaller variance.
 
     See the module docstring: with r = m // 3 and rho = :func:`remainder_share`, deflate (Hutch++ on
-    the same S) when rho < (m - 2r) / m, else spend the rest on Hutchinson samples.
+    the same S) when rho < (m - 2r) / m, else spend the rest on Hutchinson samples. ``op``: a flatfl
+    operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     """
+    op = as_operator(op)
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for the adaptive estimator")
     r = num_matvecs // 3
