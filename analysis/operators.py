@@ -280,6 +280,16 @@ class ModelLoss:
             total = sum(self.batch_loss_sum(params, self.on_device(b)) for b in batches)
         return float(total) / n
 
+    def losses(self, W: torch.Tensor, vectorize: bool | None = None) -> np.ndarray:
+        """Mean loss at each row of ``W`` (P x size) over all the data, the P points in one pass over the
+        batches: stacked through ``vmap`` (default on an accelerator) or in a loop (default on a CPU, where
+        vmap turns convolutions into slower grouped ones)."""
+        from flatfl.analysis.surfaces import points_loss
+
+        vec = self.device.type != "cpu" if vectorize is None else vectorize
+        loss, _ = points_loss(self, W.to(self.device, self.dtype), vec)
+        return loss.cpu().numpy()
+
     def loss_and_gradient(
         self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None
     ) -> tuple[float, torch.Tensor]:
