@@ -62,10 +62,18 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--samples",
-        type=nonneg_int,
+        type=_samples_or_auto,
         default=ld.samples,
         metavar="N",
-        help=f"seeded random subset of N samples, 0 = all (default: {ld.samples})",
+        help=f"seeded random subset of N samples, 0 = all, or auto: growing subsets until the data-sampling error "
+        f"of lambda_max and the trace is below --data-tol, shown next to them (default: {ld.samples})",
+    )
+    p.add_argument(
+        "--data-tol",
+        type=pos_float,
+        default=ld.data_tol,
+        metavar="REL",
+        help=f"--samples auto: relative data-sampling error to reach (default: {ld.data_tol})",
     )
     p.add_argument(
         "--sharpness",
@@ -168,6 +176,10 @@ def _group_arguments(p: Any, d: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _samples_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else nonneg_int(text)
+
+
 def _label(text: str) -> tuple[str, str]:
     import argparse
 
@@ -264,7 +276,9 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     ls = replace(
         d.landscape,
         data=ns["data"],
-        samples=ns["samples"] or None,
+        samples=None if ns["samples"] == "auto" else ns["samples"] or None,
+        samples_auto=ns["samples"] == "auto",
+        data_tol=ns["data_tol"],
         sharpness=sharp,
         trace=ns["trace_matvecs"] > 0,
         trace_matvecs=max(ns["trace_matvecs"], HUTCHPP_MIN_MATVECS),

@@ -223,10 +223,14 @@ def checkpoint_row(res: dict, metrics: dict, slices: Slices | None, widths: Sequ
     }
     if "hessian" in res:
         row["lambda_max"] = res["hessian"]["eigenvalues"][0]
+        if res["hessian"].get("data_error") is not None:  # --samples auto: the error from the data drawn
+            row["lambda_max_data_error"] = res["hessian"]["data_error"]
         row["lambda_min"] = res["hessian"]["smallest"]
     if "trace" in res:
         row["trace"] = res["trace"]["estimate"]
         row["trace_stderr"] = res["trace"]["stderr"]
+        if res["trace"].get("data_error") is not None:
+            row["trace_data_error"] = res["trace"]["data_error"]
     for name, v in res.get("sharpness", {}).items():
         row[f"sharpness_{name}"] = v["value"]
         if v.get("stderr") is not None:

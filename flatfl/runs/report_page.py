@@ -201,7 +201,10 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-KEY_COLUMNS = ["run", "seed", "round", "conditions", "test_acc", "train_loss", "lambda_max", "trace"]
+KEY_COLUMNS = [
+    "run", "seed", "round", "conditions", "test_acc", "train_loss",
+    "lambda_max", "lambda_max_data_error", "trace", "trace_stderr", "trace_data_error",
+]  # fmt: skip
 
 
 def _excluded_html(groups: Sequence[Any]) -> str:
