@@ -81,9 +81,7 @@ def parse_round_spec(text: str, flag: str) -> tuple[tuple[int, ...], int]:
     for item in (s.strip() for s in text.split(",")):
         m = _ITEM.match(item)
         if m is None:
-            raise UserError(
-                f"{flag}: {item!r} is not a round, a range A-B or every:N (e.g. {flag} 1,5,10-20,every:50)"
-            )
+            raise UserError(f"{flag}: {item!r} is not a round, a range A-B or every:N (e.g. {flag} 1,5,10-20,every:50)")
         if m.group(1) is not None:
             rounds.add(int(m.group(1)))
         elif m.group(2) is not None:

@@ -79,3 +79,24 @@ class Tracker:
             self._w.close()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
+
+
+REPORT_PREFIX = "curvature/"
+ROW_LABELS = ("run", "seed", "algo", "path", "round", "conditions")  # report.json rows: labels, not numbers
+
+
+def log_report_rows(logdir: Path, rows: list[dict[str, Any]], warn: Callable[[str], None] = print) -> list[Path]:
+    """``flatfl report --tensorboard``: each report row (one run at one measured round) as scalars
+    ``curvature/<measure>`` at step = round, in ``logdir/<run folder name>``. Returns the folders."""
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_run.setdefault(str(row["path"]), []).append(row)
+    written = []
+    for path, run_rows in by_run.items():
+        tracker = Tracker(Path(logdir) / Path(path).name, warn=warn)
+        for row in sorted(run_rows, key=lambda r: r["round"]):
+            numbers = {k: v for k, v in row.items() if k not in ROW_LABELS}
+            tracker.log(numbers, step=int(row["round"]), prefix=REPORT_PREFIX)
+        tracker.close()
+        written.append(tracker.logdir)
+    return written

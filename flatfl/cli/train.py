@@ -508,7 +508,7 @@ def add_storage_arguments(t: Any) -> None:
         "--clients-dtype",
         choices=["float32", "bfloat16"],
         help="precision of the client models in clients_NNNN.safetensors (--save-clients): bfloat16 halves their "
-        "size at a relative rounding error of at most 2^-9 per weight (docs/checkpoint-format.md); global rounds "
+        "size at a relative rounding error of at most 2^-8 per weight (docs/checkpoint-format.md); global rounds "
         "and the state stay float32 (default: float32)",
     )
     g.add_argument(
