@@ -501,6 +501,7 @@ def _train(
         loss0, acc0 = sim.evaluate(global_state)
         if main:
             assert rd is not None
+            tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
             rd.clear_for_new_run()  # everything is validated: an overwritten run is moved aside now
             partition = ckpt.partition_json_bytes(
                 {"clients": [p.tolist() for p in parts]}
@@ -510,7 +511,6 @@ def _train(
             run_json = info | {"partition_sha256": ckpt.sha256_hex(partition), "storage": storage.to_dict()}
             ckpt.write_run_json(out, run_json)
             ckpt.atomic_write_bytes(out / ckpt.PARTITION_JSON, partition)
-            tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
             saver = RoundSaver(out, cfg, identity, storage, algo, tracker)
             record0 = {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
             saver.job(0, global_state, record0)()
