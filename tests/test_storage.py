@@ -16,6 +16,7 @@ from flatfl import checkpoint as ckpt
 from flatfl import client_state
 from flatfl.faults import ENV, KILLED
 from tests.conftest import TINY
+from tests.test_checkpoint import _files
 from tests.test_cli import _one_line_error
 from tests.test_faults import flatfl_proc, metrics_without_timing
 
@@ -62,14 +63,6 @@ def _assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
-
-
-def _files(run: Path) -> dict[str, bytes]:
-    """Every file of a run (client_state/ included) but metrics.jsonl and the lock."""
-    skip = {ckpt.METRICS_FILE, ".flatfl.lock"}
-    return {
-        str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name not in skip
-    }
 
 
 def test_save_every_keeps_round_0_multiples_and_the_last(runs):
