@@ -137,6 +137,8 @@ def config(model: str, algo: str, clients: int, rounds: int, root: Path) -> RunC
 def precision(root: Path) -> None:
     """--clients-dtype bfloat16 vs float32 on the digits FedMut demo setting (20 clients, 5 per round,
     10 rounds, --save-clients): the rounding error of every stored client model and its test loss."""
+    import torch
+
     from analysis.checkpoints import Run
     from flatfl.algorithms import FedMutConfig
     from flatfl.local import evaluate
@@ -153,16 +155,19 @@ def precision(root: Path) -> None:
     run = Run.open(runs["float32"])
     test = run.dataset().test
     net = run.build()
-    rel_max = rel_l2 = dloss = rel_update = 0.0
+    rel_max = rel_l2 = dloss = rel_update = rel_model_update = 0.0
     size = {d: sum(p.stat().st_size for p in runs[d].glob("clients_*")) for d in runs}
     for r in range(1, cfg.rounds + 1):
         a = ckpt.load_clients(ckpt.clients_path(runs["float32"], r))
         b = ckpt.load_clients(ckpt.clients_path(runs["bfloat16"], r))
         for sa, ra, sb, rb in zip(a[0], a[1], b[0], b[1]):  # the update a client made: returned - sent
-            for k, va in ra.items():
-                if va.is_floating_point() and va.numel():
-                    ua, ub = va - sa[k], rb[k] - sb[k]
-                    rel_update = max(rel_update, float((ub - ua).norm() / ua.norm().clamp_min(1e-30)))
+            keys = [k for k, v in ra.items() if v.is_floating_point() and v.numel()]
+            for k in keys:
+                ua, ub = ra[k] - sa[k], rb[k] - sb[k]
+                rel_update = max(rel_update, float((ub - ua).norm() / ua.norm().clamp_min(1e-30)))
+            ua = torch.cat([(ra[k] - sa[k]).flatten() for k in keys])
+            ub = torch.cat([(rb[k] - sb[k]).flatten() for k in keys])
+            rel_model_update = max(rel_model_update, float((ub - ua).norm() / ua.norm().clamp_min(1e-30)))
         for ma, mb in zip(a[0] + a[1], b[0] + b[1]):
             for k, va in ma.items():
                 if va.is_floating_point() and va.numel():
@@ -179,7 +184,8 @@ def precision(root: Path) -> None:
     print(f"  max relative error of a weight        {rel_max:.3e}  (bound 2^-8 = {2**-8:.3e})")
     print(f"  max relative L2 error of a tensor     {rel_l2:.3e}")
     print(f"  max relative change of a test loss    {dloss:.3e}")
-    print(f"  max relative L2 error of an update (returned - sent, per tensor)  {rel_update:.3e}")
+    print(f"  max relative L2 error of a client's update returned - sent, whole model  {rel_model_update:.3e}")
+    print(f"  max relative L2 error of a client's update returned - sent, per tensor   {rel_update:.3e}")
 
 
 def main() -> None:

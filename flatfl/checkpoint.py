@@ -4,11 +4,12 @@ See ``docs/checkpoint-format.md``. Files (no pickle anywhere, safetensors + JSON
 
 * ``run.json``                 config, versions, model, dataset and partition summary
 * ``partition.json``           client -> training indices
-* ``round_NNNN.safetensors``   global model after round N (round 0 = initial model);
+* ``round_NNNN.safetensors``   global model after each saved round N (round 0 = initial model);
                                tensor names are the model's ``state_dict`` keys
 * ``clients_NNNN.safetensors`` with ``--save-clients``: ``sent/<slot>/<key>`` and
                                ``returned/<slot>/<key>`` for each sampled client
-* ``state.safetensors``        server/algorithm state after the last completed round
+* ``state.safetensors``        server/algorithm state after the last saved round
+* ``client_state/``            per-client algorithm state, written incrementally (``flatfl.client_state``)
 * ``metrics.jsonl``            one JSON line per round
 * ``diverged.json``            only after a divergence: its round, client and message
 
@@ -53,6 +54,7 @@ STATE_FILE = "state.safetensors"
 META_KEY = "flatfl"
 METRICS_FILE = "metrics.jsonl"
 DIVERGED_JSON = "diverged.json"  # written when training diverged: round, client, message
+CLIENT_STATE_DIR = "client_state"  # per-client algorithm state, one file per client (flatfl.client_state)
 
 
 def round_path(run_dir: Path, round: int) -> Path:
@@ -87,7 +89,7 @@ def _kind(path: Path) -> str:
     """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, client_state, metrics, run.json,
     partition.json."""
     name = path.name
-    if path.parent.name == "client_state":
+    if path.parent.name == CLIENT_STATE_DIR:
         return "client_state"
     if name.startswith(("round_", "clients_")):
         return name.split("_", 1)[0]

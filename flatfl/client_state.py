@@ -31,7 +31,7 @@ from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
 from flatfl.statedict import StateDict
 
-DIR = "client_state"
+DIR = ckpt.CLIENT_STATE_DIR
 
 
 def path_of(run_dir: Path, client: int, round: int) -> Path:

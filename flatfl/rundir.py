@@ -32,7 +32,7 @@ LOCK_FILE = ".flatfl.lock"
 REPLACED = ".flatfl-replaced"
 MOVING = REPLACED + ".partial"
 RUN_FILES = (ckpt.RUN_JSON, ckpt.PARTITION_JSON, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.DIVERGED_JSON)
-CLIENT_STATE_DIR = "client_state"  # flatfl.client_state's folder (a run file as a whole)
+CLIENT_STATE_DIR = ckpt.CLIENT_STATE_DIR  # flatfl.client_state's folder: a run file as a whole
 _TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
 
 

@@ -1,13 +1,15 @@
-"""The federated simulation: K clients, m sampled per round, one checkpoint per round.
+"""The federated simulation: K clients, m sampled per round, a checkpoint per saved round.
 
 ``train(cfg, out)`` is the whole job behind ``flatfl train``:
 
 1. load the dataset, split it over clients (seeded), build the model (seeded);
 2. for each round t: sample m clients, let the algorithm run its round (dispatch, local
    SGD on each client, aggregate, update state), evaluate the new global model on the test
-   split, and write ``round_t``, optional ``clients_t``, ``state`` and a metrics line;
+   split, and write a metrics line, optional ``clients_t`` and, at saved rounds (every round
+   unless ``--save-every``/``--save-rounds``, ``flatfl.storage``), ``round_t`` and ``state``
+   (``flatfl.saver``);
 3. stop with :class:`DivergenceError` on the first non-finite loss or weight, leaving the
-   last finite round as the newest checkpoint.
+   last saved (finite) round as the newest checkpoint.
 
 With ``resume=True`` it continues a run directory from its last committed round and gives
 bitwise the same tensors as an uninterrupted run on CPU (all randomness is derived from

@@ -683,8 +683,9 @@ def run(ns: dict[str, Any]) -> int:
         if not (Path(out) / ckpt.RUN_JSON).is_file():
             raise Interrupted(f"interrupted before {out} held a run; nothing was saved") from None
         raise Interrupted(
-            f"interrupted; the completed rounds are saved in {out}; continue with: "
-            f"flatfl train --resume {shlex.quote(str(out))}"
+            f"interrupted; the completed rounds are saved in {out}"
+            + (" up to the last saved one (--save-every: --resume redoes the rest)" if storage.save_every != 1 else "")
+            + f"; continue with: flatfl train --resume {shlex.quote(str(out))}"
         ) from None
     if logs and os.environ.get("RANK", "0") == "0":
         last = logs[-1]
