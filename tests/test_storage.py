@@ -183,3 +183,16 @@ def test_clients_dtype_bfloat16_rounds_each_weight_once(cli, tmp_path):
                 assert xb[k].dtype == xa[k].dtype and torch.equal(xb[k], want), k
                 if xa[k].is_floating_point():  # round to nearest: relative error <= 2^-8 (8 significant bits)
                     assert torch.all((xb[k] - xa[k]).abs() <= xa[k].abs() * 2.0**-8)
+
+
+def test_storage_flags_given_on_resume_replace_the_recorded_ones(cli, tmp_path):
+    run = tmp_path / "r"
+    assert cli("train", *TINY, "--rounds", "3", "--out", run)[0] == 0
+    code, _, err = cli("train", "--resume", run, "--rounds", "6", "--save-every", "2")
+    assert code == 0, err
+    assert ckpt.list_rounds(run) == [0, 1, 2, 3, 4, 6]
+    storage = json.loads((run / ckpt.RUN_JSON).read_text())["storage"]
+    assert storage["save_every"] == 2 and storage["clients_dtype"] == "float32"
+    code, _, err = cli("train", "--resume", run, "--rounds", "8")  # kept: every 2
+    assert code == 0, err
+    assert ckpt.list_rounds(run) == [0, 1, 2, 3, 4, 6, 8]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ def add_parser(sub: Any) -> None:
             "deletes one file at a time: a kill leaves a consistent run, and the same command finishes the job. "
             "metrics.jsonl keeps every round."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", type=Path, metavar="RUN", help="the run directory to thin")
     p.add_argument(
