@@ -11,6 +11,7 @@ which needs only protobuf; view them with ``tensorboard --logdir DIR``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,10 @@ class Tracker:
             ) from None
         try:
             Path(logdir).mkdir(parents=True, exist_ok=True)
-            self._w: Any = SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=30)
+            # event files are named by the second they were opened: a suffix in nanoseconds keeps a resume
+            # started within the same second from overwriting the first file, and sorts after it
+            suffix = f".{time.time_ns()}"
+            self._w: Any = SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=30, filename_suffix=suffix)
         except OSError as exc:
             why = exc.strerror or exc
             raise UserError(f"--tensorboard: cannot write to {logdir} ({why}); choose another folder") from exc
