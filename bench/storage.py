@@ -139,9 +139,9 @@ def precision(root: Path) -> None:
     10 rounds, --save-clients): the rounding error of every stored client model and its test loss."""
     import torch
 
-    from analysis.checkpoints import Run
     from flatfl.algorithms import FedMutConfig
     from flatfl.local import evaluate
+    from flatfl.runs.run import Run
 
     cfg = RunConfig(algo="fedmut", algo_config=FedMutConfig(), model="smallcnn",
                     model_kwargs=model_kwargs_for("smallcnn", dataset_info(DataConfig())), rounds=10,

@@ -6,7 +6,7 @@ radius 0 is FedMut without mutation, i.e. FedAvg with the plain mean, the flatne
 is *diverged* when ``flatfl train`` stops on a non-finite value (its divergence round is the one
 after the last finite checkpoint), else *finite*. For each run: final test accuracy (mean of the
 last 5 rounds), lambda_max of the last finite global model by Lanczos
-(``analysis.landscape.compute``, 500 training samples, relative residual 1e-3), the largest
+(``flatfl.runs.landscape.compute``, 500 training samples, relative residual 1e-3), the largest
 mutation_rel = radius*||d||/||w|| met. Writes ``stability.csv``
 (one line per run) and ``stability.png`` (one heat map per cap setting: accuracy over seeds,
 each cell annotated with how many seeds diverged and the mean lambda_max of the others).

@@ -35,10 +35,10 @@ def lambda_max(run: Path, round: int, out: Path, samples: int = 1000) -> float:
 
 
 def lambda_max_direct(run: Path, round: int, samples: int = 500, tol: float = 1e-3) -> float:
-    """lambda_max of ``run``'s global model at ``round`` by Lanczos (``analysis.landscape.compute``,
+    """lambda_max of ``run``'s global model at ``round`` by Lanczos (``flatfl.runs.landscape.compute``,
     top-1 only, relative residual ``tol``) on ``samples`` seeded training samples: the quick one."""
-    from analysis.landscape import LandscapeSettings, compute
     from flatfl.checkpoint import round_path
+    from flatfl.runs.landscape import LandscapeSettings, compute
 
     settings = LandscapeSettings(samples=samples, hessian=True, topk=1, tol=tol)
     return float(compute(round_path(run, round), settings)[0]["hessian"]["eigenvalues"][0])

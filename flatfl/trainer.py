@@ -376,7 +376,7 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     download: bool = False,
-    parallel_clients: int = 1,
+    parallel_clients: int | str = 1,
     storage: StorageConfig | None = None,
     tensorboard: Path | None = None,
 ) -> list[RoundLog]:
@@ -384,7 +384,8 @@ def train(
 
     ``download``: fetch an on-disk dataset missing under ``cfg.data.data_root``.
     ``parallel_clients``: train up to this many clients at once on the device by stacking their
-    parameters (``flatfl.parallel``; models without BatchNorm/dropout/LSTM, rounds without local terms).
+    parameters (``flatfl.parallel``; models without BatchNorm/dropout/LSTM, rounds without local terms);
+    ``"auto"``: :func:`flatfl.parallel.auto_parallel_clients`.
 
     Under ``torchrun`` (WORLD_SIZE > 1) each rank trains a share of every round's clients and rank
     0 alone writes (``flatfl.distributed``); the files are those of a single-process run.
@@ -427,7 +428,7 @@ def _train(
     progress: bool | None,
     log: Callable[[str], None] | None,
     download: bool,
-    parallel_clients: int,
+    parallel_clients: int | str,
     storage: StorageConfig | None = None,
     tensorboard: Path | None = None,
 ) -> list[RoundLog]:
@@ -460,6 +461,10 @@ def _train(
             )
     else:
         parts = make_partition(cfg, data)
+    if parallel_clients == "auto":
+        from flatfl.parallel import auto_parallel_clients
+
+        parallel_clients = auto_parallel_clients(dev, cfg.clients_per_round)
     sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
     algo = sim.algorithm
     if parallel_clients > 1:

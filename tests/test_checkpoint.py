@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.checkpoints import Run
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
 from flatfl.local import evaluate
+from flatfl.runs.run import Run
 
 
 def _files(d: Path) -> dict[str, bytes]:

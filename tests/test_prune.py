@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from analysis.checkpoints import Run
 from flatfl import checkpoint as ckpt
 from flatfl.faults import ENV, KILLED
 from flatfl.rundir import RunDir
+from flatfl.runs.run import Run
 from tests.test_cli import _one_line_error
 from tests.test_faults import flatfl_proc
 

@@ -99,6 +99,10 @@ RESUME_FREE = {
 }
 
 
+def _parallel_clients(text: str) -> int | str:
+    return "auto" if text == "auto" else pos_int(text)
+
+
 def add_data_arguments(t: Any) -> None:
     """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition``."""
     from flatfl.data import DATASETS
@@ -464,12 +468,14 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--parallel-clients",
-        type=pos_int,
+        type=_parallel_clients,
+        default="auto",
         metavar="N",
         help="train up to N sampled clients at once on the device by stacking their parameters (torch.func.vmap); "
         "models without BatchNorm, dropout or LSTM (smallcnn, cnn, resnet18 --norm group), rounds without a "
         "local term (not fedprox with mu > 0, scaffold, fedgen after round 1); others train one after another. "
-        "Same results within float tolerance; a runtime choice, free on --resume (default: 1)",
+        "Same results within float tolerance; a runtime choice, free on --resume. auto: every sampled client at "
+        "once on a GPU, one after another on a CPU, where stacking measured slower (default: auto)",
     )
     g.add_argument(
         "--eval-batch-size",
@@ -675,7 +681,7 @@ def run(ns: dict[str, Any]) -> int:
             overwrite=ns.get("overwrite", False),
             progress=ns.get("progress"),
             download=ns.get("download", False),
-            parallel_clients=ns.get("parallel_clients", 1),
+            parallel_clients=ns.get("parallel_clients") or "auto",
             storage=storage,
             tensorboard=ns.get("tensorboard"),
         )
