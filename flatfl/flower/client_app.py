@@ -72,7 +72,6 @@ def train(message: Message, context: Context) -> Message:
             "num-examples": update.num_samples,
             "train_loss": update.train_loss,
             "sent_loss": update.sent_loss,
-            "client": client,
             "num_steps": update.num_steps,
         }
     )
