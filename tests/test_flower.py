@@ -21,13 +21,17 @@ TEN = {"algo": "fedmut", "clients": 10, "frac": 0.5, "rounds": 3, "local-epochs"
 TRAIN = ["--clients", "10", "--frac", "0.5", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--save-clients"]
 
 
-def flower_run(user_config: dict, out, nodes: int = 10) -> None:
+def flower_run(user_config: dict, out, nodes: int = 10, client_config: dict | None = None) -> None:
+    """A Flower run on the in-process grid; ``client_config`` changes the last node's run config."""
     from flatfl.flower.client_app import app
     from flatfl.flower.local_grid import LocalGrid
     from flatfl.flower.server_app import recorder_for
 
     rec = recorder_for(user_config, out=str(out))
-    rec.start(LocalGrid(app, nodes, user_config), rec.initial_arrays(), num_rounds=rec.cfg.rounds)
+    grid = LocalGrid(app, nodes, user_config)
+    if client_config:
+        grid.contexts[max(grid.contexts)].run_config.update(client_config)
+    rec.start(grid, rec.initial_arrays(), num_rounds=rec.cfg.rounds)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +109,18 @@ def test_bad_flower_run_config_is_one_line():
 def test_fedmut_needs_a_node_per_sampled_client(tmp_path):
     with pytest.raises(UserError, match=r"have no Flower node .* start one SuperNode per client"):
         flower_run(dict(TEN, rounds=1), tmp_path / "few", nodes=3)
+
+
+def test_a_failing_client_and_an_existing_run_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match=r"1 of 2 clients replied; .* first error: UserError: Flower run config"):
+        flower_run({"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 1, "local-epochs": 1}, tmp_path / "bad",
+                   nodes=2, client_config={"lr": "fast"})  # fmt: skip
+    assert not (tmp_path / "bad" / "round_0001.safetensors").exists()  # round 0 only: nothing half-written
+    flower_run(dict(TEN, rounds=1, clients=2, frac=1.0), tmp_path / "one", nodes=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="already holds a run"):
+        flower_run(dict(TEN, rounds=1, clients=2, frac=1.0), tmp_path / "one", nodes=2)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()} == before
 
 
 def test_only_flatfl_flower_imports_flwr():

@@ -107,9 +107,10 @@ class FedMutStrategy(FedAvg):
             raise RuntimeError(f"aggregate_train of round {server_round} without its configure_train")
         _, global_state, clients, slots = self._round
         if errors or len(valid) != len(clients):
+            first = f"; first error: {errors[0].error.reason}" if errors else ""
             raise UserError(
-                f"round {server_round}: {len(valid)} of {len(clients)} clients replied "
-                f"({len(errors)} errors); FedMut's mean needs every mutant back"
+                f"round {server_round}: {len(valid)} of {len(clients)} clients replied; FedMut's mean needs every "
+                f"mutant back{first}"
             )
         valid.sort(key=lambda m: slots[m.metadata.src_node_id])
         updates = [update_of(m, c, self.arrayrecord_key, self.weighted_by_key) for m, c in zip(valid, clients)]
