@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +19,7 @@ pytest.importorskip("flwr")
 
 from flatfl import checkpoint as ckpt  # noqa: E402
 from flatfl.errors import UserError  # noqa: E402
+from tests.test_layering import ROOT  # noqa: E402
 
 TEN = {"algo": "fedmut", "clients": 10, "frac": 0.5, "rounds": 3, "local-epochs": 1, "seed": 0, "save-clients": 1}
 TRAIN = ["--clients", "10", "--frac", "0.5", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--save-clients"]
@@ -123,8 +127,33 @@ def test_a_failing_client_and_an_existing_run_are_one_line_errors(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()} == before
 
 
+def test_a_kill_while_recording_keeps_every_committed_round(cli, tmp_path):
+    """Killed (as by SIGKILL) halfway through writing round 2's model: rounds 0 and 1 stay whole and
+    equal flatfl's, the half-written file is a temporary one, removed on opening, and no run is mixed."""
+    from flatfl.rundir import recover
+    from flatfl.runs.groups import run_status
+    from flatfl.runs.run import Run
+
+    config = {"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 3, "local-epochs": 1, "seed": 0}
+    script = f"from tests.test_flower import flower_run; flower_run({config!r}, {str(tmp_path / 'k')!r}, nodes=2)"
+    env = dict(os.environ, FLATFL_FAULT_AT="round:write:3", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    out = tmp_path / "k"
+    assert ckpt.list_rounds(out) == [0, 1] and any(p.name.endswith(".tmp") for p in out.iterdir())
+    recover(out)
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    assert [m["round"] for m in ckpt.read_metrics(out)] == [0, 1]
+    assert run_status(Run.open(out)).state == "incomplete"
+    code, _, err = cli("train", "--algo", "fedmut", "--clients", "2", "--frac", "1.0", "--rounds", "3",
+                       "--local-epochs", "1", "--seed", "0", "--out", tmp_path / "ref", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    for r in (0, 1):
+        assert ckpt.round_path(out, r).read_bytes() == ckpt.round_path(tmp_path / "ref", r).read_bytes()
+
+
 def test_only_flatfl_flower_imports_flwr():
-    from tests.test_layering import ROOT, _imports
+    from tests.test_layering import _imports
 
     sources = [p for d in ("flatfl", "analysis") for p in (ROOT / d).rglob("*.py") if "flower" not in p.parts]
     bad = [f"{p.relative_to(ROOT)}: {m}" for p in sources for m in _imports(p) if m.split(".")[0] == "flwr"]
