@@ -303,6 +303,5 @@ def loss_surface(
     surf = evaluate_grid(obj, dirs, alphas, betas)
     from flatfl.analysis.surfaces import model_markers
 
-    surf.markers = model_markers(obj, w, dirs, named)
-    surf.description = {**desc, "settings": {"dims": dims, "span": list(span), "steps": steps, **_common(obj, seed)}}
-    return surf
+    settings = {"dims": dims, "span": list(span), "steps": steps, **_common(obj, seed)}
+    return replace(surf, markers=model_markers(obj, w, dirs, named), description={**desc, "settings": settings})

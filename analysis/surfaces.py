@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def pca_directions(trajectory: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
 
 
 # -- evaluation -----------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class Surface:
     """A computed surface: grid axes, loss and accuracy per point, and how it was made."""
 
@@ -392,7 +392,6 @@ def evaluate_grid(
         loss, acc = resume_from.loss.copy(), resume_from.accuracy.copy()
     else:
         loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
-    surf = Surface(alphas, None if betas is None else np.asarray(betas, dtype=float), loss, acc)
     coords = (
         [(i,) for i in range(len(alphas))]
         if betas is None
@@ -402,7 +401,8 @@ def evaluate_grid(
         from flatfl.analysis import distributed
 
         loss, acc = distributed.broadcast_array(loss), distributed.broadcast_array(acc)
-        surf.loss, surf.accuracy = loss, acc
+    # filled in place chunk by chunk (on_chunk sees the partial grid); a frozen result to the caller
+    surf = Surface(alphas, None if betas is None else np.asarray(betas, dtype=float), loss, acc)
     todo = [c for c in coords if np.isnan(loss[c])]
     if split is not None:
         todo = todo[split[0] :: split[1]]
@@ -438,8 +438,11 @@ def evaluate_grid(
         for c in todo:
             mine[c] = True
         filled = ~np.isnan(surf.loss) & ~mine  # points resumed from rank 0's file: already on every rank
-        surf.loss = np.where(filled, surf.loss, distributed.assemble(surf.loss, mine))
-        surf.accuracy = np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine))
+        surf = replace(
+            surf,
+            loss=np.where(filled, surf.loss, distributed.assemble(surf.loss, mine)),
+            accuracy=np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine)),
+        )
     return surf
 
 
@@ -510,6 +513,4 @@ def model_markers(
 def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> Surface:
     """1D loss along (1 - t) a + t b: origin a, direction b - a."""
     s = evaluate_grid(obj, [b - a], ts, origin=a, **kw)
-    s.description = {"kind": "interpolation", "t": "(1 - t) A + t B"}
-    s.points = {"A": [0.0], "B": [1.0]}
-    return s
+    return replace(s, description={"kind": "interpolation", "t": "(1 - t) A + t B"}, points={"A": [0.0], "B": [1.0]})

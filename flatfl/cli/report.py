@@ -173,6 +173,15 @@ def _group_arguments(p: Any, d: Any) -> None:
         help="compare groups whose local optimizers differ (lr, momentum, batch, epochs); refused by default",
     )
     add_analysis_arguments(p, d.landscape)
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also write each measured checkpoint's numbers (lambda_max, trace, sharpness, widths, losses) as "
+        "TensorBoard scalars curvature/<measure> at step = its round, in DIR/<run folder name> -- the folder "
+        "flatfl train --tensorboard DIR logs that run's metrics to (needs pip install 'flatfl[track]') "
+        "(default: off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -246,6 +255,14 @@ def run(ns: dict[str, Any]) -> int:
             raise UserError(str(exc)) from exc
     if not files:
         return 0
+    if ns.get("tensorboard") is not None:
+        import json
+
+        from flatfl.tracking import log_report_rows
+
+        rows = json.loads(Path(files["json"]).read_text())["rounds"]
+        for d in log_report_rows(ns["tensorboard"], rows, warn=lambda s: print(s, file=sys.stderr)):
+            print(f"wrote {d}")
     for kind in ("html", "verdict", "csv", "curves", "json"):
         if kind in files:
             print(f"wrote {files[kind]}")

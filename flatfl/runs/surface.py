@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,13 +256,12 @@ def measure_surface(
     path = Path(out_dir) / "surface"
     count = 1 if p.betas is None else 2
 
-    def finish(s: Surface) -> None:
-        s.description, s.points, s.markers = desc, {"checkpoint": [0.0] * count}, markers
+    def finish(s: Surface) -> Surface:
+        return replace(s, description=desc, points={"checkpoint": [0.0] * count}, markers=markers)
 
     def on_chunk(s: Surface, done: int, total: int) -> None:
-        finish(s)
         if dist_is_main():
-            save_surface(s, path)
+            save_surface(finish(s), path)  # the partial grid, resumable after a kill
         if progress is not None:
             progress(done, total)
 
@@ -277,7 +276,7 @@ def measure_surface(
         bn=bn,
         split=dist_world(),
     )
-    finish(surf)
+    surf = finish(surf)
     if dist_is_main():
         save_surface(surf, path)
     return surf
