@@ -36,6 +36,7 @@ from flatfl.data import load_dataset
 from flatfl.flower.arrays import from_record
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.statedict import StateDict
+from flatfl.storage import StorageConfig
 from flatfl.trainer import Simulation, _run_info, make_partition, prepare_out
 
 JSONABLE = (bool, int, float, str, type(None))
@@ -103,7 +104,9 @@ class RunRecorder(Strategy):
     def _write_start(self, rd: rundir.RunDir, num_rounds: int) -> None:
         info = _run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
         self.config["rounds"] = num_rounds
+        # every round is saved, client models in float32 (flatfl.storage's defaults)
         info |= {"config": self.config, "identity": self.identity, "flower": self.flower}
+        info["storage"] = StorageConfig().to_dict()
         partition = ckpt.partition_json_bytes({"clients": [p.tolist() for p in self.parts]})
         rd.clear_for_new_run()
         ckpt.write_run_json(self.out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
