@@ -122,8 +122,14 @@ def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
 
 def sample_clients(cfg: RunConfig, round: int) -> np.ndarray:
     """m distinct clients for ``round``, from the generator derived from (seed, round)."""
-    rng = seeding.derive_rng(cfg.seed, seeding.SAMPLE, round)
-    return rng.choice(cfg.data.num_clients, cfg.clients_per_round, replace=False)
+    return draw_clients(cfg.seed, round, cfg.data.num_clients, cfg.clients_per_round)
+
+
+def draw_clients(seed: int, round: int, num_clients: int, m: int) -> np.ndarray:
+    """m distinct client ids of 0..num_clients-1 for ``round``, from the (seed, SAMPLE, round) generator
+    (also flatfl.flower's FedMut strategy, so a Flower run samples the clients a flatfl run does)."""
+    rng = seeding.derive_rng(seed, seeding.SAMPLE, round)
+    return rng.choice(num_clients, m, replace=False)
 
 
 @dataclass
