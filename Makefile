@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flatfl-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-deployment lint bench clean
 
 install: $(STAMP)
 
@@ -17,7 +17,11 @@ demo: install
 	$(PY) examples/fedavg_vs_fedmut.py
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not deployment"
+
+# Flower's deployment engine on loopback (SuperLink + 2 SuperNodes, ~2 min); CI runs it after make test
+test-deployment: install
+	$(PY) -m pytest -q -m deployment
 
 lint: install
 	$(VENV)/bin/ruff check flatfl analysis tests bench examples
