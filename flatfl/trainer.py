@@ -39,6 +39,7 @@ from flatfl.errors import DivergenceError, UserError
 from flatfl.local import evaluate, local_sgd
 from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
+from flatfl.startup import start_header
 from flatfl.statedict import StateDict, clone, first_nonfinite
 
 
@@ -485,11 +486,12 @@ def _train(
         if main:
             ckpt.set_run_rounds(out, cfg.rounds)
             (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
-        log(f"resuming {out} from round {start}")
+        log(start_header(cfg, info, dev, out, resumed_from=start))
     else:
         start = 0
         global_state = distributed.broadcast_state(ctx, sim.initial_state())
         loss0, acc0 = sim.evaluate(global_state)
+        log(start_header(cfg, info, dev, out, round0=(loss0, acc0)))
         if main:
             assert rd is not None
             rd.clear_for_new_run()  # everything is validated: an overwritten run is moved aside now

@@ -269,13 +269,13 @@ def equal_rounds(groups: Sequence[Group], wanted: Sequence[int] | None) -> list[
         if missing:
             p, m = next(iter(missing.items()))
             raise ValueError(
-                f"--rounds: {p} has no checkpoint for round(s) {m} (saved: {min(saved[p])}..{max(saved[p])}); "
+                f"--at-rounds: {p} has no checkpoint for round(s) {m} (saved: {min(saved[p])}..{max(saved[p])}); "
                 "choose rounds every run has saved"
             )
         return sorted(wanted)
     common = sorted(set.intersection(*saved.values()))
     if not common:
-        raise ValueError("the runs share no saved round; pass --rounds with rounds every run has")
+        raise ValueError("the runs share no saved round; pass --at-rounds with rounds every run has")
     last = common[-1]
     middle = max((r for r in common if r <= last // 2), default=last)
     return sorted({middle, last})
