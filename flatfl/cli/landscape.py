@@ -508,15 +508,14 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
 
     from flatfl import checkpoint as ckpt
     from flatfl.analysis.distributed import is_main
+    from flatfl.runs.curvature import no_bars, tqdm_bars
     from flatfl.runs.landscape import json_ready
     from flatfl.runs.measure import measure
 
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)
-    points = settings.grid ** (2 if settings.surface == "2d" else 1) if settings.surface else 0
-    with tqdm(total=points, unit="point", desc="surface", disable=not (main and points and sys.stderr.isatty())) as bar:
-        m = measure(problem, settings, log=log, out_dir=out, progress=lambda d, t: bar.update(d - bar.n))
+    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars)
     if not main:
         return 0
     out.mkdir(parents=True, exist_ok=True)

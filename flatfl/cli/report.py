@@ -245,6 +245,9 @@ def run(ns: dict[str, Any]) -> int:
     for kind in ("html", "verdict", "csv", "curves", "json"):
         if kind in files:
             print(f"wrote {files[kind]}")
+    from flatfl.runs.report_page import settings_line
+
+    print(settings_line(settings))
     _print_verdict(files["json"])
     return 0
 
