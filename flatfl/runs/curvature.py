@@ -49,12 +49,14 @@ def tqdm_bars(desc: str) -> Iterator[Progress | None]:
         return
     from tqdm.auto import tqdm
 
-    with tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+    with tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True) as bar:  # left on screen: what took how long
 
         def update(done: int, total: int) -> None:
             if bar.total != total:
                 bar.total = total
             bar.update(done - bar.n)
+            if done == total:
+                bar.refresh()
 
         yield update
 
