@@ -44,7 +44,8 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     said = "report settings (not flatfl landscape's defaults): 150 train samples; lambda_max: Lanczos top-1, tol 0.0001"
     assert said in stdout
     page = (out / "report.html").read_text()
-    assert said.replace("'", "&#x27;") in page and page.index("report settings") < page.index("verdict")
+    body = page[page.index("<body>") :]
+    assert body.index(said.replace("'", "&#x27;")) < body.index("<table")  # above the verdict table
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [(r["run"], r["round"]) for r in rows] == [
         ("fedavg", "2"),
