@@ -41,15 +41,16 @@ def no_bars(desc: str) -> Iterator[Progress | None]:
 
 
 @contextmanager
-def tqdm_bars(desc: str) -> Iterator[Progress | None]:
-    """A tqdm bar on stderr counting a solver's HVPs or loss evaluations, with its rate and ETA; none (and no
-    callback, so the solver does no extra work) when stderr is not a terminal."""
+def tqdm_bars(desc: str, leave: bool = True) -> Iterator[Progress | None]:
+    """A tqdm bar on stderr counting a solver's HVPs or loss evaluations, with its rate and ETA (left on
+    screen with ``leave``); none (and no callback, so the solver does no extra work) when stderr is not a
+    terminal."""
     if not sys.stderr.isatty():
         yield None
         return
     from tqdm.auto import tqdm
 
-    with tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True) as bar:  # left on screen: what took how long
+    with tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=leave) as bar:
 
         def update(done: int, total: int) -> None:
             if bar.total != total:
