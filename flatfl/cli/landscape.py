@@ -308,7 +308,8 @@ def _federated_arguments(p: Any, d: Any) -> None:
 
 
 # The options of each measure: given alone, an option switches its measure on (--topk 3 alone means
-# --hessian --topk 3). Options shared by two measures (--max-vectors: Lanczos and SLQ) switch on the first.
+# --hessian --topk 3). --max-vectors bounds Lanczos and SLQ: with --density (or an SLQ option) it switches
+# nothing else on. Surface and shared sharpness options whose measure is ambiguous are refused in one line.
 MEASURE_OPTIONS = {
     "hessian": ("topk", "tol", "max_vectors"),
     "trace": ("trace_matvecs", "trace_method"),
