@@ -42,6 +42,7 @@ from flatfl.local import evaluate, local_sgd
 from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.saver import RoundSaver
+from flatfl.startup import start_header
 from flatfl.statedict import StateDict, clone, first_nonfinite
 from flatfl.storage import StorageConfig
 from flatfl.tracking import Tracker
@@ -451,7 +452,7 @@ def _train(
     algo = sim.algorithm
 
     if resume:
-        start, global_state, storage = _restore(out, cfg, sim, dev, identity, storage, main, log, resume_data)
+        start, global_state, storage = _restore(out, cfg, sim, dev, identity, storage, main, log, resume_data, info)
         if start >= cfg.rounds:
             return []
     else:
@@ -611,6 +612,7 @@ def _restore(
     main: bool,
     log: Callable[[str], None],
     resume_data: list[Any],
+    info: dict[str, Any],
 ) -> tuple[int, StateDict, StorageConfig | None]:
     """The saved global model and algorithm state, checked against the model; (start round, global, storage)."""
     start, algo_name, st_tensors, st_json, global_cpu = resume_data
@@ -633,7 +635,7 @@ def _restore(
         ckpt.set_run_rounds(out, cfg.rounds)
         storage = _resumed_storage(out, storage)
         (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
-    log(f"resuming {out} from round {start}")
+    log(start_header(cfg, info, dev, out, resumed_from=start))
     return start, global_state, storage
 
 
@@ -655,6 +657,7 @@ def _start_fresh(
     written and committed (an overwritten run is moved aside only now, after every check)."""
     global_state = distributed.broadcast_state(ctx, sim.initial_state())
     loss0, acc0 = sim.evaluate(global_state)
+    log(start_header(cfg, info, dev, out, round0=(loss0, acc0)))
     if not (ctx is None or ctx.is_main):
         return global_state, None
     assert rd is not None

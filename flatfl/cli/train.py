@@ -103,8 +103,9 @@ def _parallel_clients(text: str) -> int | str:
     return "auto" if text == "auto" else pos_int(text)
 
 
-def add_data_arguments(t: Any) -> None:
-    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition``."""
+def add_data_arguments(t: Any, client_sampling: bool = True) -> None:
+    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition`` (which has no
+    ``--frac``: it draws no clients per round)."""
     from flatfl.data import DATASETS
 
     dd = DataConfig()
@@ -155,12 +156,13 @@ def add_data_arguments(t: Any) -> None:
         f"{default(dd, 'cifar100_labels')}",
     )
     g.add_argument("--clients", type=pos_int, metavar="K", help=f"number of clients K {default(dd, 'num_clients')}")
-    g.add_argument(
-        "--frac",
-        type=frac_0_1,
-        metavar="C",
-        help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {default(RunConfig, 'frac')}",
-    )
+    if client_sampling:
+        g.add_argument(
+            "--frac",
+            type=frac_0_1,
+            metavar="C",
+            help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {default(RunConfig, 'frac')}",
+        )
     g.add_argument(
         "--partition-file",
         type=Path,
@@ -292,8 +294,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--radius",
         type=nonneg_float,
-        metavar="ALPHA",
-        help=f"FedMut: mutation radius alpha; mutant = w + c*alpha*(w - w_prev) {default(fm, 'radius')}",
+        metavar="R",
+        help=f"FedMut: mutation radius R (alpha in the paper); mutant = w + c*R*(w - w_prev) {default(fm, 'radius')}",
     )
     g.add_argument(
         "--mut-acc-rate",
@@ -507,8 +509,7 @@ def add_storage_arguments(t: Any) -> None:
     g.add_argument(
         "--save-rounds",
         metavar="LIST",
-        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 "
-        "(default: none)",
+        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 (default: none)",
     )
     g.add_argument(
         "--clients-dtype",
