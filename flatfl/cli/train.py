@@ -200,9 +200,7 @@ def add_data_arguments(t: Any, client_sampling: bool = True) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    from flatfl.algorithms import ALGORITHMS
     from flatfl.algorithms.fedmut import FedMutConfig
-    from flatfl.models import DEFAULT_MODEL, MODELS
 
     ld = LocalConfig()
     fm = FedMutConfig()
@@ -223,6 +221,18 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_arguments(t)
+
+    _model_arguments(t, ld)
+    g = _algorithm_arguments(t)
+    _fedmut_arguments(g, fm)
+    _baseline_arguments(g)
+    _distillation_arguments(g)
+    _run_arguments(t)
+
+
+def _model_arguments(t: Any, ld: Any) -> None:
+    """Model and local SGD."""
+    from flatfl.models import DEFAULT_MODEL, MODELS
 
     g = t.add_argument_group("model and local training")
     g.add_argument(
@@ -262,6 +272,11 @@ def add_parser(sub: Any) -> None:
         "--weight-decay", type=nonneg_float, metavar="WD", help=f"local SGD weight decay {default(ld, 'weight_decay')}"
     )
 
+
+def _algorithm_arguments(t: Any) -> Any:
+    """The algorithm, rounds and aggregation weights; returns the group the per-algorithm flags join."""
+    from flatfl.algorithms import ALGORITHMS
+
     g = t.add_argument_group("algorithm")
     g.add_argument(
         "--algo",
@@ -291,6 +306,11 @@ def add_parser(sub: Any) -> None:
         help="aggregate with the plain mean (default of fedmut, as its reference code, and of scaffold and "
         "clusamp, as their papers)",
     )
+    return g
+
+
+def _fedmut_arguments(g: Any, fm: Any) -> None:
+    """FedMut: radius, beta schedule, what is mutated, the (non-paper) mutation cap."""
     g.add_argument(
         "--radius",
         type=nonneg_float,
@@ -325,6 +345,10 @@ def add_parser(sub: Any) -> None:
         "RHO*||w_t|| (the round's radius becomes min(radius, RHO*||w_t||/||d||), logged as mutation_radius) "
         "(default: off)",
     )
+
+
+def _baseline_arguments(g: Any) -> None:
+    """FedProx, SCAFFOLD, clustered sampling and FedCluster."""
     g.add_argument(
         "--mu",
         type=nonneg_float,
@@ -356,6 +380,9 @@ def add_parser(sub: Any) -> None:
         help="FedCluster: clusters drawn at random or by each client's most frequent label (default: random)",
     )
 
+
+def _distillation_arguments(g: Any) -> None:
+    """FedDF, FedGen and FedAUX: server data, distillation, generator, scorers."""
     g.add_argument(
         "--proxy-frac",
         type=open_frac,
@@ -436,6 +463,9 @@ def add_parser(sub: Any) -> None:
         "--dp-delta", type=open_frac, metavar="DELTA", help="FedAUX: delta of the scorers' privacy (default: 1e-5)"
     )
 
+
+def _run_arguments(t: Any) -> None:
+    """Seed, output, resume, client files, storage, device and progress."""
     g = t.add_argument_group("run")
     g.add_argument(
         "--seed",
