@@ -249,21 +249,26 @@ def average_sharpness(
 
     The draws are evaluated ``block`` at a time in one pass over the data when the objective has
     ``losses(W)`` (:meth:`ModelLoss.losses`: stacked through ``vmap`` on an accelerator, a loop on a
-    CPU); the same draws, in the same order, whatever ``block``. ``progress(done, num_samples)`` after
-    each block.
+    CPU); the same draws, in the same order, whatever ``block``. ``progress(done, num_samples)`` for
+    each draw evaluated.
     """
     w = obj.flat()
     base = obj.loss(w)
     scale = w.abs() if adaptive else torch.ones_like(w)
     draws = [torch.randn(w.shape, generator=generator, dtype=torch.float64) for _ in range(num_samples)]
     losses = getattr(obj, "losses", None)  # many points per pass over the data (ModelLoss), else one by one
-    d = []
+    d: list[float] = []
+    tick = _ticker(progress, num_samples)
     for i in range(0, num_samples, block):
-        Z = torch.stack(draws[i : i + block]).to(w.device, w.dtype)
-        W = w + sigma * scale * Z
-        d += list(losses(W)) if losses is not None else [obj.loss(row) for row in W]
-        if progress is not None:
-            progress(len(d), num_samples)
+        W = w + sigma * scale * torch.stack(draws[i : i + block]).to(w.device, w.dtype)
+        if losses is not None:  # the block in one pass; progress counts its draws
+            d += list(losses(W))
+            for _ in W:
+                tick()
+            continue
+        for row in W:
+            d.append(obj.loss(row))
+            tick()
     d = np.asarray(d, dtype=float) - base
     mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
     return SharpnessResult(
