@@ -13,8 +13,8 @@ accuracy (mean of the last 5 rounds) and the largest mutation_rel = radius*||d||
 Writes ``stability.csv`` (one line per run) and ``stability.png``: top, one heat map per cap
 setting (accuracy over seeds; each cell annotated with how many seeds diverged, the mean
 lambda_max and widths of the others); bottom, FedMut (radius > 0, cap off / on) against the
-radius-0 baseline of the same column: lambda_max ratio (< 1: FedMut sharper-less, flatter) and
-width ratio at Δloss 1.0 (> 1: flatter).
+radius-0 baseline of the same column: lambda_max ratio (< 1: flatter) and the width ratios at
+Δloss 0.1 and 1.0 (> 1: flatter; "*": some width censored at the grid's end, t = +-1).
 
     python examples/fedmut_stability.py [--dataset digits] [--radii 0,2,4] [--momenta 0.5,0.9]
         [--lrs 0.01,0.05] [--dirichlet 0.1] [--seeds 0,1] [--rounds 30] [--caps none,0.05]
@@ -98,16 +98,17 @@ def cell_text(cell: list[dict]) -> str:
     text += f" (r{','.join(div)})" if div else ""
     if not ok:
         return text + "\n—"
-    cens = any(str(r.get(f"{w}_censored")) == "True" for r in ok for w in WIDTHS)
-    ws = "/".join(f"{mean_of(cell, w):.2f}" for w in WIDTHS)
-    return text + f"\nλ {mean_of(cell, 'lambda_max'):.1f}\nw {'≥' if cens else ''}{ws}"
+    cens = {w: any(str(r.get(f"{w}_censored")) == "True" for r in ok) for w in WIDTHS}
+    ws = "/".join(f"{'≥' if cens[w] else ''}{mean_of(cell, w):.2f}" for w in WIDTHS)
+    return text + f"\nλ {mean_of(cell, 'lambda_max'):.1f}\nw {ws}"
 
 
 def ratios(rows: list[dict], cols: list[Column], radii: list[float], caps: list[str]) -> list[dict]:
     """FedMut (radius > 0, each cap) against the radius-0 baseline of its column: ratios of the seed means.
 
-    lam = mean lambda_max(FedMut) / mean lambda_max(radius 0) (< 1: flatter), w0.1 and w1.0 the
-    same for the widths (> 1: flatter); over the finite seeds; ``finite`` = how many of them."""
+    ``lambda_max`` = mean lambda_max(FedMut) / mean lambda_max(radius 0) (< 1: flatter), each
+    width key the same for that width (> 1: flatter), over the finite seeds (``finite`` = how many);
+    ``<width>_censored``: some width of either side is a lower bound (the grid's end)."""
     out = []
     for col in cols:
         base = select(rows, col, 0.0, "none")
@@ -116,8 +117,10 @@ def ratios(rows: list[dict], cols: list[Column], radii: list[float], caps: list[
             if not cell:
                 continue
             ratio = {k: np.float64(mean_of(cell, k)) / mean_of(base, k) for k in ("lambda_max", *WIDTHS)}
+            ok = [r for r in cell + base if r["status"] == "finite"]
+            cens = {f"{w}_censored": any(str(r.get(f"{w}_censored")) == "True" for r in ok) for w in WIDTHS}
             fin = sum(r["status"] == "finite" for r in cell)
-            out.append({"col": col, "radius": rad, "cap": cap, "finite": fin, "runs": len(cell), **ratio})
+            out.append({"col": col, "radius": rad, "cap": cap, "finite": fin, "runs": len(cell), **ratio, **cens})
     return out
 
 
@@ -143,7 +146,8 @@ def heat_row(axes, rows: list[dict], cols: list[Column], radii: list[float], cap
 def ratio_panel(ax, table: list[dict], cols: list[Column], key: str, ylabel: str) -> None:
     """Grouped bars: ``key``'s ratio FedMut / radius 0 per column, one bar per (radius, cap).
 
-    "div": every seed of that FedMut cell diverged; "n/a": no finite value (e.g. no width measured)."""
+    "div": every seed of that FedMut cell diverged; "n/a": no finite value (e.g. no width measured);
+    "*": a width on either side is censored at the grid's end, so the ratio is only indicative."""
     series = list(dict.fromkeys((t["radius"], t["cap"]) for t in table))
     width = 0.8 / max(len(series), 1)
     for k, (rad, cap) in enumerate(series):
@@ -153,13 +157,15 @@ def ratio_panel(ax, table: list[dict], cols: list[Column], key: str, ylabel: str
         bars = ax.bar(xs, np.nan_to_num(vals, nan=0.0), width, label=f"radius {rad:g}, cap {cap}")
         for x, v, c, bar in zip(xs, vals, cols, bars):
             gone = c in by_col and by_col[c]["finite"] == 0
-            text = f"{v:.2f}" if np.isfinite(v) else ("div" if gone else "n/a")
+            star = "*" if c in by_col and by_col[c].get(f"{key}_censored") else ""
+            text = f"{v:.2f}{star}" if np.isfinite(v) else ("div" if gone else "n/a")
             ax.text(x, v if np.isfinite(v) else 0.02, text, ha="center", va="bottom", fontsize=6,
                     color="k" if np.isfinite(v) else bar.get_facecolor())  # fmt: skip
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(cols)), [f"α{a} m{mo} lr{lr}" for a, mo, lr in cols], fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.legend(fontsize=6)
+    ax.set_ylim(0, 1.3 * max(1.0, np.nanmax([t[key] for t in table] + [1.0])))
+    ax.legend(fontsize=6, loc="upper left", ncols=len(series))
 
 
 def figure(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
@@ -180,24 +186,25 @@ def figure(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     top.suptitle(f"FedMut stability on {args.dataset}, {args.rounds} rounds, seeds {args.seeds}; "
                  "λ = λmax, w = 1D width at Δloss 0.1 / 1.0 (≥: censored at the grid's end)", fontsize=8)  # fmt: skip
     table = ratios(rows, cols, radii, caps)
-    lam_ax, w_ax = bottom.subplots(1, 2)
-    if any(r == 0 for r in radii) and table:
-        ratio_panel(lam_ax, table, cols, "lambda_max", "λmax FedMut / radius 0\n(< 1: flatter)")
-        ratio_panel(w_ax, table, cols, "width_1", "1D width at Δloss 1.0, FedMut / radius 0\n(> 1: flatter)")
+    panels = [("lambda_max", "λmax FedMut / radius 0\n(< 1: flatter)")]
+    panels += [(w, f"1D width at Δloss {w[6:]}, FedMut / radius 0\n(> 1: flatter; *: censored)") for w in WIDTHS]
+    for ax, (key, label) in zip(np.atleast_1d(bottom.subplots(1, len(panels))), panels):
+        if any(r == 0 for r in radii) and table:
+            ratio_panel(ax, table, cols, key, label)
     bottom.suptitle("FedMut against the radius-0 baseline (FedAvg with the plain mean), seed means", fontsize=8)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
 def print_ratios(rows: list[dict], args: argparse.Namespace) -> None:
-    """The bottom panels as text."""
+    """The bottom panels as text ("*": censored width)."""
     cols = list(itertools.product(floats(args.dirichlet), floats(args.momenta), floats(args.lrs)))
     caps = list(dict.fromkeys(r["cap"] for r in rows))
     for t in ratios(rows, cols, floats(args.radii), caps):
         a, mo, lr = t["col"]
+        ws = ", ".join(f"{w} x{t[w]:.2f}{'*' if t[f'{w}_censored'] else ''}" for w in WIDTHS)
         print(f"alpha {a} momentum {mo} lr {lr} radius {t['radius']:g} cap {t['cap']}: finite {t['finite']}/"
-              f"{t['runs']}, vs radius 0: lambda_max x{t['lambda_max']:.2f}, width_0.1 x{t['width_0.1']:.2f}, "
-              f"width_1 x{t['width_1']:.2f}")  # fmt: skip
+              f"{t['runs']}, vs radius 0: lambda_max x{t['lambda_max']:.2f}, {ws}")  # fmt: skip
 
 
 def main() -> None:
