@@ -11,14 +11,15 @@ phi(t) = (1/n) sum_i delta(t - lambda_i), smoothed by a Gaussian of width sigma.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from analysis.lanczos import lanczos_tridiagonal_block
-from analysis.operators import LinearOperator
+from flatfl.analysis.interop import as_operator
+from flatfl.analysis.lanczos import lanczos_tridiagonal_block
+from flatfl.analysis.operators import LinearOperator
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SpectralDensity:
     weights: tuple[np.ndarray, ...]
     num_matvecs: int
     num_steps: int
+    settings: dict = field(default_factory=dict)  # how it was computed (the public API fills it)
 
     def density(self, grid: np.ndarray, sigma: float) -> np.ndarray:
         """Gaussian-smoothed density on ``grid``; integrates to ~1 over a wide grid."""
@@ -61,8 +63,10 @@ def slq(
 
     ``block`` runs go in lockstep (one ``matmat`` of ``block`` vectors per step; default all),
     holding ``block * num_steps`` parameter-sized vectors (full reorthogonalisation). The start
-    vectors and results do not depend on ``block`` (up to float summation order).
+    vectors and results do not depend on ``block`` (up to float summation order). ``op``: a flatfl
+    operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     """
+    op = as_operator(op)
     block = num_runs if block is None else max(1, block)
     starts = [
         (2 * torch.randint(0, 2, (op.size,), generator=generator) - 1).to(op.device, op.dtype) for _ in range(num_runs)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from flatfl.analysis.operators import ScipyExport
+
 
 def world() -> tuple[int, int] | None:
     """(rank, world size) inside an initialised process group of more than one rank, else None."""
@@ -86,7 +88,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class ShardedOperator:
+class ShardedOperator(ScipyExport):
     """The Hessian of the mean loss over all ranks' shards, from each rank's local operator.
 
     ``matvec(v) = sum_r n_r H_r v / n`` with ``H_r`` the local operator's mean-loss Hessian.
@@ -113,7 +115,7 @@ class ShardedOperator:
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """sum_r n_r H_r V / n: each rank's block product, one ``all_reduce`` per block."""
-        from analysis.operators import matmat
+        from flatfl.analysis.operators import matmat
 
         self.num_matvecs += V.shape[1]
         return all_reduce_sum(matmat(self.local, V) * self.weight)

@@ -1,7 +1,7 @@
 """Interactive plotly figures of computed surfaces and curves, as HTML that opens offline.
 
-Takes results only (:class:`analysis.surfaces.Surface`, plain lists); never computes or reads
-checkpoints. Every page embeds plotly.js (no CDN, no network): ``write_page`` inlines it
+Takes results only (:class:`flatfl.analysis.surfaces.Surface`, plain lists); never computes or reads
+checkpoints. Every page embeds plotly.js (no CDN, no network): ``page_html`` inlines it
 once however many figures the page holds.
 
 * 2D surface: a 3D surface and a contour map side by side, with the models drawn on them --
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.surfaces import Surface
+from flatfl.analysis.surfaces import Surface
 
 GROUP_STYLE = {
     "mutants": dict(color="#e66101", symbol="diamond", label="mutants (sent next round)"),
@@ -283,16 +282,13 @@ def curve_figure(frames: Sequence[tuple[str, Surface]], *, title: str = "") -> g
     return fig
 
 
-def write_page(
-    path: Path, title: str, sections: Sequence[tuple[str, object]], *, intro: str = "", css: str = ""
-) -> Path:
+def page_html(title: str, sections: Sequence[tuple[str, object]], *, intro: str = "", css: str = "") -> str:
     """One self-contained HTML page: plotly.js inlined once, then each (heading, figure-or-HTML).
 
-    A section's body is a plotly figure or an HTML string (tables, images as data URIs).
+    A section's body is a plotly figure or an HTML string (tables, images as data URIs). The page
+    opens offline (no CDN).
     """
     from plotly.offline import get_plotlyjs
-
-    from flatfl.checkpoint import atomic_write_bytes
 
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -313,5 +309,4 @@ def write_page(
         else:
             parts.append(str(body))
     parts.append("</body></html>")
-    atomic_write_bytes(Path(path), "\n".join(parts).encode())
-    return Path(path)
+    return "\n".join(parts)

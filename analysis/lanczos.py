@@ -20,13 +20,14 @@ copy each from a single start vector (an inherent limit of single-vector Krylov 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from analysis.operators import LinearOperator
+from flatfl.analysis.interop import as_operator
+from flatfl.analysis.operators import LinearOperator
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class EigenResult:
     num_vectors: int
     converged: bool
     tol: float
+    settings: dict = field(default_factory=dict)  # how it was computed (the public API fills it)
 
 
 def error_bound(theta: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -94,7 +96,9 @@ def lanczos(
     vectors are held (default min(size, 128)). With ``exact_residuals`` (default) the reported residuals are
     ||H v - lambda v|| recomputed with k (+1) extra matvecs, since the Lanczos estimate
     |beta_m s_{m,i}| assumes exact arithmetic and underflows to 0 once a pair has converged.
+    ``op``: a flatfl operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     """
+    op = as_operator(op)
     n = op.size
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}]")
@@ -183,8 +187,9 @@ def lanczos_tridiagonal_block(
     its own invariant subspace, exactly as :func:`lanczos_tridiagonal` would run it alone.
     Holds b x ``num_steps`` parameter-sized vectors.
     """
-    from analysis.operators import matmat
+    from flatfl.analysis.operators import matmat
 
+    op = as_operator(op)
     n, b = op.size, V0.shape[0]
     m_max = min(n, num_steps)
     Q = (V0 / V0.norm(dim=1, keepdim=True)).to(op.device, op.dtype)

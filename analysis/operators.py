@@ -35,13 +35,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp
+
+from flatfl.analysis import batches as bt
 
 
 class LinearOperator(Protocol):
@@ -54,7 +56,16 @@ class LinearOperator(Protocol):
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
-class DenseOperator:
+class ScipyExport:
+    """Base of flatfl's operators: ``op.to_scipy()``, a ``scipy.sparse.linalg.LinearOperator`` (see interop)."""
+
+    def to_scipy(self):
+        from flatfl.analysis.interop import to_scipy  # interop imports this module
+
+        return to_scipy(self)
+
+
+class DenseOperator(ScipyExport):
     """A symmetric matrix as an operator (reference problems with a known spectrum)."""
 
     def __init__(self, matrix: torch.Tensor) -> None:
@@ -82,6 +93,16 @@ def matmat(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
     return torch.stack([op.matvec(v) for v in V.T], dim=1)
 
 
+def twice_differentiable():
+    """Attention through PyTorch's math kernel while gradients are recorded: the fused scaled-dot-product
+    kernels (flash, memory-efficient) have no second derivative, so Hessian-vector products through
+    ``nn.MultiheadAttention``/``F.scaled_dot_product_attention`` would fail; the math kernel computes the
+    same function with differentiable primitives. Forward-only evaluation (surfaces) keeps the fast kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 @contextmanager
 def eval_mode(model: nn.Module):
     """Put ``model`` in eval mode and restore each submodule's mode afterwards."""
@@ -95,34 +116,75 @@ def eval_mode(model: nn.Module):
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ForwardFn = Callable[[nn.Module, Any], Any]
+TargetsFn = Callable[[Any], Any]
+
+
+def _default_forward(model: nn.Module, batch: Any) -> Any:
+    return model(batch[0])
+
+
+def _default_targets(batch: Any) -> Any:
+    return batch[1]
+
+
+class _Hooked(nn.Module):
+    """The user's model behind a ``forward(model, batch)`` hook, so ``functional_call`` swaps its parameters."""
+
+    def __init__(self, model: nn.Module, forward: ForwardFn) -> None:
+        super().__init__()
+        self.model = model
+        self.hook = forward
+
+    def forward(self, batch: Any) -> Any:
+        return self.hook(self.model, batch)
 
 
 class ModelLoss:
-    """The mean loss of a model over a fixed data set, as a function of its parameters.
+    """The mean loss of a model over a fixed data set, as a function of its parameters:
+        L(w) = (1/N) sum_b n_b * loss_fn(forward(w, batch_b), targets(batch_b)),
+    where ``loss_fn`` is a mean over the n_b examples of batch b (``nn.CrossEntropyLoss()``, ``nn.MSELoss()``,
+    ``F.cross_entropy`` or a plain function) -- so L is the mean over all N examples whatever the batching.
+    ``F.cross_entropy`` (the default) is summed directly (``reduction="sum"``); any other loss is taken as a
+    mean and multiplied by n_b, the first dimension of the batch's targets.
 
-    Holds detached copies of the parameters (``params``, optionally cast to ``dtype``) and
-    buffers, and the data split into batches on ``device``. ``loss``, ``gradient`` and
-    ``hvp`` take parameter dicts or flat vectors and never touch the model's own tensors.
+    Batches are ``(x, y)`` pairs by default; ``forward(model, batch)`` and ``targets(batch)`` hooks take any
+    other batch (dicts, several inputs). Holds detached copies of the parameters (``params``, optionally cast
+    to ``dtype``) and buffers; ``loss``, ``gradient`` and ``hvp`` take parameter dicts or flat vectors and
+    never touch the model's own tensors. The data stay on ``device`` when they take at most half of
+    ``memory_budget`` bytes, else on the host, one batch moved to the device at a time (data larger than the
+    device's memory work); ``stream`` forces either way.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
         *,
+        batches: Iterable[Any] | None = None,
         batch_size: int = 250,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         loss_fn: LossFn = F.cross_entropy,
+        forward: ForwardFn | None = None,
+        targets: TargetsFn | None = None,
+        memory_budget: float = 2 * 2**30,
+        stream: bool | None = None,
     ) -> None:
-        if len(y) == 0:
+        if (batches is None) == (x is None or y is None):
+            raise ValueError("give either x and y tensors or batches=")
+        if batches is None and len(y) == 0:
             raise ValueError("empty data set")
         first = next(model.parameters())
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype or first.dtype
         self.model = model
         self.loss_fn = loss_fn
+        self.forward = forward
+        self.targets = targets or _default_targets
+        self._net = model if forward is None else _Hooked(model, forward)
+        self._prefix = "" if forward is None else "model."
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
         self.numels = [p.numel() for n, p in model.named_parameters() if p.requires_grad]
@@ -134,25 +196,65 @@ class ModelLoss:
             for n, b in model.named_buffers()
         }
         self.size = sum(self.numels)
-        self.n = int(len(y))
-        xs = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
-        ys = y.to(self.device)
-        self.batches = [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, self.n, batch_size)]
+        raw = bt.split(x, y, batch_size) if batches is None else list(batches)
+        if not raw:
+            raise ValueError("the data yielded no batches")
+        self.counts = [bt.count(self.targets(b)) for b in raw]
+        self.n = int(sum(self.counts))
+        if self.n == 0:
+            raise ValueError("empty data set")
+        self.data_bytes = sum(bt.nbytes(b) for b in raw)
+        big = self.device.type != "cpu" and self.data_bytes > memory_budget / 2
+        self.streamed = big if stream is None else stream
+        home = torch.device("cpu") if self.streamed else self.device
+        self.batches = [bt.to(b, home, self.dtype) for b in raw]
 
     @classmethod
-    def from_loader(cls, model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], **kwargs) -> ModelLoss:
-        """The mean loss over every (x, y) batch a DataLoader (or any iterable) yields, once.
+    def from_loader(cls, model: nn.Module, loader: Iterable[Any], **kwargs) -> ModelLoss:
+        """The mean loss over every batch a DataLoader (or any iterable) yields, read once and kept (on the
+        device, or on the host when large -- see the class docstring). A shuffling loader is fine: the mean
+        over all examples does not depend on their order."""
+        return cls(model, batches=loader, **kwargs)
 
-        The batches are concatenated and re-split by ``batch_size``, so the operator is exact
-        over the loader's whole data and does not depend on the loader's own batch size.
-        """
-        xs, ys = [], []
-        for xb, yb in loader:
-            xs.append(xb)
-            ys.append(yb)
-        if not ys:
-            raise ValueError("the loader yielded no batches")
-        return cls(model, torch.cat(xs), torch.cat(ys), **kwargs)
+    # batches -------------------------------------------------------------------------------
+    def on_device(self, batch: Any) -> Any:
+        """``batch`` on the operator's device (a no-op unless the data are streamed from the host)."""
+        return bt.to(batch, self.device, self.dtype) if self.streamed else batch
+
+    def batch_count(self, batch: Any) -> int:
+        return bt.count(self.targets(batch))
+
+    def output(self, params: dict[str, torch.Tensor], batch: Any, buffers: dict | None = None) -> Any:
+        """The model's output on ``batch`` with parameters ``params`` (the model's own tensors untouched)."""
+        buffers = self.buffers if buffers is None else buffers
+        if self._prefix:
+            params = {self._prefix + n: p for n, p in params.items()}
+            buffers = {self._prefix + n: b for n, b in buffers.items()}
+        args = (batch,) if self._prefix else (batch[0],)
+        if not torch.is_grad_enabled():
+            return functional_call(self._net, (params, buffers), args)
+        with twice_differentiable():
+            return functional_call(self._net, (params, buffers), args)
+
+    def loss_sum(self, out: Any, batch: Any) -> torch.Tensor:
+        """The batch's summed loss from the model's output (see the class docstring for the bookkeeping)."""
+        t = self.targets(batch)
+        if self.loss_fn is F.cross_entropy:
+            return F.cross_entropy(out, t, reduction="sum")
+        return self.loss_fn(out, t) * bt.count(t)
+
+    def correct(self, out: Any, batch: Any) -> torch.Tensor | None:
+        """Number of examples whose arg-max output is the integer target, or None when the task is not
+        classification with integer labels (regression, token-level targets of another shape)."""
+        t = self.targets(batch)
+        if not isinstance(out, torch.Tensor) or not isinstance(t, torch.Tensor) or t.is_floating_point():
+            return None
+        if out.ndim != t.ndim + 1 or out.shape[:-1] != t.shape:
+            return None
+        return (out.argmax(-1) == t).sum()
+
+    def batch_loss_sum(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        return self.loss_sum(self.output(params, batch), batch)
 
     # flat <-> dict ------------------------------------------------------------------------
     def flat(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -169,18 +271,24 @@ class ModelLoss:
         return {n: p.reshape(V.shape[0], *s) for n, p, s in zip(self.names, parts, self.shapes)}
 
     # the loss ----------------------------------------------------------------------------
-    def batch_loss_sum(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        out = functional_call(self.model, (params, self.buffers), (xb,))
-        return self.loss_fn(out, yb, reduction="sum")
-
     def loss(self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None) -> float:
         """Mean loss at flat parameters ``w`` (default: the model's) over ``batches`` (default: all)."""
         params = self.params if w is None else self.unflat(w)
         batches = self.batches if batches is None else batches
-        n = sum(len(b[1]) for b in batches)
+        n = sum(self.batch_count(b) for b in batches)
         with torch.no_grad(), eval_mode(self.model):
-            total = sum(self.batch_loss_sum(params, xb, yb) for xb, yb in batches)
+            total = sum(self.batch_loss_sum(params, self.on_device(b)) for b in batches)
         return float(total) / n
+
+    def losses(self, W: torch.Tensor, vectorize: bool | None = None) -> np.ndarray:
+        """Mean loss at each row of ``W`` (P x size) over all the data, the P points in one pass over the
+        batches: stacked through ``vmap`` (default on an accelerator) or in a loop (default on a CPU, where
+        vmap turns convolutions into slower grouped ones)."""
+        from flatfl.analysis.surfaces import points_loss
+
+        vec = self.device.type != "cpu" if vectorize is None else vectorize
+        loss, _ = points_loss(self, W.to(self.device, self.dtype), vec)
+        return loss.cpu().numpy()
 
     def loss_and_gradient(
         self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None
@@ -188,12 +296,13 @@ class ModelLoss:
         """Mean loss and its gradient (flat) at ``w`` over ``batches``."""
         params = self.params if w is None else self.unflat(w)
         batches = self.batches if batches is None else batches
-        n = sum(len(b[1]) for b in batches)
+        n = sum(self.batch_count(b) for b in batches)
         total_loss = 0.0
         total_grad = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with eval_mode(self.model):
-            for xb, yb in batches:
-                g, val = grad_and_value(lambda p, xb=xb, yb=yb: self.batch_loss_sum(p, xb, yb))(params)
+            for b in batches:
+                b = self.on_device(b)
+                g, val = grad_and_value(lambda p, b=b: self.batch_loss_sum(p, b))(params)
                 total_grad += self.flat(g)
                 total_loss += float(val)
         return total_loss / n, total_grad / n
@@ -203,25 +312,26 @@ class ModelLoss:
     ) -> torch.Tensor:
         """H v for the mean loss over ``batches`` (default: all), at the model's parameters."""
         batches = self.batches if batches is None else batches
-        n = sum(len(b[1]) for b in batches)
+        n = sum(self.batch_count(b) for b in batches)
         tangents = self.unflat(v.to(self.device, self.dtype))
         out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with eval_mode(self.model):
-            for xb, yb in batches:
+            for b in batches:
+                if method == "cached":
+                    break
+                b = self.on_device(b)
                 if method == "fwd-rev":
-                    f = lambda p, xb=xb, yb=yb: self.batch_loss_sum(p, xb, yb)  # noqa: E731
+                    f = lambda p, b=b: self.batch_loss_sum(p, b)  # noqa: E731
                     _, hv = jvp(grad(f), (self.params,), (tangents,))
                     out += self.flat(hv)
                 elif method == "double-backward":
                     params = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
                     with torch.enable_grad():
-                        loss = self.batch_loss_sum(params, xb, yb)
+                        loss = self.batch_loss_sum(params, b)
                         gs = torch.autograd.grad(loss, [params[n] for n in self.names], create_graph=True)
                         dot = sum((g * tangents[n]).sum() for g, n in zip(gs, self.names))
                         hv = torch.autograd.grad(dot, [params[n] for n in self.names])
                     out += torch.cat([h.reshape(-1) for h in hv])
-                elif method == "cached":
-                    break
                 else:
                     raise ValueError(f"unknown HVP method {method!r}")
             if method == "cached":
@@ -242,7 +352,7 @@ class ModelLoss:
         ``fwd-rev`` falls back to one product at a time.
         """
         batches = self.batches if batches is None else batches
-        n = sum(len(b[1]) for b in batches)
+        n = sum(self.batch_count(b) for b in batches)
         V = V.to(self.device, self.dtype)
         if method == "fwd-rev":
             return torch.stack([self.hvp(v, method, batches) for v in V])
@@ -254,8 +364,8 @@ class ModelLoss:
                 leaves, grads = self._first_order_graph(batches)
                 return self._back_block(leaves, grads, tangents, batched, retain=True) / n
             out = torch.zeros_like(V)
-            for xb, yb in batches:
-                leaves, grads = self._first_order_graph_of([(xb, yb)])
+            for b in batches:
+                leaves, grads = self._first_order_graph_of([b])
                 out += self._back_block(leaves, grads, tangents, batched, retain=False)
         return out / n
 
@@ -283,14 +393,14 @@ class ModelLoss:
         leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
         grads = []
         with torch.enable_grad():
-            for xb, yb in batches:
-                loss = self.batch_loss_sum(leaves, xb, yb)
+            for b in batches:
+                loss = self.batch_loss_sum(leaves, self.on_device(b))
                 grads.append(torch.autograd.grad(loss, [leaves[n] for n in self.names], create_graph=True))
         return leaves, grads
 
     def _first_order_graph(self, batches: Sequence[tuple]) -> tuple[dict, list]:
         """The kept first-order graphs of ``batches`` (built on first use, see :meth:`_cached_hvp`)."""
-        key = tuple(id(b[0]) for b in batches)
+        key = tuple(id(b) for b in batches)
         if getattr(self, "_graph_key", None) != key:
             self._graph, self._graph_key = self._first_order_graph_of(batches), key
         return self._graph
@@ -315,7 +425,7 @@ class ModelLoss:
         self._graph = self._graph_key = None
 
 
-class HessianOperator:
+class HessianOperator(ScipyExport):
     """The Hessian of a :class:`ModelLoss` as a :class:`LinearOperator`; counts HVPs."""
 
     def __init__(
@@ -349,7 +459,7 @@ class HessianOperator:
         (``batch_graph_bytes``) and the data set (``graph_bytes_estimate``). False where a layer has no
         double-backward rule."""
         obj = self.objective
-        xb, yb = obj.batches[0]
+        first = obj.batches[0]
         zero = torch.zeros(self.size, dtype=self.dtype, device=self.device)
 
         def saved_bytes(m: int) -> int:
@@ -360,7 +470,7 @@ class HessianOperator:
                 return t
 
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                obj.hvp(zero, "double-backward", [(xb[:m], yb[:m])])
+                obj.hvp(zero, "double-backward", [bt.slice_batch(first, 0, m)])
             return total[0]
 
         try:
@@ -370,7 +480,7 @@ class HessianOperator:
         per_sample = max(s2 - s1, 0) / 2  # bytes(m) = per_batch + per_sample * m
         per_batch = max(s1 - 2 * per_sample, 0)
         self.graph_bytes_estimate = per_batch * len(obj.batches) + per_sample * obj.n
-        self.batch_graph_bytes = per_batch + per_sample * len(yb)
+        self.batch_graph_bytes = per_batch + per_sample * obj.counts[0]
         return True
 
     def _choose_method(self, memory_budget: float) -> str:

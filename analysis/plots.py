@@ -12,11 +12,14 @@ matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.density import SpectralDensity  # noqa: E402
+from flatfl.analysis.density import SpectralDensity  # noqa: E402
 
 
-def _save(fig, path: Path, **kw) -> list[Path]:
-    """Write ``fig`` as path.png and path.pdf, close it, return both paths."""
+def _save(fig, path: Path | None, **kw):
+    """Write ``fig`` as path.png and path.pdf, close it, return both paths; without a path return the
+    matplotlib figure itself (to show or save as you like)."""
+    if path is None:
+        return fig
     path = Path(path)
     outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
     for p in outs:
@@ -27,7 +30,7 @@ def _save(fig, path: Path, **kw) -> list[Path]:
 
 def plot_density(
     result: SpectralDensity,
-    path: Path,
+    path: Path | None = None,
     *,
     title: str = "",
     sigma: float | None = None,
@@ -110,7 +113,7 @@ def _contour(ax, surface, levels: np.ndarray):
 
 
 def plot_surface(
-    surface, path: Path, *, title: str = "", levels: int = 20, zrange: tuple[float, float] | None = None
+    surface, path: Path | None = None, *, title: str = "", levels: int = 20, zrange: tuple[float, float] | None = None
 ) -> list[Path]:
     """A 1D loss curve, or a 2D Δloss contour map with a colour bar, as PNG and PDF.
 
@@ -119,7 +122,6 @@ def plot_surface(
     show Δloss = loss − loss at the checkpoint on ``levels`` linear levels over ``zrange``
     (default: 0 to the largest Δloss), the axis names those of the interactive page.
     """
-    path = Path(path)
     if surface.betas is None:
         fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
         ax.plot(surface.alphas, surface.loss, color="#1f4e79", lw=1.6, label="loss")
@@ -153,7 +155,6 @@ def plot_surfaces_side_by_side(
     surfaces, titles, path: Path, *, levels: int = 20, zrange: tuple[float, float] | None = None
 ) -> list[Path]:
     """2D Δloss contour maps next to each other on one shared set of linear levels and one colour bar."""
-    path = Path(path)
     if zrange is None:
         zrange = (
             min([0.0] + [float(np.nanmin(s.loss - s.origin_loss())) for s in surfaces]),
@@ -178,7 +179,6 @@ def plot_slices(panels, colors, path: Path) -> list[Path]:
 
     ``panels``: {panel title: {group label: [analysis.slices.Slices, ...]}}; ``colors``: group -> colour.
     """
-    path = Path(path)
     titles = [t for t in panels if panels[t]]
     fig, axes = plt.subplots(
         1, len(titles), figsize=(4.6 * len(titles), 3.6), dpi=150, squeeze=False, sharey=True, layout="constrained"
@@ -202,7 +202,6 @@ def plot_curves(
     series: dict[str, tuple[list, list]], path: Path, *, xlabel: str, ylabel: str, title: str = ""
 ) -> list[Path]:
     """Line plot of named (x, y) series, e.g. accuracy or spread over rounds, as PNG and PDF."""
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
     for name, (x, y) in series.items():
         x, y = list(x), list(y)

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.slices import Slices
+from flatfl.analysis.slices import Slices
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))

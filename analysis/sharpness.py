@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from flatfl.analysis import batches as bt
+
 
 class Objective(Protocol):
     """A loss over flat parameters, optionally restricted to a subset of batches."""
@@ -70,9 +72,8 @@ class SharpnessResult:
 
 def _rebatch(obj: Objective, m: int) -> list[list[tuple]]:
     """Disjoint groups of exactly-m samples (the tail < m is dropped, as in m-sharpness)."""
-    xs = torch.cat([b[0] for b in obj.batches])
-    ys = torch.cat([b[1] for b in obj.batches])
-    return [[(xs[i : i + m], ys[i : i + m])] for i in range(0, len(ys) - m + 1, m)]
+    every = bt.concat(obj.batches)
+    return [[bt.slice_batch(every, i, i + m)] for i in range(0, obj.n - m + 1, m)]
 
 
 def _ascent(
@@ -206,16 +207,25 @@ def average_sharpness(
     adaptive: bool = True,
     num_samples: int = 50,
     generator: torch.Generator | None = None,
+    block: int = 16,
 ) -> SharpnessResult:
-    """E[L(w+delta)] - L(w), delta ~ N(0, sigma^2 diag(|w|^2)) (adaptive) or N(0, sigma^2 I)."""
+    """E[L(w+delta)] - L(w), delta ~ N(0, sigma^2 diag(|w|^2)) (adaptive) or N(0, sigma^2 I).
+
+    The draws are evaluated ``block`` at a time in one pass over the data when the objective has
+    ``losses(W)`` (:meth:`ModelLoss.losses`: stacked through ``vmap`` on an accelerator, a loop on a
+    CPU); the same draws, in the same order, whatever ``block``.
+    """
     w = obj.flat()
     base = obj.loss(w)
     scale = w.abs() if adaptive else torch.ones_like(w)
-    diffs = []
-    for _ in range(num_samples):
-        z = torch.randn(w.shape, generator=generator, dtype=torch.float64).to(w.device, w.dtype)
-        diffs.append(obj.loss(w + sigma * scale * z) - base)
-    d = np.array(diffs)
+    draws = [torch.randn(w.shape, generator=generator, dtype=torch.float64) for _ in range(num_samples)]
+    losses = getattr(obj, "losses", None)  # many points per pass over the data (ModelLoss), else one by one
+    d = []
+    for i in range(0, num_samples, block):
+        Z = torch.stack(draws[i : i + block]).to(w.device, w.dtype)
+        W = w + sigma * scale * Z
+        d += list(losses(W)) if losses is not None else [obj.loss(row) for row in W]
+    d = np.asarray(d, dtype=float) - base
     mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
     return SharpnessResult(
         "average_adaptive" if adaptive else "average_isotropic",

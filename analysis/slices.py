@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from analysis.operators import ModelLoss
-from analysis.surfaces import evaluate_grid, random_directions
+from flatfl.analysis.operators import ModelLoss
+from flatfl.analysis.surfaces import evaluate_grid, random_directions
 
 
 def symmetric_grid(radius: float, points_per_side: int) -> np.ndarray:

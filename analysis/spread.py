@@ -25,14 +25,13 @@ spread curve shows. Only parameters count (not BatchNorm running statistics).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-
-from analysis.checkpoints import Run
+from torch import nn
 
 
 def flatten(state: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
@@ -160,37 +159,98 @@ def model_losses(
     Evaluated in eval mode with ``model``'s buffers (BatchNorm running statistics) for every
     row: the flat vectors hold parameters only.
     """
-    from analysis.operators import ModelLoss
-    from analysis.surfaces import points_loss
+    from flatfl.analysis.operators import ModelLoss
+    from flatfl.analysis.surfaces import points_loss
 
     obj = ModelLoss(model, x, y, batch_size=batch_size, device=device)
     loss, acc = points_loss(obj, flats.to(obj.device, obj.dtype))
     return loss.cpu().numpy(), acc.cpu().numpy()
 
 
-def round_spread(
-    run: Run,
-    round: int,
+def _losses(
+    model: nn.Module,
+    origin: torch.Tensor,
+    new: torch.Tensor,
+    S: torch.Tensor,
+    R: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+    device: str,
+) -> dict[str, Any]:
+    """Loss and accuracy of the origin, the new global and every sent/returned model (one pass over the data)."""
+    m = len(S)
+    allm = torch.cat([origin[None], new[None], S, R])
+    lv, av = model_losses(model, allm, data[0], data[1], batch_size=batch_size, device=device)
+    return {
+        "origin_loss": float(lv[0]),
+        "origin_accuracy": float(av[0]),
+        "new_global_loss": float(lv[1]),
+        "new_global_accuracy": float(av[1]),
+        "sent_loss": lv[2 : 2 + m].tolist(),
+        "sent_accuracy": av[2 : 2 + m].tolist(),
+        "returned_loss": lv[2 + m :].tolist(),
+        "returned_accuracy": av[2 + m :].tolist(),
+    }
+
+
+def _positions(
+    origin: torch.Tensor,
+    new: torch.Tensor,
+    S: torch.Tensor,
+    R: torch.Tensor,
+    plane: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """Least-squares coordinates of every model in ``plane`` (default: the round's own PCA plane)."""
+    if plane is None:
+        d1, d2 = pca_plane(torch.cat([S - origin, R - origin]))
+        plane_o, plane_desc = origin, "top-2 principal directions of the round's sent and returned models"
+    else:
+        plane_o, d1, d2 = plane
+        plane_desc = "given plane"
+    sc, so = plane_coordinates(S, plane_o, d1, d2)
+    rc, ro = plane_coordinates(R, plane_o, d1, d2)
+    nc, no = plane_coordinates(torch.stack([origin, new]), plane_o, d1, d2)
+    return {
+        "plane": plane_desc,
+        "origin": nc[0].tolist(),
+        "new_global": nc[1].tolist(),
+        "sent": sc.tolist(),
+        "returned": rc.tolist(),
+        "sent_off_plane": so.tolist(),
+        "returned_off_plane": ro.tolist(),
+        "new_global_off_plane": float(no[1]),
+    }
+
+
+def spread_of(
+    origin_state: dict[str, torch.Tensor],
+    new_state: dict[str, torch.Tensor],
+    sent: Sequence[dict[str, torch.Tensor]],
+    returned: Sequence[dict[str, torch.Tensor]],
+    model: nn.Module,
     *,
+    round: int,
+    clients: Sequence[int],
+    mutation_coefficients: Any = None,
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
     plane: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     batch_size: int = 250,
     device: str = "cpu",
+    extra: dict[str, Any] | None = None,
 ) -> RoundSpread:
-    """Spread of round ``round`` (needs ``clients_NNNN`` and rounds ``round-1`` and ``round``).
+    """How the models ``sent`` to and ``returned`` by the clients of one round spread around the dispatch
+    origin ``origin_state`` (w_{t-1}); ``new_state`` is the aggregate w_t.
 
-    ``data`` (x, y): also evaluate every model's loss/accuracy there. ``plane`` (origin, d1,
+    ``model`` (any module with the states' architecture, holding the origin's buffers) gives the
+    parameter names and, with ``data`` (x, y), every model's loss/accuracy there. ``plane`` (origin, d1,
     d2) as flat float64 vectors: report positions in it; default: the round's PCA plane.
     """
-    if round < 1:
-        raise ValueError("round 0 has no clients")
-    sent, returned, info = run.clients(round)
-    net = run.build()
+    net = model
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     shapes = [p.shape for n, p in net.named_parameters() if p.requires_grad]
     groups = filter_slices(shapes)
-    origin = flatten(run.global_state(round - 1), names)
-    new = flatten(run.global_state(round), names)
+    origin = flatten(origin_state, names)
+    new = flatten(new_state, names)
     S = torch.stack([flatten(s, names) for s in sent])
     R = torch.stack([flatten(r, names) for r in returned])
     on = float(origin.norm())
@@ -210,41 +270,11 @@ def round_spread(
 
     losses = None
     if data is not None:
-        allm = torch.cat([origin[None], new[None], S, R])
-        # BatchNorm statistics: those of the dispatch origin w_{t-1} for every model
-        lv, av = model_losses(run.model(round - 1), allm, data[0], data[1], batch_size=batch_size, device=device)
-        losses = {
-            "origin_loss": float(lv[0]),
-            "origin_accuracy": float(av[0]),
-            "new_global_loss": float(lv[1]),
-            "new_global_accuracy": float(av[1]),
-            "sent_loss": lv[2 : 2 + m].tolist(),
-            "sent_accuracy": av[2 : 2 + m].tolist(),
-            "returned_loss": lv[2 + m :].tolist(),
-            "returned_accuracy": av[2 + m :].tolist(),
-        }
-    if plane is None:
-        d1, d2 = pca_plane(torch.cat([S - origin, R - origin]))
-        plane_o, plane_desc = origin, "top-2 principal directions of the round's sent and returned models"
-    else:
-        plane_o, d1, d2 = plane
-        plane_desc = "given plane"
-    sc, so = plane_coordinates(S, plane_o, d1, d2)
-    rc, ro = plane_coordinates(R, plane_o, d1, d2)
-    nc, no = plane_coordinates(torch.stack([origin, new]), plane_o, d1, d2)
-    positions = {
-        "plane": plane_desc,
-        "origin": nc[0].tolist(),
-        "new_global": nc[1].tolist(),
-        "sent": sc.tolist(),
-        "returned": rc.tolist(),
-        "sent_off_plane": so.tolist(),
-        "returned_off_plane": ro.tolist(),
-        "new_global_off_plane": float(no[1]),
-    }
+        losses = _losses(model, origin, new, S, R, data, batch_size, device)
+    positions = _positions(origin, new, S, R, plane)
     return RoundSpread(
         round=round,
-        clients=list(info["clients"]),
+        clients=list(clients),
         origin_norm=on,
         step_norm=float((new - origin).norm()),
         sent_l2=s_l2,
@@ -256,34 +286,8 @@ def round_spread(
         returned_to_new_l2=(R - new).norm(dim=1).tolist(),
         update_cosines=C.tolist(),
         mean_update_cosine=mean_cos,
-        mutation_coefficients=info.get("mutation_coefficients"),
+        mutation_coefficients=mutation_coefficients,
         losses=losses,
         positions=positions,
-        extra={"algo": run.config["algo"]},
+        extra=dict(extra or {}),
     )
-
-
-def spread_rounds(run: Run) -> list[int]:
-    """Rounds of ``run`` whose client models were saved (and whose previous global exists)."""
-    from flatfl import checkpoint as ckpt
-
-    have = set(run.rounds())
-    return [r for r in sorted(have) if r >= 1 and r - 1 in have and ckpt.clients_path(run.path, r).is_file()]
-
-
-def spread_curve(
-    run: Run,
-    rounds: Sequence[int] | None = None,
-    *,
-    data: tuple[torch.Tensor, torch.Tensor] | None = None,
-    progress: Callable[[int], None] | None = None,
-    **kw: Any,
-) -> list[RoundSpread]:
-    """:func:`round_spread` for each of ``rounds`` (default: every round saved with clients)."""
-    rounds = spread_rounds(run) if rounds is None else list(rounds)
-    out = []
-    for r in rounds:
-        out.append(round_spread(run, r, data=data, **kw))
-        if progress is not None:
-            progress(1)
-    return out

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from analysis.lanczos import lanczos
-from analysis.operators import HessianOperator, LinearOperator, matmat
-from analysis.trace import _rademacher
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import HessianOperator, LinearOperator, matmat
+from flatfl.analysis.trace import _rademacher
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from analysis.operators import ModelLoss, eval_mode
+from flatfl.analysis import batches as bt
+from flatfl.analysis.operators import ModelLoss, _Hooked, eval_mode
 
 
 # -- directions -----------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def pca_directions(trajectory: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
 
 
 # -- evaluation -----------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class Surface:
     """A computed surface: grid axes, loss and accuracy per point, and how it was made."""
 
@@ -145,23 +146,20 @@ class Surface:
         v = self.at_origin()
         return v if v is not None else float(np.nanmin(self.loss))
 
-    def save(self, path: Path) -> None:
-        """``path``.npz (arrays) and ``path``.json (description, points) -- no pickle."""
-        from flatfl.checkpoint import atomic_write_bytes, atomic_write_json
+    def npz_bytes(self) -> bytes:
+        """The arrays (alphas, betas, loss, accuracy) as the bytes of an ``.npz`` file -- no pickle."""
+        import io
 
-        path = Path(path)
         arrays = {"alphas": self.alphas, "loss": self.loss, "accuracy": self.accuracy}
         if self.betas is not None:
             arrays["betas"] = self.betas
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-        atomic_write_json(
-            path.with_suffix(".json"),
-            {"description": self.description, "points": self.points, "markers": self.markers},
-        )
+        return buf.getvalue()
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON half of a saved surface: description, points, markers."""
+        return {"description": self.description, "points": self.points, "markers": self.markers}
 
     @classmethod
     def load(cls, path: Path) -> Surface:
@@ -194,7 +192,13 @@ class BatchNormReestimator:
     one private copy of the model made once (never per point), so the user's model is untouched.
     """
 
-    def __init__(self, model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batches: Sequence[Any],
+        forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+    ) -> None:
+        """``batches``: input tensors, or whole batches when a ``forward(model, batch)`` hook is given."""
         import copy
 
         self.model = copy.deepcopy(model)
@@ -202,6 +206,7 @@ class BatchNormReestimator:
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.momentum = None
         self.batches = list(batches)
+        self.forward = forward
 
     def buffers(self, params: dict[str, torch.Tensor], template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fresh = {}
@@ -221,8 +226,13 @@ class BatchNormReestimator:
         try:
             with torch.no_grad():
                 for xb in self.batches:
-                    xb = xb.to(ref.device, ref.dtype) if xb.is_floating_point() else xb.to(ref.device)
-                    functional_call(self.model, (params, fresh), (xb,))
+                    xb = bt.to(xb, ref.device, ref.dtype)
+                    if self.forward is None:
+                        functional_call(self.model, (params, fresh), (xb,))
+                    else:
+                        p = {"model." + n: v for n, v in params.items()}
+                        b = {"model." + n: v for n, v in fresh.items()}
+                        functional_call(_Hooked(self.model, self.forward), (p, b), (xb,))
         finally:
             self.model.train(was)
         return fresh
@@ -233,7 +243,7 @@ def _channels_last(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: p.contiguous(memory_format=torch.channels_last) if p.ndim == 4 else p for n, p in params.items()}
 
 
-def _channels_last_batches(obj: ModelLoss) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _channels_last_batches(obj: ModelLoss) -> list[Any]:
     """obj's batches with image inputs (N, C, H, W) in channels-last layout, converted once and kept.
 
     Measured on this project's 2-core CPU (0.9M-parameter CNN, 1,000 3x32x32 images, batches of
@@ -243,7 +253,8 @@ def _channels_last_batches(obj: ModelLoss) -> list[tuple[torch.Tensor, torch.Ten
     cached = getattr(obj, "_surface_batches", None)
     if cached is None:
         cached = [
-            (xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb, yb) for xb, yb in obj.batches
+            bt.tree_map(lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t, b)
+            for b in obj.batches
         ]
         obj._surface_batches = cached
     return cached
@@ -271,17 +282,21 @@ def points_loss(
     loss = torch.zeros(P, dtype=torch.float64, device=obj.device)
     correct = torch.zeros(P, dtype=torch.float64, device=obj.device)
 
-    def one(
-        params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, buffers: dict | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = functional_call(obj.model, (params, obj.buffers if buffers is None else buffers), (xb,))
-        return obj.loss_fn(out, yb, reduction="sum"), (out.argmax(-1) == yb).sum()
+    classify = [True]
+
+    def one(params: dict[str, torch.Tensor], batch: Any, buffers: dict | None = None) -> tuple[torch.Tensor, ...]:
+        out = obj.output(params, batch, buffers)
+        c = obj.correct(out, batch)
+        if c is None:
+            classify[0] = False
+            c = torch.zeros((), device=obj.device)
+        return obj.loss_sum(out, batch), c
 
     with torch.no_grad(), eval_mode(obj.model):
         if vectorize:
             stacked = obj.unflat_batch(flat_points)
-            for xb, yb in obj.batches:
-                lb, cb = vmap(one, in_dims=(0, None, None))(stacked, xb, yb)
+            for b in obj.batches:
+                lb, cb = vmap(one, in_dims=(0, None))(stacked, obj.on_device(b))
                 loss += lb.double()
                 correct += cb.double()
         else:
@@ -289,11 +304,57 @@ def points_loss(
             for i in range(P):
                 params = _channels_last(obj.unflat(flat_points[i]))
                 buffers = None if bn is None else bn.buffers(params, obj.buffers)
-                for xb, yb in batches:
-                    lb, cb = one(params, xb, yb, buffers)
+                for b in batches:
+                    lb, cb = one(params, obj.on_device(b), buffers)
                     loss[i] += lb.double()
                     correct[i] += cb.double()
-    return loss / obj.n, correct / obj.n
+    accuracy = correct / obj.n if classify[0] else torch.full_like(correct, float("nan"))
+    return loss / obj.n, accuracy
+
+
+class _ChunkPlan:
+    """How many grid points go through :func:`points_loss` at once, and whether stacked (vmap) or in a loop.
+
+    ``vectorize=None`` (auto): point 1 in a loop (warm-up), point 2 in a loop (timed), then one vmap chunk
+    of up to 4 points (timed); the faster per point is kept. Out of memory halves the chunk; a model vmap
+    cannot batch falls back to the loop for good.
+    """
+
+    def __init__(self, chunk: int, vectorize: bool | None) -> None:
+        self.chunk = chunk
+        self.trials = ["loop-warm", "loop", "vmap"] if vectorize is None and chunk > 1 else []
+        self.vectorize = chunk > 1 if vectorize is None else vectorize
+        self.per_point: dict[str, float] = {}
+        self._last: str | None = None
+
+    def next(self) -> tuple[int, bool, str | None]:
+        """(points in the next chunk, stacked?, the trial it is or None)."""
+        trial = self.trials.pop(0) if self.trials else None
+        size = 1 if trial in ("loop-warm", "loop") else min(self.chunk, 4) if trial == "vmap" else self.chunk
+        return size, (trial == "vmap") if trial else self.vectorize, trial
+
+    def out_of_memory(self, trial: str | None) -> bool:
+        """Halve the chunk and retry (True), or give up at one point per chunk (False)."""
+        if self.chunk == 1:
+            return False
+        self.chunk = max(1, self.chunk // 2)  # the estimate was too optimistic: smaller chunks
+        if trial:
+            self.trials.insert(0, trial)
+        return True
+
+    def no_vmap(self) -> None:
+        self.vectorize, self.trials = False, []
+
+    def timed(self, trial: str | None, seconds_per_point: float) -> None:
+        if trial in ("loop", "vmap"):
+            self.per_point[trial] = seconds_per_point
+            if len(self.per_point) == 2:
+                self.vectorize = self.per_point["vmap"] < self.per_point["loop"]
+
+
+def _grid_point(theta: torch.Tensor, dirs: list[torch.Tensor], alphas: Any, betas: Any, c: tuple) -> torch.Tensor:
+    p = theta + float(alphas[c[0]]) * dirs[0]
+    return p if betas is None else p + float(betas[c[1]]) * dirs[1]
 
 
 def evaluate_grid(
@@ -331,63 +392,41 @@ def evaluate_grid(
         loss, acc = resume_from.loss.copy(), resume_from.accuracy.copy()
     else:
         loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
-    surf = Surface(alphas, None if betas is None else np.asarray(betas, dtype=float), loss, acc)
     coords = (
         [(i,) for i in range(len(alphas))]
         if betas is None
         else [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
     )
     if split is not None:
-        from analysis import distributed
+        from flatfl.analysis import distributed
 
         loss, acc = distributed.broadcast_array(loss), distributed.broadcast_array(acc)
-        surf.loss, surf.accuracy = loss, acc
+    # filled in place chunk by chunk (on_chunk sees the partial grid); a frozen result to the caller
+    surf = Surface(alphas, None if betas is None else np.asarray(betas, dtype=float), loss, acc)
     todo = [c for c in coords if np.isnan(loss[c])]
     if split is not None:
         todo = todo[split[0] :: split[1]]
-    chunk = points_per_chunk(obj, memory_budget)
+    plan = _ChunkPlan(points_per_chunk(obj, memory_budget), False if bn is not None else vectorize)
     dirs = [d.to(obj.device, obj.dtype) for d in directions]
-    if bn is not None:
-        vectorize = False
-    # auto: loop on point 1 (warm-up) and point 2 (timed), then one vmap chunk (timed); keep the faster
-    trials = ["loop-warm", "loop", "vmap"] if vectorize is None and chunk > 1 else []
-    if vectorize is None:
-        vectorize = chunk > 1
-    per_point: dict[str, float] = {}
-    done = len(coords) - len(todo)
-    start = 0
+    done, start = len(coords) - len(todo), 0
     while start < len(todo):
-        trial = trials.pop(0) if trials else None
-        size = 1 if trial in ("loop-warm", "loop") else min(chunk, 4) if trial == "vmap" else chunk
-        vec = (trial == "vmap") if trial else vectorize
+        size, vec, trial = plan.next()
         part = todo[start : start + size]
-        pts = []
-        for c in part:
-            p = theta + float(alphas[c[0]]) * dirs[0]
-            if betas is not None:
-                p = p + float(betas[c[1]]) * dirs[1]
-            pts.append(p)
-        P = torch.stack(pts)
+        P = torch.stack([_grid_point(theta, dirs, alphas, betas, c) for c in part])
         t0 = _synced_time(obj.device)
         try:
             lv, av = points_loss(obj, P, vec, bn)
         except torch.OutOfMemoryError:
-            if chunk == 1:
+            if not plan.out_of_memory(trial):
                 raise
-            chunk = max(1, chunk // 2)  # the estimate was too optimistic: smaller chunks
-            if trial:
-                trials.insert(0, trial)
             continue
         except (RuntimeError, NotImplementedError):
             if not vec:
                 raise
-            vectorize, trials = False, []  # the model does not support vmap: loop
+            plan.no_vmap()
             vec, trial = False, None
             lv, av = points_loss(obj, P, vec, bn)
-        if trial in ("loop", "vmap"):
-            per_point[trial] = (_synced_time(obj.device) - t0) / len(part)
-            if len(per_point) == 2:
-                vectorize = per_point["vmap"] < per_point["loop"]
+        plan.timed(trial, (_synced_time(obj.device) - t0) / len(part))
         for c, lval, aval in zip(part, lv.tolist(), av.tolist()):
             loss[c], acc[c] = lval, aval
         done += len(part)
@@ -399,8 +438,11 @@ def evaluate_grid(
         for c in todo:
             mine[c] = True
         filled = ~np.isnan(surf.loss) & ~mine  # points resumed from rank 0's file: already on every rank
-        surf.loss = np.where(filled, surf.loss, distributed.assemble(surf.loss, mine))
-        surf.accuracy = np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine))
+        surf = replace(
+            surf,
+            loss=np.where(filled, surf.loss, distributed.assemble(surf.loss, mine)),
+            accuracy=np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine)),
+        )
     return surf
 
 
@@ -424,20 +466,51 @@ def points_per_chunk(obj: ModelLoss, memory_budget: float) -> int:
         if isinstance(output, torch.Tensor):
             act[0] += output.numel() * output.element_size()
 
-    xb, yb = obj.batches[0]
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
         with torch.no_grad(), eval_mode(obj.model):
-            functional_call(obj.model, (obj.params, obj.buffers), (xb,))
+            obj.output(obj.params, obj.on_device(obj.batches[0]))
     finally:
         handle.remove()
     per_point = obj.size * obj.flat().element_size() + act[0]
     return max(1, int(memory_budget // max(per_point, 1)))
 
 
+def model_markers(
+    obj: ModelLoss, origin: torch.Tensor, dirs: Sequence[torch.Tensor], named: Sequence[tuple[str, str, torch.Tensor]]
+) -> list[dict[str, Any]]:
+    """Markers for the models ``named`` (name, group, flat parameters) on the surface origin + a d1 (+ b d2).
+
+    Coordinates are least-squares positions in the plane (exact for models in it); loss and
+    accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
+    """
+    from flatfl.analysis.spread import plane_coordinates
+
+    if not named:
+        return []
+    P = torch.stack([v.to(obj.device, obj.dtype) for _, _, v in named])
+    coords, off = plane_coordinates(
+        P.cpu().double(),
+        origin.cpu().double(),
+        dirs[0].cpu().double(),
+        dirs[1].cpu().double() if len(dirs) > 1 else None,
+    )
+    lv, av = points_loss(obj, P)
+    return [
+        {
+            "name": name,
+            "group": group,
+            "coords": coords[i].tolist(),
+            "off_plane": float(off[i]),
+            "off_plane_relative": float(off[i] / max(float(origin.norm()), 1e-300)),
+            "loss": float(lv[i]),
+            "accuracy": float(av[i]),
+        }
+        for i, (name, group, _) in enumerate(named)
+    ]
+
+
 def interpolation(obj: ModelLoss, a: torch.Tensor, b: torch.Tensor, ts: np.ndarray, **kw) -> Surface:
     """1D loss along (1 - t) a + t b: origin a, direction b - a."""
     s = evaluate_grid(obj, [b - a], ts, origin=a, **kw)
-    s.description = {"kind": "interpolation", "t": "(1 - t) A + t B"}
-    s.points = {"A": [0.0], "B": [1.0]}
-    return s
+    return replace(s, description={"kind": "interpolation", "t": "(1 - t) A + t B"}, points={"A": [0.0], "B": [1.0]})

@@ -25,12 +25,13 @@ goes through ``matmat`` (blocks of vectors per pass over the data).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from analysis.operators import LinearOperator, matmat
+from flatfl.analysis.interop import as_operator
+from flatfl.analysis.operators import LinearOperator, matmat
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class TraceResult:
     samples: np.ndarray  # the Hutchinson terms (of the remainder, for Hutch++)
     deflated: bool = False  # adaptive: whether it chose Hutch++'s deflation
     remainder_share: float | None = None  # adaptive: leave-one-out rho (see the module docstring)
+    settings: dict = field(default_factory=dict)  # how it was computed (the public API fills it)
 
 
 def _rademacher(n: int, count: int, op: LinearOperator, generator: torch.Generator | None) -> torch.Tensor:
@@ -61,7 +63,8 @@ def _mean_se(samples: np.ndarray) -> tuple[float, float]:
 
 
 def hutchinson(op: LinearOperator, *, num_matvecs: int = 100, generator: torch.Generator | None = None) -> TraceResult:
-    """Mean of z^T H z over ``num_matvecs`` Rademacher vectors."""
+    """Mean of z^T H z over ``num_matvecs`` Rademacher vectors (``op``: see :func:`as_operator`)."""
+    op = as_operator(op)
     if num_matvecs < 2:
         raise ValueError("num_matvecs must be >= 2 (for a standard error)")
     Z = _rademacher(op.size, num_matvecs, op, generator)
@@ -85,7 +88,8 @@ def _deflated(
 
 
 def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None) -> TraceResult:
-    """Hutch++ with ``num_matvecs`` operator applications (split in thirds)."""
+    """Hutch++ with ``num_matvecs`` operator applications (split in thirds; ``op``: see :func:`as_operator`)."""
+    op = as_operator(op)
     r = num_matvecs // 3
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for Hutch++")
@@ -121,8 +125,10 @@ def adaptive_trace(
     """Hutchinson or Hutch++, whichever the first third of the budget predicts has the smaller variance.
 
     See the module docstring: with r = m // 3 and rho = :func:`remainder_share`, deflate (Hutch++ on
-    the same S) when rho < (m - 2r) / m, else spend the rest on Hutchinson samples.
+    the same S) when rho < (m - 2r) / m, else spend the rest on Hutchinson samples. ``op``: a flatfl
+    operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     """
+    op = as_operator(op)
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for the adaptive estimator")
     r = num_matvecs // 3

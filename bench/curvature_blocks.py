@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hessian_vs_peers import load_problem, make_problem  # noqa: E402
 
-from analysis.density import slq  # noqa: E402
-from analysis.operators import HessianOperator, ModelLoss  # noqa: E402
-from analysis.trace import hutchpp  # noqa: E402
+from flatfl.analysis.density import slq  # noqa: E402
+from flatfl.analysis.operators import HessianOperator, ModelLoss  # noqa: E402
+from flatfl.analysis.trace import hutchpp  # noqa: E402
 
 
 class OneByOne:

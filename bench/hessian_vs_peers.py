@@ -105,9 +105,9 @@ def worker(task: str, problem: Path, arg: str) -> dict:
     if task == "reference":
         from scipy.sparse.linalg import LinearOperator, eigsh
 
-        from analysis.operators import ModelLoss
+        from flatfl.analysis import objective
 
-        obj = ModelLoss(model, x, y)
+        obj = objective(model, (x, y))
         count = [0]
 
         def mv(v):
@@ -117,22 +117,13 @@ def worker(task: str, problem: Path, arg: str) -> dict:
         vals = eigsh(LinearOperator((n, n), matvec=mv, dtype=np.float64), k=int(arg), which="LA", tol=1e-8)[0]
         return {"values": sorted(vals.tolist(), reverse=True), "hvps": count[0], "seconds": time.perf_counter() - t0}
     if task == "flatfl":
-        from analysis.lanczos import lanczos
-        from analysis.operators import HessianOperator, ModelLoss
+        from flatfl.analysis import hessian_eigenvalues  # the public entry users take
 
         k, tol = arg.split(":")
-        op = HessianOperator(ModelLoss(model, x, y))
-        r = lanczos(
-            op,
-            k=int(k),
-            tol=float(tol),
-            exact_residuals=False,
-            return_vectors=False,
-            generator=torch.Generator().manual_seed(0),
-        )
+        r = hessian_eigenvalues(model, (x, y), k=int(k), tol=float(tol), exact_residuals=False, seed=0)
         return {
             "values": r.values.tolist(),
-            "hvps": op.num_matvecs,
+            "hvps": r.num_matvecs,
             "seconds": time.perf_counter() - t0,
             "peak_mb": peak_rss_mb(),
             "vectors_held": r.num_vectors,
@@ -184,13 +175,12 @@ def worker(task: str, problem: Path, arg: str) -> dict:
             "peak_mb": peak_rss_mb(),
         }
     if task == "trace":
-        from analysis.operators import HessianOperator, ModelLoss
-        from analysis.trace import hutchinson, hutchpp
+        from flatfl.analysis import hessian_trace, objective
 
-        op = HessianOperator(ModelLoss(model, x, y))
+        obj = objective(model, (x, y))  # built once, both estimators on it
         m = int(arg)
-        h = hutchinson(op, num_matvecs=m, generator=torch.Generator().manual_seed(0))
-        hp = hutchpp(op, num_matvecs=m, generator=torch.Generator().manual_seed(1))
+        h = hessian_trace(obj, num_matvecs=m, estimator="hutchinson", seed=0)
+        hp = hessian_trace(obj, num_matvecs=m, estimator="hutch++", seed=1)
         return {
             "hutchinson": [h.estimate, h.stderr, h.num_matvecs],
             "hutchpp": [hp.estimate, hp.stderr, hp.num_matvecs],

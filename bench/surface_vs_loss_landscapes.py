@@ -53,10 +53,9 @@ from hessian_vs_peers import load_problem, make_problem, peak_rss_mb  # noqa: E4
 
 
 def directions(model, x, y):
-    from analysis.operators import ModelLoss
-    from analysis.surfaces import random_directions
+    from flatfl.analysis import objective, random_directions  # the public entry users take
 
-    obj = ModelLoss(model, x, y)
+    obj = objective(model, (x, y))
     d1, d2 = random_directions(obj, 2, torch.Generator().manual_seed(0))
     return obj, d1, d2
 
@@ -69,7 +68,8 @@ def worker(task: str, problem: Path, grid: int, budget_gb: float, out: Path) -> 
     step = float(ax[1] - ax[0])
     t0 = time.perf_counter()
     if task.startswith("flatfl"):
-        from analysis.surfaces import evaluate_grid, points_per_chunk
+        from flatfl.analysis import evaluate_grid
+        from flatfl.analysis.surfaces import points_per_chunk
 
         budget = budget_gb * 2**30 if task != "flatfl-1pt" else 1.5 * (obj.size * 4)  # < 2 points' parameters
         chunk = points_per_chunk(obj, budget)

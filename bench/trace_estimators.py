@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from analysis.operators import DenseOperator, HessianOperator, ModelLoss  # noqa: E402
-from analysis.trace import TRACE_ESTIMATORS  # noqa: E402
+from flatfl.analysis.operators import DenseOperator, HessianOperator, ModelLoss  # noqa: E402
+from flatfl.analysis.trace import TRACE_ESTIMATORS  # noqa: E402
 
 
 def outliers(n: int) -> tuple[DenseOperator, float]:
@@ -49,8 +49,8 @@ def outliers(n: int) -> tuple[DenseOperator, float]:
 
 
 def early_round(samples: int) -> tuple[HessianOperator, None]:
-    from analysis.checkpoints import Run
-    from analysis.landscape import select_data
+    from flatfl.runs.landscape import select_data
+    from flatfl.runs.run import Run
 
     run, rnd = Run.of_checkpoint(ROOT / "checkpoints/reference/digits-fedavg/round_0001.safetensors")
     x, y, _ = select_data(run, "train", samples, 0)

@@ -5,10 +5,10 @@ each seed, with and without the mutation cap (``--mutation-cap``, a safeguard NO
 radius 0 is FedMut without mutation, i.e. FedAvg with the plain mean, the flatness baseline. A run
 is *diverged* when ``flatfl train`` stops on a non-finite value (its divergence round is the one
 after the last finite checkpoint), else *finite*. For each finite run, on the last global model and
-the same 500 seeded training samples: lambda_max by Lanczos (``analysis.landscape.compute``,
+the same 500 seeded training samples: lambda_max by Lanczos (``flatfl.runs.landscape.compute``,
 relative residual 1e-3) and the verdict's 1D basin widths at Δloss 0.1 and 1.0 (Li et al.,
 NeurIPS 2018: the mean loss rise along 10 filter-normalised random directions, t in [-1, 1],
-``analysis.slices``, as ``flatfl report`` measures them; wider is flatter); also the final test
+``flatfl.analysis.slices``, as ``flatfl report`` measures them; wider is flatter); also the final test
 accuracy (mean of the last 5 rounds) and the largest mutation_rel = radius*||d||/||w|| met.
 Writes ``stability.csv`` (one line per run) and ``stability.png``: top, one heat map per cap
 setting (accuracy over seeds; each cell annotated with how many seeds diverged, the mean

@@ -35,10 +35,10 @@ def lambda_max(run: Path, round: int, out: Path, samples: int = 1000) -> float:
 
 
 def lambda_max_direct(run: Path, round: int, samples: int = 500, tol: float = 1e-3) -> float:
-    """lambda_max of ``run``'s global model at ``round`` by Lanczos (``analysis.landscape.compute``,
+    """lambda_max of ``run``'s global model at ``round`` by Lanczos (``flatfl.runs.landscape.compute``,
     top-1 only, relative residual ``tol``) on ``samples`` seeded training samples: the quick one."""
-    from analysis.landscape import LandscapeSettings, compute
     from flatfl.checkpoint import round_path
+    from flatfl.runs.landscape import LandscapeSettings, compute
 
     settings = LandscapeSettings(samples=samples, hessian=True, topk=1, tol=tol)
     return float(compute(round_path(run, round), settings)[0]["hessian"]["eigenvalues"][0])
@@ -49,19 +49,20 @@ def widths_direct(run: Path, round: int, samples: int = 500) -> dict[str, float 
 
     Li et al. (NeurIPS 2018) slices delta_k(t) = L(theta + t d_k) - L(theta) along the report's
     filter-normalised random directions (its default count, radius, grid and direction seed;
-    ``analysis.slices.random_slices``) on the same ``samples`` seeded training samples as
+    ``flatfl.analysis.slices.random_slices``) on the same ``samples`` seeded training samples as
     :func:`lambda_max_direct`; for each of the report's thresholds tau, ``width_<tau>`` = distance
     between the first crossings of the mean curve above tau on either side of 0
-    (``analysis.slices.width``) and ``width_<tau>_censored`` = True when the curve stays below tau
+    (``flatfl.analysis.slices.width``) and ``width_<tau>_censored`` = True when the curve stays below tau
     on some side of the grid (the width is then a lower bound)."""
-    from analysis.checkpoints import Run
-    from analysis.landscape import LandscapeSettings, model_loss_of
-    from analysis.report import ReportSettings
-    from analysis.slices import random_slices, symmetric_grid, width
+    from flatfl.analysis.slices import random_slices, symmetric_grid, width
+    from flatfl.checkpoint import round_path
+    from flatfl.runs.landscape import LandscapeSettings
+    from flatfl.runs.problem import of_checkpoint
+    from flatfl.runs.report import ReportSettings
 
     rs = ReportSettings()
     ls = LandscapeSettings(samples=samples)
-    obj = model_loss_of(Run.open(run), round, ls)
+    obj = of_checkpoint(round_path(run, round), ls).objective
     ts = symmetric_grid(rs.slice_radius, rs.slice_points)
     s = random_slices(
         obj, ts, num_directions=rs.slice_directions, seed=ls.seed, memory_budget=ls.memory_budget_gb * 2**30

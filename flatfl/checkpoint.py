@@ -4,11 +4,12 @@ See ``docs/checkpoint-format.md``. Files (no pickle anywhere, safetensors + JSON
 
 * ``run.json``                 config, versions, model, dataset and partition summary
 * ``partition.json``           client -> training indices
-* ``round_NNNN.safetensors``   global model after round N (round 0 = initial model);
+* ``round_NNNN.safetensors``   global model after each saved round N (round 0 = initial model);
                                tensor names are the model's ``state_dict`` keys
 * ``clients_NNNN.safetensors`` with ``--save-clients``: ``sent/<slot>/<key>`` and
                                ``returned/<slot>/<key>`` for each sampled client
-* ``state.safetensors``        server/algorithm state after the last completed round
+* ``state.safetensors``        server/algorithm state after the last saved round
+* ``client_state/``            per-client algorithm state, written incrementally (``flatfl.client_state``)
 * ``metrics.jsonl``            one JSON line per round
 * ``diverged.json``            only after a divergence: its round, client and message
 
@@ -53,6 +54,7 @@ STATE_FILE = "state.safetensors"
 META_KEY = "flatfl"
 METRICS_FILE = "metrics.jsonl"
 DIVERGED_JSON = "diverged.json"  # written when training diverged: round, client, message
+CLIENT_STATE_DIR = "client_state"  # per-client algorithm state, one file per client (flatfl.client_state)
 
 
 def round_path(run_dir: Path, round: int) -> Path:
@@ -84,8 +86,11 @@ def os_error(path: Path, exc: OSError) -> UserError:
 
 
 def _kind(path: Path) -> str:
-    """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, metrics, run.json, partition.json."""
+    """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, client_state, metrics, run.json,
+    partition.json."""
     name = path.name
+    if path.parent.name == CLIENT_STATE_DIR:
+        return "client_state"
     if name.startswith(("round_", "clients_")):
         return name.split("_", 1)[0]
     return name.removesuffix(".safetensors").removesuffix(".jsonl")
@@ -296,17 +301,25 @@ def save_clients(
     returned: list[StateDict],
     info: dict[str, Any],
     identity: str,
+    dtype: str = "float32",
 ) -> None:
+    """Round ``round``'s sent and returned client models; ``dtype`` bfloat16 stores their
+    floating-point tensors in bfloat16 (``--clients-dtype``), recorded as the metadata's ``dtype``."""
+    low = dtype == "bfloat16"
     tensors: StateDict = {}
     for slot, (s, r) in enumerate(zip(sent, returned)):
-        tensors.update({f"sent/{slot}/{k}": v for k, v in s.items()})
-        tensors.update({f"returned/{slot}/{k}": v for k, v in r.items()})
+        for kind, sd in (("sent", s), ("returned", r)):
+            for k, v in sd.items():
+                tensors[f"{kind}/{slot}/{k}"] = v.to(torch.bfloat16) if low and v.is_floating_point() else v
     meta = {"format": "flatfl.clients", "round": round, "run_identity": identity, **info}
+    if low:
+        meta["dtype"] = "bfloat16"
     save_tensors(clients_path(run_dir, round), tensors, meta)
 
 
 def load_clients(path: Path) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
-    """(sent models, returned models, info) of one round saved with ``--save-clients``."""
+    """(sent models, returned models, info) of one round saved with ``--save-clients``; tensors
+    stored in bfloat16 (``--clients-dtype bfloat16``) come back as float32."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != "flatfl.clients":
         raise UserError(f"{path}: not a flatfl clients file")
@@ -316,19 +329,34 @@ def load_clients(path: Path) -> tuple[list[StateDict], list[StateDict], dict[str
     returned: list[StateDict] = [{} for _ in range(m)]
     for name, v in tensors.items():
         kind, slot, key = name.split("/", 2)
+        if v.dtype == torch.bfloat16 and meta.get("dtype") == "bfloat16":
+            v = v.float()
         (sent if kind == "sent" else returned)[int(slot)][key] = v
     return sent, returned, info
 
 
 # -- server state (commit point) ------------------------------------------------------------
 def save_state(
-    run_dir: Path, round: int, algo: str, tensors: StateDict, algo_json: dict[str, Any], identity: str
+    run_dir: Path,
+    round: int,
+    algo: str,
+    tensors: StateDict,
+    algo_json: dict[str, Any],
+    identity: str,
+    client_index: dict[int, int] | None = None,
 ) -> None:
+    """The commit point; ``client_index`` (client -> round of its ``client_state/`` file) when the
+    algorithm's per-client state is stored incrementally (:mod:`flatfl.client_state`)."""
     meta = {"format": "flatfl.state", "round": round, "algo": algo, "algo_state": algo_json, "run_identity": identity}
+    if client_index is not None:
+        meta["client_state"] = {str(k): r for k, r in sorted(client_index.items())}
     save_tensors(Path(run_dir) / STATE_FILE, tensors, meta)
 
 
 def load_state(run_dir: Path, identity: str) -> tuple[int, str, StateDict, dict[str, Any]]:
+    """(round, algo, state tensors with the per-client ones merged in, algo_state)."""
+    from flatfl import client_state
+
     path = Path(run_dir) / STATE_FILE
     tensors, meta = load_tensors(path)
     if meta.get("format") != "flatfl.state":
@@ -337,6 +365,9 @@ def load_state(run_dir: Path, identity: str) -> tuple[int, str, StateDict, dict[
         raise UserError(f"{path}: belongs to a different run than {Path(run_dir) / RUN_JSON}")
     if not isinstance(meta.get("algo"), str) or not isinstance(meta.get("algo_state"), dict):
         raise UserError(f"{path}: metadata lack 'algo' or 'algo_state'; the file is damaged")
+    index = client_state.parse_index(path, meta.get("client_state"))
+    if index:
+        tensors.update(client_state.load(run_dir, index, identity))
     return _meta_round(path, meta), meta["algo"], tensors, meta["algo_state"]
 
 

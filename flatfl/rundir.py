@@ -32,18 +32,29 @@ LOCK_FILE = ".flatfl.lock"
 REPLACED = ".flatfl-replaced"
 MOVING = REPLACED + ".partial"
 RUN_FILES = (ckpt.RUN_JSON, ckpt.PARTITION_JSON, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.DIVERGED_JSON)
+CLIENT_STATE_DIR = ckpt.CLIENT_STATE_DIR  # flatfl.client_state's folder: a run file as a whole
 _TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
 
 
 def is_run_file(name: str) -> bool:
     """A file flatfl train writes into a run directory (and may replace or remove)."""
-    return name in RUN_FILES or (name.endswith(".safetensors") and name.startswith(("round_", "clients_")))
+    return name in RUN_FILES or name == CLIENT_STATE_DIR or (
+        name.endswith(".safetensors") and name.startswith(("round_", "clients_"))
+    )
 
 
 def is_temp_file(name: str) -> bool:
     """A temporary file of :func:`flatfl.checkpoint.atomic_write_bytes` for one of our files."""
     m = _TEMP.match(name)
     return m is not None and is_run_file(m.group(1))
+
+
+def remove(p: Path) -> None:
+    """Delete a run file (the client-state folder with its files)."""
+    if p.is_dir():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
 
 
 def run_files(out: Path) -> list[Path]:
@@ -117,8 +128,9 @@ class RunDir:
     # -- recovery ----------------------------------------------------------------------------
     def _recover(self) -> list[str]:
         out, notes = self.out, []
-        for p in out.iterdir():
-            if is_temp_file(p.name):
+        cs = out / CLIENT_STATE_DIR
+        for p in [*out.iterdir(), *(cs.iterdir() if cs.is_dir() else [])]:
+            if is_temp_file(p.name) or (p.parent == cs and p.name.endswith(".tmp")):
                 p.unlink()
                 notes.append(f"removed {p.name}, left by an interrupted write")
         moving = out / MOVING
@@ -133,7 +145,7 @@ class RunDir:
                 shutil.rmtree(aside)
             else:  # killed before the new round 0 was committed: the old run comes back
                 for p in run_files(out):
-                    p.unlink()
+                    remove(p)
                 for p in aside.iterdir():
                     os.replace(p, out / p.name)
                 aside.rmdir()
@@ -150,7 +162,7 @@ class RunDir:
             return
         if uncommitted_start(out):
             for p in files:
-                p.unlink()
+                remove(p)
             return
         moving = out / MOVING
         moving.mkdir()

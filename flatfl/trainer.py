@@ -1,13 +1,15 @@
-"""The federated simulation: K clients, m sampled per round, one checkpoint per round.
+"""The federated simulation: K clients, m sampled per round, a checkpoint per saved round.
 
 ``train(cfg, out)`` is the whole job behind ``flatfl train``:
 
 1. load the dataset, split it over clients (seeded), build the model (seeded);
 2. for each round t: sample m clients, let the algorithm run its round (dispatch, local
    SGD on each client, aggregate, update state), evaluate the new global model on the test
-   split, and write ``round_t``, optional ``clients_t``, ``state`` and a metrics line;
+   split, and write a metrics line, optional ``clients_t`` and, at saved rounds (every round
+   unless ``--save-every``/``--save-rounds``, ``flatfl.storage``), ``round_t`` and ``state``
+   (``flatfl.saver``);
 3. stop with :class:`DivergenceError` on the first non-finite loss or weight, leaving the
-   last finite round as the newest checkpoint.
+   last saved (finite) round as the newest checkpoint.
 
 With ``resume=True`` it continues a run directory from its last committed round and gives
 bitwise the same tensors as an uninterrupted run on CPU (all randomness is derived from
@@ -39,7 +41,10 @@ from flatfl.errors import DivergenceError, UserError
 from flatfl.local import evaluate, local_sgd
 from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
+from flatfl.saver import RoundSaver
 from flatfl.statedict import StateDict, clone, first_nonfinite
+from flatfl.storage import StorageConfig
+from flatfl.tracking import Tracker
 
 
 def resolve_device(device: str) -> torch.device:
@@ -371,13 +376,16 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     download: bool = False,
-    parallel_clients: int = 1,
+    parallel_clients: int | str = 1,
+    storage: StorageConfig | None = None,
+    tensorboard: Path | None = None,
 ) -> list[RoundLog]:
     """Run (or continue) the federated simulation described by ``cfg`` into ``out``.
 
     ``download``: fetch an on-disk dataset missing under ``cfg.data.data_root``.
     ``parallel_clients``: train up to this many clients at once on the device by stacking their
-    parameters (``flatfl.parallel``; models without BatchNorm/dropout/LSTM, rounds without local terms).
+    parameters (``flatfl.parallel``; models without BatchNorm/dropout/LSTM, rounds without local terms);
+    ``"auto"``: :func:`flatfl.parallel.auto_parallel_clients`.
 
     Under ``torchrun`` (WORLD_SIZE > 1) each rank trains a share of every round's clients and rank
     0 alone writes (``flatfl.distributed``); the files are those of a single-process run.
@@ -399,7 +407,9 @@ def train(
         _on_main(ctx, check)  # again under the lock, after recovery
         for note in notes if rd is not None else []:
             (log or print)(f"{out}: {note}")
-        logs = _train(cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients)
+        logs = _train(
+            cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients, storage, tensorboard
+        )
         ok = True
         return logs
     finally:
@@ -418,7 +428,9 @@ def _train(
     progress: bool | None,
     log: Callable[[str], None] | None,
     download: bool,
-    parallel_clients: int,
+    parallel_clients: int | str,
+    storage: StorageConfig | None = None,
+    tensorboard: Path | None = None,
 ) -> list[RoundLog]:
     main = ctx is None or ctx.is_main
     log = log or (lambda s: print(s, flush=True))
@@ -449,6 +461,10 @@ def _train(
             )
     else:
         parts = make_partition(cfg, data)
+    if parallel_clients == "auto":
+        from flatfl.parallel import auto_parallel_clients
+
+        parallel_clients = auto_parallel_clients(dev, cfg.clients_per_round)
     sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
     algo = sim.algorithm
     if parallel_clients > 1:
@@ -459,7 +475,6 @@ def _train(
                 f"note: --parallel-clients: {cfg.model} has BatchNorm statistics, dropout or an LSTM, which cannot "
                 "be stacked; its clients train one after another"
             )
-    config_dict = cfg.to_dict()
     info = _run_info(cfg, sim, parts, dev) | (
         {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
     )
@@ -484,6 +499,7 @@ def _train(
             return []
         if main:
             ckpt.set_run_rounds(out, cfg.rounds)
+            storage = _resumed_storage(out, storage)
             (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
         log(f"resuming {out} from round {start}")
     else:
@@ -492,19 +508,24 @@ def _train(
         loss0, acc0 = sim.evaluate(global_state)
         if main:
             assert rd is not None
+            tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
             rd.clear_for_new_run()  # everything is validated: an overwritten run is moved aside now
             partition = ckpt.partition_json_bytes(
                 {"clients": [p.tolist() for p in parts]}
                 | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {})
             )
-            ckpt.write_run_json(out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
+            storage = storage or StorageConfig()
+            run_json = info | {"partition_sha256": ckpt.sha256_hex(partition), "storage": storage.to_dict()}
+            ckpt.write_run_json(out, run_json)
             ckpt.atomic_write_bytes(out / ckpt.PARTITION_JSON, partition)
-            ckpt.save_round(out, 0, global_state, config_dict, identity)
-            ckpt.append_metrics(
-                out, {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
-            )
-            ckpt.save_state(out, 0, cfg.algo, algo.state_tensors(), algo.state_json(), identity)
+            saver = RoundSaver(out, cfg, identity, storage, algo, tracker)
+            record0 = {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
+            saver.job(0, global_state, record0)()
             rd.round0_committed()
+    if main and resume:
+        tracker = Tracker(Path(tensorboard) / out.name, start + 1, warn=log) if tensorboard is not None else None
+        saver = RoundSaver(out, cfg, identity, storage or StorageConfig(), algo, tracker)
+        saver.resumed()
 
     show_bar = main and (sys.stderr.isatty() if progress is None else progress)
     bar = None
@@ -574,20 +595,15 @@ def _train(
             } | ({"world_size": ctx.world_size} if ctx is not None else {})
             record |= diagnostics.round_metrics(old_global, new_global, [u.sent_loss for u in result.updates])
             record |= algo.round_metrics()
+            saver.took_part(clients_info["clients"])
             writer.submit(
-                _commit_job(
-                    out,
+                saver.job(
                     t,
-                    cfg,
-                    identity,
-                    config_dict,
-                    ckpt.cpu_snapshot(new_global),
-                    ckpt.cpu_snapshot(algo.state_tensors()),
-                    algo.state_json(),
-                    [ckpt.cpu_snapshot(s) for s in result.sent] if cfg.saves_clients(t) else None,
-                    [ckpt.cpu_snapshot(u.state) for u in result.updates] if cfg.saves_clients(t) else None,
-                    clients_info,
+                    new_global,
                     record,
+                    result.sent if cfg.saves_clients(t) else None,
+                    [u.state for u in result.updates] if cfg.saves_clients(t) else None,
+                    clients_info,
                 )
             )
             if bar is not None:
@@ -621,6 +637,8 @@ def _train(
         writer.close()
         if bar is not None:
             bar.close()
+        if main and saver.tracker is not None:
+            saver.tracker.close()
     return logs
 
 
@@ -633,32 +651,6 @@ def _mutation_note(algo: FederatedAlgorithm) -> str:
     return f" (mutation norm radius*||d|| = {m['mutation_norm']:.4g}" + (
         f", {rel:.3g} x ||w||)" if rel is not None else ")"
     )
-
-
-def _commit_job(
-    out: Path,
-    t: int,
-    cfg: RunConfig,
-    identity: str,
-    config_dict: dict[str, Any],
-    global_state: StateDict,
-    state_tensors: StateDict,
-    state_json: dict[str, Any],
-    sent: list[StateDict] | None,
-    returned: list[StateDict] | None,
-    clients_info: dict[str, Any],
-    record: dict[str, Any],
-) -> Callable[[], None]:
-    """The writes of one round, in commit order: clients, round, metrics, state (commit)."""
-
-    def job() -> None:
-        if sent is not None and returned is not None:
-            ckpt.save_clients(out, t, sent, returned, clients_info, identity)
-        ckpt.save_round(out, t, global_state, config_dict, identity)
-        ckpt.append_metrics(out, record)
-        ckpt.save_state(out, t, cfg.algo, state_tensors, state_json, identity)
-
-    return job
 
 
 def _check_keys(saved: StateDict, expected: StateDict, path: Path) -> None:
@@ -681,6 +673,17 @@ def resume_info(out: Path, identity: str) -> dict[str, Any]:
             "run the same command again"
         )
     return info
+
+
+def _resumed_storage(out: Path, given: StorageConfig | None) -> StorageConfig:
+    """The storage choice a resumed run goes on with: the flags given (recorded in run.json,
+    replacing the earlier choice), else the one run.json records."""
+    info = ckpt.read_run_json(out)
+    if given is None:
+        return StorageConfig.from_dict(info.get("storage"))
+    if info.get("storage") != given.to_dict():
+        ckpt.atomic_write_json(out / ckpt.RUN_JSON, info | {"storage": given.to_dict()})
+    return given
 
 
 def check_finite(path: Path, tensors: StateDict) -> None:

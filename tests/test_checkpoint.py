@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.checkpoints import Run
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
 from flatfl.local import evaluate
+from flatfl.runs.run import Run
 
 
 def _files(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.name != "metrics.jsonl"}
+    """Every file of a run directory (client_state/ included) but metrics.jsonl, by relative path."""
+    return {
+        str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "metrics.jsonl"
+    }
 
 
 @pytest.mark.parametrize("algo", ["fedavg", "fedmut"])

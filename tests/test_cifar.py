@@ -118,7 +118,7 @@ def test_cifar_run_trains_with_augmentation(cli, tmp_path):
         "--no-progress", "--out", tmp_path / "run",
     )  # fmt: skip
     assert code == 0, err
-    from analysis.checkpoints import Run
+    from flatfl.runs.run import Run
 
     run = Run.open(tmp_path / "run")
     assert run.config["data"]["augment"] is True and run.info["model"]["name"] == "cnn"
@@ -155,7 +155,7 @@ def test_resnet18_fedmut_round_on_cifar_files(cli, tmp_path, norm):
         "--local-epochs", "1", "--batch-size", "10", "--no-progress", "--out", tmp_path / "run",
     )  # fmt: skip
     assert code == 0, err
-    from analysis.checkpoints import Run
+    from flatfl.runs.run import Run
 
     run = Run.open(tmp_path / "run")
     assert run.info["model"]["kwargs"]["norm"] == norm

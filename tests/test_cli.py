@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from analysis.checkpoints import Run
 from flatfl import checkpoint as ckpt
+from flatfl.runs.run import Run
 from tests.conftest import TINY
 
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.density import slq
-from analysis.lanczos import lanczos
-from analysis.operators import DenseOperator, HessianOperator, ModelLoss
-from analysis.trace import hutchinson, hutchpp
+from flatfl.analysis.density import slq
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import DenseOperator, HessianOperator, ModelLoss
+from flatfl.analysis.trace import hutchinson, hutchpp
 
 
 def known_spectrum(values, n, seed=0):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_curvature import explicit_hessian, known_spectrum, tiny_problem
 
-from analysis.density import slq
-from analysis.distributed import ShardedOperator
-from analysis.lanczos import lanczos_tridiagonal, lanczos_tridiagonal_block
-from analysis.operators import DenseOperator, HessianOperator, ModelLoss, matmat
-from analysis.trace import TRACE_ESTIMATORS, adaptive_trace, hutchinson, hutchpp
+from flatfl.analysis.density import slq
+from flatfl.analysis.distributed import ShardedOperator
+from flatfl.analysis.lanczos import lanczos_tridiagonal, lanczos_tridiagonal_block
+from flatfl.analysis.operators import DenseOperator, HessianOperator, ModelLoss, matmat
+from flatfl.analysis.trace import TRACE_ESTIMATORS, adaptive_trace, hutchinson, hutchpp
 
 
 @pytest.mark.parametrize("method", ["double-backward", "fwd-rev", "cached"])

@@ -46,8 +46,8 @@ def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
 
 
 def _same_files(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())  # client_state/ too
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
     for n in names:
         if n == "run.json":  # the distributed run also records its launch
             ja, jb = json.loads((a / n).read_text()), json.loads((b / n).read_text())

@@ -62,8 +62,8 @@ def metrics_without_timing(run: Path) -> list[dict]:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())  # client_state/ too
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
     for name in names:
         if name == ckpt.METRICS_FILE:
             assert metrics_without_timing(a) == metrics_without_timing(b)

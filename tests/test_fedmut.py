@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.checkpoints import Run
 from flatfl.algorithms import FedMut, FedMutConfig
+from flatfl.runs.run import Run
 
 
 class Tiny(nn.Module):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_curvature import explicit_hessian, tiny_problem
 
-from analysis.density import slq
-from analysis.lanczos import lanczos
-from analysis.operators import HessianOperator, ModelLoss
-from analysis.trace import TRACE_ESTIMATORS
+from flatfl.analysis.density import slq
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.trace import TRACE_ESTIMATORS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -44,7 +44,7 @@ def test_cuda_eigenvalues_trace_and_slq_match_the_cpu():
 
 
 def test_cuda_surface_points_match_the_cpu():
-    from analysis.surfaces import points_loss
+    from flatfl.analysis.surfaces import points_loss
 
     model, x, y = tiny_problem()
     P = torch.randn(4, sum(p.numel() for p in model.parameters()), dtype=torch.float64) * 0.1
@@ -54,3 +54,17 @@ def test_cuda_surface_points_match_the_cpu():
     lg, ag = points_loss(ModelLoss(model, x, y, device="cuda"), P.cuda())
     torch.testing.assert_close(lg.cpu(), lc, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ag.cpu(), ac)
+
+
+@pytest.mark.parametrize("method", ["double-backward", "cached"])
+def test_cuda_streamed_data_stay_on_the_host_and_match_the_explicit_hessian(method):
+    model, x, y = tiny_problem()
+    H, _ = explicit_hessian(model, x, y)
+    batches = [(x[i : i + 7], y[i : i + 7]) for i in range(0, len(y), 7)]
+    obj = ModelLoss(model, batches=batches, device="cuda", stream=True)
+    assert obj.streamed and all(b[0].device.type == "cpu" for b in obj.batches)
+    V = torch.randn(obj.size, 4, dtype=torch.float64)
+    HV = HessianOperator(obj, method=method).matmat(V.cuda()).cpu()
+    torch.testing.assert_close(HV, H @ V, rtol=1e-10, atol=1e-12)
+    budget = ModelLoss(model, x, y, device="cuda", memory_budget=1.0)  # data larger than half the budget
+    assert budget.streamed

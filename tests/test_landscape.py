@@ -8,8 +8,9 @@ import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from analysis.checkpoints import Run
-from analysis.operators import ModelLoss
+from flatfl.analysis.operators import ModelLoss
+from flatfl.runs.files import save_surface
+from flatfl.runs.run import Run
 from tests.conftest import TINY
 from tests.test_cli import _one_line_error
 
@@ -162,7 +163,7 @@ def test_federated_view_against_eigsh(cli, tiny, tmp_path):
 
 
 def test_surface_cli_writes_resumes_and_plots(cli, run_dir, tmp_path):
-    from analysis.surfaces import Surface
+    from flatfl.analysis.surfaces import Surface
 
     args = [
         "landscape",
@@ -193,7 +194,7 @@ def test_surface_cli_writes_resumes_and_plots(cli, run_dir, tmp_path):
     partial = Surface(surf.alphas, surf.betas, surf.loss.copy(), surf.accuracy.copy(), surf.description, surf.points)
     partial.loss[3:, :] = np.nan
     partial.loss[0, 0] = -1.0  # marks a point that must be kept, not recomputed
-    partial.save(tmp_path / "s" / "surface")
+    save_surface(partial, tmp_path / "s" / "surface")
     code, _, err = cli(*args)
     assert code == 0, err
     again = Surface.load(tmp_path / "s" / "surface")
@@ -218,7 +219,7 @@ def test_surface_along_top_eigenvectors_1d(cli, run_dir, tmp_path):
         tmp_path / "e",
     )
     assert code == 0, err
-    from analysis.surfaces import Surface
+    from flatfl.analysis.surfaces import Surface
 
     s = Surface.load(tmp_path / "e" / "surface")
     assert s.loss.shape == (7,) and s.betas is None and s.description["kind"] == "1d eigen"

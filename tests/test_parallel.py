@@ -67,3 +67,16 @@ def test_parallel_clients_groupnorm_resnet18_with_fedmut(cli, tmp_path):
     assert cli(*base, "--out", tmp_path / "s")[0] == 0
     assert cli(*base, "--parallel-clients", "2", "--out", tmp_path / "p")[0] == 0
     assert_same_rounds(tmp_path / "s", tmp_path / "p", 2, 1e-5)
+
+
+def test_parallel_clients_auto_is_sequential_on_a_cpu_and_every_client_on_a_gpu(tiny):
+    import torch
+
+    from flatfl import checkpoint as ckpt
+    from flatfl.parallel import auto_parallel_clients
+
+    assert auto_parallel_clients(torch.device("cpu"), 10) == 1  # stacking measured 0.67-0.75x on this CPU
+    assert auto_parallel_clients(torch.device("cuda", 0), 10) == 10
+    a = tiny("auto", "--parallel-clients", "auto", rounds=2)
+    b = tiny("one", "--parallel-clients", "1", rounds=2)
+    assert ckpt.round_path(a, 2).read_bytes() == ckpt.round_path(b, 2).read_bytes()  # same bytes on a CPU

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from analysis.checkpoints import Run
-from analysis.landscape import select_data
-from analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.runs.landscape import select_data
+from flatfl.runs.run import Run
 from tests.test_cli import _one_line_error
 
 
@@ -84,8 +84,8 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
 
 
 def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
-    from analysis.interactive import delta_range
-    from analysis.surfaces import Surface
+    from flatfl.analysis.interactive import delta_range
+    from flatfl.analysis.surfaces import Surface
     from flatfl.cli import main
 
     out = tmp_path / "r"
@@ -134,3 +134,23 @@ def test_report_cache_is_keyed_on_the_checkpoint_bytes(tiny, cli, tmp_path):
     code, _, err = cli("report", run, "--out", tmp_path / "rep", *flags)
     assert code == 0 and "reusing" not in err, err
     assert list(csv.DictReader(open(tmp_path / "rep" / "report.csv")))[0]["lambda_max"] != first
+
+
+def test_samples_auto_puts_the_data_error_next_to_the_numbers(monkeypatch, tmp_path):
+    import flatfl.cli
+    from flatfl.runs.report import checkpoint_row
+    from flatfl.runs.report_page import KEY_COLUMNS
+
+    seen = {}
+    monkeypatch.setattr(
+        "flatfl.runs.report.build_report", lambda runs, settings, out, **kw: seen.update(s=settings) or {}
+    )
+    ref = "checkpoints/reference/digits-fedavg"
+    assert flatfl.cli.main(["report", ref, "--out", str(tmp_path), "--samples", "auto", "--data-tol", "0.02"]) == 0
+    assert seen["s"].landscape.samples_auto and seen["s"].landscape.data_tol == 0.02
+    assert seen["s"].landscape.samples is None
+    res = {"loss": 1.0, "gradient_norm": 0.1, "hessian": {"eigenvalues": [5.0], "smallest": -0.1, "data_error": 0.04},
+           "trace": {"estimate": 30.0, "stderr": 1.0, "data_error": 0.3}}  # fmt: skip
+    row = checkpoint_row(res, {}, None, ())
+    assert row["lambda_max_data_error"] == 0.04 and row["trace_data_error"] == 0.3
+    assert KEY_COLUMNS.index("lambda_max_data_error") == KEY_COLUMNS.index("lambda_max") + 1

@@ -113,7 +113,7 @@ def test_unsplit_leaf_all_data_and_a_training_run(cli, tmp_path):
         "--no-progress", "--out", tmp_path / "run",
     )  # fmt: skip
     assert code == 0, err
-    from analysis.checkpoints import Run
+    from flatfl.runs.run import Run
 
     run = Run.open(tmp_path / "run")
     assert run.config["data"]["partition"] == "natural" and run.info["model"]["name"] == "lstm"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.lanczos import lanczos
-from analysis.operators import HessianOperator, ModelLoss
-from analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
 
 
 class Quadratic:
@@ -136,3 +136,24 @@ def test_m_sharpness_upper_bounds_full_batch_sharpness():
     assert m.settings["m"] == 12 and m.stderr is not None
     assert m.value >= full.value * 0.99  # mean of per-batch maxima >= max of the mean
     assert np.isfinite(m.value) and full.value > 0
+
+
+def test_average_sharpness_in_blocks_equals_one_draw_at_a_time():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (30,), generator=g)
+    obj = ModelLoss(model, x, y, batch_size=8)
+
+    class OneByOne:  # the same objective without losses(): the draws go one at a time
+        size, dtype, device, batches = obj.size, obj.dtype, obj.device, obj.batches
+        flat, loss = obj.flat, obj.loss
+
+    W = obj.flat() + 0.01 * torch.randn(5, obj.size, generator=g, dtype=torch.float64)
+    direct = [obj.loss(w) for w in W]
+    for vec in (True, False):
+        np.testing.assert_allclose(obj.losses(W, vectorize=vec), direct, rtol=1e-12)
+    kw = dict(sigma=0.05, num_samples=12)
+    blocked = average_sharpness(obj, generator=torch.Generator().manual_seed(3), block=5, **kw)
+    single = average_sharpness(OneByOne(), generator=torch.Generator().manual_seed(3), **kw)
+    assert blocked.value == pytest.approx(single.value, rel=1e-10) and blocked.stderr == pytest.approx(single.stderr)

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.checkpoints import Run
-from analysis.operators import ModelLoss
-from analysis.spread import (
+from flatfl.analysis.operators import ModelLoss
+from flatfl.analysis.spread import (
     filter_normalized_distance,
     filter_slices,
     pca_plane,
     plane_coordinates,
-    round_spread,
-    spread_rounds,
 )
+from flatfl.runs.run import Run
+from flatfl.runs.spread import round_spread, spread_rounds
 
 
 def _params(run: Run) -> list[str]:

@@ -6,9 +6,9 @@ import torch
 from test_curvature import explicit_hessian
 from torch import nn
 
-from analysis.operators import HessianOperator, ModelLoss
-from analysis.subsample import SubsampleSettings, group_error, subsample
-from analysis.trace import _rademacher
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.subsample import SubsampleSettings, group_error, subsample
+from flatfl.analysis.trace import _rademacher
 
 
 def problem(n=3200, seed=0):

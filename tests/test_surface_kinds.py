@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.checkpoints import Run
-from analysis.operators import ModelLoss
-from analysis.surfaces import BatchNormReestimator, Surface, evaluate_grid
+from flatfl.analysis.operators import ModelLoss
+from flatfl.analysis.surfaces import BatchNormReestimator, Surface, evaluate_grid
+from flatfl.runs.run import Run
 from tests.test_cli import _one_line_error
 
 
@@ -41,7 +41,7 @@ def _loss_of(run: Run, state: dict, x, y) -> tuple[float, float]:
 
 
 def _test_data(run: Run, n: int = 120):
-    from analysis.landscape import select_data
+    from flatfl.runs.landscape import select_data
 
     x, y, _ = select_data(run, "test", n, 0)
     return x, y
@@ -176,7 +176,8 @@ def test_batchnorm_reestimation_matches_update_bn():
 
 
 def test_surface_html_has_a_round_slider_and_markers(runs, tmp_path):
-    from analysis.interactive import surface_figures, write_page
+    from flatfl.analysis.interactive import surface_figures
+    from flatfl.runs.files import write_page
 
     a = np.linspace(-1, 1, 5)
     mk = {"name": "mutant 0", "group": "mutants", "coords": [0.2, 0.1], "off_plane": 0.5, "off_plane_relative": 0.1,

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.operators import ModelLoss
-from analysis.surfaces import (
+from flatfl.analysis.operators import ModelLoss
+from flatfl.analysis.surfaces import (
     Surface,
     evaluate_grid,
     filter_normalized,
@@ -21,6 +21,7 @@ from analysis.surfaces import (
 from flatfl.config import DataConfig
 from flatfl.data import load_dataset
 from flatfl.models import build_model
+from flatfl.runs.files import save_surface
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_surface_roundtrip(tmp_path):
         {"kind": "random"},
         {"global": [0.0, 0.0]},
     )
-    s.save(tmp_path / "surface")
+    save_surface(s, tmp_path / "surface")
     t = Surface.load(tmp_path / "surface")
     assert np.array_equal(t.loss, s.loss) and np.array_equal(t.betas, s.betas)
     assert t.description == {"kind": "random"} and t.points == {"global": [0.0, 0.0]}
@@ -173,7 +174,7 @@ def test_vmap_unsupported_model_falls_back_to_a_loop():
 
 
 def test_chunk_size_follows_the_memory_budget(cnn_problem):
-    from analysis.surfaces import points_per_chunk
+    from flatfl.analysis.surfaces import points_per_chunk
 
     model, x, y = cnn_problem
     small, big = ModelLoss(model, x, y, batch_size=10), ModelLoss(model, x, y, batch_size=150)

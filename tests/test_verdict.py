@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from analysis.verdict import Measure, disagreement, headline, paired, summarize, t_interval, verdict
+from flatfl.analysis.verdict import Measure, disagreement, headline, paired, summarize, t_interval, verdict
 from tests.test_cli import _one_line_error
 
 LAM = Measure("lambda_max", "lambda_max")
@@ -67,7 +67,7 @@ def test_disagreement_and_headline_name_the_measures():
 
 
 def test_width_closed_forms():
-    from analysis.slices import symmetric_grid, width
+    from flatfl.analysis.slices import symmetric_grid, width
 
     ts = symmetric_grid(1.0, 20)  # step 0.05
     assert ts[20] == 0.0 and ts[0] == -1.0 and ts[-1] == 1.0
@@ -82,9 +82,9 @@ def test_width_closed_forms():
 
 
 def test_random_slices_equal_direct_float64_evaluation():
-    from analysis.operators import ModelLoss
-    from analysis.slices import random_slices, symmetric_grid
-    from analysis.surfaces import random_directions
+    from flatfl.analysis.operators import ModelLoss
+    from flatfl.analysis.slices import random_slices, symmetric_grid
+    from flatfl.analysis.surfaces import random_directions
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3)).double()
@@ -109,8 +109,8 @@ def test_random_slices_equal_direct_float64_evaluation():
 
 
 def test_line_slice_barrier_on_a_known_curve():
-    from analysis.operators import ModelLoss
-    from analysis.slices import line_grid, line_slice
+    from flatfl.analysis.operators import ModelLoss
+    from flatfl.analysis.slices import line_grid, line_slice
 
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
@@ -130,7 +130,7 @@ def test_line_slice_barrier_on_a_known_curve():
 
 
 def test_match_loss_and_accuracy_pick_the_first_round():
-    from analysis.matching import match_accuracy, match_loss
+    from flatfl.runs.matching import match_accuracy, match_loss
 
     losses = {"A": [2.3, 1.0, 0.5, 0.4], "B": [2.3, 1.5, 0.9, 0.6]}
     curves = {k: (lambda r, v=v: v[r], [0, 1, 2, 3]) for k, v in losses.items()}
@@ -231,9 +231,9 @@ def test_diverged_runs_are_listed_not_averaged(cli, twins, tmp_path):
 
 
 def test_matched_loss_rounds_are_the_first_below_the_level(cli, twins, tmp_path):
-    from analysis.checkpoints import Run
-    from analysis.landscape import select_data
-    from analysis.operators import ModelLoss
+    from flatfl.analysis.operators import ModelLoss
+    from flatfl.runs.landscape import select_data
+    from flatfl.runs.run import Run
 
     runs = [twins / "fedavg-s0", twins / "fedavg-s1"]
     code, _, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--match-loss", "1.6")
@@ -262,8 +262,8 @@ def test_mixed_local_optimizers_are_refused(cli, twins, tmp_path):
 
 
 def test_divergence_leaves_a_marker_the_report_reads(cli, tmp_path):
-    from analysis.checkpoints import Run
-    from analysis.groups import run_status
+    from flatfl.runs.groups import run_status
+    from flatfl.runs.run import Run
     from tests.conftest import TINY
 
     code, _, err = cli("train", *TINY, "--algo", "fedmut", "--rounds", "6", "--lr", "50", "--momentum", "0.9",

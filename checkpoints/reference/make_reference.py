@@ -50,7 +50,7 @@ TOL = {
 
 
 def settings():
-    from analysis.landscape import LandscapeSettings
+    from flatfl.runs.landscape import LandscapeSettings
 
     return LandscapeSettings(
         data="train",
@@ -82,9 +82,9 @@ def train(out: Path, algo: str) -> None:
 
 def measure(run_dir: Path, work: Path) -> dict:
     """The expected numbers of one reference run (see the module docstring)."""
-    from analysis.checkpoints import Run
-    from analysis.landscape import compute, compute_surface
-    from analysis.spread import round_spread
+    from flatfl.runs.landscape import compute, compute_surface
+    from flatfl.runs.run import Run
+    from flatfl.runs.spread import round_spread
 
     ck = run_dir / f"round_{ROUND:04d}.safetensors"
     s = settings()

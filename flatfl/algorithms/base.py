@@ -115,6 +115,9 @@ class FederatedAlgorithm:
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    # Name prefixes of per-client state tensors (``<prefix><client>[/<key>]``), saved incrementally
+    # (flatfl.client_state): a client's entries may change only in a round it takes part in.
+    client_state_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

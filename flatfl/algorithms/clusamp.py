@@ -25,7 +25,8 @@ Differences from the FedMut reference code (``utils/clustering.py``): its
 ``get_matrix_similarity_from_grads_new`` updates only one pair per sampled client (the
 assignment sits outside the inner loop); flatfl updates the whole row and column of every
 sampled client, as the original authors' code does. The sampling distributions, the
-similarity matrix and every client's representative gradient are saved with each round.
+similarity matrix and every client's representative gradient are saved with each saved round
+(the gradients of the clients that took part since the last save only: ``flatfl.client_state``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def sampling_distributions(similarity: np.ndarray, m: int, weights: np.ndarray, 
 class CluSamp(FederatedAlgorithm):
     name = "clusamp"
     config_cls = CluSampConfig
+    client_state_prefixes = ("gradient/",)
 
     def __init__(self, config: CluSampConfig, *, param_names: Sequence[str], **kw: Any) -> None:
         super().__init__(config, param_names=param_names, **kw)

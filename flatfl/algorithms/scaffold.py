@@ -18,7 +18,8 @@ server sets x <- x + eta_g * mean_k (y_k - x) (eta_g = ``global_lr``, 1 = the me
 returned models; ``--weighted`` weights by sample counts) and c <- c + (1/N) sum_k (c_k+ - c_k)
 over the sampled clients, N = all clients. Control variates cover trainable parameters only;
 buffers (BatchNorm statistics) are averaged as in FedAvg. All control variates are saved with
-every round (``state.safetensors``), so a resumed run equals an uninterrupted one.
+every saved round (c in ``state.safetensors``, each c_k in ``client_state/``, rewritten only when
+client k took part: ``flatfl.client_state``), so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ScaffoldConfig:
 class Scaffold(FederatedAlgorithm):
     name = "scaffold"
     config_cls = ScaffoldConfig
+    client_state_prefixes = ("c_client/",)
 
     def __init__(self, config: ScaffoldConfig, *, param_names: Sequence[str], **kw: Any) -> None:
         super().__init__(config, param_names=param_names, **kw)

@@ -12,11 +12,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from flatfl.cli import data, landscape, partition, report, train
+from flatfl.cli import data, landscape, partition, prune, report, train
 from flatfl.cli.common import Parser, add_threads_argument, apply_threads
 from flatfl.errors import DivergenceError, Interrupted, UserError
 
-COMMANDS = {"train": train, "partition": partition, "data": data, "landscape": landscape, "report": report}
+COMMANDS = {
+    "train": train,
+    "partition": partition,
+    "data": data,
+    "landscape": landscape,
+    "report": report,
+    "prune": prune,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,14 +44,15 @@ def default(obj: Any, name: str) -> str:
     return f"(default: {getattr(obj, name)})"
 
 
-def add_analysis_arguments(g: Any, d: Any) -> None:
+def add_analysis_arguments(g: Any, d: Any, data_help: str = "") -> None:
     """Flags ``flatfl landscape`` and ``flatfl report`` share, with defaults from a
     ``LandscapeSettings`` ``d``: data selection, batch size, device, seed, memory budget."""
     g.add_argument(
         "--data",
         default=d.data,
         metavar="SEL",
-        help=f"train (union of all clients' data), test, or client:K (client K's training data) (default: {d.data})",
+        help=f"train (union of all clients' data), test, or client:K (client K's training data) (default: {d.data})"
+        + data_help,
     )
     g.add_argument(
         "--batch-size",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from flatfl.cli.common import add_analysis_arguments, analysis_device, nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
@@ -40,7 +39,7 @@ def _samples(text: str) -> int | str:
 
 
 def add_parser(sub: Any) -> None:
-    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    from flatfl.runs.landscape import LandscapeSettings
 
     d = LandscapeSettings()
     p = sub.add_parser(
@@ -48,17 +47,67 @@ def add_parser(sub: Any) -> None:
         help="Hessian eigenvalues, trace, spectral density, sharpness and loss surfaces of one checkpoint",
         description=(
             "Measure the curvature of the loss at one saved global model. Reads --ckpt and the run.json "
-            "beside it (model and data are rebuilt from it), and writes DIR/landscape.json with every "
+            "beside it (model and data are rebuilt from it) -- or any model: --model, --weights, --data -- "
+            "and writes DIR/landscape.json with every "
             "number and its settings, plus density.png/.pdf with --density. The model is evaluated in "
             "eval mode (BatchNorm running statistics) on the full chosen data (exact, not one mini-batch). "
             "Under torchrun (torchrun --nproc_per_node=N -m flatfl landscape ...) the Hessian-vector products "
             "are summed over data shards and surface points are split across the ranks; rank 0 writes."
         ),
     )
-    p.add_argument("--ckpt", type=Path, required=True, metavar="FILE", help="a round_NNNN.safetensors of a flatfl run")
-    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: RUN/landscape/round_NNNN)")
+    p.add_argument("--ckpt", type=Path, metavar="FILE", help="a round_NNNN.safetensors of a flatfl run")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: RUN/landscape/round_NNNN; with --model checkpoints/landscape/NAME)",
+    )
+    _foreign_arguments(p, d)
+    _data_arguments(p, d)
+    _curvature_arguments(p, d)
+    _sharpness_arguments(p, d)
+    _surface_arguments(p, d)
+    _federated_arguments(p, d)
+
+
+def _foreign_arguments(p: Any, d: Any) -> None:
+    """--model/--weights/--data/--forward/--targets: a model flatfl did not train."""
+    f = p.add_argument_group(
+        "any model (instead of --ckpt)",
+        "analyse a model flatfl did not train; --data then names its data (see below)",
+    )
+    f.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="MODULE:FACTORY (a function returning an nn.Module, imported from the current folder or installed "
+        "packages) or a torchvision model name (resnet18, vit_b_16, ...)",
+    )
+    f.add_argument(
+        "--model-kwargs", default="{}", metavar="JSON", help="keyword arguments of the factory (default: {})"
+    )
+    f.add_argument(
+        "--weights",
+        metavar="FILE",
+        help=".pt/.pth state dict (loaded with weights_only=True, no pickle code runs) or .safetensors; "
+        "its SHA-256 goes into landscape.json (default: the factory's own weights)",
+    )
+    f.add_argument(
+        "--forward",
+        metavar="MODULE:FUNC",
+        help="forward(model, batch) -> output, for batches other than (x, y) (dicts, several inputs)",
+    )
+    f.add_argument("--targets", metavar="MODULE:FUNC", help="targets(batch) -> the labels the loss compares with")
+
+
+def _data_arguments(p: Any, d: Any) -> None:
+    """Which data, how many samples, in which precision."""
     g = p.add_argument_group("data")
-    add_analysis_arguments(g, d)
+    add_analysis_arguments(
+        g,
+        d,
+        data_help="; with --model: MODULE:FACTORY (returning a DataLoader, Dataset or (x, y) tensors), a "
+        "torchvision data set NAME:ROOT[:train|test] (cifar10:/data), imagefolder:DIR or digits[:train|test]",
+    )
     g.add_argument(
         "--samples",
         type=_samples,
@@ -80,6 +129,10 @@ def add_parser(sub: Any) -> None:
         default=d.dtype,
         help=f"precision of the analysis; float64 for reference checks (default: {d.dtype})",
     )
+
+
+def _curvature_arguments(p: Any, d: Any) -> None:
+    """Hessian eigenvalues, trace and spectral density."""
     g = p.add_argument_group("curvature")
     g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
     g.add_argument(
@@ -126,6 +179,12 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"Lanczos steps per SLQ run (default: {d.slq_steps})",
     )
+
+
+def _sharpness_arguments(p: Any, d: Any) -> None:
+    """The sharpness measures and their radii."""
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
+
     g = p.add_argument_group("sharpness")
     g.add_argument(
         "--sharpness", metavar="LIST", help=f"comma-separated measures, or all: {', '.join(SHARPNESS_MEASURES)}"
@@ -154,6 +213,10 @@ def add_parser(sub: Any) -> None:
     g.add_argument(
         "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
     )
+
+
+def _surface_arguments(p: Any, d: Any) -> None:
+    """1D/2D loss surfaces: directions, grid, markers, BatchNorm."""
     g = p.add_argument_group("loss surface")
     g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
     g.add_argument(
@@ -226,6 +289,10 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="also perturb biases and BatchNorm parameters (Li et al. zero them in random directions)",
     )
+
+
+def _federated_arguments(p: Any, d: Any) -> None:
+    """Global vs local flatness per client."""
     g = p.add_argument_group("federated view")
     g.add_argument(
         "--federated",
@@ -245,7 +312,58 @@ def add_parser(sub: Any) -> None:
 def run(ns: dict[str, Any]) -> int:
     import torch
 
-    from analysis.landscape import SHARPNESS_MEASURES, LandscapeSettings
+    foreign = _check_source(ns)
+    settings = _settings(ns, _validated_measures(ns))
+    from flatfl.runs.surface import check_surface_settings
+
+    if not foreign:
+        ckpt_path = check_ckpt_arg(Path(ns["ckpt"]))
+        if settings.surface:
+            check_surface_settings(settings, ckpt_path)
+        from flatfl.runs.problem import of_checkpoint
+
+        problem_of = lambda log: of_checkpoint(ckpt_path, settings, log)  # noqa: E731
+        out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
+    else:
+        from flatfl.runs.foreign import ForeignSpec, check_foreign, of_foreign
+
+        spec = ForeignSpec(
+            model=ns["model"],
+            weights=ns.get("weights"),
+            data=ns["data"],
+            model_kwargs=ns["model_kwargs"],
+            forward=ns.get("forward"),
+            targets=ns.get("targets"),
+        )
+        check_foreign(spec, settings)
+        if settings.surface:
+            check_surface_settings(settings)
+        problem_of = lambda log: of_foreign(spec, settings, log)  # noqa: E731
+        out = ns.get("out") or Path("checkpoints") / "landscape" / spec.name
+    from flatfl.analysis import distributed
+
+    with distributed.process_group(torch.device(settings.device)):
+        return _run(ns, settings, problem_of, out)
+
+
+def _check_source(ns: dict[str, Any]) -> bool:
+    """Exactly one of --ckpt and --model, and the flags that go with it; True for --model."""
+    foreign = ns.get("model") is not None
+    if foreign == (ns.get("ckpt") is not None):
+        raise UserError("pass either --ckpt FILE (a flatfl run) or --model SPEC with --data SPEC (any model)")
+    if foreign and (ns["data"] in ("train", "test") or ns["data"].startswith("client:")):
+        raise UserError(
+            "--data: with --model, name the data: MODULE:FACTORY, a torchvision NAME:ROOT[:train|test], "
+            "imagefolder:DIR or digits[:train|test]"
+        )
+    if not foreign and any(ns.get(k) for k in ("weights", "forward", "targets")):
+        raise UserError("--weights/--forward/--targets: only with --model (a flatfl --ckpt knows its own)")
+    return foreign
+
+
+def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
+    """The --sharpness measures; every combination that cannot run is refused before anything starts."""
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
 
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
@@ -262,15 +380,22 @@ def run(ns: dict[str, Any]) -> int:
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
-    from analysis.trace import HUTCHPP_MIN_MATVECS
+    from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 
     if ns["trace"] and ns["trace_method"] != "hutchinson" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
         raise UserError(
             f"--trace-matvecs: {ns['trace_method']} needs at least {HUTCHPP_MIN_MATVECS} HVPs "
             "(or use --trace-method hutchinson)"
         )
+    return sharp
+
+
+def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
+    """The frozen :class:`LandscapeSettings` of the command line."""
+    from flatfl.runs.landscape import LandscapeSettings
+
     device = analysis_device(ns["device"])
-    settings = LandscapeSettings(
+    return LandscapeSettings(
         data=ns["data"],
         samples=None if ns.get("samples") == "auto" else ns.get("samples"),
         samples_auto=ns.get("samples") == "auto",
@@ -310,85 +435,59 @@ def run(ns: dict[str, Any]) -> int:
         markers=not ns["no_markers"],
         include_1d=ns["include_bias_bn"],
     )
-    ckpt_path = check_ckpt_arg(Path(ns["ckpt"]))
-    if settings.surface:
-        from analysis.landscape import check_surface_settings
-
-        check_surface_settings(settings, ckpt_path)
-    from analysis import distributed
-
-    with distributed.process_group(torch.device(settings.device)):
-        return _run(ns, settings, ckpt_path)
 
 
-def _run(ns: dict[str, Any], settings: Any, ckpt_path: Path) -> int:
-    """Compute on every rank; rank 0 alone writes and prints."""
-    from analysis.distributed import is_main
-    from analysis.landscape import compute, json_ready
-    from analysis.plots import plot_density
+def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str], None]], Any], out: Path) -> int:
+    """Resolve the problem once, measure everything on every rank; rank 0 alone writes and prints."""
+    from tqdm.auto import tqdm
+
     from flatfl import checkpoint as ckpt
+    from flatfl.analysis.distributed import is_main
+    from flatfl.runs.landscape import json_ready
+    from flatfl.runs.measure import measure
 
     main = is_main()
-    kept: dict[str, Any] = {}
-    log = (lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None)
-    result, density = compute(ckpt_path, settings, log=log, keep=kept)
-    out = ns.get("out") or ckpt_path.parent / "landscape" / ckpt_path.stem
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
-        print(f"wrote {out / 'landscape.json'}")
-    if settings.surface:
-        from tqdm.auto import tqdm
+    log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
+    problem = problem_of(log)
+    points = settings.grid ** (2 if settings.surface == "2d" else 1) if settings.surface else 0
+    with tqdm(total=points, unit="point", desc="surface", disable=not (main and points and sys.stderr.isatty())) as bar:
+        m = measure(problem, settings, log=log, out_dir=out, progress=lambda d, t: bar.update(d - bar.n))
+    if not main:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_json(out / "landscape.json", json_ready(m.record))
+    print(f"wrote {out / 'landscape.json'}")
+    if m.surface is not None:
+        _write_surface(ns, m, out)
+    if m.density is not None:
+        from flatfl.analysis.plots import plot_density
 
-        from analysis.interactive import surface_figures, write_page
-        from analysis.landscape import compute_surface
-        from analysis.plots import plot_surface
-
-        with tqdm(
-            total=settings.grid ** (2 if settings.surface == "2d" else 1),
-            unit="point",
-            desc="surface",
-            disable=not (main and sys.stderr.isatty()),
-        ) as bar:
-            surf = compute_surface(
-                ckpt_path,
-                settings,
-                out,
-                eigvecs=kept.get("eigenvectors"),  # reuse --hessian's Lanczos vectors
-                progress=lambda d, t: bar.update(d - bar.n),
-            )
-        result["surface"] = {
-            "file": str(out / "surface.npz"),
-            "kind": surf.description["kind"],
-            "grid": settings.grid,
-            "span": settings.span,
-            "loss_min": float(np.nanmin(surf.loss)),
-            "loss_max": float(np.nanmax(surf.loss)),
-            "loss_at_checkpoint": surf.at_origin(),
-            "range": surf.description["range"],
-            "batchnorm": surf.description["batchnorm"],
-            "markers": surf.markers,
-        }
-        if not main:
-            return 0
-        ckpt.atomic_write_json(out / "landscape.json", json_ready(result))
-        title = f"{result['algo']} round {result['round']}: {surf.description['kind']} surface"
-        for p in plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"]):
-            print(f"wrote {p}")
-        figs = surface_figures(
-            [(f"round {result['round']}", surf)], title=title, levels=ns["levels"], zrange=ns["zrange"]
-        )
-        sections = [(surf.description["kind"], f) for f in figs if f is not None]
-        print(f"wrote {write_page(out / 'surface.html', title, sections)}")
-    if density is not None and main:
-        for p in plot_density(
-            density,
-            out / "density",
-            title=f"{result['algo']} round {result['round']}, "
-            f"{result['data']['selection']} ({result['data']['samples']} samples)",
-        ):
+        data = m.record["data"]
+        title = f"{_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
+        for p in plot_density(m.density, out / "density", title=title):
             print(f"wrote {p}")
     return 0
+
+
+def _title(record: dict[str, Any]) -> str:
+    if record.get("round") is not None:
+        return f"{record['algo']} round {record['round']}"
+    return Path(record.get("weights", "model")).name
+
+
+def _write_surface(ns: dict[str, Any], m: Any, out: Path) -> None:
+    from flatfl.analysis.interactive import surface_figures
+    from flatfl.analysis.plots import plot_surface
+    from flatfl.runs.files import write_page
+
+    surf = m.surface
+    title = f"{_title(m.record)}: {surf.description['kind']} surface"
+    for p in plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"]):
+        print(f"wrote {p}")
+    label = f"round {m.record['round']}" if m.record.get("round") is not None else _title(m.record)
+    figs = surface_figures([(label, surf)], title=title, levels=ns["levels"], zrange=ns["zrange"])
+    sections = [(surf.description["kind"], f) for f in figs if f is not None]
+    print(f"wrote {write_page(out / 'surface.html', title, sections)}")
 
 
 def check_ckpt_arg(path: Path) -> Path:

@@ -27,7 +27,7 @@ def _rounds(text: str) -> tuple[int, ...] | None:
 
 
 def add_parser(sub: Any) -> None:
-    from analysis.report import ReportSettings
+    from flatfl.runs.report import ReportSettings
 
     d = ReportSettings()
     ld = d.landscape
@@ -62,10 +62,18 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--samples",
-        type=nonneg_int,
+        type=_samples_or_auto,
         default=ld.samples,
         metavar="N",
-        help=f"seeded random subset of N samples, 0 = all (default: {ld.samples})",
+        help=f"seeded random subset of N samples, 0 = all, or auto: growing subsets until the data-sampling error "
+        f"of lambda_max and the trace is below --data-tol, shown next to them (default: {ld.samples})",
+    )
+    p.add_argument(
+        "--data-tol",
+        type=pos_float,
+        default=ld.data_tol,
+        metavar="REL",
+        help=f"--samples auto: relative data-sampling error to reach (default: {ld.data_tol})",
     )
     p.add_argument(
         "--sharpness",
@@ -100,6 +108,11 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
     )
+    _group_arguments(p, d)
+
+
+def _group_arguments(p: Any, d: Any) -> None:
+    """Seed groups, matched convergence and the 1D slices."""
     g = p.add_argument_group("groups, matched convergence and 1D slices")
     g.add_argument(
         "--label",
@@ -159,8 +172,21 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="compare groups whose local optimizers differ (lr, momentum, batch, epochs); refused by default",
     )
-    add_analysis_arguments(p, ld)
+    add_analysis_arguments(p, d.landscape)
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also write each measured checkpoint's numbers (lambda_max, trace, sharpness, widths, losses) as "
+        "TensorBoard scalars curvature/<measure> at step = its round, in DIR/<run folder name> -- the folder "
+        "flatfl train --tensorboard DIR logs that run's metrics to (needs pip install 'flatfl[track]') "
+        "(default: off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _samples_or_auto(text: str) -> int | str:
+    return "auto" if text == "auto" else nonneg_int(text)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -199,16 +225,56 @@ def _thresholds(text: str) -> tuple[float, ...]:
 def run(ns: dict[str, Any]) -> int:
     import torch
 
-    from analysis import distributed
-    from analysis.landscape import SHARPNESS_MEASURES
-    from analysis.report import ReportSettings, build_report
     from flatfl import checkpoint as ckpt
+    from flatfl.analysis import distributed
+    from flatfl.runs.report import build_report
 
     for r in ns["runs"]:
         if not (Path(r) / ckpt.RUN_JSON).is_file():
             raise UserError(
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
             )
+    settings = _report_settings(ns)
+    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
+        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
+    command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
+    from tqdm.auto import tqdm
+
+    with distributed.process_group(torch.device(settings.landscape.device)):
+        main = distributed.is_main()
+        try:
+            files = build_report(
+                [Path(r) for r in ns["runs"]],
+                settings,
+                Path(ns["out"]),
+                command=command,
+                log=(lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None),  # above the bar
+                show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
+            )
+        except ValueError as exc:  # the analysis side's plain errors about the runs given
+            raise UserError(str(exc)) from exc
+    if not files:
+        return 0
+    if ns.get("tensorboard") is not None:
+        import json
+
+        from flatfl.tracking import log_report_rows
+
+        rows = json.loads(Path(files["json"]).read_text())["rounds"]
+        for d in log_report_rows(ns["tensorboard"], rows, warn=lambda s: print(s, file=sys.stderr)):
+            print(f"wrote {d}")
+    for kind in ("html", "verdict", "csv", "curves", "json"):
+        if kind in files:
+            print(f"wrote {files[kind]}")
+    _print_verdict(files["json"])
+    return 0
+
+
+def _report_settings(ns: dict[str, Any]) -> Any:
+    """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
+    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.runs.report import ReportSettings
+
     names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
     sharp = () if names in ([], ["none"]) else SHARPNESS_MEASURES if names == ["all"] else tuple(names)
     bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
@@ -217,7 +283,7 @@ def run(ns: dict[str, Any]) -> int:
             f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
         )
     device = analysis_device(ns["device"])
-    from analysis.trace import HUTCHPP_MIN_MATVECS
+    from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 
     if 0 < ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
         raise UserError(
@@ -227,7 +293,9 @@ def run(ns: dict[str, Any]) -> int:
     ls = replace(
         d.landscape,
         data=ns["data"],
-        samples=ns["samples"] or None,
+        samples=None if ns["samples"] == "auto" else ns["samples"] or None,
+        samples_auto=ns["samples"] == "auto",
+        data_tol=ns["data_tol"],
         sharpness=sharp,
         trace=ns["trace_matvecs"] > 0,
         trace_matvecs=max(ns["trace_matvecs"], HUTCHPP_MIN_MATVECS),
@@ -239,7 +307,7 @@ def run(ns: dict[str, Any]) -> int:
         device=str(device),
         memory_budget_gb=ns["memory_budget"],
     )
-    settings = ReportSettings(
+    return ReportSettings(
         rounds=ns["rounds"],
         landscape=ls,
         surface=not ns["no_surface"],
@@ -254,35 +322,12 @@ def run(ns: dict[str, Any]) -> int:
         labels=tuple(ns["label"]),
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
-    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
-        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
-    command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
-    with distributed.process_group(torch.device(settings.landscape.device)):
-        main = distributed.is_main()
-        try:
-            files = build_report(
-                [Path(r) for r in ns["runs"]],
-                settings,
-                Path(ns["out"]),
-                command=command,
-                log=(lambda s: print(s, file=sys.stderr, flush=True)) if main else (lambda s: None),
-                show_progress=main and not ns["no_progress"] and sys.stderr.isatty(),
-            )
-        except ValueError as exc:  # the analysis side's plain errors about the runs given
-            raise UserError(str(exc)) from exc
-    if not files:
-        return 0
-    for kind in ("html", "verdict", "csv", "curves", "json"):
-        if kind in files:
-            print(f"wrote {files[kind]}")
-    _print_verdict(files["json"])
-    return 0
 
 
 def _print_verdict(report_json: Path) -> None:
     import json
 
-    from analysis.report_page import verdict_text
+    from flatfl.runs.report_page import verdict_text
 
     rep = json.loads(Path(report_json).read_text())
     print(verdict_text(rep["verdict"], list(rep["groups"])))

@@ -23,6 +23,7 @@ from flatfl.cli.common import (
 from flatfl.config import DataConfig, LocalConfig, RunConfig
 from flatfl.errors import Interrupted, UserError
 from flatfl.presets import PRESETS, apply_preset, describe
+from flatfl.storage import StorageConfig
 
 # flag dest -> field of DataConfig / LocalConfig / RunConfig / the algorithm's config
 DATA_FLAGS = {
@@ -91,7 +92,15 @@ RESUME_FREE = {
     "out",
     "overwrite",
     "command",
+    "save_every",
+    "save_rounds",
+    "clients_dtype",
+    "tensorboard",
 }
+
+
+def _parallel_clients(text: str) -> int | str:
+    return "auto" if text == "auto" else pos_int(text)
 
 
 def add_data_arguments(t: Any) -> None:
@@ -439,7 +448,8 @@ def add_parser(sub: Any) -> None:
         type=Path,
         metavar="DIR",
         help="continue the run in DIR from its last completed round; its config comes from "
-        "DIR/run.json (only --rounds, --device and --no-progress may be given)",
+        "DIR/run.json (only --rounds, --device, --no-progress, --parallel-clients and the storage and tracking flags "
+        "may be given)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument(
@@ -452,17 +462,20 @@ def add_parser(sub: Any) -> None:
         "clients_NNNN.safetensors: every round, or with K only rounds t with t %% K in (0, 1) -- the clients "
         "that produced w_t and the mutants sent from it -- to save disk (needed by flatfl report's spread)",
     )
+    add_storage_arguments(t)
     g.add_argument(
         "--device", metavar="DEV", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: auto)"
     )
     g.add_argument(
         "--parallel-clients",
-        type=pos_int,
+        type=_parallel_clients,
+        default="auto",
         metavar="N",
         help="train up to N sampled clients at once on the device by stacking their parameters (torch.func.vmap); "
         "models without BatchNorm, dropout or LSTM (smallcnn, cnn, resnet18 --norm group), rounds without a "
         "local term (not fedprox with mu > 0, scaffold, fedgen after round 1); others train one after another. "
-        "Same results within float tolerance; a runtime choice, free on --resume (default: 1)",
+        "Same results within float tolerance; a runtime choice, free on --resume. auto: every sampled client at "
+        "once on a GPU, one after another on a CPU, where stacking measured slower (default: auto)",
     )
     g.add_argument(
         "--eval-batch-size",
@@ -476,6 +489,59 @@ def add_parser(sub: Any) -> None:
         action="store_const",
         const=False,
         help="plain log lines instead of a progress bar (automatic when stderr is not a terminal)",
+    )
+
+
+def add_storage_arguments(t: Any) -> None:
+    """Which rounds get files, client-model precision, TensorBoard (free on --resume: not the experiment)."""
+    g = t.add_argument_group("storage and tracking (recorded in run.json; may change on --resume)")
+    g.add_argument(
+        "--save-every",
+        type=nonneg_int,
+        metavar="N",
+        help="write round_NNNN.safetensors and the resume point state.safetensors every N rounds, plus round 0 and "
+        "the last round (metrics.jsonl still gets every round); a run stopped between saves restarts with --resume "
+        "from the last saved round and redoes the rest bit for bit. 0: only round 0, the last and --save-rounds "
+        "(default: 1, every round; with --save-rounds alone: 0)",
+    )
+    g.add_argument(
+        "--save-rounds",
+        metavar="LIST",
+        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 "
+        "(default: none)",
+    )
+    g.add_argument(
+        "--clients-dtype",
+        choices=["float32", "bfloat16"],
+        help="precision of the client models in clients_NNNN.safetensors (--save-clients): bfloat16 halves their "
+        "size at a relative rounding error of at most 2^-8 per weight (docs/checkpoint-format.md); global rounds "
+        "and the state stay float32 (default: float32)",
+    )
+    g.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also log every metrics.jsonl field per round to TensorBoard event files in DIR/<run folder name> "
+        "(needs pip install 'flatfl[track]'; metrics.jsonl stays the record; a failing logger never stops the run) "
+        "(default: off)",
+    )
+
+
+def storage_from_args(ns: dict[str, Any], base: StorageConfig) -> StorageConfig:
+    """``base`` (a new run's defaults, or the resumed run's record) with the storage flags given."""
+    from flatfl.storage import parse_round_spec
+
+    listed, every = parse_round_spec(ns["save_rounds"], "--save-rounds") if "save_rounds" in ns else (None, 0)
+    if every and "save_every" in ns:
+        raise UserError("--save-rounds: every:N and --save-every both set a step; give one of them")
+    step = ns.get("save_every", every or base.save_every)
+    if listed is not None and not every and "save_every" not in ns and base == StorageConfig():
+        step = 0  # a new run given only --save-rounds saves those rounds (and round 0 and the last)
+    return replace(
+        base,
+        save_every=step,
+        save_rounds=base.save_rounds if listed is None else listed,
+        clients_dtype=ns.get("clients_dtype", base.clients_dtype),
     )
 
 
@@ -592,8 +658,10 @@ def run(ns: dict[str, Any]) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone touches the directory
             for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
                 print(f"{out}: {note}")
-        cfg = RunConfig.from_dict(ckpt.read_run_json(out)["config"])
+        info = ckpt.read_run_json(out)
+        cfg = RunConfig.from_dict(info["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
+        storage = storage_from_args(ns, StorageConfig.from_dict(info.get("storage")))
         if "rounds" in ns:
             cfg = replace(cfg, rounds=ns["rounds"])
         if "data_root" in ns:  # the data moved: same experiment
@@ -601,6 +669,7 @@ def run(ns: dict[str, Any]) -> int:
         resume = True
     else:
         cfg = config_from_args(ns)
+        storage = storage_from_args(ns, StorageConfig())
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
     try:
@@ -612,14 +681,17 @@ def run(ns: dict[str, Any]) -> int:
             overwrite=ns.get("overwrite", False),
             progress=ns.get("progress"),
             download=ns.get("download", False),
-            parallel_clients=ns.get("parallel_clients", 1),
+            parallel_clients=ns.get("parallel_clients") or "auto",
+            storage=storage,
+            tensorboard=ns.get("tensorboard"),
         )
     except KeyboardInterrupt:
         if not (Path(out) / ckpt.RUN_JSON).is_file():
             raise Interrupted(f"interrupted before {out} held a run; nothing was saved") from None
         raise Interrupted(
-            f"interrupted; the completed rounds are saved in {out}; continue with: "
-            f"flatfl train --resume {shlex.quote(str(out))}"
+            f"interrupted; the completed rounds are saved in {out}"
+            + (" up to the last saved one (--save-every: --resume redoes the rest)" if storage.save_every != 1 else "")
+            + f"; continue with: flatfl train --resume {shlex.quote(str(out))}"
         ) from None
     if logs and os.environ.get("RANK", "0") == "0":
         last = logs[-1]

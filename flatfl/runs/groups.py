@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.checkpoints import Run
 from flatfl.checkpoint import DIVERGED_JSON
+from flatfl.runs.run import Run
 
 _NOT_IDENTITY = ("seed", "rounds", "data.data_root")
 

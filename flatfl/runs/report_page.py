@@ -1,6 +1,6 @@
 """Writing the report: the verdict table (HTML and text), report.html, CSVs, JSON and static figures.
 
-Takes computed results only (the objects :func:`analysis.report.build_report` assembles).
+Takes computed results only (the objects :func:`flatfl.runs.report.build_report` assembles).
 The page opens with the answer: one sentence per condition (equal round, equal train loss,
 equal accuracy), a sentence when the flatness measures disagree, and the verdict table --
 one row per measure, each group's mean with its 95% interval over seeds, and the verdict of
@@ -24,8 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from analysis.landscape import json_ready
 from flatfl import checkpoint as ckpt
+from flatfl.runs.landscape import json_ready
 
 PAGE_CSS = (
     "table.verdict{font-size:0.92em}table.verdict td.v{text-align:left;min-width:9em}"
@@ -201,7 +201,10 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-KEY_COLUMNS = ["run", "seed", "round", "conditions", "test_acc", "train_loss", "lambda_max", "trace"]
+KEY_COLUMNS = [
+    "run", "seed", "round", "conditions", "test_acc", "train_loss",
+    "lambda_max", "lambda_max_data_error", "trace", "trace_stderr", "trace_data_error",
+]  # fmt: skip
 
 
 def _excluded_html(groups: Sequence[Any]) -> str:
@@ -271,8 +274,8 @@ def _measure_points(measured: Any, keys: Sequence[str]) -> dict[str, dict[str, l
 
 
 def _surface_sections(out: Path, measured: Any, settings: Any, files: dict[str, Path]) -> list[tuple[str, object]]:
-    from analysis.interactive import delta_range, surface_figures
-    from analysis.plots import plot_surfaces_side_by_side
+    from flatfl.analysis.interactive import delta_range, surface_figures
+    from flatfl.analysis.plots import plot_surfaces_side_by_side
 
     surfaces = {lab: v for lab, v in measured.surfaces.items() if v}
     if not surfaces:
@@ -305,8 +308,8 @@ def _surface_sections(out: Path, measured: Any, settings: Any, files: dict[str, 
 
 
 def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any], colors, out: Path, files) -> list:
-    from analysis.plots import plot_curves
-    from analysis.report_figures import over_rounds_figure
+    from flatfl.analysis.plots import plot_curves
+    from flatfl.analysis.report_figures import over_rounds_figure
 
     have = [r for r in curves if r.get("spread_sent_l2_mean") is not None]
     if not have:
@@ -350,7 +353,7 @@ def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any],
 
 
 def _diagnostic_section(curves: Sequence[Mapping[str, Any]], colors) -> list:
-    from analysis.report_figures import over_rounds_figure
+    from flatfl.analysis.report_figures import over_rounds_figure
 
     panels = [
         (k, t)
@@ -402,7 +405,7 @@ def write_report(
     command: str,
 ) -> dict[str, Path]:
     """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures."""
-    from analysis.interactive import write_page
+    from flatfl.runs.files import write_page
 
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -455,8 +458,14 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
 
 def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
     """The page's sections in reading order: the answer first."""
-    from analysis.plots import plot_slices
-    from analysis.report_figures import group_colors, line_figure, measures_figure, over_rounds_figure, slices_figure
+    from flatfl.analysis.plots import plot_slices
+    from flatfl.analysis.report_figures import (
+        group_colors,
+        line_figure,
+        measures_figure,
+        over_rounds_figure,
+        slices_figure,
+    )
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)

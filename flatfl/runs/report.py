@@ -1,12 +1,12 @@
 """``flatfl report``: is one setting flatter than another, across seeds and at matched convergence?
 
-Runs are grouped by setting (runs that differ only in their seed, :mod:`analysis.groups`).
+Runs are grouped by setting (runs that differ only in their seed, :mod:`flatfl.runs.groups`).
 Every run is measured, on the same data selection, at
 
 * **equal rounds** (``rounds``; by default the middle and the last round all runs have; the
   verdict uses the last of them),
 * **equal training loss** (the first saved round whose loss on the analysis data is at or
-  below a common level, :mod:`analysis.matching`) and, when asked, **equal test accuracy**;
+  below a common level, :mod:`flatfl.runs.matching`) and, when asked, **equal test accuracy**;
 
 with lambda_max (Lanczos), the Hessian trace (adaptive Hutch++ with a standard error), the sharpness
 measures, and Li et al. 1D slices along K filter-normalised random directions with the basin
@@ -25,6 +25,7 @@ when their settings and the checkpoint's SHA-256 match, so an interrupted report
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -34,15 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from analysis import distributed
-from analysis.checkpoints import Run
-from analysis.groups import Group, group_runs, local_optimizers, reference_group
-from analysis.landscape import LandscapeSettings, compute, compute_surface, file_digest, json_ready
-from analysis.matching import LossCurve, Match, match_accuracy, match_loss
-from analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
-from analysis.surfaces import Surface
-from analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
 from flatfl import checkpoint as ckpt
+from flatfl.analysis import distributed
+from flatfl.analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
+from flatfl.analysis.surfaces import Surface
+from flatfl.analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
+from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
+from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
+from flatfl.runs.matching import LossCurve, Match, match_accuracy, match_loss
+from flatfl.runs.measure import measure
+from flatfl.runs.problem import Problem, of_checkpoint
+from flatfl.runs.run import Run
+from flatfl.runs.surface import measure_surface
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,16 @@ def _cached_json(path: Path, settings: dict, digest: str) -> dict | None:
 
 
 def measure_landscape(
-    run: Run, rnd: int, ls: LandscapeSettings, out: Path, log: Callable[[str], None], digest: str
+    problem: Callable[[], Problem],
+    run: Run,
+    rnd: int,
+    ls: LandscapeSettings,
+    out: Path,
+    log: Callable[[str], None],
+    digest: str,
 ) -> dict:
-    """Curvature and sharpness of one checkpoint (SHA-256 ``digest``), cached in ``out/landscape.json``."""
-    file = ckpt.round_path(run.path, rnd)
+    """Curvature and sharpness of one checkpoint (SHA-256 ``digest``), cached in ``out/landscape.json``;
+    ``problem()`` resolves the checkpoint's model and data (once, shared with the slices and surface)."""
     main = distributed.is_main()
     ls = replace(ls, surface=None)
     want = json_ready(asdict(ls))
@@ -158,7 +168,7 @@ def measure_landscape(
     if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
         return res
-    res, _ = compute(file, ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}"))
+    res = measure(problem(), ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}")).record
     res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -166,10 +176,8 @@ def measure_landscape(
     return res
 
 
-def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path, digest: str) -> Slices:
+def measure_slices(problem: Callable[[], Problem], settings: ReportSettings, out: Path, digest: str) -> Slices:
     """Li et al. 1D slices of one checkpoint (SHA-256 ``digest``), cached in ``out/slices.json``."""
-    from analysis.landscape import model_loss_of
-
     ls = settings.landscape
     want = {
         "directions": settings.slice_directions,
@@ -183,7 +191,7 @@ def measure_slices(run: Run, rnd: int, settings: ReportSettings, out: Path, dige
     old = _cached_json(out / "slices.json", want, digest)
     if old is not None:
         return Slices(np.array(old["ts"]), np.array(old["delta"]), old["loss0"], old["seed"], old["directions"])
-    obj = model_loss_of(run, rnd, ls)
+    obj = problem().objective
     ts = symmetric_grid(settings.slice_radius, settings.slice_points)
     s = random_slices(
         obj, ts, num_directions=settings.slice_directions, seed=ls.seed, memory_budget=ls.memory_budget_gb * 2**30
@@ -215,10 +223,14 @@ def checkpoint_row(res: dict, metrics: dict, slices: Slices | None, widths: Sequ
     }
     if "hessian" in res:
         row["lambda_max"] = res["hessian"]["eigenvalues"][0]
+        if res["hessian"].get("data_error") is not None:  # --samples auto: the error from the data drawn
+            row["lambda_max_data_error"] = res["hessian"]["data_error"]
         row["lambda_min"] = res["hessian"]["smallest"]
     if "trace" in res:
         row["trace"] = res["trace"]["estimate"]
         row["trace_stderr"] = res["trace"]["stderr"]
+        if res["trace"].get("data_error") is not None:
+            row["trace_data_error"] = res["trace"]["data_error"]
     for name, v in res.get("sharpness", {}).items():
         row[f"sharpness_{name}"] = v["value"]
         if v.get("stderr") is not None:
@@ -242,7 +254,7 @@ class AnalysisData:
         self.ls, self._memo = ls, {}
 
     def __call__(self, run: Run) -> tuple:
-        from analysis.landscape import select_data
+        from flatfl.runs.landscape import select_data
 
         key = json.dumps(run.config["data"], sort_keys=True)
         if key not in self._memo:
@@ -346,16 +358,18 @@ def measure_all(
             need = set(rounds) | {c.rounds[g.label][s].round for c in conds} - {None}
             for rnd in sorted(need):
                 where = cache_dir(out, g.label, s, rnd)
-                digest = file_digest(ckpt.round_path(run.path, rnd))  # once: both caches are keyed on it
-                res = measure_landscape(run, rnd, settings.landscape, where, log, digest)
-                sl = measure_slices(run, rnd, settings, where, digest) if settings.slice_directions else None
+                file = ckpt.round_path(run.path, rnd)
+                digest = file_digest(file)  # once: both caches are keyed on it
+                problem = functools.cache(lambda file=file: of_checkpoint(file, settings.landscape))
+                res = measure_landscape(problem, run, rnd, settings.landscape, where, log, digest)
+                sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
                 ms.results[(g.label, s, rnd)] = res
                 if sl is not None:
                     ms.slices[(g.label, s, rnd)] = sl
                 ms.rows[(g.label, s, rnd)] = checkpoint_row(res, metrics.get(rnd, {}), sl, settings.widths)
                 if settings.surface and first is not None and s == first[0] and rnd in rounds:
                     ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
-                    surf = compute_surface(ckpt.round_path(run.path, rnd), ss, where, progress=lambda d, t: None)
+                    surf = measure_surface(problem(), ss, where)
                     ms.surfaces.setdefault(g.label, []).append((rnd, surf))
                 progress(1)
     for c in conds:
@@ -459,7 +473,7 @@ def line_slices(
     groups: Sequence[Group], rnd: int, settings: ReportSettings, data: AnalysisData
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """Loss along the straight line from the reference group's model to each other group's, seed by seed."""
-    from analysis.landscape import model_loss_of
+    from flatfl.runs.landscape import model_loss_of
 
     ref = reference_group(groups)
     out: dict[str, dict[int, dict[str, Any]]] = {}
@@ -489,8 +503,8 @@ def training_curves(groups: Sequence[Group], settings: ReportSettings, show_prog
     """Per run and round: test accuracy/loss, training metrics and (first seed, --save-clients) the spread."""
     from tqdm.auto import tqdm
 
-    from analysis.landscape import select_data
-    from analysis.spread import spread_curve, spread_rounds
+    from flatfl.runs.landscape import select_data
+    from flatfl.runs.spread import spread_curve, spread_rounds
 
     rows: dict[tuple[str, int, int], dict[str, Any]] = {}
     keep = ("test_acc", "test_loss", "train_loss", "global_update_norm", "mutation_norm", "mutation_rel")
@@ -557,7 +571,7 @@ def build_report(
     """Compute and write the report; returns the written files by kind."""
     from tqdm.auto import tqdm
 
-    from analysis.report_page import write_report
+    from flatfl.runs.report_page import write_report
 
     runs = [Run.open(p) for p in run_dirs]
     groups = group_runs(runs, dict(settings.labels))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from analysis.checkpoints import Run
-from analysis.operators import ModelLoss
 from flatfl import checkpoint as ckpt
+from flatfl.analysis.operators import ModelLoss
+from flatfl.runs.run import Run
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,116 @@
+"""Thin an existing run: delete round (and, if asked, client) files it no longer needs.
+
+``prune(run, keep)`` deletes every ``round_NNNN.safetensors`` not selected by ``keep`` (a
+:func:`flatfl.storage.parse_round_spec` selection), except the files a run cannot do without:
+
+* round 0 (the initial model; every analysis and the report's distances start from it),
+* the last saved round (the trained model),
+* the round ``state.safetensors`` was committed at (``--resume`` continues from that file),
+* the last finite round named by ``diverged.json``.
+
+With ``keep_clients`` it thins ``clients_NNNN.safetensors`` the same way (none are protected:
+training never reads them). It holds the run directory's lock (``flatfl.rundir``) for the whole
+prune, so it never runs beside a trainer of the same run, and deletes one file at a time,
+oldest first: each ``unlink`` is atomic, and as the protected files are never touched, a kill at
+any point leaves a run that resumes and analyses as before; the same command finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import safe_open
+
+from flatfl import checkpoint as ckpt
+from flatfl.errors import UserError
+from flatfl.faults import fault_point
+from flatfl.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Rounds to keep: listed ones, and multiples of ``every`` (0: none)."""
+
+    rounds: tuple[int, ...] = ()
+    every: int = 0
+
+    def __contains__(self, r: object) -> bool:
+        return isinstance(r, int) and (r in self.rounds or (self.every > 0 and r % self.every == 0))
+
+
+@dataclass(frozen=True)
+class Plan:
+    delete: list[Path]
+    protected: dict[int, str]  # round -> why it stays whatever --keep says
+
+
+def protected_rounds(run_dir: Path) -> dict[int, str]:
+    """Rounds whose files stay whatever the selection: round 0, the last, the state's, the last finite."""
+    rounds = ckpt.list_rounds(run_dir)
+    out: dict[int, str] = {0: "round 0"}
+    if rounds:
+        out.setdefault(rounds[-1], "the last round")
+    state = Path(run_dir) / ckpt.STATE_FILE
+    if state.is_file():
+        out.setdefault(_state_round(state), "the round --resume continues from")
+    diverged = Path(run_dir) / ckpt.DIVERGED_JSON
+    if diverged.is_file():
+        try:
+            out.setdefault(int(json.loads(diverged.read_text())["last_finite_round"]), "the last finite round")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{diverged}: damaged ({exc}); fix or delete it, then prune again") from exc
+    return out
+
+
+def _state_round(path: Path) -> int:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get(ckpt.META_KEY, "{}"))
+        return int(meta["round"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); prune keeps every round of a run with a damaged state") from exc
+
+
+def plan(run_dir: Path, keep: Selection, keep_clients: Selection | None = None) -> Plan:
+    """Which files go (ascending round, clients files first) and which rounds are protected."""
+    run_dir = Path(run_dir)
+    ckpt.read_run_json(run_dir)  # a flatfl run, or one line saying why not
+    protected = protected_rounds(run_dir)
+    delete = []
+    if keep_clients is not None:
+        for p in sorted(run_dir.glob("clients_*.safetensors")):
+            r = p.stem.split("_", 1)[1]
+            if r.isdigit() and int(r) not in keep_clients:
+                delete.append(p)
+    delete += [ckpt.round_path(run_dir, r) for r in ckpt.list_rounds(run_dir) if r not in keep and r not in protected]
+    return Plan(delete, protected)
+
+
+def prune(
+    run_dir: Path,
+    keep: Selection,
+    keep_clients: Selection | None = None,
+    *,
+    dry_run: bool = False,
+    say: Callable[[str], None] = print,
+) -> Plan:
+    """Delete the planned files under the run's lock (nothing with ``dry_run``); returns the plan."""
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    ckpt.read_run_json(run_dir)  # checked before the lock file is made in it
+    lock = RunDir(Path(run_dir))
+    for note in lock.open(create=False):
+        say(f"{run_dir}: {note}")
+    try:
+        p = plan(run_dir, keep, keep_clients)
+        if dry_run:
+            return p
+        for path in p.delete:
+            fault_point("prune:delete")
+            path.unlink(missing_ok=True)
+        return p
+    finally:
+        lock.close()

@@ -1,0 +1,98 @@
+"""What a run keeps on disk: which rounds get a file, and in which precision client models are stored.
+
+Storage choices never change the experiment: a run's checkpoints hold the same tensors whatever
+is chosen here, its identity hash leaves them out, and ``run.json`` records them under
+``storage`` so ``--resume`` keeps them (flags given on resume replace them).
+
+* ``save_every`` N: ``round_t`` and the commit point ``state.safetensors`` are written for rounds
+  t with t % N == 0, plus round 0 and the run's last round; ``save_rounds`` adds listed rounds.
+  Every round still appends its ``metrics.jsonl`` line. A run killed between saved rounds
+  restarts, with ``--resume``, from the last saved round and redoes the rounds after it: every
+  random draw is derived from (seed, round, client), so the redone rounds are bit for bit the
+  ones lost (lines of uncommitted rounds are dropped and written again).
+* ``clients_dtype`` bfloat16: floating-point tensors of ``clients_NNNN.safetensors`` stored in
+  bfloat16 (half the bytes); read back as float32. Global rounds and the state stay float32.
+* ``incremental_state``: per-client algorithm state (SCAFFOLD's c_k, CluSamp's G_i) is written
+  to ``client_state/``, one file per client, only for the clients that changed since the last
+  save (:mod:`flatfl.client_state`); off, it goes into ``state.safetensors`` whole (the layout
+  of flatfl 0.1, kept for ``bench/storage.py``'s comparison).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from flatfl.errors import UserError
+
+CLIENT_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Which rounds are saved and how (filled by the CLI; recorded in run.json's ``storage``)."""
+
+    save_every: int = 1  # 0: only round 0, the last round and save_rounds
+    save_rounds: tuple[int, ...] = ()
+    clients_dtype: str = "float32"
+    incremental_state: bool = True
+
+    def keeps(self, t: int, last: int) -> bool:
+        """Whether round ``t`` of a run planned for ``last`` rounds gets a round file and a state commit."""
+        n = self.save_every
+        return t == 0 or t >= last or (n > 0 and t % n == 0) or t in self.save_rounds
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["save_rounds"] = list(self.save_rounds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> StorageConfig:
+        """run.json's ``storage`` (absent in runs made before it existed: the defaults)."""
+        if not d:
+            return cls()
+        try:
+            out = cls(
+                save_every=int(d.get("save_every", 1)),
+                save_rounds=tuple(int(r) for r in d.get("save_rounds", ())),
+                clients_dtype=str(d.get("clients_dtype", "float32")),
+                incremental_state=bool(d.get("incremental_state", True)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"run.json: 'storage' is damaged ({exc}); restore run.json from a copy") from exc
+        if out.clients_dtype not in CLIENT_DTYPES or out.save_every < 0:
+            raise UserError(f"run.json: 'storage' holds {d!r}, which this flatfl cannot use")
+        return out
+
+
+_ITEM = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|every:(\d+))$")
+
+
+def parse_round_spec(text: str, flag: str) -> tuple[tuple[int, ...], int]:
+    """``"5,10,20-25,every:50"`` -> (listed rounds, the every:N step or 0).
+
+    Items, comma-separated: a round ``R``, a range ``A-B`` (both included) or ``every:N`` (rounds
+    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``.
+    """
+    rounds: set[int] = set()
+    every = 0
+    for item in (s.strip() for s in text.split(",")):
+        m = _ITEM.match(item)
+        if m is None:
+            raise UserError(f"{flag}: {item!r} is not a round, a range A-B or every:N (e.g. {flag} 1,5,10-20,every:50)")
+        if m.group(1) is not None:
+            rounds.add(int(m.group(1)))
+        elif m.group(2) is not None:
+            a, b = int(m.group(2)), int(m.group(3))
+            if a > b:
+                raise UserError(f"{flag}: range {item} runs backwards; write it as {b}-{a}")
+            rounds.update(range(a, b + 1))
+        else:
+            if int(m.group(4)) == 0:
+                raise UserError(f"{flag}: every:0 keeps nothing; use every:N with N >= 1")
+            if every and every != int(m.group(4)):
+                raise UserError(f"{flag}: give every:N once")
+            every = int(m.group(4))
+    return tuple(sorted(rounds)), every
