@@ -4,20 +4,38 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.flatfl-installed
 
-.PHONY: install demo test lint bench clean
+LOWEST := .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.flatfl-installed
+
+.PHONY: install demo test test-deployment test-lowest lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the exact versions of constraints.txt: every .venv/ is the same
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 demo: install
 	$(PY) examples/fedavg_vs_fedmut.py
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not deployment"
+
+# Flower's deployment engine on loopback (SuperLink + 2 SuperNodes, ~2 min); CI runs it after make test
+test-deployment: install
+	$(PY) -m pytest -q -m deployment
+
+# the lowest supported versions (pyproject's lower bounds, constraints-lowest.txt) in .venv-lowest/,
+# with the test subset of tests/lowest.txt
+$(LOWEST_STAMP): pyproject.toml constraints-lowest.txt
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q --disable-pip-version-check -c constraints-lowest.txt -e . pytest
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST)/bin/python -m pytest -q $$(grep -v '^#' tests/lowest.txt)
 
 lint: install
 	$(VENV)/bin/ruff check flatfl analysis tests bench examples
@@ -26,4 +44,4 @@ bench: install
 	$(PY) bench/round_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache *.egg-info

@@ -11,6 +11,7 @@ phi(t) = (1/n) sum_i delta(t - lambda_i), smoothed by a Gaussian of width sigma.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,7 @@ def slq(
     num_steps: int = 80,
     generator: torch.Generator | None = None,
     block: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SpectralDensity:
     """SLQ with ``num_runs`` Rademacher start vectors and ``num_steps`` Lanczos steps each.
 
@@ -65,18 +67,29 @@ def slq(
     holding ``block * num_steps`` parameter-sized vectors (full reorthogonalisation). The start
     vectors and results do not depend on ``block`` (up to float summation order). ``op``: a flatfl
     operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
+    ``progress(done, total)`` after every Lanczos step (total: ``num_runs * num_steps`` matvecs, at most).
     """
     op = as_operator(op)
     block = num_runs if block is None else max(1, block)
+    total, done = num_runs * min(num_steps, op.size), [0]
+
+    def on_step(m: int) -> None:
+        done[0] += m
+        progress(done[0], total)  # type: ignore[misc]
+
     starts = [
         (2 * torch.randint(0, 2, (op.size,), generator=generator) - 1).to(op.device, op.dtype) for _ in range(num_runs)
     ]
     nodes, weights = [], []
     matvecs = 0
     for i in range(0, num_runs, block):
-        for a, b, m in lanczos_tridiagonal_block(op, torch.stack(starts[i : i + block]), num_steps):
+        for a, b, m in lanczos_tridiagonal_block(
+            op, torch.stack(starts[i : i + block]), num_steps, on_step if progress is not None else None
+        ):
             matvecs += m
             theta, S = eigh_tridiagonal(a, b) if len(a) > 1 else (a.copy(), np.ones((1, 1)))
             nodes.append(theta)
             weights.append(S[0, :] ** 2)
+    if progress is not None:
+        progress(matvecs, matvecs)
     return SpectralDensity(tuple(nodes), tuple(weights), matvecs, num_steps)

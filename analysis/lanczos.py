@@ -20,6 +20,7 @@ copy each from a single start vector (an inherent limit of single-vector Krylov 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +88,7 @@ def lanczos(
     generator: torch.Generator | None = None,
     return_vectors: bool = True,
     exact_residuals: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EigenResult:
     """The k largest eigenvalues (and, with ``smallest``, the most negative one) of ``op``.
 
@@ -97,6 +99,8 @@ def lanczos(
     ||H v - lambda v|| recomputed with k (+1) extra matvecs, since the Lanczos estimate
     |beta_m s_{m,i}| assumes exact arithmetic and underflows to 0 once a pair has converged.
     ``op``: a flatfl operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
+    ``progress(done, total)`` is called after every matvec; ``total`` is the most Lanczos can spend
+    (``max_vectors`` steps plus the residual matvecs) until it stops, then the matvecs it spent.
     """
     op = as_operator(op)
     n = op.size
@@ -113,10 +117,13 @@ def lanczos(
     converged = False
     theta = S = None
     b = 0.0
+    extra = (k + int(smallest)) if exact_residuals else 0
     for j in range(m_max):
         basis[j] = q
         w = op.matvec(q)
         matvecs += 1
+        if progress is not None:
+            progress(matvecs, m_max + extra)
         a = float(torch.dot(w, q))
         alpha.append(a)
         Qj = basis[: j + 1]
@@ -156,6 +163,8 @@ def lanczos(
             matvecs += 1
     if not return_vectors:
         vectors = None
+    if progress is not None:
+        progress(matvecs, matvecs)
     return EigenResult(
         values=theta[order].copy(),
         vectors=vectors,
@@ -178,14 +187,14 @@ def lanczos_tridiagonal(op: LinearOperator, v0: torch.Tensor, num_steps: int) ->
 
 
 def lanczos_tridiagonal_block(
-    op: LinearOperator, V0: torch.Tensor, num_steps: int
+    op: LinearOperator, V0: torch.Tensor, num_steps: int, on_step: Callable[[int], None] | None = None
 ) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """Independent Lanczos runs from the rows of ``V0`` (b x size), in lockstep.
 
     Each step applies the operator to the b current vectors at once (``matmat``: one pass over
     the data for all of them); each run keeps its own fully reorthogonalised basis and stops on
     its own invariant subspace, exactly as :func:`lanczos_tridiagonal` would run it alone.
-    Holds b x ``num_steps`` parameter-sized vectors.
+    Holds b x ``num_steps`` parameter-sized vectors. ``on_step(m)`` after each step of m matvecs.
     """
     from flatfl.analysis.operators import matmat
 
@@ -200,6 +209,8 @@ def lanczos_tridiagonal_block(
     for j in range(m_max):
         basis[active, j] = Q[active]
         W = op.matvec(Q[active[0]])[None] if len(active) == 1 else matmat(op, Q[active].T).T
+        if on_step is not None:
+            on_step(len(active))
         still = []
         for w, i in zip(W, active):
             alpha[i].append(float(torch.dot(w, Q[i])))

@@ -28,7 +28,7 @@ for a linear loss g^T w SAM is rho ||g||, adaptive-l_inf rho sum |w_i g_i|, and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,8 @@ import torch
 from scipy.optimize import minimize
 
 from flatfl.analysis import batches as bt
+
+Progress = Callable[[int, int], None]
 
 
 class Objective(Protocol):
@@ -85,11 +87,14 @@ def _ascent(
     steps: int,
     batches: Sequence[tuple] | None,
     generator: torch.Generator | None,
+    tick: Callable[[], None] = lambda: None,
 ) -> tuple[float, float, int]:
-    """max over ||u||_p <= rho of L(w + scale*u) (scale=None: identity). Returns (best, L(w), evals)."""
+    """max over ||u||_p <= rho of L(w + scale*u) (scale=None: identity). Returns (best, L(w), evals);
+    ``tick()`` after each of the max(steps, 1) + 2 evaluations."""
     s = torch.ones_like(w) if scale is None else scale
     base, g = obj.loss_and_gradient(w, batches)
     evals = 1
+    tick()
 
     def step_dir(grad_u: torch.Tensor) -> torch.Tensor:
         if p == 2:
@@ -111,11 +116,26 @@ def _ascent(
     for _ in range(max(steps, 1)):
         val, g = obj.loss_and_gradient(w + s * u, batches)
         evals += 1
+        tick()
         best = max(best, val)
         u = project(u + rho * step_dir(s * g))
     val = obj.loss(w + s * u, batches)
     evals += 1
+    tick()
     return max(best, val), base, evals
+
+
+def _ticker(progress: Progress | None, total: int) -> Callable[[], None]:
+    """A counter calling ``progress(done, total)`` at each tick (nothing without ``progress``)."""
+    if progress is None:
+        return lambda: None
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        progress(done[0], max(total, done[0]))
+
+    return tick
 
 
 def sam_sharpness(
@@ -125,16 +145,20 @@ def sam_sharpness(
     steps: int = 10,
     m: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Progress | None = None,
 ) -> SharpnessResult:
-    """max_{||delta||_2 <= rho} L(w+delta) - L(w); with ``m``, the mean of per-batch worst cases."""
+    """max_{||delta||_2 <= rho} L(w+delta) - L(w); with ``m``, the mean of per-batch worst cases.
+    ``progress(done, total)`` after each loss evaluation."""
     w = obj.flat()
     settings = {"rho": rho, "steps": steps, "m": m, "norm": "l2"}
     if m is None:
-        best, base, evals = _ascent(obj, w, None, rho, 2, steps, None, generator)
+        best, base, evals = _ascent(obj, w, None, rho, 2, steps, None, generator, _ticker(progress, max(steps, 1) + 2))
         return SharpnessResult("sam", best - base, base, settings, evals)
     vals, evals = [], 0
-    for group in _rebatch(obj, m):
-        best, base, e = _ascent(obj, w, None, rho, 2, steps, group, generator)
+    groups = _rebatch(obj, m)
+    tick = _ticker(progress, len(groups) * (max(steps, 1) + 2))
+    for group in groups:
+        best, base, e = _ascent(obj, w, None, rho, 2, steps, group, generator, tick)
         vals.append(best - base)
         evals += e
     arr = np.array(vals)
@@ -150,20 +174,29 @@ def adaptive_sharpness(
     p: float = 2,
     steps: int = 10,
     generator: torch.Generator | None = None,
+    progress: Progress | None = None,
 ) -> SharpnessResult:
-    """max_{||delta/|w| ||_p <= rho} L(w+delta) - L(w), p = 2 or inf (elementwise-adaptive)."""
+    """max_{||delta/|w| ||_p <= rho} L(w+delta) - L(w), p = 2 or inf (elementwise-adaptive);
+    ``progress(done, total)`` after each loss evaluation."""
     if p not in (2, float("inf")):
         raise ValueError("p must be 2 or inf")
     w = obj.flat()
-    best, base, evals = _ascent(obj, w, w.abs(), rho, p, steps, None, generator)
+    tick = _ticker(progress, max(steps, 1) + 2)
+    best, base, evals = _ascent(obj, w, w.abs(), rho, p, steps, None, generator, tick)
     name = "adaptive_l2" if p == 2 else "adaptive_linf"
     return SharpnessResult(name, best - base, base, {"rho": rho, "p": "inf" if p != 2 else 2, "steps": steps}, evals)
 
 
 def epsilon_sharpness(
-    obj: Objective, *, eps: float = 1e-3, max_iter: int = 10, generator: torch.Generator | None = None
+    obj: Objective,
+    *,
+    eps: float = 1e-3,
+    max_iter: int = 10,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
 ) -> SharpnessResult:
-    """Keskar et al.'s epsilon-sharpness (x100, relative to 1 + L), box solved by L-BFGS-B.
+    """Keskar et al.'s epsilon-sharpness (x100, relative to 1 + L), box solved by L-BFGS-B;
+    ``progress(done, total)`` after each evaluation (total: max_iter + 1, raised if the line searches need more).
 
     L-BFGS-B starts from a random point in the inner half of the box: at an exact critical
     point the gradient vanishes and a start at delta = 0 would never move.
@@ -175,9 +208,11 @@ def epsilon_sharpness(
     x0 = (u - 0.5) * bound
     base = obj.loss(w)
     evals = [1]
+    tick = _ticker(progress, max_iter + 1)
 
     def fun(d: np.ndarray) -> tuple[float, np.ndarray]:
         evals[0] += 1
+        tick()
         val, g = obj.loss_and_gradient(w + torch.as_tensor(d, dtype=w.dtype, device=w.device))
         return -val, -g.double().cpu().numpy()
 
@@ -208,12 +243,14 @@ def average_sharpness(
     num_samples: int = 50,
     generator: torch.Generator | None = None,
     block: int = 16,
+    progress: Progress | None = None,
 ) -> SharpnessResult:
     """E[L(w+delta)] - L(w), delta ~ N(0, sigma^2 diag(|w|^2)) (adaptive) or N(0, sigma^2 I).
 
     The draws are evaluated ``block`` at a time in one pass over the data when the objective has
     ``losses(W)`` (:meth:`ModelLoss.losses`: stacked through ``vmap`` on an accelerator, a loop on a
-    CPU); the same draws, in the same order, whatever ``block``.
+    CPU); the same draws, in the same order, whatever ``block``. ``progress(done, num_samples)`` after
+    each block.
     """
     w = obj.flat()
     base = obj.loss(w)
@@ -225,6 +262,8 @@ def average_sharpness(
         Z = torch.stack(draws[i : i + block]).to(w.device, w.dtype)
         W = w + sigma * scale * Z
         d += list(losses(W)) if losses is not None else [obj.loss(row) for row in W]
+        if progress is not None:
+            progress(len(d), num_samples)
     d = np.asarray(d, dtype=float) - base
     mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
     return SharpnessResult(

@@ -25,6 +25,7 @@ goes through ``matmat`` (blocks of vectors per pass over the data).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,13 +63,41 @@ def _mean_se(samples: np.ndarray) -> tuple[float, float]:
     return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(len(samples)))
 
 
-def hutchinson(op: LinearOperator, *, num_matvecs: int = 100, generator: torch.Generator | None = None) -> TraceResult:
-    """Mean of z^T H z over ``num_matvecs`` Rademacher vectors (``op``: see :func:`as_operator`)."""
+Progress = Callable[[int, int], None]
+
+
+def _applier(op: LinearOperator, progress: Progress | None, total: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """V -> H V by ``matmat``; with ``progress``, in chunks of about a twentieth of ``total`` columns, calling
+    ``progress(done, total)`` after each chunk (the same products, reported as they are computed)."""
+    if progress is None:
+        return lambda V: matmat(op, V)
+    done, step = [0], max(1, -(-total // 20))
+
+    def apply(V: torch.Tensor) -> torch.Tensor:
+        cols = []
+        for i in range(0, V.shape[1], step):
+            cols.append(matmat(op, V[:, i : i + step]))
+            done[0] += cols[-1].shape[1]
+            progress(done[0], total)
+        return torch.cat(cols, dim=1)
+
+    return apply
+
+
+def hutchinson(
+    op: LinearOperator,
+    *,
+    num_matvecs: int = 100,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> TraceResult:
+    """Mean of z^T H z over ``num_matvecs`` Rademacher vectors (``op``: see :func:`as_operator`);
+    ``progress(done, num_matvecs)`` as the matvecs are computed."""
     op = as_operator(op)
     if num_matvecs < 2:
         raise ValueError("num_matvecs must be >= 2 (for a standard error)")
     Z = _rademacher(op.size, num_matvecs, op, generator)
-    samples = _quadratic_forms(Z, matmat(op, Z.T))
+    samples = _quadratic_forms(Z, _applier(op, progress, num_matvecs)(Z.T))
     return TraceResult(*_mean_se(samples), num_matvecs, "hutchinson", samples)
 
 
@@ -76,25 +105,37 @@ HUTCHPP_MIN_MATVECS = 6  # a third for the sketch, a third for projection, a thi
 
 
 def _deflated(
-    op: LinearOperator, HS: torch.Tensor, num_probes: int, generator: torch.Generator | None
+    op: LinearOperator,
+    HS: torch.Tensor,
+    num_probes: int,
+    generator: torch.Generator | None,
+    apply: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[float, np.ndarray]:
     """Hutch++'s second and third thirds: tr(Q^T H Q) with Q = orth(HS), and the remainder's samples."""
     Q, _ = torch.linalg.qr(HS.double())
     Q = Q.to(op.dtype)
-    low_rank = float(torch.trace(Q.T @ matmat(op, Q)))
+    low_rank = float(torch.trace(Q.T @ apply(Q)))
     G = _rademacher(op.size, num_probes, op, generator)
     G_perp = G - (G @ Q) @ Q.T
-    return low_rank, _quadratic_forms(G_perp, matmat(op, G_perp.T))
+    return low_rank, _quadratic_forms(G_perp, apply(G_perp.T))
 
 
-def hutchpp(op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None) -> TraceResult:
-    """Hutch++ with ``num_matvecs`` operator applications (split in thirds; ``op``: see :func:`as_operator`)."""
+def hutchpp(
+    op: LinearOperator,
+    *,
+    num_matvecs: int = 99,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> TraceResult:
+    """Hutch++ with ``num_matvecs`` operator applications (split in thirds; ``op``: see :func:`as_operator`);
+    ``progress(done, num_matvecs)`` as the matvecs are computed."""
     op = as_operator(op)
     r = num_matvecs // 3
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for Hutch++")
     S = _rademacher(op.size, r, op, generator)
-    low_rank, s = _deflated(op, matmat(op, S.T), num_matvecs - 2 * r, generator)
+    apply = _applier(op, progress, num_matvecs)
+    low_rank, s = _deflated(op, apply(S.T), num_matvecs - 2 * r, generator, apply)
     est, se = _mean_se(s)
     return TraceResult(low_rank + est, se, num_matvecs, "hutch++", s, deflated=True)
 
@@ -120,27 +161,33 @@ def remainder_share(HS: torch.Tensor) -> float:
 
 
 def adaptive_trace(
-    op: LinearOperator, *, num_matvecs: int = 99, generator: torch.Generator | None = None
+    op: LinearOperator,
+    *,
+    num_matvecs: int = 99,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
 ) -> TraceResult:
     """Hutchinson or Hutch++, whichever the first third of the budget predicts has the smaller variance.
 
     See the module docstring: with r = m // 3 and rho = :func:`remainder_share`, deflate (Hutch++ on
     the same S) when rho < (m - 2r) / m, else spend the rest on Hutchinson samples. ``op``: a flatfl
     operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
+    ``progress(done, num_matvecs)`` as the matvecs are computed.
     """
     op = as_operator(op)
     if num_matvecs < HUTCHPP_MIN_MATVECS:
         raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for the adaptive estimator")
     r = num_matvecs // 3
     S = _rademacher(op.size, r, op, generator)
-    HS = matmat(op, S.T)
+    apply = _applier(op, progress, num_matvecs)
+    HS = apply(S.T)
     rho = remainder_share(HS)
     if rho < (num_matvecs - 2 * r) / num_matvecs:
-        low_rank, s = _deflated(op, HS, num_matvecs - 2 * r, generator)
+        low_rank, s = _deflated(op, HS, num_matvecs - 2 * r, generator, apply)
         est, se = _mean_se(s)
         return TraceResult(low_rank + est, se, num_matvecs, "adaptive", s, deflated=True, remainder_share=rho)
     Z = _rademacher(op.size, num_matvecs - r, op, generator)
-    samples = np.concatenate([_quadratic_forms(S, HS), _quadratic_forms(Z, matmat(op, Z.T))])
+    samples = np.concatenate([_quadratic_forms(S, HS), _quadratic_forms(Z, apply(Z.T))])
     return TraceResult(*_mean_se(samples), num_matvecs, "adaptive", samples, deflated=False, remainder_share=rho)
 
 

@@ -179,8 +179,10 @@ def precision(root: Path) -> None:
                 net.load_state_dict(m)
                 losses.append(evaluate(net, test.x, test.y, 500)[0])
             dloss = max(dloss, abs(losses[1] - losses[0]) / losses[0])
-    print(f"clients files: float32 {size['float32'] / 1e6:.2f} MB, bfloat16 {size['bfloat16'] / 1e6:.2f} MB "
-          f"({size['float32'] / size['bfloat16']:.2f}x smaller); over {cfg.rounds} rounds x 5 clients x sent+returned:")
+    print(
+        f"clients files: float32 {size['float32'] / 1e6:.2f} MB, bfloat16 {size['bfloat16'] / 1e6:.2f} MB "
+        f"({size['float32'] / size['bfloat16']:.2f}x smaller); over {cfg.rounds} rounds x 5 clients x sent+returned:"
+    )
     print(f"  max relative error of a weight        {rel_max:.3e}  (bound 2^-8 = {2**-8:.3e})")
     print(f"  max relative L2 error of a tensor     {rel_l2:.3e}")
     print(f"  max relative change of a test loss    {dloss:.3e}")

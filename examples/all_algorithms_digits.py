@@ -25,13 +25,26 @@ COMMON = ["--dataset", "digits", "--clients", "20", "--frac", "0.25"]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rounds", type=int, default=200)
-    ap.add_argument("--root", type=Path, default=Path("checkpoints/all"))
-    ap.add_argument("--algos", default=",".join(ALGOS))
-    ap.add_argument("--dirichlet", default="0.1", help="label-skew concentration alpha (default: 0.1)")
+    ap.add_argument("--seeds", default="0,1,2", metavar="LIST", help="comma-separated run seeds (default: 0,1,2)")
+    ap.add_argument("--rounds", type=int, default=200, metavar="N", help="rounds per run (default: 200)")
     ap.add_argument(
-        "--momentum", help="local SGD momentum of every algorithm (default: flatfl's, 0.5; the README's tables: 0.9)"
+        "--root",
+        type=Path,
+        default=Path("checkpoints/all"),
+        metavar="DIR",
+        help="runs go to DIR/digits-ALGO-sSEED, each overwritten (default: checkpoints/all)",
+    )
+    ap.add_argument(
+        "--algos",
+        default=",".join(ALGOS),
+        metavar="LIST",
+        help=f"comma-separated algorithms (default: {','.join(ALGOS)})",
+    )
+    ap.add_argument("--dirichlet", default="0.1", metavar="ALPHA", help="label-skew concentration alpha (default: 0.1)")
+    ap.add_argument(
+        "--momentum",
+        metavar="M",
+        help="local SGD momentum of every algorithm (default: flatfl's, 0.5; the README's tables: 0.9)",
     )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]

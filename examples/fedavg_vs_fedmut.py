@@ -48,10 +48,16 @@ def _seeds(text: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=200, help="rounds per run (default: 200)")
-    ap.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default: 0,1,2)")
+    ap.add_argument("--rounds", type=int, default=200, metavar="N", help="rounds per run (default: 200)")
     ap.add_argument(
-        "--root", type=Path, default=Path("checkpoints/demo"), help="the demo's folder (default: checkpoints/demo)"
+        "--seeds", type=_seeds, default=[0, 1, 2], metavar="LIST", help="comma-separated seeds (default: 0,1,2)"
+    )
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=Path("checkpoints/demo"),
+        metavar="DIR",
+        help="the demo's folder (default: checkpoints/demo)",
     )
     ap.add_argument("--no-report", action="store_true", help="train only; skip flatfl report")
     args = ap.parse_args()
@@ -82,9 +88,9 @@ def main() -> None:
         return
     report = args.root / "report"
     runs = [str(outs[(a, s)]) for a in ALGOS for s in args.seeds]
-    print(f"\nflatfl report {' '.join(runs)} --out {report} --rounds {args.rounds} ...", flush=True)
+    print(f"\nflatfl report {' '.join(runs)} --out {report} --at-rounds {args.rounds} ...", flush=True)
     t0 = time.perf_counter()
-    code = flatfl(["report", *runs, "--out", str(report), "--rounds", str(args.rounds)])
+    code = flatfl(["report", *runs, "--out", str(report), "--at-rounds", str(args.rounds)])
     if code != 0:
         sys.exit(code)
     print(f"\nreport ({time.perf_counter() - t0:.0f} s): {(report / 'report.html').resolve()}")

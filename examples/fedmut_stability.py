@@ -209,18 +209,34 @@ def print_ratios(rows: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits", help="any flatfl dataset (default: digits)")
-    ap.add_argument("--data-root", type=Path, help="where on-disk datasets live (CIFAR)")
-    ap.add_argument("--radii", default="0,2,4", help="FedMut radii; 0 = no mutation (default: 0,2,4)")
-    ap.add_argument("--momenta", default="0.5,0.9", help="local SGD momenta (default: 0.5,0.9)")
-    ap.add_argument("--lrs", default="0.01,0.05", help="local learning rates (default: 0.01,0.05)")
-    ap.add_argument("--dirichlet", default="0.1", help="Dirichlet alphas of the label skew (default: 0.1)")
-    ap.add_argument("--seeds", default="0,1", help="run seeds (default: 0,1)")
-    ap.add_argument("--rounds", type=int, default=30, help="rounds per run (default: 30)")
-    ap.add_argument("--caps", default="none,0.05", help="mutation caps rho; none = off (default: none,0.05)")
-    ap.add_argument("--root", type=Path, default=Path("checkpoints/stability"), help="runs, CSV and PNG go here")
+    ap.add_argument("--dataset", metavar="NAME", default="digits", help="any flatfl dataset (default: digits)")
     ap.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads; 1 avoids thrashing on a busy CPU (default: 1)"
+        "--data-root", type=Path, metavar="DIR", help="where on-disk datasets live, for CIFAR (default: data)"
+    )
+    ap.add_argument("--radii", metavar="LIST", default="0,2,4", help="FedMut radii; 0 = no mutation (default: 0,2,4)")
+    ap.add_argument("--momenta", metavar="LIST", default="0.5,0.9", help="local SGD momenta (default: 0.5,0.9)")
+    ap.add_argument("--lrs", metavar="LIST", default="0.01,0.05", help="local learning rates (default: 0.01,0.05)")
+    ap.add_argument(
+        "--dirichlet", metavar="LIST", default="0.1", help="Dirichlet alphas of the label skew (default: 0.1)"
+    )
+    ap.add_argument("--seeds", metavar="LIST", default="0,1", help="run seeds (default: 0,1)")
+    ap.add_argument("--rounds", metavar="N", type=int, default=30, help="rounds per run (default: 30)")
+    ap.add_argument(
+        "--caps", metavar="LIST", default="none,0.05", help="mutation caps rho; none = off (default: none,0.05)"
+    )
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=Path("checkpoints/stability"),
+        metavar="DIR",
+        help="runs (overwritten), stability.csv and stability.png go here (default: checkpoints/stability)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads; 1 avoids thrashing on a busy CPU (default: 1)",
     )
     ap.add_argument("--plot-only", action="store_true", help="redraw stability.png from --root's stability.csv")
     args = ap.parse_args()

@@ -28,8 +28,16 @@ from flatfl.analysis import (
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=512, help="synthetic regression examples (default: 512)")
-    ap.add_argument("--out", type=Path, default=Path("checkpoints/examples/regression"), help="folder for the plots")
+    ap.add_argument(
+        "--samples", type=int, default=512, metavar="N", help="synthetic regression examples (default: 512)"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("checkpoints/examples/regression"),
+        metavar="DIR",
+        help="folder for the plots (default: checkpoints/examples/regression)",
+    )
     args = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.samples, 8, generator=g)

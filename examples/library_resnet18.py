@@ -26,10 +26,20 @@ def images(n: int) -> torch.utils.data.DataLoader:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=16, help="random 3x32x32 images to analyse on (default: 16)")
-    ap.add_argument("--vectors", type=int, default=12, help="most Lanczos vectors for lambda_max (default: 12)")
-    ap.add_argument("--probes", type=int, default=9, help="Hutchinson probes for the trace (default: 9)")
-    ap.add_argument("--out", type=Path, default=Path("checkpoints/examples/resnet18"), help="folder for the plot")
+    ap.add_argument(
+        "--images", type=int, default=16, metavar="N", help="random 3x32x32 images to analyse on (default: 16)"
+    )
+    ap.add_argument(
+        "--vectors", type=int, default=12, metavar="N", help="most Lanczos vectors for lambda_max (default: 12)"
+    )
+    ap.add_argument("--probes", type=int, default=9, metavar="N", help="Hutchinson probes for the trace (default: 9)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("checkpoints/examples/resnet18"),
+        metavar="DIR",
+        help="folder for the plot (default: checkpoints/examples/resnet18)",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()

@@ -52,8 +52,14 @@ def targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sequences", type=int, default=64, help="random token sequences (default: 64)")
-    ap.add_argument("--out", type=Path, default=Path("checkpoints/examples/transformer"), help="folder for the plot")
+    ap.add_argument("--sequences", type=int, default=64, metavar="N", help="random token sequences (default: 64)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("checkpoints/examples/transformer"),
+        metavar="DIR",
+        help="folder for the plot (default: checkpoints/examples/transformer)",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     model = TinyTransformer()

@@ -25,7 +25,7 @@ def lambda_max(run: Path, round: int, out: Path, samples: int = 1000) -> float:
     """lambda_max of ``run``'s global model at ``round`` by Lanczos on ``samples`` training samples
     (``flatfl report`` with everything else off, no matched-convergence round: report.csv's row of ``round``)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        code = flatfl(["report", str(run), "--out", str(out), "--rounds", str(round), "--samples", str(samples),
+        code = flatfl(["report", str(run), "--out", str(out), "--at-rounds", str(round), "--samples", str(samples),
                        "--no-surface", "--no-spread", "--no-match", "--sharpness", "none", "--trace-matvecs", "0",
                        "--no-progress"])  # fmt: skip
     if code != 0:

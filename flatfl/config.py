@@ -132,12 +132,18 @@ class RunConfig:
         data (``data_root``); any other change makes a different experiment. Each checkpoint
         records this hash so a file that belongs to another run is detected.
         """
-        d = self.to_dict()
-        d.pop("rounds")
-        d.pop("preset", None)  # a label: the resolved values are what identify the run
-        d["data"].pop("data_root")  # the same data moved elsewhere is the same experiment
-        d["data"].pop("partition_file", None)  # so is a moved partition file (its SHA-256 stays)
-        return hashlib.sha256(canonical_json(d).encode()).hexdigest()
+        return identity_of(self.to_dict())
+
+
+def identity_of(config: dict[str, Any]) -> str:
+    """:meth:`RunConfig.identity` of a config dict (also of a Flower run's, whose ``algo`` may be a
+    strategy flatfl does not know)."""
+    d = json.loads(canonical_json(config))
+    d.pop("rounds")
+    d.pop("preset", None)  # a label: the resolved values are what identify the run
+    d["data"].pop("data_root")  # the same data moved elsewhere is the same experiment
+    d["data"].pop("partition_file", None)  # so is a moved partition file (its SHA-256 stays)
+    return hashlib.sha256(canonical_json(d).encode()).hexdigest()
 
 
 def compact_dict(obj: Any) -> dict[str, Any]:

@@ -38,8 +38,10 @@ _TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
 
 def is_run_file(name: str) -> bool:
     """A file flatfl train writes into a run directory (and may replace or remove)."""
-    return name in RUN_FILES or name == CLIENT_STATE_DIR or (
-        name.endswith(".safetensors") and name.startswith(("round_", "clients_"))
+    return (
+        name in RUN_FILES
+        or name == CLIENT_STATE_DIR
+        or (name.endswith(".safetensors") and name.startswith(("round_", "clients_")))
     )
 
 

@@ -42,6 +42,7 @@ from flatfl.local import evaluate, local_sgd
 from flatfl.models import build_model, check_fits, num_parameters
 from flatfl.partition import label_counts, partition_dirichlet, partition_iid, partition_shards
 from flatfl.saver import RoundSaver
+from flatfl.startup import start_header
 from flatfl.statedict import StateDict, clone, first_nonfinite
 from flatfl.storage import StorageConfig
 from flatfl.tracking import Tracker
@@ -122,8 +123,14 @@ def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
 
 def sample_clients(cfg: RunConfig, round: int) -> np.ndarray:
     """m distinct clients for ``round``, from the generator derived from (seed, round)."""
-    rng = seeding.derive_rng(cfg.seed, seeding.SAMPLE, round)
-    return rng.choice(cfg.data.num_clients, cfg.clients_per_round, replace=False)
+    return draw_clients(cfg.seed, round, cfg.data.num_clients, cfg.clients_per_round)
+
+
+def draw_clients(seed: int, round: int, num_clients: int, m: int) -> np.ndarray:
+    """m distinct client ids of 0..num_clients-1 for ``round``, from the (seed, SAMPLE, round) generator
+    (also flatfl.flower's FedMut strategy, so a Flower run samples the clients a flatfl run does)."""
+    rng = seeding.derive_rng(seed, seeding.SAMPLE, round)
+    return rng.choice(num_clients, m, replace=False)
 
 
 @dataclass
@@ -407,9 +414,7 @@ def train(
         _on_main(ctx, check)  # again under the lock, after recovery
         for note in notes if rd is not None else []:
             (log or print)(f"{out}: {note}")
-        logs = _train(
-            cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients, storage, tensorboard
-        )
+        logs = _train(cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients, storage, tensorboard)
         ok = True
         return logs
     finally:
@@ -442,159 +447,40 @@ def _train(
         resume = False
     data = load_dataset(cfg.data, download=download and main)
 
-    def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
-        parts = ckpt.read_partition(out, resume_info(out, identity))
-        start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
-        global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
-        check_finite(ckpt.round_path(out, start), global_cpu)
-        check_finite(out / ckpt.STATE_FILE, st_tensors)
-        return parts, start, algo_name, st_tensors, st_json, global_cpu
-
-    if resume:
-        raw_parts, start, algo_name, st_tensors, st_json, global_cpu = _on_main(ctx, read_resume)
-        parts = [np.asarray(p, dtype=np.int64) for p in raw_parts]
-        n = len(data.train)
-        if len(parts) != cfg.data.num_clients or any(len(p) and (p.min() < 0 or p.max() >= n) for p in parts):
-            raise UserError(
-                f"{out / ckpt.PARTITION_JSON}: does not match the run's data "
-                f"({cfg.data.num_clients} clients over {n} samples)"
-            )
-    else:
-        parts = make_partition(cfg, data)
-    if parallel_clients == "auto":
-        from flatfl.parallel import auto_parallel_clients
-
-        parallel_clients = auto_parallel_clients(dev, cfg.clients_per_round)
-    sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
+    parts, resume_data = _partition(out, cfg, data, ctx, resume, identity)
+    sim, info = _simulation(cfg, dev, data, parts, ctx, parallel_clients, log)
     algo = sim.algorithm
-    if parallel_clients > 1:
-        from flatfl.parallel import model_qualifies
-
-        if not model_qualifies(sim.model):
-            log(
-                f"note: --parallel-clients: {cfg.model} has BatchNorm statistics, dropout or an LSTM, which cannot "
-                "be stacked; its clients train one after another"
-            )
-    info = _run_info(cfg, sim, parts, dev) | (
-        {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
-    )
-    source = getattr(cfg.algo_config, "proxy_data", None)
-    if source is not None:  # FedDF/FedAUX: where the unlabelled proxy data come from (checked now)
-        info["server_data"] = {"source": source, "samples": int(len(sim.server_data()))}
 
     if resume:
-        if algo_name != cfg.algo:
-            raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")
-        # files store tensors sorted by name; keep the model's state_dict order, which fixes
-        # the order in which FedMut draws per-tensor coefficients (resume == straight run)
-        model_sd = sim.model.state_dict()
-        _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
-        _check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
-        global_state = {k: global_cpu[k].to(dev) for k in model_sd}
-        algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
-        if main:
-            complete_metrics(out, start, sim, identity, str(dev))
+        start, global_state, storage = _restore(out, cfg, sim, dev, identity, storage, main, log, resume_data, info)
         if start >= cfg.rounds:
-            log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
             return []
-        if main:
-            ckpt.set_run_rounds(out, cfg.rounds)
-            storage = _resumed_storage(out, storage)
-            (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
-        log(f"resuming {out} from round {start}")
     else:
         start = 0
-        global_state = distributed.broadcast_state(ctx, sim.initial_state())
-        loss0, acc0 = sim.evaluate(global_state)
-        if main:
-            assert rd is not None
-            tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
-            rd.clear_for_new_run()  # everything is validated: an overwritten run is moved aside now
-            partition = ckpt.partition_json_bytes(
-                {"clients": [p.tolist() for p in parts]}
-                | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {})
-            )
-            storage = storage or StorageConfig()
-            run_json = info | {"partition_sha256": ckpt.sha256_hex(partition), "storage": storage.to_dict()}
-            ckpt.write_run_json(out, run_json)
-            ckpt.atomic_write_bytes(out / ckpt.PARTITION_JSON, partition)
-            saver = RoundSaver(out, cfg, identity, storage, algo, tracker)
-            record0 = {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
-            saver.job(0, global_state, record0)()
-            rd.round0_committed()
+        global_state, saver = _start_fresh(out, cfg, sim, dev, ctx, rd, info, parts, data, storage, tensorboard, log)
     if main and resume:
         tracker = Tracker(Path(tensorboard) / out.name, start + 1, warn=log) if tensorboard is not None else None
         saver = RoundSaver(out, cfg, identity, storage or StorageConfig(), algo, tracker)
         saver.resumed()
 
-    show_bar = main and (sys.stderr.isatty() if progress is None else progress)
-    bar = None
-    if show_bar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.rounds, initial=start, desc=f"{cfg.algo} rounds", unit="round", dynamic_ncols=True)
-        last_eval = {"text": ""}
-        mine = cfg.clients_per_round if ctx is None else len(ctx.my_slots(cfg.clients_per_round))
-        sim.on_client_done = lambda slot, client: bar.set_postfix_str(
-            f"client {slot + 1}/{cfg.clients_per_round}{last_eval['text']}"
-            if ctx is None
-            else f"{mine} clients on each of {ctx.world_size} ranks{last_eval['text']}",
-            refresh=True,
-        )
+    last_eval = {"text": ""}
+    bar = (
+        _progress_bar(cfg, sim, ctx, start, last_eval)
+        if main and (sys.stderr.isatty() if progress is None else progress)
+        else None
+    )
 
     logs: list[RoundLog] = []
     writer = ckpt.BackgroundWriter()
     try:
         for t in range(start + 1, cfg.rounds + 1):
-            t0 = time.perf_counter()
-            chosen = algo.select_clients(t, cfg.clients_per_round, seeding.derive_rng(cfg.seed, seeding.SAMPLE, t))
-            clients = sample_clients(cfg, t).tolist() if chosen is None else list(chosen)
-            rng = seeding.derive_rng(cfg.seed, seeding.ALGORITHM, t)
-            result = algo.run_round(t, global_state, clients, rng, sim)
-            new_global = result.new_global
-            if ctx is not None and dev.type == "cuda":  # ranks must not drift apart through GPU non-determinism
-                distributed.broadcast_state(ctx, new_global)
-            key = first_nonfinite(new_global)
-            if key is not None:
-                for u in result.updates:
-                    ukey = first_nonfinite(u.state)
-                    if ukey is not None:
-                        raise DivergenceError(
-                            f"round {t}, client {u.client}: local training produced a non-finite weight in {ukey}",
-                            t,
-                            u.client,
-                        )
-                raise DivergenceError(f"round {t}: the aggregated global model has non-finite values in {key}", t, None)
-            t1 = time.perf_counter()
-            test_loss, test_acc = sim.evaluate(new_global)
-            if not np.isfinite(test_loss):
-                raise DivergenceError(f"round {t}: the global model's test loss is {test_loss}", t, None)
-            train_losses = [u.train_loss for u in result.updates]
-            wall = time.perf_counter() - t0
-            rec = RoundLog(t, test_loss, test_acc, float(np.mean(train_losses)), wall)
+            rec, result, round_time = _one_round(t, cfg, sim, global_state, dev, ctx)
+            new_global, test_loss, test_acc = result.new_global, rec.test_loss, rec.test_acc
             logs.append(rec)
             old_global, global_state = global_state, new_global
             if not main:
                 continue
-            clients_info = {
-                "clients": [u.client for u in result.updates],
-                "num_samples": [u.num_samples for u in result.updates],
-                "train_loss": train_losses,
-                **algo.dispatch_info(),
-            }
-            record = {
-                "round": t,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "train_loss": rec.train_loss,
-                "clients": clients_info["clients"],
-                "client_train_loss": train_losses,
-                "wall_time": wall,
-                "round_time": t1 - t0,
-                "device": str(dev),
-            } | ({"world_size": ctx.world_size} if ctx is not None else {})
-            record |= diagnostics.round_metrics(old_global, new_global, [u.sent_loss for u in result.updates])
-            record |= algo.round_metrics()
+            clients_info, record = _round_record(rec, result, algo, old_global, round_time, dev, ctx)
             saver.took_part(clients_info["clients"])
             writer.submit(
                 saver.job(
@@ -613,26 +499,14 @@ def _train(
             else:
                 log(
                     f"[{cfg.algo}] round {t}/{cfg.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
-                    f"train_loss {rec.train_loss:.4f}  {wall:.2f}s"
+                    f"train_loss {rec.train_loss:.4f}  {rec.wall_time:.2f}s"
                 )
     except KeyboardInterrupt:
         writer.cancel_pending()  # queued rounds are dropped; the one being written completes
         raise
     except DivergenceError as exc:
         writer.close()
-        rounds = ckpt.list_rounds(out) if main else []
-        last = rounds[-1] if rounds else 0
-        reason = f"{exc}{_mutation_note(algo)}"
-        message = (
-            f"{reason}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
-            "Lower --lr, --momentum or (FedMut) --radius."
-        )
-        if main:  # the analysis side lists the run as diverged instead of averaging it in
-            ckpt.atomic_write_json(
-                out / ckpt.DIVERGED_JSON,
-                {"round": exc.round, "client": exc.client, "last_finite_round": last, "message": reason},
-            )
-        raise DivergenceError(message, exc.round, exc.client) from None
+        raise _diverged(exc, out, algo, main) from None
     finally:
         writer.close()
         if bar is not None:
@@ -640,6 +514,249 @@ def _train(
         if main and saver.tracker is not None:
             saver.tracker.close()
     return logs
+
+
+def _partition(
+    out: Path, cfg: RunConfig, data: Any, ctx: distributed.DistContext | None, resume: bool, identity: str
+) -> tuple[list[np.ndarray], list[Any] | None]:
+    """The clients' indices -- drawn anew, or read back with the saved state on a resume (main rank reads)."""
+
+    def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
+        parts = ckpt.read_partition(out, resume_info(out, identity))
+        start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
+        global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
+        check_finite(ckpt.round_path(out, start), global_cpu)
+        check_finite(out / ckpt.STATE_FILE, st_tensors)
+        return parts, start, algo_name, st_tensors, st_json, global_cpu
+
+    if not resume:
+        return make_partition(cfg, data), None
+    raw_parts, *resume_data = _on_main(ctx, read_resume)
+    parts = [np.asarray(p, dtype=np.int64) for p in raw_parts]
+    n = len(data.train)
+    if len(parts) != cfg.data.num_clients or any(len(p) and (p.min() < 0 or p.max() >= n) for p in parts):
+        raise UserError(
+            f"{out / ckpt.PARTITION_JSON}: does not match the run's data "
+            f"({cfg.data.num_clients} clients over {n} samples)"
+        )
+    return parts, resume_data
+
+
+def _simulation(
+    cfg: RunConfig,
+    dev: torch.device,
+    data: Any,
+    parts: list[np.ndarray],
+    ctx: distributed.DistContext | None,
+    parallel_clients: int | str,
+    log: Callable[[str], None],
+) -> tuple[Simulation, dict[str, Any]]:
+    """The simulation (data, model, algorithm) and run.json's description of it."""
+    if parallel_clients == "auto":
+        from flatfl.parallel import auto_parallel_clients
+
+        parallel_clients = auto_parallel_clients(dev, cfg.clients_per_round)
+    sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
+    if parallel_clients > 1:
+        from flatfl.parallel import model_qualifies
+
+        if not model_qualifies(sim.model):
+            log(
+                f"note: --parallel-clients: {cfg.model} has BatchNorm statistics, dropout or an LSTM, which cannot "
+                "be stacked; its clients train one after another"
+            )
+    info = _run_info(cfg, sim, parts, dev) | (
+        {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
+    )
+    source = getattr(cfg.algo_config, "proxy_data", None)
+    if source is not None:  # FedDF/FedAUX: where the unlabelled proxy data come from (checked now)
+        info["server_data"] = {"source": source, "samples": int(len(sim.server_data()))}
+
+    return sim, info
+
+
+def _one_round(
+    t: int,
+    cfg: RunConfig,
+    sim: Simulation,
+    global_state: StateDict,
+    dev: torch.device,
+    ctx: distributed.DistContext | None,
+) -> tuple[RoundLog, Any, float]:
+    """Round t: sample, train, aggregate, check, evaluate. (its log, the algorithm's result, seconds to aggregate)."""
+    t0 = time.perf_counter()
+    algo = sim.algorithm
+    chosen = algo.select_clients(t, cfg.clients_per_round, seeding.derive_rng(cfg.seed, seeding.SAMPLE, t))
+    clients = sample_clients(cfg, t).tolist() if chosen is None else list(chosen)
+    rng = seeding.derive_rng(cfg.seed, seeding.ALGORITHM, t)
+    result = algo.run_round(t, global_state, clients, rng, sim)
+    if ctx is not None and dev.type == "cuda":  # ranks must not drift apart through GPU non-determinism
+        distributed.broadcast_state(ctx, result.new_global)
+    _check_round_finite(t, result)
+    t1 = time.perf_counter()
+    test_loss, test_acc = sim.evaluate(result.new_global)
+    if not np.isfinite(test_loss):
+        raise DivergenceError(f"round {t}: the global model's test loss is {test_loss}", t, None)
+    train_losses = [u.train_loss for u in result.updates]
+    rec = RoundLog(t, test_loss, test_acc, float(np.mean(train_losses)), time.perf_counter() - t0)
+    return rec, result, t1 - t0
+
+
+def _restore(
+    out: Path,
+    cfg: RunConfig,
+    sim: Simulation,
+    dev: torch.device,
+    identity: str,
+    storage: StorageConfig | None,
+    main: bool,
+    log: Callable[[str], None],
+    resume_data: list[Any],
+    info: dict[str, Any],
+) -> tuple[int, StateDict, StorageConfig | None]:
+    """The saved global model and algorithm state, checked against the model; (start round, global, storage)."""
+    start, algo_name, st_tensors, st_json, global_cpu = resume_data
+    algo = sim.algorithm
+    if algo_name != cfg.algo:
+        raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")
+    # files store tensors sorted by name; keep the model's state_dict order, which fixes
+    # the order in which FedMut draws per-tensor coefficients (resume == straight run)
+    model_sd = sim.model.state_dict()
+    _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
+    _check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
+    global_state = {k: global_cpu[k].to(dev) for k in model_sd}
+    algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
+    if main:
+        complete_metrics(out, start, sim, identity, str(dev))
+    if start >= cfg.rounds:
+        log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
+        return start, global_state, storage
+    if main:
+        ckpt.set_run_rounds(out, cfg.rounds)
+        storage = _resumed_storage(out, storage)
+        (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
+    log(start_header(cfg, info, dev, out, resumed_from=start))
+    return start, global_state, storage
+
+
+def _start_fresh(
+    out: Path,
+    cfg: RunConfig,
+    sim: Simulation,
+    dev: torch.device,
+    ctx: distributed.DistContext | None,
+    rd: rundir.RunDir | None,
+    info: dict[str, Any],
+    parts: list[np.ndarray],
+    data: Any,
+    storage: StorageConfig | None,
+    tensorboard: Path | None,
+    log: Callable[[str], None],
+) -> tuple[StateDict, RoundSaver | None]:
+    """Round 0: the initial global model, evaluated; on the main rank run.json, partition.json and round 0
+    written and committed (an overwritten run is moved aside only now, after every check)."""
+    global_state = distributed.broadcast_state(ctx, sim.initial_state())
+    loss0, acc0 = sim.evaluate(global_state)
+    log(start_header(cfg, info, dev, out, round0=(loss0, acc0)))
+    if not (ctx is None or ctx.is_main):
+        return global_state, None
+    assert rd is not None
+    tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
+    rd.clear_for_new_run()
+    partition = ckpt.partition_json_bytes(
+        {"clients": [p.tolist() for p in parts]}
+        | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {})
+    )
+    storage = storage or StorageConfig()
+    run_json = info | {"partition_sha256": ckpt.sha256_hex(partition), "storage": storage.to_dict()}
+    ckpt.write_run_json(out, run_json)
+    ckpt.atomic_write_bytes(out / ckpt.PARTITION_JSON, partition)
+    saver = RoundSaver(out, cfg, cfg.identity(), storage, sim.algorithm, tracker)
+    record0 = {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
+    saver.job(0, global_state, record0)()
+    rd.round0_committed()
+    return global_state, saver
+
+
+def _check_round_finite(t: int, result: Any) -> None:
+    """A non-finite aggregate stops the run, naming the first client whose local training produced one."""
+    key = first_nonfinite(result.new_global)
+    if key is None:
+        return
+    for u in result.updates:
+        ukey = first_nonfinite(u.state)
+        if ukey is not None:
+            raise DivergenceError(
+                f"round {t}, client {u.client}: local training produced a non-finite weight in {ukey}", t, u.client
+            )
+    raise DivergenceError(f"round {t}: the aggregated global model has non-finite values in {key}", t, None)
+
+
+def _round_record(
+    rec: RoundLog,
+    result: Any,
+    algo: FederatedAlgorithm,
+    old_global: StateDict,
+    round_time: float,
+    dev: torch.device,
+    ctx: distributed.DistContext | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the clients file's info, the metrics.jsonl line) of a finished round."""
+    train_losses = [u.train_loss for u in result.updates]
+    clients_info = {
+        "clients": [u.client for u in result.updates],
+        "num_samples": [u.num_samples for u in result.updates],
+        "train_loss": train_losses,
+        **algo.dispatch_info(),
+    }
+    record = {
+        "round": rec.round,
+        "test_loss": rec.test_loss,
+        "test_acc": rec.test_acc,
+        "train_loss": rec.train_loss,
+        "clients": clients_info["clients"],
+        "client_train_loss": train_losses,
+        "wall_time": rec.wall_time,
+        "round_time": round_time,
+        "device": str(dev),
+    } | ({"world_size": ctx.world_size} if ctx is not None else {})
+    record |= diagnostics.round_metrics(old_global, result.new_global, [u.sent_loss for u in result.updates])
+    record |= algo.round_metrics()
+    return clients_info, record
+
+
+def _diverged(exc: DivergenceError, out: Path, algo: FederatedAlgorithm, main: bool) -> DivergenceError:
+    """The one-line error of a diverged run; ``diverged.json`` so the analysis lists it instead of averaging it."""
+    rounds = ckpt.list_rounds(out) if main else []
+    last = rounds[-1] if rounds else 0
+    reason = f"{exc}{_mutation_note(algo)}"
+    message = (
+        f"{reason}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
+        "Lower --lr, --momentum or (FedMut) --radius."
+    )
+    if main:
+        ckpt.atomic_write_json(
+            out / ckpt.DIVERGED_JSON,
+            {"round": exc.round, "client": exc.client, "last_finite_round": last, "message": reason},
+        )
+    return DivergenceError(message, exc.round, exc.client)
+
+
+def _progress_bar(
+    cfg: RunConfig, sim: Simulation, ctx: distributed.DistContext | None, start: int, last_eval: dict[str, str]
+) -> Any:
+    """The rounds bar; the clients of the running round (or ranks) and the last test numbers as its postfix."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.rounds, initial=start, desc=f"{cfg.algo} rounds", unit="round", dynamic_ncols=True)
+    mine = cfg.clients_per_round if ctx is None else len(ctx.my_slots(cfg.clients_per_round))
+    sim.on_client_done = lambda slot, client: bar.set_postfix_str(
+        f"client {slot + 1}/{cfg.clients_per_round}{last_eval['text']}"
+        if ctx is None
+        else f"{mine} clients on each of {ctx.world_size} ranks{last_eval['text']}",
+        refresh=True,
+    )
+    return bar
 
 
 def _mutation_note(algo: FederatedAlgorithm) -> str:

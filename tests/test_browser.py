@@ -32,7 +32,7 @@ def pages(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     for algo in ("fedavg", "fedmut"):
         assert main(["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]) == 0
-    assert main(["report", str(root / "fedavg"), str(root / "fedmut"), "--out", str(root / "rep"), "--rounds", "2,4",
+    assert main(["report", str(root / "fedavg"), str(root / "fedmut"), "--out", str(root / "rep"), "--at-rounds", "2,4",
                  "--samples", "100", "--grid", "5", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "2",
                  "--no-match", "--spread-samples", "50", "--no-progress"]) == 0  # fmt: skip
     assert main(["landscape", "--ckpt", str(root / "fedmut" / "round_0004.safetensors"), "--surface", "2d",

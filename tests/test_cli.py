@@ -198,6 +198,6 @@ def test_landscape_help_explains_every_flag():
         "--sharpness-samples",
         "--m",
         "--federated",
-        "--clients",
+        "--federated-clients",
     ]:
         assert flag in proc.stdout, flag

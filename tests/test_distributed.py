@@ -176,7 +176,7 @@ def test_torchrun_report_equals_one_process(tiny, cli, tmp_path, one_thread):
     import csv
 
     runs = [tiny("avg", "--save-clients", rounds=2, algo="fedavg"), tiny("mut", "--save-clients", rounds=2)]
-    args = ["report", *map(str, runs), "--rounds", "2", "--samples", "100", "--grid", "3", "--trace-matvecs", "6",
+    args = ["report", *map(str, runs), "--at-rounds", "2", "--samples", "100", "--grid", "3", "--trace-matvecs", "6",
             "--sharpness", "sam", "--no-progress"]  # fmt: skip
     code, _, err = cli(*args, "--out", tmp_path / "one")
     assert code == 0, err

@@ -62,7 +62,7 @@ def test_partition_command_matches_the_trainer(cli, tiny, tmp_path):
 
     run = tiny("run", rounds=1, algo="fedavg")  # TINY: digits, 6 clients, Dirichlet(0.5), seed 0
     data_flags = ["--dataset", "digits", "--clients", "6", "--dirichlet", "0.5"]
-    code, out, err = cli("partition", *data_flags, "--out", tmp_path / "p.png")
+    code, out, err = cli("partition", *data_flags, "--plot", tmp_path / "p.png")
     assert code == 0, err
     sizes = json.loads((run / "run.json").read_text())["partition"]["sizes"]
     printed = [int(line.split()[1]) for line in out.splitlines()[2 : 2 + len(sizes)]]

@@ -132,7 +132,7 @@ def test_a_file_changed_after_configuration_is_refused(tmp_path):
 def test_partition_command_shows_a_files_split(cli, tmp_path):
     clients = split(3)
     f = authors_file(tmp_path / "s.json", clients)
-    code, out, err = cli("partition", "--dataset", "digits", "--partition-file", f, "--out", tmp_path / "p.png")
+    code, out, err = cli("partition", "--dataset", "digits", "--partition-file", f, "--plot", tmp_path / "p.png")
     assert code == 0, err
     assert "3 clients" in out and f"sizes: min {min(map(len, clients))}" in out
     assert (tmp_path / "p.png").is_file()

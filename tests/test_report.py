@@ -28,7 +28,7 @@ def pair(tmp_path_factory):
     return root
 
 
-REPORT = ["--rounds", "2,4", "--samples", "150", "--grid", "5", "--trace-matvecs", "12",
+REPORT = ["--at-rounds", "2,4", "--samples", "150", "--grid", "5", "--trace-matvecs", "12",
           "--sharpness", "sam,average_isotropic", "--spread-samples", "100", "--no-match", "--slices", "2",
           "--no-progress"]  # fmt: skip
 
@@ -40,6 +40,12 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     for name in ("report.html", "report.csv", "verdict.csv", "curves.csv", "report.json", "surfaces.png", "spread.png",
                  "slices.png", "slices.pdf"):  # fmt: skip
         assert (out / name).is_file(), name
+    # the report's own settings (not landscape's defaults), printed and at the top of the page
+    said = "report settings (not flatfl landscape's defaults): 150 train samples; lambda_max: Lanczos top-1, tol 0.0001"
+    assert said in stdout
+    page = (out / "report.html").read_text()
+    body = page[page.index("<body>") :]
+    assert body.index(said.replace("'", "&#x27;")) < body.index("<table")  # above the verdict table
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [(r["run"], r["round"]) for r in rows] == [
         ("fedavg", "2"),
@@ -89,7 +95,7 @@ def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
     from flatfl.cli import main
 
     out = tmp_path / "r"
-    assert main(["report", str(pair / "fedavg"), str(pair / "fedmut"), "--out", str(out), "--rounds", "4",
+    assert main(["report", str(pair / "fedavg"), str(pair / "fedmut"), "--out", str(out), "--at-rounds", "4",
                  "--samples", "100", "--grid", "3", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none",
                  "--no-spread", "--no-match", "--slices", "0", "--no-progress"]) == 0  # fmt: skip
     surfs = [Surface.load(p.with_suffix("")) for p in sorted((out / "runs").glob("*/round_0004/surface.npz"))]
@@ -106,25 +112,25 @@ def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
 def test_report_bad_input(cli, pair, tmp_path):
     code, _, err = cli("report", tmp_path, "--out", tmp_path / "o")
     _one_line_error(code, err, str(tmp_path), "run.json")
-    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "9")
-    _one_line_error(code, err, "--rounds", "9")
+    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--at-rounds", "9")
+    _one_line_error(code, err, "--at-rounds", "9")
     import shutil
 
     shutil.copytree(pair / "fedmut", tmp_path / "hole")  # a run missing a round file the others have
     (tmp_path / "hole" / "round_0003.safetensors").unlink()
-    code, _, err = cli("report", pair / "fedavg", tmp_path / "hole", "--out", tmp_path / "o", "--rounds", "3")
-    _one_line_error(code, err, "--rounds", "hole", "[3]")
+    code, _, err = cli("report", pair / "fedavg", tmp_path / "hole", "--out", tmp_path / "o", "--at-rounds", "3")
+    _one_line_error(code, err, "--at-rounds", "hole", "[3]")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--sharpness", "bogus")
     _one_line_error(code, err, "--sharpness")
-    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--rounds", "x")
-    _one_line_error(code, err, "--rounds")
+    code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--at-rounds", "x")
+    _one_line_error(code, err, "--at-rounds")
     code, _, err = cli("report", pair / "fedavg", "--out", tmp_path / "o", "--trace-matvecs", "4")
     _one_line_error(code, err, "--trace-matvecs", "6")
 
 
 def test_report_cache_is_keyed_on_the_checkpoint_bytes(tiny, cli, tmp_path):
     """A run retrained in place (--overwrite) must be measured again, not read from the cache."""
-    flags = ["--rounds", "2", "--samples", "100", "--no-surface", "--no-spread", "--trace-matvecs", "0",
+    flags = ["--at-rounds", "2", "--samples", "100", "--no-surface", "--no-spread", "--trace-matvecs", "0",
              "--sharpness", "none", "--no-progress"]  # fmt: skip
     run = tiny("r", rounds=2, algo="fedavg")
     code, _, err = cli("report", run, "--out", tmp_path / "rep", *flags)

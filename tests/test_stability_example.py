@@ -20,7 +20,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "fedmut_stability
 def report_row(run: Path, rnd: int, out: Path) -> dict[str, str]:
     """report.csv's row of ``run`` at ``rnd`` from ``flatfl report`` on 500 training samples, widths only."""
     with contextlib.redirect_stdout(io.StringIO()):
-        code = flatfl(["report", str(run), "--out", str(out), "--rounds", str(rnd), "--samples", "500",
+        code = flatfl(["report", str(run), "--out", str(out), "--at-rounds", str(rnd), "--samples", "500",
                        "--no-surface", "--no-spread", "--no-match", "--no-hessian", "--sharpness", "none",
                        "--trace-matvecs", "0", "--no-progress"])  # fmt: skip
     assert code == 0

@@ -145,7 +145,7 @@ def test_match_loss_and_accuracy_pick_the_first_round():
 
 
 # -- whole reports with a known answer ------------------------------------------------------
-FAST = ["--rounds", "3", "--samples", "150", "--no-surface", "--no-spread", "--trace-matvecs", "0",
+FAST = ["--at-rounds", "3", "--samples", "150", "--no-surface", "--no-spread", "--trace-matvecs", "0",
         "--sharpness", "none", "--slices", "2", "--no-progress"]  # fmt: skip
 
 

@@ -145,3 +145,24 @@ def apply_threads(requested: int | None, say: Any) -> int:
         say(warning + "\n")
     torch.set_num_threads(per)
     return per
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling kept for one release: stores like its new flag and warns once on stderr."""
+
+    new_flag = ""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        sys.stderr.write(
+            f"flatfl: warning: {option_string} is deprecated and will be removed in the next release; "
+            f"use {self.new_flag}\n"
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(g: Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """``old`` as a hidden alias of ``new`` (same ``dest``, ``type``, ``nargs``): absent from ``--help``,
+    a one-line warning when used. ``kwargs`` are those of the new flag's ``add_argument``."""
+    action = type("Deprecated", (_DeprecatedAlias,), {"new_flag": new})
+    keep = {k: v for k, v in kwargs.items() if k in ("type", "nargs", "choices", "metavar")}
+    g.add_argument(old, dest=dest, action=action, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **keep)

@@ -8,7 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flatfl.cli.common import add_analysis_arguments, analysis_device, nonneg_int, pos_float, pos_int
+from flatfl.cli.common import (
+    add_analysis_arguments,
+    add_deprecated_alias,
+    analysis_device,
+    nonneg_int,
+    pos_float,
+    pos_int,
+)
 from flatfl.errors import UserError
 
 
@@ -133,21 +140,21 @@ def _data_arguments(p: Any, d: Any) -> None:
 
 def _curvature_arguments(p: Any, d: Any) -> None:
     """Hessian eigenvalues, trace and spectral density."""
-    g = p.add_argument_group("curvature")
-    g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
-    g.add_argument(
-        "--topk", type=pos_int, default=d.topk, metavar="K", help=f"number of top eigenvalues (default: {d.topk})"
+    g = p.add_argument_group(
+        "curvature",
+        "an option of a measure switches it on: --topk/--tol/--max-vectors mean --hessian, --trace-matvecs/"
+        "--trace-method mean --trace, --slq-runs/--slq-steps mean --density",
     )
+    g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
+    g.add_argument("--topk", type=pos_int, metavar="K", help=f"number of top eigenvalues (default: {d.topk})")
     g.add_argument(
         "--tol",
         type=pos_float,
-        default=d.tol,
         help=f"Lanczos stops when every residual ||Hv - lv|| <= tol * |lambda_max| (default: {d.tol})",
     )
     g.add_argument(
         "--max-vectors",
         type=pos_int,
-        default=d.max_vectors,
         metavar="N",
         help=f"most parameter-sized vectors Lanczos/SLQ hold in memory (default: {d.max_vectors})",
     )
@@ -155,27 +162,22 @@ def _curvature_arguments(p: Any, d: Any) -> None:
     g.add_argument(
         "--trace-matvecs",
         type=pos_int,
-        default=d.trace_matvecs,
         metavar="N",
         help=f"HVP budget of the trace estimator (default: {d.trace_matvecs})",
     )
     g.add_argument(
         "--trace-method",
         choices=["adaptive", "hutch++", "hutchinson"],
-        default=d.trace_method,
         help="adaptive: Hutch++ when its first third predicts a smaller variance than Hutchinson's, else "
         f"Hutchinson with the same vectors; hutch++; hutchinson (default: {d.trace_method})",
     )
     g.add_argument(
         "--density", action="store_true", help="eigenvalue spectral density by stochastic Lanczos quadrature"
     )
-    g.add_argument(
-        "--slq-runs", type=pos_int, default=d.slq_runs, metavar="N", help=f"SLQ random vectors (default: {d.slq_runs})"
-    )
+    g.add_argument("--slq-runs", type=pos_int, metavar="N", help=f"SLQ random vectors (default: {d.slq_runs})")
     g.add_argument(
         "--slq-steps",
         type=pos_int,
-        default=d.slq_steps,
         metavar="N",
         help=f"Lanczos steps per SLQ run (default: {d.slq_steps})",
     )
@@ -185,28 +187,25 @@ def _sharpness_arguments(p: Any, d: Any) -> None:
     """The sharpness measures and their radii."""
     from flatfl.runs.landscape import SHARPNESS_MEASURES
 
-    g = p.add_argument_group("sharpness")
+    g = p.add_argument_group(
+        "sharpness",
+        "--eps alone means --sharpness epsilon, --m alone --sharpness sam; the other options need --sharpness",
+    )
     g.add_argument(
         "--sharpness", metavar="LIST", help=f"comma-separated measures, or all: {', '.join(SHARPNESS_MEASURES)}"
     )
-    g.add_argument(
-        "--rho", type=pos_float, default=d.rho, help=f"radius of SAM and adaptive sharpness (default: {d.rho})"
-    )
-    g.add_argument("--eps", type=pos_float, default=d.eps, help=f"box size of epsilon-sharpness (default: {d.eps})")
-    g.add_argument(
-        "--sigma", type=pos_float, default=d.sigma, help=f"noise scale of average-case sharpness (default: {d.sigma})"
-    )
+    g.add_argument("--rho", type=pos_float, help=f"radius of SAM and adaptive sharpness (default: {d.rho})")
+    g.add_argument("--eps", type=pos_float, help=f"box size of epsilon-sharpness (default: {d.eps})")
+    g.add_argument("--sigma", type=pos_float, help=f"noise scale of average-case sharpness (default: {d.sigma})")
     g.add_argument(
         "--sharpness-steps",
         type=pos_int,
-        default=d.sharpness_steps,
         metavar="N",
         help=f"ascent steps of SAM/adaptive sharpness (default: {d.sharpness_steps})",
     )
     g.add_argument(
         "--sharpness-samples",
         type=pos_int,
-        default=d.sharpness_samples,
         metavar="N",
         help=f"Monte Carlo draws of average-case sharpness (default: {d.sharpness_samples})",
     )
@@ -217,12 +216,14 @@ def _sharpness_arguments(p: Any, d: Any) -> None:
 
 def _surface_arguments(p: Any, d: Any) -> None:
     """1D/2D loss surfaces: directions, grid, markers, BatchNorm."""
-    g = p.add_argument_group("loss surface")
+    g = p.add_argument_group(
+        "loss surface",
+        "--to or --surface-dirs interp mean --surface 1d; --models or --surface-dirs models/pca mean --surface 2d",
+    )
     g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
     g.add_argument(
         "--surface-dirs",
         choices=["random", "eigen", "interp", "models", "pca"],
-        default=d.surface_dirs,
         help="random: Gaussian, filter-normalised, orthogonalised (Li et al. 2018); eigen: top Hessian "
         "eigenvectors scaled to ||w||; interp (1d): the line to --to; models (2d): the plane through the "
         "checkpoint and the two --models; pca (2d): the PCA plane of the run's global models up to this "
@@ -240,11 +241,10 @@ def _surface_arguments(p: Any, d: Any) -> None:
         metavar="MODEL",
         help="models: the two other models of the plane (same forms as --to), e.g. mutant:0 mutant:1",
     )
-    g.add_argument("--grid", type=pos_int, default=d.grid, metavar="N", help=f"points per axis (default: {d.grid})")
+    g.add_argument("--grid", type=pos_int, metavar="N", help=f"points per axis (default: {d.grid})")
     g.add_argument(
         "--span",
         type=pos_float,
-        default=d.span,
         metavar="R",
         help=f"random/eigen: coordinates run from -R to R (default: {d.span})",
     )
@@ -259,7 +259,6 @@ def _surface_arguments(p: Any, d: Any) -> None:
     g.add_argument(
         "--levels",
         type=pos_int,
-        default=20,
         metavar="N",
         help="2D pages and figures: N linear Δloss levels (default: 20); give two pages the same --levels and "
         "--zrange to compare them",
@@ -274,7 +273,6 @@ def _surface_arguments(p: Any, d: Any) -> None:
     g.add_argument(
         "--bn-reestimate",
         type=nonneg_int,
-        default=d.bn_reestimate,
         metavar="N",
         help="BatchNorm models: recompute the running statistics at every grid point on N batches of training "
         "data (default 0: keep the checkpoint's statistics, as Li et al.); the output says which was used",
@@ -301,17 +299,85 @@ def _federated_arguments(p: Any, d: Any) -> None:
         "(needs --save-clients), and |cos| of its top eigenvector with the --data one",
     )
     g.add_argument(
-        "--clients",
-        default="auto",
+        "--federated-clients",
         metavar="SEL",
-        help="clients of the federated view: all, sampled (this round's, from clients_NNNN), or ids "
-        "like 0,3,5 (default: sampled when saved, else all)",
+        help="clients of the federated view (switches --federated on): all, sampled (this round's, from "
+        "clients_NNNN), or ids like 0,3,5 (default: sampled when saved, else all)",
     )
+    add_deprecated_alias(g, "--clients", "--federated-clients", "federated_clients")
+
+
+# The options of each measure: given alone, an option switches its measure on (--topk 3 alone means
+# --hessian --topk 3). --max-vectors bounds Lanczos and SLQ: with --density (or an SLQ option) it switches
+# nothing else on. Surface and shared sharpness options whose measure is ambiguous are refused in one line.
+MEASURE_OPTIONS = {
+    "hessian": ("topk", "tol", "max_vectors"),
+    "trace": ("trace_matvecs", "trace_method"),
+    "density": ("slq_runs", "slq_steps"),
+    "federated": ("federated_clients",),
+}
+# sharpness options that name one measure; --rho, --sigma, --sharpness-steps and --sharpness-samples belong to
+# several, so they need --sharpness
+SHARPNESS_OPTIONS = {"eps": "epsilon", "m": "sam"}
+SHARPNESS_SHARED = ("rho", "sigma", "sharpness_steps", "sharpness_samples")
+SURFACE_OPTIONS = (
+    "surface_dirs", "to", "models", "grid", "span", "range", "levels", "zrange", "bn_reestimate", "no_markers",
+    "include_bias_bn",
+)  # fmt: skip
+DEFAULTS = {"federated_clients": "clients"}  # flag -> LandscapeSettings field, where they differ
+
+
+def _given(ns: dict[str, Any], key: str) -> bool:
+    """The option was on the command line (its parser default is None, or False for a switch)."""
+    return ns.get(key) not in (None, False)
+
+
+def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
+    """``ns`` with the measures its options imply switched on and every option left out at its default."""
+    from flatfl.runs.landscape import LandscapeSettings
+
+    ns = dict(ns)
+    density_on = ns.get("density") or any(_given(ns, k) for k in MEASURE_OPTIONS["density"])
+    for measure, keys in MEASURE_OPTIONS.items():
+        # --max-vectors with --density bounds SLQ's basis: it does not switch Lanczos on as well
+        given = [k for k in keys if _given(ns, k) and not (k == "max_vectors" and density_on)]
+        if given:
+            ns[measure] = True
+    if not ns.get("sharpness"):
+        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if _given(ns, k)})
+        shared = [k for k in SHARPNESS_SHARED if _given(ns, k)]
+        if shared and not named:
+            flag = "--" + shared[0].replace("_", "-")
+            raise UserError(f"{flag}: an option of several sharpness measures; pass --sharpness LIST (e.g. sam)")
+        ns["sharpness"] = ",".join(named) or None
+    if not ns.get("surface"):
+        ns["surface"] = _implied_surface(ns)
+    d = LandscapeSettings()
+    keys = [k for ks in MEASURE_OPTIONS.values() for k in ks] + list(SURFACE_OPTIONS) + list(SHARPNESS_SHARED)
+    for k in keys + ["eps"]:
+        if ns.get(k) is None and k not in ("to", "models", "range", "zrange"):
+            ns[k] = 20 if k == "levels" else getattr(d, DEFAULTS.get(k) or k)
+    return ns
+
+
+def _implied_surface(ns: dict[str, Any]) -> str | None:
+    """1d or 2d when a surface option names the dimension (--to/interp: 1d; --models/models/pca: 2d); a
+    one-line error when surface options are given but the dimension is not named."""
+    given = [k for k in SURFACE_OPTIONS if _given(ns, k)]
+    if not given:
+        return None
+    if ns.get("to") is not None or ns.get("surface_dirs") == "interp":
+        return "1d"
+    if ns.get("models") is not None or ns.get("surface_dirs") in ("models", "pca"):
+        return "2d"
+    flag = "--" + given[0].replace("_", "-")
+    raise UserError(f"{flag}: a loss-surface option; pass --surface 1d or --surface 2d as well")
 
 
 def run(ns: dict[str, Any]) -> int:
     import torch
 
+    ns = implied_measures(ns)
     foreign = _check_source(ns)
     settings = _settings(ns, _validated_measures(ns))
     from flatfl.runs.surface import check_surface_settings
@@ -422,7 +488,7 @@ def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
         sharpness_samples=ns["sharpness_samples"],
         m=ns.get("m"),
         federated=ns["federated"],
-        clients=ns["clients"],
+        clients=ns["federated_clients"],
         memory_budget_gb=ns["memory_budget"],
         surface=ns.get("surface"),
         surface_dirs=ns["surface_dirs"],
@@ -443,15 +509,14 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
 
     from flatfl import checkpoint as ckpt
     from flatfl.analysis.distributed import is_main
+    from flatfl.runs.curvature import no_bars, tqdm_bars
     from flatfl.runs.landscape import json_ready
     from flatfl.runs.measure import measure
 
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)
-    points = settings.grid ** (2 if settings.surface == "2d" else 1) if settings.surface else 0
-    with tqdm(total=points, unit="point", desc="surface", disable=not (main and points and sys.stderr.isatty())) as bar:
-        m = measure(problem, settings, log=log, out_dir=out, progress=lambda d, t: bar.update(d - bar.n))
+    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars)
     if not main:
         return 0
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from flatfl.cli.common import nonneg_int
+from flatfl.cli.common import add_deprecated_alias, nonneg_int
 
 
 def add_parser(sub: Any) -> None:
@@ -24,9 +24,10 @@ def add_parser(sub: Any) -> None:
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_data_arguments(p)
+    add_data_arguments(p, client_sampling=False)
     p.add_argument("--seed", type=nonneg_int, help="run seed (the partition depends on it) (default: 0)")
-    p.add_argument("--out", type=Path, metavar="PNG", help="heatmap file (default: partition.png)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="heatmap file (default: partition.png)")
+    add_deprecated_alias(p, "--out", "--plot", "plot", type=Path)
 
 
 def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
@@ -54,11 +55,11 @@ def run(ns: dict[str, Any]) -> int:
     from flatfl.partition import label_counts
     from flatfl.trainer import make_partition
 
-    ns = {k: v for k, v in ns.items() if k not in ("out", "download")} | {
-        "out": ns.get("out", Path("partition.png")),
+    ns = {k: v for k, v in ns.items() if k not in ("plot", "download")} | {
+        "plot": ns.get("plot", Path("partition.png")),
         "download": ns.get("download", False),
     }
-    cfg = config_from_args({k: v for k, v in ns.items() if k not in ("out", "download", "command", "_argv")})
+    cfg = config_from_args({k: v for k, v in ns.items() if k not in ("plot", "download", "command", "_argv")})
     data = load_dataset(cfg.data, download=ns["download"])
     parts = make_partition(cfg, data)
     counts = label_counts(parts, data.train.y.numpy(), data.num_classes)
@@ -73,5 +74,5 @@ def run(ns: dict[str, Any]) -> int:
     title = f"{cfg.data.dataset} {cfg.data.partition}" + (
         f" alpha={cfg.data.dirichlet_alpha}" if cfg.data.partition == "dirichlet" else ""
     )
-    print(f"wrote {heatmap(counts, Path(ns['out']), title)}")
+    print(f"wrote {heatmap(counts, Path(ns['plot']), title)}")
     return 0

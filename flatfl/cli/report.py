@@ -8,7 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flatfl.cli.common import add_analysis_arguments, analysis_device, nonneg_int, pos_float, pos_int
+from flatfl.cli.common import (
+    add_analysis_arguments,
+    add_deprecated_alias,
+    analysis_device,
+    nonneg_int,
+    pos_float,
+    pos_int,
+)
 from flatfl.errors import UserError
 
 
@@ -53,13 +60,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument(
-        "--rounds",
+        "--at-rounds",
         type=_rounds,
         default=None,
         metavar="LIST",
         help="comma-separated equal rounds to measure in every run (the verdict uses the last), or auto: the middle "
         "and the last round every run has (default: auto)",
     )
+    add_deprecated_alias(p, "--rounds", "--at-rounds", "at_rounds", type=_rounds)
     p.add_argument(
         "--samples",
         type=_samples_or_auto,
@@ -266,6 +274,9 @@ def run(ns: dict[str, Any]) -> int:
     for kind in ("html", "verdict", "csv", "curves", "json"):
         if kind in files:
             print(f"wrote {files[kind]}")
+    from flatfl.runs.report_page import settings_line
+
+    print(settings_line(settings))
     _print_verdict(files["json"])
     return 0
 
@@ -308,7 +319,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         memory_budget_gb=ns["memory_budget"],
     )
     return ReportSettings(
-        rounds=ns["rounds"],
+        rounds=ns["at_rounds"],
         landscape=ls,
         surface=not ns["no_surface"],
         spread=not ns["no_spread"],

@@ -103,8 +103,9 @@ def _parallel_clients(text: str) -> int | str:
     return "auto" if text == "auto" else pos_int(text)
 
 
-def add_data_arguments(t: Any) -> None:
-    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition``."""
+def add_data_arguments(t: Any, client_sampling: bool = True) -> None:
+    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition`` (which has no
+    ``--frac``: it draws no clients per round)."""
     from flatfl.data import DATASETS
 
     dd = DataConfig()
@@ -155,12 +156,13 @@ def add_data_arguments(t: Any) -> None:
         f"{default(dd, 'cifar100_labels')}",
     )
     g.add_argument("--clients", type=pos_int, metavar="K", help=f"number of clients K {default(dd, 'num_clients')}")
-    g.add_argument(
-        "--frac",
-        type=frac_0_1,
-        metavar="C",
-        help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {default(RunConfig, 'frac')}",
-    )
+    if client_sampling:
+        g.add_argument(
+            "--frac",
+            type=frac_0_1,
+            metavar="C",
+            help=f"fraction of clients sampled per round; m = max(floor(C*K), 1) {default(RunConfig, 'frac')}",
+        )
     g.add_argument(
         "--partition-file",
         type=Path,
@@ -198,9 +200,7 @@ def add_data_arguments(t: Any) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    from flatfl.algorithms import ALGORITHMS
     from flatfl.algorithms.fedmut import FedMutConfig
-    from flatfl.models import DEFAULT_MODEL, MODELS
 
     ld = LocalConfig()
     fm = FedMutConfig()
@@ -221,6 +221,18 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_arguments(t)
+
+    _model_arguments(t, ld)
+    g = _algorithm_arguments(t)
+    _fedmut_arguments(g, fm)
+    _baseline_arguments(g)
+    _distillation_arguments(g)
+    _run_arguments(t)
+
+
+def _model_arguments(t: Any, ld: Any) -> None:
+    """Model and local SGD."""
+    from flatfl.models import DEFAULT_MODEL, MODELS
 
     g = t.add_argument_group("model and local training")
     g.add_argument(
@@ -260,6 +272,11 @@ def add_parser(sub: Any) -> None:
         "--weight-decay", type=nonneg_float, metavar="WD", help=f"local SGD weight decay {default(ld, 'weight_decay')}"
     )
 
+
+def _algorithm_arguments(t: Any) -> Any:
+    """The algorithm, rounds and aggregation weights; returns the group the per-algorithm flags join."""
+    from flatfl.algorithms import ALGORITHMS
+
     g = t.add_argument_group("algorithm")
     g.add_argument(
         "--algo",
@@ -289,11 +306,16 @@ def add_parser(sub: Any) -> None:
         help="aggregate with the plain mean (default of fedmut, as its reference code, and of scaffold and "
         "clusamp, as their papers)",
     )
+    return g
+
+
+def _fedmut_arguments(g: Any, fm: Any) -> None:
+    """FedMut: radius, beta schedule, what is mutated, the (non-paper) mutation cap."""
     g.add_argument(
         "--radius",
         type=nonneg_float,
-        metavar="ALPHA",
-        help=f"FedMut: mutation radius alpha; mutant = w + c*alpha*(w - w_prev) {default(fm, 'radius')}",
+        metavar="R",
+        help=f"FedMut: mutation radius R (alpha in the paper); mutant = w + c*R*(w - w_prev) {default(fm, 'radius')}",
     )
     g.add_argument(
         "--mut-acc-rate",
@@ -323,6 +345,10 @@ def add_parser(sub: Any) -> None:
         "RHO*||w_t|| (the round's radius becomes min(radius, RHO*||w_t||/||d||), logged as mutation_radius) "
         "(default: off)",
     )
+
+
+def _baseline_arguments(g: Any) -> None:
+    """FedProx, SCAFFOLD, clustered sampling and FedCluster."""
     g.add_argument(
         "--mu",
         type=nonneg_float,
@@ -354,6 +380,9 @@ def add_parser(sub: Any) -> None:
         help="FedCluster: clusters drawn at random or by each client's most frequent label (default: random)",
     )
 
+
+def _distillation_arguments(g: Any) -> None:
+    """FedDF, FedGen and FedAUX: server data, distillation, generator, scorers."""
     g.add_argument(
         "--proxy-frac",
         type=open_frac,
@@ -434,6 +463,9 @@ def add_parser(sub: Any) -> None:
         "--dp-delta", type=open_frac, metavar="DELTA", help="FedAUX: delta of the scorers' privacy (default: 1e-5)"
     )
 
+
+def _run_arguments(t: Any) -> None:
+    """Seed, output, resume, client files, storage, device and progress."""
     g = t.add_argument_group("run")
     g.add_argument(
         "--seed",
@@ -507,8 +539,7 @@ def add_storage_arguments(t: Any) -> None:
     g.add_argument(
         "--save-rounds",
         metavar="LIST",
-        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 "
-        "(default: none)",
+        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 (default: none)",
     )
     g.add_argument(
         "--clients-dtype",

@@ -8,8 +8,10 @@ every number is stored with what it cost and how long it took. The numerics are
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -27,6 +29,37 @@ from flatfl.runs.problem import Problem
 SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
 
 Log = Callable[[str], None]
+Progress = Callable[[int, int], None]
+# bars(description) -> a context holding a progress(done, total) callback for a solver, or None (no bar)
+Bars = Callable[[str], AbstractContextManager[Progress | None]]
+
+
+@contextmanager
+def no_bars(desc: str) -> Iterator[Progress | None]:
+    """No progress bar (the library's and the report's default)."""
+    yield None
+
+
+@contextmanager
+def tqdm_bars(desc: str, leave: bool = True) -> Iterator[Progress | None]:
+    """A tqdm bar on stderr counting a solver's HVPs or loss evaluations, with its rate and ETA (left on
+    screen with ``leave``); none (and no callback, so the solver does no extra work) when stderr is not a
+    terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, file=sys.stderr, dynamic_ncols=True, leave=leave) as bar:
+
+        def update(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+            if done == total:
+                bar.refresh()
+
+        yield update
 
 
 def generator(settings: Any, k: int) -> torch.Generator:
@@ -57,19 +90,23 @@ def hessian_operator(problem: Problem) -> HessianOperator | ShardedOperator:
     return op
 
 
-def top_eigen(op: Any, settings: Any, auto: dict | None, log: Log) -> tuple[dict[str, Any], EigenResult]:
+def top_eigen(
+    op: Any, settings: Any, auto: dict | None, log: Log, bars: Bars = no_bars
+) -> tuple[dict[str, Any], EigenResult]:
     if settings.topk >= op.size:
         raise UserError(f"--topk {settings.topk}: the model has only {op.size} parameters; use --topk < {op.size}")
     t = time.perf_counter()
     log(f"hessian: top-{settings.topk} and most negative eigenvalue by Lanczos ...")
-    r = lanczos(
-        op,
-        k=settings.topk,
-        smallest=True,
-        tol=settings.tol,
-        max_vectors=settings.max_vectors,
-        generator=generator(settings, 1),
-    )
+    with bars("hessian (HVPs)") as progress:
+        r = lanczos(
+            op,
+            k=settings.topk,
+            smallest=True,
+            tol=settings.tol,
+            max_vectors=settings.max_vectors,
+            generator=generator(settings, 1),
+            progress=progress,
+        )
     log(f"hessian: lambda_max {r.values[0]:.6g}, lambda_min {r.smallest:.6g}, {r.num_matvecs} HVPs")
     return {
         "eigenvalues": r.values.tolist(),
@@ -85,12 +122,13 @@ def top_eigen(op: Any, settings: Any, auto: dict | None, log: Log) -> tuple[dict
     }, r
 
 
-def trace(op: Any, settings: Any, auto: dict | None, log: Log) -> dict[str, Any]:
+def trace(op: Any, settings: Any, auto: dict | None, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
     t = time.perf_counter()
     log(f"trace: {settings.trace_method} with {settings.trace_matvecs} HVPs ...")
-    tr = TRACE_ESTIMATORS[settings.trace_method](
-        op, num_matvecs=settings.trace_matvecs, generator=generator(settings, 2)
-    )
+    with bars("trace (HVPs)") as progress:
+        tr = TRACE_ESTIMATORS[settings.trace_method](
+            op, num_matvecs=settings.trace_matvecs, generator=generator(settings, 2), progress=progress
+        )
     log(f"trace: {tr.estimate:.6g} +- {tr.stderr:.2g}")
     return {
         "estimate": tr.estimate,
@@ -110,13 +148,19 @@ def slq_block(size: int, dtype: torch.dtype, settings: Any) -> int:
     return int(max(1, min(settings.slq_runs, settings.memory_budget_gb * 2**30 // max(per_run, 1))))
 
 
-def density(op: Any, settings: Any, log: Log) -> tuple[dict[str, Any], SpectralDensity]:
+def density(op: Any, settings: Any, log: Log, bars: Bars = no_bars) -> tuple[dict[str, Any], SpectralDensity]:
     t = time.perf_counter()
     log(f"density: SLQ, {settings.slq_runs} runs x {settings.slq_steps} steps ...")
     lockstep = slq_block(op.size, op.dtype, settings)
-    d = slq(
-        op, num_runs=settings.slq_runs, num_steps=settings.slq_steps, generator=generator(settings, 3), block=lockstep
-    )
+    with bars("density (HVPs)") as progress:
+        d = slq(
+            op,
+            num_runs=settings.slq_runs,
+            num_steps=settings.slq_steps,
+            generator=generator(settings, 3),
+            block=lockstep,
+            progress=progress,
+        )
     return {
         "nodes": [n.tolist() for n in d.nodes],
         "weights": [w.tolist() for w in d.weights],
@@ -128,33 +172,49 @@ def density(op: Any, settings: Any, log: Log) -> tuple[dict[str, Any], SpectralD
     }, d
 
 
-def sharpness(problem: Problem, settings: Any, log: Log) -> dict[str, Any]:
+def sharpness(problem: Problem, settings: Any, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
     """Every measure of ``settings.sharpness`` on the whole analysis data."""
-    obj, out = problem.objective, {}
+    out = {}
     for name in settings.sharpness:
         t = time.perf_counter()
         log(f"sharpness: {name} ...")
-        if name == "epsilon":
-            r = epsilon_sharpness(obj, eps=settings.eps, generator=generator(settings, 4))
-        elif name == "sam":
-            r = sam_sharpness(
-                obj, rho=settings.rho, steps=settings.sharpness_steps, m=settings.m, generator=generator(settings, 5)
-            )
-        elif name in ("adaptive_l2", "adaptive_linf"):
-            p = 2 if name == "adaptive_l2" else float("inf")
-            r = adaptive_sharpness(
-                obj, rho=settings.rho, p=p, steps=settings.sharpness_steps, generator=generator(settings, 6)
-            )
-        elif name in ("average_adaptive", "average_isotropic"):
-            r = average_sharpness(
-                obj,
-                sigma=settings.sigma,
-                adaptive=name == "average_adaptive",
-                num_samples=settings.sharpness_samples,
-                generator=generator(settings, 7),
-            )
-        else:
-            raise UserError(f"--sharpness: unknown measure {name!r}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
+        with bars(f"sharpness {name} (losses)") as progress:
+            r = _sharpness_measure(problem.objective, name, settings, progress)
         out[name] = {**asdict(r), "seconds": time.perf_counter() - t}
         log(f"sharpness: {name} = {r.value:.6g}")
     return out
+
+
+def _sharpness_measure(obj: Any, name: str, settings: Any, progress: Progress | None) -> Any:
+    """One sharpness measure by name, with its settings and seeded generator."""
+    if name == "epsilon":
+        return epsilon_sharpness(obj, eps=settings.eps, generator=generator(settings, 4), progress=progress)
+    if name == "sam":
+        return sam_sharpness(
+            obj,
+            rho=settings.rho,
+            steps=settings.sharpness_steps,
+            m=settings.m,
+            generator=generator(settings, 5),
+            progress=progress,
+        )
+    if name in ("adaptive_l2", "adaptive_linf"):
+        p = 2 if name == "adaptive_l2" else float("inf")
+        return adaptive_sharpness(
+            obj,
+            rho=settings.rho,
+            p=p,
+            steps=settings.sharpness_steps,
+            generator=generator(settings, 6),
+            progress=progress,
+        )
+    if name in ("average_adaptive", "average_isotropic"):
+        return average_sharpness(
+            obj,
+            sigma=settings.sigma,
+            adaptive=name == "average_adaptive",
+            num_samples=settings.sharpness_samples,
+            generator=generator(settings, 7),
+            progress=progress,
+        )
+    raise UserError(f"--sharpness: unknown measure {name!r}; choose from all, {', '.join(SHARPNESS_MEASURES)}")

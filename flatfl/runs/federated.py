@@ -31,16 +31,17 @@ def _client_ids(run: Run, rnd: int, spec: str) -> tuple[list[int], dict | None]:
     if spec == "sampled":
         if saved is None:
             raise UserError(
-                f"--clients sampled: {ckpt.clients_path(run.path, rnd)} is missing (train with --save-clients)"
+                f"--federated-clients sampled: {ckpt.clients_path(run.path, rnd)} is missing "
+                "(train with --save-clients)"
             )
         return list(saved["clients"]), saved
     try:
         ids = [int(c) for c in spec.split(",") if c.strip()]
     except ValueError:
-        raise UserError(f"--clients: {spec!r} is not all, sampled or a comma-separated list of ids") from None
+        raise UserError(f"--federated-clients: {spec!r} is not all, sampled or a comma-separated list of ids") from None
     bad = [c for c in ids if not 0 <= c < k_all]
     if bad or not ids:
-        raise UserError(f"--clients: {bad or spec!r} not among clients 0..{k_all - 1}")
+        raise UserError(f"--federated-clients: {bad or spec!r} not among clients 0..{k_all - 1}")
     return ids, saved
 
 

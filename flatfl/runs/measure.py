@@ -48,10 +48,12 @@ def measure(
     log: Callable[[str], None] = lambda s: None,
     out_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    bars: curvature.Bars = curvature.no_bars,
 ) -> Measurement:
     """Every quantity ``settings`` switches on, at ``problem``'s point. A surface is saved (and resumed)
     under ``out_dir``; the top eigenvectors of ``--hessian`` are reused for eigen directions and the
-    federated view instead of running Lanczos again."""
+    federated view instead of running Lanczos again. ``progress(done, total)``: the surface's points;
+    ``bars``: progress bars of the curvature and sharpness solvers (:func:`~flatfl.runs.curvature.tqdm_bars`)."""
     record = curvature.base_record(problem)
     record["settings"] = asdict(settings)
     if problem.ranks is not None:
@@ -63,23 +65,25 @@ def measure(
         record["hvp_method"] = op.method
         record["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
         if settings.hessian:
-            record["hessian"], eig = curvature.top_eigen(op, settings, auto, log)
+            record["hessian"], eig = curvature.top_eigen(op, settings, auto, log, bars)
         if settings.trace:
-            record["trace"] = curvature.trace(op, settings, auto, log)
+            record["trace"] = curvature.trace(op, settings, auto, log, bars)
         if settings.density:
-            record["density"], density = curvature.density(op, settings, log)
+            record["density"], density = curvature.density(op, settings, log, bars)
     if settings.federated:
         from flatfl.runs.federated import federated_view
 
         record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log)
     if settings.sharpness:
-        record["sharpness"] = curvature.sharpness(problem, settings, log)
+        record["sharpness"] = curvature.sharpness(problem, settings, log, bars)
     surf = None
     if settings.surface:
         from flatfl.runs.surface import measure_surface
 
         if out_dir is None:
             raise ValueError("a surface needs out_dir (where it is saved and resumed)")
-        surf = measure_surface(problem, settings, out_dir, eig.vectors if eig is not None else None, progress)
+        with bars("surface (points)") as surface_progress:
+            vectors = eig.vectors if eig is not None else None
+            surf = measure_surface(problem, settings, out_dir, vectors, progress or surface_progress)
         record["surface"] = surface_summary(surf, out_dir, settings)
     return Measurement(record, density, surf)

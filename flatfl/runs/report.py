@@ -30,6 +30,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from flatfl.analysis import distributed
 from flatfl.analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
 from flatfl.analysis.surfaces import Surface
 from flatfl.analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
+from flatfl.runs import curvature
 from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
 from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
 from flatfl.runs.matching import LossCurve, Match, match_accuracy, match_loss
@@ -157,6 +159,7 @@ def measure_landscape(
     out: Path,
     log: Callable[[str], None],
     digest: str,
+    bars: curvature.Bars = curvature.no_bars,
 ) -> dict:
     """Curvature and sharpness of one checkpoint (SHA-256 ``digest``), cached in ``out/landscape.json``;
     ``problem()`` resolves the checkpoint's model and data (once, shared with the slices and surface)."""
@@ -168,7 +171,7 @@ def measure_landscape(
     if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
         return res
-    res = measure(problem(), ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}")).record
+    res = measure(problem(), ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}"), bars=bars).record
     res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -273,13 +276,13 @@ def equal_rounds(groups: Sequence[Group], wanted: Sequence[int] | None) -> list[
         if missing:
             p, m = next(iter(missing.items()))
             raise ValueError(
-                f"--rounds: {p} has no checkpoint for round(s) {m} (saved: {min(saved[p])}..{max(saved[p])}); "
+                f"--at-rounds: {p} has no checkpoint for round(s) {m} (saved: {min(saved[p])}..{max(saved[p])}); "
                 "choose rounds every run has saved"
             )
         return sorted(wanted)
     common = sorted(set.intersection(*saved.values()))
     if not common:
-        raise ValueError("the runs share no saved round; pass --rounds with rounds every run has")
+        raise ValueError("the runs share no saved round; pass --at-rounds with rounds every run has")
     last = common[-1]
     middle = max((r for r in common if r <= last // 2), default=last)
     return sorted({middle, last})
@@ -347,6 +350,7 @@ def measure_all(
     out: Path,
     log: Callable[[str], None],
     progress: Callable[[int], None],
+    bars: curvature.Bars = curvature.no_bars,
 ) -> Measured:
     """Every checkpoint a condition or an equal round needs, once; 2D surfaces for each group's first seed."""
     ms = Measured()
@@ -361,7 +365,7 @@ def measure_all(
                 file = ckpt.round_path(run.path, rnd)
                 digest = file_digest(file)  # once: both caches are keyed on it
                 problem = functools.cache(lambda file=file: of_checkpoint(file, settings.landscape))
-                res = measure_landscape(problem, run, rnd, settings.landscape, where, log, digest)
+                res = measure_landscape(problem, run, rnd, settings.landscape, where, log, digest, bars)
                 sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
                 ms.results[(g.label, s, rnd)] = res
                 if sl is not None:
@@ -588,7 +592,9 @@ def build_report(
 
     with tqdm(total=total, desc="report", unit="ckpt", disable=not show_progress) as bar:
         say = (lambda text: tqdm.write(text, file=sys.stderr)) if show_progress else log  # through the bar
-        ms = measure_all(groups, conds, settings, rounds, out, say, bar.update)
+        # each solver's bar below the report's, cleared when it is done (many checkpoints)
+        bars = partial(curvature.tqdm_bars, leave=False) if show_progress else curvature.no_bars
+        ms = measure_all(groups, conds, settings, rounds, out, say, bar.update, bars)
     if not distributed.is_main():
         return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
     mlist = measures(settings)

@@ -236,6 +236,22 @@ def _rounds_rows(groups: Sequence[Any], conds: Sequence[Any]) -> list[dict[str, 
     return rows
 
 
+def settings_line(settings: Any) -> str:
+    """The report's own measurement settings in one line (printed and at the top of report.html): they are
+    cheaper than ``flatfl landscape``'s defaults, so a number here may differ from a landscape run's."""
+    ld = settings.landscape
+    parts = [f"{ld.samples or 'all'} {ld.data} samples"]
+    if ld.hessian:
+        parts.append(f"lambda_max: Lanczos top-{ld.topk}, tol {ld.tol:g}")
+    if ld.trace:
+        parts.append(f"trace: {ld.trace_method}, {ld.trace_matvecs} HVPs")
+    if ld.sharpness:
+        parts.append(f"sharpness: {', '.join(ld.sharpness)}")
+    if settings.surface:
+        parts.append(f"surfaces: {ld.grid}x{ld.grid}, span {ld.span:g}")
+    return "report settings (not flatfl landscape's defaults): " + "; ".join(parts)
+
+
 def _settings_note(settings: Any) -> str:
     ld = settings.landscape
     return (
@@ -469,7 +485,13 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)
-    top = answer_html(verdict) + _excluded_html(groups) + verdict_table_html(verdict, labels) + _settings_note(settings)
+    top = (
+        f"<p><small>{html.escape(settings_line(settings))}</small></p>"
+        + answer_html(verdict)
+        + _excluded_html(groups)
+        + verdict_table_html(verdict, labels)
+        + _settings_note(settings)
+    )
     where = _rounds_rows(groups, conds)
     sections: list[tuple[str, object]] = [
         ("The answer", top),

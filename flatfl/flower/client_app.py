@@ -1,0 +1,78 @@
+"""A Flower ClientApp running flatfl's local training for its registry models and data sets.
+
+The node's client is its ``partition-id`` (``node_config``); its data are that client's share of
+flatfl's partition of the data set named in the run config (the flags of ``flatfl train``:
+``dataset``, ``clients``, ``partition``, ``dirichlet``, ``seed``, ``lr``, ``local-epochs``, ...).
+A ``train`` message holds the model to start from and ``server-round``; the node trains it with
+flatfl's local SGD exactly as ``flatfl train`` trains that client in that round
+(:meth:`flatfl.trainer.Simulation.train_client`: the same data, batches, seeds and optimiser) and
+replies with the model and ``num-examples``, ``train_loss``, ``sent_loss``. A ``query`` message
+answers the node's partition id (:mod:`flatfl.flower.nodes`).
+
+Run it with ``flwr run`` (``clientapp = "flatfl.flower.client_app:app"``, examples/flower_app).
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flatfl.config import RunConfig
+from flatfl.errors import UserError
+from flatfl.flower.arrays import from_record, to_record
+from flatfl.flower.config import run_config
+from flatfl.flower.nodes import query_reply
+from flatfl.trainer import Simulation
+
+app = ClientApp()
+_SIMULATIONS: dict[str, Simulation] = {}  # one per run config in this process (data loaded once)
+
+
+def simulation(cfg: RunConfig) -> Simulation:
+    """flatfl's Simulation for ``cfg`` on the CPU (its data, partition and local training), cached."""
+    key = cfg.identity()
+    if key not in _SIMULATIONS:
+        import torch
+
+        from flatfl.data import load_dataset
+        from flatfl.trainer import make_partition
+
+        data = load_dataset(cfg.data)
+        _SIMULATIONS[key] = Simulation(cfg, torch.device("cpu"), data, make_partition(cfg, data))
+    return _SIMULATIONS[key]
+
+
+def partition_id(context: Context, cfg: RunConfig) -> int:
+    pid = context.node_config.get("partition-id")
+    if not isinstance(pid, int) or not 0 <= pid < cfg.data.num_clients:
+        raise UserError(
+            f"Flower node {context.node_id}: node_config partition-id is {pid!r}, "
+            f"not one of 0..{cfg.data.num_clients - 1}"
+            '; start the SuperNode with --node-config "partition-id=N num-partitions=K"'
+        )
+    return pid
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    return query_reply(message, partition_id(context, run_config(context.run_config)))
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    cfg = run_config(context.run_config)
+    client = partition_id(context, cfg)
+    config = message.content.config_records.get("config", {})
+    server_round = int(config.get("server-round", 1))
+    arrays: ArrayRecord = next(iter(message.content.array_records.values()))
+    sim = simulation(cfg)
+    update = sim.train_client(server_round, int(config.get("slot", 0)), client, from_record(arrays))
+    metrics = MetricRecord(
+        {
+            "num-examples": update.num_samples,
+            "train_loss": update.train_loss,
+            "sent_loss": update.sent_loss,
+            "num_steps": update.num_steps,
+        }
+    )
+    return Message(RecordDict({"arrays": to_record(update.state), "metrics": metrics}), reply_to=message)

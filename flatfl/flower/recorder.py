@@ -1,0 +1,194 @@
+"""Record any Flower strategy's run as a flatfl run directory (docs/checkpoint-format.md).
+
+``RunRecorder(strategy, out, cfg)`` is itself a Flower ``Strategy``: it passes every call to the
+wrapped one (FedAvg, FedProx, :class:`FedMutStrategy`, a user's own) and writes, with flatfl's
+atomic writes under the run directory's lock (:mod:`flatfl.checkpoint`, :mod:`flatfl.rundir`):
+
+* ``run.json`` -- flatfl's record of the model (registry name and kwargs), data set and partition,
+  the strategy's settings as ``config.algo_config`` (``algo``: ``fedmut``, ``fedavg`` for Flower's
+  FedAvg, else the strategy's class name) and ``flower: {version, strategy}``;
+* ``partition.json``, ``round_NNNN.safetensors`` every round (round 0: the initial model),
+  ``clients_NNNN.safetensors`` (sent and returned arrays per slot) with ``cfg.save_clients``,
+  ``metrics.jsonl`` (test loss/accuracy of the global model on the test split, client losses and
+  flatfl's divergence diagnostics) and ``state.safetensors`` (the commit point of each round).
+
+So ``flatfl landscape --ckpt OUT/round_NNNN.safetensors`` and ``flatfl report OUT ...`` read a Flower
+run as they read ``flatfl train``'s. A FedMut strategy's run has the config, identity and (same
+seed, partition, clients) round files of ``flatfl train --algo fedmut``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
+
+from flatfl import checkpoint as ckpt
+from flatfl import diagnostics, rundir
+from flatfl.config import RunConfig, identity_of
+from flatfl.data import load_dataset
+from flatfl.flower.arrays import from_record
+from flatfl.flower.strategy import FedMutStrategy
+from flatfl.statedict import StateDict
+from flatfl.storage import StorageConfig
+from flatfl.trainer import Simulation, _run_info, make_partition, prepare_out
+
+JSONABLE = (bool, int, float, str, type(None))
+
+
+def strategy_name(strategy: Strategy) -> str:
+    """run.json's ``algo``: fedmut, fedavg (Flower's FedAvg itself), else the class name in lower case."""
+    if isinstance(strategy, FedMutStrategy):
+        return "fedmut"
+    return "fedavg" if type(strategy) is FedAvg else type(strategy).__name__.lower()
+
+
+def strategy_settings(strategy: Strategy) -> dict[str, Any]:
+    """The strategy's settings: FedMut's FedMutConfig, else its public JSON-valued attributes."""
+    if isinstance(strategy, FedMutStrategy):
+        return strategy.settings()
+    return {k: v for k, v in sorted(vars(strategy).items()) if not k.startswith("_") and isinstance(v, JSONABLE)}
+
+
+class RunRecorder(Strategy):
+    """Wraps ``strategy``; writes the run into ``out`` (see the module doc). ``cfg`` names the
+    registry model, data set, partition, seed and rounds (:func:`flatfl.flower.config.run_config`)."""
+
+    def __init__(self, strategy: Strategy, out: str | Path, cfg: RunConfig, *, overwrite: bool = False) -> None:
+        import flwr
+
+        self.strategy, self.out, self.cfg, self.overwrite = strategy, Path(out), cfg, overwrite
+        self.config = cfg.to_dict() | {"algo": strategy_name(strategy), "algo_config": strategy_settings(strategy)}
+        self.identity = identity_of(self.config)
+        self.flower = {
+            "version": flwr.__version__,
+            "strategy": f"{type(strategy).__module__}.{type(strategy).__name__}",
+        }
+        data = load_dataset(cfg.data)
+        self.parts = make_partition(cfg, data)
+        self.sim = Simulation(cfg, torch.device("cpu"), data, self.parts)  # the model, its evaluation
+        self._sent: list[tuple[int, int, StateDict]] = []  # (node, client, model sent), in slot order
+        self._global: StateDict = {}
+        self._t0 = 0.0
+
+    def initial_arrays(self) -> ArrayRecord:
+        """flatfl's initial model of ``cfg`` (seeded as ``flatfl train``'s)."""
+        from flatfl.flower.arrays import to_record
+
+        return to_record(self.sim.initial_state())
+
+    # -- the run -----------------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kw: Any) -> Result:
+        """Lock ``out``, write run.json, partition.json and round 0, then run the strategy's rounds."""
+        out = self.out
+        rd = rundir.RunDir(out)
+        prepare_out(out, resume=False, overwrite=self.overwrite)
+        rd.open(create=True)
+        ok = False
+        try:
+            prepare_out(out, resume=False, overwrite=self.overwrite)
+            self._global = from_record(initial_arrays)
+            self._write_start(rd, num_rounds)
+            result = super().start(grid, initial_arrays, num_rounds, **kw)
+            ok = True
+            return result
+        finally:
+            rd.close(failed=not ok)
+
+    def _write_start(self, rd: rundir.RunDir, num_rounds: int) -> None:
+        info = _run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
+        self.config["rounds"] = num_rounds
+        # every round is saved, client models in float32 (flatfl.storage's defaults)
+        info |= {"config": self.config, "identity": self.identity, "flower": self.flower}
+        info["storage"] = StorageConfig().to_dict()
+        partition = ckpt.partition_json_bytes({"clients": [p.tolist() for p in self.parts]})
+        rd.clear_for_new_run()
+        ckpt.write_run_json(self.out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
+        ckpt.atomic_write_bytes(self.out / ckpt.PARTITION_JSON, partition)
+        ckpt.save_round(self.out, 0, self._global, self.config, self.identity)
+        loss, acc = self.sim.evaluate(self._global)
+        ckpt.append_metrics(
+            self.out, {"round": 0, "test_loss": loss, "test_acc": acc, "train_loss": None, "device": "cpu"}
+        )
+        self._save_state(0)
+        rd.round0_committed()
+
+    def _save_state(self, t: int) -> None:
+        fm = self.strategy.fedmut if isinstance(self.strategy, FedMutStrategy) else None
+        tensors, meta = (fm.state_tensors(), fm.state_json()) if fm is not None else ({}, {})
+        ckpt.save_state(self.out, t, self.config["algo"], tensors, meta, self.identity)
+
+    # -- the Strategy interface: the wrapped strategy's, recorded --------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._t0 = time.perf_counter()
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._sent = []
+        for rank, m in enumerate(messages):
+            conf = next(iter(m.content.config_records.values()), {})
+            arr = next(iter(m.content.array_records.values()))
+            self._sent.append((m.metadata.dst_node_id, int(conf.get("client", rank)), from_record(arr)))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is not None:
+            self._commit(server_round, replies, from_record(arrays))
+        return arrays, metrics
+
+    def _commit(self, t: int, replies: list[Message], new_global: StateDict) -> None:
+        """Round t's files in flatfl's commit order: clients, round, metrics line, state."""
+        by_node = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
+        slots = [(node, c, s) for node, c, s in self._sent if node in by_node]
+        metric = [next(iter(by_node[n].content.metric_records.values()), MetricRecord()) for n, _, _ in slots]
+        losses = [float(m.get("train_loss", float("nan"))) for m in metric]
+        clients = [c for _, c, _ in slots]
+        if self.cfg.saves_clients(t):
+            returned = [from_record(next(iter(by_node[n].content.array_records.values()))) for n, _, _ in slots]
+            info = {"clients": clients, "num_samples": [int(m.get("num-examples", 0)) for m in metric]}
+            info |= {"train_loss": losses} | self._dispatch_info()
+            ckpt.save_clients(self.out, t, [s for _, _, s in slots], returned, info, self.identity)
+        ckpt.save_round(self.out, t, new_global, self.config, self.identity)
+        loss, acc = self.sim.evaluate(new_global)
+        record = {
+            "round": t,
+            "test_loss": loss,
+            "test_acc": acc,
+            "train_loss": sum(losses) / len(losses) if losses else None,
+            "clients": clients,
+            "client_train_loss": losses,
+            "wall_time": time.perf_counter() - self._t0,
+            "device": "cpu",
+        }
+        sent_loss = [float(m.get("sent_loss", float("nan"))) for m in metric]
+        record |= diagnostics.round_metrics(self._global, new_global, sent_loss) | self._round_metrics()
+        ckpt.append_metrics(self.out, record)
+        self._save_state(t)
+        self._global = new_global
+
+    def _dispatch_info(self) -> dict[str, Any]:
+        return self.strategy.fedmut.dispatch_info() if isinstance(self.strategy, FedMutStrategy) else {}
+
+    def _round_metrics(self) -> dict[str, Any]:
+        return self.strategy.fedmut.round_metrics() if isinstance(self.strategy, FedMutStrategy) else {}
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()

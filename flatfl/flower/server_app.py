@@ -1,0 +1,51 @@
+"""A Flower ServerApp training flatfl's registry models: FedMut (:class:`FedMutStrategy`) or Flower's
+FedAvg, recorded into a flatfl run directory (:class:`RunRecorder`).
+
+Run config (``[tool.flwr.app.config]``): ``flatfl train``'s flags without dashes (``algo``,
+``dataset``, ``clients``, ``frac``, ``rounds``, ``seed``, ``radius``, ...), plus ``out`` (the run
+directory, default ``checkpoints/flower-<dataset>-<algo>-s<seed>``) and ``overwrite``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from flatfl.algorithms.fedmut import FedMutConfig
+from flatfl.config import RunConfig
+from flatfl.errors import UserError
+from flatfl.flower.config import run_config
+from flatfl.flower.recorder import RunRecorder
+from flatfl.flower.strategy import FedMutStrategy
+from flatfl.models import build_model
+
+app = ServerApp()
+
+
+def strategy_for(cfg: RunConfig, param_names: list[str]) -> Strategy:
+    """FedMut with ``cfg``'s FedMutConfig, or Flower's FedAvg sampling ``frac`` of the nodes."""
+    if cfg.algo == "fedmut":
+        assert isinstance(cfg.algo_config, FedMutConfig)
+        return FedMutStrategy(
+            cfg.algo_config, param_names=param_names, num_clients=cfg.data.num_clients, frac=cfg.frac, seed=cfg.seed
+        )
+    if cfg.algo == "fedavg":
+        return FedAvg(fraction_train=cfg.frac, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    raise UserError(f"Flower run config: algo = {cfg.algo!r}; the Flower app runs fedmut or fedavg")
+
+
+def recorder_for(user_config: dict, out: str | None = None) -> RunRecorder:
+    """The strategy of ``user_config`` wrapped in its recorder."""
+    cfg = run_config(user_config)
+    params = [n for n, _ in build_model(cfg.model, **cfg.model_kwargs).named_parameters()]
+    out = out or str(user_config.get("out", f"checkpoints/flower-{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}"))
+    return RunRecorder(strategy_for(cfg, params), Path(out), cfg, overwrite=bool(user_config.get("overwrite", False)))
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    recorder = recorder_for(dict(context.run_config))
+    recorder.start(grid, recorder.initial_arrays(), num_rounds=recorder.cfg.rounds)

@@ -1,0 +1,164 @@
+"""flatfl on Flower (flatfl.flower): FedMut as a Flower strategy equals ``flatfl train --algo fedmut``
+bit for bit, and the recorder's run directory goes through ``flatfl landscape`` and ``flatfl report``.
+
+Flower's objects (Strategy, ClientApp, Messages, ArrayRecords) run on flatfl's in-process
+LocalGrid: flwr 1.42's run_simulation needs Ray (flwr[simulation]), which the test extra leaves out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flatfl import checkpoint as ckpt  # noqa: E402
+from flatfl.errors import UserError  # noqa: E402
+from tests.test_layering import ROOT  # noqa: E402
+
+TEN = {"algo": "fedmut", "clients": 10, "frac": 0.5, "rounds": 3, "local-epochs": 1, "seed": 0, "save-clients": 1}
+TRAIN = ["--clients", "10", "--frac", "0.5", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--save-clients"]
+
+
+def flower_run(user_config: dict, out, nodes: int = 10, client_config: dict | None = None) -> None:
+    """A Flower run on the in-process grid; ``client_config`` changes the last node's run config."""
+    from flatfl.flower.client_app import app
+    from flatfl.flower.local_grid import LocalGrid
+    from flatfl.flower.server_app import recorder_for
+
+    rec = recorder_for(user_config, out=str(out))
+    grid = LocalGrid(app, nodes, user_config)
+    if client_config:
+        grid.contexts[max(grid.contexts)].run_config.update(client_config)
+    rec.start(grid, rec.initial_arrays(), num_rounds=rec.cfg.rounds)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from flatfl.cli import main
+
+    root = tmp_path_factory.mktemp("flower")
+    flower_run(TEN, root / "flower")
+    args = ["train", "--algo", "fedmut", *TRAIN, "--out", str(root / "flatfl"), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    return root
+
+
+def test_fedmut_on_flower_is_flatfl_fedmut_bit_for_bit(runs):
+    a, b = runs / "flatfl", runs / "flower"
+    names = ["partition.json", "state.safetensors"] + [f"{k}_{t:04d}.safetensors" for k in ("round", "clients")
+                                                      for t in range(4) if (k, t) != ("clients", 0)]  # fmt: skip
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    info_a, info_b = ckpt.read_run_json(a), ckpt.read_run_json(b)
+    assert info_b.pop("flower") == {"version": __import__("flwr").__version__,
+                                    "strategy": "flatfl.flower.strategy.FedMutStrategy"}  # fmt: skip
+    assert info_a == info_b
+    _, _, meta = ckpt.load_clients(b / "clients_0002.safetensors")  # real mutants were sent
+    assert meta["clients"] and any(c != 0 for row in meta["mutation_coefficients"] for c in row)
+    ma, mb = ckpt.read_metrics(a), ckpt.read_metrics(b)
+    for ra, rb in zip(ma, mb, strict=True):
+        for key in ("round", "test_loss", "test_acc", "clients", "client_train_loss", "mutation_norm", "sent_loss"):
+            assert ra.get(key) == rb.get(key), key
+
+
+def test_landscape_on_the_flower_checkpoint(cli, runs, tmp_path):
+    lam = {}
+    for name in ("flatfl", "flower"):
+        code, _, err = cli("landscape", "--ckpt", runs / name / "round_0003.safetensors", "--data", "test",
+                           "--samples", "100", "--dtype", "float64", "--hessian", "--topk", "1", "--tol", "1e-8",
+                           "--out", tmp_path / name)  # fmt: skip
+        assert code == 0, err
+        lam[name] = json.loads((tmp_path / name / "landscape.json").read_text())["hessian"]["eigenvalues"][0]
+    assert lam["flower"] == lam["flatfl"] and lam["flower"] > 0
+
+
+def test_flower_fedavg_and_fedmut_runs_give_one_report(cli, runs, tmp_path):
+    from flatfl.statedict import weighted_average
+
+    fedavg = dict(TEN, algo="fedavg")
+    flower_run(fedavg, tmp_path / "fedavg")
+    info = ckpt.read_run_json(tmp_path / "fedavg")
+    assert info["config"]["algo"] == "fedavg" and info["config"]["algo_config"]["fraction_train"] == 0.5
+    # Flower's FedAvg: the sample-weighted mean of the returned models (flatfl's float64 mean as the reference)
+    _, returned, meta = ckpt.load_clients(tmp_path / "fedavg" / "clients_0002.safetensors")
+    new, _ = ckpt.load_round(ckpt.round_path(tmp_path / "fedavg", 2))
+    ref = weighted_average(returned, meta["num_samples"])
+    assert len(meta["clients"]) == 5 and all(float((new[k] - ref[k]).abs().max()) <= 1e-6 for k in ref)
+    out = tmp_path / "report"
+    code, stdout, err = cli("report", tmp_path / "fedavg", runs / "flower", "--out", out, "--rounds", "3",
+                            "--samples", "100", "--grid", "3", "--trace-matvecs", "0", "--sharpness", "none",
+                            "--no-spread", "--no-match", "--slices", "0", "--no-progress")  # fmt: skip
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert sorted(r["run"] for r in rows) == ["fedavg", "fedmut"] and all(float(r["lambda_max"]) > 0 for r in rows)
+    assert (out / "verdict.csv").is_file() and "equal round (3)" in stdout
+
+
+def test_bad_flower_run_config_is_one_line():
+    from flatfl.flower.config import run_config
+
+    with pytest.raises(UserError, match="Flower run config: unrecognized arguments: --nope 1"):
+        run_config({"nope": 1})
+    with pytest.raises(UserError, match="radius"):
+        run_config({"radius": "wide"})
+    assert run_config({"algo": "fedmut", "radius": 2}).algo_config.radius == 2.0
+
+
+def test_fedmut_needs_a_node_per_sampled_client(tmp_path):
+    with pytest.raises(UserError, match=r"have no Flower node .* start one SuperNode per client"):
+        flower_run(dict(TEN, rounds=1), tmp_path / "few", nodes=3)
+
+
+def test_a_failing_client_and_an_existing_run_are_one_line_errors(tmp_path):
+    with pytest.raises(UserError, match=r"1 of 2 clients replied; .* first error: UserError: Flower run config"):
+        flower_run({"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 1, "local-epochs": 1}, tmp_path / "bad",
+                   nodes=2, client_config={"lr": "fast"})  # fmt: skip
+    assert not (tmp_path / "bad" / "round_0001.safetensors").exists()  # round 0 only: nothing half-written
+    flower_run(dict(TEN, rounds=1, clients=2, frac=1.0), tmp_path / "one", nodes=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="already holds a run"):
+        flower_run(dict(TEN, rounds=1, clients=2, frac=1.0), tmp_path / "one", nodes=2)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()} == before
+
+
+def test_a_kill_while_recording_keeps_every_committed_round(cli, tmp_path):
+    """Killed (as by SIGKILL) halfway through writing round 2's model: rounds 0 and 1 stay whole and
+    equal flatfl's, the half-written file is a temporary one, removed on opening, and no run is mixed."""
+    from flatfl.rundir import recover
+    from flatfl.runs.groups import run_status
+    from flatfl.runs.run import Run
+
+    config = {"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 3, "local-epochs": 1, "seed": 0}
+    script = f"from tests.test_flower import flower_run; flower_run({config!r}, {str(tmp_path / 'k')!r}, nodes=2)"
+    env = dict(os.environ, FLATFL_FAULT_AT="round:write:3", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    out = tmp_path / "k"
+    assert ckpt.list_rounds(out) == [0, 1] and any(p.name.endswith(".tmp") for p in out.iterdir())
+    recover(out)
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+    assert [m["round"] for m in ckpt.read_metrics(out)] == [0, 1]
+    assert run_status(Run.open(out)).state == "incomplete"
+    # the reference in a process with the same threads: float reductions differ across thread counts
+    ref = subprocess.run(
+        [sys.executable, "-m", "flatfl", "train", "--algo", "fedmut", "--clients", "2", "--frac", "1.0", "--rounds",
+         "3", "--local-epochs", "1", "--seed", "0", "--out", str(tmp_path / "ref"), "--no-progress"],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    for r in (0, 1):
+        assert ckpt.round_path(out, r).read_bytes() == ckpt.round_path(tmp_path / "ref", r).read_bytes()
+
+
+def test_only_flatfl_flower_imports_flwr():
+    from tests.test_layering import _imports
+
+    sources = [p for d in ("flatfl", "analysis") for p in (ROOT / d).rglob("*.py") if "flower" not in p.parts]
+    bad = [f"{p.relative_to(ROOT)}: {m}" for p in sources for m in _imports(p) if m.split(".")[0] == "flwr"]
+    assert sources and not bad, bad

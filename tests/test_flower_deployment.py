@@ -1,0 +1,88 @@
+"""Flower's deployment engine on one machine, loopback only: a SuperLink, 2 SuperNodes and
+``flwr run`` of examples/flower_app (FedMut, 2 clients, 2 rounds) write a flatfl run directory
+that equals ``flatfl train``'s. Bounded in time; every process it starts is stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flatfl import checkpoint as ckpt  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "examples" / "flower_app"
+LIMIT_S = 420  # the whole deployment, process start-ups included (each ClientApp run is a new process)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.deployment
+def test_local_deployment_two_supernodes_two_rounds(tmp_path):
+    from flatfl.cli import main
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), OMP_NUM_THREADS="1")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # the SuperLink starts flower-superexec by name
+    link = free_port()
+    (tmp_path / "flwr").mkdir()
+    (tmp_path / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n'
+    )
+    procs: list[subprocess.Popen] = []
+
+    def start(*cmd: str, log: str) -> None:
+        out = open(tmp_path / log, "wb")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True))
+
+    deadline = time.monotonic() + LIMIT_S
+    try:
+        start(str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link),
+              "--database", str(tmp_path / "state.db"), "--disable-runtime-dependency-installation",
+              log="superlink.log")  # fmt: skip
+        for i in range(2):
+            start(str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
+                  "--port", str(free_port()), "--node-config", f"partition-id={i} num-partitions=2",
+                  log=f"supernode{i}.log")  # fmt: skip
+        out = tmp_path / "run"
+        cmd = [str(bin_dir / "flwr"), "run", str(APP), "local", "--stream", "--run-config", f"out='{out}'"]
+        while time.monotonic() < deadline:  # the SuperLink takes a few seconds to listen
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=deadline - time.monotonic())
+            if "unavailable" not in run.stdout + run.stderr:
+                break
+            time.sleep(1)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        while time.monotonic() < deadline and not (out / "round_0002.safetensors").is_file():
+            time.sleep(1)  # flwr run --stream returns when the ServerApp is done; its last writes may trail
+        state_written = lambda: ckpt.load_state(out, ckpt.read_run_json(out)["identity"])[0] == 2  # noqa: E731
+        while time.monotonic() < deadline and not ((out / ckpt.STATE_FILE).is_file() and state_written()):
+            time.sleep(1)
+        assert state_written(), "the deployment did not commit round 2 in time"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    ref = tmp_path / "ref"
+    assert main(["train", "--algo", "fedmut", "--clients", "2", "--frac", "1.0", "--rounds", "2", "--local-epochs",
+                 "1", "--seed", "0", "--out", str(ref), "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    for name in ("partition.json", "round_0000.safetensors", "round_0001.safetensors", "round_0002.safetensors"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert shutil.which("flwr", path=env["PATH"])
