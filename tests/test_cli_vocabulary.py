@@ -66,6 +66,9 @@ def test_one_name_one_meaning_in_help():
         (["--to", "mutant:0"], {"surface"}),
         (["--surface-dirs", "pca"], {"surface"}),
         (["--hessian"], {"hessian"}),
+        (["--federated", "--tol", "1e-9"], {"federated"}),  # --tol steers the per-client Lanczos here
+        (["--trace", "--max-vectors", "20"], {"trace"}),
+        (["--topk", "3", "--federated"], {"hessian", "federated"}),
     ],
 )
 def test_an_option_switches_its_measure_on(args, on):

@@ -338,9 +338,12 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
 
     ns = dict(ns)
     density_on = ns.get("density") or any(_given(ns, k) for k in MEASURE_OPTIONS["density"])
+    # --tol and --max-vectors also steer the federated view's and eigen surfaces' Lanczos and SLQ's basis:
+    # they switch the Hessian on only when no other measure is asked for
+    others = density_on or ns.get("trace") or ns.get("federated") or ns.get("surface") or ns.get("sharpness")
+    others = others or any(_given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
     for measure, keys in MEASURE_OPTIONS.items():
-        # --max-vectors with --density bounds SLQ's basis: it does not switch Lanczos on as well
-        given = [k for k in keys if _given(ns, k) and not (k == "max_vectors" and density_on)]
+        given = [k for k in keys if _given(ns, k) and not (k in ("tol", "max_vectors") and others)]
         if given:
             ns[measure] = True
     if not ns.get("sharpness"):
