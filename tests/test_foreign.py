@@ -237,3 +237,41 @@ def test_bad_foreign_input_is_one_line(cli, user, args, needles):
     torch.save({"w": Evil()}, d / "evil.pt")
     code, _, err = cli("landscape", *[a.replace("MOD", name) for a in args])
     _one_line_error(code, err, *needles)
+
+
+def _write_idx(path, array: np.ndarray, magic: int) -> None:
+    """An MNIST idx file (big-endian header: magic, dimensions), the format torchvision reads."""
+    import struct
+
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_a_torchvision_dataset_by_name_and_an_imagefolder(cli, user, tmp_path):
+    from PIL import Image
+
+    name, _, _, d = user
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 8)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), 2049)
+    (tmp_path / "lenet.py").write_text(
+        "from torch import nn\n\n\ndef net():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n\n\n"
+        "def rgb():\n    return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 2))\n"
+    )
+    code, _, err = cli("landscape", "--model", "lenet:net", "--data", f"mnist:{tmp_path / 'tv'}:test",
+                       "--hessian", "--topk", "1", "--out", tmp_path / "m")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "m" / "landscape.json").read_text())["data"]["samples"] == 8  # the test split
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    code, _, err = cli("landscape", "--model", "lenet:rgb", "--data", f"imagefolder:{tmp_path / 'imgs'}",
+                       "--hessian", "--topk", "1", "--out", tmp_path / "f")  # fmt: skip
+    assert code == 0, err
+    rec = json.loads((tmp_path / "f" / "landscape.json").read_text())
+    assert rec["data"]["samples"] == 6 and rec["hessian"]["eigenvalues"][0] > 0

@@ -120,14 +120,24 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise UserError(f"--weights: {path} does not fit --model ({first[:200]})") from None
 
 
-def _torchvision_dataset(name: str, root: str, split: str) -> Any:
+def _torchvision_datasets() -> dict[str, type]:
+    """torchvision's data set classes by lower-case name (``mnist`` is the class MNIST, not the module)."""
     import torchvision
+
+    ds = torchvision.datasets
+    return {
+        n.lower(): getattr(ds, n)
+        for n in dir(ds)
+        if isinstance(getattr(ds, n), type) and issubclass(getattr(ds, n), torch.utils.data.Dataset)
+    }
+
+
+def _torchvision_dataset(name: str, root: str, split: str) -> Any:
     from torchvision import transforms
 
     if split not in TV_SPLITS:
         raise UserError(f"--data {name}:{root}:{split}: the split must be train or test")
-    classes = {n.lower(): n for n in dir(torchvision.datasets) if not n.startswith("_")}
-    cls = getattr(torchvision.datasets, classes[name.lower()])
+    cls = _torchvision_datasets()[name.lower()]
     try:
         return cls(root, train=split == "train", download=False, transform=transforms.ToTensor())
     except (RuntimeError, OSError) as exc:
@@ -155,7 +165,6 @@ def _imagefolder(root: str) -> Any:
 
 def data_source(spec: str) -> Any:
     """What ``--data`` names: a Dataset, a DataLoader / iterable of batches, or (x, y) tensors."""
-    import torchvision
 
     head, _, rest = spec.partition(":")
     if head == "imagefolder":
@@ -167,8 +176,7 @@ def data_source(spec: str) -> Any:
         ds = load_dataset(DataConfig(dataset="digits"))
         part = ds.train if (rest or "train") == "train" else ds.test
         return part.x, part.y
-    tv = {n.lower() for n in dir(torchvision.datasets) if not n.startswith("_")}
-    if head.lower() in tv and rest:
+    if head.lower() in _torchvision_datasets() and rest:
         root, _, split = rest.partition(":")
         return _torchvision_dataset(head, root, split or "train")
     made = load_object(spec, "--data")
