@@ -35,7 +35,7 @@ from flatfl.analysis.sharpness import (
     epsilon_sharpness,
     sam_sharpness,
 )
-from flatfl.analysis.surfaces import Surface, evaluate_grid, pca_directions, random_directions
+from flatfl.analysis.surfaces import Surface, axis, evaluate_grid, pca_directions, random_directions
 from flatfl.analysis.trace import TRACE_ESTIMATORS, TraceResult
 
 SHARPNESS_KINDS = ("sam", "adaptive", "epsilon", "average")
@@ -216,14 +216,6 @@ def _flat_state(obj: ModelLoss, state: nn.Module | Mapping[str, torch.Tensor]) -
     return torch.cat([sd[n].detach().reshape(-1).to(obj.device, obj.dtype) for n in obj.names])
 
 
-def _axis(span: tuple[float, float], steps: int) -> np.ndarray:
-    """``steps`` points over ``span`` that always hold 0 (the model itself) exactly."""
-    a = np.linspace(span[0], span[1], steps)
-    if span[0] <= 0 <= span[1] and not np.any(a == 0):
-        a[np.argmin(np.abs(a))] = 0.0
-    return a
-
-
 def _directions(
     obj: ModelLoss, kind: str, dims: int, towards: Sequence[Any], trajectory: Sequence[Any], gen: torch.Generator
 ) -> tuple[list[torch.Tensor], list[tuple[str, str, torch.Tensor]], dict[str, Any]]:
@@ -297,8 +289,8 @@ def loss_surface(
     if span is None:
         reach = desc.pop("reach", 1.0)
         span = (-0.5, 1.5) if directions == "models" else (-reach, reach)
-    alphas = _axis(span, steps)
-    betas = _axis(span, steps) if dims == 2 else None
+    alphas = axis(*span, steps)  # holds 0 (the model itself) exactly
+    betas = axis(*span, steps) if dims == 2 else None
     w = obj.flat()
     surf = evaluate_grid(obj, dirs, alphas, betas)
     from flatfl.analysis.surfaces import model_markers

@@ -476,6 +476,26 @@ def points_per_chunk(obj: ModelLoss, memory_budget: float) -> int:
     return max(1, int(memory_budget // max(per_point, 1)))
 
 
+def axis(lo: float, hi: float, n: int, must: tuple[float, ...] = (0.0,)) -> np.ndarray:
+    """n points from lo to hi that hold each of ``must`` inside [lo, hi] exactly.
+
+    A grid point within half a step of such a value is moved onto it; otherwise the value is
+    inserted (the grid is then one point longer and not quite even). So the checkpoint (0) and,
+    for interpolation, the other end (1) are always points of the surface.
+    """
+    ax = np.linspace(lo, hi, n)
+    half = 0.5 * (hi - lo) / max(n - 1, 1)
+    for v in must:
+        if not lo <= v <= hi:
+            continue
+        i = int(np.argmin(np.abs(ax - v)))
+        if abs(ax[i] - v) <= half * 1e-6:
+            ax[i] = v  # float rounding of linspace
+        elif ax[i] != v:
+            ax = np.sort(np.append(ax, v))
+    return ax
+
+
 def model_markers(
     obj: ModelLoss, origin: torch.Tensor, dirs: Sequence[torch.Tensor], named: Sequence[tuple[str, str, torch.Tensor]]
 ) -> list[dict[str, Any]]:
