@@ -35,6 +35,10 @@ def make_data():
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
 
 
+def make_generator():
+    return (b for b in make_data())  # read once: no batch may be lost
+
+
 def make_images():
     g = torch.Generator().manual_seed(2)
     x, y = torch.rand(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g)
@@ -275,3 +279,16 @@ def test_a_torchvision_dataset_by_name_and_an_imagefolder(cli, user, tmp_path):
     assert code == 0, err
     rec = json.loads((tmp_path / "f" / "landscape.json").read_text())
     assert rec["data"]["samples"] == 6 and rec["hessian"]["eigenvalues"][0] > 0
+
+
+def test_a_one_shot_generator_of_batches_loses_no_batch(cli, user):
+    name, mod, net, d = user
+    code, _, err = cli(
+        "landscape", "--model", f"{name}:make_net", "--weights", "w.pt", "--data", f"{name}:make_generator",
+        "--hessian", "--topk", "1", "--tol", "1e-7", "--out", d / "g",
+    )  # fmt: skip
+    assert code == 0, err
+    rec = json.loads((d / "g" / "landscape.json").read_text())
+    assert rec["data"]["samples"] == 40  # all of make_data's examples, the first batch included
+    ref = hessian_eigenvalues(net, mod.make_data(), k=1, tol=1e-7)
+    assert rec["hessian"]["eigenvalues"][0] == pytest.approx(ref.values[0], rel=1e-5)

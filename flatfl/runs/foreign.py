@@ -183,21 +183,20 @@ def data_source(spec: str) -> Any:
     return made() if callable(made) and not isinstance(made, torch.utils.data.Dataset) else made
 
 
-def _tensors_of(source: Any, batch_size: int) -> tuple[Any, Any] | None:
-    """(x, y) tensors when the data are image-style pairs (sub-sampling, --samples auto and torchrun shards
-    then work as for flatfl's own runs); None for other batches."""
+def _tensors_of(source: Any, batch_size: int) -> tuple[tuple[Any, Any] | None, Any]:
+    """((x, y) tensors when the data are image-style pairs -- sub-sampling, --samples auto and torchrun shards
+    then work as for flatfl's own runs -- else None, and the data as read, to be used instead of ``source``)."""
     if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
-        return source[0], source[1]
+        return (source[0], source[1]), source
     if isinstance(source, torch.utils.data.Dataset):
         source = torch.utils.data.DataLoader(source, batch_size=batch_size, shuffle=False)
-    first = next(iter(source), None)
-    if first is None:
+    batches = list(source)  # read once: a generator cannot be read again, a loader need not be
+    if not batches:
         raise UserError("--data: the data yielded no batches")
-    pair = isinstance(first, (tuple, list)) and len(first) == 2 and all(isinstance(t, torch.Tensor) for t in first)
-    if not pair:
-        return None
-    xs, ys = zip(*[(b[0], b[1]) for b in source])
-    return torch.cat(xs), torch.cat(ys)
+    pair = lambda b: isinstance(b, (tuple, list)) and len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b)  # noqa: E731
+    if not all(pair(b) for b in batches):
+        return None, batches
+    return (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])), batches
 
 
 def check_foreign(spec: ForeignSpec, settings: Any) -> None:
@@ -231,7 +230,9 @@ def of_foreign(spec: ForeignSpec, settings: Any, log: Callable[[str], None] = la
     }
     resolve = lambda other: (Path(other).stem, lambda: _state_of(spec, other))  # noqa: E731
     data = data_source(spec.data)
-    pair = None if spec.forward else _tensors_of(data, settings.batch_size)
+    pair = None
+    if not spec.forward:
+        pair, data = _tensors_of(data, settings.batch_size)
     if pair is not None:
         x, y, info = subset(pair[0], pair[1], settings.samples, settings.seed)
         source["data"].update(info)
