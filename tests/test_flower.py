@@ -1,8 +1,9 @@
 """flatfl on Flower (flatfl.flower): FedMut as a Flower strategy equals ``flatfl train --algo fedmut``
 bit for bit, and the recorder's run directory goes through ``flatfl landscape`` and ``flatfl report``.
 
-Flower's objects (Strategy, ClientApp, Messages, ArrayRecords) run on flatfl's in-process
-LocalGrid: flwr 1.42's run_simulation needs Ray (flwr[simulation]), which the test extra leaves out.
+Flower's simulation runtime (run_simulation, Ray backend) runs the apps in one test; the others run
+Flower's objects (Strategy, ClientApp, Messages, ArrayRecords) on flatfl's in-process LocalGrid, which
+shares the test's process and threads (seconds instead of Ray's start-up).
 """
 
 from __future__ import annotations
@@ -65,6 +66,30 @@ def test_fedmut_on_flower_is_flatfl_fedmut_bit_for_bit(runs):
     for ra, rb in zip(ma, mb, strict=True):
         for key in ("round", "test_loss", "test_acc", "clients", "client_train_loss", "mutation_norm", "sent_loss"):
             assert ra.get(key) == rb.get(key), key
+
+
+def test_flowers_simulation_runtime_gives_flatfl_fedmut_bit_for_bit(tmp_path):
+    """10 virtual SuperNodes on Ray, 3 rounds of FedMut: every file of the run equals ``flatfl train``'s
+    (each Ray actor has 1 CPU, so 1 thread; the reference trains with ``--threads 1``)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_DISABLE_USAGE_STATS="1")
+    config = [f"{k}={json.dumps(v)}" for k, v in TEN.items()]
+    sim = subprocess.run(
+        [sys.executable, "examples/flower_app/simulation.py", "--out", str(tmp_path / "sim"), *config],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    assert "aggregate_train: Received 5 results and 0 failures" in sim.stdout + sim.stderr
+    ref = subprocess.run(
+        [sys.executable, "-m", "flatfl", "train", "--algo", "fedmut", *TRAIN, "--threads", "1", "--no-progress",
+         "--device", "cpu", "--out", str(tmp_path / "ref")],
+        env=env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    names = ["partition.json", "state.safetensors", *(f"round_{t:04d}.safetensors" for t in range(4))]
+    names += [f"clients_{t:04d}.safetensors" for t in (1, 2, 3)]
+    for name in names:
+        assert (tmp_path / "sim" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    assert ckpt.read_run_json(tmp_path / "sim")["flower"]["strategy"] == "flatfl.flower.strategy.FedMutStrategy"
 
 
 def test_landscape_on_the_flower_checkpoint(cli, runs, tmp_path):

@@ -14,6 +14,9 @@ Run it with ``flwr run`` (``clientapp = "flatfl.flower.client_app:app"``, exampl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,7 +27,6 @@ from flatfl.flower.config import run_config
 from flatfl.flower.nodes import query_reply
 from flatfl.trainer import Simulation
 
-app = ClientApp()
 _SIMULATIONS: dict[str, Simulation] = {}  # one per run config in this process (data loaded once)
 
 
@@ -53,14 +55,28 @@ def partition_id(context: Context, cfg: RunConfig) -> int:
     return pid
 
 
-@app.query()
-def query(message: Message, context: Context) -> Message:
-    return query_reply(message, partition_id(context, run_config(context.run_config)))
+def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose run config is ``defaults`` overridden by the run's own (``context.run_config``).
+
+    ``flwr run`` fills the run config from the app's pyproject; Flower's Python entry point
+    ``flwr.simulation.run_simulation`` passes none, so give it there: ``make_client_app({"algo":
+    "fedmut", "clients": 10, ...})``."""
+    base = dict(defaults or {})
+    client_app = ClientApp()
+
+    @client_app.query()
+    def query(message: Message, context: Context) -> Message:
+        return query_reply(message, partition_id(context, run_config(base | dict(context.run_config))))
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        return train_reply(message, context, run_config(base | dict(context.run_config)))
+
+    return client_app
 
 
-@app.train()
-def train(message: Message, context: Context) -> Message:
-    cfg = run_config(context.run_config)
+def train_reply(message: Message, context: Context, cfg: RunConfig) -> Message:
+    """Train the node's client from the message's model as ``flatfl train`` trains it in that round."""
     client = partition_id(context, cfg)
     config = message.content.config_records.get("config", {})
     server_round = int(config.get("server-round", 1))
@@ -76,3 +92,6 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({"arrays": to_record(update.state), "metrics": metrics}), reply_to=message)
+
+
+app = make_client_app()  # the run config is the app's (``flwr run``)

@@ -8,7 +8,9 @@ directory, default ``checkpoints/flower-<dataset>-<algo>-s<seed>``) and ``overwr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -21,8 +23,6 @@ from flatfl.flower.config import run_config
 from flatfl.flower.recorder import RunRecorder
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.models import build_model
-
-app = ServerApp()
 
 
 def strategy_for(cfg: RunConfig, param_names: list[str]) -> Strategy:
@@ -45,7 +45,18 @@ def recorder_for(user_config: dict, out: str | None = None) -> RunRecorder:
     return RunRecorder(strategy_for(cfg, params), Path(out), cfg, overwrite=bool(user_config.get("overwrite", False)))
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    recorder = recorder_for(dict(context.run_config))
-    recorder.start(grid, recorder.initial_arrays(), num_rounds=recorder.cfg.rounds)
+def make_server_app(defaults: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is ``defaults`` overridden by the run's own (``context.run_config``);
+    see :func:`flatfl.flower.client_app.make_client_app`."""
+    base = dict(defaults or {})
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        recorder = recorder_for(base | dict(context.run_config))
+        recorder.start(grid, recorder.initial_arrays(), num_rounds=recorder.cfg.rounds)
+
+    return server_app
+
+
+app = make_server_app()  # the run config is the app's (``flwr run``)
