@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("flwr")
 
@@ -123,6 +124,36 @@ def test_flower_fedavg_and_fedmut_runs_give_one_report(cli, runs, tmp_path):
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert sorted(r["run"] for r in rows) == ["fedavg", "fedmut"] and all(float(r["lambda_max"]) > 0 for r in rows)
     assert (out / "verdict.csv").is_file() and "equal round (3)" in stdout
+
+
+def test_flower_fedprox_and_fedavg_train_flatfls_clients(cli, tmp_path):
+    """The app's FedProx (Flower's FedProx on flatfl's seeded sample; the ClientApp adds the proximal term
+    for ``proximal-mu``) trains the clients ``flatfl train --algo fedprox`` trains: the same sample every
+    round, round 1's returned models byte-equal, its mean within float32 rounding of flatfl's."""
+    two = dict(TEN, rounds=2)
+    flower_run(dict(two, algo="fedprox", mu=0.5), tmp_path / "prox")
+    flower_run(dict(two, algo="fedavg"), tmp_path / "avg")
+    code, _, err = cli("train", "--algo", "fedprox", "--mu", "0.5", *TRAIN[:4], "--rounds", "2", *TRAIN[6:],
+                       "--out", tmp_path / "ref", "--no-progress", "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    info = ckpt.read_run_json(tmp_path / "prox")
+    assert info["config"]["algo"] == "fedprox" and info["config"]["algo_config"]["proximal_mu"] == 0.5
+    assert info["flower"]["strategy"] == "flatfl.flower.sampling.SeededFedProx"
+    for name in ("prox", "avg"):
+        drawn = [m["clients"] for m in ckpt.read_metrics(tmp_path / name)[1:]]
+        assert drawn == [m["clients"] for m in ckpt.read_metrics(tmp_path / "ref")[1:]], name
+    sent, prox, meta = ckpt.load_clients(tmp_path / "prox" / "clients_0001.safetensors")
+    _, ref, _ = ckpt.load_clients(tmp_path / "ref" / "clients_0001.safetensors")
+    _, plain, _ = ckpt.load_clients(tmp_path / "avg" / "clients_0001.safetensors")
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(prox, ref, strict=True) for k in a)
+    # the proximal term was applied: without it (Flower's FedAvg) the largest client (several local steps;
+    # at the first step w = w_0 and the term's gradient is 0) moves further from w_0
+    i = max(range(len(prox)), key=lambda j: meta["num_samples"][j])
+    dist = [sum(float((m[k] - sent[i][k]).pow(2).sum()) for k in m) for m in (prox[i], plain[i])]
+    assert 0 < dist[0] < dist[1]
+    new, _ = ckpt.load_round(ckpt.round_path(tmp_path / "prox", 1))
+    want, _ = ckpt.load_round(ckpt.round_path(tmp_path / "ref", 1))
+    assert meta["clients"] and all(float((new[k] - want[k]).abs().max()) <= 1e-6 for k in want)
 
 
 def test_bad_flower_run_config_is_one_line():

@@ -6,7 +6,9 @@ flatfl's partition of the data set named in the run config (the flags of ``flatf
 A ``train`` message holds the model to start from and ``server-round``; the node trains it with
 flatfl's local SGD exactly as ``flatfl train`` trains that client in that round
 (:meth:`flatfl.trainer.Simulation.train_client`: the same data, batches, seeds and optimiser) and
-replies with the model and ``num-examples``, ``train_loss``, ``sent_loss``. A ``query`` message
+replies with the model and ``num-examples``, ``train_loss``, ``sent_loss``. A train message with
+``proximal-mu`` (Flower's FedProx) adds FedProx's proximal term, as ``flatfl train --algo fedprox
+--mu``. A ``query`` message
 answers the node's partition id (:mod:`flatfl.flower.nodes`).
 
 Run it with ``flwr run`` (``clientapp = "flatfl.flower.client_app:app"``, examples/flower_app).
@@ -20,11 +22,13 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flatfl.algorithms.base import LocalTerm
 from flatfl.config import RunConfig
 from flatfl.errors import UserError
 from flatfl.flower.arrays import from_record, to_record
 from flatfl.flower.config import run_config
 from flatfl.flower.nodes import query_reply
+from flatfl.statedict import StateDict
 from flatfl.trainer import Simulation
 
 _SIMULATIONS: dict[str, Simulation] = {}  # one per run config in this process (data loaded once)
@@ -82,7 +86,13 @@ def train_reply(message: Message, context: Context, cfg: RunConfig) -> Message:
     server_round = int(config.get("server-round", 1))
     arrays: ArrayRecord = next(iter(message.content.array_records.values()))
     sim = simulation(cfg)
-    update = sim.train_client(server_round, int(config.get("slot", 0)), client, from_record(arrays))
+    sent = from_record(arrays)
+    term = (
+        proximal_term(sim, float(config["proximal-mu"]), server_round, client, sent)
+        if "proximal-mu" in config
+        else None
+    )
+    update = sim.train_client(server_round, int(config.get("slot", 0)), client, sent, term)
     metrics = MetricRecord(
         {
             "num-examples": update.num_samples,
@@ -92,6 +102,17 @@ def train_reply(message: Message, context: Context, cfg: RunConfig) -> Message:
         }
     )
     return Message(RecordDict({"arrays": to_record(update.state), "metrics": metrics}), reply_to=message)
+
+
+def proximal_term(sim: Simulation, mu: float, server_round: int, client: int, sent: StateDict) -> LocalTerm | None:
+    """FedProx's (mu / 2) ||w - w_t||^2 on the trainable parameters (flatfl's own FedProx term, Li et al.,
+    MLSys 2020), for a message with Flower FedProx's ``proximal-mu``; none for mu = 0."""
+    from flatfl.algorithms.fedprox import FedProx, FedProxConfig
+
+    if not mu >= 0.0:
+        raise UserError(f"Flower message: proximal-mu is {mu}; FedProx needs mu >= 0")
+    fedprox = FedProx(FedProxConfig(mu=mu), param_names=sim.algorithm.param_names, num_clients=sim.cfg.data.num_clients)
+    return fedprox.local_term(server_round, client, sent)
 
 
 app = make_client_app()  # the run config is the app's (``flwr run``)

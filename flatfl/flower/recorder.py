@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy import FedAvg, FedProx, Result, Strategy
 
 from flatfl import checkpoint as ckpt
 from flatfl import diagnostics, rundir
 from flatfl.config import RunConfig, identity_of
 from flatfl.data import load_dataset
 from flatfl.flower.arrays import from_record
+from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.statedict import StateDict
 from flatfl.storage import StorageConfig
@@ -43,10 +44,13 @@ JSONABLE = (bool, int, float, str, type(None))
 
 
 def strategy_name(strategy: Strategy) -> str:
-    """run.json's ``algo``: fedmut, fedavg (Flower's FedAvg itself), else the class name in lower case."""
+    """run.json's ``algo``: fedmut, fedavg (Flower's FedAvg itself or seeded), fedprox (Flower's FedProx
+    itself or seeded), else the class name in lower case."""
     if isinstance(strategy, FedMutStrategy):
         return "fedmut"
-    return "fedavg" if type(strategy) is FedAvg else type(strategy).__name__.lower()
+    if type(strategy) in (FedAvg, SeededFedAvg):
+        return "fedavg"
+    return "fedprox" if type(strategy) in (FedProx, SeededFedProx) else type(strategy).__name__.lower()
 
 
 def strategy_settings(strategy: Strategy) -> dict[str, Any]:

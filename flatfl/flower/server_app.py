@@ -14,27 +14,35 @@ from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from flatfl.algorithms.fedmut import FedMutConfig
 from flatfl.config import RunConfig
 from flatfl.errors import UserError
 from flatfl.flower.config import run_config
 from flatfl.flower.recorder import RunRecorder
+from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.models import build_model
 
 
 def strategy_for(cfg: RunConfig, param_names: list[str]) -> Strategy:
-    """FedMut with ``cfg``'s FedMutConfig, or Flower's FedAvg sampling ``frac`` of the nodes."""
+    """FedMut with ``cfg``'s FedMutConfig, or Flower's FedAvg / FedProx, each on flatfl's seeded sample
+    of ``frac`` of the ``clients`` (so the run trains the clients ``flatfl train`` trains)."""
+    common = {"num_clients": cfg.data.num_clients, "seed": cfg.seed}
     if cfg.algo == "fedmut":
         assert isinstance(cfg.algo_config, FedMutConfig)
-        return FedMutStrategy(
-            cfg.algo_config, param_names=param_names, num_clients=cfg.data.num_clients, frac=cfg.frac, seed=cfg.seed
-        )
-    if cfg.algo == "fedavg":
-        return FedAvg(fraction_train=cfg.frac, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
-    raise UserError(f"Flower run config: algo = {cfg.algo!r}; the Flower app runs fedmut or fedavg")
+        return FedMutStrategy(cfg.algo_config, param_names=param_names, frac=cfg.frac, **common)
+    if cfg.algo in ("fedavg", "fedprox"):
+        if not getattr(cfg.algo_config, "weighted", True):
+            raise UserError(
+                "Flower run config: unweighted: Flower's FedAvg and FedProx weight by num-examples; leave it out"
+            )
+        flower = {"fraction_train": cfg.frac, "fraction_evaluate": 0.0, "min_train_nodes": 1, "min_available_nodes": 1}
+        if cfg.algo == "fedavg":
+            return SeededFedAvg(**flower, **common)
+        return SeededFedProx(proximal_mu=cfg.algo_config.mu, **flower, **common)  # type: ignore[attr-defined]
+    raise UserError(f"Flower run config: algo = {cfg.algo!r}; the Flower app runs fedmut, fedavg or fedprox")
 
 
 def recorder_for(user_config: dict, out: str | None = None) -> RunRecorder:

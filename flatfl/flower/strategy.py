@@ -30,9 +30,8 @@ from flatfl.algorithms.fedmut import FedMut, FedMutConfig
 from flatfl.config import compact_dict
 from flatfl.errors import UserError
 from flatfl.flower.arrays import from_record, to_record
-from flatfl.flower.nodes import client_nodes
+from flatfl.flower.sampling import sampled_nodes
 from flatfl.statedict import StateDict
-from flatfl.trainer import draw_clients
 
 
 class FedMutStrategy(FedAvg):
@@ -79,14 +78,10 @@ class FedMutStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = client_nodes(grid, self._node_client, self.timeout)
-        clients = [int(c) for c in draw_clients(self.seed, server_round, self.num_clients, self.clients_per_round)]
-        missing = [c for c in clients if c not in nodes]
-        if missing:
-            raise UserError(
-                f"round {server_round}: clients {missing} have no Flower node (nodes hold partition-ids "
-                f"{sorted(nodes)}); start one SuperNode per client or lower --clients"
-            )
+        clients, nodes = sampled_nodes(
+            grid, self._node_client, seed=self.seed, server_round=server_round, num_clients=self.num_clients,
+            frac=self.frac, timeout=self.timeout,
+        )  # fmt: skip
         global_state = from_record(arrays)
         rng = seeding.derive_rng(self.seed, seeding.ALGORITHM, server_round)
         sent = self.fedmut.dispatch(server_round, global_state, clients, rng)
