@@ -87,8 +87,7 @@ class RunConfig:
         With K > 1 both rounds t = nK (the models that produced w_nK) and nK + 1 (the models, e.g.
         FedMut's mutants, sent from w_nK) are kept, so every saved "decade" has both sides.
         """
-        k = self.save_clients
-        return k > 0 and (k == 1 or t % k in (0, 1))
+        return saves_clients(self.save_clients, t)
 
     @property
     def clients_per_round(self) -> int:
@@ -135,13 +134,18 @@ class RunConfig:
         return identity_of(self.to_dict())
 
 
+def saves_clients(k: int, t: int) -> bool:
+    """``--save-clients k``: whether round t's client models are saved (see :meth:`RunConfig.saves_clients`)."""
+    return k > 0 and (k == 1 or t % k in (0, 1))
+
+
 def identity_of(config: dict[str, Any]) -> str:
     """:meth:`RunConfig.identity` of a config dict (also of a Flower run's, whose ``algo`` may be a
     strategy flatfl does not know)."""
     d = json.loads(canonical_json(config))
     d.pop("rounds")
     d.pop("preset", None)  # a label: the resolved values are what identify the run
-    d["data"].pop("data_root")  # the same data moved elsewhere is the same experiment
+    d["data"].pop("data_root", None)  # the same data moved elsewhere is the same experiment
     d["data"].pop("partition_file", None)  # so is a moved partition file (its SHA-256 stays)
     return hashlib.sha256(canonical_json(d).encode()).hexdigest()
 

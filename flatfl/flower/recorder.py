@@ -24,21 +24,20 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx, Result, Strategy
 
 from flatfl import checkpoint as ckpt
 from flatfl import diagnostics, rundir
-from flatfl.config import RunConfig, identity_of
-from flatfl.data import load_dataset
+from flatfl.config import RunConfig, identity_of, saves_clients
 from flatfl.flower.arrays import from_record
 from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
 from flatfl.flower.strategy import FedMutStrategy
+from flatfl.flower.subjects import RegistryModel, UserModel
 from flatfl.statedict import StateDict
 from flatfl.storage import StorageConfig
-from flatfl.trainer import Simulation, _run_info, make_partition, prepare_out
+from flatfl.trainer import prepare_out
 
 JSONABLE = (bool, int, float, str, type(None))
 
@@ -62,30 +61,44 @@ def strategy_settings(strategy: Strategy) -> dict[str, Any]:
 
 class RunRecorder(Strategy):
     """Wraps ``strategy``; writes the run into ``out`` (see the module doc). ``cfg`` names the
-    registry model, data set, partition, seed and rounds (:func:`flatfl.flower.config.run_config`)."""
+    registry model, data set, partition, seed and rounds (:func:`flatfl.flower.config.run_config`);
+    for a user's own model and data give ``model=UserModel("task:Net", test_data="task:test_xy")``
+    instead (:mod:`flatfl.flower.subjects`)."""
 
-    def __init__(self, strategy: Strategy, out: str | Path, cfg: RunConfig, *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        out: str | Path,
+        cfg: RunConfig | None = None,
+        *,
+        model: UserModel | None = None,
+        overwrite: bool = False,
+    ) -> None:
         import flwr
 
+        if (cfg is None) == (model is None):
+            raise TypeError("RunRecorder: give cfg (a registry model and data set) or model (a UserModel), not both")
         self.strategy, self.out, self.cfg, self.overwrite = strategy, Path(out), cfg, overwrite
-        self.config = cfg.to_dict() | {"algo": strategy_name(strategy), "algo_config": strategy_settings(strategy)}
-        self.identity = identity_of(self.config)
+        self.subject: RegistryModel | UserModel = RegistryModel(cfg) if cfg is not None else model  # type: ignore[assignment]
+        self.config = self.subject.config() | {
+            "algo": strategy_name(strategy),
+            "algo_config": strategy_settings(strategy),
+        }
         self.flower = {
             "version": flwr.__version__,
             "strategy": f"{type(strategy).__module__}.{type(strategy).__name__}",
         }
-        data = load_dataset(cfg.data)
-        self.parts = make_partition(cfg, data)
-        self.sim = Simulation(cfg, torch.device("cpu"), data, self.parts)  # the model, its evaluation
         self._sent: list[tuple[int, int, StateDict]] = []  # (node, client, model sent), in slot order
         self._global: StateDict = {}
         self._t0 = 0.0
+        self.identity = ""
 
     def initial_arrays(self) -> ArrayRecord:
-        """flatfl's initial model of ``cfg`` (seeded as ``flatfl train``'s)."""
+        """The initial model: flatfl's of ``cfg`` (seeded as ``flatfl train``'s), or the user factory's
+        (torch seeded with the UserModel's ``seed``)."""
         from flatfl.flower.arrays import to_record
 
-        return to_record(self.sim.initial_state())
+        return to_record(self.subject.initial_state())
 
     # -- the run -----------------------------------------------------------------------------
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kw: Any) -> Result:
@@ -106,17 +119,22 @@ class RunRecorder(Strategy):
             rd.close(failed=not ok)
 
     def _write_start(self, rd: rundir.RunDir, num_rounds: int) -> None:
-        info = _run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
         self.config["rounds"] = num_rounds
+        self.identity = identity_of(self.config)
+        info = self.subject.run_info()
         # every round is saved, client models in float32 (flatfl.storage's defaults)
         info |= {"config": self.config, "identity": self.identity, "flower": self.flower}
         info["storage"] = StorageConfig().to_dict()
-        partition = ckpt.partition_json_bytes({"clients": [p.tolist() for p in self.parts]})
+        parts = self.subject.partition()
         rd.clear_for_new_run()
-        ckpt.write_run_json(self.out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
-        ckpt.atomic_write_bytes(self.out / ckpt.PARTITION_JSON, partition)
+        if parts is None:
+            ckpt.write_run_json(self.out, info)
+        else:
+            partition = ckpt.partition_json_bytes({"clients": parts})
+            ckpt.write_run_json(self.out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
+            ckpt.atomic_write_bytes(self.out / ckpt.PARTITION_JSON, partition)
         ckpt.save_round(self.out, 0, self._global, self.config, self.identity)
-        loss, acc = self.sim.evaluate(self._global)
+        loss, acc = self.subject.evaluate(self._global)
         ckpt.append_metrics(
             self.out, {"round": 0, "test_loss": loss, "test_acc": acc, "train_loss": None, "device": "cpu"}
         )
@@ -157,13 +175,13 @@ class RunRecorder(Strategy):
         metric = [next(iter(by_node[n].content.metric_records.values()), MetricRecord()) for n, _, _ in slots]
         losses = [float(m.get("train_loss", float("nan"))) for m in metric]
         clients = [c for _, c, _ in slots]
-        if self.cfg.saves_clients(t):
+        if saves_clients(self.subject.save_clients, t):
             returned = [from_record(next(iter(by_node[n].content.array_records.values()))) for n, _, _ in slots]
             info = {"clients": clients, "num_samples": [int(m.get("num-examples", 0)) for m in metric]}
             info |= {"train_loss": losses} | self._dispatch_info()
             ckpt.save_clients(self.out, t, [s for _, _, s in slots], returned, info, self.identity)
         ckpt.save_round(self.out, t, new_global, self.config, self.identity)
-        loss, acc = self.sim.evaluate(new_global)
+        loss, acc = self.subject.evaluate(new_global)
         record = {
             "round": t,
             "test_loss": loss,

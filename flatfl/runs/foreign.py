@@ -163,7 +163,7 @@ def _imagefolder(root: str) -> Any:
         raise UserError(f"--data imagefolder:{root}: {exc}") from None
 
 
-def data_source(spec: str) -> Any:
+def data_source(spec: str, flag: str = "--data") -> Any:
     """What ``--data`` names: a Dataset, a DataLoader / iterable of batches, or (x, y) tensors."""
 
     head, _, rest = spec.partition(":")
@@ -179,7 +179,7 @@ def data_source(spec: str) -> Any:
     if head.lower() in _torchvision_datasets() and rest:
         root, _, split = rest.partition(":")
         return _torchvision_dataset(head, root, split or "train")
-    made = load_object(spec, "--data")
+    made = load_object(spec, flag)
     return made() if callable(made) and not isinstance(made, torch.utils.data.Dataset) else made
 
 
@@ -197,6 +197,14 @@ def _tensors_of(source: Any, batch_size: int) -> tuple[tuple[Any, Any] | None, A
     if not all(pair(b) for b in batches):
         return None, batches
     return (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])), batches
+
+
+def data_pair(spec: str, batch_size: int, flag: str = "--data") -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) tensors of a data name (see :func:`data_source`); one line when its batches are not pairs."""
+    pair, _ = _tensors_of(data_source(spec, flag), batch_size)
+    if pair is None:
+        raise UserError(f"{flag} {spec}: its batches are not (x, y) pairs of tensors; a run's data must be")
+    return pair
 
 
 def check_foreign(spec: ForeignSpec, settings: Any) -> None:
@@ -289,4 +297,13 @@ def _state_of(spec: ForeignSpec, other: str) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-__all__ = ["ForeignSpec", "build", "check_foreign", "data_source", "load_weights", "of_foreign", "read_weights"]
+__all__ = [
+    "ForeignSpec",
+    "build",
+    "check_foreign",
+    "data_pair",
+    "data_source",
+    "load_weights",
+    "of_foreign",
+    "read_weights",
+]

@@ -58,7 +58,12 @@ class Problem:
 def select_data(
     run: Run, spec: str, samples: int | None, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """The (x, y) a measurement uses: ``train``, ``test`` or ``client:K``; optionally a seeded subset."""
+    """The (x, y) a measurement uses: ``train``, ``test`` or ``client:K`` (a user-data run: ``train``, ``test``
+    or a data name, :meth:`Run.user_data_pair`); optionally a seeded subset."""
+    if run.user_data:
+        x, y = run.user_data_pair(spec, 500)
+        x, y, info = subset(x, y, samples, seed)
+        return x, y, {"selection": spec, **info}
     ds = run.dataset()
     if spec == "train":
         x, y = ds.train.x, ds.train.y

@@ -69,9 +69,20 @@ class Run:
         order = self.info["model"]["state_keys"]
         return {k: state[k] for k in order} if set(order) == set(state) else state
 
+    @property
+    def user_data(self) -> bool:
+        """A recorded run of a user's model and data (flatfl.flower's UserModel): run.json names them
+        (``model``: MODULE:FACTORY; ``config.data.train``/``test``: data names), no flatfl data set."""
+        return self.config["data"].get("dataset") is None
+
     def build(self) -> nn.Module:
-        """A fresh model of the run's architecture (weights not loaded)."""
+        """A fresh model of the run's architecture (weights not loaded): a registry model, or a user's
+        ``MODULE:FACTORY`` imported from the current folder or the installed packages."""
         m = self.info["model"]
+        if ":" in m["name"]:
+            from flatfl.runs.foreign import load_object
+
+            return load_object(m["name"], f"{self.path / ckpt.RUN_JSON}: model")(**m["kwargs"])
         return build_model(m["name"], **m["kwargs"])
 
     def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
@@ -86,7 +97,27 @@ class Run:
         return net.to(device)
 
     def dataset(self) -> Dataset:
+        if self.user_data:
+            raise UserError(
+                f"{self.path}: a recorded run of a user's model on its own data has no flatfl data set"
+                " (client data, BatchNorm re-estimation); name the data with --data train, test or MODULE:FACTORY"
+            )
         return load_dataset(DataConfig(**self.config["data"]))
+
+    def user_data_pair(self, spec: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of ``--data`` for a user-data run: ``train``/``test`` as run.json names them, else a data name."""
+        from flatfl.runs.foreign import data_pair
+
+        if spec in ("train", "test"):
+            named = self.config["data"].get(spec)
+            if not named:
+                raise UserError(
+                    f"--data {spec}: {self.path / ckpt.RUN_JSON} names no {spec} data; give --data MODULE:FACTORY"
+                )
+            return data_pair(named, batch_size, f"--data {spec} ({self.path / ckpt.RUN_JSON})")
+        if spec.startswith("client:"):
+            raise UserError(f"--data {spec}: {self.path} holds no partition (the user's ClientApp split the data)")
+        return data_pair(spec, batch_size)
 
     def partition(self) -> list[np.ndarray]:
         """Client -> indices, refused when partition.json differs from run.json's record of it."""

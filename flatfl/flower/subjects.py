@@ -1,0 +1,129 @@
+"""What a :class:`flatfl.flower.recorder.RunRecorder` records: the model, its data and their names.
+
+* :class:`RegistryModel` -- a model and data set of flatfl's registry, named by a ``flatfl train``
+  config (``--model``, ``--dataset``, ``--clients``, ...): run.json is ``flatfl train``'s.
+* :class:`UserModel` -- a Flower user's own model and data, named as ``flatfl landscape --model``
+  and ``--data`` name them: ``MODULE:FACTORY`` for the model (a function returning an ``nn.Module``)
+  and, for the data, ``MODULE:FACTORY`` (returning a DataLoader, a Dataset or ``(x, y)`` tensors),
+  ``NAME:ROOT[:split]`` (torchvision) or ``imagefolder:DIR``. run.json keeps the names, so
+  ``flatfl landscape --ckpt`` and ``flatfl report`` rebuild the model and read ``--data train`` /
+  ``--data test`` from them (run from the folder the names import from, as Flower apps do).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from flatfl.config import RunConfig
+from flatfl.statedict import StateDict, clone
+
+EVAL_BATCH = 500
+
+
+class RegistryModel:
+    """A registry model on a registry data set, partitioned and evaluated as ``flatfl train`` does."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from flatfl.data import load_dataset
+        from flatfl.trainer import Simulation, make_partition
+
+        self.cfg = cfg
+        data = load_dataset(cfg.data)
+        self.parts = make_partition(cfg, data)
+        self.sim = Simulation(cfg, torch.device("cpu"), data, self.parts)
+
+    @property
+    def save_clients(self) -> int:
+        return self.cfg.save_clients
+
+    def config(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+    def run_info(self) -> dict[str, Any]:
+        from flatfl.trainer import _run_info
+
+        return _run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
+
+    def partition(self) -> list[list[int]] | None:
+        return [p.tolist() for p in self.parts]
+
+    def initial_state(self) -> StateDict:
+        return self.sim.initial_state()
+
+    def evaluate(self, state: StateDict) -> tuple[float | None, float | None]:
+        return self.sim.evaluate(state)
+
+
+@dataclass(frozen=True)
+class UserModel:
+    """A user's model (``model``: ``MODULE:FACTORY`` called with ``model_kwargs``) and the names of its
+    data: ``test_data`` (the global model's test loss and accuracy every round, and ``--data test``) and
+    ``train_data`` (``--data train``), each optional. ``seed`` seeds the factory's initial weights;
+    ``num_clients`` is recorded; ``save_clients`` as ``flatfl train --save-clients N``."""
+
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    test_data: str | None = None
+    train_data: str | None = None
+    num_clients: int = 0
+    seed: int = 0
+    save_clients: int = 0
+
+    def build(self) -> nn.Module:
+        from flatfl.runs.foreign import load_object
+
+        return load_object(self.model, "model")(**self.model_kwargs)
+
+    def config(self) -> dict[str, Any]:
+        data = {"dataset": None, "train": self.train_data, "test": self.test_data, "num_clients": self.num_clients}
+        return {
+            "model": self.model,
+            "model_kwargs": dict(self.model_kwargs),
+            "data": data | {"data_root": None},
+            "seed": self.seed,
+            "save_clients": self.save_clients,
+        }
+
+    def run_info(self) -> dict[str, Any]:
+        net = self.build()
+        return {
+            "model": {
+                "name": self.model,
+                "kwargs": dict(self.model_kwargs),
+                "num_parameters": sum(p.numel() for p in net.parameters()),
+                "parameters": [n for n, _ in net.named_parameters()],
+                "state_keys": list(net.state_dict()),
+            },
+            "dataset": None,
+        }
+
+    def partition(self) -> list[list[int]] | None:
+        return None  # the user's ClientApp splits its data; flatfl never sees the split
+
+    def initial_state(self) -> StateDict:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return clone(self.build().state_dict())
+
+    def evaluate(self, state: StateDict) -> tuple[float | None, float | None]:
+        if self.test_data is None:
+            return None, None
+        from flatfl.local import evaluate
+
+        x, y = _test_pair(self.test_data)
+        net = self.build()
+        net.load_state_dict(state)
+        return evaluate(net, x, y, EVAL_BATCH)
+
+
+@functools.lru_cache(maxsize=2)
+def _test_pair(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) tensors ``spec`` names, read once per process."""
+    from flatfl.runs.foreign import data_pair
+
+    return data_pair(spec, EVAL_BATCH, "test_data")
