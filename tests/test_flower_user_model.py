@@ -98,8 +98,9 @@ def test_a_user_model_run_is_recorded_and_measured(cli, user_app, tmp_path):
     metrics = ckpt.read_metrics(tmp_path / "avg")
     assert [m["round"] for m in metrics] == [0, 1, 2, 3] and metrics[3]["test_acc"] > metrics[0]["test_acc"]
     # landscape --ckpt rebuilds the user's model and its test data from run.json's names ...
-    code, _, err = cli("landscape", "--ckpt", tmp_path / "avg" / "round_0003.safetensors", "--data", "test",
-                       "--dtype", "float64", "--hessian", "--topk", "1", "--tol", "1e-9", "--out", tmp_path / "a")  # fmt: skip
+    last = tmp_path / "avg" / "round_0003.safetensors"
+    code, _, err = cli("landscape", "--ckpt", last, "--data", "test", "--dtype", "float64", "--hessian", "--topk",
+                       "1", "--tol", "1e-9", "--out", tmp_path / "a")  # fmt: skip
     assert code == 0, err
     # ... and measures what the foreign path measures on the same weights and data
     code, _, err = cli("landscape", "--model", f"{user_app}:Net", "--model-kwargs", json.dumps(KW), "--weights",
