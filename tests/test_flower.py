@@ -28,16 +28,21 @@ TRAIN = ["--clients", "10", "--frac", "0.5", "--rounds", "3", "--local-epochs", 
 
 
 def flower_run(user_config: dict, out, nodes: int = 10, client_config: dict | None = None) -> None:
-    """A Flower run on the in-process grid; ``client_config`` changes the last node's run config."""
+    """The app's ServerApp and ClientApp on the in-process grid; ``client_config`` changes the last node's
+    run config."""
+    from flwr.app import Context, RecordDict
+
     from flatfl.flower.client_app import app
     from flatfl.flower.local_grid import LocalGrid
-    from flatfl.flower.server_app import recorder_for
+    from flatfl.flower.server_app import make_server_app
 
-    rec = recorder_for(user_config, out=str(out))
     grid = LocalGrid(app, nodes, user_config)
     if client_config:
         grid.contexts[max(grid.contexts)].run_config.update(client_config)
-    rec.start(grid, rec.initial_arrays(), num_rounds=rec.cfg.rounds)
+    context = Context(
+        run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(user_config, out=str(out))
+    )
+    make_server_app()(grid, context)
 
 
 @pytest.fixture(scope="module")
@@ -183,17 +188,23 @@ def test_a_failing_client_and_an_existing_run_are_one_line_errors(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()} == before
 
 
-def test_a_kill_while_recording_keeps_every_committed_round(cli, tmp_path):
-    """Killed (as by SIGKILL) halfway through writing round 2's model: rounds 0 and 1 stay whole and
-    equal flatfl's, the half-written file is a temporary one, removed on opening, and no run is mixed."""
+def test_a_kill_while_recording_keeps_every_committed_round_and_resume_finishes_it(tmp_path):
+    """Killed (as by SIGKILL) halfway through writing round 2's model: rounds 0 and 1 stay whole, the
+    half-written file is a temporary one, removed on opening, and no run is mixed; the app's ``resume``
+    then finishes the run, byte-equal to ``flatfl train`` uninterrupted."""
     from flatfl.rundir import recover
     from flatfl.runs.groups import run_status
     from flatfl.runs.run import Run
 
-    config = {"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 3, "local-epochs": 1, "seed": 0}
-    script = f"from tests.test_flower import flower_run; flower_run({config!r}, {str(tmp_path / 'k')!r}, nodes=2)"
+    config = {"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 3, "local-epochs": 1, "seed": 0, "save-clients": 1}
+    script = "from tests.test_flower import flower_run; flower_run({!r}, {!r}, nodes=2)"
     env = dict(os.environ, FLATFL_FAULT_AT="round:write:3", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True)
+
+    def run(cfg: dict, env: dict) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", script.format(cfg, str(tmp_path / "k"))]
+        return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
+
+    proc = run(config, env)
     assert proc.returncode == 137, proc.stderr[-2000:]
     out = tmp_path / "k"
     assert ckpt.list_rounds(out) == [0, 1] and any(p.name.endswith(".tmp") for p in out.iterdir())
@@ -204,12 +215,25 @@ def test_a_kill_while_recording_keeps_every_committed_round(cli, tmp_path):
     # the reference in a process with the same threads: float reductions differ across thread counts
     ref = subprocess.run(
         [sys.executable, "-m", "flatfl", "train", "--algo", "fedmut", "--clients", "2", "--frac", "1.0", "--rounds",
-         "3", "--local-epochs", "1", "--seed", "0", "--out", str(tmp_path / "ref"), "--no-progress"],
+         "3", "--local-epochs", "1", "--seed", "0", "--save-clients", "--out", str(tmp_path / "ref"), "--no-progress"],
         env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr[-2000:]
     for r in (0, 1):
         assert ckpt.round_path(out, r).read_bytes() == ckpt.round_path(tmp_path / "ref", r).read_bytes()
+    # a different config is refused in one line, the run untouched; the same one resumes it
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = run(dict(config, radius=2.0, resume=True), dict(env, FLATFL_FAULT_AT=""))
+    assert other.returncode == 1 and "records another run than this strategy" in other.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    done = run(dict(config, resume=True), dict(env, FLATFL_FAULT_AT=""))
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = ["state.safetensors", *(f"round_{t:04d}.safetensors" for t in range(4))]
+    names += [f"clients_{t:04d}.safetensors" for t in (1, 2, 3)]
+    for name in names:
+        assert (out / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    assert [m["round"] for m in ckpt.read_metrics(out)] == [0, 1, 2, 3]
+    assert run_status(Run.open(out)).state == "complete"
 
 
 def test_only_flatfl_flower_imports_flwr():

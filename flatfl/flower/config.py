@@ -11,7 +11,7 @@ from flatfl.config import RunConfig
 from flatfl.errors import UserError
 
 # Flower-side keys that are not flatfl train flags (read by the ServerApp itself)
-APP_KEYS = ("num-server-rounds", "out", "save-clients-every", "overwrite")
+APP_KEYS = ("num-server-rounds", "out", "save-clients-every", "overwrite", "resume")
 
 
 def train_argv(user_config: Mapping[str, Any]) -> list[str]:

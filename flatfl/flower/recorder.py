@@ -31,7 +31,8 @@ from flwr.serverapp.strategy import FedAvg, FedProx, Result, Strategy
 from flatfl import checkpoint as ckpt
 from flatfl import diagnostics, rundir
 from flatfl.config import RunConfig, identity_of, saves_clients
-from flatfl.flower.arrays import from_record
+from flatfl.flower.arrays import from_record, to_record
+from flatfl.flower.resume import restore
 from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.flower.subjects import RegistryModel, UserModel
@@ -91,32 +92,45 @@ class RunRecorder(Strategy):
         self._sent: list[tuple[int, int, StateDict]] = []  # (node, client, model sent), in slot order
         self._global: StateDict = {}
         self._t0 = 0.0
+        self._offset = 0  # rounds done before this start (a resumed run's rounds are numbered on)
         self.identity = ""
 
     def initial_arrays(self) -> ArrayRecord:
         """The initial model: flatfl's of ``cfg`` (seeded as ``flatfl train``'s), or the user factory's
         (torch seeded with the UserModel's ``seed``)."""
-        from flatfl.flower.arrays import to_record
-
         return to_record(self.subject.initial_state())
 
     # -- the run -----------------------------------------------------------------------------
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, **kw: Any) -> Result:
-        """Lock ``out``, write run.json, partition.json and round 0, then run the strategy's rounds."""
+    def start(
+        self, grid: Grid, initial_arrays: ArrayRecord | None = None, num_rounds: int = 3, *, resume: bool = False,
+        **kw: Any,
+    ) -> Result:  # fmt: skip
+        """Lock ``out``, write run.json, partition.json and round 0, then run the strategy's rounds.
+
+        ``resume=True`` continues ``out`` from its last committed round instead (as ``flatfl train
+        --resume``: the saved global model and strategy state, the rounds numbered on, so that the
+        seeded sample and FedMut's mutants are those of an uninterrupted run); ``initial_arrays`` is
+        then not used and ``num_rounds`` is the total."""
         out = self.out
         rd = rundir.RunDir(out)
-        prepare_out(out, resume=False, overwrite=self.overwrite)
-        rd.open(create=True)
+        prepare_out(out, resume=resume, overwrite=self.overwrite and not resume)
+        rd.open(create=not resume)
         ok = False
         try:
-            prepare_out(out, resume=False, overwrite=self.overwrite)
-            self._global = from_record(initial_arrays)
-            self._write_start(rd, num_rounds)
-            result = super().start(grid, initial_arrays, num_rounds, **kw)
+            if resume:
+                self._offset, self._global = restore(self, num_rounds)
+                initial_arrays = to_record(self._global)
+            else:
+                prepare_out(out, resume=False, overwrite=self.overwrite)
+                if initial_arrays is None:
+                    raise TypeError("RunRecorder.start: initial_arrays are needed unless resume=True")
+                self._global = from_record(initial_arrays)
+                self._write_start(rd, num_rounds)
+            result = super().start(grid, initial_arrays, num_rounds - self._offset, **kw)
             ok = True
             return result
         finally:
-            rd.close(failed=not ok)
+            rd.close(failed=not ok and not resume)
 
     def _write_start(self, rd: rundir.RunDir, num_rounds: int) -> None:
         self.config["rounds"] = num_rounds
@@ -151,6 +165,7 @@ class RunRecorder(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._t0 = time.perf_counter()
+        server_round += self._offset
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._sent = []
         for rank, m in enumerate(messages):
@@ -162,7 +177,7 @@ class RunRecorder(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies, server_round = list(replies), server_round + self._offset
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if arrays is not None:
             self._commit(server_round, replies, from_record(arrays))
@@ -207,10 +222,10 @@ class RunRecorder(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self.strategy.configure_evaluate(server_round + self._offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        return self.strategy.aggregate_evaluate(server_round + self._offset, replies)
 
     def summary(self) -> None:
         self.strategy.summary()

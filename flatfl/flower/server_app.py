@@ -3,7 +3,8 @@ FedAvg, recorded into a flatfl run directory (:class:`RunRecorder`).
 
 Run config (``[tool.flwr.app.config]``): ``flatfl train``'s flags without dashes (``algo``,
 ``dataset``, ``clients``, ``frac``, ``rounds``, ``seed``, ``radius``, ...), plus ``out`` (the run
-directory, default ``checkpoints/flower-<dataset>-<algo>-s<seed>``) and ``overwrite``.
+directory, default ``checkpoints/flower-<dataset>-<algo>-s<seed>``), ``overwrite`` and ``resume`` (continue
+``out`` from its last committed round, e.g. after a SuperLink restart; ``rounds`` is the total).
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ def make_server_app(defaults: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        recorder = recorder_for(base | dict(context.run_config))
-        recorder.start(grid, recorder.initial_arrays(), num_rounds=recorder.cfg.rounds)
+        config = base | dict(context.run_config)
+        recorder = recorder_for(config)
+        if config.get("resume", False):  # continue `out` from its last committed round
+            recorder.start(grid, None, num_rounds=recorder.cfg.rounds, resume=True)
+        else:
+            recorder.start(grid, recorder.initial_arrays(), num_rounds=recorder.cfg.rounds)
 
     return server_app
 
