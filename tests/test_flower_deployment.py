@@ -90,3 +90,64 @@ def test_local_deployment_two_supernodes_two_rounds(tmp_path):
     for name in ("partition.json", "round_0000.safetensors", "round_0001.safetensors", "round_0002.safetensors"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     assert shutil.which("flwr", path=env["PATH"])
+
+
+def _stop_local_superlink(flwr_home: Path) -> None:
+    """``flwr run`` against ``address = ":local:"`` starts a SuperLink of its own in the background (and it
+    a SuperExec): stop every process whose command line names this FLWR_HOME, then their children."""
+    mine = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(flwr_home) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                mine.append(int(proc.name))
+        except OSError:
+            continue
+    for pid in mine:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _alive(p) for p in mine):
+        time.sleep(0.5)
+    for pid in mine:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.deployment
+def test_flwr_run_on_the_local_simulation_runtime(tmp_path):
+    """``flwr run examples/flower_app`` on Flower's simulation runtime (a local SuperLink in simulation
+    mode, Ray actors with 1 CPU each): the run directory equals ``flatfl train --threads 1``'s."""
+    bin_dir = Path(sys.executable).parent
+    home = tmp_path / "flwr"
+    home.mkdir()
+    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+    env = dict(os.environ, FLWR_HOME=str(home), OMP_NUM_THREADS="1", RAY_DISABLE_USAGE_STATS="1")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    out = tmp_path / "run"
+    cmd = [str(bin_dir / "flwr"), "run", str(APP), "--stream", "--federation-config",
+           "num-supernodes=2 client-resources-num-cpus=1", "--run-config", f"out='{out}'"]  # fmt: skip
+    try:
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LIMIT_S)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        deadline = time.monotonic() + 60
+        state_written = lambda: ckpt.load_state(out, ckpt.read_run_json(out)["identity"])[0] == 2  # noqa: E731
+        while time.monotonic() < deadline and not ((out / ckpt.STATE_FILE).is_file() and state_written()):
+            time.sleep(1)
+        assert state_written(), "the simulation did not commit round 2 in time"
+    finally:
+        _stop_local_superlink(home)
+    ref = tmp_path / "ref"
+    train = subprocess.run(
+        [sys.executable, "-m", "flatfl", "train", "--algo", "fedmut", "--clients", "2", "--frac", "1.0", "--rounds",
+         "2", "--local-epochs", "1", "--seed", "0", "--threads", "1", "--out", str(ref), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-2000:]
+    for name in ("partition.json", "state.safetensors", *(f"round_{t:04d}.safetensors" for t in range(3))):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
