@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 
-def parse_config(pairs: list[str]) -> dict:
+def parse_config(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
     """``["algo=fedmut", "frac=0.5"]`` -> ``{"algo": "fedmut", "frac": 0.5}``."""
     config: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"simulation.py: {pair!r} is not key=value (e.g. algo=fedmut)")
+            parser.error(f"config: {pair!r} is not key=value (e.g. algo=fedmut)")
         try:
             config[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -38,16 +39,22 @@ def main() -> None:
     parser.add_argument("--cpus-per-node", type=int, default=1, help="Ray CPUs (and threads) per ClientApp")
     parser.add_argument("config", nargs="*", help="run config as key=value (flatfl train's flags without dashes)")
     args = parser.parse_args()
-    config = parse_config(args.config) | {"out": args.out}
+    config = parse_config(args.config, parser) | {"out": args.out}
     os.environ.setdefault("OMP_NUM_THREADS", str(args.cpus_per_node))  # this process and the Ray actors
 
     from flwr.simulation import run_simulation
 
+    from flatfl.errors import UserError
     from flatfl.flower.client_app import make_client_app
     from flatfl.flower.config import run_config
     from flatfl.flower.server_app import make_server_app
+    from flatfl.trainer import prepare_out
 
-    nodes = run_config(config).data.num_clients  # one virtual SuperNode per client
+    try:  # bad flags and an occupied --out end here, before Ray starts
+        nodes = run_config(config).data.num_clients  # one virtual SuperNode per client
+        prepare_out(Path(args.out), resume=bool(config.get("resume")), overwrite=bool(config.get("overwrite")))
+    except UserError as exc:  # flatfl train's flags are key=value here
+        parser.error(str(exc).replace(f"--resume {args.out}", "resume=true").replace("--overwrite", "overwrite=true"))
     resources = {"num_cpus": args.cpus_per_node, "num_gpus": 0.0}
     run_simulation(
         make_server_app(config),

@@ -1,7 +1,7 @@
 """A Flower ``Grid`` that delivers every message to a ClientApp in this process, one after another.
 
-flwr 1.42's ``run_simulation`` runs ClientApps on its Ray backend only (``flwr[simulation]``, not
-installed by ``flatfl[flower]``). ``LocalGrid`` runs the same objects -- a Strategy's messages, the
+flwr 1.42's ``run_simulation`` runs ClientApps on its Ray backend only (``flwr[simulation]``,
+``flatfl[flower-simulation]``; examples/flower_app/simulation.py). ``LocalGrid`` runs the same objects -- a Strategy's messages, the
 ClientApp's handlers, each node's ``Context`` with ``partition-id``/``num-partitions`` as the
 simulation runtime sets them -- without Ray: for tests, notebooks and exact, single-process
 equivalence with ``flatfl train``. A ClientApp's exception becomes an error reply, as in Flower.

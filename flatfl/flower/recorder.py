@@ -4,17 +4,19 @@
 wrapped one (FedAvg, FedProx, :class:`FedMutStrategy`, a user's own) and writes, with flatfl's
 atomic writes under the run directory's lock (:mod:`flatfl.checkpoint`, :mod:`flatfl.rundir`):
 
-* ``run.json`` -- flatfl's record of the model (registry name and kwargs), data set and partition,
-  the strategy's settings as ``config.algo_config`` (``algo``: ``fedmut``, ``fedavg`` for Flower's
-  FedAvg, else the strategy's class name) and ``flower: {version, strategy}``;
-* ``partition.json``, ``round_NNNN.safetensors`` every round (round 0: the initial model),
+* ``run.json`` -- flatfl's record of the model (registry name and kwargs, or a user's ``MODULE:FACTORY``
+  with :class:`flatfl.flower.subjects.UserModel`), data set and partition (or the user's data names),
+  the strategy's settings as ``config.algo_config`` (``algo``: ``fedmut``, ``fedavg``/``fedprox`` for
+  Flower's FedAvg/FedProx, else the strategy's class name) and ``flower: {version, strategy}``;
+* ``partition.json`` (registry data sets), ``round_NNNN.safetensors`` every round (round 0: the initial model),
   ``clients_NNNN.safetensors`` (sent and returned arrays per slot) with ``cfg.save_clients``,
   ``metrics.jsonl`` (test loss/accuracy of the global model on the test split, client losses and
   flatfl's divergence diagnostics) and ``state.safetensors`` (the commit point of each round).
 
 So ``flatfl landscape --ckpt OUT/round_NNNN.safetensors`` and ``flatfl report OUT ...`` read a Flower
 run as they read ``flatfl train``'s. A FedMut strategy's run has the config, identity and (same
-seed, partition, clients) round files of ``flatfl train --algo fedmut``.
+seed, partition, clients) round files of ``flatfl train --algo fedmut``. ``start(..., resume=True)``
+continues the directory from its last committed round (:mod:`flatfl.flower.resume`).
 """
 
 from __future__ import annotations
