@@ -41,7 +41,8 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
                  "slices.png", "slices.pdf"):  # fmt: skip
         assert (out / name).is_file(), name
     # the report's own settings (not landscape's defaults), printed and at the top of the page
-    said = "report settings (not flatfl landscape's defaults): 150 train samples; lambda_max: Lanczos top-1, tol 0.0001"
+    said = "report settings (not flatfl landscape's defaults): up to 150 train samples; lambda_max: Lanczos top-1, "
+    said += "tol 0.0001"
     assert said in stdout
     page = (out / "report.html").read_text()
     body = page[page.index("<body>") :]

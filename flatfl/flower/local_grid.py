@@ -1,10 +1,11 @@
 """A Flower ``Grid`` that delivers every message to a ClientApp in this process, one after another.
 
 flwr 1.42's ``run_simulation`` runs ClientApps on its Ray backend only (``flwr[simulation]``,
-``flatfl[flower-simulation]``; examples/flower_app/simulation.py). ``LocalGrid`` runs the same objects -- a Strategy's messages, the
-ClientApp's handlers, each node's ``Context`` with ``partition-id``/``num-partitions`` as the
-simulation runtime sets them -- without Ray: for tests, notebooks and exact, single-process
-equivalence with ``flatfl train``. A ClientApp's exception becomes an error reply, as in Flower.
+``flatfl[flower-simulation]``; examples/flower_app/simulation.py). ``LocalGrid`` runs the same
+objects -- a Strategy's messages, the ClientApp's handlers, each node's ``Context`` with
+``partition-id``/``num-partitions`` as the simulation runtime sets them -- without Ray: for tests,
+notebooks and exact, single-process equivalence with ``flatfl train``. A ClientApp's exception
+becomes an error reply, as in Flower.
 """
 
 from __future__ import annotations

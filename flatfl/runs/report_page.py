@@ -240,7 +240,7 @@ def settings_line(settings: Any) -> str:
     """The report's own measurement settings in one line (printed and at the top of report.html): they are
     cheaper than ``flatfl landscape``'s defaults, so a number here may differ from a landscape run's."""
     ld = settings.landscape
-    parts = [f"{ld.samples or 'all'} {ld.data} samples"]
+    parts = [f"up to {ld.samples} {ld.data} samples" if ld.samples else f"all {ld.data} samples"]
     if ld.hessian:
         parts.append(f"lambda_max: Lanczos top-{ld.topk}, tol {ld.tol:g}")
     if ld.trace:
@@ -255,7 +255,8 @@ def settings_line(settings: Any) -> str:
 def _settings_note(settings: Any) -> str:
     ld = settings.landscape
     return (
-        f"<p><small>All measures on {html.escape(ld.data)} data ({ld.samples or 'all'} samples, subset seed "
+        f"<p><small>All measures on {html.escape(ld.data)} data ({f'up to {ld.samples}' if ld.samples else 'all'} "
+        "samples, subset seed "
         f"{ld.seed}), eval mode. lambda_max: Lanczos (residual tol {ld.tol:g}); trace: {ld.trace_method}, "
         f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
