@@ -161,6 +161,31 @@ def test_flower_fedprox_and_fedavg_train_flatfls_clients(cli, tmp_path):
     assert meta["clients"] and all(float((new[k] - want[k]).abs().max()) <= 1e-6 for k in want)
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "shakespeare"])
+def test_the_client_app_trains_cifar_and_shakespeare_clients(cli, tmp_path, dataset):
+    """The app's ClientApp on CIFAR-10 (the python batches, with augmentation) and LEAF Shakespeare (an LSTM
+    on natural clients), written small in their real formats: the rounds of ``flatfl train``, byte for byte."""
+    from tests.test_cifar import write_cifar10
+    from tests.test_shakespeare import write_leaf_all_data
+
+    if dataset == "cifar10":
+        write_cifar10(tmp_path / "data", n=20)
+        flags = {"model": "cnn", "augment": True, "clients": 4, "frac": 0.5, "partition": "iid"}
+    else:
+        write_leaf_all_data(tmp_path / "data", repeats=2)
+        flags = {"clients": 3, "frac": 0.67, "min-size": 5, "batch-size": 64, "lr": 0.5}
+    rounds = 2 if dataset == "cifar10" else 1  # the LSTM's round takes seconds
+    config = {"algo": "fedmut", "dataset": dataset, "data-root": str(tmp_path / "data"), "rounds": rounds, "seed": 3}
+    config |= flags | {"local-epochs": 1}
+    flower_run(config, tmp_path / "flower", nodes=flags["clients"])
+    argv = [f"--{k}" if v is True else f"--{k} {v}" for k, v in config.items()]
+    code, _, err = cli("train", *" ".join(argv).split(), "--out", tmp_path / "ref", "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    for name in ("partition.json", "state.safetensors", *(f"round_{t:04d}.safetensors" for t in range(rounds + 1))):
+        assert (tmp_path / "flower" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    assert ckpt.read_run_json(tmp_path / "flower")["config"]["data"]["dataset"] == dataset
+
+
 def test_bad_flower_run_config_is_one_line():
     from flatfl.flower.config import run_config
 
