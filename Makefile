@@ -23,7 +23,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q -m "not deployment"
 
-# Flower's deployment engine on loopback (SuperLink + 2 SuperNodes, ~2 min); CI runs it after make test
+# Flower's runtimes: the deployment engine on loopback (SuperLink + 2 SuperNodes) and the simulation
+# runtime (Ray), ~3 min; CI runs them after make test
 test-deployment: install
 	$(PY) -m pytest -q -m deployment
 

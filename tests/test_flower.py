@@ -74,6 +74,7 @@ def test_fedmut_on_flower_is_flatfl_fedmut_bit_for_bit(runs):
             assert ra.get(key) == rb.get(key), key
 
 
+@pytest.mark.deployment  # Ray's start-up: with the other runtime tests in make test-deployment
 def test_flowers_simulation_runtime_gives_flatfl_fedmut_bit_for_bit(tmp_path):
     """10 virtual SuperNodes on Ray, 3 rounds of FedMut: every file of the run equals ``flatfl train``'s
     (each Ray actor has 1 CPU, so 1 thread; the reference trains with ``--threads 1``)."""
