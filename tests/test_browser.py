@@ -38,7 +38,17 @@ def pages(tmp_path_factory):
     assert main(["landscape", "--ckpt", str(root / "fedmut" / "round_0004.safetensors"), "--surface", "2d",
                  "--grid", "5", "--samples", "100", "--levels", "8", "--zrange=0,0.5",
                  "--out", str(root / "land")]) == 0  # fmt: skip
-    return root / "rep" / "report.html", root / "land" / "surface.html"
+    # a model flatfl did not train (--model MODULE:FACTORY on digits), as a user analyses their own
+    net = "nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))"
+    (root / "user_net_browser.py").write_text(f"from torch import nn\n\ndef make_net():\n    return {net}\n")
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        assert main(["landscape", "--model", "user_net_browser:make_net", "--data", "digits:test", "--surface", "2d",
+                     "--grid", "5", "--samples", "100", "--out", str(root / "foreign")]) == 0  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    return root / "rep" / "report.html", root / "land" / "surface.html", root / "foreign" / "surface.html"
 
 
 def _open(path: Path, args: list[str]):
@@ -78,7 +88,7 @@ def _contour_paths(page, index: int) -> int:
 
 @pytest.mark.parametrize("webgl", [True, False], ids=["webgl", "no-webgl"])
 def test_report_in_chromium(pages, webgl):
-    report, _ = pages
+    report = pages[0]
     page, errors, requests, close = _open(report, [] if webgl else NO_WEBGL)
     try:
         assert requests == []  # everything inlined: opens offline
@@ -99,7 +109,7 @@ def test_report_in_chromium(pages, webgl):
 
 
 def test_slider_click_moves_the_round(pages):
-    report, _ = pages
+    report = pages[0]
     page, errors, _, close = _open(report, NO_WEBGL)
     try:
         fig = page.evaluate_handle(f"() => {CONTOUR_WITH_SLIDER}").as_element()
@@ -117,8 +127,24 @@ def test_slider_click_moves_the_round(pages):
         close()
 
 
+def test_surface_page_of_a_user_model(pages):
+    """``flatfl landscape --model MODULE:FACTORY``'s page: offline, no errors with WebGL, the surface drawn
+    in 3D and as contours, and the page names the model it shows."""
+    page, errors, requests, close = _open(pages[2], [])
+    try:
+        assert requests == [] and errors == []
+        assert _contour_paths(page, 0) > 3
+        kinds = page.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(f => f.data.map(t => t.type))"
+        )
+        assert "surface" in kinds and "contour" in kinds
+        assert "user_net_browser:make_net" in page.inner_text("body")
+    finally:
+        close()
+
+
 def test_standalone_surface_page(pages):
-    _, surface = pages
+    surface = pages[1]
     page, errors, requests, close = _open(surface, NO_WEBGL)
     try:
         assert requests == []

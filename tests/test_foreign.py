@@ -229,6 +229,9 @@ def test_digits_by_name_and_interp_towards_another_weights_file(cli, user, tmp_p
             ["--model-kwargs"],
         ),
         (["--model", "MOD:make_net", "--data", "imagefolder:/nonexistent", "--hessian"], ["imagefolder"]),
+        # a model that does not fit the data (16 inputs vs digits' 64; 3 classes vs digits' 10 labels)
+        (["--model", "MOD:make_net", "--data", "digits:test", "--hessian"], ["--data digits:test", "cannot take"]),
+        (["--model", "MOD:make_net", "--data", "MOD:make_images", "--surface", "1d"], ["mat1 and mat2 shapes"]),
     ],
 )
 def test_bad_foreign_input_is_one_line(cli, user, args, needles):

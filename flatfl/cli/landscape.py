@@ -540,7 +540,9 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
 def _title(record: dict[str, Any]) -> str:
     if record.get("round") is not None:
         return f"{record['algo']} round {record['round']}"
-    return Path(record.get("weights", "model")).name
+    if record.get("weights"):
+        return Path(record["weights"]).name
+    return str(record.get("model") or "model")  # a factory's own weights: the model's name
 
 
 def _write_surface(ns: dict[str, Any], m: Any, out: Path) -> None:

@@ -133,6 +133,26 @@ def auto_subset(
     return x[i], y[i], record
 
 
+def check_model_takes(model: nn.Module, x: Any, y: torch.Tensor, source: dict[str, Any]) -> None:
+    """One line, not a traceback, when the model cannot take the data: the cross-entropy of two samples,
+    in eval mode without gradients (nothing of the model changes; its mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch.nn.functional.cross_entropy(model(x[:2]), y[:2])
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        data = source.get("data", {}).get("selection", "?")
+        raise UserError(
+            f"--data {data}: model {source.get('model', '?')} cannot take these batches (x {tuple(x.shape)}, "
+            f"y {tuple(y.shape)}: {type(exc).__name__}: {what}); give data of the model's input shape and "
+            "integer class labels, or --forward/--targets"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def from_tensors(
     model: nn.Module,
     x: torch.Tensor,
@@ -144,6 +164,7 @@ def from_tensors(
     **extra: Any,
 ) -> Problem:
     """A problem over (x, y) tensors: ``--samples auto`` applied, sharded under torchrun."""
+    check_model_takes(model, x, y, source)
     if settings.samples_auto:
         x, y, auto = auto_subset(model, x, y, settings, log)
         source["data"].update(samples=int(len(y)), subset_seed=settings.seed, auto=auto)
