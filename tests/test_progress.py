@@ -98,3 +98,34 @@ def test_cli_bars_only_on_a_terminal(monkeypatch):
         progress(3, 12)
         progress(12, 12)
     assert "trace (HVPs)" in sys.stderr.getvalue() and "12/12" in sys.stderr.getvalue()
+
+
+def test_federated_view_has_a_bar_per_lanczos_run(tiny):
+    """``--federated``: one bar per Lanczos run (the global top eigenvector, each client at the global
+    model and at its returned model), each fed the run's HVP counts."""
+    from contextlib import contextmanager
+
+    from flatfl.runs.federated import federated_view
+    from flatfl.runs.landscape import LandscapeSettings
+    from flatfl.runs.problem import of_checkpoint
+
+    run = tiny("fed", "--save-clients", rounds=1)
+    settings = LandscapeSettings(samples=60, federated=True, clients="sampled", tol=1e-3)
+    calls: dict[str, list[tuple[int, int]]] = {}
+
+    @contextmanager
+    def bars(desc: str):
+        calls[desc] = []
+        yield lambda done, total: calls[desc].append((done, total))
+
+    view = federated_view(of_checkpoint(run / "round_0001.safetensors", settings), settings, None, lambda s: None, bars)
+    clients = [row["client"] for row in view["clients"]]
+    want = ["federated: global top eigenvector (HVPs)"]
+    want += [
+        f"federated: client {c} at {m} (HVPs)" for c in clients for m in ("the global model", "its returned model")
+    ]
+    assert list(calls) == want and clients
+    for row in view["clients"]:
+        counted = sum(calls[f"federated: client {row['client']} at {m} (HVPs)"][-1][0]
+                      for m in ("the global model", "its returned model"))  # fmt: skip
+        assert counted == row["num_hvps"]

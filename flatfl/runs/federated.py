@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.lanczos import EigenResult, lanczos
 from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.errors import UserError
-from flatfl.runs.curvature import generator
+from flatfl.runs.curvature import Bars, generator, no_bars
 from flatfl.runs.problem import DTYPES, Problem
 from flatfl.runs.run import Run
 
@@ -46,7 +46,11 @@ def _client_ids(run: Run, rnd: int, spec: str) -> tuple[list[int], dict | None]:
 
 
 def federated_view(
-    problem: Problem, settings: Any, global_vec: torch.Tensor | None, log: Callable[[str], None]
+    problem: Problem,
+    settings: Any,
+    global_vec: torch.Tensor | None,
+    log: Callable[[str], None],
+    bars: Bars = no_bars,
 ) -> dict[str, Any]:
     """Global vs local flatness per client (the FedSAM line's question).
 
@@ -54,6 +58,7 @@ def federated_view(
     the round was saved with ``--save-clients`` and k was sampled -- at the model k returned in
     round t (whose average is w_t); the |cosine| between client k's top eigenvector at w_t and
     the top eigenvector of the loss on ``--data`` at w_t (alignment of sharp directions).
+    ``bars``: a progress bar per Lanczos run (:func:`flatfl.runs.curvature.tqdm_bars`).
     """
     run, rnd, model = problem.run, problem.round, problem.model
     if run is None:
@@ -62,18 +67,25 @@ def federated_view(
     ds = run.dataset()
     parts = run.partition()
     dtype = DTYPES[settings.dtype]
-    gen = lambda k: generator(settings, k)  # noqa: E731
+
+    def top(net: torch.nn.Module, x: Any, y: torch.Tensor | None, seed: int, what: str) -> EigenResult:
+        """Lanczos top-1 of ``net``'s loss on (x, y) (None: the problem's own objective), with a bar."""
+        objective = problem.objective if y is None else ModelLoss(
+            net, x, y, batch_size=settings.batch_size, dtype=dtype, device=settings.device
+        )  # fmt: skip
+        with bars(f"federated: {what} (HVPs)") as progress:
+            return lanczos(
+                HessianOperator(objective), k=1, tol=settings.tol, max_vectors=settings.max_vectors,
+                generator=generator(settings, seed), progress=progress,
+            )  # fmt: skip
+
     if global_vec is None:
-        gop = HessianOperator(problem.objective)
-        global_vec = lanczos(gop, k=1, tol=settings.tol, max_vectors=settings.max_vectors, generator=gen(8)).vectors[0]
+        global_vec = top(model, None, None, 8, "global top eigenvector").vectors[0]
     rows = []
     for c in ids:
         idx = torch.as_tensor(parts[c])
         xc, yc = ds.train.x[idx], ds.train.y[idx]
-        op = HessianOperator(
-            ModelLoss(model, xc, yc, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
-        )
-        r = lanczos(op, k=1, tol=settings.tol, max_vectors=settings.max_vectors, generator=gen(100 + c))
+        r = top(model, xc, yc, 100 + c, f"client {c} at the global model")
         cos = float(torch.abs(torch.dot(r.vectors[0], global_vec.to(r.vectors.dtype))))
         row: dict[str, Any] = {
             "client": c,
@@ -85,20 +97,14 @@ def federated_view(
         if saved is not None and c in saved["clients"]:
             local = run.build()
             local.load_state_dict(saved["returned"][saved["clients"].index(c)])
-            lop = HessianOperator(
-                ModelLoss(local, xc, yc, batch_size=settings.batch_size, dtype=dtype, device=settings.device)
-            )
-            lr = lanczos(lop, k=1, tol=settings.tol, max_vectors=settings.max_vectors, generator=gen(200 + c))
+            lr = top(local, xc, yc, 200 + c, f"client {c} at its returned model")
             row["lambda_max_at_returned"] = float(lr.values[0])
             row["num_hvps"] += lr.num_matvecs
         rows.append(row)
+        at_returned = row.get("lambda_max_at_returned")
         log(
             f"federated: client {c}: lambda_max at global {row['lambda_max_at_global']:.4g}"
-            + (
-                f", at its returned model {row['lambda_max_at_returned']:.4g}"
-                if "lambda_max_at_returned" in row
-                else ""
-            )
+            + (f", at its returned model {at_returned:.4g}" if at_returned is not None else "")
             + f", |cos| with global top eigenvector {cos:.3f}"
         )
     return {"clients": rows, "global_data": settings.data, "selection": settings.clients}

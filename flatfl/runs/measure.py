@@ -73,7 +73,7 @@ def measure(
     if settings.federated:
         from flatfl.runs.federated import federated_view
 
-        record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log)
+        record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log, bars)
     if settings.sharpness:
         record["sharpness"] = curvature.sharpness(problem, settings, log, bars)
     surf = None
