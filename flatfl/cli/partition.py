@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_data_arguments(p, client_sampling=False)
+    add_data_arguments(p, training=False)
     p.add_argument("--seed", type=nonneg_int, help="run seed (the partition depends on it) (default: 0)")
     p.add_argument("--plot", type=Path, metavar="PNG", help="heatmap file (default: partition.png)")
     add_deprecated_alias(p, "--out", "--plot", "plot", type=Path)

@@ -103,13 +103,19 @@ def _parallel_clients(text: str) -> int | str:
     return "auto" if text == "auto" else pos_int(text)
 
 
-def add_data_arguments(t: Any, client_sampling: bool = True) -> None:
-    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition`` (which has no
-    ``--frac``: it draws no clients per round)."""
+def add_data_arguments(t: Any, training: bool = True) -> None:
+    """The data-and-clients flags, shared by ``flatfl train`` and ``flatfl partition`` (which trains
+    nothing: no ``--frac``, as it draws no clients per round, and no ``--augment``)."""
+    g = t.add_argument_group("data and clients")
+    _add_source_arguments(g, training)
+    _add_client_arguments(g, training)
+
+
+def _add_source_arguments(g: Any, training: bool) -> None:
+    """Which data set, where it lives and how it is split into train and test."""
     from flatfl.data import DATASETS
 
     dd = DataConfig()
-    g = t.add_argument_group("data and clients")
     g.add_argument(
         "--dataset",
         choices=sorted(DATASETS),
@@ -143,18 +149,24 @@ def add_data_arguments(t: Any, client_sampling: bool = True) -> None:
         action="store_true",
         help="fetch a missing CIFAR archive into --data-root through torchvision (needs network)",
     )
-    g.add_argument(
-        "--augment",
-        action="store_true",
-        help="CIFAR: random 32x32 crop of the 4-padded image + horizontal flip per local minibatch "
-        "(default: none, as the FedMut reference code)",
-    )
+    if training:
+        g.add_argument(
+            "--augment",
+            action="store_true",
+            help="CIFAR: random 32x32 crop of the 4-padded image + horizontal flip per local minibatch "
+            "(default: none, as the FedMut reference code)",
+        )
     g.add_argument(
         "--cifar100-labels",
         choices=["coarse", "fine"],
         help="CIFAR-100: 20 coarse superclasses (as the FedMut reference code) or 100 fine classes "
         f"{default(dd, 'cifar100_labels')}",
     )
+
+
+def _add_client_arguments(g: Any, client_sampling: bool) -> None:
+    """How many clients, how their data are drawn and how many train per round."""
+    dd = DataConfig()
     g.add_argument("--clients", type=pos_int, metavar="K", help=f"number of clients K {default(dd, 'num_clients')}")
     if client_sampling:
         g.add_argument(
