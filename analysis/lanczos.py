@@ -110,55 +110,24 @@ def lanczos(
     if m_max < k:
         raise ValueError("max_vectors must be >= k")
     q = _random_start(op, generator) if v0 is None else (v0 / v0.norm()).to(op.device, op.dtype)
-    basis = torch.empty((m_max, n), dtype=op.dtype, device=op.device)
-    alpha: list[float] = []
-    beta: list[float] = []
-    matvecs = 0
-    converged = False
-    theta = S = None
-    b = 0.0
     extra = (k + int(smallest)) if exact_residuals else 0
-    for j in range(m_max):
-        basis[j] = q
-        w = op.matvec(q)
-        matvecs += 1
-        if progress is not None:
-            progress(matvecs, m_max + extra)
-        a = float(torch.dot(w, q))
-        alpha.append(a)
-        Qj = basis[: j + 1]
-        for _ in range(2):  # full reorthogonalisation, twice
-            w = w - Qj.T @ (Qj @ w)
-        b = float(w.norm())
-        theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta)) if j else (np.array([a]), np.ones((1, 1)))
-        scale = max(abs(theta[0]), abs(theta[-1]), np.finfo(float).tiny)
-        res = np.abs(b * S[-1, :])
-        wanted = list(range(len(theta) - 1, max(len(theta) - 1 - k, -1), -1))
-        if smallest:
-            wanted.append(0)
-        invariant = b <= 1e-12 * scale
-        if invariant or (len(theta) > k and np.all(error_bound(theta, res)[wanted] <= tol * scale)):
-            converged = True
-            break
-        if j + 1 < m_max:
-            beta.append(b)
-            q = w / b
-    m = len(alpha)
+    kr = _krylov(op, q, m_max, k=k, smallest=smallest, tol=tol, progress_total=m_max + extra, progress=progress)
+    theta, S, basis, m = kr.theta, kr.S, kr.basis[: kr.m], kr.m
     order = np.argsort(theta)[::-1][:k]
-    res = np.abs(b * S[-1, :])
-    if m == n:  # full basis: T is H in that basis, residuals are round-off
-        converged = True
-    vectors = None
+    res = np.abs(kr.b * S[-1, :])
+    converged = kr.converged or m == n  # full basis: T is H in that basis, residuals are round-off
     i_min = int(np.argmin(theta))
     res_top, res_min = res[order].copy(), float(res[i_min])
+    vectors = None
+    matvecs = kr.matvecs
     if return_vectors or exact_residuals:
         coeffs = torch.as_tensor(S[:, order].T.copy(), dtype=op.dtype, device=op.device)
-        vectors = coeffs @ basis[:m]
+        vectors = coeffs @ basis
     if exact_residuals:
         res_top = np.array([float((op.matvec(v) - float(t) * v).norm()) for v, t in zip(vectors, theta[order])])
         matvecs += len(order)
         if smallest:
-            v = torch.as_tensor(S[:, i_min].copy(), dtype=op.dtype, device=op.device) @ basis[:m]
+            v = torch.as_tensor(S[:, i_min].copy(), dtype=op.dtype, device=op.device) @ basis
             res_min = float((op.matvec(v) - float(theta[i_min]) * v).norm())
             matvecs += 1
     if not return_vectors:
@@ -176,6 +145,65 @@ def lanczos(
         converged=converged,
         tol=tol,
     )
+
+
+@dataclass
+class _Krylov:
+    """What the Lanczos iteration leaves: its basis (first ``m`` rows), the tridiagonal's Ritz values
+    ``theta`` and vectors ``S``, the last off-diagonal ``b``, the matvecs spent and whether it converged."""
+
+    basis: torch.Tensor
+    m: int
+    theta: np.ndarray
+    S: np.ndarray
+    b: float
+    matvecs: int
+    converged: bool
+
+
+def _krylov(
+    op: LinearOperator,
+    q: torch.Tensor,
+    m_max: int,
+    *,
+    k: int,
+    smallest: bool,
+    tol: float,
+    progress_total: int,
+    progress: Callable[[int, int], None] | None,
+) -> _Krylov:
+    """Lanczos steps from the unit vector q with full reorthogonalisation (twice), until the wanted
+    Ritz values' error bounds are below ``tol`` x |largest|, the space is invariant, or m_max steps."""
+    basis = torch.empty((m_max, op.size), dtype=op.dtype, device=op.device)
+    alpha: list[float] = []
+    beta: list[float] = []
+    theta = S = None
+    b = 0.0
+    for j in range(m_max):
+        basis[j] = q
+        w = op.matvec(q)
+        if progress is not None:
+            progress(j + 1, progress_total)
+        a = float(torch.dot(w, q))
+        alpha.append(a)
+        Qj = basis[: j + 1]
+        for _ in range(2):  # full reorthogonalisation, twice
+            w = w - Qj.T @ (Qj @ w)
+        b = float(w.norm())
+        theta, S = eigh_tridiagonal(np.array(alpha), np.array(beta)) if j else (np.array([a]), np.ones((1, 1)))
+        scale = max(abs(theta[0]), abs(theta[-1]), np.finfo(float).tiny)
+        res = np.abs(b * S[-1, :])
+        wanted = list(range(len(theta) - 1, max(len(theta) - 1 - k, -1), -1))
+        if smallest:
+            wanted.append(0)
+        invariant = b <= 1e-12 * scale
+        if invariant or (len(theta) > k and np.all(error_bound(theta, res)[wanted] <= tol * scale)):
+            return _Krylov(basis, len(alpha), theta, S, b, len(alpha), True)
+        if j + 1 < m_max:
+            beta.append(b)
+            q = w / b
+    assert theta is not None and S is not None
+    return _Krylov(basis, len(alpha), theta, S, b, len(alpha), False)
 
 
 def lanczos_tridiagonal(op: LinearOperator, v0: torch.Tensor, num_steps: int) -> tuple[np.ndarray, np.ndarray, int]:
