@@ -423,6 +423,20 @@ def train(
         distributed.shutdown(ctx, ok)
 
 
+def _show_round(bar: Any, last_eval: dict[str, str], log: Callable[[str], None], cfg: RunConfig, t: int,
+                rec: RoundLog) -> None:  # fmt: skip
+    """Round t on the progress bar (its test accuracy and loss as the postfix), or as a log line."""
+    if bar is not None:
+        bar.update(1)
+        last_eval["text"] = f" | test acc {rec.test_acc:.3f} loss {rec.test_loss:.3f}"
+        bar.set_postfix_str(last_eval["text"].lstrip(" |"))
+    else:
+        log(
+            f"[{cfg.algo}] round {t}/{cfg.rounds}  test_acc {rec.test_acc:.4f}  test_loss {rec.test_loss:.4f}  "
+            f"train_loss {rec.train_loss:.4f}  {rec.wall_time:.2f}s"
+        )
+
+
 def _train(
     cfg: RunConfig,
     out: Path,
@@ -475,7 +489,7 @@ def _train(
     try:
         for t in range(start + 1, cfg.rounds + 1):
             rec, result, round_time = _one_round(t, cfg, sim, global_state, dev, ctx)
-            new_global, test_loss, test_acc = result.new_global, rec.test_loss, rec.test_acc
+            new_global = result.new_global
             logs.append(rec)
             old_global, global_state = global_state, new_global
             if not main:
@@ -492,15 +506,7 @@ def _train(
                     clients_info,
                 )
             )
-            if bar is not None:
-                bar.update(1)
-                last_eval["text"] = f" | test acc {test_acc:.3f} loss {test_loss:.3f}"
-                bar.set_postfix_str(last_eval["text"].lstrip(" |"))
-            else:
-                log(
-                    f"[{cfg.algo}] round {t}/{cfg.rounds}  test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  "
-                    f"train_loss {rec.train_loss:.4f}  {rec.wall_time:.2f}s"
-                )
+            _show_round(bar, last_eval, log, cfg, t, rec)
     except KeyboardInterrupt:
         writer.cancel_pending()  # queued rounds are dropped; the one being written completes
         raise
