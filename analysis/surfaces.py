@@ -392,11 +392,7 @@ def evaluate_grid(
         loss, acc = resume_from.loss.copy(), resume_from.accuracy.copy()
     else:
         loss, acc = np.full(shape, np.nan), np.full(shape, np.nan)
-    coords = (
-        [(i,) for i in range(len(alphas))]
-        if betas is None
-        else [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
-    )
+    coords = [(i,) for i in range(len(alphas))] if betas is None else list(np.ndindex(len(alphas), len(betas)))
     if split is not None:
         from flatfl.analysis import distributed
 
@@ -433,17 +429,22 @@ def evaluate_grid(
         start += len(part)
         if on_chunk is not None:
             on_chunk(surf, done, len(coords))
-    if split is not None:
-        mine = np.zeros(shape, dtype=bool)
-        for c in todo:
-            mine[c] = True
-        filled = ~np.isnan(surf.loss) & ~mine  # points resumed from rank 0's file: already on every rank
-        surf = replace(
-            surf,
-            loss=np.where(filled, surf.loss, distributed.assemble(surf.loss, mine)),
-            accuracy=np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine)),
-        )
-    return surf
+    return surf if split is None else _assembled(surf, todo)
+
+
+def _assembled(surf: Surface, mine_points: list[tuple[int, ...]]) -> Surface:
+    """Under torchrun: the grid with every rank's points (this rank computed ``mine_points``)."""
+    from flatfl.analysis import distributed
+
+    mine = np.zeros(surf.loss.shape, dtype=bool)
+    for c in mine_points:
+        mine[c] = True
+    filled = ~np.isnan(surf.loss) & ~mine  # points resumed from rank 0's file: already on every rank
+    return replace(
+        surf,
+        loss=np.where(filled, surf.loss, distributed.assemble(surf.loss, mine)),
+        accuracy=np.where(filled, surf.accuracy, distributed.assemble(surf.accuracy, mine)),
+    )
 
 
 def _synced_time(device: torch.device) -> float:
