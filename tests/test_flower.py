@@ -195,6 +195,34 @@ def test_bad_flower_run_config_is_one_line():
     with pytest.raises(UserError, match="radius"):
         run_config({"radius": "wide"})
     assert run_config({"algo": "fedmut", "radius": 2}).algo_config.radius == 2.0
+    # Flower templates' num-server-rounds is rounds; both at once are refused
+    assert run_config({"num-server-rounds": 7}).rounds == 7
+    with pytest.raises(UserError, match="both rounds and num-server-rounds"):
+        run_config({"num-server-rounds": 7, "rounds": 3})
+
+
+def test_true_false_keys_and_checks_before_ray(tmp_path):
+    """overwrite/resume: booleans or the strings true/false, nothing else (the string "False" is no);
+    examples/flower_app/simulation.py refuses what the ServerApp would refuse before Ray starts."""
+    from flatfl.flower.config import switch
+
+    assert switch({"overwrite": "False"}, "overwrite") is False and switch({"resume": "true"}, "resume") is True
+    assert switch({}, "resume") is False and switch({"overwrite": True}, "overwrite") is True
+    with pytest.raises(UserError, match=r"overwrite = 'no'; give true or false"):
+        switch({"overwrite": "no"}, "overwrite")
+    flower_run({"algo": "fedavg", "clients": 2, "frac": 1.0, "rounds": 1, "local-epochs": 1}, tmp_path / "run", nodes=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for config, needle in (
+        (["overwrite=False"], "already holds a run; continue it with resume=true or replace it with overwrite=true"),
+        (["algo=scaffold"], "algo = 'scaffold'; the Flower app runs fedmut, fedavg or fedprox"),
+        (["resume=true", "algo=fedmut", "clients=2"], "records another run than this strategy and config (algo: "),
+    ):
+        proc = subprocess.run([sys.executable, "examples/flower_app/simulation.py", "--out", str(tmp_path / "run"),
+                               *config], env=env, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and needle in proc.stderr.splitlines()[-1], proc.stderr[-1500:]
+        assert "Ray" not in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
 
 
 def test_fedmut_needs_a_node_per_sampled_client(tmp_path):
@@ -207,6 +235,11 @@ def test_a_failing_client_and_an_existing_run_are_one_line_errors(tmp_path):
         flower_run({"algo": "fedmut", "clients": 2, "frac": 1.0, "rounds": 1, "local-epochs": 1}, tmp_path / "bad",
                    nodes=2, client_config={"lr": "fast"})  # fmt: skip
     assert not (tmp_path / "bad" / "round_0001.safetensors").exists()  # round 0 only: nothing half-written
+    # Flower's FedAvg aggregates no model when every client fails: the recorder stops (no gap in the rounds)
+    with pytest.raises(UserError, match=r"round 1: the strategy aggregated no model \(1 of 1 clients failed"):
+        flower_run({"algo": "fedavg", "clients": 1, "frac": 1.0, "rounds": 2, "local-epochs": 1}, tmp_path / "none",
+                   nodes=1, client_config={"lr": "fast"})  # fmt: skip
+    assert ckpt.list_rounds(tmp_path / "none") == [0]
     flower_run(dict(TEN, rounds=1, clients=2, frac=1.0), tmp_path / "one", nodes=2)
     before = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir() if p.is_file()}
     with pytest.raises(UserError, match="already holds a run"):

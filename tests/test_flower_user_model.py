@@ -36,6 +36,13 @@ USER_APP = textwrap.dedent(
     def train_xy():
         return _xy(0, 600)
 
+    def wrong_shape_xy():  # 32 features: not the model's 64
+        x, y = _xy(1200, 1300)
+        return x[:, :32], y
+
+    def NotModule():
+        return 42
+
     def test_xy():
         return _xy(1200, 1500)
 
@@ -56,7 +63,9 @@ USER_APP = textwrap.dedent(
             loss.backward()
             opt.step()
         metrics = MetricRecord({"num-examples": len(y), "train_loss": loss.item()})
-        content = RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics})
+        prefix = context.run_config.get("prefix", "")  # a ClientApp renaming the tensors: not the model's
+        state = {prefix + k: v for k, v in net.state_dict().items()}
+        content = RecordDict({"arrays": ArrayRecord(state), "metrics": metrics})
         return Message(content, reply_to=msg)
     """
 )
@@ -73,18 +82,18 @@ def user_app(tmp_path, monkeypatch):
     return name
 
 
-def record(user_app: str, strategy, out, rounds: int = 3) -> None:
+def record(user_app: str, strategy, out, rounds: int = 3, test: str = "test_xy", overwrite=False, **config) -> None:
     from flatfl.flower.local_grid import LocalGrid
     from flatfl.flower.recorder import RunRecorder
     from flatfl.flower.subjects import UserModel
 
     model = UserModel(
-        f"{user_app}:Net", KW, test_data=f"{user_app}:test_xy", train_data=f"{user_app}:train_xy",
+        f"{user_app}:Net", KW, test_data=f"{user_app}:{test}", train_data=f"{user_app}:train_xy",
         num_clients=3, seed=1, save_clients=1,
     )  # fmt: skip
-    rec = RunRecorder(strategy, out, model=model)
+    rec = RunRecorder(strategy, out, model=model, overwrite=overwrite)
     client_app = __import__(user_app).app
-    rec.start(LocalGrid(client_app, 3, {"model": KW}), rec.initial_arrays(), num_rounds=rounds)
+    rec.start(LocalGrid(client_app, 3, {"model": KW} | config), rec.initial_arrays(), num_rounds=rounds)
 
 
 def test_a_user_model_run_is_recorded_and_measured(cli, user_app, tmp_path):
@@ -145,5 +154,35 @@ def test_recorder_takes_a_config_or_a_user_model(tmp_path):
 
     with pytest.raises(TypeError, match="give cfg .* or model"):
         RunRecorder(FedAvg(), tmp_path / "x")
-    with pytest.raises(UserError, match="model nope_module:Net: cannot import nope_module"):
+    with pytest.raises(UserError, match="UserModel model nope_module:Net: cannot import nope_module"):
         RunRecorder(FedAvg(), tmp_path / "x", model=UserModel("nope_module:Net")).initial_arrays()
+
+
+def test_bad_user_models_and_clients_are_one_line_and_write_nothing(cli, tiny, user_app, tmp_path):
+    """Test data the model cannot take, a ClientApp returning other tensors than the model's, a factory that
+    is no model: one line each; an existing run stays as it was, a new one gets no round of the failure."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from flatfl.flower.recorder import RunRecorder
+    from flatfl.flower.subjects import UserModel
+
+    fedavg = lambda: FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=3)  # noqa: E731
+    record(user_app, fedavg(), tmp_path / "run", rounds=1)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"round 0: the model cannot be evaluated on its test data \(RuntimeError"):
+        record(user_app, fedavg(), tmp_path / "run", rounds=1, test="wrong_shape_xy", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    with pytest.raises(UserError, match=r"round 1: the aggregated model holds tensors \['x\.0\.bias'"):
+        record(user_app, fedavg(), tmp_path / "renamed", rounds=2, prefix="x.")
+    assert ckpt.list_rounds(tmp_path / "renamed") == [0]
+    with pytest.raises(UserError, match=r"NotModule: returned int, not a torch.nn.Module"):
+        RunRecorder(fedavg(), tmp_path / "x", model=UserModel(f"{user_app}:NotModule")).initial_arrays()
+    with pytest.raises(UserError, match=r"Net: calling it with \{'width': 3\} failed"):
+        RunRecorder(fedavg(), tmp_path / "x", model=UserModel(f"{user_app}:Net", {"width": 3})).initial_arrays()
+    # the analysis side: no partition for --federated, and a registry run beside a user run is refused
+    code, _, err = cli("landscape", "--ckpt", tmp_path / "run" / "round_0001.safetensors", "--federated",
+                       "--hessian", "--out", tmp_path / "f")  # fmt: skip
+    assert code == 2 and "holds no partition" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("report", tmp_path / "run", tiny("flatfl", rounds=1), "--out", tmp_path / "rep", "--rounds",
+                       "1", "--no-progress")  # fmt: skip
+    assert code == 2 and "a recorded run of a user's own model and data beside flatfl-trained runs" in err

@@ -46,15 +46,21 @@ def main() -> None:
 
     from flatfl.errors import UserError
     from flatfl.flower.client_app import make_client_app
-    from flatfl.flower.config import run_config
-    from flatfl.flower.server_app import make_server_app
+    from flatfl.flower.config import switch
+    from flatfl.flower.resume import check_resumable
+    from flatfl.flower.server_app import make_server_app, recorder_for
     from flatfl.trainer import prepare_out
 
-    try:  # bad flags and an occupied --out end here, before Ray starts
-        nodes = run_config(config).data.num_clients  # one virtual SuperNode per client
-        prepare_out(Path(args.out), resume=bool(config.get("resume")), overwrite=bool(config.get("overwrite")))
+    try:  # bad flags, an algorithm Flower cannot run, an occupied or foreign --out end here, before Ray starts
+        rec = recorder_for(config)
+        nodes = rec.cfg.data.num_clients  # one virtual SuperNode per client
+        resume = switch(config, "resume")
+        prepare_out(Path(args.out), resume=resume, overwrite=rec.overwrite)
+        if resume:
+            check_resumable(rec, rec.cfg.rounds)
     except UserError as exc:  # flatfl train's flags are key=value here
-        parser.error(str(exc).replace(f"--resume {args.out}", "resume=true").replace("--overwrite", "overwrite=true"))
+        text = str(exc).replace(f"--resume {args.out}", "resume=true").replace("--overwrite", "overwrite=true")
+        parser.error(text.replace("--resume:", "resume:").replace("--resume", "resume=true").replace("--out:", "--out"))
     resources = {"num_cpus": args.cpus_per_node, "num_gpus": 0.0}
     run_simulation(
         make_server_app(config),

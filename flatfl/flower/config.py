@@ -11,16 +11,33 @@ from flatfl.config import RunConfig
 from flatfl.errors import UserError
 
 # Flower-side keys that are not flatfl train flags (read by the ServerApp itself)
-APP_KEYS = ("num-server-rounds", "out", "save-clients-every", "overwrite", "resume")
+APP_KEYS = ("out", "overwrite", "resume")
+# Flower templates' names for flatfl train flags
+ALIASES = {"num-server-rounds": "rounds"}
+
+
+def switch(user_config: Mapping[str, Any], key: str) -> bool:
+    """A true/false key of the run config (``overwrite``, ``resume``): a boolean, or the string true/false;
+    anything else is refused in one line (the string "False" must not mean yes)."""
+    value = user_config.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise UserError(f"Flower run config: {key} = {value!r}; give true or false")
 
 
 def train_argv(user_config: Mapping[str, Any]) -> list[str]:
     """``flatfl train`` arguments from a Flower run config: ``key = value`` -> ``--key value``;
-    ``key = true`` -> ``--key`` (a switch), ``false`` -> left out."""
+    ``key = true`` -> ``--key`` (a switch), ``false`` -> left out; ``num-server-rounds`` (Flower's
+    templates) is ``rounds``."""
+    if all(k in user_config for k in ("rounds", *ALIASES)):
+        raise UserError("Flower run config: both rounds and num-server-rounds; give one")
     argv: list[str] = []
     for key, value in user_config.items():
         if key in APP_KEYS:
             continue
+        key = ALIASES.get(key, key)
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             argv += [flag] if value else []

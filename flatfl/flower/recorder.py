@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx, Result, Strategy
 from flatfl import checkpoint as ckpt
 from flatfl import diagnostics, rundir
 from flatfl.config import RunConfig, identity_of, saves_clients
+from flatfl.errors import UserError
 from flatfl.flower.arrays import from_record, to_record
 from flatfl.flower.resume import restore
 from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
@@ -142,6 +143,8 @@ class RunRecorder(Strategy):
         info |= {"config": self.config, "identity": self.identity, "flower": self.flower}
         info["storage"] = StorageConfig().to_dict()
         parts = self.subject.partition()
+        self._check_keys(self._global, "the initial arrays", self.subject.initial_state())
+        loss, acc = self._evaluate(self._global, "round 0")  # before anything is written or moved aside
         rd.clear_for_new_run()
         if parts is None:
             ckpt.write_run_json(self.out, info)
@@ -150,7 +153,6 @@ class RunRecorder(Strategy):
             ckpt.write_run_json(self.out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
             ckpt.atomic_write_bytes(self.out / ckpt.PARTITION_JSON, partition)
         ckpt.save_round(self.out, 0, self._global, self.config, self.identity)
-        loss, acc = self.subject.evaluate(self._global)
         ckpt.append_metrics(
             self.out, {"round": 0, "test_loss": loss, "test_acc": acc, "train_loss": None, "device": "cpu"}
         )
@@ -181,24 +183,31 @@ class RunRecorder(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies, server_round = list(replies), server_round + self._offset
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays is not None:
-            self._commit(server_round, replies, from_record(arrays))
+        if arrays is None:  # nothing to record: the run would have a gap; stop with the reason
+            failed = [r for r in replies if r.has_error()]
+            first = f"; first error: {failed[0].error.reason}" if failed else ""
+            raise UserError(
+                f"round {server_round}: the strategy aggregated no model ({len(failed)} of {len(replies)} clients "
+                f"failed{first}); rounds 0..{server_round - 1} are recorded, continue with resume"
+            )
+        self._commit(server_round, replies, from_record(arrays))
         return arrays, metrics
 
     def _commit(self, t: int, replies: list[Message], new_global: StateDict) -> None:
-        """Round t's files in flatfl's commit order: clients, round, metrics line, state."""
+        """Round t's files in flatfl's commit order: clients, round, metrics line, state -- everything
+        checked and computed first, so a model that does not fit writes nothing of the round."""
         by_node = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
         slots = [(node, c, s) for node, c, s in self._sent if node in by_node]
         metric = [next(iter(by_node[n].content.metric_records.values()), MetricRecord()) for n, _, _ in slots]
         losses = [float(m.get("train_loss", float("nan"))) for m in metric]
         clients = [c for _, c, _ in slots]
+        self._check_keys(new_global, f"round {t}: the aggregated model")
+        returned = None
         if saves_clients(self.subject.save_clients, t):
             returned = [from_record(next(iter(by_node[n].content.array_records.values()))) for n, _, _ in slots]
-            info = {"clients": clients, "num_samples": [int(m.get("num-examples", 0)) for m in metric]}
-            info |= {"train_loss": losses} | self._dispatch_info()
-            ckpt.save_clients(self.out, t, [s for _, _, s in slots], returned, info, self.identity)
-        ckpt.save_round(self.out, t, new_global, self.config, self.identity)
-        loss, acc = self.subject.evaluate(new_global)
+            for (_, c, _), state in zip(slots, returned):
+                self._check_keys(state, f"round {t}: the model client {c} returned")
+        loss, acc = self._evaluate(new_global, f"round {t}")
         record = {
             "round": t,
             "test_loss": loss,
@@ -211,9 +220,39 @@ class RunRecorder(Strategy):
         }
         sent_loss = [float(m.get("sent_loss", float("nan"))) for m in metric]
         record |= diagnostics.round_metrics(self._global, new_global, sent_loss) | self._round_metrics()
+        if returned is not None:
+            info = {"clients": clients, "num_samples": [int(m.get("num-examples", 0)) for m in metric]}
+            info |= {"train_loss": losses} | self._dispatch_info()
+            ckpt.save_clients(self.out, t, [s for _, _, s in slots], returned, info, self.identity)
+        ckpt.save_round(self.out, t, new_global, self.config, self.identity)
         ckpt.append_metrics(self.out, record)
         self._save_state(t)
         self._global = new_global
+
+    def _check_keys(self, state: StateDict, what: str, want: StateDict | None = None) -> None:
+        """One line when ``state`` is not a state dict of the recorded model (``want``, default the
+        current global model): the same tensor names and shapes."""
+        want = self._global if want is None else want
+        if set(state) != set(want):
+            odd = sorted(set(state) ^ set(want))[:3]
+            raise UserError(
+                f"{what} holds tensors {sorted(state)[:3]}... that are not the recorded model's "
+                f"(differing: {odd}); the ClientApp must return the model's state dict under its own names"
+            )
+        bad = [k for k in want if tuple(state[k].shape) != tuple(want[k].shape)][:3]
+        if bad:
+            raise UserError(f"{what}: tensors {bad} have other shapes than the recorded model's")
+
+    def _evaluate(self, state: StateDict, what: str) -> tuple[float | None, float | None]:
+        """Test loss and accuracy of ``state``; one line when the model cannot take the test data."""
+        try:
+            return self.subject.evaluate(state)
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"{what}: the model cannot be evaluated on its test data ({type(exc).__name__}: {first}); "
+                "the test data must be (x, y) batches of the model's input shape with integer class labels"
+            ) from None
 
     def _dispatch_info(self) -> dict[str, Any]:
         return self.strategy.fedmut.dispatch_info() if isinstance(self.strategy, FedMutStrategy) else {}

@@ -9,7 +9,8 @@ an uninterrupted run, which the resumed one equals byte for byte (tests/test_flo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from logging import INFO
+from typing import TYPE_CHECKING, Any
 
 from flatfl import checkpoint as ckpt
 from flatfl.config import identity_of
@@ -22,17 +23,26 @@ if TYPE_CHECKING:
     from flatfl.flower.recorder import RunRecorder
 
 
-def restore(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict]:
-    """``(round, global model)`` of ``rec.out``'s last committed round; loads the strategy's state saved
-    with it and cuts metrics.jsonl back to it. One line when the directory holds another run."""
+def check_resumable(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict, StateDict, dict[str, Any]]:
+    """``(round, global model, strategy state tensors, its JSON)`` of ``rec.out``'s last committed round,
+    read and checked against ``rec``'s strategy and config; nothing is written. One line when the
+    directory holds another run (naming the settings that differ) or lacks its commit point."""
     out = rec.out
     rec.config["rounds"] = num_rounds
     rec.identity = identity_of(rec.config)
     info = ckpt.read_run_json(out)
     if info["identity"] != rec.identity:
+        old, new = _leaves(info["config"]), _leaves(rec.config)
+        differ = sorted(k for k in set(old) | set(new) if k != "rounds" and old.get(k) != new.get(k))
+        shown = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:4])
         raise UserError(
-            f"resume: {out / ckpt.RUN_JSON} records another run than this strategy and config "
-            f"(algo {info['config'].get('algo')}); resume with the settings it was started with"
+            f"resume: {out / ckpt.RUN_JSON} records another run than this strategy and config ({shown or 'data'}); "
+            "resume with the settings it was started with"
+        )
+    if not (out / ckpt.STATE_FILE).is_file():
+        raise UserError(
+            f"resume: {out / ckpt.STATE_FILE} is missing, so no round of {out} is committed; start it again "
+            "without resume (with overwrite = true)"
         )
     start, algo, tensors, meta = ckpt.load_state(out, rec.identity)
     if algo != rec.config["algo"]:
@@ -43,6 +53,27 @@ def restore(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict]:
     order = list(rec.subject.initial_state())  # the model's key order: FedMut draws per tensor in it
     if set(order) != set(saved):
         raise UserError(f"{path}: its tensors are not the model's ({sorted(set(order) ^ set(saved))[:3]} ...)")
+    return start, {k: saved[k] for k in order}, tensors, meta
+
+
+def _leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"num_clients": 10}}`` -> ``{"data.num_clients": 10}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def restore(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict]:
+    """``(round, global model)`` of ``rec.out``'s last committed round (:func:`check_resumable`); loads
+    the strategy's state saved with it and cuts metrics.jsonl back to it."""
+    from flwr.common.logger import log
+
+    out = rec.out
+    start, global_state, tensors, meta = check_resumable(rec, num_rounds)
     if isinstance(rec.strategy, FedMutStrategy):
         rec.strategy.fedmut.load_state(tensors, meta)
     keep, _, rewrite = ckpt.metrics_for_resume(out, start)
@@ -50,4 +81,6 @@ def restore(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict]:
         ckpt.write_metrics(out, keep)
     if start < num_rounds:
         ckpt.set_run_rounds(out, num_rounds)
-    return start, {k: saved[k] for k in order}
+    else:
+        log(INFO, "%s: already at round %d of %d; nothing to do (raise rounds to continue)", out, start, num_rounds)
+    return start, global_state

@@ -38,7 +38,7 @@ def sampled_nodes(
     if missing:
         raise UserError(
             f"round {server_round}: clients {missing} have no Flower node (nodes hold partition-ids "
-            f"{sorted(nodes)}); start one SuperNode per client or lower --clients"
+            f"{sorted(nodes)}); start one SuperNode per client or lower the run's clients"
         )
     return clients, nodes
 

@@ -1,5 +1,6 @@
 """A Flower ServerApp training flatfl's registry models: FedMut (:class:`FedMutStrategy`) or Flower's
-FedAvg, recorded into a flatfl run directory (:class:`RunRecorder`).
+FedAvg / FedProx on flatfl's seeded sample (:mod:`flatfl.flower.sampling`), recorded into a flatfl run
+directory (:class:`RunRecorder`).
 
 Run config (``[tool.flwr.app.config]``): ``flatfl train``'s flags without dashes (``algo``,
 ``dataset``, ``clients``, ``frac``, ``rounds``, ``seed``, ``radius``, ...), plus ``out`` (the run
@@ -20,7 +21,7 @@ from flwr.serverapp.strategy import Strategy
 from flatfl.algorithms.fedmut import FedMutConfig
 from flatfl.config import RunConfig
 from flatfl.errors import UserError
-from flatfl.flower.config import run_config
+from flatfl.flower.config import run_config, switch
 from flatfl.flower.recorder import RunRecorder
 from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
 from flatfl.flower.strategy import FedMutStrategy
@@ -51,7 +52,7 @@ def recorder_for(user_config: dict, out: str | None = None) -> RunRecorder:
     cfg = run_config(user_config)
     params = [n for n, _ in build_model(cfg.model, **cfg.model_kwargs).named_parameters()]
     out = out or str(user_config.get("out", f"checkpoints/flower-{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}"))
-    return RunRecorder(strategy_for(cfg, params), Path(out), cfg, overwrite=bool(user_config.get("overwrite", False)))
+    return RunRecorder(strategy_for(cfg, params), Path(out), cfg, overwrite=switch(user_config, "overwrite"))
 
 
 def make_server_app(defaults: Mapping[str, Any] | None = None) -> ServerApp:
@@ -64,7 +65,7 @@ def make_server_app(defaults: Mapping[str, Any] | None = None) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         config = base | dict(context.run_config)
         recorder = recorder_for(config)
-        if config.get("resume", False):  # continue `out` from its last committed round
+        if switch(config, "resume"):  # continue `out` from its last committed round
             recorder.start(grid, None, num_rounds=recorder.cfg.rounds, resume=True)
         else:
             recorder.start(grid, recorder.initial_arrays(), num_rounds=recorder.cfg.rounds)

@@ -75,9 +75,9 @@ class UserModel:
     save_clients: int = 0
 
     def build(self) -> nn.Module:
-        from flatfl.runs.foreign import load_object
+        from flatfl.runs.foreign import call_factory
 
-        return load_object(self.model, "model")(**self.model_kwargs)
+        return call_factory(self.model, self.model_kwargs, "UserModel model")
 
     def config(self) -> dict[str, Any]:
         data = {"dataset": None, "train": self.train_data, "test": self.test_data, "num_clients": self.num_clients}

@@ -76,15 +76,24 @@ def build(spec: ForeignSpec) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise UserError("--model-kwargs: must be a JSON object, e.g. '{\"num_classes\": 10}'")
     if ":" in spec.model:
-        model = load_object(spec.model, "--model")(**kwargs)
-    else:
-        import torchvision
+        return call_factory(spec.model, kwargs, "--model")
+    import torchvision
 
-        if spec.model not in torchvision.models.list_models():
-            raise UserError(f"--model {spec.model}: not MODULE:FACTORY and not a torchvision model name")
-        model = torchvision.models.get_model(spec.model, weights=None, **kwargs)
+    if spec.model not in torchvision.models.list_models():
+        raise UserError(f"--model {spec.model}: not MODULE:FACTORY and not a torchvision model name")
+    return torchvision.models.get_model(spec.model, weights=None, **kwargs)
+
+
+def call_factory(spec: str, kwargs: dict[str, Any], flag: str) -> nn.Module:
+    """``MODULE:FACTORY(**kwargs)``, checked: one line when the call fails on its arguments or does not
+    return a torch.nn.Module."""
+    factory = load_object(spec, flag)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"{flag} {spec}: calling it with {kwargs or 'no arguments'} failed ({exc})") from None
     if not isinstance(model, nn.Module):
-        raise UserError(f"--model {spec.model}: returned {type(model).__name__}, not a torch.nn.Module")
+        raise UserError(f"{flag} {spec}: returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -300,6 +309,7 @@ def _state_of(spec: ForeignSpec, other: str) -> dict[str, torch.Tensor]:
 __all__ = [
     "ForeignSpec",
     "build",
+    "call_factory",
     "check_foreign",
     "data_pair",
     "data_source",

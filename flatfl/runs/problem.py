@@ -146,8 +146,9 @@ def check_model_takes(model: nn.Module, x: Any, y: torch.Tensor, source: dict[st
         data = source.get("data", {}).get("selection", "?")
         raise UserError(
             f"--data {data}: model {source.get('model', '?')} cannot take these batches (x {tuple(x.shape)}, "
-            f"y {tuple(y.shape)}: {type(exc).__name__}: {what}); give data of the model's input shape and "
-            "integer class labels, or --forward/--targets"
+            f"y {tuple(y.shape)}: {type(exc).__name__}: {what}); give --data of the model's input shape with "
+            "integer class labels"
+            + ("" if "checkpoint" in source else ", or batches of another kind with --forward/--targets")
         ) from None
     finally:
         model.train(was_training)
@@ -184,6 +185,11 @@ def of_checkpoint(ckpt: Path, settings: Any, log: Callable[[str], None] = lambda
     from flatfl.runs.landscape import file_digest
 
     run, rnd = Run.of_checkpoint(ckpt)
+    if run.user_data and settings.federated:
+        raise UserError(
+            f"--federated: {run.path} is a recorded run of a user's model on its own data; it holds no partition "
+            "(client data) -- leave --federated out"
+        )
     model = run.model(rnd)
     x, y, data_info = select_data(run, settings.data, settings.samples, settings.seed)
     digest = file_digest(ckpt)
@@ -196,9 +202,21 @@ def of_checkpoint(ckpt: Path, settings: Any, log: Callable[[str], None] = lambda
         "model": run.info["model"]["name"],
         "data": data_info,
     }
-    bn = bn_batches(run.dataset().train.x, settings) if settings.bn_reestimate else []
+    bn = bn_batches(_train_inputs(run), settings) if settings.bn_reestimate else []
     resolve = lambda spec: run_model_spec(run, rnd, spec)[::2]  # noqa: E731
     return from_tensors(model, x, y, settings, source, digest, log, run=run, round=rnd, bn_inputs=bn, resolve=resolve)
+
+
+def _train_inputs(run: Run) -> torch.Tensor:
+    """The run's training inputs (BatchNorm re-estimation): flatfl's data set, or a user run's train data."""
+    if not run.user_data:
+        return run.dataset().train.x
+    if not run.config["data"].get("train"):
+        raise UserError(
+            f"--bn-reestimate: {run.path / 'run.json'} names no train data to re-estimate BatchNorm on; "
+            "leave --bn-reestimate out"
+        )
+    return run.user_data_pair("train", 500)[0]
 
 
 def bn_batches(x: torch.Tensor, settings: Any) -> list[torch.Tensor]:

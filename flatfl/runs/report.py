@@ -455,6 +455,12 @@ def _partition_digest(run: Run) -> str:
 def check_comparable(groups: Sequence[Group], settings: ReportSettings, log: Callable[[str], None]) -> None:
     """Refuse runs with different local optimizers (unless allowed); note different data/models."""
     opts = local_optimizers(groups)
+    users = sorted(g.label for g in groups for s in g.runs if g.runs[s].user_data)
+    if users and len(users) < sum(len(g.runs) for g in groups):
+        raise ValueError(
+            f"{', '.join(dict.fromkeys(users))}: a recorded run of a user's own model and data beside flatfl-trained "
+            "runs; their models, data and training differ -- report them separately"
+        )
     if len(set(opts.values())) > 1 and not settings.allow_mixed_optimizers:
         detail = "; ".join(f"{k}: {v}" for k, v in opts.items())
         raise ValueError(
@@ -468,7 +474,8 @@ def check_comparable(groups: Sequence[Group], settings: ReportSettings, log: Cal
                 f"note: seed {seed}: the groups' client partitions differ ({', '.join(parts)}); the paired comparison "
                 "then pairs different client data (expected where FedDF/FedAUX hold out server data)"
             )
-    kinds = {(g.runs[s].config["data"]["dataset"], g.runs[s].info["model"]["name"]) for g in groups for s in g.runs}
+    kinds = {(str(g.runs[s].config["data"].get("dataset") or "user data"), g.runs[s].info["model"]["name"])
+             for g in groups for s in g.runs}  # fmt: skip
     if len(kinds) > 1:
         log(f"note: the runs differ in dataset/model {sorted(kinds)}; their curvature is not directly comparable")
 

@@ -80,9 +80,9 @@ class Run:
         ``MODULE:FACTORY`` imported from the current folder or the installed packages."""
         m = self.info["model"]
         if ":" in m["name"]:
-            from flatfl.runs.foreign import load_object
+            from flatfl.runs.foreign import call_factory
 
-            return load_object(m["name"], f"{self.path / ckpt.RUN_JSON}: model")(**m["kwargs"])
+            return call_factory(m["name"], m["kwargs"], f"{self.path / ckpt.RUN_JSON}: model")
         return build_model(m["name"], **m["kwargs"])
 
     def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
