@@ -8,7 +8,8 @@ random (seeded) from all roles of all plays. The model is flatfl's character LST
 (``flatfl.models.lstm.CharLSTM``), made small (``--hidden``, one layer) so the full-data side finishes
 in minutes on a 2-core CPU, and trained here for ``--train-steps`` Adam steps on other windows.
 
-Both sides run the code path of ``flatfl landscape --hessian --topk 1 --trace``:
+Both sides run the code path of ``flatfl landscape --hessian --topk 1 --trace --tol 1e-3
+--trace-matvecs 30`` (``--tol``, ``--trace-matvecs``):
 :func:`flatfl.runs.problem.from_tensors` (which applies ``--samples auto``) then
 :func:`flatfl.runs.measure.measure`, each timed as a whole (the subset search included):
 
@@ -20,7 +21,7 @@ relative difference to the full-data value, and the time ratio. The trace is an 
 same seeded probe vectors on both sides; its probe standard error is printed too (it is part of the
 difference, the data error is not meant to cover it).
 
-    OMP_NUM_THREADS=2 python bench/samples_auto.py [--samples 20000] [--hidden 32] [--data-tol 0.01]
+    OMP_NUM_THREADS=1 python bench/samples_auto.py [--samples 4000] [--hidden 16] [--data-tol 0.01]
 
 Without the plays the script stops with one line (exit code 2).
 """
@@ -92,8 +93,9 @@ def run_side(model: CharLSTM, x: torch.Tensor, y: torch.Tensor, settings: Landsc
     """Seconds and landscape record of one side: ``from_tensors`` (+ ``--samples auto``) then ``measure``."""
     t = time.perf_counter()
     source = {"data": {"selection": "bench", "samples": int(len(y)), "of": int(len(y))}}
-    problem = from_tensors(model, x, y, settings, source, "bench")
-    record = measure(problem, settings).record
+    log = lambda s: print(f"  {s}", flush=True)  # noqa: E731
+    problem = from_tensors(model, x, y, settings, source, "bench", log)
+    record = measure(problem, settings, log=log).record
     return time.perf_counter() - t, record
 
 
@@ -104,12 +106,12 @@ def rel(a: float, b: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plays", type=Path, default=PLAYS, help=f"raw plays (default: {PLAYS})")
-    ap.add_argument("--samples", type=int, default=20000, help="analysis windows (default: 20000)")
-    ap.add_argument("--hidden", type=int, default=32, help="LSTM hidden size, one layer (default: 32)")
+    ap.add_argument("--samples", type=int, default=4000, help="analysis windows (default: 4000)")
+    ap.add_argument("--hidden", type=int, default=16, help="LSTM hidden size, one layer (default: 16)")
     ap.add_argument("--train-steps", type=int, default=300, help="Adam steps before the analysis (default: 300)")
     ap.add_argument("--data-tol", type=float, default=0.01, help="--data-tol of the auto side (default: 0.01)")
-    ap.add_argument("--trace-matvecs", type=int, default=99, help="--trace-matvecs of both sides (default: 99)")
-    ap.add_argument("--tol", type=float, default=1e-4, help="Lanczos --tol of both sides (default: 1e-4)")
+    ap.add_argument("--trace-matvecs", type=int, default=30, help="--trace-matvecs of both sides (default: 30)")
+    ap.add_argument("--tol", type=float, default=1e-3, help="Lanczos --tol of both sides (default: 1e-3)")
     args = ap.parse_args()
     if not args.plays.is_dir() or not any(args.plays.glob("*.txt")):
         print(f"samples_auto: {args.plays}: no raw Shakespeare plays (*.txt) there; pass --plays DIR", file=sys.stderr)
