@@ -30,8 +30,9 @@ the primal forward and backward once per batch, the tangent parts batched).
 as the surfaces do for their points; b is capped by the memory budget (:meth:`block_size`). With kept
 graphs (``cached``) a loop costs what single products cost; without them (data too large for the
 budget) every block saves b - 1 forward and first-backward passes per batch. Measured on this
-project's 2-core CPU (bench CNN, 100 images, blocks of 16): the loop was the fastest way, the batched
-backward and forward-over-reverse 2-6x slower per vector (README, "Curvature at scale").
+project's 2-core CPU (``bench/curvature_blocks.py``, bench CNN, 100 images): the loop was the fastest
+way, the batched backward and forward-over-reverse 1.3-1.7x slower per vector (README, "Curvature at
+scale").
 """
 
 from __future__ import annotations
