@@ -23,11 +23,16 @@ Blocks: ``matmat(V)`` (V: size x b) computes H V for b vectors in one pass over 
 batch the first-order graph g(w) is built once (or taken from the cache) and the b products
 H v_j = d(g . v_j)/dw are back-propagated through it, either together -- one batched backward,
 ``torch.autograd.grad(g, w, V, is_grads_batched=True)``, which vmaps the backward over the
-vectors -- or one after the other through the same graph (``block_mode="loop"``).
-``block_mode="auto"`` times both on blocks of real work and keeps the faster per vector, as the
-surfaces do for their points; b is capped by the memory budget (:meth:`block_size`). With kept
+vectors -- or one after the other through the same graph (``block_mode="loop"``); or, with no
+first-order graph at all, forward-over-reverse vmapped over the b tangents (``block_mode="fwd-rev"``:
+the primal forward and backward once per batch, the tangent parts batched).
+``block_mode="auto"`` times each on equal trial blocks of real work and keeps the fastest per vector,
+as the surfaces do for their points; b is capped by the memory budget (:meth:`block_size`). With kept
 graphs (``cached``) a loop costs what single products cost; without them (data too large for the
-budget) every block saves b - 1 forward and first-backward passes per batch.
+budget) every block saves b - 1 forward and first-backward passes per batch. Measured on this
+project's 2-core CPU (``bench/curvature_blocks.py``, bench CNN, 100 images): the loop was the fastest
+way, the batched backward and forward-over-reverse 1.3-1.7x slower per vector (README, "Curvature at
+scale").
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, jvp
+from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from flatfl.analysis import batches as bt
 
@@ -114,6 +119,8 @@ def eval_mode(model: nn.Module):
         for m, training in modes:
             m.train(training)
 
+
+BLOCK_MODES = ("batched", "loop", "fwd-rev")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -342,22 +349,29 @@ class ModelLoss:
         self,
         V: torch.Tensor,
         method: str = "double-backward",
-        batched: bool = True,
+        mode: str = "batched",
         batches: Sequence[tuple] | None = None,
     ) -> torch.Tensor:
         """H V for the mean loss (V: b x size, rows are vectors; returns b x size).
 
-        The first-order graph of each batch is built once (kept across calls with ``cached``)
-        and the b products go through it: in one batched backward (``batched``) or in a loop.
-        ``fwd-rev`` falls back to one product at a time.
+        ``mode`` "batched" or "loop": the first-order graph of each batch is built once (kept across
+        calls with ``cached``) and the b products go through it, in one batched backward or one after
+        the other (``method="fwd-rev"``, a model without double-backward rules: one product at a time).
+        ``mode="fwd-rev"``: forward-over-reverse vmapped over the b tangents (:meth:`_fwd_rev_block`),
+        whatever ``method``.
         """
         batches = self.batches if batches is None else batches
         n = sum(self.batch_count(b) for b in batches)
         V = V.to(self.device, self.dtype)
+        if mode not in BLOCK_MODES:
+            raise ValueError(f"unknown block mode {mode!r}")
+        if mode == "fwd-rev":
+            return self._fwd_rev_block(self.unflat_batch(V), batches) / n
         if method == "fwd-rev":
             return torch.stack([self.hvp(v, method, batches) for v in V])
         if method not in ("double-backward", "cached"):
             raise ValueError(f"unknown HVP method {method!r}")
+        batched = mode == "batched"
         tangents = self.unflat_batch(V)
         with eval_mode(self.model):
             if method == "cached":
@@ -368,6 +382,23 @@ class ModelLoss:
                 leaves, grads = self._first_order_graph_of([b])
                 out += self._back_block(leaves, grads, tangents, batched, retain=False)
         return out / n
+
+    def _fwd_rev_block(self, tangents: dict[str, torch.Tensor], batches: Sequence[tuple]) -> torch.Tensor:
+        """sum over batches of H_b v_j for each row v_j of ``tangents`` (b x size), forward-over-reverse:
+            H_b v = d/de grad L_b(w + e v) at e = 0 = jvp(grad L_b, (w,), (v,))[1]
+        (Pearlmutter 1994; the ``torch.func`` hvp recipe), ``vmap``-ped over the b tangents. The primal
+        forward and backward run once per batch; only the tangent parts carry the block dimension, so a
+        layer with unbatched weights sees the b tangents as one larger batch. Holds about one batch's
+        activations per vector."""
+        b = next(iter(tangents.values())).shape[0]
+        out = torch.zeros(b, self.size, dtype=self.dtype, device=self.device)
+        with eval_mode(self.model):
+            for batch in batches:
+                batch = self.on_device(batch)
+                g = grad(lambda p, batch=batch: self.batch_loss_sum(p, batch))
+                hv = vmap(lambda t, g=g: jvp(g, (self.params,), (t,))[1])(tangents)
+                out += torch.cat([hv[n].reshape(b, -1) for n in self.names], dim=1)
+        return out
 
     def _back_block(
         self, leaves: dict, grads: list, tangents: dict[str, torch.Tensor], batched: bool, retain: bool
@@ -436,7 +467,7 @@ class HessianOperator(ScipyExport):
         block_mode: str = "auto",
         max_block: int = 32,
     ) -> None:
-        if block_mode not in ("auto", "batched", "loop"):
+        if block_mode not in ("auto", *BLOCK_MODES):
             raise ValueError(f"unknown block mode {block_mode!r}")
         self.objective = objective
         self.size = objective.size
@@ -448,7 +479,8 @@ class HessianOperator(ScipyExport):
         self.memory_budget = memory_budget
         self.max_block = max_block
         self.block_mode = block_mode
-        self.block_seconds: dict[str, list[float]] = {"batched": [], "loop": []}  # per vector, for "auto"
+        self.block_seconds: dict[str, list[float]] = {m: [] for m in BLOCK_MODES}  # per vector, for "auto"
+        self.failed_modes: set[str] = set()  # block modes a layer has no rule for (auto skips them)
         if method == "auto":
             method = self._choose_method(memory_budget) if self._estimate_graph_bytes() else "fwd-rev"
         self.method = method
@@ -499,46 +531,62 @@ class HessianOperator(ScipyExport):
 
     def block_size(self, mode: str = "batched") -> int:
         """Most vectors per pass. A batched backward holds about one batch's graph per vector (its
-        intermediate gradients) plus 3 parameter-sized vectors; a loop only the vectors. Either must fit
+        intermediate gradients) plus 3 parameter-sized vectors, and so does vmapped forward-over-reverse
+        (the tangents of one batch's activations and gradients); a loop only the vectors. Each must fit
         the memory budget left after the kept graphs (``cached``) or one batch's graph."""
         if self.method == "fwd-rev" or (self.batch_graph_bytes is None and not self._estimate_graph_bytes()):
             return 1
         held = self.graph_bytes_estimate if self.method == "cached" else self.batch_graph_bytes
         per_vector = 3 * self.size * torch.finfo(self.dtype).bits // 8
-        if mode == "batched":
+        if mode != "loop":
             per_vector += self.batch_graph_bytes
         return int(max(1, min(self.max_block, (self.memory_budget - held) // max(per_vector, 1))))
 
     def _next_mode(self) -> str:
-        """``block_mode``, or under "auto": each way once (batched first), then the faster per vector so
-        far (the running means keep being updated, so a wrong early pick is corrected)."""
+        """``block_mode``, or under "auto": each way once (batched, loop, fwd-rev; one without a rule for
+        some layer is dropped), then the fastest per vector so far (the running means keep being updated,
+        so a wrong early pick is corrected)."""
         if self.block_mode != "auto":
             return self.block_mode
-        t = self.block_seconds
-        if not t["batched"] or not t["loop"]:
-            return "loop" if t["batched"] else "batched"
-        return "batched" if np.mean(t["batched"]) <= np.mean(t["loop"]) else "loop"
+        untried = self._untried()
+        ways = [m for m in BLOCK_MODES if m not in self.failed_modes]
+        return untried[0] if untried else min(ways, key=lambda m: np.mean(self.block_seconds[m]))
+
+    def _untried(self) -> list[str]:
+        """Block modes "auto" has not timed yet (none under a fixed ``block_mode``)."""
+        if self.block_mode != "auto":
+            return []
+        return [m for m in BLOCK_MODES if m not in self.failed_modes and not self.block_seconds[m]]
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H V for V of shape (size, b): the columns in blocks of :meth:`block_size` per pass."""
+        """H V for V of shape (size, b): the columns in blocks of :meth:`block_size` per pass.
+
+        While "auto" has ways left to time, each gets a trial block of an equal share of this call's
+        columns, ceil(b / (untried + 1)), so the ways are compared per vector at the same block size
+        (a product's cost per vector falls with the block as the first-order graph is shared); the rest is
+        cut into equal blocks of at most :meth:`block_size` (33 columns: 17 + 16, not 32 + 1)."""
         if V.ndim != 2 or V.shape[0] != self.size:
             raise ValueError(f"V must be ({self.size}, b)")
         self.num_matvecs += V.shape[1]
         if self.method == "cached":
             self.objective._first_order_graph(self.objective.batches)  # built once, outside the timings
+        trial = -(-V.shape[1] // (len(self._untried()) + 1))
         cols, i = [], 0
         while i < V.shape[1]:
             mode = self._next_mode()
-            block = V[:, i : i + self.block_size(mode)].T
+            size = min(self.block_size(mode), trial) if self._untried() else self.block_size(mode)
+            left = V.shape[1] - i
+            block = V[:, i : i + -(-left // -(-left // size))].T  # the rest in equal blocks of <= size
             i += block.shape[0]
             t0 = time.perf_counter()
             try:
-                hv = self.objective.hvp_block(block, self.method, batched=mode == "batched")
+                hv = self.objective.hvp_block(block, self.method, mode)
             except (RuntimeError, NotImplementedError):
-                if mode != "batched" or self.block_mode == "batched":
+                if mode == "loop" or self.block_mode != "auto":
                     raise
-                self.block_mode, mode = "loop", "loop"  # no batched rule for some layer: loop from now on
-                hv = self.objective.hvp_block(block, self.method, batched=False)
+                self.failed_modes.add(mode)  # no batched rule for some layer: not this way again
+                mode = "loop"
+                hv = self.objective.hvp_block(block, self.method, mode)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.block_seconds[mode].append((time.perf_counter() - t0) / block.shape[0])

@@ -4,7 +4,8 @@ The peer bench's model and data (``bench/hessian_vs_peers.py``: the ~0.9M-parame
 CNN, briefly trained on upsampled digits, mean cross-entropy over ``--images`` images in eval
 mode), on ``--device``. Two workloads, each run one-by-one (every product its own ``matvec``) and
 in blocks (``matmat``: the first-order graph once per batch, the block's products through it;
-``--block-mode`` auto times a batched backward against a loop and keeps the faster):
+``--block-mode`` auto times a batched backward, a loop and vmapped forward-over-reverse on equal
+trial blocks and keeps the fastest):
 
 * the trace with 99 HVPs (Hutch++: three blocks of 33),
 * SLQ with ``--slq-runs`` x ``--slq-steps`` (10 x 80 = 800 HVPs; the runs in lockstep).
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--parts", default="trace,slq")
     ap.add_argument("--slq-runs", type=int, default=10)
     ap.add_argument("--slq-steps", type=int, default=80)
-    ap.add_argument("--block-mode", default="auto", choices=["auto", "batched", "loop"])
+    ap.add_argument("--block-mode", default="auto", choices=["auto", "batched", "loop", "fwd-rev"])
     ap.add_argument("--memory-budget", type=float, default=2.0, help="GiB (default: 2)")
     ap.add_argument(
         "--method",
@@ -122,11 +123,11 @@ def main() -> None:
         rows.append((label, t1, tb, rel, got["block"]))
         print(
             f"{label}: one-by-one {t1:.1f} s, block {tb:.1f} s, ratio {t1 / tb:.2f}x; values "
-            f"{got['one-by-one']} vs {got['block']}: max rel. diff {rel:.1e}; blocks so far (batched/loop) {chosen}",
+            f"{got['one-by-one']} vs {got['block']}: max rel. diff {rel:.1e}; blocks so far {chosen}",
             flush=True,
         )
     per = {k: (np.median(v) if v else float("nan")) for k, v in op.block_seconds.items()}
-    print(f"per-vector seconds in blocks: batched {per['batched']:.3f}, loop {per['loop']:.3f}")
+    print("per-vector seconds in blocks (median): " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()))
     print(f"\n| workload ({device}, {args.images} images) | one-by-one s | block s | ratio | max rel. diff |")
     print("|---|---|---|---|---|")
     for label, t1, tb, rel, _ in rows:

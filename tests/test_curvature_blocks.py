@@ -13,13 +13,13 @@ from flatfl.analysis.trace import TRACE_ESTIMATORS, adaptive_trace, hutchinson, 
 
 
 @pytest.mark.parametrize("method", ["double-backward", "fwd-rev", "cached"])
-@pytest.mark.parametrize("block_mode", ["batched", "loop", "auto"])
+@pytest.mark.parametrize("block_mode", ["batched", "loop", "fwd-rev", "auto"])
 def test_matmat_equals_the_explicit_hessian_times_v(method, block_mode):
     model, x, y = tiny_problem()
     H, _ = explicit_hessian(model, x, y)
     op = HessianOperator(ModelLoss(model, x, y, batch_size=7), method=method, block_mode=block_mode, max_block=3)
     V = torch.randn(op.size, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for _ in range(3):  # auto: both ways are timed on the first calls, then the faster is kept
+    for _ in range(3):  # auto: each way is timed on the first calls, then the fastest is kept
         HV = op.matmat(V)
         assert HV.shape == V.shape
         torch.testing.assert_close(HV, H @ V, rtol=1e-10, atol=1e-12)
@@ -27,7 +27,27 @@ def test_matmat_equals_the_explicit_hessian_times_v(method, block_mode):
     stacked = torch.stack([op.matvec(v) for v in V.T], dim=1)
     torch.testing.assert_close(HV, stacked, rtol=1e-10, atol=1e-12)
     if method != "fwd-rev" and block_mode == "auto":
-        assert op.block_seconds["batched"] and op.block_seconds["loop"]
+        assert op.block_seconds["batched"] and op.block_seconds["loop"] and op.block_seconds["fwd-rev"]
+    if block_mode != "auto":
+        assert [m for m, t in op.block_seconds.items() if t] == [block_mode]
+
+
+def test_auto_times_each_way_on_equal_trial_blocks_then_cuts_the_rest_evenly():
+    model, x, y = tiny_problem()
+    H, _ = explicit_hessian(model, x, y)
+    op = HessianOperator(ModelLoss(model, x, y, batch_size=7), method="double-backward", max_block=8)
+    calls, inner = [], op.objective.hvp_block
+    op.objective.hvp_block = lambda V, method, mode: calls.append((mode, V.shape[0])) or inner(V, method, mode)
+    g = torch.Generator().manual_seed(3)
+    V = torch.randn(op.size, 12, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
+    assert calls[:3] == [("batched", 3), ("loop", 3), ("fwd-rev", 3)] and calls[3][1] == 3 and len(calls) == 4
+    calls.clear()
+    fastest = min(op.block_seconds, key=lambda m: np.mean(op.block_seconds[m]))  # per vector
+    V = torch.randn(op.size, 17, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
+    assert [n for _, n in calls] == [6, 6, 5]  # 17 columns in blocks of at most 8: three equal ones
+    assert calls[0][0] == fastest
 
 
 def test_block_size_is_bounded_by_the_memory_budget():

@@ -15,7 +15,7 @@ from flatfl.analysis.trace import TRACE_ESTIMATORS
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("block_mode", ["batched", "loop"])
+@pytest.mark.parametrize("block_mode", ["batched", "loop", "fwd-rev"])
 @pytest.mark.parametrize("method", ["double-backward", "cached", "fwd-rev"])
 def test_cuda_matmat_equals_the_explicit_hessian(method, block_mode):
     model, x, y = tiny_problem()
