@@ -39,6 +39,9 @@ class SubsampleSettings:
     trace_matvecs: int = 30  # shared Hutchinson probes of the trace's data error
     tol: float = 1e-5  # Lanczos tolerance
     seed: int = 0
+    # at s = N the data error is 0 by construction: False skips computing the full-data values there (a
+    # caller that measures the full data anyway, as flatfl landscape does, would compute them twice)
+    full_values: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,11 @@ def subsample(
     levels = []
     while True:
         idx = order[:s]
+        if s == n and not settings.full_values and levels:
+            zeros = {q: 0.0 for q in quantities}
+            levels.append({"samples": int(s), "values": {}, "data_errors": zeros})
+            log(f"samples auto: the whole data ({n}): exact, measured once by the caller")
+            return DataSampled(np.sort(idx), {}, zeros, True, levels)
         parts = np.array_split(idx, settings.groups)
         weights = np.array([len(p) for p in parts], dtype=float)
         ops = [make_op(np.sort(p)) for p in parts]

@@ -65,3 +65,20 @@ def test_the_full_data_ends_the_growth_with_the_exact_values():
     assert r.data_errors == {"lambda_max": 0.0, "trace": 0.0}
     assert r.values["lambda_max"] == pytest.approx(lam, rel=1e-6)
     assert r.values["trace"] == pytest.approx(tr, rel=1e-10)
+
+
+def test_the_whole_data_is_not_computed_twice_when_the_caller_measures_it():
+    """``full_values=False`` (flatfl landscape's): reaching s = N ends the growth with data errors 0 and no
+    values of its own -- no operator is made for the whole data, which the caller measures anyway."""
+    model, x, y = problem(n=300)
+    st = SubsampleSettings(data_tol=1e-9, start=64, groups=4, trace_matvecs=10, tol=1e-6, full_values=False)
+    sizes = []
+
+    def make_op(idx):
+        sizes.append(len(idx))
+        return HessianOperator(ModelLoss(model, x[idx], y[idx], batch_size=400), method="cached")
+
+    r = subsample(len(y), make_op, ("lambda_max", "trace"), st)
+    assert [lv["samples"] for lv in r.levels] == [64, 128, 256, 300] and r.converged
+    assert r.data_errors == {"lambda_max": 0.0, "trace": 0.0} and r.values == {} and len(r.indices) == 300
+    assert max(sizes) == 256  # the levels' subsets and groups only

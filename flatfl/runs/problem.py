@@ -119,7 +119,9 @@ def auto_subset(
         obj = ModelLoss(model, x[i], y[i], batch_size=settings.batch_size, dtype=dtype, device=settings.device)
         return HessianOperator(obj, memory_budget=settings.memory_budget_gb * 2**30)
 
-    st = SubsampleSettings(data_tol=settings.data_tol, tol=max(settings.tol, 1e-6), seed=settings.seed)
+    st = SubsampleSettings(
+        data_tol=settings.data_tol, tol=max(settings.tol, 1e-6), seed=settings.seed, full_values=False
+    )  # the measurement computes the full-data values itself
     r = subsample(len(y), make_op, quantities, st, log)
     record = {
         "data_tol": settings.data_tol,
