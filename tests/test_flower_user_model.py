@@ -118,7 +118,11 @@ def test_a_user_model_run_is_recorded_and_measured(cli, user_app, tmp_path):
     assert code == 0, err
     lam = [json.loads((tmp_path / d / "landscape.json").read_text())["hessian"]["eigenvalues"][0] for d in "ab"]
     assert lam[0] > 0 and abs(lam[0] - lam[1]) <= 1e-9 * lam[1]
-    # client data and BatchNorm re-estimation need flatfl's data set: one line
+    # BatchNorm re-estimation reads the train data run.json names
+    code, _, err = cli("landscape", "--ckpt", last, "--data", "test", "--bn-reestimate", "2", "--surface", "1d",
+                       "--grid", "3", "--out", tmp_path / "bn")  # fmt: skip
+    assert code == 0, err
+    # client data need flatfl's data set (a partition): one line
     code, _, err = cli("landscape", "--ckpt", tmp_path / "avg" / "round_0003.safetensors", "--data", "client:0",
                        "--hessian", "--out", tmp_path / "c")  # fmt: skip
     assert code == 2 and "holds no partition" in err and len(err.strip().splitlines()) == 1
