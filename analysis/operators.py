@@ -37,6 +37,7 @@ scale").
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -570,13 +571,14 @@ class HessianOperator(ScipyExport):
         self.num_matvecs += V.shape[1]
         if self.method == "cached":
             self.objective._first_order_graph(self.objective.batches)  # built once, outside the timings
-        trial = -(-V.shape[1] // (len(self._untried()) + 1))
+        trial = math.ceil(V.shape[1] / (len(self._untried()) + 1))
         cols, i = [], 0
         while i < V.shape[1]:
             mode = self._next_mode()
             size = min(self.block_size(mode), trial) if self._untried() else self.block_size(mode)
             left = V.shape[1] - i
-            block = V[:, i : i + -(-left // -(-left // size))].T  # the rest in equal blocks of <= size
+            width = math.ceil(left / math.ceil(left / size))  # the rest in equal blocks of <= size
+            block = V[:, i : i + width].T
             i += block.shape[0]
             t0 = time.perf_counter()
             try:
