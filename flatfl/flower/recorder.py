@@ -135,9 +135,13 @@ class RunRecorder(Strategy):
         finally:
             rd.close(failed=not ok and not resume)
 
-    def _write_start(self, rd: rundir.RunDir, num_rounds: int) -> None:
+    def plan_rounds(self, num_rounds: int) -> None:
+        """The run's planned rounds (run.json's ``config.rounds``) and its identity (which leaves them out)."""
         self.config["rounds"] = num_rounds
         self.identity = identity_of(self.config)
+
+    def _write_start(self, rd: rundir.RunDir, num_rounds: int) -> None:
+        self.plan_rounds(num_rounds)
         info = self.subject.run_info()
         # every round is saved, client models in float32 (flatfl.storage's defaults)
         info |= {"config": self.config, "identity": self.identity, "flower": self.flower}

@@ -13,7 +13,6 @@ from logging import INFO
 from typing import TYPE_CHECKING, Any
 
 from flatfl import checkpoint as ckpt
-from flatfl.config import identity_of
 from flatfl.errors import UserError
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.statedict import StateDict
@@ -28,8 +27,7 @@ def check_resumable(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict, 
     read and checked against ``rec``'s strategy and config; nothing is written. One line when the
     directory holds another run (naming the settings that differ) or lacks its commit point."""
     out = rec.out
-    rec.config["rounds"] = num_rounds
-    rec.identity = identity_of(rec.config)
+    rec.plan_rounds(num_rounds)
     info = ckpt.read_run_json(out)
     if info["identity"] != rec.identity:
         old, new = _leaves(info["config"]), _leaves(rec.config)

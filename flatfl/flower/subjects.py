@@ -116,9 +116,13 @@ class UserModel:
         from flatfl.local import evaluate
 
         x, y = _test_pair(self.test_data)
-        net = self.build()
-        net.load_state_dict(state)
-        return evaluate(net, x, y, EVAL_BATCH)
+        self._eval_net.load_state_dict(state)
+        return evaluate(self._eval_net, x, y, EVAL_BATCH)
+
+    @functools.cached_property
+    def _eval_net(self) -> nn.Module:
+        """One model built for every round's evaluation (its weights are loaded each time)."""
+        return self.build()
 
 
 @functools.lru_cache(maxsize=2)

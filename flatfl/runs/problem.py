@@ -60,31 +60,31 @@ def select_data(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The (x, y) a measurement uses: ``train``, ``test`` or ``client:K`` (a user-data run: ``train``, ``test``
     or a data name, :meth:`Run.user_data_pair`); optionally a seeded subset."""
-    if run.user_data:
-        x, y = run.user_data_pair(spec, 500)
-        x, y, info = subset(x, y, samples, seed)
-        return x, y, {"selection": spec, **info}
-    ds = run.dataset()
-    if spec == "train":
-        x, y = ds.train.x, ds.train.y
-    elif spec == "test":
-        x, y = ds.test.x, ds.test.y
-    elif spec.startswith("client:"):
-        try:
-            k = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise UserError(f"--data: {spec!r} is not client:K with an integer K") from None
-        parts = run.partition()
-        if not 0 <= k < len(parts):
-            raise UserError(f"--data: client {k} does not exist (the run has clients 0..{len(parts) - 1})")
-        idx = torch.as_tensor(parts[k])
-        x, y = ds.train.x[idx], ds.train.y[idx]
-    else:
-        raise UserError(f"--data: {spec!r} is not one of train, test, client:K")
+    x, y = run.user_data_pair(spec, 500) if run.user_data else _run_data(run, spec)
     if len(y) == 0:
         raise UserError(f"--data: the selection {spec!r} holds no samples")
     x, y, info = subset(x, y, samples, seed)
     return x, y, {"selection": spec, **info}
+
+
+def _run_data(run: Run, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train``, ``test`` or ``client:K`` of a flatfl data set, split as in training."""
+    ds = run.dataset()
+    if spec == "train":
+        return ds.train.x, ds.train.y
+    if spec == "test":
+        return ds.test.x, ds.test.y
+    if not spec.startswith("client:"):
+        raise UserError(f"--data: {spec!r} is not one of train, test, client:K")
+    try:
+        k = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise UserError(f"--data: {spec!r} is not client:K with an integer K") from None
+    parts = run.partition()
+    if not 0 <= k < len(parts):
+        raise UserError(f"--data: client {k} does not exist (the run has clients 0..{len(parts) - 1})")
+    idx = torch.as_tensor(parts[k])
+    return ds.train.x[idx], ds.train.y[idx]
 
 
 def subset(x: Any, y: torch.Tensor, samples: int | None, seed: int) -> tuple[Any, torch.Tensor, dict[str, Any]]:

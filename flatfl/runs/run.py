@@ -100,7 +100,7 @@ class Run:
         if self.user_data:
             raise UserError(
                 f"{self.path}: a recorded run of a user's model on its own data has no flatfl data set"
-                " (client data, BatchNorm re-estimation); name the data with --data train, test or MODULE:FACTORY"
+                " (nor its clients' data); name the data with --data train, test or MODULE:FACTORY"
             )
         return load_dataset(DataConfig(**self.config["data"]))
 
