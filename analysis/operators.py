@@ -122,6 +122,9 @@ def eval_mode(model: nn.Module):
 
 
 BLOCK_MODES = ("batched", "loop", "fwd-rev")
+# Vectors per way in "auto"'s trial blocks: enough to time a block (a few products), few enough that the
+# slower ways cost little (on the 2-core CPU a trial of 9 vectors per way made Hutch++ 99 ~10% slower).
+TRIAL_WIDTH = 4
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -458,7 +461,13 @@ class ModelLoss:
 
 
 class HessianOperator(ScipyExport):
-    """The Hessian of a :class:`ModelLoss` as a :class:`LinearOperator`; counts HVPs."""
+    """The Hessian of a :class:`ModelLoss` as a :class:`LinearOperator`; counts HVPs.
+
+    ``method``: "auto", "cached", "double-backward" or "fwd-rev" (module docstring). ``memory_budget``
+    (bytes) bounds the kept graphs and the vectors per block; ``block_mode``: "auto", "batched", "loop" or
+    "fwd-rev" for :meth:`matmat`; ``max_block``: most vectors per pass even when the budget holds more (a
+    loop holds only the vectors, so 64 lets Hutch++'s 33-column calls share one first-order graph).
+    """
 
     def __init__(
         self,
@@ -466,7 +475,7 @@ class HessianOperator(ScipyExport):
         method: str = "auto",
         memory_budget: float = 2 * 2**30,
         block_mode: str = "auto",
-        max_block: int = 32,
+        max_block: int = 64,
     ) -> None:
         if block_mode not in ("auto", *BLOCK_MODES):
             raise ValueError(f"unknown block mode {block_mode!r}")
@@ -562,16 +571,17 @@ class HessianOperator(ScipyExport):
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """H V for V of shape (size, b): the columns in blocks of :meth:`block_size` per pass.
 
-        While "auto" has ways left to time, each gets a trial block of an equal share of this call's
-        columns, ceil(b / (untried + 1)), so the ways are compared per vector at the same block size
-        (a product's cost per vector falls with the block as the first-order graph is shared); the rest is
-        cut into equal blocks of at most :meth:`block_size` (33 columns: 17 + 16, not 32 + 1)."""
+        While "auto" has ways left to time, each gets a trial block of the same width,
+        min(ceil(b / (untried + 1)), TRIAL_WIDTH), so the ways are compared per vector at the same block
+        size (a product's cost per vector falls with the block as the first-order graph is shared) and a
+        slow way costs at most TRIAL_WIDTH vectors; the rest is cut into equal blocks of at most
+        :meth:`block_size` (33 columns: 17 + 16, not 32 + 1)."""
         if V.ndim != 2 or V.shape[0] != self.size:
             raise ValueError(f"V must be ({self.size}, b)")
         self.num_matvecs += V.shape[1]
         if self.method == "cached":
             self.objective._first_order_graph(self.objective.batches)  # built once, outside the timings
-        trial = math.ceil(V.shape[1] / (len(self._untried()) + 1))
+        trial = min(math.ceil(V.shape[1] / (len(self._untried()) + 1)), TRIAL_WIDTH)
         cols, i = [], 0
         while i < V.shape[1]:
             mode = self._next_mode()

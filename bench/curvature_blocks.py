@@ -59,6 +59,28 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def ceiling(op: HessianOperator, width: int = 16, repeats: int = 3) -> str:
+    """The most a block can save here, measured: one product alone costs t(1) = G + B (G: the forward
+    and first backward that a block shares, B: the product's own backward); in a loop block of b,
+    t(b) = B + G/b per vector. From t(1) and t(width): G, B and the limit t(1)/B for b -> infinity.
+    With kept graphs (``cached``) G is paid once for all products either way, so the limit is 1."""
+    V = torch.randn(width, op.size, generator=torch.Generator().manual_seed(1)).to(op.device, op.dtype)
+    per_vector = {}
+    for b in (1, width):
+        run = lambda b=b: op.objective.hvp_block(V[:b], op.method, "loop")  # noqa: E731
+        runs = [timed(run, op.device)[0] for _ in range(repeats)]
+        per_vector[b] = statistics.median(runs) / b
+    if op.method == "cached":
+        return f"ceiling: kept graphs, one product = one backward ({per_vector[1]:.3f} s): a block can only vectorize"
+    shared = (per_vector[1] - per_vector[width]) * width / (width - 1)
+    own = per_vector[1] - shared
+    return (
+        f"ceiling (loop, median of {repeats}): one product {per_vector[1]:.3f} s, in blocks of {width} "
+        f"{per_vector[width]:.3f} s per vector -> shared part G {shared:.3f} s, own backward B {own:.3f} s; "
+        f"at most {per_vector[1] / own:.2f}x (b -> infinity), {per_vector[1] / per_vector[width]:.2f}x at b = {width}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
@@ -107,6 +129,7 @@ def main() -> None:
             lambda r: np.array([r.moment(1)[0], r.moment(2)[0]]),
         ),
     }
+    print(ceiling(op), flush=True)
     rows = []
     for part in args.parts.split(","):
         label, run, values = work[part]

@@ -50,6 +50,21 @@ def test_auto_times_each_way_on_equal_trial_blocks_then_cuts_the_rest_evenly():
     assert calls[0][0] == fastest
 
 
+def test_trial_blocks_stay_small_on_a_wide_call():
+    """A slow way costs at most TRIAL_WIDTH vectors: 40 columns -> trials of 4 each, the rest in one block."""
+    from flatfl.analysis.operators import TRIAL_WIDTH
+
+    model, x, y = tiny_problem()
+    H, _ = explicit_hessian(model, x, y)
+    op = HessianOperator(ModelLoss(model, x, y, batch_size=7), method="double-backward", max_block=64)
+    calls, inner = [], op.objective.hvp_block
+    op.objective.hvp_block = lambda V, method, mode: calls.append((mode, V.shape[0])) or inner(V, method, mode)
+    V = torch.randn(op.size, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
+    assert TRIAL_WIDTH == 4
+    assert calls[:3] == [("batched", 4), ("loop", 4), ("fwd-rev", 4)] and [n for _, n in calls[3:]] == [28]
+
+
 def test_block_size_is_bounded_by_the_memory_budget():
     model, x, y = tiny_problem()
     roomy = HessianOperator(ModelLoss(model, x, y, batch_size=7), memory_budget=1e9, max_block=16)

@@ -37,7 +37,6 @@ def add_parser(sub: Any) -> None:
     from flatfl.runs.report import ReportSettings
 
     d = ReportSettings()
-    ld = d.landscape
     p = sub.add_parser(
         "report",
         help="is one setting flatter than another? groups of seeds, matched convergence, a verdict per measure",
@@ -68,6 +67,13 @@ def add_parser(sub: Any) -> None:
         "and the last round every run has (default: auto)",
     )
     add_deprecated_alias(p, "--rounds", "--at-rounds", "at_rounds", type=_rounds)
+    _measure_arguments(p, d)
+    _group_arguments(p, d)
+
+
+def _measure_arguments(p: Any, d: Any) -> None:
+    """What is measured at each matched round (the defaults are ``flatfl landscape``'s)."""
+    ld = d.landscape
     p.add_argument(
         "--samples",
         type=_samples_or_auto,
@@ -116,7 +122,6 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
     )
-    _group_arguments(p, d)
 
 
 def _group_arguments(p: Any, d: Any) -> None:

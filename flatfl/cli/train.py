@@ -394,7 +394,7 @@ def _baseline_arguments(g: Any) -> None:
 
 
 def _distillation_arguments(g: Any) -> None:
-    """FedDF, FedGen and FedAUX: server data, distillation, generator, scorers."""
+    """FedDF, FedGen and FedAUX: server data and distillation, then the generator and the scorers."""
     g.add_argument(
         "--proxy-frac",
         type=open_frac,
@@ -421,7 +421,12 @@ def _distillation_arguments(g: Any) -> None:
         "(default: 100)",
     )
     g.add_argument("--distill-lr", type=pos_float, metavar="LR", help="FedDF/FedAUX: Adam step size (default: 1e-3)")
+    _generator_arguments(g)
+    _scorer_arguments(g)
 
+
+def _generator_arguments(g: Any) -> None:
+    """FedGen's generator and its two client-side loss weights."""
     g.add_argument(
         "--gen-alpha",
         type=nonneg_float,
@@ -449,6 +454,9 @@ def _distillation_arguments(g: Any) -> None:
         "--diversity", type=nonneg_float, metavar="ETA", help="FedGen: weight of the diversity loss (default: 1.0)"
     )
 
+
+def _scorer_arguments(g: Any) -> None:
+    """FedAUX's pre-training and its clients' certainty scorers."""
     g.add_argument(
         "--aux-pretrain-steps",
         type=nonneg_int,
