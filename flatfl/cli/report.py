@@ -230,8 +230,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
         vals = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: thresholds are positive numbers")
+    if not vals or not all(0 < v < float("inf") for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: thresholds are positive (finite) numbers")
     return vals
 
 
