@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 from flatfl.analysis import hessian_eigenvalues, hessian_trace, loss_surface, objective
-from flatfl.analysis.operators import HessianOperator
+from flatfl.analysis.operators import HessianOperator, ModelLoss
 
 
 def dense_hessian(model, x, loss_of_output):
@@ -146,7 +146,7 @@ def test_class_weights_and_ignored_labels_give_the_whole_data_mean_whatever_the_
             assert top.values[0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-9)
     surf = loss_surface(model, (x, y), dims=1, steps=3)
     with torch.no_grad():
-        acc = float((model(x).argmax(1) == y)[kept].float().mean())
+        acc = float((model(x).argmax(1) == y)[kept].double().mean())
     assert surf.at_origin("accuracy") == pytest.approx(acc, abs=1e-12)  # over the labelled examples
 
 
@@ -165,9 +165,9 @@ def test_inputs_it_cannot_take_get_plain_messages():
     with pytest.raises(ValueError, match="no parameters"):
         objective(nn.ReLU(), (x, y))
     with pytest.raises(ValueError, match="different numbers of examples"):
-        objective(nn.Linear(3, 3), x=x, y=y[:7])
+        ModelLoss(nn.Linear(3, 3), x, y[:7])
     with pytest.raises(ValueError, match="batch_size"):
-        objective(nn.Linear(3, 3), x=x, y=y, batch_size=0)
+        ModelLoss(nn.Linear(3, 3), x, y, batch_size=0)
     with pytest.raises(ValueError, match="lazy"):
         objective(nn.LazyLinear(3), (x, y))
     with pytest.raises(ValueError, match="targets="):
