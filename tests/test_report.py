@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,28 @@ def test_samples_auto_puts_the_data_error_next_to_the_numbers(monkeypatch, tmp_p
     row = checkpoint_row(res, {}, None, ())
     assert row["lambda_max_data_error"] == 0.04 and row["trace_data_error"] == 0.3
     assert KEY_COLUMNS.index("lambda_max_data_error") == KEY_COLUMNS.index("lambda_max") + 1
+
+
+def test_storage_and_runtime_settings_do_not_split_groups():
+    """--save-clients, the eval batch size, a preset's name and the data's location leave the group as it is;
+    every RunConfig field is either such a setting or part of what a group is (a new field must be sorted)."""
+    import dataclasses
+
+    from flatfl.config import DataConfig, RunConfig
+    from flatfl.runs.groups import NOT_IDENTITY, group_key
+
+    base = json.loads(Path("checkpoints/reference/digits-fedavg/run.json").read_text())["config"]
+    same = json.loads(json.dumps(base))
+    same.update(save_clients=0, eval_batch_size=64, preset="paper", seed=7, rounds=9)
+    same["data"].update(data_root="/elsewhere", partition_file="/x/p.json")
+    assert group_key(same) == group_key(base)
+    for path, value in (("frac", 0.123), ("local.lr", 0.123), ("data.num_clients", 77), ("model", "mlp")):
+        other = json.loads(json.dumps(base))
+        *head, last = path.split(".")
+        (other[head[0]] if head else other)[last] = value
+        assert group_key(other) != group_key(base), path
+    splits = {"algo", "algo_config", "model", "model_kwargs", "data", "local", "frac"}
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    assert top == splits | {k for k in NOT_IDENTITY if "." not in k}
+    data_free = {k.split(".", 1)[1] for k in NOT_IDENTITY if k.startswith("data.")}
+    assert data_free == {"data_root", "partition_file"} <= {f.name for f in dataclasses.fields(DataConfig)}

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.cli.common import (
     add_analysis_arguments,
     add_deprecated_alias,
@@ -48,8 +49,9 @@ def add_parser(sub: Any) -> None:
             "(adaptive Hutch++), "
             "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
             "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
-            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when the interval "
-            "contains 0 -- with a sentence when the measures disagree; diverged runs are listed, never averaged. "
+            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when "
+            f"{VERDICT_RULE} -- with a sentence when the measures disagree or when only scale-dependent measures "
+            "favour a group; diverged runs are listed, never averaged. "
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flatfl import checkpoint as ckpt
+from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.runs.landscape import json_ready
 
 PAGE_CSS = (
@@ -43,14 +44,36 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def summary_text(s: Mapping[str, Any] | None, censored: int = 0) -> str:
-    """'mean [lo, hi] (n)' or 'value (1 seed)'; a '≥' where some widths are lower bounds."""
+def _clip(v: float, bounds: Sequence[float | None]) -> float:
+    lo, hi = bounds
+    v = v if lo is None else max(v, lo)
+    return v if hi is None else min(v, hi)
+
+
+def summary_text(
+    s: Mapping[str, Any] | None,
+    censored: int = 0,
+    bounds: Sequence[float | None] = (None, None),
+    radius: float | None = None,
+) -> str:
+    """'mean [lo, hi]' or 'value (1 seed)'; the interval clipped to what the quantity can be (``bounds``:
+    accuracy in [0, 1], losses and widths >= 0). ``censored`` 1D widths (never reached within ±``radius``)
+    are left out of the mean and named instead."""
+    cut = f"not reached within ±{fmt(radius)} (raise --slice-radius)"
     if s is None:
-        return "–"
-    pre = "≥" if censored else ""
+        return cut if censored else "–"
+    note = f" + {censored} {cut}" if censored else ""
     if s["lo"] is None:
-        return f"{pre}{fmt(s['mean'])} (1 seed)"
-    return f"{pre}{fmt(s['mean'])} [{fmt(s['lo'], 3)}, {fmt(s['hi'], 3)}]"
+        return f"{fmt(s['mean'])} (1 seed){note}"
+    lo, hi = _clip(s["lo"], bounds), _clip(s["hi"], bounds)
+    return f"{fmt(s['mean'])} [{fmt(lo, 3)}, {fmt(hi, 3)}]{note}"
+
+
+def _row_summary(r: Mapping[str, Any], lab: str) -> str:
+    """A verdict row's summary cell for group ``lab``."""
+    return summary_text(
+        r["groups"].get(lab), r["censored"].get(lab, 0), r.get("bounds") or (None, None), r.get("censor_radius")
+    )
 
 
 def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
@@ -67,7 +90,7 @@ def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
         core = f"{a}−{b} {fmt(p['mean'], 3)}" + ("" if p["lo"] is None else f" [{fmt(p['lo'], 3)}, {fmt(p['hi'], 3)}]")
     if p["lo"] is None:
         return f"{core}, 1 seed"
-    return f"{core}, {p['agree']}/{p['n']} seeds agree"
+    return f"{core}, {p['agree']}/{p['n']} seeds point the same way"
 
 
 def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
@@ -88,7 +111,7 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
         cells = [f"<td style='text-align:left'>{html.escape(row['label'])} {arrow}</td>"]
         for c in verdict:
             r = c["rows"][i]
-            cells += [f"<td>{summary_text(r['groups'].get(lab), r['censored'].get(lab, 0))}</td>" for lab in labels]
+            cells += [f"<td>{html.escape(_row_summary(r, lab))}</td>" for lab in labels]
             for o in others:
                 comp = r["comparisons"][o]
                 cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
@@ -137,7 +160,7 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         table = []
         for r in c["rows"]:
             cells = [r["label"]]
-            cells += [summary_text(r["groups"].get(lab), r["censored"].get(lab, 0)) for lab in labels]
+            cells += [_row_summary(r, lab) for lab in labels]
             cells += [r["comparisons"][o]["verdict"] for o in others]
             table.append(cells)
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
@@ -260,11 +283,14 @@ def _settings_note(settings: Any) -> str:
         f"{ld.seed}), eval mode. lambda_max: Lanczos (residual tol {ld.tol:g}); trace: {ld.trace_method}, "
         f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
-        f"filter-normalised random directions (t in ±{settings.slice_radius:g}; '≥' = not reached in the range). "
+        f"filter-normalised random directions (t in ±{settings.slice_radius:g}; a width not reached within the "
+        "range is named, left out of the mean, and its comparison gets no verdict). "
         "Interval: 95% Student-t over seeds. Verdict: the paired comparison of the same seeds (same partition, "
         "initial model and client sample) with its 95% t-interval -- of the ratio for curvature, sharpness and "
         "widths (log-ratios averaged), of the difference for accuracy and loss; <i>no clear difference</i> when "
-        "the interval contains ratio 1 / difference 0. ↓ lower is flatter/better, ↑ higher is.</small></p>"
+        f"{VERDICT_RULE}; <i>k/n seeds point the same way</i>: seeds whose own ratio or difference has the sign "
+        "of the mean. Displayed intervals are clipped to what the quantity can be (accuracy in [0, 1], losses "
+        "and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
 
 
