@@ -197,7 +197,7 @@ def headline(
         return "One seed per group: no interval, so no verdict (train more seeds)."
     votes = {name: [m.label for m in flat if verdicts[m.key] == f"flatter: {name}"] for name in (name_a, name_b)}
     none = [m.label for m in flat if verdicts[m.key] in (NO_DIFFERENCE, ONE_SEED)]
-    caveat = scale_caveat(measures, verdicts)
+    caveat = scale_caveat(measures, verdicts, short=True)
     censored = [m.label for m in measures if m.kind == "flatness" and verdicts.get(m.key, "").startswith(CENSORED)]
     tail = (f" No verdict by {_join(censored)} (not reached within the slice radius)." if censored else "") + (
         f" {caveat}" if caveat else ""
@@ -211,10 +211,11 @@ def headline(
     return f"No clear difference between {name_a} and {name_b} by any flatness measure.{tail}"
 
 
-def scale_caveat(measures: Sequence[Measure], verdicts: Mapping[str, str]) -> str | None:
+def scale_caveat(measures: Sequence[Measure], verdicts: Mapping[str, str], short: bool = False) -> str | None:
     """A sentence when scale-dependent flatness measures favour a group and no scale-invariant one does.
 
     None when there is no scale-invariant measure with a verdict, or when one of them agrees.
+    ``short``: without the lists of measures (the headline it follows has named them).
     """
     flat = [m for m in measures if m.kind == "flatness" and _compared(verdicts.get(m.key))]
     invariant = [m for m in flat if m.scale_invariant]
@@ -229,10 +230,16 @@ def scale_caveat(measures: Sequence[Measure], verdicts: Mapping[str, str]) -> st
         see = "see no clear difference" if not against else "do not agree"
         if against and len(against) == len(invariant):
             see = "favour the other group"
+        if short:
+            sentences.append(
+                f"Caution: only scale-dependent measures favour {name}; the scale-invariant ones {see}, so part "
+                "of the gap may be parametrisation scale rather than flatness (Kwon et al. 2021)."
+            )
+            continue
         sentences.append(
-            f"Only scale-dependent measures ({_join(dependent)}) say {name} is flatter; the scale-invariant "
-            f"{_join([m.label for m in invariant])} {see}, so part of the gap may be parametrisation scale "
-            "rather than flatness (Kwon et al. 2021)."
+            f"Caution: only scale-dependent measures ({_join(dependent)}) say {name} is flatter; the "
+            f"scale-invariant ones ({_join([m.label for m in invariant])}) {see}, so part of the gap may be "
+            "parametrisation scale rather than flatness (Kwon et al. 2021)."
         )
     return " ".join(sentences) or None
 

@@ -135,8 +135,9 @@ def _group_arguments(p: Any, d: Any) -> None:
         default=[],
         type=_label,
         metavar="RUN=NAME",
-        help="name the group RUN belongs to (runs that differ only in their seed form one group; default label: "
-        "the algorithm plus the settings that tell groups apart); repeatable",
+        help="name the group RUN belongs to (runs that differ only in their seed, or in what they store and how "
+        "they evaluate -- --save-clients, --save-every, --clients-dtype, --eval-batch-size, the data's location -- "
+        "form one group; default label: the algorithm plus the settings that tell groups apart); repeatable",
     )
     g.add_argument(
         "--no-match",
@@ -172,7 +173,8 @@ def _group_arguments(p: Any, d: Any) -> None:
         type=pos_float,
         default=d.slice_radius,
         metavar="R",
-        help=f"1D slices run over t in [-R, R] (default: {d.slice_radius})",
+        help=f"1D slices run over t in [-R, R]; a width whose curve never reaches its threshold within it is "
+        f"shown as 'not reached within ±R', left out of the mean and given no verdict (default: {d.slice_radius})",
     )
     g.add_argument(
         "--widths",
