@@ -333,13 +333,17 @@ def test_not_compared_says_why():
     never = Match(None, None, "never reaches accuracy 0.99")
     acc = Condition("acc", "equal test accuracy (>= 0.99)", {"A": {0: never, 1: Match(3, 0.995)},
                                                              "B": {0: Match(2, 0.99), 1: never}})  # fmt: skip
-    assert why_not_compared(a, b, acc) == "A seed 0 never reaches accuracy 0.99; B seed 1 never reaches accuracy 0.99"
+    assert why_not_compared(a, b, acc) == "A seed 0 and B seed 1 never reach accuracy 0.99"
+    acc.rounds["A"][1] = never
+    assert why_not_compared(a, b, acc) == "A seeds 0, 1 and B seed 1 never reach accuracy 0.99"
+    acc.rounds["A"][1] = Match(3, 0.995)
     assert why_not_compared(a, b, acc, short=True) == "accuracy level not reached"
     acc.rounds["B"][0] = Match(3, 0.995)  # seed 0 now has both sides
     acc.rounds["A"][0] = Match(3, 0.995)
     assert why_not_compared(a, b, acc) is None
     dead = _group("B", [], diverged=[0, 1])
     assert why_not_compared(a, dead, cond) == "every B run diverged (seeds 0, 1)"
+    assert why_not_compared(_group("B", [], diverged=[2]), a, cond) == "every B run diverged (seed 2)"
     ms = [LAM, ACC]
     vs = {"lambda_max": verdict(LAM, None, "A", "B", "no shared seed")}
     assert vs["lambda_max"] == "not compared: no shared seed"
@@ -394,5 +398,5 @@ def test_an_unreached_accuracy_level_is_named_in_the_answer(cli, twins, tmp_path
     rep, vs = _verdicts(tmp_path / "r", "acc")
     assert set(vs.values()) == {"not compared: accuracy level not reached"}, vs
     head = next(c for c in rep["verdict"] if c["condition"] == "acc")["comparisons"]["fedprox"]["headline"]
-    assert head.startswith("No flatness comparison: fedavg seed 0 never reaches accuracy 0.999;")
+    assert head == "No flatness comparison: fedavg seeds 0, 1 and fedprox seeds 0, 1 never reach accuracy 0.999."
     assert head in stdout and "No flatness measure was computed" not in stdout

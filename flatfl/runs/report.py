@@ -424,24 +424,33 @@ def why_not_compared(ref: Group, g: Group, c: Condition, short: bool = False) ->
     """
     for x in (ref, g):
         if not x.seeds:
-            return "only diverged runs" if short else f"every {x.label} run diverged (seeds {_seeds(x.diverged)})"
+            return "only diverged runs" if short else f"every {x.label} run diverged ({_seeds(x.diverged)})"
     shared = sorted(set(ref.seeds) & set(g.seeds))
     if not shared:
         if short:
             return "no shared seed"
-        return f"{ref.label} (seeds {_seeds(ref.seeds)}) and {g.label} (seeds {_seeds(g.seeds)}) share no seed to pair"
-    missing = [
-        (x.label, s, c.rounds[x.label][s].note) for s in shared for x in (ref, g) if c.rounds[x.label][s].round is None
-    ]
+        return f"{ref.label} ({_seeds(ref.seeds)}) and {g.label} ({_seeds(g.seeds)}) share no seed to pair"
     if any(all(c.rounds[x.label][s].round is not None for x in (ref, g)) for s in shared):
         return None
     if short:
         return f"{'accuracy' if c.name == 'acc' else 'loss'} level not reached"
-    return "; ".join(f"{lab} seed {s} {note or 'is not measured here'}" for lab, s, note in missing)
+    by_note: dict[str, dict[str, list[int]]] = {}  # note -> group -> seeds that never get there
+    for x in (ref, g):
+        for s in shared:
+            m = c.rounds[x.label][s]
+            if m.round is None:
+                by_note.setdefault(m.note or "is not measured here", {}).setdefault(x.label, []).append(s)
+    parts = []
+    for note, who in by_note.items():
+        runs = sum(len(v) for v in who.values())
+        verb = note.replace("never reaches", "never reach", 1) if runs > 1 else note
+        parts.append(" and ".join(f"{lab} {_seeds(seeds)}" for lab, seeds in who.items()) + f" {verb}")
+    return "; ".join(parts)
 
 
 def _seeds(seeds: Sequence[int]) -> str:
-    return ", ".join(map(str, seeds))
+    """'seed 2' or 'seeds 0, 1'."""
+    return f"seed{'s' if len(seeds) > 1 else ''} " + ", ".join(map(str, seeds))
 
 
 def _measure_row(m: Measure, c: Condition, groups: Sequence[Group], ref: Group, radius: float) -> dict[str, Any]:
