@@ -448,6 +448,19 @@ def _diagnostic_section(curves: Sequence[Mapping[str, Any]], colors) -> list:
     return [("Why runs diverge: per-round diagnostics", [text, over_rounds_figure(curves, panels, colors)])]
 
 
+def _curves_section(curves: Sequence[Mapping[str, Any]], colors) -> tuple[str, list]:
+    """Test accuracy, test loss and the clients' train loss over rounds, with a caption."""
+    from flatfl.analysis.report_figures import over_rounds_figure
+
+    caption = (
+        "<p>From each run's metrics.jsonl: the global model's test accuracy and test loss after every round, and "
+        "the mean local training loss the sampled clients reported. One colour per group, a line per seed; "
+        "diverged runs dashed.</p>"
+    )
+    panels = [("test_acc", "test accuracy"), ("test_loss", "test loss"), ("train_loss", "clients' local train loss")]
+    return "Accuracy and loss over rounds", [caption, over_rounds_figure(curves, panels, colors)]
+
+
 def _line_section(lines: Mapping[str, Any], ref: str, rnd: int, colors) -> tuple[str, list]:
     """The straight line between the reference group's model and another's, seed by seed, with the barrier defined."""
     from flatfl.analysis.report_figures import line_figure
@@ -552,7 +565,7 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
 def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
     """The page's sections in reading order: the answer first."""
     from flatfl.analysis.plots import plot_slices
-    from flatfl.analysis.report_figures import group_colors, measures_figure, over_rounds_figure, slices_figure
+    from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)
@@ -603,28 +616,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
             + f"<details><summary>All columns ({len(full_cols)})</summary>{table_html(rows, full_cols)}</details>",
         )
     )
-    caption = (
-        "<p>From each run's metrics.jsonl: the global model's test accuracy and test loss after every round, and "
-        "the mean local training loss the sampled clients reported. One colour per group, a line per seed; "
-        "diverged runs dashed.</p>"
-    )
-    sections.append(
-        (
-            "Accuracy and loss over rounds",
-            [
-                caption,
-                over_rounds_figure(
-                    curves,
-                    [
-                        ("test_acc", "test accuracy"),
-                        ("test_loss", "test loss"),
-                        ("train_loss", "clients' local train loss"),
-                    ],
-                    colors,
-                ),
-            ],
-        )
-    )
+    sections.append(_curves_section(curves, colors))
     sections += _surface_sections(out, measured, settings, files)
     if settings.spread:
         sections += _spread_sections(curves, groups, colors, out, files)
