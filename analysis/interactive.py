@@ -216,10 +216,14 @@ def surface_figures(
             scene.add_trace(tr)
         sspans.append((first, len(scene.data)))
     names = [label for label, _ in frames]
+    hidden = sum(s.drawn_marker_groups()[1] for _, s in frames)
+    far = (
+        f" ({hidden} of {sum(len(s.markers) for _, s in frames)} models far off the plane not drawn)" if hidden else ""
+    )
     _with_slider(contour, cspans, names)
     _with_slider(scene, sspans, names)
     contour.update_layout(
-        title=dict(text=(title + ": " if title else "") + "Δloss contours", x=0.01),
+        title=dict(text=(title + ": " if title else "") + "Δloss contours" + far, x=0.01),
         xaxis=dict(title=xl, constrain="domain"),
         yaxis=dict(title=yl, scaleanchor="x", scaleratio=1, constrain="domain"),
         legend=dict(orientation="h", y=-0.18),
@@ -229,7 +233,7 @@ def surface_figures(
         template="plotly_white",
     )
     scene.update_layout(
-        title=dict(text=(title + ": " if title else "") + "Δloss surface", x=0.01),
+        title=dict(text=(title + ": " if title else "") + "Δloss surface" + far, x=0.01),
         scene=dict(
             xaxis_title="a",
             yaxis_title="b",
