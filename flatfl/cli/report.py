@@ -136,7 +136,8 @@ def _group_arguments(p: Any, d: Any) -> None:
         type=_label,
         metavar="RUN=NAME",
         help="name the group RUN belongs to (runs that differ only in their seed, or in what they store and how "
-        "they evaluate -- --save-clients, --save-every, --clients-dtype, --eval-batch-size, the data's location -- "
+        "they evaluate -- --save-clients, --save-every, the client files' dtype, --eval-batch-size, the data's "
+        "location -- "
         "form one group; default label: the algorithm plus the settings that tell groups apart); repeatable",
     )
     g.add_argument(
