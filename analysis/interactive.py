@@ -7,7 +7,8 @@ once however many figures the page holds.
 * 2D surface: a 3D surface and a contour map side by side, with the models drawn on them --
   the checkpoint (star), FedMut's mutants, the returned client models, other named models and
   the optimisation trajectory (a line) -- at their least-squares coordinates in the plane and
-  their own loss; hover shows loss, accuracy and the distance off the plane;
+  their own loss; hover shows loss, accuracy and the distance off the plane; a model farther off
+  the plane than from the checkpoint within it is not drawn (``Surface.drawn_marker_groups``);
 * 1D surface: loss and accuracy along the line, models as points;
 * several surfaces (rounds) in one figure get a slider; a shared colour range makes surfaces
   of different runs comparable.
@@ -92,7 +93,7 @@ def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, sho
             hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
         )
     ]
-    for group, ms in surf.marker_groups().items():
+    for group, ms in surf.drawn_marker_groups()[0].items():
         st = GROUP_STYLE.get(group, dict(color="#444", symbol="circle"))
         line = group == "trajectory"
         traces.append(
@@ -140,7 +141,7 @@ def _scene_traces(surf: Surface, zrange: tuple[float, float]) -> list:
             hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
         )
     ]
-    for group, ms in surf.marker_groups().items():
+    for group, ms in surf.drawn_marker_groups()[0].items():
         st = GROUP_STYLE.get(group, dict(color="#444"))
         traces.append(
             go.Scatter3d(
@@ -215,10 +216,14 @@ def surface_figures(
             scene.add_trace(tr)
         sspans.append((first, len(scene.data)))
     names = [label for label, _ in frames]
+    hidden = sum(s.drawn_marker_groups()[1] for _, s in frames)
+    far = (
+        f" ({hidden} of {sum(len(s.markers) for _, s in frames)} models far off the plane not drawn)" if hidden else ""
+    )
     _with_slider(contour, cspans, names)
     _with_slider(scene, sspans, names)
     contour.update_layout(
-        title=dict(text=(title + ": " if title else "") + "Δloss contours", x=0.01),
+        title=dict(text=(title + ": " if title else "") + "Δloss contours" + far, x=0.01),
         xaxis=dict(title=xl, constrain="domain"),
         yaxis=dict(title=yl, scaleanchor="x", scaleratio=1, constrain="domain"),
         legend=dict(orientation="h", y=-0.18),
@@ -228,7 +233,7 @@ def surface_figures(
         template="plotly_white",
     )
     scene.update_layout(
-        title=dict(text=(title + ": " if title else "") + "Δloss surface", x=0.01),
+        title=dict(text=(title + ": " if title else "") + "Δloss surface" + far, x=0.01),
         scene=dict(
             xaxis_title="a",
             yaxis_title="b",
@@ -285,28 +290,32 @@ def curve_figure(frames: Sequence[tuple[str, Surface]], *, title: str = "") -> g
 def page_html(title: str, sections: Sequence[tuple[str, object]], *, intro: str = "", css: str = "") -> str:
     """One self-contained HTML page: plotly.js inlined once, then each (heading, figure-or-HTML).
 
-    A section's body is a plotly figure or an HTML string (tables, images as data URIs). The page
-    opens offline (no CDN).
+    A section's body is a plotly figure, an HTML string (tables, images as data URIs) or a list of
+    them (a caption and its figure under one heading). The page opens offline (no CDN), declares
+    its language and a device-width viewport, and keeps wide figures and tables inside their own
+    horizontal scroll so a phone-width page does not scroll sideways.
     """
     from plotly.offline import get_plotlyjs
 
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:1em;color:#222}"
         "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;margin-top:1.6em}code,pre{background:#f6f6f6}"
         "pre{padding:0.6em;overflow-x:auto;font-size:0.85em}.row{display:flex;flex-wrap:wrap;gap:1em}"
-        + css
-        + "</style>",
+        "div.fig{overflow-x:auto;max-width:100%}img{max-width:100%}" + css + "</style>",
         f"<script type='text/javascript'>{get_plotlyjs()}</script>",
         f"</head><body><h1>{html.escape(title)}</h1>{intro}",
     ]
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(body, go.Figure):
-            parts.append(body.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
-        else:
-            parts.append(str(body))
+        for item in body if isinstance(body, (list, tuple)) else [body]:
+            if isinstance(item, go.Figure):  # a fixed-width figure scrolls in its own box, not the page
+                fig = item.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+                parts.append(f"<div class='fig'>{fig}</div>")
+            else:
+                parts.append(str(item))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -75,7 +75,9 @@ MARKER_STYLE = {
 
 
 def _draw_markers_2d(ax, surface) -> None:
-    for group, ms in surface.marker_groups().items():
+    """The markers near the plane (``Surface.drawn_marker_groups``), the checkpoint star, a legend if any."""
+    groups, _ = surface.drawn_marker_groups()
+    for group, ms in groups.items():
         st = MARKER_STYLE.get(group, dict(color="0.3", marker="o", label=group))
         xy = np.array([m["coords"] for m in ms])
         if group == "trajectory":
@@ -85,7 +87,7 @@ def _draw_markers_2d(ax, surface) -> None:
                 xy[:, 0], xy[:, 1], s=22, c=st["color"], marker=st["marker"], edgecolors="k", lw=0.4, label=st["label"]
             )
     ax.plot(0, 0, "*", ms=12, color="k", mec="white", mew=0.6, label="checkpoint", zorder=10)
-    if surface.markers:
+    if groups:
         ax.legend(fontsize=6, loc="upper right", framealpha=0.85)
 
 

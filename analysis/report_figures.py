@@ -1,6 +1,7 @@
 """The report's interactive figures (plotly). They take computed results only.
 
-One colour per group throughout (``group_colors``); seeds of a group share its colour. Lines
+One colour per group throughout (``group_colors``); seeds of a group share its colour, except in
+the straight-line figure, which compares seed by seed and gives each seed its own style. Lines
 join only consecutive rounds: where rounds are missing (a run saved every 10th round, a
 spread only on saved rounds) the line breaks and the saved rounds show as markers.
 """
@@ -17,6 +18,10 @@ from plotly.subplots import make_subplots
 from flatfl.analysis.slices import Slices
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+# the straight-line figure tells seeds apart (a colour, dash and marker each), not groups
+SEED_PALETTE = ["#000000", "#e69f00", "#56b4e9", "#009e73", "#cc79a7", "#0072b2", "#d55e00", "#999999"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross"]
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
 
 
@@ -90,18 +95,23 @@ def slices_figure(panels: Mapping[str, Mapping[str, Sequence[Slices]]], colors: 
 
 def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference: str, colors: Mapping[str, str]):
     """Δloss along the straight line from the reference group's model (t = 0) to another's (t = 1), per seed:
-    L((1 - t) θ_ref + t θ_other) - L(θ_ref)."""
+    L((1 - t) θ_ref + t θ_other) - L(θ_ref). Each seed has its own colour, dash and marker, so the barrier
+    in a legend entry can be matched to its curve (group colours would make every seed look alike)."""
     fig = go.Figure()
-    for lab, per_seed in lines.items():
+    seeds = sorted({s for per_seed in lines.values() for s in per_seed})
+    for g, (lab, per_seed) in enumerate(lines.items()):
         for s, ln in sorted(per_seed.items()):
             ts = np.asarray(ln["ts"])
             loss = np.asarray(ln["loss"])
+            k = seeds.index(s)
             fig.add_trace(
                 go.Scatter(
                     x=ts,
                     y=loss - loss[ts == 0.0][0],
                     name=f"{reference} → {lab}, seed {s} (barrier {ln['barrier']:.3g})",
-                    line=dict(color=colors[lab], width=1.6),
+                    line=dict(color=SEED_PALETTE[k % len(SEED_PALETTE)], width=2, dash=DASHES[(k + g) % len(DASHES)]),
+                    mode="lines+markers",
+                    marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=6),
                     opacity=0.9,
                 )
             )

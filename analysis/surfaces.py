@@ -26,7 +26,8 @@ of neural nets"):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,8 @@ class Surface:
     accuracy: np.ndarray
     description: dict[str, Any] = field(default_factory=dict)
     points: dict[str, list[float]] = field(default_factory=dict)  # named models' coordinates
-    # models drawn on the surface: name, group, coords, off_plane distance, loss/accuracy at the
-    # model itself (not at its projection)
+    # models drawn on the surface: name, group, coords, off_plane distance, in_plane distance
+    # ||a d1 + b d2|| from the checkpoint, loss/accuracy at the model itself (not at its projection)
     markers: list[dict[str, Any]] = field(default_factory=list)
 
     def at_origin(self, metric: str = "loss") -> float | None:
@@ -140,6 +141,15 @@ class Surface:
         for m in self.markers:
             out.setdefault(m["group"], []).append(m)
         return out
+
+    def drawn_marker_groups(self) -> tuple[dict[str, list[dict[str, Any]]], int]:
+        """(the markers to draw, by group; how many were left out): a model farther off the plane than its
+        projection lies from the checkpoint (:func:`near_plane`) would only pile up under the checkpoint
+        star at a position that says nothing about it, so it is not drawn."""
+        groups = self.marker_groups()
+        kept = {g: [m for m in ms if near_plane(m)] for g, ms in groups.items()}
+        hidden = sum(len(ms) for ms in groups.values()) - sum(len(ms) for ms in kept.values())
+        return {g: ms for g, ms in kept.items() if ms}, hidden
 
     def origin_loss(self) -> float:
         """The loss at the checkpoint, against which Δloss is drawn (the lowest loss for an old grid without it)."""
@@ -497,6 +507,21 @@ def axis(lo: float, hi: float, n: int, must: tuple[float, ...] = (0.0,)) -> np.n
     return ax
 
 
+def near_plane(marker: Mapping[str, Any]) -> bool:
+    """Whether a marker is drawn: its distance off the plane is at most its in-plane distance from the
+    checkpoint, ‖a·d1 + b·d2‖ (``in_plane``), or it lies in the plane (off_plane < 1e-3·‖θ‖).
+
+    Markers saved before ``in_plane`` existed estimate it as ‖(a, b)‖·‖θ‖ (filter-normalised
+    directions have about the norm of θ; ‖θ‖ = off_plane / off_plane_relative)."""
+    rel = float(marker.get("off_plane_relative", 0.0))
+    if rel < 1e-3:
+        return True
+    inside = marker.get("in_plane")
+    if inside is None:
+        inside = math.hypot(*marker["coords"]) * float(marker["off_plane"]) / rel
+    return float(marker["off_plane"]) <= float(inside)
+
+
 def model_markers(
     obj: ModelLoss, origin: torch.Tensor, dirs: Sequence[torch.Tensor], named: Sequence[tuple[str, str, torch.Tensor]]
 ) -> list[dict[str, Any]]:
@@ -516,6 +541,8 @@ def model_markers(
         dirs[0].cpu().double(),
         dirs[1].cpu().double() if len(dirs) > 1 else None,
     )
+    D = torch.stack([d.cpu().double() for d in dirs[: coords.shape[1]]])  # (k, n)
+    inside = (torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float64)) @ D).norm(dim=1)  # ||a d1 + b d2||
     lv, av = points_loss(obj, P)
     return [
         {
@@ -523,6 +550,7 @@ def model_markers(
             "group": group,
             "coords": coords[i].tolist(),
             "off_plane": float(off[i]),
+            "in_plane": float(inside[i]),
             "off_plane_relative": float(off[i] / max(float(origin.norm()), 1e-300)),
             "loss": float(lv[i]),
             "accuracy": float(av[i]),

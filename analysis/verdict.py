@@ -18,7 +18,12 @@ measure (lambda_max, trace, a sharpness, a 1D width, test accuracy, ...):
 * :func:`verdict` turns the paired interval into one phrase: ``flatter: A`` / ``flatter: B``
   when the interval excludes 0, ``no clear difference`` when it contains 0, and says so when
   one seed gives no interval at all;
-* :func:`disagreement` names the flatness measures that point in opposite directions.
+* :func:`disagreement` names the flatness measures that point in opposite directions;
+* :func:`scale_caveat` says when only scale-dependent measures favour a group: lambda_max, the
+  trace, SAM sharpness and the 1D widths change when a ReLU network is reparametrised
+  (w_1 -> a w_1, w_2 -> w_2 / a leaves the function unchanged but scales the curvature; Dinh et al.
+  2017), the adaptive sharpness measures do not (Kwon et al. 2021, ASAM). A gap the scale-invariant
+  measures do not see may be partly a difference in parametrisation scale, not in flatness.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy import stats
-
 LEVEL = 0.95
+# the verdict's rule in words, the same on the report page and in `flatfl report --help`
+VERDICT_RULE = (
+    "the 95% interval of the ratio contains 1 (curvature, sharpness, widths) or the interval of the "
+    "difference contains 0 (accuracy, loss)"
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Measure:
     lower_is_better: bool = True
     kind: str = "flatness"
     ratio: bool = True  # compare as log-ratios when every value is positive (scale quantities)
+    scale_invariant: bool = False  # unchanged by a function-preserving rescaling of the weights (adaptive sharpness)
+    bounds: tuple[float | None, float | None] = (None, None)  # what the quantity can be (displayed intervals clip)
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     mean = math.fsum(values) / n
     if n < 2:
         return mean, None, None
+    from scipy import stats
+
     var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(var / n)
     return mean, mean - half, mean + half
@@ -123,6 +135,8 @@ def paired(a: Mapping[int, float | None], b: Mapping[int, float | None], *, rati
 NO_DIFFERENCE = "no clear difference"
 ONE_SEED = "one seed: no interval"
 NOT_MEASURED = "not measured"
+NOT_COMPARED = "not compared"  # measured, but no pair of seeds to compare; followed by ": why"
+CENSORED = "no verdict"  # a 1D width not reached within the slice radius; followed by ": why"
 
 
 def winner(measure: Measure, p: Paired | None, name_a: str, name_b: str) -> str | None:
@@ -133,11 +147,13 @@ def winner(measure: Measure, p: Paired | None, name_a: str, name_b: str) -> str 
     return name_a if a_lower == measure.lower_is_better else name_b
 
 
-def verdict(measure: Measure, p: Paired | None, name_a: str, name_b: str) -> str:
+def verdict(measure: Measure, p: Paired | None, name_a: str, name_b: str, why: str | None = None) -> str:
     """One phrase per measure: ``flatter: X`` (or ``better: X`` for performance rows),
-    ``no clear difference`` when the 95% interval of the paired difference contains 0."""
+    ``no clear difference`` when the 95% interval of the paired difference (of the log-ratio for
+    scale measures: the ratio's interval contains 1) contains 0. Without a pair of seeds:
+    ``not compared: why`` when the caller knows why (``why``), else ``not measured``."""
     if p is None:
-        return NOT_MEASURED
+        return f"{NOT_COMPARED}: {why}" if why else NOT_MEASURED
     if p.lo is None:
         return ONE_SEED
     w = winner(measure, p, name_a, name_b)
@@ -159,22 +175,73 @@ def disagreement(measures: Sequence[Measure], verdicts: Mapping[str, str]) -> st
     return "The measures disagree: " + "; ".join(parts) + "."
 
 
-def headline(measures: Sequence[Measure], verdicts: Mapping[str, str], name_a: str, name_b: str) -> str:
-    """One sentence: which group the flatness measures favour, or that there is no clear answer."""
-    flat = [m for m in measures if m.kind == "flatness" and verdicts.get(m.key) not in (None, NOT_MEASURED)]
+def _compared(verdict_text: str | None) -> bool:
+    return verdict_text is not None and not verdict_text.startswith((NOT_MEASURED, NOT_COMPARED, CENSORED))
+
+
+def headline(
+    measures: Sequence[Measure], verdicts: Mapping[str, str], name_a: str, name_b: str, why: str | None = None
+) -> str:
+    """One sentence: which group the flatness measures favour, or that there is no clear answer.
+
+    ``why``: the reason no seed pair could be compared (no shared seed, a matched level never
+    reached, only diverged runs), said instead of a bare "no measure"; :func:`scale_caveat` is
+    appended when it applies.
+    """
+    flat = [m for m in measures if m.kind == "flatness" and _compared(verdicts.get(m.key))]
     if not flat:
+        if why:
+            return f"No flatness comparison: {why}."
         return "No flatness measure was computed."
     if all(verdicts[m.key] == ONE_SEED for m in flat):
         return "One seed per group: no interval, so no verdict (train more seeds)."
     votes = {name: [m.label for m in flat if verdicts[m.key] == f"flatter: {name}"] for name in (name_a, name_b)}
     none = [m.label for m in flat if verdicts[m.key] in (NO_DIFFERENCE, ONE_SEED)]
+    caveat = scale_caveat(measures, verdicts, short=True)
+    censored = [m.label for m in measures if m.kind == "flatness" and verdicts.get(m.key, "").startswith(CENSORED)]
+    tail = (f" No verdict by {_join(censored)} (not reached within the slice radius)." if censored else "") + (
+        f" {caveat}" if caveat else ""
+    )
     if votes[name_a] and votes[name_b]:
-        return f"Split answer: {name_a} is flatter by {_join(votes[name_a])}, {name_b} by {_join(votes[name_b])}."
+        return f"Split answer: {name_a} is flatter by {_join(votes[name_a])}, {name_b} by {_join(votes[name_b])}.{tail}"
     for name in (name_a, name_b):
         if votes[name]:
             rest = f"; no clear difference by {_join(none)}" if none else ""
-            return f"{name} is flatter by {_join(votes[name])}{rest}."
-    return f"No clear difference between {name_a} and {name_b} by any flatness measure."
+            return f"{name} is flatter by {_join(votes[name])}{rest}.{tail}"
+    return f"No clear difference between {name_a} and {name_b} by any flatness measure.{tail}"
+
+
+def scale_caveat(measures: Sequence[Measure], verdicts: Mapping[str, str], short: bool = False) -> str | None:
+    """A sentence when scale-dependent flatness measures favour a group and no scale-invariant one does.
+
+    None when there is no scale-invariant measure with a verdict, or when one of them agrees.
+    ``short``: without the lists of measures (the headline it follows has named them).
+    """
+    flat = [m for m in measures if m.kind == "flatness" and _compared(verdicts.get(m.key))]
+    invariant = [m for m in flat if m.scale_invariant]
+    if not invariant:
+        return None
+    sentences = []
+    for name in dict.fromkeys(v.removeprefix("flatter: ") for v in verdicts.values() if v.startswith("flatter: ")):
+        dependent = [m.label for m in flat if not m.scale_invariant and verdicts[m.key] == f"flatter: {name}"]
+        if not dependent or any(verdicts[m.key] == f"flatter: {name}" for m in invariant):
+            continue
+        against = [m.label for m in invariant if verdicts[m.key].startswith("flatter: ")]
+        see = "see no clear difference" if not against else "do not agree"
+        if against and len(against) == len(invariant):
+            see = "favour the other group"
+        if short:
+            sentences.append(
+                f"Caution: only scale-dependent measures favour {name}; the scale-invariant ones {see}, so part "
+                "of the gap may be parametrisation scale rather than flatness (Kwon et al. 2021)."
+            )
+            continue
+        sentences.append(
+            f"Caution: only scale-dependent measures ({_join(dependent)}) say {name} is flatter; the "
+            f"scale-invariant ones ({_join([m.label for m in invariant])}) {see}, so part of the gap may be "
+            "parametrisation scale rather than flatness (Kwon et al. 2021)."
+        )
+    return " ".join(sentences) or None
 
 
 def _join(items: Sequence[str]) -> str:

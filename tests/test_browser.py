@@ -51,13 +51,13 @@ def pages(tmp_path_factory):
     return root / "rep" / "report.html", root / "land" / "surface.html", root / "foreign" / "surface.html"
 
 
-def _open(path: Path, args: list[str]):
+def _open(path: Path, args: list[str], width: int = 1366):
     """(page, console errors, outside requests, close) for a file in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *args])
-    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page = browser.new_page(viewport={"width": width, "height": 900})
     errors: list[str] = []
     requests: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -153,5 +153,40 @@ def test_standalone_surface_page(pages):
             "() => [...document.querySelectorAll('.js-plotly-plot')][0].data.find(t => t.type === 'contour').contours"
         )
         assert spec["size"] == pytest.approx(0.5 / 8) and spec["end"] == pytest.approx(0.5)  # --levels/--zrange
+    finally:
+        close()
+
+
+def test_report_at_phone_width(pages):
+    """At 390 px: a device-width viewport and a language, no sideways scroll of the page, and the verdict
+    of the first measure on screen (the table turns into one card per measure)."""
+    page, errors, _, close = _open(pages[0], NO_WEBGL, width=390)
+    try:
+        assert page.evaluate("() => document.documentElement.lang") == "en"
+        assert "width=device-width" in page.evaluate("() => document.querySelector('meta[name=viewport]').content")
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        box = page.locator("table.verdict td.v").first.bounding_box()
+        assert box["width"] > 0 and box["x"] >= 0 and box["x"] + box["width"] <= 390
+        assert page.locator("table.verdict td.v").first.inner_text().startswith(("flatter", "no clear", "one seed"))
+    finally:
+        close()
+
+
+def test_report_headings_are_unique_and_figures_have_captions(pages):
+    page, _, _, close = _open(pages[0], NO_WEBGL)
+    try:
+        heads = page.evaluate("() => [...document.querySelectorAll('h2')].map(h => h.textContent)")
+        assert len(heads) == len(set(heads)), heads
+        # every section holding a figure says what it shows before it (a <p> right after the heading)
+        bare = page.evaluate(
+            """() => [...document.querySelectorAll('h2')].filter(h => {
+                const next = h.nextElementSibling;
+                return next && next.querySelector && next.querySelector('.js-plotly-plot')
+                    && !h.textContent.includes('3D');
+            }).map(h => h.textContent)"""
+        )
+        assert bare == []
+        body = page.inner_text("body")
+        assert "Barrier" in body and "Frankle et al. 2020" in body and "(hover:" not in body
     finally:
         close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,87 @@ def test_samples_auto_puts_the_data_error_next_to_the_numbers(monkeypatch, tmp_p
     row = checkpoint_row(res, {}, None, ())
     assert row["lambda_max_data_error"] == 0.04 and row["trace_data_error"] == 0.3
     assert KEY_COLUMNS.index("lambda_max_data_error") == KEY_COLUMNS.index("lambda_max") + 1
+
+
+def test_storage_and_runtime_settings_do_not_split_groups():
+    """--save-clients, the eval batch size, a preset's name and the data's location leave the group as it is;
+    every RunConfig field is either such a setting or part of what a group is (a new field must be sorted)."""
+    import dataclasses
+
+    from flatfl.config import DataConfig, RunConfig
+    from flatfl.runs.groups import NOT_IDENTITY, group_key
+
+    base = json.loads(Path("checkpoints/reference/digits-fedavg/run.json").read_text())["config"]
+    same = json.loads(json.dumps(base))
+    same.update(save_clients=0, eval_batch_size=64, preset="paper", seed=7, rounds=9)
+    same["data"].update(data_root="/elsewhere", partition_file="/x/p.json")
+    assert group_key(same) == group_key(base)
+    for path, value in (("frac", 0.123), ("local.lr", 0.123), ("data.num_clients", 77), ("model", "mlp")):
+        other = json.loads(json.dumps(base))
+        *head, last = path.split(".")
+        (other[head[0]] if head else other)[last] = value
+        assert group_key(other) != group_key(base), path
+    splits = {"algo", "algo_config", "model", "model_kwargs", "data", "local", "frac"}
+    top = {f.name for f in dataclasses.fields(RunConfig)}
+    assert top == splits | {k for k in NOT_IDENTITY if "." not in k}
+    data_free = {k.split(".", 1)[1] for k in NOT_IDENTITY if k.startswith("data.")}
+    assert data_free == {"data_root", "partition_file"} <= {f.name for f in dataclasses.fields(DataConfig)}
+
+
+def test_straight_line_figure_tells_seeds_apart():
+    from flatfl.analysis.report_figures import line_figure
+
+    ln = {"ts": [0.0, 0.5, 1.0], "loss": [1.0, 1.5, 1.1], "barrier": 0.45}
+    fig = line_figure({"fedmut": {0: ln, 1: ln, 2: ln}}, "fedavg", {"fedmut": "#d62728"})
+    styles = {(t.line.color, t.line.dash, t.marker.symbol) for t in fig.data}
+    assert len({c for c, _, _ in styles}) == 3 and len(styles) == 3  # a colour (and dash, marker) per seed
+    assert [t.name for t in fig.data][0] == "fedavg → fedmut, seed 0 (barrier 0.45)"
+
+
+def test_markers_far_off_the_plane_are_not_drawn():
+    """in_plane = ||a d1 + b d2|| exactly; a model farther off the plane than that is left out and counted."""
+    from flatfl.analysis.operators import ModelLoss
+    from flatfl.analysis.surfaces import Surface, model_markers, near_plane
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    obj = ModelLoss(net, torch.randn(8, 3), torch.randint(0, 2, (8,)), dtype=torch.float64)
+    w = obj.flat()
+    d1, d2 = torch.randn_like(w), torch.randn_like(w)
+    q, _ = torch.linalg.qr(torch.stack([d1, d2, torch.randn_like(w)], 1))
+    perp = q[:, 2] * (q[:, 2] @ q[:, 2]) ** -0.5  # orthogonal to both directions
+    near = w + 0.3 * d1 + 0.2 * d2 + 0.01 * perp
+    far = w + 1e-4 * d1 + 0.5 * perp
+    ms = model_markers(obj, w, [d1, d2], [("near", "clients", near), ("far", "clients", far)])
+    assert ms[0]["in_plane"] == pytest.approx(float((0.3 * d1 + 0.2 * d2).norm()), rel=1e-9)
+    assert ms[0]["off_plane"] == pytest.approx(0.01, rel=1e-6) and ms[1]["off_plane"] == pytest.approx(0.5, rel=1e-6)
+    assert [near_plane(m) for m in ms] == [True, False]
+    old = {k: v for k, v in ms[1].items() if k != "in_plane"}  # a marker saved before in_plane existed
+    assert not near_plane(old)
+    surf = Surface(np.zeros(3), np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3)), markers=ms)
+    groups, hidden = surf.drawn_marker_groups()
+    assert [m["name"] for m in groups["clients"]] == ["near"] and hidden == 1
+    from flatfl.runs.report_page import _markers_note
+
+    assert "1 of 2 are not drawn" in _markers_note([surf])
+    from flatfl.analysis.interactive import surface_figures
+
+    surf = Surface(np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), np.ones((3, 3)), np.ones((3, 3)), markers=ms)
+    for fig in surface_figures([("round 1", surf)]):
+        assert "(1 of 2 models far off the plane not drawn)" in fig.layout.title.text
+        assert [len(t.x) for t in fig.data if t.name == "returned client models"] == [1]
+    assert _markers_note(
+        [Surface(np.zeros(3), np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3)), markers=ms[1:])]
+    ).startswith("No client model is drawn: all 1 ")
+
+
+def test_help_and_page_state_the_same_verdict_rule(capsys):
+    from flatfl.analysis.verdict import VERDICT_RULE
+    from flatfl.cli import main
+    from flatfl.runs.report import ReportSettings
+    from flatfl.runs.report_page import _settings_note
+
+    assert main(["report", "--help"]) == 0
+    flat = lambda t: " ".join(t.split())  # noqa: E731 (argparse wraps lines)
+    assert flat(VERDICT_RULE) in flat(capsys.readouterr().out)
+    assert VERDICT_RULE in _settings_note(ReportSettings())

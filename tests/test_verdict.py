@@ -176,12 +176,21 @@ def test_identical_models_give_no_clear_difference(cli, twins, tmp_path):
     assert code == 0, err
     rep, vs = _verdicts(tmp_path / "r")
     assert list(rep["groups"]) == ["fedavg", "fedprox"]
-    assert set(vs.values()) == {"no clear difference"}, vs
-    _, vs = _verdicts(tmp_path / "r", "loss")
-    assert set(vs.values()) == {"no clear difference"}, vs
+    for cond in ("round", "loss"):
+        rep, vs = _verdicts(tmp_path / "r", cond)
+        rows = next(c for c in rep["verdict"] if c["condition"] == cond)["rows"]
+        censored = {r["measure"] for r in rows if r["censored"]["fedavg"]}
+        # a width never reached within the slice radius is only a lower bound: no verdict, not "identical"
+        assert {k: v for k, v in vs.items() if k in censored} == {
+            k: "no verdict: 4 of 4 widths not reached within ±1 (raise --slice-radius)" for k in censored
+        }
+        assert {v for k, v in vs.items() if k not in censored} == {"no clear difference"}, vs
+    assert censored, "the tiny runs' widths at Δloss 1 are reached within ±1: this test no longer covers censoring"
     assert "No clear difference between fedavg and fedprox by any flatness measure" in stdout
+    assert "not reached within ±1 (raise --slice-radius)" in stdout
     rows = list(csv.DictReader(open(tmp_path / "r" / "verdict.csv")))
-    assert {r["condition"] for r in rows} == {"round", "loss"} and all(r["diff_mean"] == "0.0" for r in rows)
+    assert {r["condition"] for r in rows} == {"round", "loss"}
+    assert {r["diff_mean"] for r in rows} == {"0.0", ""}  # identical, or censored (no comparison)
 
 
 def _reparametrize(run_dir, alpha):
@@ -273,3 +282,121 @@ def test_divergence_leaves_a_marker_the_report_reads(cli, tmp_path):
     st = run_status(Run.open(tmp_path / "bad"))
     assert st.state == "diverged" and st.last == marker["last_finite_round"] < marker["round"]
     assert st.why in err
+
+
+ADAPT = Measure("sharpness_adaptive_l2", "adaptive sharpness (L2)", scale_invariant=True)
+AVG = Measure("sharpness_average_adaptive", "average adaptive sharpness", scale_invariant=True)
+
+
+def test_scale_caveat_when_only_scale_dependent_measures_favour_a_group():
+    from flatfl.analysis.verdict import scale_caveat
+
+    ms = [LAM, WIDTH, ADAPT, AVG, ACC]
+    demo = {"lambda_max": "flatter: B", "width_0.1": "flatter: B", ADAPT.key: "no clear difference",
+            AVG.key: "no clear difference", "test_acc": "better: B"}  # fmt: skip
+    text = scale_caveat(ms, demo)
+    assert text.startswith("Caution: only scale-dependent measures (lambda_max and 1D width) say B is flatter")
+    assert "ones (adaptive sharpness (L2) and average adaptive sharpness) see no clear difference" in text
+    assert "Kwon et al. 2021" in text
+    assert headline(ms, demo, "A", "B") == (
+        "B is flatter by lambda_max and 1D width; no clear difference by adaptive sharpness (L2) and average "
+        "adaptive sharpness. Caution: only scale-dependent measures favour B; the scale-invariant ones see no "
+        "clear difference, so part of the gap may be parametrisation scale rather than flatness (Kwon et al. 2021)."
+    )
+    assert disagreement(ms, demo) is None  # no opposite votes: the old sentence never fired here
+    assert scale_caveat(ms, demo | {AVG.key: "flatter: B"}) is None  # an invariant measure agrees
+    assert "favour the other group" in scale_caveat(ms, demo | {ADAPT.key: "flatter: A", AVG.key: "flatter: A"})
+    assert scale_caveat([LAM, WIDTH, ACC], demo) is None  # no scale-invariant measure computed
+
+
+def _group(label, seeds, diverged=()):
+    from flatfl.runs.groups import Group, RunStatus
+
+    g = Group(label, label, label)
+    for s in seeds:
+        g.runs[s], g.status[s] = None, RunStatus("complete", 3, 3)
+    for s in diverged:
+        g.runs[s], g.status[s] = None, RunStatus("diverged", 2, 3, "NaN")
+    return g
+
+
+def test_not_compared_says_why():
+    from flatfl.runs.matching import Match
+    from flatfl.runs.report import Condition, why_not_compared
+
+    a, b = _group("A", [0, 1]), _group("B", [2, 3])
+    cond = Condition("round", "equal round (3)", {"A": {0: Match(3, None), 1: Match(3, None)},
+                                                  "B": {2: Match(3, None), 3: Match(3, None)}})  # fmt: skip
+    assert why_not_compared(a, b, cond) == "A (seeds 0, 1) and B (seeds 2, 3) share no seed to pair"
+    assert why_not_compared(a, b, cond, short=True) == "no shared seed"
+    b = _group("B", [0, 1])
+    never = Match(None, None, "never reaches accuracy 0.99")
+    acc = Condition("acc", "equal test accuracy (>= 0.99)", {"A": {0: never, 1: Match(3, 0.995)},
+                                                             "B": {0: Match(2, 0.99), 1: never}})  # fmt: skip
+    assert why_not_compared(a, b, acc) == "A seed 0 and B seed 1 never reach accuracy 0.99"
+    acc.rounds["A"][1] = never
+    assert why_not_compared(a, b, acc) == "A seeds 0, 1 and B seed 1 never reach accuracy 0.99"
+    acc.rounds["A"][1] = Match(3, 0.995)
+    assert why_not_compared(a, b, acc, short=True) == "accuracy level not reached"
+    acc.rounds["B"][0] = Match(3, 0.995)  # seed 0 now has both sides
+    acc.rounds["A"][0] = Match(3, 0.995)
+    assert why_not_compared(a, b, acc) is None
+    dead = _group("B", [], diverged=[0, 1])
+    assert why_not_compared(a, dead, cond) == "every B run diverged (seeds 0, 1)"
+    assert why_not_compared(_group("B", [], diverged=[2]), a, cond) == "every B run diverged (seed 2)"
+    ms = [LAM, ACC]
+    vs = {"lambda_max": verdict(LAM, None, "A", "B", "no shared seed")}
+    assert vs["lambda_max"] == "not compared: no shared seed"
+    assert headline(ms, vs, "A", "B", "A and B share no seed") == "No flatness comparison: A and B share no seed."
+
+
+def test_censored_widths_get_no_verdict_and_are_named():
+    from flatfl.runs.matching import Match
+    from flatfl.runs.report import Condition, _measure_row
+    from flatfl.runs.report_page import summary_text
+
+    a, b = _group("A", [0, 1, 2]), _group("B", [0, 1, 2])
+    cond = Condition("round", "r", {g: {s: Match(3, None) for s in range(3)} for g in "AB"})
+    cond.values = {"A": {s: {"width_1": 2.0, "width_1_censored": True} for s in range(3)},
+                   "B": {0: {"width_1": 1.2, "width_1_censored": False},
+                         1: {"width_1": 1.4, "width_1_censored": False},
+                         2: {"width_1": 2.0, "width_1_censored": True}}}  # fmt: skip
+    w = Measure("width_1", "1D width at Δloss 1", lower_is_better=False, bounds=(0.0, None))
+    row = _measure_row(w, cond, [a, b], a, 1.0)
+    comp = row["comparisons"]["B"]
+    assert comp["verdict"] == "no verdict: 4 of 6 widths not reached within ±1 (raise --slice-radius)"
+    assert comp["winner"] is None and comp["paired"] is None
+    assert row["groups"]["A"] is None and row["groups"]["B"]["values"] == (1.2, 1.4)  # censored ones left out
+    assert summary_text(row["groups"]["A"], 3, row["bounds"], row["censor_radius"]) == (
+        "not reached within ±1 (raise --slice-radius)"
+    )
+    assert summary_text(row["groups"]["B"], 1, row["bounds"], 1.0).endswith(
+        " + 1 not reached within ±1 (raise --slice-radius)"
+    )
+    vs = {"lambda_max": "flatter: B", "width_1": comp["verdict"]}
+    assert headline([LAM, w], vs, "A", "B") == (
+        "B is flatter by lambda_max. No verdict by 1D width at Δloss 1 (not reached within the slice radius)."
+    )
+
+
+def test_displayed_intervals_stay_within_what_the_quantity_can_be():
+    from flatfl.runs.report_page import paired_text, summary_text
+
+    acc = {"n": 3, "mean": 0.8208, "lo": 0.588, "hi": 1.05, "values": ()}
+    assert summary_text(acc, bounds=(0.0, 1.0)) == "0.8208 [0.588, 1]"
+    loss = {"n": 3, "mean": 0.467, "lo": -0.0329, "hi": 0.967, "values": ()}
+    assert summary_text(loss, bounds=(0.0, None)) == "0.467 [0, 0.967]"
+    assert summary_text(loss) == "0.467 [-0.0329, 0.967]"  # a signed quantity is left alone
+    p = {"n": 3, "mean": 0.1, "lo": -0.2, "hi": 0.4, "agree": 3, "log": False}
+    assert paired_text(p, "A", "B").endswith("3/3 seeds point the same way")
+
+
+def test_an_unreached_accuracy_level_is_named_in_the_answer(cli, twins, tmp_path):
+    runs = [twins / n for n in ("fedavg-s0", "fedavg-s1", "fedprox-s0", "fedprox-s1")]
+    code, stdout, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--no-match", "--match-acc", "0.999")
+    assert code == 0, err
+    rep, vs = _verdicts(tmp_path / "r", "acc")
+    assert set(vs.values()) == {"not compared: accuracy level not reached"}, vs
+    head = next(c for c in rep["verdict"] if c["condition"] == "acc")["comparisons"]["fedprox"]["headline"]
+    assert head == "No flatness comparison: fedavg seeds 0, 1 and fedprox seeds 0, 1 never reach accuracy 0.999."
+    assert head in stdout and "No flatness measure was computed" not in stdout

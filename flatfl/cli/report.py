@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.cli.common import (
     add_analysis_arguments,
     add_deprecated_alias,
@@ -48,8 +49,9 @@ def add_parser(sub: Any) -> None:
             "(adaptive Hutch++), "
             "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
             "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
-            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when the interval "
-            "contains 0 -- with a sentence when the measures disagree; diverged runs are listed, never averaged. "
+            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when "
+            f"{VERDICT_RULE} -- with a sentence when the measures disagree or when only scale-dependent measures "
+            "favour a group; diverged runs are listed, never averaged. "
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
@@ -133,8 +135,10 @@ def _group_arguments(p: Any, d: Any) -> None:
         default=[],
         type=_label,
         metavar="RUN=NAME",
-        help="name the group RUN belongs to (runs that differ only in their seed form one group; default label: "
-        "the algorithm plus the settings that tell groups apart); repeatable",
+        help="name the group RUN belongs to (runs that differ only in their seed, or in what they store and how "
+        "they evaluate -- --save-clients, --save-every, the client files' dtype, --eval-batch-size, the data's "
+        "location -- "
+        "form one group; default label: the algorithm plus the settings that tell groups apart); repeatable",
     )
     g.add_argument(
         "--no-match",
@@ -170,7 +174,8 @@ def _group_arguments(p: Any, d: Any) -> None:
         type=pos_float,
         default=d.slice_radius,
         metavar="R",
-        help=f"1D slices run over t in [-R, R] (default: {d.slice_radius})",
+        help=f"1D slices run over t in [-R, R]; a width whose curve never reaches its threshold within it is "
+        f"shown as 'not reached within ±R', left out of the mean and given no verdict (default: {d.slice_radius})",
     )
     g.add_argument(
         "--widths",

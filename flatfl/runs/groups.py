@@ -1,8 +1,9 @@
 """Runs that differ only in their seed form a group; each group gets a short label.
 
 ``group_runs`` splits run directories into groups (FedAvg seeds 0-2, FedMut seeds 0-2, ...):
-two runs belong together when their configs are equal once ``seed``, ``rounds`` and the data's
-location are left out. A group's label is its algorithm, plus the settings that tell it apart
+two runs belong together when their configs are equal once ``seed``, ``rounds`` and every
+setting that changes only what is stored or how it is computed (:data:`NOT_IDENTITY`) are left
+out. A group's label is its algorithm, plus the settings that tell it apart
 from another group of the same algorithm or that differ between groups at all (e.g.
 ``fedmut radius=2``); ``--label RUN=NAME`` overrides it. ``run_status`` says whether a run
 finished, stopped early, or diverged (a ``diverged.json`` written by the trainer, or a
@@ -21,7 +22,20 @@ from typing import Any
 from flatfl.checkpoint import DIVERGED_JSON
 from flatfl.runs.run import Run
 
-_NOT_IDENTITY = ("seed", "rounds", "data.data_root")
+# RunConfig's fields, one by one: what a group is NOT defined by. Everything else (algo, algo_config,
+# model, model_kwargs, data.* but the two below, local.*, frac) changes the trained models and splits.
+# ``--save-every``, ``--save-rounds``, ``--clients-dtype`` and the incremental state layout live in
+# run.json's ``storage``, outside the config, so they never split a group either.
+NOT_IDENTITY: dict[str, str] = {
+    "seed": "the seed is what varies within a group",
+    "rounds": "runs are compared at rounds they all have",
+    "data.data_root": "where the data live (the same data moved elsewhere)",
+    "data.partition_file": "where the partition file lies (its SHA-256, data.partition_sha256, counts)",
+    "save_clients": "which rounds' client models are saved (storage only; training is the same)",
+    "eval_batch_size": "the batch size of test evaluation (runtime only; the model is the same)",
+    "preset": "the name of the --preset the values came from (the values themselves count)",
+}
+_NOT_IDENTITY = tuple(NOT_IDENTITY)
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -36,7 +50,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def group_key(config: Mapping[str, Any]) -> str:
-    """The config as one string without seed, rounds and data location: equal for seeds of one setting."""
+    """The config as one string without :data:`NOT_IDENTITY`'s settings: equal for seeds of one setting."""
     flat = _flat(config)
     return json.dumps({k: v for k, v in flat.items() if k not in _NOT_IDENTITY}, sort_keys=True)
 

@@ -40,7 +40,18 @@ from flatfl import checkpoint as ckpt
 from flatfl.analysis import distributed
 from flatfl.analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
 from flatfl.analysis.surfaces import Surface
-from flatfl.analysis.verdict import Measure, Paired, disagreement, headline, paired, summarize, verdict, winner
+from flatfl.analysis.verdict import (
+    CENSORED,
+    Measure,
+    Paired,
+    disagreement,
+    headline,
+    paired,
+    scale_caveat,
+    summarize,
+    verdict,
+    winner,
+)
 from flatfl.runs import curvature
 from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
 from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
@@ -93,6 +104,10 @@ SHARPNESS_LABELS = {
 }
 
 
+# sharpness measures unchanged by a function-preserving rescaling of the weights (Kwon et al. 2021)
+SCALE_INVARIANT = ("adaptive_l2", "adaptive_linf", "average_adaptive")
+
+
 def measures(settings: ReportSettings) -> list[Measure]:
     """The verdict table's rows for these settings: flatness measures first, then performance."""
     ls = settings.landscape
@@ -101,11 +116,19 @@ def measures(settings: ReportSettings) -> list[Measure]:
         rows.append(Measure("lambda_max", "lambda_max"))
     if ls.trace:
         rows.append(Measure("trace", "trace"))
-    rows += [Measure(f"sharpness_{s}", SHARPNESS_LABELS.get(s, s)) for s in ls.sharpness]
+    rows += [
+        Measure(f"sharpness_{s}", SHARPNESS_LABELS.get(s, s), scale_invariant=s in SCALE_INVARIANT)
+        for s in ls.sharpness
+    ]
     if settings.slice_directions:
-        rows += [Measure(_width_key(t), f"1D width at Δloss {t:g}", lower_is_better=False) for t in settings.widths]
-    rows.append(Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False))
-    rows.append(Measure("train_loss", "train loss", kind="performance", ratio=False))
+        rows += [
+            Measure(_width_key(t), f"1D width at Δloss {t:g}", lower_is_better=False, bounds=(0.0, None))
+            for t in settings.widths
+        ]
+    rows.append(
+        Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False, bounds=(0.0, 1.0))
+    )
+    rows.append(Measure("train_loss", "train loss", kind="performance", ratio=False, bounds=(0.0, None)))
     return rows
 
 
@@ -393,41 +416,99 @@ def _paired_json(p: Paired | None) -> dict[str, Any] | None:
     return None if p is None else asdict(p)
 
 
-def verdicts(groups: Sequence[Group], conds: Sequence[Condition], ms: list[Measure]) -> list[dict[str, Any]]:
-    """Per condition: per measure each group's summary and the paired comparison with the reference group."""
+def why_not_compared(ref: Group, g: Group, c: Condition, short: bool = False) -> str | None:
+    """Why no seed of ``g`` pairs with one of ``ref`` under condition ``c`` (None when some seed does).
+
+    Only diverged runs in a group, no seed in common, or the condition's level (matched loss or
+    accuracy) never reached by one side of every shared seed.
+    """
+    for x in (ref, g):
+        if not x.seeds:
+            return "only diverged runs" if short else f"every {x.label} run diverged ({_seeds(x.diverged)})"
+    shared = sorted(set(ref.seeds) & set(g.seeds))
+    if not shared:
+        if short:
+            return "no shared seed"
+        return f"{ref.label} ({_seeds(ref.seeds)}) and {g.label} ({_seeds(g.seeds)}) share no seed to pair"
+    if any(all(c.rounds[x.label][s].round is not None for x in (ref, g)) for s in shared):
+        return None
+    if short:
+        return f"{'accuracy' if c.name == 'acc' else 'loss'} level not reached"
+    by_note: dict[str, dict[str, list[int]]] = {}  # note -> group -> seeds that never get there
+    for x in (ref, g):
+        for s in shared:
+            m = c.rounds[x.label][s]
+            if m.round is None:
+                by_note.setdefault(m.note or "is not measured here", {}).setdefault(x.label, []).append(s)
+    parts = []
+    for note, who in by_note.items():
+        runs = sum(len(v) for v in who.values())
+        verb = note.replace("never reaches", "never reach", 1) if runs > 1 else note
+        parts.append(" and ".join(f"{lab} {_seeds(seeds)}" for lab, seeds in who.items()) + f" {verb}")
+    return "; ".join(parts)
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    """'seed 2' or 'seeds 0, 1'."""
+    return f"seed{'s' if len(seeds) > 1 else ''} " + ", ".join(map(str, seeds))
+
+
+def _measure_row(m: Measure, c: Condition, groups: Sequence[Group], ref: Group, radius: float) -> dict[str, Any]:
+    """One verdict row: each group's summary and the paired comparison of every other group with ``ref``.
+
+    A 1D width whose curve never reaches its threshold within ±``radius`` is censored (only a lower
+    bound, 2·radius): it is left out of the group's mean and interval, and a comparison whose seeds
+    hold one gets no verdict ("raise --slice-radius") instead of one computed from bounds.
+    """
+    cens = {g.label: {s: bool(r.get(m.key + "_censored")) for s, r in c.values[g.label].items()} for g in groups}
+    per = {g.label: {s: r.get(m.key) for s, r in c.values[g.label].items()} for g in groups}
+    row: dict[str, Any] = {
+        "measure": m.key,
+        "label": m.label,
+        "kind": m.kind,
+        "lower_is_better": m.lower_is_better,
+        "bounds": list(m.bounds),
+        "groups": {lab: _summary_json([x for s, x in v.items() if not cens[lab][s]]) for lab, v in per.items()},
+        "censored": {lab: sum(v.values()) for lab, v in cens.items()},
+        "censor_radius": radius if any(any(v.values()) for v in cens.values()) else None,
+        "comparisons": {},
+    }
+    for g in groups:
+        if g is ref:
+            continue
+        p = paired(per[ref.label], per[g.label], ratio=m.ratio)
+        n_cens = 0 if p is None else sum(cens[lab][s] for s in p.seeds for lab in (ref.label, g.label))
+        if n_cens:
+            text = f"{CENSORED}: {n_cens} of {2 * p.n} widths not reached within ±{radius:g} (raise --slice-radius)"
+            p = None
+        else:
+            text = verdict(m, p, ref.label, g.label, why_not_compared(ref, g, c, short=True))
+        row["comparisons"][g.label] = {
+            "against": ref.label,
+            "paired": _paired_json(p),
+            "verdict": text,
+            "winner": winner(m, p, ref.label, g.label),
+        }
+    return row
+
+
+def verdicts(
+    groups: Sequence[Group], conds: Sequence[Condition], ms: list[Measure], radius: float = 1.0
+) -> list[dict[str, Any]]:
+    """Per condition: per measure each group's summary and the paired comparison with the reference group
+    (``radius``: the 1D slices' --slice-radius, named where a width is not reached within it)."""
     ref = reference_group(groups)
     others = [g for g in groups if g is not ref]
     out = []
     for c in conds:
-        rows = []
-        for m in ms:
-            per = {g.label: {s: row.get(m.key) for s, row in c.values[g.label].items()} for g in groups}
-            row: dict[str, Any] = {
-                "measure": m.key,
-                "label": m.label,
-                "kind": m.kind,
-                "lower_is_better": m.lower_is_better,
-                "groups": {lab: _summary_json(list(v.values())) for lab, v in per.items()},
-                "censored": {
-                    g.label: sum(bool(r.get(m.key + "_censored")) for r in c.values[g.label].values()) for g in groups
-                },
-                "comparisons": {},
-            }
-            for g in others:
-                p = paired(per[ref.label], per[g.label], ratio=m.ratio)
-                row["comparisons"][g.label] = {
-                    "against": ref.label,
-                    "paired": _paired_json(p),
-                    "verdict": verdict(m, p, ref.label, g.label),
-                    "winner": winner(m, p, ref.label, g.label),
-                }
-            rows.append(row)
+        rows = [_measure_row(m, c, groups, ref, radius) for m in ms]
         comp = {}
         for g in others:
             vs = {r["measure"]: r["comparisons"][g.label]["verdict"] for r in rows}
             comp[g.label] = {
-                "headline": headline(ms, vs, ref.label, g.label),
+                "headline": headline(ms, vs, ref.label, g.label, why_not_compared(ref, g, c)),
                 "disagreement": disagreement(ms, vs),
+                "scale_caveat": scale_caveat(ms, vs),
             }
         out.append(
             {
@@ -527,8 +608,9 @@ def training_curves(groups: Sequence[Group], settings: ReportSettings, show_prog
                 if "sent_loss_mean" in m:
                     r["sent_first_batch_loss_mean"] = m["sent_loss_mean"]
                 rows[(g.label, s, m["round"])] = r
-        first = g.first()
-        if not settings.spread or first is None or not spread_rounds(first[1]):
+        # the lowest seed that saved client models (--save-clients does not split a group)
+        first = next(((s, g.runs[s]) for s in g.seeds if spread_rounds(g.runs[s])), None)
+        if not settings.spread or first is None:
             continue
         s, run = first
         data = None
@@ -605,7 +687,7 @@ def build_report(
     if not distributed.is_main():
         return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
     mlist = measures(settings)
-    verdict = verdicts(groups, conds, mlist)
+    verdict = verdicts(groups, conds, mlist, settings.slice_radius)
     lines = line_slices(groups, rounds[-1], settings, data)
     curves = training_curves(groups, settings, show_progress)
     return write_report(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flatfl import checkpoint as ckpt
+from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.runs.landscape import json_ready
 
 PAGE_CSS = (
@@ -32,6 +33,12 @@ PAGE_CSS = (
     "td.win-a{background:#e3efff}td.win-b{background:#ffe6e3}td.none{background:#f4f4f4;color:#555}"
     "p.answer{font-size:1.15em;margin:0.3em 0}p.disagree{color:#9a3b00;font-weight:600}"
     "table.verdict th{text-align:center}small{color:#555}details{margin:0.6em 0}summary{cursor:pointer;color:#1f4e79}"
+    # a phone-width screen: the verdict table becomes one card per measure, each cell labelled, so the
+    # verdict is on screen rather than behind a horizontal scroll
+    "@media (max-width:700px){table.verdict,table.verdict tbody,table.verdict tr,table.verdict td{display:block}"
+    "table.verdict tr.head{display:none}table.verdict tr{border:1px solid #ccc;margin:0 0 0.6em;padding:0.2em}"
+    "table.verdict td{border:none;text-align:left}table.verdict td.m{font-weight:600}"
+    "table.verdict td[data-label]::before{content:attr(data-label) ': ';color:#555;font-size:0.85em}}"
 )
 
 
@@ -43,14 +50,36 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def summary_text(s: Mapping[str, Any] | None, censored: int = 0) -> str:
-    """'mean [lo, hi] (n)' or 'value (1 seed)'; a '≥' where some widths are lower bounds."""
+def _clip(v: float, bounds: Sequence[float | None]) -> float:
+    lo, hi = bounds
+    v = v if lo is None else max(v, lo)
+    return v if hi is None else min(v, hi)
+
+
+def summary_text(
+    s: Mapping[str, Any] | None,
+    censored: int = 0,
+    bounds: Sequence[float | None] = (None, None),
+    radius: float | None = None,
+) -> str:
+    """'mean [lo, hi]' or 'value (1 seed)'; the interval clipped to what the quantity can be (``bounds``:
+    accuracy in [0, 1], losses and widths >= 0). ``censored`` 1D widths (never reached within ±``radius``)
+    are left out of the mean and named instead."""
+    cut = f"not reached within ±{fmt(radius)} (raise --slice-radius)"
     if s is None:
-        return "–"
-    pre = "≥" if censored else ""
+        return cut if censored else "–"
+    note = f" + {censored} {cut}" if censored else ""
     if s["lo"] is None:
-        return f"{pre}{fmt(s['mean'])} (1 seed)"
-    return f"{pre}{fmt(s['mean'])} [{fmt(s['lo'], 3)}, {fmt(s['hi'], 3)}]"
+        return f"{fmt(s['mean'])} (1 seed){note}"
+    lo, hi = _clip(s["lo"], bounds), _clip(s["hi"], bounds)
+    return f"{fmt(s['mean'])} [{fmt(lo, 3)}, {fmt(hi, 3)}]{note}"
+
+
+def _row_summary(r: Mapping[str, Any], lab: str) -> str:
+    """A verdict row's summary cell for group ``lab``."""
+    return summary_text(
+        r["groups"].get(lab), r["censored"].get(lab, 0), r.get("bounds") or (None, None), r.get("censor_radius")
+    )
 
 
 def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
@@ -67,17 +96,17 @@ def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
         core = f"{a}−{b} {fmt(p['mean'], 3)}" + ("" if p["lo"] is None else f" [{fmt(p['lo'], 3)}, {fmt(p['hi'], 3)}]")
     if p["lo"] is None:
         return f"{core}, 1 seed"
-    return f"{core}, {p['agree']}/{p['n']} seeds agree"
+    return f"{core}, {p['agree']}/{p['n']} seeds point the same way"
 
 
 def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
     """Measures as rows; per condition a column per group (mean [95% CI]) and a verdict per comparison."""
     ref = verdict[0]["reference"]
     others = [lab for lab in labels if lab != ref]
-    head1 = "<tr><th rowspan='2'>measure</th>" + "".join(
+    head1 = "<tr class='head'><th rowspan='2'>measure</th>" + "".join(
         f"<th colspan='{len(labels) + len(others)}'>{html.escape(c['title'])}</th>" for c in verdict
     )
-    head2 = "<tr>" + "".join(
+    head2 = "<tr class='head'>" + "".join(
         "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
         + "".join(f"<th>verdict{'' if len(others) == 1 else ': ' + html.escape(o)}</th>" for o in others)
         for _ in verdict
@@ -85,15 +114,20 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
     body = []
     for i, row in enumerate(verdict[0]["rows"]):
         arrow = "↓" if row["lower_is_better"] else "↑"
-        cells = [f"<td style='text-align:left'>{html.escape(row['label'])} {arrow}</td>"]
+        cells = [f"<td class='m' style='text-align:left'>{html.escape(row['label'])} {arrow}</td>"]
         for c in verdict:
             r = c["rows"][i]
-            cells += [f"<td>{summary_text(r['groups'].get(lab), r['censored'].get(lab, 0))}</td>" for lab in labels]
+            title = c["title"]
+            cells += [
+                f"<td data-label='{html.escape(f'{lab}, {title}')}'>{html.escape(_row_summary(r, lab))}</td>"
+                for lab in labels
+            ]
             for o in others:
                 comp = r["comparisons"][o]
                 cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
+                tag = html.escape(f"verdict{'' if len(others) == 1 else ' ' + o}, {title}")
                 cells.append(
-                    f"<td class='v {cls}'>{html.escape(comp['verdict'])}<br><small>"
+                    f"<td class='v {cls}' data-label='{tag}'>{html.escape(comp['verdict'])}<br><small>"
                     f"{html.escape(paired_text(comp['paired'], ref, o))}</small></td>"
                 )
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -137,7 +171,7 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         table = []
         for r in c["rows"]:
             cells = [r["label"]]
-            cells += [summary_text(r["groups"].get(lab), r["censored"].get(lab, 0)) for lab in labels]
+            cells += [_row_summary(r, lab) for lab in labels]
             cells += [r["comparisons"][o]["verdict"] for o in others]
             table.append(cells)
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
@@ -260,11 +294,14 @@ def _settings_note(settings: Any) -> str:
         f"{ld.seed}), eval mode. lambda_max: Lanczos (residual tol {ld.tol:g}); trace: {ld.trace_method}, "
         f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
-        f"filter-normalised random directions (t in ±{settings.slice_radius:g}; '≥' = not reached in the range). "
+        f"filter-normalised random directions (t in ±{settings.slice_radius:g}; a width not reached within the "
+        "range is named, left out of the mean, and its comparison gets no verdict). "
         "Interval: 95% Student-t over seeds. Verdict: the paired comparison of the same seeds (same partition, "
         "initial model and client sample) with its 95% t-interval -- of the ratio for curvature, sharpness and "
         "widths (log-ratios averaged), of the difference for accuracy and loss; <i>no clear difference</i> when "
-        "the interval contains ratio 1 / difference 0. ↓ lower is flatter/better, ↑ higher is.</small></p>"
+        f"{VERDICT_RULE}; <i>k/n seeds point the same way</i>: seeds whose own ratio or difference has the sign "
+        "of the mean. Displayed intervals are clipped to what the quantity can be (accuracy in [0, 1], losses "
+        "and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
 
 
@@ -311,17 +348,41 @@ def _surface_sections(out: Path, measured: Any, settings: Any, files: dict[str, 
     text = (
         f"<p>2D filter-normalised random planes (Li et al. 2018) through each group's lowest-seed model, a, b in "
         f"[-{ld.span:g}, {ld.span:g}], {ld.grid}x{ld.grid} points. Colour and contours: Δloss = L − L(checkpoint) "
-        f"on the same linear levels for every run and round (0 to {zr[1]:.3g}). Markers: the returned client models "
-        "and the models sent in the next round, at their least-squares position in the plane (hover: their own "
-        "loss and distance off the plane).</p>"
+        f"on the same linear levels for every run and round (0 to {zr[1]:.3g}). "
+        f"{_markers_note([s for _, s in last.values()])}</p>"
         f"<img alt='surfaces' style='max-width:100%' src='{png_data_uri(png)}'>"
     )
     out_sections: list[tuple[str, object]] = [("Loss surfaces (last measured round, shared levels)", text)]
     for lab, v in surfaces.items():
         contour, scene = surface_figures([(f"round {r}", s) for r, s in v], zrange=zr, title=lab)
-        out_sections.append((f"Loss surface: {lab} (contour" + (", slider: round)" if len(v) > 1 else ")"), contour))
+        drawn = any(s.drawn_marker_groups()[0] for _, s in v)
+        hover = " Hover over a drawn model for its own loss, accuracy and distance off the plane." if drawn else ""
+        note = f"<p>{_markers_note([s for _, s in v])}{hover}</p>"
+        out_sections.append(
+            (f"Loss surface: {lab} (contour" + (", slider: round)" if len(v) > 1 else ")"), [note, contour])
+        )
         out_sections.append((f"Loss surface: {lab} (3D, needs WebGL)", scene))
     return out_sections
+
+
+def _markers_note(surfaces: Sequence[Any]) -> str:
+    """What the surfaces' markers are, and how many were left out for lying far off the plane."""
+    total = sum(len(s.markers) for s in surfaces)
+    if not total:
+        return "No client models drawn (none saved for these rounds: train with --save-clients)."
+    hidden = sum(s.drawn_marker_groups()[1] for s in surfaces)
+    what = "the returned client models and the models sent in the next round"
+    why = (
+        "farther off the plane than their projection lies from the checkpoint (on a random plane almost all of a "
+        "client model's difference from the checkpoint is off the plane), so their position in it says nothing "
+        "about them"
+    )
+    if hidden == total:
+        return f"No client model is drawn: all {total} ({what}) lie {why}."
+    text = f"Markers: {what}, at their least-squares position in the plane."
+    if hidden:
+        text += f" {hidden} of {total} are not drawn: they lie {why}."
+    return text
 
 
 def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any], colors, out: Path, files) -> list:
@@ -366,7 +427,7 @@ def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any],
         "Markers at the saved rounds; lines only join consecutive rounds. Relative and filter-normalised distances, "
         "update cosines and the sent models' losses are in curves.csv.</p>"
     )
-    return [("Spread of sent and returned models", text), ("Spread over rounds", fig)]
+    return [("Spread of sent and returned models", [text, fig])]
 
 
 def _diagnostic_section(curves: Sequence[Mapping[str, Any]], colors) -> list:
@@ -384,10 +445,38 @@ def _diagnostic_section(curves: Sequence[Mapping[str, Any]], colors) -> list:
     if not panels:
         return []
     text = "<p>Training diagnostics from metrics.jsonl, every run including diverged ones (dashed).</p>"
-    return [
-        ("Why runs diverge: per-round diagnostics", text),
-        ("Diagnostics over rounds", over_rounds_figure(curves, panels, colors)),
-    ]
+    return [("Why runs diverge: per-round diagnostics", [text, over_rounds_figure(curves, panels, colors)])]
+
+
+def _curves_section(curves: Sequence[Mapping[str, Any]], colors) -> tuple[str, list]:
+    """Test accuracy, test loss and the clients' train loss over rounds, with a caption."""
+    from flatfl.analysis.report_figures import over_rounds_figure
+
+    caption = (
+        "<p>From each run's metrics.jsonl: the global model's test accuracy and test loss after every round, and "
+        "the mean local training loss the sampled clients reported. One colour per group, a line per seed; "
+        "diverged runs dashed.</p>"
+    )
+    panels = [("test_acc", "test accuracy"), ("test_loss", "test loss"), ("train_loss", "clients' local train loss")]
+    return "Accuracy and loss over rounds", [caption, over_rounds_figure(curves, panels, colors)]
+
+
+def _line_section(lines: Mapping[str, Any], ref: str, rnd: int, colors) -> tuple[str, list]:
+    """The straight line between the reference group's model and another's, seed by seed, with the barrier defined."""
+    from flatfl.analysis.report_figures import line_figure
+
+    caption = (
+        f"<p>Loss along the straight line θ<sub>t</sub> = (1 − t)·θ[{html.escape(ref)}] + t·θ[other] between the "
+        f"two groups' models of the same seed at round {rnd} (t = 0: {html.escape(ref)}, t = 1: the other), as "
+        f"Δloss = L(θ<sub>t</sub>) − L(θ[{html.escape(ref)}]); one colour and dash per seed. <b>Barrier</b> (in "
+        "the legend): max<sub>t∈[0,1]</sub> L(θ<sub>t</sub>) − [(1 − t)·L(θ<sub>0</sub>) + t·L(θ<sub>1</sub>)], "
+        "how far the loss rises above the straight line joining the two end losses (Frankle et al. 2020). "
+        "About 0: the two models lie in one basin (linearly connected); large: a ridge separates them.</p>"
+    )
+    return (
+        f"Straight line between the models of the same seed (round {rnd})",
+        [caption, line_figure(lines, ref, colors)],
+    )
 
 
 def _commands_section(command: str, settings: Any, groups: Sequence[Any]) -> tuple[str, str]:
@@ -476,13 +565,7 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
 def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
     """The page's sections in reading order: the answer first."""
     from flatfl.analysis.plots import plot_slices
-    from flatfl.analysis.report_figures import (
-        group_colors,
-        line_figure,
-        measures_figure,
-        over_rounds_figure,
-        slices_figure,
-    )
+    from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)
@@ -501,23 +584,27 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     panels = _slices_panels(conds, measured)
     if any(panels.values()):
         files["slices_png"] = plot_slices(panels, colors, out / "slices")[0]
-        sections.append(
-            (
-                "1D slices along random directions (Li et al. 2018)",
-                "<p>Δloss(t) = L(θ + t·d) − L(θ) along filter-normalised random directions d (the same seeds for "
-                "every run): the mean over seeds and directions, and the min–max band. A slower rise is a flatter "
-                "minimum; the 1D widths in the verdict are read from each run's mean curve.</p>",
-            )
+        caption = (
+            "<p>Δloss(t) = L(θ + t·d) − L(θ) along filter-normalised random directions d (the same seeds for "
+            "every run): the mean over seeds and directions, and the min–max band. A slower rise is a flatter "
+            "minimum; the 1D widths in the verdict are read from each run's mean curve.</p>"
         )
-        sections.append(("1D slices", slices_figure(panels, colors)))
+        sections.append(
+            ("1D slices along random directions (Li et al. 2018)", [caption, slices_figure(panels, colors)])
+        )
     if lines:
-        ref = verdict[0]["reference"]
-        sections.append(
-            (f"Straight line between the models of the same seed (round {rounds[-1]})", line_figure(lines, ref, colors))
-        )
+        sections.append(_line_section(lines, verdict[0]["reference"], rounds[-1], colors))
     keys = {m.key: m.label for m in measures}
+    caption = (
+        "<p>Each verdict measure (one panel each) against the round it was measured at: a marker per seed and "
+        "measured round (the equal rounds and each run's matched-loss/accuracy round), one colour per group. "
+        "Hover for the seed.</p>"
+    )
     sections.append(
-        ("Every measure at every measured round", measures_figure(_measure_points(measured, list(keys)), keys, colors))
+        (
+            "Every measure at every measured round",
+            [caption, measures_figure(_measure_points(measured, list(keys)), keys, colors)],
+        )
     )
     full_cols: list[str] = []
     for r in rows:
@@ -529,20 +616,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
             + f"<details><summary>All columns ({len(full_cols)})</summary>{table_html(rows, full_cols)}</details>",
         )
     )
-    sections.append(
-        (
-            "Accuracy and loss over rounds",
-            over_rounds_figure(
-                curves,
-                [
-                    ("test_acc", "test accuracy"),
-                    ("test_loss", "test loss"),
-                    ("train_loss", "clients' local train loss"),
-                ],
-                colors,
-            ),
-        )
-    )
+    sections.append(_curves_section(curves, colors))
     sections += _surface_sections(out, measured, settings, files)
     if settings.spread:
         sections += _spread_sections(curves, groups, colors, out, files)
