@@ -88,6 +88,11 @@ def split(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch
     """(x, y) tensors as (x_i, y_i) batches of ``batch_size`` examples (the last may be smaller)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if len(x) != len(y):
+        raise ValueError(
+            f"data=(x, y): x holds {len(x)} examples but y {len(y)}; "
+            "pass inputs and targets of the same length (first dimension)"
+        )
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
@@ -102,11 +107,6 @@ def as_batches(data: Any, batch_size: int) -> Iterable[Batch]:
         and data[0].ndim >= 1
         and data[1].ndim >= 1
     ):
-        if len(data[0]) != len(data[1]):
-            raise ValueError(
-                f"data=(x, y): x holds {len(data[0])} examples but y {len(data[1])}; "
-                "pass inputs and targets of the same length (first dimension)"
-            )
         return split(data[0], data[1], batch_size)
     if isinstance(data, torch.Tensor):
         raise ValueError("data is one tensor; pass (inputs, targets) tensors or an iterable of batches")
