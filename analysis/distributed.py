@@ -91,11 +91,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 class ShardedOperator(ScipyExport):
     """The Hessian of the mean loss over all ranks' shards, from each rank's local operator.
 
-    ``matvec(v) = sum_r n_r H_r v / n`` with ``H_r`` the local operator's mean-loss Hessian.
+    ``matvec(v) = sum_r n_r H_r v / n`` with ``H_r`` the local operator's mean-loss Hessian and n_r, n the
+    loss denominators (``ModelLoss.norm``: the numbers of examples for a plain mean).
     Implements ``size/dtype/device/matvec/matmat`` and counts products like the local operator.
     """
 
-    def __init__(self, local, n_local: int, n_total: int) -> None:
+    def __init__(self, local, n_local: float, n_total: float) -> None:
         self.local = local
         self.size, self.dtype, self.device = local.size, local.dtype, local.device
         self.weight = n_local / n_total
@@ -121,10 +122,11 @@ class ShardedOperator(ScipyExport):
         return all_reduce_sum(matmat(self.local, V) * self.weight)
 
 
-def sharded_loss_and_gradient(obj, n_total: int) -> tuple[float, torch.Tensor]:
-    """(mean loss, gradient) over all ranks from each rank's ``ModelLoss`` on its shard."""
+def sharded_loss_and_gradient(obj, n_total: float) -> tuple[float, torch.Tensor]:
+    """(mean loss, gradient) over all ranks from each rank's ``ModelLoss`` on its shard; ``n_total``: the
+    whole data's loss denominator (``ModelLoss.norm``, the number of examples for a plain mean)."""
     loss, g = obj.loss_and_gradient()
-    w = obj.n / n_total
+    w = obj.norm / n_total
     packed = all_reduce_sum(torch.cat([g * w, torch.tensor([loss * w], dtype=g.dtype, device=g.device)]))
     return float(packed[-1]), packed[:-1]
 

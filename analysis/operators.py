@@ -50,6 +50,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from flatfl.analysis import batches as bt
+from flatfl.analysis.losses import batch_loss
 
 
 class LinearOperator(Protocol):
@@ -132,11 +133,39 @@ TargetsFn = Callable[[Any], Any]
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
-    return model(batch[0])
+    return model(_pair(batch)[0])
 
 
 def _default_targets(batch: Any) -> Any:
-    return batch[1]
+    return _pair(batch)[1]
+
+
+def _pair(batch: Any) -> Any:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch
+    raise ValueError(
+        f"a batch of type {type(batch).__name__} is not an (inputs, targets) pair: pass forward=lambda model, "
+        "batch: ... and targets=lambda batch: ... to say where the inputs and the labels are"
+    )
+
+
+def _check_data_arguments(model: nn.Module, x: Any, y: Any, batches: Any, batch_size: int) -> None:
+    """Plain ValueErrors for what :class:`ModelLoss` cannot take."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ValueError(f"the model ({type(model).__name__}) has no parameters: nothing to analyse")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise ValueError("the model has uninitialised (lazy) parameters: run one forward pass first")
+    if (batches is None) == (x is None or y is None):
+        raise ValueError("give either x and y tensors or batches=")
+    if batches is None:
+        if len(y) == 0:
+            raise ValueError("empty data set")
+        if len(x) != len(y):
+            raise ValueError(f"x and y hold different numbers of examples ({len(x)} and {len(y)})")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
 
 
 class _Hooked(nn.Module):
@@ -153,11 +182,12 @@ class _Hooked(nn.Module):
 
 class ModelLoss:
     """The mean loss of a model over a fixed data set, as a function of its parameters:
-        L(w) = (1/N) sum_b n_b * loss_fn(forward(w, batch_b), targets(batch_b)),
-    where ``loss_fn`` is a mean over the n_b examples of batch b (``nn.CrossEntropyLoss()``, ``nn.MSELoss()``,
-    ``F.cross_entropy`` or a plain function) -- so L is the mean over all N examples whatever the batching.
-    ``F.cross_entropy`` (the default) is summed directly (``reduction="sum"``); any other loss is taken as a
-    mean and multiplied by n_b, the first dimension of the batch's targets.
+        L(w) = sum_b W_b * loss_fn(forward(w, batch_b), targets(batch_b)) / sum_b W_b,
+    where ``loss_fn`` is a mean over batch b (``nn.CrossEntropyLoss()``, ``nn.MSELoss()``, ``F.cross_entropy``
+    or a plain function) and W_b its denominator: the number of examples (the first dimension of the targets),
+    or for cross-entropy / NLL the (class-weighted) number of kept targets (``analysis.losses``) -- so L is the
+    loss of all the data in one batch, whatever the batching. ``n`` is the number of examples, ``norm`` the
+    sum of the W_b (equal to ``n`` for a plain mean over examples).
 
     Batches are ``(x, y)`` pairs by default; ``forward(model, batch)`` and ``targets(batch)`` hooks take any
     other batch (dicts, several inputs). Holds detached copies of the parameters (``params``, optionally cast
@@ -183,30 +213,18 @@ class ModelLoss:
         memory_budget: float = 2 * 2**30,
         stream: bool | None = None,
     ) -> None:
-        if (batches is None) == (x is None or y is None):
-            raise ValueError("give either x and y tensors or batches=")
-        if batches is None and len(y) == 0:
-            raise ValueError("empty data set")
+        _check_data_arguments(model, x, y, batches, batch_size)
         first = next(model.parameters())
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype or first.dtype
         self.model = model
         self.loss_fn = loss_fn
+        self.bookkeeping = batch_loss(loss_fn)
         self.forward = forward
         self.targets = targets or _default_targets
         self._net = model if forward is None else _Hooked(model, forward)
         self._prefix = "" if forward is None else "model."
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
-        self.numels = [p.numel() for n, p in model.named_parameters() if p.requires_grad]
-        self.params = {
-            n: p.detach().to(self.device, self.dtype).clone() for n, p in model.named_parameters() if p.requires_grad
-        }
-        self.buffers = {
-            n: (b.detach().to(self.device, self.dtype) if b.is_floating_point() else b.detach().to(self.device))
-            for n, b in model.named_buffers()
-        }
-        self.size = sum(self.numels)
+        self._set_tensors(model)
         raw = bt.split(x, y, batch_size) if batches is None else list(batches)
         if not raw:
             raise ValueError("the data yielded no batches")
@@ -214,11 +232,38 @@ class ModelLoss:
         self.n = int(sum(self.counts))
         if self.n == 0:
             raise ValueError("empty data set")
+        self.norm = sum(self.batch_weight(b) for b in raw)
+        self.labelled = sum(self.bookkeeping.labelled(self.targets(b)) for b in raw)
+        if self.norm == 0:
+            raise ValueError("no batch has a target that counts (every label is ignore_index, or every weight 0)")
         self.data_bytes = sum(bt.nbytes(b) for b in raw)
         big = self.device.type != "cpu" and self.data_bytes > memory_budget / 2
         self.streamed = big if stream is None else stream
         home = torch.device("cpu") if self.streamed else self.device
         self.batches = [bt.to(b, home, self.dtype) for b in raw]
+
+    def _set_tensors(self, model: nn.Module) -> None:
+        """Copies of the trainable parameters (``params``, differentiated) and of the buffers and frozen
+        parameters (``buffers``: constants of the functional call), cast to the analysis dtype and device;
+        never the model's own tensors, so a forward that updates a buffer in place leaves the model alone."""
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError(
+                "every parameter of the model has requires_grad=False: nothing to differentiate (the Hessian is "
+                "over the trainable parameters; frozen ones are constants)"
+            )
+        self.names = [n for n, _ in trainable]
+        self.shapes = [p.shape for _, p in trainable]
+        self.numels = [p.numel() for _, p in trainable]
+        self.size = sum(self.numels)
+        self.params = {n: p.detach().to(self.device, self.dtype).clone() for n, p in trainable}
+
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            t = t.detach()
+            return (t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)).clone()
+
+        frozen = {n: copy(p) for n, p in model.named_parameters() if not p.requires_grad}
+        self.buffers = {n: copy(b) for n, b in model.named_buffers()} | frozen
 
     @classmethod
     def from_loader(cls, model: nn.Module, loader: Iterable[Any], **kwargs) -> ModelLoss:
@@ -235,6 +280,10 @@ class ModelLoss:
     def batch_count(self, batch: Any) -> int:
         return bt.count(self.targets(batch))
 
+    def batch_weight(self, batch: Any) -> float:
+        """W_b, the denominator of the batch's mean loss (class docstring)."""
+        return self.bookkeeping.weight(self.targets(batch))
+
     def output(self, params: dict[str, torch.Tensor], batch: Any, buffers: dict | None = None) -> Any:
         """The model's output on ``batch`` with parameters ``params`` (the model's own tensors untouched)."""
         buffers = self.buffers if buffers is None else buffers
@@ -249,10 +298,7 @@ class ModelLoss:
 
     def loss_sum(self, out: Any, batch: Any) -> torch.Tensor:
         """The batch's summed loss from the model's output (see the class docstring for the bookkeeping)."""
-        t = self.targets(batch)
-        if self.loss_fn is F.cross_entropy:
-            return F.cross_entropy(out, t, reduction="sum")
-        return self.loss_fn(out, t) * bt.count(t)
+        return self.bookkeeping.total(out, self.targets(batch))
 
     def correct(self, out: Any, batch: Any) -> torch.Tensor | None:
         """Number of examples whose arg-max output is the integer target, or None when the task is not
@@ -286,7 +332,7 @@ class ModelLoss:
         """Mean loss at flat parameters ``w`` (default: the model's) over ``batches`` (default: all)."""
         params = self.params if w is None else self.unflat(w)
         batches = self.batches if batches is None else batches
-        n = sum(self.batch_count(b) for b in batches)
+        n = sum(self.batch_weight(b) for b in batches)
         with torch.no_grad(), eval_mode(self.model):
             total = sum(self.batch_loss_sum(params, self.on_device(b)) for b in batches)
         return float(total) / n
@@ -305,9 +351,10 @@ class ModelLoss:
         self, w: torch.Tensor | None = None, batches: Sequence[tuple] | None = None
     ) -> tuple[float, torch.Tensor]:
         """Mean loss and its gradient (flat) at ``w`` over ``batches``."""
+        self.check_differentiable()
         params = self.params if w is None else self.unflat(w)
         batches = self.batches if batches is None else batches
-        n = sum(self.batch_count(b) for b in batches)
+        n = sum(self.batch_weight(b) for b in batches)
         total_loss = 0.0
         total_grad = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with eval_mode(self.model):
@@ -318,12 +365,50 @@ class ModelLoss:
                 total_loss += float(val)
         return total_loss / n, total_grad / n
 
+    def check_differentiable(self) -> None:
+        """ValueError when reverse-mode autograd misses part of how the loss depends on the parameters.
+
+        A forward pass that runs a part using trainable parameters under ``torch.no_grad()`` (or through
+        ``.data``) gives a gradient without that part, while forward-mode AD (which ``no_grad`` does not stop)
+        sees it: Hessian-vector products would mix the two and the operator would not be symmetric. Compares
+        g . v (reverse mode) with the directional derivative d/de L(w + e v) (forward mode) on two examples of
+        the first batch for one seeded v; once per objective (a layer without a forward-mode rule skips it)."""
+        if getattr(self, "_differentiable", False):
+            return
+        probe = bt.slice_batch(self.on_device(self.batches[0]), 0, 2)
+        f = lambda p: self.batch_loss_sum(p, probe)  # noqa: E731
+        g = torch.Generator().manual_seed(0)
+        v = {n: torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for n, p in self.params.items()}
+        with eval_mode(self.model), torch.enable_grad():
+            leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
+            loss = f(leaves)
+            if not loss.requires_grad:
+                raise ValueError(
+                    "the loss does not depend on the model's parameters through autograd: is the forward pass (or "
+                    "the loss) under torch.no_grad(), or are the outputs detached?"
+                )
+            gs = torch.autograd.grad(loss, [leaves[n] for n in self.names], allow_unused=True)
+            terms = [float((gi * v[n]).sum()) for gi, n in zip(gs, self.names) if gi is not None]
+            try:
+                forward = float(jvp(f, (self.params,), (v,))[1])
+            except (RuntimeError, NotImplementedError):
+                forward = None
+        reverse, scale = sum(terms), sum(abs(t) for t in terms)
+        tol = max(1e-3, 8 * torch.finfo(self.dtype).eps)  # half precision rounds the two modes apart
+        if forward is not None and abs(reverse - forward) > tol * (scale + abs(forward)) + 1e-12:
+            raise ValueError(
+                f"reverse-mode autograd misses part of the loss's dependence on the parameters (g.v = {reverse:.6g}, "
+                f"forward mode {forward:.6g}): a part of forward() that uses trainable parameters runs under "
+                "torch.no_grad() or through .data; set requires_grad=False on those parameters, or drop the no_grad"
+            )
+        self._differentiable = True
+
     def hvp(
         self, v: torch.Tensor, method: str = "double-backward", batches: Sequence[tuple] | None = None
     ) -> torch.Tensor:
         """H v for the mean loss over ``batches`` (default: all), at the model's parameters."""
         batches = self.batches if batches is None else batches
-        n = sum(self.batch_count(b) for b in batches)
+        n = sum(self.batch_weight(b) for b in batches)
         tangents = self.unflat(v.to(self.device, self.dtype))
         out = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         with eval_mode(self.model):
@@ -365,7 +450,7 @@ class ModelLoss:
         whatever ``method``.
         """
         batches = self.batches if batches is None else batches
-        n = sum(self.batch_count(b) for b in batches)
+        n = sum(self.batch_weight(b) for b in batches)
         V = V.to(self.device, self.dtype)
         if mode not in BLOCK_MODES:
             raise ValueError(f"unknown block mode {mode!r}")
@@ -424,10 +509,11 @@ class ModelLoss:
             return torch.stack(rows)
 
     def _first_order_graph_of(self, batches: Sequence[tuple]) -> tuple[dict, list]:
-        """Leaves and per-batch gradients recorded with ``create_graph=True``."""
+        """Leaves and per-batch gradients recorded with ``create_graph=True`` (in eval mode, as every
+        evaluation here: a model left in train mode would otherwise update its BatchNorm statistics)."""
         leaves = {n: p.detach().requires_grad_(True) for n, p in self.params.items()}
         grads = []
-        with torch.enable_grad():
+        with torch.enable_grad(), eval_mode(self.model):
             for b in batches:
                 loss = self.batch_loss_sum(leaves, self.on_device(b))
                 grads.append(torch.autograd.grad(loss, [leaves[n] for n in self.names], create_graph=True))
@@ -491,9 +577,12 @@ class HessianOperator(ScipyExport):
         self.block_mode = block_mode
         self.block_seconds: dict[str, list[float]] = {m: [] for m in BLOCK_MODES}  # per vector, for "auto"
         self.failed_modes: set[str] = set()  # block modes a layer has no rule for (auto skips them)
+        objective.check_differentiable()
         if method == "auto":
             method = self._choose_method(memory_budget) if self._estimate_graph_bytes() else "fwd-rev"
         self.method = method
+        if method == "fwd-rev":
+            self._check_fwd_rev()
 
     def _estimate_graph_bytes(self) -> bool:
         """Estimate the first-order graphs' size from the bytes autograd saves (a saved-tensors hook)
@@ -517,13 +606,28 @@ class HessianOperator(ScipyExport):
 
         try:
             s1, s2 = saved_bytes(2), saved_bytes(4)
-        except (NotImplementedError, RuntimeError):
+        except (NotImplementedError, RuntimeError) as e:
+            self._double_backward_error = str(e).splitlines()[0]
             return False
         per_sample = max(s2 - s1, 0) / 2  # bytes(m) = per_batch + per_sample * m
         per_batch = max(s1 - 2 * per_sample, 0)
         self.graph_bytes_estimate = per_batch * len(obj.batches) + per_sample * obj.n
         self.batch_graph_bytes = per_batch + per_sample * obj.counts[0]
         return True
+
+    def _check_fwd_rev(self) -> None:
+        """NotImplementedError naming both failures when neither double backward nor forward-over-reverse
+        can differentiate the model twice (a layer with no second-derivative rule, e.g. nn.EmbeddingBag)."""
+        obj = self.objective
+        try:
+            probe = [bt.slice_batch(obj.batches[0], 0, 2)]
+            obj.hvp(torch.zeros(self.size, dtype=self.dtype, device=self.device), "fwd-rev", probe)
+        except (NotImplementedError, RuntimeError) as e:
+            raise NotImplementedError(
+                "the model cannot be differentiated twice: double backward failed ("
+                f"{getattr(self, '_double_backward_error', '?')}) and forward-over-reverse failed ("
+                f"{str(e).splitlines()[0]}); a layer has no second-derivative rule in PyTorch"
+            ) from None
 
     def _choose_method(self, memory_budget: float) -> str:
         """``cached`` when the kept graphs fit ``memory_budget`` bytes, else double backward

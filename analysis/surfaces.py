@@ -313,8 +313,8 @@ def points_loss(
                     lb, cb = one(params, obj.on_device(b), own)
                     loss[i] += lb.double()
                     correct[i] += cb.double()
-    accuracy = correct / obj.n if classify[0] else torch.full_like(correct, float("nan"))
-    return loss / obj.n, accuracy
+    accuracy = correct / obj.labelled if classify[0] else torch.full_like(correct, float("nan"))
+    return loss / obj.norm, accuracy
 
 
 class _ChunkPlan:

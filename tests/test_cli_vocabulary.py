@@ -79,8 +79,19 @@ def test_an_option_switches_its_measure_on(args, on):
 
 
 def test_implied_surface_dimension_and_sharpness():
-    assert implied_measures(_parse("landscape", "--ckpt", "x", "--to", "a.safetensors"))["surface"] == "1d"
-    assert implied_measures(_parse("landscape", "--ckpt", "x", "--models", "a", "b"))["surface"] == "2d"
+    to = implied_measures(_parse("landscape", "--ckpt", "x", "--to", "a.safetensors"))
+    assert (to["surface"], to["surface_dirs"]) == ("1d", "interp")  # --to alone is the line to it
+    models = implied_measures(_parse("landscape", "--ckpt", "x", "--models", "a", "b"))
+    assert (models["surface"], models["surface_dirs"]) == ("2d", "models")
+    contradictions = [
+        (("--surface", "1d", "--models", "a", "b"), "--models: the models surface is 2d"),
+        (("--surface", "2d", "--to", "a"), "--to: the interp surface is 1d"),
+        (("--to", "a", "--surface-dirs", "random"), "--to: only with --surface-dirs interp"),
+        (("--surface", "1d", "--span", "2", "--range=-1,1"), "--span and --range"),
+    ]
+    for args, message in contradictions:
+        with pytest.raises(UserError, match=message):
+            implied_measures(_parse("landscape", "--ckpt", "x", *args))
     assert implied_measures(_parse("landscape", "--ckpt", "x", "--m", "32"))["sharpness"] == "sam"
     with pytest.raises(UserError, match="--grid.*--surface 1d or --surface 2d"):
         implied_measures(_parse("landscape", "--ckpt", "x", "--grid", "5"))
@@ -136,3 +147,21 @@ def test_every_example_flag_is_explained(path, monkeypatch):
             assert action.help, f"{path.name} {action.option_strings[0]}: no help"
             if action.default not in (None, False):
                 assert "default" in action.help, f"{path.name} {action.option_strings[0]}: default not stated"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--lr", "inf"],
+        ["train", "--dirichlet", "inf"],
+        ["landscape", "--ckpt", "x", "--rho", "nan"],
+        ["landscape", "--ckpt", "x", "--surface", "1d", "--range=-inf,1"],
+        ["report", "r", "--out", "o", "--widths", "nan"],
+        ["report", "r", "--out", "o", "--widths", "0.1,inf"],
+    ],
+)
+def test_non_finite_numbers_are_refused_by_the_flag_types(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parse(*args)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1 and args[-1].split(",")[-1].split("=")[-1] in err

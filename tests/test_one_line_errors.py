@@ -180,3 +180,17 @@ def test_state_metadata_without_a_key(cli, run3, tmp_path, key):
     save_file(load_file(str(path)), str(path), metadata=meta)
     code, _, err = cli("train", "--resume", out, "--rounds", "4", "--no-progress")
     _one_line_error(code, err, "state.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--no-match", "--match-loss", "2"], "--no-match"),
+        (["--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0"], "nothing to measure"),
+        (["--grid", "1"], "--grid 1"),
+    ],
+)
+def test_report_flags_that_contradict_or_measure_nothing(cli, run3, tmp_path, args, needle):
+    code, _, err = cli("report", run3, "--out", tmp_path / "r", *args)
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "r").exists()  # refused before anything is written

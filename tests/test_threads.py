@@ -45,3 +45,15 @@ def test_threads_are_applied_and_oversubscription_warns_in_one_line(cli, monkeyp
         assert torch.get_num_threads() == 1 and err.startswith("flatfl: warning:")
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_resumed_run_takes_threads(cli, tmp_path):
+    from tests.conftest import TINY
+
+    threads = torch.get_num_threads()
+    try:
+        assert cli("train", *TINY, "--rounds", "1", "--out", tmp_path / "r", "--threads", "1")[0] == 0
+        code, _, err = cli("train", "--resume", tmp_path / "r", "--rounds", "2", "--threads", "1", "--no-progress")
+        assert code == 0, err  # a runtime choice, like --device: free on --resume
+    finally:
+        torch.set_num_threads(threads)

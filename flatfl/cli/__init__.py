@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, prune, report, train
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
+    # torch's forward-mode AD loads its decompositions through torch.jit.script, which warns on every
+    # command that takes a jvp; it says nothing about the user's work
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     try:
         apply_threads(ns.get("threads"), say)
         return COMMANDS[ns["command"]].run(ns)

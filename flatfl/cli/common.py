@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -21,7 +22,7 @@ def _typed(kind: type, check, what: str):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not check(value):
+        if not check(value) or (kind is float and not math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 

@@ -26,8 +26,8 @@ def _float_pair(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers)") from None
-    if not lo < hi:
-        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI")
+    if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
+        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI (finite numbers)")
     return lo, hi
 
 
@@ -355,6 +355,7 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
         ns["sharpness"] = ",".join(named) or None
     if not ns.get("surface"):
         ns["surface"] = _implied_surface(ns)
+    _check_surface_flags(ns)
     d = LandscapeSettings()
     keys = [k for ks in MEASURE_OPTIONS.values() for k in ks] + list(SURFACE_OPTIONS) + list(SHARPNESS_SHARED)
     for k in keys + ["eps"]:
@@ -375,6 +376,22 @@ def _implied_surface(ns: dict[str, Any]) -> str | None:
         return "2d"
     flag = "--" + given[0].replace("_", "-")
     raise UserError(f"{flag}: a loss-surface option; pass --surface 1d or --surface 2d as well")
+
+
+def _check_surface_flags(ns: dict[str, Any]) -> None:
+    """--to means the interpolation line and --models the model plane (so given alone they set
+    --surface-dirs); flags that contradict each other are refused instead of one being ignored."""
+    dirs, dims = ns.get("surface_dirs"), ns.get("surface")
+    for flag, key, kind, want in (("--to", "to", "interp", "1d"), ("--models", "models", "models", "2d")):
+        if ns.get(key) is None:
+            continue
+        if dims != want:
+            raise UserError(f"{flag}: the {kind} surface is {want}; drop --surface {dims} or {flag}")
+        if dirs not in (None, kind):
+            raise UserError(f"{flag}: only with --surface-dirs {kind} (given: {dirs})")
+        ns["surface_dirs"] = kind
+    if ns.get("span") is not None and ns.get("range") is not None:
+        raise UserError("--span and --range: give one (--range=LO,HI sets the axis range itself)")
 
 
 def run(ns: dict[str, Any]) -> int:

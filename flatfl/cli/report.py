@@ -230,8 +230,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
         vals = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not vals or min(vals) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: thresholds are positive numbers")
+    if not vals or not all(0 < v < float("inf") for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: thresholds are positive (finite) numbers")
     return vals
 
 
@@ -305,6 +305,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         raise UserError(
             f"--trace-matvecs: the trace estimator needs at least {HUTCHPP_MIN_MATVECS} HVPs; 0 skips the trace"
         )
+    _check_report_flags(ns, sharp)
     d = ReportSettings()
     ls = replace(
         d.landscape,
@@ -338,6 +339,24 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         labels=tuple(ns["label"]),
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
+
+
+def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
+    """Flags that contradict each other, or leave nothing to measure, are refused before any work."""
+    from flatfl.cli.landscape import check_grid
+
+    for flag in ("match_loss", "match_acc"):
+        if ns["no_match"] and ns.get(flag) is not None:
+            raise UserError(
+                f"--{flag.replace('_', '-')}: a matched-convergence level, but --no-match turns matching off"
+            )
+    if ns["no_hessian"] and ns["trace_matvecs"] == 0 and not sharp and ns["slices"] == 0:
+        raise UserError(
+            "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none and --slices 0 leave no "
+            "flatness measure; drop one of them"
+        )
+    if not ns["no_surface"]:
+        check_grid(ns["grid"], 2)
 
 
 def _print_verdict(report_json: Path) -> None:

@@ -96,6 +96,7 @@ RESUME_FREE = {
     "save_rounds",
     "clients_dtype",
     "tensorboard",
+    "threads",
 }
 
 

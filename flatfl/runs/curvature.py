@@ -73,7 +73,7 @@ def base_record(problem: Problem) -> dict[str, Any]:
     if problem.ranks is None:
         loss0, g0 = obj.loss_and_gradient()
     else:
-        loss0, g0 = sharded_loss_and_gradient(problem.hvp_objective, obj.n)
+        loss0, g0 = sharded_loss_and_gradient(problem.hvp_objective, obj.norm)
     return {
         **{k: v for k, v in problem.source.items() if k != "memory_budget_gb"},
         "num_parameters": obj.size,
@@ -86,7 +86,7 @@ def base_record(problem: Problem) -> dict[str, Any]:
 def hessian_operator(problem: Problem) -> HessianOperator | ShardedOperator:
     op = HessianOperator(problem.hvp_objective, memory_budget=problem.memory_budget)
     if problem.ranks is not None:
-        op = ShardedOperator(op, problem.hvp_objective.n, problem.objective.n)
+        op = ShardedOperator(op, problem.hvp_objective.norm, problem.objective.norm)
     return op
 
 

@@ -241,11 +241,16 @@ def run_model_spec(run: Run, rnd: int, spec: str) -> tuple[str, Run, Callable[[]
         r = rnd + 1 if kind == "mutant" else rnd
         path = ckpt.clients_path(run.path, r)
         if not path.is_file():
-            raise UserError(f"--models {spec}: {path} is missing (train with --save-clients)")
+            if kind == "mutant" and r > int(run.config.get("rounds", r)):
+                raise UserError(
+                    f"--to/--models {spec}: round {rnd} is the run's last, so no round {r} sent mutants of it; "
+                    "use returned:SLOT or an earlier checkpoint"
+                )
+            raise UserError(f"--to/--models {spec}: {path} is missing (train with --save-clients)")
         sent, returned, info = run.clients(r)
         models = sent if kind == "mutant" else returned
         if int(slot) >= len(models):
-            raise UserError(f"--models {spec}: round {r} has slots 0..{len(models) - 1}")
+            raise UserError(f"--to/--models {spec}: round {r} has slots 0..{len(models) - 1}")
         return f"{kind} {slot} (client {info['clients'][int(slot)]})", run, lambda: models[int(slot)]
     file = Path(spec)
     if not file.is_file():
