@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from flatfl.analysis import (
-    hessian_density,
-    hessian_eigenvalues,
-    hessian_trace,
-    loss_surface,
-    objective,
-    sharpness,
-)
+from flatfl.analysis import hessian_density, hessian_eigenvalues, hessian_trace, loss_surface, objective, sharpness
 
 
 def _mlp(seed: int = 0) -> nn.Module:
