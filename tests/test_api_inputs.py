@@ -67,6 +67,8 @@ BAD = [
     (lambda m, d: hessian_eigenvalues(m, d, seed=1.7), TypeError, "seed must be an int or a torch.Generator"),
     (lambda m, d: hessian_trace(m, d, seed=True), TypeError, "seed must be an int or a torch.Generator, got bool"),
     (lambda m, d: hessian_eigenvalues(m, d, tol=0), ValueError, "tol must be a finite number > 0"),
+    (lambda m, d: hessian_trace(m, d, num_matvecs=-5), ValueError, "num_matvecs must be an int >= 6 for the adapt"),
+    (lambda m, d: hessian_trace(m, d, estimator="hutchinson", num_matvecs=1.5), TypeError, "num_matvecs must be"),
     (lambda m, d: hessian_eigenvalues(m, d, hvp="nope"), ValueError, "hvp must be one of"),
     (lambda m, d: hessian_eigenvalues(m, d, dtype=torch.int32), TypeError, "dtype must be a floating torch.dtype"),
     (lambda m, d: objective(m, d, device="tpu0"), ValueError, "device='tpu0' is not a torch device"),
