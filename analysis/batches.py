@@ -8,6 +8,7 @@ of examples is that of the targets. These helpers map over the nest without know
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -85,19 +86,26 @@ def concat(batches: Sequence[Batch]) -> Batch:
 
 def split(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) tensors as (x_i, y_i) batches of ``batch_size`` examples (the last may be smaller)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if len(x) != len(y):
+        raise ValueError(
+            f"data=(x, y): x holds {len(x)} examples but y {len(y)}; "
+            "pass inputs and targets of the same length (first dimension)"
+        )
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
 def as_batches(data: Any, batch_size: int) -> Iterable[Batch]:
     """``data`` as batches: a pair ``(x, y)`` of tensors with one first dimension is split by ``batch_size``;
-    anything else (a DataLoader, a list of batches, a generator) is taken to yield batches."""
+    anything else (a DataLoader, a list of batches, a generator) is taken to yield batches. A pair of tensors
+    whose first dimensions differ is refused (it is not two batches: a batch is itself a tuple or dict)."""
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
         and all(isinstance(t, torch.Tensor) for t in data)
         and data[0].ndim >= 1
         and data[1].ndim >= 1
-        and len(data[0]) == len(data[1])
     ):
         return split(data[0], data[1], batch_size)
     if isinstance(data, torch.Tensor):

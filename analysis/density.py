@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from flatfl.analysis import checks
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.lanczos import lanczos_tridiagonal_block
 from flatfl.analysis.operators import LinearOperator
@@ -69,6 +70,8 @@ def slq(
     operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     ``progress(done, total)`` after every Lanczos step (total: ``num_runs * num_steps`` matvecs, at most).
     """
+    checks.integer("num_runs", num_runs, 1)
+    checks.integer("num_steps", num_steps, 1)
     op = as_operator(op)
     block = num_runs if block is None else max(1, block)
     total, done = num_runs * min(num_steps, op.size), [0]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from flatfl.analysis import checks
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator
 
@@ -102,13 +103,14 @@ def lanczos(
     ``progress(done, total)`` is called after every matvec; ``total`` is the most Lanczos can spend
     (``max_vectors`` steps plus the residual matvecs) until it stops, then the matvecs it spent.
     """
+    checks.positive("tol", tol)
     op = as_operator(op)
     n = op.size
     if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}]")
+        raise ValueError(f"k must be in [1, {n}] (the number of parameters), got {k}")
     m_max = min(n, max_vectors if max_vectors is not None else 128)
     if m_max < k:
-        raise ValueError("max_vectors must be >= k")
+        raise ValueError(f"max_vectors must be >= k = {k} (and at most the {n} parameters), got {max_vectors}")
     q = _random_start(op, generator) if v0 is None else (v0 / v0.norm()).to(op.device, op.dtype)
     extra = (k + int(smallest)) if exact_residuals else 0
     kr = _krylov(op, q, m_max, k=k, smallest=smallest, tol=tol, progress_total=m_max + extra, progress=progress)

@@ -37,6 +37,7 @@ import torch
 from scipy.optimize import minimize
 
 from flatfl.analysis import batches as bt
+from flatfl.analysis import checks
 
 Progress = Callable[[int, int], None]
 
@@ -70,6 +71,18 @@ class SharpnessResult:
     stderr: float | None = None
     ci95: tuple[float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error std(ddof=1)/sqrt(n); the error is NaN from a single value (no warning)."""
+    arr = np.asarray(values, dtype=float)
+    se = float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else float("nan")
+    return float(arr.mean()), se
+
+
+def _check_ball(rho: float, steps: int) -> None:
+    checks.positive("rho", rho)
+    checks.integer("steps", steps, 1)
 
 
 def _rebatch(obj: Objective, m: int) -> list[list[tuple]]:
@@ -149,6 +162,12 @@ def sam_sharpness(
 ) -> SharpnessResult:
     """max_{||delta||_2 <= rho} L(w+delta) - L(w); with ``m``, the mean of per-batch worst cases.
     ``progress(done, total)`` after each loss evaluation."""
+    _check_ball(rho, steps)
+    if m is not None:
+        n = getattr(obj, "n", None)
+        checks.integer("m", m, 1)
+        if n is not None and m > n:
+            raise ValueError(f"m must be an int in [1, {n}] (the number of examples), got {m}")
     w = obj.flat()
     settings = {"rho": rho, "steps": steps, "m": m, "norm": "l2"}
     if m is None:
@@ -161,10 +180,8 @@ def sam_sharpness(
         best, base, e = _ascent(obj, w, None, rho, 2, steps, group, generator, tick)
         vals.append(best - base)
         evals += e
-    arr = np.array(vals)
-    return SharpnessResult(
-        "sam", float(arr.mean()), obj.loss(w), settings, evals, stderr=float(arr.std(ddof=1) / np.sqrt(len(arr)))
-    )
+    mean, se = _mean_stderr(vals)
+    return SharpnessResult("sam", mean, obj.loss(w), settings, evals, stderr=se)
 
 
 def adaptive_sharpness(
@@ -179,7 +196,8 @@ def adaptive_sharpness(
     """max_{||delta/|w| ||_p <= rho} L(w+delta) - L(w), p = 2 or inf (elementwise-adaptive);
     ``progress(done, total)`` after each loss evaluation."""
     if p not in (2, float("inf")):
-        raise ValueError("p must be 2 or inf")
+        raise ValueError(f"p must be 2 or float('inf'), got {p!r}")
+    _check_ball(rho, steps)
     w = obj.flat()
     tick = _ticker(progress, max(steps, 1) + 2)
     best, base, evals = _ascent(obj, w, w.abs(), rho, p, steps, None, generator, tick)
@@ -201,6 +219,8 @@ def epsilon_sharpness(
     L-BFGS-B starts from a random point in the inner half of the box: at an exact critical
     point the gradient vanishes and a start at delta = 0 would never move.
     """
+    checks.positive("eps", eps)
+    checks.integer("max_iter", max_iter, 1)
     w = obj.flat()
     w64 = w.double().cpu().numpy()
     bound = eps * (np.abs(w64) + 1.0)
@@ -252,6 +272,9 @@ def average_sharpness(
     CPU); the same draws, in the same order, whatever ``block``. ``progress(done, num_samples)`` for
     each draw evaluated.
     """
+    checks.positive("sigma", sigma)
+    checks.integer("num_samples", num_samples, 1)
+    checks.integer("block", block, 1)
     w = obj.flat()
     base = obj.loss(w)
     scale = w.abs() if adaptive else torch.ones_like(w)
@@ -269,8 +292,7 @@ def average_sharpness(
         for row in W:
             d.append(obj.loss(row))
             tick()
-    d = np.asarray(d, dtype=float) - base
-    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    mean, se = _mean_stderr(np.asarray(d, dtype=float) - base)
     return SharpnessResult(
         "average_adaptive" if adaptive else "average_isotropic",
         mean,

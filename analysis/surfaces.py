@@ -275,14 +275,18 @@ def points_loss(
     flat_points: torch.Tensor,
     vectorize: bool | None = None,
     bn: BatchNormReestimator | None = None,
+    buffers: Sequence[dict[str, torch.Tensor] | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and accuracy of each row of ``flat_points`` (P, n) over all of obj's data.
 
     ``vectorize``: one ``vmap`` over the rows per batch (True), a loop (False), or vmap with a
-    fallback to the loop where the model does not support it (None).
+    fallback to the loop where the model does not support it (None). ``buffers``: each point's own
+    buffers (None: obj's), e.g. the running statistics of the model a point is.
     """
-    if bn is not None:
+    if bn is not None or (buffers is not None and any(b is not None for b in buffers)):
         vectorize = False  # per-point statistics: one point at a time
+    else:
+        buffers = None
     if vectorize is None:
         try:
             return points_loss(obj, flat_points, True)
@@ -313,9 +317,10 @@ def points_loss(
             batches = _channels_last_batches(obj)
             for i in range(P):
                 params = _channels_last(obj.unflat(flat_points[i]))
-                buffers = None if bn is None else bn.buffers(params, obj.buffers)
+                own = buffers[i] if buffers is not None else None
+                own = bn.buffers(params, obj.buffers) if bn is not None else own
                 for b in batches:
-                    lb, cb = one(params, obj.on_device(b), buffers)
+                    lb, cb = one(params, obj.on_device(b), own)
                     loss[i] += lb.double()
                     correct[i] += cb.double()
     accuracy = correct / obj.labelled if classify[0] else torch.full_like(correct, float("nan"))
@@ -523,12 +528,17 @@ def near_plane(marker: Mapping[str, Any]) -> bool:
 
 
 def model_markers(
-    obj: ModelLoss, origin: torch.Tensor, dirs: Sequence[torch.Tensor], named: Sequence[tuple[str, str, torch.Tensor]]
+    obj: ModelLoss,
+    origin: torch.Tensor,
+    dirs: Sequence[torch.Tensor],
+    named: Sequence[tuple[str, str, torch.Tensor]],
+    buffers: Sequence[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Markers for the models ``named`` (name, group, flat parameters) on the surface origin + a d1 (+ b d2).
 
     Coordinates are least-squares positions in the plane (exact for models in it); loss and
-    accuracy are those of the model itself, and ``off_plane`` says how far it lies from the plane.
+    accuracy are those of the model itself -- with its own ``buffers`` (BatchNorm statistics) where
+    given, else obj's -- and ``off_plane`` says how far it lies from the plane.
     """
     from flatfl.analysis.spread import plane_coordinates
 
@@ -543,7 +553,7 @@ def model_markers(
     )
     D = torch.stack([d.cpu().double() for d in dirs[: coords.shape[1]]])  # (k, n)
     inside = (torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float64)) @ D).norm(dim=1)  # ||a d1 + b d2||
-    lv, av = points_loss(obj, P)
+    lv, av = points_loss(obj, P, buffers=buffers or None)
     return [
         {
             "name": name,

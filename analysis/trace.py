@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flatfl.analysis import checks
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator, matmat
 
@@ -94,8 +95,7 @@ def hutchinson(
     """Mean of z^T H z over ``num_matvecs`` Rademacher vectors (``op``: see :func:`as_operator`);
     ``progress(done, num_matvecs)`` as the matvecs are computed."""
     op = as_operator(op)
-    if num_matvecs < 2:
-        raise ValueError("num_matvecs must be >= 2 (for a standard error)")
+    checks.integer("num_matvecs", num_matvecs, 2, " (for a standard error)")
     Z = _rademacher(op.size, num_matvecs, op, generator)
     samples = _quadratic_forms(Z, _applier(op, progress, num_matvecs)(Z.T))
     return TraceResult(*_mean_se(samples), num_matvecs, "hutchinson", samples)
@@ -131,8 +131,7 @@ def hutchpp(
     ``progress(done, num_matvecs)`` as the matvecs are computed."""
     op = as_operator(op)
     r = num_matvecs // 3
-    if num_matvecs < HUTCHPP_MIN_MATVECS:
-        raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for Hutch++")
+    checks.integer("num_matvecs", num_matvecs, HUTCHPP_MIN_MATVECS, " for Hutch++")
     S = _rademacher(op.size, r, op, generator)
     apply = _applier(op, progress, num_matvecs)
     low_rank, s = _deflated(op, apply(S.T), num_matvecs - 2 * r, generator, apply)
@@ -175,8 +174,7 @@ def adaptive_trace(
     ``progress(done, num_matvecs)`` as the matvecs are computed.
     """
     op = as_operator(op)
-    if num_matvecs < HUTCHPP_MIN_MATVECS:
-        raise ValueError(f"num_matvecs must be >= {HUTCHPP_MIN_MATVECS} for the adaptive estimator")
+    checks.integer("num_matvecs", num_matvecs, HUTCHPP_MIN_MATVECS, " for the adaptive estimator")
     r = num_matvecs // 3
     S = _rademacher(op.size, r, op, generator)
     apply = _applier(op, progress, num_matvecs)

@@ -63,6 +63,7 @@ def test_non_finite_checkpoint_is_named(cli, run3, tmp_path):
     [
         (["--hessian", "--topk", "20000", "--max-vectors", "20000"], ["--topk 20000", "parameters"]),
         (["--surface", "1d", "--grid", "1"], ["--grid 1", "at least 2"]),
+        (["--sharpness", "sam", "--m", "51"], ["--m 51", "at most the 50 analysed samples"]),
         (["--surface", "2d", "--grid", "100000000"], ["--grid 100000000", "GiB"]),
         (["--surface", "1d", "--surface-dirs", "interp", "--to", "mutant:\u00b2"], ["mutant:\u00b2"]),
     ],

@@ -174,6 +174,9 @@ def density(op: Any, settings: Any, log: Log, bars: Bars = no_bars) -> tuple[dic
 
 def sharpness(problem: Problem, settings: Any, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
     """Every measure of ``settings.sharpness`` on the whole analysis data."""
+    n = problem.objective.n
+    if "sam" in settings.sharpness and settings.m is not None and settings.m > n:
+        raise UserError(f"--m {settings.m}: at most the {n} analysed samples (m-sharpness groups of M samples)")
     out = {}
     for name in settings.sharpness:
         t = time.perf_counter()
