@@ -186,7 +186,11 @@ def test_state_metadata_without_a_key(cli, run3, tmp_path, key):
     ("args", "needle"),
     [
         (["--no-match", "--match-loss", "2"], "--no-match"),
-        (["--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0"], "nothing to measure"),
+        (
+            ["--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0", "--no-surface"]
+            + ["--no-spread"],
+            "nothing to measure",
+        ),
         (["--grid", "1"], "--grid 1"),
     ],
 )

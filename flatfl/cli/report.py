@@ -355,10 +355,11 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
             raise UserError(
                 f"--{flag.replace('_', '-')}: a matched-convergence level, but --no-match turns matching off"
             )
-    if ns["no_hessian"] and ns["trace_matvecs"] == 0 and not sharp and ns["slices"] == 0:
+    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0
+    if not measures and ns["no_surface"] and ns["no_spread"]:
         raise UserError(
-            "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none and --slices 0 leave no "
-            "flatness measure; drop one of them"
+            "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "
+            "--no-spread leave nothing; drop one of them"
         )
     if not ns["no_surface"]:
         check_grid(ns["grid"], 2)
