@@ -143,7 +143,8 @@ def _group_arguments(p: Any, d: Any) -> None:
     g.add_argument(
         "--no-match",
         action="store_true",
-        help="compare at equal rounds only (default: also at equal training loss)",
+        help="no comparison at equal training loss (default: at equal rounds and at equal training loss; "
+        "--match-acc adds equal test accuracy either way)",
     )
     g.add_argument(
         "--match-loss",
@@ -350,11 +351,8 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
     """Flags that contradict each other, or leave nothing to measure, are refused before any work."""
     from flatfl.cli.landscape import check_grid
 
-    for flag in ("match_loss", "match_acc"):
-        if ns["no_match"] and ns.get(flag) is not None:
-            raise UserError(
-                f"--{flag.replace('_', '-')}: a matched-convergence level, but --no-match turns matching off"
-            )
+    if ns["no_match"] and ns.get("match_loss") is not None:
+        raise UserError("--match-loss: a training-loss level to match, but --no-match turns loss matching off")
     measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0
     if not measures and ns["no_surface"] and ns["no_spread"]:
         raise UserError(
