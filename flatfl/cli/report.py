@@ -248,8 +248,6 @@ def run(ns: dict[str, Any]) -> int:
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
             )
     settings = _report_settings(ns)
-    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
-        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
     from tqdm.auto import tqdm
 
