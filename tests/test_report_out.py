@@ -41,7 +41,8 @@ def writer(files: dict[str, str], fail_after: int | None = None):
 
 def visible(out: Path) -> dict[str, str]:
     """What a reader opening OUT/NAME gets (a dangling link reads as no file)."""
-    return {p.name: p.read_bytes().decode("latin-1") for p in out.iterdir() if not p.name.startswith(".") and p.is_file()}
+    files = [p for p in out.iterdir() if not p.name.startswith(".") and p.is_file()]
+    return {p.name: p.read_bytes().decode("latin-1") for p in files}
 
 
 def assert_clean(out: Path, want: dict[str, str]) -> None:
@@ -137,6 +138,8 @@ def pair(tmp_path_factory):
     return root / "exp" / "runs"
 
 
+CKPT = Path("fedavg") / "round_0002.safetensors"
+LANDSCAPE = ["--hessian", "--samples", "50"]
 FAST = ["--samples", "100", "--grid", "3", "--trace-matvecs", "6", "--sharpness", "sam", "--slices", "2",
         "--no-match", "--no-progress"]  # fmt: skip
 
@@ -182,9 +185,7 @@ def test_out_into_the_input_runs_is_refused(cli, pair, tmp_path):
     code, _, err = cli("report", pair / "fedavg", pair / "fedmut", "--out", pair.parent, *FAST)
     _one_line_error(code, err, "--out", "runs", "--out")
     assert not (pair.parent / "report.html").exists() and not (pair.parent / LOCK_FILE).exists()
-    code, _, err = cli(
-        "landscape", "--ckpt", pair / "fedavg" / "round_0002.safetensors", "--out", pair / "fedavg", "--hessian", "--samples", "50"
-    )
+    code, _, err = cli("landscape", "--ckpt", pair / CKPT, "--out", pair / "fedavg", *LANDSCAPE)
     _one_line_error(code, err, "--out", "run directory")
     assert sorted(p.name for p in (pair / "fedavg").iterdir() if "landscape" in p.name) == []
 
@@ -207,9 +208,7 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(cli, pair, tmp_path, where, 
     if command == "report":
         code, _, err = cli("report", pair / "fedavg", pair / "fedmut", "--out", out, *FAST)
     else:
-        code, _, err = cli(
-            "landscape", "--ckpt", pair / "fedavg" / "round_0002.safetensors", "--out", out, "--hessian", "--samples", "50"
-        )
+        code, _, err = cli("landscape", "--ckpt", pair / CKPT, "--out", out, *LANDSCAPE)
     _one_line_error(code, err, "--out", str(out), "choose another folder")
 
 
