@@ -53,11 +53,13 @@ def add_parser(sub: Any) -> None:
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
-            "cached in OUT/runs/ and reused on a rerun with the same settings."
+            "cached in OUT/runs/ and reused on a rerun with the same settings. The files are links into "
+            "OUT/.report-current, which a rerun swaps in one step (a kill leaves the old report or the new one); "
+            "one report at a time per OUT."
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (not a run directory, nor a folder whose runs/ holds the input runs)")
     p.add_argument(
         "--at-rounds",
         type=_rounds,
