@@ -59,7 +59,13 @@ def add_parser(sub: Any) -> None:
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (not a run directory, nor a folder whose runs/ holds the input runs)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output folder (not a run directory, nor a folder whose runs/ holds the input runs)",
+    )
     p.add_argument(
         "--at-rounds",
         type=_rounds,
