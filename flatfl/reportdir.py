@@ -31,7 +31,7 @@ from typing import Any
 
 from flatfl.errors import UserError
 from flatfl.faults import fault_point
-from flatfl.rundir import locked_folder
+from flatfl.rundir import locked_folder, refuse_run_dir
 
 CURRENT = ".report-current"
 STAGING = ".staging-"
@@ -167,11 +167,3 @@ def check_report_out(out: Path, run_dirs: list[Path], flag: str = "--out") -> No
                 f"{flag}: {out}/runs is where the report caches per-checkpoint results, and the input run {r} "
                 f"is inside it; give a folder outside, e.g. --out {out}/report"
             )
-
-
-def refuse_run_dir(out: Path, flag: str = "--out") -> None:
-    """Refuse writing analysis files into a flatfl run directory itself."""
-    from flatfl import checkpoint as ckpt
-
-    if (Path(out) / ckpt.RUN_JSON).is_file():
-        raise UserError(f"{flag}: {out} is a flatfl run directory; give a separate folder for the output")

@@ -97,6 +97,12 @@ def make_out_dir(out: Path, flag: str = "--out") -> bool:
     return True
 
 
+def refuse_run_dir(out: Path, flag: str = "--out") -> None:
+    """Refuse writing analysis files into a flatfl run directory itself."""
+    if (Path(out) / ckpt.RUN_JSON).is_file():
+        raise UserError(f"{flag}: {out} is a flatfl run directory; give a separate folder for the output")
+
+
 def lock_dir(out: Path, doing: str) -> int:
     """An exclusive ``fcntl.flock`` on ``out/.flatfl.lock`` holding this PID (the kernel drops it when the
     process dies); a second holder stops with one line: another flatfl process (PID ...) is ``doing``."""

@@ -410,8 +410,7 @@ def run(ns: dict[str, Any]) -> int:
         problem_of = lambda log: of_foreign(spec, settings, log)  # noqa: E731
         out = ns.get("out") or Path("checkpoints") / "landscape" / spec.name
     from flatfl.analysis import distributed
-    from flatfl.reportdir import refuse_run_dir
-    from flatfl.rundir import locked_folder
+    from flatfl.rundir import locked_folder, refuse_run_dir
 
     refuse_run_dir(out)
     with distributed.process_group(torch.device(settings.device)):
