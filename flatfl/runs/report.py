@@ -25,6 +25,7 @@ when their settings and the checkpoint's SHA-256 match, so an interrupted report
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -581,7 +582,7 @@ def build_report(
 ) -> dict[str, Path]:
     """Compute and write the report (under ``out``'s lock, the new set replacing the old at once,
     :mod:`flatfl.reportdir`); returns the written files by kind."""
-    from flatfl.reportdir import ReportDir, check_report_out
+    from flatfl.reportdir import check_report_out
     from flatfl.runs.report_page import write_report
 
     check_report_out(out, list(run_dirs))
@@ -598,11 +599,11 @@ def build_report(
         for s in g.diverged:
             log(f"{g.runs[s].path}: diverged ({g.status[s].why}); listed, left out of every mean")
     rounds = equal_rounds(groups, settings.rounds)
-    if not distributed.is_main():  # under torchrun: the collective part; rank 0 locks, computes the rest, writes
-        _measure(groups, settings, rounds, out, log, show_progress)
-        return {}
-    with ReportDir(out) as folder:
+    with contextlib.ExitStack() as stack:
+        folder = _open_out(out, stack)  # rank 0 alone writes; it locks ``out`` before any cache write
         conds, ms, data = _measure(groups, settings, rounds, out, log, show_progress)
+        if folder is None:
+            return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
         mlist = measures(settings)
         verdict = verdicts(groups, conds, mlist)
         lines = line_slices(groups, rounds[-1], settings, data)
@@ -624,6 +625,26 @@ def build_report(
                 command=command,
             )  # fmt: skip
         )
+
+
+def _open_out(out: Path, stack: contextlib.ExitStack) -> Any:
+    """Rank 0 takes ``out`` (made, locked, tidied: :class:`~flatfl.reportdir.ReportDir`) and returns it;
+    every other rank gets None, or rank 0's refusal (it then stops too, instead of waiting for rank 0)."""
+    from flatfl.errors import UserError
+    from flatfl.reportdir import ReportDir
+
+    folder, error = None, None
+    if distributed.is_main():
+        try:
+            folder = stack.enter_context(ReportDir(out))
+        except UserError as exc:
+            error = exc
+    why = distributed.broadcast_array(None if error is None else str(error))  # type: ignore[arg-type]
+    if error is not None:
+        raise error
+    if why is not None:
+        raise UserError(str(why))
+    return folder
 
 
 def _measure(
