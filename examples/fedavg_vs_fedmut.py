@@ -93,7 +93,7 @@ def main() -> None:
     code = flatfl(["report", *runs, "--out", str(report), "--at-rounds", str(args.rounds)])
     if code != 0:
         sys.exit(code)
-    print(f"\nreport ({time.perf_counter() - t0:.0f} s): {(report / 'report.html').resolve()}")
+    print(f"\nreport ({time.perf_counter() - t0:.0f} s): {(report / 'report.html').absolute()}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from flatfl import checkpoint as ckpt
@@ -75,6 +77,80 @@ def uncommitted_start(out: Path) -> bool:
     return set(ckpt.list_rounds(out)) <= {0} and not list(out.glob("clients_*.safetensors"))
 
 
+def make_out_dir(out: Path, flag: str = "--out") -> bool:
+    """Create the output folder ``out`` (with its parents) or stop with one line naming ``flag``;
+    True if this call made it. Shared by every command that writes a folder."""
+    out = Path(out)
+    if out.is_dir():
+        return False
+    if out.exists():
+        what = "is a file" if out.is_file() else "exists and is not a directory"
+        raise UserError(f"{flag}: {out} {what}; choose another folder")
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        if out.is_dir():  # made by another process meanwhile
+            return False
+        raise UserError(f"{flag}: {out} exists and is not a directory; choose another folder") from None
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create {out} ({exc.strerror}); choose another folder") from exc
+    return True
+
+
+def refuse_run_dir(out: Path, flag: str = "--out") -> None:
+    """Refuse writing analysis files into a flatfl run directory itself."""
+    if (Path(out) / ckpt.RUN_JSON).is_file():
+        raise UserError(f"{flag}: {out} is a flatfl run directory; give a separate folder for the output")
+
+
+def lock_dir(out: Path, doing: str) -> int:
+    """An exclusive ``fcntl.flock`` on ``out/.flatfl.lock`` holding this PID (the kernel drops it when the
+    process dies); a second holder stops with one line: another flatfl process (PID ...) is ``doing``."""
+    path = Path(out) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot open the lock file ({exc.strerror}); choose another folder") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(
+            f"{out}: another flatfl process (PID {holder}) is {doing}; wait for it to finish or stop it, then try again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def unlock_dir(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def locked_folder(out: Path, doing: str) -> Iterator[bool]:
+    """An output folder made (:func:`make_out_dir`) and locked (:func:`lock_dir`) for the ``with`` block;
+    yields whether it was made here. A failure inside leaves no empty folder that this call made."""
+    created = make_out_dir(out)
+    try:
+        fd = lock_dir(out, doing)
+    except UserError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    failed = True
+    try:
+        yield created
+        failed = False
+    finally:
+        unlock_dir(fd)
+        if failed and created and {p.name for p in Path(out).iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 class RunDir:
     """The lock on a run directory and its recovery steps (rank 0 of a launch only)."""
 
@@ -89,40 +165,22 @@ class RunDir:
 
         Returns notes for the log (what was recovered)."""
         out = self.out
-        if out.exists() and not out.is_dir():
+        if create:
+            self.created = make_out_dir(out)
+        elif out.exists() and not out.is_dir():
             raise UserError(f"--out: {out} exists and is not a directory")
-        if create and not out.exists():
-            try:
-                out.mkdir(parents=True)
-            except OSError as exc:
-                raise UserError(f"--out: cannot create {out} ({exc.strerror}); choose another folder") from exc
-            self.created = True
-        path = out / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
+            fd = lock_dir(out, "training this run")
+        except UserError:
             self.close(failed=True)
-            raise UserError(f"{path}: cannot open the run's lock file ({exc.strerror})") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise UserError(
-                f"{out}: another flatfl process (PID {holder}) is training this run; wait for it to finish "
-                "or stop it, then try again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            raise
         self._fd = fd
         return self._recover()
 
     def close(self, failed: bool = False) -> None:
         """Release the lock; after a failed start in a folder this call made, remove the folder."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            unlock_dir(self._fd)
             self._fd = None
         if failed and self.created and not run_files(self.out):
             shutil.rmtree(self.out, ignore_errors=True)

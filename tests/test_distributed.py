@@ -191,6 +191,11 @@ def test_torchrun_report_equals_one_process(tiny, cli, tmp_path, one_thread):
         for k in ("lambda_max", "trace", "train_loss", "sharpness_sam", "width_0.1"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=1e-4), k
     assert (tmp_path / "two" / "report.html").is_file() and (tmp_path / "two" / "curves.csv").is_file()
+    from flatfl.rundir import locked_folder
+
+    with locked_folder(tmp_path / "two", "writing a report here"):  # rank 0 cannot take --out: every rank stops
+        proc = _torchrun("-m", "flatfl", *args, "--out", str(tmp_path / "two"))
+    assert proc.returncode != 0 and "another flatfl process" in proc.stderr, proc.stderr[-3000:]  # no hang
 
 
 def test_torchrun_divergence_stops_every_rank_like_one_process(cli, tmp_path, one_thread):

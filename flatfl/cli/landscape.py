@@ -427,9 +427,14 @@ def run(ns: dict[str, Any]) -> int:
         problem_of = lambda log: of_foreign(spec, settings, log)  # noqa: E731
         out = ns.get("out") or Path("checkpoints") / "landscape" / spec.name
     from flatfl.analysis import distributed
+    from flatfl.rundir import locked_folder, refuse_run_dir
 
+    refuse_run_dir(out)
     with distributed.process_group(torch.device(settings.device)):
-        return _run(ns, settings, problem_of, out)
+        if not distributed.is_main():
+            return _run(ns, settings, problem_of, out)
+        with locked_folder(out, "writing a landscape here"):  # made and checked before any measuring
+            return _run(ns, settings, problem_of, out)
 
 
 def _check_source(ns: dict[str, Any]) -> bool:

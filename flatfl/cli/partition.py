@@ -49,6 +49,28 @@ def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
     return path
 
 
+PLOT_TYPES = (".png", ".pdf", ".svg")
+
+
+def plot_path(path: Path) -> Path:
+    """The heatmap file of ``--plot``: a folder gets ``partition.png`` inside, a name without a type gets
+    ``.png``; another type, or a folder that cannot be made, is one line naming the flag."""
+    from flatfl.errors import UserError
+    from flatfl.rundir import make_out_dir
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "partition.png"
+    elif not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix.lower() not in PLOT_TYPES:
+        raise UserError(f"--plot: {path}: '{path.suffix}' is not an image type; give a {', '.join(PLOT_TYPES)} file")
+    make_out_dir(path.parent, "--plot")
+    if path.is_dir():
+        raise UserError(f"--plot: {path} is a folder; give a file name")
+    return path
+
+
 def run(ns: dict[str, Any]) -> int:
     from flatfl.cli.train import config_from_args
     from flatfl.data import load_dataset
@@ -59,6 +81,7 @@ def run(ns: dict[str, Any]) -> int:
         "plot": ns.get("plot", Path("partition.png")),
         "download": ns.get("download", False),
     }
+    plot = plot_path(ns["plot"])  # before loading any data
     cfg = config_from_args({k: v for k, v in ns.items() if k not in ("plot", "download", "command", "_argv")})
     data = load_dataset(cfg.data, download=ns["download"])
     parts = make_partition(cfg, data)
@@ -74,5 +97,5 @@ def run(ns: dict[str, Any]) -> int:
     title = f"{cfg.data.dataset} {cfg.data.partition}" + (
         f" alpha={cfg.data.dirichlet_alpha}" if cfg.data.partition == "dirichlet" else ""
     )
-    print(f"wrote {heatmap(counts, Path(ns['plot']), title)}")
+    print(f"wrote {heatmap(counts, plot, title)}")
     return 0

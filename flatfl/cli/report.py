@@ -55,11 +55,19 @@ def add_parser(sub: Any) -> None:
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
-            "cached in OUT/runs/ and reused on a rerun with the same settings."
+            "cached in OUT/runs/ and reused on a rerun with the same settings. The files are links into "
+            "OUT/.report-current, which a rerun swaps in one step (a kill leaves the old report or the new one); "
+            "one report at a time per OUT."
         ),
     )
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (with run.json)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output folder (not a run directory, nor a folder whose runs/ holds the input runs)",
+    )
     p.add_argument(
         "--at-rounds",
         type=_rounds,
@@ -254,8 +262,6 @@ def run(ns: dict[str, Any]) -> int:
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
             )
     settings = _report_settings(ns)
-    if Path(ns["out"]).exists() and not Path(ns["out"]).is_dir():
-        raise UserError(f"--out: {ns['out']} is a file; give a folder for the report")
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
     from tqdm.auto import tqdm
 

@@ -25,6 +25,7 @@ when their settings and the checkpoint's SHA-256 match, so an interrupted report
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -661,46 +662,92 @@ def build_report(
     log: Callable[[str], None] = lambda s: None,
     show_progress: bool = False,
 ) -> dict[str, Path]:
-    """Compute and write the report; returns the written files by kind."""
-    from tqdm.auto import tqdm
-
+    """Compute and write the report (under ``out``'s lock, the new set replacing the old at once,
+    :mod:`flatfl.reportdir`); returns the written files by kind."""
+    from flatfl.reportdir import check_report_out
     from flatfl.runs.report_page import write_report
 
+    check_report_out(out, list(run_dirs))
     runs = [Run.open(p) for p in run_dirs]
+    for r in runs:
+        if not (r.path / ckpt.METRICS_FILE).is_file():
+            raise ValueError(
+                f"{r.path / ckpt.METRICS_FILE}: missing (the report reads each round's test accuracy from it); "
+                "restore it, or leave this run out"
+            )
     groups = group_runs(runs, dict(settings.labels))
     check_comparable(groups, settings, log)
     for g in groups:
         for s in g.diverged:
             log(f"{g.runs[s].path}: diverged ({g.status[s].why}); listed, left out of every mean")
     rounds = equal_rounds(groups, settings.rounds)
+    with contextlib.ExitStack() as stack:
+        folder = _open_out(out, stack)  # rank 0 alone writes; it locks ``out`` before any cache write
+        conds, ms, data = _measure(groups, settings, rounds, out, log, show_progress)
+        if folder is None:
+            return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
+        mlist = measures(settings)
+        verdict = verdicts(groups, conds, mlist, settings.slice_radius)
+        lines = line_slices(groups, rounds[-1], settings, data)
+        curves = training_curves(groups, settings, show_progress)
+        rows = report_rows(groups, conds, ms)
+        return folder.write(
+            lambda stage: write_report(
+                stage,
+                settings=settings,
+                groups=groups,
+                rounds=rounds,
+                conds=conds,
+                measured=ms,
+                measures=mlist,
+                verdict=verdict,
+                lines=lines,
+                curves=curves,
+                rows=rows,
+                command=command,
+            )  # fmt: skip
+        )
+
+
+def _open_out(out: Path, stack: contextlib.ExitStack) -> Any:
+    """Rank 0 takes ``out`` (made, locked, tidied: :class:`~flatfl.reportdir.ReportDir`) and returns it;
+    every other rank gets None, or rank 0's refusal (it then stops too, instead of waiting for rank 0)."""
+    from flatfl.errors import UserError
+    from flatfl.reportdir import ReportDir
+
+    folder, error = None, None
+    if distributed.is_main():
+        try:
+            folder = stack.enter_context(ReportDir(out))
+        except UserError as exc:
+            error = exc
+    why = distributed.broadcast_array(None if error is None else str(error))  # type: ignore[arg-type]
+    if error is not None:
+        raise error
+    if why is not None:
+        raise UserError(str(why))
+    return folder
+
+
+def _measure(
+    groups: Sequence[Group],
+    settings: ReportSettings,
+    rounds: list[int],
+    out: Path,
+    log: Callable[[str], None],
+    show_progress: bool,
+) -> tuple[list[Condition], Measured, AnalysisData]:
+    """Plan the conditions and measure every checkpoint they need (cached under ``out/runs``)."""
+    from tqdm.auto import tqdm
+
     data = AnalysisData(settings.landscape)
     conds = plan_conditions(groups, settings, rounds, out, data)
     total = sum(
         len(set(rounds) | ({c.rounds[g.label][s].round for c in conds} - {None})) for g in groups for s in g.seeds
     )
-
     with tqdm(total=total, desc="report", unit="ckpt", disable=not show_progress) as bar:
         say = (lambda text: tqdm.write(text, file=sys.stderr)) if show_progress else log  # through the bar
         # each solver's bar below the report's, cleared when it is done (many checkpoints)
         bars = partial(curvature.tqdm_bars, leave=False) if show_progress else curvature.no_bars
         ms = measure_all(groups, conds, settings, rounds, out, say, bar.update, bars)
-    if not distributed.is_main():
-        return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
-    mlist = measures(settings)
-    verdict = verdicts(groups, conds, mlist, settings.slice_radius)
-    lines = line_slices(groups, rounds[-1], settings, data)
-    curves = training_curves(groups, settings, show_progress)
-    return write_report(
-        out,
-        settings=settings,
-        groups=groups,
-        rounds=rounds,
-        conds=conds,
-        measured=ms,
-        measures=mlist,
-        verdict=verdict,
-        lines=lines,
-        curves=curves,
-        rows=report_rows(groups, conds, ms),
-        command=command,
-    )
+    return conds, ms, data
