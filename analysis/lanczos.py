@@ -20,6 +20,7 @@ copy each from a single start vector (an inherent limit of single-vector Krylov 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,11 @@ from scipy.linalg import eigh_tridiagonal
 from flatfl.analysis import checks
 from flatfl.analysis.interop import as_operator
 from flatfl.analysis.operators import LinearOperator
+
+NOT_FINITE = (
+    "the operator returned NaN or inf: the loss is not finite at these parameters (NaN/inf in the data or the "
+    "weights, or a loss that overflows)"
+)
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,8 @@ def _krylov(
         if progress is not None:
             progress(j + 1, progress_total)
         a = float(torch.dot(w, q))
+        if not math.isfinite(a):
+            raise ValueError(NOT_FINITE)
         alpha.append(a)
         Qj = basis[: j + 1]
         for _ in range(2):  # full reorthogonalisation, twice
@@ -244,6 +252,8 @@ def lanczos_tridiagonal_block(
         still = []
         for w, i in zip(W, active):
             alpha[i].append(float(torch.dot(w, Q[i])))
+            if not math.isfinite(alpha[i][-1]):
+                raise ValueError(NOT_FINITE)
             Qj = basis[i, : j + 1]
             for _ in range(2):
                 w = w - Qj.T @ (Qj @ w)

@@ -186,3 +186,14 @@ def test_a_layer_without_a_second_derivative_is_named():
     ids, y = torch.randint(0, 10, (8, 5)), torch.randint(0, 2, (8,))
     with pytest.raises(NotImplementedError, match="cannot be differentiated twice"):
         HessianOperator(objective(Bag(), (ids, y)))
+
+
+def test_a_loss_that_is_not_finite_is_named_not_passed_to_the_eigensolver():
+    from flatfl.analysis import hessian_density
+
+    x, y = torch.randn(12, 3), torch.randint(0, 3, (12,))
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        hessian_eigenvalues(nn.Linear(3, 3), (x, y), k=1)  # was scipy's "array must not contain infs or NaNs"
+    with pytest.raises(ValueError, match="NaN or inf"):
+        hessian_density(nn.Linear(3, 3), (x, y), num_runs=2, num_steps=4)
