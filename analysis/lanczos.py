@@ -30,12 +30,7 @@ from scipy.linalg import eigh_tridiagonal
 
 from flatfl.analysis import checks
 from flatfl.analysis.interop import as_operator
-from flatfl.analysis.operators import LinearOperator
-
-NOT_FINITE = (
-    "the operator returned NaN or inf: the loss is not finite at these parameters (NaN/inf in the data or the "
-    "weights, or a loss that overflows)"
-)
+from flatfl.analysis.operators import NOT_FINITE, LinearOperator
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,10 @@ BLOCK_MODES = ("batched", "loop", "fwd-rev")
 # Vectors per way in "auto"'s trial blocks: enough to time a block (a few products), few enough that the
 # slower ways cost little (on the 2-core CPU a trial of 9 vectors per way made Hutch++ 99 ~10% slower).
 TRIAL_WIDTH = 4
+NOT_FINITE = (
+    "the operator returned NaN or inf: the loss is not finite at these parameters (NaN/inf in the data or the "
+    "weights, or a loss that overflows)"
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Any], Any]

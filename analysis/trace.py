@@ -33,7 +33,7 @@ import torch
 
 from flatfl.analysis import checks
 from flatfl.analysis.interop import as_operator
-from flatfl.analysis.operators import LinearOperator, matmat
+from flatfl.analysis.operators import NOT_FINITE, LinearOperator, matmat
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,23 @@ Progress = Callable[[int, int], None]
 
 def _applier(op: LinearOperator, progress: Progress | None, total: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """V -> H V by ``matmat``; with ``progress``, in chunks of about a twentieth of ``total`` columns, calling
-    ``progress(done, total)`` after each chunk (the same products, reported as they are computed)."""
-    if progress is None:
-        return lambda V: matmat(op, V)
+    ``progress(done, total)`` after each chunk (the same products, reported as they are computed); a ValueError
+    when a product is not finite (a NaN estimate would say nothing of why)."""
     done, step = [0], max(1, -(-total // 20))
 
     def apply(V: torch.Tensor) -> torch.Tensor:
-        cols = []
-        for i in range(0, V.shape[1], step):
-            cols.append(matmat(op, V[:, i : i + step]))
-            done[0] += cols[-1].shape[1]
-            progress(done[0], total)
-        return torch.cat(cols, dim=1)
+        if progress is None:
+            HV = matmat(op, V)
+        else:
+            cols = []
+            for i in range(0, V.shape[1], step):
+                cols.append(matmat(op, V[:, i : i + step]))
+                done[0] += cols[-1].shape[1]
+                progress(done[0], total)
+            HV = torch.cat(cols, dim=1)
+        if not bool(torch.isfinite(HV).all()):
+            raise ValueError(NOT_FINITE)
+        return HV
 
     return apply
 

@@ -197,3 +197,6 @@ def test_a_loss_that_is_not_finite_is_named_not_passed_to_the_eigensolver():
         hessian_eigenvalues(nn.Linear(3, 3), (x, y), k=1)  # was scipy's "array must not contain infs or NaNs"
     with pytest.raises(ValueError, match="NaN or inf"):
         hessian_density(nn.Linear(3, 3), (x, y), num_runs=2, num_steps=4)
+    for estimator in ("hutchinson", "hutch++", "adaptive"):  # was a NaN estimate
+        with pytest.raises(ValueError, match="NaN or inf"):
+            hessian_trace(nn.Linear(3, 3), (x, y), estimator=estimator, num_matvecs=9)
