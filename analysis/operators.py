@@ -50,7 +50,8 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from flatfl.analysis import batches as bt
-from flatfl.analysis.losses import batch_loss
+from flatfl.analysis import checks
+from flatfl.analysis.losses import LossFn, batch_loss
 
 
 class LinearOperator(Protocol):
@@ -131,7 +132,6 @@ NOT_FINITE = (
     "weights, or a loss that overflows)"
 )
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ForwardFn = Callable[[nn.Module, Any], Any]
 TargetsFn = Callable[[Any], Any]
 
@@ -153,23 +153,18 @@ def _pair(batch: Any) -> Any:
     )
 
 
-def _check_data_arguments(model: nn.Module, x: Any, y: Any, batches: Any, batch_size: int) -> None:
-    """Plain ValueErrors for what :class:`ModelLoss` cannot take."""
+def _check_data_arguments(model: nn.Module, x: Any, y: Any, batches: Any) -> None:
+    """Plain ValueErrors for what :class:`ModelLoss` cannot take (x/y lengths and ``batch_size``:
+    :func:`batches.split <flatfl.analysis.batches.split>`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
     if next(model.parameters(), None) is None:
         raise ValueError(f"the model ({type(model).__name__}) has no parameters: nothing to analyse")
-    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        raise ValueError("the model has uninitialised (lazy) parameters: run one forward pass first")
+    checks.initialised(model)
     if (batches is None) == (x is None or y is None):
         raise ValueError("give either x and y tensors or batches=")
-    if batches is None:
-        if len(y) == 0:
-            raise ValueError("empty data set")
-        if len(x) != len(y):
-            raise ValueError(f"x and y hold different numbers of examples ({len(x)} and {len(y)})")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+    if batches is None and len(y) == 0:
+        raise ValueError("empty data set")
 
 
 class _Hooked(nn.Module):
@@ -217,7 +212,7 @@ class ModelLoss:
         memory_budget: float = 2 * 2**30,
         stream: bool | None = None,
     ) -> None:
-        _check_data_arguments(model, x, y, batches, batch_size)
+        _check_data_arguments(model, x, y, batches)
         first = next(model.parameters())
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = dtype or first.dtype

@@ -32,12 +32,18 @@ def test_matmat_equals_the_explicit_hessian_times_v(method, block_mode):
         assert [m for m, t in op.block_seconds.items() if t] == [block_mode]
 
 
+def recorded_blocks(op: HessianOperator) -> list[tuple[str, int]]:
+    """The (block mode, vectors) of every ``hvp_block`` call ``op`` makes from now on, appended as they happen."""
+    calls, inner = [], op.objective.hvp_block
+    op.objective.hvp_block = lambda V, method, mode: calls.append((mode, V.shape[0])) or inner(V, method, mode)
+    return calls
+
+
 def test_auto_times_each_way_on_equal_trial_blocks_then_cuts_the_rest_evenly():
     model, x, y = tiny_problem()
     H, _ = explicit_hessian(model, x, y)
     op = HessianOperator(ModelLoss(model, x, y, batch_size=7), method="double-backward", max_block=8)
-    calls, inner = [], op.objective.hvp_block
-    op.objective.hvp_block = lambda V, method, mode: calls.append((mode, V.shape[0])) or inner(V, method, mode)
+    calls = recorded_blocks(op)
     g = torch.Generator().manual_seed(3)
     V = torch.randn(op.size, 12, dtype=torch.float64, generator=g)
     torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
@@ -57,8 +63,7 @@ def test_trial_blocks_stay_small_on_a_wide_call():
     model, x, y = tiny_problem()
     H, _ = explicit_hessian(model, x, y)
     op = HessianOperator(ModelLoss(model, x, y, batch_size=7), method="double-backward", max_block=64)
-    calls, inner = [], op.objective.hvp_block
-    op.objective.hvp_block = lambda V, method, mode: calls.append((mode, V.shape[0])) or inner(V, method, mode)
+    calls = recorded_blocks(op)
     V = torch.randn(op.size, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-10, atol=1e-12)
     assert TRIAL_WIDTH == 4
