@@ -17,6 +17,8 @@ once however many figures the page holds.
 from __future__ import annotations
 
 import html
+import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,31 +68,62 @@ def _marker_label(group: str, surf: Surface) -> str:
     return GROUP_STYLE.get(group, {}).get("label", group)
 
 
-def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, show_scale: bool) -> list:
-    """Contour of Δloss on fixed linear levels, then the models, then the checkpoint star on top."""
+def level_edges(zrange: tuple[float, float], levels: int | None = None, marks: Sequence[float] = ()) -> np.ndarray:
+    """The Δloss levels of a contour map, as increasing edges from ``zrange[0]`` to ``zrange[1]``.
+
+    ``levels`` an int: that many linear levels (equal steps). ``None`` (default): a 1-2-5 sequence
+    (0.01, 0.02, 0.05, 0.1, ...) from 1/100 of the top -- or the smallest of ``marks`` if lower --
+    up to the top, plus ``marks`` themselves (the verdict's width thresholds), so the basin around the
+    checkpoint, where a width at Δloss 0.1 is read, gets levels of its own instead of one colour; 0 is
+    an edge when the range dips below it.
+    """
+    lo, hi = float(zrange[0]), float(max(zrange[1], zrange[0] + 1e-12))
+    if levels is not None:
+        return np.linspace(lo, hi, int(levels) + 1)
+    inside = [m for m in marks if lo < m < hi]
+    floor = min([hi / 100] + inside) if hi > 0 else hi
+    vals = set(inside)
+    if hi > 0:
+        e = math.floor(math.log10(floor))
+        while 10.0**e <= hi * 10:
+            vals.update(v * 10.0**e for v in (1, 2, 5) if floor * (1 - 1e-9) <= v * 10.0**e < hi * (1 - 1e-9))
+            e += 1
+    if lo < 0 < hi:
+        vals.add(0.0)
+    return np.array(sorted({lo, hi} | {float(f"{v:.6g}") for v in vals if lo < v < hi}))
+
+
+def _level_index(d: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Δloss mapped piecewise-linearly onto the edges' indices (edge k -> k): uneven levels drawn with
+    plotly's even contour steps, one colour band between two levels."""
+    return np.interp(d, edges, np.arange(len(edges), dtype=float))
+
+
+def _colorbar(edges: np.ndarray) -> dict:
+    """A colour bar whose ticks are the contour levels themselves (labels in Δloss)."""
+    return dict(title="Δloss", len=0.9, tickvals=list(range(len(edges))), ticktext=[f"{e:.3g}" for e in edges])
+
+
+def _contour_traces(surf: Surface, edges: np.ndarray, show_scale: bool) -> list:
+    """Contour of Δloss on the levels ``edges`` (see :func:`level_edges`), then the models, then the
+    checkpoint star on top."""
     z0 = surf.origin_loss()
-    d = np.clip(surf.loss - z0, *zrange).T  # plotly: z[j, i] at (x_i, y_j)
-    step = (zrange[1] - zrange[0]) / max(levels, 1)
+    d = np.clip(surf.loss - z0, edges[0], edges[-1]).T  # plotly: z[j, i] at (x_i, y_j)
     traces: list = [
         go.Contour(
             x=surf.alphas,
             y=surf.betas,
-            z=d,
-            zmin=zrange[0],
-            zmax=zrange[1],
+            z=_level_index(d, edges),
+            customdata=d,
+            zmin=0,
+            zmax=len(edges) - 1,
             autocontour=False,
-            contours=dict(
-                start=zrange[0] + step,
-                end=zrange[1],
-                size=step,
-                showlabels=True,
-                labelfont=dict(size=10, color="white"),
-            ),
+            contours=dict(start=1, end=len(edges) - 2 + 1e-9, size=1, showlabels=False),
             colorscale="Viridis",
             showscale=show_scale,
-            colorbar=dict(title="Δloss", len=0.9),
+            colorbar=_colorbar(edges),
             name="Δloss",
-            hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{z:.4g}<extra></extra>",
+            hovertemplate="a %{x:.3f}<br>b %{y:.3f}<br>Δloss %{customdata:.4g}<extra></extra>",
         )
     ]
     for group, ms in surf.drawn_marker_groups()[0].items():
@@ -124,17 +157,20 @@ def _contour_traces(surf: Surface, zrange: tuple[float, float], levels: int, sho
     return traces
 
 
-def _scene_traces(surf: Surface, zrange: tuple[float, float]) -> list:
-    """3D Δloss surface with the models; symbols limited to ones WebGL draws (no glyph fallback)."""
+def _scene_traces(surf: Surface, edges: np.ndarray) -> list:
+    """3D Δloss surface (height: Δloss; colour: the contour map's level bands) with the models; symbols
+    limited to ones WebGL draws (no glyph fallback)."""
     z0 = surf.origin_loss()
+    zrange = (float(edges[0]), float(edges[-1]))
     d = np.clip(surf.loss - z0, *zrange).T
     traces: list = [
         go.Surface(
             x=surf.alphas,
             y=surf.betas,
             z=d,
-            cmin=zrange[0],
-            cmax=zrange[1],
+            surfacecolor=_level_index(d, edges),
+            cmin=0,
+            cmax=len(edges) - 1,
             colorscale="Viridis",
             showscale=False,
             name="Δloss",
@@ -188,13 +224,16 @@ def surface_figures(
     frames: Sequence[tuple[str, Surface]],
     *,
     zrange: tuple[float, float] | None = None,
-    levels: int = 20,
+    levels: int | None = None,
     title: str = "",
+    marks: Sequence[float] = (),
 ) -> tuple[go.Figure, go.Figure | None]:
     """(contour figure, 3D figure) of 2D surfaces, a slider over frames; (curve figure, None) for 1D.
 
     The contour is its own figure (it renders without WebGL); both show Δloss = loss − loss at the
-    checkpoint on ``levels`` linear levels over ``zrange`` (default :func:`delta_range`), equal
+    checkpoint on the levels of :func:`level_edges` (``levels`` linear ones, or by default a 1-2-5
+    sequence holding ``marks``, e.g. the width thresholds) over ``zrange`` (default
+    :func:`delta_range`), the colour bar's ticks on those levels, equal
     aspect, the checkpoint star drawn last.
     """
     if not frames:
@@ -202,17 +241,18 @@ def surface_figures(
     if any(s.betas is None for _, s in frames):
         return curve_figure(frames, title=title), None
     zrange = zrange or delta_range([s for _, s in frames])
+    edges = level_edges(zrange, levels, marks)
     desc = frames[0][1].description
     xl, yl = "a: " + (desc.get("x_label") or ""), "b: " + (desc.get("y_label") or "")
     contour, scene = go.Figure(), go.Figure()
     cspans, sspans = [], []
     for _, surf in frames:
         first = len(contour.data)
-        for tr in _contour_traces(surf, zrange, levels, show_scale=True):
+        for tr in _contour_traces(surf, edges, show_scale=True):
             contour.add_trace(tr)
         cspans.append((first, len(contour.data)))
         first = len(scene.data)
-        for tr in _scene_traces(surf, zrange):
+        for tr in _scene_traces(surf, edges):
             scene.add_trace(tr)
         sspans.append((first, len(scene.data)))
     names = [label for label, _ in frames]
@@ -287,35 +327,135 @@ def curve_figure(frames: Sequence[tuple[str, Surface]], *, title: str = "") -> g
     return fig
 
 
+# Figures are initialised after the page: the text (the answer first) paints before plotly.js is parsed.
+# Each figure's JSON sits in a <script type="application/json">; the script at the end of the body draws it,
+# scaled to its box, stacked into one column on a narrow screen when the figure says how
+# (``layout.meta.narrow``: a layout patch), and a WebGL figure in a browser without WebGL is replaced by
+# one line (plotly's own message links to an outside site).
+_INIT_JS = r"""
+(function () {
+  var gl = false;
+  try { var c = document.createElement('canvas'); gl = !!(window.WebGLRenderingContext &&
+        (c.getContext('webgl') || c.getContext('experimental-webgl'))); } catch (e) { gl = false; }
+  function merge(a, b) {
+    var out = Object.assign({}, a || {});
+    for (var k in b) {
+      out[k] = (b[k] && typeof b[k] === 'object' && !Array.isArray(b[k])) ? merge(out[k], b[k]) : b[k];
+    }
+    return out;
+  }
+  function draw(div) {
+    var spec = JSON.parse(document.getElementById(div.dataset.src).textContent);
+    var fig = spec.fig, layout = fig.layout || {}, meta = layout.meta || {};
+    if (spec.webgl && !gl) {
+      var p = document.createElement('p'); p.className = 'nogl'; p.textContent = spec.nogl;
+      div.replaceWith(p); return;
+    }
+    var w = div.parentNode.clientWidth;
+    if (meta.narrow && w < 700) { layout = merge(layout, meta.narrow); }
+    if (layout.width && w && w < layout.width) {
+      if (spec.keep_aspect) { layout.height = Math.round(layout.height * w / layout.width) + 40; }
+      layout.width = w;
+    }
+    Plotly.newPlot(div, fig.data, layout, {displaylogo: false, responsive: true});
+  }
+  document.querySelectorAll('div.plot').forEach(function (div) {
+    var box = div.closest('details');
+    if (box && !box.open) {  // drawn when first opened: a closed box has no width to fit
+      box.addEventListener('toggle', function once() {
+        if (box.open) { box.removeEventListener('toggle', once); draw(div); }
+      });
+      return;
+    }
+    draw(div);
+  });
+})();
+"""
+
+_GL_TRACES = {"surface", "scatter3d", "mesh3d", "cone", "streamtube", "volume", "isosurface", "scattergl"}
+
+
+def _slug(text: str, taken: set[str]) -> str:
+    base = "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
+    base = "-".join(filter(None, base.split("-")))[:60] or "section"
+    slug, k = base, 2
+    while slug in taken:
+        slug, k = f"{base}-{k}", k + 1
+    taken.add(slug)
+    return slug
+
+
+def _figure_html(fig: go.Figure, fid: str) -> str:
+    """A figure as an empty box plus its JSON (drawn by ``_INIT_JS`` once plotly.js is loaded)."""
+    webgl = any(t.type in _GL_TRACES for t in fig.data)
+    keep = fig.layout.yaxis.scaleanchor == "x" and fig.layout.width is not None
+    spec = {
+        "fig": json.loads(fig.to_json()),
+        "webgl": webgl,
+        "keep_aspect": keep,
+        "nogl": "This 3D view needs WebGL, which this browser has turned off; the contour map shows the same surface.",
+    }
+    data = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
+    return (
+        f"<div class='fig'><div class='plot' id='{fid}' data-src='{fid}-json'></div></div>"
+        f"<script type='application/json' id='{fid}-json'>{data}</script>"
+    )
+
+
+PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:1em;color:#222}"
+    "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;margin-top:1.6em}code,pre{background:#f6f6f6}"
+    "pre{padding:0.6em;overflow-x:auto;font-size:0.85em}.row{display:flex;flex-wrap:wrap;gap:1em}"
+    "div.fig,div.scroll{overflow-x:auto;max-width:100%}img{max-width:100%}"
+    "nav.toc{font-size:0.85em;color:#555;margin:0.2em 0 0.8em}nav.toc a{color:#1f4e79}"
+    "p.nogl{color:#555;font-style:italic}"
+)
+
+
 def page_html(title: str, sections: Sequence[tuple[str, object]], *, intro: str = "", css: str = "") -> str:
-    """One self-contained HTML page: plotly.js inlined once, then each (heading, figure-or-HTML).
+    """One self-contained HTML page: each (heading, figure-or-HTML) under an anchored heading, a contents
+    line of links, then plotly.js inlined once at the end.
 
     A section's body is a plotly figure, an HTML string (tables, images as data URIs) or a list of
-    them (a caption and its figure under one heading). The page opens offline (no CDN), declares
-    its language and a device-width viewport, and keeps wide figures and tables inside their own
-    horizontal scroll so a phone-width page does not scroll sideways.
+    them (a caption and its figure under one heading). The page opens offline (no CDN, no outside
+    link), declares its language and a device-width viewport, and keeps wide figures and tables
+    inside their own horizontal scroll so a phone-width page does not scroll sideways. Its text
+    paints before plotly.js is parsed: figures are drawn by a script at the end of the body,
+    fitted to the screen's width (equal-aspect maps keep their aspect; a figure whose
+    ``layout.meta["narrow"]`` holds a layout patch takes it below 700 px, e.g. panels stacked in one
+    column); a WebGL figure in a browser without WebGL is replaced by one line.
     """
     from plotly.offline import get_plotlyjs
 
+    taken: set[str] = set()
+    slugs = [_slug(h, taken) for h, _ in sections]
+    toc = ""
+    if len(sections) > 2:
+        links = " · ".join(f"<a href='#{s}'>{html.escape(h)}</a>" for s, (h, _) in zip(slugs, sections))
+        # open on a wide screen, one line ("Contents") on a phone, where the answer should fill the first screen
+        toc = (
+            f"<nav class='toc' aria-label='contents'><details id='toc'><summary>Contents</summary>{links}</details>"
+            "</nav><script>if (window.innerWidth >= 700) document.getElementById('toc').open = true;</script>"
+        )
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:1em;color:#222}"
-        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}h2{border-bottom:1px solid #ddd;margin-top:1.6em}code,pre{background:#f6f6f6}"
-        "pre{padding:0.6em;overflow-x:auto;font-size:0.85em}.row{display:flex;flex-wrap:wrap;gap:1em}"
-        "div.fig{overflow-x:auto;max-width:100%}img{max-width:100%}" + css + "</style>",
-        f"<script type='text/javascript'>{get_plotlyjs()}</script>",
-        f"</head><body><h1>{html.escape(title)}</h1>{intro}",
+        f"<style>{PAGE_STYLE}{css}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>{intro}{toc}",
     ]
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
+    n = 0
+    for slug, (heading, body) in zip(slugs, sections):
+        parts.append(f"<h2 id='{slug}'>{html.escape(heading)}</h2>")
         for item in body if isinstance(body, (list, tuple)) else [body]:
             if isinstance(item, go.Figure):  # a fixed-width figure scrolls in its own box, not the page
-                fig = item.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
-                parts.append(f"<div class='fig'>{fig}</div>")
+                n += 1
+                parts.append(_figure_html(item, f"fig{n}"))
             else:
                 parts.append(str(item))
+    if n:
+        parts.append(f"<script type='text/javascript'>{get_plotlyjs()}</script>")
+        parts.append(f"<script type='text/javascript'>{_INIT_JS}</script>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -66,10 +66,10 @@ def plot_density(
     return _save(fig, path)
 
 
-MARKER_STYLE = {
-    "mutants": dict(color="#e66101", marker="D", label="mutants (sent next round)"),
-    "clients": dict(color="#1a9641", marker="o", label="returned client models"),
-    "models": dict(color="#d7191c", marker="s", label="models"),
+MARKER_STYLE = {  # Okabe-Ito colours, as the interactive page (no red/green pair)
+    "mutants": dict(color="#D55E00", marker="D", label="mutants (sent next round)"),
+    "clients": dict(color="#56B4E9", marker="o", label="returned client models"),
+    "models": dict(color="#CC79A7", marker="s", label="models"),
     "trajectory": dict(color="0.25", marker=".", label="trajectory"),
 }
 
@@ -91,38 +91,58 @@ def _draw_markers_2d(ax, surface) -> None:
         ax.legend(fontsize=6, loc="upper right", framealpha=0.85)
 
 
-def delta_levels(zrange: tuple[float, float], n: int) -> np.ndarray:
-    """n + 1 linear Δloss levels over zrange: the same levels for every surface compared (contourf fills
-    values outside zrange with the end colours: values are clipped into the range first)."""
-    return np.linspace(zrange[0], max(zrange[1], zrange[0] + 1e-12), n + 1)
+def delta_levels(zrange: tuple[float, float], n: int | None = None, marks=()) -> np.ndarray:
+    """The Δloss levels shared by every surface compared: ``n`` linear ones, or by default the 1-2-5
+    sequence holding ``marks`` of :func:`flatfl.analysis.interactive.level_edges` (the interactive page's
+    levels). contourf fills values outside zrange with the end colours: values are clipped first."""
+    from flatfl.analysis.interactive import level_edges
+
+    return level_edges(zrange, n, marks)
 
 
 def _contour(ax, surface, levels: np.ndarray):
-    """Filled Δloss contours on fixed levels, black level lines with black labels on a white box."""
+    """Filled Δloss contours on the levels (one colour per band, even when the levels are uneven), thin
+    black level lines; the colour bar (:func:`_colorbar`) labels the same levels."""
+    from matplotlib.colors import BoundaryNorm
+
     A, B = np.meshgrid(surface.alphas, surface.betas, indexing="ij")
     d = np.clip(surface.loss - surface.origin_loss(), levels[0], levels[-1])
-    cf = ax.contourf(A, B, d, levels=levels, cmap="viridis")
-    cs = ax.contour(A, B, d, levels=levels[1:-1:2], colors="k", linewidths=0.4)
-    labels = ax.clabel(cs, cs.levels[::2], fontsize=6, fmt="%.3g", colors="k")
-    for t in labels:
-        t.set_bbox(dict(facecolor="white", edgecolor="none", alpha=0.7, pad=0.5))
+    norm = BoundaryNorm(levels, plt.get_cmap("viridis").N)
+    cf = ax.contourf(A, B, d, levels=levels, cmap="viridis", norm=norm)
+    ax.contour(A, B, d, levels=levels[1:-1], colors="k", linewidths=0.35)
     _draw_markers_2d(ax, surface)
-    ax.set_xlabel("a: " + (surface.description.get("x_label") or ""), fontsize=8)
-    ax.set_ylabel("b: " + (surface.description.get("y_label") or ""), fontsize=8)
+    ax.set_xlabel("a: " + (surface.description.get("x_label") or ""), fontsize=9)
+    ax.set_ylabel("b: " + (surface.description.get("y_label") or ""), fontsize=9)
     ax.set_aspect("equal", adjustable="box")  # a circle looks like a circle
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=8)
     return cf
 
 
+def _colorbar(fig, cf, ax, levels: np.ndarray):
+    """A colour bar whose ticks are exactly the contour levels."""
+    cb = fig.colorbar(cf, ax=ax, shrink=0.85, ticks=levels, spacing="uniform")
+    cb.set_label("Δloss = L − L(checkpoint)", fontsize=9)
+    cb.ax.set_yticklabels([f"{v:.3g}" for v in levels])
+    cb.ax.tick_params(labelsize=8)
+    return cb
+
+
 def plot_surface(
-    surface, path: Path | None = None, *, title: str = "", levels: int = 20, zrange: tuple[float, float] | None = None
+    surface,
+    path: Path | None = None,
+    *,
+    title: str = "",
+    levels: int | None = None,
+    zrange: tuple[float, float] | None = None,
+    marks=(),
 ) -> list[Path]:
     """A 1D loss curve, or a 2D Δloss contour map with a colour bar, as PNG and PDF.
 
     ``surface`` is an :class:`analysis.surfaces.Surface`; its markers (mutants, returned client
     models, named models, the trajectory) are drawn at their coordinates in the plane. 2D maps
-    show Δloss = loss − loss at the checkpoint on ``levels`` linear levels over ``zrange``
-    (default: 0 to the largest Δloss), the axis names those of the interactive page.
+    show Δloss = loss − loss at the checkpoint on the levels of :func:`delta_levels` (``levels``
+    linear ones, or a 1-2-5 sequence holding ``marks``) over ``zrange`` (default: 0 to the largest
+    Δloss), the colour bar's ticks on those levels, the axis names those of the interactive page.
     """
     if surface.betas is None:
         fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=150)
@@ -147,39 +167,43 @@ def plot_surface(
         d = surface.loss - surface.origin_loss()
         zrange = (min(0.0, float(np.nanmin(d))), float(np.nanmax(d)))
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=150, layout="constrained")
-    cf = _contour(ax, surface, delta_levels(zrange, levels))
-    fig.colorbar(cf, ax=ax, shrink=0.85, label="Δloss = L − L(checkpoint)")
+    lv = delta_levels(zrange, levels, marks)
+    cf = _contour(ax, surface, lv)
+    _colorbar(fig, cf, ax, lv)
     ax.set_title(title or surface.description.get("kind", "loss surface"), fontsize=9)
     return _save(fig, path)
 
 
 def plot_surfaces_side_by_side(
-    surfaces, titles, path: Path, *, levels: int = 20, zrange: tuple[float, float] | None = None
+    surfaces, titles, path: Path, *, levels: int | None = None, zrange: tuple[float, float] | None = None, marks=()
 ) -> list[Path]:
-    """2D Δloss contour maps next to each other on one shared set of linear levels and one colour bar."""
+    """2D Δloss contour maps next to each other on one shared set of levels (:func:`delta_levels`) and one
+    colour bar whose ticks are those levels; ``titles`` should name each map's run, seed and round."""
     if zrange is None:
         zrange = (
             min([0.0] + [float(np.nanmin(s.loss - s.origin_loss())) for s in surfaces]),
             float(np.nanmedian([np.nanmax(s.loss - s.origin_loss()) for s in surfaces])),
         )
-    lv = delta_levels(zrange, levels)
+    lv = delta_levels(zrange, levels, marks)
     n = len(surfaces)
     fig, axes = plt.subplots(1, n, figsize=(4.4 * n + 1.0, 4.4), dpi=150, squeeze=False, layout="constrained")
     cf = None
     for i, (ax, s, t) in enumerate(zip(axes[0], surfaces, titles)):
         cf = _contour(ax, s, lv)
-        ax.set_title(t, fontsize=9)
+        ax.set_title(t, fontsize=10)
         if i:
             ax.set_ylabel("")  # shared axes: label once
     if cf is not None:
-        fig.colorbar(cf, ax=axes[0].tolist(), shrink=0.85, label="Δloss = L − L(checkpoint)")
+        _colorbar(fig, cf, axes[0].tolist(), lv)
     return _save(fig, path)
 
 
-def plot_slices(panels, colors, path: Path) -> list[Path]:
+def plot_slices(panels, colors, path: Path, thresholds=()) -> list[Path]:
     """Li et al. 1D slices: per panel (condition) the mean Δloss per group with a min-max band, as PNG and PDF.
 
     ``panels``: {panel title: {group label: [analysis.slices.Slices, ...]}}; ``colors``: group -> colour.
+    ``thresholds``: the Δloss levels of the verdict's widths, drawn dashed; the y axis is then
+    symmetric-log, linear up to the smallest threshold, so Δloss 0.1 and 10 are both readable.
     """
     titles = [t for t in panels if panels[t]]
     fig, axes = plt.subplots(
@@ -191,12 +215,21 @@ def plot_slices(panels, colors, path: Path) -> list[Path]:
             ts = sl[0].ts
             ax.fill_between(ts, delta.min(0), delta.max(0), color=colors[lab], alpha=0.15, lw=0)
             ax.plot(ts, delta.mean(0), color=colors[lab], lw=1.8, label=f"{lab} ({len(sl)} seeds)")
+        for tau in thresholds:
+            ax.axhline(tau, color="0.35", ls="--", lw=0.8)
+            ax.annotate(
+                f"Δloss {tau:g}", (0.01, tau), xycoords=("axes fraction", "data"), fontsize=7, color="0.35",
+                va="bottom",
+            )  # fmt: skip
+        if thresholds:
+            ax.set_yscale("symlog", linthresh=min(thresholds))
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("t (filter-normalised random direction)", fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("Δloss = L(θ + t·d) − L(θ)", fontsize=8)
-    axes[0][0].legend(fontsize=7, loc="upper center")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=min(len(labels), 3) or 1)
     return _save(fig, path)
 
 
@@ -221,4 +254,32 @@ def plot_curves(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_spread(series, path: Path, *, ylabel: str, title: str = "") -> list[Path]:
+    """The spread of the models sent to and returned by the clients over rounds, as PNG and PDF.
+
+    ``series``: [(label, rounds, values, colour, kind)] with kind "sent" (dashed, open markers) or
+    "returned" (solid, filled). A series with missing rounds is drawn as markers only (short line
+    pieces between saved pairs of rounds would look like error bars); the legend sits below the
+    axes, never over the data.
+    """
+    fig, ax = plt.subplots(figsize=(5.4, 4.0), dpi=150, layout="constrained")
+    for label, rounds, values, color, kind in series:
+        xs, ys = np.asarray(rounds, dtype=float), np.asarray(values, dtype=float)
+        gaps = bool(len(xs) > 1 and np.any(np.diff(xs) != 1))
+        sent = kind == "sent"
+        ax.plot(
+            xs, ys, ls="none" if gaps else ("--" if sent else "-"), lw=1.2, color=color, label=label,
+            marker="o" if sent else "s", ms=4, mfc="white" if sent else color, mec=color,
+        )  # fmt: skip
+    ax.set_xlabel("round", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=2)
     return _save(fig, path)

@@ -17,7 +17,9 @@ from plotly.subplots import make_subplots
 
 from flatfl.analysis.slices import Slices
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+# Okabe & Ito (2008) colours: told apart with every common colour-vision deficiency (no red/green pair);
+# the same group colour in every HTML and static figure of a report
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999"]
 # the straight-line figure tells seeds apart (a colour, dash and marker each), not groups
 SEED_PALETTE = ["#000000", "#e69f00", "#56b4e9", "#009e73", "#cc79a7", "#0072b2", "#d55e00", "#999999"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
@@ -26,7 +28,32 @@ LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
 
 
 def group_colors(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per group label, in order (:data:`PALETTE`)."""
     return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+
+
+def stack_narrow(fig: go.Figure, titles: Sequence[str], panel_height: int = 300) -> go.Figure:
+    """Attach a layout patch (``layout.meta["narrow"]``) that the report page applies below 700 px: the
+    figure's panels (subplots numbered row by row) stacked in one column, each ``panel_height`` px, the
+    legend above them -- no two subplot or axis titles overlap on a phone."""
+    n = len(titles)
+    if n < 2:
+        return fig
+    ref = make_subplots(rows=n, cols=1, subplot_titles=list(titles), vertical_spacing=min(0.3 / n, 0.12))
+    plot = panel_height * n  # the plot area's height: paper coordinates above 1 are px / plot
+    patch: dict[str, Any] = {"height": plot + 190, "margin": dict(l=55, r=10, t=140, b=50)}
+    for i in range(1, n + 1):
+        sx, sy = ("xaxis", "yaxis") if i == 1 else (f"xaxis{i}", f"yaxis{i}")
+        patch[sx] = {"domain": list(ref.layout[sx].domain)}
+        patch[sy] = {"domain": list(ref.layout[sy].domain), "showticklabels": True}
+    titled = set(titles)
+    extra = [a.to_plotly_json() for a in fig.layout.annotations if a.text not in titled]
+    patch["annotations"] = [a.to_plotly_json() for a in ref.layout.annotations] + extra
+    patch["legend"] = dict(orientation="h", x=0, y=1 + 30 / plot, yanchor="bottom")
+    if fig.layout.updatemenus:
+        patch["updatemenus"] = [dict(m.to_plotly_json(), y=1 + 100 / plot) for m in fig.layout.updatemenus]
+    fig.update_layout(meta={"narrow": patch})
+    return fig
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -47,9 +74,17 @@ def gapped(xs: Sequence[int], ys: Sequence[Any]) -> tuple[list, list]:
     return ox, oy
 
 
-def slices_figure(panels: Mapping[str, Mapping[str, Sequence[Slices]]], colors: Mapping[str, str]) -> go.Figure:
+def slices_figure(
+    panels: Mapping[str, Mapping[str, Sequence[Slices]]],
+    colors: Mapping[str, str],
+    thresholds: Sequence[float] = (),
+) -> go.Figure:
     """Li et al. 1D slices: per panel (condition) and group, the mean Δloss over seeds x directions
-    with a min-max band; all groups on one axis, panels share the y axis."""
+    with a min-max band; all groups on one axis, panels share the y axis.
+
+    ``thresholds``: the Δloss levels the verdict's 1D widths are read at, drawn as dashed lines; the
+    y axis then opens zoomed to them (a button shows the full range), so a width at Δloss 0.1 is
+    visible beside curves that rise to 10."""
     titles = list(panels)
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.06)
     for col, title in enumerate(titles, start=1):
@@ -90,7 +125,40 @@ def slices_figure(panels: Mapping[str, Mapping[str, Sequence[Slices]]], colors: 
         fig.update_xaxes(title_text="t (filter-normalised random direction)", row=1, col=col)
     fig.update_yaxes(title_text="Δloss = L(θ + t·d) − L(θ)", row=1, col=1)
     fig.update_layout(height=430, legend=dict(orientation="h", y=-0.22), **LAYOUT)
-    return fig
+    if thresholds:
+        for col in range(1, len(titles) + 1):
+            for tau in thresholds:
+                fig.add_hline(
+                    y=tau, line=dict(color="#555", dash="dash", width=1), row=1, col=col,
+                    annotation_text=f"width at Δloss {tau:g}", annotation_position="top left",
+                    annotation_font=dict(size=10, color="#555"),
+                )  # fmt: skip
+        top = max(thresholds)
+        zoom = [-0.1 * top, 1.6 * top]
+        axes = {f"yaxis{'' if c == 1 else c}.range": zoom for c in range(1, len(titles) + 1)}
+        full = {f"yaxis{'' if c == 1 else c}.autorange": True for c in range(1, len(titles) + 1)}
+        fig.update_yaxes(range=zoom)
+        fig.update_layout(
+            updatemenus=[
+                dict(
+                    type="buttons",
+                    direction="right",
+                    x=0,
+                    xanchor="left",
+                    y=1.18,
+                    yanchor="bottom",
+                    showactive=True,
+                    active=0,
+                    pad=dict(r=4, t=0),
+                    buttons=[
+                        dict(label="zoom to the widths' Δloss", method="relayout", args=[axes]),
+                        dict(label="full range", method="relayout", args=[full]),
+                    ],
+                )  # fmt: skip
+            ],
+            margin=dict(l=60, r=20, t=90, b=50),
+        )
+    return stack_narrow(fig, titles, 320)
 
 
 def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference: str, colors: Mapping[str, str]):
@@ -163,7 +231,7 @@ def measures_figure(
             shown.add(lab)
         fig.update_xaxes(title_text="round", tickformat="d", row=r, col=c)
     fig.update_layout(height=300 * rows + 60, legend=dict(orientation="h", y=1.08), **LAYOUT)
-    return fig
+    return stack_narrow(fig, [labels[k] for k in keys], 240)
 
 
 def over_rounds_figure(
@@ -213,4 +281,4 @@ def over_rounds_figure(
             shown.add(lab)
         fig.update_xaxes(title_text="round", tickformat="d", row=1, col=col)
     fig.update_layout(height=height, legend=dict(orientation="h", y=-0.25), **LAYOUT)
-    return fig
+    return stack_narrow(fig, [t for _, t in panels], 280)

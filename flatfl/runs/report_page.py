@@ -327,7 +327,11 @@ def _measure_points(measured: Any, keys: Sequence[str]) -> dict[str, dict[str, l
     return pts
 
 
-def _surface_sections(out: Path, measured: Any, settings: Any, files: dict[str, Path]) -> list[tuple[str, object]]:
+def _surface_sections(
+    out: Path, measured: Any, settings: Any, files: dict[str, Path], seeds: Mapping[str, int] | None = None
+) -> list[tuple[str, object]]:
+    """The surfaces of each group's lowest seed (``seeds``: group -> that seed, named in every title) on one
+    set of levels holding the width thresholds: a static side-by-side map, then each group's contour."""
     from flatfl.analysis.interactive import delta_range, surface_figures
     from flatfl.analysis.plots import plot_surfaces_side_by_side
 
@@ -338,30 +342,37 @@ def _surface_sections(out: Path, measured: Any, settings: Any, files: dict[str, 
     allsurf = [s for v in surfaces.values() for _, s in v]
     zr = delta_range(allsurf)
     last = {lab: v[-1] for lab, v in surfaces.items()}
+    seeds = seeds or {}
+    name = {lab: f"{lab} seed {seeds[lab]}" if lab in seeds else lab for lab in surfaces}
+    marks = tuple(settings.widths) if settings.slice_directions else ()
     png = plot_surfaces_side_by_side(
         [s for _, s in last.values()],
-        [f"{lab}, round {r}" for lab, (r, _) in last.items()],
+        [f"{name[lab]}, round {r}" for lab, (r, _) in last.items()],
         out / "surfaces",
         zrange=zr,
+        marks=marks,
     )[0]
     files["surfaces_png"] = png
     text = (
         f"<p>2D filter-normalised random planes (Li et al. 2018) through each group's lowest-seed model, a, b in "
         f"[-{ld.span:g}, {ld.span:g}], {ld.grid}x{ld.grid} points. Colour and contours: Δloss = L − L(checkpoint) "
-        f"on the same linear levels for every run and round (0 to {zr[1]:.3g}). "
+        f"on the same levels for every run and round (0 to {zr[1]:.3g}; "
+        + ("including the widths' thresholds Δloss " + ", ".join(f"{t:g}" for t in marks) + "; " if marks else "")
+        + "the colour bar's ticks are the levels). "
         f"{_markers_note([s for _, s in last.values()])}</p>"
-        f"<img alt='surfaces' style='max-width:100%' src='{png_data_uri(png)}'>"
+        "<details><summary>The last rounds' maps side by side as one static figure (surfaces.png and .pdf)"
+        f"</summary><img alt='surfaces' style='max-width:100%' src='{png_data_uri(png)}'></details>"
     )
     out_sections: list[tuple[str, object]] = [("Loss surfaces (last measured round, shared levels)", text)]
     for lab, v in surfaces.items():
-        contour, scene = surface_figures([(f"round {r}", s) for r, s in v], zrange=zr, title=lab)
+        contour, scene = surface_figures([(f"round {r}", s) for r, s in v], zrange=zr, title=name[lab], marks=marks)
         drawn = any(s.drawn_marker_groups()[0] for _, s in v)
         hover = " Hover over a drawn model for its own loss, accuracy and distance off the plane." if drawn else ""
         note = f"<p>{_markers_note([s for _, s in v])}{hover}</p>"
-        out_sections.append(
-            (f"Loss surface: {lab} (contour" + (", slider: round)" if len(v) > 1 else ")"), [note, contour])
-        )
-        out_sections.append((f"Loss surface: {lab} (3D, needs WebGL)", scene))
+        body: list[object] = [note, contour]
+        if scene is not None:
+            body += ["<details><summary>The same surface in 3D (needs WebGL)</summary>", scene, "</details>"]
+        out_sections.append((f"Loss surface: {name[lab]} (contour" + (", slider: round)" if len(v) > 1 else ")"), body))
     return out_sections
 
 
@@ -386,7 +397,7 @@ def _markers_note(surfaces: Sequence[Any]) -> str:
 
 
 def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any], colors, out: Path, files) -> list:
-    from flatfl.analysis.plots import plot_curves
+    from flatfl.analysis.plots import plot_spread
     from flatfl.analysis.report_figures import over_rounds_figure
 
     have = [r for r in curves if r.get("spread_sent_l2_mean") is not None]
@@ -399,28 +410,29 @@ def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any],
             )
         ]
     algo = {g.label: g.algo for g in groups}
-    sent_name = {
-        lab: ("global model sent (FedAvg sends w_{t-1})" if algo[lab] == "fedavg" else "sent (mutants)") for lab in algo
-    }
+    sent_name = {lab: ("global model sent (distance 0)" if algo[lab] == "fedavg" else "sent (mutants)") for lab in algo}
     fig = over_rounds_figure(
         have,
         [
-            ("spread_sent_l2_mean", "sent models: mean L2 to w_(t-1)"),
-            ("spread_returned_l2_mean", "returned models: mean L2 to w_(t-1)"),
+            ("spread_sent_l2_mean", "sent models: mean L2 to w<sub>t−1</sub>"),
+            ("spread_returned_l2_mean", "returned models: mean L2 to w<sub>t−1</sub>"),
         ],
         colors,
         markers=True,
     )
-    series = {}
+    series, seeds = [], []
     for g in groups:
         pts = [r for r in have if r["run"] == g.label]
         if pts:
-            series[f"{g.label}: {sent_name[g.label]}"] = (
-                [r["round"] for r in pts],
-                [r["spread_sent_l2_mean"] for r in pts],
-            )
-            series[f"{g.label}: returned"] = ([r["round"] for r in pts], [r["spread_returned_l2_mean"] for r in pts])
-    files["spread_png"] = plot_curves(series, out / "spread", xlabel="round", ylabel="mean L2 distance to w_(t-1)")[0]
+            seeds.append(f"{g.label} seed {pts[0]['seed']}")
+            rs = [r["round"] for r in pts]
+            series.append((f"{g.label}: {sent_name[g.label]}", rs, [r["spread_sent_l2_mean"] for r in pts],
+                           colors[g.label], "sent"))  # fmt: skip
+            series.append((f"{g.label}: returned", rs, [r["spread_returned_l2_mean"] for r in pts], colors[g.label],
+                           "returned"))  # fmt: skip
+    files["spread_png"] = plot_spread(
+        series, out / "spread", ylabel="mean L2 distance to $w_{t-1}$", title="drawn: " + ", ".join(seeds)
+    )[0]
     text = (
         "<p>Per saved round t (lowest seed of each group): mean L2 distance to w<sub>t-1</sub> of the models sent to "
         "clients (FedMut's mutants; FedAvg sends the global model itself, distance 0) and of the returned models. "
@@ -436,16 +448,21 @@ def _diagnostic_section(curves: Sequence[Mapping[str, Any]], colors) -> list:
     panels = [
         (k, t)
         for k, t in (
-            ("global_update_norm", "global update ||w_t − w_(t−1)||"),
-            ("mutation_rel", "mutation norm / ||w||"),
+            ("global_update_norm", "global update ‖w<sub>t</sub> − w<sub>t−1</sub>‖"),
+            ("mutation_rel", "mutation norm / ‖w‖"),
             ("sent_first_batch_loss_mean", "loss of the sent models (first batch)"),
         )
         if any(r.get(k) is not None for r in curves)
     ]
     if not panels:
         return []
-    text = "<p>Training diagnostics from metrics.jsonl, every run including diverged ones (dashed).</p>"
-    return [("Why runs diverge: per-round diagnostics", [text, over_rounds_figure(curves, panels, colors)])]
+    if any(r.get("status") == "diverged" for r in curves):
+        text = "<p>Training diagnostics from metrics.jsonl, every run including the diverged ones (dashed).</p>"
+        heading = "Why runs diverge: per-round diagnostics"
+    else:
+        text = "<p>Training diagnostics from metrics.jsonl, every run (none diverged).</p>"
+        heading = "Training diagnostics per round"
+    return [(heading, [text, over_rounds_figure(curves, panels, colors)])]
 
 
 def _curves_section(curves: Sequence[Mapping[str, Any]], colors) -> tuple[str, list]:
@@ -583,15 +600,14 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     ]
     panels = _slices_panels(conds, measured)
     if any(panels.values()):
-        files["slices_png"] = plot_slices(panels, colors, out / "slices")[0]
+        files["slices_png"] = plot_slices(panels, colors, out / "slices", settings.widths)[0]
         caption = (
             "<p>Δloss(t) = L(θ + t·d) − L(θ) along filter-normalised random directions d (the same seeds for "
             "every run): the mean over seeds and directions, and the min–max band. A slower rise is a flatter "
             "minimum; the 1D widths in the verdict are read from each run's mean curve.</p>"
         )
-        sections.append(
-            ("1D slices along random directions (Li et al. 2018)", [caption, slices_figure(panels, colors)])
-        )
+        fig = slices_figure(panels, colors, settings.widths)
+        sections.append(("1D slices along random directions (Li et al. 2018)", [caption, fig]))
     if lines:
         sections.append(_line_section(lines, verdict[0]["reference"], rounds[-1], colors))
     keys = {m.key: m.label for m in measures}
@@ -617,7 +633,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
         )
     )
     sections.append(_curves_section(curves, colors))
-    sections += _surface_sections(out, measured, settings, files)
+    sections += _surface_sections(out, measured, settings, files, {g.label: g.seeds[0] for g in groups if g.seeds})
     if settings.spread:
         sections += _spread_sections(curves, groups, colors, out, files)
     sections += _diagnostic_section(curves, colors)
