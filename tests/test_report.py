@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     assert (out / "report.csv").read_bytes() == before
 
 
-def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
+def test_report_surfaces_share_one_set_of_delta_levels(pair, tmp_path):
     from flatfl.analysis.interactive import delta_range
     from flatfl.analysis.surfaces import Surface
     from flatfl.cli import main
@@ -106,7 +107,8 @@ def test_report_surfaces_share_one_set_of_linear_delta_levels(pair, tmp_path):
     assert lo == min(0.0, *[np.nanmin(s.loss - s.loss[1, 1]) for s in surfs])  # the grid holds the checkpoint
     assert hi == pytest.approx(np.median([np.nanmax(s.loss - s.loss[1, 1]) for s in surfs]))
     html = (out / "report.html").read_text()
-    assert html.count(f'"zmax":{hi}') == 2  # both contour figures on the same levels
+    ticks = re.findall(r'"ticktext":\[([^\]]*)\]', html)  # the colour bars' ticks are the contour levels
+    assert len(ticks) == 2 and ticks[0] == ticks[1] and ticks[0].split(",")[-1] == f'"{hi:.3g}"'  # both the same
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert "lambda_max" not in rows[0] and "trace" not in rows[0]
 

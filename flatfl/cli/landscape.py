@@ -260,8 +260,9 @@ def _surface_arguments(p: Any, d: Any) -> None:
         "--levels",
         type=pos_int,
         metavar="N",
-        help="2D pages and figures: N linear Δloss levels (default: 20); give two pages the same --levels and "
-        "--zrange to compare them",
+        help="2D pages and figures: N linear Δloss levels (default: a 1-2-5 sequence, 0.01, 0.02, 0.05, 0.1, ... "
+        "up to the top of --zrange, so the basin gets levels of its own; the colour bar's ticks are the levels); "
+        "give two pages the same --levels and --zrange to compare them",
     )
     g.add_argument(
         "--zrange",
@@ -359,8 +360,8 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
     d = LandscapeSettings()
     keys = [k for ks in MEASURE_OPTIONS.values() for k in ks] + list(SURFACE_OPTIONS) + list(SHARPNESS_SHARED)
     for k in keys + ["eps"]:
-        if ns.get(k) is None and k not in ("to", "models", "range", "zrange"):
-            ns[k] = 20 if k == "levels" else getattr(d, DEFAULTS.get(k) or k)
+        if ns.get(k) is None and k not in ("to", "models", "range", "zrange", "levels"):
+            ns[k] = getattr(d, DEFAULTS.get(k) or k)
     return ns
 
 
