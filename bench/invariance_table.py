@@ -35,6 +35,7 @@ the numbers quoted in docs/landscapes.md::
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -61,12 +62,11 @@ SETTINGS = replace(
     landscape=replace(ReportSettings().landscape, dtype="float64", sharpness=SHARPNESS_MEASURES, surface=None),
 )
 # the verdict measures, as checkpoint_row names them
-KEYS = (
-    "lambda_max",
-    "trace",
-    *(f"sharpness_{s}" for s in SHARPNESS_MEASURES),
-    *(f"width_{t:g}" for t in SETTINGS.widths),
-)
+WIDTHS = tuple(f"width_{t:g}" for t in SETTINGS.widths)
+KEYS = ("lambda_max", "trace", *(f"sharpness_{s}" for s in SHARPNESS_MEASURES), *WIDTHS)
+
+
+Trained = tuple[nn.Module, torch.Tensor, torch.Tensor]  # a trained model and its analysis data (x, y)
 
 
 def _data(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,14 +97,29 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> nn
     return model.eval()
 
 
-def mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _trained_once(build: Callable[[], Trained]) -> Callable[[], Trained]:
+    """``build()`` run once (with the global RNG restored afterwards); each call returns a fresh copy."""
+    cached = functools.cache(build)
+
+    @functools.wraps(build)
+    def fresh() -> Trained:
+        with torch.random.fork_rng():
+            model, x, y = cached()
+        return copy.deepcopy(model), x, y
+
+    return fresh
+
+
+@_trained_once
+def mlp() -> Trained:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3)).double()
     x, y = _data((6,), 1)
     return _train(model, x, y, steps=30), x, y
 
 
-def cnn_bn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+@_trained_once
+def cnn_bn() -> Trained:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1),
@@ -151,7 +166,7 @@ class Case:
     """A reparametrisation of :data:`REPARAMETRISATIONS`, the model it acts on and how."""
 
     name: str
-    model: Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]
+    model: Callable[[], Trained]
     apply: Callable[[nn.Module, float], nn.Module]
 
 
