@@ -29,11 +29,12 @@ gives the exact lambda_max and trace alongside.
 measures. Run as a script it prints each measure's relative change per reparametrisation and alpha,
 the numbers quoted in docs/landscapes.md::
 
-    python bench/invariance_table.py
+    python bench/invariance_table.py [--dtype float32]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import tempfile
@@ -45,12 +46,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from flatfl.analysis.invariance import LABELS, REPARAMETRISATIONS
+from flatfl.analysis.invariance import LABELS, REPARAMETRISATIONS, invariant_to
 from flatfl.analysis.operators import ModelLoss
 from flatfl.analysis.slices import random_slices, symmetric_grid, width
 from flatfl.runs.curvature import SHARPNESS_MEASURES
 from flatfl.runs.measure import measure
-from flatfl.runs.problem import Problem
+from flatfl.runs.problem import DTYPES, Problem
 from flatfl.runs.report import SCALE_INVARIANT, ReportSettings, checkpoint_row, measure_slices
 
 ALPHAS = (0.25, 3.0)
@@ -192,15 +193,17 @@ def exact_curvature(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
     return {"lambda_max": float(torch.linalg.eigvalsh(H)[-1]), "trace": float(H.diagonal().sum())}
 
 
-def report_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, where: Path) -> dict[str, float]:
+def report_row(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, where: Path, settings: ReportSettings = SETTINGS
+) -> dict[str, float]:
     """The verdict measures of ``model`` exactly as ``flatfl report`` computes them for one checkpoint."""
-    ls = SETTINGS.landscape
-    obj = ModelLoss(model, x, y, batch_size=ls.batch_size, dtype=torch.float64)
+    ls = settings.landscape
+    obj = ModelLoss(model, x, y, batch_size=ls.batch_size, dtype=DTYPES[ls.dtype])
     problem = Problem(model, obj, obj, {"data": {}, "memory_budget_gb": ls.memory_budget_gb}, "invariance")
     record = measure(problem, ls).record
-    slices = measure_slices(lambda: problem, SETTINGS, where, "invariance")
-    row = checkpoint_row(record, {}, slices, SETTINGS.widths)
-    censored = [t for t in SETTINGS.widths if row[f"width_{t:g}_censored"]]
+    slices = measure_slices(lambda: problem, settings, where, "invariance")
+    row = checkpoint_row(record, {}, slices, settings.widths)
+    censored = [t for t in settings.widths if row[f"width_{t:g}_censored"]]
     if censored:
         raise AssertionError(f"widths at {censored} not reached within the slice radius: they would compare bounds")
     return {k: float(row[k]) for k in KEYS} | {f"exact_{k}": v for k, v in exact_curvature(model, x, y).items()}
@@ -240,22 +243,23 @@ class Measured:
         return "changes" if min(rel) > CHANGE else "unclear"
 
 
-def measure_all() -> Measured:
-    """Every measure on every model and reparametrised copy (about 10 s of one core)."""
+def measure_all(settings: ReportSettings = SETTINGS) -> Measured:
+    """Every measure on every model and reparametrised copy (about 10 s of one core); ``settings``: the
+    report's, in float64 by default (``dtype="float32"``, the report's default, shows float32's rounding)."""
     base, changed, moved, weights = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in CASES:
             model, x, y = case.model()
             name = case.model.__name__
             if name not in base:
-                base[name] = report_row(model, x, y, Path(tmp) / name)
+                base[name] = report_row(model, x, y, Path(tmp) / name, settings)
             theta = torch.cat([p.reshape(-1) for p in model.parameters()]).detach()
             for alpha in ALPHAS:
                 other = case.apply(model, alpha)
                 moved[(case.name, alpha)] = max_output_change(model, other, x)
                 theta2 = torch.cat([p.reshape(-1) for p in other.parameters()]).detach()
                 weights[(case.name, alpha)] = float((theta2 - theta).norm() / theta.norm())
-                changed[(case.name, alpha)] = report_row(other, x, y, Path(tmp) / f"{case.name}-{alpha:g}")
+                changed[(case.name, alpha)] = report_row(other, x, y, Path(tmp) / f"{case.name}-{alpha:g}", settings)
     return Measured(base, changed, moved, weights)
 
 
@@ -315,9 +319,26 @@ def changes_table(m: Measured) -> str:
 
 
 def main() -> None:
-    m = measure_all()
-    print(changes_table(m))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="the analysis dtype (default: float64, the test's; float32 is the report's default and shows how "
+        "closely the invariant measures agree at its rounding)",
+    )
+    args = parser.parse_args()
+    settings = replace(SETTINGS, landscape=replace(SETTINGS.landscape, dtype=args.dtype))
+    m = measure_all(settings)
     cols = [(c.name, a) for c in CASES for a in ALPHAS]
+    if args.dtype == "float32":
+        print("float32: largest |m'/m - 1| under the reparametrisations each measure is invariant to (float64)")
+        for key in KEYS:
+            same = [m.relative(c, a, key) for c, a in cols if c in invariant_to(key)]
+            if same:
+                print(f"  {ROWS[key]}: {max(same):.1e}")
+        return
+    print(changes_table(m))
     invariant = [m.relative(c, a, k) for c, a in cols for k in ROWS if m.relative(c, a, k) <= TOL]
     changed = [m.relative(c, a, k) for c, a in cols for k in ROWS if m.relative(c, a, k) > TOL]
     print(f"invariant cells: at most {max(invariant):.1e} relative; changed cells: at least {min(changed):.1e}")
