@@ -33,6 +33,7 @@ PAGE_CSS = (
     "td.win-a{background:#e3efff}td.win-b{background:#ffe6e3}td.none{background:#f4f4f4;color:#555}"
     "p.answer{font-size:1.15em;margin:0.3em 0}p.disagree{color:#9a3b00;font-weight:600}"
     "table.verdict th{text-align:center}small{color:#555}details{margin:0.6em 0}summary{cursor:pointer;color:#1f4e79}"
+    "dl.glossary dt{margin-top:0.7em}dl.glossary dd{margin-left:1.2em}table.invariance td{text-align:left}"
     # a phone-width screen: the verdict table becomes one card per measure, each cell labelled, so the
     # verdict is on screen rather than behind a horizontal scroll
     "@media (max-width:700px){table.verdict,table.verdict tbody,table.verdict tr,table.verdict td{display:block}"
@@ -538,6 +539,9 @@ def write_report(
         write_csv(path, data)
         files[name] = path
     sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
+    from flatfl.runs.report_glossary import glossary_html
+
+    sections.append(("What the measures mean", glossary_html(measures, settings)))
     sections.append(_commands_section(command, settings, groups))
     title = " vs ".join(labels) + ": is one flatter?"
     files["html"] = write_page(out / "report.html", title, sections, css=PAGE_CSS)
