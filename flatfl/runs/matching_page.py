@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flatfl.runs.matching import MATCH_RULE
+from flatfl.runs.match_rule import MATCH_RULE
 
 
 def matching_html(c: Any) -> str:
