@@ -73,6 +73,9 @@ def test_default_level_is_the_highest_final_moving_median_and_every_run_settles(
     assert lm.level == pytest.approx(statistics.median([0.9, 0.6, 0.7]))
     lm = match_loss(_curves({"A": a, "B": b}), 0.45, None)
     assert lm.found["B"].round is None and "never settles" in lm.found["B"].note
+    with pytest.raises(ValueError, match="no saved round in 1..0"):  # --at-rounds 0: nothing to set a level from
+        match_loss(_curves({"A": a}), None, 0)
+    assert match_loss(_curves({"A": a}), 0.5, 0).found["A"].round is None
 
 
 def test_match_accuracy_picks_the_first_round():

@@ -167,6 +167,12 @@ def match_loss(
     ``upto`` None: every saved round. The untrained loss (round 0) is read when round 0 is saved.
     """
     cand = {n: [r for r in rs if r >= 1 and (upto is None or r <= upto)] for n, (_, rs) in curves.items()}
+    empty = [n for n, rs in cand.items() if not rs]
+    if level is None and empty:
+        raise ValueError(
+            f"equal train loss: {empty[0]} has no saved round in 1..{upto} to set the level from; pass --at-rounds "
+            "with a later round, --match-loss, or --no-match"
+        )
     if level is None:
         level = max(float(moving_median([c(r) for r in cand[n]], window)[-1]) for n, (c, _) in curves.items())
     found, traces = {}, {}
