@@ -18,6 +18,7 @@ from flatfl.cli.common import (
     pos_int,
 )
 from flatfl.errors import UserError
+from flatfl.runs.match_rule import MATCH_RULE, MIN_DROP, SMOOTH_WINDOW
 
 
 def _rounds(text: str) -> tuple[int, ...] | None:
@@ -44,7 +45,7 @@ def add_parser(sub: Any) -> None:
         description=(
             "Answer whether one training setting (e.g. FedMut) reaches flatter minima than another (e.g. FedAvg). "
             "Runs that differ only in their seed form a group. Every run is measured at equal rounds, at equal "
-            "training loss (its first saved round whose loss on the analysis data is at or below a common level) "
+            f"training loss ({MATCH_RULE}) "
             "and, with --match-acc, at equal test accuracy: lambda_max (Lanczos), the Hessian trace "
             "(adaptive Hutch++), "
             "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
@@ -159,8 +160,11 @@ def _group_arguments(p: Any, d: Any) -> None:
         type=pos_float,
         default=None,
         metavar="L",
-        help="equal training loss: measure each run at its first saved round whose loss on the analysis data is "
-        "<= L (default: the highest loss among the runs at the last equal round, which every run reaches)",
+        help="equal training loss at level L: each run at the first saved round from which the moving median of its "
+        f"loss on the analysis data ({SMOOTH_WINDOW} saved rounds) stays <= L (default: the highest final moving "
+        "median among the runs at the last equal round, which every run reaches). A given level keeps its verdict "
+        "when the matched rounds are far apart or early (said in words); a level less than "
+        f"{MIN_DROP * 100:g}%% below the untrained loss gets none",
     )
     g.add_argument(
         "--match-acc",
@@ -168,7 +172,8 @@ def _group_arguments(p: Any, d: Any) -> None:
         default=None,
         metavar="A",
         help="also compare at equal test accuracy: each run at its first saved round with test accuracy >= A "
-        "(from metrics.jsonl; a run that never gets there is listed)",
+        "(from metrics.jsonl; a run that never gets there is listed) -- the measure of progress to use where the "
+        "loss on the pooled data does not track training (strongly non-IID data)",
     )
     g.add_argument(
         "--slices",

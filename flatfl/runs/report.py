@@ -56,7 +56,7 @@ from flatfl.analysis.verdict import (
 from flatfl.runs import curvature
 from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
 from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
-from flatfl.runs.matching import LossCurve, Match, match_accuracy, match_loss
+from flatfl.runs.matching import LossCurve, Match, level_refusal, match_accuracy, match_loss, round_warnings
 from flatfl.runs.measure import measure
 from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.run import Run
@@ -146,6 +146,32 @@ class Condition:
     rounds: dict[str, dict[int, Match]]  # group label -> seed -> where it is measured
     level: float | None = None
     values: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # label -> seed -> row
+    # matched convergence (flatfl.runs.matching): why the level gets no verdict at all, sentences per compared
+    # group (matched rounds far apart or early), whether the user gave the level, the curves the rule used
+    refused: str | None = None
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # other group label -> sentences
+    user_level: bool = False
+    curves: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # label -> seed -> Trace as a dict
+    window: int | None = None  # the moving median's window (saved rounds)
+
+    def no_verdict(self, other: str) -> tuple[str, str] | None:
+        """(short, long) reason why the comparison of ``other`` with the reference gets no verdict here:
+        a refused level, or warned matched rounds at a level the user did not give."""
+        if self.refused:
+            return "level not reached by training", self.refused
+        if self.warnings.get(other) and not self.user_level:
+            why = "; ".join(self.warnings[other])
+            return "matched rounds not comparable", f"{why} (give the level with --match-loss to compare anyway)"
+        return None
+
+    def matching_json(self) -> dict[str, Any]:
+        return {
+            "refused": self.refused,
+            "warnings": self.warnings,
+            "user_level": self.user_level,
+            "window": self.window,
+            "curves": {lab: {str(s): t for s, t in v.items()} for lab, v in self.curves.items()},
+        }
 
 
 @dataclass
@@ -336,18 +362,7 @@ def plan_conditions(
                     batch_size=ls.batch_size, device=ls.device,
                 )  # fmt: skip
                 curves[_name(g.label, s)] = (curve, run.rounds())
-        level, found = match_loss(curves, settings.match_loss, None if settings.match_loss is not None else last)
-        if distributed.is_main():
-            for curve, _ in curves.values():
-                curve.save()
-        conds.append(
-            Condition(
-                "loss",
-                f"equal train loss (<= {level:.4g})",
-                {g.label: {s: found[_name(g.label, s)] for s in g.seeds} for g in groups},
-                level,
-            )
-        )
+        conds.append(_loss_condition(groups, curves, settings.match_loss, last))
     if settings.match_acc is not None:
         accs = {}
         for g in groups:
@@ -361,9 +376,61 @@ def plan_conditions(
                 f"equal test accuracy (>= {settings.match_acc:g})",
                 {g.label: {s: found[_name(g.label, s)] for s in g.seeds} for g in groups},
                 settings.match_acc,
+                user_level=True,
             )
         )
+        _warn_rounds(conds[-1], groups, last)
     return conds
+
+
+def _loss_condition(groups: Sequence[Group], curves: dict, level: float | None, last: int) -> Condition:
+    """Equal train loss: each run where its smoothed loss settles at the level (:mod:`flatfl.runs.matching`),
+    the level refused when training did not reach it, warnings when the matched rounds are far apart or early."""
+    given = level is not None
+    lm = match_loss(curves, level, None if given else last)
+    if distributed.is_main():
+        for curve, _ in curves.values():
+            curve.save()
+    chances = {c.chance() for c, _ in curves.values()} - {None}
+    c = Condition(
+        "loss",
+        f"equal train loss (settled <= {lm.level:.4g})",
+        {g.label: {s: lm.found[_name(g.label, s)] for s in g.seeds} for g in groups},
+        lm.level,
+        refused=level_refusal(lm.level, lm.traces, min(chances) if chances else None),
+        user_level=given,
+        curves={g.label: {s: asdict(lm.traces[_name(g.label, s)]) for s in g.seeds} for g in groups},
+        window=lm.window,
+    )
+    total = last if not given else max(max(rs) for _, rs in curves.values())
+    _warn_rounds(c, groups, total)
+    return c
+
+
+def _warn_rounds(c: Condition, groups: Sequence[Group], total: int) -> None:
+    """Sentences for every comparison whose matched rounds are far apart or early (``total``: rounds considered)."""
+    ref = reference_group(groups)
+    for g in groups:
+        if g is not ref:
+            rounds = {x.label: {s: m.round for s, m in c.rounds[x.label].items()} for x in (ref, g)}
+            said = round_warnings(ref.label, g.label, rounds[ref.label], rounds[g.label], total)
+            if said:
+                c.warnings[g.label] = said
+
+
+def not_compared(c: Condition, rows: list[dict[str, Any]], comp: dict[str, dict[str, Any]]) -> None:
+    """Matched convergence that means what it says: a comparison whose level is refused, or whose matched rounds
+    are far apart or early at a level the user did not give, gets "not compared: <reason>" instead of a verdict
+    and its headline says why; warnings at a given level are added to the headline in words."""
+    for other, words in comp.items():
+        why = c.no_verdict(other)
+        if why is None:
+            if c.warnings.get(other):
+                words["headline"] += " Caution: " + "; ".join(c.warnings[other]) + "."
+            continue
+        for r in rows:
+            r["comparisons"][other].update(verdict=f"not compared: {why[0]}", winner=None)
+        words.update(headline=f"Not compared at this level: {why[1]}.", disagreement=None, scale_caveat=None)
 
 
 def measure_all(
@@ -511,6 +578,7 @@ def verdicts(
                 "disagreement": disagreement(ms, vs),
                 "scale_caveat": scale_caveat(ms, vs),
             }
+        not_compared(c, rows, comp)
         out.append(
             {
                 "condition": c.name,
@@ -520,6 +588,7 @@ def verdicts(
                 "rounds": {lab: {str(s): asdict(m) for s, m in per_seed.items()} for lab, per_seed in c.rounds.items()},
                 "rows": rows,
                 "comparisons": comp,
+                "matching": c.matching_json(),
             }
         )
     return out

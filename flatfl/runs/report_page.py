@@ -587,6 +587,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     """The page's sections in reading order: the answer first."""
     from flatfl.analysis.plots import plot_slices
     from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
+    from flatfl.runs.matching_page import matching_sections
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)
@@ -602,6 +603,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
         ("The answer", top),
         ("Where each run was measured", table_html(where, list(where[0]))),
     ]
+    sections += matching_sections(conds, out, files)
     panels = _slices_panels(conds, measured)
     if any(panels.values()):
         files["slices_png"] = plot_slices(panels, colors, out / "slices", settings.widths)[0]
