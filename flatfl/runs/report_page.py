@@ -27,11 +27,13 @@ from typing import Any
 from flatfl import checkpoint as ckpt
 from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.runs.landscape import json_ready
+from flatfl.runs.scale_page import context_html, context_text
 
 PAGE_CSS = (
     "table.verdict{font-size:0.92em}table.verdict td.v{text-align:left;min-width:9em}"
     "td.win-a{background:#e3efff}td.win-b{background:#ffe6e3}td.none{background:#f4f4f4;color:#555}"
     "p.answer{font-size:1.15em;margin:0.3em 0}p.disagree{color:#9a3b00;font-weight:600}"
+    "p.differs{margin:0.3em 0;padding:0.2em 0.5em;border-left:3px solid #9a3b00}"
     "table.verdict th{text-align:center}small{color:#555}details{margin:0.6em 0}summary{cursor:pointer;color:#1f4e79}"
     # a phone-width screen: the verdict table becomes one card per measure, each cell labelled, so the
     # verdict is on screen rather than behind a horizontal scroll
@@ -142,9 +144,17 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
     )
 
 
+def differs_lines(verdict: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per comparison, once: every setting besides the seed in which the two groups differ (§ confounds)."""
+    if not verdict:
+        return []
+    return [comp["differs_by_text"] for comp in verdict[0]["comparisons"].values() if comp.get("differs_by_text")]
+
+
 def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
-    """The answer in sentences: per condition and comparison the headline, and any disagreement."""
-    parts = []
+    """The answer in sentences: what each comparison's groups differ in, then per condition and comparison
+    the headline, and any disagreement."""
+    parts = [f"<p class='differs'>{html.escape(t)}</p>" for t in differs_lines(verdict)]
     for c in verdict:
         for other, comp in c["comparisons"].items():
             who = f"{html.escape(c['reference'])} vs {html.escape(other)}"
@@ -160,7 +170,7 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
     """The verdict table as plain text (printed at the end of ``flatfl report``)."""
     ref = verdict[0]["reference"]
     others = [lab for lab in labels if lab != ref]
-    lines = []
+    lines = [f"  {t}" for t in differs_lines(verdict)]
     for c in verdict:
         lines.append(f"\n{c['title']}")
         for other, comp in c["comparisons"].items():
@@ -177,6 +187,7 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
         lines.append("  " + "  ".join(str(h).ljust(w) for h, w in zip(cols, widths)))
         lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in table]
+        lines += context_text(c, labels)  # weight norms (flatfl.runs.scale): context, not verdicts
     return "\n".join(lines)
 
 
@@ -574,6 +585,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
         + answer_html(verdict)
         + _excluded_html(groups)
         + verdict_table_html(verdict, labels)
+        + context_html(verdict, labels)
         + _settings_note(settings)
     )
     where = _rounds_rows(groups, conds)
