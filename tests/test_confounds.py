@@ -50,9 +50,12 @@ def test_fedmut_radius_zero_is_plain_mean_fedavg_bit_for_bit(arms, tiny):
 
 def test_one_extra_flag_is_listed_and_named_in_the_headline(cli, arms, tmp_path):
     out = tmp_path / "r1"
-    code, stdout, err = cli("report", arms / "avg-w", arms / "avg-mean", arms / "mut", "--out", out, *CHEAP)
+    code, stdout, err = cli("report", arms / "mut", arms / "avg-w", arms / "avg-mean", "--out", out, *CHEAP)
     assert code == 0, err
     rep, comps = _comparisons(out)
+    # printed in the groups' order, not report.json's sorted one
+    assert rep["group_order"] == ["fedmut", "fedavg weighted=True", "fedavg weighted=False"]
+    assert stdout.index("weighted=False vs fedmut: ") < stdout.index("weighted=False vs fedavg weighted=True: ")
     # the default reference: the FedAvg group with FedMut's aggregation (no setting but the algorithm apart)
     assert rep["verdict"][0]["reference"] == "fedavg weighted=False"
     plain = comps["fedmut"]
@@ -70,6 +73,7 @@ def test_one_extra_flag_is_listed_and_named_in_the_headline(cli, arms, tmp_path)
     assert said in stdout
     page = (out / "report.html").read_text()
     assert html.escape(plain["differs_by_text"]) in page and html.escape(said) in page
+    assert plain["differs_by_text"].startswith("fedmut differs from fedavg weighted=False by the algorithm alone: ")
     assert "radius 4" in plain["differs_by_text"]
 
 

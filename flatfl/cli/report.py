@@ -52,7 +52,9 @@ def add_parser(sub: Any) -> None:
             "(--reference; default FedAvg's, else the first), every setting in which the groups differ, and a "
             "verdict -- flatter: X, or no clear difference when "
             f"{VERDICT_RULE} -- with a sentence when the measures disagree or when only scale-dependent measures "
-            "favour a group; diverged runs are listed, never averaged. "
+            "favour a group; diverged runs are listed, never averaged. Under the verdict, as context that does "
+            "not vote: the weight norm ||θ||₂ of each group's global models (per seed; per tensor in the details) "
+            "and its ratio between the compared groups. "
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
@@ -388,4 +390,4 @@ def _print_verdict(report_json: Path) -> None:
     from flatfl.runs.report_page import verdict_text
 
     rep = json.loads(Path(report_json).read_text())
-    print(verdict_text(rep["verdict"], list(rep["groups"])))
+    print(verdict_text(rep["verdict"], rep.get("group_order") or list(rep["groups"])))

@@ -5,7 +5,11 @@ two runs belong together when their configs are equal once ``seed``, ``rounds`` 
 setting that changes only what is stored or how it is computed (:data:`NOT_IDENTITY`) are left
 out. A group's label is its algorithm, plus the settings that tell it apart
 from another group of the same algorithm or that differ between groups at all (e.g.
-``fedmut radius=2``); ``--label RUN=NAME`` overrides it. ``run_status`` says whether a run
+``fedmut radius=2``); ``--label RUN=NAME`` overrides it. ``reference_group`` picks the group the
+others are compared with (``--reference``, else FedAvg's with the fewest confounds), and
+``differences`` lists, in words, every setting besides the seed in which two groups differ -- the
+algorithm, settings both have with other values (confounds, e.g. the aggregation), and settings of
+one side's algorithm alone (FedMut's radius). ``run_status`` says whether a run
 finished, stopped early, or diverged (a ``diverged.json`` written by the trainer, or a
 non-finite metric): diverged runs are listed, never averaged in.
 """
@@ -286,7 +290,8 @@ def differences(ref: Group, group: Group) -> list[Difference]:
 
 def differences_text(ref: Group, group: Group, diffs: Sequence[Difference] | None = None) -> str:
     """All differences in one line: 'fedmut differs from fedavg by: algorithm fedmut (fedavg); aggregation
-    plain mean (fedavg: sample-weighted); fedmut's own settings: radius 4, ...' ('' when there are none)."""
+    plain mean (fedavg: sample-weighted); fedmut's own settings: radius 4, ...' ('by the algorithm alone:'
+    when nothing else differs; '' when there are no differences)."""
     diffs = differences(ref, group) if diffs is None else diffs
     if not diffs:
         return ""
@@ -295,7 +300,8 @@ def differences_text(ref: Group, group: Group, diffs: Sequence[Difference] | Non
     parts = "; ".join(both)
     if own:
         parts += ("; " if parts else "") + f"{group.label}'s own settings: " + ", ".join(own)
-    return f"{group.label} differs from {ref.label} by: {parts}"
+    alone = " the algorithm alone" if all(d.algorithm for d in diffs) and any(d.key == "algo" for d in diffs) else ""
+    return f"{group.label} differs from {ref.label} by{alone}: {parts}"
 
 
 def confound_sentence(ref: Group, group: Group, diffs: Sequence[Difference] | None = None) -> str:

@@ -144,11 +144,14 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
     )
 
 
-def differs_lines(verdict: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Per comparison, once: every setting besides the seed in which the two groups differ (§ confounds)."""
+def differs_lines(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> list[str]:
+    """Per comparison, once (in the order of ``labels``): every setting besides the seed in which the two
+    groups differ (``differs_by_text``, :func:`flatfl.runs.groups.differences_text`)."""
     if not verdict:
         return []
-    return [comp["differs_by_text"] for comp in verdict[0]["comparisons"].values() if comp.get("differs_by_text")]
+    comps = verdict[0]["comparisons"]
+    order = [lab for lab in labels if lab in comps] if labels is not None else list(comps)
+    return [comps[o]["differs_by_text"] for o in order if comps[o].get("differs_by_text")]
 
 
 def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
@@ -170,10 +173,11 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
     """The verdict table as plain text (printed at the end of ``flatfl report``)."""
     ref = verdict[0]["reference"]
     others = [lab for lab in labels if lab != ref]
-    lines = [f"  {t}" for t in differs_lines(verdict)]
+    lines = [f"  {t}" for t in differs_lines(verdict, labels)]
     for c in verdict:
         lines.append(f"\n{c['title']}")
-        for other, comp in c["comparisons"].items():
+        for other in others:  # in the groups' order (report.json's dicts have sorted keys)
+            comp = c["comparisons"][other]
             lines.append(f"  {ref} vs {other}: {comp['headline']}")
             if comp["disagreement"]:
                 lines.append(f"  {comp['disagreement']}")
@@ -560,6 +564,7 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
                     }
                     for g in groups
                 },
+                "group_order": [g.label for g in groups],  # "groups" is written with sorted keys
                 "equal_rounds": list(rounds),
                 "verdict": list(verdict),
                 "rounds": list(rows),

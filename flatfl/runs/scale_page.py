@@ -49,7 +49,7 @@ def context_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
     for c in verdict:
         ref = c["reference"]
         for row in c["context"]:
-            ratios = "; ".join(_ratio_text(comp, ref, o) for o, comp in c["comparisons"].items())
+            ratios = "; ".join(_ratio_text(comp, ref, o) for o, comp in _in_order(c["comparisons"], labels))
             cells = "".join(f"<td>{html.escape(_norm_cell(row['groups'].get(lab)))}</td>" for lab in labels)
             body.append(
                 f"<tr><td>{html.escape(c['title'])}</td><td style='text-align:left'>{html.escape(row['label'])}"
@@ -85,6 +85,11 @@ def context_text(c: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
     lines = []
     for row in c.get("context", []):
         parts = "; ".join(f"{lab} {_norm_cell(row['groups'].get(lab))}" for lab in labels)
-        ratios = "; ".join(_ratio_text(comp, c["reference"], o) for o, comp in c["comparisons"].items())
+        ratios = "; ".join(_ratio_text(comp, c["reference"], o) for o, comp in _in_order(c["comparisons"], labels))
         lines.append(f"  context (not a verdict): {row['label']}: {parts}" + (f"; {ratios}" if ratios else ""))
     return lines
+
+
+def _in_order(comps: Mapping[str, Any], labels: Sequence[str]) -> list[tuple[str, Any]]:
+    """The comparisons in the groups' order (report.json's dicts have sorted keys)."""
+    return [(o, comps[o]) for o in labels if o in comps] + [(o, v) for o, v in comps.items() if o not in labels]
