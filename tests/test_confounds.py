@@ -94,7 +94,10 @@ def test_a_confound_is_named_in_the_answer_and_norm_ratio_of_a_rescaled_copy(cli
     rep, comps = _comparisons(out)
     said = "fedmut also differs by: aggregation plain mean (fedavg: sample-weighted)."
     assert comps["fedmut"]["headline"].endswith(said) and said in stdout
-    assert html.escape(said) in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert html.escape(said) in page
+    assert "<table class='context'>" in page and "‖θ_l‖₂ per parameter tensor" in page  # under the verdict
+    assert page.index("table class='verdict'") < page.index("<table class='context'>")
     assert comps["fedprox"]["confounds"] == ""  # mu = 0 is FedProx's own setting
     # ||θ||₂ recomputed from the round file: float64 over run.json's parameters
     state = Run.open(arms / "avg-w").global_state(3)
@@ -108,7 +111,8 @@ def test_a_confound_is_named_in_the_answer_and_norm_ratio_of_a_rescaled_copy(cli
     for k, v in layers["fedavg"]["0"].items():
         assert layers["fedprox"]["0"][k] == pytest.approx(2 * v, rel=1e-12), k
     assert "weight_norm" not in {r["measure"] for r in rep["verdict"][0]["rows"]}  # context, not a vote
-    assert "context (not a verdict): ‖θ‖₂ of the global model" in stdout and "‖θ‖ fedprox/fedavg ×2" in stdout
+    assert "context (not a verdict): ‖θ‖₂ of the global model" in stdout
+    assert "; ‖θ‖₂ fedprox/fedavg ×2\n" in stdout  # the last comparison's ratio ends the line
 
 
 def _group(label: str, algo: str, **changes: dict) -> Group:

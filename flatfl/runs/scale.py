@@ -56,6 +56,12 @@ def norm_ratio(ref: Mapping[int, float | None], other: Mapping[int, float | None
     return math.exp(sum(logs) / len(logs)) if logs else None
 
 
+def norm_ratio_text(ratio: float | None, ref: str, other: str) -> str:
+    """'‖θ‖₂ fedmut/fedavg ×0.9925' for a comparison's ``norm_ratio`` ('' when there is none): the number a
+    sentence invoking parametrisation scale should quote."""
+    return "" if ratio is None else f"‖θ‖₂ {other}/{ref} ×{ratio:.4g}"
+
+
 def _per_seed(values: Mapping[str, Mapping[int, Mapping[str, Any]]], label: str) -> dict[int, float]:
     return {s: r[NORM_KEY] for s, r in values.get(label, {}).items() if r.get(NORM_KEY) is not None}
 

@@ -33,8 +33,9 @@ def _norm_cell(s: Mapping[str, Any] | None) -> str:
 
 
 def _ratio_text(comp: Mapping[str, Any], ref: str, other: str) -> str:
-    r = comp.get("norm_ratio")
-    return "" if r is None else f"‖θ‖ {other}/{ref} ×{r:.4g}"
+    from flatfl.runs.scale import norm_ratio_text
+
+    return norm_ratio_text(comp.get("norm_ratio"), ref, other)
 
 
 def context_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
