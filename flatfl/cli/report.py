@@ -50,9 +50,12 @@ def add_parser(sub: Any) -> None:
             "(adaptive Hutch++), "
             "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
             "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
-            "(FedAvg's, else the first) and a verdict -- flatter: X, or no clear difference when "
+            "(--reference; default FedAvg's, else the first), every setting in which the groups differ, and a "
+            "verdict -- flatter: X, or no clear difference when "
             f"{VERDICT_RULE} -- with a sentence when the measures disagree or when only scale-dependent measures "
-            "favour a group; diverged runs are listed, never averaged. "
+            "favour a group; diverged runs are listed, never averaged. Under the verdict, as context that does "
+            "not vote: the weight norm ||θ||₂ of each group's global models (per seed; per tensor in the details) "
+            "and its ratio between the compared groups. "
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
@@ -148,6 +151,17 @@ def _group_arguments(p: Any, d: Any) -> None:
         "they evaluate -- --save-clients, --save-every, the client files' dtype, --eval-batch-size, the data's "
         "location -- "
         "form one group; default label: the algorithm plus the settings that tell groups apart); repeatable",
+    )
+    g.add_argument(
+        "--reference",
+        default=None,
+        metavar="GROUP",
+        help="the group every other group is compared with: its label (as printed, or as given by --label) or "
+        "the path of one of its runs (default: FedAvg's group -- of several, the one that differs from the other "
+        "algorithms' groups in the fewest settings besides the algorithm, e.g. FedAvg with FedMut's plain-mean "
+        "aggregation -- else the first). Each comparison lists every setting besides the seed in which the "
+        "groups differ, and its answer names those beyond the algorithm (e.g. 'fedmut also differs by: "
+        "aggregation plain mean (fedavg: sample-weighted)')",
     )
     g.add_argument(
         "--no-match",
@@ -354,6 +368,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         slice_radius=ns["slice_radius"],
         widths=ns["widths"],
         labels=tuple(ns["label"]),
+        reference=ns["reference"],
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
 
@@ -380,4 +395,4 @@ def _print_verdict(report_json: Path) -> None:
     from flatfl.runs.report_page import verdict_text
 
     rep = json.loads(Path(report_json).read_text())
-    print(verdict_text(rep["verdict"], list(rep["groups"])))
+    print(verdict_text(rep["verdict"], rep.get("group_order") or list(rep["groups"])))

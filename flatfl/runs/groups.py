@@ -5,7 +5,11 @@ two runs belong together when their configs are equal once ``seed``, ``rounds`` 
 setting that changes only what is stored or how it is computed (:data:`NOT_IDENTITY`) are left
 out. A group's label is its algorithm, plus the settings that tell it apart
 from another group of the same algorithm or that differ between groups at all (e.g.
-``fedmut radius=2``); ``--label RUN=NAME`` overrides it. ``run_status`` says whether a run
+``fedmut radius=2``); ``--label RUN=NAME`` overrides it. ``reference_group`` picks the group the
+others are compared with (``--reference``, else FedAvg's with the fewest confounds), and
+``differences`` lists, in words, every setting besides the seed in which two groups differ -- the
+algorithm, settings both have with other values (confounds, e.g. the aggregation), and settings of
+one side's algorithm alone (FedMut's radius). ``run_status`` says whether a run
 finished, stopped early, or diverged (a ``diverged.json`` written by the trainer, or a
 non-finite metric): diverged runs are listed, never averaged in.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +101,7 @@ class Group:
     algo: str
     runs: dict[int, Run] = field(default_factory=dict)
     status: dict[int, RunStatus] = field(default_factory=dict)
+    chosen_reference: bool = False  # set by group_runs(reference=...): the group every other is compared with
 
     @property
     def seeds(self) -> list[int]:
@@ -125,8 +130,11 @@ def _labels(groups: list[Group], configs: dict[str, Mapping[str, Any]]) -> None:
         g.label = g.algo + (" " + ", ".join(differing) if differing else "")
 
 
-def group_runs(runs: Sequence[Run], labels: Mapping[str, str] | None = None) -> list[Group]:
-    """Groups in order of first appearance; ``labels`` maps a run path to a group name."""
+def group_runs(
+    runs: Sequence[Run], labels: Mapping[str, str] | None = None, reference: str | None = None
+) -> list[Group]:
+    """Groups in order of first appearance; ``labels`` maps a run path to a group name; ``reference`` (a group
+    label or one of the runs' paths, ``--reference``) names the group the others are compared with."""
     groups: dict[str, Group] = {}
     configs: dict[str, Mapping[str, Any]] = {}
     for run in runs:
@@ -149,12 +157,168 @@ def group_runs(runs: Sequence[Run], labels: Mapping[str, str] | None = None) -> 
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"two groups share the label(s) {dup}; name them apart with --label RUN=NAME")
+    if reference is not None:
+        _find_group(out, reference).chosen_reference = True
     return out
 
 
+def _find_group(groups: Sequence[Group], name: str) -> Group:
+    """The group labelled ``name``, else the group holding the run at path ``name``."""
+    hit = [g for g in groups if g.label == name]
+    if not hit:
+        hit = [g for g in groups if any(Path(r.path).resolve() == Path(name).resolve() for r in g.runs.values())]
+    if not hit:
+        have = ", ".join(repr(g.label) for g in groups)
+        raise ValueError(f"--reference {name}: neither a group label ({have}) nor one of the runs")
+    return hit[0]
+
+
 def reference_group(groups: Sequence[Group]) -> Group:
-    """The group the others are compared with: FedAvg's if there is one, else the first."""
-    return next((g for g in groups if g.algo == "fedavg"), groups[0])
+    """The group the others are compared with: the one ``--reference`` names; else FedAvg's -- of several
+    FedAvg groups the one that differs from the other algorithms' groups in the fewest settings besides the
+    algorithm (e.g. FedAvg with FedMut's plain-mean aggregation), the first on a tie; else the first group."""
+    chosen = [g for g in groups if g.chosen_reference]
+    if chosen:
+        return chosen[0]
+    fedavg = [g for g in groups if g.algo == "fedavg"]
+    if len(fedavg) <= 1:
+        return fedavg[0] if fedavg else groups[0]
+    others = [h for h in groups if h.algo != "fedavg"]
+    return min(fedavg, key=lambda g: sum(not d.algorithm for h in others for d in differences(g, h)))
+
+
+# Readable names of the settings a researcher changes most; any other key is shown as key=value.
+SETTING_NAMES: dict[str, str] = {
+    "algo": "algorithm",
+    "algo_config.weighted": "aggregation",
+    "local.lr": "local lr",
+    "local.momentum": "momentum",
+    "local.batch_size": "batch size",
+    "local.epochs": "local epochs",
+    "local.weight_decay": "weight decay",
+    "frac": "client fraction per round",
+    "model": "model",
+    "data.dataset": "dataset",
+    "data.partition": "partition",
+    "data.dirichlet_alpha": "Dirichlet alpha",
+    "data.num_clients": "clients",
+    "data.shards_per_client": "shards per client",
+    "data.min_size": "min client size",
+    "data.test_frac": "test fraction",
+    "data.split_seed": "split seed",
+    "data.augment": "augmentation",
+    "data.partition_sha256": "partition file (SHA-256)",
+    "algo_config.radius": "radius",
+    "algo_config.mut_acc_rate": "mut_acc_rate",
+    "algo_config.mut_bound": "mut_bound",
+    "algo_config.mutate": "mutate",
+    "algo_config.mutation_cap": "mutation cap",
+    "algo_config.mu": "FedProx mu",
+    "algo_config.global_lr": "server lr",
+}
+
+
+def _value_text(key: str, v: Any) -> str:
+    """One setting's value in words (aggregation: sample-weighted / plain mean; numbers with %g)."""
+    if key == "algo_config.weighted":
+        return "sample-weighted" if v else "plain mean"
+    if v is None:
+        return "off"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One setting (beyond the seed and :data:`NOT_IDENTITY`) in which a group differs from the reference.
+
+    ``key``: the flat config key (``algo``, ``algo_config.weighted``, ``local.lr``, ...); ``value`` and
+    ``reference``: this group's and the reference group's values (None where that side has no such
+    setting); ``side``: ``both``, ``this`` (a setting of this group alone, e.g. FedMut's radius against
+    FedAvg) or ``reference`` (of the reference alone); ``text``: in words, e.g. ``aggregation plain mean
+    (fedavg: sample-weighted)``, ``algorithm fedmut (fedavg)``, or ``radius 4`` for a setting of this
+    group alone.
+    """
+
+    key: str
+    value: Any
+    reference: Any
+    side: str
+    text: str
+
+    @property
+    def algorithm(self) -> bool:
+        """The algorithm itself, or a setting only one side's algorithm has (what that algorithm adds);
+        False: a setting both have with different values, or any other setting (a confound when the
+        algorithms differ too)."""
+        return self.key == "algo" or (self.side != "both" and self.key.startswith("algo_config."))
+
+    def as_json(self) -> dict[str, Any]:
+        """report.json's record: the fields and ``algorithm``."""
+        return {**asdict(self), "algorithm": self.algorithm}
+
+
+def differences(ref: Group, group: Group) -> list[Difference]:
+    """Every config setting in which ``group``'s runs differ from ``ref``'s, the seed and
+    :data:`NOT_IDENTITY` left out: the algorithm first, then settings both sides have, then each side's own."""
+    a, b = _flat(_config(ref)), _flat(_config(group))
+    out: list[Difference] = []
+    keys = (set(a) | set(b)) - set(_NOT_IDENTITY)
+    for k in sorted(keys, key=lambda k: (k != "algo", k not in a or k not in b, k)):
+        if a.get(k) == b.get(k):
+            continue
+        va = json.loads(a[k]) if k in a else None
+        vb = json.loads(b[k]) if k in b else None
+        name = SETTING_NAMES.get(k, k)
+        sep = " " if k in SETTING_NAMES else "="
+        if k in a and k in b:
+            ref_text = _value_text(k, va)
+            theirs = ref_text if k == "algo" and ref.label == ref_text else f"{ref.label}: {ref_text}"
+            text = f"{name}{sep}{_value_text(k, vb)} ({theirs})"
+            out.append(Difference(k, vb, va, "both", text))
+        elif k in b:  # e.g. what this group's algorithm adds
+            out.append(Difference(k, vb, None, "this", f"{name}{sep}{_value_text(k, vb)}"))
+        else:
+            out.append(Difference(k, None, va, "reference", f"no {name} ({ref.label}: {_value_text(k, va)})"))
+    return out
+
+
+def differences_text(ref: Group, group: Group, diffs: Sequence[Difference] | None = None) -> str:
+    """All differences in one line: 'fedmut differs from fedavg by: algorithm fedmut (fedavg); aggregation
+    plain mean (fedavg: sample-weighted); fedmut's own settings: radius 4, ...' ('by the algorithm alone:'
+    when nothing else differs; '' when there are no differences)."""
+    diffs = differences(ref, group) if diffs is None else diffs
+    if not diffs:
+        return ""
+    both = [d.text for d in diffs if d.side != "this"]
+    own = [d.text for d in diffs if d.side == "this"]
+    parts = "; ".join(both)
+    if own:
+        parts += ("; " if parts else "") + f"{group.label}'s own settings: " + ", ".join(own)
+    alone = " the algorithm alone" if all(d.algorithm for d in diffs) and any(d.key == "algo" for d in diffs) else ""
+    return f"{group.label} differs from {ref.label} by{alone}: {parts}"
+
+
+def confound_sentence(ref: Group, group: Group, diffs: Sequence[Difference] | None = None) -> str:
+    """The sentence the answer carries when the groups differ in more than the algorithm ('' otherwise):
+    'fedmut also differs by: aggregation plain mean (fedavg: sample-weighted).' -- 'also' when the
+    algorithms differ, else 'fedmut radius=0 differs from fedmut by: radius 0 (fedmut: 4).'"""
+    diffs = differences(ref, group) if diffs is None else diffs
+    extra = [d.text for d in diffs if not d.algorithm]
+    if not extra:
+        return ""
+    if any(d.key == "algo" for d in diffs):
+        return f"{group.label} also differs by: {'; '.join(extra)}."
+    return f"{group.label} differs from {ref.label} by: {'; '.join(extra)}."
+
+
+def _config(g: Group) -> Mapping[str, Any]:
+    return next(iter(g.runs.values())).config
 
 
 def local_optimizers(groups: Sequence[Group]) -> dict[str, str]:

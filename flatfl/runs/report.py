@@ -54,12 +54,21 @@ from flatfl.analysis.verdict import (
     winner,
 )
 from flatfl.runs import curvature
-from flatfl.runs.groups import Group, group_runs, local_optimizers, reference_group
+from flatfl.runs.groups import (
+    Group,
+    confound_sentence,
+    differences,
+    differences_text,
+    group_runs,
+    local_optimizers,
+    reference_group,
+)
 from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
 from flatfl.runs.matching import LossCurve, Match, level_refusal, match_accuracy, match_loss, round_warnings
 from flatfl.runs.measure import measure
 from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.run import Run
+from flatfl.runs.scale import NORM_KEY, checkpoint_norms, scale_context
 from flatfl.runs.surface import measure_surface
 
 
@@ -92,6 +101,7 @@ class ReportSettings:
     slice_points: int = 20  # grid points per side of 0
     widths: tuple[float, ...] = (0.1, 1.0)  # Δloss thresholds of the 1D width
     labels: tuple[tuple[str, str], ...] = ()  # (run path, group name) overrides
+    reference: str | None = None  # the group the others are compared with: a label or a run path (--reference)
     allow_mixed_optimizers: bool = False
 
 
@@ -182,6 +192,7 @@ class Measured:
     results: dict[tuple[str, int, int], dict[str, Any]] = field(default_factory=dict)
     slices: dict[tuple[str, int, int], Slices] = field(default_factory=dict)
     surfaces: dict[str, list[tuple[int, Surface]]] = field(default_factory=dict)
+    norms: dict[tuple[str, int, int], dict[str, float]] = field(default_factory=dict)  # ||θ_l||₂ per tensor
 
 
 def _slug(text: str) -> str:
@@ -462,6 +473,8 @@ def measure_all(
                 if sl is not None:
                     ms.slices[(g.label, s, rnd)] = sl
                 ms.rows[(g.label, s, rnd)] = checkpoint_row(res, metrics.get(rnd, {}), sl, settings.widths)
+                # context, not a measure that votes (flatfl.runs.scale): ||θ||₂ and per tensor
+                ms.rows[(g.label, s, rnd)][NORM_KEY], ms.norms[(g.label, s, rnd)] = checkpoint_norms(run, rnd)
                 if settings.surface and first is not None and s == first[0] and rnd in rounds:
                     ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
                     surf = measure_surface(problem(), ss, where)
@@ -578,6 +591,7 @@ def verdicts(
                 "disagreement": disagreement(ms, vs),
                 "scale_caveat": scale_caveat(ms, vs),
             }
+            add_differences(comp[g.label], ref, g)
         not_compared(c, rows, comp)
         out.append(
             {
@@ -592,6 +606,19 @@ def verdicts(
             }
         )
     return out
+
+
+def add_differences(comp: dict[str, Any], ref: Group, g: Group) -> None:
+    """What else than the seed tells ``g`` from ``ref`` (:func:`~flatfl.runs.groups.differences`), into a
+    comparison's record: ``differs_by`` (a list of {key, value, reference, side, text, algorithm}),
+    ``differs_by_text`` (all of them in one line) and ``confounds`` (the sentence naming the settings beyond
+    the algorithm, '' if none), which is appended to ``headline`` so the answer never hides a confound."""
+    diffs = differences(ref, g)
+    comp["differs_by"] = [d.as_json() for d in diffs]
+    comp["differs_by_text"] = differences_text(ref, g, diffs)
+    comp["confounds"] = confound_sentence(ref, g, diffs)
+    if comp["confounds"]:
+        comp["headline"] = f"{comp['headline']} {comp['confounds']}"
 
 
 def _partition_digest(run: Run) -> str:
@@ -744,7 +771,7 @@ def build_report(
                 f"{r.path / ckpt.METRICS_FILE}: missing (the report reads each round's test accuracy from it); "
                 "restore it, or leave this run out"
             )
-    groups = group_runs(runs, dict(settings.labels))
+    groups = group_runs(runs, dict(settings.labels), settings.reference)
     check_comparable(groups, settings, log)
     for g in groups:
         for s in g.diverged:
@@ -757,6 +784,7 @@ def build_report(
             return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
         mlist = measures(settings)
         verdict = verdicts(groups, conds, mlist, settings.slice_radius)
+        scale_context(verdict, [g.label for g in groups], conds, ms.norms)
         lines = line_slices(groups, rounds[-1], settings, data)
         curves = training_curves(groups, settings, show_progress)
         rows = report_rows(groups, conds, ms)

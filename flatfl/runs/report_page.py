@@ -27,11 +27,13 @@ from typing import Any
 from flatfl import checkpoint as ckpt
 from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.runs.landscape import json_ready
+from flatfl.runs.scale_page import context_html, context_text
 
 PAGE_CSS = (
     "table.verdict{font-size:0.92em}table.verdict td.v{text-align:left;min-width:9em}"
     "td.win-a{background:#e3efff}td.win-b{background:#ffe6e3}td.none{background:#f4f4f4;color:#555}"
     "p.answer{font-size:1.15em;margin:0.3em 0}p.disagree{color:#9a3b00;font-weight:600}"
+    "p.differs{margin:0.3em 0;padding:0.2em 0.5em;border-left:3px solid #9a3b00}"
     "table.verdict th{text-align:center}small{color:#555}details{margin:0.6em 0}summary{cursor:pointer;color:#1f4e79}"
     "dl.glossary dt{margin-top:0.7em}dl.glossary dd{margin-left:1.2em}table.invariance td{text-align:left}"
     # a phone-width screen: the verdict table becomes one card per measure, each cell labelled, so the
@@ -143,9 +145,20 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
     )
 
 
+def differs_lines(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None) -> list[str]:
+    """Per comparison, once (in the order of ``labels``): every setting besides the seed in which the two
+    groups differ (``differs_by_text``, :func:`flatfl.runs.groups.differences_text`)."""
+    if not verdict:
+        return []
+    comps = verdict[0]["comparisons"]
+    order = [lab for lab in labels if lab in comps] if labels is not None else list(comps)
+    return [comps[o]["differs_by_text"] for o in order if comps[o].get("differs_by_text")]
+
+
 def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
-    """The answer in sentences: per condition and comparison the headline, and any disagreement."""
-    parts = []
+    """The answer in sentences: what each comparison's groups differ in, then per condition and comparison
+    the headline, and any disagreement."""
+    parts = [f"<p class='differs'>{html.escape(t)}</p>" for t in differs_lines(verdict)]
     for c in verdict:
         for other, comp in c["comparisons"].items():
             who = f"{html.escape(c['reference'])} vs {html.escape(other)}"
@@ -161,10 +174,11 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
     """The verdict table as plain text (printed at the end of ``flatfl report``)."""
     ref = verdict[0]["reference"]
     others = [lab for lab in labels if lab != ref]
-    lines = []
+    lines = [f"  {t}" for t in differs_lines(verdict, labels)]
     for c in verdict:
         lines.append(f"\n{c['title']}")
-        for other, comp in c["comparisons"].items():
+        for other in others:  # in the groups' order (report.json's dicts have sorted keys)
+            comp = c["comparisons"][other]
             lines.append(f"  {ref} vs {other}: {comp['headline']}")
             if comp["disagreement"]:
                 lines.append(f"  {comp['disagreement']}")
@@ -178,6 +192,7 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
         lines.append("  " + "  ".join(str(h).ljust(w) for h, w in zip(cols, widths)))
         lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in table]
+        lines += context_text(c, labels)  # weight norms (flatfl.runs.scale): context, not verdicts
     return "\n".join(lines)
 
 
@@ -570,6 +585,7 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
                     }
                     for g in groups
                 },
+                "group_order": [g.label for g in groups],  # "groups" is written with sorted keys
                 "equal_rounds": list(rounds),
                 "verdict": list(verdict),
                 "rounds": list(rows),
@@ -596,6 +612,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
         + answer_html(verdict)
         + _excluded_html(groups)
         + verdict_table_html(verdict, labels)
+        + context_html(verdict, labels)
         + _settings_note(settings)
     )
     where = _rounds_rows(groups, conds)
