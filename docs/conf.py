@@ -55,6 +55,9 @@ html_title = f"flatfl {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
 html_copy_source = False
+# search result summaries are fetched from each page, which a browser forbids from file:// (console errors):
+# the results list works offline without them
+html_show_search_summary = False
 
 # the tutorials: executed at build time on small settings; an error in one fails the build
 sphinx_gallery_conf = {
