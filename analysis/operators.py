@@ -31,8 +31,8 @@ as the surfaces do for their points; b is capped by the memory budget (:meth:`bl
 graphs (``cached``) a loop costs what single products cost; without them (data too large for the
 budget) every block saves b - 1 forward and first-backward passes per batch. Measured on this
 project's 2-core CPU (``bench/curvature_blocks.py``, bench CNN, 100 images): the loop was the fastest
-way, the batched backward and forward-over-reverse 1.3-1.7x slower per vector (README, "Curvature at
-scale").
+way, the batched backward and forward-over-reverse 1.3-1.7x slower per vector (docs/explanation/curvature-at-scale.md,
+"Curvature at scale").
 """
 
 from __future__ import annotations
