@@ -141,3 +141,19 @@ def test_the_search_works_offline(site, browser):
         assert not errors and not outside
     finally:
         page.close()
+
+
+def test_getting_started_shows_the_readmes_answer(site, browser):
+    """The demo's printed answer is written once, in README.md between its answer markers; Getting started
+    includes it, so the two can never disagree."""
+    readme = (ROOT / "README.md").read_text()
+    answer = readme.split("<!-- answer:start -->")[1].split("<!-- answer:end -->")[0]
+    lines = [ln.strip() for ln in answer.splitlines() if ln.strip().startswith(("equal round", "lambda_max"))]
+    assert len(lines) >= 2
+    page, errors, _ = _visit(browser, (site / "getting-started.html").as_uri())
+    try:
+        text = page.inner_text("article")
+        assert all(" ".join(ln.split()) in " ".join(text.split()) for ln in lines), lines
+        assert not errors
+    finally:
+        page.close()
