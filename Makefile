@@ -7,7 +7,7 @@ STAMP := $(VENV)/.flatfl-installed
 LOWEST := .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.flatfl-installed
 
-.PHONY: install install-docs demo test test-deployment test-lowest lint bench docs docs-test clean
+.PHONY: install install-docs demo test test-deployment test-lowest lint bench docs clean
 
 install: $(STAMP)
 
