@@ -14,6 +14,9 @@ from tests.test_layering import ROOT
 FORMER = "17bd09b"  # the last commit with the 1,052-line README
 MAP = ROOT / "docs" / "readme-map.md"
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# sections whose numbers are re-measured rather than moved: `make demo`'s printed answer is replaced in the README
+# (between its answer markers) when the demo is rerun; only their key sentences are checked
+REMEASURED = {"The answer on digits: is FedMut flatter?"}
 
 
 def former_readme() -> str:
@@ -77,7 +80,7 @@ def test_each_section_lives_on_its_pages(row):
     old = sections(former_readme())[section]
     new = "\n".join(page_text(p) for p in pages)
     lost = sorted(set(NUMBER.findall(old)) - set(NUMBER.findall(new)), key=lambda s: (len(s), s))
-    assert not lost, f"{section}: numbers not on {pages}: {lost}"
+    assert section in REMEASURED or not lost, f"{section}: numbers not on {pages}: {lost}"
     for key in keys:
         assert flat(key) in flat(old), f"{section}: key sentence not in the former section: {key!r}"
         assert flat(key) in flat(new), f"{section}: key sentence not on {pages}: {key!r}"
