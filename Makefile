@@ -7,7 +7,7 @@ STAMP := $(VENV)/.flatfl-installed
 LOWEST := .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.flatfl-installed
 
-.PHONY: install demo test test-deployment test-lowest lint bench clean
+.PHONY: install install-docs demo test test-deployment test-lowest lint bench docs clean
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: install
 	$(PY) examples/fedavg_vs_fedmut.py
 
 test: install
-	$(PY) -m pytest -q -m "not deployment"
+	$(PY) -m pytest -q -m "not deployment and not docs"
 
 # Flower's runtimes: the deployment engine on loopback (SuperLink + 2 SuperNodes) and the simulation
 # runtime (Ray), ~3 min; CI runs them after make test
@@ -39,10 +39,24 @@ test-lowest: $(LOWEST_STAMP)
 	$(LOWEST)/bin/python -m pytest -q $$(grep -v '^#' tests/lowest.txt)
 
 lint: install
-	$(VENV)/bin/ruff check flatfl analysis tests bench examples
+	$(VENV)/bin/ruff check flatfl analysis tests bench examples docs
+
+# the documentation site: Sphinx + furo + MyST, tutorials executed by sphinx-gallery, warnings are errors;
+# offline (no CDN). Then the site in headless Chromium (tests/test_docs_site.py reads the built site).
+DOCS_STAMP := $(VENV)/.flatfl-docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+install-docs: $(DOCS_STAMP)
+
+docs: install-docs
+	rm -rf docs/_build docs/tutorials/executed
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} MPLBACKEND=Agg $(PY) -m sphinx -b html -W --keep-going -q docs docs/_build/html
+	$(PY) -m pytest -q -m docs tests/test_docs_site.py
 
 bench: install
 	$(PY) bench/round_overhead.py
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .ruff_cache *.egg-info docs/_build docs/tutorials/executed

@@ -136,7 +136,7 @@ def hessian_eigenvalues(
 ) -> EigenResult:
     """The ``k`` largest Hessian eigenvalues (and with ``smallest`` the most negative one, λmin) by Lanczos
     with full reorthogonalisation, each with its residual ||H v - λ v||; ``tol`` is the accuracy relative to
-    |λmax|; ``exact_residuals`` recomputes them with k (+1) more products (else Lanczos' own estimates).
+    ``|λmax|``; ``exact_residuals`` recomputes them with k (+1) more products (else Lanczos' own estimates).
     The Hessian is that of the mean loss over all of ``data`` (not one mini-batch)."""
     gen = checks.generator(seed)
     obj = _problem(model, data, objective_kw)
@@ -217,7 +217,7 @@ def sharpness(
     **objective_kw: Any,
 ) -> SharpnessResult:
     """One sharpness measure: ``sam`` -- max over ||δ||₂ ≤ ``rho`` of L(w+δ) − L(w) (Foret et al. 2021;
-    with ``m``, the mean over m-sample groups); ``adaptive`` -- the same in the ball ||δ/|w| ||_p ≤ ``rho``
+    with ``m``, the mean over m-sample groups); ``adaptive`` -- the same in the ball ``||δ/|w| ||_p ≤ rho``
     (Kwon et al. 2021; ``p`` 2 or inf); ``epsilon`` -- Keskar et al.'s (2017) box measure of size ``eps``;
     ``average`` -- E L(w+δ) − L(w), δ ~ N(0, ``sigma``² diag(w²)) (``adaptive=False``: N(0, ``sigma``² I)),
     ``num_samples`` draws. ``settings`` holds the measure's parameters and, as every result's, the seed,

@@ -50,6 +50,7 @@ class SpectralDensity:
 
     @property
     def support(self) -> tuple[float, float]:
+        """(smallest, largest) node over all runs: the interval of the spectrum the quadrature saw."""
         return float(min(t.min() for t in self.nodes)), float(max(t.max() for t in self.nodes))
 
 

@@ -7,7 +7,7 @@ Ritz value converges, and plain Lanczos then returns spurious copies ("ghosts") 
 eigenvalue -- the failure of hessian-eigenthings 1.0 without reorthogonalisation. Here every
 new vector is orthogonalised against the whole basis twice ("twice is enough", Parlett
 1998 ch. 6), so no ghost can appear. Iteration stops as soon as every wanted Ritz value is
-certified: its residual ||H y - theta y|| = |beta_m s_{m,i}| (Parlett, Theorem 13.1.1) bounds its
+certified: its residual ``||H y - theta y|| = |beta_m s_{m,i}|`` (Parlett, Theorem 13.1.1) bounds its
 error, sharpened to residual^2 / gap once it is separated from its neighbours (Kato-Temple),
 and ``tol`` is that bound relative to |theta_max| -- not a relative change between iterates,
 on which PyHessian's power iteration stops (it can stop far from lambda_max when the
@@ -94,12 +94,12 @@ def lanczos(
 ) -> EigenResult:
     """The k largest eigenvalues (and, with ``smallest``, the most negative one) of ``op``.
 
-    ``tol`` is the wanted eigenvalue accuracy relative to |largest Ritz value|: iteration stops
+    ``tol`` is the wanted eigenvalue accuracy relative to ``|largest Ritz value|``: iteration stops
     when every wanted Ritz value's error bound min(r, r^2/gap) (:func:`error_bound`) is below
     it, when the Krylov space is invariant (exact answer), or when ``max_vectors`` basis
     vectors are held (default min(size, 128)). With ``exact_residuals`` (default) the reported residuals are
     ||H v - lambda v|| recomputed with k (+1) extra matvecs, since the Lanczos estimate
-    |beta_m s_{m,i}| assumes exact arithmetic and underflows to 0 once a pair has converged.
+    ``|beta_m s_{m,i}|`` assumes exact arithmetic and underflows to 0 once a pair has converged.
     ``op``: a flatfl operator or anything :func:`~flatfl.analysis.interop.as_operator` takes (curvlinops, SciPy).
     ``progress(done, total)`` is called after every matvec; ``total`` is the most Lanczos can spend
     (``max_vectors`` steps plus the residual matvecs) until it stops, then the matvecs it spent.

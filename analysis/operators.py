@@ -31,8 +31,8 @@ as the surfaces do for their points; b is capped by the memory budget (:meth:`bl
 graphs (``cached``) a loop costs what single products cost; without them (data too large for the
 budget) every block saves b - 1 forward and first-backward passes per batch. Measured on this
 project's 2-core CPU (``bench/curvature_blocks.py``, bench CNN, 100 images): the loop was the fastest
-way, the batched backward and forward-over-reverse 1.3-1.7x slower per vector (README, "Curvature at
-scale").
+way, the batched backward and forward-over-reverse 1.3-1.7x slower per vector (docs/explanation/curvature-at-scale.md,
+"Curvature at scale").
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class LinearOperator(Protocol):
     dtype: torch.dtype
     device: torch.device
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """The product A v of the operator with a vector ``v`` of length ``size`` (same dtype and device)."""
+        ...
 
 
 class ScipyExport:
@@ -86,10 +88,12 @@ class DenseOperator(ScipyExport):
         self.num_matvecs = 0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """A v; counts one product in ``num_matvecs``."""
         self.num_matvecs += 1
         return self.matrix @ v
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """A V for V of shape ``(size, b)``; counts b products in ``num_matvecs``."""
         self.num_matvecs += V.shape[1]
         return self.matrix @ V
 
@@ -180,8 +184,10 @@ class _Hooked(nn.Module):
 
 
 class ModelLoss:
-    """The mean loss of a model over a fixed data set, as a function of its parameters:
+    """The mean loss of a model over a fixed data set, as a function of its parameters::
+
         L(w) = sum_b W_b * loss_fn(forward(w, batch_b), targets(batch_b)) / sum_b W_b,
+
     where ``loss_fn`` is a mean over batch b (``nn.CrossEntropyLoss()``, ``nn.MSELoss()``, ``F.cross_entropy``
     or a plain function) and W_b its denominator: the number of examples (the first dimension of the targets),
     or for cross-entropy / NLL the (class-weighted) number of kept targets (``analysis.losses``) -- so L is the
@@ -277,6 +283,7 @@ class ModelLoss:
         return bt.to(batch, self.device, self.dtype) if self.streamed else batch
 
     def batch_count(self, batch: Any) -> int:
+        """The number of examples in a batch: the first dimension of its targets."""
         return bt.count(self.targets(batch))
 
     def batch_weight(self, batch: Any) -> float:
@@ -310,19 +317,22 @@ class ModelLoss:
         return (out.argmax(-1) == t).sum()
 
     def batch_loss_sum(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """W_b times the batch's mean loss at ``params`` (name -> tensor): the batch's term of L's numerator."""
         return self.loss_sum(self.output(params, batch), batch)
 
     # flat <-> dict ------------------------------------------------------------------------
     def flat(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Parameters (name -> tensor; default: the held copy) as one flat vector, in ``names`` order."""
         params = self.params if params is None else params
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
     def unflat(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector of length ``size`` -> name -> tensor of the parameter's shape (views, no copy)."""
         parts = torch.split(v, self.numels)
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
 
     def unflat_batch(self, V: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(P, size) stacked flat vectors -> name -> (P, *shape), for ``vmap``."""
+        """``(P, size)`` stacked flat vectors -> name -> ``(P, *shape)``, for ``vmap``."""
         parts = torch.split(V, self.numels, dim=1)
         return {n: p.reshape(V.shape[0], *s) for n, p, s in zip(self.names, parts, self.shapes)}
 
@@ -635,10 +645,13 @@ class HessianOperator(ScipyExport):
 
     @classmethod
     def from_model(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> HessianOperator:
+        """The Hessian of the mean loss of ``model`` on ``(x, y)``: ``ModelLoss(model, x, y, **kwargs)`` with the
+        HVP ``method`` (default ``auto``) taken from ``kwargs``."""
         method = kwargs.pop("method", "auto")
         return cls(ModelLoss(model, x, y, **kwargs), method=method)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v, the exact Hessian-vector product of the mean loss (Pearlmutter 1994); counts one product."""
         self.num_matvecs += 1
         return self.objective.hvp(v, self.method)
 

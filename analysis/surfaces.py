@@ -173,6 +173,8 @@ class Surface:
 
     @classmethod
     def load(cls, path: Path) -> Surface:
+        """Reads a saved surface: ``path`` with the suffix ``.npz`` (the arrays of :meth:`npz_bytes`, read
+        without pickle) and ``.json`` (:meth:`meta`: description, points, markers)."""
         path = Path(path)
         with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

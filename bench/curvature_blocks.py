@@ -18,7 +18,7 @@ difference (float summation order only; target <= 1e-6) and the time ratio. Repe
 
 Targets (issue #17): >= 1.5x on this 2-core CPU, >= 5x on a GPU. Before the timed work the script
 measures the ceiling (:func:`ceiling`): what sharing the first-order graph can save at most on this model
-and device (on the 2-core CPU 1.53-1.63x, README "Curvature at scale").
+and device (on the 2-core CPU 1.53-1.63x, docs/explanation/curvature-at-scale.md).
 """
 
 from __future__ import annotations

@@ -132,6 +132,20 @@ def test_flower_fedavg_and_fedmut_runs_give_one_report(cli, runs, tmp_path):
     assert (out / "verdict.csv").is_file() and "equal round (3)" in stdout
 
 
+def test_seeds_of_a_seeded_flower_strategy_form_one_group(tmp_path):
+    """Flower FedAvg runs that differ only in their seed are one group of the report (the seed is the run's,
+    not a strategy setting that splits groups)."""
+    from flatfl.runs.groups import group_runs
+    from flatfl.runs.run import Run
+
+    for seed in (0, 1):
+        flower_run(dict(TEN, algo="fedavg", rounds=1, seed=seed), tmp_path / f"s{seed}", nodes=10)
+    info = ckpt.read_run_json(tmp_path / "s1")
+    assert "seed" not in info["config"]["algo_config"] and info["config"]["seed"] == 1
+    groups = group_runs([Run.open(tmp_path / "s0"), Run.open(tmp_path / "s1")])
+    assert len(groups) == 1
+
+
 def test_flower_fedprox_and_fedavg_train_flatfls_clients(cli, tmp_path):
     """The app's FedProx (Flower's FedProx on flatfl's seeded sample; the ClientApp adds the proximal term
     for ``proximal-mu``) trains the clients ``flatfl train --algo fedprox`` trains: the same sample every

@@ -228,7 +228,7 @@ def add_parser(sub: Any) -> None:
             "Several processes: torchrun --nproc_per_node=N -m flatfl train ... splits each round's clients "
             "across the N ranks (NCCL on GPUs, gloo on CPU; add --nnodes/--node-rank/--rdzv-endpoint for several "
             "machines); rank 0 writes the same files a single process would (bit for bit on CPU). "
-            "See README 'Scaling out'."
+            "See docs/howto/torchrun.md."
         ),
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -49,6 +49,8 @@ def simulation(cfg: RunConfig) -> Simulation:
 
 
 def partition_id(context: Context, cfg: RunConfig) -> int:
+    """The flatfl client this node trains: its node config's ``partition-id``, checked to be in
+    0..clients−1 (one line naming the ``--node-config`` fix otherwise)."""
     pid = context.node_config.get("partition-id")
     if not isinstance(pid, int) or not 0 <= pid < cfg.data.num_clients:
         raise UserError(

@@ -45,6 +45,7 @@ class LocalGrid(Grid):
 
     @property
     def run(self) -> Any:
+        """The Flower ``Run`` this grid belongs to (Grid's interface)."""
         return self._run
 
     def create_message(

@@ -57,10 +57,16 @@ def strategy_name(strategy: Strategy) -> str:
 
 
 def strategy_settings(strategy: Strategy) -> dict[str, Any]:
-    """The strategy's settings: FedMut's FedMutConfig, else its public JSON-valued attributes."""
+    """The strategy's settings: FedMut's FedMutConfig, else its public JSON-valued attributes but ``seed``
+    (a seeded strategy's seed is the run's, ``config.seed``: kept in ``algo_config`` it would make every seed
+    a group of its own in ``flatfl report``)."""
     if isinstance(strategy, FedMutStrategy):
         return strategy.settings()
-    return {k: v for k, v in sorted(vars(strategy).items()) if not k.startswith("_") and isinstance(v, JSONABLE)}
+    return {
+        k: v
+        for k, v in sorted(vars(strategy).items())
+        if not k.startswith("_") and k != "seed" and isinstance(v, JSONABLE)
+    }
 
 
 class RunRecorder(Strategy):

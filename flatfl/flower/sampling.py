@@ -60,6 +60,8 @@ class SeededSample:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """One train message per client of flatfl's seeded sample for ``server_round`` (the clients
+        ``flatfl train`` trains with the same seed, clients and frac), sent to the node that holds it."""
         if self.fraction_train == 0.0:  # type: ignore[attr-defined]
             return []
         clients, nodes = sampled_nodes(

@@ -58,6 +58,7 @@ class FedMutStrategy(FedAvg):
 
     @property
     def config(self) -> FedMutConfig:
+        """The FedMut settings (radius, mut_acc_rate, mut_bound, mutate, weighted, ...): flatfl's own FedMutConfig."""
         return self.fedmut.config
 
     def settings(self) -> dict[str, Any]:

@@ -39,23 +39,29 @@ class RegistryModel:
 
     @property
     def save_clients(self) -> int:
+        """``--save-clients``: 0 keeps no client models, 1 every round's, K the rounds t with t mod K in {0, 1}."""
         return self.cfg.save_clients
 
     def config(self) -> dict[str, Any]:
+        """run.json's ``config``: the ``flatfl train`` config of the run, as a dict."""
         return self.cfg.to_dict()
 
     def run_info(self) -> dict[str, Any]:
+        """run.json's model, dataset and partition summary, as ``flatfl train`` writes them."""
         from flatfl.trainer import _run_info
 
         return _run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
 
     def partition(self) -> list[list[int]] | None:
+        """Client -> training-set indices (partition.json), the split ``flatfl train`` draws from the config."""
         return [p.tolist() for p in self.parts]
 
     def initial_state(self) -> StateDict:
+        """Round 0's global model, seeded as ``flatfl train`` seeds it."""
         return self.sim.initial_state()
 
     def evaluate(self, state: StateDict) -> tuple[float | None, float | None]:
+        """(test loss, test accuracy) of a global model on the data set's test split."""
         return self.sim.evaluate(state)
 
 
@@ -75,11 +81,13 @@ class UserModel:
     save_clients: int = 0
 
     def build(self) -> nn.Module:
+        """A fresh model: the factory ``model`` called with ``model_kwargs`` (one-line error if it fails)."""
         from flatfl.runs.foreign import call_factory
 
         return call_factory(self.model, self.model_kwargs, "UserModel model")
 
     def config(self) -> dict[str, Any]:
+        """run.json's ``config``: the model and data names, the seed and ``save_clients`` (no flatfl data set)."""
         data = {"dataset": None, "train": self.train_data, "test": self.test_data, "num_clients": self.num_clients}
         return {
             "model": self.model,
@@ -90,6 +98,7 @@ class UserModel:
         }
 
     def run_info(self) -> dict[str, Any]:
+        """run.json's ``model`` (name, kwargs, parameter count and names, state keys); ``dataset`` is None."""
         net = self.build()
         return {
             "model": {
@@ -103,14 +112,18 @@ class UserModel:
         }
 
     def partition(self) -> list[list[int]] | None:
+        """None: the user's ClientApp splits its data, so there is no partition.json."""
         return None  # the user's ClientApp splits its data; flatfl never sees the split
 
     def initial_state(self) -> StateDict:
+        """Round 0's model: the factory's weights with torch's generator seeded by ``seed`` (the caller's
+        random state is restored)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return clone(self.build().state_dict())
 
     def evaluate(self, state: StateDict) -> tuple[float | None, float | None]:
+        """(test loss, test accuracy) of a global model on ``test_data``; (None, None) without test data."""
         if self.test_data is None:
             return None, None
         from flatfl.local import evaluate

@@ -33,6 +33,8 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
+        """Opens the run directory ``path``: reads and checks its ``run.json`` (a one-line error if it is missing
+        or damaged). Nothing else is read until asked for."""
         path = Path(path)
         return cls(path, ckpt.read_run_json(path))
 
@@ -51,16 +53,23 @@ class Run:
 
     @property
     def identity(self) -> str:
+        """SHA-256 of the run's canonical config without ``rounds``; every checkpoint carries it, so a file
+        from another run is refused."""
         return self.info["identity"]
 
     @property
     def config(self) -> dict[str, Any]:
+        """The run's whole configuration as run.json records it (algo, algo_config, model, data, local,
+        rounds, frac, seed, ...)."""
         return self.info["config"]
 
     def rounds(self) -> list[int]:
+        """The saved rounds, ascending (round 0 is the initial model)."""
         return ckpt.list_rounds(self.path)
 
     def global_state(self, round: int) -> StateDict:
+        """The global model's ``state_dict`` after ``round`` (tensors on the CPU, in the model's key order);
+        refused in one line when the file belongs to another run or holds NaN or Inf."""
         path = ckpt.round_path(self.path, round)
         state, _ = ckpt.load_round(path, self.identity)
         bad = first_nonfinite(state)
@@ -86,6 +95,7 @@ class Run:
         return build_model(m["name"], **m["kwargs"])
 
     def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
+        """An ``nn.Module`` of the run's architecture with the global weights of ``round``, on ``device``."""
         net = self.build()
         try:
             net.load_state_dict(self.global_state(round))
@@ -97,6 +107,8 @@ class Run:
         return net.to(device)
 
     def dataset(self) -> Dataset:
+        """The run's data set, the same train/test split it trained on (refused for a recorded run of a user's
+        own data, which flatfl cannot load)."""
         if self.user_data:
             raise UserError(
                 f"{self.path}: a recorded run of a user's model on its own data has no flatfl data set"
@@ -124,10 +136,15 @@ class Run:
         return [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(self.path, self.info)]
 
     def clients(self, round: int) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
+        """(sent, returned, info) of ``round`` for a run trained with ``--save-clients``: the models sent to the
+        sampled clients (FedMut's mutants; FedAvg's copies of the global model), the models they returned, and
+        the metadata (``clients``, ``num_samples``, ...)."""
         path = ckpt.clients_path(self.path, round)
         if not path.is_file():
             raise UserError(f"{path}: missing; train with --save-clients to keep client models")
         return ckpt.load_clients(path)
 
     def metrics(self) -> list[dict[str, Any]]:
+        """``metrics.jsonl`` as a list of dicts, one per round (test loss and accuracy, mean client training
+        loss, update and mutation norms, times)."""
         return ckpt.read_metrics(self.path)
