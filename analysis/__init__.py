@@ -27,7 +27,9 @@ from flatfl.analysis.api import (
 )
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.interop import as_operator, to_scipy
+from flatfl.analysis.curvatures import BlockOperator, EFOperator, GGNOperator
 from flatfl.analysis.lanczos import EigenResult, lanczos
+from flatfl.analysis.measures import LayerCurvature, layer_curvature
 from flatfl.analysis.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
 from flatfl.analysis.sharpness import SharpnessResult
 from flatfl.analysis.surfaces import Surface, evaluate_grid, random_directions
@@ -41,17 +43,22 @@ __all__ = [
     "hessian_density",
     "sharpness",
     "loss_surface",
+    "layer_curvature",
     # results
     "EigenResult",
     "TraceResult",
     "SpectralDensity",
     "SharpnessResult",
     "Surface",
+    "LayerCurvature",
     # operators and solvers
     "LinearOperator",
     "DenseOperator",
     "ModelLoss",
     "HessianOperator",
+    "GGNOperator",
+    "EFOperator",
+    "BlockOperator",
     "as_operator",
     "to_scipy",
     "lanczos",
