@@ -25,11 +25,18 @@ from flatfl.analysis.api import (
     objective,
     sharpness,
 )
+from flatfl.analysis.curvatures import BlockOperator, EFOperator, GGNOperator
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.interop import as_operator, to_scipy
-from flatfl.analysis.curvatures import BlockOperator, EFOperator, GGNOperator
 from flatfl.analysis.lanczos import EigenResult, lanczos
-from flatfl.analysis.measures import LayerCurvature, layer_curvature
+from flatfl.analysis.measures import (
+    FisherRaoNorm,
+    LayerCurvature,
+    RelativeFlatness,
+    fisher_rao_norm,
+    layer_curvature,
+    relative_flatness,
+)
 from flatfl.analysis.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
 from flatfl.analysis.sharpness import SharpnessResult
 from flatfl.analysis.surfaces import Surface, evaluate_grid, random_directions
@@ -44,6 +51,9 @@ __all__ = [
     "sharpness",
     "loss_surface",
     "layer_curvature",
+    "relative_flatness",
+    "fisher_rao_norm",
+    "mode_connectivity",
     # results
     "EigenResult",
     "TraceResult",
@@ -51,6 +61,9 @@ __all__ = [
     "SharpnessResult",
     "Surface",
     "LayerCurvature",
+    "RelativeFlatness",
+    "FisherRaoNorm",
+    "Connectivity",
     # operators and solvers
     "LinearOperator",
     "DenseOperator",

@@ -92,5 +92,146 @@ def layer_curvature(
         spent += block.num_matvecs
     cols = list(zip(*rows))
     settings = {"group": group, "curvature": curvature, "num_matvecs": num_matvecs, "tol": tol}
-    return LayerCurvature(*(tuple(c) for c in cols), num_matvecs=spent,
-                          settings={**settings, "hvp": getattr(op, "method", curvature), **_common(obj, seed)})  # fmt: skip
+    settings |= {"hvp": getattr(op, "method", curvature), **_common(obj, seed)}
+    return LayerCurvature(*(tuple(c) for c in cols), num_matvecs=spent, settings=settings)
+
+
+@dataclass(frozen=True)
+class RelativeFlatness:
+    """κ_Tr of one layer (:func:`relative_flatness`)."""
+
+    kappa: float
+    layer: str
+    weight_shape: tuple[int, ...]  # (d, m): outputs x features
+    settings: dict = field(default_factory=dict)
+
+
+def _output_layer(obj: ModelLoss, layer: str | None) -> tuple[str, nn.Linear]:
+    """The named ``nn.Linear`` (default: the model's last one) and its name."""
+    mods = dict(obj.model.named_modules())
+    if layer is None:
+        linear = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
+        if not linear:
+            raise ValueError("relative flatness needs an nn.Linear output layer; the model has none")
+        layer = linear[-1]
+    if not isinstance(mods.get(layer), nn.Linear):
+        raise ValueError(f"layer={layer!r} is not an nn.Linear module of the model (its Linear layers: "
+                         f"{[n for n, m in mods.items() if isinstance(m, nn.Linear)]})")  # fmt: skip
+    if f"{layer}.weight" not in obj.names:
+        raise ValueError(f"layer {layer!r}: its weight is frozen (requires_grad=False)")
+    return layer, mods[layer]
+
+
+def _output_hessian_gram(obj: ModelLoss, out: torch.Tensor, batch: Any, gram: torch.Tensor) -> torch.Tensor:
+    """<G, H_p>_F for each output position p (examples, tokens), H_p = d^2 S_b / d z_p^2 (d x d): d products
+    of the loss's Hessian in the output with the unit vectors e_s broadcast over the positions (exact when
+    positions do not interact in the loss -- cross-entropy, MSE)."""
+    d = out.shape[-1]
+    with torch.enable_grad():
+        o = out.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(obj.loss_sum(o, batch), o, create_graph=True)
+        cols = []
+        for s in range(d):
+            e = torch.zeros_like(o)
+            e[..., s] = 1
+            (h,) = torch.autograd.grad(g, o, e, retain_graph=True, allow_unused=True)
+            cols.append(torch.zeros_like(o) if h is None else h)
+    H = torch.stack(cols, dim=-1).reshape(-1, d, d)  # H[p, s', s] = d^2 S / d z_{p s'} d z_{p s}
+    return torch.einsum("pab,ab->p", H, gram)
+
+
+def relative_flatness(
+    model: nn.Module | ModelLoss,
+    data: Any = None,
+    *,
+    layer: str | None = None,
+    **objective_kw: Any,
+) -> RelativeFlatness:
+    """Relative flatness κ_Tr (Petzka et al., NeurIPS 2021, Def. 3) of the output layer z = w φ(x) + b:
+
+        κ_Tr(w) = sum_{s,s'} <w_s, w_s'> Tr(H_{s,s'}),   H_{s,s'} = d^2 L / d w_s d w_s'  (m x m),
+
+    w_s the s-th row of ``layer``'s weight (default: the model's last ``nn.Linear``, whose output must be the
+    model's output: its input φ is the penultimate, "feature" layer). Exact, without Hessian-vector products:
+    z is linear in w and φ does not depend on w, so d^2 ℓ / d w_{sj} d w_{s'j'} = φ_j φ_j' [d^2 ℓ / dz^2]_{ss'}
+    and Tr(H_{s,s'}) = (1/W) sum_p ||φ_p||^2 [d^2 S / dz_p^2]_{ss'} over the output positions p (examples, or
+    tokens); hence κ = (1/W) sum_p ||φ_p||^2 <w w^T, d^2 S / dz_p^2>_F -- one forward pass and d output-space
+    Hessian products per batch. L is flatfl's mean loss (:class:`ModelLoss`; the paper's empirical loss)."""
+    obj = _problem(model, data, objective_kw)
+    name, module = _output_layer(obj, layer)
+    w = obj.params[f"{name}.weight"]
+    gram = w @ w.T
+    seen: dict[str, torch.Tensor] = {}
+    hook = module.register_forward_hook(lambda m, inp, out: seen.update(phi=inp[0], z=out))
+    total = torch.zeros((), dtype=obj.dtype, device=obj.device)
+    try:
+        with torch.no_grad(), eval_mode(obj.model):
+            for b in obj.batches:
+                b = obj.on_device(b)
+                out = obj.output(obj.params, b)
+                if seen.get("z") is not out:
+                    raise ValueError(f"layer {name!r}: its output is not the model's output (relative flatness is "
+                                     "defined for the layer that maps the feature layer to the output)")  # fmt: skip
+                phi2 = seen["phi"].reshape(-1, seen["phi"].shape[-1]).pow(2).sum(1)
+                total += (phi2 * _output_hessian_gram(obj, out, b, gram)).sum()
+    finally:
+        hook.remove()
+    settings = {"layer": name, **_common(obj, 0)}
+    settings.pop("seed")
+    return RelativeFlatness(float(total) / obj.norm, name, tuple(w.shape), settings)
+
+
+@dataclass(frozen=True)
+class FisherRaoNorm:
+    """||θ||_fr^2 (:func:`fisher_rao_norm`) and its square root."""
+
+    squared: float
+    norm: float
+    labels: str
+    settings: dict = field(default_factory=dict)
+
+
+def fisher_rao_norm(
+    model: nn.Module | ModelLoss,
+    data: Any = None,
+    *,
+    labels: str = "empirical",
+    **objective_kw: Any,
+) -> FisherRaoNorm:
+    """The Fisher-Rao norm (Liang, Poggio, Rakhlin & Stokes, AISTATS 2019, Def. 2),
+
+        ||θ||_fr^2 = <θ, I(θ) θ> = E_x E_y [<θ, ∇_θ ℓ(f_θ(x), y)>^2],
+
+    over the trainable parameters θ and the data's inputs. ``labels="empirical"``: y the data's labels, so
+    ||θ||_fr^2 = θ^T F θ with F the empirical Fisher (:class:`~flatfl.analysis.curvatures.EFOperator`; for a
+    mean over examples (1/N) sum_i <θ, ∇ℓ_i>^2). ``labels="model"`` (cross-entropy without class weights or
+    label smoothing): y ~ softmax(f_θ(x)), exactly: with u = J θ (the output's derivative along θ) and p the
+    softmax, E_y[<p - e_y, u>^2] = sum_y p_y (u_y - <p, u>)^2, which makes ||θ||_fr^2 = θ^T G θ (G the GGN).
+    Each <θ, ∇ℓ_i> is the derivative of example i's loss along θ: one forward-mode product per batch.
+    For a bias-free ReLU network with L hidden layers, <θ, ∇_θ ℓ> = (L+1) <∂ℓ/∂f, f> (Liang et al., Lemma 2)."""
+    if labels not in ("empirical", "model"):
+        raise ValueError(f"labels must be 'empirical' or 'model', got {labels!r}")
+    obj = _problem(model, data, objective_kw)
+    bl = obj.bookkeeping
+    if labels == "model" and (bl.functional is not F.cross_entropy or bl.options.get("weight") is not None
+                              or bl.options.get("label_smoothing", 0.0)):  # fmt: skip
+        raise ValueError("labels='model' needs a cross-entropy loss without class weights or label smoothing")
+    total = torch.zeros((), dtype=obj.dtype, device=obj.device)
+    with torch.no_grad(), eval_mode(obj.model):
+        for b in obj.batches:
+            b = obj.on_device(b)
+            if labels == "empirical":
+                f = lambda p, b=b: per_example_losses(obj, obj.output(p, b), b)  # noqa: E731
+                _, d = jvp(f, (obj.params,), (obj.params,))
+                total += (d**2).sum()
+            else:
+                out, u = jvp(lambda p, b=b: obj.output(p, b), (obj.params,), (obj.params,))
+                p = torch.softmax(out, dim=1)
+                t = obj.targets(b)
+                kept = (t != bl.options.get("ignore_index", -100)).to(p.dtype)
+                var = (p * (u - (p * u).sum(1, keepdim=True)) ** 2).sum(1)
+                total += (kept * var).sum()
+    sq = float(total) / obj.norm
+    settings = {"labels": labels, **_common(obj, 0)}
+    settings.pop("seed")
+    return FisherRaoNorm(sq, sq**0.5, labels, settings)
