@@ -25,6 +25,7 @@ from flatfl.analysis.api import (
     objective,
     sharpness,
 )
+from flatfl.analysis.connectivity import Connectivity, mode_connectivity
 from flatfl.analysis.curvatures import BlockOperator, EFOperator, GGNOperator
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.interop import as_operator, to_scipy
