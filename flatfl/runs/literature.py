@@ -76,8 +76,8 @@ def _curvature(problem: Problem, kind: str, s: LiteratureSettings, log: Callable
     tr = TRACE_ESTIMATORS[s.trace_method](op, num_matvecs=s.trace_matvecs, generator=_gen(s, 3))
     log(f"{kind}: lambda_max {eig.values[0]:.6g}, trace {tr.estimate:.6g} +- {tr.stderr:.2g}")
     return {"lambda_max": float(eig.values[0]), "residual": float(eig.residuals[0]),
-            "lambda_max_products": lam_products, "trace": tr.estimate, "trace_stderr": tr.stderr, "trace_products": tr.num_matvecs,
-            "trace_method": s.trace_method}  # fmt: skip
+            "lambda_max_products": lam_products, "trace": tr.estimate, "trace_stderr": tr.stderr,
+            "trace_products": tr.num_matvecs, "trace_method": s.trace_method}  # fmt: skip
 
 
 def measure_literature(
