@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,8 +29,8 @@ from flatfl.analysis import checks
 from flatfl.analysis.api import _common, _curvature, _problem
 from flatfl.analysis.curvatures import BlockOperator, exact_trace, parameter_blocks, per_example_losses
 from flatfl.analysis.lanczos import lanczos
-from flatfl.analysis.operators import ModelLoss, eval_mode
-from flatfl.analysis.trace import adaptive_trace
+from flatfl.analysis.operators import ModelLoss, eval_mode, matmat
+from flatfl.analysis.trace import _rademacher, adaptive_trace
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def layer_curvature(
     curvature: str = "hessian",
     num_matvecs: int = 30,
     tol: float = 1e-3,
+    shared_probes: bool = False,
     hvp: str = "auto",
     seed: int | torch.Generator = 0,
     **objective_kw: Any,
@@ -73,17 +75,26 @@ def layer_curvature(
     show where the curvature sits (e.g. Sankar et al., "A Deeper Look at the Hessian Eigenspectrum of Deep
     Neural Networks and its Applications to Regularization", AAAI 2021: layer-wise Hessians). ``curvature``:
     ``hessian``, ``ggn`` or ``ef`` (:func:`~flatfl.analysis.api.hessian_eigenvalues`). Costs about
-    (Lanczos steps + min(size, ``num_matvecs``)) products per block."""
+    (Lanczos steps + min(size, ``num_matvecs``)) products per block.
+
+    ``shared_probes``: every block's trace from the same ``num_matvecs`` products with whole-model Rademacher
+    vectors z, the block's samples z[I]^T (H z)[I] (unbiased: E z[I]^T (H z)[I] = tr H[I, I], as the other
+    blocks' terms have mean 0), so the traces cost ``num_matvecs`` products in all instead of per block; their
+    variance includes the off-diagonal blocks', so the standard errors are larger."""
     checks.integer("num_matvecs", num_matvecs, 6)
     gen = checks.generator(seed)
     obj = _problem(model, data, objective_kw)
     op = _curvature(obj, curvature, hvp, objective_kw)
     rows = []
-    spent = 0
-    for name, idx in parameter_blocks(obj, group):
+    blocks = parameter_blocks(obj, group)
+    shared = _shared_traces(op, blocks, num_matvecs, gen) if shared_probes else None
+    spent = num_matvecs if shared_probes else 0
+    for name, idx in blocks:
         block = BlockOperator(op, idx, name)
         eig = lanczos(block, k=1, tol=tol, generator=gen, return_vectors=False)
-        if block.size <= num_matvecs:
+        if shared is not None:
+            tr, se = shared[name]
+        elif block.size <= num_matvecs:
             tr, se = float(exact_trace(block).sum()), 0.0
         else:
             res = adaptive_trace(block, num_matvecs=num_matvecs, generator=gen)
@@ -91,9 +102,24 @@ def layer_curvature(
         rows.append((name, block.size, float(eig.values[0]), float(eig.residuals[0]), tr, se))
         spent += block.num_matvecs
     cols = list(zip(*rows))
-    settings = {"group": group, "curvature": curvature, "num_matvecs": num_matvecs, "tol": tol}
+    settings = {"group": group, "curvature": curvature, "num_matvecs": num_matvecs, "tol": tol,
+                "shared_probes": shared_probes}  # fmt: skip
     settings |= {"hvp": getattr(op, "method", curvature), **_common(obj, seed)}
     return LayerCurvature(*(tuple(c) for c in cols), num_matvecs=spent, settings=settings)
+
+
+def _shared_traces(
+    op: Any, blocks: list[tuple[str, torch.Tensor]], num: int, gen: torch.Generator
+) -> dict[str, tuple[float, float]]:
+    """(mean, standard error) of z[I]^T (H z)[I] over ``num`` whole-model Rademacher z, for every block I."""
+    Z = _rademacher(op.size, num, op, gen)  # num x size
+    HZ = matmat(op, Z.T)  # size x num
+    out = {}
+    for name, idx in blocks:
+        idx = idx.to(Z.device)
+        samples = (Z[:, idx] * HZ[idx].T).sum(1).double().cpu().numpy()
+        out[name] = (float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(num)))
+    return out
 
 
 @dataclass(frozen=True)

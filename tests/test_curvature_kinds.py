@@ -145,3 +145,21 @@ def test_layer_curvature_lambda_max_and_trace_per_block(group, curvature):
     rows = res.rows()
     assert rows[0]["name"] == res.names[0] and set(rows[0]) >= {"size", "lambda_max", "trace", "trace_stderr"}
     assert res.settings["curvature"] == curvature and res.settings["group"] == group
+
+
+def test_layer_curvature_shared_probes_are_the_blocks_of_the_same_hutchinson_samples():
+    """The shared estimate of block I is the mean of z[I]^T (H z)[I] over the whole-model probes, computed
+    here densely from the same seeded Rademacher vectors; within 5 standard errors of the block's trace."""
+    from flatfl.analysis.trace import _rademacher
+
+    model, x, y = _problem(7)
+    H = dense_hessian(model, x, y)
+    res = layer_curvature(model, (x, y), num_matvecs=200, shared_probes=True, seed=3, batch_size=7)
+    Z = _rademacher(len(H), 200, HessianOperator(ModelLoss(model, x, y)), torch.Generator().manual_seed(3))
+    HZ = H @ Z.T
+    for i, (_, idx) in enumerate(parameter_blocks(ModelLoss(model, x, y))):
+        samples = (Z[:, idx] * HZ[idx].T).sum(1)
+        assert res.trace[i] == pytest.approx(float(samples.mean()), rel=1e-9, abs=1e-12)
+        assert res.trace_stderr[i] == pytest.approx(float(samples.std() / 200**0.5), rel=1e-9)
+        assert abs(res.trace[i] - float(torch.trace(H[idx][:, idx]))) <= 5 * res.trace_stderr[i]
+    assert res.settings["shared_probes"] is True

@@ -325,7 +325,14 @@ def _literature_arguments(p: Any) -> None:
         nargs="?",
         const="parameter",
         choices=["parameter", "module"],
-        help="lambda_max and trace of each layer's diagonal Hessian block, per parameter tensor (default) or module",
+        help="lambda_max and trace of each layer's diagonal Hessian block, per parameter tensor (default) or module; "
+        "each trace from 30 HVPs (exact for a block of at most 30 parameters)",
+    )
+    g.add_argument(
+        "--per-layer-shared",
+        action="store_true",
+        help="--per-layer traces all from the same --trace-matvecs HVPs with whole-model probes (cheaper, larger "
+        "standard errors)",
     )
     g.add_argument(
         "--relative-flatness",
@@ -357,11 +364,14 @@ def literature_settings(ns: dict[str, Any]) -> Any:
     d = LiteratureSettings()
     if ns.get("relative_flatness_layer") and not ns.get("relative_flatness"):
         ns["relative_flatness"] = True
+    if ns.get("per_layer_shared") and not ns.get("per_layer"):
+        ns["per_layer"] = "parameter"
     if (ns.get("connect_steps") or ns.get("connect_lr")) and not ns.get("connect"):
         raise UserError("--connect-steps/--connect-lr: options of --connect SPEC; pass --connect as well")
     return LiteratureSettings(
         curvature=parse_curvature(ns.get("curvature")),
         per_layer=ns.get("per_layer"),
+        per_layer_shared=bool(ns.get("per_layer_shared")),
         relative_flatness=bool(ns.get("relative_flatness")),
         relative_flatness_layer=ns.get("relative_flatness_layer"),
         fisher_rao=bool(ns.get("fisher_rao")),

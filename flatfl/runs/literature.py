@@ -20,6 +20,7 @@ from flatfl.runs.problem import Problem
 
 CURVATURE_KINDS = ("ggn", "ef")
 GROUPS = ("parameter", "module")
+PER_BLOCK_MATVECS = 30  # --per-layer: each block's trace budget (exact below it) without --per-layer-shared
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class LiteratureSettings:
 
     curvature: tuple[str, ...] = ()
     per_layer: str | None = None  # "parameter" or "module"
+    per_layer_shared: bool = False  # every block's trace from the same trace_matvecs products
     relative_flatness: bool = False
     relative_flatness_layer: str | None = None
     fisher_rao: bool = False
@@ -92,9 +94,12 @@ def measure_literature(
         out[kind] = _timed(lambda kind=kind: _curvature(problem, kind, s, log))
     if s.per_layer:
         def per_layer() -> dict[str, Any]:  # noqa: E306
-            r = layer_curvature(obj, group=s.per_layer, num_matvecs=30, tol=s.tol, seed=_gen(s, 4))
+            num = s.trace_matvecs if s.per_layer_shared else PER_BLOCK_MATVECS
+            r = layer_curvature(obj, group=s.per_layer, num_matvecs=num, tol=s.tol, shared_probes=s.per_layer_shared,
+                                seed=_gen(s, 4))  # fmt: skip
             log(f"per-layer: {len(r.names)} blocks, {r.num_matvecs} HVPs")
-            return {"group": s.per_layer, "curvature": "hessian", "blocks": r.rows(), "products": r.num_matvecs}
+            return {"group": s.per_layer, "curvature": "hessian", "blocks": r.rows(), "products": r.num_matvecs,
+                    "shared_probes": s.per_layer_shared, "trace_matvecs": num}  # fmt: skip
 
         out["per_layer"] = _timed(per_layer)
     if s.relative_flatness:
