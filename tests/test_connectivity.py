@@ -18,8 +18,9 @@ from flatfl.analysis.connectivity import barrier, bezier
 def _regression(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(40, 3, generator=g, dtype=torch.float64)
-    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.3 * torch.randn(40, 1, generator=g,
-                                                                                           dtype=torch.float64)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.3 * torch.randn(
+        40, 1, generator=g, dtype=torch.float64
+    )
     torch.manual_seed(seed)
     a, b = nn.Linear(3, 1).double(), nn.Linear(3, 1).double()
     with torch.no_grad():

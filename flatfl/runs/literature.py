@@ -93,7 +93,8 @@ def measure_literature(
     for kind in s.curvature:
         out[kind] = _timed(lambda kind=kind: _curvature(problem, kind, s, log))
     if s.per_layer:
-        def per_layer() -> dict[str, Any]:  # noqa: E306
+
+        def per_layer() -> dict[str, Any]:
             num = s.trace_matvecs if s.per_layer_shared else PER_BLOCK_MATVECS
             r = layer_curvature(obj, group=s.per_layer, num_matvecs=num, tol=s.tol, shared_probes=s.per_layer_shared,
                                 seed=_gen(s, 4))  # fmt: skip
@@ -103,7 +104,8 @@ def measure_literature(
 
         out["per_layer"] = _timed(per_layer)
     if s.relative_flatness:
-        def rf() -> dict[str, Any]:  # noqa: E306
+
+        def rf() -> dict[str, Any]:
             try:
                 r = relative_flatness(obj, layer=s.relative_flatness_layer)
             except ValueError as e:
@@ -113,7 +115,8 @@ def measure_literature(
 
         out["relative_flatness"] = _timed(rf)
     if s.fisher_rao:
-        def fr() -> dict[str, Any]:  # noqa: E306
+
+        def fr() -> dict[str, Any]:
             res = {"empirical": fisher_rao_norm(obj).squared}
             try:
                 res["model"] = fisher_rao_norm(obj, labels="model").squared
