@@ -25,9 +25,19 @@ from flatfl.analysis.api import (
     objective,
     sharpness,
 )
+from flatfl.analysis.connectivity import Connectivity, mode_connectivity
+from flatfl.analysis.curvatures import BlockOperator, EFOperator, GGNOperator
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.interop import as_operator, to_scipy
 from flatfl.analysis.lanczos import EigenResult, lanczos
+from flatfl.analysis.measures import (
+    FisherRaoNorm,
+    LayerCurvature,
+    RelativeFlatness,
+    fisher_rao_norm,
+    layer_curvature,
+    relative_flatness,
+)
 from flatfl.analysis.operators import DenseOperator, HessianOperator, LinearOperator, ModelLoss
 from flatfl.analysis.sharpness import SharpnessResult
 from flatfl.analysis.surfaces import Surface, evaluate_grid, random_directions
@@ -41,17 +51,28 @@ __all__ = [
     "hessian_density",
     "sharpness",
     "loss_surface",
+    "layer_curvature",
+    "relative_flatness",
+    "fisher_rao_norm",
+    "mode_connectivity",
     # results
     "EigenResult",
     "TraceResult",
     "SpectralDensity",
     "SharpnessResult",
     "Surface",
+    "LayerCurvature",
+    "RelativeFlatness",
+    "FisherRaoNorm",
+    "Connectivity",
     # operators and solvers
     "LinearOperator",
     "DenseOperator",
     "ModelLoss",
     "HessianOperator",
+    "GGNOperator",
+    "EFOperator",
+    "BlockOperator",
     "as_operator",
     "to_scipy",
     "lanczos",

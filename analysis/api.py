@@ -26,6 +26,7 @@ from torch import nn
 
 from flatfl.analysis import batches as bt
 from flatfl.analysis import checks
+from flatfl.analysis.curvatures import CURVATURES, curvature_operator
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.lanczos import EigenResult, lanczos
 from flatfl.analysis.operators import HessianOperator, ModelLoss
@@ -102,6 +103,13 @@ def _problem(model: nn.Module | ModelLoss, data: Any, kw: dict[str, Any]) -> Mod
     return objective(model, data, **kw)
 
 
+def _curvature(obj: ModelLoss, curvature: str, hvp: str, objective_kw: dict[str, Any]) -> Any:
+    """The operator of ``curvature``: the Hessian (:func:`_operator`), the GGN or the empirical Fisher."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    return curvature_operator(obj, curvature, lambda: _operator(obj, hvp, objective_kw))
+
+
 def _operator(obj: ModelLoss, hvp: str, objective_kw: dict[str, Any]) -> HessianOperator:
     """The Hessian of ``obj``, its HVP method chosen (``auto``) within the call's ``memory_budget``."""
     if hvp not in HVP_METHODS:
@@ -131,16 +139,20 @@ def hessian_eigenvalues(
     return_vectors: bool = False,
     exact_residuals: bool = True,
     hvp: str = "auto",
+    curvature: str = "hessian",
     seed: int | torch.Generator = 0,
     **objective_kw: Any,
 ) -> EigenResult:
     """The ``k`` largest Hessian eigenvalues (and with ``smallest`` the most negative one, λmin) by Lanczos
     with full reorthogonalisation, each with its residual ||H v - λ v||; ``tol`` is the accuracy relative to
     ``|λmax|``; ``exact_residuals`` recomputes them with k (+1) more products (else Lanczos' own estimates).
-    The Hessian is that of the mean loss over all of ``data`` (not one mini-batch)."""
+    The Hessian is that of the mean loss over all of ``data`` (not one mini-batch). ``curvature``:
+    ``hessian`` (default), ``ggn`` -- the generalised Gauss-Newton matrix (1/W) sum_b J_b^T H_b J_b
+    (Schraudolph 2002; Martens 2020) -- or ``ef``, the empirical Fisher (1/W) sum_i g_i g_i^T (Kunstner et
+    al. 2019); :mod:`flatfl.analysis.curvatures` gives their exact definitions."""
     gen = checks.generator(seed)
     obj = _problem(model, data, objective_kw)
-    op = _operator(obj, hvp, objective_kw)
+    op = _curvature(obj, curvature, hvp, objective_kw)
     res = lanczos(
         op,
         k=k,
@@ -152,6 +164,7 @@ def hessian_eigenvalues(
         exact_residuals=exact_residuals,
     )
     settings = {"k": k, "smallest": smallest, "tol": tol, "hvp": op.method, **_common(obj, seed)}
+    settings["curvature"] = curvature
     return replace(res, settings=settings)
 
 
@@ -162,19 +175,22 @@ def hessian_trace(
     num_matvecs: int = 99,
     estimator: str = "adaptive",
     hvp: str = "auto",
+    curvature: str = "hessian",
     seed: int | torch.Generator = 0,
     **objective_kw: Any,
 ) -> TraceResult:
     """tr(H) with its standard error from ``num_matvecs`` Hessian-vector products: ``adaptive`` (default;
     Hutchinson or Hutch++, whichever the first third of the budget predicts is better), ``hutch++``
-    (Meyer et al. 2021) or ``hutchinson`` (1989)."""
+    (Meyer et al. 2021) or ``hutchinson`` (1989). ``curvature``: ``hessian``, ``ggn`` or ``ef``, as in
+    :func:`hessian_eigenvalues` (tr(F) of the empirical Fisher is the mean squared per-example gradient norm)."""
     if estimator not in TRACE_ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(TRACE_ESTIMATORS)}, got {estimator!r}")
     gen = checks.generator(seed)
     obj = _problem(model, data, objective_kw)
-    op = _operator(obj, hvp, objective_kw)
+    op = _curvature(obj, curvature, hvp, objective_kw)
     res = TRACE_ESTIMATORS[estimator](op, num_matvecs=num_matvecs, generator=gen)
     settings = {"estimator": estimator, "num_matvecs": num_matvecs, "hvp": op.method, **_common(obj, seed)}
+    settings["curvature"] = curvature
     return replace(res, settings=settings)
 
 

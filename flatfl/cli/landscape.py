@@ -75,6 +75,7 @@ def add_parser(sub: Any) -> None:
     _sharpness_arguments(p, d)
     _surface_arguments(p, d)
     _federated_arguments(p, d)
+    _literature_arguments(p)
 
 
 def _foreign_arguments(p: Any, d: Any) -> None:
@@ -308,6 +309,83 @@ def _federated_arguments(p: Any, d: Any) -> None:
     add_deprecated_alias(g, "--clients", "--federated-clients", "federated_clients")
 
 
+def _literature_arguments(p: Any) -> None:
+    """The literature's measures beyond the Hessian (flatfl.runs.literature), under ``literature`` in landscape.json."""
+    from flatfl.runs.literature import LiteratureSettings
+
+    d = LiteratureSettings()
+    g = p.add_argument_group("more measures (landscape.json: literature)")
+    g.add_argument(
+        "--curvature",
+        metavar="LIST",
+        help="lambda_max and trace of other curvature matrices: ggn (generalised Gauss-Newton J^T H_out J), "
+        "ef (empirical Fisher, mean g_i g_i^T); comma-separated (uses --tol, --trace-matvecs, --trace-method)",
+    )
+    g.add_argument(
+        "--per-layer",
+        nargs="?",
+        const="parameter",
+        choices=["parameter", "module"],
+        help="lambda_max and trace of each layer's diagonal Hessian block, per parameter tensor (default) or module; "
+        "each trace from 30 HVPs (exact for a block of at most 30 parameters)",
+    )
+    g.add_argument(
+        "--per-layer-shared",
+        action="store_true",
+        help="--per-layer traces all from the same --trace-matvecs HVPs with whole-model probes (cheaper, larger "
+        "standard errors)",
+    )
+    g.add_argument(
+        "--relative-flatness",
+        action="store_true",
+        help="relative flatness kappa_Tr of the output layer (Petzka et al. 2021), exact",
+    )
+    g.add_argument("--relative-flatness-layer", metavar="NAME", help="the output nn.Linear (default: the last one)")
+    g.add_argument(
+        "--fisher-rao",
+        action="store_true",
+        help="squared Fisher-Rao norm E<theta, grad loss>^2 (Liang et al. 2019), the data's and the model's labels",
+    )
+    g.add_argument(
+        "--connect",
+        metavar="SPEC",
+        help="mode connectivity to another model (a --to SPEC): loss along a trained quadratic Bezier curve "
+        "(Garipov et al. 2018) and the straight line, and their barriers",
+    )
+    g.add_argument(
+        "--connect-steps", type=pos_int, metavar="N", help=f"SGD steps on the bend (default: {d.connect_steps})"
+    )
+    g.add_argument("--connect-lr", type=pos_float, metavar="LR", help=f"its learning rate (default: {d.connect_lr})")
+
+
+def literature_settings(ns: dict[str, Any]) -> Any:
+    """The :class:`LiteratureSettings` of the command line (one-line errors for bad values)."""
+    from flatfl.runs.literature import LiteratureSettings, parse_curvature
+
+    d = LiteratureSettings()
+    if ns.get("relative_flatness_layer") and not ns.get("relative_flatness"):
+        ns["relative_flatness"] = True
+    if ns.get("per_layer_shared") and not ns.get("per_layer"):
+        ns["per_layer"] = "parameter"
+    if (ns.get("connect_steps") or ns.get("connect_lr")) and not ns.get("connect"):
+        raise UserError("--connect-steps/--connect-lr: options of --connect SPEC; pass --connect as well")
+    return LiteratureSettings(
+        curvature=parse_curvature(ns.get("curvature")),
+        per_layer=ns.get("per_layer"),
+        per_layer_shared=bool(ns.get("per_layer_shared")),
+        relative_flatness=bool(ns.get("relative_flatness")),
+        relative_flatness_layer=ns.get("relative_flatness_layer"),
+        fisher_rao=bool(ns.get("fisher_rao")),
+        connect=ns.get("connect"),
+        connect_steps=ns.get("connect_steps") or d.connect_steps,
+        connect_lr=ns.get("connect_lr") or d.connect_lr,
+        seed=ns["seed"],
+        tol=ns["tol"],
+        trace_matvecs=ns["trace_matvecs"],
+        trace_method=ns["trace_method"],
+    )
+
+
 # The options of each measure: given alone, an option switches its measure on (--topk 3 alone means
 # --hessian --topk 3). --max-vectors bounds Lanczos and SLQ: with --density (or an SLQ option) it switches
 # nothing else on. Surface and shared sharpness options whose measure is ambiguous are refused in one line.
@@ -464,9 +542,11 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
         bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
         if bad:
             raise UserError(f"--sharpness: unknown measure(s) {bad}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
-    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"] or ns.get("surface")):
+    more = literature_settings(ns).any
+    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"] or ns.get("surface") or more):
         raise UserError(
-            "nothing to compute: pass --hessian, --trace, --density, --sharpness, --federated and/or --surface"
+            "nothing to compute: pass --hessian, --trace, --density, --sharpness, --federated, --surface and/or "
+            "a measure of 'more measures' (--curvature, --per-layer, --relative-flatness, --fisher-rao, --connect)"
         )
     if ns.get("surface"):
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
@@ -545,6 +625,11 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars)
     if not main:
         return 0
+    more = literature_settings(ns)
+    if more.any:
+        from flatfl.runs.literature import measure_literature
+
+        m.record["literature"] = measure_literature(problem, more, log)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(out / "landscape.json", json_ready(m.record))
     print(f"wrote {out / 'landscape.json'}")

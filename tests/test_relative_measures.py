@@ -1,0 +1,155 @@
+"""Relative flatness (Petzka et al. 2021) and the Fisher-Rao norm (Liang et al. 2019): exact references and
+their behaviour under the function-preserving reparametrisations of ``bench/invariance_table.py``.
+
+References: κ from the dense float64 Hessian of the output layer's weight (``torch.autograd.functional.hessian``)
+and the paper's double sum; ||θ||_fr^2 as θ^T F θ and θ^T G θ with the dense empirical Fisher and GGN of
+``tests/test_interop.py``, and Liang et al.'s closed form (L+1)^2 E<∂ℓ/∂f, f>^2 for a bias-free ReLU network.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_interop import _flat_fn, dense_ef, dense_ggn
+from torch import nn
+from torch.func import functional_call
+
+from flatfl.analysis import fisher_rao_norm, relative_flatness
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    if "invariance_table" in sys.modules:
+        return sys.modules["invariance_table"]
+    spec = importlib.util.spec_from_file_location("invariance_table", ROOT / "bench" / "invariance_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["invariance_table"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+def _mlp(seed: int = 0, bias: bool = True) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6, bias=bias), nn.ReLU(), nn.Linear(6, 5, bias=bias), nn.ReLU(),
+                          nn.Linear(5, 3, bias=bias)).double()  # fmt: skip
+    x = torch.randn(23, 4, generator=g, dtype=torch.float64)
+    return model, x, torch.randint(0, 3, (23,), generator=g)
+
+
+def dense_kappa(model: nn.Module, x, loss_of_out, layer: str = "4") -> float:
+    """sum_{s,s'} <w_s, w_s'> sum_j H[(s,j),(s',j)] from the dense Hessian of the loss in ``layer``'s weight."""
+    key = f"{layer}.weight"
+    w = dict(model.named_parameters())[key].detach()
+    rest = {n: p.detach() for n, p in model.named_parameters() if n != key}
+    H = torch.autograd.functional.hessian(lambda W: loss_of_out(functional_call(model, {**rest, key: W}, (x,))), w)
+    return float(torch.einsum("ab,ajbj->", w @ w.T, H))  # H: (d, m, d, m)
+
+
+def test_relative_flatness_equals_the_dense_double_sum():
+    model, x, y = _mlp()
+    res = relative_flatness(model, (x, y), batch_size=7)
+    assert res.layer == "4" and res.weight_shape == (3, 5)
+    assert res.kappa == pytest.approx(dense_kappa(model, x, lambda o: F.cross_entropy(o, y)), rel=1e-10)
+    t = torch.randn(23, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mse = relative_flatness(model, (x, t), loss_fn=nn.MSELoss(), batch_size=5)
+    assert mse.kappa == pytest.approx(dense_kappa(model, x, lambda o: F.mse_loss(o, t)), rel=1e-10)
+
+
+def test_relative_flatness_of_a_named_inner_layer_is_refused():
+    model, x, y = _mlp()
+    with pytest.raises(ValueError, match="not the model's output"):
+        relative_flatness(model, (x, y), layer="2")
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        relative_flatness(model, (x, y), layer="1")
+
+
+def test_fisher_rao_norm_is_theta_f_theta_and_theta_g_theta():
+    model, x, y = _mlp(2)
+    w, _ = _flat_fn(model)
+    emp = fisher_rao_norm(model, (x, y), batch_size=7)
+    assert emp.squared == pytest.approx(float(w @ dense_ef(model, x, y) @ w), rel=1e-10)
+    assert emp.norm == pytest.approx(emp.squared**0.5)
+    mod = fisher_rao_norm(model, (x, y), labels="model", batch_size=7)
+    assert mod.squared == pytest.approx(float(w @ dense_ggn(model, x) @ w), rel=1e-10)
+    with pytest.raises(ValueError, match="labels='model' needs"):
+        fisher_rao_norm(model, (x, y), labels="model", loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))
+
+
+def test_fisher_rao_norm_of_a_bias_free_relu_net_is_liangs_closed_form():
+    """<θ, ∇ℓ> = (L+1) <∂ℓ/∂f, f> with L = 2 hidden layers (Liang et al. 2019, Lemma 2)."""
+    model, x, y = _mlp(3, bias=False)
+    f = model(x).detach()
+    dldf = torch.softmax(f, 1) - F.one_hot(y, 3).double()
+    expected = float((((2 + 1) * (dldf * f).sum(1)) ** 2).mean())
+    assert fisher_rao_norm(model, (x, y), batch_size=7).squared == pytest.approx(expected, rel=1e-10)
+
+
+def penultimate(model: nn.Module, alpha: float) -> nn.Module:
+    """The feature layer's scale moved into the output layer: (W_2, b_2) * alpha, W_3 / alpha (mlp)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out[2].weight.mul_(alpha)
+        out[2].bias.mul_(alpha)
+        out[4].weight.div_(alpha)
+    return out
+
+
+def penultimate_neuron(model: nn.Module, alpha: float) -> nn.Module:
+    """One feature neuron's scale moved into the output layer (the neuron-wise version)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out[2].weight[0].mul_(alpha)
+        out[2].bias[0].mul_(alpha)
+        out[4].weight[:, 0].div_(alpha)
+    return out
+
+
+CASES = {  # name: (trained model, reparametrisation)
+    "layer": (bench.mlp, bench.layer),
+    "filter": (bench.mlp, bench.filter_wise),
+    "bn_filter": (bench.cnn_bn, bench.bn_filter),
+    "penultimate_layer": (bench.mlp, penultimate),
+    "penultimate_neuron": (bench.mlp, penultimate_neuron),
+}
+# measured (tests below): which measure is unchanged (to 1e-9 relative, both alphas) by which reparametrisation
+INVARIANT = {
+    "relative_flatness": {"layer", "filter", "bn_filter", "penultimate_layer"},
+    "fisher_rao_empirical": {"layer", "filter", "bn_filter", "penultimate_layer", "penultimate_neuron"},
+    "fisher_rao_model": {"layer", "filter", "bn_filter", "penultimate_layer", "penultimate_neuron"},
+}
+
+
+def _measures(model, x, y) -> dict[str, float]:
+    return {
+        "relative_flatness": relative_flatness(model, (x, y)).kappa,
+        "fisher_rao_empirical": fisher_rao_norm(model, (x, y)).squared,
+        "fisher_rao_model": fisher_rao_norm(model, (x, y), labels="model").squared,
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_invariances_under_the_reparametrisations(case):
+    build, reparam = CASES[case]
+    model, x, y = build()
+    base = _measures(model, x, y)
+    for alpha in bench.ALPHAS:
+        other = reparam(model, alpha)
+        with torch.no_grad():
+            assert float((other(x) - model(x)).abs().max()) <= 1e-12  # the same function
+        for key, value in _measures(other, x, y).items():
+            change = abs(value - base[key]) / abs(base[key])
+            if case in INVARIANT[key]:
+                assert change <= 1e-9, (key, alpha, change)
+            else:
+                assert change > 1e-3, (key, alpha, change)
