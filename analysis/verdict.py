@@ -46,15 +46,15 @@ MAX_SEEDS = 200  # beyond this the seed estimate says "more than"
 
 # the verdict's rule in words, the same in `flatfl report --help`, on the report page and in docs/landscapes.md
 VERDICT_RULE = (
-    "each measure is compared seed by seed (the 95% t-interval of the mean log-ratio for curvature, sharpness "
+    "each measure is compared seed by seed (the 95% Student t interval of the mean log ratio for curvature, sharpness "
     f"and widths; of the mean difference for accuracy and loss). No clear difference: the whole interval lies "
     f"within the equivalence margin (ratio ×1/{EQUIVALENCE_RATIO:g} to ×{EQUIVALENCE_RATIO:g}; accuracy "
     f"±{ACCURACY_MARGIN:g}; train loss ±{LOSS_MARGIN:g}; a sharpness that can be ≤ 0 is compared as a "
     f"difference, margin ±{RELATIVE_MARGIN:.0%} of its mean magnitude). Flatter (better): the interval excludes "
     "no difference and is not within the margin. Inconclusive: the interval holds no difference but is wider "
-    "than the margin -- the seeds or the per-checkpoint noise could not resolve the margin; the answer then "
-    "estimates how many seeds, or how many samples/HVPs/directions per checkpoint, would. Resolves: the "
-    "interval's half-width (as a ratio for scale measures), the smallest difference this n can tell apart"
+    "than the margin -- the seeds or the noise of each checkpoint's estimate could not resolve the margin; the answer then "
+    "estimates how many seeds, or how many samples, HVPs or directions per checkpoint, would. Resolves: the "
+    "interval's half width (as a ratio for scale measures), the smallest difference this n can tell apart"
 )
 
 

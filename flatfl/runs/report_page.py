@@ -353,7 +353,7 @@ def _settings_note(settings: Any) -> str:
         "over seeds): the trace's and average sharpness's Monte Carlo standard errors, the Lanczos residual "
         "||Hv − λv|| (a bound on λmax's error), the 1D width's bootstrap standard error over the random "
         "directions. Verdict: the paired comparison of the same seeds (same partition, initial model and client "
-        f"sample); {html.escape(VERDICT_RULE)}. <i>k/n seeds point the same way</i>: seeds whose own ratio or "
+        f"sample); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: seeds whose own ratio or "
         "difference has the sign of the mean. Displayed intervals are clipped to what the quantity can be "
         "(accuracy in [0, 1], losses and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
