@@ -290,7 +290,7 @@ def png_data_uri(path: Path) -> str:
 
 KEY_COLUMNS = [
     "run", "seed", "round", "conditions", "test_acc", "train_loss",
-    "lambda_max", "lambda_max_residual", "lambda_max_data_error", "trace", "trace_stderr", "trace_data_error",
+    "lambda_max", "lambda_max_data_error", "lambda_max_residual", "trace", "trace_stderr", "trace_data_error",
 ]  # fmt: skip
 
 
