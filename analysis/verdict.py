@@ -52,9 +52,9 @@ VERDICT_RULE = (
     f"±{ACCURACY_MARGIN:g}; train loss ±{LOSS_MARGIN:g}; a sharpness that can be ≤ 0 is compared as a "
     f"difference, margin ±{RELATIVE_MARGIN:.0%} of its mean magnitude). Flatter (better): the interval excludes "
     "no difference and is not within the margin. Inconclusive: the interval holds no difference but is wider "
-    "than the margin -- the seeds or the noise of each checkpoint's estimate could not resolve the margin; the answer then "
-    "estimates how many seeds, or how many samples, HVPs or directions per checkpoint, would. Resolves: the "
-    "interval's half width (as a ratio for scale measures), the smallest difference this n can tell apart"
+    "than the margin -- the seeds or the noise of each checkpoint's estimate could not resolve the margin; the "
+    "answer then estimates how many seeds, or how many samples, HVPs or directions per checkpoint, would. "
+    "Resolves: the interval's half width (as a ratio for scale measures), the smallest difference this n can tell apart"
 )
 
 
@@ -436,9 +436,11 @@ def scale_caveat(
         decisive = [m for m in witnesses if verdicts[m.key] not in (INCONCLUSIVE, ONE_SEED)]
         rescalings = [REPARAMETRISATION_NAMES.get(k, k) for k in REPARAMETRISATION_NAMES if k in missing]
         rescalings += sorted(k for k in missing if k not in REPARAMETRISATION_NAMES)
+        one = len(favour) == 1
         text = (
-            f"Caution: {_by_invariance(favour)} say {name} is flatter, and none of them is invariant to "
-            f"{_join(rescalings)} rescaling, which leaves the function unchanged; the measures that are ({said}) "
+            f"Caution: {_by_invariance(favour)} {'says' if one else 'say'} {name} is flatter, and "
+            f"{'it is not' if one else 'none of them is'} invariant to {_join(rescalings)} rescaling (which "
+            f"leave{'s' if len(rescalings) == 1 else ''} the function unchanged); the measures that are ({said}) "
         )
         if decisive:
             text += "do not confirm it, so part of the gap may be parametrisation scale rather than flatness"

@@ -146,7 +146,8 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
                 comp = r["comparisons"][o]
                 cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
                 tag = html.escape(f"verdict{'' if len(others) == 1 else ' ' + o}, {title}")
-                detail = "; ".join(t for t in (paired_text(comp["paired"], ref, o), resolution_text(comp)) if t)
+                res = resolution_text(comp).removeprefix("inconclusive ")  # the verdict above says it
+                detail = "; ".join(t for t in (paired_text(comp["paired"], ref, o), res) if t)
                 cells.append(
                     f"<td class='v {cls}' data-label='{tag}'>{html.escape(comp['verdict'])}<br><small>"
                     f"{html.escape(detail)}</small></td>"
@@ -212,16 +213,20 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         for r in c["rows"]:
             cells = [r["label"]]
             cells += [_row_summary(r, lab) for lab in labels]
-            cells += [
-                r["comparisons"][o]["verdict"]
-                + (f" ({resolution_text(r['comparisons'][o])})" if r["comparisons"][o].get("resolution") else "")
-                for o in others
-            ]
+            cells += [_verdict_cell(r["comparisons"][o]) for o in others]
             table.append(cells)
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
         lines.append("  " + "  ".join(str(h).ljust(w) for h, w in zip(cols, widths)))
         lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in table]
     return "\n".join(lines)
+
+
+def _verdict_cell(comp: Mapping[str, Any]) -> str:
+    """The printed verdict with what the comparison resolves (an inconclusive one: what would decide it)."""
+    res = resolution_text(comp)
+    if res.startswith(comp["verdict"]):
+        return res
+    return comp["verdict"] + (f" ({res})" if res else "")
 
 
 def verdict_csv_rows(verdict: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -353,8 +358,8 @@ def _settings_note(settings: Any) -> str:
         "over seeds): the trace's and average sharpness's Monte Carlo standard errors, the Lanczos residual "
         "||Hv − λv|| (a bound on λmax's error), the 1D width's bootstrap standard error over the random "
         "directions. Verdict: the paired comparison of the same seeds (same partition, initial model and client "
-        f"sample); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: seeds whose own ratio or "
-        "difference has the sign of the mean. Displayed intervals are clipped to what the quantity can be "
+        f"sample); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: seeds whose own "
+        "ratio or difference has the sign of the mean. Displayed intervals are clipped to what the quantity can be "
         "(accuracy in [0, 1], losses and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
 
