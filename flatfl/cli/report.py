@@ -108,7 +108,10 @@ def _measure_arguments(p: Any, d: Any) -> None:
         "--sharpness",
         default=",".join(ld.sharpness),
         metavar="LIST",
-        help=f"sharpness measures (see flatfl landscape --help), or none (default: {','.join(ld.sharpness)})",
+        help=f"sharpness measures (see flatfl landscape --help), or none (default: {','.join(ld.sharpness)}); "
+        f"average_adaptive here is antithetic: each of {ld.sharpness_samples} draws at sigma {ld.sigma:g} "
+        "evaluated at +delta and -delta, which cancels the first-order noise that left the plain estimate within "
+        "1.5 standard errors of zero (docs/landscapes.md)",
     )
     p.add_argument(
         "--trace-matvecs",
