@@ -120,6 +120,10 @@ SHARPNESS_LABELS = {
 }
 
 
+# sharpness measures invariant to every tested function-preserving rescaling (from analysis/invariance.py's table;
+# bench/invariance_table.py measures them)
+SCALE_INVARIANT = tuple(s for s in SHARPNESS_LABELS if invariant_to(f"sharpness_{s}"))
+
 # sharpness measures estimated by Monte Carlo (a standard error per checkpoint): their per-checkpoint budget
 SAMPLED_SHARPNESS = ("average_adaptive", "average_isotropic")
 
