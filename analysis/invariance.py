@@ -2,7 +2,8 @@
 
 A ReLU network computes the same function after some rescalings of its weights, yet many
 flatness measures change under them (Dinh, Pascanu, Bengio & Bengio, ICML 2017). The
-reparametrisations flatfl tests each measure against (``tests/test_invariance.py``):
+reparametrisations flatfl tests each measure against (``tests/test_invariance.py``, on the models
+and with the settings of ``bench/invariance_table.py``):
 
 * ``layer``: (W_l, b_l) -> alpha (W_l, b_l) and W_{l+1} -> W_{l+1} / alpha in a ReLU network
   without BatchNorm (positive homogeneity of ReLU);
@@ -13,10 +14,47 @@ reparametrisations flatfl tests each measure against (``tests/test_invariance.py
 
 :data:`INVARIANT_TO` maps a verdict measure's key (as in ``flatfl report``'s verdict table; the
 1D widths share the key ``width``) to the set of reparametrisations under which the test
-found it unchanged (to its stated tolerance, with the same directions and seeds). It is the
-single source the report's caution sentence and docs/landscapes.md's table are built from;
-the test fails when a row here disagrees with what the measure does on a real reparametrised
-model.
+found it unchanged. It is the single source the report's caution sentence and
+docs/landscapes.md's table (:func:`markdown_table`) are built from; the test fails when a row here
+disagrees with what the measure does on a real reparametrised model.
+
+**How it is decided.** Each measure is computed by the report's own code (``flatfl.runs.measure``,
+``measure_slices``, ``checkpoint_row``) with the report's default settings (all six sharpness
+measures), in float64, and the same seeds -- the same Lanczos start, trace probes, sharpness draws and
+slice directions -- on a trained model and on its reparametrised copy, for alpha = 0.25 and 3.
+*Invariant*: equal to 1e-9 relative for both alphas (measured: at most 4e-14, rounding). *Changes*: by
+more than 1e-3 relative for both alphas (measured: 0.8 % to 10x). A measure in between fails the
+test rather than being classified. In float32 (the report's default dtype) the invariant measures
+agree to float32's rounding instead: at most 2.5e-5 relative (average adaptive sharpness, a small
+difference of two losses; ``python bench/invariance_table.py --dtype float32``).
+
+**Why, and the details the result depends on.** Each reparametrisation multiplies every parameter by
+a positive constant, w -> T w (T diagonal), and is a symmetry of the loss at *every* point,
+L(T v) = L(v) for all v, not only at the trained weights.
+
+* Adaptive sharpness (L2, Linf) and average adaptive sharpness perturb by delta = |w| * u
+  elementwise, and |T w| = T |w|, so L(T w + |T w| u) = L(T (w + |w| u)) = L(w + |w| u): the loss as
+  a function of u is the same, so are the ascent's gradients in u (and their signs, for Linf), its
+  iterates and the Monte Carlo draws -- whatever the number of steps. Invariant to all three.
+  With BatchNorm this needs ``eps = 0``: (alpha z - alpha mu) / sqrt(alpha^2 var + eps) is not
+  (z - mu) / sqrt(var + eps), so with eps > 0 the *function* changes. With PyTorch's eps = 1e-5 the
+  test model's outputs move by 6e-6 (relative) under alpha = 3 and adaptive sharpness by 3e-5: the
+  invariance then holds to about eps / var, not to rounding.
+* The 1D widths (Li et al. 2018) read slices along directions normalised filter by filter (each row of
+  a weight tensor rescaled to the norm of the same row of the weights; 1-D tensors -- biases,
+  BatchNorm scales and shifts -- zeroed). When T is *constant on every row* of every weight tensor,
+  the normalised direction is d' = T d, so theta' + t d' = T (theta + t d) and every slice is the
+  same. Layer-wise scaling (each row of W_l times alpha, each row of W_{l+1} divided by alpha) and the
+  pre-BatchNorm filter scaling (one row of the conv weight) are of that kind: invariant. Filter-wise
+  scaling is not: it divides one *column* of W_{l+1}, which changes each row's norm by its own factor
+  and leaves that column's direction entries undivided, so the widths **change** (measured: 3 % to
+  10 % narrower). With ``include_1d`` (``--include-bias-bn``, surfaces only; the report's slices
+  zero 1-D tensors) a bias direction is scaled to the norm of the whole bias: still invariant to
+  layer-wise scaling (all of b_l scales by alpha), no longer to the pre-BatchNorm filter scaling (one
+  entry of the conv bias does): measured 1.1 % narrower.
+* lambda_max and the trace (H -> T^-1 H T^-1), SAM sharpness and average (isotropic) sharpness (a
+  Euclidean ball or an isotropic Gaussian, not mapped onto itself by T) and epsilon-sharpness
+  (Keskar et al.'s box |delta_i| <= eps (|w_i| + 1): the "+ 1" does not scale) change under all three.
 """
 
 from __future__ import annotations
@@ -40,6 +78,21 @@ INVARIANT_TO: dict[str, frozenset[str]] = {
     "width": frozenset({"layer", "bn_filter"}),
 }
 
+# the verdict table's labels (flatfl report's; a test keeps the sharpness ones equal to the report's)
+LABELS: dict[str, str] = {
+    "lambda_max": "lambda_max",
+    "trace": "trace",
+    "sharpness_sam": "SAM sharpness",
+    "sharpness_epsilon": "epsilon-sharpness",
+    "sharpness_average_isotropic": "average sharpness",
+    "sharpness_adaptive_l2": "adaptive sharpness (L2)",
+    "sharpness_adaptive_linf": "adaptive sharpness (Linf)",
+    "sharpness_average_adaptive": "average adaptive sharpness",
+    "width": "1D width at Δloss τ",
+}
+
+HEADERS: dict[str, str] = {"layer": "layer-wise", "filter": "filter-wise", "bn_filter": "filter before BatchNorm"}
+
 
 def invariant_to(key: str) -> frozenset[str]:
     """The reparametrisations measure ``key`` is invariant to (``width_0.1`` etc. read ``width``);
@@ -47,3 +100,18 @@ def invariant_to(key: str) -> frozenset[str]:
     if key.startswith("width_"):
         key = "width"
     return INVARIANT_TO.get(key, frozenset())
+
+
+def markdown_table() -> str:
+    """Measure x reparametrisation -> "invariant" / "changes", from :data:`INVARIANT_TO`, with a legend
+    (the block docs/landscapes.md holds between ``<!-- invariance-table -->`` markers)."""
+    lines = [
+        "| measure | " + " | ".join(HEADERS[r] for r in REPARAMETRISATIONS) + " |",
+        "|---" * (len(REPARAMETRISATIONS) + 1) + "|",
+    ]
+    for key, label in LABELS.items():
+        cells = ("invariant" if r in INVARIANT_TO[key] else "changes" for r in REPARAMETRISATIONS)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- *{HEADERS[r]}*: {text}" for r, text in REPARAMETRISATIONS.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""What each verdict measure is invariant to, measured on real reparametrised models.
+
+``bench/invariance_table.py`` trains a small ReLU MLP and a conv + BatchNorm net (float64), applies
+the three function-preserving reparametrisations of :data:`flatfl.analysis.invariance.REPARAMETRISATIONS`
+with alpha = 0.25 and 3, and computes every verdict measure through ``flatfl report``'s own code with its
+default settings and seeds. A measure is *invariant* when it equals the original to 1e-9 relative
+for both alphas, *changes* when it differs by more than 1e-3 relative for both; anything in between
+fails. :data:`~flatfl.analysis.invariance.INVARIANT_TO` -- what the report's caution sentence and the
+docs table read -- must be exactly what is measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from flatfl.analysis.invariance import INVARIANT_TO, LABELS, REPARAMETRISATIONS, invariant_to, markdown_table
+from flatfl.runs.curvature import SHARPNESS_MEASURES
+from flatfl.runs.report import SHARPNESS_LABELS, ReportSettings, measures
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "landscapes.md"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("invariance_table", ROOT / "bench" / "invariance_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["invariance_table"] = module  # dataclasses resolve the module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return bench.measure_all()
+
+
+def _block(name: str) -> str:
+    text = DOCS.read_text()
+    found = re.search(rf"<!-- {name} -->\n(.*?)<!-- /{name} -->", text, re.S)
+    assert found, f"docs/landscapes.md has no <!-- {name} --> block"
+    return found.group(1)
+
+
+def test_reparametrisations_preserve_the_function_and_move_the_weights(measured):
+    for key, moved in measured.output_change.items():
+        assert moved <= 1e-13, key  # the same function, to rounding (BatchNorm with eps = 0)
+        assert measured.weight_change[key] >= 0.1, key  # ... at clearly different weights
+
+
+def test_invariant_to_is_what_the_measures_do(measured):
+    found: dict[str, set[str]] = {}
+    for case in REPARAMETRISATIONS:
+        verdicts = {k: measured.verdict(case, k) for k in bench.KEYS}
+        unclear = {
+            k: [measured.relative(case, a, k) for a in bench.ALPHAS] for k, v in verdicts.items() if v == "unclear"
+        }
+        assert not unclear, f"{case}: neither invariant nor clearly changed (relative changes): {unclear}"
+        widths = {verdicts[k] for k in bench.WIDTHS}
+        assert len(widths) == 1, f"{case}: the widths at {bench.WIDTHS} disagree: {verdicts}"
+        for k, v in verdicts.items():
+            key = "width" if k in bench.WIDTHS else k
+            found.setdefault(key, set())
+            if v == "invariant":
+                found[key].add(case)
+    assert {k: frozenset(v) for k, v in found.items()} == INVARIANT_TO
+
+
+def test_curvature_changes_are_the_hessians_not_the_estimators(measured):
+    """The report's Lanczos lambda_max is the dense Hessian's, and the exact trace changes wherever the
+    Hutch++ estimate does: neither verdict is an artefact of a stochastic estimator."""
+    for row in [measured.base[m] for m in measured.base] + list(measured.changed.values()):
+        assert row["lambda_max"] == pytest.approx(row["exact_lambda_max"], rel=1e-4)
+    for case in REPARAMETRISATIONS:
+        assert measured.verdict(case, "exact_lambda_max") == measured.verdict(case, "lambda_max") == "changes"
+        assert measured.verdict(case, "exact_trace") == measured.verdict(case, "trace") == "changes"
+
+
+def test_docs_table_is_generated_from_invariant_to():
+    assert _block("invariance-table") == markdown_table()
+    assert "| 1D width at Δloss τ | invariant | changes | invariant |" in markdown_table()
+
+
+def test_docs_numbers_are_the_measured_ones(measured):
+    """The measured-changes table in the docs (``python bench/invariance_table.py``'s output) holds these
+    numbers: "unchanged" exactly where the measure is within the tolerance, else the ratio to 4 digits."""
+    rows = [line.strip("|").split("|") for line in _block("invariance-changes").splitlines() if line.startswith("| ")]
+    header, body = [c.strip() for c in rows[0]], rows[1:]
+    cols = [(c.name, a) for c in bench.CASES for a in bench.ALPHAS]
+    assert header[1:] == [f"{c} α={a:g}" for c, a in cols]
+    assert [r[0].strip() for r in body] == list(bench.ROWS.values())
+    for key, row in zip(bench.ROWS, body):
+        for (case, alpha), cell in zip(cols, (c.strip() for c in row[1:])):
+            if measured.relative(case, alpha, key) <= bench.TOL:
+                assert cell == "unchanged", (key, case, alpha, cell)
+            else:
+                assert cell.startswith("×"), (key, case, alpha, cell)
+                assert float(cell[1:]) == pytest.approx(measured.ratio(case, alpha, key), rel=1e-3), (key, case, alpha)
+
+
+def test_labels_and_keys_are_the_reports():
+    for name in SHARPNESS_MEASURES:
+        assert LABELS[f"sharpness_{name}"] == SHARPNESS_LABELS[name]
+    assert set(LABELS) == set(INVARIANT_TO)
+    every = replace(ReportSettings().landscape, hessian=True, trace=True, sharpness=SHARPNESS_MEASURES)
+    settings = ReportSettings(landscape=every)
+    for m in measures(settings):
+        if m.kind == "flatness":
+            key = "width" if m.key.startswith("width_") else m.key
+            assert key in INVARIANT_TO, m.key
+            assert invariant_to(m.key) == INVARIANT_TO[key]
+            expected = LABELS[key].replace("τ", m.key.removeprefix("width_")) if key == "width" else LABELS[key]
+            assert m.label == expected
+    assert invariant_to("test_acc") == frozenset()
+
+
+def test_widths_with_bias_directions_lose_the_pre_batchnorm_invariance():
+    """``include_1d`` (``--include-bias-bn``) scales a bias direction to the whole bias's norm: still
+    invariant to layer-wise scaling, not to scaling one filter (and its bias entry) before BatchNorm."""
+    ratios = bench.include_1d_widths()
+    assert all(abs(r - 1.0) <= bench.TOL for r in ratios["layer"]), ratios
+    assert all(abs(r - 1.0) > bench.CHANGE for r in ratios["bn_filter"] + ratios["filter"]), ratios
+
+
+def test_batchnorm_eps_makes_the_filter_invariance_approximate():
+    """With BatchNorm's usual eps = 1e-5 the rescaled net is a slightly different function, and the adaptive
+    measures move by about as much -- more than rounding, far less than a real change."""
+    moved = bench.bn_eps_effect()
+    assert 1e-7 < moved["output"] < 1e-4, moved
+    for name in ("sharpness_adaptive_l2", "sharpness_adaptive_linf", "sharpness_average_adaptive"):
+        assert bench.TOL < moved[name] < bench.CHANGE, moved
