@@ -106,6 +106,24 @@ def width(ts: np.ndarray, mean_delta: np.ndarray, threshold: float) -> tuple[flo
     return right + left, cr or cl
 
 
+def width_stderr(
+    ts: np.ndarray, delta: np.ndarray, threshold: float, *, resamples: int = 200, seed: int = 0
+) -> float | None:
+    """Standard error of :func:`width` of the mean curve from the K directions' sampling: the standard
+    deviation of the width over ``resamples`` bootstrap resamples of the rows of ``delta`` (K directions drawn
+    with replacement; Efron & Tibshirani 1993, ch. 6). A resample whose mean curve does not reach the threshold
+    counts at its lower bound, as :func:`width` does. None with fewer than two directions.
+    Seeded (``seed``): the same curves give the same error."""
+    delta = np.asarray(delta, dtype=float)
+    k = delta.shape[0]
+    if k < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, k, size=(resamples, k))
+    ws = [width(ts, delta[i].mean(axis=0), threshold)[0] for i in idx]
+    return float(np.std(ws, ddof=1))
+
+
 @dataclass(frozen=True)
 class LineSlice:
     """L((1 - t) a + t b) on ``ts`` (holding 0 and 1), and the barrier over [0, 1]."""

@@ -13,7 +13,18 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from flatfl.analysis.verdict import Measure, disagreement, headline, paired, summarize, t_interval, verdict
+from flatfl.analysis.invariance import invariant_to
+from flatfl.analysis.verdict import (
+    Measure,
+    disagreement,
+    headline,
+    paired,
+    resolution,
+    summarize,
+    t_interval,
+    verdict,
+    winner,
+)
 from tests.test_cli import _one_line_error
 
 LAM = Measure("lambda_max", "lambda_max")
@@ -40,7 +51,7 @@ def test_paired_verdicts_by_construction():
     assert lower.agree == 3 and lower.hi < 0 and not lower.log
     # as ratios: one seed ten times larger does not swamp a consistent factor 2
     a, b = {0: 20.0, 1: 1.0, 2: 1.1}, {0: 40.0, 1: 2.1, 2: 2.0}
-    assert verdict(LAM, paired(a, b), "A", "B") == "no clear difference"
+    assert verdict(LAM, paired(a, b), "A", "B") == "inconclusive"
     r = paired(a, b, ratio=True)
     assert r.log and verdict(LAM, r, "A", "B") == "flatter: A"
     logs = [np.log(a[s] / b[s]) for s in (0, 1, 2)]
@@ -49,8 +60,8 @@ def test_paired_verdicts_by_construction():
     assert verdict(LAM, lower, "A", "B") == "flatter: A"  # lower curvature: flatter
     assert verdict(WIDTH, lower, "A", "B") == "flatter: B"  # a smaller width: sharper
     assert verdict(ACC, lower, "A", "B") == "better: B"
-    noisy = paired({0: 1.0, 1: 3.0}, {0: 2.0, 1: 1.5})  # signs disagree
-    assert noisy.agree == 1 and verdict(LAM, noisy, "A", "B") == "no clear difference"
+    noisy = paired({0: 1.0, 1: 3.0}, {0: 2.0, 1: 1.5})  # signs disagree: the interval holds 0 and is wide
+    assert noisy.agree == 1 and verdict(LAM, noisy, "A", "B") == "inconclusive"
     assert verdict(LAM, paired({0: 1.0}, {0: 2.0}), "A", "B") == "one seed: no interval"
     assert verdict(LAM, paired({0: 1.0}, {1: 2.0}), "A", "B") == "not measured"  # no common seed
 
@@ -60,10 +71,15 @@ def test_disagreement_and_headline_name_the_measures():
     vs = {"lambda_max": "flatter: B", "sam": "flatter: A", "width_0.1": "no clear difference", "test_acc": "better: A"}
     text = disagreement(ms, vs)
     assert text == "The measures disagree: lambda_max say B is flatter; SAM say A is flatter."
-    assert headline(ms, vs, "A", "B").startswith("Split answer")
+    assert headline(ms, vs, "A", "B").startswith("Split answer: A is flatter by 1 of 3 flatness measures: SAM")
     agree = {"lambda_max": "flatter: B", "sam": "flatter: B", "width_0.1": "no clear difference"}
     assert disagreement(ms, agree) is None  # performance rows never count as a flatness vote
-    assert headline(ms, agree, "A", "B") == "B is flatter by lambda_max and SAM; no clear difference by 1D width."
+    assert headline(ms, agree, "A", "B") == (
+        "B is flatter by 2 of 3 flatness measures: lambda_max and SAM (not invariant to any tested rescaling); "
+        "no clear difference by 1D width."
+    )
+    # an inconclusive measure neither agrees nor disagrees
+    assert disagreement(ms, vs | {"sam": "inconclusive"}) is None
 
 
 def test_width_closed_forms():
@@ -174,11 +190,24 @@ def test_identical_models_give_no_clear_difference(cli, twins, tmp_path):
         }
         assert {v for k, v in vs.items() if k not in censored} == {"no clear difference"}, vs
     assert censored, "the tiny runs' widths at Δloss 1 are reached within ±1: this test no longer covers censoring"
-    assert "No clear difference between fedavg and fedprox by any flatness measure" in stdout
-    assert "not reached within ±1 (raise --slice-radius)" in stdout
+    assert "No clear difference between fedavg and fedprox by any of the" in stdout
+    assert stdout.index("The answer:") < stdout.index("wrote ") < stdout.index("not reached within ±1")
     rows = list(csv.DictReader(open(tmp_path / "r" / "verdict.csv")))
     assert {r["condition"] for r in rows} == {"round", "loss"}
     assert {r["diff_mean"] for r in rows} == {"0.0", ""}  # identical, or censored (no comparison)
+    # each estimate's own error is stored per checkpoint and shown beside the value, in every output
+    lam = next(r for r in rows if r["measure"] == "lambda_max" and r["condition"] == "round")
+    assert float(lam["a_error"]) >= 0 and float(lam["resolves"]) == 1.0 and lam["margin"] != ""
+    per_ckpt = list(csv.DictReader(open(tmp_path / "r" / "report.csv")))
+    assert all(float(r["width_0.1_stderr"]) >= 0 for r in per_ckpt)  # the bootstrap spread over the 2 directions
+    assert all(float(r["lambda_max_residual"]) >= 0 for r in per_ckpt)
+    rep_rows = next(c for c in rep["verdict"] if c["condition"] == "round")["rows"]
+    lam_row = next(r for r in rep_rows if r["measure"] == "lambda_max")
+    assert set(lam_row["groups"]["fedavg"]["errors"]) == {"0", "1"} and lam_row["error_kind"] == "residual"
+    assert lam_row["comparisons"]["fedprox"]["resolution"]["resolves"] == 1.0
+    html = (tmp_path / "r" / "report.html").read_text()
+    body = html[html.index("<body>") :]
+    assert "/ckpt" in body[body.index("<table") :] and body.index("class='answer'") < body.index("<table")
 
 
 def _reparametrize(run_dir, alpha):
@@ -200,13 +229,14 @@ def test_a_sharpened_copy_is_found_sharper(cli, twins, tmp_path):
         shutil.copytree(twins / f"fedprox-s{s}", tmp_path / f"sharp-s{s}")
         _reparametrize(tmp_path / f"sharp-s{s}", 4.0)
     runs = [twins / f"fedavg-s{s}" for s in (0, 1, 2)] + [tmp_path / f"sharp-s{s}" for s in (0, 1, 2)]
-    code, stdout, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--no-match",
+    code, stdout, err = cli("report", *runs, "--out", tmp_path / "r", *FAST, "--no-match", "--slice-radius", "10",
                             "--label", f"{tmp_path / 'sharp-s0'}=rescaled")  # fmt: skip
     assert code == 0, err
     rep, vs = _verdicts(tmp_path / "r")
     assert list(rep["groups"]) == ["fedavg", "rescaled"]
     assert vs["lambda_max"] == "flatter: fedavg"  # the same function, a sharper parametrisation
     assert vs["test_acc"] == "no clear difference"  # the same predictions
+    assert vs["width_0.1"] == "no clear difference"  # filter-normalised directions: invariant to layer-wise rescaling
     lam = next(r for r in rep["verdict"][0]["rows"] if r["measure"] == "lambda_max")
     assert lam["comparisons"]["rescaled"]["paired"]["agree"] == 3
 
@@ -274,29 +304,138 @@ def test_divergence_leaves_a_marker_the_report_reads(cli, tmp_path):
     assert st.why in err
 
 
-ADAPT = Measure("sharpness_adaptive_l2", "adaptive sharpness (L2)", scale_invariant=True)
-AVG = Measure("sharpness_average_adaptive", "average adaptive sharpness", scale_invariant=True)
+ADAPT = Measure("sharpness_adaptive_l2", "adaptive sharpness (L2)", invariant_to=invariant_to("sharpness_adaptive_l2"))
+AVG = Measure(
+    "sharpness_average_adaptive", "average adaptive sharpness", invariant_to=invariant_to("sharpness_average_adaptive")
+)
+FNW = Measure("width_0.1", "1D width", lower_is_better=False, invariant_to=invariant_to("width_0.1"))
 
 
-def test_scale_caveat_when_only_scale_dependent_measures_favour_a_group():
+def test_caution_follows_the_invariance_table():
+    """The demo's case: lambda_max and the filter-normalised widths favour B, adaptive sharpness is inconclusive."""
     from flatfl.analysis.verdict import scale_caveat
 
-    ms = [LAM, WIDTH, ADAPT, AVG, ACC]
-    demo = {"lambda_max": "flatter: B", "width_0.1": "flatter: B", ADAPT.key: "no clear difference",
+    ms = [LAM, FNW, ADAPT, AVG, ACC]
+    demo = {"lambda_max": "flatter: B", "width_0.1": "flatter: B", ADAPT.key: "inconclusive",
             AVG.key: "no clear difference", "test_acc": "better: B"}  # fmt: skip
-    text = scale_caveat(ms, demo)
-    assert text.startswith("Caution: only scale-dependent measures (lambda_max and 1D width) say B is flatter")
-    assert "ones (adaptive sharpness (L2) and average adaptive sharpness) see no clear difference" in text
-    assert "Kwon et al. 2021" in text
-    assert headline(ms, demo, "A", "B") == (
-        "B is flatter by lambda_max and 1D width; no clear difference by adaptive sharpness (L2) and average "
-        "adaptive sharpness. Caution: only scale-dependent measures favour B; the scale-invariant ones see no "
-        "clear difference, so part of the gap may be parametrisation scale rather than flatness (Kwon et al. 2021)."
+    text = scale_caveat(ms, demo, norm_ratio=0.8, names=("A", "B"))
+    # the widths are named with what they are invariant to, never as scale-dependent
+    assert "1D width (invariant to layer-wise and pre-BatchNorm filter rescaling)" in text
+    assert "lambda_max (not invariant to any tested rescaling)" in text
+    assert "none of them is invariant to filter-wise rescaling" in text  # the only rescaling no favouring one resists
+    assert "adaptive sharpness (L2): inconclusive; average adaptive sharpness: no clear difference" in text
+    assert "‖θ‖₂ ratio A/B is ×0.8" in text and "scale-dependent" not in text
+    # only inconclusive witnesses: they neither confirm nor rule it out
+    assert "neither confirm nor rule out" in scale_caveat(ms, demo | {AVG.key: "inconclusive"})
+    assert scale_caveat(ms, demo | {AVG.key: "flatter: B"}) is None  # an invariant-to-everything measure agrees
+    layer_only = {"lambda_max": "flatter: B", "width_0.1": "no clear difference", "test_acc": "better: B"}
+    text = scale_caveat([LAM, FNW, ACC], layer_only)
+    assert "layer-wise and pre-BatchNorm filter rescaling" in text and "1D width: no clear difference" in text
+    assert scale_caveat([LAM, ACC], {"lambda_max": "flatter: B"}) is None  # no invariant measure compared
+    line = headline(ms, demo, "A", "B", pairs={k: paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 4.1, 2: 6.0},
+                                                         ratio=True) for k in demo})  # fmt: skip
+    assert line == (
+        "B is flatter by 2 of 4 flatness measures on 3/3 seeds: lambda_max (not invariant to any tested rescaling), "
+        "1D width (invariant to layer-wise and pre-BatchNorm filter rescaling); no clear difference by average "
+        "adaptive sharpness; adaptive sharpness (L2) inconclusive at n = 3; test accuracy better for B."
     )
-    assert disagreement(ms, demo) is None  # no opposite votes: the old sentence never fired here
-    assert scale_caveat(ms, demo | {AVG.key: "flatter: B"}) is None  # an invariant measure agrees
-    assert "favour the other group" in scale_caveat(ms, demo | {ADAPT.key: "flatter: A", AVG.key: "flatter: A"})
-    assert scale_caveat([LAM, WIDTH, ACC], demo) is None  # no scale-invariant measure computed
+
+
+def test_identical_values_give_no_clear_difference_with_zero_spread():
+    same = paired({0: 5.0, 1: 6.0, 2: 7.0}, {0: 5.0, 1: 6.0, 2: 7.0}, ratio=True)
+    assert same.sd == 0.0 and verdict(LAM, same, "A", "B") == "no clear difference"
+    res = resolution(LAM, same)
+    assert res.resolves == 1.0 and res.half_width == 0.0 and res.text == ""
+    # a constant nonzero log-ratio with zero spread is a difference seen on every seed
+    const = paired({0: 2.0, 1: 4.0}, {0: 1.0, 1: 2.0}, ratio=True)
+    assert const.sd == 0.0 and verdict(LAM, const, "A", "B") == "flatter: B"
+    # an interval that excludes 1 but lies within x1/1.25..x1.25 is equivalent, not flatter (float noise, tiny gaps)
+    tiny = paired({0: 1.0 + 1e-7, 1: 1.0 + 2e-7, 2: 1.0 + 1.5e-7}, {0: 1.0, 1: 1.0, 2: 1.0}, ratio=True)
+    assert tiny.lo > 0 and verdict(LAM, tiny, "A", "B") == "no clear difference"
+    assert winner(LAM, tiny, "A", "B") is None
+
+
+def test_inconclusive_says_how_many_seeds_would_decide():
+    a, b = {0: 1.3, 1: 0.8, 2: 1.1}, {0: 1.0, 1: 1.0, 2: 1.0}
+    p = paired(a, b, ratio=True)
+    assert p.lo < 0 < p.hi and verdict(LAM, p, "A", "B") == "inconclusive"
+    res = resolution(LAM, p)
+    sd = float(np.std(np.log([1.3, 0.8, 1.1]), ddof=1))
+    assert p.sd == pytest.approx(sd)
+    half = stats.t.ppf(0.975, 2) * sd / np.sqrt(3)
+    assert res.resolves == pytest.approx(np.exp(half)) and res.margin == pytest.approx(np.log(1.25))
+    target = max(abs(p.mean), np.log(1.25) - abs(p.mean))
+    n = res.seeds  # the smallest n whose half-width is at most the target, at the same spread
+    assert stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= target < stats.t.ppf(0.975, n - 2) * sd / np.sqrt(n - 1)
+    assert f"about {n} seeds would decide it" in res.text and "inconclusive at n = 3" in res.text
+    assert res.budget is None  # no per-checkpoint error known: no budget estimate
+
+
+def test_noisy_estimates_are_inconclusive_and_name_the_budget():
+    """Synthetic per-seed values: equal truth, each estimate off by its own large Monte Carlo error."""
+    truth, err = {0: 1.0, 1: 1.2, 2: 0.9}, 0.5
+    a = {0: 1.3, 1: 0.95, 2: 1.15}  # truth + an error of about err
+    b = {0: 0.8, 1: 1.45, 2: 0.75}
+    noisy = Measure("trace", "trace", error="trace_stderr", budget=(30, "HVPs"))
+    errs = {s: err for s in truth}
+    p = paired(a, b, ratio=True, errors_a=errs, errors_b=errs)
+    assert verdict(noisy, p, "A", "B") == "inconclusive"
+    want_noise = np.sqrt(np.mean([(err / a[s]) ** 2 + (err / b[s]) ** 2 for s in truth]))
+    assert p.noise == pytest.approx(want_noise)
+    res = resolution(noisy, p)
+    target = max(abs(p.mean), np.log(1.25) - abs(p.mean))
+    v_star = (target * np.sqrt(3) / stats.t.ppf(0.975, 2)) ** 2
+    seed_var = max(p.sd**2 - p.noise**2, 0.0)
+    assert v_star > seed_var
+    assert res.budget == int(np.ceil(30 * p.noise**2 / (v_star - seed_var)))
+    assert f"{res.budget} HVPs per checkpoint (now 30) with 3 seeds" in res.text
+
+
+def test_differences_use_stated_margins():
+    from flatfl.analysis.verdict import ACCURACY_MARGIN, margin
+
+    acc = Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False, margin=0.02)
+    close = paired({0: 0.801, 1: 0.805, 2: 0.79}, {0: 0.80, 1: 0.806, 2: 0.792})
+    assert margin(acc, close) == ACCURACY_MARGIN and verdict(acc, close, "A", "B") == "no clear difference"
+    wide = paired({0: 0.85, 1: 0.76, 2: 0.80}, {0: 0.80, 1: 0.80, 2: 0.80})
+    assert verdict(acc, wide, "A", "B") == "inconclusive"
+    # average adaptive sharpness can be <= 0: compared as a difference, margin 25% of its mean magnitude
+    avg = Measure("sharpness_average_adaptive", "average adaptive sharpness")
+    signed = paired({0: -1e-4, 1: 3e-4, 2: 2e-4}, {0: 2e-4, 1: 1e-4, 2: -1e-4}, ratio=True)
+    assert not signed.log and margin(avg, signed) == pytest.approx(0.25 * np.mean([1.5e-4, 2e-4, 1.5e-4]))
+    assert verdict(avg, signed, "A", "B") == "inconclusive"
+
+
+def test_the_rule_is_stated_in_help_page_and_docs(capsys):
+    import re
+    from pathlib import Path
+
+    from flatfl.analysis.verdict import VERDICT_RULE
+    from flatfl.cli import main
+    from flatfl.runs.report import ReportSettings
+    from flatfl.runs.report_page import _settings_note
+
+    flat = lambda t: re.sub(r"-\s+", "-", " ".join(t.split()))  # noqa: E731 (argparse and markdown wrap lines)
+    assert main(["report", "--help"]) == 0
+    assert flat(VERDICT_RULE) in flat(capsys.readouterr().out)
+    assert VERDICT_RULE in _settings_note(ReportSettings())
+    docs = (Path(__file__).parents[1] / "docs" / "landscapes.md").read_text()
+    assert flat(VERDICT_RULE) in flat(docs)
+
+
+def test_width_stderr_is_the_bootstrap_spread_over_directions():
+    from flatfl.analysis.slices import symmetric_grid, width, width_stderr
+
+    ts = symmetric_grid(1.0, 20)
+    curv = np.array([1.0, 2.0, 4.0, 8.0])
+    delta = curv[:, None] * ts[None, :] ** 2  # direction k: c_k t^2
+    se = width_stderr(ts, delta, 0.1, resamples=400, seed=1)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, 4, size=(400, 4))
+    want = np.std([width(ts, delta[i].mean(axis=0), 0.1)[0] for i in idx], ddof=1)
+    assert se == pytest.approx(want) and se > 0
+    assert width_stderr(ts, np.repeat(delta[:1], 4, axis=0), 0.1) == pytest.approx(0.0, abs=1e-12)  # no spread
+    assert width_stderr(ts, delta[:1], 0.1) is None
 
 
 def _group(label, seeds, diverged=()):
@@ -365,7 +504,8 @@ def test_censored_widths_get_no_verdict_and_are_named():
     )
     vs = {"lambda_max": "flatter: B", "width_1": comp["verdict"]}
     assert headline([LAM, w], vs, "A", "B") == (
-        "B is flatter by lambda_max. No verdict by 1D width at Δloss 1 (not reached within the slice radius)."
+        "B is flatter by 1 of 1 flatness measures: lambda_max (not invariant to any tested rescaling); no verdict by "
+        "1D width at Δloss 1 (not reached within the slice radius)."
     )
 
 

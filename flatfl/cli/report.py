@@ -48,14 +48,19 @@ def add_parser(sub: Any) -> None:
             f"training loss ({MATCH_RULE}) "
             "and, with --match-acc, at equal test accuracy: lambda_max (Lanczos), the Hessian trace "
             "(adaptive Hutch++), "
-            "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions. For each "
-            "measure: the mean over seeds with a 95% t-interval, the paired comparison with the reference group "
-            "(--reference; default FedAvg's, else the first), every setting in which the groups differ, and a "
-            "verdict -- flatter: X, or no clear difference when "
-            f"{VERDICT_RULE} -- with a sentence when the measures disagree or when only scale-dependent measures "
-            "favour a group; diverged runs are listed, never averaged. Under the verdict, as context that does "
-            "not vote: the weight norm ||θ||₂ of each group's global models (per seed; per tensor in the details) "
-            "and its ratio between the compared groups. "
+            "sharpness, and the 1D width of Li et al. slices along filter-normalised random directions, each "
+            "estimated value with its own per-checkpoint error (standard error, Lanczos residual, spread over the "
+            "directions). For each measure: the mean over seeds with a 95% t-interval, the paired comparison with "
+            "the reference group (--reference; default FedAvg's, else the first), every setting in which the "
+            "groups differ, and one of three verdicts -- flatter: X, no clear "
+            f"difference or inconclusive. The rule: {VERDICT_RULE}. The answer opens with one sentence per "
+            "comparison: how many flatness measures were compared, how many favour a group (an inconclusive "
+            "measure counts neither way) grouped by the rescalings they are invariant to, which are inconclusive "
+            "at this number of seeds, and the accuracy and loss verdicts; then a caution when every measure that "
+            "favours a group changes under a function-preserving rescaling that a compared measure is invariant "
+            "to, and what would decide each inconclusive measure. Under the verdict, as context that does not "
+            "vote: the weight norm ||θ||₂ of each group's global models (per seed; per tensor in the details) and "
+            "its ratio between the compared groups. Diverged runs are listed, never averaged. "
             "Writes OUT/report.html (the verdict first; one self-contained page that opens offline), "
             "OUT/verdict.csv, OUT/report.csv (a row per run and measured round), OUT/curves.csv (per-round "
             "metrics and spread) and OUT/report.json, and prints the verdict table. Per-checkpoint results are "
@@ -107,7 +112,10 @@ def _measure_arguments(p: Any, d: Any) -> None:
         "--sharpness",
         default=",".join(ld.sharpness),
         metavar="LIST",
-        help=f"sharpness measures (see flatfl landscape --help), or none (default: {','.join(ld.sharpness)})",
+        help=f"sharpness measures (see flatfl landscape --help), or none (default: {','.join(ld.sharpness)}); "
+        f"average_adaptive here is antithetic: each of {ld.sharpness_samples} draws at sigma {ld.sigma:g} "
+        "evaluated at +delta and -delta, which cancels the first-order noise that left the plain estimate within "
+        "1.5 standard errors of zero (docs/landscapes.md)",
     )
     p.add_argument(
         "--trace-matvecs",
@@ -307,13 +315,10 @@ def run(ns: dict[str, Any]) -> int:
         rows = json.loads(Path(files["json"]).read_text())["rounds"]
         for d in log_report_rows(ns["tensorboard"], rows, warn=lambda s: print(s, file=sys.stderr)):
             print(f"wrote {d}")
-    for kind in ("html", "verdict", "csv", "curves", "json"):
-        if kind in files:
-            print(f"wrote {files[kind]}")
     from flatfl.runs.report_page import settings_line
 
-    print(settings_line(settings))
-    _print_verdict(files["json"])
+    _print_verdict(files["json"], settings_line(settings), [f"wrote {files[k]}" for k in
+                   ("html", "verdict", "csv", "curves", "json") if k in files])  # fmt: skip
     return 0
 
 
@@ -389,10 +394,14 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
         check_grid(ns["grid"], 2)
 
 
-def _print_verdict(report_json: Path) -> None:
+def _print_verdict(report_json: Path, settings: str, wrote: list[str]) -> None:
+    """The answer first (one sentence per comparison), then the files written, the settings and the details."""
     import json
 
     from flatfl.runs.report_page import verdict_text
 
     rep = json.loads(Path(report_json).read_text())
-    print(verdict_text(rep["verdict"], rep.get("group_order") or list(rep["groups"])))
+    answer, _, details = verdict_text(rep["verdict"], rep.get("group_order") or list(rep["groups"])).partition("\n\n")
+    print(answer)
+    print("\n".join(["", *wrote, settings]))
+    print("\n" + details if details else "")

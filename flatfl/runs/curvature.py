@@ -219,5 +219,6 @@ def _sharpness_measure(obj: Any, name: str, settings: Any, progress: Progress | 
             num_samples=settings.sharpness_samples,
             generator=generator(settings, 7),
             progress=progress,
+            antithetic=getattr(settings, "antithetic", False),
         )
     raise UserError(f"--sharpness: unknown measure {name!r}; choose from all, {', '.join(SHARPNESS_MEASURES)}")

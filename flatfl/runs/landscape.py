@@ -68,6 +68,7 @@ class LandscapeSettings:
     sigma: float = 0.01
     sharpness_steps: int = 10
     sharpness_samples: int = 50
+    antithetic: bool = False  # average sharpness: evaluate each draw at +delta and -delta (flatfl report: on)
     m: int | None = None
     memory_budget_gb: float = 2.0
     surface: str | None = None  # 1d | 2d

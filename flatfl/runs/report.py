@@ -39,15 +39,27 @@ import numpy as np
 
 from flatfl import checkpoint as ckpt
 from flatfl.analysis import distributed
-from flatfl.analysis.slices import Slices, line_grid, line_slice, random_slices, symmetric_grid, width
+from flatfl.analysis.invariance import invariant_to
+from flatfl.analysis.slices import (
+    Slices,
+    line_grid,
+    line_slice,
+    random_slices,
+    symmetric_grid,
+    width,
+    width_stderr,
+)
 from flatfl.analysis.surfaces import Surface
 from flatfl.analysis.verdict import (
+    ACCURACY_MARGIN,
     CENSORED,
+    LOSS_MARGIN,
     Measure,
     Paired,
     disagreement,
     headline,
     paired,
+    resolution,
     scale_caveat,
     summarize,
     verdict,
@@ -68,7 +80,7 @@ from flatfl.runs.matching import LossCurve, Match, level_refusal, match_accuracy
 from flatfl.runs.measure import measure
 from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.run import Run
-from flatfl.runs.scale import NORM_KEY, checkpoint_norms, scale_context
+from flatfl.runs.scale import NORM_KEY, checkpoint_norms, norm_ratio, scale_context
 from flatfl.runs.surface import measure_surface
 
 
@@ -86,6 +98,9 @@ class ReportSettings:
         trace=True,
         trace_matvecs=30,
         sharpness=("sam", "adaptive_l2", "average_adaptive"),
+        # average adaptive sharpness at sigma 0.01: antithetic pairs cancel the first-order term that buried the
+        # plain estimate in noise (|value| < 1.5 standard errors on the demo's checkpoints; docs/landscapes.md)
+        antithetic=True,
         surface="2d",
         grid=21,
         span=1.0,
@@ -115,31 +130,48 @@ SHARPNESS_LABELS = {
 }
 
 
-# sharpness measures unchanged by a function-preserving rescaling of the weights (Kwon et al. 2021)
-SCALE_INVARIANT = ("adaptive_l2", "adaptive_linf", "average_adaptive")
+# sharpness measures invariant to every tested function-preserving rescaling (from analysis/invariance.py's table;
+# bench/invariance_table.py measures them)
+SCALE_INVARIANT = tuple(s for s in SHARPNESS_LABELS if invariant_to(f"sharpness_{s}"))
+
+# sharpness measures estimated by Monte Carlo (a standard error per checkpoint): their per-checkpoint budget
+SAMPLED_SHARPNESS = ("average_adaptive", "average_isotropic")
 
 
 def measures(settings: ReportSettings) -> list[Measure]:
-    """The verdict table's rows for these settings: flatness measures first, then performance."""
+    """The verdict table's rows for these settings: flatness measures first, then performance. Each flatness
+    row carries what it is invariant to (:func:`flatfl.analysis.invariance.invariant_to`) and, when it is
+    estimated, the per-checkpoint column of its own error and the budget that error shrinks with."""
     ls = settings.landscape
     rows = []
-    if ls.hessian:
-        rows.append(Measure("lambda_max", "lambda_max"))
+    if ls.hessian:  # the Lanczos residual ||Hv - lambda v|| bounds the error; no budget (it converges to --tol)
+        rows.append(Measure("lambda_max", "lambda_max", invariant_to=invariant_to("lambda_max"),
+                            error="lambda_max_residual"))  # fmt: skip
     if ls.trace:
-        rows.append(Measure("trace", "trace"))
-    rows += [
-        Measure(f"sharpness_{s}", SHARPNESS_LABELS.get(s, s), scale_invariant=s in SCALE_INVARIANT)
-        for s in ls.sharpness
-    ]
+        rows.append(Measure("trace", "trace", invariant_to=invariant_to("trace"), error="trace_stderr",
+                            budget=(ls.trace_matvecs, "HVPs")))  # fmt: skip
+    for s in ls.sharpness:
+        key = f"sharpness_{s}"
+        sampled = s in SAMPLED_SHARPNESS
+        rows.append(
+            Measure(key, SHARPNESS_LABELS.get(s, s), invariant_to=invariant_to(key),
+                    error=f"{key}_stderr" if sampled else None,
+                    budget=(ls.sharpness_samples, "samples") if sampled else None)
+        )  # fmt: skip
     if settings.slice_directions:
         rows += [
-            Measure(_width_key(t), f"1D width at Δloss {t:g}", lower_is_better=False, bounds=(0.0, None))
+            Measure(_width_key(t), f"1D width at Δloss {t:g}", lower_is_better=False, bounds=(0.0, None),
+                    invariant_to=invariant_to(_width_key(t)), error=_width_key(t) + "_stderr",
+                    budget=(settings.slice_directions, "directions"))
             for t in settings.widths
-        ]
+        ]  # fmt: skip
     rows.append(
-        Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False, bounds=(0.0, 1.0))
+        Measure("test_acc", "test accuracy", lower_is_better=False, kind="performance", ratio=False, bounds=(0.0, 1.0),
+                margin=ACCURACY_MARGIN)
+    )  # fmt: skip
+    rows.append(
+        Measure("train_loss", "train loss", kind="performance", ratio=False, bounds=(0.0, None), margin=LOSS_MARGIN)
     )
-    rows.append(Measure("train_loss", "train loss", kind="performance", ratio=False, bounds=(0.0, None)))
     return rows
 
 
@@ -287,6 +319,8 @@ def checkpoint_row(res: dict, metrics: dict, slices: Slices | None, widths: Sequ
     }
     if "hessian" in res:
         row["lambda_max"] = res["hessian"]["eigenvalues"][0]
+        if res["hessian"].get("residuals"):  # ||Hv - lambda v||: bounds |lambda_max - its estimate|
+            row["lambda_max_residual"] = res["hessian"]["residuals"][0]
         if res["hessian"].get("data_error") is not None:  # --samples auto: the error from the data drawn
             row["lambda_max_data_error"] = res["hessian"]["data_error"]
         row["lambda_min"] = res["hessian"]["smallest"]
@@ -303,6 +337,7 @@ def checkpoint_row(res: dict, metrics: dict, slices: Slices | None, widths: Sequ
         for t in widths:
             w, censored = width(slices.ts, slices.mean, t)
             row[_width_key(t)] = w
+            row[_width_key(t) + "_stderr"] = width_stderr(slices.ts, slices.delta, t)  # over the K directions
             row[_width_key(t) + "_censored"] = censored
     return row
 
@@ -488,13 +523,26 @@ def measure_all(
     return ms
 
 
-def _summary_json(values: list[float | None]) -> dict[str, Any] | None:
+def _summary_json(values: list[float | None], errors: dict[int, float | None] | None = None) -> dict[str, Any] | None:
+    """The group's summary; with ``errors`` (seed -> the checkpoint's own estimation error) also ``errors`` and
+    ``error``, their root mean square (the typical per-checkpoint error, shown beside the mean)."""
     s = summarize([v for v in values if v is not None])
-    return None if s is None else asdict(s)
+    if s is None:
+        return None
+    out = asdict(s)
+    if errors:
+        errs = [float(e) for e in errors.values() if e is not None]
+        out["errors"] = {str(k): v for k, v in errors.items()}
+        out["error"] = float(np.sqrt(np.mean(np.square(errs)))) if errs else None
+    return out
 
 
 def _paired_json(p: Paired | None) -> dict[str, Any] | None:
     return None if p is None else asdict(p)
+
+
+def _paired_of(d: dict[str, Any] | None) -> Paired | None:
+    return None if d is None else Paired(**{**d, "seeds": tuple(d["seeds"])})
 
 
 def why_not_compared(ref: Group, g: Group, c: Condition, short: bool = False) -> str | None:
@@ -543,13 +591,20 @@ def _measure_row(m: Measure, c: Condition, groups: Sequence[Group], ref: Group, 
     """
     cens = {g.label: {s: bool(r.get(m.key + "_censored")) for s, r in c.values[g.label].items()} for g in groups}
     per = {g.label: {s: r.get(m.key) for s, r in c.values[g.label].items()} for g in groups}
+    err = {g.label: {s: r.get(m.error) for s, r in c.values[g.label].items()} for g in groups} if m.error else {}
     row: dict[str, Any] = {
         "measure": m.key,
         "label": m.label,
         "kind": m.kind,
         "lower_is_better": m.lower_is_better,
         "bounds": list(m.bounds),
-        "groups": {lab: _summary_json([x for s, x in v.items() if not cens[lab][s]]) for lab, v in per.items()},
+        "invariant_to": sorted(m.invariant_to),
+        "error_kind": m.error and ("residual" if m.error.endswith("_residual") else "stderr"),
+        "budget": list(m.budget) if m.budget else None,
+        "groups": {
+            lab: _summary_json([x for s, x in v.items() if not cens[lab][s]], err.get(lab, {}))
+            for lab, v in per.items()
+        },
         "censored": {lab: sum(v.values()) for lab, v in cens.items()},
         "censor_radius": radius if any(any(v.values()) for v in cens.values()) else None,
         "comparisons": {},
@@ -557,18 +612,21 @@ def _measure_row(m: Measure, c: Condition, groups: Sequence[Group], ref: Group, 
     for g in groups:
         if g is ref:
             continue
-        p = paired(per[ref.label], per[g.label], ratio=m.ratio)
+        p = paired(per[ref.label], per[g.label], ratio=m.ratio, errors_a=err.get(ref.label),
+                   errors_b=err.get(g.label))  # fmt: skip
         n_cens = 0 if p is None else sum(cens[lab][s] for s in p.seeds for lab in (ref.label, g.label))
         if n_cens:
             text = f"{CENSORED}: {n_cens} of {2 * p.n} widths not reached within ±{radius:g} (raise --slice-radius)"
             p = None
         else:
             text = verdict(m, p, ref.label, g.label, why_not_compared(ref, g, c, short=True))
+        res = resolution(m, p)
         row["comparisons"][g.label] = {
             "against": ref.label,
             "paired": _paired_json(p),
             "verdict": text,
             "winner": winner(m, p, ref.label, g.label),
+            "resolution": None if res is None else asdict(res),
         }
     return row
 
@@ -586,11 +644,24 @@ def verdicts(
         comp = {}
         for g in others:
             vs = {r["measure"]: r["comparisons"][g.label]["verdict"] for r in rows}
-            comp[g.label] = {
-                "headline": headline(ms, vs, ref.label, g.label, why_not_compared(ref, g, c)),
+            pairs = {r["measure"]: _paired_of(r["comparisons"][g.label]["paired"]) for r in rows}
+            entry: dict[str, Any] = {
+                "headline": headline(ms, vs, ref.label, g.label, why_not_compared(ref, g, c), pairs),
                 "disagreement": disagreement(ms, vs),
-                "scale_caveat": scale_caveat(ms, vs),
+                "measures_compared": sum(1 for m in ms if m.kind == "flatness" and pairs.get(m.key) is not None),
+                "inconclusive": {
+                    r["label"]: r["comparisons"][g.label]["resolution"]["text"]
+                    for r in rows
+                    if (r["comparisons"][g.label]["resolution"] or {}).get("text")
+                },
             }
+            # the caution quotes the global models' norm ratio (other / reference, as scale_context records it)
+            entry["norm_ratio"] = norm_ratio(
+                {s: row.get(NORM_KEY) for s, row in c.values[ref.label].items()},
+                {s: row.get(NORM_KEY) for s, row in c.values[g.label].items()},
+            )
+            entry["scale_caveat"] = scale_caveat(ms, vs, entry["norm_ratio"], (g.label, ref.label))
+            comp[g.label] = entry
             add_differences(comp[g.label], ref, g)
         not_compared(c, rows, comp)
         out.append(

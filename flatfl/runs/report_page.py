@@ -73,9 +73,29 @@ def summary_text(
         return cut if censored else "–"
     note = f" + {censored} {cut}" if censored else ""
     if s["lo"] is None:
-        return f"{fmt(s['mean'])} (1 seed){note}"
+        return f"{fmt(s['mean'])} (1 seed){error_text(s)}{note}"
     lo, hi = _clip(s["lo"], bounds), _clip(s["hi"], bounds)
-    return f"{fmt(s['mean'])} [{fmt(lo, 3)}, {fmt(hi, 3)}]{note}"
+    return f"{fmt(s['mean'])} [{fmt(lo, 3)}, {fmt(hi, 3)}]{error_text(s)}{note}"
+
+
+def error_text(s: Mapping[str, Any] | None) -> str:
+    """' ±e/ckpt': the root mean square over seeds of each checkpoint's own estimation error (standard error,
+    Lanczos residual, spread over the random directions), '' when the measure carries none."""
+    if not s or s.get("error") is None:
+        return ""
+    return f" ±{fmt(s['error'], 2)}/ckpt"
+
+
+def resolution_text(comp: Mapping[str, Any]) -> str:
+    """What the comparison resolves at its n, and for an inconclusive verdict what would decide it."""
+    res = comp.get("resolution")
+    if not res:
+        return ""
+    if res.get("text"):
+        return res["text"]
+    p = comp.get("paired") or {}
+    amount = f"×{res['resolves']:.3g}" if p.get("log") else f"±{res['resolves']:.3g}"
+    return f"resolves {amount} at n = {p.get('n')}"
 
 
 def _row_summary(r: Mapping[str, Any], lab: str) -> str:
@@ -129,9 +149,11 @@ def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[st
                 comp = r["comparisons"][o]
                 cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
                 tag = html.escape(f"verdict{'' if len(others) == 1 else ' ' + o}, {title}")
+                res = resolution_text(comp).removeprefix("inconclusive ")  # the verdict above says it
+                detail = "; ".join(t for t in (paired_text(comp["paired"], ref, o), res) if t)
                 cells.append(
                     f"<td class='v {cls}' data-label='{tag}'>{html.escape(comp['verdict'])}<br><small>"
-                    f"{html.escape(paired_text(comp['paired'], ref, o))}</small></td>"
+                    f"{html.escape(detail)}</small></td>"
                 )
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
@@ -156,44 +178,74 @@ def differs_lines(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str] | 
 
 
 def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
-    """The answer in sentences: what each comparison's groups differ in, then per condition and comparison
-    the headline, and any disagreement."""
-    parts = [f"<p class='differs'>{html.escape(t)}</p>" for t in differs_lines(verdict)]
+    """The answer in sentences: per condition and comparison the bottom line, then what each comparison's
+    groups differ in, then the details (a disagreement, the caution, what would decide an inconclusive
+    measure)."""
+    parts = []
     for c in verdict:
         for other, comp in c["comparisons"].items():
             who = f"{html.escape(c['reference'])} vs {html.escape(other)}"
             parts.append(
                 f"<p class='answer'><b>At {html.escape(c['title'])}</b> ({who}): {html.escape(comp['headline'])}</p>"
             )
-            if comp["disagreement"]:
-                parts.append(f"<p class='disagree'>{html.escape(comp['disagreement'])}</p>")
+    parts += [f"<p class='differs'>{html.escape(t)}</p>" for t in differs_lines(verdict)]
+    for c in verdict:
+        for other, comp in c["comparisons"].items():
+            details = answer_details(comp)
+            if not details:
+                continue
+            who = f"{html.escape(c['reference'])} vs {html.escape(other)}, {html.escape(c['title'])}"
+            items = "".join(
+                f"<li{' class=disagree' if d == comp.get('disagreement') else ''}>{html.escape(d)}</li>"
+                for d in details
+            )
+            parts.append(f"<p><small>{who}:</small></p><ul>{items}</ul>")
     return "\n".join(parts)
+
+
+def answer_details(comp: Mapping[str, Any]) -> list[str]:
+    """The sentences under a bottom line: a disagreement, the caution and what would decide each inconclusive
+    measure."""
+    out = [comp[k] for k in ("disagreement", "scale_caveat") if comp.get(k)]
+    out += [f"{label}: {text}" for label, text in (comp.get("inconclusive") or {}).items()]
+    return out
 
 
 def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
     """The verdict table as plain text (printed at the end of ``flatfl report``)."""
     ref = verdict[0]["reference"]
     others = [lab for lab in labels if lab != ref]
-    lines = [f"  {t}" for t in differs_lines(verdict, labels)]
+    lines = ["The answer:"]
     for c in verdict:
-        lines.append(f"\n{c['title']}")
         for other in others:  # in the groups' order (report.json's dicts have sorted keys)
             comp = c["comparisons"][other]
-            lines.append(f"  {ref} vs {other}: {comp['headline']}")
-            if comp["disagreement"]:
-                lines.append(f"  {comp['disagreement']}")
+            lines.append(f"  At {c['title']} ({ref} vs {other}): {comp['headline']}")
+    lines += [f"  {t}" for t in differs_lines(verdict, labels)]
+    lines.append(f"Rule: {VERDICT_RULE}.")
+    for c in verdict:
+        lines.append(f"\n{c['title']}")
+        for other in others:
+            lines += [f"  {ref} vs {other}: {d}" for d in answer_details(c["comparisons"][other])]
         cols = ["measure", *labels, *[f"verdict ({o})" if len(others) > 1 else "verdict" for o in others]]
         table = []
         for r in c["rows"]:
             cells = [r["label"]]
             cells += [_row_summary(r, lab) for lab in labels]
-            cells += [r["comparisons"][o]["verdict"] for o in others]
+            cells += [_verdict_cell(r["comparisons"][o]) for o in others]
             table.append(cells)
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *table)]
         lines.append("  " + "  ".join(str(h).ljust(w) for h, w in zip(cols, widths)))
         lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in table]
         lines += context_text(c, labels)  # weight norms (flatfl.runs.scale): context, not verdicts
     return "\n".join(lines)
+
+
+def _verdict_cell(comp: Mapping[str, Any]) -> str:
+    """The printed verdict with what the comparison resolves (an inconclusive one: what would decide it)."""
+    res = resolution_text(comp)
+    if res.startswith(comp["verdict"]):
+        return res
+    return comp["verdict"] + (f" ({res})" if res else "")
 
 
 def verdict_csv_rows(verdict: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -203,6 +255,7 @@ def verdict_csv_rows(verdict: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
         for r in c["rows"]:
             for other, comp in r["comparisons"].items():
                 a, b, p = r["groups"].get(c["reference"]), r["groups"].get(other), comp["paired"] or {}
+                res = comp.get("resolution") or {}
                 out.append(
                     {
                         "condition": c["condition"],
@@ -213,16 +266,24 @@ def verdict_csv_rows(verdict: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
                         "a_lo": a and a["lo"],
                         "a_hi": a and a["hi"],
                         "a_seeds": a and a["n"],
+                        "a_error": a and a.get("error"),
                         "group_b": other,
                         "b_mean": b and b["mean"],
                         "b_lo": b and b["lo"],
                         "b_hi": b and b["hi"],
                         "b_seeds": b and b["n"],
+                        "b_error": b and b.get("error"),
                         "diff_mean": p.get("mean"),
                         "diff_lo": p.get("lo"),
                         "diff_hi": p.get("hi"),
                         "seeds_agree": p.get("agree"),
                         "paired_seeds": p.get("n"),
+                        "diff_sd": p.get("sd"),
+                        "diff_noise": p.get("noise"),
+                        "margin": res.get("margin"),
+                        "resolves": res.get("resolves"),
+                        "seeds_needed": res.get("seeds"),
+                        "budget_needed": res.get("budget"),
                         "verdict": comp["verdict"],
                     }
                 )
@@ -253,7 +314,7 @@ def png_data_uri(path: Path) -> str:
 
 KEY_COLUMNS = [
     "run", "seed", "round", "conditions", "test_acc", "train_loss",
-    "lambda_max", "lambda_max_data_error", "trace", "trace_stderr", "trace_data_error",
+    "lambda_max", "lambda_max_data_error", "lambda_max_residual", "trace", "trace_stderr", "trace_data_error",
 ]  # fmt: skip
 
 
@@ -312,12 +373,13 @@ def _settings_note(settings: Any) -> str:
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
         f"filter-normalised random directions (t in ±{settings.slice_radius:g}; a width not reached within the "
         "range is named, left out of the mean, and its comparison gets no verdict). "
-        "Interval: 95% Student-t over seeds. Verdict: the paired comparison of the same seeds (same partition, "
-        "initial model and client sample) with its 95% t-interval -- of the ratio for curvature, sharpness and "
-        "widths (log-ratios averaged), of the difference for accuracy and loss; <i>no clear difference</i> when "
-        f"{VERDICT_RULE}; <i>k/n seeds point the same way</i>: seeds whose own ratio or difference has the sign "
-        "of the mean. Displayed intervals are clipped to what the quantity can be (accuracy in [0, 1], losses "
-        "and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
+        "Interval: 95% Student-t over seeds. ±e/ckpt: each checkpoint's own estimation error (root mean square "
+        "over seeds): the trace's and average sharpness's Monte Carlo standard errors, the Lanczos residual "
+        "||Hv − λv|| (a bound on λmax's error), the 1D width's bootstrap standard error over the random "
+        "directions. Verdict: the paired comparison of the same seeds (same partition, initial model and client "
+        f"sample); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: seeds whose own "
+        "ratio or difference has the sign of the mean. Displayed intervals are clipped to what the quantity can be "
+        "(accuracy in [0, 1], losses and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
 
 
@@ -608,8 +670,8 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     labels = [g.label for g in groups]
     colors = group_colors(labels)
     top = (
-        f"<p><small>{html.escape(settings_line(settings))}</small></p>"
-        + answer_html(verdict)
+        answer_html(verdict)
+        + f"<p><small>{html.escape(settings_line(settings))}</small></p>"
         + _excluded_html(groups)
         + verdict_table_html(verdict, labels)
         + context_html(verdict, labels)
