@@ -160,12 +160,15 @@ class BlockOperator(ScipyExport):
         self.num_matvecs = 0
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """The block times V (block size x b): V padded with zeros to the full operator, multiplied, and
+        the block's rows of the product kept -- H[B, B] V."""
         self.num_matvecs += V.shape[1]
         full = torch.zeros(self.op.size, V.shape[1], dtype=self.dtype, device=self.device)
         full[self.index] = V.to(self.device, self.dtype)
         return matmat(self.op, full)[self.index]
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """The block times one vector, H[B, B] v."""
         return self.matmat(v.reshape(-1, 1)).reshape(-1)
 
 

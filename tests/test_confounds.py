@@ -55,7 +55,7 @@ def test_one_extra_flag_is_listed_and_named_in_the_headline(cli, arms, tmp_path)
     rep, comps = _comparisons(out)
     # printed in the groups' order, not report.json's sorted one
     assert rep["group_order"] == ["fedmut", "fedavg weighted=True", "fedavg weighted=False"]
-    assert stdout.index("weighted=False vs fedmut: ") < stdout.index("weighted=False vs fedavg weighted=True: ")
+    assert stdout.index("weighted=False vs fedmut): ") < stdout.index("weighted=False vs fedavg weighted=True): ")
     # the default reference: the FedAvg group with FedMut's aggregation (no setting but the algorithm apart)
     assert rep["verdict"][0]["reference"] == "fedavg weighted=False"
     plain = comps["fedmut"]
