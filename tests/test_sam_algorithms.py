@@ -196,3 +196,18 @@ def test_one_round_of_centralised_full_batch_gd_is_w_minus_lr_grad_over_all_trai
         torch.testing.assert_close(w1[n].double(), w[n].detach() - lr * grads[n], rtol=0, atol=2e-6, msg=n)
         assert (w1[n] - w0[n]).abs().max() > 1e-4  # the step moved the weights
     assert ckpt.read_metrics(out)[1]["train_loss"] == pytest.approx(float(loss.detach()), abs=1e-5)  # loss at w_0
+
+
+def test_report_compares_sam_and_sgd_groups_but_not_other_local_sgd_settings():
+    """A group differing in local.opt/rho/eta (the treatment) is comparable; one differing in lr is not."""
+    from types import SimpleNamespace
+
+    from flatfl.runs.groups import Group, local_optimizers
+
+    def group(label, **local):
+        base = {"lr": 0.05, "momentum": 0.5, "batch_size": 50, "epochs": 1, "weight_decay": 0.0}
+        return Group(label, label, label, runs={0: SimpleNamespace(config={"local": base | local})})
+
+    opts = local_optimizers([group("fedavg"), group("fedsam", opt="sam", rho=0.05), group("asam", opt="asam", eta=0.1)])
+    assert len(set(opts.values())) == 1
+    assert len(set(local_optimizers([group("fedavg"), group("fast", lr=0.1)]).values())) == 2

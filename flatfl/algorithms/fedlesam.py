@@ -12,7 +12,7 @@ the global loss's ascent direction that costs no extra backward pass::
 Round 1 has no previous model: its steps are plain SGD (as the reference, whose ``global_update`` is
 None then). The server takes the plain mean of the returned models (``--weighted``: sample counts).
 This is the SAM cousin of FedMut, whose mutants also move along w_t - w_{t-1}. ``local.opt = "lesam"``
-and ``local.rho`` (``--rho``, default 0.05) are recorded in run.json. ``--rho 0`` is FedAvg
+and ``local.rho`` (``--rho``, default 0.1, the reference's) are recorded in run.json. ``--rho 0`` is FedAvg
 (``--unweighted``) bit for bit (tested).
 
 Reference: github MediaBrain-SJTU/FedLESAM (``optimizer/LESAM.py``, ``server/FedLESAM.py``): the

@@ -39,9 +39,9 @@ Tensors = Mapping[str, torch.Tensor]
 
 # --local-opt values and the defaults of their radius rho (and ASAM's eta) when not given:
 # SAM 0.05 (Foret et al.'s default), ASAM rho 0.5, eta 0.01 (Kwon et al.'s CIFAR setting, the
-# default of debcaldarola/fedsam's ASAM class); FedLESAM's estimated perturbation ("lesam") 0.05.
+# default of debcaldarola/fedsam's ASAM class); FedLESAM's estimated perturbation ("lesam") 0.1 (its code's).
 LOCAL_OPTS = ("sgd", "sam", "asam")
-DEFAULT_RHO = {"sam": 0.05, "asam": 0.5, "lesam": 0.05}
+DEFAULT_RHO = {"sam": 0.05, "asam": 0.5, "lesam": 0.1}
 DEFAULT_ETA = 0.01
 
 
