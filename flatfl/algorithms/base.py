@@ -66,6 +66,17 @@ class LocalBatch:
 LocalTerm = Callable[[dict[str, "torch.Tensor"], LocalBatch], "torch.Tensor"]
 
 
+def server_step(global_state: StateDict, mean: StateDict, global_lr: float, names: Sequence[str]) -> StateDict:
+    """``mean`` with the parameters ``names`` moved to x + eta_g (mean - x) from x = ``global_state``
+    (a server learning rate eta_g, SCAFFOLD's and MoFedSAM's ``global_lr``; 1: ``mean`` itself)."""
+    if global_lr == 1.0:
+        return mean
+    out = dict(mean)
+    for n in names:
+        out[n] = (global_state[n] + global_lr * (mean[n] - global_state[n])).to(global_state[n].dtype)
+    return out
+
+
 @dataclass(frozen=True)
 class ClientJob:
     """One client's local training of a round: its slot, its id, the model it starts from, the
@@ -151,6 +162,7 @@ class FederatedAlgorithm:
         if self.local_opt is not None and self.local.opt != self.local_opt:  # the algorithm's own optimizer
             self.local = dataclasses.replace(self.local, opt=self.local_opt)
         self._default_step = LocalStep.from_config(self.local)
+        self._round_step: tuple[int, LocalStep] | None = None
         self.param_names = tuple(param_names)
         self.num_clients = num_clients
         self.client_sizes = None if client_sizes is None else list(client_sizes)
@@ -205,6 +217,13 @@ class FederatedAlgorithm:
         training applies). An algorithm returns one object for all clients of a round whose steps
         are the same (``flatfl.parallel`` stacks only clients sharing one)."""
         return self._default_step
+
+    def step_of_round(self, round: int, build: Callable[[], LocalStep]) -> LocalStep:
+        """``build()``'s step, made once per round and shared by the round's clients (for ``local_step``
+        overrides whose step depends on the algorithm's state, so stacked training applies)."""
+        if self._round_step is None or self._round_step[0] != round:
+            self._round_step = (round, build())
+        return self._round_step[1]
 
     def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         """New global model: sample-weighted mean (``weighted``) or plain mean of the returns."""

@@ -52,7 +52,6 @@ class FedLESAM(FederatedAlgorithm):
     def __init__(self, config: FedLESAMConfig, *, param_names: Sequence[str], **kw: Any) -> None:
         super().__init__(config, param_names=param_names, **kw)
         self.prev_global: StateDict | None = None
-        self._step: tuple[int, LocalStep] | None = None
 
     @property
     def rho(self) -> float:
@@ -61,12 +60,13 @@ class FedLESAM(FederatedAlgorithm):
     def local_step(self, round: int, client: int, sent: StateDict) -> LocalStep:
         if self.prev_global is None:
             return self._default_step  # round 1: plain SGD
-        if self._step is None or self._step[0] != round:  # one object for the round's clients
-            base = self._default_step
-            v = {n: self.prev_global[n] - sent[n] for n in self.param_names}
-            pert = Perturbation.along(self.rho, v)
-            self._step = (round, LocalStep(base.lr, base.momentum, base.weight_decay, perturbation=pert))
-        return self._step[1]
+        prev, base = self.prev_global, self._default_step
+
+        def build() -> LocalStep:
+            pert = Perturbation.along(self.rho, {n: prev[n] - sent[n] for n in self.param_names})
+            return LocalStep(base.lr, base.momentum, base.weight_decay, perturbation=pert)
+
+        return self.step_of_round(round, build)
 
     def after_round(self, round: int, old_global: StateDict, new_global: StateDict) -> None:
         self.prev_global = clone({n: old_global[n] for n in self.param_names})

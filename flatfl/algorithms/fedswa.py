@@ -60,7 +60,6 @@ class FedSWA(FederatedAlgorithm):
             raise ValueError("FedSWAConfig.swa_start: give the round after which SWA starts")
         self.server: StateDict | None = None  # the server model, once it differs from the SWA model
         self.swa_n = 0
-        self._step: tuple[int, LocalStep] | None = None
 
     def swa_round(self, t: int) -> bool:
         return t > int(self.config.swa_start)
@@ -83,9 +82,7 @@ class FedSWA(FederatedAlgorithm):
     def local_step(self, round: int, client: int, sent: StateDict) -> LocalStep:
         if not self.swa_round(round):
             return self._default_step
-        if self._step is None or self._step[0] != round:  # one object for the round's clients
-            self._step = (round, LocalStep.from_config(self.local, lr=self.lr(round)))
-        return self._step[1]
+        return self.step_of_round(round, lambda: LocalStep.from_config(self.local, lr=self.lr(round)))
 
     def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         server = super().aggregate(round, global_state, updates)

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, server_step
 from flatfl.algorithms.step import LocalStep
 from flatfl.statedict import StateDict, weighted_average
 
@@ -57,16 +57,15 @@ class MoFedSAM(FederatedAlgorithm):
     def __init__(self, config: MoFedSAMConfig, *, param_names: Sequence[str], **kw: Any) -> None:
         super().__init__(config, param_names=param_names, **kw)
         self.delta: StateDict | None = None  # the server's momentum, as a gradient (None: zero)
-        self._step: tuple[int, LocalStep] | None = None
 
     def local_step(self, round: int, client: int, sent: StateDict) -> LocalStep:
-        if self._step is None or self._step[0] != round:  # one object for the round's clients
+        def build() -> LocalStep:
             base = self._default_step
             delta = self.delta or {n: torch.zeros_like(sent[n]) for n in self.param_names}
             mix = (self.config.alpha, delta)
-            step = LocalStep(base.lr, base.momentum, base.weight_decay, perturbation=base.perturbation, mix=mix)
-            self._step = (round, step)
-        return self._step[1]
+            return LocalStep(base.lr, base.momentum, base.weight_decay, perturbation=base.perturbation, mix=mix)
+
+        return self.step_of_round(round, build)
 
     def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         weights = [u.num_samples if self.config.weighted else 1.0 for u in updates]
@@ -79,12 +78,7 @@ class MoFedSAM(FederatedAlgorithm):
             )
             for n in self.param_names
         }
-        if self.config.global_lr == 1.0:
-            return mean
-        out = dict(mean)
-        for n in self.param_names:
-            out[n] = (global_state[n] + self.config.global_lr * (mean[n] - global_state[n])).to(global_state[n].dtype)
-        return out
+        return server_step(global_state, mean, self.config.global_lr, self.param_names)
 
     # -- state ------------------------------------------------------------------------------
     def state_tensors(self) -> StateDict:
