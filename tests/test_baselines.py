@@ -40,7 +40,9 @@ class FakeFederation(SequentialTraining):
     def __init__(self) -> None:
         self.model = Tiny()
 
-    def train_client(self, round, slot, client, state, local_term=None):
+    def train_client(self, round, slot, client, state, local_term=None, step=None):
+        # plain SGD with CFG: the algorithms tested here take the default step, built from their own (default)
+        # LocalConfig, which the trainer makes cfg.local
         self.model.load_state_dict(state)
         x, y = _data(client)
         loss, steps = local_sgd(self.model, x, y, CFG, torch.Generator().manual_seed(100 * round + client), local_term)

@@ -29,6 +29,10 @@ FAST = {
     "feddf": ["--distill-steps", "10"],
     "fedgen": ["--gen-epochs", "1", "--gen-batch", "32"],
     "fedaux": ["--distill-steps", "10", "--aux-pretrain-steps", "3"],
+    "fedsam": [],
+    "mofedsam": [],
+    "fedswa": ["--swa-start", "1", "--swa-cycle", "2"],
+    "fedlesam": [],
 }
 
 

@@ -229,7 +229,7 @@ def test_true_false_keys_and_checks_before_ray(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for config, needle in (
         (["overwrite=False"], "already holds a run; continue it with resume=true or replace it with overwrite=true"),
-        (["algo=scaffold"], "algo = 'scaffold'; the Flower app runs fedmut, fedavg or fedprox"),
+        (["algo=scaffold"], "algo = 'scaffold'; the Flower app runs fedmut, fedavg, fedprox, fedsam or fedasam"),
         (["resume=true", "algo=fedmut", "clients=2"], "records another run than this strategy and config (algo: "),
     ):
         proc = subprocess.run([sys.executable, "examples/flower_app/simulation.py", "--out", str(tmp_path / "run"),
@@ -315,3 +315,26 @@ def test_only_flatfl_flower_imports_flwr():
     sources = [p for d in ("flatfl", "analysis") for p in (ROOT / d).rglob("*.py") if "flower" not in p.parts]
     bad = [f"{p.relative_to(ROOT)}: {m}" for p in sources for m in _imports(p) if m.split(".")[0] == "flwr"]
     assert sources and not bad, bad
+
+
+def test_flower_fedsam_clients_run_flatfls_sam_step(cli, tmp_path):
+    """algo = fedsam: Flower's FedAvg server and ClientApps taking flatfl's SAM steps; round 1's returned models
+    byte-equal ``flatfl train --algo fedsam``'s (so do the sampled clients), its mean within float32 rounding."""
+    from flatfl.flower.config import run_config
+    from flatfl.flower.server_app import strategy_for
+
+    flower_run(dict(TEN, algo="fedsam", rho=0.1, rounds=1), tmp_path / "sam")
+    code, _, err = cli("train", "--algo", "fedsam", "--rho", "0.1", *TRAIN[:4], "--rounds", "1", *TRAIN[6:],
+                       "--out", tmp_path / "ref", "--no-progress", "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    local = ckpt.read_run_json(tmp_path / "sam")["config"]["local"]
+    assert (local["opt"], local["rho"]) == ("sam", 0.1)
+    _, got, meta = ckpt.load_clients(tmp_path / "sam" / "clients_0001.safetensors")
+    _, want, ref_meta = ckpt.load_clients(tmp_path / "ref" / "clients_0001.safetensors")
+    assert meta["clients"] == ref_meta["clients"]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want, strict=True) for k in a)
+    new, _ = ckpt.load_round(ckpt.round_path(tmp_path / "sam", 1))
+    ref, _ = ckpt.load_round(ckpt.round_path(tmp_path / "ref", 1))
+    assert all(float((new[k] - ref[k]).abs().max()) <= 1e-6 for k in ref)
+    with pytest.raises(UserError, match="mofedsam"):  # its clients need the server's momentum
+        strategy_for(run_config(dict(TEN, algo="mofedsam")), ["w"])

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, LocalBatch, LocalTerm
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, LocalBatch, LocalTerm, server_step
 from flatfl.statedict import StateDict, weighted_average
 
 
@@ -83,12 +83,7 @@ class Scaffold(FederatedAlgorithm):
             self.c[n] = self.c[n] + dc[n] / n_all
         weights = [u.num_samples if self.config.weighted else 1.0 for u in updates]
         mean = weighted_average([u.state for u in updates], weights)
-        if self.config.global_lr == 1.0:
-            return mean
-        out = dict(mean)
-        for n in self.param_names:
-            out[n] = (global_state[n] + self.config.global_lr * (mean[n] - global_state[n])).to(global_state[n].dtype)
-        return out
+        return server_step(global_state, mean, self.config.global_lr, self.param_names)
 
     # -- state ------------------------------------------------------------------------------
     def state_tensors(self) -> StateDict:

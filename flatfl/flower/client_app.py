@@ -8,7 +8,9 @@ flatfl's local SGD exactly as ``flatfl train`` trains that client in that round
 (:meth:`flatfl.trainer.Simulation.train_client`: the same data, batches, seeds and optimiser) and
 replies with the model and ``num-examples``, ``train_loss``, ``sent_loss``. A train message with
 ``proximal-mu`` (Flower's FedProx) adds FedProx's proximal term, as ``flatfl train --algo fedprox
---mu``. A ``query`` message
+--mu``. Each minibatch step is the one ``flatfl train`` runs (:mod:`flatfl.algorithms.step`), so a run
+config with ``local-opt = "sam"`` (or ``algo = "fedsam"``/``"fedasam"``) trains SAM/ASAM clients;
+algorithms whose step needs server state (MoFedSAM, FedLESAM, FedSWA) are refused. A ``query`` message
 answers the node's partition id (:mod:`flatfl.flower.nodes`).
 
 Run it with ``flwr run`` (``clientapp = "flatfl.flower.client_app:app"``, examples/flower_app).
@@ -22,7 +24,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flatfl.algorithms.base import LocalTerm
+from flatfl.algorithms.base import FederatedAlgorithm, LocalTerm
 from flatfl.config import RunConfig
 from flatfl.errors import UserError
 from flatfl.flower.arrays import from_record, to_record
@@ -88,6 +90,11 @@ def train_reply(message: Message, context: Context, cfg: RunConfig) -> Message:
     server_round = int(config.get("server-round", 1))
     arrays: ArrayRecord = next(iter(message.content.array_records.values()))
     sim = simulation(cfg)
+    if type(sim.algorithm).local_step is not FederatedAlgorithm.local_step:
+        raise UserError(
+            f"Flower run config: algo = {cfg.algo!r}: its clients' steps need the server's state, which the Flower "
+            "app does not send; use fedavg, fedprox, fedmut, fedsam or fedasam (and local-opt sam/asam)"
+        )
     sent = from_record(arrays)
     term = (
         proximal_term(sim, float(config["proximal-mu"]), server_round, client, sent)

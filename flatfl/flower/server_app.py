@@ -1,6 +1,6 @@
 """A Flower ServerApp training flatfl's registry models: FedMut (:class:`FedMutStrategy`) or Flower's
-FedAvg / FedProx on flatfl's seeded sample (:mod:`flatfl.flower.sampling`), recorded into a flatfl run
-directory (:class:`RunRecorder`).
+FedAvg / FedProx (FedAvg also for FedSAM and FedASAM, whose server is FedAvg's) on flatfl's seeded
+sample (:mod:`flatfl.flower.sampling`), recorded into a flatfl run directory (:class:`RunRecorder`).
 
 Run config (``[tool.flwr.app.config]``): ``flatfl train``'s flags without dashes (``algo``,
 ``dataset``, ``clients``, ``frac``, ``rounds``, ``seed``, ``radius``, ...), plus ``out`` (the run
@@ -35,16 +35,19 @@ def strategy_for(cfg: RunConfig, param_names: list[str]) -> Strategy:
     if cfg.algo == "fedmut":
         assert isinstance(cfg.algo_config, FedMutConfig)
         return FedMutStrategy(cfg.algo_config, param_names=param_names, frac=cfg.frac, **common)
-    if cfg.algo in ("fedavg", "fedprox"):
+    if cfg.algo in ("fedavg", "fedprox", "fedsam", "fedasam"):  # FedSAM/FedASAM: FedAvg's server, SAM clients
         if not getattr(cfg.algo_config, "weighted", True):
             raise UserError(
                 "Flower run config: unweighted: Flower's FedAvg and FedProx weight by num-examples; leave it out"
             )
         flower = {"fraction_train": cfg.frac, "fraction_evaluate": 0.0, "min_train_nodes": 1, "min_available_nodes": 1}
-        if cfg.algo == "fedavg":
+        if cfg.algo != "fedprox":
             return SeededFedAvg(**flower, **common)
         return SeededFedProx(proximal_mu=cfg.algo_config.mu, **flower, **common)  # type: ignore[attr-defined]
-    raise UserError(f"Flower run config: algo = {cfg.algo!r}; the Flower app runs fedmut, fedavg or fedprox")
+    raise UserError(
+        f"Flower run config: algo = {cfg.algo!r}; the Flower app runs fedmut, fedavg, fedprox, fedsam or fedasam "
+        "(and any of them with local-opt sam/asam)"
+    )
 
 
 def recorder_for(user_config: dict, out: str | None = None) -> RunRecorder:

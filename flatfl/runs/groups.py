@@ -321,11 +321,17 @@ def _config(g: Group) -> Mapping[str, Any]:
     return next(iter(g.runs.values())).config
 
 
+# local.* keys of the step's perturbation (SAM, ASAM, FedLESAM): the treatment a flatness comparison such
+# as FedSAM vs FedAvg studies, not a confound; groups differing only in them are compared by default
+PERTURBATION_KEYS = ("opt", "rho", "eta")
+
+
 def local_optimizers(groups: Sequence[Group]) -> dict[str, str]:
-    """Each group's local optimizer settings as one line (lr, momentum, batch, epochs, weight decay)."""
+    """Each group's local SGD settings as one line (lr, momentum, batch, epochs, weight decay), without the
+    perturbation keys (``PERTURBATION_KEYS``)."""
     out = {}
     for g in groups:
         run = next(iter(g.runs.values()))
-        local = run.config.get("local", {})
+        local = {k: v for k, v in run.config.get("local", {}).items() if k not in PERTURBATION_KEYS}
         out[g.label] = ", ".join(f"{k} {local[k]}" for k in sorted(local))
     return out
