@@ -409,6 +409,9 @@ def train(
     rd = rundir.RunDir(out) if ctx is None or ctx.is_main else None  # rank 0 holds the lock
     try:
         check = lambda: prepare_out(out, resume=resume, overwrite=overwrite)  # noqa: E731
+        settled = _on_main(ctx, lambda: rundir.settle(out))  # an interrupted --overwrite finished or undone
+        for note in settled or []:
+            (log or print)(f"{out}: {note}")
         _on_main(ctx, check)  # before the folder is made or locked
         notes = _on_main(ctx, lambda: rd.open(create=not resume))  # type: ignore[union-attr]
         _on_main(ctx, check)  # again under the lock, after recovery

@@ -254,9 +254,11 @@ def run(ns: dict[str, Any]) -> int:
 
     from flatfl import checkpoint as ckpt
     from flatfl.analysis import distributed
+    from flatfl.rundir import settle
     from flatfl.runs.report import build_report
 
     for r in ns["runs"]:
+        settle(Path(r))  # an interrupted --overwrite finished or undone first
         if not (Path(r) / ckpt.RUN_JSON).is_file():
             raise UserError(
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"

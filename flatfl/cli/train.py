@@ -697,7 +697,7 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
 
 def run(ns: dict[str, Any]) -> int:
     from flatfl import checkpoint as ckpt
-    from flatfl.rundir import recover
+    from flatfl.rundir import settle
     from flatfl.trainer import prepare_out, train
 
     if "resume" in ns:
@@ -706,10 +706,10 @@ def run(ns: dict[str, Any]) -> int:
             raise UserError("--out: give only --resume DIR to continue a run (DIR is where it is written)")
         if "overwrite" in ns:
             raise UserError("--overwrite: cannot be combined with --resume")
-        prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone touches the directory
-            for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
+            for note in settle(Path(out)):  # an interrupted --overwrite finished or undone before run.json is read
                 print(f"{out}: {note}")
+        prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
         info = ckpt.read_run_json(out)
         cfg = RunConfig.from_dict(info["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)

@@ -21,6 +21,7 @@ from flatfl.config import DataConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import UserError
 from flatfl.models import build_model
+from flatfl.rundir import settle
 from flatfl.statedict import StateDict, first_nonfinite
 
 
@@ -34,12 +35,14 @@ class Run:
     @classmethod
     def open(cls, path: str | Path) -> Run:
         path = Path(path)
+        settle(path)  # an interrupted --overwrite finished or undone first
         return cls(path, ckpt.read_run_json(path))
 
     @classmethod
     def of_checkpoint(cls, file: str | Path) -> tuple[Run, int]:
         """The run a ``round_NNNN.safetensors`` belongs to (its directory) and the round."""
         file = Path(file)
+        settle(file.parent)
         if not (file.parent / ckpt.RUN_JSON).is_file():
             raise UserError(f"{file}: no run.json beside it in {file.parent}; it cannot be rebuilt")
         run = cls.open(file.parent)
