@@ -23,6 +23,7 @@ from flatfl.errors import UserError
 from flatfl.models import build_model
 from flatfl.rundir import settle
 from flatfl.statedict import StateDict, first_nonfinite
+from flatfl.validate import check_dtypes, parameter_dtypes
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Run:
     def global_state(self, round: int) -> StateDict:
         path = ckpt.round_path(self.path, round)
         state, _ = ckpt.load_round(path, self.identity)
+        state = check_dtypes(path, state, parameter_dtypes(self.info))
         bad = first_nonfinite(state)
         if bad is not None:
             raise UserError(f"{path}: tensor {bad} holds NaN or Inf; a diverged model has no landscape to measure")
@@ -90,8 +92,10 @@ class Run:
 
     def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
         net = self.build()
+        path = ckpt.round_path(self.path, round)
+        state = check_dtypes(path, self.global_state(round), {k: v.dtype for k, v in net.state_dict().items()})
         try:
-            net.load_state_dict(self.global_state(round))
+            net.load_state_dict(state)
         except RuntimeError as exc:
             raise UserError(
                 f"{ckpt.round_path(self.path, round)}: tensors do not fit model {self.info['model']['name']} "
@@ -130,7 +134,9 @@ class Run:
         path = ckpt.clients_path(self.path, round)
         if not path.is_file():
             raise UserError(f"{path}: missing; train with --save-clients to keep client models")
-        return ckpt.load_clients(path)
+        sent, returned, info = ckpt.load_clients(path)
+        want = parameter_dtypes(self.info)
+        return [check_dtypes(path, s, want) for s in sent], [check_dtypes(path, r, want) for r in returned], info
 
     def metrics(self) -> list[dict[str, Any]]:
         return ckpt.read_metrics(self.path)
