@@ -80,9 +80,14 @@ def _umask() -> int:
 
 
 def os_error(path: Path, exc: OSError) -> UserError:
-    """One line for a filesystem error: the path and the OS's reason (read-only, full, ...)."""
+    """One line for a filesystem error: the path and the OS's reason (read-only, full, ...); ``--resume`` is
+    named only for a run's own files (a report's or a landscape's are written again by their command)."""
     reason = exc.strerror or str(exc)
-    return UserError(f"{path}: cannot write ({reason}); free space or fix permissions, then --resume the run")
+    path = Path(path)
+    run_file = path.parent.name == CLIENT_STATE_DIR or path.name in (RUN_JSON, PARTITION_JSON, STATE_FILE, METRICS_FILE)
+    run_file = run_file or (path.suffix == ".safetensors" and path.name.startswith(("round_", "clients_")))
+    then = "then --resume the run" if run_file else "then run the command again"
+    return UserError(f"{path}: cannot write ({reason}); free space or fix permissions, {then}")
 
 
 def _kind(path: Path) -> str:

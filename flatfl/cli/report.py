@@ -367,6 +367,8 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
             "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "
             "--no-spread leave nothing; drop one of them"
         )
+    if ns["grid"] < 2:  # the 1D slices and the surfaces both read it
+        raise UserError(f"--grid {ns['grid']}: a surface needs at least 2 points per axis")
     if not ns["no_surface"]:
         check_grid(ns["grid"], 2)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flatfl.cli.common import (
+    SEED_RANGE,
     default,
     frac_0_1,
     momentum_t,
@@ -18,6 +19,7 @@ from flatfl.cli.common import (
     open_frac,
     pos_float,
     pos_int,
+    seed_t,
     unit,
 )
 from flatfl.config import DataConfig, LocalConfig, RunConfig
@@ -134,9 +136,9 @@ def _add_source_arguments(g: Any, training: bool) -> None:
     )
     g.add_argument(
         "--split-seed",
-        type=nonneg_int,
+        type=seed_t,
         metavar="S",
-        help="seed of the train/test split, kept apart from --seed so all runs share one test set "
+        help=f"seed of the train/test split, kept apart from --seed so all runs share one test set, {SEED_RANGE} "
         f"{default(dd, 'split_seed')}",
     )
     g.add_argument(
@@ -490,8 +492,8 @@ def _run_arguments(t: Any) -> None:
     g = t.add_argument_group("run")
     g.add_argument(
         "--seed",
-        type=nonneg_int,
-        help=f"run seed: partition, init, sampling, mutants, shuffles {default(RunConfig, 'seed')}",
+        type=seed_t,
+        help=f"run seed: partition, init, sampling, mutants, shuffles, {SEED_RANGE} {default(RunConfig, 'seed')}",
     )
     g.add_argument(
         "--out", type=Path, metavar="DIR", help="run directory (default: checkpoints/<dataset>-<algo>-s<seed>)"
@@ -560,7 +562,8 @@ def add_storage_arguments(t: Any) -> None:
     g.add_argument(
         "--save-rounds",
         metavar="LIST",
-        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 (default: none)",
+        help="also save these rounds: comma-separated rounds, ranges A-B (cut at --rounds) and every:N, e.g. "
+        "1,2,5,50-60 (default: none)",
     )
     g.add_argument(
         "--clients-dtype",
@@ -579,11 +582,12 @@ def add_storage_arguments(t: Any) -> None:
     )
 
 
-def storage_from_args(ns: dict[str, Any], base: StorageConfig) -> StorageConfig:
-    """``base`` (a new run's defaults, or the resumed run's record) with the storage flags given."""
+def storage_from_args(ns: dict[str, Any], base: StorageConfig, last: int | None = None) -> StorageConfig:
+    """``base`` (a new run's defaults, or the resumed run's record) with the storage flags given; ``last``:
+    the run's planned rounds, at which ``--save-rounds`` ranges are cut."""
     from flatfl.storage import parse_round_spec
 
-    listed, every = parse_round_spec(ns["save_rounds"], "--save-rounds") if "save_rounds" in ns else (None, 0)
+    listed, every = parse_round_spec(ns["save_rounds"], "--save-rounds", last) if "save_rounds" in ns else (None, 0)
     if every and "save_every" in ns:
         raise UserError("--save-rounds: every:N and --save-every both set a step; give one of them")
     step = ns.get("save_every", every or base.save_every)
@@ -625,6 +629,9 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
             raise UserError(
                 f"--proxy-data: {algo_config.proxy_data!r} is not holdout or a dataset ({', '.join(sorted(DATASETS))})"
             )
+    clusters = getattr(algo_config, "clusters", None)
+    if algo == "fedcluster" and clusters is not None and clusters > data.num_clients:
+        raise UserError(f"--clusters {clusters}: more clusters than the {data.num_clients} clients (--clients)")
     if algo == "fedaux" and algo_config.pretrain_steps > 0 and data.dataset == "shakespeare":
         raise UserError("--aux-pretrain-steps: rotation pre-training needs images; use 0 with --dataset shakespeare")
     info = dataset_info(data)
@@ -713,7 +720,7 @@ def run(ns: dict[str, Any]) -> int:
         info = ckpt.read_run_json(out)
         cfg = RunConfig.from_dict(info["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
-        storage = storage_from_args(ns, StorageConfig.from_dict(info.get("storage")))
+        storage = storage_from_args(ns, StorageConfig.from_dict(info.get("storage")), ns.get("rounds", cfg.rounds))
         if "rounds" in ns:
             cfg = replace(cfg, rounds=ns["rounds"])
         if "data_root" in ns:  # the data moved: same experiment
@@ -721,7 +728,7 @@ def run(ns: dict[str, Any]) -> int:
         resume = True
     else:
         cfg = config_from_args(ns)
-        storage = storage_from_args(ns, StorageConfig())
+        storage = storage_from_args(ns, StorageConfig(), cfg.rounds)
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
     try:
