@@ -443,3 +443,13 @@ def test_a_full_disk_names_resume_only_for_a_run_file(tmp_path):
     for name in ("report.json", "surface.npz", "landscape.json"):
         text = str(ckpt.os_error(tmp_path / name, full))
         assert "--resume" not in text and "No space left on device" in text and "run the command again" in text
+
+
+@pytest.mark.parametrize("after", [2.0, 6.0], ids=["while loading", "while measuring"])  # after Python set up SIGINT
+def test_ctrl_c_in_report_is_a_message_and_130(run3, tmp_path, after):
+    proc = flatfl_proc("report", run3, "--out", tmp_path / "r", "--samples", "50", "--no-progress")
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "flatfl: interrupted" and "Traceback" not in err, err

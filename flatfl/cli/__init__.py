@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``flatfl`` command; Ctrl-C at any point -- while torch is still loading too -- ends with one line
+    and exit code 130 (``flatfl train`` names the command that continues the run)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"flatfl: {exc if isinstance(exc, Interrupted) else 'interrupted'}\n")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         ns = vars(parser.parse_args(argv))
