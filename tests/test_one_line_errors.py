@@ -445,7 +445,7 @@ def test_a_full_disk_names_resume_only_for_a_run_file(tmp_path):
         assert "--resume" not in text and "No space left on device" in text and "run the command again" in text
 
 
-@pytest.mark.parametrize("after", [2.0, 6.0], ids=["while loading", "while measuring"])  # after Python set up SIGINT
+@pytest.mark.parametrize("after", [2.0, 6.0], ids=["at 2 s", "at 6 s"])  # after Python set up SIGINT
 def test_ctrl_c_in_report_is_a_message_and_130(run3, tmp_path, after):
     proc = flatfl_proc("report", run3, "--out", tmp_path / "r", "--samples", "50", "--no-progress")
     time.sleep(after)
