@@ -30,6 +30,7 @@ from flatfl.config import canonical_json, identity_of
 from flatfl.errors import UserError
 from flatfl.statedict import StateDict
 
+NUMBERS = ("lr", "momentum", "weight_decay", "batch_size", "epochs")  # config.local's numbers (other keys: free)
 EDITED = "the file was edited or forged after the run wrote it; restore it from a copy (nothing was changed)"
 
 
@@ -97,7 +98,7 @@ def _digest(config: dict[str, Any]) -> str | None:
 def _check_numbers(path: Path, config: dict[str, Any]) -> None:
     """The numbers readers compute with (local SGD, frac) are finite numbers, not text or NaN."""
     local = config.get("local")
-    fields = [(f"config.local.{k}", v) for k, v in local.items()] if isinstance(local, dict) else []
+    fields = [(f"config.local.{k}", local[k]) for k in NUMBERS if k in local] if isinstance(local, dict) else []
     if "frac" in config:
         fields.append(("config.frac", config["frac"]))
     for name, v in fields:
