@@ -115,9 +115,12 @@ def check_run_config(run_dir: Path, info: dict[str, Any]) -> None:
     config = info["config"]
     _check_numbers(path, config)
     model = info["model"]
-    if "model" in config and (model.get("name"), model.get("kwargs")) != (config["model"], config.get("model_kwargs")):
-        field = "name" if model.get("name") != config["model"] else "kwargs"
-        theirs = config["model"] if field == "name" else config.get("model_kwargs")
+    if "model_kwargs" in config and (model.get("name"), model.get("kwargs")) != (
+        config.get("model"),
+        config["model_kwargs"],
+    ):
+        field = "name" if model.get("name") != config.get("model") else "kwargs"
+        theirs = config.get("model") if field == "name" else config["model_kwargs"]
         raise UserError(f"{path}: model.{field} is {model.get(field)!r}, its config says {theirs!r}; {EDITED}")
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     frac, k = config.get("frac"), data.get("num_clients")
