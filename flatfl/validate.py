@@ -155,7 +155,7 @@ def _check_round_config(file: Path, path: Path, config: dict[str, Any], forged: 
     if forged:  # run.json's config edited: the round files record what the run was trained with
         raise UserError(f"{path}: {diff[0]} is {diff[1]!r}, but {file.name} was trained with {diff[2]!r}; {EDITED}")
     raise UserError(
-        f"{file}: belongs to another run than the run.json beside it ({diff[0]} is {diff[2]!r} there, "
+        f"{file}: belongs to a different run than the run.json beside it ({diff[0]} is {diff[2]!r} there, "
         f"{diff[1]!r} in run.json); move it out of {file.parent}"
     )
 
