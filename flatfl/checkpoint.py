@@ -80,9 +80,14 @@ def _umask() -> int:
 
 
 def os_error(path: Path, exc: OSError) -> UserError:
-    """One line for a filesystem error: the path and the OS's reason (read-only, full, ...)."""
+    """One line for a filesystem error: the path and the OS's reason (read-only, full, ...); ``--resume`` is
+    named only for a run's own files (a report's or a landscape's are written again by their command)."""
     reason = exc.strerror or str(exc)
-    return UserError(f"{path}: cannot write ({reason}); free space or fix permissions, then --resume the run")
+    path = Path(path)
+    run_file = path.parent.name == CLIENT_STATE_DIR or path.name in (RUN_JSON, PARTITION_JSON, STATE_FILE, METRICS_FILE)
+    run_file = run_file or (path.suffix == ".safetensors" and path.name.startswith(("round_", "clients_")))
+    then = "then --resume the run" if run_file else "then run the command again"
+    return UserError(f"{path}: cannot write ({reason}); free space or fix permissions, {then}")
 
 
 def _kind(path: Path) -> str:
@@ -153,16 +158,38 @@ def load_tensors(path: Path) -> tuple[StateDict, dict[str, Any]]:
     try:
         tensors = st_load(data)
         meta = _read_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: truncated or not a safetensors file ({exc})") from exc
+    except (SafetensorError, ValueError, RecursionError, AttributeError) as exc:
+        raise UserError(f"{path}: truncated or not a safetensors file ({_short(exc)})") from exc
+    if not isinstance(meta, dict):
+        kind = type(meta).__name__
+        raise UserError(f"{path}: its flatfl metadata are a JSON {kind}, not an object; the file is damaged")
     return tensors, meta
 
 
-def _read_metadata(data: bytes) -> dict[str, Any]:
+def _short(exc: BaseException) -> str:
+    """An exception's message cut to one short line (a RecursionError's or a parser's can be long)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _read_metadata(data: bytes) -> Any:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
     raw = (header.get("__metadata__") or {}).get(META_KEY)
     return json.loads(raw) if raw else {}
+
+
+def read_metadata(path: Path) -> Any:
+    """The flatfl metadata of a safetensors file, read from its header alone (no tensor is read);
+    None when the header is unreadable (the full load names the problem)."""
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= 100_000_000:
+                return None
+            return _read_metadata(n.to_bytes(8, "little") + fh.read(n))
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
 
 
 # -- run.json ----------------------------------------------------------------------------
@@ -176,8 +203,8 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: missing; {run_dir} holds no flatfl run")
     try:
         info = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); the run directory is damaged") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
+        raise UserError(f"{path}: not valid JSON ({_short(exc)}); the run directory is damaged") from exc
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         got = info.get("format") if isinstance(info, dict) else type(info).__name__
         raise UserError(f"{path}: not a flatfl run.json (format {got!r})")
@@ -187,6 +214,9 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
             f"flatfl (expects {FORMAT_VERSION})"
         )
     _check_run_info(path, info)
+    from flatfl.validate import check_run_config
+
+    check_run_config(Path(run_dir), info)
     return info
 
 
@@ -240,18 +270,13 @@ def read_partition(run_dir: Path, info: dict[str, Any] | None = None) -> list[li
             "after the run started (restore the original file)"
         )
     try:
-        clients = json.loads(raw)["clients"]
-        if not isinstance(clients, list) or not all(isinstance(c, list) for c in clients):
-            raise TypeError("'clients' is not a list of lists")
-        for c in clients:
-            for i in c:
-                if not isinstance(i, int) or isinstance(i, bool):
-                    raise TypeError(f"index {i!r} is not an integer")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: damaged ({exc})") from exc
-    sizes = ((info or {}).get("partition") or {}).get("sizes")
-    if sizes is not None and [len(c) for c in clients] != sizes:
-        raise UserError(f"{path}: client sizes differ from run.json's partition record; the file was edited")
+        obj = json.loads(raw)
+        clients = obj["clients"]
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: damaged ({_short(exc)})") from exc
+    from flatfl.validate import check_partition
+
+    check_partition(path, clients, obj.get("server"), info)
     return clients
 
 
@@ -420,8 +445,22 @@ def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl`` (a torn last line, cut by a kill, is left out); any other
-    unreadable line is a :class:`UserError` naming it."""
-    return _parse_metrics(Path(run_dir) / METRICS_FILE)[0]
+    unreadable line, or a round out of order or recorded twice, is a :class:`UserError` naming it
+    (as ``--resume`` refuses it: which of two lines is the round's cannot be told)."""
+    path = Path(run_dir) / METRICS_FILE
+    records = _parse_metrics(path)[0]
+    _check_order(path, [r["round"] for r in records], "")
+    return records
+
+
+def _check_order(path: Path, rounds: list[int], then: str) -> None:
+    """Rounds strictly increasing: one line naming the first round out of order or recorded twice."""
+    bad = next((r for i, r in enumerate(rounds) if i and r <= rounds[i - 1]), None)
+    if bad is not None:
+        raise UserError(
+            f"{path}: round {bad} is out of order or recorded twice (two processes wrote this run?); "
+            f"keep one line per round, in order{then}"
+        )
 
 
 def metrics_for_resume(run_dir: Path, committed: int) -> tuple[list[dict[str, Any]], list[int], bool]:
@@ -435,12 +474,7 @@ def metrics_for_resume(run_dir: Path, committed: int) -> tuple[list[dict[str, An
     records, torn = _parse_metrics(path)
     keep = [r for r in records if r["round"] <= committed]
     rounds = [r["round"] for r in keep]
-    if rounds != sorted(set(rounds)):
-        dup = next(r for i, r in enumerate(rounds) if r in rounds[:i] or (i and r < rounds[i - 1]))
-        raise UserError(
-            f"{path}: round {dup} is out of order or recorded twice (two processes wrote this run?); "
-            "keep one line per round, in order, then --resume again"
-        )
+    _check_order(path, rounds, ", then --resume again")
     missing = sorted(set(range(committed + 1)) - set(rounds))
     return keep, missing, torn or len(keep) != len(records) or bool(missing)
 

@@ -5,8 +5,10 @@ process at once with ``os._exit(KILLED)`` -- no ``finally``, no flush, as a SIGK
 Points (``flatfl.checkpoint``'s write helpers) are ``<file>:write`` (the temporary file half
 written, not yet renamed; for ``metrics`` half a line appended) and ``<file>:commit`` (the
 file complete, the next write not begun), where ``<file>`` is ``run.json``,
-``partition.json``, ``round``, ``clients``, ``state`` or ``metrics``. Unset, the hook costs a
-dictionary lookup. ``tests/test_faults.py`` kills a run at every point and resumes it.
+``partition.json``, ``round``, ``clients``, ``state`` or ``metrics``; ``overwrite:begin``,
+``overwrite:move`` (after each file of the previous run is moved aside) and ``overwrite:moved``
+are the steps of ``--overwrite`` (:mod:`flatfl.rundir`), ``prune:delete`` those of ``flatfl prune``.
+Unset, the hook costs a dictionary lookup. ``tests/test_faults.py`` kills a run at every point and resumes it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
 from flatfl.faults import fault_point
-from flatfl.rundir import RunDir
+from flatfl.rundir import RunDir, settle
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ def prune(
     """Delete the planned files under the run's lock (nothing with ``dry_run``); returns the plan."""
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    for note in settle(Path(run_dir)):  # an interrupted --overwrite finished or undone
+        say(f"{run_dir}: {note}")
     ckpt.read_run_json(run_dir)  # checked before the lock file is made in it
     lock = RunDir(Path(run_dir))
     for note in lock.open(create=False):

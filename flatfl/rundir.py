@@ -23,12 +23,14 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
+from flatfl.faults import fault_point
 
 LOCK_FILE = ".flatfl.lock"
 REPLACED = ".flatfl-replaced"
@@ -224,16 +226,52 @@ class RunDir:
             for p in files:
                 remove(p)
             return
+        fault_point("overwrite:begin")
         moving = out / MOVING
         moving.mkdir()
         for p in files:
             os.replace(p, moving / p.name)
+            fault_point("overwrite:move")  # the n-th file moved aside, the others not yet
         os.replace(moving, out / REPLACED)
+        fault_point("overwrite:moved")  # the previous run set aside whole, nothing new written
 
     def round0_committed(self) -> None:
         aside = self.out / REPLACED
         if aside.is_dir():
             shutil.rmtree(aside)
+
+
+def interrupted_overwrite(out: Path) -> bool:
+    """``out`` holds the folder an ``--overwrite`` sets the previous run aside in (a kill, or one in progress)."""
+    out = Path(out)
+    return (out / REPLACED).is_dir() or (out / MOVING).is_dir()
+
+
+def settle(out: Path) -> list[str]:
+    """Finish or undo an interrupted ``--overwrite`` of ``out`` under its lock; every command that opens a
+    run directory (train, ``--resume``, landscape, report, prune, the Flower recorder) calls this first.
+
+    The new run's round 0 committed (``state.safetensors``): the set-aside previous run is deleted;
+    otherwise the new run's files go and the previous run comes back. Nothing to do (the usual case)
+    costs two ``stat`` calls and takes no lock. When the lock cannot be taken -- a trainer is replacing
+    the run right now, or the folder is not writable -- one line says where the previous run is and
+    which command restores it. Returns notes for the log."""
+    out = Path(out)
+    if not out.is_dir() or not interrupted_overwrite(out):
+        return []
+    aside = out / (REPLACED if (out / REPLACED).is_dir() else MOVING)
+    restore = f"flatfl prune {shlex.quote(str(out))} --keep 0 --dry-run"
+    try:
+        fd = lock_dir(out, "writing this run")
+    except UserError as exc:
+        raise UserError(
+            f"{exc}; an --overwrite set the previous run aside in {aside}/ (kept until the new run's round 0 "
+            f"is saved): `{restore}` (which deletes nothing) brings it back once it can lock {out}"
+        ) from None
+    try:
+        return RunDir(out)._recover()
+    finally:
+        unlock_dir(fd)
 
 
 def recover(out: Path) -> list[str]:

@@ -70,11 +70,16 @@ class StorageConfig:
 _ITEM = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|every:(\d+))$")
 
 
-def parse_round_spec(text: str, flag: str) -> tuple[tuple[int, ...], int]:
+MAX_RANGE = 10_000_000  # rounds a range may list when no run bounds it (never expanded past that)
+
+
+def parse_round_spec(text: str, flag: str, last: int | None = None) -> tuple[tuple[int, ...], int]:
     """``"5,10,20-25,every:50"`` -> (listed rounds, the every:N step or 0).
 
     Items, comma-separated: a round ``R``, a range ``A-B`` (both included) or ``every:N`` (rounds
-    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``.
+    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``. With ``last`` (the
+    run's last round) a range is cut at it before it is expanded -- rounds after it hold no file --
+    so ``1-100000000000`` costs nothing; without it a range of more than ``MAX_RANGE`` rounds is refused.
     """
     rounds: set[int] = set()
     every = 0
@@ -88,6 +93,10 @@ def parse_round_spec(text: str, flag: str) -> tuple[tuple[int, ...], int]:
             a, b = int(m.group(2)), int(m.group(3))
             if a > b:
                 raise UserError(f"{flag}: range {item} runs backwards; write it as {b}-{a}")
+            if last is not None:
+                b = min(b, last)
+            elif b - a >= MAX_RANGE:
+                raise UserError(f"{flag}: range {item} lists more than {MAX_RANGE:,} rounds")
             rounds.update(range(a, b + 1))
         else:
             if int(m.group(4)) == 0:

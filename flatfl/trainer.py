@@ -47,6 +47,7 @@ from flatfl.startup import start_header
 from flatfl.statedict import StateDict, clone, first_nonfinite
 from flatfl.storage import StorageConfig
 from flatfl.tracking import Tracker
+from flatfl.validate import check_dtypes
 
 
 def resolve_device(device: str) -> torch.device:
@@ -424,6 +425,9 @@ def train(
     rd = rundir.RunDir(out) if ctx is None or ctx.is_main else None  # rank 0 holds the lock
     try:
         check = lambda: prepare_out(out, resume=resume, overwrite=overwrite)  # noqa: E731
+        settled = _on_main(ctx, lambda: rundir.settle(out))  # an interrupted --overwrite finished or undone
+        for note in settled or []:
+            (log or print)(f"{out}: {note}")
         _on_main(ctx, check)  # before the folder is made or locked
         notes = _on_main(ctx, lambda: rd.open(create=not resume))  # type: ignore[union-attr]
         _on_main(ctx, check)  # again under the lock, after recovery
@@ -644,6 +648,7 @@ def _restore(
     # the order in which FedMut draws per-tensor coefficients (resume == straight run)
     model_sd = sim.model.state_dict()
     _check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
+    global_cpu = check_dtypes(ckpt.round_path(out, start), global_cpu, {k: v.dtype for k, v in model_sd.items()})
     _check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
     global_state = {k: global_cpu[k].to(dev) for k in model_sd}
     algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
@@ -807,8 +812,8 @@ def resume_info(out: Path, identity: str) -> dict[str, Any]:
     info = ckpt.read_run_json(out)
     if info["identity"] != identity:
         raise UserError(
-            f"{out / ckpt.RUN_JSON}: changed while opening the run (an interrupted --overwrite was undone); "
-            "run the same command again"
+            f"{out / ckpt.RUN_JSON}: changed while this command was opening the run (another flatfl process "
+            "replaced it?); check the run, then run the command again"
         )
     return info
 

@@ -301,3 +301,113 @@ def test_second_trainer_is_refused_naming_the_holder(finished, cli):
         rounds == list(range(len(rounds)))
         and rounds[-1] == ckpt.load_state(run, json.loads((run / "run.json").read_text())["identity"])[0]
     )
+
+
+# -- an --overwrite killed at each of its steps: every command that opens the run finishes or undoes it ------------
+# (point, n, whether the new run's round 0 was committed). The previous run's 11 files are moved aside in name
+# order (clients_*, metrics, partition, round_*, run.json, state): the 10th move leaves only the state behind.
+OVERWRITE_KILLS = [
+    ("overwrite:begin", 1, False),  # before the move
+    ("overwrite:move", 10, False),  # during the move: run.json and every round file aside, the state not
+    ("overwrite:moved", 1, False),  # after the move, nothing new written
+    ("run.json:commit", 1, False),  # during round 0: the new run.json written
+    ("round:commit", 1, False),  # during round 0: the new round 0 written, not committed
+    ("state:commit", 1, True),  # after round 0's commit, before the previous run was deleted
+]
+LANDSCAPE_CHEAP = ["--samples", "20", "--surface", "1d", "--grid", "2"]
+REPORT_CHEAP = ["--samples", "20", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0"]
+REPORT_CHEAP += ["--grid", "2", "--no-spread", "--no-match", "--no-progress"]
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
+
+
+@pytest.fixture(scope="module")
+def overwrite_killed(straight, tmp_path_factory):
+    """point -> a run directory holding ``straight`` as it is left by ``--overwrite`` killed there (made once)."""
+    import shutil
+
+    made: dict[str, Path] = {}
+
+    def at(point: str, n: int) -> Path:
+        if point not in made:
+            run = tmp_path_factory.mktemp("killed") / "run"
+            shutil.copytree(straight, run)
+            proc = flatfl_proc("train", *ARGS, "--seed", "1", "--overwrite", "--out", run, env={ENV: f"{point}:{n}"})
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == KILLED, err
+            made[point] = run
+        return made[point]
+
+    return at
+
+
+def _reader(name: str, cli, run: Path, tmp_path: Path, committed: bool) -> tuple[int, str]:
+    """Run one command that opens ``run``; (exit code, stderr)."""
+    at = 0 if committed else ROUNDS
+    last = ckpt.round_path(run, at)
+    if name == "flower":  # the Flower recorder's fresh start on a folder holding a run: refused, after settling it
+        from flatfl.errors import UserError
+        from tests.test_flower import flower_run
+
+        with pytest.raises(UserError, match="already holds a run"):
+            flower_run({"algo": "fedavg", "clients": 2, "frac": 1.0, "rounds": 1, "local-epochs": 1}, run, nodes=2)
+        return 0, ""
+    args = {
+        "resume": ["train", "--resume", run, "--rounds", "1"],
+        "train again": ["train", *ARGS, "--out", run],  # the first command again: refused, naming --resume
+        "landscape": ["landscape", "--ckpt", last, *LANDSCAPE_CHEAP, "--out", tmp_path / "l"],
+        "report": ["report", run, "--out", tmp_path / "r", "--at-rounds", str(at), *REPORT_CHEAP],
+        "prune": ["prune", run, "--keep", "0", "--dry-run"],
+    }[name]
+    code, _, err = cli(*args)
+    return code, err
+
+
+@pytest.mark.parametrize("reader", ["resume", "train again", "landscape", "report", "prune", "flower"])
+@pytest.mark.parametrize(("point", "n", "committed"), OVERWRITE_KILLS, ids=[p for p, _, _ in OVERWRITE_KILLS])
+def test_an_overwrite_killed_at_each_step_is_settled_by_every_command(
+    straight, overwrite_killed, cli, tmp_path, point, n, committed, reader
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(overwrite_killed(point, n), run)
+    code, err = _reader(reader, cli, run, tmp_path, committed)
+    if reader == "train again":
+        assert code == 2 and f"--resume {run}" in err, err
+    else:
+        assert code == 0, err
+    assert not (run / ".flatfl-replaced").exists() and not (run / ".flatfl-replaced.partial").exists()
+    if not committed:  # the previous run is back, byte for byte, and every command reads it
+        assert _files(run) == _files(straight)
+    else:  # the new run (seed 1) stands and the previous one is gone
+        assert json.loads((run / ckpt.RUN_JSON).read_text())["config"]["seed"] == 1
+        r0 = "round_0000.safetensors"
+        assert ckpt.list_rounds(run)[0] == 0 and _files(run)[r0] != _files(straight)[r0]
+
+
+def test_an_overwrite_that_cannot_be_settled_says_where_the_previous_run_is(finished, cli):
+    """A trainer replacing the run right now holds its lock: readers say where the previous run waits and the
+    command that restores it, and touch nothing."""
+    from flatfl.rundir import lock_dir, unlock_dir
+
+    run = finished("overwrite-in-progress")
+    (run / ".flatfl-replaced").mkdir()
+    for p in list(run.iterdir()):
+        if p.name not in (".flatfl-replaced", LOCK_FILE):
+            p.rename(run / ".flatfl-replaced" / p.name)
+    fd = lock_dir(run, "training this run")  # this process plays the trainer
+    try:
+        before = _files(run)
+        for args in (["train", "--resume", run], ["prune", run, "--keep", "0", "--dry-run"]):
+            code, _, err = cli(*args)
+            assert code == 2 and err.count("\n") == 1, err
+            assert f"{run}/.flatfl-replaced/" in err and f"flatfl prune {run} --keep 0 --dry-run" in err, err
+        assert _files(run) == before
+    finally:
+        unlock_dir(fd)
+    code, _, err = cli("prune", run, "--keep", "0", "--dry-run")  # the command named: the run is back
+    assert code == 0, err
+    assert (run / ckpt.RUN_JSON).is_file() and not (run / ".flatfl-replaced").exists()

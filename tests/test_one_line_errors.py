@@ -198,3 +198,258 @@ def test_report_flags_that_contradict_or_measure_nothing(cli, run3, tmp_path, ar
     code, _, err = cli("report", run3, "--out", tmp_path / "r", *args)
     _one_line_error(code, err, needle)
     assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+# -- damaged files that used to raise a Python error ----------------------------------------------------------------
+LANDSCAPE_CHEAP = ["--samples", "20", "--surface", "1d", "--grid", "2"]
+
+
+@pytest.mark.parametrize("meta", [[1, 2], 3], ids=["list", "number"])
+@pytest.mark.parametrize("reader", ["landscape", "resume", "report"])
+def test_round_metadata_that_is_not_an_object(cli, run3, tmp_path, meta, reader):
+    run = _copy(run3, tmp_path)
+    path = run / "round_0003.safetensors"
+    tensors, _ = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, tensors, meta)  # the flatfl header entry holds a JSON list or number
+    args = {
+        "landscape": ["landscape", "--ckpt", path, *LANDSCAPE_CHEAP, "--out", tmp_path / "l"],
+        "resume": ["train", "--resume", run, "--rounds", "4"],
+        "report": ["report", run, "--out", tmp_path / "r", "--no-hessian", "--trace-matvecs", "0"],
+    }[reader]
+    code, _, err = cli(*args)
+    _one_line_error(code, err, "round_0003.safetensors", "metadata are a JSON")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a":' * 100_000 + "1" + "}" * 100_000, '{"format": "flatfl.run", "x": 1' + "0" * 5000 + "}"],
+    ids=["nested 100000 deep", "5000-digit integer"],
+)
+@pytest.mark.parametrize("reader", ["landscape", "resume"])
+def test_run_json_that_python_json_cannot_hold(cli, run3, tmp_path, text, reader):
+    run = _copy(run3, tmp_path)
+    (run / "run.json").write_text(text)
+    args = ["train", "--resume", run] if reader == "resume" else ["landscape", "--ckpt", run / "round_0003.safetensors"]
+    code, _, err = cli(*args, *(LANDSCAPE_CHEAP if reader == "landscape" else []))
+    _one_line_error(code, err, "run.json: not valid JSON")
+
+
+# -- user factories: one line naming the flag, the factory and the exception; --debug shows the user's traceback
+TASK = """
+import sys
+import torch
+
+
+def net():
+    from flatfl.models import build_model
+    return build_model("smallcnn", in_channels=1, num_classes=10, image_size=8)
+
+
+def net_fails():
+    raise RuntimeError("no GPU here")
+
+
+def make():
+    raise KeyError("missing")
+
+
+def none():
+    return None
+
+
+def exit0():
+    sys.exit(0)
+
+
+def exit3():
+    sys.exit(3)
+
+
+class Items(torch.utils.data.Dataset):
+    n = 10
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        return torch.zeros(1, 8, 8), 0
+
+
+class Negative(Items):
+    n = -1
+
+
+class Huge(Items):
+    n = 10**15
+
+
+class Raises(Items):
+    def __getitem__(self, i):
+        raise IndexError("boom")
+
+
+def negative():
+    return Negative()
+
+
+def huge():
+    return Huge()
+
+
+def raises():
+    return Raises()
+
+
+def nan_data():
+    return torch.full((20, 1, 8, 8), float("nan")), torch.zeros(20, dtype=torch.long)
+"""
+
+
+@pytest.fixture
+def task(tmp_path, monkeypatch):
+    """A user module ``task_<test>`` of factories, importable from the current folder; its name."""
+    name = f"task_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(TASK)
+    (tmp_path / f"{name}_broken.py").write_text("def make(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "needles"),
+    [
+        ("net", "make", ["--data {t}:make raised KeyError('missing')"]),
+        ("net", "none", ["--data {t}:none: gave None"]),
+        ("net", "exit0", ["--data {t}:exit0 called sys.exit(0)"]),
+        ("net", "exit3", ["--data {t}:exit3 called sys.exit(3)"]),
+        ("net", "negative", ["--data {t}:negative", "ValueError"]),
+        ("net", "huge", ["--data {t}:huge", "__len__ is 1000000000000000"]),
+        ("net", "raises", ["--data {t}:raises", "raised IndexError('boom')"]),
+        ("net", "nan_data", ["--data {t}:nan_data", "NaN or Inf"]),
+        ("net_fails", "make", ["--model {t}:net_fails raised RuntimeError('no GPU here')"]),
+    ],
+)
+def test_failing_user_factory_is_one_line(cli, task, tmp_path, model, data, needles):
+    code, _, err = cli("landscape", "--model", f"{task}:{model}", "--data", f"{task}:{data}", "--hessian",
+                       "--samples", "10", "--out", tmp_path / "o")  # fmt: skip
+    _one_line_error(code, err, *[n.format(t=task) for n in needles])
+
+
+def test_factory_module_with_a_syntax_error_is_one_line(cli, task, tmp_path):
+    code, _, err = cli("landscape", "--model", f"{task}:net", "--data", f"{task}_broken:make", "--hessian")
+    _one_line_error(code, err, f"--data {task}_broken:make (importing {task}_broken) raised SyntaxError")
+
+
+def test_debug_shows_the_factory_traceback(task, tmp_path):
+    from flatfl.cli import main
+    from flatfl.errors import UserError
+
+    with pytest.raises(UserError, match=f"--data {task}:make raised KeyError") as info:
+        main(["--debug", "landscape", "--model", f"{task}:net", "--data", f"{task}:make", "--hessian"])
+    assert isinstance(info.value.__cause__, KeyError)  # the user's own traceback, chained
+
+
+def test_non_finite_weights_of_a_foreign_model_are_one_line(cli, task, tmp_path):
+    import importlib
+
+    import torch
+
+    sd = importlib.import_module(task).net().state_dict()
+    sd["fc2.bias"][0] = float("inf")
+    torch.save(sd, tmp_path / "w.pt")
+    code, _, err = cli("landscape", "--model", f"{task}:net", "--weights", tmp_path / "w.pt", "--data", "digits",
+                       "--hessian", "--samples", "10")  # fmt: skip
+    _one_line_error(code, err, "w.pt", "fc2.bias", "NaN or Inf")
+
+
+# -- flags that crashed or were accepted silently -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["train", *TINY, "--seed", str(2**70)], ["--seed", "0 to 4294967295"]),
+        (["train", *TINY, "--split-seed", str(2**32)], ["--split-seed", "0 to 4294967295"]),
+        (["landscape", "--ckpt", "x.safetensors", "--seed", str(2**70)], ["--seed", "0 to 4294967295"]),
+        (["train", *TINY, "--threads", "100000"], ["--threads 100000", "per core"]),
+        (["landscape", "--ckpt", "x.safetensors", "--threads", "1000000"], ["--threads 1000000"]),
+        (["train", *TINY, "--clients", "10", "--algo", "fedcluster", "--clusters", "50"], ["--clusters 50", "10"]),
+    ],
+)
+def test_flags_out_of_range_are_refused(cli, tmp_path, args, needles):
+    code, _, err = cli(*args, "--out", tmp_path / "o")
+    _one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_misspelt_digits_split_is_refused_naming_the_splits(cli, task):
+    code, _, err = cli("landscape", "--model", f"{task}:net", "--data", "digits:trian", "--hessian")
+    _one_line_error(code, err, "digits:trian", "train and test")
+
+
+def test_digits_test_split_is_still_accepted():
+    from flatfl.runs.foreign import data_source
+
+    x, _ = data_source("digits:test")
+    assert len(x) == 359  # the embedded test split (20% of 1797)
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--split-seed"])
+def test_seed_range_is_stated_in_help(capsys, flag):
+    from flatfl.cli import main
+
+    assert main(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"{flag} " in help_text and "0 to 4294967295 = 2^32 - 1" in help_text
+
+
+def test_huge_round_ranges_are_cut_at_the_run_not_expanded(cli, run3, tmp_path):
+    from flatfl.storage import parse_round_spec
+
+    assert parse_round_spec("1-100000000000,every:5", "--keep", 7) == ((1, 2, 3, 4, 5, 6, 7), 5)
+    with pytest.raises(Exception, match="more than 10,000,000 rounds"):
+        parse_round_spec("0-10000000000", "--keep")
+    run = _copy(run3, tmp_path)
+    code, out, err = cli("prune", run, "--keep", "0-10000000000", "--dry-run")
+    assert code == 0 and "would delete 0 files" in out, err
+    code, _, err = cli("train", *TINY, "--rounds", "2", "--save-every", "0", "--save-rounds", "1-100000000000",
+                       "--out", tmp_path / "new")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "new" / "run.json").read_text())["storage"]["save_rounds"] == [1, 2]
+
+
+def test_report_grid_1_is_refused_without_surfaces(cli, run3, tmp_path):
+    code, _, err = cli("report", run3, "--out", tmp_path / "r", "--grid", "1", "--no-surface")
+    _one_line_error(code, err, "--grid 1")
+
+
+def test_landscape_under_a_file_size_limit_is_one_line(run3, tmp_path):
+    import resource
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    args = ["landscape", "--ckpt", run3 / "round_0003.safetensors", *LANDSCAPE_CHEAP, "--out", tmp_path / "l"]
+    proc = flatfl_proc(*args, preexec_fn=limit)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("flatfl: error:"), err
+    assert "File too large" in err and "--resume" not in err
+
+
+def test_a_full_disk_names_resume_only_for_a_run_file(tmp_path):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert "--resume" in str(ckpt.os_error(tmp_path / "round_0003.safetensors", full))
+    assert "--resume" in str(ckpt.os_error(tmp_path / "client_state" / "c_1.safetensors", full))
+    for name in ("report.json", "surface.npz", "landscape.json"):
+        text = str(ckpt.os_error(tmp_path / name, full))
+        assert "--resume" not in text and "No space left on device" in text and "run the command again" in text
+
+
+@pytest.mark.parametrize("after", [2.0, 6.0], ids=["at 2 s", "at 6 s"])  # after Python set up SIGINT
+def test_ctrl_c_in_report_is_a_message_and_130(run3, tmp_path, after):
+    proc = flatfl_proc("report", run3, "--out", tmp_path / "r", "--samples", "50", "--no-progress")
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "flatfl: interrupted" and "Traceback" not in err, err

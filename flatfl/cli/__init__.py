@@ -8,6 +8,7 @@ lives in its own module with ``add_parser(sub)`` and ``run(ns)``.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import warnings
@@ -17,6 +18,8 @@ from flatfl.cli import data, landscape, partition, prune, report, train
 from flatfl.cli.common import Parser, add_threads_argument, apply_threads
 from flatfl.errors import DivergenceError, Interrupted, UserError
 
+# the errors of a write the OS refused: full disk, file-size limit (ulimit -f), quota, read-only, permissions
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 COMMANDS = {
     "train": train,
     "partition": partition,
@@ -45,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``flatfl`` command; Ctrl-C at any point -- while torch is still loading too -- ends with one line
+    and exit code 130 (``flatfl train`` names the command that continues the run)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"flatfl: {exc if isinstance(exc, Interrupted) else 'interrupted'}\n")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         ns = vars(parser.parse_args(argv))
@@ -65,6 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         say(f"flatfl: error: {exc}\n")
         return exc.exit_code
+    except OSError as exc:  # a write the OS refused (full disk, file-size limit, read-only): one line
+        if debug or exc.errno not in WRITE_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        say(f"flatfl: error: {where}cannot write ({exc.strerror}); free space or fix permissions, then run the "
+            "command again\n")  # fmt: skip
+        return 2
+    except ValueError as exc:  # the analysis' one known message (NaN/inf reached an estimator): one line
+        from flatfl.analysis.operators import NOT_FINITE
+
+        if debug or str(exc) != NOT_FINITE:
+            raise
+        say(f"flatfl: error: {exc}\n")
+        return 2
     except DivergenceError as exc:
         say(f"flatfl: diverged: {exc}\n")
         return exc.exit_code

@@ -38,6 +38,10 @@ frac_0_1 = _typed(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 open_frac = _typed(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 unit = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 momentum_t = _typed(float, lambda v: 0 <= v < 1, "a momentum in [0, 1)")
+MAX_SEED = 2**32 - 1  # every seed flag: numpy, torch and the derived per-round seeds all take it
+SEED_RANGE = f"0 to {MAX_SEED} = 2^32 - 1"
+seed_t = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from {SEED_RANGE}")
+MAX_THREADS_PER_CORE = 4  # --threads beyond this many per available core is refused (OpenMP crashes far above)
 
 
 def default(obj: Any, name: str) -> str:
@@ -65,9 +69,9 @@ def add_analysis_arguments(g: Any, d: Any, data_help: str = "") -> None:
     g.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument(
         "--seed",
-        type=nonneg_int,
+        type=seed_t,
         default=d.seed,
-        help=f"seed of random subsets, probe vectors and directions (default: {d.seed})",
+        help=f"seed of random subsets, probe vectors and directions, {SEED_RANGE} (default: {d.seed})",
     )
     g.add_argument(
         "--memory-budget",
@@ -110,6 +114,13 @@ def threads_per_process(requested: int | None, cores: int, processes: int) -> tu
     the total exceeds the cores, else None): oversubscribed torch processes slow each other
     down many times over (each op's threads wait at a barrier for threads that are not running).
     """
+    if requested is not None and requested > MAX_THREADS_PER_CORE * cores:
+        from flatfl.errors import UserError
+
+        raise UserError(
+            f"--threads {requested}: more than {MAX_THREADS_PER_CORE} threads per core available to this process "
+            f"({cores} cores); give at most {MAX_THREADS_PER_CORE * cores}"
+        )
     total = requested if requested is not None else cores
     per = max(1, total // processes)
     warning = None
@@ -127,7 +138,8 @@ def add_threads_argument(p: Any) -> None:
         type=pos_int,
         metavar="N",
         help="CPU threads of this command, divided among torchrun's ranks on this machine; a warning when they "
-        "exceed the cores available to the process (default: those cores, divided among the ranks)",
+        f"exceed the cores available to the process, refused above {MAX_THREADS_PER_CORE} per core (default: those "
+        "cores, divided among the ranks)",
     )
 
 

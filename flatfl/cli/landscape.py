@@ -669,7 +669,11 @@ def _write_surface(ns: dict[str, Any], m: Any, out: Path) -> None:
 
 
 def check_ckpt_arg(path: Path) -> Path:
-    """``--ckpt`` must be a round file: a run directory gets the name of its latest one."""
+    """``--ckpt`` must be a round file: a run directory gets the name of its latest one. An interrupted
+    ``--overwrite`` of its run is finished or undone first (:func:`flatfl.rundir.settle`)."""
+    from flatfl.rundir import settle
+
+    settle(path if path.is_dir() else path.parent)
     if path.is_dir():
         from flatfl import checkpoint as ckpt
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from flatfl.cli.common import add_deprecated_alias, nonneg_int
+from flatfl.cli.common import SEED_RANGE, add_deprecated_alias, seed_t
 
 
 def add_parser(sub: Any) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_arguments(p, training=False)
-    p.add_argument("--seed", type=nonneg_int, help="run seed (the partition depends on it) (default: 0)")
+    p.add_argument("--seed", type=seed_t, help=f"run seed (the partition depends on it), {SEED_RANGE} (default: 0)")
     p.add_argument("--plot", type=Path, metavar="PNG", help="heatmap file (default: partition.png)")
     add_deprecated_alias(p, "--out", "--plot", "plot", type=Path)
 

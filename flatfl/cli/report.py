@@ -281,9 +281,11 @@ def run(ns: dict[str, Any]) -> int:
 
     from flatfl import checkpoint as ckpt
     from flatfl.analysis import distributed
+    from flatfl.rundir import settle
     from flatfl.runs.report import build_report
 
     for r in ns["runs"]:
+        settle(Path(r))  # an interrupted --overwrite finished or undone first
         if not (Path(r) / ckpt.RUN_JSON).is_file():
             raise UserError(
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
@@ -390,6 +392,8 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
             "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "
             "--no-spread leave nothing; drop one of them"
         )
+    if ns["grid"] < 2:  # the 1D slices and the surfaces both read it
+        raise UserError(f"--grid {ns['grid']}: a surface needs at least 2 points per axis")
     if not ns["no_surface"]:
         check_grid(ns["grid"], 2)
 

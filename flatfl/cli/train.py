@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flatfl.cli.common import (
+    SEED_RANGE,
     default,
     frac_0_1,
     momentum_t,
@@ -18,6 +19,7 @@ from flatfl.cli.common import (
     open_frac,
     pos_float,
     pos_int,
+    seed_t,
     unit,
 )
 from flatfl.config import DataConfig, LocalConfig, RunConfig
@@ -145,9 +147,9 @@ def _add_source_arguments(g: Any, training: bool) -> None:
     )
     g.add_argument(
         "--split-seed",
-        type=nonneg_int,
+        type=seed_t,
         metavar="S",
-        help="seed of the train/test split, kept apart from --seed so all runs share one test set "
+        help=f"seed of the train/test split, kept apart from --seed so all runs share one test set, {SEED_RANGE} "
         f"{default(dd, 'split_seed')}",
     )
     g.add_argument(
@@ -569,8 +571,8 @@ def _run_arguments(t: Any) -> None:
     g = t.add_argument_group("run")
     g.add_argument(
         "--seed",
-        type=nonneg_int,
-        help=f"run seed: partition, init, sampling, mutants, shuffles {default(RunConfig, 'seed')}",
+        type=seed_t,
+        help=f"run seed: partition, init, sampling, mutants, shuffles, {SEED_RANGE} {default(RunConfig, 'seed')}",
     )
     g.add_argument(
         "--out", type=Path, metavar="DIR", help="run directory (default: checkpoints/<dataset>-<algo>-s<seed>)"
@@ -639,7 +641,8 @@ def add_storage_arguments(t: Any) -> None:
     g.add_argument(
         "--save-rounds",
         metavar="LIST",
-        help="also save these rounds: comma-separated rounds, ranges A-B and every:N, e.g. 1,2,5,50-60 (default: none)",
+        help="also save these rounds: comma-separated rounds, ranges A-B (cut at --rounds) and every:N, e.g. "
+        "1,2,5,50-60 (default: none)",
     )
     g.add_argument(
         "--clients-dtype",
@@ -658,11 +661,12 @@ def add_storage_arguments(t: Any) -> None:
     )
 
 
-def storage_from_args(ns: dict[str, Any], base: StorageConfig) -> StorageConfig:
-    """``base`` (a new run's defaults, or the resumed run's record) with the storage flags given."""
+def storage_from_args(ns: dict[str, Any], base: StorageConfig, last: int | None = None) -> StorageConfig:
+    """``base`` (a new run's defaults, or the resumed run's record) with the storage flags given; ``last``:
+    the run's planned rounds, at which ``--save-rounds`` ranges are cut."""
     from flatfl.storage import parse_round_spec
 
-    listed, every = parse_round_spec(ns["save_rounds"], "--save-rounds") if "save_rounds" in ns else (None, 0)
+    listed, every = parse_round_spec(ns["save_rounds"], "--save-rounds", last) if "save_rounds" in ns else (None, 0)
     if every and "save_every" in ns:
         raise UserError("--save-rounds: every:N and --save-every both set a step; give one of them")
     step = ns.get("save_every", every or base.save_every)
@@ -706,6 +710,9 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
             raise UserError(
                 f"--proxy-data: {algo_config.proxy_data!r} is not holdout or a dataset ({', '.join(sorted(DATASETS))})"
             )
+    clusters = getattr(algo_config, "clusters", None)
+    if algo == "fedcluster" and clusters is not None and clusters > data.num_clients:
+        raise UserError(f"--clusters {clusters}: more clusters than the {data.num_clients} clients (--clients)")
     if algo == "fedaux" and algo_config.pretrain_steps > 0 and data.dataset == "shakespeare":
         raise UserError("--aux-pretrain-steps: rotation pre-training needs images; use 0 with --dataset shakespeare")
     info = dataset_info(data)
@@ -821,7 +828,7 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
 
 def run(ns: dict[str, Any]) -> int:
     from flatfl import checkpoint as ckpt
-    from flatfl.rundir import recover
+    from flatfl.rundir import settle
     from flatfl.trainer import prepare_out, train
 
     if "resume" in ns:
@@ -830,14 +837,14 @@ def run(ns: dict[str, Any]) -> int:
             raise UserError("--out: give only --resume DIR to continue a run (DIR is where it is written)")
         if "overwrite" in ns:
             raise UserError("--overwrite: cannot be combined with --resume")
-        prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 alone touches the directory
-            for note in recover(Path(out)):  # an interrupted --overwrite undone before run.json is read
+            for note in settle(Path(out)):  # an interrupted --overwrite finished or undone before run.json is read
                 print(f"{out}: {note}")
+        prepare_out(Path(out), resume=True, overwrite=False)  # clear errors for a missing run
         info = ckpt.read_run_json(out)
         cfg = RunConfig.from_dict(info["config"])
         _check_resume_flags(ns, cfg, Path(out) / ckpt.RUN_JSON)
-        storage = storage_from_args(ns, StorageConfig.from_dict(info.get("storage")))
+        storage = storage_from_args(ns, StorageConfig.from_dict(info.get("storage")), ns.get("rounds", cfg.rounds))
         if "rounds" in ns:
             cfg = replace(cfg, rounds=ns["rounds"])
         if "data_root" in ns:  # the data moved: same experiment
@@ -845,7 +852,7 @@ def run(ns: dict[str, Any]) -> int:
         resume = True
     else:
         cfg = config_from_args(ns)
-        storage = storage_from_args(ns, StorageConfig())
+        storage = storage_from_args(ns, StorageConfig(), cfg.rounds)
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
     try:

@@ -122,6 +122,7 @@ class RunRecorder(Strategy):
         then not used and ``num_rounds`` is the total."""
         out = self.out
         rd = rundir.RunDir(out)
+        rundir.settle(out)  # an interrupted --overwrite finished or undone before the checks
         prepare_out(out, resume=resume, overwrite=self.overwrite and not resume)
         rd.open(create=not resume)
         ok = False

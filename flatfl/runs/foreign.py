@@ -31,8 +31,10 @@ from torch import nn
 from flatfl.analysis.operators import ModelLoss
 from flatfl.errors import UserError
 from flatfl.runs.problem import DTYPES, Problem, from_tensors, subset
+from flatfl.statedict import first_nonfinite
 
 TV_SPLITS = ("train", "test")
+MAX_SAMPLES = 10**9  # --data read into memory: a Dataset claiming more is refused before a batch is read
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,26 @@ class ForeignSpec:
         return Path(self.weights).stem if self.weights else self.model.replace(":", "-").replace(".", "-")
 
 
+def user_code(flag: str, spec: str, fn: Callable[..., Any], *args: Any, doing: str = "", **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, the user's code: whatever it raises -- or a ``sys.exit`` it calls -- is one line
+    naming the flag, the factory and the exception (``--data task:make raised KeyError('missing')``); the
+    user's traceback stays chained for ``flatfl --debug``. A ``UserError`` (flatfl's own check) passes through."""
+    what = " ".join(s for s in (flag, spec) if s) + (f" ({doing})" if doing else "")
+    try:
+        return fn(*args, **kwargs)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except SystemExit as exc:
+        raise UserError(
+            f"{what} called sys.exit({exc.code!r}); a factory must return its object, not end the program"
+        ) from exc
+    except MemoryError as exc:
+        raise UserError(f"{what} ran out of memory (MemoryError); give it less data") from exc
+    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything: one line, traceback with --debug
+        text = repr(exc)
+        raise UserError(f"{what} raised {text if len(text) <= 300 else text[:300] + '...'}") from exc
+
+
 def load_object(spec: str, flag: str) -> Any:
     """``MODULE:NAME`` imported (the current folder first, as ``python -m`` does)."""
     module, _, name = spec.partition(":")
@@ -61,10 +83,20 @@ def load_object(spec: str, flag: str) -> Any:
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
+        if exc.name is None or not module.startswith(exc.name.split(".")[0]):
+            raise UserError(f"{flag} {spec}: importing {module} raised {exc!r}") from exc  # an import inside it
         raise UserError(f"{flag} {spec}: cannot import {module} ({exc}); run from its folder or install it") from None
+    except (KeyboardInterrupt, UserError):
+        raise
+    except BaseException as exc:  # SyntaxError, an error at import time, sys.exit in the module
+        user_code(flag, spec, _reraise, exc, doing=f"importing {module}")
     if not hasattr(mod, name):
         raise UserError(f"{flag} {spec}: module {module} has no {name}")
     return getattr(mod, name)
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def build(spec: ForeignSpec) -> nn.Module:
@@ -88,10 +120,14 @@ def call_factory(spec: str, kwargs: dict[str, Any], flag: str) -> nn.Module:
     """``MODULE:FACTORY(**kwargs)``, checked: one line when the call fails on its arguments or does not
     return a torch.nn.Module."""
     factory = load_object(spec, flag)
+    if not callable(factory):
+        raise UserError(f"{flag} {spec}: is a {type(factory).__name__}, not a function returning a torch.nn.Module")
     try:
-        model = factory(**kwargs)
-    except TypeError as exc:
-        raise UserError(f"{flag} {spec}: calling it with {kwargs or 'no arguments'} failed ({exc})") from None
+        model = user_code(flag, spec, factory, **kwargs)
+    except UserError as exc:
+        if isinstance(exc.__cause__, TypeError) and kwargs:
+            raise UserError(f"{flag} {spec}: calling it with {kwargs} failed ({exc.__cause__})") from exc.__cause__
+        raise
     if not isinstance(model, nn.Module):
         raise UserError(f"{flag} {spec}: returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -127,6 +163,11 @@ def load_weights(model: nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise UserError(f"--weights: {path} does not fit --model ({first[:200]})") from None
+    bad = first_nonfinite(model.state_dict())
+    if bad is not None:
+        raise UserError(
+            f"--weights: {path}: tensor {bad} holds NaN or Inf; a diverged model has no landscape to measure"
+        )
 
 
 def _torchvision_datasets() -> dict[str, type]:
@@ -182,6 +223,8 @@ def data_source(spec: str, flag: str = "--data") -> Any:
         from flatfl.config import DataConfig
         from flatfl.data import load_dataset
 
+        if rest not in ("", *TV_SPLITS):
+            raise UserError(f"{flag} {spec}: digits has the splits train and test, not {rest!r} (e.g. digits:test)")
         ds = load_dataset(DataConfig(dataset="digits"))
         part = ds.train if (rest or "train") == "train" else ds.test
         return part.x, part.y
@@ -189,17 +232,28 @@ def data_source(spec: str, flag: str = "--data") -> Any:
         root, _, split = rest.partition(":")
         return _torchvision_dataset(head, root, split or "train")
     made = load_object(spec, flag)
-    return made() if callable(made) and not isinstance(made, torch.utils.data.Dataset) else made
+    if callable(made) and not isinstance(made, torch.utils.data.Dataset):
+        made = user_code(flag, spec, made)
+    if made is None:
+        raise UserError(f"{flag} {spec}: gave None, not a DataLoader, a Dataset or (x, y) tensors")
+    return made
 
 
-def _tensors_of(source: Any, batch_size: int) -> tuple[tuple[Any, Any] | None, Any]:
+def _tensors_of(source: Any, batch_size: int, spec: str = "") -> tuple[tuple[Any, Any] | None, Any]:
     """((x, y) tensors when the data are image-style pairs -- sub-sampling, --samples auto and torchrun shards
     then work as for flatfl's own runs -- else None, and the data as read, to be used instead of ``source``)."""
     if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
         return (source[0], source[1]), source
     if isinstance(source, torch.utils.data.Dataset):
+        n = user_code("--data", spec, len, source, doing="its __len__") if hasattr(source, "__len__") else None
+        if n is not None and not (isinstance(n, int) and 0 < n <= MAX_SAMPLES):
+            raise UserError(
+                f"--data {spec}: its Dataset's __len__ is {n!r}; flatfl reads the data into memory: "
+                f"1 to {MAX_SAMPLES:,} samples"
+            )
         source = torch.utils.data.DataLoader(source, batch_size=batch_size, shuffle=False)
-    batches = list(source)  # read once: a generator cannot be read again, a loader need not be
+    batches = user_code("--data", spec, list, source, doing="reading its batches")  # read once: a generator cannot
+    # be read again, a loader need not be
     if not batches:
         raise UserError("--data: the data yielded no batches")
     pair = lambda b: isinstance(b, (tuple, list)) and len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b)  # noqa: E731
@@ -210,7 +264,7 @@ def _tensors_of(source: Any, batch_size: int) -> tuple[tuple[Any, Any] | None, A
 
 def data_pair(spec: str, batch_size: int, flag: str = "--data") -> tuple[torch.Tensor, torch.Tensor]:
     """The (x, y) tensors of a data name (see :func:`data_source`); one line when its batches are not pairs."""
-    pair, _ = _tensors_of(data_source(spec, flag), batch_size)
+    pair, _ = _tensors_of(data_source(spec, flag), batch_size, spec)
     if pair is None:
         raise UserError(f"{flag} {spec}: its batches are not (x, y) pairs of tensors; a run's data must be")
     return pair
@@ -237,6 +291,8 @@ def of_foreign(spec: ForeignSpec, settings: Any, log: Callable[[str], None] = la
     if spec.weights:
         load_weights(model, Path(spec.weights))
         digest = file_digest(Path(spec.weights))
+    elif (bad := first_nonfinite(model.state_dict())) is not None:
+        raise UserError(f"--model {spec.model}: its weights hold NaN or Inf in {bad}; nothing to measure")
     model.eval()
     source = {
         "model": spec.model,
@@ -249,7 +305,7 @@ def of_foreign(spec: ForeignSpec, settings: Any, log: Callable[[str], None] = la
     data = data_source(spec.data)
     pair = None
     if not spec.forward:
-        pair, data = _tensors_of(data, settings.batch_size)
+        pair, data = _tensors_of(data, settings.batch_size, spec.data)
     if pair is not None:
         x, y, info = subset(pair[0], pair[1], settings.samples, settings.seed)
         source["data"].update(info)

@@ -167,6 +167,9 @@ def from_tensors(
     **extra: Any,
 ) -> Problem:
     """A problem over (x, y) tensors: ``--samples auto`` applied, sharded under torchrun."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        i = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0]) if x.dim() > 1 else 0
+        raise UserError(f"--data {settings.data}: sample {i} of the selection holds NaN or Inf; the loss is not finite")
     check_model_takes(model, x, y, source)
     if settings.samples_auto:
         x, y, auto = auto_subset(model, x, y, settings, log)

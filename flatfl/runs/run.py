@@ -21,7 +21,9 @@ from flatfl.config import DataConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import UserError
 from flatfl.models import build_model
+from flatfl.rundir import settle
 from flatfl.statedict import StateDict, first_nonfinite
+from flatfl.validate import check_dtypes, parameter_dtypes
 
 
 @dataclass
@@ -36,12 +38,14 @@ class Run:
         """Opens the run directory ``path``: reads and checks its ``run.json`` (a one-line error if it is missing
         or damaged). Nothing else is read until asked for."""
         path = Path(path)
+        settle(path)  # an interrupted --overwrite finished or undone first
         return cls(path, ckpt.read_run_json(path))
 
     @classmethod
     def of_checkpoint(cls, file: str | Path) -> tuple[Run, int]:
         """The run a ``round_NNNN.safetensors`` belongs to (its directory) and the round."""
         file = Path(file)
+        settle(file.parent)
         if not (file.parent / ckpt.RUN_JSON).is_file():
             raise UserError(f"{file}: no run.json beside it in {file.parent}; it cannot be rebuilt")
         run = cls.open(file.parent)
@@ -72,6 +76,7 @@ class Run:
         refused in one line when the file belongs to another run or holds NaN or Inf."""
         path = ckpt.round_path(self.path, round)
         state, _ = ckpt.load_round(path, self.identity)
+        state = check_dtypes(path, state, parameter_dtypes(self.info))
         bad = first_nonfinite(state)
         if bad is not None:
             raise UserError(f"{path}: tensor {bad} holds NaN or Inf; a diverged model has no landscape to measure")
@@ -97,8 +102,10 @@ class Run:
     def model(self, round: int, device: str | torch.device = "cpu") -> nn.Module:
         """An ``nn.Module`` of the run's architecture with the global weights of ``round``, on ``device``."""
         net = self.build()
+        path = ckpt.round_path(self.path, round)
+        state = check_dtypes(path, self.global_state(round), {k: v.dtype for k, v in net.state_dict().items()})
         try:
-            net.load_state_dict(self.global_state(round))
+            net.load_state_dict(state)
         except RuntimeError as exc:
             raise UserError(
                 f"{ckpt.round_path(self.path, round)}: tensors do not fit model {self.info['model']['name']} "
@@ -142,7 +149,9 @@ class Run:
         path = ckpt.clients_path(self.path, round)
         if not path.is_file():
             raise UserError(f"{path}: missing; train with --save-clients to keep client models")
-        return ckpt.load_clients(path)
+        sent, returned, info = ckpt.load_clients(path)
+        want = parameter_dtypes(self.info)
+        return [check_dtypes(path, s, want) for s in sent], [check_dtypes(path, r, want) for r in returned], info
 
     def metrics(self) -> list[dict[str, Any]]:
         """``metrics.jsonl`` as a list of dicts, one per round (test loss and accuracy, mean client training

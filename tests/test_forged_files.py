@@ -1,0 +1,205 @@
+"""Edited or forged run files are refused, not used: one line naming the file and the field, tensor or index,
+exit 2, and every file left as it was -- on each reader (landscape, report) and on --resume.
+
+The SHA-256 digests in run.json catch an edit; these forgeries also fix the digest (or drop it, as runs
+from before it), so only the structural checks of ``flatfl.validate`` can catch them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from flatfl import checkpoint as ckpt
+from flatfl.config import identity_of
+from tests.conftest import TINY
+
+ROUNDS = 2
+LANDSCAPE = ["--samples", "20", "--surface", "1d", "--grid", "2"]
+REPORT = ["--samples", "20", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0"]
+REPORT += ["--grid", "2", "--no-spread", "--no-match", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("forged") / "run"
+    assert main(["train", *TINY, "--rounds", str(ROUNDS), "--out", str(out)]) == 0
+    return out
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".flatfl.lock"}
+
+
+def _refused(cli, run: Path, reader: str, *needles: str, tmp: Path) -> str:
+    before = _files(run)
+    args = {
+        "landscape": ["landscape", "--ckpt", ckpt.round_path(run, ROUNDS), *LANDSCAPE, "--out", tmp / "l"],
+        "client": ["landscape", "--ckpt", ckpt.round_path(run, ROUNDS), *LANDSCAPE, "--data", "client:0"],
+        "resume": ["train", "--resume", run, "--rounds", str(ROUNDS + 1)],
+        "report": ["report", run, "--out", tmp / "r", *REPORT],
+    }[reader]
+    code, out, err = cli(*args)
+    assert code == 2, (out, err)
+    assert err.startswith("flatfl: error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert _files(run) == before
+    return err
+
+
+# -- partition.json: edited, with run.json's digest made to match ---------------------------------------------------
+def _forge_partition(run: Path, edit: Callable[[dict], None], digest: bool = True) -> None:
+    obj = json.loads((run / ckpt.PARTITION_JSON).read_text())
+    edit(obj)
+    raw = ckpt.partition_json_bytes(obj)
+    (run / ckpt.PARTITION_JSON).write_bytes(raw)
+    info = json.loads((run / ckpt.RUN_JSON).read_text())
+    if digest:
+        info["partition_sha256"] = ckpt.sha256_hex(raw)
+    else:  # a run from before the digest was recorded
+        info.pop("partition_sha256")
+    (run / ckpt.RUN_JSON).write_text(json.dumps(info))
+
+
+def _set(client: int, pos: int, value: int) -> Callable[[dict], None]:
+    def edit(obj: dict) -> None:
+        obj["clients"][client][pos] = value
+
+    return edit
+
+
+def _share(obj: dict) -> None:  # client 1's first index replaced by client 0's: sizes unchanged
+    obj["clients"][1][0] = obj["clients"][0][0]
+
+
+PARTITIONS = {
+    "index out of range": (_set(0, 0, 10**6), True, "client", ["client 0 holds index 1000000", "outside"]),
+    "out of range, no digest": (_set(0, 0, 10**6), False, "client", ["client 0 holds index 1000000"]),
+    "negative index": (_set(0, 0, -1), True, "resume", ["client 0 holds index -1"]),
+    "index of two clients": (_share, True, "resume", ["held by both client 0 and client 1"]),
+    "float index": (_set(2, 1, 1.5), True, "client", ["client 2 holds 1.5, not an integer"]),
+    "a client dropped": (lambda o: o["clients"].pop(), True, "resume", ["num_clients is 6"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PARTITIONS))
+def test_forged_partition_is_refused(base, cli, tmp_path, case):
+    edit, digest, reader, needles = PARTITIONS[case]
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _forge_partition(run, edit, digest)
+    _refused(cli, run, reader, "partition.json", *needles, tmp=tmp_path)
+
+
+# -- run.json: config edited (alone, with its identity recomputed, or together with model) --------------------------
+def _edit_run_json(run: Path, edit: Callable[[dict], None], identity: bool = False) -> None:
+    info = json.loads((run / ckpt.RUN_JSON).read_text())
+    edit(info)
+    if identity:
+        info["identity"] = identity_of(info["config"])
+    (run / ckpt.RUN_JSON).write_text(json.dumps(info))
+
+
+def _lr(v):
+    def edit(info: dict) -> None:
+        info["config"]["local"]["lr"] = v
+
+    return edit
+
+
+def _split_seed(info: dict) -> None:
+    info["config"]["data"]["split_seed"] = 1
+
+
+def _model_kwargs(info: dict) -> None:
+    info["config"]["model_kwargs"]["num_classes"] = 11
+    info["model"]["kwargs"]["num_classes"] = 11
+
+
+def _model_only(info: dict) -> None:
+    info["model"]["name"] = "cnn"
+
+
+def _per_round(info: dict) -> None:
+    info["clients_per_round"] = 5
+
+
+RUN_JSONS = {
+    "lr edited": (_lr(0.5), False, "resume", ["config.local.lr is 0.5", "round_0000.safetensors was trained with"]),
+    "lr edited, digest fixed": (_lr(0.5), True, "resume", ["config.local.lr is 0.5", "trained with 0.05"]),
+    "lr text": (_lr("0.05"), False, "landscape", ["config.local.lr is '0.05', not a finite number"]),
+    "lr nan": (_lr(float("nan")), True, "landscape", ["config.local.lr is nan, not a finite number"]),
+    "split_seed": (_split_seed, True, "landscape", ["config.data.split_seed is 1", "trained with 0"]),
+    "model kwargs": (_model_kwargs, True, "resume", ["config.model_kwargs.num_classes is 11", "trained with 10"]),
+    "model record": (_model_only, False, "landscape", ["model.name is 'cnn', its config says 'smallcnn'"]),
+    "clients_per_round": (_per_round, False, "landscape", ["clients_per_round is 5", "gives 3"]),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_JSONS))
+def test_edited_run_json_is_refused_naming_the_field(base, cli, tmp_path, case):
+    edit, identity, reader, needles = RUN_JSONS[case]
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _edit_run_json(run, edit, identity)
+    err = _refused(cli, run, reader, "run.json", *needles, tmp=tmp_path)
+    assert "--overwrite" not in err and "same command again" not in err
+
+
+def test_round_metadata_edited_names_the_round_file(base, cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    path = ckpt.round_path(run, 1)
+    tensors, meta = ckpt.load_tensors(path)
+    meta["config"]["local"]["lr"] = 0.5
+    ckpt.save_tensors(path, tensors, meta)
+    needle = "config.local.lr is 0.5, run.json says 0.05"
+    _refused(cli, run, "landscape", "round_0001.safetensors", needle, tmp=tmp_path)
+
+
+def test_metrics_round_twice_with_different_values_refused_by_report(base, cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    lines = (run / ckpt.METRICS_FILE).read_text().splitlines(keepends=True)
+    other = json.loads(lines[1]) | {"test_acc": 0.99}
+    (run / ckpt.METRICS_FILE).write_text("".join([*lines[:2], json.dumps(other) + "\n", *lines[2:]]))
+    _refused(cli, run, "report", "metrics.jsonl: round 1 is out of order or recorded twice", tmp=tmp_path)
+    _refused(cli, run, "resume", "metrics.jsonl: round 1 is out of order or recorded twice", tmp=tmp_path)
+
+
+# -- tensors of the wrong kind ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.float16])
+@pytest.mark.parametrize("reader", ["landscape", "resume", "report"])
+def test_round_file_of_the_wrong_dtype_is_refused(base, cli, tmp_path, dtype, reader):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    path = ckpt.round_path(run, ROUNDS)
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, {k: v.to(dtype) for k, v in tensors.items()}, meta)
+    name = str(dtype).removeprefix("torch.")
+    _refused(cli, run, reader, f"round_000{ROUNDS}.safetensors: tensor conv1.weight is {name}", "float32", tmp=tmp_path)
+
+
+def test_float64_round_file_converts_exactly_and_is_accepted(base, tmp_path):
+    from flatfl.runs.run import Run
+
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    path = ckpt.round_path(run, ROUNDS)
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, {k: v.double() for k, v in tensors.items()}, meta)
+    model = Run.open(run).model(ROUNDS)
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, tensors[k]), k
+    inexact = {k: v.double() + 1e-12 for k, v in tensors.items()}  # not representable in float32
+    ckpt.save_tensors(path, inexact, meta)
+    with pytest.raises(Exception, match="is float64"):
+        Run.open(run).model(ROUNDS)
