@@ -30,7 +30,8 @@ from flatfl.config import canonical_json, identity_of
 from flatfl.errors import UserError
 from flatfl.statedict import StateDict
 
-NUMBERS = ("lr", "momentum", "weight_decay", "batch_size", "epochs")  # config.local's numbers (other keys: free)
+# config.local's numbers (other keys: free); batch_size may also be "full" (one batch of all the client's data)
+NUMBERS = ("lr", "momentum", "weight_decay", "batch_size", "epochs", "rho", "eta")
 EDITED = "the file was edited or forged after the run wrote it; restore it from a copy (nothing was changed)"
 
 
@@ -102,6 +103,8 @@ def _check_numbers(path: Path, config: dict[str, Any]) -> None:
     if "frac" in config:
         fields.append(("config.frac", config["frac"]))
     for name, v in fields:
+        if name == "config.local.batch_size" and v == "full":
+            continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise UserError(f"{path}: {name} is {v!r}, not a finite number; {EDITED}")
 
