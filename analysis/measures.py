@@ -69,7 +69,7 @@ def layer_curvature(
     """λmax and trace of each layer's diagonal block of the curvature, H_l = H[I_l, I_l], where I_l are the
     indices of one parameter tensor (``group="parameter"``) or of one module's own parameters (``"module"``).
     H_l is the operator v -> (H pad(v))[I_l] (:class:`~flatfl.analysis.curvatures.BlockOperator`) fed to the
-    same Lanczos (accuracy ``tol`` relative to |λmax|) and trace estimators as the whole matrix: a block of at
+    same Lanczos (accuracy ``tol`` relative to ``|λmax|``) and trace estimators as the whole matrix: a block of at
     most ``num_matvecs`` parameters has its trace exactly (its diagonal from the unit vectors, stderr 0), a
     larger one by :func:`~flatfl.analysis.trace.adaptive_trace` with ``num_matvecs`` products. The blocks
     show where the curvature sits (e.g. Sankar et al., "A Deeper Look at the Hessian Eigenspectrum of Deep
