@@ -53,13 +53,25 @@ class LocalConfig:
     ``utils/options.py``). The paper states momentum 0.9, with which FedMut diverged on real
     CIFAR-10 (README "Paper vs reference code"); ``--preset paper`` or ``--momentum 0.9`` gives it.
     A fresh optimiser is made for every client in every round (no momentum carried over).
+
+    ``batch_size="full"``: one minibatch of all the client's data per epoch (full-batch gradient
+    descent). ``opt`` perturbs each step's gradient point (``flatfl.algorithms.step``): "sgd" none,
+    "sam" (Foret et al. 2021) and "asam" (Kwon et al. 2021) with radius ``rho`` (ASAM also ``eta``);
+    "lesam" is FedLESAM's server-estimated perturbation (set by ``--algo fedlesam``). ``rho``/``eta``
+    are None where they do not apply; all three are left out of the dict at their defaults, so an
+    SGD run's config (and identity) is what it was before they existed.
     """
 
     lr: float = 0.01
     momentum: float = 0.5
-    batch_size: int = 50
+    batch_size: int | str = 50
     epochs: int = 5
     weight_decay: float = 0.0
+    opt: str = "sgd"
+    rho: float | None = None
+    eta: float | None = None
+
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("opt", "rho", "eta")
 
 
 @dataclass(frozen=True)

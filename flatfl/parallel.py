@@ -2,10 +2,11 @@
 
 Small models (the CNNs, the LSTM) leave a GPU mostly idle when clients train one after another.
 Here the k clients of a group keep their parameters stacked along a new leading dimension and
-take their SGD steps in lockstep: step s evaluates ``vmap(grad(loss))`` over the clients' s-th
-minibatches in one batched call, then applies every client's own SGD update (momentum, weight
-decay as ``torch.optim.SGD``: g += wd * w; b = g on the first step, b = m b + g after;
-w -= lr * b).
+take their steps in lockstep: step s evaluates ``vmap(grad(loss))`` over the clients' s-th
+minibatches in one batched call, then applies every client's own update by the round's
+:class:`flatfl.algorithms.step.LocalStep`, the rule sequential training runs: the perturbation
+(SAM, ASAM: ``vmap`` of the same function, so each client's norm is its own; then a second batched
+gradient at w + e), the descent direction and ``sgd_direction``, torch.optim.SGD's update.
 
 Each client's minibatches come from ``flatfl.local.minibatches`` with its own generator, as in
 ``local_sgd`` (a permutation per epoch, then augmentation per minibatch), so they are the same;
@@ -19,7 +20,8 @@ fused RNN: ``smallcnn``, ``cnn``, ``resnet18 --norm group``; not ``resnet18`` (B
 ``vgg16`` (BatchNorm, dropout) nor ``lstm`` -- PyTorch has no vmap batching rule for its fused
 LSTM kernel and runs it client by client through a slow fallback (measured on CPU: 2.7x slower
 than sequential training), so LSTM rounds train sequentially. Rounds whose clients have a local term (FedProx's proximal
-term, SCAFFOLD's correction, FedGen's regulariser) train sequentially.
+term, SCAFFOLD's correction, FedGen's regulariser) train sequentially, and so do clients whose
+steps follow different rules.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from flatfl import seeding
 from flatfl.algorithms.base import ClientJob, ClientUpdate
+from flatfl.algorithms.step import sgd_direction
 from flatfl.errors import DivergenceError
-from flatfl.local import minibatches
+from flatfl.local import batch_rows, minibatches
 
 
 class ClientPool(Protocol):
@@ -71,12 +74,18 @@ def auto_parallel_clients(device: torch.device, clients_per_round: int) -> int:
 
 
 def parallel_eligible(sim: ClientPool, jobs: Sequence[ClientJob]) -> bool:
-    return len(jobs) > 1 and all(j.local_term is None for j in jobs) and model_qualifies(sim.model)
+    """Several jobs, none with a local term, all with one step rule (``job.step``, resolved), a model that qualifies."""
+    return (
+        len(jobs) > 1
+        and all(j.local_term is None and j.step is not None and j.step is jobs[0].step for j in jobs)
+        and model_qualifies(sim.model)
+    )
 
 
 def train_parallel(sim: ClientPool, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
     """Local SGD of every job at once (see the module docstring); updates in job order."""
-    cfg, model = sim.cfg.local, sim.model
+    cfg, model, step = sim.cfg.local, sim.model, jobs[0].step
+    assert step is not None and all(j.step is step for j in jobs)
     names = [n for n, _ in model.named_parameters()]
     k = len(jobs)
     params = {n: torch.stack([j.state[n] for j in jobs]).detach() for n in names}
@@ -92,13 +101,14 @@ def train_parallel(sim: ClientPool, round: int, jobs: Sequence[ClientJob]) -> li
         )
     steps = [len(s) for s in schedules]
     x0 = sim.client_x[jobs[0].client]
-    B = cfg.batch_size
+    B = max(batch_rows(cfg.batch_size, len(sim.client_y[j.client])) for j in jobs)
 
     def loss_fn(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none")
         return (ce * m).sum() / m.sum().clamp_min(1.0)
 
     step_fn = vmap(grad_and_value(loss_fn))
+    pert = step.perturbation
     was_training = model.training
     model.train()
     loss_sum = torch.zeros(k, dtype=torch.float64, device=x0.device)
@@ -114,18 +124,24 @@ def train_parallel(sim: ClientPool, round: int, jobs: Sequence[ClientJob]) -> li
                 if s < len(sched):
                     xb, yb = sched[s]
                     X[i, : len(yb)], Y[i, : len(yb)], M[i, : len(yb)] = xb, yb, 1.0
-            grads, losses = step_fn(params, X, Y, M)
+            if pert is not None and not pert.needs_gradient:  # FedLESAM: one pass, at w + e
+                grads, losses = step_fn({n: params[n] + pert.fixed[n] for n in names}, X, Y, M)  # type: ignore[index]
+            else:
+                grads, losses = step_fn(params, X, Y, M)
+                if pert is not None:  # SAM, ASAM: each client's e from its own gradient, then the gradient at w + e
+                    e = vmap(pert)(params, grads)
+                    grads, _ = step_fn({n: params[n] + e[n] for n in names}, X, Y, M)
             if s == 0:
                 first = losses.detach().double()  # each client's sent model on its first minibatch
             loss_sum += torch.where(active, losses.double(), 0.0)
+            grads = step.descent(grads)  # elementwise: broadcasts over the stacked clients
             for n in names:
-                p, g = params[n], grads[n]
-                if cfg.weight_decay:
-                    g = g + cfg.weight_decay * p
-                if cfg.momentum:
-                    g = g if s == 0 else cfg.momentum * bufs[n] + g
-                    bufs[n] = torch.where(active.view(-1, *[1] * (p.ndim - 1)), g, bufs.get(n, g))
-                params[n] = torch.where(active.view(-1, *[1] * (p.ndim - 1)), p - cfg.lr * g, p)
+                p = params[n]
+                keep = active.view(-1, *[1] * (p.ndim - 1))
+                d, buf = sgd_direction(grads[n], p, bufs.get(n), step.momentum, step.dampening, step.weight_decay)
+                if buf is not None:
+                    bufs[n] = torch.where(keep, buf, bufs.get(n, buf))
+                params[n] = torch.where(keep, p.add(d, alpha=-step.lr), p)
     finally:
         model.train(was_training)
     mean_loss = (loss_sum / torch.tensor(steps, device=x0.device).clamp_min(1)).tolist()
@@ -143,7 +159,14 @@ def train_parallel(sim: ClientPool, round: int, jobs: Sequence[ClientJob]) -> li
             sim.on_client_done(j.slot, j.client)
         out.append(
             ClientUpdate(
-                j.client, len(sim.client_y[j.client]), state, mean_loss[i], steps[i], cfg.lr, cfg.momentum, sent_loss[i]
+                j.client,
+                len(sim.client_y[j.client]),
+                state,
+                mean_loss[i],
+                steps[i],
+                step.lr,
+                step.momentum,
+                sent_loss[i],
             )
         )
     return out

@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from flatfl import checkpoint as ckpt
 from flatfl import diagnostics, distributed, rundir, seeding
 from flatfl.algorithms import get_algorithm
 from flatfl.algorithms.base import ClientJob, ClientUpdate, FederatedAlgorithm, LocalTerm, SequentialTraining
+from flatfl.algorithms.step import LocalStep
 from flatfl.config import DataConfig, RunConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import DivergenceError, UserError
@@ -174,6 +175,7 @@ class Simulation(SequentialTraining):
             num_clients=cfg.data.num_clients,
             client_sizes=[len(p) for p in parts],
             client_label_counts=label_counts(parts, data.train.y.numpy(), data.num_classes),
+            local=cfg.local,
         )
         self.on_client_done: Callable[[int, int], None] | None = None
         self._server_x: torch.Tensor | None = None
@@ -219,6 +221,8 @@ class Simulation(SequentialTraining):
         return [ClientUpdate(f[0], f[1], st, *f[2:]) for f, st in zip(fields, states)]
 
     def _train_here(self, round: int, jobs: list[ClientJob]) -> list[ClientUpdate]:
+        jobs = [j if j.step is not None else replace(j, step=self.algorithm.local_step(round, j.client, j.state))
+                for j in jobs]  # fmt: skip
         if self.parallel_clients > 1:
             from flatfl.parallel import parallel_eligible, train_parallel
 
@@ -230,8 +234,17 @@ class Simulation(SequentialTraining):
         return super().train_clients(round, jobs)  # one client after another
 
     def train_client(
-        self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
+        self,
+        round: int,
+        slot: int,
+        client: int,
+        state: StateDict,
+        local_term: LocalTerm | None = None,
+        step: LocalStep | None = None,
     ) -> ClientUpdate:
+        """Client ``client``'s local training of ``round`` from ``state`` (``step``: the rule of its
+        minibatch steps, default the algorithm's ``local_step``)."""
+        step = step if step is not None else self.algorithm.local_step(round, client, state)
         self.model.load_state_dict(state)
         seed = seeding.derive_seed(self.cfg.seed, seeding.CLIENT, round, client)
         # dropout and other in-model randomness; torch.manual_seed would also queue a CUDA
@@ -250,6 +263,7 @@ class Simulation(SequentialTraining):
             local_term,
             self.augment,
             first,
+            step,
         )
         loss = float(loss_t)
         if not np.isfinite(loss):
@@ -262,8 +276,9 @@ class Simulation(SequentialTraining):
         if self.on_client_done is not None:
             self.on_client_done(slot, client)
         sent_loss = float(first[0]) if first else float("nan")
-        lc = self.cfg.local
-        return ClientUpdate(client, len(self.client_y[client]), new_state, loss, steps, lc.lr, lc.momentum, sent_loss)
+        return ClientUpdate(
+            client, len(self.client_y[client]), new_state, loss, steps, step.lr, step.momentum, sent_loss
+        )
 
     def server_data(self) -> torch.Tensor:
         """The server's unlabelled proxy inputs, on the device; built once per run: the held-out

@@ -4,23 +4,29 @@ One round t of every algorithm here is::
 
     sent_i   = dispatch(t, w_t, clients)              # what each sampled client receives
     w_i      = local training of client i from sent_i  # done by the trainer's Federation,
-               on loss + local_term(t, i, sent_i)      #   with an optional extra objective term
+               on loss + local_term(t, i, sent_i)      #   with an optional extra objective term,
+               by local_step(t, i, sent_i)'s rule      #   each minibatch step (SGD, SAM, ...)
     w_{t+1}  = aggregate(t, w_t, [w_i])                # new global model
     after_round(t, w_t, w_{t+1})                       # update the algorithm's own state
 
-FedAvg uses the defaults (send w_t to all, weighted mean). FedMut overrides ``dispatch``
-(mutants) and ``after_round`` (remember w_t). Algorithm state is explicit (``state_tensors``
+FedAvg uses the defaults (send w_t to all, weighted mean, ``--local-opt``'s step). FedMut overrides
+``dispatch`` (mutants) and ``after_round`` (remember w_t); FedSAM-style algorithms ``local_step``
+(:mod:`flatfl.algorithms.step`: the one minibatch step both the sequential and the stacked
+``flatfl.parallel`` paths run). Algorithm state is explicit (``state_tensors``
 / ``state_json``) and saved with every round, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from flatfl.algorithms.step import LocalStep
+from flatfl.config import LocalConfig
 from flatfl.statedict import StateDict, weighted_average
 
 if TYPE_CHECKING:
@@ -62,20 +68,28 @@ LocalTerm = Callable[[dict[str, "torch.Tensor"], LocalBatch], "torch.Tensor"]
 
 @dataclass(frozen=True)
 class ClientJob:
-    """One client's local training of a round: its slot, its id, the model it starts from and
-    the extra term of its objective."""
+    """One client's local training of a round: its slot, its id, the model it starts from, the
+    extra term of its objective and the rule of its minibatch steps (None: the algorithm's
+    ``local_step``)."""
 
     slot: int
     client: int
     state: StateDict
     local_term: LocalTerm | None = None
+    step: LocalStep | None = None
 
 
 class Federation(Protocol):
     """Runs local training; provided by the trainer (data, device, optimiser, seeds)."""
 
     def train_client(
-        self, round: int, slot: int, client: int, state: StateDict, local_term: LocalTerm | None = None
+        self,
+        round: int,
+        slot: int,
+        client: int,
+        state: StateDict,
+        local_term: LocalTerm | None = None,
+        step: LocalStep | None = None,
     ) -> ClientUpdate: ...
 
     def train_clients(self, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
@@ -100,7 +114,7 @@ class SequentialTraining:
     """Mixin for a ``Federation``: ``train_clients`` as one ``train_client`` after another."""
 
     def train_clients(self, round: int, jobs: Sequence[ClientJob]) -> list[ClientUpdate]:
-        return [self.train_client(round, j.slot, j.client, j.state, j.local_term) for j in jobs]  # type: ignore[attr-defined]
+        return [self.train_client(round, j.slot, j.client, j.state, j.local_term, j.step) for j in jobs]  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -118,6 +132,9 @@ class FederatedAlgorithm:
     # Name prefixes of per-client state tensors (``<prefix><client>[/<key>]``), saved incrementally
     # (flatfl.client_state): a client's entries may change only in a round it takes part in.
     client_state_prefixes: ClassVar[tuple[str, ...]] = ()
+    # The local optimizer the algorithm is defined with (FedSAM: "sam"), recorded as ``local.opt``;
+    # None: any of ``--local-opt`` (sgd, sam, asam).
+    local_opt: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -127,8 +144,13 @@ class FederatedAlgorithm:
         num_clients: int = 0,
         client_sizes: Sequence[int] | None = None,
         client_label_counts: Any = None,
+        local: LocalConfig | None = None,
     ) -> None:
         self.config = config
+        self.local = local if local is not None else LocalConfig()
+        if self.local_opt is not None and self.local.opt != self.local_opt:  # the algorithm's own optimizer
+            self.local = dataclasses.replace(self.local, opt=self.local_opt)
+        self._default_step = LocalStep.from_config(self.local)
         self.param_names = tuple(param_names)
         self.num_clients = num_clients
         self.client_sizes = None if client_sizes is None else list(client_sizes)
@@ -145,7 +167,7 @@ class FederatedAlgorithm:
     ) -> RoundOutput:
         sent = self.dispatch(round, global_state, clients, rng)
         jobs = [
-            ClientJob(slot, int(c), s, self.local_term(round, int(c), s))
+            ClientJob(slot, int(c), s, self.local_term(round, int(c), s), self.local_step(round, int(c), s))
             for slot, (c, s) in enumerate(zip(clients, sent))
         ]
         updates = federation.train_clients(round, jobs)
@@ -176,6 +198,13 @@ class FederatedAlgorithm:
     def local_term(self, round: int, client: int, sent: StateDict) -> LocalTerm | None:
         """An extra term of client ``client``'s local objective (default: none, plain local SGD)."""
         return None
+
+    def local_step(self, round: int, client: int, sent: StateDict) -> LocalStep:
+        """The rule of client ``client``'s minibatch steps in ``round`` (default: local SGD with
+        ``--local-opt``'s perturbation, the same object for every client of a run, so that stacked
+        training applies). An algorithm returns one object for all clients of a round whose steps
+        are the same (``flatfl.parallel`` stacks only clients sharing one)."""
+        return self._default_step
 
     def aggregate(self, round: int, global_state: StateDict, updates: list[ClientUpdate]) -> StateDict:
         """New global model: sample-weighted mean (``weighted``) or plain mean of the returns."""

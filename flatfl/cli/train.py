@@ -45,6 +45,9 @@ LOCAL_FLAGS = {
     "batch_size": "batch_size",
     "local_epochs": "epochs",
     "weight_decay": "weight_decay",
+    "local_opt": "opt",
+    "rho": "rho",
+    "eta": "eta",
 }
 RUN_FLAGS = ("algo", "model", "rounds", "frac", "seed", "save_clients", "eval_batch_size")
 ALGO_FLAGS = {
@@ -78,6 +81,10 @@ ALGO_FLAGS = {
     "score_l2": "score_l2",
     "dp_epsilon": "dp_epsilon",
     "dp_delta": "dp_delta",
+    "mo_alpha": "alpha",
+    "swa_start": "swa_start",
+    "swa_cycle": "swa_cycle",
+    "swa_lr": "swa_lr",
 }
 # Flags that may differ when resuming (runtime choices, or extending the run).
 RESUME_FREE = {
@@ -102,6 +109,10 @@ RESUME_FREE = {
 
 def _parallel_clients(text: str) -> int | str:
     return "auto" if text == "auto" else pos_int(text)
+
+
+def _batch_size(text: str) -> int | str:
+    return "full" if text == "full" else pos_int(text)
 
 
 def add_data_arguments(t: Any, training: bool = True) -> None:
@@ -279,10 +290,47 @@ def _model_arguments(t: Any, ld: Any) -> None:
         help="local SGD momentum, the same for every algorithm; the FedMut reference code's 0.5 (default), "
         f"the paper states 0.9, with which FedMut diverged on real CIFAR-10 {default(ld, 'momentum')}",
     )
-    g.add_argument("--batch-size", type=pos_int, metavar="B", help=f"local minibatch size {default(ld, 'batch_size')}")
+    g.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        metavar="B",
+        help="local minibatch size, or 'full': one batch of all the client's data per epoch (full-batch gradient "
+        f"descent) {default(ld, 'batch_size')}",
+    )
     g.add_argument("--local-epochs", type=pos_int, metavar="E", help=f"local epochs per round {default(ld, 'epochs')}")
     g.add_argument(
         "--weight-decay", type=nonneg_float, metavar="WD", help=f"local SGD weight decay {default(ld, 'weight_decay')}"
+    )
+    _local_opt_arguments(g)
+
+
+def _local_opt_arguments(g: Any) -> None:
+    """The local step's perturbation (SAM family) and the centralised shorthand."""
+    from flatfl.algorithms.step import DEFAULT_ETA, DEFAULT_RHO, LOCAL_OPTS
+
+    g.add_argument(
+        "--local-opt",
+        choices=list(LOCAL_OPTS),
+        help="each local step, for any --algo: sgd; sam: the gradient taken at w + rho g/||g|| (Foret et al. 2021); "
+        "asam: at w + rho T^2 g/||T g||, T = |w| + eta (Kwon et al. 2021); then the SGD update (momentum, weight "
+        "decay) at w. Recorded in run.json as local.opt (default: sgd; fedsam/mofedsam: sam, fedasam: asam)",
+    )
+    g.add_argument(
+        "--rho",
+        type=nonneg_float,
+        metavar="RHO",
+        help=f"SAM/ASAM/FedLESAM perturbation radius; 0 = plain SGD steps (default: sam {DEFAULT_RHO['sam']}, "
+        f"asam {DEFAULT_RHO['asam']}, fedlesam {DEFAULT_RHO['lesam']})",
+    )
+    g.add_argument(
+        "--eta", type=nonneg_float, metavar="ETA", help=f"ASAM: T = |w| + eta on weights (default: {DEFAULT_ETA})"
+    )
+    g.add_argument(
+        "--centralised",
+        action="store_true",
+        help="centralised training: one client holding the whole training set (--clients 1 --partition iid "
+        "--frac 1); contradicting data flags are refused. Full-batch gradient descent: --centralised --batch-size "
+        "full --local-epochs 1 --momentum 0 (each round one step on all the data)",
     )
 
 
@@ -372,8 +420,9 @@ def _baseline_arguments(g: Any) -> None:
         "--global-lr",
         type=pos_float,
         metavar="ETA_G",
-        help="SCAFFOLD: server step size, x += eta_g * mean(y_k - x) (default: 1.0)",
+        help="SCAFFOLD/MoFedSAM: server step size, x += eta_g * mean(y_k - x) (default: 1.0)",
     )
+    _sam_family_arguments(g)
 
     g.add_argument(
         "--similarity",
@@ -391,6 +440,36 @@ def _baseline_arguments(g: Any) -> None:
         "--grouping",
         choices=["random", "label"],
         help="FedCluster: clusters drawn at random or by each client's most frequent label (default: random)",
+    )
+
+
+def _sam_family_arguments(g: Any) -> None:
+    """MoFedSAM's momentum weight and FedSWA's schedule (--rho, --eta: the local step's flags)."""
+    g.add_argument(
+        "--mo-alpha",
+        type=unit,
+        metavar="ALPHA",
+        help="MoFedSAM: local direction alpha * SAM gradient + (1 - alpha) * server momentum (default: 0.1)",
+    )
+    g.add_argument(
+        "--swa-start",
+        type=nonneg_int,
+        metavar="S",
+        help="FedSWA: rounds after round S average the server model and cycle the clients' lr "
+        "(default: 75%% of --rounds)",
+    )
+    g.add_argument(
+        "--swa-cycle",
+        type=pos_int,
+        metavar="C",
+        help="FedSWA: cycle length in rounds; the SWA model collects the server model at each cycle's end "
+        "(default: 10)",
+    )
+    g.add_argument(
+        "--swa-lr",
+        type=pos_float,
+        metavar="LR",
+        help="FedSWA: the clients' lr at the end of a cycle; it falls linearly from --lr (default: 1e-4)",
     )
 
 
@@ -603,21 +682,23 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     from flatfl.data import dataset_info
     from flatfl.models import DEFAULT_MODEL, model_kwargs_for
 
-    ns = apply_preset(ns, DEFAULT_MODEL.get(ns.get("dataset", DataConfig.dataset)))
+    ns = apply_preset(_centralised(ns), DEFAULT_MODEL.get(ns.get("dataset", DataConfig.dataset)))
     data = replace(DataConfig(), **{f: ns[k] for k, f in DATA_FLAGS.items() if k in ns})
     if data.dataset == "shakespeare" and "partition" not in ns:
         data = replace(data, partition="natural")
     if "partition_file" in ns:
         data = _with_partition_file(data, ns)
-    local = replace(LocalConfig(), **{f: ns[k] for k, f in LOCAL_FLAGS.items() if k in ns})
     algo = ns.get("algo", "fedavg")
     algo_cls = get_algorithm(algo)
+    local = _local_config(ns, algo_cls)
     names = {f.name for f in fields(algo_cls.config_cls)}
     for k, f in ALGO_FLAGS.items():
         if k in ns and f not in names:
             owners = [n for n, c in ALGORITHMS.items() if f in {x.name for x in fields(c.config_cls)}]
             raise UserError(f"--{k.replace('_', '-')}: applies to --algo {'/'.join(owners)} only, not {algo}")
     algo_config = algo_cls.config_cls(**{f: ns[k] for k, f in ALGO_FLAGS.items() if k in ns})
+    if algo == "fedswa" and algo_config.swa_start is None:  # 75 % of the rounds, fixed for the run's life
+        algo_config = replace(algo_config, swa_start=int(0.75 * ns.get("rounds", RunConfig.rounds)))
     if algo in ("feddf", "fedaux") and algo_config.proxy_data != "holdout":
         from flatfl.data import DATASETS
 
@@ -649,6 +730,49 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
         **{k: ns[k] for k in RUN_FLAGS if k in ns and k not in ("algo", "model")},
     )
     return cfg
+
+
+CENTRALISED = {"clients": 1, "partition": "iid", "frac": 1.0}
+
+
+def _centralised(ns: dict[str, Any]) -> dict[str, Any]:
+    """``--centralised``: the flags of one client holding all the training data (``CENTRALISED``);
+    a flag given with another value, or one splitting data over clients, is refused."""
+    if not ns.get("centralised"):
+        return {k: v for k, v in ns.items() if k != "centralised"}
+    for k, v in CENTRALISED.items():
+        if k in ns and ns[k] != v:
+            raise UserError(f"--{k} {ns[k]}: --centralised trains one client on all the data (--{k} {v}); drop one")
+    for k in ("dirichlet", "shards", "min_size", "partition_file"):
+        if k in ns:
+            raise UserError(f"--{k.replace('_', '-')}: --centralised splits nothing; drop one of them")
+    return {k: v for k, v in ns.items() if k != "centralised"} | CENTRALISED
+
+
+def _local_config(ns: dict[str, Any], algo_cls: Any) -> LocalConfig:
+    """The local step's config: SGD flags, then the perturbation: ``--local-opt`` or the algorithm's own
+    (FedSAM: sam), with ``--rho``/``--eta`` where they apply (defaults in flatfl.algorithms.step)."""
+    from flatfl.algorithms.step import DEFAULT_ETA, DEFAULT_RHO
+
+    local = replace(LocalConfig(), **{f: ns[k] for k, f in LOCAL_FLAGS.items() if k in ns and k not in ("rho", "eta")})
+    own = algo_cls.local_opt
+    if own is not None and "local_opt" in ns and ns["local_opt"] != own:
+        raise UserError(
+            f"--local-opt {ns['local_opt']}: --algo {algo_cls.name} defines its local step ({own}); drop one"
+        )
+    opt = own or local.opt
+    if "rho" in ns and opt == "sgd":
+        raise UserError("--rho: applies to --local-opt sam/asam and --algo fedsam/fedasam/mofedsam/fedlesam, not sgd")
+    if "eta" in ns and opt != "asam":
+        raise UserError(f"--eta: applies to --local-opt asam (and --algo fedasam) only, not {opt}")
+    if opt == "sgd":
+        return replace(local, opt="sgd")
+    return replace(
+        local,
+        opt=opt,
+        rho=float(ns.get("rho", DEFAULT_RHO[opt])),
+        eta=float(ns.get("eta", DEFAULT_ETA)) if opt == "asam" else None,
+    )
 
 
 def _with_partition_file(data: DataConfig, ns: dict[str, Any]) -> DataConfig:
