@@ -32,6 +32,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,8 +111,9 @@ class Control:
 
 def controls(plan: Plan) -> list[Control]:
     """Controls 2-5 with this plan's sizes (control 1 is calibration_eos)."""
-    central = ("--dataset", "digits", "--clients", "1", "--partition", "iid", "--frac", "1", "--momentum", "0",
-               "--lr", "0.1", "--local-epochs", "1", "--rounds", str(plan.epochs))  # fmt: skip
+    one = ("--centralised",) if available("--centralised") else ("--clients", "1", "--partition", "iid", "--frac", "1")
+    central = ("--dataset", "digits", *one, "--momentum", "0", "--lr", "0.1", "--local-epochs", "1",
+               "--rounds", str(plan.epochs))  # fmt: skip
     small = Arm("SGD B=32", "central-b32", (*central, "--batch-size", "32"))
     large = Arm("SGD B=512", "central-b512", (*central, "--batch-size", "512"))
     sam = Arm("SAM B=32 ρ=0.05", "central-sam", (*small.flags, "--local-opt", "sam", "--rho", "0.05"), "--local-opt")
@@ -169,16 +171,15 @@ def train(argv: list[str], out: Path, rounds: int, reuse: bool, log) -> None:
     log(f"  trained {out.name} ({time.perf_counter() - t0:.0f} s)")
 
 
-def run_eos(plan: Plan, root: Path, reuse: bool, centralised: bool, log) -> list[EosResult]:
-    results = []
+def run_eos(plan: Plan, root: Path, reuse: bool, centralised: bool, log) -> Iterator[EosResult]:
+    """Train and measure each step size in turn (one seed in quick mode), yielding its result."""
     for st in plan.eos:
         series = []
         for seed in plan.seeds[: 1 if plan is QUICK else None]:
             out = root / f"eos-lr{st.lr:g}-s{seed}"
             train(train_args(st, seed, out, centralised), out, st.rounds, reuse, log)
             series.append(measure_series(out, st.late_from, log))
-        results.append(EosResult(st, tuple(series)))
-    return results
+        yield EosResult(st, tuple(series))
 
 
 def run_control(c: Control, plan: Plan, root: Path, reuse: bool, log) -> dict | None:
@@ -295,45 +296,55 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--root", type=Path, default=Path("checkpoints/calibration"), metavar="DIR")
     ap.add_argument("--out", type=Path, default=None, metavar="FILE", help="the table (default ROOT/calibration.md)")
     ap.add_argument("--seeds", type=_seeds, default=None, metavar="LIST", help="default 0,1,2 (quick: 0,1)")
-    ap.add_argument("--only", default="eos,batch,sam,fed", metavar="LIST", help="controls to run (default: all)")
+    ap.add_argument("--only", default="eos,fed,batch,sam", metavar="LIST", help="controls to run, in this order "
+                    "(default: eos,fed,batch,sam)")
     ap.add_argument("--reuse", action="store_true", help="keep finished runs already in ROOT (same flags assumed)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.seeds:
         plan = Plan(args.seeds, plan.eos, plan.epochs, plan.fed_rounds, plan.save_every, plan.report)
-    only = set(args.only.split(","))
+    only = [k for k in args.only.split(",") if k]
+    unknown = set(only) - {"eos", "batch", "sam", "fed"}
+    if unknown:
+        ap.error(f"--only: unknown control(s) {sorted(unknown)}; choose from eos, batch, sam, fed")
     root, t0 = args.root, time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    centralised = available("--centralised")
-    eos = []
-    if "eos" in only:
-        log("1. edge of stability")
-        eos = run_eos(plan, root, args.reuse, centralised, log)
-        figs = plot(eos, root / "eos")
-        log(f"  figure: {', '.join(map(str, figs))}")
-    done = []
-    for c in controls(plan):
-        if c.key in only:
-            log(c.title)
-            done.append((c, run_control(c, plan, root, args.reuse, log)))
-    wall = time.perf_counter() - t0
-    text = "\n\n".join([
-        "At the last round:", table(eos, done, "round"),
-        "At equal training loss (each run at its first saved round at or below the common level):",
-        table([], done, "loss"),
-        f"{'quick' if args.quick else 'full'} suite, seeds {','.join(map(str, plan.seeds))}, {wall:.0f} s wall",
-    ])  # fmt: skip
     out = args.out or root / "calibration.md"
+    eos: list[EosResult] = []
+    done: dict[str, tuple[Control, dict | None]] = {}
+    by_key = {c.key: c for c in controls(plan)}
+    for key in only:  # in the order given; the table keeps the controls' order; written after each control
+        if key == "eos":
+            log("1. edge of stability")
+            for r in run_eos(plan, root, args.reuse, available("--centralised"), log):
+                eos.append(r)
+                write(eos, [done[c.key] for c in controls(plan) if c.key in done], plan, args.quick, out, root, t0)
+            log(f"  figure: {', '.join(map(str, plot(eos, root / 'eos')))}")
+        else:
+            log(by_key[key].title)
+            done[key] = (by_key[key], run_control(by_key[key], plan, root, args.reuse, log))
+        result = write(eos, [done[c.key] for c in controls(plan) if c.key in done], plan, args.quick, out, root, t0)
+    print("\n" + out.read_text())
+    return result
+
+
+def write(eos: list[EosResult], done: list, plan: Plan, quick: bool, out: Path, root: Path, t0: float) -> dict:
+    """The markdown table to ``out`` and every number to ROOT/calibration.json (so far: rewritten per control)."""
+    wall = time.perf_counter() - t0
+    parts = ["At the last round:", table(eos, done, "round")]
+    at_loss = table([], done, "loss")
+    if at_loss.count("\n") > 1:  # rows beyond the header (quick mode: no matching)
+        parts += ["At equal training loss (each run at its first saved round at or below the common level):", at_loss]
+    parts.append(f"{'quick' if quick else 'full'} suite, seeds {','.join(map(str, plan.seeds))}, {wall:.0f} s wall")
+    text = "\n\n".join(parts)
     out.write_text(text + "\n")
-    print("\n" + text)
     result = {"eos": [{**asdict(r.setting), "ratio": r.ratio, "interval": r.interval(), "holds": r.holds,
                        "secant_ratio": r.secant_ratio, "within_share": r.within,
                        "series": [asdict(s) for s in r.series]} for r in eos],
               "controls": {c.key: res for c, res in done}, "wall_s": wall, "table": str(out)}  # fmt: skip
     (root / "calibration.json").write_text(json.dumps(result, indent=1, default=str))
     return result
-
 
 if __name__ == "__main__":
     main()

@@ -242,7 +242,8 @@ def plot(results: Sequence[EosResult], stem: Path) -> list[Path]:
             bottom.set_ylabel("λmax (Lanczos, full train set)")
             top.legend(fontsize=7, frameon=False)
             bottom.legend(fontsize=7, frameon=False, loc="lower right")
-    fig.suptitle("Edge of stability on digits/smallcnn (Cohen et al. 2021): λmax settles at 2/η", fontsize=10)
+    title = "Edge of stability (Cohen et al. 2021), digits/smallcnn, full-batch GD"
+    fig.suptitle(title if n > 1 else title.replace(", digits", ",\ndigits"), fontsize=10)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     fig.savefig(paths[0], dpi=200)
     fig.savefig(paths[1])
