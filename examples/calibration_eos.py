@@ -255,3 +255,39 @@ def fmt_ratio(res: EosResult) -> str:
     lo, hi = res.interval()
     ci = "" if lo is None or hi is None or math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]"
     return f"{res.ratio:.2f}{ci}"
+
+
+def midpoints(path: Path, first: int, last: int) -> tuple[float, float]:
+    """Median lambda_max at the iterates w_t and at the midpoints (w_t + w_{t+1})/2, t = first..last-1.
+
+    The investigation of a late-round median above 2/eta: in a period-2 orbit the iterates sit on the two
+    walls of a valley and its floor lies between them; if the curvature there is 2/eta while the walls are
+    sharper, lambda_max at the iterates overstates the curvature gradient descent is stabilised at."""
+    run = Run.open(path)
+    data = train_data(run)
+    at, mid, v0 = [], [], None
+    for t in range(first, last):
+        o0, o1 = _objective(run, t, data), _objective(run, t + 1, data)
+        centre = run.model(t)
+        torch.nn.utils.vector_to_parameters(0.5 * (o0.flat() + o1.flat()), centre.parameters())
+        x, y = data
+        for obj, out in ((o0, at), (ModelLoss(centre, x, y, batch_size=len(y), dtype=torch.float32), mid)):
+            r = lanczos(HessianOperator(obj), k=1, tol=1e-4, v0=v0, generator=torch.Generator().manual_seed(t),
+                        exact_residuals=False)  # fmt: skip
+            v0 = r.vectors[0]
+            out.append(float(r.values[0]))
+    return statistics.median(at), statistics.median(mid)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="lambda_max at the iterates and at the midpoints of a GD run's steps")
+    ap.add_argument("run", type=Path)
+    ap.add_argument("first", type=int)
+    ap.add_argument("last", type=int)
+    a = ap.parse_args()
+    lr = float(Run.open(a.run).config["local"]["lr"])
+    it, mid = midpoints(a.run, a.first, a.last)
+    print(f"{a.run}: eta {lr:g}, rounds {a.first}-{a.last - 1}: median lambda_max / (2/eta) at the iterates "
+          f"{it * lr / 2:.3f}, at the midpoints {mid * lr / 2:.3f}")  # fmt: skip
