@@ -291,13 +291,21 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the test suite's sizes: EoS at eta 0.4 on one seed, "
-                    "controls 2-5 with 2 seeds and 3 rounds (checks that everything runs; numbers not meaningful)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="the test suite's sizes: EoS at eta 0.4 on one seed, "
+        "controls 2-5 with 2 seeds and 3 rounds (checks that everything runs; numbers not meaningful)",
+    )
     ap.add_argument("--root", type=Path, default=Path("checkpoints/calibration"), metavar="DIR")
     ap.add_argument("--out", type=Path, default=None, metavar="FILE", help="the table (default ROOT/calibration.md)")
     ap.add_argument("--seeds", type=_seeds, default=None, metavar="LIST", help="default 0,1,2 (quick: 0,1)")
-    ap.add_argument("--only", default="eos,fed,batch,sam", metavar="LIST", help="controls to run, in this order "
-                    "(default: eos,fed,batch,sam)")
+    ap.add_argument(
+        "--only",
+        default="eos,fed,batch,sam",
+        metavar="LIST",
+        help="controls to run, in this order (default: eos,fed,batch,sam)",
+    )
     ap.add_argument("--reuse", action="store_true", help="keep finished runs already in ROOT (same flags assumed)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -345,6 +353,7 @@ def write(eos: list[EosResult], done: list, plan: Plan, quick: bool, out: Path, 
               "controls": {c.key: res for c, res in done}, "wall_s": wall, "table": str(out)}  # fmt: skip
     (root / "calibration.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
 
 if __name__ == "__main__":
     main()
