@@ -200,3 +200,21 @@ def test_a_loss_that_is_not_finite_is_named_not_passed_to_the_eigensolver():
     for estimator in ("hutchinson", "hutch++", "adaptive"):  # was a NaN estimate
         with pytest.raises(ValueError, match="NaN or inf"):
             hessian_trace(nn.Linear(3, 3), (x, y), estimator=estimator, num_matvecs=9)
+
+
+def test_a_near_perfect_fit_in_float32_is_not_taken_for_a_no_grad_forward():
+    """At per-example losses ~1e-6 float32 forms 1 - p in both autograd modes and g.v is rounding-sized: the
+    reverse/forward-mode check must not refuse such a model (the calibration suite's small-batch checkpoint
+    was refused), while the no_grad trunk above still is (same check, same precision)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(64, 4)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+        net[2].weight.mul_(200.0)
+        net[2].bias.mul_(200.0)
+        obj = ModelLoss(net, x, y)
+        assert float(obj.loss()) < 0.02  # a near-perfect fit: the probe's first two examples at ~1e-6 each
+    obj.check_differentiable()  # no ValueError
+    with pytest.raises(ValueError, match="torch.no_grad"):
+        ModelLoss(NoGradTrunk(), x, torch.randint(0, 3, (64,))).check_differentiable()
