@@ -271,6 +271,16 @@ def surface_figures(
         width=720,
         margin=dict(l=70, r=20, t=50, b=60),
         template="plotly_white",
+        # below 700 px (the page's script scales the map to the screen): short axis titles, a smaller title,
+        # so the rotated y title never runs into the figure's title
+        meta={
+            "narrow": {
+                "title": {"font": {"size": 12}},
+                "xaxis": {"title": {"text": "a"}},
+                "yaxis": {"title": {"text": "b"}},
+                "margin": {"l": 40, "r": 10, "t": 60, "b": 50},
+            }
+        },
     )
     scene.update_layout(
         title=dict(text=(title + ": " if title else "") + "Δloss surface" + far, x=0.01),

@@ -230,7 +230,12 @@ def measures_figure(
             )
             shown.add(lab)
         fig.update_xaxes(title_text="round", tickformat="d", row=r, col=c)
-    fig.update_layout(height=300 * rows + 60, legend=dict(orientation="h", y=1.08), **LAYOUT)
+    plot = 300 * rows - 40  # the plot area: the legend 40 px above it, clear of the first row's titles
+    fig.update_layout(
+        height=300 * rows + 60,
+        legend=dict(orientation="h", x=0, y=1 + 40 / plot, yanchor="bottom"),
+        **{**LAYOUT, "margin": dict(l=60, r=20, t=90, b=50)},
+    )
     return stack_narrow(fig, [labels[k] for k in keys], 240)
 
 
