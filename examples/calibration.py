@@ -297,7 +297,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="the test suite's sizes: EoS at eta 0.4 on one seed, "
         "controls 2-5 with 2 seeds and 3 rounds (checks that everything runs; numbers not meaningful)",
     )
-    ap.add_argument("--root", type=Path, default=Path("checkpoints/calibration"), metavar="DIR")
+    ap.add_argument(
+        "--root", type=Path, default=Path("checkpoints/calibration"), metavar="DIR",
+        help="the suite's own folder: runs, reports and the table (default checkpoints/calibration)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, metavar="FILE", help="the table (default ROOT/calibration.md)")
     ap.add_argument("--seeds", type=_seeds, default=None, metavar="LIST", help="default 0,1,2 (quick: 0,1)")
     ap.add_argument(

@@ -283,9 +283,9 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="lambda_max at the iterates and at the midpoints of a GD run's steps")
-    ap.add_argument("run", type=Path)
-    ap.add_argument("first", type=int)
-    ap.add_argument("last", type=int)
+    ap.add_argument("run", type=Path, help="a full-batch GD run directory (flatfl train --centralised ...)")
+    ap.add_argument("first", type=int, help="the first round t of the steps w_t -> w_t+1 measured")
+    ap.add_argument("last", type=int, help="the round after the last step measured")
     a = ap.parse_args()
     lr = float(Run.open(a.run).config["local"]["lr"])
     it, mid = midpoints(a.run, a.first, a.last)
