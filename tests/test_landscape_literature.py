@@ -50,3 +50,8 @@ def test_more_measures_bad_input(cli, run_dir):
     assert code == 2 and "--curvature" in err and "Traceback" not in err
     code, _, err = cli("landscape", "--ckpt", ckpt, "--connect-steps", "3")
     assert code == 2 and "--connect" in err and "Traceback" not in err
+    # the checkpoint itself as the other end: no path to find -- one line, not a ValueError traceback
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--connect", ckpt, "--connect-steps", "2", "--samples", "50")
+    assert code == 2 and err.startswith("flatfl: error: --connect ") and err.count("\n") == 1, err
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--connect", ckpt, "--connect-steps", str(10**7))
+    assert code == 2 and "--connect-steps" in err and err.count("\n") == 1, err

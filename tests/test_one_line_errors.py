@@ -453,3 +453,14 @@ def test_ctrl_c_in_report_is_a_message_and_130(run3, tmp_path, after):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "flatfl: interrupted" and "Traceback" not in err, err
+
+
+def test_fedswa_schedule_outside_the_run_is_one_line(cli, tmp_path):
+    """FedSWA's --swa-start / --swa-cycle beyond --rounds and an --swa-lr above --lr: refused, nothing written."""
+    base = ["train", "--dataset", "digits", "--clients", "10", "--frac", "0.5", "--rounds", "2", "--algo", "fedswa"]
+    for extra, flag in ((["--swa-start", "100"], "--swa-start"), (["--swa-cycle", "50"], "--swa-cycle"),
+                        (["--swa-lr", "1.0", "--lr", "0.01"], "--swa-lr")):  # fmt: skip
+        out = tmp_path / flag.strip("-")
+        code, _, err = cli(*base, *extra, "--out", out)
+        assert code == 2 and err.startswith(f"flatfl: error: {flag} ") and err.count("\n") == 1, err
+        assert not out.exists()

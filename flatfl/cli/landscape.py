@@ -369,6 +369,8 @@ def literature_settings(ns: dict[str, Any]) -> Any:
         ns["per_layer"] = "parameter"
     if (ns.get("connect_steps") or ns.get("connect_lr")) and not ns.get("connect"):
         raise UserError("--connect-steps/--connect-lr: options of --connect SPEC; pass --connect as well")
+    if (ns.get("connect_steps") or 0) > 10**6:
+        raise UserError(f"--connect-steps {ns['connect_steps']}: at most 1000000 SGD steps on the bend")
     return LiteratureSettings(
         curvature=parse_curvature(ns.get("curvature")),
         per_layer=ns.get("per_layer"),

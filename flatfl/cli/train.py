@@ -680,6 +680,18 @@ def storage_from_args(ns: dict[str, Any], base: StorageConfig, last: int | None 
     )
 
 
+def _check_swa(cfg: Any, local: Any, rounds: int, given: set[str]) -> None:
+    """FedSWA's schedule, as given on the command line, must happen within the run: averaging starts before
+    the last round, a cycle fits in the rounds, and the cycle's low learning rate is below --lr."""
+    if "swa_start" in given and cfg.swa_start > rounds:
+        raise UserError(f"--swa-start {cfg.swa_start}: averaging would start after the last round ({rounds}, --rounds)")
+    if "swa_cycle" in given and cfg.swa_cycle > rounds:
+        raise UserError(f"--swa-cycle {cfg.swa_cycle}: longer than the run ({rounds} rounds, --rounds)")
+    swa_lr = cfg.swa_lr
+    if "swa_lr" in given and swa_lr > local.lr:
+        raise UserError(f"--swa-lr {swa_lr:g}: above --lr {local.lr:g} (the cycle runs from --lr down to --swa-lr)")
+
+
 def config_from_args(ns: dict[str, Any]) -> RunConfig:
     """Fill a RunConfig from the flags that were given, defaults elsewhere."""
     from flatfl.algorithms import ALGORITHMS, get_algorithm
@@ -703,6 +715,8 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     algo_config = algo_cls.config_cls(**{f: ns[k] for k, f in ALGO_FLAGS.items() if k in ns})
     if algo == "fedswa" and algo_config.swa_start is None:  # 75 % of the rounds, fixed for the run's life
         algo_config = replace(algo_config, swa_start=int(0.75 * ns.get("rounds", RunConfig.rounds)))
+    if algo == "fedswa":
+        _check_swa(algo_config, local, ns.get("rounds", RunConfig.rounds), given=set(ns))
     if algo in ("feddf", "fedaux") and algo_config.proxy_data != "holdout":
         from flatfl.data import DATASETS
 

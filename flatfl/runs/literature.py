@@ -132,7 +132,10 @@ def measure_literature(
 
         def connect() -> dict[str, Any]:
             label, state = problem.resolve(s.connect)
-            r = mode_connectivity(obj, state(), steps=s.connect_steps, lr=s.connect_lr, seed=_gen(s, 5))
+            try:
+                r = mode_connectivity(obj, state(), steps=s.connect_steps, lr=s.connect_lr, seed=_gen(s, 5))
+            except ValueError as exc:  # e.g. the same parameters as the checkpoint: no path to find
+                raise UserError(f"--connect {s.connect}: {exc}") from None
             log(f"connectivity to {label}: barrier line {r.line_barrier:.4g}, Bezier curve {r.curve_barrier:.4g}")
             return {"to": label, "t": r.t.tolist(), "curve_loss": r.curve_loss.tolist(),
                     "line_loss": r.line_loss.tolist(), "curve_barrier": r.curve_barrier,
