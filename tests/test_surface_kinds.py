@@ -190,9 +190,10 @@ def test_surface_html_has_a_round_slider_and_markers(runs, tmp_path):
     path = write_page(tmp_path / "s.html", "t", [("contour", contour), ("3d", scene)])
     text = path.read_text()
     assert "<script src" not in text and len(text) > 3_000_000  # plotly.js inlined
+    # each figure's JSON in its own <script type='application/json'>, drawn by the page's script at the end
     specs = [
-        json.loads(m.group(1))
-        for m in re.finditer(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{", text, re.S)
+        json.loads(m.group(1))["fig"]["data"]
+        for m in re.finditer(r"<script type='application/json' id='fig\d+-json'>(.*?)</script>", text, re.S)
     ]
     kinds = [[t["type"] for t in spec] for spec in specs]
     assert "surface" not in kinds[0] and kinds[0].count("contour") == 3  # the contour figure needs no WebGL
@@ -202,7 +203,8 @@ def test_surface_html_has_a_round_slider_and_markers(runs, tmp_path):
     # the slider opens at the last round; the checkpoint star is drawn after (above) every other trace
     assert contour.layout.sliders[0].active == 2
     visible = [t for t in contour.data if t.visible]
-    assert visible[-1].name == "checkpoint" and visible[0].z[2][2] == 0.0  # Δloss is 0 at the checkpoint
-    # the same linear levels for every frame
-    assert {(t.contours.start, t.contours.size) for t in contour.data if t.type == "contour"} == {(0.1, 0.1)}
+    assert visible[-1].name == "checkpoint" and visible[0].customdata[2][2] == 0.0  # Δloss is 0 at the checkpoint
+    # the same levels for every frame, and the colour bar's ticks are those levels
+    bars = {tuple(t.colorbar.ticktext) for t in contour.data if t.type == "contour"}
+    assert len(bars) == 1 and next(iter(bars))[0] == "0"
     assert contour.layout.yaxis.scaleanchor == "x"  # equal aspect
