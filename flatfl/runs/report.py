@@ -80,7 +80,7 @@ from flatfl.runs.matching import LossCurve, Match, level_refusal, match_accuracy
 from flatfl.runs.measure import measure
 from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.run import Run
-from flatfl.runs.scale import NORM_KEY, checkpoint_norms, norm_ratio, scale_context
+from flatfl.runs.scale import NORM_KEY, checkpoint_norms, norm_ratio, per_seed_norms, scale_context
 from flatfl.runs.surface import measure_surface
 
 
@@ -656,10 +656,7 @@ def verdicts(
                 },
             }
             # the caution quotes the global models' norm ratio (other / reference, as scale_context records it)
-            entry["norm_ratio"] = norm_ratio(
-                {s: row.get(NORM_KEY) for s, row in c.values[ref.label].items()},
-                {s: row.get(NORM_KEY) for s, row in c.values[g.label].items()},
-            )
+            entry["norm_ratio"] = norm_ratio(per_seed_norms(c.values, ref.label), per_seed_norms(c.values, g.label))
             entry["scale_caveat"] = scale_caveat(ms, vs, entry["norm_ratio"], (g.label, ref.label))
             comp[g.label] = entry
             add_differences(comp[g.label], ref, g)

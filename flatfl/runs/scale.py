@@ -62,7 +62,7 @@ def norm_ratio_text(ratio: float | None, ref: str, other: str) -> str:
     return "" if ratio is None else f"‖θ‖₂ {other}/{ref} ×{ratio:.4g}"
 
 
-def _per_seed(values: Mapping[str, Mapping[int, Mapping[str, Any]]], label: str) -> dict[int, float]:
+def per_seed_norms(values: Mapping[str, Mapping[int, Mapping[str, Any]]], label: str) -> dict[int, float]:
     return {s: r[NORM_KEY] for s, r in values.get(label, {}).items() if r.get(NORM_KEY) is not None}
 
 
@@ -80,7 +80,7 @@ def scale_context(
         groups: dict[str, Any] = {}
         layers: dict[str, dict[str, dict[str, float]]] = {}
         for lab in labels:
-            seeds = _per_seed(c.values, lab)
+            seeds = per_seed_norms(c.values, lab)
             s = summarize(list(seeds.values()))
             groups[lab] = None if s is None else {**asdict(s), "seeds": {str(k): x for k, x in seeds.items()}}
             for seed, m in c.rounds.get(lab, {}).items():
@@ -89,6 +89,6 @@ def scale_context(
         v["context"] = [{"measure": NORM_KEY, "label": NORM_LABEL, "vote": False, "groups": groups, "layers": layers}]
         ref = v["reference"]
         for lab, comp in v["comparisons"].items():
-            a, b = _per_seed(c.values, ref), _per_seed(c.values, lab)
-            comp["norm_ratio"] = norm_ratio(a, b)
+            a, b = per_seed_norms(c.values, ref), per_seed_norms(c.values, lab)
+            comp.setdefault("norm_ratio", norm_ratio(a, b))  # report.verdicts() already set it for the caution
             comp["norm_ratios"] = {str(s): b[s] / a[s] for s in sorted(set(a) & set(b)) if a[s] > 0}
