@@ -280,6 +280,13 @@ def read_partition(run_dir: Path, info: dict[str, Any] | None = None) -> list[li
     return clients
 
 
+def check_partition_file(run_dir: Path, info: dict[str, Any]) -> None:
+    """A run's ``partition.json``, when it has one, checked as :func:`read_partition` checks it (digest, indices,
+    sizes): every command that opens the run refuses a forged partition, also those that do not use it."""
+    if (Path(run_dir) / PARTITION_JSON).is_file():
+        read_partition(run_dir, info)
+
+
 # -- rounds ------------------------------------------------------------------------------
 def save_round(run_dir: Path, round: int, state: StateDict, config: dict[str, Any], identity: str) -> None:
     """Global model after ``round``; metadata carry the run's config (without ``rounds``,

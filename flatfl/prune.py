@@ -102,7 +102,7 @@ def prune(
         raise UserError(f"{run_dir}: no such run directory")
     for note in settle(Path(run_dir)):  # an interrupted --overwrite finished or undone
         say(f"{run_dir}: {note}")
-    ckpt.read_run_json(run_dir)  # checked before the lock file is made in it
+    ckpt.check_partition_file(run_dir, ckpt.read_run_json(run_dir))  # checked before the lock file is made in it
     lock = RunDir(Path(run_dir))
     for note in lock.open(create=False):
         say(f"{run_dir}: {note}")

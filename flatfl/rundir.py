@@ -203,6 +203,7 @@ class RunDir:
             notes.append("an interrupted --overwrite was undone; the previous run is back")
         aside = out / REPLACED
         if aside.is_dir():
+            _check_set_aside(out, aside)
             if committed(out):  # the new run's round 0 was committed: the old run may go
                 shutil.rmtree(aside)
             else:  # killed before the new round 0 was committed: the old run comes back
@@ -239,6 +240,21 @@ class RunDir:
         aside = self.out / REPLACED
         if aside.is_dir():
             shutil.rmtree(aside)
+
+
+def _check_set_aside(out: Path, aside: Path) -> None:
+    """``aside`` and ``out`` are in a state an ``--overwrite`` leaves (a whole previous run set aside; beside it a
+    new run, committed with its run.json or not yet), else nothing is touched: one line says what is off.
+
+    Files moved by hand (the rounds aside, ``state.safetensors`` left) would otherwise read as a committed new
+    run and the set-aside rounds would be deleted."""
+    keep = f"nothing was changed: move the files back into {out} or delete {aside}/ yourself"
+    if not (aside / ckpt.RUN_JSON).is_file():
+        raise UserError(f"{aside}/: holds no run.json, so it is not a whole run set aside by --overwrite; {keep}")
+    if committed(out) and not (out / ckpt.RUN_JSON).is_file():
+        raise UserError(
+            f"{out}: {ckpt.STATE_FILE} without a run.json beside {aside}/ is not what an --overwrite leaves; {keep}"
+        )
 
 
 def interrupted_overwrite(out: Path) -> bool:

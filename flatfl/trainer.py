@@ -758,7 +758,7 @@ def _diverged(exc: DivergenceError, out: Path, algo: FederatedAlgorithm, main: b
     reason = f"{exc}{_mutation_note(algo)}"
     message = (
         f"{reason}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
-        "Lower --lr, --momentum or (FedMut) --radius."
+        "Lower --lr, --momentum, (FedMut) --radius or (SAM family) --rho."
     )
     if main:
         ckpt.atomic_write_json(

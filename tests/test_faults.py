@@ -411,3 +411,29 @@ def test_an_overwrite_that_cannot_be_settled_says_where_the_previous_run_is(fini
     code, _, err = cli("prune", run, "--keep", "0", "--dry-run")  # the command named: the run is back
     assert code == 0, err
     assert (run / ckpt.RUN_JSON).is_file() and not (run / ".flatfl-replaced").exists()
+
+
+@pytest.mark.parametrize("moved", ["rounds", "all but the state"])
+def test_files_moved_aside_by_hand_are_not_settled_nor_deleted(finished, cli, tmp_path, moved):
+    """``mkdir RUN/.flatfl-replaced`` and files moved into it by hand, ``state.safetensors`` left: not what an
+    --overwrite leaves (it moves the whole run, the state last), so no command deletes the set-aside rounds as a
+    replaced run's nor moves them back over the run: one line, nothing changed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished(f"moved by hand {moved}"), run)
+    aside = run / ".flatfl-replaced"
+    aside.mkdir()
+    for p in list(run.iterdir()):
+        if p.name.startswith("round_") if moved == "rounds" else p.name not in (aside.name, ckpt.STATE_FILE):
+            p.rename(aside / p.name)
+    before = _files(run)
+    for args in (
+        ["train", "--resume", run],
+        ["prune", run, "--keep", "0", "--dry-run"],
+        ["report", run, "--out", tmp_path / "r", *REPORT_CHEAP],
+    ):
+        code, _, err = cli(*args)
+        assert code == 2 and err.count("\n") == 1 and "nothing was changed" in err, err
+        assert str(aside) in err, err
+    assert _files(run) == before

@@ -45,6 +45,7 @@ def _refused(cli, run: Path, reader: str, *needles: str, tmp: Path) -> str:
         "client": ["landscape", "--ckpt", ckpt.round_path(run, ROUNDS), *LANDSCAPE, "--data", "client:0"],
         "resume": ["train", "--resume", run, "--rounds", str(ROUNDS + 1)],
         "report": ["report", run, "--out", tmp / "r", *REPORT],
+        "prune": ["prune", run, "--keep", "1"],
     }[reader]
     code, out, err = cli(*args)
     assert code == 2, (out, err)
@@ -97,6 +98,16 @@ def test_forged_partition_is_refused(base, cli, tmp_path, case):
     shutil.copytree(base, run)
     _forge_partition(run, edit, digest)
     _refused(cli, run, reader, "partition.json", *needles, tmp=tmp_path)
+
+
+@pytest.mark.parametrize("reader", ["landscape", "report", "prune"])
+def test_forged_partition_is_refused_by_readers_that_do_not_use_it(base, cli, tmp_path, reader):
+    # landscape on the test data, report and prune never read a client's indices, but a forged partition means the
+    # run's files cannot be trusted: each refuses it (and prune deletes nothing)
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _forge_partition(run, _share, digest=True)
+    _refused(cli, run, reader, "partition.json", "held by both client 0 and client 1", tmp=tmp_path)
 
 
 # -- run.json: config edited (alone, with its identity recomputed, or together with model) --------------------------

@@ -192,6 +192,7 @@ def test_state_metadata_without_a_key(cli, run3, tmp_path, key):
             "nothing to measure",
         ),
         (["--grid", "1"], "--grid 1"),
+        (["--sharpness", "sam,adaptive_l2,sam"], "sam given twice"),
     ],
 )
 def test_report_flags_that_contradict_or_measure_nothing(cli, run3, tmp_path, args, needle):
@@ -370,6 +371,12 @@ def test_non_finite_weights_of_a_foreign_model_are_one_line(cli, task, tmp_path)
         (["train", *TINY, "--threads", "100000"], ["--threads 100000", "per core"]),
         (["landscape", "--ckpt", "x.safetensors", "--threads", "1000000"], ["--threads 1000000"]),
         (["train", *TINY, "--clients", "10", "--algo", "fedcluster", "--clusters", "50"], ["--clusters 50", "10"]),
+        (["train", "--dataset", "digits", "--centralised", "--algo", "fedmut"], ["--algo fedmut", "--centralised"]),
+        (["train", *TINY, "--clients", "10", "--frac", "0.1", "--algo", "fedmut"], ["--frac 0.1", "unmutated"]),
+        (["train", "--dataset", "digits", "--centralised", "--algo", "feddf"], ["--algo feddf", "ensemble of one"]),
+        (["train", "--dataset", "digits", "--centralised", "--algo", "scaffold"], ["--algo scaffold", "c - c_i"]),
+        (["landscape", "--ckpt", "x.safetensors", "--curvature", "ggn,ggn"], ["--curvature ggn,ggn", "twice"]),
+        (["landscape", "--ckpt", "x.safetensors", "--sharpness", "sam,sam"], ["--sharpness sam,sam", "twice"]),
     ],
 )
 def test_flags_out_of_range_are_refused(cli, tmp_path, args, needles):

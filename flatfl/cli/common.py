@@ -7,6 +7,8 @@ import math
 import sys
 from typing import Any
 
+from flatfl.errors import UserError
+
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports errors as one line and exit code 2 (no usage dump)."""
@@ -42,6 +44,22 @@ MAX_SEED = 2**32 - 1  # every seed flag: numpy, torch and the derived per-round 
 SEED_RANGE = f"0 to {MAX_SEED} = 2^32 - 1"
 seed_t = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from {SEED_RANGE}")
 MAX_THREADS_PER_CORE = 4  # --threads beyond this many per available core is refused (OpenMP crashes far above)
+
+
+def name_list(text: str, flag: str, choices: tuple[str, ...], alone: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """``--flag A,B`` as a tuple of ``choices``, or a word of ``alone`` given by itself (``all``, ``none``) as the
+    names it stands for; an unknown or repeated name is refused in one line."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if len(names) == 1 and names[0] in alone:
+        return alone[names[0]]
+    words = ", ".join([*alone, *choices])
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        raise UserError(f"{flag}: unknown measure(s) {bad or [text]}; choose from {words}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"{flag} {text}: {', '.join(twice)} given twice; name each once")
+    return tuple(names)
 
 
 def default(obj: Any, name: str) -> str:

@@ -12,6 +12,7 @@ from flatfl.cli.common import (
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
+    name_list,
     nonneg_int,
     pos_float,
     pos_int,
@@ -539,11 +540,7 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
 
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
-        names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
-        sharp = SHARPNESS_MEASURES if names == ["all"] else tuple(names)
-        bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
-        if bad:
-            raise UserError(f"--sharpness: unknown measure(s) {bad}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
+        sharp = name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"all": SHARPNESS_MEASURES})
     more = literature_settings(ns).any
     if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"] or ns.get("surface") or more):
         raise UserError(

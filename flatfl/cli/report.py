@@ -13,6 +13,7 @@ from flatfl.cli.common import (
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
+    name_list,
     nonneg_int,
     pos_float,
     pos_int,
@@ -329,13 +330,11 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     from flatfl.runs.landscape import SHARPNESS_MEASURES
     from flatfl.runs.report import ReportSettings
 
-    names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
-    sharp = () if names in ([], ["none"]) else SHARPNESS_MEASURES if names == ["all"] else tuple(names)
-    bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
-    if bad:
-        raise UserError(
-            f"--sharpness: unknown measure(s) {bad}; choose from none, all, {', '.join(SHARPNESS_MEASURES)}"
-        )
+    sharp = (
+        name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"none": (), "all": SHARPNESS_MEASURES})
+        if ns["sharpness"].strip()
+        else ()
+    )
     device = analysis_device(ns["device"])
     from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 

@@ -698,6 +698,7 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
     from flatfl.data import dataset_info
     from flatfl.models import DEFAULT_MODEL, model_kwargs_for
 
+    centralised = bool(ns.get("centralised"))
     ns = apply_preset(_centralised(ns), DEFAULT_MODEL.get(ns.get("dataset", DataConfig.dataset)))
     data = replace(DataConfig(), **{f: ns[k] for k, f in DATA_FLAGS.items() if k in ns})
     if data.dataset == "shakespeare" and "partition" not in ns:
@@ -750,7 +751,30 @@ def config_from_args(ns: dict[str, Any]) -> RunConfig:
         preset=ns.get("preset"),
         **{k: ns[k] for k in RUN_FLAGS if k in ns and k not in ("algo", "model")},
     )
+    _check_not_fedavg(cfg, centralised)
     return cfg
+
+
+def _check_not_fedavg(cfg: RunConfig, centralised: bool) -> None:
+    """Refuse an algorithm whose mechanism needs several clients where it would silently be FedAvg: FedMut with
+    one client a round sends the unmutated model (its +/- pairs need two), FedDF distils an ensemble of one model,
+    SCAFFOLD with one client has c = c_1 (the correction c - c_i is zero)."""
+    m, k = cfg.clients_per_round, cfg.data.num_clients
+    how = "--centralised" if centralised else f"--clients {k} --frac {cfg.frac}"
+    if cfg.algo in ("fedmut", "feddf") and m < 2:
+        what = (
+            "sends the global model unmutated (its +/- mutants come in pairs)"
+            if cfg.algo == "fedmut"
+            else ("distils an ensemble of one model")
+        )
+        raise UserError(
+            f"--algo {cfg.algo}: {how} samples 1 client a round, where {cfg.algo} {what}; sample at least 2 a round"
+        )
+    if cfg.algo == "scaffold" and k < 2:
+        raise UserError(
+            f"--algo scaffold: {how} has 1 client, whose control variate is the server's (the correction c - c_i "
+            "is zero: FedAvg); use --algo fedavg or at least 2 clients"
+        )
 
 
 CENTRALISED = {"clients": 1, "partition": "iid", "frac": 1.0}

@@ -50,11 +50,14 @@ def parse_curvature(text: str | None) -> tuple[str, ...]:
     """``--curvature ggn,ef`` as a tuple; a one-line error for an unknown kind."""
     if not text:
         return ()
-    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [n for n in names if n not in CURVATURE_KINDS]
     if bad or not names:
         raise UserError(f"--curvature: unknown kind(s) {bad or [text]}; choose from {', '.join(CURVATURE_KINDS)}")
-    return names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--curvature {text}: {', '.join(twice)} given twice; name each once")
+    return tuple(names)
 
 
 def _gen(settings: LiteratureSettings, k: int) -> torch.Generator:

@@ -39,7 +39,9 @@ class Run:
         or damaged). Nothing else is read until asked for."""
         path = Path(path)
         settle(path)  # an interrupted --overwrite finished or undone first
-        return cls(path, ckpt.read_run_json(path))
+        info = ckpt.read_run_json(path)
+        ckpt.check_partition_file(path, info)
+        return cls(path, info)
 
     @classmethod
     def of_checkpoint(cls, file: str | Path) -> tuple[Run, int]:
