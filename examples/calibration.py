@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_eos import EosResult, EosSetting, fmt_ratio, measure_series, plot, train_args  # noqa: E402
 
-from flatfl.analysis.verdict import Measure, paired, verdict, winner  # noqa: E402
+from flatfl.analysis.verdict import NO_DIFFERENCE, Measure, paired, verdict, winner  # noqa: E402
 from flatfl.checkpoint import RUN_JSON, read_metrics  # noqa: E402
 from flatfl.cli import build_parser  # noqa: E402
 from flatfl.cli import main as flatfl  # noqa: E402
@@ -239,8 +239,9 @@ def compare(values: dict[str, dict[int, float]], e: Expect, key: str) -> dict:
         if p.lo is not None:
             out["lo"], out["hi"] = math.exp(-p.hi), math.exp(-p.lo)
     w = winner(measure, p, e.a, e.b)
-    out["agrees"] = ("—" if e.flatter is None else "yes" if w == e.flatter
-                     else "no clear difference" if w is None else "no: the opposite")  # fmt: skip
+    out["agrees"] = ("—" if e.flatter is None else "yes" if w == e.flatter else "no: the opposite" if w is not None
+                     else "no: no clear difference" if out["verdict"] == NO_DIFFERENCE
+                     else "undecided")  # fmt: skip
     return out
 
 
