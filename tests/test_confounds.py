@@ -136,7 +136,7 @@ def test_differences_in_words():
     )
     mut = _group("fedmut", "fedmut", algo_config={"weighted": False, "radius": 4.0}, model_kwargs={"width": 8})
     texts = [d.text for d in differences(ref, mut)]
-    assert texts == ["algorithm fedmut (fedavg)", "aggregation plain mean (fedavg: sample-weighted)",
+    assert texts == ["algorithm FedMut (FedAvg)", "aggregation plain mean (fedavg: sample-weighted)",
                      "radius 4", "model_kwargs.width=8"]  # fmt: skip
     assert confound_sentence(ref, mut) == (
         "fedmut also differs by: aggregation plain mean (fedavg: sample-weighted); model_kwargs.width=8."
