@@ -226,7 +226,8 @@ def measures_figure(
                         y=[p[2] for p in sel],
                         mode="markers",
                         marker=dict(
-                            color="white" if cut else colors[lab], size=8,
+                            color="white" if cut else colors[lab],
+                            size=8,
                             line=dict(width=1.5 if cut else 0.5, color=colors[lab] if cut else "black"),
                         ),  # fmt: skip
                         name=lab,

@@ -96,7 +96,7 @@ def test_a_confound_is_named_in_the_answer_and_norm_ratio_of_a_rescaled_copy(cli
     assert comps["fedmut"]["headline"].endswith(said) and said in stdout
     page = (out / "report.html").read_text()
     assert html.escape(said) in page
-    assert "<table class='context'>" in page and "‖θ_l‖₂ per parameter tensor" in page  # under the verdict
+    assert "<table class='context'>" in page and "‖θ<sub>l</sub>‖₂ per parameter tensor" in page  # under the verdict
     assert page.index("table class='verdict'") < page.index("<table class='context'>")
     assert comps["fedprox"]["confounds"] == ""  # mu = 0 is FedProx's own setting
     # ||θ||₂ recomputed from the round file: float64 over run.json's parameters

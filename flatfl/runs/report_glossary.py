@@ -89,7 +89,7 @@ COLUMN_NAMES: dict[str, str] = {
     "train_loss": "train loss",
     "gradient_norm": "‖∇L‖",
     "lambda_max": "λmax",
-    "lambda_min": "λmin",
+    "lambda_min": "smallest Hessian eigenvalue",
     "trace": "trace",
     "weight_norm": "‖θ‖₂",
 }
@@ -265,7 +265,9 @@ def _table_html(markdown: str) -> str:
     head, rows = lines[0], lines[2:]
     th = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows)
-    notes = "".join(f"<li>{_subscripts(html.escape(ln[2:].replace('*', '')))}</li>" for ln in text if ln.startswith("- "))
+    notes = "".join(
+        f"<li>{_subscripts(html.escape(ln[2:].replace('*', '')))}</li>" for ln in text if ln.startswith("- ")
+    )
     return f"<table class='invariance'><tr>{th}</tr>{tr}</table>" + (f"<ul>{notes}</ul>" if notes else "")
 
 

@@ -167,8 +167,9 @@ def verdict_table_html(
     )
     head2 = "<tr class='head'>" + "".join(
         "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
-        + "".join(f"<th>{link('verdict', 'verdict')}{'' if len(others) == 1 else ': ' + html.escape(o)}</th>"
-                  for o in others)  # fmt: skip
+        + "".join(
+            f"<th>{link('verdict', 'verdict')}{'' if len(others) == 1 else ': ' + html.escape(o)}</th>" for o in others
+        )  # fmt: skip
         for _ in verdict
     )
     body = []
@@ -411,8 +412,8 @@ def settings_line(settings: Any) -> str:
 def _settings_note(settings: Any) -> str:
     ld = settings.landscape
     return (
-        f"<p id='verdict-rule'><small>All measures on {html.escape(ld.data)} data ({f'up to {ld.samples}' if ld.samples else 'all'} "
-        "samples, subset seed "
+        f"<p id='verdict-rule'><small>All measures on {html.escape(ld.data)} data "
+        f"({f'up to {ld.samples}' if ld.samples else 'all'} samples, subset seed "
         f"{ld.seed}), eval mode. lambda_max: Lanczos (residual tol {ld.tol:g}); trace: {ld.trace_method}, "
         f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
@@ -422,8 +423,9 @@ def _settings_note(settings: Any) -> str:
         "over seeds): the trace's and average sharpness's Monte Carlo standard errors, the Lanczos residual "
         "||Hv − λv|| (a bound on λmax's error), the 1D width's bootstrap standard error over the random "
         "directions. Verdict: the paired comparison of the same seeds (same partition, initial model and client "
-        f"sample; Wasserman 2004); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: seeds whose own "
-        "ratio or difference has the sign of the mean. Displayed intervals are clipped to what the quantity can be "
+        f"sample; Wasserman 2004); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: "
+        "seeds whose own ratio or difference has the sign of the mean. Displayed intervals are clipped to what the "
+        "quantity can be "
         f"(accuracy in [0, 1], losses and widths ≥ 0); with 2 to {PER_SEED_MAX} seeds a cell lists each seed's value "
         "(in seed order) instead, the interval is its tooltip and in verdict.csv and report.json. "
         "↓ lower is flatter/better, ↑ higher is.</small></p>"
@@ -675,7 +677,8 @@ def write_report(
     # every citation in the page's text links to its bibliography entry (headings stay plain text)
     sections = [
         (h, link_citations(b) if isinstance(b, str) else [link_citations(x) if isinstance(x, str) else x for x in b])
-        if not h.startswith("Commands") else (h, b)
+        if not h.startswith("Commands")
+        else (h, b)
         for h, b in sections
     ]
     title = " vs ".join(labels) + ": is one flatter?"
@@ -721,10 +724,10 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
 
 def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
     """The page's sections in reading order: the answer first."""
+    from flatfl.analysis.interactive import section_id
     from flatfl.analysis.plots import plot_slices
     from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
     from flatfl.runs.matching_page import matching_sections
-    from flatfl.analysis.interactive import section_id
     from flatfl.runs.report_glossary import glossary_has
 
     labels = [g.label for g in groups]
