@@ -179,7 +179,7 @@ def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference:
                     y=loss - loss[ts == 0.0][0],
                     name=name,
                     # the whole name (plotly cuts a trace name at 15 characters) and 3 significant digits
-                    hovertemplate=f"{name}<br>t = %{{x:.3g}}<br>Δloss = %{{y:.3g}}<extra></extra>",
+                    hovertemplate=f"{name}<br>t = %{{x:.3~g}}<br>Δloss = %{{y:.3~g}}<extra></extra>",
                     line=dict(color=SEED_PALETTE[k % len(SEED_PALETTE)], width=2, dash=DASHES[(k + g) % len(DASHES)]),
                     mode="lines+markers",
                     marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=6),

@@ -275,7 +275,7 @@ LINE_HOVER = """() => {
     const f = [...document.querySelectorAll('.js-plotly-plot')]
         .find(f => f.data.some(t => (t.name || '').includes('→')));
     f.scrollIntoView();
-    Plotly.Fx.hover(f, [{curveNumber: 0, pointNumber: 2}]);
+    Plotly.Fx.hover(f, [{curveNumber: 0, pointNumber: 4}]);
     return f.querySelector('.hoverlayer').textContent;
 }"""
 
@@ -300,7 +300,7 @@ def test_report_words_for_a_reader(pages):
         assert "Dinh et al. 2017" in page.inner_text("ol.bib")
         assert page.evaluate(BROKEN_ANCHORS) == []
         hover = page.evaluate(LINE_HOVER)
-        assert "fedavg → fedmut, seed" in hover and "…" not in hover
+        assert "fedavg → fedmut, seed" in hover and "…" not in hover and "t = " in hover and "Δloss = " in hover
         numbers = re.findall(r"[−-]?\d[\d.]*(?:e[−-]?\d+)?", hover.split("barrier")[-1])
         assert numbers and all(len(re.sub(r"\D", "", n.split("e")[0]).lstrip("0")) <= 3 for n in numbers), hover
         assert "diverged runs dashed" not in body and "Why runs diverge" not in body

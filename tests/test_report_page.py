@@ -67,7 +67,7 @@ def test_straight_line_hover_is_whole_and_formatted():
     fig = line_figure(lines, "fedavg-mean", {})
     tr = fig.data[0]
     assert tr.hovertemplate.startswith("fedavg-mean → fedmut radius=8, seed 0 (barrier 0.0461)")
-    assert "%{x:.3g}" in tr.hovertemplate and "%{y:.3g}" in tr.hovertemplate
+    assert "%{x:.3~g}" in tr.hovertemplate and "%{y:.3~g}" in tr.hovertemplate  # 3 significant digits
     assert tr.hovertemplate.endswith("<extra></extra>")
     assert "θ_t" not in fig.layout.yaxis.title.text
 
