@@ -50,7 +50,8 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     page = (out / "report.html").read_text()
     body = page[page.index("<body>") :]
     at = body.index(said.replace("'", "&#x27;"))
-    assert body.index("<p class='answer'>") < body.index("<table class='verdict'>") < at < body.index("<h2 id='where-each")
+    table, where = body.index("<table class='verdict'>"), body.index("<h2 id='where-each")
+    assert body.index("<p class='answer'>") < table < at < where
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [(r["run"], r["round"]) for r in rows] == [
         ("fedavg", "2"),
