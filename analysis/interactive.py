@@ -395,6 +395,11 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
+def section_id(heading: str) -> str:
+    """The anchor :func:`page_html` gives the section under ``heading`` (its first use on the page)."""
+    return _slug(heading, set())
+
+
 def _figure_html(fig: go.Figure, fid: str) -> str:
     """A figure as an empty box plus its JSON (drawn by ``_INIT_JS`` once plotly.js is loaded)."""
     webgl = any(t.type in _GL_TRACES for t in fig.data)

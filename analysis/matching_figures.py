@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from flatfl.analysis.report_figures import LAYOUT, SEED_PALETTE
+from flatfl.analysis.report_figures import LAYOUT, SEED_PALETTE, stack_narrow
 
 Curves = Mapping[str, Mapping[Any, Mapping[str, Any]]]  # group label -> seed -> trace
 
@@ -79,7 +79,7 @@ def matching_figure(curves: Curves, level: float, window: int) -> go.Figure:
                         marker=dict(symbol="circle-open", size=10, color=c, line=dict(width=2)),
                         name=f"seed {s} first crossing",
                         legendgroup=f"seed {s}",
-                        hovertemplate=f"seed {s}: first raw loss <= level, round {r}<extra></extra>",
+                        hovertemplate=f"seed {s}: first raw loss ≤ level, round {r}<extra></extra>",
                     ),
                     row=1,
                     col=col,
@@ -105,7 +105,8 @@ def matching_figure(curves: Curves, level: float, window: int) -> go.Figure:
             line=dict(color="black", dash="dash", width=1.2),
             row=1,
             col=col,
-            annotation_text=f"level {level:.4g}" if col == 1 else None,
+            # only the first panel labels the lines (annotation_text=None would print plotly's "new text")
+            **(dict(annotation_text=f"level {level:.4g}") if col == 1 else {}),
         )
         if l0 is not None:
             fig.add_hline(
@@ -113,12 +114,12 @@ def matching_figure(curves: Curves, level: float, window: int) -> go.Figure:
                 line=dict(color="grey", dash="dot", width=1.2),
                 row=1,
                 col=col,
-                annotation_text=f"untrained {l0:.4g}" if col == 1 else None,
+                **(dict(annotation_text=f"untrained {l0:.4g}") if col == 1 else {}),
             )
         fig.update_xaxes(title_text="round", tickformat="d", row=1, col=col)
     fig.update_yaxes(title_text=f"loss (thin: raw; thick: moving median of {window})", row=1, col=1)
     fig.update_layout(height=420, legend=dict(orientation="h", y=-0.2), **LAYOUT)
-    return fig
+    return stack_narrow(fig, labels, 280)  # one panel per row on a phone
 
 
 def plot_matching(curves: Curves, level: float, window: int, path: Path) -> list[Path]:

@@ -172,11 +172,14 @@ def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference:
             ts = np.asarray(ln["ts"])
             loss = np.asarray(ln["loss"])
             k = seeds.index(s)
+            name = f"{reference} → {lab}, seed {s} (barrier {ln['barrier']:.3g})"
             fig.add_trace(
                 go.Scatter(
                     x=ts,
                     y=loss - loss[ts == 0.0][0],
-                    name=f"{reference} → {lab}, seed {s} (barrier {ln['barrier']:.3g})",
+                    name=name,
+                    # the whole name (plotly cuts a trace name at 15 characters) and 3 significant digits
+                    hovertemplate=f"{name}<br>t = %{{x:.3~g}}<br>Δloss = %{{y:.3~g}}<extra></extra>",
                     line=dict(color=SEED_PALETTE[k % len(SEED_PALETTE)], width=2, dash=DASHES[(k + g) % len(DASHES)]),
                     mode="lines+markers",
                     marker=dict(symbol=SYMBOLS[k % len(SYMBOLS)], size=6),
@@ -188,7 +191,7 @@ def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference:
     fig.update_layout(
         height=380,
         xaxis_title=f"t: (1 − t)·θ[{reference}] + t·θ[other], same seed",
-        yaxis_title=f"Δloss = L(θ_t) − L(θ[{reference}])",
+        yaxis_title=f"Δloss = L(θ<sub>t</sub>) − L(θ[{reference}])",
         legend=dict(orientation="h", y=-0.25),
         **LAYOUT,
     )
@@ -196,11 +199,13 @@ def line_figure(lines: Mapping[str, Mapping[int, Mapping[str, Any]]], reference:
 
 
 def measures_figure(
-    points: Mapping[str, Mapping[str, list[tuple[int, int, float]]]],
+    points: Mapping[str, Mapping[str, list[tuple]]],
     labels: Mapping[str, str],
     colors: Mapping[str, str],
 ) -> go.Figure:
-    """Small multiples, one per measure: value against round, a marker per seed and measured round."""
+    """Small multiples, one per measure: value against round, a marker per seed and measured round. A point
+    ``(seed, round, value)`` or ``(seed, round, value, censored)``: a censored 1D width (not reached within the
+    slice radius; the value is a lower bound) is an open marker, and its hover says so."""
     keys = list(labels)
     cols = 3
     rows = (len(keys) + cols - 1) // cols
@@ -211,24 +216,34 @@ def measures_figure(
     for i, key in enumerate(keys):
         r, c = i // cols + 1, i % cols + 1
         for lab, pts in points[key].items():
-            if not pts:
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=[p[1] for p in pts],
-                    y=[p[2] for p in pts],
-                    mode="markers",
-                    marker=dict(color=colors[lab], size=8, line=dict(width=0.5, color="black")),
-                    name=lab,
-                    legendgroup=lab,
-                    showlegend=lab not in shown,
-                    text=[f"seed {p[0]}" for p in pts],
-                    hovertemplate="round %{x}<br>%{y:.4g}<br>%{text}<extra>" + lab + "</extra>",
-                ),
-                row=r,
-                col=c,
-            )
-            shown.add(lab)
+            for cut in (False, True):
+                sel = [p for p in pts if (len(p) > 3 and bool(p[3])) == cut]
+                if not sel:
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=[p[1] for p in sel],
+                        y=[p[2] for p in sel],
+                        mode="markers",
+                        marker=dict(
+                            color="white" if cut else colors[lab],
+                            size=8,
+                            line=dict(width=1.5 if cut else 0.5, color=colors[lab] if cut else "black"),
+                        ),  # fmt: skip
+                        name=lab,
+                        legendgroup=lab,
+                        showlegend=lab not in shown,
+                        text=[f"seed {p[0]}" for p in sel],
+                        hovertemplate="round %{x}<br>"
+                        + ("≥ %{y:.3g}: not reached within the slice radius" if cut else "%{y:.3g}")
+                        + "<br>%{text}<extra>"
+                        + lab
+                        + "</extra>",
+                    ),
+                    row=r,
+                    col=c,
+                )
+                shown.add(lab)
         fig.update_xaxes(title_text="round", tickformat="d", row=r, col=c)
     plot = 300 * rows - 40  # the plot area: the legend 40 px above it, clear of the first row's titles
     fig.update_layout(
@@ -247,7 +262,8 @@ def over_rounds_figure(
     height: int = 380,
     markers: bool | None = None,
 ) -> go.Figure:
-    """Per-round metrics side by side (one panel per (key, title)); a line per run, coloured by group.
+    """Per-round metrics side by side (one panel per (key, title)); a line per run, coloured by group (the
+    legend names the seed of a group drawn by one seed).
 
     ``markers``: draw a marker at every point (default: only for short series); where rounds are
     missing the line breaks, so isolated saved rounds show as markers only.
@@ -256,6 +272,9 @@ def over_rounds_figure(
     runs: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for row in curves:
         runs.setdefault((row["run"], row["seed"]), []).append(row)
+    seeds: dict[str, set[int]] = {}
+    for lab, s in runs:
+        seeds.setdefault(lab, set()).add(s)
     shown: set[str] = set()
     for col, (key, _) in enumerate(panels, start=1):
         for (lab, s), rows in runs.items():
@@ -271,7 +290,7 @@ def over_rounds_figure(
                     mode="lines+markers" if (markers if markers is not None else len(pts) < 40) else "lines",
                     marker=dict(size=5),
                     line=dict(color=colors[lab], width=1.4, dash="dash" if status == "diverged" else "solid"),
-                    name=lab,
+                    name=lab if len(seeds[lab]) > 1 else f"{lab}, seed {s}",  # a group drawn by one seed says which
                     legendgroup=lab,
                     showlegend=lab not in shown,
                     hovertemplate=f"seed {s}"

@@ -5,6 +5,7 @@ tests skip with one line saying so."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,8 @@ CONTOUR_WITH_SLIDER = (
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    """A report of FedAvg vs FedMut (two measured rounds: a slider) and a standalone surface page."""
+    """A report of FedAvg vs FedMut (two measured rounds: a slider; matched at equal train loss) and a standalone
+    surface page."""
     from flatfl.cli import main
     from tests.conftest import TINY
 
@@ -34,7 +36,7 @@ def pages(tmp_path_factory):
         assert main(["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]) == 0
     assert main(["report", str(root / "fedavg"), str(root / "fedmut"), "--out", str(root / "rep"), "--at-rounds", "2,4",
                  "--samples", "100", "--grid", "5", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "2",
-                 "--no-match", "--spread-samples", "50", "--no-progress"]) == 0  # fmt: skip
+                 "--spread-samples", "50", "--no-progress"]) == 0  # fmt: skip
     assert main(["landscape", "--ckpt", str(root / "fedmut" / "round_0004.safetensors"), "--surface", "2d",
                  "--grid", "5", "--samples", "100", "--levels", "8", "--zrange=0,0.5",
                  "--out", str(root / "land")]) == 0  # fmt: skip
@@ -254,3 +256,53 @@ def test_report_layout_on_any_screen(pages, width, webgl):
     finally:
         browser.close()
         pw.stop()
+
+
+# text nodes of the page's prose (not headings, the contents line, links, code or the bibliography itself)
+PLAIN_CITATIONS = """() => {
+    const out = [];
+    const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+        if (n.parentElement.closest('h1, h2, h3, nav, a, pre, script, style, ol.bib, .js-plotly-plot, summary'))
+            continue;
+        const m = n.textContent.match(/[A-Z][a-z]+( et al\\.)? (19|20)\\d\\d/g);
+        if (m) out.push(...m);
+    }
+    return out;
+}"""
+# the straight-line figure's hover box for one point, as the reader sees it
+LINE_HOVER = """() => {
+    const f = [...document.querySelectorAll('.js-plotly-plot')]
+        .find(f => f.data.some(t => (t.name || '').includes('→')));
+    f.scrollIntoView();
+    Plotly.Fx.hover(f, [{curveNumber: 0, pointNumber: 4}]);
+    return f.querySelector('.hoverlayer').textContent;
+}"""
+
+
+def test_report_words_for_a_reader(pages):
+    """#29's details: ≤ not <=, column headers in words (no report.csv name such as test_acc), every citation in
+    the prose a link into the bibliography, the barrier hover whole and formatted (not 'fed…(−0.2, −0.01819519)'),
+    and no caption promising diverged runs when none diverged."""
+    page, errors, _, close = _open(pages[0], NO_WEBGL)
+    try:
+        body = page.inner_text("body")
+        assert "<=" not in body and ">=" not in body
+        heads = page.evaluate("() => [...document.querySelectorAll('th')].map(h => h.textContent)")
+        # a measure is named as in the verdict table (lambda_max, defined under "What the measures mean")
+        names = page.evaluate("() => [...document.querySelectorAll('td.m a')].map(a => a.textContent)")
+        assert "lambda_max" in names
+        words = [re.sub("|".join(map(re.escape, names)), "", h) for h in heads]
+        assert [h for h in words if re.search(r"[a-z]_[a-z0-9]", h)] == []
+        assert "test accuracy" in heads and "test_acc" not in heads
+        assert page.evaluate(PLAIN_CITATIONS) == []
+        assert page.locator("a[href^='#ref-']").count() >= 3
+        assert "Dinh et al. 2017" in page.inner_text("ol.bib")
+        assert page.evaluate(BROKEN_ANCHORS) == []
+        hover = page.evaluate(LINE_HOVER)
+        assert "fedavg → fedmut, seed" in hover and "…" not in hover and "t = " in hover and "Δloss = " in hover
+        numbers = re.findall(r"[−-]?\d[\d.]*(?:e[−-]?\d+)?", hover.split("barrier")[-1])
+        assert numbers and all(len(re.sub(r"\D", "", n.split("e")[0]).lstrip("0")) <= 3 for n in numbers), hover
+        assert "diverged runs dashed" not in body and "Why runs diverge" not in body
+    finally:
+        close()

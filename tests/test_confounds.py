@@ -96,7 +96,7 @@ def test_a_confound_is_named_in_the_answer_and_norm_ratio_of_a_rescaled_copy(cli
     assert comps["fedmut"]["headline"].endswith(said) and said in stdout
     page = (out / "report.html").read_text()
     assert html.escape(said) in page
-    assert "<table class='context'>" in page and "‖θ_l‖₂ per parameter tensor" in page  # under the verdict
+    assert "<table class='context'>" in page and "‖θ<sub>l</sub>‖₂ per parameter tensor" in page  # under the verdict
     assert page.index("table class='verdict'") < page.index("<table class='context'>")
     assert comps["fedprox"]["confounds"] == ""  # mu = 0 is FedProx's own setting
     # ||θ||₂ recomputed from the round file: float64 over run.json's parameters
@@ -136,7 +136,7 @@ def test_differences_in_words():
     )
     mut = _group("fedmut", "fedmut", algo_config={"weighted": False, "radius": 4.0}, model_kwargs={"width": 8})
     texts = [d.text for d in differences(ref, mut)]
-    assert texts == ["algorithm fedmut (fedavg)", "aggregation plain mean (fedavg: sample-weighted)",
+    assert texts == ["algorithm FedMut (FedAvg)", "aggregation plain mean (fedavg: sample-weighted)",
                      "radius 4", "model_kwargs.width=8"]  # fmt: skip
     assert confound_sentence(ref, mut) == (
         "fedmut also differs by: aggregation plain mean (fedavg: sample-weighted); model_kwargs.width=8."

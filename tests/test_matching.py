@@ -107,7 +107,7 @@ def test_far_apart_and_early_matched_rounds_are_flagged():
     said = round_warnings("A", "B", {0: 20, 1: 22, 2: 30}, {0: 60, 1: 45, 2: 70}, 100)
     assert len(said) == 1 and f"more than {DISPARITY:g}x" in said[0] and "A: median round 22, B: 60" in said[0]
     said = round_warnings("A", "B", {0: 40, 1: 9}, {0: 45, 1: 50}, 100)
-    assert said == [f"A seed 1 at round 9 settles within the first {EARLY_FRACTION:.0%} of training (round <= 10)"]
+    assert said == [f"A seed 1 at round 9 settles within the first {EARLY_FRACTION:.0%} of training (round ≤ 10)"]
     assert round_warnings("A", "B", {0: None}, {0: 3}, 100)[0].startswith("B seed 0 at round 3")
 
 

@@ -42,13 +42,16 @@ def test_report_writes_html_csv_json_and_matches_eigsh(cli, pair, tmp_path):
     for name in ("report.html", "report.csv", "verdict.csv", "curves.csv", "report.json", "surfaces.png", "spread.png",
                  "slices.png", "slices.pdf"):  # fmt: skip
         assert (out / name).is_file(), name
-    # the report's own settings (not landscape's defaults), printed and at the top of the page
+    # the report's own settings (not landscape's defaults), printed and in the answer's section, under the verdict
+    # table (#29: the headline, then the table)
     said = "report settings (not flatfl landscape's defaults): up to 150 train samples; lambda_max: Lanczos top-1, "
     said += "tol 0.0001"
     assert said in stdout
     page = (out / "report.html").read_text()
     body = page[page.index("<body>") :]
-    assert body.index(said.replace("'", "&#x27;")) < body.index("<table")  # above the verdict table
+    at = body.index(said.replace("'", "&#x27;"))
+    table, where = body.index("<table class='verdict'>"), body.index("<h2 id='where-each")
+    assert body.index("<p class='answer'>") < table < at < where
     rows = list(csv.DictReader(open(out / "report.csv")))
     assert [(r["run"], r["round"]) for r in rows] == [
         ("fedavg", "2"),

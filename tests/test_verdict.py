@@ -460,7 +460,7 @@ def test_not_compared_says_why():
     assert why_not_compared(a, b, cond, short=True) == "no shared seed"
     b = _group("B", [0, 1])
     never = Match(None, None, "never reaches accuracy 0.99")
-    acc = Condition("acc", "equal test accuracy (>= 0.99)", {"A": {0: never, 1: Match(3, 0.995)},
+    acc = Condition("acc", "equal test accuracy (≥ 0.99)", {"A": {0: never, 1: Match(3, 0.995)},
                                                              "B": {0: Match(2, 0.99), 1: never}})  # fmt: skip
     assert why_not_compared(a, b, acc) == "A seed 0 and B seed 1 never reach accuracy 0.99"
     acc.rounds["A"][1] = never

@@ -218,8 +218,20 @@ SETTING_NAMES: dict[str, str] = {
 }
 
 
+# --algo names as their papers spell them: the algorithm in prose ('algorithm FedMut (FedAvg)'); a group's
+# label (the --algo name, or the user's --label) is left as it is
+PAPER_NAMES: dict[str, str] = {
+    "fedavg": "FedAvg", "fedmut": "FedMut", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "clusamp": "CluSamp",
+    "fedcluster": "FedCluster", "feddf": "FedDF", "fedgen": "FedGen", "fedaux": "FedAUX", "fedsam": "FedSAM",
+    "fedasam": "FedASAM", "mofedsam": "MoFedSAM", "fedswa": "FedSWA", "fedlesam": "FedLESAM",
+}  # fmt: skip
+
+
 def _value_text(key: str, v: Any) -> str:
-    """One setting's value in words (aggregation: sample-weighted / plain mean; numbers with %g)."""
+    """One setting's value in words (an algorithm as its paper spells it; aggregation: sample-weighted /
+    plain mean; numbers with %g)."""
+    if key == "algo":
+        return PAPER_NAMES.get(str(v), str(v))
     if key == "algo_config.weighted":
         return "sample-weighted" if v else "plain mean"
     if v is None:
@@ -241,7 +253,7 @@ class Difference:
     ``reference``: this group's and the reference group's values (None where that side has no such
     setting); ``side``: ``both``, ``this`` (a setting of this group alone, e.g. FedMut's radius against
     FedAvg) or ``reference`` (of the reference alone); ``text``: in words, e.g. ``aggregation plain mean
-    (fedavg: sample-weighted)``, ``algorithm fedmut (fedavg)``, or ``radius 4`` for a setting of this
+    (fedavg: sample-weighted)``, ``algorithm FedMut (FedAvg)``, or ``radius 4`` for a setting of this
     group alone.
     """
 
@@ -278,7 +290,7 @@ def differences(ref: Group, group: Group) -> list[Difference]:
         sep = " " if k in SETTING_NAMES else "="
         if k in a and k in b:
             ref_text = _value_text(k, va)
-            theirs = ref_text if k == "algo" and ref.label == ref_text else f"{ref.label}: {ref_text}"
+            theirs = ref_text if k == "algo" and ref.label == va else f"{ref.label}: {ref_text}"
             text = f"{name}{sep}{_value_text(k, vb)} ({theirs})"
             out.append(Difference(k, vb, va, "both", text))
         elif k in b:  # e.g. what this group's algorithm adds
@@ -289,7 +301,7 @@ def differences(ref: Group, group: Group) -> list[Difference]:
 
 
 def differences_text(ref: Group, group: Group, diffs: Sequence[Difference] | None = None) -> str:
-    """All differences in one line: 'fedmut differs from fedavg by: algorithm fedmut (fedavg); aggregation
+    """All differences in one line: 'fedmut differs from fedavg by: algorithm FedMut (FedAvg); aggregation
     plain mean (fedavg: sample-weighted); fedmut's own settings: radius 4, ...' ('by the algorithm alone:'
     when nothing else differs; '' when there are no differences)."""
     diffs = differences(ref, group) if diffs is None else diffs

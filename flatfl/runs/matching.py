@@ -236,7 +236,7 @@ def round_warnings(
         few = sorted((s, r) for s, r in per.items() if r is not None and r <= early)
         if few:
             which = ", ".join(f"seed {s} at round {r}" for s, r in few)
-            out.append(f"{lab} {which} settles within the first {EARLY_FRACTION:.0%} of training (round <= {early:g})")
+            out.append(f"{lab} {which} settles within the first {EARLY_FRACTION:.0%} of training (round ≤ {early:g})")
     return out
 
 

@@ -419,7 +419,7 @@ def plan_conditions(
         conds.append(
             Condition(
                 "acc",
-                f"equal test accuracy (>= {settings.match_acc:g})",
+                f"equal test accuracy (≥ {settings.match_acc:g})",
                 {g.label: {s: found[_name(g.label, s)] for s in g.seeds} for g in groups},
                 settings.match_acc,
                 user_level=True,
@@ -440,7 +440,7 @@ def _loss_condition(groups: Sequence[Group], curves: dict, level: float | None, 
     chances = {c.chance() for c, _ in curves.values()} - {None}
     c = Condition(
         "loss",
-        f"equal train loss (settled <= {lm.level:.4g})",
+        f"equal train loss (settled ≤ {lm.level:.4g})",
         {g.label: {s: lm.found[_name(g.label, s)] for s in g.seeds} for g in groups},
         lm.level,
         refused=level_refusal(lm.level, lm.traces, min(chances) if chances else None),

@@ -9,7 +9,8 @@ Pure text from the report's settings; it computes nothing.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,68 @@ BIBLIOGRAPHY: dict[str, str] = {
     "learning via stochastic mutation. AAAI 2024.",
     "Wasserman 2004": "L. Wasserman. All of Statistics, sec. 10.1 (paired comparisons). Springer, 2004.",
 }
+_CITATION = re.compile("|".join(re.escape(k) for k in sorted(BIBLIOGRAPHY, key=len, reverse=True)))
+
+
+def ref_id(key: str) -> str:
+    """The bibliography entry's anchor: 'Li et al. 2018' -> 'ref-lietal2018'."""
+    return "ref-" + "".join(ch for ch in key.lower() if ch.isalnum())
+
+
+def cited_in(texts: Iterable[str]) -> list[str]:
+    """The :data:`BIBLIOGRAPHY` keys the texts cite, in order of first citation."""
+    out: list[str] = []
+    for t in texts:
+        out += [k for k in _CITATION.findall(t) if k not in out]
+    return out
+
+
+def link_citations(text: str) -> str:
+    """Every citation of a :data:`BIBLIOGRAPHY` work in an HTML string (outside tags) as a link to its entry."""
+    parts = re.split(r"(<[^>]*>)", text)
+    return "".join(
+        p if p.startswith("<") else _CITATION.sub(lambda m: f"<a href='#{ref_id(m.group())}'>{m.group()}</a>", p)
+        for p in parts
+    )
+
+
+# report.csv's columns in words (the page's table headers; the CSV name is the header's tooltip)
+COLUMN_NAMES: dict[str, str] = {
+    "run": "group",
+    "conditions": "measured for",
+    "test_acc": "test accuracy",
+    "test_loss": "test loss",
+    "train_loss": "train loss",
+    "gradient_norm": "‖∇L‖",
+    "lambda_max": "λmax",
+    "lambda_min": "smallest Hessian eigenvalue",
+    "trace": "trace",
+    "weight_norm": "‖θ‖₂",
+}
+_SUFFIXES = (
+    ("_residual", "Lanczos residual"),
+    ("_data_error", "data-sampling error"),
+    ("_stderr", "standard error"),
+    ("_censored", "not reached"),
+)
+
+
+def column_name(key: str, labels: Mapping[str, str] | None = None) -> str:
+    """A report.csv column in words: a measure's own label (``labels``: key -> label), else
+    :data:`COLUMN_NAMES`, with its suffix in words ('trace_stderr' -> 'trace: standard error')."""
+    labels = labels or {}
+    if key in labels:
+        return labels[key]
+    if key in COLUMN_NAMES:
+        return COLUMN_NAMES[key]
+    for suffix, words in _SUFFIXES:
+        if key.endswith(suffix):
+            return f"{column_name(key.removesuffix(suffix), labels)}: {words}"
+    if key.startswith("sharpness_"):
+        return key.removeprefix("sharpness_").replace("_", " ") + " sharpness"
+    if key.startswith("width_"):
+        return f"1D width at Δloss {key.removeprefix('width_')}"
+    return key.replace("_", " ")
 
 
 def _meanings(ls: Any, radius: float) -> dict[str, Meaning]:
@@ -135,6 +198,19 @@ def _meanings(ls: Any, radius: float) -> dict[str, Meaning]:
     }
 
 
+def glossary_has(key: str) -> bool:
+    """Whether the section defines the measure ``key`` (its entry's id is ``m-KEY``)."""
+    return ("width" if key.startswith("width_") else key) in _meanings(_Defaults(), 1.0)
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    rho: float = 0.05
+    sigma: float = 0.01
+    eps: float = 1e-3
+    sharpness_samples: int = 50
+
+
 def _invariance_text(key: str) -> str:
     inv = invariant_to(key)
     if not inv:
@@ -145,12 +221,15 @@ def _invariance_text(key: str) -> str:
     return text + ("; changes under " + ", ".join(missing) if missing else "")
 
 
-def glossary_html(measures: Sequence[Any], settings: Any, *, anchor: str = "what-the-measures-mean") -> str:
-    """The section's HTML for the verdict's rows ``measures`` (:class:`flatfl.analysis.verdict.Measure`)."""
+def glossary_html(
+    measures: Sequence[Any], settings: Any, *, anchor: str = "what-the-measures-mean", cited: Sequence[str] = ()
+) -> str:
+    """The section's HTML for the verdict's rows ``measures`` (:class:`flatfl.analysis.verdict.Measure`), ending
+    with a bibliography of the works it cites and of ``cited`` (the rest of the page's citations, :func:`cited_in`)."""
     from flatfl.analysis.invariance import markdown_table
 
     meanings = _meanings(settings.landscape, getattr(settings, "slice_radius", 1.0))
-    cited: list[str] = []
+    cited = list(cited)
     items = []
     for m in measures:
         if m.kind != "flatness":
@@ -166,9 +245,8 @@ def glossary_html(measures: Sequence[Any], settings: Any, *, anchor: str = "what
             f"<i>Estimation error</i>: {html.escape(mean.error)}. ({refs})</dd>"
         )
     table = _table_html(markdown_table())
-    cited += [c for c in ("Dinh et al. 2017", "Goodfellow et al. 2015", "Frankle et al. 2020", "Wasserman 2004",
-                          "Hu et al. 2024") if c not in cited]  # fmt: skip
-    bib = "".join(f"<li id='ref-{i}'>{html.escape(BIBLIOGRAPHY[c])}</li>" for i, c in enumerate(cited))
+    cited += [c for c in ("Dinh et al. 2017",) if c not in cited]
+    bib = "".join(f"<li id='{ref_id(c)}'>[{html.escape(c)}] {html.escape(BIBLIOGRAPHY[c])}</li>" for c in cited)
     return (
         "<p>Every flatness measure in the verdict, with what a lower or higher value means. A function-preserving "
         "rescaling of a ReLU network's weights changes some measures without changing the function (Dinh et al. "
@@ -187,5 +265,12 @@ def _table_html(markdown: str) -> str:
     head, rows = lines[0], lines[2:]
     th = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows)
-    notes = "".join(f"<li>{html.escape(ln[2:].replace('*', ''))}</li>" for ln in text if ln.startswith("- "))
+    notes = "".join(
+        f"<li>{_subscripts(html.escape(ln[2:].replace('*', '')))}</li>" for ln in text if ln.startswith("- ")
+    )
     return f"<table class='invariance'><tr>{th}</tr>{tr}</table>" + (f"<ul>{notes}</ul>" if notes else "")
+
+
+def _subscripts(text: str) -> str:
+    """'W_{l+1}' and 'W_l' as HTML subscripts (the invariance table's notes are written for markdown)."""
+    return re.sub(r"_\{([^}]*)\}|_([A-Za-z0-9]+)", lambda m: f"<sub>{m.group(1) or m.group(2)}</sub>", text)

@@ -59,6 +59,9 @@ def _clip(v: float, bounds: Sequence[float | None]) -> float:
     return v if hi is None else min(v, hi)
 
 
+PER_SEED_MAX = 5  # up to this many seeds a cell lists each seed's value instead of the 95% interval
+
+
 def summary_text(
     s: Mapping[str, Any] | None,
     censored: int = 0,
@@ -66,16 +69,26 @@ def summary_text(
     radius: float | None = None,
 ) -> str:
     """'mean [lo, hi]' or 'value (1 seed)'; the interval clipped to what the quantity can be (``bounds``:
-    accuracy in [0, 1], losses and widths >= 0). ``censored`` 1D widths (never reached within ±``radius``)
-    are left out of the mean and named instead."""
+    accuracy in [0, 1], losses and widths >= 0). With 2 to :data:`PER_SEED_MAX` seeds whose values are known,
+    'mean (per seed: a, b, c)' instead: a t-interval over so few seeds is wide and, clipped, reads like a
+    bound ('[0, 0.966]' for a loss), where the values themselves say more (the interval stays in verdict.csv
+    and report.json). ``censored`` 1D widths (never reached within ±``radius``) are left out of the mean and
+    named instead."""
     cut = f"not reached within ±{fmt(radius)} (raise --slice-radius)"
     if s is None:
         return cut if censored else "–"
     note = f" + {censored} {cut}" if censored else ""
     if s["lo"] is None:
         return f"{fmt(s['mean'])} (1 seed){error_text(s)}{note}"
-    lo, hi = _clip(s["lo"], bounds), _clip(s["hi"], bounds)
-    return f"{fmt(s['mean'])} [{fmt(lo, 3)}, {fmt(hi, 3)}]{error_text(s)}{note}"
+    values = s.get("values") or ()
+    if 1 < len(values) == s["n"] <= PER_SEED_MAX:
+        return f"{fmt(s['mean'])} (per seed: {', '.join(fmt(v) for v in values)}){error_text(s)}{note}"
+    return f"{fmt(s['mean'])} {interval_text(s, bounds)}{error_text(s)}{note}"
+
+
+def interval_text(s: Mapping[str, Any], bounds: Sequence[float | None] = (None, None)) -> str:
+    """'[lo, hi]': the 95% interval over seeds, clipped to ``bounds``."""
+    return f"[{fmt(_clip(s['lo'], bounds), 3)}, {fmt(_clip(s['hi'], bounds), 3)}]"
 
 
 def error_text(s: Mapping[str, Any] | None) -> str:
@@ -122,29 +135,52 @@ def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
     return f"{core}, {p['agree']}/{p['n']} seeds point the same way"
 
 
-def verdict_table_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
-    """Measures as rows; per condition a column per group (mean [95% CI]) and a verdict per comparison."""
+def _summary_cell(r: Mapping[str, Any], lab: str, title: str) -> str:
+    """A group's cell: its summary, the 95% interval as the cell's tooltip where the cell lists the seeds."""
+    s = r["groups"].get(lab)
+    tip = ""
+    if s and s.get("lo") is not None:
+        tip = f" title='95% t-interval over seeds {html.escape(interval_text(s, r.get('bounds') or (None, None)))}'"
+    return f"<td data-label='{html.escape(f'{lab}, {title}')}'{tip}>{html.escape(_row_summary(r, lab))}</td>"
+
+
+def verdict_table_html(
+    verdict: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    anchors: Mapping[str, str] | None = None,
+) -> str:
+    """Measures as rows; per condition a column per group (mean [95% CI], or the seeds' values) and a verdict
+    per comparison. ``anchors``: in-page ids to link -- a measure key to its definition, a condition name
+    ('loss', 'acc') to the section stating its matching rule, 'verdict' to the verdict rule."""
+    anchors = anchors or {}
     ref = verdict[0]["reference"]
     others = [lab for lab in labels if lab != ref]
+
+    def link(key: str, text: str) -> str:
+        return f"<a href='#{html.escape(anchors[key])}'>{text}</a>" if key in anchors else text
+
     head1 = "<tr class='head'><th rowspan='2'>measure</th>" + "".join(
-        f"<th colspan='{len(labels) + len(others)}'>{html.escape(c['title'])}</th>" for c in verdict
+        f"<th colspan='{len(labels) + len(others)}'>{html.escape(c['title'])}"
+        + (f" <small>({link(c['condition'], 'rule')})</small>" if c.get("condition") in anchors else "")
+        + "</th>"
+        for c in verdict
     )
     head2 = "<tr class='head'>" + "".join(
         "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
-        + "".join(f"<th>verdict{'' if len(others) == 1 else ': ' + html.escape(o)}</th>" for o in others)
+        + "".join(
+            f"<th>{link('verdict', 'verdict')}{'' if len(others) == 1 else ': ' + html.escape(o)}</th>" for o in others
+        )  # fmt: skip
         for _ in verdict
     )
     body = []
     for i, row in enumerate(verdict[0]["rows"]):
         arrow = "↓" if row["lower_is_better"] else "↑"
-        cells = [f"<td class='m' style='text-align:left'>{html.escape(row['label'])} {arrow}</td>"]
+        name = link(f"m-{row['measure']}", html.escape(row["label"]))
+        cells = [f"<td class='m' style='text-align:left'>{name} {arrow}</td>"]
         for c in verdict:
             r = c["rows"][i]
             title = c["title"]
-            cells += [
-                f"<td data-label='{html.escape(f'{lab}, {title}')}'>{html.escape(_row_summary(r, lab))}</td>"
-                for lab in labels
-            ]
+            cells += [_summary_cell(r, lab, title) for lab in labels]
             for o in others:
                 comp = r["comparisons"][o]
                 cls = "none" if comp["winner"] is None else ("win-a" if comp["winner"] == ref else "win-b")
@@ -177,10 +213,10 @@ def differs_lines(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str] | 
     return [comps[o]["differs_by_text"] for o in order if comps[o].get("differs_by_text")]
 
 
-def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
+def answer_html(verdict: Sequence[Mapping[str, Any]], table: str = "") -> str:
     """The answer in sentences: per condition and comparison the bottom line, then what each comparison's
-    groups differ in, then the details (a disagreement, the caution, what would decide an inconclusive
-    measure)."""
+    groups differ in, then ``table`` (the verdict table: the answer first, then the table), then the details
+    (a disagreement, the caution, what would decide an inconclusive measure)."""
     parts = []
     for c in verdict:
         for other, comp in c["comparisons"].items():
@@ -189,6 +225,8 @@ def answer_html(verdict: Sequence[Mapping[str, Any]]) -> str:
                 f"<p class='answer'><b>At {html.escape(c['title'])}</b> ({who}): {html.escape(comp['headline'])}</p>"
             )
     parts += [f"<p class='differs'>{html.escape(t)}</p>" for t in differs_lines(verdict)]
+    if table:
+        parts.append(table)
     for c in verdict:
         for other, comp in c["comparisons"].items():
             details = answer_details(comp)
@@ -302,8 +340,16 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     ckpt.atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def table_html(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+def table_html(rows: Sequence[Mapping[str, Any]], cols: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
+    """A table of ``rows``; with ``labels`` (measure key -> label) the headers are report.csv's columns in words
+    (:func:`flatfl.runs.report_glossary.column_name`), each with its CSV name as the tooltip."""
+    from flatfl.runs.report_glossary import column_name
+
+    if labels is None:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    else:
+        head = "".join(f"<th title='report.csv: {html.escape(c)}'>{html.escape(column_name(c, labels))}</th>"
+                       for c in cols)  # fmt: skip
     body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<div style='overflow-x:auto'><table><tr>{head}</tr>{body}</table></div>"
 
@@ -366,8 +412,8 @@ def settings_line(settings: Any) -> str:
 def _settings_note(settings: Any) -> str:
     ld = settings.landscape
     return (
-        f"<p><small>All measures on {html.escape(ld.data)} data ({f'up to {ld.samples}' if ld.samples else 'all'} "
-        "samples, subset seed "
+        f"<p id='verdict-rule'><small>All measures on {html.escape(ld.data)} data "
+        f"({f'up to {ld.samples}' if ld.samples else 'all'} samples, subset seed "
         f"{ld.seed}), eval mode. lambda_max: Lanczos (residual tol {ld.tol:g}); trace: {ld.trace_method}, "
         f"{ld.trace_matvecs} HVPs; sharpness: rho={ld.rho:g} (SAM, adaptive), sigma={ld.sigma:g} (average); "
         f"1D width: distance between the first crossings of the mean Δloss over {settings.slice_directions} "
@@ -377,9 +423,12 @@ def _settings_note(settings: Any) -> str:
         "over seeds): the trace's and average sharpness's Monte Carlo standard errors, the Lanczos residual "
         "||Hv − λv|| (a bound on λmax's error), the 1D width's bootstrap standard error over the random "
         "directions. Verdict: the paired comparison of the same seeds (same partition, initial model and client "
-        f"sample); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: seeds whose own "
-        "ratio or difference has the sign of the mean. Displayed intervals are clipped to what the quantity can be "
-        "(accuracy in [0, 1], losses and widths ≥ 0). ↓ lower is flatter/better, ↑ higher is.</small></p>"
+        f"sample; Wasserman 2004); {html.escape(VERDICT_RULE, quote=False)}. <i>k/n seeds point the same way</i>: "
+        "seeds whose own ratio or difference has the sign of the mean. Displayed intervals are clipped to what the "
+        "quantity can be "
+        f"(accuracy in [0, 1], losses and widths ≥ 0); with 2 to {PER_SEED_MAX} seeds a cell lists each seed's value "
+        "(in seed order) instead, the interval is its tooltip and in verdict.csv and report.json. "
+        "↓ lower is flatter/better, ↑ higher is.</small></p>"
     )
 
 
@@ -400,8 +449,8 @@ def _measure_points(measured: Any, keys: Sequence[str]) -> dict[str, dict[str, l
     pts: dict[str, dict[str, list]] = {k: {} for k in keys}
     for (lab, s, rnd), row in sorted(measured.rows.items(), key=lambda kv: kv[0][2]):
         for k in keys:
-            if row.get(k) is not None:
-                pts[k].setdefault(lab, []).append((s, rnd, row[k]))
+            if row.get(k) is not None:  # a censored width (a lower bound) is drawn as such
+                pts[k].setdefault(lab, []).append((s, rnd, row[k], bool(row.get(f"{k}_censored"))))
     return pts
 
 
@@ -513,7 +562,8 @@ def _spread_sections(curves: Sequence[Mapping[str, Any]], groups: Sequence[Any],
     )[0]
     text = (
         "<p>Per saved round t (lowest seed of each group): mean L2 distance to w<sub>t-1</sub> of the models sent to "
-        "clients (FedMut's mutants; FedAvg sends the global model itself, distance 0) and of the returned models. "
+        "clients (FedMut's mutants, Hu et al. 2024; FedAvg sends the global model itself, distance 0) and of the "
+        "returned models. "
         "Markers at the saved rounds; lines only join consecutive rounds. Relative and filter-normalised distances, "
         "update cosines and the sent models' losses are in curves.csv.</p>"
     )
@@ -547,10 +597,11 @@ def _curves_section(curves: Sequence[Mapping[str, Any]], colors) -> tuple[str, l
     """Test accuracy, test loss and the clients' train loss over rounds, with a caption."""
     from flatfl.analysis.report_figures import over_rounds_figure
 
+    diverged = any(r.get("status") == "diverged" for r in curves)
     caption = (
         "<p>From each run's metrics.jsonl: the global model's test accuracy and test loss after every round, and "
-        "the mean local training loss the sampled clients reported. One colour per group, a line per seed; "
-        "diverged runs dashed.</p>"
+        "the mean local training loss the sampled clients reported. One colour per group, a line per seed"
+        + ("; diverged runs dashed.</p>" if diverged else ".</p>")
     )
     panels = [("test_acc", "test accuracy"), ("test_loss", "test loss"), ("train_loss", "clients' local train loss")]
     return "Accuracy and loss over rounds", [caption, over_rounds_figure(curves, panels, colors)]
@@ -565,7 +616,8 @@ def _line_section(lines: Mapping[str, Any], ref: str, rnd: int, colors) -> tuple
         f"two groups' models of the same seed at round {rnd} (t = 0: {html.escape(ref)}, t = 1: the other), as "
         f"Δloss = L(θ<sub>t</sub>) − L(θ[{html.escape(ref)}]); one colour and dash per seed. <b>Barrier</b> (in "
         "the legend): max<sub>t∈[0,1]</sub> L(θ<sub>t</sub>) − [(1 − t)·L(θ<sub>0</sub>) + t·L(θ<sub>1</sub>)], "
-        "how far the loss rises above the straight line joining the two end losses (Frankle et al. 2020). "
+        "how far the loss rises above the straight line joining the two end losses (Goodfellow et al. 2015; "
+        "Frankle et al. 2020). "
         "About 0: the two models lie in one basin (linearly connected); large: a ridge separates them.</p>"
     )
     return (
@@ -616,10 +668,19 @@ def write_report(
         write_csv(path, data)
         files[name] = path
     sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
-    from flatfl.runs.report_glossary import glossary_html
+    from flatfl.runs.report_glossary import cited_in, glossary_html, link_citations
 
-    sections.append(("What the measures mean", glossary_html(measures, settings)))
+    texts = [(h, [b] if isinstance(b, str) else b) for h, b in sections]
+    cited = cited_in([h for h, _ in texts] + [x for _, b in texts for x in b if isinstance(x, str)])
+    sections.append(("What the measures mean", glossary_html(measures, settings, cited=cited)))
     sections.append(_commands_section(command, settings, groups))
+    # every citation in the page's text links to its bibliography entry (headings stay plain text)
+    sections = [
+        (h, link_citations(b) if isinstance(b, str) else [link_citations(x) if isinstance(x, str) else x for x in b])
+        if not h.startswith("Commands")
+        else (h, b)
+        for h, b in sections
+    ]
     title = " vs ".join(labels) + ": is one flatter?"
     files["html"] = write_page(out / "report.html", title, sections, css=PAGE_CSS)
     _write_json(out / "report.json", settings, groups, rounds, verdict, rows, measured, lines, curves, command)
@@ -663,18 +724,23 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
 
 def _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files) -> list:
     """The page's sections in reading order: the answer first."""
+    from flatfl.analysis.interactive import section_id
     from flatfl.analysis.plots import plot_slices
     from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
     from flatfl.runs.matching_page import matching_sections
+    from flatfl.runs.report_glossary import glossary_has
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)
+    matching = matching_sections(conds, out, files)
+    anchors = {f"m-{m.key}": f"m-{m.key}" for m in measures if glossary_has(m.key)}
+    anchors["verdict"] = "verdict-rule"
+    if matching:
+        anchors["loss"] = section_id(matching[0][0])
+    table = _excluded_html(groups) + verdict_table_html(verdict, labels, anchors) + context_html(verdict, labels)
     top = (
-        answer_html(verdict)
+        answer_html(verdict, table)
         + f"<p><small>{html.escape(settings_line(settings))}</small></p>"
-        + _excluded_html(groups)
-        + verdict_table_html(verdict, labels)
-        + context_html(verdict, labels)
         + _settings_note(settings)
     )
     where = _rounds_rows(groups, conds)
@@ -682,7 +748,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
         ("The answer", top),
         ("Where each run was measured", table_html(where, list(where[0]))),
     ]
-    sections += matching_sections(conds, out, files)
+    sections += matching
     panels = _slices_panels(conds, measured)
     if any(panels.values()):
         files["slices_png"] = plot_slices(panels, colors, out / "slices", settings.widths)[0]
@@ -696,25 +762,25 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     if lines:
         sections.append(_line_section(lines, verdict[0]["reference"], rounds[-1], colors))
     keys = {m.key: m.label for m in measures}
+    points = _measure_points(measured, list(keys))
+    cut = any(len(p) > 3 and p[3] for per in points.values() for pts in per.values() for p in pts)
     caption = (
         "<p>Each verdict measure (one panel each) against the round it was measured at: a marker per seed and "
         "measured round (the equal rounds and each run's matched-loss/accuracy round), one colour per group. "
-        "Hover for the seed.</p>"
+        "Hover for the seed."
+        + (" An open marker: a 1D width not reached within the slice radius (a lower bound)." if cut else "")
+        + "</p>"
     )
-    sections.append(
-        (
-            "Every measure at every measured round",
-            [caption, measures_figure(_measure_points(measured, list(keys)), keys, colors)],
-        )
-    )
+    sections.append(("Every measure at every measured round", [caption, measures_figure(points, keys, colors)]))
     full_cols: list[str] = []
     for r in rows:
         full_cols += [c for c in r if c not in full_cols and c not in ("path", "algo")]
     sections.append(
         (
             "Curvature and sharpness per checkpoint",
-            table_html(rows, [c for c in KEY_COLUMNS if any(c in r for r in rows)])
-            + f"<details><summary>All columns ({len(full_cols)})</summary>{table_html(rows, full_cols)}</details>",
+            table_html(rows, [c for c in KEY_COLUMNS if any(c in r for r in rows)], keys)
+            + f"<details><summary>All columns ({len(full_cols)})</summary>{table_html(rows, full_cols, keys)}"
+            "</details>",
         )
     )
     sections.append(_curves_section(curves, colors))

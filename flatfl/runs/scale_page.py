@@ -59,7 +59,7 @@ def context_html(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
             folded.append(_layers_html(c["title"], row.get("layers", {}), labels))
     return (
         f"<div style='overflow-x:auto'><table class='context'>{head}</tr>{''.join(body)}</table></div>"
-        "<details><summary>‖θ_l‖₂ per parameter tensor (context, not a verdict)</summary>"
+        "<details><summary>‖θ<sub>l</sub>‖₂ per parameter tensor (context, not a verdict)</summary>"
         + "".join(folded)
         + "</details>"
     )
