@@ -88,8 +88,8 @@ def analysis_device(name: str) -> Any:
     """The device of an analysis command; under torchrun with CUDA, this rank's GPU (LOCAL_RANK)."""
     import torch
 
+    from flatfl.device import resolve_device
     from flatfl.distributed import launched_by_torchrun, local_rank
-    from flatfl.trainer import resolve_device
 
     device = resolve_device(name)
     if launched_by_torchrun() and device.type == "cuda":

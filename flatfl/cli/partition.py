@@ -75,7 +75,7 @@ def run(ns: dict[str, Any]) -> int:
     from flatfl.cli.train import config_from_args
     from flatfl.data import load_dataset
     from flatfl.partition import label_counts
-    from flatfl.trainer import make_partition
+    from flatfl.sampling import make_partition
 
     ns = {k: v for k, v in ns.items() if k not in ("plot", "download")} | {
         "plot": ns.get("plot", Path("partition.png")),

@@ -842,8 +842,9 @@ def _check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) ->
 
 def run(ns: dict[str, Any]) -> int:
     from flatfl import checkpoint as ckpt
+    from flatfl.run_checks import prepare_out
     from flatfl.rundir import settle
-    from flatfl.trainer import prepare_out, train
+    from flatfl.trainer import train
 
     if "resume" in ns:
         out = ns["resume"]
