@@ -54,17 +54,8 @@ from flatfl.tracking import Tracker
 from flatfl.validate import check_dtypes
 
 # the trainer's parts, importable from here as before the split
-__all__ = [
-    "RoundLog",
-    "Simulation",
-    "check_finite",
-    "draw_clients",
-    "make_partition",
-    "prepare_out",
-    "resolve_device",
-    "sample_clients",
-    "train",
-]
+__all__ = ["RoundLog", "Simulation", "check_finite", "draw_clients", "make_partition", "prepare_out", "resolve_device",
+           "sample_clients", "train"]  # fmt: skip
 
 
 @dataclass
@@ -216,18 +207,7 @@ def _train(
             old_global, global_state = global_state, new_global
             if not main:
                 continue
-            clients_info, record = _round_record(rec, result, algo, old_global, round_time, dev, ctx)
-            saver.took_part(clients_info["clients"])
-            writer.submit(
-                saver.job(
-                    t,
-                    new_global,
-                    record,
-                    result.sent if cfg.saves_clients(t) else None,
-                    [u.state for u in result.updates] if cfg.saves_clients(t) else None,
-                    clients_info,
-                )
-            )
+            writer.submit(_round_job(t, cfg, saver, rec, result, algo, old_global, round_time, dev, ctx))
             _show_round(bar, last_eval, log, cfg, t, rec)
     except KeyboardInterrupt:
         writer.cancel_pending()  # queued rounds are dropped; the one being written completes
@@ -242,6 +222,26 @@ def _train(
         if main and saver.tracker is not None:
             saver.tracker.close()
     return logs
+
+
+def _round_job(
+    t: int,
+    cfg: RunConfig,
+    saver: RoundSaver,
+    rec: RoundLog,
+    result: Any,
+    algo: FederatedAlgorithm,
+    old_global: StateDict,
+    round_time: float,
+    dev: torch.device,
+    ctx: distributed.DistContext | None,
+) -> Callable[[], None]:
+    """Round t's files and metrics line, as a job for the background writer (main rank)."""
+    clients_info, record = _round_record(rec, result, algo, old_global, round_time, dev, ctx)
+    saver.took_part(clients_info["clients"])
+    keep = cfg.saves_clients(t)
+    returned = [u.state for u in result.updates] if keep else None
+    return saver.job(t, result.new_global, record, result.sent if keep else None, returned, clients_info)
 
 
 def _partition(
