@@ -121,19 +121,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     }
 
 
-CHOICE_FLAGS = (
-    "dataset",
-    "cifar100_labels",
-    "partition",
-    "preset",
-    "norm",
-    "model",
-    "local_opt",
-    "algo",
-    "mutate",
-    "similarity",
-    "grouping",
-)
+CHOICE_FLAGS = tuple(_choices())
 # flag -> the check of its text (flatfl.flagtypes)
 KINDS: dict[str, Callable[[str], Any]] = {
     "test_frac": open_frac,
@@ -250,7 +238,6 @@ def _value(name: str, value: Any) -> Any:
 
 def config_from_flags(given: Mapping[str, Any]) -> RunConfig:
     """``RunConfig.from_flags``: the config of the flags given (checked), defaults elsewhere."""
-
     ns = parse_flags(given)
     ns = apply_preset(_centralised(ns), DEFAULT_MODEL.get(ns.get("dataset", DataConfig.dataset)))
     data = replace(DataConfig(), **{f: ns[k] for k, f in DATA_FLAGS.items() if k in ns})
@@ -294,7 +281,6 @@ def _model(ns: dict[str, Any], data: DataConfig) -> tuple[str, dict[str, Any]]:
 
 def _algo_config(ns: dict[str, Any], algo_cls: Any, data: DataConfig, local: LocalConfig) -> Any:
     """The algorithm's frozen config from its own flags; a flag of another algorithm is refused."""
-
     algo = algo_cls.name
     names = {f.name for f in fields(algo_cls.config_cls)}
     for k, f in ALGO_FLAGS.items():
@@ -348,7 +334,6 @@ def _centralised(ns: dict[str, Any]) -> dict[str, Any]:
 def _local_config(ns: dict[str, Any], algo_cls: Any) -> LocalConfig:
     """The local step's config: SGD flags, then the perturbation: ``--local-opt`` or the algorithm's own
     (FedSAM: sam), with ``--rho``/``--eta`` where they apply (defaults in flatfl.algorithms.step)."""
-
     local = replace(LocalConfig(), **{f: ns[k] for k, f in LOCAL_FLAGS.items() if k in ns and k not in ("rho", "eta")})
     own = algo_cls.local_opt
     if own is not None and "local_opt" in ns and ns["local_opt"] != own:
@@ -372,7 +357,6 @@ def _local_config(ns: dict[str, Any], algo_cls: Any) -> LocalConfig:
 
 def _with_partition_file(data: DataConfig, ns: dict[str, Any]) -> DataConfig:
     """``data`` reading its split from ``--partition-file`` (checked now; the index range once loaded)."""
-
     path = ns["partition_file"]
     for k in ("partition", "dirichlet", "shards", "min_size"):
         if k in ns:
