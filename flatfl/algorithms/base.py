@@ -18,10 +18,10 @@ One round t of every algorithm here is::
 w_t to all, weighted mean, ``--local-opt``'s step). FedMut overrides ``dispatch`` (mutants) and
 ``after_round`` (remember w_t); FedSAM-style algorithms ``local_step``
 (:mod:`flatfl.algorithms.step`: the one minibatch step both the sequential and the stacked
-``flatfl.parallel`` paths run); FedDF/FedAUX ``after_aggregate``, FedAUX and FedGen ``before_round``,
-FedCluster ``turns``. Every hook draws from the round's generator in this order, so a resumed run
-draws as an uninterrupted one. Algorithm state is explicit (``state_tensors``
-/ ``state_json``) and saved with every round, so a resumed run equals an uninterrupted one.
+``flatfl.parallel`` paths run); FedAUX, FedGen and FedCluster (its clusters) ``before_round``; FedCluster
+``turns``; FedDF, FedAUX and FedGen ``after_aggregate``. The hooks draw from the round's generator in
+this order. Algorithm state is explicit (``state_tensors`` / ``state_json``) and saved with every
+round, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
