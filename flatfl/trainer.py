@@ -14,6 +14,11 @@
 With ``resume=True`` it continues a run directory from its last committed round and gives
 bitwise the same tensors as an uninterrupted run on CPU (all randomness is derived from
 (seed, round, client); see ``flatfl.seeding``).
+
+This module is the round loop and the run's start (fresh or resumed); its parts live apart:
+:mod:`flatfl.simulation` (the simulated clients), :mod:`flatfl.sampling` (partition, server data,
+each round's clients), :mod:`flatfl.device` (``--device``) and :mod:`flatfl.run_checks` (checks of
+the run directory). Their public names are importable from here too.
 """
 
 from __future__ import annotations
