@@ -1,4 +1,4 @@
-"""Frozen run configuration, filled by the CLI only and saved with every checkpoint.
+"""Frozen run configuration, filled from flags (``RunConfig.from_flags``) and saved with every checkpoint.
 
 A run is described entirely by a :class:`RunConfig`: data and partition, model, local
 optimiser, the algorithm and its own frozen config, rounds, client fraction and seed.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -112,6 +113,16 @@ class RunConfig:
         d["data"] = compact_dict(self.data)
         d["local"] = compact_dict(self.local)
         return d
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> RunConfig:
+        """The config of ``flatfl train``'s flags, given as a mapping of flag names without the dashes
+        (``mut-acc-rate`` or ``mut_acc_rate``) to text or typed values, defaults for the rest; the command
+        line and the Flower app both build their config here (:mod:`flatfl.run_flags`). Raises a one-line
+        :class:`UserError` naming the flag for a bad value, combination or unknown name."""
+        from flatfl.run_flags import config_from_flags  # it builds on this module
+
+        return config_from_flags(flags)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:

@@ -43,7 +43,7 @@ from flatfl.local import batch_rows, minibatches
 
 
 class ClientPool(Protocol):
-    """What the parallel runner needs of a simulation (``flatfl.trainer.Simulation`` is one): the run config
+    """What the parallel runner needs of a simulation (``flatfl.simulation.Simulation`` is one): the run config
     (``cfg.seed``, ``cfg.local``), the model, each client's data, the augmentation and the per-client callback.
     A protocol, so this module never imports the trainer that calls it."""
 

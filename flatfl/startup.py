@@ -17,7 +17,7 @@ def start_header(
 ) -> str:
     """Lines naming the device, the model and its parameter count, the data set and its split sizes, the
     clients per round, and round 0's test accuracy (``round0`` = (loss, accuracy); on a resumed run the
-    round it continues from instead). ``info`` is run.json's content (see ``trainer._run_info``)."""
+    round it continues from instead). ``info`` is run.json's content (see ``flatfl.simulation.run_info``)."""
     model, data, part = info["model"], info["dataset"], info["partition"]
     sizes = part["sizes"]
     scheme = part["scheme"] + (f"({part['dirichlet_alpha']:g})" if part.get("dirichlet_alpha") is not None else "")

@@ -152,8 +152,6 @@ def test_every_example_flag_is_explained(path, monkeypatch):
 @pytest.mark.parametrize(
     "args",
     [
-        ["train", "--lr", "inf"],
-        ["train", "--dirichlet", "inf"],
         ["landscape", "--ckpt", "x", "--rho", "nan"],
         ["landscape", "--ckpt", "x", "--surface", "1d", "--range=-inf,1"],
         ["report", "r", "--out", "o", "--widths", "nan"],
@@ -165,3 +163,14 @@ def test_non_finite_numbers_are_refused_by_the_flag_types(args, capsys):
         _parse(*args)
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1 and args[-1].split(",")[-1].split("=")[-1] in err
+
+
+@pytest.mark.parametrize("args", [["--lr", "inf"], ["--dirichlet", "inf"], ["--radius", "nan"]])
+def test_non_finite_numbers_are_refused_by_from_flags(args):
+    """flatfl train's config flags are typed by RunConfig.from_flags (shared with the Flower app), not the parser."""
+    from flatfl.cli.train import config_flags
+    from flatfl.config import RunConfig
+    from flatfl.errors import UserError
+
+    with pytest.raises(UserError, match=f"^{args[0]}: expected a (non-negative|positive) number, got '{args[1]}'$"):
+        RunConfig.from_flags(config_flags(_parse("train", "--algo", "fedmut", *args)))

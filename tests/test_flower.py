@@ -21,7 +21,7 @@ pytest.importorskip("flwr")
 
 from flatfl import checkpoint as ckpt  # noqa: E402
 from flatfl.errors import UserError  # noqa: E402
-from tests.test_layering import ROOT  # noqa: E402
+from tests.test_layering import ROOT, _imports  # noqa: E402
 
 TEN = {"algo": "fedmut", "clients": 10, "frac": 0.5, "rounds": 3, "local-epochs": 1, "seed": 0, "save-clients": 1}
 TRAIN = ["--clients", "10", "--frac", "0.5", "--rounds", "3", "--local-epochs", "1", "--seed", "0", "--save-clients"]
@@ -204,7 +204,7 @@ def test_the_client_app_trains_cifar_and_shakespeare_clients(cli, tmp_path, data
 def test_bad_flower_run_config_is_one_line():
     from flatfl.flower.config import run_config
 
-    with pytest.raises(UserError, match="Flower run config: unrecognized arguments: --nope 1"):
+    with pytest.raises(UserError, match="Flower run config: --nope: not a flag of a run's config"):
         run_config({"nope": 1})
     with pytest.raises(UserError, match="radius"):
         run_config({"radius": "wide"})
@@ -213,6 +213,39 @@ def test_bad_flower_run_config_is_one_line():
     assert run_config({"num-server-rounds": 7}).rounds == 7
     with pytest.raises(UserError, match="both rounds and num-server-rounds"):
         run_config({"num-server-rounds": 7, "rounds": 3})
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("clients", 0), ("frac", 1.5), ("dataset", "mnist"), ("radius", "wide"), ("mut-acc-rate", 2), ("proxy-data", "x"),
+     ("mu", 0.1), ("partition", "random"), ("rho", 0.1)],
+)  # fmt: skip
+def test_flower_and_cli_refuse_a_flag_in_the_same_words(cli, tmp_path, key, value):
+    """One check for both paths (RunConfig.from_flags): the Flower run config's error is flatfl train's line,
+    prefixed with ``Flower run config:``, and names the flag; exit code 2 on the command line."""
+    from flatfl.flower.config import run_config
+
+    config = {"algo": "fedmut", "clients": 10, key: value}
+    with pytest.raises(UserError) as flower:
+        run_config(config)
+    argv = [a for k, v in config.items() for a in (f"--{k}", str(v))]
+    code, _, err = cli("train", *argv, "--out", tmp_path / "o", "--rounds", "1")
+    assert code == 2 and err.strip() == f"flatfl: error: {str(flower.value).removeprefix('Flower run config: ')}"
+    assert str(flower.value).startswith(f"Flower run config: --{key}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_flower_config_parses_no_argv():
+    """The Flower app's config goes to RunConfig.from_flags as a mapping: no argparse, no flatfl.cli."""
+    imports = _imports(ROOT / "flatfl" / "flower" / "config.py")
+    assert "argparse" not in imports and not [m for m in imports if m.startswith("flatfl.cli")], imports
+    from flatfl.flower.config import run_config
+
+    typed = run_config({"algo": "fedmut", "radius": 2, "unweighted": True, "save-clients": True, "augment": False})
+    text = run_config({"algo": "fedmut", "radius": "2", "weighted": "false", "save_clients": "1"})
+    assert typed == text and typed.algo_config.radius == 2.0 and typed.save_clients == 1
+    with pytest.raises(UserError, match="Flower run config: --weighted: given twice"):
+        run_config({"algo": "fedmut", "radius": 2, "weighted": False, "unweighted": True})
 
 
 def test_true_false_keys_and_checks_before_ray(tmp_path):

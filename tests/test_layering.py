@@ -60,3 +60,71 @@ def test_analysis_imports_nothing_of_the_trainer_side():
 def test_trainer_and_parallel_do_not_import_each_other():
     trainer, parallel = _imports(ROOT / "flatfl/trainer.py"), _imports(ROOT / "flatfl/parallel.py")
     assert not ("flatfl.parallel" in trainer and "flatfl.trainer" in parallel)
+
+
+def _path_of(dotted: str) -> Path:
+    """The source path of a dotted flatfl name without suffix (``flatfl.analysis`` lives in ``analysis/``)."""
+    parts = dotted.split(".")[1:]
+    return ROOT / "analysis" / Path(*parts[1:]) if parts[:1] == ["analysis"] else ROOT / "flatfl" / Path(*parts)
+
+
+def _package_of_module(dotted: str) -> str:
+    """The package a dotted flatfl module belongs to: itself when it is a package, else its parent."""
+    return dotted if _path_of(dotted).is_dir() else dotted.rsplit(".", 1)[0]
+
+
+def _private_imports(path: Path, text: str | None = None) -> list[str]:
+    """``from flatfl.<other package>.m import _name`` and ``m._name`` on a module ``m`` of another package of
+    flatfl, in the source file ``path`` (``text``: its source, if not read from ``path``)."""
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    package = ".".join((("flatfl", *rel) if rel[0] == "analysis" else rel)[:-1])
+    tree = ast.parse(path.read_text() if text is None else text, str(path))
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    found, foreign = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            if source.split(".")[0] != "flatfl" or _package_of_module(source) == package:
+                continue
+            for alias in node.names:
+                if private(alias.name):
+                    found.append(f"line {node.lineno}: from {source} import {alias.name}")
+                foreign[alias.asname or alias.name] = f"{source}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "flatfl" and _package_of_module(alias.name) != package:
+                    foreign[alias.asname or alias.name] = alias.name
+                    if any(private(p) for p in alias.name.split(".")):
+                        found.append(f"line {node.lineno}: import {alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in foreign:
+            if private(node.attr):
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr} ({foreign[node.value.id]})")
+    return found
+
+
+def test_no_private_name_is_imported_across_packages():
+    """A module of flatfl uses another package's modules through their public names only (an underscore
+    name is free to change with its module); within one package (flatfl/, flatfl/runs/, ...) it may."""
+    files = [p for d in ("flatfl", "analysis") for p in (ROOT / d).rglob("*.py")]
+    bad = [f"{p.relative_to(ROOT)} {hit}" for p in files for hit in _private_imports(p)]
+    assert len(files) > 50 and not bad, bad
+    # the check itself: cross-package private imports are found, those within a package are not
+    probe = "from flatfl.trainer import _on_main\nfrom flatfl import trainer\nfrom flatfl.flower.arrays import _x\n"
+    probe += "from . import _y\nfrom ..runs import _z\nimport flatfl.runs._w\ntrainer._train\n"
+    assert _private_imports(ROOT / "flatfl" / "flower" / "probe.py", probe) == [
+        "line 1: from flatfl.trainer import _on_main",
+        "line 5: from flatfl.runs import _z",
+        "line 6: import flatfl.runs._w",
+        "line 7: trainer._train (flatfl.trainer)",
+    ]
+
+
+def test_simulation_and_parallel_do_not_import_each_other():
+    """The parallel client runner sees the simulation only through its protocol (no import circle)."""
+    sim, parallel = _imports(ROOT / "flatfl/simulation.py"), _imports(ROOT / "flatfl/parallel.py")
+    assert "flatfl.parallel" in sim and not {"flatfl.simulation", "flatfl.trainer"} & set(parallel)

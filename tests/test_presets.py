@@ -9,7 +9,6 @@ import pytest
 
 from flatfl import checkpoint as ckpt
 from flatfl.algorithms import ALGORITHMS
-from flatfl.cli.train import config_from_args
 from flatfl.config import LocalConfig, RunConfig
 from tests.test_cli import _one_line_error
 
@@ -19,7 +18,7 @@ AUTHORS_FEDMUT = {"radius": 4.0, "mut_acc_rate": 0.3, "mut_bound": 50, "weighted
 
 
 def test_reference_preset_is_the_authors_code():
-    cfg = config_from_args({"preset": "reference", "algo": "fedmut"})
+    cfg = RunConfig.from_flags({"preset": "reference", "algo": "fedmut"})
     loc, ac = cfg.local, cfg.algo_config
     got = {"lr": loc.lr, "momentum": loc.momentum, "batch_size": loc.batch_size, "epochs": loc.epochs}
     got |= {"num_users": cfg.data.num_clients, "frac": cfg.frac}
@@ -29,15 +28,15 @@ def test_reference_preset_is_the_authors_code():
 
 
 def test_paper_preset_differs_in_momentum_and_resnet_beta0():
-    assert config_from_args({"preset": "paper", "algo": "fedmut"}).local.momentum == 0.9
-    cnn = config_from_args({"preset": "paper", "algo": "fedmut", "dataset": "cifar10"})
-    res = config_from_args({"preset": "paper", "algo": "fedmut", "dataset": "cifar10", "model": "resnet18"})
-    ref = config_from_args({"preset": "reference", "algo": "fedmut", "dataset": "cifar10", "model": "resnet18"})
+    assert RunConfig.from_flags({"preset": "paper", "algo": "fedmut"}).local.momentum == 0.9
+    cnn = RunConfig.from_flags({"preset": "paper", "algo": "fedmut", "dataset": "cifar10"})
+    res = RunConfig.from_flags({"preset": "paper", "algo": "fedmut", "dataset": "cifar10", "model": "resnet18"})
+    ref = RunConfig.from_flags({"preset": "reference", "algo": "fedmut", "dataset": "cifar10", "model": "resnet18"})
     assert (cnn.algo_config.mut_acc_rate, res.algo_config.mut_acc_rate, ref.algo_config.mut_acc_rate) == (0.3, 0.5, 0.3)
 
 
 def test_explicit_flags_override_a_preset():
-    cfg = config_from_args({"preset": "reference", "algo": "fedmut", "momentum": 0.9, "radius": 2.0, "clients": 20})
+    cfg = RunConfig.from_flags({"preset": "reference", "algo": "fedmut", "momentum": 0.9, "radius": 2.0, "clients": 20})
     assert (cfg.local.momentum, cfg.algo_config.radius, cfg.data.num_clients) == (0.9, 2.0, 20)
     assert cfg.local.lr == 0.01 and cfg.frac == 0.1
 
@@ -47,24 +46,24 @@ def test_every_algorithm_gets_the_same_local_optimiser(preset):
     ns = {} if preset is None else {"preset": preset}
     # the SAM family's own perturbation (local.opt/rho/eta: FedSAM's sam) aside, the same local SGD
     locals_ = {
-        algo: replace(config_from_args(ns | {"algo": algo}).local, opt="sgd", rho=None, eta=None)
+        algo: replace(RunConfig.from_flags(ns | {"algo": algo}).local, opt="sgd", rho=None, eta=None)
         for algo in ALGORITHMS
     }
     assert len(set(locals_.values())) == 1, locals_
     if preset is None:  # the default is the reference code's momentum (README: measured)
         assert next(iter(locals_.values())) == LocalConfig() and LocalConfig().momentum == 0.5
     # FedAvg keeps its sample-weighted mean (as the reference's FedAvg); the plain mean is FedMut's
-    assert config_from_args(ns | {"algo": "fedavg"}).algo_config.weighted is True
+    assert RunConfig.from_flags(ns | {"algo": "fedavg"}).algo_config.weighted is True
 
 
 def test_new_fields_are_absent_at_default_so_old_identities_hold():
-    cfg = config_from_args({"algo": "fedmut"})
+    cfg = RunConfig.from_flags({"algo": "fedmut"})
     d = cfg.to_dict()
     assert "preset" not in d and "partition_file" not in d["data"] and "partition_sha256" not in d["data"]
     assert "mutation_cap" not in d["algo_config"]
     assert RunConfig.from_dict(d) == cfg
-    labelled = config_from_args({"algo": "fedmut", "preset": "reference"})
-    explicit = config_from_args(
+    labelled = RunConfig.from_flags({"algo": "fedmut", "preset": "reference"})
+    explicit = RunConfig.from_flags(
         {"algo": "fedmut", "clients": 100, "frac": 0.1, "momentum": 0.5, "lr": 0.01, "batch_size": 50}
     )
     assert labelled.to_dict()["preset"] == "reference" and RunConfig.from_dict(labelled.to_dict()) == labelled

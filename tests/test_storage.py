@@ -32,11 +32,13 @@ def _train(out: Path, *extra: str, storage=None) -> Path:
         assert main(["train", *SCAFFOLD, "--out", str(out), *extra]) == 0
         return out
     from flatfl.cli import build_parser
-    from flatfl.cli.train import config_from_args
+    from flatfl.cli.train import config_flags
+    from flatfl.config import RunConfig
     from flatfl.trainer import train
 
     ns = vars(build_parser().parse_args(["train", *SCAFFOLD, *extra]))
-    train(config_from_args(ns), out, device="cpu", progress=False, log=lambda s: None, storage=storage)
+    cfg = RunConfig.from_flags(config_flags(ns))
+    train(cfg, out, device="cpu", progress=False, log=lambda s: None, storage=storage)
     return out
 
 

@@ -2,18 +2,26 @@
 
 One round t of every algorithm here is::
 
-    sent_i   = dispatch(t, w_t, clients)              # what each sampled client receives
-    w_i      = local training of client i from sent_i  # done by the trainer's Federation,
-               on loss + local_term(t, i, sent_i)      #   with an optional extra objective term,
-               by local_step(t, i, sent_i)'s rule      #   each minibatch step (SGD, SAM, ...)
-    w_{t+1}  = aggregate(t, w_t, [w_i])                # new global model
+    w_t      = before_round(t, w_t)                    # the algorithm's preparation (FedGen: its
+                                                       #   generator; FedAUX: pre-training, scorers)
+    for each turn T of turns(t, clients):              # one turn of all sampled clients (FedCluster:
+        sent_i  = dispatch(t, w, T's clients)          #   one per cluster, each from the last's w)
+        w_i     = local training of client i from sent_i  # done by the trainer's Federation,
+                  on loss + local_term(t, i, sent_i)      #   with an optional extra objective term,
+                  by local_step(t, i, sent_i)'s rule      #   each minibatch step (SGD, SAM, ...)
+        w       = aggregate(t, w, [w_i])               # w = w_t before the first turn
+    w_{t+1}  = after_aggregate(t, w_t, w, [w_i])       # server-side work on the aggregate (FedDF:
+                                                       #   distillation; FedGen: generator training)
     after_round(t, w_t, w_{t+1})                       # update the algorithm's own state
 
-FedAvg uses the defaults (send w_t to all, weighted mean, ``--local-opt``'s step). FedMut overrides
-``dispatch`` (mutants) and ``after_round`` (remember w_t); FedSAM-style algorithms ``local_step``
+``run_round`` is this loop, written once; no algorithm replaces it. FedAvg uses the defaults (send
+w_t to all, weighted mean, ``--local-opt``'s step). FedMut overrides ``dispatch`` (mutants) and
+``after_round`` (remember w_t); FedSAM-style algorithms ``local_step``
 (:mod:`flatfl.algorithms.step`: the one minibatch step both the sequential and the stacked
-``flatfl.parallel`` paths run). Algorithm state is explicit (``state_tensors``
-/ ``state_json``) and saved with every round, so a resumed run equals an uninterrupted one.
+``flatfl.parallel`` paths run); FedAUX, FedGen and FedCluster (its clusters) ``before_round``; FedCluster
+``turns``; FedDF, FedAUX and FedGen ``after_aggregate``. The hooks draw from the round's generator in
+this order. Algorithm state is explicit (``state_tensors`` / ``state_json``) and saved with every
+round, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -177,14 +185,23 @@ class FederatedAlgorithm:
         rng: np.random.Generator,
         federation: Federation,
     ) -> RoundOutput:
-        sent = self.dispatch(round, global_state, clients, rng)
-        jobs = [
-            ClientJob(slot, int(c), s, self.local_term(round, int(c), s), self.local_step(round, int(c), s))
-            for slot, (c, s) in enumerate(zip(clients, sent))
-        ]
-        updates = federation.train_clients(round, jobs)
-        new_global = self.aggregate(round, global_state, updates)
-        self.after_round(round, global_state, new_global)
+        """Round ``round`` from ``global_state`` with the sampled ``clients`` (module docstring); ``sent`` and
+        ``updates`` of the output are in turn order (slot order with a single turn)."""
+        start = self.before_round(round, global_state, rng, federation)
+        state, sent, updates = start, [], []
+        for turn in self.turns(round, clients):
+            members = [int(clients[slot]) for slot in turn]
+            models = self.dispatch(round, state, members, rng)
+            jobs = [
+                ClientJob(slot, c, s, self.local_term(round, c, s), self.local_step(round, c, s))
+                for slot, c, s in zip(turn, members, models)
+            ]
+            returned = federation.train_clients(round, jobs)
+            sent += models
+            updates += returned
+            state = self.aggregate(round, state, returned)
+        new_global = self.after_aggregate(round, start, state, updates, rng, federation)
+        self.after_round(round, start, new_global)
         return RoundOutput(new_global, sent, updates)
 
     @classmethod
@@ -196,6 +213,18 @@ class FederatedAlgorithm:
     def select_clients(self, round: int, m: int, rng: np.random.Generator) -> list[int] | None:
         """The m clients of ``round`` (may repeat), or None for the trainer's uniform sample."""
         return None
+
+    def before_round(
+        self, round: int, global_state: StateDict, rng: np.random.Generator, federation: Federation
+    ) -> StateDict:
+        """The model the round starts from (default ``global_state`` itself), after the algorithm's own
+        preparation (building or pre-training models, fitting per-client scorers)."""
+        return global_state
+
+    def turns(self, round: int, clients: Sequence[int]) -> list[list[int]]:
+        """Slots of the sampled clients grouped into turns: each turn's clients train from the previous
+        turn's aggregate (default one turn of all slots: every client trains from w_t)."""
+        return [list(range(len(clients)))]
 
     def dispatch(
         self,
@@ -229,6 +258,19 @@ class FederatedAlgorithm:
         """New global model: sample-weighted mean (``weighted``) or plain mean of the returns."""
         weights = [u.num_samples if self.config.weighted else 1.0 for u in updates]
         return weighted_average([u.state for u in updates], weights)
+
+    def after_aggregate(
+        self,
+        round: int,
+        start: StateDict,
+        aggregate: StateDict,
+        updates: list[ClientUpdate],
+        rng: np.random.Generator,
+        federation: Federation,
+    ) -> StateDict:
+        """The new global model from the round's ``aggregate`` (default the aggregate itself): server-side
+        work on the returned models, e.g. distillation; ``start`` is the model the round started from."""
+        return aggregate
 
     def after_round(self, round: int, old_global: StateDict, new_global: StateDict) -> None:
         """Update the algorithm's state once the round's new global model is known."""

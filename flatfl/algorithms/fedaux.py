@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatfl.algorithms.base import Federation, RoundOutput
+from flatfl.algorithms.base import Federation
 from flatfl.algorithms.feddf import FedDF, teacher_logits
 from flatfl.errors import UserError
 from flatfl.models import latent_split
@@ -183,20 +183,15 @@ class FedAUX(FedDF):
         self.prepare_info["scorer_train_acc_pos_mean"] = float(np.mean(accs)) if accs else None
         return state
 
-    def run_round(
-        self,
-        round: int,
-        global_state: StateDict,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-        federation: Federation,
-    ) -> RoundOutput:
+    def before_round(
+        self, round: int, global_state: StateDict, rng: np.random.Generator, federation: Federation
+    ) -> StateDict:
+        """Round 1 (or the first round of a run without scores): pre-training and the clients' scorers."""
         prep_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # drawn every round (resume)
         if self.scores is None:
-            global_state = self.prepare(global_state, federation, prep_gen)
-        else:
-            self.prepare_info = {}
-        return super().run_round(round, global_state, clients, rng, federation)
+            return self.prepare(global_state, federation, prep_gen)
+        self.prepare_info = {}
+        return global_state
 
     def teacher_log_probs(
         self, teachers: Sequence[torch.nn.Module], clients: Sequence[int], x: torch.Tensor

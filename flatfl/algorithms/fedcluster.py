@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flatfl.algorithms.base import ClientJob, FederatedAlgorithm, Federation, RoundOutput
+from flatfl.algorithms.base import FederatedAlgorithm, Federation
 from flatfl.statedict import StateDict
 
 
@@ -51,26 +51,22 @@ class FedCluster(FederatedAlgorithm):
                 out[int(k)] = c
         return out
 
-    def run_round(
-        self,
-        round: int,
-        global_state: StateDict,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-        federation: Federation,
-    ) -> RoundOutput:
+    def before_round(
+        self, round: int, global_state: StateDict, rng: np.random.Generator, federation: Federation
+    ) -> StateDict:
+        """The cluster assignment, drawn in the run's first round."""
         if self.assignment is None:
             self.assignment = self.assign(rng)
-        state, sent, updates = global_state, [], []
-        for cluster in range(self.config.clusters):
-            members = [(slot, int(c)) for slot, c in enumerate(clients) if self.assignment[int(c)] == cluster]
-            if not members:
-                continue
-            ups = federation.train_clients(round, [ClientJob(slot, c, state) for slot, c in members])
-            sent += [state] * len(members)
-            updates += ups
-            state = super().aggregate(round, state, ups)  # a FedAvg step within the round
-        return RoundOutput(state, sent, updates)
+        return global_state
+
+    def turns(self, round: int, clients: Sequence[int]) -> list[list[int]]:
+        """The sampled slots of each cluster, in cluster order; clusters without a sampled member are skipped."""
+        assert self.assignment is not None
+        groups = [
+            [slot for slot, c in enumerate(clients) if self.assignment[int(c)] == cluster]
+            for cluster in range(self.config.clusters)
+        ]
+        return [g for g in groups if g]
 
     def state_json(self) -> dict[str, Any]:
         return {"assignment": self.assignment}

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flatfl.algorithms.base import FederatedAlgorithm, Federation, RoundOutput
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, Federation
 from flatfl.statedict import StateDict, clone
 
 
@@ -74,26 +74,26 @@ class FedDF(FederatedAlgorithm):
     def server_fraction(cls, config: FedDFConfig) -> float:
         return config.proxy_frac if config.proxy_data == "holdout" else 0.0
 
-    def run_round(
+    def after_aggregate(
         self,
         round: int,
-        global_state: StateDict,
-        clients: Sequence[int],
+        start: StateDict,
+        aggregate: StateDict,
+        updates: list[ClientUpdate],
         rng: np.random.Generator,
         federation: Federation,
-    ) -> RoundOutput:
-        out = super().run_round(round, global_state, clients, rng, federation)
+    ) -> StateDict:
+        """The aggregate's parameters distilled towards the clients' ensemble on the server's proxy data."""
         x = federation.server_data()
         if len(x) < 2:
-            return out
-        teachers = [federation.new_model(u.state) for u in out.updates]
-        student = federation.new_model(out.new_global)
-        target = self.teacher_log_probs(teachers, [u.client for u in out.updates], x)
+            return aggregate
+        teachers = [federation.new_model(u.state) for u in updates]
+        student = federation.new_model(aggregate)
+        target = self.teacher_log_probs(teachers, [u.client for u in updates], x)
         self.last_info = self.distill(student, target, x, torch.Generator().manual_seed(int(rng.integers(2**62))))
-        new = clone(out.new_global)
+        new = clone(aggregate)
         new.update({k: v.detach().clone() for k, v in student.state_dict().items() if k in self.param_names})
-        out.new_global = new
-        return out
+        return new
 
     def teacher_log_probs(
         self, teachers: Sequence[torch.nn.Module], clients: Sequence[int], x: torch.Tensor

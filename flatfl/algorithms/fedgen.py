@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatfl.algorithms.base import FederatedAlgorithm, Federation, LocalBatch, LocalTerm, RoundOutput
+from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, Federation, LocalBatch, LocalTerm
 from flatfl.models import latent_split
 from flatfl.statedict import StateDict
 
@@ -170,24 +170,31 @@ class FedGen(FederatedAlgorithm):
         return {f"{k}_first": v for k, v in first.items()} | {f"{k}_last": v for k, v in parts.items()}
 
     # -- the round ----------------------------------------------------------------------
-    def run_round(
-        self,
-        round: int,
-        global_state: StateDict,
-        clients: Sequence[int],
-        rng: np.random.Generator,
-        federation: Federation,
-    ) -> RoundOutput:
+    def before_round(
+        self, round: int, global_state: StateDict, rng: np.random.Generator, federation: Federation
+    ) -> StateDict:
+        """The generator, built (seeded) in the run's first round."""
         init_seed = int(rng.integers(2**62))  # drawn every round, so a resumed run draws as a straight one
         self._ensure_generator(federation, global_state, init_seed)
-        out = super().run_round(round, global_state, clients, rng, federation)
-        teachers = [federation.new_model(u.state).eval() for u in out.updates]
+        return global_state
+
+    def after_aggregate(
+        self,
+        round: int,
+        start: StateDict,
+        aggregate: StateDict,
+        updates: list[ClientUpdate],
+        rng: np.random.Generator,
+        federation: Federation,
+    ) -> StateDict:
+        """The generator trained on the returned models' heads; the aggregate is the new global model."""
+        teachers = [federation.new_model(u.state).eval() for u in updates]
         for m in teachers:
             m.requires_grad_(False)
         heads = [latent_split(m)[1] for m in teachers]
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        self.last_info = self.train_generator(heads, [u.client for u in out.updates], gen)
-        return out
+        self.last_info = self.train_generator(heads, [u.client for u in updates], gen)
+        return aggregate
 
     def local_term(self, round: int, client: int, sent: StateDict) -> LocalTerm | None:
         c, g = self.config, self.generator

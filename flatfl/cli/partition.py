@@ -12,7 +12,7 @@ from flatfl.cli.common import SEED_RANGE, add_deprecated_alias, seed_t
 
 
 def add_parser(sub: Any) -> None:
-    from flatfl.cli.train import add_data_arguments
+    from flatfl.cli.train_flags import add_data_arguments
 
     p = sub.add_parser(
         "partition",
@@ -72,17 +72,18 @@ def plot_path(path: Path) -> Path:
 
 
 def run(ns: dict[str, Any]) -> int:
-    from flatfl.cli.train import config_from_args
+    from flatfl.cli.train import config_flags
+    from flatfl.config import RunConfig
     from flatfl.data import load_dataset
     from flatfl.partition import label_counts
-    from flatfl.trainer import make_partition
+    from flatfl.sampling import make_partition
 
     ns = {k: v for k, v in ns.items() if k not in ("plot", "download")} | {
         "plot": ns.get("plot", Path("partition.png")),
         "download": ns.get("download", False),
     }
     plot = plot_path(ns["plot"])  # before loading any data
-    cfg = config_from_args({k: v for k, v in ns.items() if k not in ("plot", "download", "command", "_argv")})
+    cfg = RunConfig.from_flags(config_flags(ns))
     data = load_dataset(cfg.data, download=ns["download"])
     parts = make_partition(cfg, data)
     counts = label_counts(parts, data.train.y.numpy(), data.num_classes)

@@ -5,7 +5,7 @@ flatfl's partition of the data set named in the run config (the flags of ``flatf
 ``dataset``, ``clients``, ``partition``, ``dirichlet``, ``seed``, ``lr``, ``local-epochs``, ...).
 A ``train`` message holds the model to start from and ``server-round``; the node trains it with
 flatfl's local SGD exactly as ``flatfl train`` trains that client in that round
-(:meth:`flatfl.trainer.Simulation.train_client`: the same data, batches, seeds and optimiser) and
+(:meth:`flatfl.simulation.Simulation.train_client`: the same data, batches, seeds and optimiser) and
 replies with the model and ``num-examples``, ``train_loss``, ``sent_loss``. A train message with
 ``proximal-mu`` (Flower's FedProx) adds FedProx's proximal term, as ``flatfl train --algo fedprox
 --mu``. Each minibatch step is the one ``flatfl train`` runs (:mod:`flatfl.algorithms.step`), so a run
@@ -30,8 +30,8 @@ from flatfl.errors import UserError
 from flatfl.flower.arrays import from_record, to_record
 from flatfl.flower.config import run_config
 from flatfl.flower.nodes import query_reply
+from flatfl.simulation import Simulation
 from flatfl.statedict import StateDict
-from flatfl.trainer import Simulation
 
 _SIMULATIONS: dict[str, Simulation] = {}  # one per run config in this process (data loaded once)
 
@@ -43,7 +43,7 @@ def simulation(cfg: RunConfig) -> Simulation:
         import torch
 
         from flatfl.data import load_dataset
-        from flatfl.trainer import make_partition
+        from flatfl.sampling import make_partition
 
         data = load_dataset(cfg.data)
         _SIMULATIONS[key] = Simulation(cfg, torch.device("cpu"), data, make_partition(cfg, data))

@@ -1,6 +1,7 @@
 """A Flower app's run config (``[tool.flwr.app.config]``, ``flwr run --run-config``) read as the
-flags of ``flatfl train``: the same names (``radius``, ``mut-acc-rate``, ``num-clients``, ...), the
-same types, checks and defaults, because they go through flatfl's own train parser."""
+flags of ``flatfl train``: the same names without dashes (``radius``, ``mut-acc-rate``, ``clients``,
+...), the same checks and defaults, because the mapping goes to :meth:`RunConfig.from_flags`, where
+``flatfl train`` builds its config too. Nothing here parses argv."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flatfl.errors import UserError
 APP_KEYS = ("out", "overwrite", "resume")
 # Flower templates' names for flatfl train flags
 ALIASES = {"num-server-rounds": "rounds"}
+PREFIX = "Flower run config: "
 
 
 def switch(user_config: Mapping[str, Any], key: str) -> bool:
@@ -24,44 +26,21 @@ def switch(user_config: Mapping[str, Any], key: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise UserError(f"Flower run config: {key} = {value!r}; give true or false")
+    raise UserError(f"{PREFIX}{key} = {value!r}; give true or false")
 
 
-def train_argv(user_config: Mapping[str, Any]) -> list[str]:
-    """``flatfl train`` arguments from a Flower run config: ``key = value`` -> ``--key value``;
-    ``key = true`` -> ``--key`` (a switch), ``false`` -> left out; ``num-server-rounds`` (Flower's
-    templates) is ``rounds``."""
+def train_flags(user_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``flatfl train`` flags of a Flower run config: every key but ``APP_KEYS``, with Flower's
+    ``num-server-rounds`` read as ``rounds``."""
     if all(k in user_config for k in ("rounds", *ALIASES)):
-        raise UserError("Flower run config: both rounds and num-server-rounds; give one")
-    argv: list[str] = []
-    for key, value in user_config.items():
-        if key in APP_KEYS:
-            continue
-        key = ALIASES.get(key, key)
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv += [flag] if value else []
-        else:
-            argv += [flag, str(value)]
-    return argv
+        raise UserError(f"{PREFIX}both rounds and num-server-rounds; give one")
+    return {ALIASES.get(k, k): v for k, v in user_config.items() if k not in APP_KEYS}
 
 
 def run_config(user_config: Mapping[str, Any]) -> RunConfig:
-    """The RunConfig ``flatfl train`` would build from the same flags (one-line UserError on a bad key)."""
-    from flatfl.cli import build_parser
-    from flatfl.cli.train import config_from_args
-
-    argv = train_argv(user_config)
-    parser = build_parser()
-    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
-
-    def fail(message: str) -> None:
-        raise UserError(f"Flower run config: {message} (keys are flatfl train's flags without the dashes)")
-
-    train.error = fail  # type: ignore[method-assign]
+    """The RunConfig ``flatfl train`` builds from the same flags; a bad key or value is the one-line
+    UserError ``flatfl train`` gives, prefixed with ``Flower run config:``."""
     try:
-        ns: dict[str, Any] = vars(train.parse_args(argv))
-    except SystemExit as exc:  # --help and the like have no place in a run config
-        raise UserError(f"Flower run config: {' '.join(argv)} is not a valid flatfl train command") from exc
-    ns.pop("threads", None)
-    return config_from_args(ns)
+        return RunConfig.from_flags(train_flags(user_config))
+    except UserError as exc:
+        raise UserError(f"{PREFIX}{exc}") from None

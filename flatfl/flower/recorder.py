@@ -39,9 +39,9 @@ from flatfl.flower.resume import restore
 from flatfl.flower.sampling import SeededFedAvg, SeededFedProx
 from flatfl.flower.strategy import FedMutStrategy
 from flatfl.flower.subjects import RegistryModel, UserModel
+from flatfl.run_checks import prepare_out
 from flatfl.statedict import StateDict
 from flatfl.storage import StorageConfig
-from flatfl.trainer import prepare_out
 
 JSONABLE = (bool, int, float, str, type(None))
 

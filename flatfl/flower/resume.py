@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
 from flatfl.flower.strategy import FedMutStrategy
+from flatfl.run_checks import check_finite
 from flatfl.statedict import StateDict
-from flatfl.trainer import check_finite
 
 if TYPE_CHECKING:
     from flatfl.flower.recorder import RunRecorder

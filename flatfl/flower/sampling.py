@@ -3,7 +3,7 @@
 
 Flower's own FedAvg draws its nodes with Python's global ``random`` (``sample_nodes``), so two runs
 train different clients and cannot be repeated. Here round t trains the clients of
-:func:`flatfl.trainer.draw_clients` (seed, t): m = max(floor(frac * K), 1) of the K partition ids,
+:func:`flatfl.sampling.draw_clients` (seed, t): m = max(floor(frac * K), 1) of the K partition ids,
 each on the node holding it (:mod:`flatfl.flower.nodes`), in flatfl's slot order.
 
 * :func:`sampled_nodes` -- the round's clients and their nodes (also :class:`FedMutStrategy`'s);
@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from flatfl.errors import UserError
 from flatfl.flower.nodes import client_nodes
-from flatfl.trainer import draw_clients
+from flatfl.sampling import draw_clients
 
 
 def sampled_nodes(

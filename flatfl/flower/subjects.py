@@ -30,7 +30,8 @@ class RegistryModel:
 
     def __init__(self, cfg: RunConfig) -> None:
         from flatfl.data import load_dataset
-        from flatfl.trainer import Simulation, make_partition
+        from flatfl.sampling import make_partition
+        from flatfl.simulation import Simulation
 
         self.cfg = cfg
         data = load_dataset(cfg.data)
@@ -48,9 +49,9 @@ class RegistryModel:
 
     def run_info(self) -> dict[str, Any]:
         """run.json's model, dataset and partition summary, as ``flatfl train`` writes them."""
-        from flatfl.trainer import _run_info
+        from flatfl.simulation import run_info
 
-        return _run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
+        return run_info(self.cfg, self.sim, self.parts, torch.device("cpu"))
 
     def partition(self) -> list[list[int]] | None:
         """Client -> training-set indices (partition.json), the split ``flatfl train`` draws from the config."""

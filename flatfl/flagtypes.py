@@ -1,0 +1,42 @@
+"""Checked value types of flags and run-config keys: text -> value, or ``argparse.ArgumentTypeError``
+with ``expected <what>, got '<text>'``. The command line (``flatfl.cli``) and ``RunConfig.from_flags``
+(the CLI's ``flatfl train`` and the Flower app) share them, so a bad value reads the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def _typed(kind: type, check: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not check(value) or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+pos_int = _typed(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
+pos_float = _typed(float, lambda v: v > 0, "a positive number")
+nonneg_float = _typed(float, lambda v: v >= 0, "a non-negative number")
+frac_0_1 = _typed(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+open_frac = _typed(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+unit = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+momentum_t = _typed(float, lambda v: 0 <= v < 1, "a momentum in [0, 1)")
+MAX_SEED = 2**32 - 1  # every seed flag: numpy, torch and the derived per-round seeds all take it
+SEED_RANGE = f"0 to {MAX_SEED} = 2^32 - 1"
+seed_t = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from {SEED_RANGE}")
+
+
+def batch_size_t(text: str) -> int | str:
+    """A positive integer or ``full`` (one batch of all the client's data)."""
+    return "full" if text == "full" else pos_int(text)
