@@ -419,6 +419,10 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     fault_point("metrics:commit")
 
 
+# the per-round numbers every reader computes with (and any key ending in _loss, _acc, _norm, _rel, _time)
+METRIC_NUMBERS = ("test_loss", "test_acc", "train_loss", "wall_time", "round_time")
+
+
 def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """(records, torn): every line must be a JSON object with an integer ``round``; only an
     unterminated last line (a write cut short by a kill) may be unreadable, and is left out."""
@@ -447,7 +451,15 @@ def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
     r = rec.get("round") if isinstance(rec, dict) else None
     if not isinstance(r, int) or isinstance(r, bool) or r < 0:
         raise UserError(f"{path}: line {i} is not a round record (needs an object with an integer 'round')")
+    for k, v in rec.items():
+        if k in METRIC_NUMBERS or k.endswith(("_loss", "_acc", "_norm", "_rel", "_time", "_mean")):
+            if not all(_number_or_null(x) for x in (v if isinstance(v, list) else [v])):
+                raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not a number; fix or delete that line")
     return rec
+
+
+def _number_or_null(v: Any) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

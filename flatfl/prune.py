@@ -85,8 +85,32 @@ def plan(run_dir: Path, keep: Selection, keep_clients: Selection | None = None) 
             r = p.stem.split("_", 1)[1]
             if r.isdigit() and int(r) not in keep_clients:
                 delete.append(p)
+    for r in protected:  # the files that stay must be the run's rounds, or deleting the others loses the last good
+        _check_kept_round(ckpt.round_path(run_dir, r), r)
     delete += [ckpt.round_path(run_dir, r) for r in ckpt.list_rounds(run_dir) if r not in keep and r not in protected]
     return Plan(delete, protected)
+
+
+def _check_kept_round(path: Path, r: int) -> None:
+    """A round file prune keeps whatever --keep says reads as round ``r`` (its header only): a damaged or
+    mislabelled one is refused before anything is deleted, as the rounds before it may be the last readable."""
+    if not path.exists():
+        return
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get(ckpt.META_KEY, "{}"))
+        ok = isinstance(meta, dict) and meta.get("format") == "flatfl.round" and meta.get("round") == r
+    except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types for a damaged header
+        raise UserError(
+            f"{path}: unreadable ({str(exc).splitlines()[0][:120]}); prune deletes nothing while a round it must "
+            "keep is damaged: restore or delete that file first"
+        ) from exc
+    if not ok:
+        said = meta.get("round") if isinstance(meta, dict) else meta
+        raise UserError(
+            f"{path}: not round {r} of this run (its metadata say {said!r}); prune deletes nothing while a round "
+            "it must keep is mislabelled: restore or rename that file first"
+        )
 
 
 def prune(

@@ -279,6 +279,8 @@ def _check_not_fedavg(cfg: RunConfig, centralised: bool) -> None:
         raise UserError(
             f"--algo {cfg.algo}: {how} samples 1 client a round, where {cfg.algo} {what}; sample at least 2 a round"
         )
+    if cfg.algo == "clusamp" and k < 2:
+        raise UserError(f"--algo clusamp: {how} has 1 client, and clustered sampling needs at least 2 to cluster")
     if cfg.algo == "scaffold" and k < 2:
         raise UserError(
             f"--algo scaffold: {how} has 1 client, whose control variate is the server's (the correction c - c_i "

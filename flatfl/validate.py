@@ -28,10 +28,12 @@ import torch
 
 from flatfl.config import canonical_json, identity_of
 from flatfl.errors import UserError
+from flatfl.presets import PRESETS
 from flatfl.statedict import StateDict
 
 # config.local's numbers (other keys: free); batch_size may also be "full" (one batch of all the client's data)
 NUMBERS = ("lr", "momentum", "weight_decay", "batch_size", "epochs", "rho", "eta")
+MAX_INDEX = 2**40  # no data set has more samples; bounds a partition index where run.json records no size
 EDITED = "the file was edited or forged after the run wrote it; restore it from a copy (nothing was changed)"
 
 
@@ -55,8 +57,8 @@ def check_partition(path: Path, clients: Any, server: Any, info: dict[str, Any] 
         for i in idx:
             if not isinstance(i, int) or isinstance(i, bool):
                 raise UserError(f"{path}: {who} holds {i!r}, not an integer index; {EDITED}")
-            if i < 0 or (isinstance(n, int) and i >= n):
-                bound = f"0..{n - 1}" if isinstance(n, int) else "0 or more"
+            if i < 0 or i >= (n if isinstance(n, int) else MAX_INDEX):
+                bound = f"0..{n - 1}" if isinstance(n, int) else f"0..{MAX_INDEX - 1}"
                 raise UserError(f"{path}: {who} holds index {i}, outside the training set ({bound}); {EDITED}")
             if i in owner:
                 raise UserError(f"{path}: index {i} is held by both {owner[i]} and {who}; {EDITED}")
@@ -102,6 +104,10 @@ def _check_numbers(path: Path, config: dict[str, Any]) -> None:
     fields = [(f"config.local.{k}", local[k]) for k in NUMBERS if k in local] if isinstance(local, dict) else []
     if "frac" in config:
         fields.append(("config.frac", config["frac"]))
+    preset = config.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"{path}: config.preset is {preset!r}, not a preset ({', '.join(PRESETS)}); {EDITED}")
     for name, v in fields:
         if name == "config.local.batch_size" and v == "full":
             continue

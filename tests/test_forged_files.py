@@ -91,6 +91,21 @@ PARTITIONS = {
 }
 
 
+def _no_size(run: Path) -> None:  # run.json without the data set's record: no n_train to bound the indices by
+    info = json.loads((run / ckpt.RUN_JSON).read_text())
+    info.pop("dataset")
+    (run / ckpt.RUN_JSON).write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("reader", ["client", "resume", "prune"])
+def test_partition_index_too_large_for_any_data_set_is_refused(base, cli, tmp_path, reader):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _forge_partition(run, _set(0, 0, 10**30))
+    _no_size(run)
+    _refused(cli, run, reader, "partition.json", "client 0 holds index 10000000000000000000000000000", tmp=tmp_path)
+
+
 @pytest.mark.parametrize("case", list(PARTITIONS))
 def test_forged_partition_is_refused(base, cli, tmp_path, case):
     edit, digest, reader, needles = PARTITIONS[case]
@@ -143,7 +158,12 @@ def _per_round(info: dict) -> None:
     info["clients_per_round"] = 5
 
 
+def _preset(info: dict) -> None:
+    info["config"]["preset"] = "bogus"
+
+
 RUN_JSONS = {
+    "preset unknown": (_preset, True, "resume", ["config.preset is 'bogus', not a preset"]),
     "lr edited": (_lr(0.5), False, "resume", ["config.local.lr is 0.5", "round_0000.safetensors was trained with"]),
     "lr edited, digest fixed": (_lr(0.5), True, "resume", ["config.local.lr is 0.5", "trained with 0.05"]),
     "lr text": (_lr("0.05"), False, "landscape", ["config.local.lr is '0.05', not a finite number"]),
@@ -184,6 +204,37 @@ def test_metrics_round_twice_with_different_values_refused_by_report(base, cli, 
     (run / ckpt.METRICS_FILE).write_text("".join([*lines[:2], json.dumps(other) + "\n", *lines[2:]]))
     _refused(cli, run, "report", "metrics.jsonl: round 1 is out of order or recorded twice", tmp=tmp_path)
     _refused(cli, run, "resume", "metrics.jsonl: round 1 is out of order or recorded twice", tmp=tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("train_loss", "abc"), ("test_acc", True), ("client_train_loss", ["x"])])
+def test_metrics_value_that_is_not_a_number_is_refused(base, cli, tmp_path, key, value):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    lines = (run / ckpt.METRICS_FILE).read_text().splitlines(keepends=True)
+    lines[1] = json.dumps(json.loads(lines[1]) | {key: value}) + "\n"
+    (run / ckpt.METRICS_FILE).write_text("".join(lines))
+    _refused(cli, run, "report", f"metrics.jsonl: line 2 (round 1): {key} is", "not a number", tmp=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["empty", "a folder", "mislabelled"])
+def test_prune_deletes_nothing_when_a_round_it_keeps_is_damaged(base, cli, tmp_path, damage):
+    # prune keeps the last round whatever --keep says; were that file damaged, deleting the others would lose the
+    # run's last readable models
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    last = ckpt.round_path(run, ROUNDS)
+    if damage == "empty":
+        last.write_bytes(b"")
+    elif damage == "a folder":
+        last.unlink()
+        last.mkdir()
+    else:  # round 1's file under a later round's name: the highest round, so the one kept as 'the last round'
+        last = ckpt.round_path(run, ROUNDS + 5)
+        shutil.copy(ckpt.round_path(run, 1), last)
+    rounds = sorted(p.name for p in run.glob("round_*"))
+    code, _, err = cli("prune", run, "--keep", "0")
+    assert code == 2 and err.count("\n") == 1 and last.name in err and "deletes nothing" in err, err
+    assert sorted(p.name for p in run.glob("round_*")) == rounds
 
 
 # -- tensors of the wrong kind ----------------------------------------------------------------------------------------

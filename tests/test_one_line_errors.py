@@ -375,6 +375,7 @@ def test_non_finite_weights_of_a_foreign_model_are_one_line(cli, task, tmp_path)
         (["train", *TINY, "--clients", "10", "--frac", "0.1", "--algo", "fedmut"], ["--frac 0.1", "unmutated"]),
         (["train", "--dataset", "digits", "--centralised", "--algo", "feddf"], ["--algo feddf", "ensemble of one"]),
         (["train", "--dataset", "digits", "--centralised", "--algo", "scaffold"], ["--algo scaffold", "c - c_i"]),
+        (["train", "--dataset", "digits", "--centralised", "--algo", "clusamp"], ["--algo clusamp", "at least 2"]),
         (["landscape", "--ckpt", "x.safetensors", "--curvature", "ggn,ggn"], ["--curvature ggn,ggn", "twice"]),
         (["landscape", "--ckpt", "x.safetensors", "--sharpness", "sam,sam"], ["--sharpness sam,sam", "twice"]),
     ],

@@ -63,7 +63,8 @@ def test_prune_never_deletes_the_state_round_or_the_last_finite_round(copy):
 
     identity = json.loads((copy / ckpt.RUN_JSON).read_text())["identity"]
     # as a run killed after writing round 7's file, before its commit: the state is at round 6
-    shutil.copy(ckpt.round_path(copy, 6), ckpt.round_path(copy, 7))
+    tensors, meta = ckpt.load_tensors(ckpt.round_path(copy, 6))
+    ckpt.save_tensors(ckpt.round_path(copy, 7), tensors, meta | {"round": 7})
     (copy / ckpt.DIVERGED_JSON).write_text(json.dumps({"round": 4, "client": None, "last_finite_round": 3}))
     assert ckpt.load_state(copy, identity)[0] == 6
     assert protected_rounds(copy) == {0: "round 0", 7: "the last round", 6: "the round --resume continues from",
