@@ -37,6 +37,14 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise UserError(
             f"--out: {out} already holds a run; continue it with --resume {out} or replace it with --overwrite"
         )
+    other = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and not rundir.is_run_file(p.name)) if (
+        out.is_dir() and not holds) else []  # fmt: skip
+    if other:
+        shown = ", ".join(other[:3]) + (" ..." if len(other) > 3 else "")
+        raise UserError(
+            f"--out: {out} holds other files than a flatfl run's ({shown}); a run is written into an empty or new "
+            "folder, so that its files are never mixed with others"
+        )
 
 
 def resume_info(out: Path, identity: str) -> dict[str, Any]:
