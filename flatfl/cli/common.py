@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
+
+# the flag types, shared with the measure specs (flatfl.runs.measures), which declare their own flags
+from flatfl.argtypes import (  # noqa: F401
+    MAX_SEED,
+    SAMPLES_HELP,
+    SEED_RANGE,
+    frac_0_1,
+    momentum_t,
+    nonneg_float,
+    nonneg_int,
+    open_frac,
+    pos_float,
+    pos_int,
+    samples_setting,
+    samples_t,
+    seed_t,
+    unit,
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -16,31 +33,6 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _typed(kind: type, check, what: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not check(value) or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what
-    return parse
-
-
-pos_int = _typed(int, lambda v: v > 0, "a positive integer")
-nonneg_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
-pos_float = _typed(float, lambda v: v > 0, "a positive number")
-nonneg_float = _typed(float, lambda v: v >= 0, "a non-negative number")
-frac_0_1 = _typed(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
-open_frac = _typed(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
-unit = _typed(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-momentum_t = _typed(float, lambda v: 0 <= v < 1, "a momentum in [0, 1)")
-MAX_SEED = 2**32 - 1  # every seed flag: numpy, torch and the derived per-round seeds all take it
-SEED_RANGE = f"0 to {MAX_SEED} = 2^32 - 1"
-seed_t = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from {SEED_RANGE}")
 MAX_THREADS_PER_CORE = 4  # --threads beyond this many per available core is refused (OpenMP crashes far above)
 
 

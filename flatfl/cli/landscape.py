@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from flatfl.cli.common import (
+    SAMPLES_HELP,
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
     nonneg_int,
     pos_float,
     pos_int,
+    samples_setting,
+    samples_t,
 )
 from flatfl.errors import UserError
 
@@ -29,20 +32,6 @@ def _float_pair(text: str) -> tuple[float, float]:
     if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
         raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI (finite numbers)")
     return lo, hi
-
-
-def _samples(text: str) -> int | str:
-    import argparse
-
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
-    return value
 
 
 def add_parser(sub: Any) -> None:
@@ -118,10 +107,10 @@ def _data_arguments(p: Any, d: Any) -> None:
     )
     g.add_argument(
         "--samples",
-        type=_samples,
+        type=samples_t,
         metavar="N",
-        help="a seeded random subset of N samples, or auto: subsets of 256, 512, ... samples until the "
-        "data-sampling error of lambda_max (--hessian) and the trace (--trace) is below --data-tol, "
+        help=f"a seeded random subset of N samples ({SAMPLES_HELP}), or auto: subsets of 256, 512, ... samples "
+        "until the data-sampling error of lambda_max (--hessian) and the trace (--trace) is below --data-tol, "
         "reported as data_error (default: all)",
     )
     g.add_argument(
@@ -571,8 +560,8 @@ def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
     device = analysis_device(ns["device"])
     return LandscapeSettings(
         data=ns["data"],
-        samples=None if ns.get("samples") == "auto" else ns.get("samples"),
-        samples_auto=ns.get("samples") == "auto",
+        samples=samples_setting(ns.get("samples"))[0],
+        samples_auto=samples_setting(ns.get("samples"))[1],
         data_tol=ns["data_tol"],
         batch_size=ns["batch_size"],
         dtype=ns["dtype"],

@@ -10,12 +10,15 @@ from typing import Any
 
 from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.cli.common import (
+    SAMPLES_HELP,
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
     nonneg_int,
     pos_float,
     pos_int,
+    samples_setting,
+    samples_t,
 )
 from flatfl.errors import UserError
 from flatfl.runs.match_rule import MATCH_RULE, MIN_DROP, SMOOTH_WINDOW
@@ -95,11 +98,12 @@ def _measure_arguments(p: Any, d: Any) -> None:
     ld = d.landscape
     p.add_argument(
         "--samples",
-        type=_samples_or_auto,
+        type=samples_t,
         default=ld.samples,
         metavar="N",
-        help=f"seeded random subset of N samples, 0 = all, or auto: growing subsets until the data-sampling error "
-        f"of lambda_max and the trace is below --data-tol, shown next to them (default: {ld.samples})",
+        help=f"seeded random subset of N samples ({SAMPLES_HELP}), or auto: growing subsets until the "
+        "data-sampling error of lambda_max and the trace is below --data-tol, shown next to them "
+        f"(default: {ld.samples})",
     )
     p.add_argument(
         "--data-tol",
@@ -239,10 +243,6 @@ def _group_arguments(p: Any, d: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _samples_or_auto(text: str) -> int | str:
-    return "auto" if text == "auto" else nonneg_int(text)
-
-
 def _label(text: str) -> tuple[str, str]:
     import argparse
 
@@ -348,8 +348,8 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     ls = replace(
         d.landscape,
         data=ns["data"],
-        samples=None if ns["samples"] == "auto" else ns["samples"] or None,
-        samples_auto=ns["samples"] == "auto",
+        samples=samples_setting(ns["samples"])[0],
+        samples_auto=samples_setting(ns["samples"])[1],
         data_tol=ns["data_tol"],
         sharpness=sharp,
         trace=ns["trace_matvecs"] > 0,

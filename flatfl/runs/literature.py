@@ -15,6 +15,11 @@ from typing import Any
 
 import torch
 
+from flatfl.analysis.connectivity import mode_connectivity
+from flatfl.analysis.curvatures import curvature_operator
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.measures import fisher_rao_norm, layer_curvature, relative_flatness
+from flatfl.analysis.trace import TRACE_ESTIMATORS
 from flatfl.errors import UserError
 from flatfl.runs.problem import Problem
 
@@ -68,10 +73,6 @@ def _timed(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def _curvature(problem: Problem, kind: str, s: LiteratureSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    from flatfl.analysis.curvatures import curvature_operator
-    from flatfl.analysis.lanczos import lanczos
-    from flatfl.analysis.trace import TRACE_ESTIMATORS
-
     op = curvature_operator(problem.objective, kind, None)
     eig = lanczos(op, k=1, tol=s.tol, generator=_gen(s, 1 + CURVATURE_KINDS.index(kind)), return_vectors=False)
     lam_products = op.num_matvecs
@@ -86,8 +87,6 @@ def measure_literature(
     problem: Problem, settings: LiteratureSettings, log: Callable[[str], None] = lambda s: None
 ) -> dict[str, Any]:
     """Every measure ``settings`` switches on, as a JSON-ready dict (one key per measure, with ``seconds``)."""
-    from flatfl.analysis import fisher_rao_norm, layer_curvature, mode_connectivity, relative_flatness
-
     obj, s = problem.objective, settings
     out: dict[str, Any] = {"settings": asdict(s)}
     for kind in s.curvature:

@@ -14,7 +14,10 @@ import numpy as np
 from flatfl.analysis.density import SpectralDensity
 from flatfl.analysis.surfaces import Surface
 from flatfl.runs import curvature
+from flatfl.runs.federated import federated_view
 from flatfl.runs.problem import Problem
+from flatfl.runs.settings import LandscapeSettings
+from flatfl.runs.surface import measure_surface
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Measurement:
     surface: Surface | None = None
 
 
-def surface_summary(surf: Surface, out_dir: Path, settings: Any) -> dict[str, Any]:
+def surface_summary(surf: Surface, out_dir: Path, settings: LandscapeSettings) -> dict[str, Any]:
     return {
         "file": str(Path(out_dir) / "surface.npz"),
         "kind": surf.description["kind"],
@@ -43,7 +46,7 @@ def surface_summary(surf: Surface, out_dir: Path, settings: Any) -> dict[str, An
 
 def measure(
     problem: Problem,
-    settings: Any,
+    settings: LandscapeSettings,
     *,
     log: Callable[[str], None] = lambda s: None,
     out_dir: Path | None = None,
@@ -71,15 +74,11 @@ def measure(
         if settings.density:
             record["density"], density = curvature.density(op, settings, log, bars)
     if settings.federated:
-        from flatfl.runs.federated import federated_view
-
         record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log, bars)
     if settings.sharpness:
         record["sharpness"] = curvature.sharpness(problem, settings, log, bars)
     surf = None
     if settings.surface:
-        from flatfl.runs.surface import measure_surface
-
         if out_dir is None:
             raise ValueError("a surface needs out_dir (where it is saved and resumed)")
         with bars("surface (points)") as surface_progress:

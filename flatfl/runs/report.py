@@ -65,6 +65,8 @@ from flatfl.analysis.verdict import (
     verdict,
     winner,
 )
+from flatfl.errors import UserError
+from flatfl.reportdir import ReportDir, check_report_out
 from flatfl.runs import curvature
 from flatfl.runs.groups import (
     Group,
@@ -75,50 +77,17 @@ from flatfl.runs.groups import (
     local_optimizers,
     reference_group,
 )
-from flatfl.runs.landscape import LandscapeSettings, file_digest, json_ready
+from flatfl.runs.landscape import json_ready, model_loss_of, select_data
 from flatfl.runs.matching import LossCurve, Match, level_refusal, match_accuracy, match_loss, round_warnings
 from flatfl.runs.measure import measure
 from flatfl.runs.problem import Problem, of_checkpoint
+from flatfl.runs.report_page import write_report
 from flatfl.runs.run import Run
 from flatfl.runs.scale import NORM_KEY, checkpoint_norms, norm_ratio, per_seed_norms, scale_context
+from flatfl.runs.settings import LandscapeSettings, ReportSettings
+from flatfl.runs.sources import file_digest
+from flatfl.runs.spread import spread_curve, spread_rounds
 from flatfl.runs.surface import measure_surface
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """What the report computes (filled by the CLI)."""
-
-    rounds: tuple[int, ...] | None = None  # equal rounds; None: the middle and the last common round
-    landscape: LandscapeSettings = LandscapeSettings(
-        data="train",
-        samples=1000,
-        hessian=True,
-        topk=1,
-        tol=1e-4,
-        trace=True,
-        trace_matvecs=30,
-        sharpness=("sam", "adaptive_l2", "average_adaptive"),
-        # average adaptive sharpness at sigma 0.01: antithetic pairs cancel the first-order term that buried the
-        # plain estimate in noise (|value| < 1.5 standard errors on the demo's checkpoints; docs/landscapes.md)
-        antithetic=True,
-        surface="2d",
-        grid=21,
-        span=1.0,
-    )
-    surface: bool = True
-    spread: bool = True
-    spread_samples: int = 500  # test samples for each spread model's loss (0: distances only)
-    match: bool = True  # also compare at equal training loss
-    match_loss: float | None = None  # the common loss level (None: the highest final loss among the runs)
-    match_acc: float | None = None  # also compare at equal test accuracy
-    slice_directions: int = 10  # 1D slices: random directions per checkpoint (0: none)
-    slice_radius: float = 1.0
-    slice_points: int = 20  # grid points per side of 0
-    widths: tuple[float, ...] = (0.1, 1.0)  # Δloss thresholds of the 1D width
-    labels: tuple[tuple[str, str], ...] = ()  # (run path, group name) overrides
-    reference: str | None = None  # the group the others are compared with: a label or a run path (--reference)
-    allow_mixed_optimizers: bool = False
-
 
 SHARPNESS_LABELS = {
     "epsilon": "epsilon-sharpness",
@@ -353,8 +322,6 @@ class AnalysisData:
         self.ls, self._memo = ls, {}
 
     def __call__(self, run: Run) -> tuple:
-        from flatfl.runs.landscape import select_data
-
         key = json.dumps(run.config["data"], sort_keys=True)
         if key not in self._memo:
             self._memo[key] = select_data(run, self.ls.data, self.ls.samples, self.ls.seed)[:2]
@@ -690,10 +657,8 @@ def add_differences(comp: dict[str, Any], ref: Group, g: Group) -> None:
 
 
 def _partition_digest(run: Run) -> str:
-    import hashlib
-
     try:
-        return hashlib.sha256((run.path / ckpt.PARTITION_JSON).read_bytes()).hexdigest()
+        return file_digest(run.path / ckpt.PARTITION_JSON)
     except OSError:
         return ""
 
@@ -730,8 +695,6 @@ def line_slices(
     groups: Sequence[Group], rnd: int, settings: ReportSettings, data: AnalysisData
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """Loss along the straight line from the reference group's model to each other group's, seed by seed."""
-    from flatfl.runs.landscape import model_loss_of
-
     ref = reference_group(groups)
     out: dict[str, dict[int, dict[str, Any]]] = {}
     ts = line_grid()
@@ -759,9 +722,6 @@ def line_slices(
 def training_curves(groups: Sequence[Group], settings: ReportSettings, show_progress: bool) -> list[dict[str, Any]]:
     """Per run and round: test accuracy/loss, training metrics and (first seed, --save-clients) the spread."""
     from tqdm.auto import tqdm
-
-    from flatfl.runs.landscape import select_data
-    from flatfl.runs.spread import spread_curve, spread_rounds
 
     rows: dict[tuple[str, int, int], dict[str, Any]] = {}
     keep = ("test_acc", "test_loss", "train_loss", "global_update_norm", "mutation_norm", "mutation_rel")
@@ -828,8 +788,6 @@ def build_report(
 ) -> dict[str, Path]:
     """Compute and write the report (under ``out``'s lock, the new set replacing the old at once,
     :mod:`flatfl.reportdir`); returns the written files by kind."""
-    from flatfl.reportdir import check_report_out
-    from flatfl.runs.report_page import write_report
 
     check_report_out(out, list(run_dirs))
     runs = [Run.open(p) for p in run_dirs]
@@ -877,8 +835,6 @@ def build_report(
 def _open_out(out: Path, stack: contextlib.ExitStack) -> Any:
     """Rank 0 takes ``out`` (made, locked, tidied: :class:`~flatfl.reportdir.ReportDir`) and returns it;
     every other rank gets None, or rank 0's refusal (it then stops too, instead of waiting for rank 0)."""
-    from flatfl.errors import UserError
-    from flatfl.reportdir import ReportDir
 
     folder, error = None, None
     if distributed.is_main():

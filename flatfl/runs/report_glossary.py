@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to
+from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to, markdown_table
+from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ BIBLIOGRAPHY: dict[str, str] = {
 }
 
 
-def _meanings(ls: Any, radius: float) -> dict[str, Meaning]:
+def _meanings(ls: LandscapeSettings, radius: float) -> dict[str, Meaning]:
     rho, sigma, eps = ls.rho, ls.sigma, ls.eps
     n_avg = ls.sharpness_samples
     return {
@@ -145,10 +146,8 @@ def _invariance_text(key: str) -> str:
     return text + ("; changes under " + ", ".join(missing) if missing else "")
 
 
-def glossary_html(measures: Sequence[Any], settings: Any, *, anchor: str = "what-the-measures-mean") -> str:
+def glossary_html(measures: Sequence[Any], settings: ReportSettings, *, anchor: str = "what-the-measures-mean") -> str:
     """The section's HTML for the verdict's rows ``measures`` (:class:`flatfl.analysis.verdict.Measure`)."""
-    from flatfl.analysis.invariance import markdown_table
-
     meanings = _meanings(settings.landscape, getattr(settings, "slice_radius", 1.0))
     cited: list[str] = []
     items = []

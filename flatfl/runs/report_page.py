@@ -26,8 +26,12 @@ from typing import Any
 
 from flatfl import checkpoint as ckpt
 from flatfl.analysis.verdict import VERDICT_RULE
+from flatfl.runs.files import write_page
 from flatfl.runs.landscape import json_ready
+from flatfl.runs.matching_page import matching_sections
+from flatfl.runs.report_glossary import glossary_html
 from flatfl.runs.scale_page import context_html, context_text
+from flatfl.runs.settings import ReportSettings
 
 PAGE_CSS = (
     "table.verdict{font-size:0.92em}table.verdict td.v{text-align:left;min-width:9em}"
@@ -347,7 +351,7 @@ def _rounds_rows(groups: Sequence[Any], conds: Sequence[Any]) -> list[dict[str, 
     return rows
 
 
-def settings_line(settings: Any) -> str:
+def settings_line(settings: ReportSettings) -> str:
     """The report's own measurement settings in one line (printed and at the top of report.html): they are
     cheaper than ``flatfl landscape``'s defaults, so a number here may differ from a landscape run's."""
     ld = settings.landscape
@@ -363,7 +367,7 @@ def settings_line(settings: Any) -> str:
     return "report settings (not flatfl landscape's defaults): " + "; ".join(parts)
 
 
-def _settings_note(settings: Any) -> str:
+def _settings_note(settings: ReportSettings) -> str:
     ld = settings.landscape
     return (
         f"<p><small>All measures on {html.escape(ld.data)} data ({f'up to {ld.samples}' if ld.samples else 'all'} "
@@ -406,7 +410,7 @@ def _measure_points(measured: Any, keys: Sequence[str]) -> dict[str, dict[str, l
 
 
 def _surface_sections(
-    out: Path, measured: Any, settings: Any, files: dict[str, Path], seeds: Mapping[str, int] | None = None
+    out: Path, measured: Any, settings: ReportSettings, files: dict[str, Path], seeds: Mapping[str, int] | None = None
 ) -> list[tuple[str, object]]:
     """The surfaces of each group's lowest seed (``seeds``: group -> that seed, named in every title) on one
     set of levels holding the width thresholds: a static side-by-side map, then each group's contour."""
@@ -574,7 +578,7 @@ def _line_section(lines: Mapping[str, Any], ref: str, rnd: int, colors) -> tuple
     )
 
 
-def _commands_section(command: str, settings: Any, groups: Sequence[Any]) -> tuple[str, str]:
+def _commands_section(command: str, settings: ReportSettings, groups: Sequence[Any]) -> tuple[str, str]:
     settings_json = json.dumps(json_ready({"report": asdict(settings), "command": command}), indent=1)
     run_json = "".join(
         f"<h3>{html.escape(g.label)} seed {s}</h3>"
@@ -593,7 +597,7 @@ def _commands_section(command: str, settings: Any, groups: Sequence[Any]) -> tup
 def write_report(
     out: Path,
     *,
-    settings: Any,
+    settings: ReportSettings,
     groups: Sequence[Any],
     rounds: Sequence[int],
     conds: Sequence[Any],
@@ -606,8 +610,6 @@ def write_report(
     command: str,
 ) -> dict[str, Path]:
     """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures."""
-    from flatfl.runs.files import write_page
-
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     labels = [g.label for g in groups]
@@ -616,8 +618,6 @@ def write_report(
         write_csv(path, data)
         files[name] = path
     sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
-    from flatfl.runs.report_glossary import glossary_html
-
     sections.append(("What the measures mean", glossary_html(measures, settings)))
     sections.append(_commands_section(command, settings, groups))
     title = " vs ".join(labels) + ": is one flatter?"
@@ -665,7 +665,6 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     """The page's sections in reading order: the answer first."""
     from flatfl.analysis.plots import plot_slices
     from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
-    from flatfl.runs.matching_page import matching_sections
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)
