@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flatfl.cli.common import (
     SAMPLES_HELP,
@@ -20,6 +20,9 @@ from flatfl.cli.common import (
     samples_t,
 )
 from flatfl.errors import UserError
+
+if TYPE_CHECKING:
+    from flatfl.runs.settings import LandscapeSettings
 
 
 def _float_pair(text: str) -> tuple[float, float]:
@@ -60,11 +63,11 @@ def add_parser(sub: Any) -> None:
     )
     _foreign_arguments(p, d)
     _data_arguments(p, d)
-    _curvature_arguments(p, d)
-    _sharpness_arguments(p, d)
+    from flatfl.runs.measures import registered
+
+    add_measure_flags(p, registered())
     _surface_arguments(p, d)
     _federated_arguments(p, d)
-    _literature_arguments(p)
 
 
 def _foreign_arguments(p: Any, d: Any) -> None:
@@ -128,80 +131,27 @@ def _data_arguments(p: Any, d: Any) -> None:
     )
 
 
-def _curvature_arguments(p: Any, d: Any) -> None:
-    """Hessian eigenvalues, trace and spectral density."""
-    g = p.add_argument_group(
-        "curvature",
-        "an option of a measure switches it on: --topk/--tol/--max-vectors mean --hessian, --trace-matvecs/"
-        "--trace-method mean --trace, --slq-runs/--slq-steps mean --density",
-    )
-    g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
-    g.add_argument("--topk", type=pos_int, metavar="K", help=f"number of top eigenvalues (default: {d.topk})")
-    g.add_argument(
-        "--tol",
-        type=pos_float,
-        help=f"Lanczos stops when every residual ||Hv - lv|| <= tol * |lambda_max| (default: {d.tol})",
-    )
-    g.add_argument(
-        "--max-vectors",
-        type=pos_int,
-        metavar="N",
-        help=f"most parameter-sized vectors Lanczos/SLQ hold in memory (default: {d.max_vectors})",
-    )
-    g.add_argument("--trace", action="store_true", help="Hessian trace with a standard error (see --trace-method)")
-    g.add_argument(
-        "--trace-matvecs",
-        type=pos_int,
-        metavar="N",
-        help=f"HVP budget of the trace estimator (default: {d.trace_matvecs})",
-    )
-    g.add_argument(
-        "--trace-method",
-        choices=["adaptive", "hutch++", "hutchinson"],
-        help="adaptive: Hutch++ when its first third predicts a smaller variance than Hutchinson's, else "
-        f"Hutchinson with the same vectors; hutch++; hutchinson (default: {d.trace_method})",
-    )
-    g.add_argument(
-        "--density", action="store_true", help="eigenvalue spectral density by stochastic Lanczos quadrature"
-    )
-    g.add_argument("--slq-runs", type=pos_int, metavar="N", help=f"SLQ random vectors (default: {d.slq_runs})")
-    g.add_argument(
-        "--slq-steps",
-        type=pos_int,
-        metavar="N",
-        help=f"Lanczos steps per SLQ run (default: {d.slq_steps})",
-    )
+GROUP_HELP = {
+    "curvature": "an option of a measure switches it on: --topk/--tol/--max-vectors mean --hessian, --trace-matvecs/"
+    "--trace-method mean --trace, --slq-runs/--slq-steps mean --density",
+    "sharpness": "--eps alone means --sharpness epsilon, --m alone --sharpness sam; the other options need --sharpness",
+    "more measures": "landscape.json: literature",
+}
 
 
-def _sharpness_arguments(p: Any, d: Any) -> None:
-    """The sharpness measures and their radii."""
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
-
-    g = p.add_argument_group(
-        "sharpness",
-        "--eps alone means --sharpness epsilon, --m alone --sharpness sam; the other options need --sharpness",
-    )
-    g.add_argument(
-        "--sharpness", metavar="LIST", help=f"comma-separated measures, or all: {', '.join(SHARPNESS_MEASURES)}"
-    )
-    g.add_argument("--rho", type=pos_float, help=f"radius of SAM and adaptive sharpness (default: {d.rho})")
-    g.add_argument("--eps", type=pos_float, help=f"box size of epsilon-sharpness (default: {d.eps})")
-    g.add_argument("--sigma", type=pos_float, help=f"noise scale of average-case sharpness (default: {d.sigma})")
-    g.add_argument(
-        "--sharpness-steps",
-        type=pos_int,
-        metavar="N",
-        help=f"ascent steps of SAM/adaptive sharpness (default: {d.sharpness_steps})",
-    )
-    g.add_argument(
-        "--sharpness-samples",
-        type=pos_int,
-        metavar="N",
-        help=f"Monte Carlo draws of average-case sharpness (default: {d.sharpness_samples})",
-    )
-    g.add_argument(
-        "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
-    )
+def add_measure_flags(p: Any, specs: Any) -> None:
+    """The flags of the measures ``specs`` (:mod:`flatfl.runs.measures`), one --help group per spec group, each
+    flag once (the sharpness measures share theirs)."""
+    groups: dict[str, Any] = {}
+    seen: set[str] = set()
+    for spec in specs:
+        for flag in spec.flags:
+            if flag.names[0] in seen:
+                continue
+            seen.add(flag.names[0])
+            if spec.group not in groups:
+                groups[spec.group] = p.add_argument_group(spec.group, GROUP_HELP.get(spec.group))
+            groups[spec.group].add_argument(*flag.names, **flag.kwargs)
 
 
 def _surface_arguments(p: Any, d: Any) -> None:
@@ -298,83 +248,12 @@ def _federated_arguments(p: Any, d: Any) -> None:
     add_deprecated_alias(g, "--clients", "--federated-clients", "federated_clients")
 
 
-def _literature_arguments(p: Any) -> None:
-    """The literature's measures beyond the Hessian (flatfl.runs.literature), under ``literature`` in landscape.json."""
-    from flatfl.runs.literature import LiteratureSettings
+def registry_settings(ns: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The settings of every registered measure that is not a built-in one, from the command line (the
+    ``measures`` of :class:`~flatfl.runs.settings.LandscapeSettings`); one-line errors for bad values."""
+    from flatfl.runs.measures import registered
 
-    d = LiteratureSettings()
-    g = p.add_argument_group("more measures (landscape.json: literature)")
-    g.add_argument(
-        "--curvature",
-        metavar="LIST",
-        help="lambda_max and trace of other curvature matrices: ggn (generalised Gauss-Newton J^T H_out J), "
-        "ef (empirical Fisher, mean g_i g_i^T); comma-separated (uses --tol, --trace-matvecs, --trace-method)",
-    )
-    g.add_argument(
-        "--per-layer",
-        nargs="?",
-        const="parameter",
-        choices=["parameter", "module"],
-        help="lambda_max and trace of each layer's diagonal Hessian block, per parameter tensor (default) or module; "
-        "each trace from 30 HVPs (exact for a block of at most 30 parameters)",
-    )
-    g.add_argument(
-        "--per-layer-shared",
-        action="store_true",
-        help="--per-layer traces all from the same --trace-matvecs HVPs with whole-model probes (cheaper, larger "
-        "standard errors)",
-    )
-    g.add_argument(
-        "--relative-flatness",
-        action="store_true",
-        help="relative flatness kappa_Tr of the output layer (Petzka et al. 2021), exact",
-    )
-    g.add_argument("--relative-flatness-layer", metavar="NAME", help="the output nn.Linear (default: the last one)")
-    g.add_argument(
-        "--fisher-rao",
-        action="store_true",
-        help="squared Fisher-Rao norm E<theta, grad loss>^2 (Liang et al. 2019), the data's and the model's labels",
-    )
-    g.add_argument(
-        "--connect",
-        metavar="SPEC",
-        help="mode connectivity to another model (a --to SPEC): loss along a trained quadratic Bezier curve "
-        "(Garipov et al. 2018) and the straight line, and their barriers",
-    )
-    g.add_argument(
-        "--connect-steps", type=pos_int, metavar="N", help=f"SGD steps on the bend (default: {d.connect_steps})"
-    )
-    g.add_argument("--connect-lr", type=pos_float, metavar="LR", help=f"its learning rate (default: {d.connect_lr})")
-
-
-def literature_settings(ns: dict[str, Any]) -> Any:
-    """The :class:`LiteratureSettings` of the command line (one-line errors for bad values)."""
-    from flatfl.runs.literature import LiteratureSettings, parse_curvature
-
-    d = LiteratureSettings()
-    if ns.get("relative_flatness_layer") and not ns.get("relative_flatness"):
-        ns["relative_flatness"] = True
-    if ns.get("per_layer_shared") and not ns.get("per_layer"):
-        ns["per_layer"] = "parameter"
-    if (ns.get("connect_steps") or ns.get("connect_lr")) and not ns.get("connect"):
-        raise UserError("--connect-steps/--connect-lr: options of --connect SPEC; pass --connect as well")
-    if (ns.get("connect_steps") or 0) > 10**6:
-        raise UserError(f"--connect-steps {ns['connect_steps']}: at most 1000000 SGD steps on the bend")
-    return LiteratureSettings(
-        curvature=parse_curvature(ns.get("curvature")),
-        per_layer=ns.get("per_layer"),
-        per_layer_shared=bool(ns.get("per_layer_shared")),
-        relative_flatness=bool(ns.get("relative_flatness")),
-        relative_flatness_layer=ns.get("relative_flatness_layer"),
-        fisher_rao=bool(ns.get("fisher_rao")),
-        connect=ns.get("connect"),
-        connect_steps=ns.get("connect_steps") or d.connect_steps,
-        connect_lr=ns.get("connect_lr") or d.connect_lr,
-        seed=ns["seed"],
-        tol=ns["tol"],
-        trace_matvecs=ns["trace_matvecs"],
-        trace_method=ns["trace_method"],
-    )
+    return tuple((spec.name, st) for spec in registered() if not spec.builtin and (st := spec.parse(ns)) is not None)
 
 
 # The options of each measure: given alone, an option switches its measure on (--topk 3 alone means
@@ -470,6 +349,7 @@ def run(ns: dict[str, Any]) -> int:
     ns = implied_measures(ns)
     foreign = _check_source(ns)
     settings = _settings(ns, _validated_measures(ns))
+    check_something(settings)
     from flatfl.runs.surface import check_surface_settings
 
     if not foreign:
@@ -524,7 +404,7 @@ def _check_source(ns: dict[str, Any]) -> bool:
 
 def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
     """The --sharpness measures; every combination that cannot run is refused before anything starts."""
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.analysis.sharpness import SHARPNESS_MEASURES
 
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
@@ -533,12 +413,6 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
         bad = [s for s in sharp if s not in SHARPNESS_MEASURES]
         if bad:
             raise UserError(f"--sharpness: unknown measure(s) {bad}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
-    more = literature_settings(ns).any
-    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"] or ns.get("surface") or more):
-        raise UserError(
-            "nothing to compute: pass --hessian, --trace, --density, --sharpness, --federated, --surface and/or "
-            "a measure of 'more measures' (--curvature, --per-layer, --relative-flatness, --fisher-rao, --connect)"
-        )
     if ns.get("surface"):
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
@@ -553,9 +427,20 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
     return sharp
 
 
-def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
+def check_something(settings: LandscapeSettings) -> None:
+    """A one-line error when no measure, federated view or surface is switched on."""
+    from flatfl.runs.measure import switched_on
+    from flatfl.runs.measures import registered
+
+    if switched_on(settings) or settings.federated or settings.surface:
+        return
+    switches = dict.fromkeys(s.flags[0].names[0] for s in registered() if s.flags)
+    raise UserError(f"nothing to compute: pass {', '.join([*switches, '--federated', '--surface'])}")
+
+
+def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> LandscapeSettings:
     """The frozen :class:`LandscapeSettings` of the command line."""
-    from flatfl.runs.landscape import LandscapeSettings
+    from flatfl.runs.settings import LandscapeSettings
 
     device = analysis_device(ns["device"])
     return LandscapeSettings(
@@ -597,6 +482,7 @@ def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
         bn_reestimate=ns["bn_reestimate"],
         markers=not ns["no_markers"],
         include_1d=ns["include_bias_bn"],
+        measures=registry_settings(ns),
     )
 
 
@@ -613,14 +499,9 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)
-    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars)
+    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars, main=main)
     if not main:
         return 0
-    more = literature_settings(ns)
-    if more.any:
-        from flatfl.runs.literature import measure_literature
-
-        m.record["literature"] = measure_literature(problem, more, log)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(out / "landscape.json", json_ready(m.record))
     print(f"wrote {out / 'landscape.json'}")

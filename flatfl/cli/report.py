@@ -91,6 +91,11 @@ def add_parser(sub: Any) -> None:
     add_deprecated_alias(p, "--rounds", "--at-rounds", "at_rounds", type=_rounds)
     _measure_arguments(p, d)
     _group_arguments(p, d)
+    from flatfl.cli.landscape import add_measure_flags
+    from flatfl.runs.measures import registered
+
+    # the registered measures beyond the report's own (flatfl landscape's flags, added to the verdict)
+    add_measure_flags(p, [s for s in registered() if s.report and not s.builtin])
 
 
 def _measure_arguments(p: Any, d: Any) -> None:
@@ -326,7 +331,8 @@ def run(ns: dict[str, Any]) -> int:
 
 def _report_settings(ns: dict[str, Any]) -> Any:
     """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.analysis.sharpness import SHARPNESS_MEASURES
+    from flatfl.runs.measures import REGISTRY
     from flatfl.runs.report import ReportSettings
 
     names = [s.strip() for s in ns["sharpness"].split(",") if s.strip()]
@@ -343,7 +349,10 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         raise UserError(
             f"--trace-matvecs: the trace estimator needs at least {HUTCHPP_MIN_MATVECS} HVPs; 0 skips the trace"
         )
-    _check_report_flags(ns, sharp)
+    from flatfl.cli.landscape import registry_settings
+
+    more = tuple((name, st) for name, st in registry_settings(ns) if REGISTRY[name].report)
+    _check_report_flags(ns, sharp, more)
     d = ReportSettings()
     ls = replace(
         d.landscape,
@@ -361,6 +370,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         batch_size=ns["batch_size"],
         device=str(device),
         memory_budget_gb=ns["memory_budget"],
+        measures=more,
     )
     return ReportSettings(
         rounds=ns["at_rounds"],
@@ -380,13 +390,13 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     )
 
 
-def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
+def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...], more: tuple = ()) -> None:
     """Flags that contradict each other, or leave nothing to measure, are refused before any work."""
     from flatfl.cli.landscape import check_grid
 
     if ns["no_match"] and ns.get("match_loss") is not None:
         raise UserError("--match-loss: a training-loss level to match, but --no-match turns loss matching off")
-    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0
+    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0 or more
     if not measures and ns["no_surface"] and ns["no_spread"]:
         raise UserError(
             "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "

@@ -29,6 +29,7 @@ from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.runs.files import write_page
 from flatfl.runs.landscape import json_ready
 from flatfl.runs.matching_page import matching_sections
+from flatfl.runs.measures import describe_measures
 from flatfl.runs.report_glossary import glossary_html
 from flatfl.runs.scale_page import context_html, context_text
 from flatfl.runs.settings import ReportSettings
@@ -356,12 +357,7 @@ def settings_line(settings: ReportSettings) -> str:
     cheaper than ``flatfl landscape``'s defaults, so a number here may differ from a landscape run's."""
     ld = settings.landscape
     parts = [f"up to {ld.samples} {ld.data} samples" if ld.samples else f"all {ld.data} samples"]
-    if ld.hessian:
-        parts.append(f"lambda_max: Lanczos top-{ld.topk}, tol {ld.tol:g}")
-    if ld.trace:
-        parts.append(f"trace: {ld.trace_method}, {ld.trace_matvecs} HVPs")
-    if ld.sharpness:
-        parts.append(f"sharpness: {', '.join(ld.sharpness)}")
+    parts += describe_measures(ld, settings)  # every measure switched on, from the registry
     if settings.surface:
         parts.append(f"surfaces: {ld.grid}x{ld.grid}, span {ld.span:g}")
     return "report settings (not flatfl landscape's defaults): " + "; ".join(parts)

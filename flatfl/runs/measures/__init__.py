@@ -31,6 +31,7 @@ from flatfl.runs.measures.spec import (
     Context,
     Flag,
     MeasureSpec,
+    describe_measures,
     register,
     registered,
     reorder,
@@ -41,4 +42,6 @@ BUILTIN_ORDER = ("hessian", "trace", "density", *SHARPNESS_MEASURES, "ggn", "ef"
                  "fisher_rao", "connectivity", "widths")  # fmt: skip
 reorder(BUILTIN_ORDER)
 
-__all__ = ["REGISTRY", "Context", "Flag", "MeasureSpec", "register", "registered", "unregister"]
+__all__ = [
+    "REGISTRY", "Context", "Flag", "MeasureSpec", "describe_measures", "register", "registered", "unregister",
+]  # fmt: skip

@@ -101,6 +101,7 @@ def _spec(kind: SharpnessKind) -> MeasureSpec:
         collective=True,
         report=False,
         builtin=True,
+        listed_as="sharpness",
     )
 
 

@@ -22,7 +22,9 @@ from flatfl.runs.curvature import Bars, Log, hessian_operator, no_bars
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
-__all__ = ["REGISTRY", "Context", "Flag", "MeasureSpec", "register", "registered", "unregister"]
+__all__ = [
+    "REGISTRY", "Context", "Flag", "MeasureSpec", "describe_measures", "register", "registered", "unregister",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class MeasureSpec:
     ``verdict(settings, landscape)``: its verdict rows (default: one row ``name`` with ``label``, direction and
     invariances); ``collective``: computed on every torchrun rank (Hessian products reduced over the shards),
     else on rank 0 only; ``report``: ``flatfl report`` offers its flags too; ``describe(settings)``: a phrase
-    for the report's settings line. Built-in measures read their settings from :class:`LandscapeSettings`'
+    for the report's settings line (``listed_as``: named in one phrase with its kin, e.g. ``sharpness: sam,
+    adaptive_l2``). Built-in measures read their settings from :class:`LandscapeSettings`'
     own fields (``settings_of``); every other one from ``LandscapeSettings.measures``.
     """
 
@@ -109,6 +112,7 @@ class MeasureSpec:
     report: bool = True
     describe: Callable[[Any], str] | None = None
     builtin: bool = False
+    listed_as: str | None = None  # the settings line names it in one phrase with the others of this name
 
     def __post_init__(self) -> None:
         if self.direction not in ("lower", "higher"):
@@ -190,6 +194,24 @@ def reorder(names: tuple[str, ...]) -> None:
 
 def registered() -> list[MeasureSpec]:
     return list(REGISTRY.values())
+
+
+def describe_measures(landscape: LandscapeSettings, report: ReportSettings | None = None) -> list[str]:
+    """The phrases of the report's settings line for the measures switched on, in registry order."""
+    parts: list[str] = []
+    kin: dict[str, list[str]] = {}
+    for spec in registered():
+        st = spec.on(landscape, report)
+        if st is None:
+            continue
+        if spec.listed_as is not None:
+            if spec.listed_as not in kin:
+                kin[spec.listed_as] = []
+                parts.append(spec.listed_as)
+            kin[spec.listed_as].append(spec.name)
+        elif spec.describe is not None:
+            parts.append(spec.describe(st))
+    return [f"{p}: {', '.join(kin[p])}" if p in kin else p for p in parts]
 
 
 def settings_record(specs_on: list[tuple[MeasureSpec, Any]]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ def compute(problem: Problem, s: WidthSettings, ctx: Context) -> dict[str, Any]:
     ts = symmetric_grid(s.radius, s.points)
     r = random_slices(problem.objective, ts, num_directions=s.directions, seed=ls.seed,
                       memory_budget=ls.memory_budget_gb * 2**30)  # fmt: skip
+    ctx.shared["slices"] = r  # the arrays as computed (the record holds them as lists)
     return {"ts": r.ts.tolist(), "delta": r.delta.tolist(), "loss0": r.loss0, "seed": r.seed,
             "directions": r.num_directions}  # fmt: skip
 
