@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,28 +12,24 @@ from flatfl.cli.common import (
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
-    nonneg_int,
     pos_float,
-    pos_int,
     samples_setting,
     samples_t,
+)
+from flatfl.cli.landscape_surface import (
+    SURFACE_OPTIONS,
+    check_grid,
+    check_surface_flags,
+    given,
+    implied_surface,
+    record_title,
+    surface_arguments,
+    write_surface,
 )
 from flatfl.errors import UserError
 
 if TYPE_CHECKING:
     from flatfl.runs.settings import LandscapeSettings
-
-
-def _float_pair(text: str) -> tuple[float, float]:
-    import argparse
-
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers)") from None
-    if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
-        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI (finite numbers)")
-    return lo, hi
 
 
 def add_parser(sub: Any) -> None:
@@ -66,7 +61,7 @@ def add_parser(sub: Any) -> None:
     from flatfl.runs.measures import registered
 
     add_measure_flags(p, registered())
-    _surface_arguments(p, d)
+    surface_arguments(p, d)
     _federated_arguments(p, d)
 
 
@@ -135,7 +130,8 @@ GROUP_HELP = {
     "curvature": "an option of a measure switches it on: --topk/--tol/--max-vectors mean --hessian, --trace-matvecs/"
     "--trace-method mean --trace, --slq-runs/--slq-steps mean --density",
     "sharpness": "--eps alone means --sharpness epsilon, --m alone --sharpness sam; the other options need --sharpness",
-    "more measures": "landscape.json: literature",
+    "more measures": "the literature's measures beyond the Hessian (landscape.json: literature; in flatfl report: rows "
+    "of the verdict)",
 }
 
 
@@ -152,82 +148,6 @@ def add_measure_flags(p: Any, specs: Any) -> None:
             if spec.group not in groups:
                 groups[spec.group] = p.add_argument_group(spec.group, GROUP_HELP.get(spec.group))
             groups[spec.group].add_argument(*flag.names, **flag.kwargs)
-
-
-def _surface_arguments(p: Any, d: Any) -> None:
-    """1D/2D loss surfaces: directions, grid, markers, BatchNorm."""
-    g = p.add_argument_group(
-        "loss surface",
-        "--to or --surface-dirs interp mean --surface 1d; --models or --surface-dirs models/pca mean --surface 2d",
-    )
-    g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
-    g.add_argument(
-        "--surface-dirs",
-        choices=["random", "eigen", "interp", "models", "pca"],
-        help="random: Gaussian, filter-normalised, orthogonalised (Li et al. 2018); eigen: top Hessian "
-        "eigenvectors scaled to ||w||; interp (1d): the line to --to; models (2d): the plane through the "
-        "checkpoint and the two --models; pca (2d): the PCA plane of the run's global models up to this "
-        f"round, trajectory drawn (Li et al. sec. 7) (default: {d.surface_dirs})",
-    )
-    g.add_argument(
-        "--to",
-        metavar="MODEL",
-        help="interp: the other end -- a round_NNNN.safetensors of any run with the same model (e.g. FedAvg vs "
-        "FedMut), mutant:SLOT (a model sent in the next round) or returned:SLOT (returned in this round)",
-    )
-    g.add_argument(
-        "--models",
-        nargs=2,
-        metavar="MODEL",
-        help="models: the two other models of the plane (same forms as --to), e.g. mutant:0 mutant:1",
-    )
-    g.add_argument("--grid", type=pos_int, metavar="N", help=f"points per axis (default: {d.grid})")
-    g.add_argument(
-        "--span",
-        type=pos_float,
-        metavar="R",
-        help=f"random/eigen: coordinates run from -R to R (default: {d.span})",
-    )
-    g.add_argument(
-        "--range",
-        type=_float_pair,
-        metavar="LO,HI",
-        help="axis range instead of --span, written --range=LO,HI when LO is negative (default: -R,R for "
-        "random/eigen, -0.5,1.5 for interp/models, "
-        "the trajectory plus 20%% for pca)",
-    )
-    g.add_argument(
-        "--levels",
-        type=pos_int,
-        metavar="N",
-        help="2D pages and figures: N linear Δloss levels (default: a 1-2-5 sequence, 0.01, 0.02, 0.05, 0.1, ... "
-        "up to the top of --zrange, so the basin gets levels of its own; the colour bar's ticks are the levels); "
-        "give two pages the same --levels and --zrange to compare them",
-    )
-    g.add_argument(
-        "--zrange",
-        type=_float_pair,
-        metavar="LO,HI",
-        help="2D pages and figures: the Δloss range the colours and levels span (Δloss = loss - loss at the "
-        "checkpoint; default: 0 to this surface's largest Δloss)",
-    )
-    g.add_argument(
-        "--bn-reestimate",
-        type=nonneg_int,
-        metavar="N",
-        help="BatchNorm models: recompute the running statistics at every grid point on N batches of training "
-        "data (default 0: keep the checkpoint's statistics, as Li et al.); the output says which was used",
-    )
-    g.add_argument(
-        "--no-markers",
-        action="store_true",
-        help="do not draw this round's mutants / returned client models (from clients files) on the surface",
-    )
-    g.add_argument(
-        "--include-bias-bn",
-        action="store_true",
-        help="also perturb biases and BatchNorm parameters (Li et al. zero them in random directions)",
-    )
 
 
 def _federated_arguments(p: Any, d: Any) -> None:
@@ -269,16 +189,7 @@ MEASURE_OPTIONS = {
 # several, so they need --sharpness
 SHARPNESS_OPTIONS = {"eps": "epsilon", "m": "sam"}
 SHARPNESS_SHARED = ("rho", "sigma", "sharpness_steps", "sharpness_samples")
-SURFACE_OPTIONS = (
-    "surface_dirs", "to", "models", "grid", "span", "range", "levels", "zrange", "bn_reestimate", "no_markers",
-    "include_bias_bn",
-)  # fmt: skip
 DEFAULTS = {"federated_clients": "clients"}  # flag -> LandscapeSettings field, where they differ
-
-
-def _given(ns: dict[str, Any], key: str) -> bool:
-    """The option was on the command line (its parser default is None, or False for a switch)."""
-    return ns.get(key) not in (None, False)
 
 
 def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
@@ -286,61 +197,31 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
     from flatfl.runs.landscape import LandscapeSettings
 
     ns = dict(ns)
-    density_on = ns.get("density") or any(_given(ns, k) for k in MEASURE_OPTIONS["density"])
+    density_on = ns.get("density") or any(given(ns, k) for k in MEASURE_OPTIONS["density"])
     # --tol and --max-vectors also steer the federated view's and eigen surfaces' Lanczos and SLQ's basis:
     # they switch the Hessian on only when no other measure is asked for
     others = density_on or ns.get("trace") or ns.get("federated") or ns.get("surface") or ns.get("sharpness")
-    others = others or any(_given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
+    others = others or any(given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
     for measure, keys in MEASURE_OPTIONS.items():
-        given = [k for k in keys if _given(ns, k) and not (k in ("tol", "max_vectors") and others)]
+        given = [k for k in keys if given(ns, k) and not (k in ("tol", "max_vectors") and others)]
         if given:
             ns[measure] = True
     if not ns.get("sharpness"):
-        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if _given(ns, k)})
-        shared = [k for k in SHARPNESS_SHARED if _given(ns, k)]
+        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if given(ns, k)})
+        shared = [k for k in SHARPNESS_SHARED if given(ns, k)]
         if shared and not named:
             flag = "--" + shared[0].replace("_", "-")
             raise UserError(f"{flag}: an option of several sharpness measures; pass --sharpness LIST (e.g. sam)")
         ns["sharpness"] = ",".join(named) or None
     if not ns.get("surface"):
-        ns["surface"] = _implied_surface(ns)
-    _check_surface_flags(ns)
+        ns["surface"] = implied_surface(ns)
+    check_surface_flags(ns)
     d = LandscapeSettings()
     keys = [k for ks in MEASURE_OPTIONS.values() for k in ks] + list(SURFACE_OPTIONS) + list(SHARPNESS_SHARED)
     for k in keys + ["eps"]:
         if ns.get(k) is None and k not in ("to", "models", "range", "zrange", "levels"):
             ns[k] = getattr(d, DEFAULTS.get(k) or k)
     return ns
-
-
-def _implied_surface(ns: dict[str, Any]) -> str | None:
-    """1d or 2d when a surface option names the dimension (--to/interp: 1d; --models/models/pca: 2d); a
-    one-line error when surface options are given but the dimension is not named."""
-    given = [k for k in SURFACE_OPTIONS if _given(ns, k)]
-    if not given:
-        return None
-    if ns.get("to") is not None or ns.get("surface_dirs") == "interp":
-        return "1d"
-    if ns.get("models") is not None or ns.get("surface_dirs") in ("models", "pca"):
-        return "2d"
-    flag = "--" + given[0].replace("_", "-")
-    raise UserError(f"{flag}: a loss-surface option; pass --surface 1d or --surface 2d as well")
-
-
-def _check_surface_flags(ns: dict[str, Any]) -> None:
-    """--to means the interpolation line and --models the model plane (so given alone they set
-    --surface-dirs); flags that contradict each other are refused instead of one being ignored."""
-    dirs, dims = ns.get("surface_dirs"), ns.get("surface")
-    for flag, key, kind, want in (("--to", "to", "interp", "1d"), ("--models", "models", "models", "2d")):
-        if ns.get(key) is None:
-            continue
-        if dims != want:
-            raise UserError(f"{flag}: the {kind} surface is {want}; drop --surface {dims} or {flag}")
-        if dirs not in (None, kind):
-            raise UserError(f"{flag}: only with --surface-dirs {kind} (given: {dirs})")
-        ns["surface_dirs"] = kind
-    if ns.get("span") is not None and ns.get("range") is not None:
-        raise UserError("--span and --range: give one (--range=LO,HI sets the axis range itself)")
 
 
 def run(ns: dict[str, Any]) -> int:
@@ -506,38 +387,15 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     ckpt.atomic_write_json(out / "landscape.json", json_ready(m.record))
     print(f"wrote {out / 'landscape.json'}")
     if m.surface is not None:
-        _write_surface(ns, m, out)
+        write_surface(ns, m, out)
     if m.density is not None:
         from flatfl.analysis.plots import plot_density
 
         data = m.record["data"]
-        title = f"{_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
+        title = f"{record_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
         for p in plot_density(m.density, out / "density", title=title):
             print(f"wrote {p}")
     return 0
-
-
-def _title(record: dict[str, Any]) -> str:
-    if record.get("round") is not None:
-        return f"{record['algo']} round {record['round']}"
-    if record.get("weights"):
-        return Path(record["weights"]).name
-    return str(record.get("model") or "model")  # a factory's own weights: the model's name
-
-
-def _write_surface(ns: dict[str, Any], m: Any, out: Path) -> None:
-    from flatfl.analysis.interactive import surface_figures
-    from flatfl.analysis.plots import plot_surface
-    from flatfl.runs.files import write_page
-
-    surf = m.surface
-    title = f"{_title(m.record)}: {surf.description['kind']} surface"
-    for p in plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"]):
-        print(f"wrote {p}")
-    label = f"round {m.record['round']}" if m.record.get("round") is not None else _title(m.record)
-    figs = surface_figures([(label, surf)], title=title, levels=ns["levels"], zrange=ns["zrange"])
-    sections = [(surf.description["kind"], f) for f in figs if f is not None]
-    print(f"wrote {write_page(out / 'surface.html', title, sections)}")
 
 
 def check_ckpt_arg(path: Path) -> Path:
@@ -555,20 +413,3 @@ def check_ckpt_arg(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"--ckpt: {path} does not exist")
     return path
-
-
-def check_grid(grid: int, dims: int) -> None:
-    """At least 2 points per axis, and a grid whose result arrays fit in memory (estimated
-    before anything is allocated: loss and accuracy, float64, a few copies)."""
-    if grid < 2:
-        raise UserError(f"--grid {grid}: a surface needs at least 2 points per axis")
-    need = 4 * 16 * grid**dims
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > have:
-        raise UserError(
-            f"--grid {grid}: {grid}^{dims} points need about {need / 2**30:.0f} GiB, more than this machine's "
-            f"{have / 2**30:.0f} GiB; use a smaller --grid"
-        )

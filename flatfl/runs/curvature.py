@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -174,22 +173,6 @@ def density(
         "moments": {str(p): d.moment(p) for p in (1, 2)},
         "seconds": time.perf_counter() - t,
     }, d
-
-
-def sharpness(problem: Problem, settings: LandscapeSettings, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
-    """Every measure of ``settings.sharpness`` on the whole analysis data."""
-    n = problem.objective.n
-    if "sam" in settings.sharpness and settings.m is not None and settings.m > n:
-        raise UserError(f"--m {settings.m}: at most the {n} analysed samples (m-sharpness groups of M samples)")
-    out = {}
-    for name in settings.sharpness:
-        t = time.perf_counter()
-        log(f"sharpness: {name} ...")
-        with bars(f"sharpness {name} (losses)") as progress:
-            r = sharpness_measure(problem.objective, name, settings, progress)
-        out[name] = {**asdict(r), "seconds": time.perf_counter() - t}
-        log(f"sharpness: {name} = {r.value:.6g}")
-    return out
 
 
 def sharpness_measure(obj: ModelLoss, name: str, settings: LandscapeSettings, progress: Progress | None) -> Any:
