@@ -481,7 +481,8 @@ def test_not_compared_says_why():
 
 def test_censored_widths_get_no_verdict_and_are_named():
     from flatfl.runs.matching import Match
-    from flatfl.runs.report import Condition, _measure_row
+    from flatfl.runs.conditions import Condition
+    from flatfl.runs.verdicts import _measure_row
     from flatfl.runs.report_page import summary_text
 
     a, b = _group("A", [0, 1, 2]), _group("B", [0, 1, 2])
