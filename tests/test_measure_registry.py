@@ -128,3 +128,19 @@ def test_builtin_specs_declare_tested_invariances_only():
             assert claimed == frozenset(), f"{spec.name}: claims {sorted(claimed)}, untested"
         else:
             assert claimed == INVARIANT_TO[key] == invariant_to(key), spec.name
+
+
+def test_samples_zero_means_all_the_data_in_every_command():
+    import argparse
+
+    from flatfl.cli import build_parser
+    from flatfl.cli.common import samples_setting, samples_t
+
+    parser = build_parser()
+    for cmd in (["landscape", "--hessian"], ["report", "somerun", "--out", "o"]):
+        ns = vars(parser.parse_args([*cmd, "--samples", "0"]))
+        assert samples_setting(ns["samples"]) == (None, False), cmd  # None: all of the selection
+        assert samples_setting(vars(parser.parse_args([*cmd, "--samples", "auto"]))["samples"]) == (None, True)
+        assert samples_setting(vars(parser.parse_args([*cmd, "--samples", "70"]))["samples"]) == (70, False)
+    with pytest.raises(argparse.ArgumentTypeError, match="0 = all"):
+        samples_t("-3")

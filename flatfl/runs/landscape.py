@@ -1,9 +1,9 @@
-"""``flatfl landscape``'s settings and the per-checkpoint entry points.
+"""``flatfl landscape``'s per-checkpoint entry points (and, for existing imports, its settings and data helpers).
 
-What one checkpoint's analysis computes -- top-k Hessian eigenpairs and the most negative eigenvalue
-(Lanczos), the trace (adaptive Hutchinson/Hutch++ with a standard error), the spectral density (SLQ),
-sharpness measures, the federated view and loss surfaces -- is chosen by :class:`LandscapeSettings`
-(filled by the CLI) and computed by :func:`flatfl.runs.measure.measure` on a
+What one checkpoint's analysis computes -- every registered measure switched on (:mod:`flatfl.runs.measures`:
+Hessian eigenpairs, trace, spectral density, sharpness, the literature's measures), the federated view and
+loss surfaces -- is chosen by :class:`~flatfl.runs.settings.LandscapeSettings` (filled by the CLI) and computed
+by :func:`flatfl.runs.measure.measure` on a
 :class:`~flatfl.runs.problem.Problem` resolved once. Every number is stored with the settings that
 produced it.
 """
