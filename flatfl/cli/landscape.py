@@ -20,7 +20,7 @@ from flatfl.cli.landscape_surface import (
     SURFACE_OPTIONS,
     check_grid,
     check_surface_flags,
-    given,
+    flag_given,
     implied_surface,
     record_title,
     surface_arguments,
@@ -197,18 +197,18 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
     from flatfl.runs.landscape import LandscapeSettings
 
     ns = dict(ns)
-    density_on = ns.get("density") or any(given(ns, k) for k in MEASURE_OPTIONS["density"])
+    density_on = ns.get("density") or any(flag_given(ns, k) for k in MEASURE_OPTIONS["density"])
     # --tol and --max-vectors also steer the federated view's and eigen surfaces' Lanczos and SLQ's basis:
     # they switch the Hessian on only when no other measure is asked for
     others = density_on or ns.get("trace") or ns.get("federated") or ns.get("surface") or ns.get("sharpness")
-    others = others or any(given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
+    others = others or any(flag_given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
     for measure, keys in MEASURE_OPTIONS.items():
-        given = [k for k in keys if given(ns, k) and not (k in ("tol", "max_vectors") and others)]
+        given = [k for k in keys if flag_given(ns, k) and not (k in ("tol", "max_vectors") and others)]
         if given:
             ns[measure] = True
     if not ns.get("sharpness"):
-        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if given(ns, k)})
-        shared = [k for k in SHARPNESS_SHARED if given(ns, k)]
+        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if flag_given(ns, k)})
+        shared = [k for k in SHARPNESS_SHARED if flag_given(ns, k)]
         if shared and not named:
             flag = "--" + shared[0].replace("_", "-")
             raise UserError(f"{flag}: an option of several sharpness measures; pass --sharpness LIST (e.g. sam)")

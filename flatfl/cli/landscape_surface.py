@@ -11,7 +11,7 @@ from flatfl.cli.common import nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
 
 
-def given(ns: dict[str, Any], key: str) -> bool:
+def flag_given(ns: dict[str, Any], key: str) -> bool:
     """The option was on the command line (its parser default is None, or False for a switch)."""
     return ns.get(key) not in (None, False)
 
@@ -113,7 +113,7 @@ SURFACE_OPTIONS = (
 def implied_surface(ns: dict[str, Any]) -> str | None:
     """1d or 2d when a surface option names the dimension (--to/interp: 1d; --models/models/pca: 2d); a
     one-line error when surface options are given but the dimension is not named."""
-    given = [k for k in SURFACE_OPTIONS if given(ns, k)]
+    given = [k for k in SURFACE_OPTIONS if flag_given(ns, k)]
     if not given:
         return None
     if ns.get("to") is not None or ns.get("surface_dirs") == "interp":
