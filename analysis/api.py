@@ -30,13 +30,7 @@ from flatfl.analysis.curvatures import CURVATURES, curvature_operator
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.lanczos import EigenResult, lanczos
 from flatfl.analysis.operators import HessianOperator, ModelLoss
-from flatfl.analysis.sharpness import (
-    SharpnessResult,
-    adaptive_sharpness,
-    average_sharpness,
-    epsilon_sharpness,
-    sam_sharpness,
-)
+from flatfl.analysis.sharpness import SHARPNESS_KINDS, SharpnessResult, measure_sharpness, sharpness_name
 from flatfl.analysis.surfaces import (
     Surface,
     axis,
@@ -47,7 +41,6 @@ from flatfl.analysis.surfaces import (
 )
 from flatfl.analysis.trace import TRACE_ESTIMATORS, TraceResult
 
-SHARPNESS_KINDS = ("sam", "adaptive", "epsilon", "average")
 DIRECTION_KINDS = ("random", "eigen", "models", "pca")
 HVP_METHODS = ("auto", "cached", "double-backward", "fwd-rev")
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
@@ -242,16 +235,11 @@ def sharpness(
         raise ValueError(f"kind must be one of {SHARPNESS_KINDS}, got {kind!r}")
     if kind != "average":
         checks.integer("steps", steps, 1)
+    name = sharpness_name(kind, p=p, adaptive=adaptive)
     gen = checks.generator(seed)
     obj = _problem(model, data, objective_kw)
-    if kind == "sam":
-        res = sam_sharpness(obj, rho=rho, steps=steps, m=m, generator=gen)
-    elif kind == "adaptive":
-        res = adaptive_sharpness(obj, rho=rho, p=p, steps=steps, generator=gen)
-    elif kind == "epsilon":
-        res = epsilon_sharpness(obj, eps=eps, max_iter=steps, generator=gen)
-    else:
-        res = average_sharpness(obj, sigma=sigma, adaptive=adaptive, num_samples=num_samples, generator=gen)
+    res = measure_sharpness(obj, name, rho=rho, eps=eps, sigma=sigma, steps=steps, num_samples=num_samples, m=m,
+                            epsilon_steps=steps, generator=gen)  # fmt: skip
     return replace(res, settings={"kind": kind, **res.settings, **_common(obj, seed)})
 
 

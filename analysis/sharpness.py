@@ -316,3 +316,77 @@ def average_sharpness(
         stderr=se,
         ci95=(mean - 1.96 * se, mean + 1.96 * se),
     )
+
+
+@dataclass(frozen=True)
+class SharpnessKind:
+    """One named sharpness measure: its ``family`` (the library's ``sharpness(kind=...)``), its parameter
+    within the family (``p`` of adaptive, ``adaptive`` of average), a label and whether it is a Monte Carlo
+    estimate (with a standard error that shrinks with ``num_samples``)."""
+
+    name: str
+    family: str
+    label: str
+    sampled: bool = False
+    p: float = 2
+    adaptive: bool = True
+
+
+# The one sharpness vocabulary: the run side (``flatfl landscape --sharpness``, ``flatfl report``'s verdict rows)
+# and the library's ``sharpness(kind=...)`` both read it.
+SHARPNESS: dict[str, SharpnessKind] = {
+    k.name: k
+    for k in (
+        SharpnessKind("epsilon", "epsilon", "epsilon-sharpness"),
+        SharpnessKind("sam", "sam", "SAM sharpness"),
+        SharpnessKind("adaptive_l2", "adaptive", "adaptive sharpness (L2)", p=2),
+        SharpnessKind("adaptive_linf", "adaptive", "adaptive sharpness (Linf)", p=float("inf")),
+        SharpnessKind("average_adaptive", "average", "average adaptive sharpness", sampled=True, adaptive=True),
+        SharpnessKind("average_isotropic", "average", "average sharpness", sampled=True, adaptive=False),
+    )
+}
+SHARPNESS_MEASURES: tuple[str, ...] = tuple(SHARPNESS)
+SHARPNESS_KINDS: tuple[str, ...] = tuple(dict.fromkeys(k.family for k in SHARPNESS.values()))
+
+
+def sharpness_name(family: str, *, p: float = 2, adaptive: bool = True) -> str:
+    """The measure's name of a family and its parameter (``adaptive``, p=inf -> ``adaptive_linf``)."""
+    for k in SHARPNESS.values():
+        same = (family != "adaptive" or k.p == p) and (family != "average" or k.adaptive == adaptive)
+        if k.family == family and same:
+            return k.name
+    if family == "adaptive":
+        raise ValueError(f"p must be 2 or float('inf'), got {p!r}")
+    raise ValueError(f"kind must be one of {SHARPNESS_KINDS}, got {family!r}")
+
+
+def measure_sharpness(
+    obj: Objective,
+    name: str,
+    *,
+    rho: float = 0.05,
+    eps: float = 1e-3,
+    sigma: float = 0.01,
+    steps: int = 10,
+    num_samples: int = 50,
+    m: int | None = None,
+    antithetic: bool = False,
+    epsilon_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> SharpnessResult:
+    """The sharpness measure ``name`` (a key of :data:`SHARPNESS`) with its parameters: ``rho`` and ``steps``
+    for SAM (with ``m``: m-sharpness) and adaptive; ``eps`` (and ``epsilon_steps`` L-BFGS-B iterations, default
+    the function's) for epsilon; ``sigma``, ``num_samples`` and ``antithetic`` for average."""
+    k = SHARPNESS.get(name)
+    if k is None:
+        raise ValueError(f"unknown sharpness measure {name!r}; choose from {', '.join(SHARPNESS_MEASURES)}")
+    if k.family == "epsilon":
+        kw = {} if epsilon_steps is None else {"max_iter": epsilon_steps}
+        return epsilon_sharpness(obj, eps=eps, generator=generator, progress=progress, **kw)
+    if k.family == "sam":
+        return sam_sharpness(obj, rho=rho, steps=steps, m=m, generator=generator, progress=progress)
+    if k.family == "adaptive":
+        return adaptive_sharpness(obj, rho=rho, p=k.p, steps=steps, generator=generator, progress=progress)
+    return average_sharpness(obj, sigma=sigma, adaptive=k.adaptive, num_samples=num_samples, generator=generator,
+                             progress=progress, antithetic=antithetic)  # fmt: skip

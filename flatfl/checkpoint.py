@@ -27,7 +27,6 @@ Files are created with the permissions ``open()`` would give (``0o666 & ~umask``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -42,6 +41,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from flatfl.config import canonical_json
+from flatfl.digest import sha256_hex
 from flatfl.errors import UserError
 from flatfl.faults import fault_point
 from flatfl.statedict import StateDict
@@ -250,10 +250,6 @@ def set_run_rounds(run_dir: Path, rounds: int) -> None:
 def partition_json_bytes(parts: dict[str, Any]) -> bytes:
     """The bytes ``partition.json`` is written with (their SHA-256 goes into run.json)."""
     return (json.dumps(parts, indent=2, sort_keys=True) + "\n").encode()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_partition(run_dir: Path, info: dict[str, Any] | None = None) -> list[list[int]]:

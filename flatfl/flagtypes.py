@@ -1,6 +1,7 @@
 """Checked value types of flags and run-config keys: text -> value, or ``argparse.ArgumentTypeError``
 with ``expected <what>, got '<text>'``. The command line (``flatfl.cli``) and ``RunConfig.from_flags``
-(the CLI's ``flatfl train`` and the Flower app) share them, so a bad value reads the same everywhere."""
+(the CLI's ``flatfl train`` and the Flower app) and the measure specs (:mod:`flatfl.runs.measures`, which
+declare their own flags) share them, so a bad value reads the same everywhere."""
 
 from __future__ import annotations
 
@@ -35,8 +36,27 @@ momentum_t = _typed(float, lambda v: 0 <= v < 1, "a momentum in [0, 1)")
 MAX_SEED = 2**32 - 1  # every seed flag: numpy, torch and the derived per-round seeds all take it
 SEED_RANGE = f"0 to {MAX_SEED} = 2^32 - 1"
 seed_t = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from {SEED_RANGE}")
+SAMPLES_HELP = "0 = all the selected data"  # one meaning of --samples 0 for every command
 
 
 def batch_size_t(text: str) -> int | str:
     """A positive integer or ``full`` (one batch of all the client's data)."""
     return "full" if text == "full" else pos_int(text)
+
+
+def samples_t(text: str) -> int | str:
+    """``--samples`` of every analysis command: ``auto``, or a number of samples, 0 meaning all of them."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of samples (0 = all) or auto, got {text!r}")
+    return value
+
+
+def samples_setting(value: int | str | None) -> tuple[int | None, bool]:
+    """(samples, samples_auto) of a parsed ``--samples``: None samples means all the data."""
+    return (None, True) if value == "auto" else (value or None, False)

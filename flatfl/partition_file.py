@@ -20,13 +20,13 @@ exactly which split it used; the file is read again at training time and must st
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from flatfl.digest import sha256_hex
 from flatfl.errors import UserError
 
 # the authors' dataset names -> flatfl's
@@ -69,7 +69,7 @@ def read_partition_file(path: str | Path) -> PartitionFile:
         raise UserError(f"{where}: lists no clients")
     clients = [_index_array(c, k, where) for k, c in enumerate(lists)]
     _check_disjoint(clients, where)
-    return PartitionFile(clients, fmt, hashlib.sha256(raw).hexdigest(), dataset)
+    return PartitionFile(clients, fmt, sha256_hex(raw), dataset)
 
 
 def _author_lists(doc: dict, where: str) -> list:

@@ -104,7 +104,7 @@ def test_landscape_bad_input(cli, run_dir, tmp_path):
     _one_line_error(code, err, "run.json")
     code, _, err = cli("landscape", "--ckpt", ckpt, "--hessian", "--data", "client:99")
     _one_line_error(code, err, "--data", "client 99")
-    code, _, err = cli("landscape", "--ckpt", ckpt, "--hessian", "--samples", "0")
+    code, _, err = cli("landscape", "--ckpt", ckpt, "--hessian", "--samples", "-1")
     _one_line_error(code, err, "--samples")
     code, _, err = cli("landscape", "--ckpt", ckpt)
     _one_line_error(code, err, "nothing to compute")

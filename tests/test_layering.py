@@ -128,3 +128,101 @@ def test_simulation_and_parallel_do_not_import_each_other():
     """The parallel client runner sees the simulation only through its protocol (no import circle)."""
     sim, parallel = _imports(ROOT / "flatfl/simulation.py"), _imports(ROOT / "flatfl/parallel.py")
     assert "flatfl.parallel" in sim and not {"flatfl.simulation", "flatfl.trainer"} & set(parallel)
+
+
+# flatfl modules whose import pulls in an optional or heavy plotting dependency: the only flatfl modules
+# flatfl.runs may import inside a function (plotly: interactive figures; matplotlib: static figures)
+LAZY_FLATFL = {
+    "flatfl.analysis.interactive": "plotly",
+    "flatfl.analysis.report_figures": "plotly",
+    "flatfl.analysis.matching_figures": "plotly",
+    "flatfl.analysis.plots": "matplotlib",
+    "flatfl.analysis.interop": "curvlinops",
+    "flatfl.tracking": "tensorboardX",
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _runs_imports() -> tuple[dict[str, set[str]], list[str]]:
+    """flatfl.runs' import graph (module-level and function-local imports alike, ``from X import name`` counted
+    as an import of X.name when that is a module) and the function-local imports of flatfl modules."""
+    files = {_module_name(p): p for p in (ROOT / "flatfl" / "runs").rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    local: list[str] = []
+
+    def visit(mod: str, node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                if isinstance(child, ast.Import):
+                    names = [a.name for a in child.names]
+                else:
+                    base = child.module or ""
+                    if child.level:  # relative: resolved against the package
+                        pkg = mod.split(".")[: -child.level] if not files[mod].name == "__init__.py" else mod.split(".")
+                        base = ".".join([*pkg, *([base] if base else [])])
+                    names = [base] + [f"{base}.{a.name}" for a in child.names]
+                for n in names:
+                    if n in files and n != mod:
+                        graph[mod].add(n)
+                flatfl = [n for n in names[:1] if n == "flatfl" or n.startswith("flatfl.")]
+                if in_function and flatfl and not any(n in LAZY_FLATFL for n in names):
+                    local.append(f"{files[mod].relative_to(ROOT)}:{child.lineno}: {names[0]}")
+            visit(mod, child, inner)
+
+    for mod, path in files.items():
+        visit(mod, ast.parse(path.read_text(), str(path)), False)
+    return graph, local
+
+
+def test_runs_has_no_import_circle():
+    graph, _ = _runs_imports()
+    assert "flatfl.runs.landscape" in graph and graph["flatfl.runs.report"], "the graph was not read"
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def dfs(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n) :] + [n]
+            if n not in state and (cycle := dfs(n)) is not None:
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            cycle = dfs(m)
+            assert cycle is None, "import circle in flatfl.runs: " + " -> ".join(cycle)
+
+
+def test_runs_imports_flatfl_modules_at_module_level():
+    _, local = _runs_imports()
+    assert not local, f"function-local imports of flatfl modules (allowed only for {sorted(LAZY_FLATFL)}): {local}"
+
+
+def test_settings_and_sources_are_at_the_bottom_of_runs():
+    graph, _ = _runs_imports()
+    assert graph["flatfl.runs.settings"] == set()
+    assert graph["flatfl.runs.sources"] == set()
+    assert graph["flatfl.runs.run"] <= {"flatfl.runs.sources"}
+
+
+def test_runs_names_its_settings_types():
+    # no ``settings: Any`` where a settings type is meant
+    bad = [
+        f"{p.relative_to(ROOT)}:{n.lineno}"
+        for p in (ROOT / "flatfl" / "runs").rglob("*.py")
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.arg) and n.arg in ("settings", "ls") and isinstance(n.annotation, ast.Name)
+        and n.annotation.id == "Any"
+    ]  # fmt: skip
+    assert not bad, bad

@@ -480,9 +480,10 @@ def test_not_compared_says_why():
 
 
 def test_censored_widths_get_no_verdict_and_are_named():
+    from flatfl.runs.conditions import Condition
     from flatfl.runs.matching import Match
-    from flatfl.runs.report import Condition, _measure_row
     from flatfl.runs.report_page import summary_text
+    from flatfl.runs.verdicts import _measure_row
 
     a, b = _group("A", [0, 1, 2]), _group("B", [0, 1, 2])
     cond = Condition("round", "r", {g: {s: Match(3, None) for s in range(3)} for g in "AB"})

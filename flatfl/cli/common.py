@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 from flatfl.errors import UserError
-from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared with RunConfig.from_flags)
+from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared with RunConfig.from_flags and measure specs)
     MAX_SEED,
+    SAMPLES_HELP,
     SEED_RANGE,
     frac_0_1,
     momentum_t,
@@ -17,6 +18,8 @@ from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared wi
     open_frac,
     pos_float,
     pos_int,
+    samples_setting,
+    samples_t,
     seed_t,
     unit,
 )

@@ -2,48 +2,35 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flatfl.cli.common import (
+    SAMPLES_HELP,
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
     name_list,
-    nonneg_int,
     pos_float,
-    pos_int,
+    samples_setting,
+    samples_t,
+)
+from flatfl.cli.landscape_surface import (
+    SURFACE_OPTIONS,
+    check_grid,
+    check_surface_flags,
+    flag_given,
+    implied_surface,
+    record_title,
+    surface_arguments,
+    write_surface,
 )
 from flatfl.errors import UserError
 
-
-def _float_pair(text: str) -> tuple[float, float]:
-    import argparse
-
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers)") from None
-    if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
-        raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI (finite numbers)")
-    return lo, hi
-
-
-def _samples(text: str) -> int | str:
-    import argparse
-
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
-    return value
+if TYPE_CHECKING:
+    from flatfl.runs.settings import LandscapeSettings
 
 
 def add_parser(sub: Any) -> None:
@@ -72,11 +59,11 @@ def add_parser(sub: Any) -> None:
     )
     _foreign_arguments(p, d)
     _data_arguments(p, d)
-    _curvature_arguments(p, d)
-    _sharpness_arguments(p, d)
-    _surface_arguments(p, d)
+    from flatfl.runs.measures import registered
+
+    add_measure_flags(p, registered())
+    surface_arguments(p, d)
     _federated_arguments(p, d)
-    _literature_arguments(p)
 
 
 def _foreign_arguments(p: Any, d: Any) -> None:
@@ -119,10 +106,10 @@ def _data_arguments(p: Any, d: Any) -> None:
     )
     g.add_argument(
         "--samples",
-        type=_samples,
+        type=samples_t,
         metavar="N",
-        help="a seeded random subset of N samples, or auto: subsets of 256, 512, ... samples until the "
-        "data-sampling error of lambda_max (--hessian) and the trace (--trace) is below --data-tol, "
+        help=f"a seeded random subset of N samples ({SAMPLES_HELP}), or auto: subsets of 256, 512, ... samples "
+        "until the data-sampling error of lambda_max (--hessian) and the trace (--trace) is below --data-tol, "
         "reported as data_error (default: all)",
     )
     g.add_argument(
@@ -140,156 +127,28 @@ def _data_arguments(p: Any, d: Any) -> None:
     )
 
 
-def _curvature_arguments(p: Any, d: Any) -> None:
-    """Hessian eigenvalues, trace and spectral density."""
-    g = p.add_argument_group(
-        "curvature",
-        "an option of a measure switches it on: --topk/--tol/--max-vectors mean --hessian, --trace-matvecs/"
-        "--trace-method mean --trace, --slq-runs/--slq-steps mean --density",
-    )
-    g.add_argument("--hessian", action="store_true", help="top-k eigenpairs and the most negative eigenvalue (Lanczos)")
-    g.add_argument("--topk", type=pos_int, metavar="K", help=f"number of top eigenvalues (default: {d.topk})")
-    g.add_argument(
-        "--tol",
-        type=pos_float,
-        help=f"Lanczos stops when every residual ||Hv - lv|| <= tol * |lambda_max| (default: {d.tol})",
-    )
-    g.add_argument(
-        "--max-vectors",
-        type=pos_int,
-        metavar="N",
-        help=f"most parameter-sized vectors Lanczos/SLQ hold in memory (default: {d.max_vectors})",
-    )
-    g.add_argument("--trace", action="store_true", help="Hessian trace with a standard error (see --trace-method)")
-    g.add_argument(
-        "--trace-matvecs",
-        type=pos_int,
-        metavar="N",
-        help=f"HVP budget of the trace estimator (default: {d.trace_matvecs})",
-    )
-    g.add_argument(
-        "--trace-method",
-        choices=["adaptive", "hutch++", "hutchinson"],
-        help="adaptive: Hutch++ when its first third predicts a smaller variance than Hutchinson's, else "
-        f"Hutchinson with the same vectors; hutch++; hutchinson (default: {d.trace_method})",
-    )
-    g.add_argument(
-        "--density", action="store_true", help="eigenvalue spectral density by stochastic Lanczos quadrature"
-    )
-    g.add_argument("--slq-runs", type=pos_int, metavar="N", help=f"SLQ random vectors (default: {d.slq_runs})")
-    g.add_argument(
-        "--slq-steps",
-        type=pos_int,
-        metavar="N",
-        help=f"Lanczos steps per SLQ run (default: {d.slq_steps})",
-    )
+GROUP_HELP = {
+    "curvature": "an option of a measure switches it on: --topk/--tol/--max-vectors mean --hessian, --trace-matvecs/"
+    "--trace-method mean --trace, --slq-runs/--slq-steps mean --density",
+    "sharpness": "--eps alone means --sharpness epsilon, --m alone --sharpness sam; the other options need --sharpness",
+    "more measures": "the literature's measures beyond the Hessian (landscape.json: literature; in flatfl report: rows "
+    "of the verdict)",
+}
 
 
-def _sharpness_arguments(p: Any, d: Any) -> None:
-    """The sharpness measures and their radii."""
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
-
-    g = p.add_argument_group(
-        "sharpness",
-        "--eps alone means --sharpness epsilon, --m alone --sharpness sam; the other options need --sharpness",
-    )
-    g.add_argument(
-        "--sharpness", metavar="LIST", help=f"comma-separated measures, or all: {', '.join(SHARPNESS_MEASURES)}"
-    )
-    g.add_argument("--rho", type=pos_float, help=f"radius of SAM and adaptive sharpness (default: {d.rho})")
-    g.add_argument("--eps", type=pos_float, help=f"box size of epsilon-sharpness (default: {d.eps})")
-    g.add_argument("--sigma", type=pos_float, help=f"noise scale of average-case sharpness (default: {d.sigma})")
-    g.add_argument(
-        "--sharpness-steps",
-        type=pos_int,
-        metavar="N",
-        help=f"ascent steps of SAM/adaptive sharpness (default: {d.sharpness_steps})",
-    )
-    g.add_argument(
-        "--sharpness-samples",
-        type=pos_int,
-        metavar="N",
-        help=f"Monte Carlo draws of average-case sharpness (default: {d.sharpness_samples})",
-    )
-    g.add_argument(
-        "--m", type=pos_int, metavar="M", help="SAM m-sharpness: mean of worst cases over batches of M samples"
-    )
-
-
-def _surface_arguments(p: Any, d: Any) -> None:
-    """1D/2D loss surfaces: directions, grid, markers, BatchNorm."""
-    g = p.add_argument_group(
-        "loss surface",
-        "--to or --surface-dirs interp mean --surface 1d; --models or --surface-dirs models/pca mean --surface 2d",
-    )
-    g.add_argument("--surface", choices=["1d", "2d"], help="loss/accuracy on a line or plane around the checkpoint")
-    g.add_argument(
-        "--surface-dirs",
-        choices=["random", "eigen", "interp", "models", "pca"],
-        help="random: Gaussian, filter-normalised, orthogonalised (Li et al. 2018); eigen: top Hessian "
-        "eigenvectors scaled to ||w||; interp (1d): the line to --to; models (2d): the plane through the "
-        "checkpoint and the two --models; pca (2d): the PCA plane of the run's global models up to this "
-        f"round, trajectory drawn (Li et al. sec. 7) (default: {d.surface_dirs})",
-    )
-    g.add_argument(
-        "--to",
-        metavar="MODEL",
-        help="interp: the other end -- a round_NNNN.safetensors of any run with the same model (e.g. FedAvg vs "
-        "FedMut), mutant:SLOT (a model sent in the next round) or returned:SLOT (returned in this round)",
-    )
-    g.add_argument(
-        "--models",
-        nargs=2,
-        metavar="MODEL",
-        help="models: the two other models of the plane (same forms as --to), e.g. mutant:0 mutant:1",
-    )
-    g.add_argument("--grid", type=pos_int, metavar="N", help=f"points per axis (default: {d.grid})")
-    g.add_argument(
-        "--span",
-        type=pos_float,
-        metavar="R",
-        help=f"random/eigen: coordinates run from -R to R (default: {d.span})",
-    )
-    g.add_argument(
-        "--range",
-        type=_float_pair,
-        metavar="LO,HI",
-        help="axis range instead of --span, written --range=LO,HI when LO is negative (default: -R,R for "
-        "random/eigen, -0.5,1.5 for interp/models, "
-        "the trajectory plus 20%% for pca)",
-    )
-    g.add_argument(
-        "--levels",
-        type=pos_int,
-        metavar="N",
-        help="2D pages and figures: N linear Δloss levels (default: a 1-2-5 sequence, 0.01, 0.02, 0.05, 0.1, ... "
-        "up to the top of --zrange, so the basin gets levels of its own; the colour bar's ticks are the levels); "
-        "give two pages the same --levels and --zrange to compare them",
-    )
-    g.add_argument(
-        "--zrange",
-        type=_float_pair,
-        metavar="LO,HI",
-        help="2D pages and figures: the Δloss range the colours and levels span (Δloss = loss - loss at the "
-        "checkpoint; default: 0 to this surface's largest Δloss)",
-    )
-    g.add_argument(
-        "--bn-reestimate",
-        type=nonneg_int,
-        metavar="N",
-        help="BatchNorm models: recompute the running statistics at every grid point on N batches of training "
-        "data (default 0: keep the checkpoint's statistics, as Li et al.); the output says which was used",
-    )
-    g.add_argument(
-        "--no-markers",
-        action="store_true",
-        help="do not draw this round's mutants / returned client models (from clients files) on the surface",
-    )
-    g.add_argument(
-        "--include-bias-bn",
-        action="store_true",
-        help="also perturb biases and BatchNorm parameters (Li et al. zero them in random directions)",
-    )
+def add_measure_flags(p: Any, specs: Any) -> None:
+    """The flags of the measures ``specs`` (:mod:`flatfl.runs.measures`), one --help group per spec group, each
+    flag once (the sharpness measures share theirs)."""
+    groups: dict[str, Any] = {}
+    seen: set[str] = set()
+    for spec in specs:
+        for flag in spec.flags:
+            if flag.names[0] in seen:
+                continue
+            seen.add(flag.names[0])
+            if spec.group not in groups:
+                groups[spec.group] = p.add_argument_group(spec.group, GROUP_HELP.get(spec.group))
+            groups[spec.group].add_argument(*flag.names, **flag.kwargs)
 
 
 def _federated_arguments(p: Any, d: Any) -> None:
@@ -310,83 +169,12 @@ def _federated_arguments(p: Any, d: Any) -> None:
     add_deprecated_alias(g, "--clients", "--federated-clients", "federated_clients")
 
 
-def _literature_arguments(p: Any) -> None:
-    """The literature's measures beyond the Hessian (flatfl.runs.literature), under ``literature`` in landscape.json."""
-    from flatfl.runs.literature import LiteratureSettings
+def registry_settings(ns: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The settings of every registered measure that is not a built-in one, from the command line (the
+    ``measures`` of :class:`~flatfl.runs.settings.LandscapeSettings`); one-line errors for bad values."""
+    from flatfl.runs.measures import registered
 
-    d = LiteratureSettings()
-    g = p.add_argument_group("more measures (landscape.json: literature)")
-    g.add_argument(
-        "--curvature",
-        metavar="LIST",
-        help="lambda_max and trace of other curvature matrices: ggn (generalised Gauss-Newton J^T H_out J), "
-        "ef (empirical Fisher, mean g_i g_i^T); comma-separated (uses --tol, --trace-matvecs, --trace-method)",
-    )
-    g.add_argument(
-        "--per-layer",
-        nargs="?",
-        const="parameter",
-        choices=["parameter", "module"],
-        help="lambda_max and trace of each layer's diagonal Hessian block, per parameter tensor (default) or module; "
-        "each trace from 30 HVPs (exact for a block of at most 30 parameters)",
-    )
-    g.add_argument(
-        "--per-layer-shared",
-        action="store_true",
-        help="--per-layer traces all from the same --trace-matvecs HVPs with whole-model probes (cheaper, larger "
-        "standard errors)",
-    )
-    g.add_argument(
-        "--relative-flatness",
-        action="store_true",
-        help="relative flatness kappa_Tr of the output layer (Petzka et al. 2021), exact",
-    )
-    g.add_argument("--relative-flatness-layer", metavar="NAME", help="the output nn.Linear (default: the last one)")
-    g.add_argument(
-        "--fisher-rao",
-        action="store_true",
-        help="squared Fisher-Rao norm E<theta, grad loss>^2 (Liang et al. 2019), the data's and the model's labels",
-    )
-    g.add_argument(
-        "--connect",
-        metavar="SPEC",
-        help="mode connectivity to another model (a --to SPEC): loss along a trained quadratic Bezier curve "
-        "(Garipov et al. 2018) and the straight line, and their barriers",
-    )
-    g.add_argument(
-        "--connect-steps", type=pos_int, metavar="N", help=f"SGD steps on the bend (default: {d.connect_steps})"
-    )
-    g.add_argument("--connect-lr", type=pos_float, metavar="LR", help=f"its learning rate (default: {d.connect_lr})")
-
-
-def literature_settings(ns: dict[str, Any]) -> Any:
-    """The :class:`LiteratureSettings` of the command line (one-line errors for bad values)."""
-    from flatfl.runs.literature import LiteratureSettings, parse_curvature
-
-    d = LiteratureSettings()
-    if ns.get("relative_flatness_layer") and not ns.get("relative_flatness"):
-        ns["relative_flatness"] = True
-    if ns.get("per_layer_shared") and not ns.get("per_layer"):
-        ns["per_layer"] = "parameter"
-    if (ns.get("connect_steps") or ns.get("connect_lr")) and not ns.get("connect"):
-        raise UserError("--connect-steps/--connect-lr: options of --connect SPEC; pass --connect as well")
-    if (ns.get("connect_steps") or 0) > 10**6:
-        raise UserError(f"--connect-steps {ns['connect_steps']}: at most 1000000 SGD steps on the bend")
-    return LiteratureSettings(
-        curvature=parse_curvature(ns.get("curvature")),
-        per_layer=ns.get("per_layer"),
-        per_layer_shared=bool(ns.get("per_layer_shared")),
-        relative_flatness=bool(ns.get("relative_flatness")),
-        relative_flatness_layer=ns.get("relative_flatness_layer"),
-        fisher_rao=bool(ns.get("fisher_rao")),
-        connect=ns.get("connect"),
-        connect_steps=ns.get("connect_steps") or d.connect_steps,
-        connect_lr=ns.get("connect_lr") or d.connect_lr,
-        seed=ns["seed"],
-        tol=ns["tol"],
-        trace_matvecs=ns["trace_matvecs"],
-        trace_method=ns["trace_method"],
-    )
+    return tuple((spec.name, st) for spec in registered() if not spec.builtin and (st := spec.parse(ns)) is not None)
 
 
 # The options of each measure: given alone, an option switches its measure on (--topk 3 alone means
@@ -402,16 +190,7 @@ MEASURE_OPTIONS = {
 # several, so they need --sharpness
 SHARPNESS_OPTIONS = {"eps": "epsilon", "m": "sam"}
 SHARPNESS_SHARED = ("rho", "sigma", "sharpness_steps", "sharpness_samples")
-SURFACE_OPTIONS = (
-    "surface_dirs", "to", "models", "grid", "span", "range", "levels", "zrange", "bn_reestimate", "no_markers",
-    "include_bias_bn",
-)  # fmt: skip
 DEFAULTS = {"federated_clients": "clients"}  # flag -> LandscapeSettings field, where they differ
-
-
-def _given(ns: dict[str, Any], key: str) -> bool:
-    """The option was on the command line (its parser default is None, or False for a switch)."""
-    return ns.get(key) not in (None, False)
 
 
 def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
@@ -419,25 +198,25 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
     from flatfl.runs.landscape import LandscapeSettings
 
     ns = dict(ns)
-    density_on = ns.get("density") or any(_given(ns, k) for k in MEASURE_OPTIONS["density"])
+    density_on = ns.get("density") or any(flag_given(ns, k) for k in MEASURE_OPTIONS["density"])
     # --tol and --max-vectors also steer the federated view's and eigen surfaces' Lanczos and SLQ's basis:
     # they switch the Hessian on only when no other measure is asked for
     others = density_on or ns.get("trace") or ns.get("federated") or ns.get("surface") or ns.get("sharpness")
-    others = others or any(_given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
+    others = others or any(flag_given(ns, k) for m in ("trace", "federated") for k in MEASURE_OPTIONS[m])
     for measure, keys in MEASURE_OPTIONS.items():
-        given = [k for k in keys if _given(ns, k) and not (k in ("tol", "max_vectors") and others)]
+        given = [k for k in keys if flag_given(ns, k) and not (k in ("tol", "max_vectors") and others)]
         if given:
             ns[measure] = True
     if not ns.get("sharpness"):
-        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if _given(ns, k)})
-        shared = [k for k in SHARPNESS_SHARED if _given(ns, k)]
+        named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if flag_given(ns, k)})
+        shared = [k for k in SHARPNESS_SHARED if flag_given(ns, k)]
         if shared and not named:
             flag = "--" + shared[0].replace("_", "-")
             raise UserError(f"{flag}: an option of several sharpness measures; pass --sharpness LIST (e.g. sam)")
         ns["sharpness"] = ",".join(named) or None
     if not ns.get("surface"):
-        ns["surface"] = _implied_surface(ns)
-    _check_surface_flags(ns)
+        ns["surface"] = implied_surface(ns)
+    check_surface_flags(ns)
     d = LandscapeSettings()
     keys = [k for ks in MEASURE_OPTIONS.values() for k in ks] + list(SURFACE_OPTIONS) + list(SHARPNESS_SHARED)
     for k in keys + ["eps"]:
@@ -446,42 +225,13 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
     return ns
 
 
-def _implied_surface(ns: dict[str, Any]) -> str | None:
-    """1d or 2d when a surface option names the dimension (--to/interp: 1d; --models/models/pca: 2d); a
-    one-line error when surface options are given but the dimension is not named."""
-    given = [k for k in SURFACE_OPTIONS if _given(ns, k)]
-    if not given:
-        return None
-    if ns.get("to") is not None or ns.get("surface_dirs") == "interp":
-        return "1d"
-    if ns.get("models") is not None or ns.get("surface_dirs") in ("models", "pca"):
-        return "2d"
-    flag = "--" + given[0].replace("_", "-")
-    raise UserError(f"{flag}: a loss-surface option; pass --surface 1d or --surface 2d as well")
-
-
-def _check_surface_flags(ns: dict[str, Any]) -> None:
-    """--to means the interpolation line and --models the model plane (so given alone they set
-    --surface-dirs); flags that contradict each other are refused instead of one being ignored."""
-    dirs, dims = ns.get("surface_dirs"), ns.get("surface")
-    for flag, key, kind, want in (("--to", "to", "interp", "1d"), ("--models", "models", "models", "2d")):
-        if ns.get(key) is None:
-            continue
-        if dims != want:
-            raise UserError(f"{flag}: the {kind} surface is {want}; drop --surface {dims} or {flag}")
-        if dirs not in (None, kind):
-            raise UserError(f"{flag}: only with --surface-dirs {kind} (given: {dirs})")
-        ns["surface_dirs"] = kind
-    if ns.get("span") is not None and ns.get("range") is not None:
-        raise UserError("--span and --range: give one (--range=LO,HI sets the axis range itself)")
-
-
 def run(ns: dict[str, Any]) -> int:
     import torch
 
     ns = implied_measures(ns)
     foreign = _check_source(ns)
     settings = _settings(ns, _validated_measures(ns))
+    check_something(settings)
     from flatfl.runs.surface import check_surface_settings
 
     if not foreign:
@@ -536,17 +286,11 @@ def _check_source(ns: dict[str, Any]) -> bool:
 
 def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
     """The --sharpness measures; every combination that cannot run is refused before anything starts."""
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.analysis.sharpness import SHARPNESS_MEASURES
 
     sharp: tuple[str, ...] = ()
     if ns.get("sharpness"):
         sharp = name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"all": SHARPNESS_MEASURES})
-    more = literature_settings(ns).any
-    if not (ns["hessian"] or ns["trace"] or ns["density"] or sharp or ns["federated"] or ns.get("surface") or more):
-        raise UserError(
-            "nothing to compute: pass --hessian, --trace, --density, --sharpness, --federated, --surface and/or "
-            "a measure of 'more measures' (--curvature, --per-layer, --relative-flatness, --fisher-rao, --connect)"
-        )
     if ns.get("surface"):
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
@@ -561,15 +305,26 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
     return sharp
 
 
-def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
+def check_something(settings: LandscapeSettings) -> None:
+    """A one-line error when no measure, federated view or surface is switched on."""
+    from flatfl.runs.measure import switched_on
+    from flatfl.runs.measures import registered
+
+    if switched_on(settings) or settings.federated or settings.surface:
+        return
+    switches = dict.fromkeys(s.flags[0].names[0] for s in registered() if s.flags)
+    raise UserError(f"nothing to compute: pass {', '.join([*switches, '--federated', '--surface'])}")
+
+
+def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> LandscapeSettings:
     """The frozen :class:`LandscapeSettings` of the command line."""
-    from flatfl.runs.landscape import LandscapeSettings
+    from flatfl.runs.settings import LandscapeSettings
 
     device = analysis_device(ns["device"])
     return LandscapeSettings(
         data=ns["data"],
-        samples=None if ns.get("samples") == "auto" else ns.get("samples"),
-        samples_auto=ns.get("samples") == "auto",
+        samples=samples_setting(ns.get("samples"))[0],
+        samples_auto=samples_setting(ns.get("samples"))[1],
         data_tol=ns["data_tol"],
         batch_size=ns["batch_size"],
         dtype=ns["dtype"],
@@ -605,6 +360,7 @@ def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> Any:
         bn_reestimate=ns["bn_reestimate"],
         markers=not ns["no_markers"],
         include_1d=ns["include_bias_bn"],
+        measures=registry_settings(ns),
     )
 
 
@@ -621,50 +377,22 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)
-    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars)
+    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars, main=main)
     if not main:
         return 0
-    more = literature_settings(ns)
-    if more.any:
-        from flatfl.runs.literature import measure_literature
-
-        m.record["literature"] = measure_literature(problem, more, log)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_json(out / "landscape.json", json_ready(m.record))
     print(f"wrote {out / 'landscape.json'}")
     if m.surface is not None:
-        _write_surface(ns, m, out)
+        write_surface(ns, m, out)
     if m.density is not None:
         from flatfl.analysis.plots import plot_density
 
         data = m.record["data"]
-        title = f"{_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
+        title = f"{record_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
         for p in plot_density(m.density, out / "density", title=title):
             print(f"wrote {p}")
     return 0
-
-
-def _title(record: dict[str, Any]) -> str:
-    if record.get("round") is not None:
-        return f"{record['algo']} round {record['round']}"
-    if record.get("weights"):
-        return Path(record["weights"]).name
-    return str(record.get("model") or "model")  # a factory's own weights: the model's name
-
-
-def _write_surface(ns: dict[str, Any], m: Any, out: Path) -> None:
-    from flatfl.analysis.interactive import surface_figures
-    from flatfl.analysis.plots import plot_surface
-    from flatfl.runs.files import write_page
-
-    surf = m.surface
-    title = f"{_title(m.record)}: {surf.description['kind']} surface"
-    for p in plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"]):
-        print(f"wrote {p}")
-    label = f"round {m.record['round']}" if m.record.get("round") is not None else _title(m.record)
-    figs = surface_figures([(label, surf)], title=title, levels=ns["levels"], zrange=ns["zrange"])
-    sections = [(surf.description["kind"], f) for f in figs if f is not None]
-    print(f"wrote {write_page(out / 'surface.html', title, sections)}")
 
 
 def check_ckpt_arg(path: Path) -> Path:
@@ -682,20 +410,3 @@ def check_ckpt_arg(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"--ckpt: {path} does not exist")
     return path
-
-
-def check_grid(grid: int, dims: int) -> None:
-    """At least 2 points per axis, and a grid whose result arrays fit in memory (estimated
-    before anything is allocated: loss and accuracy, float64, a few copies)."""
-    if grid < 2:
-        raise UserError(f"--grid {grid}: a surface needs at least 2 points per axis")
-    need = 4 * 16 * grid**dims
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > have:
-        raise UserError(
-            f"--grid {grid}: {grid}^{dims} points need about {need / 2**30:.0f} GiB, more than this machine's "
-            f"{have / 2**30:.0f} GiB; use a smaller --grid"
-        )

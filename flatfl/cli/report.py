@@ -10,6 +10,7 @@ from typing import Any
 
 from flatfl.analysis.verdict import VERDICT_RULE
 from flatfl.cli.common import (
+    SAMPLES_HELP,
     add_analysis_arguments,
     add_deprecated_alias,
     analysis_device,
@@ -17,6 +18,8 @@ from flatfl.cli.common import (
     nonneg_int,
     pos_float,
     pos_int,
+    samples_setting,
+    samples_t,
 )
 from flatfl.errors import UserError
 from flatfl.runs.match_rule import MATCH_RULE, MIN_DROP, SMOOTH_WINDOW
@@ -89,6 +92,11 @@ def add_parser(sub: Any) -> None:
     add_deprecated_alias(p, "--rounds", "--at-rounds", "at_rounds", type=_rounds)
     _measure_arguments(p, d)
     _group_arguments(p, d)
+    from flatfl.cli.landscape import add_measure_flags
+    from flatfl.runs.measures import registered
+
+    # the registered measures beyond the report's own (flatfl landscape's flags, added to the verdict)
+    add_measure_flags(p, [s for s in registered() if s.report and not s.builtin])
 
 
 def _measure_arguments(p: Any, d: Any) -> None:
@@ -96,11 +104,12 @@ def _measure_arguments(p: Any, d: Any) -> None:
     ld = d.landscape
     p.add_argument(
         "--samples",
-        type=_samples_or_auto,
+        type=samples_t,
         default=ld.samples,
         metavar="N",
-        help=f"seeded random subset of N samples, 0 = all, or auto: growing subsets until the data-sampling error "
-        f"of lambda_max and the trace is below --data-tol, shown next to them (default: {ld.samples})",
+        help=f"seeded random subset of N samples ({SAMPLES_HELP}), or auto: growing subsets until the "
+        "data-sampling error of lambda_max and the trace is below --data-tol, shown next to them "
+        f"(default: {ld.samples})",
     )
     p.add_argument(
         "--data-tol",
@@ -240,10 +249,6 @@ def _group_arguments(p: Any, d: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _samples_or_auto(text: str) -> int | str:
-    return "auto" if text == "auto" else nonneg_int(text)
-
-
 def _label(text: str) -> tuple[str, str]:
     import argparse
 
@@ -327,7 +332,8 @@ def run(ns: dict[str, Any]) -> int:
 
 def _report_settings(ns: dict[str, Any]) -> Any:
     """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
-    from flatfl.runs.landscape import SHARPNESS_MEASURES
+    from flatfl.analysis.sharpness import SHARPNESS_MEASURES
+    from flatfl.runs.measures import REGISTRY
     from flatfl.runs.report import ReportSettings
 
     sharp = (
@@ -342,13 +348,16 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         raise UserError(
             f"--trace-matvecs: the trace estimator needs at least {HUTCHPP_MIN_MATVECS} HVPs; 0 skips the trace"
         )
-    _check_report_flags(ns, sharp)
+    from flatfl.cli.landscape import registry_settings
+
+    more = tuple((name, st) for name, st in registry_settings(ns) if REGISTRY[name].report)
+    _check_report_flags(ns, sharp, more)
     d = ReportSettings()
     ls = replace(
         d.landscape,
         data=ns["data"],
-        samples=None if ns["samples"] == "auto" else ns["samples"] or None,
-        samples_auto=ns["samples"] == "auto",
+        samples=samples_setting(ns["samples"])[0],
+        samples_auto=samples_setting(ns["samples"])[1],
         data_tol=ns["data_tol"],
         sharpness=sharp,
         trace=ns["trace_matvecs"] > 0,
@@ -360,6 +369,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         batch_size=ns["batch_size"],
         device=str(device),
         memory_budget_gb=ns["memory_budget"],
+        measures=more,
     )
     return ReportSettings(
         rounds=ns["at_rounds"],
@@ -379,13 +389,13 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     )
 
 
-def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...]) -> None:
+def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...], more: tuple = ()) -> None:
     """Flags that contradict each other, or leave nothing to measure, are refused before any work."""
     from flatfl.cli.landscape import check_grid
 
     if ns["no_match"] and ns.get("match_loss") is not None:
         raise UserError("--match-loss: a training-loss level to match, but --no-match turns loss matching off")
-    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0
+    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0 or more
     if not measures and ns["no_surface"] and ns["no_spread"]:
         raise UserError(
             "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "

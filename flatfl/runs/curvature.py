@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -20,13 +19,15 @@ import torch
 from flatfl.analysis.density import SpectralDensity, slq
 from flatfl.analysis.distributed import ShardedOperator, sharded_loss_and_gradient
 from flatfl.analysis.lanczos import EigenResult, lanczos
-from flatfl.analysis.operators import HessianOperator
-from flatfl.analysis.sharpness import adaptive_sharpness, average_sharpness, epsilon_sharpness, sam_sharpness
+from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.sharpness import SHARPNESS, SHARPNESS_MEASURES, measure_sharpness
 from flatfl.analysis.trace import TRACE_ESTIMATORS
 from flatfl.errors import UserError
 from flatfl.runs.problem import Problem
+from flatfl.runs.settings import LandscapeSettings
 
-SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
+# the seeded generator of each sharpness family (see generator())
+SHARPNESS_STREAMS = {"epsilon": 4, "sam": 5, "adaptive": 6, "average": 7}
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -62,7 +63,7 @@ def tqdm_bars(desc: str, leave: bool = True) -> Iterator[Progress | None]:
         yield update
 
 
-def generator(settings: Any, k: int) -> torch.Generator:
+def generator(settings: LandscapeSettings, k: int) -> torch.Generator:
     """The seeded generator of quantity ``k`` (1 Lanczos, 2 trace, 3 SLQ, 4-7 sharpness, 8+ federated)."""
     return torch.Generator().manual_seed(settings.seed * 1000 + k)
 
@@ -91,7 +92,7 @@ def hessian_operator(problem: Problem) -> HessianOperator | ShardedOperator:
 
 
 def top_eigen(
-    op: Any, settings: Any, auto: dict | None, log: Log, bars: Bars = no_bars
+    op: Any, settings: LandscapeSettings, auto: dict | None, log: Log, bars: Bars = no_bars
 ) -> tuple[dict[str, Any], EigenResult]:
     if settings.topk >= op.size:
         raise UserError(f"--topk {settings.topk}: the model has only {op.size} parameters; use --topk < {op.size}")
@@ -122,7 +123,7 @@ def top_eigen(
     }, r
 
 
-def trace(op: Any, settings: Any, auto: dict | None, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
+def trace(op: Any, settings: LandscapeSettings, auto: dict | None, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
     t = time.perf_counter()
     log(f"trace: {settings.trace_method} with {settings.trace_matvecs} HVPs ...")
     with bars("trace (HVPs)") as progress:
@@ -142,13 +143,15 @@ def trace(op: Any, settings: Any, auto: dict | None, log: Log, bars: Bars = no_b
     }
 
 
-def slq_block(size: int, dtype: torch.dtype, settings: Any) -> int:
+def slq_block(size: int, dtype: torch.dtype, settings: LandscapeSettings) -> int:
     """SLQ runs in lockstep: as many as the memory budget holds bases of ``slq_steps`` vectors for."""
     per_run = settings.slq_steps * size * torch.finfo(dtype).bits // 8
     return int(max(1, min(settings.slq_runs, settings.memory_budget_gb * 2**30 // max(per_run, 1))))
 
 
-def density(op: Any, settings: Any, log: Log, bars: Bars = no_bars) -> tuple[dict[str, Any], SpectralDensity]:
+def density(
+    op: Any, settings: LandscapeSettings, log: Log, bars: Bars = no_bars
+) -> tuple[dict[str, Any], SpectralDensity]:
     t = time.perf_counter()
     log(f"density: SLQ, {settings.slq_runs} runs x {settings.slq_steps} steps ...")
     lockstep = slq_block(op.size, op.dtype, settings)
@@ -172,53 +175,14 @@ def density(op: Any, settings: Any, log: Log, bars: Bars = no_bars) -> tuple[dic
     }, d
 
 
-def sharpness(problem: Problem, settings: Any, log: Log, bars: Bars = no_bars) -> dict[str, Any]:
-    """Every measure of ``settings.sharpness`` on the whole analysis data."""
-    n = problem.objective.n
-    if "sam" in settings.sharpness and settings.m is not None and settings.m > n:
-        raise UserError(f"--m {settings.m}: at most the {n} analysed samples (m-sharpness groups of M samples)")
-    out = {}
-    for name in settings.sharpness:
-        t = time.perf_counter()
-        log(f"sharpness: {name} ...")
-        with bars(f"sharpness {name} (losses)") as progress:
-            r = _sharpness_measure(problem.objective, name, settings, progress)
-        out[name] = {**asdict(r), "seconds": time.perf_counter() - t}
-        log(f"sharpness: {name} = {r.value:.6g}")
-    return out
-
-
-def _sharpness_measure(obj: Any, name: str, settings: Any, progress: Progress | None) -> Any:
-    """One sharpness measure by name, with its settings and seeded generator."""
-    if name == "epsilon":
-        return epsilon_sharpness(obj, eps=settings.eps, generator=generator(settings, 4), progress=progress)
-    if name == "sam":
-        return sam_sharpness(
-            obj,
-            rho=settings.rho,
-            steps=settings.sharpness_steps,
-            m=settings.m,
-            generator=generator(settings, 5),
-            progress=progress,
-        )
-    if name in ("adaptive_l2", "adaptive_linf"):
-        p = 2 if name == "adaptive_l2" else float("inf")
-        return adaptive_sharpness(
-            obj,
-            rho=settings.rho,
-            p=p,
-            steps=settings.sharpness_steps,
-            generator=generator(settings, 6),
-            progress=progress,
-        )
-    if name in ("average_adaptive", "average_isotropic"):
-        return average_sharpness(
-            obj,
-            sigma=settings.sigma,
-            adaptive=name == "average_adaptive",
-            num_samples=settings.sharpness_samples,
-            generator=generator(settings, 7),
-            progress=progress,
-            antithetic=getattr(settings, "antithetic", False),
-        )
-    raise UserError(f"--sharpness: unknown measure {name!r}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
+def sharpness_measure(obj: ModelLoss, name: str, settings: LandscapeSettings, progress: Progress | None) -> Any:
+    """One sharpness measure by name (:data:`flatfl.analysis.sharpness.SHARPNESS`), with its settings and the
+    seeded generator of its family (4 epsilon, 5 SAM, 6 adaptive, 7 average)."""
+    kind = SHARPNESS.get(name)
+    if kind is None:
+        raise UserError(f"--sharpness: unknown measure {name!r}; choose from all, {', '.join(SHARPNESS_MEASURES)}")
+    return measure_sharpness(
+        obj, name, rho=settings.rho, eps=settings.eps, sigma=settings.sigma, steps=settings.sharpness_steps,
+        num_samples=settings.sharpness_samples, m=settings.m, antithetic=settings.antithetic,
+        generator=generator(settings, SHARPNESS_STREAMS[kind.family]), progress=progress,
+    )  # fmt: skip

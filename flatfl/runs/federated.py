@@ -7,18 +7,18 @@ from typing import Any
 
 import torch
 
+from flatfl import checkpoint as ckpt
 from flatfl.analysis.lanczos import EigenResult, lanczos
 from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.errors import UserError
 from flatfl.runs.curvature import Bars, generator, no_bars
-from flatfl.runs.problem import DTYPES, Problem
+from flatfl.runs.problem import Problem
 from flatfl.runs.run import Run
+from flatfl.runs.settings import DTYPES, LandscapeSettings
 
 
 def _client_ids(run: Run, rnd: int, spec: str) -> tuple[list[int], dict | None]:
     """Which clients the federated view covers, and the round's client models if saved."""
-    from flatfl import checkpoint as ckpt
-
     saved = None
     if ckpt.clients_path(run.path, rnd).is_file():
         sent, returned, info = run.clients(rnd)
@@ -47,7 +47,7 @@ def _client_ids(run: Run, rnd: int, spec: str) -> tuple[list[int], dict | None]:
 
 def federated_view(
     problem: Problem,
-    settings: Any,
+    settings: LandscapeSettings,
     global_vec: torch.Tensor | None,
     log: Callable[[str], None],
     bars: Bars = no_bars,

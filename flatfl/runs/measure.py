@@ -1,6 +1,7 @@
 """``measure(problem, settings)``: everything ``flatfl landscape`` and ``flatfl report`` compute for one point
--- curvature, the federated view, sharpness and the loss surface -- on one resolved
-:class:`~flatfl.runs.problem.Problem` (model, data and loss built once), as one JSON-ready record."""
+-- every registered measure switched on (:mod:`flatfl.runs.measures`), the federated view and the loss surface
+-- on one resolved :class:`~flatfl.runs.problem.Problem` (model, data and loss built once), as one JSON-ready
+record."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import numpy as np
 from flatfl.analysis.density import SpectralDensity
 from flatfl.analysis.surfaces import Surface
 from flatfl.runs import curvature
+from flatfl.runs.federated import federated_view
+from flatfl.runs.measures import Context, MeasureSpec, registered
 from flatfl.runs.problem import Problem
+from flatfl.runs.settings import LandscapeSettings
+from flatfl.runs.surface import measure_surface
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class Measurement:
     surface: Surface | None = None
 
 
-def surface_summary(surf: Surface, out_dir: Path, settings: Any) -> dict[str, Any]:
+def surface_summary(surf: Surface, out_dir: Path, settings: LandscapeSettings) -> dict[str, Any]:
     return {
         "file": str(Path(out_dir) / "surface.npz"),
         "kind": surf.description["kind"],
@@ -41,49 +46,70 @@ def surface_summary(surf: Surface, out_dir: Path, settings: Any) -> dict[str, An
     }
 
 
+def switched_on(settings: LandscapeSettings) -> list[tuple[MeasureSpec, Any]]:
+    """The registered measures ``settings`` switches on, with their settings, in registry order."""
+    return [(spec, st) for spec in registered() if (st := spec.on(settings)) is not None]
+
+
+def place(record: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> None:
+    """``value`` at ``path`` in ``record`` (``("sharpness", "sam")`` -> ``record["sharpness"]["sam"]``)."""
+    for key in path[:-1]:
+        record = record.setdefault(key, {})
+    record[path[-1]] = value
+
+
+def record_at(record: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """What :func:`place` put at ``path``, or None."""
+    for key in path:
+        if not isinstance(record, dict) or key not in record:
+            return None
+        record = record[key]
+    return record
+
+
 def measure(
     problem: Problem,
-    settings: Any,
+    settings: LandscapeSettings,
     *,
     log: Callable[[str], None] = lambda s: None,
     out_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     bars: curvature.Bars = curvature.no_bars,
+    main: bool = True,
 ) -> Measurement:
-    """Every quantity ``settings`` switches on, at ``problem``'s point. A surface is saved (and resumed)
-    under ``out_dir``; the top eigenvectors of ``--hessian`` are reused for eigen directions and the
-    federated view instead of running Lanczos again. ``progress(done, total)``: the surface's points;
-    ``bars``: progress bars of the curvature and sharpness solvers (:func:`~flatfl.runs.curvature.tqdm_bars`)."""
+    """Every quantity ``settings`` switches on, at ``problem``'s point. Collective measures (Hessian products
+    reduced over torchrun's shards) run on every rank, the others only where ``main``. A surface is saved (and
+    resumed) under ``out_dir``; the top eigenvectors of ``--hessian`` are reused for eigen directions and the
+    federated view instead of running Lanczos again. ``progress(done, total)``: the surface's points; ``bars``:
+    progress bars of the solvers (:func:`~flatfl.runs.curvature.tqdm_bars`)."""
     record = curvature.base_record(problem)
     record["settings"] = asdict(settings)
     if problem.ranks is not None:
         record["ranks"] = problem.ranks[1]
-    auto = problem.source["data"].get("auto")
-    density = eig = None
-    if settings.hessian or settings.trace or settings.density:
-        op = curvature.hessian_operator(problem)
+    ctx = Context(settings, log, bars)
+    on = switched_on(settings)
+    for spec, st in on:
+        if spec.collective:
+            place(record, spec.where, spec.run(problem, st, ctx))
+    op = ctx.shared.get("hessian_operator")
+    if op is not None:
         record["hvp_method"] = op.method
         record["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
-        if settings.hessian:
-            record["hessian"], eig = curvature.top_eigen(op, settings, auto, log, bars)
-        if settings.trace:
-            record["trace"] = curvature.trace(op, settings, auto, log, bars)
-        if settings.density:
-            record["density"], density = curvature.density(op, settings, log, bars)
+    eig = ctx.shared.get("eigen")
     if settings.federated:
-        from flatfl.runs.federated import federated_view
-
         record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log, bars)
-    if settings.sharpness:
-        record["sharpness"] = curvature.sharpness(problem, settings, log, bars)
     surf = None
     if settings.surface:
-        from flatfl.runs.surface import measure_surface
-
         if out_dir is None:
             raise ValueError("a surface needs out_dir (where it is saved and resumed)")
         with bars("surface (points)") as surface_progress:
             vectors = eig.vectors if eig is not None else None
             surf = measure_surface(problem, settings, out_dir, vectors, progress or surface_progress)
         record["surface"] = surface_summary(surf, out_dir, settings)
-    return Measurement(record, density, surf)
+    if main:
+        for spec, st in on:
+            if not spec.collective:
+                if spec.where[0] == "literature":  # the settings of the literature's measures, first in their section
+                    record.setdefault("literature", {}).setdefault("settings", {})[spec.name] = asdict(st)
+                place(record, spec.where, spec.run(problem, st, ctx))
+    return Measurement(record, ctx.shared.get("density"), surf)

@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from flatfl import checkpoint as ckpt
 from flatfl.analysis.distributed import shard
 from flatfl.analysis.distributed import world as dist_world
 from flatfl.analysis.operators import HessianOperator, ModelLoss
+from flatfl.analysis.subsample import SubsampleSettings, subsample
 from flatfl.errors import UserError
 from flatfl.runs.run import Run
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from flatfl.runs.settings import DTYPES, LandscapeSettings
+from flatfl.runs.sources import file_digest, subset
 
 
 @dataclass
@@ -87,27 +89,11 @@ def _run_data(run: Run, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.train.x[idx], ds.train.y[idx]
 
 
-def subset(x: Any, y: torch.Tensor, samples: int | None, seed: int) -> tuple[Any, torch.Tensor, dict[str, Any]]:
-    """A seeded random subset of ``samples`` examples (all when None), in their original order."""
-    n_all = len(y)
-    if samples is not None:
-        if samples <= 0:
-            raise UserError("--samples: must be a positive number of samples")
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n_all, generator=g)[: min(samples, n_all)].sort().values
-        x, y = x[idx], y[idx]
-    if len(y) == 0:
-        raise UserError("--data: the selection holds no samples")
-    return x, y, {"samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None}
-
-
 def auto_subset(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: Any, log: Callable[[str], None]
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: LandscapeSettings, log: Callable[[str], None]
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``--samples auto``: the random subset whose data-sampling error of lambda_max (``--hessian``) and
     the trace (``--trace``) is below ``data_tol`` (see :mod:`flatfl.analysis.subsample`); (x, y, record)."""
-    from flatfl.analysis.subsample import SubsampleSettings, subsample
-
     if dist_world() is not None:
         raise UserError("--samples auto: not available under torchrun; pass a number of samples")
     quantities = tuple(q for q, on in (("lambda_max", settings.hessian), ("trace", settings.trace)) if on)
@@ -160,7 +146,7 @@ def from_tensors(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    settings: Any,
+    settings: LandscapeSettings,
     source: dict[str, Any],
     digest: str,
     log: Callable[[str], None] = lambda s: None,
@@ -185,10 +171,8 @@ def from_tensors(
     return Problem(model, obj, hvp_obj, source, digest, ranks=ranks, **extra)
 
 
-def of_checkpoint(ckpt: Path, settings: Any, log: Callable[[str], None] = lambda s: None) -> Problem:
+def of_checkpoint(ckpt: Path, settings: LandscapeSettings, log: Callable[[str], None] = lambda s: None) -> Problem:
     """The problem of a flatfl checkpoint: its global model on the selection ``settings.data`` names."""
-    from flatfl.runs.landscape import file_digest
-
     run, rnd = Run.of_checkpoint(ckpt)
     if run.user_data and settings.federated:
         raise UserError(
@@ -224,7 +208,7 @@ def _train_inputs(run: Run) -> torch.Tensor:
     return run.user_data_pair("train", 500)[0]
 
 
-def bn_batches(x: torch.Tensor, settings: Any) -> list[torch.Tensor]:
+def bn_batches(x: torch.Tensor, settings: LandscapeSettings) -> list[torch.Tensor]:
     """``settings.bn_reestimate`` seeded random training batches (inputs only) for BatchNorm re-estimation."""
     g = torch.Generator().manual_seed(settings.seed + 17)
     idx = torch.randperm(len(x), generator=g)[: settings.bn_reestimate * settings.batch_size]
@@ -237,8 +221,6 @@ def run_model_spec(run: Run, rnd: int, spec: str) -> tuple[str, Run, Callable[[]
     round rnd+1, i.e. a mutant of this checkpoint) or ``returned:SLOT`` (a model returned in
     round rnd, whose mean is this checkpoint). Returns (label, its run, a loader of its state);
     every error is found here, before anything is computed."""
-    from flatfl import checkpoint as ckpt
-
     kind, _, slot = spec.partition(":")
     if kind in ("mutant", "returned") and is_slot(slot):
         r = rnd + 1 if kind == "mutant" else rnd

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to
+from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to, markdown_table
+from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def column_name(key: str, labels: Mapping[str, str] | None = None) -> str:
     return key.replace("_", " ")
 
 
-def _meanings(ls: Any, radius: float) -> dict[str, Meaning]:
+def _meanings(ls: LandscapeSettings, radius: float) -> dict[str, Meaning]:
     rho, sigma, eps = ls.rho, ls.sigma, ls.eps
     n_avg = ls.sharpness_samples
     return {
@@ -222,12 +223,14 @@ def _invariance_text(key: str) -> str:
 
 
 def glossary_html(
-    measures: Sequence[Any], settings: Any, *, anchor: str = "what-the-measures-mean", cited: Sequence[str] = ()
+    measures: Sequence[Any],
+    settings: ReportSettings,
+    *,
+    anchor: str = "what-the-measures-mean",
+    cited: Sequence[str] = (),
 ) -> str:
     """The section's HTML for the verdict's rows ``measures`` (:class:`flatfl.analysis.verdict.Measure`), ending
     with a bibliography of the works it cites and of ``cited`` (the rest of the page's citations, :func:`cited_in`)."""
-    from flatfl.analysis.invariance import markdown_table
-
     meanings = _meanings(settings.landscape, getattr(settings, "slice_radius", 1.0))
     cited = list(cited)
     items = []

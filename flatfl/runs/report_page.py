@@ -26,8 +26,13 @@ from typing import Any
 
 from flatfl import checkpoint as ckpt
 from flatfl.analysis.verdict import VERDICT_RULE
+from flatfl.runs.files import write_page
 from flatfl.runs.landscape import json_ready
+from flatfl.runs.matching_page import matching_sections
+from flatfl.runs.measures import describe_measures
+from flatfl.runs.report_glossary import cited_in, glossary_has, glossary_html, link_citations
 from flatfl.runs.scale_page import context_html, context_text
+from flatfl.runs.settings import ReportSettings
 
 PAGE_CSS = (
     "table.verdict{font-size:0.92em}table.verdict td.v{text-align:left;min-width:9em}"
@@ -393,23 +398,18 @@ def _rounds_rows(groups: Sequence[Any], conds: Sequence[Any]) -> list[dict[str, 
     return rows
 
 
-def settings_line(settings: Any) -> str:
+def settings_line(settings: ReportSettings) -> str:
     """The report's own measurement settings in one line (printed and at the top of report.html): they are
     cheaper than ``flatfl landscape``'s defaults, so a number here may differ from a landscape run's."""
     ld = settings.landscape
     parts = [f"up to {ld.samples} {ld.data} samples" if ld.samples else f"all {ld.data} samples"]
-    if ld.hessian:
-        parts.append(f"lambda_max: Lanczos top-{ld.topk}, tol {ld.tol:g}")
-    if ld.trace:
-        parts.append(f"trace: {ld.trace_method}, {ld.trace_matvecs} HVPs")
-    if ld.sharpness:
-        parts.append(f"sharpness: {', '.join(ld.sharpness)}")
+    parts += describe_measures(ld, settings)  # every measure switched on, from the registry
     if settings.surface:
         parts.append(f"surfaces: {ld.grid}x{ld.grid}, span {ld.span:g}")
     return "report settings (not flatfl landscape's defaults): " + "; ".join(parts)
 
 
-def _settings_note(settings: Any) -> str:
+def _settings_note(settings: ReportSettings) -> str:
     ld = settings.landscape
     return (
         f"<p id='verdict-rule'><small>All measures on {html.escape(ld.data)} data "
@@ -455,7 +455,7 @@ def _measure_points(measured: Any, keys: Sequence[str]) -> dict[str, dict[str, l
 
 
 def _surface_sections(
-    out: Path, measured: Any, settings: Any, files: dict[str, Path], seeds: Mapping[str, int] | None = None
+    out: Path, measured: Any, settings: ReportSettings, files: dict[str, Path], seeds: Mapping[str, int] | None = None
 ) -> list[tuple[str, object]]:
     """The surfaces of each group's lowest seed (``seeds``: group -> that seed, named in every title) on one
     set of levels holding the width thresholds: a static side-by-side map, then each group's contour."""
@@ -626,7 +626,7 @@ def _line_section(lines: Mapping[str, Any], ref: str, rnd: int, colors) -> tuple
     )
 
 
-def _commands_section(command: str, settings: Any, groups: Sequence[Any]) -> tuple[str, str]:
+def _commands_section(command: str, settings: ReportSettings, groups: Sequence[Any]) -> tuple[str, str]:
     settings_json = json.dumps(json_ready({"report": asdict(settings), "command": command}), indent=1)
     run_json = "".join(
         f"<h3>{html.escape(g.label)} seed {s}</h3>"
@@ -645,7 +645,7 @@ def _commands_section(command: str, settings: Any, groups: Sequence[Any]) -> tup
 def write_report(
     out: Path,
     *,
-    settings: Any,
+    settings: ReportSettings,
     groups: Sequence[Any],
     rounds: Sequence[int],
     conds: Sequence[Any],
@@ -658,8 +658,6 @@ def write_report(
     command: str,
 ) -> dict[str, Path]:
     """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures."""
-    from flatfl.runs.files import write_page
-
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     labels = [g.label for g in groups]
@@ -668,8 +666,6 @@ def write_report(
         write_csv(path, data)
         files[name] = path
     sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
-    from flatfl.runs.report_glossary import cited_in, glossary_html, link_citations
-
     texts = [(h, [b] if isinstance(b, str) else b) for h, b in sections]
     cited = cited_in([h for h, _ in texts] + [x for _, b in texts for x in b if isinstance(x, str)])
     sections.append(("What the measures mean", glossary_html(measures, settings, cited=cited)))
@@ -727,8 +723,6 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     from flatfl.analysis.interactive import section_id
     from flatfl.analysis.plots import plot_slices
     from flatfl.analysis.report_figures import group_colors, measures_figure, slices_figure
-    from flatfl.runs.matching_page import matching_sections
-    from flatfl.runs.report_glossary import glossary_has
 
     labels = [g.label for g in groups]
     colors = group_colors(labels)

@@ -22,6 +22,7 @@ from flatfl.data import Dataset, load_dataset
 from flatfl.errors import UserError
 from flatfl.models import build_model
 from flatfl.rundir import settle
+from flatfl.runs.sources import call_factory, data_pair
 from flatfl.statedict import StateDict, first_nonfinite
 from flatfl.validate import check_dtypes, parameter_dtypes
 
@@ -96,8 +97,6 @@ class Run:
         ``MODULE:FACTORY`` imported from the current folder or the installed packages."""
         m = self.info["model"]
         if ":" in m["name"]:
-            from flatfl.runs.foreign import call_factory
-
             return call_factory(m["name"], m["kwargs"], f"{self.path / ckpt.RUN_JSON}: model")
         return build_model(m["name"], **m["kwargs"])
 
@@ -127,8 +126,6 @@ class Run:
 
     def user_data_pair(self, spec: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of ``--data`` for a user-data run: ``train``/``test`` as run.json names them, else a data name."""
-        from flatfl.runs.foreign import data_pair
-
         if spec in ("train", "test"):
             named = self.config["data"].get(spec)
             if not named:

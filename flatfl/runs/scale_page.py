@@ -11,6 +11,8 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flatfl.runs.scale import norm_ratio_text
+
 
 def fmt(v: Any, digits: int = 4) -> str:
     if v is None:
@@ -33,8 +35,6 @@ def _norm_cell(s: Mapping[str, Any] | None) -> str:
 
 
 def _ratio_text(comp: Mapping[str, Any], ref: str, other: str) -> str:
-    from flatfl.runs.scale import norm_ratio_text
-
     return norm_ratio_text(comp.get("norm_ratio"), ref, other)
 
 

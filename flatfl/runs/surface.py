@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flatfl import checkpoint as ckpt
 from flatfl.analysis.distributed import is_main as dist_is_main
 from flatfl.analysis.distributed import world as dist_world
 from flatfl.analysis.lanczos import lanczos
@@ -39,6 +40,7 @@ from flatfl.errors import UserError
 from flatfl.runs.files import save_surface
 from flatfl.runs.problem import Problem, is_slot, run_model_spec
 from flatfl.runs.run import Run
+from flatfl.runs.settings import LandscapeSettings
 
 
 @dataclass
@@ -65,7 +67,7 @@ def other_model(problem: Problem, spec: str) -> tuple[str, torch.Tensor]:
     return label, flat_of(state(), problem.objective)
 
 
-def _plane_eigen(problem: Problem, settings: Any, count: int, eigvecs: torch.Tensor | None) -> Plane:
+def _plane_eigen(problem: Problem, settings: LandscapeSettings, count: int, eigvecs: torch.Tensor | None) -> Plane:
     obj = problem.objective
     if eigvecs is None or len(eigvecs) < count:
         gen = torch.Generator().manual_seed(settings.seed * 1000 + 1)
@@ -78,7 +80,7 @@ def _plane_eigen(problem: Problem, settings: Any, count: int, eigvecs: torch.Ten
     return Plane(dirs, a, a if count == 2 else None, labels)
 
 
-def _plane_models(problem: Problem, settings: Any) -> Plane:
+def _plane_models(problem: Problem, settings: LandscapeSettings) -> Plane:
     theta = problem.objective.flat()
     (nb, b), (nc, c) = (other_model(problem, m) for m in settings.models)
     d1, d2, co = plane_through(theta, b, c)
@@ -94,7 +96,7 @@ def _plane_models(problem: Problem, settings: Any) -> Plane:
     return Plane([d1, d2], alphas, betas, labels, [(nb, "models", b), (nc, "models", c)])
 
 
-def _plane_pca(problem: Problem, settings: Any) -> Plane:
+def _plane_pca(problem: Problem, settings: LandscapeSettings) -> Plane:
     run, rnd, obj = problem.run, problem.round, problem.objective
     if run is None:
         raise UserError("--surface-dirs pca: needs a flatfl run's saved rounds (a trajectory); this model has none")
@@ -111,7 +113,7 @@ def _plane_pca(problem: Problem, settings: Any) -> Plane:
     return Plane([d1, d2], alphas, betas, labels, named, {"explained_variance": var.tolist()})
 
 
-def plane(problem: Problem, settings: Any, eigvecs: torch.Tensor | None = None) -> Plane:
+def plane(problem: Problem, settings: LandscapeSettings, eigvecs: torch.Tensor | None = None) -> Plane:
     """The directions and axes ``settings`` asks for (``eigvecs``: Lanczos vectors already computed)."""
     kind, count = settings.surface_dirs, 1 if settings.surface == "1d" else 2
     obj = problem.objective
@@ -136,7 +138,7 @@ def plane(problem: Problem, settings: Any, eigvecs: torch.Tensor | None = None) 
     raise UserError(f"--surface-dirs: {kind!r} is not random, eigen, interp, models or pca")
 
 
-def _batchnorm(problem: Problem, settings: Any) -> tuple[BatchNormReestimator | None, str]:
+def _batchnorm(problem: Problem, settings: LandscapeSettings) -> tuple[BatchNormReestimator | None, str]:
     if not settings.bn_reestimate:
         return None, "running statistics of the checkpoint (not re-estimated per point)"
     if not has_batchnorm(problem.model):
@@ -152,10 +154,8 @@ def _batchnorm(problem: Problem, settings: Any) -> tuple[BatchNormReestimator | 
     return bn, note
 
 
-def _markers(problem: Problem, settings: Any, p: Plane) -> list[dict[str, Any]]:
+def _markers(problem: Problem, settings: LandscapeSettings, p: Plane) -> list[dict[str, Any]]:
     """The plane's named models, and a flatfl run's mutants of this round and returned client models."""
-    from flatfl import checkpoint as ckpt
-
     named, run, rnd, obj = list(p.named), problem.run, problem.round, problem.objective
     if run is not None and settings.markers:
         if ckpt.clients_path(run.path, rnd + 1).is_file():
@@ -170,7 +170,7 @@ def _markers(problem: Problem, settings: Any, p: Plane) -> list[dict[str, Any]]:
     return model_markers(obj, obj.flat(), p.dirs, named)
 
 
-def _widen_to_models(p: Plane, markers: list[dict[str, Any]], settings: Any) -> None:
+def _widen_to_models(p: Plane, markers: list[dict[str, Any]], settings: LandscapeSettings) -> None:
     """``models`` plane: widen the axes to every model that lies in it (e.g. the mirrored FedMut mutants)."""
     inplane = np.array([m["coords"] for m in markers if m["off_plane_relative"] < 1e-3] or [[0.0, 0.0]])
     a_lo, a_hi = min(p.alphas[0], inplane[:, 0].min() - 0.25), max(p.alphas[-1], inplane[:, 0].max() + 0.25)
@@ -179,7 +179,7 @@ def _widen_to_models(p: Plane, markers: list[dict[str, Any]], settings: Any) -> 
     p.betas = axis(b_lo, b_hi, settings.grid, must=(0.0, 1.0))
 
 
-def describe(problem: Problem, settings: Any, p: Plane, bn_note: str) -> dict[str, Any]:
+def describe(problem: Problem, settings: LandscapeSettings, p: Plane, bn_note: str) -> dict[str, Any]:
     """The surface's description: what a resumed grid must match exactly to be reused."""
     count = 1 if p.betas is None else 2
     src = problem.source
@@ -221,7 +221,7 @@ def _previous(path: Path, desc: dict[str, Any]) -> Surface | None:
 
 def measure_surface(
     problem: Problem,
-    settings: Any,
+    settings: LandscapeSettings,
     out_dir: Path,
     eigvecs: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -263,7 +263,7 @@ def measure_surface(
     return surf
 
 
-def check_surface_settings(settings: Any, ckpt: Path | None = None) -> None:
+def check_surface_settings(settings: LandscapeSettings, ckpt: Path | None = None) -> None:
     """Flag combinations a surface cannot use: one line each, before anything is computed
     (with ``ckpt``, the ``--to``/``--models`` specs are resolved against its run too)."""
     kind, count = settings.surface_dirs, 1 if settings.surface == "1d" else 2

@@ -1,0 +1,100 @@
+"""lambda_max and trace of the generalised Gauss-Newton matrix and of the empirical Fisher (``--curvature ggn,ef``).
+
+GGN = J^T H_out J and EF = mean g_i g_i^T, the PSD parts of the Hessian (Papyan 2020), on curvlinops-style
+operators (:mod:`flatfl.analysis.curvatures`). Lower is flatter. No invariance is claimed: none is tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flatfl.analysis.curvatures import curvature_operator
+from flatfl.analysis.invariance import invariant_to
+from flatfl.analysis.lanczos import lanczos
+from flatfl.analysis.trace import TRACE_ESTIMATORS
+from flatfl.analysis.verdict import Measure
+from flatfl.errors import UserError
+from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
+from flatfl.runs.problem import Problem
+from flatfl.runs.settings import LandscapeSettings
+
+CURVATURE_KINDS = ("ggn", "ef")
+LABELS = {"ggn": "GGN", "ef": "empirical Fisher"}
+
+
+@dataclass(frozen=True)
+class CurvatureSettings:
+    """Which matrix (``ggn`` or ``ef``); Lanczos ``--tol`` and the trace budget are the landscape's."""
+
+    kind: str = "ggn"
+
+
+def parse_curvature(text: str | None) -> tuple[str, ...]:
+    """``--curvature ggn,ef`` as a tuple; a one-line error for an unknown or repeated kind."""
+    if not text:
+        return ()
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [n for n in names if n not in CURVATURE_KINDS]
+    if bad or not names:
+        raise UserError(f"--curvature: unknown kind(s) {bad or [text]}; choose from {', '.join(CURVATURE_KINDS)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--curvature {text}: {', '.join(twice)} given twice; name each once")
+    return tuple(names)
+
+
+def _spec(kind: str) -> MeasureSpec:
+    def compute(problem: Problem, s: CurvatureSettings, ctx: Context) -> dict[str, Any]:
+        ls = ctx.landscape
+        op = curvature_operator(problem.objective, kind, None)
+        eig = lanczos(op, k=1, tol=ls.tol, generator=ctx.generator(901 + CURVATURE_KINDS.index(kind)),
+                      return_vectors=False)  # fmt: skip
+        lam_products = op.num_matvecs
+        tr = TRACE_ESTIMATORS[ls.trace_method](op, num_matvecs=ls.trace_matvecs, generator=ctx.generator(903))
+        ctx.log(f"{kind}: lambda_max {eig.values[0]:.6g}, trace {tr.estimate:.6g} +- {tr.stderr:.2g}")
+        return {"lambda_max": float(eig.values[0]), "residual": float(eig.residuals[0]),
+                "lambda_max_products": lam_products, "trace": tr.estimate, "trace_stderr": tr.stderr,
+                "trace_products": tr.num_matvecs, "trace_method": ls.trace_method}  # fmt: skip
+
+    def columns(res: dict[str, Any], s: CurvatureSettings) -> dict[str, Any]:
+        return {f"{kind}_lambda_max": res["lambda_max"], f"{kind}_lambda_max_residual": res["residual"],
+                f"{kind}_trace": res["trace"], f"{kind}_trace_stderr": res["trace_stderr"]}  # fmt: skip
+
+    def verdict(s: CurvatureSettings, ls: LandscapeSettings) -> list[Measure]:
+        k = f"{kind}_lambda_max"
+        t = f"{kind}_trace"
+        return [Measure(k, f"{LABELS[kind]} lambda_max", invariant_to=invariant_to(k), error=f"{k}_residual"),
+                Measure(t, f"{LABELS[kind]} trace", invariant_to=invariant_to(t), error=f"{t}_stderr",
+                        budget=(ls.trace_matvecs, "products"))]  # fmt: skip
+
+    def from_flags(ns: dict[str, Any]) -> CurvatureSettings | None:
+        return CurvatureSettings(kind) if kind in parse_curvature(ns.get("curvature")) else None
+
+    return MeasureSpec(
+        name=kind,
+        label=f"{LABELS[kind]} curvature",
+        direction="lower",
+        invariances=frozenset(),
+        settings=CurvatureSettings,
+        compute=compute,
+        flags=(
+            Flag(
+                ("--curvature",),
+                {
+                    "metavar": "LIST",
+                    "help": "lambda_max and trace of other curvature matrices: ggn (generalised "
+                    "Gauss-Newton J^T H_out J), ef (empirical Fisher, mean g_i g_i^T); "
+                    "comma-separated (uses --tol, --trace-matvecs, --trace-method)",
+                },
+            ),
+        ),  # fmt: skip
+        from_flags=from_flags,
+        path=("literature", kind),
+        columns=columns,
+        verdict=verdict,
+        describe=lambda s: f"{kind} lambda_max and trace",
+    )
+
+
+SPECS = tuple(register(_spec(k)) for k in CURVATURE_KINDS)
