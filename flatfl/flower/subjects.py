@@ -83,7 +83,7 @@ class UserModel:
 
     def build(self) -> nn.Module:
         """A fresh model: the factory ``model`` called with ``model_kwargs`` (one-line error if it fails)."""
-        from flatfl.runs.foreign import call_factory
+        from flatfl.runs.sources import call_factory
 
         return call_factory(self.model, self.model_kwargs, "UserModel model")
 
@@ -142,6 +142,6 @@ class UserModel:
 @functools.lru_cache(maxsize=2)
 def _test_pair(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The (x, y) tensors ``spec`` names, read once per process."""
-    from flatfl.runs.foreign import data_pair
+    from flatfl.runs.sources import data_pair
 
     return data_pair(spec, EVAL_BATCH, "test_data")
