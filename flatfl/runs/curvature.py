@@ -25,6 +25,7 @@ from flatfl.analysis.sharpness import adaptive_sharpness, average_sharpness, eps
 from flatfl.analysis.trace import TRACE_ESTIMATORS
 from flatfl.errors import UserError
 from flatfl.runs.problem import Problem
+from flatfl.runs.timing import stage
 
 SHARPNESS_MEASURES = ("epsilon", "sam", "adaptive_l2", "adaptive_linf", "average_adaptive", "average_isotropic")
 
@@ -181,7 +182,7 @@ def sharpness(problem: Problem, settings: Any, log: Log, bars: Bars = no_bars) -
     for name in settings.sharpness:
         t = time.perf_counter()
         log(f"sharpness: {name} ...")
-        with bars(f"sharpness {name} (losses)") as progress:
+        with bars(f"sharpness {name} (losses)") as progress, stage(f"sharpness {name}"):
             r = _sharpness_measure(problem.objective, name, settings, progress)
         out[name] = {**asdict(r), "seconds": time.perf_counter() - t}
         log(f"sharpness: {name} = {r.value:.6g}")

@@ -15,6 +15,7 @@ from flatfl.analysis.density import SpectralDensity
 from flatfl.analysis.surfaces import Surface
 from flatfl.runs import curvature
 from flatfl.runs.problem import Problem
+from flatfl.runs.timing import stage
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def measure(
     under ``out_dir``; the top eigenvectors of ``--hessian`` are reused for eigen directions and the
     federated view instead of running Lanczos again. ``progress(done, total)``: the surface's points;
     ``bars``: progress bars of the curvature and sharpness solvers (:func:`~flatfl.runs.curvature.tqdm_bars`)."""
-    record = curvature.base_record(problem)
+    with stage("loss and gradient"):
+        record = curvature.base_record(problem)
     record["settings"] = asdict(settings)
     if problem.ranks is not None:
         record["ranks"] = problem.ranks[1]
@@ -65,15 +67,20 @@ def measure(
         record["hvp_method"] = op.method
         record["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
         if settings.hessian:
-            record["hessian"], eig = curvature.top_eigen(op, settings, auto, log, bars)
+            with stage("lambda_max"):
+                record["hessian"], eig = curvature.top_eigen(op, settings, auto, log, bars)
         if settings.trace:
-            record["trace"] = curvature.trace(op, settings, auto, log, bars)
+            with stage("trace"):
+                record["trace"] = curvature.trace(op, settings, auto, log, bars)
         if settings.density:
-            record["density"], density = curvature.density(op, settings, log, bars)
+            with stage("density"):
+                record["density"], density = curvature.density(op, settings, log, bars)
     if settings.federated:
         from flatfl.runs.federated import federated_view
 
-        record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log, bars)
+        with stage("federated"):
+            top = eig.vectors[0] if eig is not None else None
+            record["federated"] = federated_view(problem, settings, top, log, bars)
     if settings.sharpness:
         record["sharpness"] = curvature.sharpness(problem, settings, log, bars)
     surf = None
@@ -84,6 +91,7 @@ def measure(
             raise ValueError("a surface needs out_dir (where it is saved and resumed)")
         with bars("surface (points)") as surface_progress:
             vectors = eig.vectors if eig is not None else None
-            surf = measure_surface(problem, settings, out_dir, vectors, progress or surface_progress)
+            with stage("surface"):
+                surf = measure_surface(problem, settings, out_dir, vectors, progress or surface_progress)
         record["surface"] = surface_summary(surf, out_dir, settings)
     return Measurement(record, density, surf)

@@ -65,7 +65,8 @@ from flatfl.analysis.verdict import (
     verdict,
     winner,
 )
-from flatfl.runs import curvature
+from flatfl.runs import curvature, timing
+from flatfl.runs.datacache import shared_data
 from flatfl.runs.groups import (
     Group,
     confound_sentence,
@@ -263,7 +264,9 @@ def measure_landscape(
     res = distributed.broadcast_array(_cached_json(out / "landscape.json", want, digest) if main else None)
     if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
+        timing.count("checkpoints reused")
         return res
+    timing.count("checkpoints measured")
     res = measure(problem(), ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}"), bars=bars).record
     res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
     if main:
@@ -500,19 +503,26 @@ def measure_all(
             for rnd in sorted(need):
                 where = cache_dir(out, g.label, s, rnd)
                 file = ckpt.round_path(run.path, rnd)
-                digest = file_digest(file)  # once: both caches are keyed on it
-                problem = functools.cache(lambda file=file: of_checkpoint(file, settings.landscape))
+                with timing.stage("digests"):
+                    digest = file_digest(file)  # once: both caches are keyed on it
+                # model and data resolved once (timed as 'checkpoint'; the data set itself as 'data', once per run)
+                problem = functools.cache(
+                    lambda file=file: timing.stage("checkpoint")(of_checkpoint)(file, settings.landscape)
+                )
                 res = measure_landscape(problem, run, rnd, settings.landscape, where, log, digest, bars)
-                sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
+                with timing.stage("slices"):
+                    sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
                 ms.results[(g.label, s, rnd)] = res
                 if sl is not None:
                     ms.slices[(g.label, s, rnd)] = sl
                 ms.rows[(g.label, s, rnd)] = checkpoint_row(res, metrics.get(rnd, {}), sl, settings.widths)
                 # context, not a measure that votes (flatfl.runs.scale): ||θ||₂ and per tensor
-                ms.rows[(g.label, s, rnd)][NORM_KEY], ms.norms[(g.label, s, rnd)] = checkpoint_norms(run, rnd)
+                with timing.stage("norms"):
+                    ms.rows[(g.label, s, rnd)][NORM_KEY], ms.norms[(g.label, s, rnd)] = checkpoint_norms(run, rnd)
                 if settings.surface and first is not None and s == first[0] and rnd in rounds:
                     ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
-                    surf = measure_surface(problem(), ss, where)
+                    with timing.stage("surfaces"):
+                        surf = measure_surface(problem(), ss, where)
                     ms.surfaces.setdefault(g.label, []).append((rnd, surf))
                 progress(1)
     for c in conds:
@@ -827,7 +837,22 @@ def build_report(
     show_progress: bool = False,
 ) -> dict[str, Path]:
     """Compute and write the report (under ``out``'s lock, the new set replacing the old at once,
-    :mod:`flatfl.reportdir`); returns the written files by kind."""
+    :mod:`flatfl.reportdir`); returns the written files by kind. Each run's data is loaded once
+    (:mod:`flatfl.runs.datacache`), and the time of every stage (:mod:`flatfl.runs.timing`) is stored in
+    report.json's ``timing``."""
+    with timing.timed() as timer, shared_data():
+        return _build_report(run_dirs, settings, out, command, log, show_progress, timer)
+
+
+def _build_report(
+    run_dirs: Sequence[Path],
+    settings: ReportSettings,
+    out: Path,
+    command: str,
+    log: Callable[[str], None],
+    show_progress: bool,
+    timer: timing.StageTimer,
+) -> dict[str, Path]:
     from flatfl.reportdir import check_report_out
     from flatfl.runs.report_page import write_report
 
@@ -851,13 +876,15 @@ def build_report(
         if folder is None:
             return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
         mlist = measures(settings)
-        verdict = verdicts(groups, conds, mlist, settings.slice_radius)
-        scale_context(verdict, [g.label for g in groups], conds, ms.norms)
-        lines = line_slices(groups, rounds[-1], settings, data)
-        curves = training_curves(groups, settings, show_progress)
+        with timing.stage("verdict"):
+            verdict = verdicts(groups, conds, mlist, settings.slice_radius)
+            scale_context(verdict, [g.label for g in groups], conds, ms.norms)
+        with timing.stage("lines"):
+            lines = line_slices(groups, rounds[-1], settings, data)
+        with timing.stage("curves and spread"):
+            curves = training_curves(groups, settings, show_progress)
         rows = report_rows(groups, conds, ms)
-        return folder.write(
-            lambda stage: write_report(
+        write_set = lambda stage: write_report(  # noqa: E731
                 stage,
                 settings=settings,
                 groups=groups,
@@ -871,7 +898,8 @@ def build_report(
                 rows=rows,
                 command=command,
             )  # fmt: skip
-        )
+        # the page timed too, and the time table put into report.json (flatfl.runs.timing)
+        return folder.write(timing.with_timing(write_set, timer))
 
 
 def _open_out(out: Path, stack: contextlib.ExitStack) -> Any:
@@ -906,7 +934,8 @@ def _measure(
     from tqdm.auto import tqdm
 
     data = AnalysisData(settings.landscape)
-    conds = plan_conditions(groups, settings, rounds, out, data)
+    with timing.stage("matching"):
+        conds = plan_conditions(groups, settings, rounds, out, data)
     total = sum(
         len(set(rounds) | ({c.rounds[g.label][s].round for c in conds} - {None})) for g in groups for s in g.seeds
     )
