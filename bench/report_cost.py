@@ -134,17 +134,19 @@ def numbers(rep: dict) -> dict[str, float]:
     return out
 
 
-def compare(name: str, runs: list[str], tmp: Path, samples: int, repeats: int, extra: list[str]) -> None:
-    """Shared work off vs on, interleaved; per-stage median ratios and the largest difference in the numbers."""
+def compare(
+    name: str, runs: list[str], tmp: Path, samples: int, repeats: int, extra: list[str]
+) -> tuple[dict, float, str]:
+    """Shared work off vs on, interleaved; per-stage median ratios and the largest difference in the numbers.
+    Returns the last "after" report (report.json, wall seconds, stderr)."""
     by: dict[bool, list[dict]] = {False: [], True: []}
     walls: dict[bool, list[float]] = {False: [], True: []}
-    reps: dict[bool, dict] = {}
+    reps: dict[bool, tuple] = {}
     for i in range(repeats):
         for share in (False, True):
-            rep, wall, _ = report(runs, tmp / f"{name}-cmp-{share}-{i}", samples, share, extra)
-            by[share].append(rep["timing"])
-            walls[share].append(wall)
-            reps[share] = rep
+            reps[share] = report(runs, tmp / f"{name}-cmp-{share}-{i}", samples, share, extra)
+            by[share].append(reps[share][0]["timing"])
+            walls[share].append(reps[share][1])
     stages = [k for k in by[False][0]["seconds"] if k in by[True][0]["seconds"]]
     print(f"\n{name}: shared work off (before) vs on (after), interleaved, median of {repeats}")
     print(f"{'stage':<26} {'before s':>9} {'after s':>9} {'before/after':>12}")
@@ -154,9 +156,10 @@ def compare(name: str, runs: list[str], tmp: Path, samples: int, repeats: int, e
         print(f"{k:<26} {b:>9.2f} {a:>9.2f} {b / a if a > 0 else float('inf'):>12.2f}")
     b, a = statistics.median(walls[False]), statistics.median(walls[True])
     print(f"{'whole report (wall)':<26} {b:>9.2f} {a:>9.2f} {b / a:>12.2f}")
-    nb, na = numbers(reps[False]), numbers(reps[True])
+    nb, na = numbers(reps[False][0]), numbers(reps[True][0])
     worst = max((abs(nb[k] - na[k]) / max(abs(nb[k]), 1e-12), k) for k in nb if k in na)
-    print(f"largest relative difference in report.csv's numbers: {worst[0]:.2e} ({worst[1]})")
+    print(f"largest relative difference in report.csv's numbers: {worst[0]:.2e} ({worst[1]})", flush=True)
+    return reps[True]
 
 
 def main() -> None:
@@ -182,20 +185,21 @@ def main() -> None:
         for kind in kinds:
             t0 = time.perf_counter()
             runs[kind] = train_runs(kind, tmp / "runs", seeds, args.rounds, tmp / "data")
-            print(f"{kind}: trained {len(runs[kind])} runs x {args.rounds} rounds in {time.perf_counter() - t0:.0f} s")
-        for kind in kinds:
-            rep, wall, err = report(runs[kind], tmp / f"{kind}-report", args.samples, True, extra)
+            took = time.perf_counter() - t0
+            print(f"{kind}: trained {len(runs[kind])} runs x {args.rounds} rounds in {took:.0f} s", flush=True)
+        for kind in kinds:  # with --compare: pairs (before, after) interleaved; the breakdown is the last "after"
+            at = ["--at-rounds", str(args.rounds), *extra]
+            if args.compare:
+                rep, wall, err = compare(kind, runs[kind], tmp, args.samples, args.repeats, at)
+            else:
+                rep, wall, err = report(runs[kind], tmp / f"{kind}-report", args.samples, True, at)
             cols[kind] = rep["timing"]
             md5[kind] = err.count("differs from the official archive")
             print(f"{kind}: flatfl report {wall:.1f} s wall, {rep['timing']['counts'].get('data', 0)} data loads")
-        print()
-        print(side_by_side(cols))
-        for kind in kinds:
             if kind == "cifar":
-                print(f"\ncifar: {md5[kind]} md5 warnings (6 per data load: one per batch file)")
-        if args.compare:
-            for kind in kinds:
-                compare(kind, runs[kind], tmp, args.samples, args.repeats, extra)
+                print(f"cifar: {md5[kind]} md5 warnings in the report (6 per load of the data set: one per batch file)")
+        print()
+        print(side_by_side(cols), flush=True)
 
 
 if __name__ == "__main__":

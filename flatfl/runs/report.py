@@ -65,7 +65,7 @@ from flatfl.analysis.verdict import (
     verdict,
     winner,
 )
-from flatfl.runs import curvature, timing
+from flatfl.runs import curvature, share, timing
 from flatfl.runs.datacache import shared_data
 from flatfl.runs.groups import (
     Group,
@@ -293,8 +293,9 @@ def measure_slices(problem: Callable[[], Problem], settings: ReportSettings, out
     obj = problem().objective
     ts = symmetric_grid(settings.slice_radius, settings.slice_points)
     s = random_slices(
-        obj, ts, num_directions=settings.slice_directions, seed=ls.seed, memory_budget=ls.memory_budget_gb * 2**30
-    )
+        obj, ts, num_directions=settings.slice_directions, seed=ls.seed, memory_budget=ls.memory_budget_gb * 2**30,
+        share_origin=share.enabled(),  # L(theta) once for every direction
+    )  # fmt: skip
     if distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(
@@ -521,8 +522,8 @@ def measure_all(
                     ms.rows[(g.label, s, rnd)][NORM_KEY], ms.norms[(g.label, s, rnd)] = checkpoint_norms(run, rnd)
                 if settings.surface and first is not None and s == first[0] and rnd in rounds:
                     ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
-                    with timing.stage("surfaces"):
-                        surf = measure_surface(problem(), ss, where)
+                    with timing.stage("surfaces"):  # its row b = 0 from slice 0 (flatfl.runs.share)
+                        surf = measure_surface(problem(), ss, where, known=share.surface_from_slices(problem(), ss, sl))
                     ms.surfaces.setdefault(g.label, []).append((rnd, surf))
                 progress(1)
     for c in conds:
