@@ -5,18 +5,20 @@ default measures (λmax, trace, the three default sharpness measures, 1D slices,
 spread, matching at equal training loss, the page):
 
 * **digits** -- the demo's setting, small: FedAvg (same aggregation) vs FedMut on the embedded
-  digits, Dirichlet(0.1) over 20 clients, ``--seeds`` x ``--rounds``;
+  digits, Dirichlet(0.1) over 20 clients, ``--seeds`` x ``--rounds``, measured at the last round
+  (``--at-rounds``, as the demo does) and at equal training loss;
 * **cifar** -- a CIFAR-shaped one: random 32x32 RGB images with random labels written by this bench
   in the official CIFAR-10 python-pickle batch format (``data_batch_1..5``, ``test_batch``,
   ``batches.meta`` under ``cifar-10-batches-py/``, read by ``flatfl.data.cifar``; md5 differs from
   the official archive's, so flatfl warns once per load -- the bench counts those warnings:
-  one per batch file per run's data load), LeNet ``cnn``, ``--cifar-samples`` analysis samples.
+  one per batch file per run's data load), LeNet ``cnn``, ``--samples`` analysis samples.
 
 Each report's ``report.json`` holds ``timing`` (:mod:`flatfl.runs.timing`); the bench prints the
-stage breakdowns side by side and the stage that dominates. With ``--compare`` it runs every report
-twice more, interleaved (shared work off, on, off, on, ...: ``FLATFL_SHARE_WORK=0/1``), so that the
-machine's noise hits both, and prints the before/after ratio of each stage and of the whole report
-(medians over ``--repeats``) and checks that the numbers agree.
+stage breakdowns side by side and the stage that dominates. With ``--compare`` it runs one untimed
+warm-up report, then ``--repeats`` pairs interleaved (shared work off, on, on, off, ...:
+``FLATFL_SHARE_WORK=0/1``, :mod:`flatfl.runs.share`), so that the machine's noise hits both, and prints
+the before/after ratio of each stage and of the whole report (medians) and the largest relative
+difference between the two reports' numbers.
 
     python bench/report_cost.py                      # ~5 min on 2 shared cores
     python bench/report_cost.py --compare --repeats 2
@@ -137,13 +139,14 @@ def numbers(rep: dict) -> dict[str, float]:
 def compare(
     name: str, runs: list[str], tmp: Path, samples: int, repeats: int, extra: list[str]
 ) -> tuple[dict, float, str]:
-    """Shared work off vs on, interleaved; per-stage median ratios and the largest difference in the numbers.
-    Returns the last "after" report (report.json, wall seconds, stderr)."""
+    """Shared work off vs on, interleaved (after one untimed warm-up report; order off, on, on, off, ...); per-stage
+    median ratios and the largest difference in the numbers. Returns the last "after" report."""
     by: dict[bool, list[dict]] = {False: [], True: []}
     walls: dict[bool, list[float]] = {False: [], True: []}
     reps: dict[bool, tuple] = {}
+    report(runs, tmp / f"{name}-warm-up", samples, True, extra)  # not timed: first calls (kernels, JIT) are slow
     for i in range(repeats):
-        for share in (False, True):
+        for share in (False, True) if i % 2 == 0 else (True, False):  # ABBA: a trend in the load hits both alike
             reps[share] = report(runs, tmp / f"{name}-cmp-{share}-{i}", samples, share, extra)
             by[share].append(reps[share][0]["timing"])
             walls[share].append(reps[share][1])
@@ -171,7 +174,7 @@ def main() -> None:
     ap.add_argument("--cifar-per-batch", type=int, default=400, help="images per CIFAR train batch file (x5)")
     ap.add_argument("--cifar-test", type=int, default=400, help="images in the CIFAR test batch")
     ap.add_argument("--compare", action="store_true", help="also time shared work off vs on, interleaved")
-    ap.add_argument("--repeats", type=int, default=1, help="--compare: report pairs per setting (default: 1)")
+    ap.add_argument("--repeats", type=int, default=2, help="--compare: report pairs per setting (default: 2)")
     ap.add_argument("--report-flags", default="", help="extra flatfl report flags, space-separated")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
