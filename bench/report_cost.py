@@ -20,7 +20,8 @@ warm-up report, then ``--repeats`` pairs interleaved (shared work off, on, on, o
 the before/after ratio of each stage and of the whole report (medians) and the largest relative
 difference between the two reports' numbers.
 
-    python bench/report_cost.py                      # ~5 min on 2 shared cores
+    python bench/report_cost.py                      # ~5-7 min on 2 cores shared with other jobs
+    python bench/report_cost.py --settings cifar --samples 1000   # the issue's 1,000 samples: ~17 min there
     python bench/report_cost.py --compare --repeats 2
     python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
 """
@@ -169,10 +170,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="digits,cifar", help="comma-separated: digits, cifar (default: both)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds per group (default: 0)")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds per run (default: 4)")
-    ap.add_argument("--samples", type=int, default=1000, help="analysis samples (default: 1000)")
-    ap.add_argument("--cifar-per-batch", type=int, default=400, help="images per CIFAR train batch file (x5)")
-    ap.add_argument("--cifar-test", type=int, default=400, help="images in the CIFAR test batch")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per run (default: 3)")
+    ap.add_argument("--samples", type=int, default=300, help="analysis samples (default: 300; issue 28: 1000)")
+    ap.add_argument("--cifar-per-batch", type=int, default=200, help="images per CIFAR train batch file (x5)")
+    ap.add_argument("--cifar-test", type=int, default=200, help="images in the CIFAR test batch")
     ap.add_argument("--compare", action="store_true", help="also time shared work off vs on, interleaved")
     ap.add_argument("--repeats", type=int, default=2, help="--compare: report pairs per setting (default: 2)")
     ap.add_argument("--report-flags", default="", help="extra flatfl report flags, space-separated")
