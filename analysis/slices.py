@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from flatfl.analysis.operators import ModelLoss
-from flatfl.analysis.surfaces import evaluate_grid, random_directions
+from flatfl.analysis.surfaces import Surface, evaluate_grid, random_directions
 
 
 def symmetric_grid(radius: float, points_per_side: int) -> np.ndarray:
@@ -39,13 +39,17 @@ def symmetric_grid(radius: float, points_per_side: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Slices:
-    """delta_k(t) for K directions (rows) on the grid ``ts``; ``loss0`` = L(theta)."""
+    """delta_k(t) for K directions (rows) on the grid ``ts``; ``loss0`` = L(theta). ``loss``/``accuracy``: the
+    raw L(theta + t d_k) and accuracy (K, T) when computed here (None when read back from a cache); a surface
+    along d_0 reuses them (:func:`flatfl.analysis.surfaces.evaluate_grid`'s ``resume_from``)."""
 
     ts: np.ndarray
     delta: np.ndarray  # (K, T)
     loss0: float
     seed: int
     num_directions: int
+    loss: np.ndarray | None = None
+    accuracy: np.ndarray | None = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -65,21 +69,33 @@ def random_slices(
     seed: int = 0,
     memory_budget: float = 2**30,
     include_1d: bool = False,
+    share_origin: bool = True,
 ) -> Slices:
-    """delta_k(t) along ``num_directions`` filter-normalised random directions (see module doc)."""
+    """delta_k(t) along ``num_directions`` filter-normalised random directions (see module doc).
+
+    Every direction passes through theta at t = 0: with ``share_origin`` L(theta) is evaluated once, with the
+    first direction, and reused by the others (K - 1 fewer loss evaluations; delta_k(0) = 0 exactly), else
+    evaluated again for each direction (as before; delta_k(0) then holds that evaluation's rounding)."""
     ts = np.asarray(ts, dtype=float)
     zero = np.flatnonzero(ts == 0.0)
     if zero.size != 1:
         raise ValueError("the grid must hold t = 0 exactly once")
-    rows = []
-    loss0 = None
+    losses, accs = [], []
+    loss0 = known = None
     for k in range(num_directions):
         (d,) = random_directions(obj, 1, torch.Generator().manual_seed(seed + k), include_1d=include_1d)
-        surf = evaluate_grid(obj, [d], ts, memory_budget=memory_budget)
+        surf = evaluate_grid(obj, [d], ts, memory_budget=memory_budget, resume_from=known)
         if loss0 is None:
             loss0 = float(surf.loss[zero[0]])
-        rows.append(surf.loss - loss0)
-    return Slices(ts, np.array(rows), float(loss0), seed, num_directions)
+            if share_origin:  # the other directions start from this point, already evaluated
+                nan = np.full(ts.shape, np.nan)
+                nan_acc = nan.copy()
+                nan[zero[0]], nan_acc[zero[0]] = surf.loss[zero[0]], surf.accuracy[zero[0]]
+                known = Surface(ts, None, nan, nan_acc)
+        losses.append(surf.loss)
+        accs.append(surf.accuracy)
+    loss = np.array(losses)
+    return Slices(ts, loss - loss0, float(loss0), seed, num_directions, loss, np.array(accs))
 
 
 def _crossing(ts: np.ndarray, m: np.ndarray, threshold: float) -> tuple[float, bool]:

@@ -327,6 +327,9 @@ def run(ns: dict[str, Any]) -> int:
 
     _print_verdict(files["json"], settings_line(settings), [f"wrote {files[k]}" for k in
                    ("html", "verdict", "csv", "curves", "json") if k in files])  # fmt: skip
+    from flatfl.runs.timing import print_timing
+
+    print_timing(files["json"])  # where the time went: report.json's "timing", as a table
     return 0
 
 

@@ -21,7 +21,7 @@ from flatfl.analysis.sharpness import SHARPNESS
 from flatfl.analysis.slices import Slices
 from flatfl.analysis.surfaces import Surface
 from flatfl.analysis.verdict import ACCURACY_MARGIN, LOSS_MARGIN, Measure
-from flatfl.runs import curvature
+from flatfl.runs import curvature, timing
 from flatfl.runs.landscape import json_ready, select_data
 from flatfl.runs.measure import measure, record_at
 from flatfl.runs.measures import Context, registered
@@ -106,7 +106,9 @@ def measure_landscape(
     res = distributed.broadcast_array(_cached_json(out / "landscape.json", want, digest) if main else None)
     if res is not None:
         log(f"{run.path.name} round {rnd}: reusing {out / 'landscape.json'}")
+        timing.count("checkpoints reused")
         return res
+    timing.count("checkpoints measured")
     res = measure(problem(), ls, log=lambda s: log(f"{run.path.name} round {rnd}: {s}"), bars=bars).record
     res = json.loads(json.dumps(json_ready(res), sort_keys=True))  # as a cached file reads back
     if main:

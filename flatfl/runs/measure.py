@@ -20,6 +20,7 @@ from flatfl.runs.measures import Context, MeasureSpec, registered
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings
 from flatfl.runs.surface import measure_surface
+from flatfl.runs.timing import stage
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ def surface_summary(surf: Surface, out_dir: Path, settings: LandscapeSettings) -
         "batchnorm": surf.description["batchnorm"],
         "markers": surf.markers,
     }
+
+
+def stage_name(spec: MeasureSpec) -> str:
+    """The measure's line in the report's time table (:mod:`flatfl.runs.timing`): its name, sharpness kinds
+    as ``sharpness NAME``."""
+    return f"sharpness {spec.name}" if spec.where[0] == "sharpness" else spec.name
 
 
 def switched_on(settings: LandscapeSettings) -> list[tuple[MeasureSpec, Any]]:
@@ -82,7 +89,8 @@ def measure(
     resumed) under ``out_dir``; the top eigenvectors of ``--hessian`` are reused for eigen directions and the
     federated view instead of running Lanczos again. ``progress(done, total)``: the surface's points; ``bars``:
     progress bars of the solvers (:func:`~flatfl.runs.curvature.tqdm_bars`)."""
-    record = curvature.base_record(problem)
+    with stage("loss and gradient"):
+        record = curvature.base_record(problem)
     record["settings"] = asdict(settings)
     if problem.ranks is not None:
         record["ranks"] = problem.ranks[1]
@@ -90,14 +98,17 @@ def measure(
     on = switched_on(settings)
     for spec, st in on:
         if spec.collective:
-            place(record, spec.where, spec.run(problem, st, ctx))
+            with stage(stage_name(spec)):
+                place(record, spec.where, spec.run(problem, st, ctx))
     op = ctx.shared.get("hessian_operator")
     if op is not None:
         record["hvp_method"] = op.method
         record["hvp_graph_bytes_estimate"] = op.graph_bytes_estimate
     eig = ctx.shared.get("eigen")
     if settings.federated:
-        record["federated"] = federated_view(problem, settings, eig.vectors[0] if eig is not None else None, log, bars)
+        with stage("federated"):
+            top = eig.vectors[0] if eig is not None else None
+            record["federated"] = federated_view(problem, settings, top, log, bars)
     surf = None
     if settings.surface:
         if out_dir is None:
@@ -111,5 +122,6 @@ def measure(
             if not spec.collective:
                 if spec.where[0] == "literature":  # the settings of the literature's measures, first in their section
                     record.setdefault("literature", {}).setdefault("settings", {})[spec.name] = asdict(st)
-                place(record, spec.where, spec.run(problem, st, ctx))
+                with stage(stage_name(spec)):
+                    place(record, spec.where, spec.run(problem, st, ctx))
     return Measurement(record, ctx.shared.get("density"), surf)

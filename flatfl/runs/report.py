@@ -42,7 +42,7 @@ from flatfl.analysis.slices import (
 )
 from flatfl.errors import UserError
 from flatfl.reportdir import ReportDir, check_report_out
-from flatfl.runs import curvature
+from flatfl.runs import curvature, share, timing
 from flatfl.runs.checkpoints import (
     SAMPLED_SHARPNESS,
     SCALE_INVARIANT,
@@ -56,6 +56,7 @@ from flatfl.runs.checkpoints import (
     measures,
 )
 from flatfl.runs.conditions import Condition, equal_rounds, plan_conditions
+from flatfl.runs.datacache import shared_data
 from flatfl.runs.groups import (
     Group,
     group_runs,
@@ -212,7 +213,22 @@ def build_report(
     show_progress: bool = False,
 ) -> dict[str, Path]:
     """Compute and write the report (under ``out``'s lock, the new set replacing the old at once,
-    :mod:`flatfl.reportdir`); returns the written files by kind."""
+    :mod:`flatfl.reportdir`); returns the written files by kind. Each run's data is loaded once
+    (:mod:`flatfl.runs.datacache`), and the time of every stage (:mod:`flatfl.runs.timing`) is stored in
+    report.json's ``timing``."""
+    with timing.timed() as timer, shared_data():
+        return _build_report(run_dirs, settings, out, command, log, show_progress, timer)
+
+
+def _build_report(
+    run_dirs: Sequence[Path],
+    settings: ReportSettings,
+    out: Path,
+    command: str,
+    log: Callable[[str], None],
+    show_progress: bool,
+    timer: timing.StageTimer,
+) -> dict[str, Path]:
 
     check_report_out(out, list(run_dirs))
     runs = [Run.open(p) for p in run_dirs]
@@ -234,13 +250,15 @@ def build_report(
         if folder is None:
             return {}  # under torchrun: the collective part is done; rank 0 computes the rest and writes
         mlist = measures(settings)
-        verdict = verdicts(groups, conds, mlist, settings.slice_radius)
-        scale_context(verdict, [g.label for g in groups], conds, ms.norms)
-        lines = line_slices(groups, rounds[-1], settings, data)
-        curves = training_curves(groups, settings, show_progress)
+        with timing.stage("verdict"):
+            verdict = verdicts(groups, conds, mlist, settings.slice_radius)
+            scale_context(verdict, [g.label for g in groups], conds, ms.norms)
+        with timing.stage("lines"):
+            lines = line_slices(groups, rounds[-1], settings, data)
+        with timing.stage("curves and spread"):
+            curves = training_curves(groups, settings, show_progress)
         rows = report_rows(groups, conds, ms)
-        return folder.write(
-            lambda stage: write_report(
+        write_set = lambda stage: write_report(  # noqa: E731
                 stage,
                 settings=settings,
                 groups=groups,
@@ -254,7 +272,8 @@ def build_report(
                 rows=rows,
                 command=command,
             )  # fmt: skip
-        )
+        # the page timed too, and the time table put into report.json (flatfl.runs.timing)
+        return folder.write(timing.with_timing(write_set, timer))
 
 
 def _open_out(out: Path, stack: contextlib.ExitStack) -> Any:
@@ -287,7 +306,8 @@ def _measure(
     from tqdm.auto import tqdm
 
     data = AnalysisData(settings.landscape)
-    conds = plan_conditions(groups, settings, rounds, out, data)
+    with timing.stage("matching"):
+        conds = plan_conditions(groups, settings, rounds, out, data)
     total = sum(
         len(set(rounds) | ({c.rounds[g.label][s].round for c in conds} - {None})) for g in groups for s in g.seeds
     )
@@ -320,19 +340,26 @@ def measure_all(
             for rnd in sorted(need):
                 where = cache_dir(out, g.label, s, rnd)
                 file = ckpt.round_path(run.path, rnd)
-                digest = file_digest(file)  # once: both caches are keyed on it
-                problem = functools.cache(lambda file=file: of_checkpoint(file, settings.landscape))
+                with timing.stage("digests"):
+                    digest = file_digest(file)  # once: both caches are keyed on it
+                # model and data resolved once (timed as 'checkpoint'; the data set itself as 'data', once per run)
+                problem = functools.cache(
+                    lambda file=file: timing.stage("checkpoint")(of_checkpoint)(file, settings.landscape)
+                )
                 res = measure_landscape(problem, run, rnd, settings.landscape, where, log, digest, bars)
-                sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
+                with timing.stage("slices"):
+                    sl = measure_slices(problem, settings, where, digest) if settings.slice_directions else None
                 ms.results[(g.label, s, rnd)] = res
                 if sl is not None:
                     ms.slices[(g.label, s, rnd)] = sl
                 ms.rows[(g.label, s, rnd)] = checkpoint_row(res, metrics.get(rnd, {}), sl, settings.widths, settings)
                 # context, not a measure that votes (flatfl.runs.scale): ||θ||₂ and per tensor
-                ms.rows[(g.label, s, rnd)][NORM_KEY], ms.norms[(g.label, s, rnd)] = checkpoint_norms(run, rnd)
+                with timing.stage("norms"):
+                    ms.rows[(g.label, s, rnd)][NORM_KEY], ms.norms[(g.label, s, rnd)] = checkpoint_norms(run, rnd)
                 if settings.surface and first is not None and s == first[0] and rnd in rounds:
                     ss = replace(settings.landscape, surface="2d", surface_dirs="random", markers=True)
-                    surf = measure_surface(problem(), ss, where)
+                    with timing.stage("surfaces"):  # its row b = 0 from slice 0 (flatfl.runs.share)
+                        surf = measure_surface(problem(), ss, where, known=share.surface_from_slices(problem(), ss, sl))
                     ms.surfaces.setdefault(g.label, []).append((rnd, surf))
                 progress(1)
     for c in conds:

@@ -22,6 +22,7 @@ from flatfl.data import Dataset, load_dataset
 from flatfl.errors import UserError
 from flatfl.models import build_model
 from flatfl.rundir import settle
+from flatfl.runs.datacache import cached
 from flatfl.runs.sources import call_factory, data_pair
 from flatfl.statedict import StateDict, first_nonfinite
 from flatfl.validate import check_dtypes, parameter_dtypes
@@ -122,7 +123,10 @@ class Run:
                 f"{self.path}: a recorded run of a user's model on its own data has no flatfl data set"
                 " (nor its clients' data); name the data with --data train, test or MODULE:FACTORY"
             )
-        return load_dataset(DataConfig(**self.config["data"]))
+        cfg = DataConfig(**self.config["data"])
+        # once per data identity inside datacache.shared_data() (flatfl report: not once per checkpoint)
+        key = ("dataset", cfg, str(Path(cfg.data_root).expanduser().resolve()))
+        return cached(key, lambda: load_dataset(cfg))
 
     def user_data_pair(self, spec: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of ``--data`` for a user-data run: ``train``/``test`` as run.json names them, else a data name."""
@@ -132,10 +136,11 @@ class Run:
                 raise UserError(
                     f"--data {spec}: {self.path / ckpt.RUN_JSON} names no {spec} data; give --data MODULE:FACTORY"
                 )
-            return data_pair(named, batch_size, f"--data {spec} ({self.path / ckpt.RUN_JSON})")
+            where = f"--data {spec} ({self.path / ckpt.RUN_JSON})"
+            return cached(("user data", named, batch_size), lambda: data_pair(named, batch_size, where))
         if spec.startswith("client:"):
             raise UserError(f"--data {spec}: {self.path} holds no partition (the user's ClientApp split the data)")
-        return data_pair(spec, batch_size)
+        return cached(("user data", spec, batch_size), lambda: data_pair(spec, batch_size))
 
     def partition(self) -> list[np.ndarray]:
         """Client -> indices, refused when partition.json differs from run.json's record of it."""

@@ -225,8 +225,11 @@ def measure_surface(
     out_dir: Path,
     eigvecs: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    known: Surface | None = None,
 ) -> Surface:
-    """The surface ``settings`` asks for around ``problem``'s point, saved after every chunk (and resumed)."""
+    """The surface ``settings`` asks for around ``problem``'s point, saved after every chunk (and resumed).
+    ``known``: a partial grid of the same axes already evaluated elsewhere (:mod:`flatfl.runs.share`), used
+    when no saved surface is resumed."""
     p = plane(problem, settings, eigvecs)
     bn, bn_note = _batchnorm(problem, settings)
     markers = _markers(problem, settings, p)
@@ -252,7 +255,7 @@ def measure_surface(
         p.alphas,
         p.betas,
         memory_budget=problem.memory_budget,
-        resume_from=_previous(path, desc),
+        resume_from=_previous(path, desc) or known,
         on_chunk=on_chunk,
         bn=bn,
         split=dist_world(),

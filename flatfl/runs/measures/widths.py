@@ -21,6 +21,7 @@ from flatfl.analysis.verdict import Measure
 from flatfl.runs.measures.spec import Context, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
+from flatfl.runs.share import enabled as share_enabled
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ def compute(problem: Problem, s: WidthSettings, ctx: Context) -> dict[str, Any]:
     ls = ctx.landscape
     ts = symmetric_grid(s.radius, s.points)
     r = random_slices(problem.objective, ts, num_directions=s.directions, seed=ls.seed,
-                      memory_budget=ls.memory_budget_gb * 2**30)  # fmt: skip
+                      memory_budget=ls.memory_budget_gb * 2**30,
+                      share_origin=share_enabled())  # fmt: skip  # L(theta) once for every direction
     ctx.shared["slices"] = r  # the arrays as computed (the record holds them as lists)
     return {"ts": r.ts.tolist(), "delta": r.delta.tolist(), "loss0": r.loss0, "seed": r.seed,
             "directions": r.num_directions}  # fmt: skip

@@ -1,0 +1,210 @@
+"""What a ``flatfl report`` costs, and where the time goes (issue 28 §4).
+
+Two settings, each trained here into a temporary folder and reported with ``flatfl report``'s
+default measures (λmax, trace, the three default sharpness measures, 1D slices, 2D surfaces, the
+spread, matching at equal training loss, the page):
+
+* **digits** -- the demo's setting, small: FedAvg (same aggregation) vs FedMut on the embedded
+  digits, Dirichlet(0.1) over 20 clients, ``--seeds`` x ``--rounds``, measured at the last round
+  (``--at-rounds``, as the demo does) and at equal training loss;
+* **cifar** -- a CIFAR-shaped one: random 32x32 RGB images with random labels written by this bench
+  in the official CIFAR-10 python-pickle batch format (``data_batch_1..5``, ``test_batch``,
+  ``batches.meta`` under ``cifar-10-batches-py/``, read by ``flatfl.data.cifar``; md5 differs from
+  the official archive's, so flatfl warns once per load -- the bench counts those warnings:
+  one per batch file per run's data load), LeNet ``cnn``, ``--samples`` analysis samples.
+
+Each report's ``report.json`` holds ``timing`` (:mod:`flatfl.runs.timing`); the bench prints the
+stage breakdowns side by side and the stage that dominates. With ``--compare`` it runs one untimed
+warm-up report, then ``--repeats`` pairs interleaved (shared work off, on, on, off, ...:
+``FLATFL_SHARE_WORK=0/1``, :mod:`flatfl.runs.share`), so that the machine's noise hits both, and prints
+the before/after ratio of each stage and of the whole report (medians) and the largest relative
+difference between the two reports' numbers.
+
+    python bench/report_cost.py                      # ~5-7 min on 2 cores shared with other jobs
+    python bench/report_cost.py --settings cifar --samples 1000   # the issue's 1,000 samples: ~17 min there
+    python bench/report_cost.py --compare --repeats 2
+    python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flatfl.cli import main as flatfl
+
+GROUPS = {"fedavg-mean": ["--algo", "fedavg", "--unweighted"], "fedmut": ["--algo", "fedmut"]}
+
+
+def write_fake_cifar10(root: Path, per_batch: int, test: int, seed: int = 0) -> Path:
+    """Random images and labels in the official CIFAR-10 python format under ``root/cifar-10-batches-py``."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def batch(n: int, name: str) -> None:
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, n).tolist(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [f"{i}.png".encode() for i in range(n)],
+        }
+        (folder / name).write_bytes(pickle.dumps(d, protocol=2))
+
+    for i in range(1, 6):
+        batch(per_batch, f"data_batch_{i}")
+    batch(test, "test_batch")
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names]}, protocol=2))
+    return folder
+
+
+def train_runs(kind: str, root: Path, seeds: list[int], rounds: int, data_root: Path) -> list[str]:
+    """Train every group x seed of ``kind`` into ``root``; the run folders (group order, then seeds)."""
+    data = ["--dataset", "digits", "--clients", "20", "--frac", "0.25", "--dirichlet", "0.1"]
+    if kind == "cifar":
+        data = ["--dataset", "cifar10", "--data-root", str(data_root), "--model", "cnn", "--clients", "10",
+                "--frac", "0.3", "--dirichlet", "0.5", "--local-epochs", "1"]  # fmt: skip
+    runs = []
+    for g, flags in GROUPS.items():
+        for s in seeds:
+            out = root / f"{kind}-{g}-s{s}"
+            args = ["train", *data, *flags, "--rounds", str(rounds), "--seed", str(s), "--out", str(out),
+                    "--save-clients", str(max(1, rounds // 2)), "--no-progress"]  # fmt: skip
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                code = flatfl(args)
+            if code != 0:
+                sys.exit(f"train {kind} {g} seed {s}: exit {code}\n{err.getvalue()[-2000:]}")
+            runs.append(str(out))
+    return runs
+
+
+def report(runs: list[str], out: Path, samples: int, share: bool, extra: list[str]) -> tuple[dict, float, str]:
+    """One ``flatfl report`` (fresh output folder: nothing cached); (report.json, wall seconds, stderr)."""
+    labels = [x for r in runs for x in ("--label", f"{r}={Path(r).name.rsplit('-s', 1)[0].split('-', 1)[1]}")]
+    args = ["report", *runs, "--out", str(out), "--samples", str(samples), "--reference", "fedavg-mean",
+            "--no-progress", "--device", "cpu", *labels, *extra]  # fmt: skip
+    os.environ["FLATFL_SHARE_WORK"] = "1" if share else "0"
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = flatfl(args)
+    wall = time.perf_counter() - t0
+    if code != 0:
+        sys.exit(f"report: exit {code}\n{err.getvalue()[-2000:]}")
+    return json.loads((out / "report.json").read_text()), wall, err.getvalue()
+
+
+def side_by_side(cols: dict[str, dict]) -> str:
+    """Stage seconds (and share) of every setting in columns, largest stages first."""
+    stages: dict[str, float] = {}
+    for t in cols.values():
+        for k, v in t["seconds"].items():
+            stages[k] = max(stages.get(k, 0.0), v / t["total"])
+    order = sorted(stages, key=lambda k: -stages[k])
+    w = max(len(k) for k in order)
+    head = f"{'stage':<{w}} " + " ".join(f"{c:>22}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for k in order:
+        cells = []
+        for t in cols.values():
+            s = t["seconds"].get(k)
+            n = t["counts"].get(k, "")
+            cells.append(f"{'-':>22}" if s is None else f"{s:>9.2f}s {100 * s / t['total']:>5.1f}% x{n!s:<4}")
+        lines.append(f"{k:<{w}} " + " ".join(cells))
+    lines.append(f"{'total':<{w}} " + " ".join(f"{t['total']:>9.2f}s {'':>12}" for t in cols.values()))
+    lines.append(f"{'dominant':<{w}} " + " ".join(f"{t['dominant']:>22}" for t in cols.values()))
+    return "\n".join(lines)
+
+
+def numbers(rep: dict) -> dict[str, float]:
+    """Every per-checkpoint number of report.csv's rows (run, seed, round -> measure)."""
+    out = {}
+    for r in rep["rounds"]:
+        for k, v in r.items():
+            if isinstance(v, float):
+                out[f"{r['run']} s{r['seed']} r{r['round']} {k}"] = v
+    return out
+
+
+def compare(
+    name: str, runs: list[str], tmp: Path, samples: int, repeats: int, extra: list[str]
+) -> tuple[dict, float, str]:
+    """Shared work off vs on, interleaved (after one untimed warm-up report; order off, on, on, off, ...); per-stage
+    median ratios and the largest difference in the numbers. Returns the last "after" report."""
+    by: dict[bool, list[dict]] = {False: [], True: []}
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    reps: dict[bool, tuple] = {}
+    report(runs, tmp / f"{name}-warm-up", samples, True, extra)  # not timed: first calls (kernels, JIT) are slow
+    for i in range(repeats):
+        for share in (False, True) if i % 2 == 0 else (True, False):  # ABBA: a trend in the load hits both alike
+            reps[share] = report(runs, tmp / f"{name}-cmp-{share}-{i}", samples, share, extra)
+            by[share].append(reps[share][0]["timing"])
+            walls[share].append(reps[share][1])
+    stages = [k for k in by[False][0]["seconds"] if k in by[True][0]["seconds"]]
+    print(f"\n{name}: shared work off (before) vs on (after), interleaved, median of {repeats}")
+    print(f"{'stage':<26} {'before s':>9} {'after s':>9} {'before/after':>12}")
+    for k in sorted(stages, key=lambda k: -statistics.median(t["seconds"][k] for t in by[False])):
+        b = statistics.median(t["seconds"][k] for t in by[False])
+        a = statistics.median(t["seconds"][k] for t in by[True])
+        print(f"{k:<26} {b:>9.2f} {a:>9.2f} {b / a if a > 0 else float('inf'):>12.2f}")
+    b, a = statistics.median(walls[False]), statistics.median(walls[True])
+    print(f"{'whole report (wall)':<26} {b:>9.2f} {a:>9.2f} {b / a:>12.2f}")
+    nb, na = numbers(reps[False][0]), numbers(reps[True][0])
+    worst = max((abs(nb[k] - na[k]) / max(abs(nb[k]), 1e-12), k) for k in nb if k in na)
+    print(f"largest relative difference in report.csv's numbers: {worst[0]:.2e} ({worst[1]})", flush=True)
+    return reps[True]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settings", default="digits,cifar", help="comma-separated: digits, cifar (default: both)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds per group (default: 0)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per run (default: 3)")
+    ap.add_argument("--samples", type=int, default=300, help="analysis samples (default: 300; issue 28: 1000)")
+    ap.add_argument("--cifar-per-batch", type=int, default=200, help="images per CIFAR train batch file (x5)")
+    ap.add_argument("--cifar-test", type=int, default=200, help="images in the CIFAR test batch")
+    ap.add_argument("--compare", action="store_true", help="also time shared work off vs on, interleaved")
+    ap.add_argument("--repeats", type=int, default=2, help="--compare: report pairs per setting (default: 2)")
+    ap.add_argument("--report-flags", default="", help="extra flatfl report flags, space-separated")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = args.report_flags.split()
+    cols, md5 = {}, {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        write_fake_cifar10(tmp / "data", args.cifar_per_batch, args.cifar_test)
+        kinds = [k.strip() for k in args.settings.split(",") if k.strip()]
+        runs = {}
+        for kind in kinds:
+            t0 = time.perf_counter()
+            runs[kind] = train_runs(kind, tmp / "runs", seeds, args.rounds, tmp / "data")
+            took = time.perf_counter() - t0
+            print(f"{kind}: trained {len(runs[kind])} runs x {args.rounds} rounds in {took:.0f} s", flush=True)
+        for kind in kinds:  # with --compare: pairs (before, after) interleaved; the breakdown is the last "after"
+            at = ["--at-rounds", str(args.rounds), *extra]
+            if args.compare:
+                rep, wall, err = compare(kind, runs[kind], tmp, args.samples, args.repeats, at)
+            else:
+                rep, wall, err = report(runs[kind], tmp / f"{kind}-report", args.samples, True, at)
+            cols[kind] = rep["timing"]
+            md5[kind] = err.count("differs from the official archive")
+            print(f"{kind}: flatfl report {wall:.1f} s wall, {rep['timing']['counts'].get('data', 0)} data loads")
+            if kind == "cifar":
+                print(f"cifar: {md5[kind]} md5 warnings in the report (6 per load of the data set: one per batch file)")
+        print()
+        print(side_by_side(cols), flush=True)
+
+
+if __name__ == "__main__":
+    main()
