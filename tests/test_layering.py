@@ -213,7 +213,8 @@ def test_settings_and_sources_are_at_the_bottom_of_runs():
     graph, _ = _runs_imports()
     assert graph["flatfl.runs.settings"] == set()
     assert graph["flatfl.runs.sources"] == set()
-    assert graph["flatfl.runs.run"] <= {"flatfl.runs.sources"}
+    assert graph["flatfl.runs.timing"] == set() and graph["flatfl.runs.datacache"] <= {"flatfl.runs.timing"}
+    assert graph["flatfl.runs.run"] <= {"flatfl.runs.sources", "flatfl.runs.datacache"}
 
 
 def test_runs_names_its_settings_types():

@@ -30,7 +30,7 @@ from flatfl.runs.files import write_page
 from flatfl.runs.landscape import json_ready
 from flatfl.runs.matching_page import matching_sections
 from flatfl.runs.measures import describe_measures
-from flatfl.runs.report_glossary import cited_in, glossary_has, glossary_html, link_citations
+from flatfl.runs.report_glossary import cited_in, column_name, glossary_has, glossary_html, link_citations
 from flatfl.runs.scale_page import context_html, context_text
 from flatfl.runs.settings import ReportSettings
 
@@ -348,8 +348,6 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 def table_html(rows: Sequence[Mapping[str, Any]], cols: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
     """A table of ``rows``; with ``labels`` (measure key -> label) the headers are report.csv's columns in words
     (:func:`flatfl.runs.report_glossary.column_name`), each with its CSV name as the tooltip."""
-    from flatfl.runs.report_glossary import column_name
-
     if labels is None:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     else:
