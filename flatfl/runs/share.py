@@ -22,7 +22,6 @@ turns the sharing off (``bench/report_cost.py --compare`` times both, interleave
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ import torch
 from flatfl.analysis.slices import Slices
 from flatfl.analysis.surfaces import Surface, random_directions
 from flatfl.runs.problem import Problem
+from flatfl.runs.settings import LandscapeSettings
 from flatfl.runs.surface import plane
 
 
@@ -38,7 +38,7 @@ def enabled() -> bool:
     return os.environ.get("FLATFL_SHARE_WORK", "1") != "0"
 
 
-def surface_from_slices(problem: Problem, settings: Any, slices: Slices | None) -> Surface | None:
+def surface_from_slices(problem: Problem, settings: LandscapeSettings, slices: Slices | None) -> Surface | None:
     """The surface's grid with its row b = 0 filled from slice 0 where the points coincide (None: nothing to
     share -- sharing off, no slices or slices read back from a cache, another kind of surface, BatchNorm
     re-estimated per point, or another first direction)."""
