@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(PY) examples/fedavg_vs_fedmut.py
 
+# two workers (pytest-xdist), one test file each at a time, one BLAS/OpenMP thread each: the 2-core CI machine
 test: install
-	$(PY) -m pytest -q -m "not deployment and not docs"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $${FLATFL_TEST_WORKERS:-2} --dist loadfile \
+		-m "not deployment and not docs"
 
 # Flower's runtimes: the deployment engine on loopback (SuperLink + 2 SuperNodes) and the simulation
 # runtime (Ray), ~3 min; CI runs them after make test
