@@ -61,14 +61,24 @@ def test_a_transient_dip_is_not_the_matched_round():
     assert max(sm[r] for r in range(13, 20)) <= 0.9 < loss[14]
 
 
+def test_the_matched_round_is_itself_at_the_level():
+    # a fast descent (the large- vs small-batch calibration: small-batch SGD at round 5 0.93, then 0.05 on): the
+    # window cut at the start makes S_1 = median(0.93, 0.05, 0.04) low, but the model at round 5 is not at 0.33
+    loss = [2.3, 0.93, 0.05, 0.04, 0.03, 0.02]
+    lm = match_loss(_curves({"A": loss}), 0.33, None)
+    assert lm.traces["A"].smoothed[0] <= 0.33 < loss[1]
+    assert lm.found["A"].round == 2 and lm.found["A"].value <= 0.33
+
+
 def test_default_level_is_the_highest_final_moving_median_and_every_run_settles():
     a = [2.3, 1.0, 0.5, 0.4, 0.45, 0.35, 0.3]
     b = [2.3, 1.5, 0.9, 0.6, 0.7, 0.5, 0.9]  # its raw final loss (0.9) is a spike, its median is 0.7
     lm = match_loss(_curves({"A": a, "B": b}), None, 6)
     assert lm.level == pytest.approx(statistics.median([0.7, 0.5, 0.9]))
-    # B's medians over rounds 1..6: 0.9, 0.8, 0.7, 0.7, 0.65, 0.7 -> settled from round 3; A's: 0.5, ... -> round 1
+    # B's medians over rounds 1..6: 0.9, 0.8, 0.7, 0.7, 0.65, 0.7 -> settled from round 3 (its loss 0.6); A's: 0.5,
+    # ... -> settled from round 1, but A's own loss there is 1.0 > 0.7: measured at round 2 (0.5), not at round 1
     assert lm.traces["B"].smoothed == pytest.approx((0.9, 0.8, 0.7, 0.7, 0.65, 0.7))
-    assert lm.found["B"].round == 3 and lm.found["A"].round == 1
+    assert lm.found["B"].round == 3 and lm.found["A"].round == 2 and lm.found["A"].value == 0.5
     lm = match_loss(_curves({"A": a, "B": b}), None, 4)  # only rounds 1..upto count
     assert lm.level == pytest.approx(statistics.median([0.9, 0.6, 0.7]))
     lm = match_loss(_curves({"A": a, "B": b}), 0.45, None)

@@ -12,8 +12,9 @@ EARLY_FRACTION = 0.1  # a matched round in the first 10% of training is flagged
 MATCH_RULE = (
     f"each run is measured at the first saved round from which the centred moving median of its loss on the "
     f"analysis data (over {SMOOTH_WINDOW} saved rounds) stays at or below the level until the last round "
-    "considered -- where it has settled, not a transient dip; the default level is the highest final moving "
-    f"median among the runs. A level less than {MIN_DROP:.0%} below a run's untrained (round-0) loss is refused "
+    "considered and whose own loss is at or below it -- where it has settled, not a transient dip; the default "
+    f"level is the highest final moving median among the runs. A level less than {MIN_DROP:.0%} below a run's "
+    "untrained (round-0) loss is refused "
     f"(no verdict: training did not reach it; use --match-acc). Matched rounds of two groups more than "
     f"{DISPARITY:g}x apart, or within the first {EARLY_FRACTION:.0%} of training, are said in words and that "
     "comparison gets no verdict unless the level was given with --match-loss"

@@ -13,7 +13,9 @@ The settled rule. Let L_1, ..., L_n be a run's losses at its saved rounds r_1 < 
 (round 0, the untrained model, left out) and S_i their centred moving median over
 ``w = SMOOTH_WINDOW`` saved rounds, S_i = median{L_j : |j - i| <= w // 2} (the window cut at the
 ends). The matched round is r_i for the first i with S_j <= level for every j >= i up to the last
-round considered: the smoothed curve has come down to the level *and stays there*. The naive
+round considered -- the smoothed curve has come down to the level *and stays there* -- and L_i <= level
+itself (the window is cut at the curve's start, so S_1 of a curve that falls fast can already be low while
+L_1 is far above the level: found by the large- vs small-batch calibration control). The naive
 rule -- the first r_i with L_i <= level -- picks transient dips of a noisy non-IID run; a median
 of 5 ignores up to two outlying rounds in a row (measured on noisy digits runs: docs/landscapes.md,
 "Matched convergence").
@@ -150,6 +152,10 @@ def _trace(curve: Callable[[int], float], rounds: Sequence[int], level: float, w
     loss = [curve(r) for r in rounds]
     sm = moving_median(loss, window)
     i = settled_index(sm, level)
+    # the measured round's own loss at or below the level too: the window is cut at the curve's start, so the
+    # smoothed value of an early round can already be low while the round itself is far above the level
+    while i is not None and loss[i] > level * (1 + _TOL):
+        i = i + 1 if i + 1 < len(loss) else None
     first = next((r for r, v in zip(rounds, loss) if v <= level * (1 + _TOL)), None)
     return Trace(tuple(rounds), tuple(loss), tuple(float(x) for x in sm), None if i is None else rounds[i], first, None)
 
