@@ -98,7 +98,7 @@ def test_report_in_chromium(pages, webgl):
         if webgl:
             assert errors == []
         table = page.locator("table.verdict")
-        assert table.count() == 1 and "lambda_max" in table.inner_text() and "verdict" in table.inner_text()
+        assert table.count() == 1 and "λmax" in table.inner_text() and "verdict" in table.inner_text()
         assert page.locator("p.answer").count() >= 1
         # the verdict is on the first screen
         assert table.bounding_box()["y"] < 900
@@ -291,7 +291,7 @@ def test_report_words_for_a_reader(pages):
         heads = page.evaluate("() => [...document.querySelectorAll('th')].map(h => h.textContent)")
         # a measure is named as in the verdict table (lambda_max, defined under "What the measures mean")
         names = page.evaluate("() => [...document.querySelectorAll('td.m a')].map(a => a.textContent)")
-        assert "lambda_max" in names
+        assert "λmax" in names
         words = [re.sub("|".join(map(re.escape, names)), "", h) for h in heads]
         assert [h for h in words if re.search(r"[a-z]_[a-z0-9]", h)] == []
         assert "test accuracy" in heads and "test_acc" not in heads

@@ -125,7 +125,7 @@ def _meanings(ls: LandscapeSettings, radius: float) -> dict[str, Meaning]:
     n_avg = ls.sharpness_samples
     return {
         "lambda_max": Meaning(
-            "lambda_max",
+            "λmax",
             "λ<sub>max</sub>(∇²L(θ)): the largest eigenvalue of the Hessian of the training loss L at the "
             "global model θ (Lanczos iteration on Hessian-vector products).",
             "lower: the loss curves up less steeply along its sharpest direction",

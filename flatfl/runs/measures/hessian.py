@@ -48,7 +48,7 @@ def columns(res: dict[str, Any], s: HessianSettings) -> dict[str, Any]:
 
 def verdict(s: HessianSettings, ls: LandscapeSettings) -> list[Measure]:
     # the Lanczos residual ||Hv - lambda v|| bounds the error; no budget (it converges to --tol)
-    return [Measure("lambda_max", "lambda_max", invariant_to=invariant_to("lambda_max"), error="lambda_max_residual")]
+    return [Measure("lambda_max", "λmax", invariant_to=invariant_to("lambda_max"), error="lambda_max_residual")]
 
 
 def settings_of(ls: LandscapeSettings, report: ReportSettings | None = None) -> HessianSettings | None:
@@ -58,7 +58,7 @@ def settings_of(ls: LandscapeSettings, report: ReportSettings | None = None) -> 
 SPEC = register(
     MeasureSpec(
         name="hessian",
-        label="lambda_max",
+        label="λmax",
         direction="lower",
         invariances=invariant_to("lambda_max"),
         settings=HessianSettings,
