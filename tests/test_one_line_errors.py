@@ -193,9 +193,14 @@ def test_state_metadata_without_a_key(cli, run3, tmp_path, key):
         ),
         (["--grid", "1"], "--grid 1"),
         (["--sharpness", "sam,adaptive_l2,sam"], "sam given twice"),
+        (["--widths", "0.1,0.1"], "a threshold given twice"),
+        (["--at-rounds", "2,2"], "a round given twice"),
+        (["--label"], "given twice ('a', 'b')"),
     ],
 )
 def test_report_flags_that_contradict_or_measure_nothing(cli, run3, tmp_path, args, needle):
+    if args == ["--label"]:  # one run named twice
+        args = ["--label", f"{run3}=a", "--label", f"{run3}=b"]
     code, _, err = cli("report", run3, "--out", tmp_path / "r", *args)
     _one_line_error(code, err, needle)
     assert not (tmp_path / "r").exists()  # refused before anything is written

@@ -31,9 +31,12 @@ def _rounds(text: str) -> tuple[int, ...] | None:
     if text == "auto":
         return None
     try:
-        vals = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+        given = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not auto or a comma-separated list of rounds") from None
+    vals = tuple(sorted(set(given)))
+    if len(vals) < len(given):
+        raise argparse.ArgumentTypeError(f"{text!r}: a round given twice; name each once")
     if not vals or min(vals) < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: rounds are integers >= 0")
     return vals
@@ -258,6 +261,16 @@ def _label(text: str) -> tuple[str, str]:
     return run, name.strip()
 
 
+def _labels(given: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``--label RUN=NAME`` pairs; one run named twice (even with the same name) is refused in one line."""
+    seen: dict[str, str] = {}
+    for run, name in given:
+        if run in seen:
+            raise UserError(f"--label {run}: given twice ({seen[run]!r}, {name!r}); name each run once")
+        seen[run] = name
+    return tuple(given)
+
+
 def _fraction(text: str) -> float:
     import argparse
 
@@ -279,6 +292,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
     if not vals or not all(0 < v < float("inf") for v in vals):
         raise argparse.ArgumentTypeError(f"{text!r}: thresholds are positive (finite) numbers")
+    if len(set(vals)) < len(vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: a threshold given twice; name each once")
     return vals
 
 
@@ -386,7 +401,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         slice_directions=ns["slices"],
         slice_radius=ns["slice_radius"],
         widths=ns["widths"],
-        labels=tuple(ns["label"]),
+        labels=_labels(ns["label"]),
         reference=ns["reference"],
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
     )
