@@ -73,6 +73,13 @@ def test_landscape_flags_out_of_range(cli, run3, args, needles):
     _one_line_error(code, err, *needles)
 
 
+def test_connect_to_a_mutant_of_the_last_round_names_connect(cli, run3):
+    last = max(int(p.stem.split("_")[1]) for p in run3.glob("round_*.safetensors"))
+    code, _, err = cli("landscape", "--ckpt", run3 / f"round_{last:04d}.safetensors", "--samples", "50",
+                       "--connect", "mutant:0")  # fmt: skip
+    _one_line_error(code, err, "--connect mutant:0", "the run's last")
+
+
 def test_cut_surface_cache_is_recomputed(cli, run3, tmp_path):
     args = ["landscape", "--ckpt", run3 / "round_0002.safetensors", "--samples", "50", "--surface", "1d"]
     code, _, err = cli(*args, "--grid", "3", "--out", tmp_path / "s")

@@ -32,7 +32,11 @@ class ConnectSettings:
 def compute(problem: Problem, s: ConnectSettings, ctx: Context) -> dict[str, Any]:
     if problem.resolve is None:
         raise UserError(f"--connect {s.to}: this model has no other models to name")
-    label, state = problem.resolve(s.to)
+    try:
+        label, state = problem.resolve(s.to)
+    except UserError as exc:  # the resolver speaks of --to/--models, the flags that share its SPEC
+        text = str(exc).replace("--to/--models ", "--connect ", 1).replace("--models/--to: ", "--connect: ", 1)
+        raise UserError(text) from None
     try:
         r = mode_connectivity(problem.objective, state(), steps=s.steps, lr=s.lr, seed=ctx.generator(905))
     except ValueError as exc:  # e.g. the same parameters as the checkpoint: no path to find
