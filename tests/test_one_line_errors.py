@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from flatfl import checkpoint as ckpt
 from tests.conftest import TINY
@@ -266,6 +267,10 @@ def make():
     raise KeyError("missing")
 
 
+def mismatched():
+    return torch.randn(20, 1, 8, 8), torch.zeros(7, dtype=torch.long)
+
+
 def none():
     return None
 
@@ -337,6 +342,7 @@ def task(tmp_path, monkeypatch):
         ("net", "huge", ["--data {t}:huge", "__len__ is 1000000000000000"]),
         ("net", "raises", ["--data {t}:raises", "raised IndexError('boom')"]),
         ("net", "nan_data", ["--data {t}:nan_data", "NaN or Inf"]),
+        ("net", "mismatched", ["--data {t}:mismatched", "different numbers of samples", "(20, 1, 8, 8) and (7,)"]),
         ("net_fails", "make", ["--model {t}:net_fails raised RuntimeError('no GPU here')"]),
     ],
 )
@@ -371,6 +377,17 @@ def test_non_finite_weights_of_a_foreign_model_are_one_line(cli, task, tmp_path)
     code, _, err = cli("landscape", "--model", f"{task}:net", "--weights", tmp_path / "w.pt", "--data", "digits",
                        "--hessian", "--samples", "10")  # fmt: skip
     _one_line_error(code, err, "w.pt", "fc2.bias", "NaN or Inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])  # float16 -> float32 is exact: accepted
+def test_foreign_weights_of_the_wrong_dtype_are_refused(cli, task, tmp_path, dtype):
+    import importlib
+
+    sd = importlib.import_module(task).net().state_dict()
+    torch.save({k: v.to(dtype) for k, v in sd.items()}, tmp_path / "w.pt")
+    code, _, err = cli("landscape", "--model", f"{task}:net", "--weights", tmp_path / "w.pt", "--data", "digits",
+                       "--hessian", "--samples", "10")  # fmt: skip
+    _one_line_error(code, err, "w.pt", "is " + str(dtype).removeprefix("torch."), "the model's is float32")
 
 
 # -- flags that crashed or were accepted silently -------------------------------------------------------------------

@@ -100,6 +100,15 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, path: Path) -> None:
     state = read_weights(path)
+    want = model.state_dict()
+    for k, v in state.items():  # load_state_dict would cast int64/bool/half weights silently
+        if k in want and want[k].is_floating_point() and v.dtype != want[k].dtype:
+            exact = v.is_floating_point() and torch.equal(v.to(want[k].dtype).to(v.dtype), v)
+            if not exact:
+                raise UserError(
+                    f"--weights: {path}: tensor {k} is {str(v.dtype).removeprefix('torch.')}, the model's is "
+                    f"{str(want[k].dtype).removeprefix('torch.')}; save the weights in the model's dtype"
+                )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -160,6 +160,9 @@ def tensors_of(source: Any, batch_size: int, spec: str = "") -> tuple[tuple[Any,
     """((x, y) tensors when the data are image-style pairs -- sub-sampling, --samples auto and torchrun shards
     then work as for flatfl's own runs -- else None, and the data as read, to be used instead of ``source``)."""
     if isinstance(source, (tuple, list)) and len(source) == 2 and all(isinstance(t, torch.Tensor) for t in source):
+        if source[0].ndim == 0 or source[1].ndim == 0 or len(source[0]) != len(source[1]):
+            shapes = f"{tuple(source[0].shape)} and {tuple(source[1].shape)}"
+            raise UserError(f"--data {spec}: its inputs and targets hold different numbers of samples ({shapes})")
         return (source[0], source[1]), source
     if isinstance(source, torch.utils.data.Dataset):
         n = user_code("--data", spec, len, source, doing="its __len__") if hasattr(source, "__len__") else None
