@@ -75,6 +75,19 @@ def forward(model, batch):
 
 def targets(batch):
     return batch["labels"]
+
+
+def forward_raises(model, batch):
+    raise ValueError("bad batch")
+
+
+class NoParams(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+
+def make_no_params():
+    return NoParams()
 """
 
 
@@ -172,6 +185,18 @@ def test_dict_batches_through_forward_and_targets_hooks(cli, user):
     )
     assert rec["hessian"]["eigenvalues"][0] == pytest.approx(ref.values[0], rel=1e-5)
     assert rec["weights"] is None and rec["data"]["samples"] == 12
+
+
+def test_a_forward_hook_that_raises_and_a_model_without_parameters_are_one_line(cli, user):
+    name, _, _, d = user
+    hooks = ["--forward", f"{name}:forward_raises", "--targets", f"{name}:targets"]
+    code, _, err = cli("landscape", "--model", f"{name}:make_tagger", "--data", f"{name}:make_dict_data", *hooks,
+                       "--hessian", "--out", d / "f")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--forward {name}:forward_raises raised ValueError('bad batch')" in err, err
+    code, _, err = cli("landscape", "--model", f"{name}:make_no_params", "--data", "digits", "--hessian",
+                       "--samples", "10", "--out", d / "n")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "no trainable parameters" in err, err
 
 
 def test_digits_by_name_and_interp_towards_another_weights_file(cli, user, tmp_path):

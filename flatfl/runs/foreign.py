@@ -67,7 +67,10 @@ def build(spec: ForeignSpec) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise UserError("--model-kwargs: must be a JSON object, e.g. '{\"num_classes\": 10}'")
     if ":" in spec.model:
-        return call_factory(spec.model, kwargs, "--model")
+        model = call_factory(spec.model, kwargs, "--model")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UserError(f"--model {spec.model}: the model has no trainable parameters; there is no landscape")
+        return model
     import torchvision
 
     if spec.model not in torchvision.models.list_models():
@@ -172,8 +175,8 @@ def _of_batches(
     """Batches of another shape (dicts, several inputs): the whole data, through the --forward/--targets hooks."""
     if settings.samples is not None or settings.samples_auto:
         raise UserError("--samples: only for (x, y) data; a factory of other batches chooses its own data")
-    fwd = load_object(spec.forward, "--forward") if spec.forward else None
-    tgt = load_object(spec.targets, "--targets") if spec.targets else None
+    fwd = _guarded(load_object(spec.forward, "--forward"), "--forward", spec.forward) if spec.forward else None
+    tgt = _guarded(load_object(spec.targets, "--targets"), "--targets", spec.targets) if spec.targets else None
     if isinstance(data, torch.utils.data.Dataset):
         data = torch.utils.data.DataLoader(data, batch_size=settings.batch_size, shuffle=False)
     try:
@@ -202,6 +205,24 @@ def _of_batches(
         resolve=resolve,
         bn_inputs=list(obj.batches)[: settings.bn_reestimate],
     )
+
+
+def _guarded(fn: Any, flag: str, name: str) -> Any:
+    """The user's ``--forward``/``--targets`` hook: what it raises is one line naming the flag (traceback with
+    ``flatfl --debug``), as for the factories (:func:`flatfl.runs.sources.user_code`) -- except torch's
+    RuntimeError/NotImplementedError, on which vmap and forward-mode checks fall back to plain loops."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, NotImplementedError):  # torch's own (vmap, jvp): the analysis falls back on these
+            raise
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the user's hook may raise anything: one line, --debug shows it
+            raise UserError(f"{flag} {name} raised {repr(exc)[:300]}") from exc
+
+    return call
 
 
 def _state_of(spec: ForeignSpec, other: str) -> dict[str, torch.Tensor]:
