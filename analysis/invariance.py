@@ -80,7 +80,7 @@ INVARIANT_TO: dict[str, frozenset[str]] = {
 
 # the verdict table's labels (flatfl report's; a test keeps the sharpness ones equal to the report's)
 LABELS: dict[str, str] = {
-    "lambda_max": "lambda_max",
+    "lambda_max": "λmax",
     "trace": "trace",
     "sharpness_sam": "SAM sharpness",
     "sharpness_epsilon": "epsilon-sharpness",

@@ -300,7 +300,7 @@ def bn_eps_effect(eps: float = 1e-5, alpha: float = 3.0) -> dict[str, float]:
 # the rows of the changes table: the report's measures with its labels, then the dense-Hessian references
 ROWS = {
     **{k: LABELS.get(k, f"1D width at Δloss {k.removeprefix('width_')}") for k in KEYS},
-    "exact_lambda_max": "lambda_max (dense Hessian)",
+    "exact_lambda_max": "λmax (dense Hessian)",
     "exact_trace": "trace (dense Hessian)",
 }
 
