@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from flatfl.errors import UserError
+
 
 def _typed(kind: type, check: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
@@ -60,3 +62,21 @@ def samples_t(text: str) -> int | str:
 def samples_setting(value: int | str | None) -> tuple[int | None, bool]:
     """(samples, samples_auto) of a parsed ``--samples``: None samples means all the data."""
     return (None, True) if value == "auto" else (value or None, False)
+
+
+def name_list(
+    text: str, flag: str, choices: tuple[str, ...], alone: dict[str, tuple[str, ...]], what: str = "measure"
+) -> tuple[str, ...]:
+    """``--flag A,B`` as a tuple of ``choices``, or a word of ``alone`` given by itself (``all``, ``none``) as the
+    names it stands for; an unknown or repeated name is refused in one line."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if len(names) == 1 and names[0] in alone:
+        return alone[names[0]]
+    words = ", ".join([*alone, *choices])
+    bad = [n for n in names if n not in choices]
+    if bad or not names:
+        raise UserError(f"{flag}: unknown {what}(s) {bad or [text]}; choose from {words}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"{flag} {text}: {', '.join(twice)} given twice; name each once")
+    return tuple(names)

@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from flatfl.errors import UserError
 from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared with RunConfig.from_flags and measure specs)
     MAX_SEED,
     SAMPLES_HELP,
     SEED_RANGE,
     frac_0_1,
     momentum_t,
+    name_list,
     nonneg_float,
     nonneg_int,
     open_frac,
@@ -34,22 +34,6 @@ class Parser(argparse.ArgumentParser):
 
 
 MAX_THREADS_PER_CORE = 4  # --threads beyond this many per available core is refused (OpenMP crashes far above)
-
-
-def name_list(text: str, flag: str, choices: tuple[str, ...], alone: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """``--flag A,B`` as a tuple of ``choices``, or a word of ``alone`` given by itself (``all``, ``none``) as the
-    names it stands for; an unknown or repeated name is refused in one line."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if len(names) == 1 and names[0] in alone:
-        return alone[names[0]]
-    words = ", ".join([*alone, *choices])
-    bad = [n for n in names if n not in choices]
-    if bad or not names:
-        raise UserError(f"{flag}: unknown measure(s) {bad or [text]}; choose from {words}")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UserError(f"{flag} {text}: {', '.join(twice)} given twice; name each once")
-    return tuple(names)
 
 
 def default(obj: Any, name: str) -> str:

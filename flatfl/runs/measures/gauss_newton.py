@@ -14,7 +14,7 @@ from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.trace import TRACE_ESTIMATORS
 from flatfl.analysis.verdict import Measure
-from flatfl.errors import UserError
+from flatfl.flagtypes import name_list
 from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings
@@ -32,16 +32,7 @@ class CurvatureSettings:
 
 def parse_curvature(text: str | None) -> tuple[str, ...]:
     """``--curvature ggn,ef`` as a tuple; a one-line error for an unknown or repeated kind."""
-    if not text:
-        return ()
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [n for n in names if n not in CURVATURE_KINDS]
-    if bad or not names:
-        raise UserError(f"--curvature: unknown kind(s) {bad or [text]}; choose from {', '.join(CURVATURE_KINDS)}")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UserError(f"--curvature {text}: {', '.join(twice)} given twice; name each once")
-    return tuple(names)
+    return name_list(text, "--curvature", CURVATURE_KINDS, {}, what="kind") if text else ()
 
 
 def _spec(kind: str) -> MeasureSpec:
