@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flatfl.runs.matching import LossCurve, moving_median, settled_index
+from flatfl.runs.matching import LossCurve, matched_index, moving_median, settled_index
 from flatfl.runs.problem import select_data
 from flatfl.runs.run import Run
 
@@ -79,6 +79,7 @@ rules = [
     ("settled w=5", 5),
     ("settled w=7", 7),
     ("settled w=9", 9),
+    ("report's rule (w=5)", -5),  # settled w=5 and the matched round's own loss <= level (flatfl report)
 ]
 trained = {n: v for n, v in curves.items() if v[1][-1] < 0.9 * v[1][0]}
 print(
@@ -94,6 +95,9 @@ for label, w in rules:
             level = lo + k * (0.9 * L[0] - lo)
             if w == 0:
                 r = next((r for r, v in zip(rr, LL) if v <= level), None)
+            elif w < 0:
+                i = matched_index(LL, level, -w)
+                r = rr[i] if i is not None else None
             else:
                 i = settled_index(moving_median(LL, w), level)
                 r = rr[i] if i is not None else None

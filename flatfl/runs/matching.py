@@ -148,14 +148,21 @@ def settled_index(smoothed: Sequence[float], level: float) -> int | None:
     return i if i < len(smoothed) else None
 
 
-def _trace(curve: Callable[[int], float], rounds: Sequence[int], level: float, window: int) -> Trace:
-    loss = [curve(r) for r in rounds]
-    sm = moving_median(loss, window)
-    i = settled_index(sm, level)
+def matched_index(loss: Sequence[float], level: float, window: int = SMOOTH_WINDOW) -> int | None:
+    """The index the matching rule picks in the loss curve ``loss``: the first i from which the moving median
+    stays at or below ``level`` (:func:`settled_index`) *and* whose own loss is at or below it; None if none."""
+    i = settled_index(moving_median(loss, window), level)
     # the measured round's own loss at or below the level too: the window is cut at the curve's start, so the
     # smoothed value of an early round can already be low while the round itself is far above the level
     while i is not None and loss[i] > level * (1 + _TOL):
         i = i + 1 if i + 1 < len(loss) else None
+    return i
+
+
+def _trace(curve: Callable[[int], float], rounds: Sequence[int], level: float, window: int) -> Trace:
+    loss = [curve(r) for r in rounds]
+    sm = moving_median(loss, window)
+    i = matched_index(loss, level, window)
     first = next((r for r, v in zip(rounds, loss) if v <= level * (1 + _TOL)), None)
     return Trace(tuple(rounds), tuple(loss), tuple(float(x) for x in sm), None if i is None else rounds[i], first, None)
 
