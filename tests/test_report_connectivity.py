@@ -85,7 +85,7 @@ def test_numbers_equal_a_direct_mode_connectivity_call(pair, report):
 
 def test_section_figure_csv_and_json(report):
     page = (report / "report.html").read_text()
-    assert "Mode connectivity (<a href=" in page and "Garipov et al. 2018" in page
+    assert ">Mode connectivity (Garipov et al. 2018)</h2>" in page and "'>Garipov et al. 2018</a>" in page
     assert "Loss surfaces, mode connectivity, and fast ensembling of DNNs" in page  # in the bibliography
     assert "Between each global model and its clients" in page and "curve barrier: median [min, max]" in page
     assert "Barrier</b> of a path" in page
@@ -115,10 +115,13 @@ def test_cache_reused_and_invalidated(pair, report, tmp_path, cli):
     runs = (pair / "fedavg", pair / "fedmut")
     before = json.loads((report / "report.json").read_text())["connectivity"]
     n = len(before["pairs"]) + len(before["clients"])
-    assert _tallies(report)["connectivity paths computed"] < n  # the loss condition's pair is round 2's again
+    # a path two conditions share (the same rounds) is computed once, then read back
+    first = _tallies(report)
+    assert first["connectivity paths computed"] + first.get("connectivity paths reused", 0) == n
     code, _, err = cli("report", *runs, "--out", out, *FAST, *CONNECT)
     assert code == 0, err
     assert _tallies(out).get("connectivity paths computed", 0) == 0
+    assert _tallies(out)["connectivity paths reused"] == n
     assert json.loads((out / "report.json").read_text())["connectivity"] == before
     # a cached path whose other end's SHA-256 differs is recomputed (the same numbers again)
     cache = next((out / "runs").rglob("connect_client_slot001.json"))
@@ -186,3 +189,21 @@ def test_runs_without_clients_get_the_group_paths_and_a_stated_reason(no_clients
     assert "fedavg seed 0 round 1: no client models saved (train with --save-clients)" in conn["skipped"]
     page = (out / "report.html").read_text()
     assert "no client models saved (train with --save-clients)" in page and (out / "connectivity.png").is_file()
+
+
+def test_equals_flatfl_landscape_connect(pair, report, tmp_path, cli):
+    """The report's pair and client paths are flatfl landscape --connect's on the same data and seed stream."""
+    conn = json.loads((report / "report.json").read_text())["connectivity"]
+    ckpt = pair / "fedavg" / "round_0002.safetensors"
+    client = next(c for c in conn["clients"] if c["group"] == "fedavg" and c["round"] == 2 and c["slot"] == 1)
+    for spec, want in (
+        (pair / "fedmut" / "round_0002.safetensors", next(p for p in conn["pairs"] if p["condition"] == "round")),
+        ("returned:1", client),
+    ):
+        out = tmp_path / str(want["line_barrier"])
+        code, _, err = cli("landscape", "--ckpt", ckpt, "--samples", "100", "--connect", spec, "--connect-steps",
+                           str(STEPS), "--out", out)  # fmt: skip
+        assert code == 0, err
+        got = json.loads((out / "landscape.json").read_text())["literature"]["connectivity"]
+        assert (got["line_barrier"], got["curve_barrier"]) == (want["line_barrier"], want["curve_barrier"])
+        assert got["curve_loss"] == want["curve_loss"]

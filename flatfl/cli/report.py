@@ -354,9 +354,9 @@ def run(ns: dict[str, Any]) -> int:
 def _report_settings(ns: dict[str, Any]) -> Any:
     """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
     from flatfl.analysis.sharpness import SHARPNESS_MEASURES
+    from flatfl.runs.connectivity import connect_settings
     from flatfl.runs.measures import REGISTRY
     from flatfl.runs.report import ReportSettings
-    from flatfl.runs.connectivity import connect_settings
 
     connect = connect_settings(ns)  # before the registry's --connect SPEC of flatfl landscape reads the same names
 

@@ -126,9 +126,10 @@ class _Paths:
         self.cs, self.log = cs, log
         # the analysis data of the report; --samples auto picks a subset per checkpoint, so the whole selection
         self.ls = replace(settings.landscape, samples_auto=False, federated=False, bn_reestimate=0)
+        ls = self.ls
         self.key = {
-            "steps": cs.steps, "lr": cs.lr, "momentum": MOMENTUM, "num_points": POINTS, "seed": connect_seed(self.ls.seed),
-            "data": self.ls.data, "samples": self.ls.samples, "dtype": self.ls.dtype, "batch_size": self.ls.batch_size,
+            "steps": cs.steps, "lr": cs.lr, "momentum": MOMENTUM, "num_points": POINTS, "seed": connect_seed(ls.seed),
+            "data": ls.data, "samples": ls.samples, "dtype": ls.dtype, "batch_size": ls.batch_size,
         }  # fmt: skip
         self._problems: dict[Path, Problem] = {}
         self._digests: dict[Path, str] = {}
@@ -212,7 +213,9 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
             for rnd, names in sorted(at.items()):
                 file = ckpt.clients_path(run.path, rnd)
                 if rnd < 1 or not file.is_file():
-                    skipped.append(f"{g.label} seed {s} round {rnd}: no client models saved (train with --save-clients)")
+                    skipped.append(
+                        f"{g.label} seed {s} round {rnd}: no client models saved (train with --save-clients)"
+                    )
                     continue
                 _, returned, info = run.clients(rnd)
                 a = ckpt.round_path(run.path, rnd)
@@ -221,7 +224,7 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
                     cache = cache_dir(out, g.label, s, rnd) / f"connect_client_slot{k:03d}.json"
                     what = f"connectivity {g.label} seed {s} round {rnd} -> client {client}'s returned model"
                     try:
-                        rec = paths.path(a, file, k, lambda k=k: returned[k], cache, what)
+                        rec = paths.path(a, file, k, lambda k=k, models=returned: models[k], cache, what)
                     except ValueError as exc:
                         skipped.append(f"{what}: {exc}")
                         continue

@@ -173,9 +173,10 @@ def connectivity_sections(conn: Mapping[str, Any] | None, out: Path, files: dict
     ]
     if conn["pairs"]:
         body.append("<h3>Between the groups' models of the same seed</h3>")
-        body.append(_table(conn["pairs"], [("title", "condition"), ("reference", "from (t = 0)"), ("other", "to (t = 1)"),
-                                           ("seed", "seed"), ("round_a", "round from"), ("round_b", "round to"),
-                                           ("line_barrier", "line barrier"), ("curve_barrier", "curve barrier")]))  # fmt: skip
+        cols = [("title", "condition"), ("reference", "from (t = 0)"), ("other", "to (t = 1)"), ("seed", "seed"),
+                ("round_a", "round from"), ("round_b", "round to"), ("line_barrier", "line barrier"),
+                ("curve_barrier", "curve barrier")]  # fmt: skip
+        body.append(_table(conn["pairs"], cols))
     if conn["client_summary"]:
         body.append("<h3>Between each global model and its clients' returned models</h3>")
         summ = [{**s, "line": _range(s, "line"), "curve": _range(s, "curve"), "seeds": ", ".join(map(str, s["seeds"]))}
