@@ -213,9 +213,10 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
             for rnd, names in sorted(at.items()):
                 file = ckpt.clients_path(run.path, rnd)
                 if rnd < 1 or not file.is_file():
-                    skipped.append(
-                        f"{g.label} seed {s} round {rnd}: no client models saved (train with --save-clients)"
-                    )
+                    saved = sorted(int(p.stem.split("_")[1]) for p in run.path.glob("clients_*.safetensors"))
+                    why = (f"client models saved at rounds {_rounds_text(saved)} only (--save-clients N saves every "
+                           "Nth round)" if saved else "no client models saved (train with --save-clients)")  # fmt: skip
+                    skipped.append(f"{g.label} seed {s} round {rnd}: {why}")
                     continue
                 _, returned, info = run.clients(rnd)
                 a = ckpt.round_path(run.path, rnd)
@@ -231,6 +232,10 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
                     found.append({"group": g.label, "seed": s, "round": rnd, "conditions": names, "slot": k,
                                   "client": client, **rec})  # fmt: skip
     return found
+
+
+def _rounds_text(rounds: Sequence[int]) -> str:
+    return ", ".join(map(str, rounds)) if len(rounds) <= 6 else f"{rounds[0]}, {rounds[1]}, ..., {rounds[-1]}"
 
 
 def _summary(groups: Sequence[Group], conds: Sequence[Any], clients: Sequence[dict]) -> list[dict[str, Any]]:
