@@ -65,7 +65,10 @@ def connect_seed(seed: int) -> int:
 def add_connect_flags(p: Any) -> None:
     """``--connect`` and its options on ``flatfl report`` (``--connect-steps``/``--connect-lr`` as in
     ``flatfl landscape``)."""
-    g = p.add_argument_group("mode connectivity (off by default; it about doubles the time of lambda_max + trace)")
+    g = p.add_argument_group(
+        "mode connectivity",
+        "off by default; one path costs about 1.5-1.7x lambda_max + trace of one checkpoint (docs/landscapes.md)",
+    )
     g.add_argument(
         "--connect",
         action="store_true",
