@@ -100,6 +100,9 @@ def add_parser(sub: Any) -> None:
 
     # the registered measures beyond the report's own (flatfl landscape's flags, added to the verdict)
     add_measure_flags(p, [s for s in registered() if s.report and not s.builtin])
+    from flatfl.runs.connectivity import add_connect_flags
+
+    add_connect_flags(p)  # --connect: mode connectivity (flatfl.runs.connectivity)
 
 
 def _measure_arguments(p: Any, d: Any) -> None:
@@ -351,8 +354,11 @@ def run(ns: dict[str, Any]) -> int:
 def _report_settings(ns: dict[str, Any]) -> Any:
     """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
     from flatfl.analysis.sharpness import SHARPNESS_MEASURES
+    from flatfl.runs.connectivity import connect_settings
     from flatfl.runs.measures import REGISTRY
     from flatfl.runs.report import ReportSettings
+
+    connect = connect_settings(ns)  # before the registry's --connect SPEC of flatfl landscape reads the same names
 
     sharp = (
         name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"none": (), "all": SHARPNESS_MEASURES})
@@ -404,6 +410,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
         labels=_labels(ns["label"]),
         reference=ns["reference"],
         allow_mixed_optimizers=ns["allow_mixed_optimizers"],
+        connect=connect,
     )
 
 
@@ -413,7 +420,7 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...], more: tuple 
 
     if ns["no_match"] and ns.get("match_loss") is not None:
         raise UserError("--match-loss: a training-loss level to match, but --no-match turns loss matching off")
-    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0 or more
+    measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0 or more or ns.get("connect")
     if not measures and ns["no_surface"] and ns["no_spread"]:
         raise UserError(
             "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "

@@ -56,6 +56,7 @@ from flatfl.runs.checkpoints import (
     measures,
 )
 from flatfl.runs.conditions import Condition, equal_rounds, plan_conditions
+from flatfl.runs.connectivity import measure_connectivity
 from flatfl.runs.datacache import shared_data
 from flatfl.runs.groups import (
     Group,
@@ -257,6 +258,8 @@ def _build_report(
             lines = line_slices(groups, rounds[-1], settings, data)
         with timing.stage("curves and spread"):
             curves = training_curves(groups, settings, show_progress)
+        with timing.stage("connectivity"):  # --connect (flatfl.runs.connectivity); None when off
+            connectivity = measure_connectivity(groups, conds, settings, out, log)
         rows = report_rows(groups, conds, ms)
         write_set = lambda stage: write_report(  # noqa: E731
                 stage,
@@ -271,6 +274,7 @@ def _build_report(
                 curves=curves,
                 rows=rows,
                 command=command,
+                connectivity=connectivity,
             )  # fmt: skip
         # the page timed too, and the time table put into report.json (flatfl.runs.timing)
         return folder.write(timing.with_timing(write_set, timer))

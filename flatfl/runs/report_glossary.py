@@ -50,6 +50,8 @@ BIBLIOGRAPHY: dict[str, str] = {
     "ICML 2017.",
     "Frankle et al. 2020": "J. Frankle, G. K. Dziugaite, D. Roy, M. Carbin. Linear mode connectivity and the "
     "lottery ticket hypothesis. ICML 2020.",
+    "Garipov et al. 2018": "T. Garipov, P. Izmailov, D. Podoprikhin, D. Vetrov, A. G. Wilson. Loss surfaces, mode "
+    "connectivity, and fast ensembling of DNNs. NeurIPS 2018.",
     "Goodfellow et al. 2015": "I. J. Goodfellow, O. Vinyals, A. M. Saxe. Qualitatively characterizing neural "
     "network optimization problems. ICLR 2015.",
     "Hu et al. 2024": "M. Hu, Y. Cao, A. Li, Z. Li, C. Liu, T. Li, M. Chen, Y. Liu. FedMut: generalized federated "

@@ -26,6 +26,7 @@ from typing import Any
 
 from flatfl import checkpoint as ckpt
 from flatfl.analysis.verdict import VERDICT_RULE
+from flatfl.runs.connectivity_page import connectivity_sections
 from flatfl.runs.files import write_page
 from flatfl.runs.landscape import json_ready
 from flatfl.runs.matching_page import matching_sections
@@ -654,8 +655,10 @@ def write_report(
     curves: Sequence[Mapping[str, Any]],
     rows: Sequence[Mapping[str, Any]],
     command: str,
+    connectivity: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures."""
+    """Write report.html, verdict.csv, report.csv, curves.csv, report.json and the static figures (with
+    ``connectivity``, flatfl report --connect: connectivity.csv/.png/.pdf and its section)."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     labels = [g.label for g in groups]
@@ -664,6 +667,7 @@ def write_report(
         write_csv(path, data)
         files[name] = path
     sections = _sections(out, settings, groups, rounds, conds, measured, measures, verdict, lines, curves, rows, files)
+    sections += connectivity_sections(connectivity, out, files, labels)  # flatfl.runs.connectivity_page
     texts = [(h, [b] if isinstance(b, str) else b) for h, b in sections]
     cited = cited_in([h for h, _ in texts] + [x for _, b in texts for x in b if isinstance(x, str)])
     sections.append(("What the measures mean", glossary_html(measures, settings, cited=cited)))
@@ -677,12 +681,13 @@ def write_report(
     ]
     title = " vs ".join(labels) + ": is one flatter?"
     files["html"] = write_page(out / "report.html", title, sections, css=PAGE_CSS)
-    _write_json(out / "report.json", settings, groups, rounds, verdict, rows, measured, lines, curves, command)
+    _write_json(out / "report.json", settings, groups, rounds, verdict, rows, measured, lines, curves, command,
+                connectivity)  # fmt: skip
     files["json"] = out / "report.json"
     return files
 
 
-def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, curves, command) -> None:
+def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, curves, command, connectivity=None):
     """report.json: every number, with the settings, the command and each checkpoint's full result."""
     import torch
 
@@ -709,6 +714,7 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
                 "results": {f"{lab} seed {s} round {r}": v for (lab, s, r), v in measured.results.items()},
                 "lines": lines,
                 "curves": list(curves),
+                **({"connectivity": connectivity} if connectivity is not None else {}),
                 "python": sys.version.split()[0],
                 "torch": torch.__version__,
             }

@@ -16,7 +16,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-__all__ = ["DTYPES", "LandscapeSettings", "ReportSettings"]
+__all__ = ["DTYPES", "ConnectivitySettings", "LandscapeSettings", "ReportSettings"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,22 @@ class LandscapeSettings:
 
 
 @dataclass(frozen=True)
+class ConnectivitySettings:
+    """``flatfl report --connect``: mode connectivity (:mod:`flatfl.runs.connectivity`) between the compared
+    groups' global models of one seed (``groups``) and between each global model and its clients' returned
+    models (``clients``, at most ``max_clients`` per run and round); ``require_clients``: client paths were named
+    explicitly, so a report where no run saved its clients is refused; ``steps``/``lr``: SGD on the bend, as
+    ``flatfl landscape --connect-steps/--connect-lr``."""
+
+    groups: bool = True
+    clients: bool = True
+    require_clients: bool = False
+    steps: int = 300
+    lr: float = 0.01
+    max_clients: int = 4
+
+
+@dataclass(frozen=True)
 class ReportSettings:
     """What the report computes (filled by the CLI)."""
 
@@ -104,3 +120,4 @@ class ReportSettings:
     labels: tuple[tuple[str, str], ...] = ()  # (run path, group name) overrides
     reference: str | None = None  # the group the others are compared with: a label or a run path (--reference)
     allow_mixed_optimizers: bool = False
+    connect: ConnectivitySettings | None = None  # --connect: mode connectivity (None: off)
