@@ -230,7 +230,7 @@ def test_a_forward_hook_that_raises_and_a_model_without_parameters_are_one_line(
     [
         ("forward", "targets_one_short", ["--targets MOD:targets_one_short: returned 3 labels", "gives 4 outputs"]),
         ("forward", "targets_class_2", ["--targets MOD:targets_class_2: label 2 in batch 0 is outside 0..1"]),
-        ("forward", "targets_list", ["--targets MOD:targets_list: returned list for batch 0, not a tensor"]),
+        ("forward", "targets_list", ["--targets MOD:targets_list: returned what flatfl cannot count as labels"]),
         ("forward_1d", "targets", ["--forward MOD:forward_1d: returned a tensor of shape (4,)", "(batch, classes)"]),
         ("forward_torch_error", "targets", ["--forward MOD:forward_torch_error: raised RuntimeError"]),
     ],

@@ -190,6 +190,8 @@ def _of_batches(
             targets=tgt,
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
+        if spec.targets:  # the batches are counted by what --targets returns for each
+            raise UserError(f"--targets {spec.targets}: returned what flatfl cannot count as labels ({exc})") from None
         raise UserError(
             f"--data {spec.data}: batches flatfl cannot read ({exc}); pass --forward and --targets"
         ) from None
