@@ -101,7 +101,7 @@ def _drawable(cfg: RunConfig) -> bool:
 
 
 def check_drawn(
-    path: Path, info: dict[str, Any], cfg: RunConfig, data: Dataset, clients: Sequence[Sequence[int]]
+    path: Path, info: dict[str, Any], cfg: RunConfig | None, data: Dataset, clients: Sequence[Sequence[int]]
 ) -> None:
     """``clients`` (read from ``path``, the partition.json of the run whose run.json is ``info``) is the split the
     run drew. An index moved from one client to another, the sizes and digest in run.json edited to match,
@@ -109,10 +109,12 @@ def check_drawn(
 
     * each client's label histogram equals run.json's ``partition.label_counts``;
     * the partition is a function of (scheme, seed, clients, Dirichlet alpha / shards, data set), so it is
-      drawn again (:func:`make_partition`) and compared client by client, index by index (their order too:
+      drawn again (:func:`make_partition`; 0.03-0.1 s for CIFAR-10's 50,000 labels over 100 clients, 0.2 s at
+      most for CIFAR-100's, on one core) and compared client by client, index by index (their order too:
       local training batches them in it) -- where run.json's numpy and flatfl versions are those running now
       (numpy's Generator promises no stream across versions) and the split can be drawn from the config
-      (not a --partition-file that has moved).
+      (not a --partition-file that has moved) -- and ``cfg``, the run's config, is known (a Flower strategy's
+      config is not flatfl's; the recorder's resume checks the split its ClientApps draw instead).
 
     A difference is one line naming the file and the first client that differs."""
     labels = data.train.y.numpy()
@@ -133,7 +135,7 @@ def check_drawn(
                 )
     versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
     same = versions.get("numpy") == np.__version__ and versions.get("flatfl") == flatfl.__version__
-    if not same or not _drawable(cfg):
+    if cfg is None or not same or not _drawable(cfg):
         return
     want = make_partition(cfg, data)
     d = cfg.data

@@ -153,7 +153,11 @@ class Run:
         if data is not None:
             from flatfl.sampling import check_drawn
 
-            check_drawn(self.path / ckpt.PARTITION_JSON, self.info, RunConfig.from_dict(self.config), data, parts)
+            try:
+                cfg: RunConfig | None = RunConfig.from_dict(self.config)
+            except UserError:  # a Flower strategy's config (not flatfl's): its label counts are checked, no redraw
+                cfg = None
+            check_drawn(self.path / ckpt.PARTITION_JSON, self.info, cfg, data, parts)
         return [np.asarray(p, dtype=np.int64) for p in parts]
 
     def clients(self, round: int) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
