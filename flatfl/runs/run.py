@@ -24,6 +24,7 @@ from flatfl.models import build_model
 from flatfl.rundir import settle
 from flatfl.runs.datacache import cached
 from flatfl.runs.sources import call_factory, data_pair
+from flatfl.sampling import check_drawn
 from flatfl.statedict import StateDict, first_nonfinite
 from flatfl.validate import check_dtypes, parameter_dtypes
 
@@ -151,8 +152,6 @@ class Run:
         an index moved between clients with the sizes and digest edited to match)."""
         parts = ckpt.read_partition(self.path, self.info)
         if data is not None:
-            from flatfl.sampling import check_drawn
-
             try:
                 cfg: RunConfig | None = RunConfig.from_dict(self.config)
             except UserError:  # a Flower strategy's config (not flatfl's): its label counts are checked, no redraw
