@@ -491,3 +491,26 @@ def test_a_replaced_run_whose_deletion_was_interrupted_is_removed_by_the_next_co
     code, _, err = cli("prune", run, "--keep", "0", "--dry-run")
     assert code == 0, err
     assert not half.exists() and {k: v for k, v in before.items() if not k.startswith(half.name)} == _files(run)
+
+
+def test_ctrl_c_in_an_overwrite_that_cannot_put_the_run_back_names_where_it_is(cli, tmp_path, monkeypatch, straight):
+    import shutil
+
+    from flatfl import rundir
+
+    def ctrl_c(name: str, before_exit=None) -> None:
+        if name == "overwrite:moved":
+            raise KeyboardInterrupt
+
+    def refused(self) -> list[str]:
+        raise PermissionError(13, "Permission denied")
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    monkeypatch.setattr(rundir, "fault_point", ctrl_c)
+    monkeypatch.setattr(rundir.RunDir, "recover", refused)
+    code, _, err = cli("train", *ARGS, "--seed", "1", "--overwrite", "--out", run)
+    monkeypatch.undo()
+    assert code == 130 and f"{run}/.flatfl-replaced/" in err and f"flatfl prune {run} --keep 0 --dry-run" in err, err
+    assert cli("prune", run, "--keep", "0", "--dry-run")[0] == 0  # the command named puts it back
+    assert _files(run) == _files(straight)
