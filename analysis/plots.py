@@ -22,9 +22,17 @@ def _save(fig, path: Path | None, **kw):
         return fig
     path = Path(path)
     outs = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in outs:
-        fig.savefig(p, **kw)
-    plt.close(fig)
+    try:
+        for p in outs:
+            try:
+                fig.savefig(p, **kw)
+            except OSError as exc:  # a refused write (full disk, file-size limit): no partial figure left, and
+                p.unlink(missing_ok=True)  # the error names the file it was writing
+                if exc.filename:
+                    raise
+                raise OSError(exc.errno, exc.strerror, str(p)) from exc
+    finally:
+        plt.close(fig)
     return outs
 
 

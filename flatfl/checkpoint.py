@@ -27,6 +27,7 @@ Files are created with the permissions ``open()`` would give (``0o666 & ~umask``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -87,7 +88,14 @@ def os_error(path: Path, exc: OSError) -> UserError:
     run_file = path.parent.name == CLIENT_STATE_DIR or path.name in (RUN_JSON, PARTITION_JSON, STATE_FILE, METRICS_FILE)
     run_file = run_file or (path.suffix == ".safetensors" and path.name.startswith(("round_", "clients_")))
     then = "then --resume the run" if run_file else "then run the command again"
-    return UserError(f"{path}: cannot write ({reason}); free space or fix permissions, {then}")
+    return UserError(f"{path}: cannot write ({reason}); {write_fix(exc.errno)}, {then}")
+
+
+def write_fix(err: int | None) -> str:
+    """What to do about a write the OS refused: a file-size limit (``ulimit -f``, EFBIG) is not a full disk."""
+    if err == errno.EFBIG:
+        return "a file-size limit (ulimit -f) stopped it: raise the limit or free the quota"
+    return "free space or fix permissions"
 
 
 def _kind(path: Path) -> str:

@@ -149,7 +149,14 @@ class ReportDir:
         if stage.exists():
             shutil.rmtree(stage)
         stage.mkdir()
-        files = write_set(stage)
+        try:
+            files = write_set(stage)
+        except BaseException as exc:  # a refused write (full disk, ulimit -f), Ctrl-C, a bug: no staging left behind
+            shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.filename and Path(exc.filename).parent == stage:
+                # the file under the name the report gives it (the staging folder is gone)
+                raise OSError(exc.errno, exc.strerror, str(self.out / Path(exc.filename).name)) from exc
+            raise
         fault_point("report:staged")
         publish(self.out, stage)
         return {k: self.out / Path(p).name for k, p in files.items()}

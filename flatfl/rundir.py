@@ -35,6 +35,7 @@ from flatfl.faults import fault_point
 LOCK_FILE = ".flatfl.lock"
 REPLACED = ".flatfl-replaced"
 MOVING = REPLACED + ".partial"
+DELETING = REPLACED + ".deleting"  # the previous run being deleted after the new round 0's commit
 RUN_FILES = (ckpt.RUN_JSON, ckpt.PARTITION_JSON, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.DIVERGED_JSON)
 CLIENT_STATE_DIR = ckpt.CLIENT_STATE_DIR  # flatfl.client_state's folder: a run file as a whole
 _TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
@@ -187,7 +188,17 @@ class RunDir:
         if failed and self.created and not run_files(self.out):
             shutil.rmtree(self.out, ignore_errors=True)
 
+    @property
+    def locked(self) -> bool:
+        """This process holds the directory's lock (between :meth:`open` and :meth:`close`)."""
+        return self._fd is not None
+
     # -- recovery ----------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Finish or undo what an interrupted ``--overwrite`` left (the lock held: :meth:`open` first)."""
+        assert self.locked
+        return self._recover()
+
     def _recover(self) -> list[str]:
         out, notes = self.out, []
         cs = out / CLIENT_STATE_DIR
@@ -195,6 +206,9 @@ class RunDir:
             if is_temp_file(p.name) or (p.parent == cs and p.name.endswith(".tmp")):
                 p.unlink()
                 notes.append(f"removed {p.name}, left by an interrupted write")
+        if (out / DELETING).is_dir():  # killed while deleting a replaced run: the new run was committed
+            shutil.rmtree(out / DELETING)
+            notes.append("removed the rest of a run replaced by --overwrite")
         moving = out / MOVING
         if moving.is_dir():  # killed while moving the old run aside: nothing new written yet
             for p in moving.iterdir():
@@ -237,9 +251,12 @@ class RunDir:
         fault_point("overwrite:moved")  # the previous run set aside whole, nothing new written
 
     def round0_committed(self) -> None:
+        """The new run's round 0 is committed: the previous run goes -- renamed first, so that an interrupted
+        deletion never leaves a half run under the name :meth:`_recover` would put back."""
         aside = self.out / REPLACED
         if aside.is_dir():
-            shutil.rmtree(aside)
+            os.replace(aside, self.out / DELETING)
+            shutil.rmtree(self.out / DELETING)
 
 
 def _check_set_aside(out: Path, aside: Path) -> None:
@@ -260,7 +277,7 @@ def _check_set_aside(out: Path, aside: Path) -> None:
 def interrupted_overwrite(out: Path) -> bool:
     """``out`` holds the folder an ``--overwrite`` sets the previous run aside in (a kill, or one in progress)."""
     out = Path(out)
-    return (out / REPLACED).is_dir() or (out / MOVING).is_dir()
+    return any((out / name).is_dir() for name in (REPLACED, MOVING, DELETING))
 
 
 def settle(out: Path) -> list[str]:

@@ -23,6 +23,7 @@ the run directory). Their public names are importable from here too.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from flatfl.algorithms.base import FederatedAlgorithm
 from flatfl.config import RunConfig
 from flatfl.data import load_dataset
 from flatfl.device import resolve_device
-from flatfl.errors import DivergenceError, UserError
+from flatfl.errors import DivergenceError, Interrupted, UserError
 from flatfl.run_checks import (
     check_finite,
     check_keys,
@@ -49,7 +50,7 @@ from flatfl.run_checks import (
     resume_info,
     resumed_storage,
 )
-from flatfl.sampling import draw_clients, make_partition, sample_clients, server_holdout
+from flatfl.sampling import check_drawn, draw_clients, make_partition, sample_clients, server_holdout
 from flatfl.saver import RoundSaver
 from flatfl.simulation import Simulation, run_info
 from flatfl.startup import start_header
@@ -135,10 +136,41 @@ def train(
         logs = _train(cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients, storage, tensorboard)
         ok = True
         return logs
+    except KeyboardInterrupt:
+        if rd is not None:
+            _interrupted_overwrite(rd)
+        raise
     finally:
         if rd is not None:
             rd.close(failed=not ok)
         distributed.shutdown(ctx, ok)
+
+
+def _interrupted_overwrite(rd: rundir.RunDir) -> None:
+    """Ctrl-C during an ``--overwrite`` before the new run's round 0 was committed: the previous run, set aside in
+    ``.flatfl-replaced/``, is put back now, under the lock this process still holds (what the next command that
+    opens the directory would do), and the message says so; after the commit the previous run is deleted and the
+    new run is resumable (the caller's usual message)."""
+    out = rd.out
+    if not rd.locked or not rundir.interrupted_overwrite(out):
+        return
+    committed_new = (out / rundir.REPLACED).is_dir() and rundir.committed(out)  # only the deletion was left
+    try:
+        rd.recover()
+    except (OSError, UserError) as exc:
+        where = out / (rundir.REPLACED if (out / rundir.REPLACED).is_dir() else rundir.MOVING)
+        raise Interrupted(
+            f"interrupted before the new run's round 0 was saved; the previous run is kept in {where}/ (putting it "
+            f"back failed: {exc}); `flatfl prune {shlex.quote(str(out))} --keep 0 --dry-run` (which deletes "
+            "nothing) puts it back"
+        ) from None
+    if committed_new:
+        return  # the new run stands (round 0 saved): the caller's message
+    raise Interrupted(
+        f"interrupted before the new run's round 0 was saved, so the --overwrite was undone: {out} holds the previous "
+        f"run again, unchanged; continue it with `flatfl train --resume {shlex.quote(str(out))}`, or run the "
+        "--overwrite command again to replace it"
+    ) from None
 
 
 def _show_round(bar: Any, last_eval: dict[str, str], log: Callable[[str], None], cfg: RunConfig, t: int,
@@ -255,7 +287,9 @@ def _partition(
     """The clients' indices -- drawn anew, or read back with the saved state on a resume (main rank reads)."""
 
     def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
-        parts = ckpt.read_partition(out, resume_info(out, identity))
+        info = resume_info(out, identity)
+        parts = ckpt.read_partition(out, info)
+        check_drawn(out / ckpt.PARTITION_JSON, info, cfg, data, parts)  # an index moved between clients
         start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
         global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
         check_finite(ckpt.round_path(out, start), global_cpu)

@@ -98,16 +98,20 @@ def _digest(config: dict[str, Any]) -> str | None:
         return None
 
 
-def _check_numbers(path: Path, config: dict[str, Any]) -> None:
-    """The numbers readers compute with (local SGD, frac) are finite numbers, not text or NaN."""
+def _check_numbers(path: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
+    """The numbers readers compute with (local SGD, frac) are finite numbers, not text or NaN; ``config.preset`` a
+    preset's name, the one run.json's ``preset`` record names (the round files' metadata are compared too)."""
     local = config.get("local")
     fields = [(f"config.local.{k}", local[k]) for k in NUMBERS if k in local] if isinstance(local, dict) else []
     if "frac" in config:
         fields.append(("config.frac", config["frac"]))
     preset = config.get("preset")
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"{path}: config.preset is {preset!r}, not a preset ({', '.join(PRESETS)}); {EDITED}")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"{path}: config.preset is {preset!r}, not a preset ({', '.join(PRESETS)}); {EDITED}")
+    record = info.get("preset")  # run.json's {"name", "values"} of the preset, beside the config
+    if isinstance(record, dict) and record.get("name") != preset:
+        raise UserError(f"{path}: config.preset is {preset!r}, but its preset record names {record.get('name')!r}; "
+                        f"{EDITED}")  # fmt: skip
     for name, v in fields:
         if name == "config.local.batch_size" and v == "full":
             continue
@@ -122,7 +126,7 @@ def check_run_config(run_dir: Path, info: dict[str, Any]) -> None:
 
     path = Path(run_dir) / ckpt.RUN_JSON
     config = info["config"]
-    _check_numbers(path, config)
+    _check_numbers(path, config, info)
     model = info["model"]
     if "model_kwargs" in config and (model.get("name"), model.get("kwargs")) != (
         config.get("model"),
@@ -156,6 +160,8 @@ def _check_round_config(file: Path, path: Path, config: dict[str, Any], forged: 
         return  # unreadable: loading the file names the problem
     theirs, their_id = meta["config"], meta.get("run_identity")
     diff = _difference(_comparable(config), _comparable(theirs))
+    if diff is None and config.get("preset") != theirs.get("preset"):  # a label the identity leaves out
+        diff = ("config.preset", config.get("preset"), theirs.get("preset"))
     if _digest(theirs) != their_id:  # the round file's own metadata were edited
         where = f"{diff[0]} is {diff[2]!r}, run.json says {diff[1]!r}" if diff else "config does not match its digest"
         raise UserError(f"{file}: its metadata's {where}; {EDITED}")

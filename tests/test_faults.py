@@ -437,3 +437,80 @@ def test_files_moved_aside_by_hand_are_not_settled_nor_deleted(finished, cli, tm
         assert code == 2 and err.count("\n") == 1 and "nothing was changed" in err, err
         assert str(aside) in err, err
     assert _files(run) == before
+
+
+# -- Ctrl-C during an --overwrite: the message is true and the command it names does what it says ------------------
+# (module whose write point raises KeyboardInterrupt, point, n, whether the new run's round 0 was committed)
+CTRL_C = [
+    ("rundir", "overwrite:move", 3, False),  # during the move (.flatfl-replaced.partial)
+    ("rundir", "overwrite:moved", 1, False),  # the previous run set aside, nothing new written (said "nothing saved")
+    ("checkpoint", "run.json:commit", 1, False),  # the new run.json written (said "continue with --resume")
+    ("checkpoint", "round:commit", 1, False),  # the new round 0 written, not committed
+    ("checkpoint", "state:commit", 1, True),  # round 0 committed, the previous run not yet deleted
+]
+
+
+@pytest.mark.parametrize(("module", "point", "n", "committed"), CTRL_C, ids=[p for _, p, _, _ in CTRL_C])
+def test_ctrl_c_during_an_overwrite_says_where_the_run_is_and_the_next_command_works(
+    straight, cli, tmp_path, monkeypatch, module, point, n, committed
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    seen: dict[str, int] = {}
+
+    def ctrl_c(name: str, before_exit=None) -> None:
+        seen[name] = seen.get(name, 0) + 1
+        if (name, seen[name]) == (point, n):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"flatfl.{module}.fault_point", ctrl_c)
+    code, _, err = cli("train", *ARGS, "--seed", "1", "--overwrite", "--out", run)
+    monkeypatch.undo()
+    assert code == 130 and err.count("\n") == 1 and "nothing was saved" not in err, err
+    assert f"flatfl train --resume {run}" in err, err
+    assert not [p for p in run.iterdir() if p.name.startswith(".flatfl-replaced")]
+    if committed:  # the new run (seed 1) stands; --resume continues it
+        assert json.loads((run / ckpt.RUN_JSON).read_text())["config"]["seed"] == 1
+    else:  # put back at once, byte for byte, and said so
+        assert "the --overwrite was undone" in err and "previous run again" in err, err
+        assert _files(run) == _files(straight)
+    code, _, err = cli("train", "--resume", run, "--rounds", str(ROUNDS + 1))  # what the message says to run
+    assert code == 0, err
+    assert ckpt.list_rounds(run)[-1] == ROUNDS + 1
+
+
+def test_a_replaced_run_whose_deletion_was_interrupted_is_removed_by_the_next_command(finished, cli):
+    # the set-aside run is renamed before it is deleted: a half-deleted one never reads as a whole run to put back
+    run = finished("deleting")
+    half = run / ".flatfl-replaced.deleting"
+    half.mkdir()
+    (half / "round_0001.safetensors").write_bytes(b"rest")
+    before = _files(run)
+    code, _, err = cli("prune", run, "--keep", "0", "--dry-run")
+    assert code == 0, err
+    assert not half.exists() and {k: v for k, v in before.items() if not k.startswith(half.name)} == _files(run)
+
+
+def test_ctrl_c_in_an_overwrite_that_cannot_put_the_run_back_names_where_it_is(cli, tmp_path, monkeypatch, straight):
+    import shutil
+
+    from flatfl import rundir
+
+    def ctrl_c(name: str, before_exit=None) -> None:
+        if name == "overwrite:moved":
+            raise KeyboardInterrupt
+
+    def refused(self) -> list[str]:
+        raise PermissionError(13, "Permission denied")
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    monkeypatch.setattr(rundir, "fault_point", ctrl_c)
+    monkeypatch.setattr(rundir.RunDir, "recover", refused)
+    code, _, err = cli("train", *ARGS, "--seed", "1", "--overwrite", "--out", run)
+    monkeypatch.undo()
+    assert code == 130 and f"{run}/.flatfl-replaced/" in err and f"flatfl prune {run} --keep 0 --dry-run" in err, err
+    assert cli("prune", run, "--keep", "0", "--dry-run")[0] == 0  # the command named puts it back
+    assert _files(run) == _files(straight)

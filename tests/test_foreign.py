@@ -88,6 +88,32 @@ class NoParams(torch.nn.Module):
 
 def make_no_params():
     return NoParams()
+
+
+def targets_one_short(batch):  # F10b: one label fewer than the batch's rows
+    return batch["labels"][:-1]
+
+
+def targets_class_2(batch):  # the tagger has 2 outputs: label 2 does not exist
+    return torch.full_like(batch["labels"], 2)
+
+
+def targets_list(batch):
+    return batch["labels"].tolist()
+
+
+def forward_1d(model, batch):
+    return model(batch["ids"], batch["mask"])[:, 0]
+
+
+def forward_torch_error(model, batch):
+    raise RuntimeError("user's own RuntimeError")
+
+
+def make_data_label_3():  # make_net has 3 outputs; the last sample's label is 3
+    x, y = torch.randn(40, 1, 4, 4), torch.zeros(40, dtype=torch.long)
+    y[-1] = 3
+    return torch.utils.data.TensorDataset(x, y)
 """
 
 
@@ -197,6 +223,33 @@ def test_a_forward_hook_that_raises_and_a_model_without_parameters_are_one_line(
     code, _, err = cli("landscape", "--model", f"{name}:make_no_params", "--data", "digits", "--hessian",
                        "--samples", "10", "--out", d / "n")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "no trainable parameters" in err, err
+
+
+@pytest.mark.parametrize(
+    ("forward", "targets", "needles"),
+    [
+        ("forward", "targets_one_short", ["--targets MOD:targets_one_short: returned 3 labels", "gives 4 outputs"]),
+        ("forward", "targets_class_2", ["--targets MOD:targets_class_2: label 2 in batch 0 is outside 0..1"]),
+        ("forward", "targets_list", ["--targets MOD:targets_list: returned what flatfl cannot count as labels"]),
+        ("forward_1d", "targets", ["--forward MOD:forward_1d: returned a tensor of shape (4,)", "(batch, classes)"]),
+        ("forward_torch_error", "targets", ["--forward MOD:forward_torch_error: raised RuntimeError"]),
+    ],
+)
+def test_hooks_returning_what_the_loss_cannot_take_are_one_line_naming_the_flag(cli, user, forward, targets, needles):
+    # F10b (#27): the wrong number of labels gave a ValueError traceback from inside the cross-entropy
+    name, _, _, d = user
+    hooks = ["--forward", f"{name}:{forward}", "--targets", f"{name}:{targets}"]
+    code, _, err = cli("landscape", "--model", f"{name}:make_tagger", "--data", f"{name}:make_dict_data", *hooks,
+                       "--hessian", "--out", d / "h")  # fmt: skip
+    _one_line_error(code, err, *[n.replace("MOD", name) for n in needles])
+    assert not (d / "h").exists() or not any((d / "h").iterdir())
+
+
+def test_a_label_the_model_has_no_output_for_is_one_line_naming_data(cli, user):
+    name, _, _, d = user  # the bad label is the 40th sample's: checking the first two would miss it
+    code, _, err = cli("landscape", "--model", f"{name}:make_net", "--data", f"{name}:make_data_label_3", "--hessian",
+                       "--out", d / "h")  # fmt: skip
+    _one_line_error(code, err, f"--data {name}:make_data_label_3", "label 3 is outside 0..2")
 
 
 def test_digits_by_name_and_interp_towards_another_weights_file(cli, user, tmp_path):

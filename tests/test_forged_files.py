@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,6 +126,81 @@ def test_forged_partition_is_refused_by_readers_that_do_not_use_it(base, cli, tm
     _refused(cli, run, reader, "partition.json", "held by both client 0 and client 1", tmp=tmp_path)
 
 
+# -- an index moved between clients: every structural check passes, the split the config draws does not ----------
+def _move_index(run: Path, same_label: bool = False, counts: bool = True) -> None:
+    """Client 0's last index moved to client 1 (or, ``same_label``, swapped with one of client 1's of the same
+    label: sizes and label counts unchanged), run.json's sizes, ``counts`` (label counts) and digest made to match."""
+    from flatfl.config import DataConfig
+    from flatfl.data import load_dataset
+    from flatfl.partition import label_counts
+
+    info = json.loads((run / ckpt.RUN_JSON).read_text())
+    data = load_dataset(DataConfig(**info["config"]["data"]))
+    labels = data.train.y.numpy()
+    obj = json.loads((run / ckpt.PARTITION_JSON).read_text())
+    a, b = obj["clients"][0], obj["clients"][1]
+    if same_label:
+        j = next(j for j, i in enumerate(b) if labels[i] == labels[a[-1]])
+        a[-1], b[j] = b[j], a[-1]
+    else:
+        b.append(a.pop())
+    raw = ckpt.partition_json_bytes(obj)
+    (run / ckpt.PARTITION_JSON).write_bytes(raw)
+    info["partition_sha256"] = ckpt.sha256_hex(raw)
+    info["partition"]["sizes"] = [len(c) for c in obj["clients"]]
+    if counts:
+        parts = [np.asarray(c) for c in obj["clients"]]
+        info["partition"]["label_counts"] = label_counts(parts, labels, data.num_classes).tolist()
+    (run / ckpt.RUN_JSON).write_text(json.dumps(info))
+
+
+MOVES = {  # (same_label, label counts fixed too, what the refusal names)
+    "moved": (False, False, "client 0's labels per class are"),
+    "moved, counts fixed": (False, True, "client 0 holds 162 indices where the split run.json's config draws"),
+    "swapped, same label": (True, True, "client 0 holds index"),
+}
+
+
+@pytest.mark.parametrize("reader", ["resume", "client", "landscape", "report"])
+@pytest.mark.parametrize("case", list(MOVES))
+def test_an_index_moved_between_clients_is_refused(base, cli, tmp_path, case, reader):
+    # F3 (#27): sizes and digest edited to match, the forged split was trained on (--resume) and analysed
+    same_label, counts, needle = MOVES[case]
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _move_index(run, same_label, counts)
+    _refused(cli, run, reader, "partition.json", needle, tmp=tmp_path)
+
+
+def test_the_redraw_is_skipped_for_a_run_of_another_numpy(base, cli, tmp_path):
+    # numpy's Generator promises no stream across versions: a run drawn by another numpy is not refused for that
+    # (its label counts are still checked), and the untouched run is accepted by the same reader
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    code, _, err = cli("landscape", "--ckpt", ckpt.round_path(run, ROUNDS), *LANDSCAPE, "--data", "client:0")
+    assert code == 0, err
+    _move_index(run, same_label=True)
+    info = json.loads((run / ckpt.RUN_JSON).read_text())
+    info["versions"]["numpy"] = "0.0.1"
+    (run / ckpt.RUN_JSON).write_text(json.dumps(info))
+    code, _, err = cli("landscape", "--ckpt", ckpt.round_path(run, ROUNDS), *LANDSCAPE, "--data", "client:0")
+    assert code == 0, err
+
+
+def test_flower_resume_refuses_an_index_moved_between_clients(tmp_path):
+    from flatfl.errors import UserError
+    from tests.test_flower import flower_run
+
+    config = {"algo": "fedavg", "clients": 2, "frac": 1.0, "rounds": 1, "local-epochs": 1}
+    run = tmp_path / "run"
+    flower_run(config, run, nodes=2)
+    _move_index(run, counts=True)
+    before = _files(run)
+    with pytest.raises(UserError, match="partition.json: client 0 holds .* indices where the split run.json's config"):
+        flower_run(config | {"rounds": 2, "resume": True}, run, nodes=2)
+    assert _files(run) == before
+
+
 # -- run.json: config edited (alone, with its identity recomputed, or together with model) --------------------------
 def _edit_run_json(run: Path, edit: Callable[[dict], None], identity: bool = False) -> None:
     info = json.loads((run / ckpt.RUN_JSON).read_text())
@@ -162,8 +238,20 @@ def _preset(info: dict) -> None:
     info["config"]["preset"] = "bogus"
 
 
+def _preset_to(name: str | None, record: bool = False) -> Callable[[dict], None]:
+    def edit(info: dict) -> None:
+        info["config"]["preset"] = name
+        if record:
+            info["preset"] = {"name": name, "values": {}}
+
+    return edit
+
+
 RUN_JSONS = {
     "preset unknown": (_preset, True, "resume", ["config.preset is 'bogus', not a preset"]),
+    # a valid preset's name on a run trained without one (its record forged too): the round files disagree
+    "preset added": (_preset_to("paper"), False, "resume", ["config.preset is 'paper'", "trained with None"]),
+    "preset and record": (_preset_to("paper", True), False, "landscape", ["config.preset is 'paper'", "with None"]),
     "lr edited": (_lr(0.5), False, "resume", ["config.local.lr is 0.5", "round_0000.safetensors was trained with"]),
     "lr edited, digest fixed": (_lr(0.5), True, "resume", ["config.local.lr is 0.5", "trained with 0.05"]),
     "lr text": (_lr("0.05"), False, "landscape", ["config.local.lr is '0.05', not a finite number"]),
@@ -183,6 +271,18 @@ def test_edited_run_json_is_refused_naming_the_field(base, cli, tmp_path, case):
     _edit_run_json(run, edit, identity)
     err = _refused(cli, run, reader, "run.json", *needles, tmp=tmp_path)
     assert "--overwrite" not in err and "same command again" not in err
+
+
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize("reader", ["resume", "landscape"])
+def test_preset_edited_to_another_valid_name_is_refused(base, cli, tmp_path, record, reader):
+    # #27: a run trained with --preset reference, its config.preset (and its preset record) edited to 'paper':
+    # the preset is a label the identity digest leaves out, so only run.json's record and the round files tell
+    run = tmp_path / "run"
+    assert cli("train", *TINY, "--preset", "reference", "--rounds", str(ROUNDS), "--out", run)[0] == 0
+    _edit_run_json(run, _preset_to("paper", record))
+    needle = "trained with 'reference'" if record else "its preset record names 'reference'"
+    _refused(cli, run, reader, "run.json: config.preset is 'paper'", needle, tmp=tmp_path)
 
 
 def test_round_metadata_edited_names_the_round_file(base, cli, tmp_path):

@@ -468,7 +468,7 @@ def test_landscape_under_a_file_size_limit_is_one_line(run3, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("flatfl: error:"), err
-    assert "File too large" in err and "--resume" not in err
+    assert "File too large" in err and "--resume" not in err and f"error: {tmp_path / 'l'}/" in err, err
 
 
 def test_a_full_disk_names_resume_only_for_a_run_file(tmp_path):

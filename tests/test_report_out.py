@@ -225,3 +225,29 @@ def test_partition_plot_paths(cli, tmp_path):
     (tmp_path / "afile").write_text("x")
     code, _, err = cli(*args, "--plot", tmp_path / "afile" / "x.png")
     _one_line_error(code, err, "--plot", "choose another folder")
+
+
+@pytest.mark.parametrize("limit", [3_000, 30_000])  # a small file of the set refused, or only a large figure
+def test_report_under_a_file_size_limit_names_the_file_and_leaves_no_staging_folder(pair, tmp_path, limit):
+    # F15 (#27): EFBIG from a figure's write named no file, and .staging-PID/ stayed behind
+    import resource
+    import signal
+
+    def child() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "rep"
+    cheap = ["--samples", "20", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--grid", "2"]
+    args = ["report", pair / "fedavg", pair / "fedmut", "--out", out, *cheap, "--slices", "2", "--no-spread",
+            "--no-surface", "--no-match", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "flatfl", *map(str, args)], env=env, capture_output=True, text=True,
+                          preexec_fn=child)  # fmt: skip
+    last = proc.stderr.strip().splitlines()[-1]
+    _one_line_error(proc.returncode, last, "cannot write (File too large)", "ulimit -f")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    named = last.split("flatfl: error: ", 1)[1].split(": cannot write", 1)[0]
+    assert Path(named).parent in (out, *out.glob("runs/**")) and reportdir.STAGING not in named, proc.stderr
+    assert not [p for p in out.rglob("*") if p.name.startswith(reportdir.STAGING) or p.name.endswith(".tmp")]
+    assert not Path(named).exists() or Path(named).is_symlink()  # no half-written file under the name

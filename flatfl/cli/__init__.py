@@ -82,8 +82,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        say(f"flatfl: error: {where}cannot write ({exc.strerror}); free space or fix permissions, then run the "
-            "command again\n")  # fmt: skip
+        from flatfl.checkpoint import write_fix
+
+        say(f"flatfl: error: {where}cannot write ({exc.strerror}); {write_fix(exc.errno)}, then run the command "
+            "again\n")  # fmt: skip
         return 2
     except ValueError as exc:  # the analysis' one known message (NaN/inf reached an estimator): one line
         from flatfl.analysis.operators import NOT_FINITE

@@ -44,8 +44,15 @@ def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="samples")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as exc:  # a refused write (full disk, ulimit -f): one line naming the file, no partial figure
+        from flatfl.checkpoint import os_error
+
+        Path(path).unlink(missing_ok=True)
+        raise os_error(path, exc) from exc
+    finally:
+        plt.close(fig)
     return path
 
 

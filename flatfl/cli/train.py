@@ -79,7 +79,7 @@ def storage_from_args(ns: dict[str, Any], base: StorageConfig, last: int | None 
 def run(ns: dict[str, Any]) -> int:
     from flatfl import checkpoint as ckpt
     from flatfl.run_checks import prepare_out
-    from flatfl.rundir import settle
+    from flatfl.rundir import REPLACED, interrupted_overwrite, settle
     from flatfl.trainer import train
 
     given = parse_flags(config_flags(ns))  # checked before anything is read or written
@@ -120,7 +120,15 @@ def run(ns: dict[str, Any]) -> int:
             storage=storage,
             tensorboard=ns.get("tensorboard"),
         )
+    except Interrupted:
+        raise  # the trainer's own account (an --overwrite undone)
     except KeyboardInterrupt:
+        if interrupted_overwrite(Path(out)):  # (the trainer puts the previous run back; this is what it could not)
+            raise Interrupted(
+                f"interrupted during an --overwrite; the previous run is kept in {out}/{REPLACED}/ until the next "
+                f"command opens {out}, which puts it back (e.g. `flatfl prune {shlex.quote(str(out))} --keep 0 "
+                "--dry-run`, which deletes nothing)"
+            ) from None
         if not (Path(out) / ckpt.RUN_JSON).is_file():
             raise Interrupted(f"interrupted before {out} held a run; nothing was saved") from None
         raise Interrupted(

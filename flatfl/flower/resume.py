@@ -37,6 +37,11 @@ def check_resumable(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict, 
             f"resume: {out / ckpt.RUN_JSON} records another run than this strategy and config ({shown or 'data'}); "
             "resume with the settings it was started with"
         )
+    subject = rec.subject
+    if getattr(subject, "parts", None) is not None and (out / ckpt.PARTITION_JSON).is_file():
+        from flatfl.sampling import check_drawn  # the ClientApps train on the split the config draws: so must the file
+
+        check_drawn(out / ckpt.PARTITION_JSON, info, subject.cfg, subject.sim.data, ckpt.read_partition(out, info))
     if not (out / ckpt.STATE_FILE).is_file():
         raise UserError(
             f"resume: {out / ckpt.STATE_FILE} is missing, so no round of {out} is committed; start it again "

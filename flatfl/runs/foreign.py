@@ -190,9 +190,12 @@ def _of_batches(
             targets=tgt,
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
+        if spec.targets:  # the batches are counted by what --targets returns for each
+            raise UserError(f"--targets {spec.targets}: returned what flatfl cannot count as labels ({exc})") from None
         raise UserError(
             f"--data {spec.data}: batches flatfl cannot read ({exc}); pass --forward and --targets"
         ) from None
+    _check_hooks(obj, spec)
     source["data"].update(samples=obj.n, of=obj.n, subset_seed=None)
     source["memory_budget_gb"] = settings.memory_budget_gb
     return Problem(
@@ -205,6 +208,46 @@ def _of_batches(
         resolve=resolve,
         bn_inputs=list(obj.batches)[: settings.bn_reestimate],
     )
+
+
+def _check_hooks(obj: ModelLoss, spec: ForeignSpec) -> None:
+    """What ``--forward`` and ``--targets`` return fits the cross-entropy, checked before any analysis (else a
+    traceback from deep inside the loss): the output of the first batch (a copy of the buffers, so BatchNorm
+    statistics stay) a floating tensor (batch, classes, ...), and for every batch a tensor of targets with as many
+    rows as the output -- integer labels in 0..classes-1 (or -100, ignored), or class probabilities."""
+    fwd, tgt = f"--forward {spec.forward}", f"--targets {spec.targets}"
+    try:
+        with torch.no_grad():
+            first = obj.on_device(obj.batches[0])
+            out = obj.output(obj.params, first, {k: v.clone() for k, v in obj.buffers.items()})
+    except (RuntimeError, NotImplementedError) as exc:  # the other exceptions: _guarded's line already
+        raise UserError(f"{fwd}: raised {repr(exc)[:300]} on batch 0") from exc
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.ndim < 2:
+        what = f"a tensor of shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, torch.Tensor) else type(out)
+        raise UserError(f"{fwd}: returned {what}, not the (batch, classes) logits the cross-entropy takes")
+    rows, classes = out.shape[0], out.shape[1]
+    for b, batch in enumerate(obj.batches):
+        y = obj.targets(batch)
+        if not isinstance(y, torch.Tensor):
+            raise UserError(f"{tgt}: returned {type(y).__name__} for batch {b}, not a tensor of labels")
+        if b == 0 and (y.ndim == 0 or y.shape[0] != rows):
+            n = "a scalar" if y.ndim == 0 else f"{y.shape[0]} labels"
+            raise UserError(f"{tgt}: returned {n} for batch 0, on which {fwd} gives {rows} outputs; one label per row")
+        if y.is_floating_point():
+            continue  # class probabilities: their shape is checked by the loss below
+        bad = y[(y != -100) & ((y < 0) | (y >= classes))]
+        if len(bad):
+            raise UserError(f"{tgt}: label {int(bad[0])} in batch {b} is outside 0..{classes - 1} ({classes} outputs)")
+    try:
+        with torch.no_grad():
+            obj.loss_sum(out, first)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        y = obj.targets(first)
+        raise UserError(
+            f"{tgt}: targets of shape {tuple(y.shape)} ({str(y.dtype).removeprefix('torch.')}) do not fit {fwd}'s "
+            f"output {tuple(out.shape)} in the cross-entropy ({why})"
+        ) from None
 
 
 def _guarded(fn: Any, flag: str, name: str) -> Any:

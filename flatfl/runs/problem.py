@@ -128,7 +128,12 @@ def check_model_takes(model: nn.Module, x: Any, y: torch.Tensor, source: dict[st
     model.eval()
     try:
         with torch.no_grad():
-            torch.nn.functional.cross_entropy(model(x[:2]), y[:2])
+            out = model(x[:2])
+            torch.nn.functional.cross_entropy(out, y[:2])
+        if not y.is_floating_point() and out.ndim >= 2:  # every label, not only the two: a class the model has
+            bad = y[(y != -100) & ((y < 0) | (y >= out.shape[1]))]
+            if len(bad):
+                raise IndexError(f"label {int(bad[0])} is outside 0..{out.shape[1] - 1} ({out.shape[1]} outputs)")
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
         what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         data = source.get("data", {}).get("selection", "?")

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from flatfl import checkpoint as ckpt
-from flatfl.config import DataConfig
+from flatfl.config import DataConfig, RunConfig
 from flatfl.data import Dataset, load_dataset
 from flatfl.errors import UserError
 from flatfl.models import build_model
 from flatfl.rundir import settle
 from flatfl.runs.datacache import cached
 from flatfl.runs.sources import call_factory, data_pair
+from flatfl.sampling import check_drawn
 from flatfl.statedict import StateDict, first_nonfinite
 from flatfl.validate import check_dtypes, parameter_dtypes
 
@@ -126,7 +127,10 @@ class Run:
         cfg = DataConfig(**self.config["data"])
         # once per data identity inside datacache.shared_data() (flatfl report: not once per checkpoint)
         key = ("dataset", cfg, str(Path(cfg.data_root).expanduser().resolve()))
-        return cached(key, lambda: load_dataset(cfg))
+        data = cached(key, lambda: load_dataset(cfg))
+        if (self.path / ckpt.PARTITION_JSON).is_file():  # the split it drew, before any of its data is analysed
+            cached(("partition drawn", str(self.path.resolve()), self.identity), lambda: self.partition(data))
+        return data
 
     def user_data_pair(self, spec: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) of ``--data`` for a user-data run: ``train``/``test`` as run.json names them, else a data name."""
@@ -142,9 +146,18 @@ class Run:
             raise UserError(f"--data {spec}: {self.path} holds no partition (the user's ClientApp split the data)")
         return cached(("user data", spec, batch_size), lambda: data_pair(spec, batch_size))
 
-    def partition(self) -> list[np.ndarray]:
-        """Client -> indices, refused when partition.json differs from run.json's record of it."""
-        return [np.asarray(p, dtype=np.int64) for p in ckpt.read_partition(self.path, self.info)]
+    def partition(self, data: Dataset | None = None) -> list[np.ndarray]:
+        """Client -> indices, refused when partition.json differs from run.json's record of it; given the run's
+        ``data`` (:meth:`dataset`), also when it is not the split the run drew (:func:`flatfl.sampling.check_drawn`:
+        an index moved between clients with the sizes and digest edited to match)."""
+        parts = ckpt.read_partition(self.path, self.info)
+        if data is not None:
+            try:
+                cfg: RunConfig | None = RunConfig.from_dict(self.config)
+            except UserError:  # a Flower strategy's config (not flatfl's): its label counts are checked, no redraw
+                cfg = None
+            check_drawn(self.path / ckpt.PARTITION_JSON, self.info, cfg, data, parts)
+        return [np.asarray(p, dtype=np.int64) for p in parts]
 
     def clients(self, round: int) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
         """(sent, returned, info) of ``round`` for a run trained with ``--save-clients``: the models sent to the
