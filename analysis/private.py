@@ -1,0 +1,99 @@
+"""A model evaluated at many points one after the other: a private copy whose parameters are overwritten in place.
+
+:func:`flatfl.analysis.points.points_loss` evaluates a point at a time where stacking points (``vmap``) is
+slower, as on a CPU, where ``vmap`` turns convolutions into grouped ones (1D slices and surfaces: hundreds of
+points per checkpoint, each a full pass over the analysis data). It used to swap the point's parameters into
+the model for every batch (``torch.func.functional_call``). :class:`PrivateModel` instead copies the model once
+and, for each point, writes the point's parameters into the copy's own tensors (``Tensor.copy_``, no
+allocation), then calls the copy directly. On a CPU it also hooks every ``nn.Conv2d`` of the copy so that its
+output is in channels-last layout: with a one-channel input (grey images, the demo's digits) PyTorch leaves
+the first convolution's output in the default layout, and max-pooling that layout ran 10-25x slower than
+channels-last on this project's 2-core CPU (``F.max_pool2d`` of a 1000x16x8x8 tensor: 19.7 ms against
+0.7 ms), and every later layer stayed in it. Neither changes a value: the parameters are the same float
+tensors, a layout is not a value, and a convolution on channels-last inputs is the one the old loop already
+ran for inputs of several channels (measured equal to the bit on the demo's model, tests/test_fast_slices.py
+checks float64 agreement to 1e-12).
+
+The user's model is never touched: the copy is deep, and its tensors are replaced by clones of the
+objective's own (``ModelLoss.params`` and ``buffers``, in the analysis dtype and device), the copy is in eval
+mode for good. Taken only where it computes what ``functional_call`` computes: no ``forward`` hook (a hook
+may close over the user's model itself rather than use the module it is given) and the objective's own
+buffers (not per-point BatchNorm statistics); a model that cannot be deep-copied falls back to
+``functional_call`` (:func:`private_model` returns None).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from flatfl.analysis.model_loss import ModelLoss
+
+
+def _channels_last_output(module: nn.Module, args: Any, out: Any) -> Any:
+    """Forward hook: a 4-D tensor output in channels-last layout (the same values)."""
+    if isinstance(out, torch.Tensor) and out.ndim == 4:
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _tensor_of(net: nn.Module, name: str) -> torch.Tensor:
+    try:
+        return net.get_parameter(name)
+    except AttributeError:
+        return net.get_buffer(name)
+
+
+class PrivateModel:
+    """A deep copy of ``obj.model`` holding obj's parameters and buffers; :meth:`load` writes a flat point into
+    its trainable parameters (in ``obj.names`` order), :meth:`__call__` runs it (no autograd needed: call it
+    under ``torch.no_grad()``)."""
+
+    def __init__(self, obj: ModelLoss) -> None:
+        net = copy.deepcopy(obj.model)
+        cpu = obj.device.type == "cpu"
+        with torch.no_grad():
+            # .data = keeps tied parameters tied (one Parameter object shared by two modules) and may change the
+            # dtype and device, as Module.to does; 4-D weights in channels-last layout on a CPU, as the old loop
+            for name, t in {**obj.buffers, **obj.params}.items():
+                t = t.detach().clone()
+                if cpu and t.ndim == 4:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                _tensor_of(net, name).data = t
+        for p in net.parameters():
+            p.requires_grad_(False)
+        net.eval()
+        if cpu:
+            for m in net.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.register_forward_hook(_channels_last_output)
+        self.net = net
+        self.targets = [_tensor_of(net, n) for n in obj.names]
+        self.numels = list(obj.numels)
+
+    def load(self, flat: torch.Tensor) -> None:
+        """Write the flat parameter vector ``flat`` (length ``obj.size``) into the copy, in place."""
+        with torch.no_grad():
+            for p, part in zip(self.targets, torch.split(flat, self.numels)):
+                p.copy_(part.view(p.shape))
+
+    def __call__(self, inputs: Any) -> Any:
+        return self.net(inputs)
+
+
+def private_model(obj: ModelLoss) -> PrivateModel | None:
+    """obj's :class:`PrivateModel`, made on first use and kept on obj; None where it does not apply (a
+    ``forward`` hook) or the model cannot be deep-copied."""
+    if obj.forward is not None:
+        return None
+    cached = getattr(obj, "_private_model", None)
+    if cached is None:
+        try:
+            cached = PrivateModel(obj)
+        except (TypeError, RuntimeError, AttributeError, copy.Error):
+            cached = False  # not again
+        obj._private_model = cached
+    return cached or None
