@@ -117,15 +117,24 @@ def points_loss(
                 obj._private_model = False  # functional_call from now on
                 return points_loss(obj, flat_points, False, private=False)
         else:
-            batches = _channels_last_batches(obj)
-            for i in range(P):
-                params = _channels_last(obj.unflat(flat_points[i]))
-                own = buffers[i] if buffers is not None else None
-                own = bn.buffers(params, obj.buffers) if bn is not None else own
-                for b in batches:
-                    lb, cb = one(params, obj.on_device(b), own)
-                    loss[i] += lb.double()
-                    correct[i] += cb.double()
+            plain = getattr(obj, "_plain_layout", False)
+            batches = obj.batches if plain else _channels_last_batches(obj)
+            try:
+                for i in range(P):
+                    params = obj.unflat(flat_points[i])
+                    params = params if plain else _channels_last(params)
+                    own = buffers[i] if buffers is not None else None
+                    own = bn.buffers(params, obj.buffers) if bn is not None else own
+                    for b in batches:
+                        lb, cb = one(params, obj.on_device(b), own)
+                        loss[i] += lb.double()
+                        correct[i] += cb.double()
+            except RuntimeError:
+                if plain:
+                    raise
+                # e.g. x.view(n, -1) after a convolution, which a channels-last tensor refuses: the default layout
+                obj._plain_layout = True
+                return points_loss(obj, flat_points, False, bn, buffers, private=False)
     accuracy = correct / obj.labelled if classify[0] else torch.full_like(correct, float("nan"))
     return loss / obj.norm, accuracy
 
