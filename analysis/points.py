@@ -46,7 +46,7 @@ def _channels_last(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: p.contiguous(memory_format=torch.channels_last) if p.ndim == 4 else p for n, p in params.items()}
 
 
-def _channels_last_batches(obj: ModelLoss) -> list[Any]:
+def channels_last_batches(obj: ModelLoss) -> list[Any]:
     """obj's batches with image inputs (N, C, H, W) in channels-last layout, converted once and kept.
 
     Measured on this project's 2-core CPU (0.9M-parameter CNN, 1,000 3x32x32 images, batches of
@@ -70,6 +70,7 @@ def points_loss(
     bn: BatchNormReestimator | None = None,
     buffers: Sequence[dict[str, torch.Tensor] | None] | None = None,
     private: bool | None = None,
+    along: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and accuracy of each row of ``flat_points`` (P, n) over all of obj's data.
 
@@ -78,6 +79,8 @@ def points_loss(
     buffers (None: obj's), e.g. the running statistics of the model a point is. ``private``: the loop runs
     a private copy of the model with each point written into it in place (:mod:`flatfl.analysis.private`;
     faster, the same values) where it applies, else ``functional_call`` per batch (None: :func:`fast_points`).
+    ``along``: row i is theta + along[i] d on the line set on that copy (:meth:`PrivateModel.set_line
+    <flatfl.analysis.private.PrivateModel.set_line>`: its first layer's output is combined, not computed).
     """
     if bn is not None or (buffers is not None and any(b is not None for b in buffers)):
         vectorize = False  # per-point statistics: one point at a time
@@ -112,13 +115,13 @@ def points_loss(
                 correct += cb.double()
         elif copy is not None:
             try:
-                classify[0] = _private_loop(obj, copy, flat_points, loss, correct)
+                classify[0] = _private_loop(obj, copy, flat_points, loss, correct, along)
             except (RuntimeError, NotImplementedError):  # e.g. a .view() the channels-last layout refuses
                 obj._private_model = False  # functional_call from now on
                 return points_loss(obj, flat_points, False, private=False)
         else:
             plain = getattr(obj, "_plain_layout", False)
-            batches = obj.batches if plain else _channels_last_batches(obj)
+            batches = obj.batches if plain else channels_last_batches(obj)
             try:
                 for i in range(P):
                     params = obj.unflat(flat_points[i])
@@ -140,14 +143,19 @@ def points_loss(
 
 
 def _private_loop(
-    obj: ModelLoss, copy: PrivateModel, flat_points: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor
+    obj: ModelLoss,
+    copy: PrivateModel,
+    flat_points: torch.Tensor,
+    loss: torch.Tensor,
+    correct: torch.Tensor,
+    along: Sequence[float] | None = None,
 ) -> bool:
     """Fills ``loss``/``correct`` (P,) with each point's summed loss and correct count, one point at a time on
     the private copy (:mod:`flatfl.analysis.private`); False when the task is not classification."""
     classify = True
-    batches = _channels_last_batches(obj)
+    batches = channels_last_batches(obj)
     for i in range(flat_points.shape[0]):
-        copy.load(flat_points[i])
+        copy.load(flat_points[i], None if along is None else float(along[i]))
         for b in batches:
             b = obj.on_device(b)
             out = copy(b[0])

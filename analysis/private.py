@@ -71,14 +71,88 @@ class PrivateModel:
                 if isinstance(m, nn.Conv2d):
                     m.register_forward_hook(_channels_last_output)
         self.net = net
+        self.names = list(obj.names)
         self.targets = [_tensor_of(net, n) for n in obj.names]
         self.numels = list(obj.numels)
+        self._first: list[tuple[nn.Module, dict[str, int]]] | None = None  # found on first use of a line
+        self._line: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._t: float | None = None
 
-    def load(self, flat: torch.Tensor) -> None:
-        """Write the flat parameter vector ``flat`` (length ``obj.size``) into the copy, in place."""
+    def load(self, flat: torch.Tensor, t: float | None = None) -> None:
+        """Write the flat parameter vector ``flat`` (length ``obj.size``) into the copy, in place. ``t``: flat is
+        the point theta + t d of the line set by :meth:`set_line` (its first layers' outputs are then combined)."""
         with torch.no_grad():
             for p, part in zip(self.targets, torch.split(flat, self.numels)):
                 p.copy_(part.view(p.shape))
+        self._t = t
+
+    def _first_layers(self, inputs: torch.Tensor) -> list[tuple[nn.Module, dict[str, int]]]:
+        """The ``nn.Conv2d``/``nn.Linear`` modules called on the model's input tensor itself, once per forward
+        pass, with their trainable weight (and bias) -- (module, {"weight": index in names, ...})."""
+        calls: dict[int, int] = {}
+        seen: list[nn.Module] = []
+
+        def pre(module: nn.Module, args: Any) -> None:
+            calls[id(module)] = calls.get(id(module), 0) + 1
+            if args and args[0] is inputs and module not in seen:
+                seen.append(module)
+
+        mods = [m for m in self.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        handles = [m.register_forward_pre_hook(pre) for m in mods]
+        try:
+            with torch.no_grad():
+                self.net(inputs)
+        except (RuntimeError, NotImplementedError):  # the copy cannot run (points_loss falls back): no line
+            return []
+        finally:
+            for h in handles:
+                h.remove()
+        index = {id(t): i for i, t in enumerate(self.targets)}
+        out = []
+        for m in seen:
+            where = {k: index.get(id(getattr(m, k))) for k in ("weight", "bias") if getattr(m, k) is not None}
+            if calls[id(m)] == 1 and None not in where.values() and "weight" in where:
+                out.append((m, where))
+        return out
+
+    def set_line(self, theta: torch.Tensor, d: torch.Tensor, inputs: list[torch.Tensor], budget: float) -> bool:
+        """Points theta + t d follow (:meth:`load` with ``t``): each first layer's output on each of ``inputs``
+        becomes A + t B with A = layer(x; theta's weight and bias) and B = layer(x; d's), computed here once --
+        a convolution or linear layer is linear in its weight and bias, so this is its output at the point, to
+        rounding. Not done (False) when A and B of every input would take more than ``budget`` bytes."""
+        self.clear_line()
+        if self._first is None:
+            self._first = self._first_layers(inputs[0])
+            for m, _ in self._first:
+                m.forward = self._combined(m, m.forward)
+        if not self._first:
+            return False
+        line = {}
+        with torch.no_grad():
+            for m, where in self._first:
+                for x in inputs:
+                    a, b = (self._layer(m, where, v, x) for v in (theta, d))
+                    line[(id(m), id(x))] = (a, b)
+        if sum(a.numel() * a.element_size() * 2 for a, _ in line.values()) > budget:
+            return False
+        self._line = line
+        return True
+
+    def clear_line(self) -> None:
+        self._line, self._t = {}, None
+
+    def _layer(self, m: nn.Module, where: dict[str, int], flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(flat, self.numels)
+        params = {k: parts[i].view(self.targets[i].shape) for k, i in where.items()}
+        out = torch.func.functional_call(m, params, (x,))
+        return _channels_last_output(m, (x,), out) if isinstance(m, nn.Conv2d) and x.device.type == "cpu" else out
+
+    def _combined(self, m: nn.Module, forward: Any) -> Any:
+        def combined(x: torch.Tensor) -> torch.Tensor:
+            ab = self._line.get((id(m), id(x))) if self._t is not None else None
+            return forward(x) if ab is None else torch.add(ab[0], ab[1], alpha=self._t)
+
+        return combined
 
     def __call__(self, inputs: Any) -> Any:
         return self.net(inputs)

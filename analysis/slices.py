@@ -26,10 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flatfl.analysis import points
 from flatfl.analysis.directions import random_directions
 from flatfl.analysis.grid import Surface
 from flatfl.analysis.operators import ModelLoss
-from flatfl.analysis.points import _ChunkPlan, evaluate_grid, fast_points, points_per_chunk, run_points
+from flatfl.analysis.points import (
+    _ChunkPlan,
+    channels_last_batches,
+    evaluate_grid,
+    fast_points,
+    points_per_chunk,
+    run_points,
+)
+from flatfl.analysis.private import private_model
 
 
 def symmetric_grid(radius: float, points_per_side: int) -> np.ndarray:
@@ -106,9 +115,21 @@ def random_slices(
         for c, lval, aval in zip(part, lv, av):
             loss[c], acc[c] = lval, aval
 
-    plan = _ChunkPlan(points_per_chunk(obj, memory_budget), False if obj.device.type == "cpu" else None)
-    # theta + float(t) * d_k: the very expression evaluate_grid builds its points with (the same float32 point)
-    run_points(obj, todo, lambda c: theta + float(ts[c[1]]) * dirs[c[0]], plan, chunk_done, private=True)
+    chunk = points_per_chunk(obj, memory_budget)
+    copy = private_model(obj) if obj.device.type == "cpu" and not obj.streamed else None
+    for k, d in enumerate(dirs if copy is not None else []):  # one line at a time, its first layer combined
+        js = [j for kk, j in todo if kk == k]
+        lined = copy.set_line(theta, d, [b[0] for b in channels_last_batches(obj)], memory_budget / 4)
+        for i in range(0, len(js), chunk):
+            part = [(k, j) for j in js[i : i + chunk]]
+            P = torch.stack([theta + float(ts[j]) * d for _, j in part])
+            lv, av = points.points_loss(obj, P, False, private=True, along=[ts[j] for _, j in part] if lined else None)
+            chunk_done(part, lv.tolist(), av.tolist())
+        copy.clear_line()
+    if copy is None:
+        plan = _ChunkPlan(chunk, False if obj.device.type == "cpu" else None)
+        # theta + float(t) * d_k: the very expression evaluate_grid builds its points with (the same float32 point)
+        run_points(obj, todo, lambda c: theta + float(ts[c[1]]) * dirs[c[0]], plan, chunk_done, private=True)
     if share_origin:
         loss[:, z], acc[:, z] = loss[0, z], acc[0, z]
     loss0 = float(loss[0, z])

@@ -72,6 +72,8 @@ def test_fast_slices_equal_the_per_direction_ones_in_float64(flatten_by_view):
     np.testing.assert_array_equal(new.accuracy, old.accuracy)
     assert new.loss0 == pytest.approx(old.loss0, rel=1e-12) and (new.delta[:, 4] == 0).all()
     assert np.ptp(old.loss) > 1e-3 * old.loss0  # the curves are not flat: a wrong point would show
+    lined = [type(m).__name__ for m, _ in obj._private_model._first] if obj._private_model else []
+    assert lined == ([] if flatten_by_view else ["Conv2d"])  # the first convolution combined along each line
     for tau in (0.01, 0.1):
         assert width(ts, new.mean, tau) == pytest.approx(width(ts, old.mean, tau), rel=1e-9)
 
@@ -119,3 +121,19 @@ def test_a_forward_hook_keeps_functional_call():
     hooked = random_slices(obj, ts, num_directions=2, seed=1)
     np.testing.assert_allclose(hooked.loss, random_slices(plain, ts, num_directions=2, seed=1).loss, rtol=1e-12)
     assert getattr(obj, "_private_model", None) is None  # never made: the hook may close over the user's model
+
+
+def test_first_layer_combined_along_a_line_equals_the_point_in_float64():
+    """On a line theta + t d the first layer's output is A + t B (computed once per direction): the same loss as
+    the layer evaluated at the point, here for a linear first layer whose weight is tied to a later layer."""
+    model = _model(Tied).double()
+    x, y = _data((5,))
+    obj = ModelLoss(model, x.double(), y, batch_size=20)
+    ts = symmetric_grid(2.0, 3)
+    new = random_slices(obj, ts, num_directions=2, seed=4, fast=True)
+    old = random_slices(obj, ts, num_directions=2, seed=4, fast=False)
+    first = obj._private_model._first
+    assert [m for m, _ in first] == [obj._private_model.net.a]  # the line was used, on the input layer only
+    np.testing.assert_allclose(new.loss, old.loss, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(new.accuracy, old.accuracy)
+    assert np.ptp(old.loss) > 1e-3 * old.loss0
