@@ -45,8 +45,9 @@ def main() -> None:
     obj = of_checkpoint(args.checkpoint, LandscapeSettings(samples=args.samples)).objective
     ts = symmetric_grid(1.0, args.points)
     kw = {"num_directions": args.directions, "seed": 0}
-    print(f"{args.checkpoint.name}: {obj.size:,} parameters, {obj.n} samples in {len(obj.batches)} batches, "
-          f"{obj.dtype}, {obj.device}, {torch.get_num_threads()} thread(s); {args.directions} x {len(ts)} points")  # fmt: skip
+    head = f"{args.checkpoint.name}: {obj.size:,} parameters, {obj.n} samples in {len(obj.batches)} batches"
+    threads = torch.get_num_threads()
+    print(f"{head}, {obj.dtype}, {obj.device}, {threads} thread(s); {args.directions} x {len(ts)} points")
     res = {fast: random_slices(obj, ts, fast=fast, **kw) for fast in (False, True)}  # warm-up, not timed
     secs: dict[bool, list[float]] = {False: [], True: []}
     for i in range(args.repeats):
