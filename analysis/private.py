@@ -7,19 +7,31 @@ the model for every batch (``torch.func.functional_call``). :class:`PrivateModel
 and, for each point, writes the point's parameters into the copy's own tensors (``Tensor.copy_``, no
 allocation), then calls the copy directly. On a CPU it also hooks every ``nn.Conv2d`` of the copy so that its
 output is in channels-last layout: with a one-channel input (grey images, the demo's digits) PyTorch leaves
-the first convolution's output in the default layout, and max-pooling that layout ran 10-25x slower than
+the first convolution's output in the default layout, where max-pooling ran 10-25x slower than in
 channels-last on this project's 2-core CPU (``F.max_pool2d`` of a 1000x16x8x8 tensor: 19.7 ms against
-0.7 ms), and every later layer stayed in it. Neither changes a value: the parameters are the same float
-tensors, a layout is not a value, and a convolution on channels-last inputs is the one the old loop already
-ran for inputs of several channels (measured equal to the bit on the demo's model, tests/test_fast_slices.py
-checks float64 agreement to 1e-12).
+0.7 ms), and every later layer stayed in it.
+
+Along a line theta + t d (the 1D slices, :meth:`PrivateModel.set_line`) the first layer -- an ``nn.Conv2d``
+or ``nn.Linear`` called once on the input tensor itself -- is not evaluated at each point: it is linear in
+its weight and bias, so its output at theta + t d is
+
+    layer(x; W + t D_W, b + t D_b) = layer(x; W, b) + t layer(x; D_W, D_b) = A + t B,
+
+with A and B computed once per direction and batch (``torch.add(A, B, alpha=t)`` per point). On the demo's
+model the one-input-channel convolution was about as costly as the second one (a profile of the slices:
+27% of the time each), the combination a small fraction of it.
+
+None of this changes what is computed: the parameters are the same float tensors, a layout is not a value,
+a convolution on channels-last inputs is the one the old loop already ran for inputs of several channels,
+and A + t B is the first layer's output to rounding (float32: a relative difference of about 1e-7 in the
+demo's slices, ``bench/slices_cost.py``; float64: 1e-12, ``tests/test_fast_slices.py``).
 
 The user's model is never touched: the copy is deep, and its tensors are replaced by clones of the
-objective's own (``ModelLoss.params`` and ``buffers``, in the analysis dtype and device), the copy is in eval
+objective's own (``ModelLoss.params`` and ``buffers``, in the analysis dtype and device); the copy is in eval
 mode for good. Taken only where it computes what ``functional_call`` computes: no ``forward`` hook (a hook
 may close over the user's model itself rather than use the module it is given) and the objective's own
-buffers (not per-point BatchNorm statistics); a model that cannot be deep-copied falls back to
-``functional_call`` (:func:`private_model` returns None).
+buffers (not per-point BatchNorm statistics); a model that cannot be deep-copied, or whose copy fails to run
+(e.g. ``x.view(n, -1)`` of a channels-last tensor), falls back to ``functional_call``.
 """
 
 from __future__ import annotations
