@@ -26,8 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flatfl.analysis import points
+from flatfl.analysis.directions import random_directions
+from flatfl.analysis.grid import Surface
 from flatfl.analysis.operators import ModelLoss
-from flatfl.analysis.surfaces import Surface, evaluate_grid, random_directions
+from flatfl.analysis.points import (
+    _ChunkPlan,
+    channels_last_batches,
+    evaluate_grid,
+    fast_points,
+    points_per_chunk,
+    run_points,
+)
+from flatfl.analysis.private import private_model
 
 
 def symmetric_grid(radius: float, points_per_side: int) -> np.ndarray:
@@ -70,21 +81,78 @@ def random_slices(
     memory_budget: float = 2**30,
     include_1d: bool = False,
     share_origin: bool = True,
+    fast: bool | None = None,
 ) -> Slices:
     """delta_k(t) along ``num_directions`` filter-normalised random directions (see module doc).
 
     Every direction passes through theta at t = 0: with ``share_origin`` L(theta) is evaluated once, with the
     first direction, and reused by the others (K - 1 fewer loss evaluations; delta_k(0) = 0 exactly), else
-    evaluated again for each direction (as before; delta_k(0) then holds that evaluation's rounding)."""
+    evaluated again for each direction (as before; delta_k(0) then holds that evaluation's rounding).
+
+    ``fast`` (None: :func:`flatfl.analysis.points.fast_points`): the points of all K directions,
+    theta + t d_k (the same float parameters as before), go through one evaluation plan -- on a CPU one point
+    at a time on a private model copy (:mod:`flatfl.analysis.private`), chosen once rather than timed again
+    per direction (so a seeded run gives the same bits every time), elsewhere the timed vmap-or-loop choice of
+    :func:`~flatfl.analysis.points.evaluate_grid`; False: one :func:`evaluate_grid` per direction with
+    ``functional_call`` (the code before, kept for ``bench/slices_cost.py``'s before/after timing)."""
     ts = np.asarray(ts, dtype=float)
     zero = np.flatnonzero(ts == 0.0)
     if zero.size != 1:
         raise ValueError("the grid must hold t = 0 exactly once")
+    if not (fast_points() if fast is None else fast):
+        return _random_slices_per_direction(obj, ts, num_directions, seed, memory_budget, include_1d, share_origin)
+    z = int(zero[0])
+    dirs = [
+        random_directions(obj, 1, torch.Generator().manual_seed(seed + k), include_1d=include_1d)[0]
+        for k in range(num_directions)
+    ]
+    theta = obj.flat()
+    todo = [(k, j) for k in range(num_directions) for j in range(len(ts)) if not (share_origin and k and j == z)]
+    loss = np.full((num_directions, len(ts)), np.nan)
+    acc = loss.copy()
+
+    def chunk_done(part: list[tuple[int, int]], lv: list[float], av: list[float]) -> None:
+        for c, lval, aval in zip(part, lv, av):
+            loss[c], acc[c] = lval, aval
+
+    chunk = points_per_chunk(obj, memory_budget)
+    copy = private_model(obj) if obj.device.type == "cpu" and not obj.streamed else None
+    for k, d in enumerate(dirs if copy is not None else []):  # one line at a time, its first layer combined
+        js = [j for kk, j in todo if kk == k]
+        lined = copy.set_line(theta, d, [b[0] for b in channels_last_batches(obj)], memory_budget / 4)
+        for i in range(0, len(js), chunk):
+            part = [(k, j) for j in js[i : i + chunk]]
+            P = torch.stack([theta + float(ts[j]) * d for _, j in part])
+            lv, av = points.points_loss(obj, P, False, private=True, along=[ts[j] for _, j in part] if lined else None)
+            chunk_done(part, lv.tolist(), av.tolist())
+        copy.clear_line()
+    if copy is None:
+        plan = _ChunkPlan(chunk, False if obj.device.type == "cpu" else None)
+        # theta + float(t) * d_k: the very expression evaluate_grid builds its points with (the same float32 point)
+        run_points(obj, todo, lambda c: theta + float(ts[c[1]]) * dirs[c[0]], plan, chunk_done, private=True)
+    if share_origin:
+        loss[:, z], acc[:, z] = loss[0, z], acc[0, z]
+    loss0 = float(loss[0, z])
+    return Slices(ts, loss - loss0, loss0, seed, num_directions, loss, acc)
+
+
+def _random_slices_per_direction(
+    obj: ModelLoss,
+    ts: np.ndarray,
+    num_directions: int,
+    seed: int,
+    memory_budget: float,
+    include_1d: bool,
+    share_origin: bool,
+) -> Slices:
+    """:func:`random_slices` as it was computed before ``fast``: one :func:`evaluate_grid` per direction (its
+    vmap-or-loop choice timed again each time), the loop through ``functional_call``."""
+    zero = np.flatnonzero(ts == 0.0)
     losses, accs = [], []
     loss0 = known = None
     for k in range(num_directions):
         (d,) = random_directions(obj, 1, torch.Generator().manual_seed(seed + k), include_1d=include_1d)
-        surf = evaluate_grid(obj, [d], ts, memory_budget=memory_budget, resume_from=known)
+        surf = evaluate_grid(obj, [d], ts, memory_budget=memory_budget, resume_from=known, private=False)
         if loss0 is None:
             loss0 = float(surf.loss[zero[0]])
             if share_origin:  # the other directions start from this point, already evaluated

@@ -16,13 +16,15 @@ spread, matching at equal training loss, the page):
 Each report's ``report.json`` holds ``timing`` (:mod:`flatfl.runs.timing`); the bench prints the
 stage breakdowns side by side and the stage that dominates. With ``--compare`` it runs one untimed
 warm-up report, then ``--repeats`` pairs interleaved (shared work off, on, on, off, ...:
-``FLATFL_SHARE_WORK=0/1``, :mod:`flatfl.runs.share`), so that the machine's noise hits both, and prints
+``FLATFL_SHARE_WORK=0/1``, :mod:`flatfl.runs.share`; ``--toggle FLATFL_FAST_POINTS``: the faster point
+evaluation off/on, :mod:`flatfl.analysis.private`), so that the machine's noise hits both, and prints
 the before/after ratio of each stage and of the whole report (medians) and the largest relative
 difference between the two reports' numbers.
 
     python bench/report_cost.py                      # ~5-7 min on 2 cores shared with other jobs
     python bench/report_cost.py --settings cifar --samples 1000   # the issue's 1,000 samples: ~17 min there
     python bench/report_cost.py --compare --repeats 2
+    python bench/report_cost.py --settings digits --samples 1000 --compare --toggle FLATFL_FAST_POINTS
     python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
 """
 
@@ -44,6 +46,7 @@ import numpy as np
 
 from flatfl.cli import main as flatfl
 
+TOGGLE = ["FLATFL_SHARE_WORK"]  # the environment switch --compare turns off (before) and on (after)
 GROUPS = {"fedavg-mean": ["--algo", "fedavg", "--unweighted"], "fedmut": ["--algo", "fedmut"]}
 
 
@@ -95,7 +98,7 @@ def report(runs: list[str], out: Path, samples: int, share: bool, extra: list[st
     labels = [x for r in runs for x in ("--label", f"{r}={Path(r).name.rsplit('-s', 1)[0].split('-', 1)[1]}")]
     args = ["report", *runs, "--out", str(out), "--samples", str(samples), "--reference", "fedavg-mean",
             "--no-progress", "--device", "cpu", *labels, *extra]  # fmt: skip
-    os.environ["FLATFL_SHARE_WORK"] = "1" if share else "0"
+    os.environ[TOGGLE[0]] = "1" if share else "0"
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         code = flatfl(args)
@@ -152,7 +155,7 @@ def compare(
             by[share].append(reps[share][0]["timing"])
             walls[share].append(reps[share][1])
     stages = [k for k in by[False][0]["seconds"] if k in by[True][0]["seconds"]]
-    print(f"\n{name}: shared work off (before) vs on (after), interleaved, median of {repeats}")
+    print(f"\n{name}: {TOGGLE[0]}=0 (before) vs 1 (after), interleaved, median of {repeats}")
     print(f"{'stage':<26} {'before s':>9} {'after s':>9} {'before/after':>12}")
     for k in sorted(stages, key=lambda k: -statistics.median(t["seconds"][k] for t in by[False])):
         b = statistics.median(t["seconds"][k] for t in by[False])
@@ -175,10 +178,12 @@ def main() -> None:
     ap.add_argument("--cifar-per-batch", type=int, default=200, help="images per CIFAR train batch file (x5)")
     ap.add_argument("--cifar-test", type=int, default=200, help="images in the CIFAR test batch")
     ap.add_argument("--compare", action="store_true", help="also time shared work off vs on, interleaved")
+    ap.add_argument("--toggle", default=TOGGLE[0], help="--compare: the switch (default: FLATFL_SHARE_WORK)")
     ap.add_argument("--repeats", type=int, default=2, help="--compare: report pairs per setting (default: 2)")
     ap.add_argument("--report-flags", default="", help="extra flatfl report flags, space-separated")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    TOGGLE[0] = args.toggle
     extra = args.report_flags.split()
     cols, md5 = {}, {}
     with tempfile.TemporaryDirectory() as d:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flatfl.analysis.surfaces as surfaces
+import flatfl.analysis.points as points
 from flatfl.analysis.slices import random_slices, symmetric_grid
 from flatfl.runs import share
 from flatfl.runs.landscape import LandscapeSettings
@@ -22,13 +22,13 @@ CKPT = Path("checkpoints/reference/digits-fedavg/round_0005.safetensors")
 def evaluated(monkeypatch):
     """Counts the points whose loss is evaluated (rows given to points_loss)."""
     count = [0]
-    real = surfaces.points_loss
+    real = points.points_loss
 
     def counting(obj, P, *a, **kw):
         count[0] += P.shape[0]
         return real(obj, P, *a, **kw)
 
-    monkeypatch.setattr(surfaces, "points_loss", counting)
+    monkeypatch.setattr(points, "points_loss", counting)
     return count
 
 

@@ -15,7 +15,8 @@ those evaluations are the same point more than once:
 
 Each reused point is the very point the surface would have evaluated (the same float32 parameters:
 the grid value enters as a float32 scalar), so the numbers agree to float32 reordering (a chunk of
-points may go through ``vmap`` or a loop, chosen by timing, either way). ``FLATFL_SHARE_WORK=0``
+points may go through ``vmap`` or a loop, chosen by timing, either way; the slices combine the first
+layer's output along the line, A + t B, :mod:`flatfl.analysis.private`). ``FLATFL_SHARE_WORK=0``
 turns the sharing off (``bench/report_cost.py --compare`` times both, interleaved).
 """
 
