@@ -176,6 +176,8 @@ def _read_metadata(data: bytes) -> Any:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
     raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if raw is not None and not isinstance(raw, str):  # safetensors writes text; an edited header may hold anything
+        raise ValueError(f"its {META_KEY!r} metadata entry is a JSON {type(raw).__name__}, not text")
     return json.loads(raw) if raw else {}
 
 
@@ -232,6 +234,16 @@ def _check_run_info(path: Path, info: dict[str, Any]) -> None:
         for key in ("rounds", "seed"):
             v = config.get(key)
             problems.append((not isinstance(v, int) or isinstance(v, bool), f"config.{key} is {v!r}, not an integer"))
+        # outside the identity digest, so an edit is not caught by it: their types are checked here
+        data = config.get("data")
+        for key in ("data_root", "partition_file") if isinstance(data, dict) else ():
+            v = data.get(key)
+            problems.append((v is not None and not isinstance(v, str), f"config.data.{key} is {v!r}, not a path"))
+    model = info.get("model")
+    for key in ("parameters", "state_keys") if isinstance(model, dict) else ():
+        v = model.get(key)
+        bad = v is not None and not (isinstance(v, list) and all(isinstance(k, str) for k in v))
+        problems.append((bad, f"model.{key} is not a list of tensor names"))
     for bad, what in problems:
         if bad:
             raise UserError(f"{path}: {what}; the run directory is damaged (restore run.json from a copy)")

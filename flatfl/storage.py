@@ -51,20 +51,27 @@ class StorageConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> StorageConfig:
         """run.json's ``storage`` (absent in runs made before it existed: the defaults)."""
-        if not d:
+        if d is None or d == {}:
             return cls()
-        try:
-            out = cls(
-                save_every=int(d.get("save_every", 1)),
-                save_rounds=tuple(int(r) for r in d.get("save_rounds", ())),
-                clients_dtype=str(d.get("clients_dtype", "float32")),
-                incremental_state=bool(d.get("incremental_state", True)),
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+        if not isinstance(d, dict):
+            bad = f"is a JSON {type(d).__name__}, not an object"
+        elif not whole(d.get("save_every", 1)):
+            bad = f"save_every is {d.get('save_every')!r}, not a whole number of rounds"
+        elif not (isinstance(d.get("save_rounds", []), list) and all(whole(r) for r in d.get("save_rounds", []))):
+            bad = f"save_rounds is {d.get('save_rounds')!r}, not a list of rounds"
+        elif d.get("clients_dtype", "float32") not in CLIENT_DTYPES:
+            bad = f"clients_dtype is {d.get('clients_dtype')!r}, not one of {', '.join(CLIENT_DTYPES)}"
+        elif not isinstance(d.get("incremental_state", True), bool):
+            bad = f"incremental_state is {d.get('incremental_state')!r}, not true or false"
+        else:
+            return cls(
+                save_every=d.get("save_every", 1),
+                save_rounds=tuple(d.get("save_rounds", ())),
+                clients_dtype=d.get("clients_dtype", "float32"),
+                incremental_state=d.get("incremental_state", True),
             )
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"run.json: 'storage' is damaged ({exc}); restore run.json from a copy") from exc
-        if out.clients_dtype not in CLIENT_DTYPES or out.save_every < 0:
-            raise UserError(f"run.json: 'storage' holds {d!r}, which this flatfl cannot use")
-        return out
+        raise UserError(f"run.json: 'storage' {bad}; the file was edited (restore run.json from a copy)")
 
 
 _ITEM = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|every:(\d+))$")
