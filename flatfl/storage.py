@@ -21,6 +21,7 @@ is chosen here, its identity hash leaves them out, and ``run.json`` records them
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,16 +78,20 @@ class StorageConfig:
 _ITEM = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|every:(\d+))$")
 
 
-MAX_RANGE = 10_000_000  # rounds a range may list when no run bounds it (never expanded past that)
+MAX_RANGE = 10_000_000  # rounds a range may list (never expanded past that)
 
 
-def parse_round_spec(text: str, flag: str, last: int | None = None) -> tuple[tuple[int, ...], int]:
+def parse_round_spec(
+    text: str, flag: str, last: int | None = None, among: Collection[int] | None = None
+) -> tuple[tuple[int, ...], int]:
     """``"5,10,20-25,every:50"`` -> (listed rounds, the every:N step or 0).
 
     Items, comma-separated: a round ``R``, a range ``A-B`` (both included) or ``every:N`` (rounds
-    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``. With ``last`` (the
-    run's last round) a range is cut at it before it is expanded -- rounds after it hold no file --
-    so ``1-100000000000`` costs nothing; without it a range of more than ``MAX_RANGE`` rounds is refused.
+    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``. A range is never
+    expanded past what can matter: with ``among`` (the rounds that have a file, ``flatfl prune``) it selects
+    those of them inside it, whatever its bounds -- a stray ``round_99999999999.safetensors`` does not make
+    ``0-99999999999`` a list of 10^11 rounds; otherwise it is cut at ``last`` (the run's last round), and
+    a range of more than ``MAX_RANGE`` rounds even so (``--rounds 10^11 --save-rounds 1-10^11``) is refused.
     """
     rounds: set[int] = set()
     every = 0
@@ -100,9 +105,12 @@ def parse_round_spec(text: str, flag: str, last: int | None = None) -> tuple[tup
             a, b = int(m.group(2)), int(m.group(3))
             if a > b:
                 raise UserError(f"{flag}: range {item} runs backwards; write it as {b}-{a}")
+            if among is not None:
+                rounds.update(r for r in among if a <= r <= b)
+                continue
             if last is not None:
                 b = min(b, last)
-            elif b - a >= MAX_RANGE:
+            if b - a >= MAX_RANGE:
                 raise UserError(f"{flag}: range {item} lists more than {MAX_RANGE:,} rounds")
             rounds.update(range(a, b + 1))
         else:
