@@ -333,3 +333,54 @@ def test_run_json_fields_outside_the_digest_of_the_wrong_type_are_one_line(base,
     shutil.copytree(base, run)
     _edit_run_json(run, _info(field, value))
     _refused(cli, run, reader, "run.json", needle, tmp=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fedmut_base(tmp_path_factory):
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("forged-state") / "run"
+    assert main(["train", *TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--out", str(out)]) == 0
+    return out
+
+
+def _edit_state(run: Path, edit: Callable[[dict], dict]) -> None:
+    path = run / ckpt.STATE_FILE
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, edit(tensors), meta)
+
+
+STATES = {
+    "int64 copy of the model": (lambda t: {k: v.to(torch.int64) for k, v in t.items()}, "is int64, the model holds"),
+    "float16 copy of the model": (lambda t: {k: v.half() for k, v in t.items()}, "is float16, the model holds"),
+    "previous model dropped": (lambda t: {}, "no prev_global/ tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATES))
+def test_forged_algorithm_state_is_refused_on_resume(fedmut_base, cli, tmp_path, case):
+    # FedMut's state is the previous global model: an int64 or float16 copy was used as it is (the resumed run's
+    # mutations changed), and one without its tensors stopped with a KeyError after run.json was rewritten
+    edit, needle = STATES[case]
+    run = tmp_path / "run"
+    shutil.copytree(fedmut_base, run)
+    _edit_state(run, edit)
+    _refused(cli, run, "resume", "state.safetensors", needle, tmp=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("test_acc", 7.0, "an accuracy in [0, 1]"),
+        ("test_loss", -5.0, "a finite loss"),
+        ("test_loss", float("nan"), "a finite loss"),
+    ],  # fmt: skip
+)
+def test_metrics_values_no_run_can_record_are_refused(base, cli, tmp_path, key, value, what):
+    # averaged and matched on as they were (an accuracy of 7; a NaN loss made a finished run count as diverged)
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    lines = (run / ckpt.METRICS_FILE).read_text().splitlines(keepends=True)
+    lines[1] = json.dumps(json.loads(lines[1]) | {key: value}) + "\n"
+    (run / ckpt.METRICS_FILE).write_text("".join(lines))
+    _refused(cli, run, "report", f"metrics.jsonl: line 2 (round 1): {key} is", what, tmp=tmp_path)
