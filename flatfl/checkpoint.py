@@ -464,12 +464,12 @@ def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
         if k in METRIC_NUMBERS or k.endswith(("_loss", "_acc", "_norm", "_rel", "_time", "_mean")):
             if not all(_number_or_null(x) for x in (v if isinstance(v, list) else [v])):
                 raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not a number; fix or delete that line")
-    # a round is recorded only when its test loss is finite (a diverging round stops the run first), and an accuracy
-    # is a fraction: anything else was edited, and would be averaged or matched on as it is
-    for k, ok, what in (("test_loss", lambda v: math.isfinite(v) and v >= 0, "a finite loss >= 0"),
+    # a cross-entropy is >= 0 and an accuracy a fraction: anything else was edited, and would be averaged or matched
+    # on as it is (a non-finite value stays: a recorded Flower run that diverged has one, and is listed as diverged)
+    for k, ok, what in (("test_loss", lambda v: v >= 0, "a loss >= 0"),
                         ("test_acc", lambda v: 0 <= v <= 1, "an accuracy in [0, 1]")):  # fmt: skip
         v = rec.get(k)
-        if v is not None and not ok(v):
+        if v is not None and math.isfinite(v) and not ok(v):
             raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not {what}; the file was edited")
     return rec
 
