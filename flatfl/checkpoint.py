@@ -469,7 +469,7 @@ def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
     for k, ok, what in (("test_loss", lambda v: v >= 0, "a loss >= 0"),
                         ("test_acc", lambda v: 0 <= v <= 1, "an accuracy in [0, 1]")):  # fmt: skip
         v = rec.get(k)
-        if v is not None and math.isfinite(v) and not ok(v):
+        if v is not None and not (isinstance(v, float) and not math.isfinite(v)) and not ok(v):
             raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not {what}; the file was edited")
     return rec
 

@@ -373,6 +373,7 @@ def test_forged_algorithm_state_is_refused_on_resume(fedmut_base, cli, tmp_path,
     [
         ("test_acc", 7.0, "an accuracy in [0, 1]"),
         ("test_loss", -5.0, "a loss >= 0"),
+        ("test_acc", -(10**400), "an accuracy in [0, 1]"),
     ],  # fmt: skip
 )
 def test_metrics_values_no_run_can_record_are_refused(base, cli, tmp_path, key, value, what):
