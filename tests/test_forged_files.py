@@ -340,7 +340,8 @@ def fedmut_base(tmp_path_factory):
     from flatfl.cli import main
 
     out = tmp_path_factory.mktemp("forged-state") / "run"
-    assert main(["train", *TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--out", str(out)]) == 0
+    args = ["train", *TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--save-clients", "--out", str(out)]
+    assert main(args) == 0
     return out
 
 
@@ -384,3 +385,23 @@ def test_metrics_values_no_run_can_record_are_refused(base, cli, tmp_path, key, 
     lines[1] = json.dumps(json.loads(lines[1]) | {key: value}) + "\n"
     (run / ckpt.METRICS_FILE).write_text("".join(lines))
     _refused(cli, run, "report", f"metrics.jsonl: line 2 (round 1): {key} is", what, tmp=tmp_path)
+
+
+def test_diverged_json_that_is_not_an_object_is_a_diverged_run_not_a_traceback(base, cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    (run / ckpt.DIVERGED_JSON).write_text("[1]")
+    code, out, err = cli("report", run, "--out", tmp_path / "r", *REPORT)
+    assert code == 2 and "Traceback" not in err and "every run diverged" in err, err
+    assert "diverged.json exists (unreadable)" in out + err
+
+
+def test_weights_so_large_the_surface_plane_overflows_are_one_line(fedmut_base, cli, tmp_path):
+    # finite float32 weights near its largest value: the filter-normalised directions overflow to inf, and the
+    # least-squares coordinates of the client models (markers, --save-clients) hit a LAPACK internal assert
+    run = tmp_path / "run"
+    shutil.copytree(fedmut_base, run)
+    path = ckpt.round_path(run, ROUNDS)
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, {k: v * 0 + 3e38 for k, v in tensors.items()}, meta)
+    _refused(cli, run, "landscape", "not finite", tmp=tmp_path)
