@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flatfl.analysis.operators import NOT_FINITE
+
 
 def flatten(state: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
     """Parameters ``names`` of a state dict as one float64 vector (buffers left out)."""
@@ -75,6 +77,8 @@ def plane_coordinates(
     """
     D = torch.stack([d1] if d2 is None else [d1, d2], dim=1).double()  # (n, 2)
     R = (points.double() - origin.double()).T  # (n, P)
+    if not (torch.isfinite(D).all() and torch.isfinite(R).all()):  # LAPACK fails on them with an internal assert
+        raise ValueError(NOT_FINITE)
     coef = torch.linalg.lstsq(D, R).solution  # (2, P)
     resid = (R - D @ coef).norm(dim=0)
     return coef.T.numpy(), resid.numpy()

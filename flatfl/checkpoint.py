@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -184,6 +185,8 @@ def _read_metadata(data: bytes) -> Any:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
     raw = (header.get("__metadata__") or {}).get(META_KEY)
+    if raw is not None and not isinstance(raw, str):  # safetensors writes text; an edited header may hold anything
+        raise ValueError(f"its {META_KEY!r} metadata entry is a JSON {type(raw).__name__}, not text")
     return json.loads(raw) if raw else {}
 
 
@@ -240,6 +243,16 @@ def _check_run_info(path: Path, info: dict[str, Any]) -> None:
         for key in ("rounds", "seed"):
             v = config.get(key)
             problems.append((not isinstance(v, int) or isinstance(v, bool), f"config.{key} is {v!r}, not an integer"))
+        # outside the identity digest, so an edit is not caught by it: their types are checked here
+        data = config.get("data")
+        for key in ("data_root", "partition_file") if isinstance(data, dict) else ():
+            v = data.get(key)
+            problems.append((v is not None and not isinstance(v, str), f"config.data.{key} is {v!r}, not a path"))
+    model = info.get("model")
+    for key in ("parameters", "state_keys") if isinstance(model, dict) else ():
+        v = model.get(key)
+        bad = v is not None and not (isinstance(v, list) and all(isinstance(k, str) for k in v))
+        problems.append((bad, f"model.{key} is not a list of tensor names"))
     for bad, what in problems:
         if bad:
             raise UserError(f"{path}: {what}; the run directory is damaged (restore run.json from a copy)")
@@ -459,6 +472,13 @@ def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
         if k in METRIC_NUMBERS or k.endswith(("_loss", "_acc", "_norm", "_rel", "_time", "_mean")):
             if not all(_number_or_null(x) for x in (v if isinstance(v, list) else [v])):
                 raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not a number; fix or delete that line")
+    # a cross-entropy is >= 0 and an accuracy a fraction: anything else was edited, and would be averaged or matched
+    # on as it is (a non-finite value stays: a recorded Flower run that diverged has one, and is listed as diverged)
+    for k, ok, what in (("test_loss", lambda v: v >= 0, "a loss >= 0"),
+                        ("test_acc", lambda v: 0 <= v <= 1, "an accuracy in [0, 1]")):  # fmt: skip
+        v = rec.get(k)
+        if v is not None and not (isinstance(v, float) and not math.isfinite(v)) and not ok(v):
+            raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not {what}; the file was edited")
     return rec
 
 

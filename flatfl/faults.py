@@ -6,8 +6,10 @@ Points (``flatfl.checkpoint``'s write helpers) are ``<file>:write`` (the tempora
 written, not yet renamed; for ``metrics`` half a line appended) and ``<file>:commit`` (the
 file complete, the next write not begun), where ``<file>`` is ``run.json``,
 ``partition.json``, ``round``, ``clients``, ``state`` or ``metrics``; ``overwrite:begin``,
-``overwrite:move`` (after each file of the previous run is moved aside) and ``overwrite:moved``
-are the steps of ``--overwrite`` (:mod:`flatfl.rundir`), ``prune:delete`` those of ``flatfl prune``.
+``overwrite:move`` (after each file of the previous run is moved aside), ``overwrite:moved``,
+``overwrite:restore`` (after each file moved back when it is undone) and ``overwrite:discard`` (the
+previous run renamed for deletion) are the steps of ``--overwrite`` (:mod:`flatfl.rundir`),
+``prune:delete`` those of ``flatfl prune``.
 Unset, the hook costs a dictionary lookup. ``tests/test_faults.py`` kills a run at every point and resumes it.
 """
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from flatfl import checkpoint as ckpt
 from flatfl.errors import UserError
@@ -70,8 +70,11 @@ def _state_round(path: Path) -> int:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get(ckpt.META_KEY, "{}"))
         return int(meta["round"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable ({exc}); prune keeps every round of a run with a damaged state") from exc
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{path}: unreadable ({reason}); prune deletes nothing while the state of the run is damaged"
+        ) from exc
 
 
 def plan(run_dir: Path, keep: Selection, keep_clients: Selection | None = None) -> Plan:

@@ -112,6 +112,9 @@ def check_state_groups(tensors: StateDict, model_sd: StateDict, params: set[str]
                     f"{path}: {prefix}/{key} has shape {tuple(v.shape)}, the model expects "
                     f"{tuple(model_sd[key].shape)}; the state file is damaged"
                 )
+            if v.dtype != model_sd[key].dtype:  # an int64 or float16 copy of the model would be used as it is
+                have, want = (str(t).removeprefix("torch.") for t in (v.dtype, model_sd[key].dtype))
+                raise UserError(f"{path}: {prefix}/{key} is {have}, the model holds {want}; the state file is damaged")
 
 
 def resumed_storage(out: Path, given: StorageConfig | None) -> StorageConfig:

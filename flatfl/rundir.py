@@ -8,7 +8,9 @@
 * ``--overwrite`` moves the old run's files into ``DIR/.flatfl-replaced/`` and deletes them
   only once the new run's round 0 is committed (``state.safetensors`` written). Opening a
   directory finishes or undoes such a replacement: a kill before the new commit gives the old
-  run back; after it, the old files go.
+  run back; after it, the old files go. Both steps start with one atomic rename (to
+  ``.flatfl-replaced.partial/`` to move back, ``.flatfl-replaced.delete/`` to delete), so a kill
+  during them leaves a folder the next opening finishes with, never a partial set-aside run.
 * temporary files left by a killed writer (``.NAME.XXXX.tmp``) are removed when the directory
   is opened (the lock guarantees that no one else is writing them);
 * a run killed before its round 0 was committed (``run.json`` but no ``state.safetensors`` and
@@ -35,7 +37,7 @@ from flatfl.faults import fault_point
 LOCK_FILE = ".flatfl.lock"
 REPLACED = ".flatfl-replaced"
 MOVING = REPLACED + ".partial"
-DELETING = REPLACED + ".deleting"  # the previous run being deleted after the new round 0's commit
+DISCARDED = REPLACED + ".delete"  # a set-aside run being deleted (its successor committed); deleted again after a kill
 RUN_FILES = (ckpt.RUN_JSON, ckpt.PARTITION_JSON, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.DIVERGED_JSON)
 CLIENT_STATE_DIR = ckpt.CLIENT_STATE_DIR  # flatfl.client_state's folder: a run file as a whole
 _TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")
@@ -206,26 +208,25 @@ class RunDir:
             if is_temp_file(p.name) or (p.parent == cs and p.name.endswith(".tmp")):
                 p.unlink()
                 notes.append(f"removed {p.name}, left by an interrupted write")
-        if (out / DELETING).is_dir():  # killed while deleting a replaced run: the new run was committed
-            shutil.rmtree(out / DELETING)
+        if (out / DISCARDED).is_dir():  # killed while deleting a replaced run whose successor was committed
+            shutil.rmtree(out / DISCARDED)
             notes.append("removed the rest of a run replaced by --overwrite")
         moving = out / MOVING
-        if moving.is_dir():  # killed while moving the old run aside: nothing new written yet
-            for p in moving.iterdir():
-                os.replace(p, out / p.name)
-            moving.rmdir()
+        if moving.is_dir():  # killed while moving the old run aside (nothing new written yet) or back
+            _move_back(out, moving)
             notes.append("an interrupted --overwrite was undone; the previous run is back")
         aside = out / REPLACED
         if aside.is_dir():
             _check_set_aside(out, aside)
             if committed(out):  # the new run's round 0 was committed: the old run may go
-                shutil.rmtree(aside)
+                discard(out)
             else:  # killed before the new round 0 was committed: the old run comes back
                 for p in run_files(out):
                     remove(p)
-                for p in aside.iterdir():
-                    os.replace(p, out / p.name)
-                aside.rmdir()
+                # renamed first, in one step: a kill while its files move back leaves the folder a kill while
+                # moving them aside leaves (finished on the next opening), never a set-aside run without its run.json
+                os.replace(aside, moving)
+                _move_back(out, moving)
                 notes.append("an --overwrite killed before its round 0 was saved was undone; the previous run is back")
         return notes
 
@@ -251,12 +252,30 @@ class RunDir:
         fault_point("overwrite:moved")  # the previous run set aside whole, nothing new written
 
     def round0_committed(self) -> None:
-        """The new run's round 0 is committed: the previous run goes -- renamed first, so that an interrupted
-        deletion never leaves a half run under the name :meth:`_recover` would put back."""
-        aside = self.out / REPLACED
-        if aside.is_dir():
-            os.replace(aside, self.out / DELETING)
-            shutil.rmtree(self.out / DELETING)
+        discard(self.out)
+
+
+def discard(out: Path) -> None:
+    """Delete the run an ``--overwrite`` set aside, once its successor's round 0 is committed: renamed first (one
+    atomic step), then deleted, so a kill part way never leaves a partial ``.flatfl-replaced/`` -- which would
+    read as files moved there by hand, and stop every command -- only a folder the next opening deletes."""
+    aside = Path(out) / REPLACED
+    if not aside.is_dir():
+        return
+    trash = Path(out) / DISCARDED
+    if trash.is_dir():
+        shutil.rmtree(trash)
+    os.replace(aside, trash)
+    fault_point("overwrite:discard")
+    shutil.rmtree(trash)
+
+
+def _move_back(out: Path, moving: Path) -> None:
+    """The previous run's files from ``moving`` back into ``out`` (none of its names is taken there)."""
+    for p in sorted(moving.iterdir()):
+        os.replace(p, out / p.name)
+        fault_point("overwrite:restore")  # the n-th file moved back, the others not yet
+    moving.rmdir()
 
 
 def _check_set_aside(out: Path, aside: Path) -> None:
@@ -277,7 +296,7 @@ def _check_set_aside(out: Path, aside: Path) -> None:
 def interrupted_overwrite(out: Path) -> bool:
     """``out`` holds the folder an ``--overwrite`` sets the previous run aside in (a kill, or one in progress)."""
     out = Path(out)
-    return any((out / name).is_dir() for name in (REPLACED, MOVING, DELETING))
+    return (out / REPLACED).is_dir() or (out / MOVING).is_dir() or (out / DISCARDED).is_dir()
 
 
 def settle(out: Path) -> list[str]:
@@ -297,6 +316,8 @@ def settle(out: Path) -> list[str]:
     try:
         fd = lock_dir(out, "writing this run")
     except UserError as exc:
+        if not ((out / REPLACED).is_dir() or (out / MOVING).is_dir()):
+            return []  # only a replaced run's remains, whose successor is committed: deleted by a later opening
         raise UserError(
             f"{exc}; an --overwrite set the previous run aside in {aside}/ (kept until the new run's round 0 "
             f"is saved): `{restore}` (which deletes nothing) brings it back once it can lock {out}"

@@ -21,6 +21,7 @@ is chosen here, its identity hash leaves them out, and ``run.json`` records them
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,35 +52,46 @@ class StorageConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> StorageConfig:
         """run.json's ``storage`` (absent in runs made before it existed: the defaults)."""
-        if not d:
+        if d is None or d == {}:
             return cls()
-        try:
-            out = cls(
-                save_every=int(d.get("save_every", 1)),
-                save_rounds=tuple(int(r) for r in d.get("save_rounds", ())),
-                clients_dtype=str(d.get("clients_dtype", "float32")),
-                incremental_state=bool(d.get("incremental_state", True)),
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+        if not isinstance(d, dict):
+            bad = f"is a JSON {type(d).__name__}, not an object"
+        elif not whole(d.get("save_every", 1)):
+            bad = f"save_every is {d.get('save_every')!r}, not a whole number of rounds"
+        elif not (isinstance(d.get("save_rounds", []), list) and all(whole(r) for r in d.get("save_rounds", []))):
+            bad = f"save_rounds is {d.get('save_rounds')!r}, not a list of rounds"
+        elif d.get("clients_dtype", "float32") not in CLIENT_DTYPES:
+            bad = f"clients_dtype is {d.get('clients_dtype')!r}, not one of {', '.join(CLIENT_DTYPES)}"
+        elif not isinstance(d.get("incremental_state", True), bool):
+            bad = f"incremental_state is {d.get('incremental_state')!r}, not true or false"
+        else:
+            return cls(
+                save_every=d.get("save_every", 1),
+                save_rounds=tuple(d.get("save_rounds", ())),
+                clients_dtype=d.get("clients_dtype", "float32"),
+                incremental_state=d.get("incremental_state", True),
             )
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"run.json: 'storage' is damaged ({exc}); restore run.json from a copy") from exc
-        if out.clients_dtype not in CLIENT_DTYPES or out.save_every < 0:
-            raise UserError(f"run.json: 'storage' holds {d!r}, which this flatfl cannot use")
-        return out
+        raise UserError(f"run.json: 'storage' {bad}; the file was edited (restore run.json from a copy)")
 
 
 _ITEM = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|every:(\d+))$")
 
 
-MAX_RANGE = 10_000_000  # rounds a range may list when no run bounds it (never expanded past that)
+MAX_RANGE = 10_000_000  # rounds a range may list (never expanded past that)
 
 
-def parse_round_spec(text: str, flag: str, last: int | None = None) -> tuple[tuple[int, ...], int]:
+def parse_round_spec(
+    text: str, flag: str, last: int | None = None, among: Collection[int] | None = None
+) -> tuple[tuple[int, ...], int]:
     """``"5,10,20-25,every:50"`` -> (listed rounds, the every:N step or 0).
 
     Items, comma-separated: a round ``R``, a range ``A-B`` (both included) or ``every:N`` (rounds
-    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``. With ``last`` (the
-    run's last round) a range is cut at it before it is expanded -- rounds after it hold no file --
-    so ``1-100000000000`` costs nothing; without it a range of more than ``MAX_RANGE`` rounds is refused.
+    that are multiples of N). Anything else is a :class:`UserError` naming ``flag``. A range is never
+    expanded past what can matter: with ``among`` (the rounds that have a file, ``flatfl prune``) it selects
+    those of them inside it, whatever its bounds -- a stray ``round_99999999999.safetensors`` does not make
+    ``0-99999999999`` a list of 10^11 rounds; otherwise it is cut at ``last`` (the run's last round), and
+    a range of more than ``MAX_RANGE`` rounds even so (``--rounds 10^11 --save-rounds 1-10^11``) is refused.
     """
     rounds: set[int] = set()
     every = 0
@@ -93,9 +105,12 @@ def parse_round_spec(text: str, flag: str, last: int | None = None) -> tuple[tup
             a, b = int(m.group(2)), int(m.group(3))
             if a > b:
                 raise UserError(f"{flag}: range {item} runs backwards; write it as {b}-{a}")
+            if among is not None:
+                rounds.update(r for r in among if a <= r <= b)
+                continue
             if last is not None:
                 b = min(b, last)
-            elif b - a >= MAX_RANGE:
+            if b - a >= MAX_RANGE:
                 raise UserError(f"{flag}: range {item} lists more than {MAX_RANGE:,} rounds")
             rounds.update(range(a, b + 1))
         else:

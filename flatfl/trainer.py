@@ -393,7 +393,10 @@ def _restore(
     global_cpu = check_dtypes(ckpt.round_path(out, start), global_cpu, {k: v.dtype for k, v in model_sd.items()})
     check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
     global_state = {k: global_cpu[k].to(dev) for k in model_sd}
-    algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
+    try:
+        algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
+    except (KeyError, ValueError) as exc:  # state the algorithm needs is missing or does not fit
+        raise UserError(f"{out / ckpt.STATE_FILE}: {exc}; the state file is damaged (restore it from a copy)") from exc
     if main:
         complete_metrics(out, start, sim, identity, str(dev))
     if start >= cfg.rounds:

@@ -484,7 +484,7 @@ def test_ctrl_c_during_an_overwrite_says_where_the_run_is_and_the_next_command_w
 def test_a_replaced_run_whose_deletion_was_interrupted_is_removed_by_the_next_command(finished, cli):
     # the set-aside run is renamed before it is deleted: a half-deleted one never reads as a whole run to put back
     run = finished("deleting")
-    half = run / ".flatfl-replaced.deleting"
+    half = run / ".flatfl-replaced.delete"
     half.mkdir()
     (half / "round_0001.safetensors").write_bytes(b"rest")
     before = _files(run)
@@ -514,3 +514,63 @@ def test_ctrl_c_in_an_overwrite_that_cannot_put_the_run_back_names_where_it_is(c
     assert code == 130 and f"{run}/.flatfl-replaced/" in err and f"flatfl prune {run} --keep 0 --dry-run" in err, err
     assert cli("prune", run, "--keep", "0", "--dry-run")[0] == 0  # the command named puts it back
     assert _files(run) == _files(straight)
+
+
+# -- a kill while an opening settles the --overwrite (moving the previous run back, or deleting it) -----------------
+# A real SIGKILL between two file operations of the settling itself: os.replace (moving back) or os.unlink (deleting)
+# is made to end the process after its n-th call, in a child process, whatever code path makes those calls.
+DIE_AFTER = """
+import os, sys
+name, n = sys.argv[1], int(sys.argv[2])
+real, calls = getattr(os, name), []
+def dying(*a, **kw):
+    real(*a, **kw)
+    calls.append(1)
+    if len(calls) == n:
+        os._exit(137)
+setattr(os, name, dying)
+from flatfl.cli import main
+raise SystemExit(main(sys.argv[3:]))
+"""
+
+
+def _die_after(call: str, n: int, *args: str | Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", DIE_AFTER, call, str(n), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == KILLED, proc.stderr
+
+
+@pytest.mark.parametrize("n", [1, 10])
+def test_a_kill_while_the_previous_run_moves_back_is_settled_by_the_next_command(
+    straight, overwrite_killed, cli, tmp_path, n
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(overwrite_killed("round:commit", 1), run)  # the new run's round 0 written, not committed
+    # its opening moves the previous run back; a kill there left files moved back that the next opening took for the
+    # new run's and deleted (n = 1), or a set-aside run without its run.json that stopped every command (n = 10)
+    _die_after("replace", n, "prune", run, "--keep", "0", "--dry-run")
+    for reader in ("prune", "landscape", "resume"):
+        code, err = _reader(reader, cli, run, tmp_path, committed=False)
+        assert code == 0, (reader, err)
+    assert not any(p.name.startswith(".flatfl-replaced") for p in run.iterdir())
+    assert_same_run(straight, run)
+
+
+@pytest.mark.parametrize("n", [1, 8])
+def test_a_kill_while_the_replaced_run_is_deleted_is_settled_by_the_next_command(straight, cli, tmp_path, n):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    # the first unlinks of an --overwrite are those deleting the previous run, after the new round 0's commit; a kill
+    # once run.json was deleted left a set-aside run without it, which stopped every command (n = 8)
+    _die_after("unlink", n, "train", *ARGS, "--rounds", "1", "--seed", "1", "--overwrite", "--out", run)
+    assert (run / ckpt.STATE_FILE).is_file()
+    for reader in ("prune", "landscape", "resume"):
+        code, err = _reader(reader, cli, run, tmp_path, committed=True)
+        assert code == 0, (reader, err)
+    assert not any(p.name.startswith(".flatfl-replaced") for p in run.iterdir())
+    assert json.loads((run / ckpt.RUN_JSON).read_text())["config"]["seed"] == 1

@@ -365,3 +365,143 @@ def test_float64_round_file_converts_exactly_and_is_accepted(base, tmp_path):
     ckpt.save_tensors(path, inexact, meta)
     with pytest.raises(Exception, match="is float64"):
         Run.open(run).model(ROUNDS)
+
+
+# -- fields no digest covers, and headers safetensors itself would refuse (fresh hostile pass) -----------------------
+def _raw_metadata(path: Path, value: object) -> None:
+    """``path``'s header with the flatfl metadata entry replaced by a raw JSON value (safetensors writes text only:
+    an edited header)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n]) | {"__metadata__": {"flatfl": value}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+
+
+@pytest.mark.parametrize("value", [5, [1], {"round": 1}], ids=["number", "list", "object"])
+@pytest.mark.parametrize("reader", ["landscape", "report", "resume", "prune"])
+def test_round_header_metadata_that_is_not_text_is_one_line(base, cli, tmp_path, value, reader):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _raw_metadata(ckpt.round_path(run, ROUNDS), value)
+    _refused(cli, run, reader, f"round_000{ROUNDS}.safetensors", tmp=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["cut", "metadata not text"])
+def test_prune_with_a_damaged_state_file_is_one_line_and_deletes_nothing(base, cli, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    state = run / ckpt.STATE_FILE
+    if damage == "cut":
+        state.write_bytes(state.read_bytes()[:100])
+    else:
+        _raw_metadata(state, {"round": ROUNDS})
+    _refused(cli, run, "prune", "state.safetensors: unreadable", "deletes nothing", tmp=tmp_path)
+
+
+def _info(path: str, value: object) -> Callable[[dict], None]:
+    def edit(info: dict) -> None:
+        *parents, key = path.split(".")
+        d = info
+        for p in parents:
+            d = d[p]
+        d[key] = value
+
+    return edit
+
+
+# run.json fields outside the identity digest (so a digest check does not see the edit): their types
+UNDIGESTED = {
+    "storage a string": ("storage", "abc", "resume", "'storage' is a JSON str"),
+    "storage save_every inf": ("storage.save_every", float("inf"), "resume", "save_every is inf"),
+    "storage save_rounds text": ("storage.save_rounds", "123", "resume", "save_rounds is '123'"),
+    "storage incremental text": ("storage.incremental_state", "no", "resume", "incremental_state is 'no'"),
+    "state_keys a number": ("model.state_keys", 5, "landscape", "model.state_keys is not a list"),
+    "state_keys a number, report": ("model.state_keys", 5, "report", "model.state_keys is not a list"),
+    "parameters of numbers": ("model.parameters", [1, 2], "landscape", "model.parameters is not a list"),
+    "data_root a number": ("config.data.data_root", 5, "landscape", "config.data.data_root is 5, not a path"),
+    "data_root a list, report": ("config.data.data_root", ["a"], "report", "config.data.data_root is ['a']"),
+    "partition_file a number": ("config.data.partition_file", 5, "resume", "config.data.partition_file is 5"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNDIGESTED))
+def test_run_json_fields_outside_the_digest_of_the_wrong_type_are_one_line(base, cli, tmp_path, case):
+    field, value, reader, needle = UNDIGESTED[case]
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    _edit_run_json(run, _info(field, value))
+    _refused(cli, run, reader, "run.json", needle, tmp=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def fedmut_base(tmp_path_factory):
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("forged-state") / "run"
+    args = ["train", *TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--save-clients", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+def _edit_state(run: Path, edit: Callable[[dict], dict]) -> None:
+    path = run / ckpt.STATE_FILE
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, edit(tensors), meta)
+
+
+STATES = {
+    "int64 copy of the model": (lambda t: {k: v.to(torch.int64) for k, v in t.items()}, "is int64, the model holds"),
+    "float16 copy of the model": (lambda t: {k: v.half() for k, v in t.items()}, "is float16, the model holds"),
+    "previous model dropped": (lambda t: {}, "no prev_global/ tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATES))
+def test_forged_algorithm_state_is_refused_on_resume(fedmut_base, cli, tmp_path, case):
+    # FedMut's state is the previous global model: an int64 or float16 copy was used as it is (the resumed run's
+    # mutations changed), and one without its tensors stopped with a KeyError after run.json was rewritten
+    edit, needle = STATES[case]
+    run = tmp_path / "run"
+    shutil.copytree(fedmut_base, run)
+    _edit_state(run, edit)
+    _refused(cli, run, "resume", "state.safetensors", needle, tmp=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "what"),
+    [
+        ("test_acc", 7.0, "an accuracy in [0, 1]"),
+        ("test_loss", -5.0, "a loss >= 0"),
+        ("test_acc", -(10**400), "an accuracy in [0, 1]"),
+    ],  # fmt: skip
+)
+def test_metrics_values_no_run_can_record_are_refused(base, cli, tmp_path, key, value, what):
+    # averaged and matched on as they were (an accuracy of 7, a negative cross-entropy)
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    lines = (run / ckpt.METRICS_FILE).read_text().splitlines(keepends=True)
+    lines[1] = json.dumps(json.loads(lines[1]) | {key: value}) + "\n"
+    (run / ckpt.METRICS_FILE).write_text("".join(lines))
+    _refused(cli, run, "report", f"metrics.jsonl: line 2 (round 1): {key} is", what, tmp=tmp_path)
+
+
+def test_diverged_json_that_is_not_an_object_is_a_diverged_run_not_a_traceback(base, cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    (run / ckpt.DIVERGED_JSON).write_text("[1]")
+    code, out, err = cli("report", run, "--out", tmp_path / "r", *REPORT)
+    assert code == 2 and "Traceback" not in err and "every run diverged" in err, err
+    assert "diverged.json exists (unreadable)" in out + err
+
+
+def test_weights_so_large_the_surface_plane_overflows_are_one_line(fedmut_base, cli, tmp_path):
+    # finite float32 weights near its largest value: the filter-normalised directions overflow to inf, and the
+    # least-squares coordinates of the client models (markers, --save-clients) hit a LAPACK internal assert
+    run = tmp_path / "run"
+    shutil.copytree(fedmut_base, run)
+    path = ckpt.round_path(run, ROUNDS)
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, {k: v * 0 + 3e38 for k, v in tensors.items()}, meta)
+    _refused(cli, run, "landscape", "not finite", tmp=tmp_path)

@@ -108,3 +108,32 @@ def test_prune_bad_input_and_a_running_trainer_are_one_line(cli, copy, tmp_path)
     finally:
         lock.close()
     assert ckpt.list_rounds(copy) == list(range(7))
+
+
+# -- a range is never expanded past the files (fresh hostile pass) ----------------------------------------------------
+def _capped(*args: object) -> tuple[int, str, str]:
+    """``flatfl ARGS`` in a child whose heap is capped at 3 GB: a range expanded into a list of 10^11 rounds ends in a
+    MemoryError there instead of taking the shared machine's memory."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "flatfl", *map(str, args)], capture_output=True, text=True, timeout=300, preexec_fn=cap
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_stray_round_file_with_a_huge_number_does_not_expand_keep(copy):
+    shutil.copy(ckpt.round_path(copy, 6), copy / "round_99999999999.safetensors")  # a stray copy, mislabelled
+    code, out, err = _capped("prune", copy, "--keep", "0-99999999999", "--dry-run")
+    assert "MemoryError" not in err and "Traceback" not in err, err
+    # the range selects the files inside it; the stray file is the highest, so it is 'the last round' that prune keeps,
+    # and it says round 6: refused in one line, nothing deleted
+    assert code == 2 and "round_99999999999.safetensors: not round 99999999999" in err, err
+    (copy / "round_99999999999.safetensors").unlink()
+    code, out, err = _capped("prune", copy, "--keep", "2-99999999999", "--keep-clients", "5-99999999999", "--dry-run")
+    assert code == 0 and "would delete 5 files" in out, (out, err)  # rounds 1, clients 1-4

@@ -170,5 +170,7 @@ class FedMut(FederatedAlgorithm):
         if meta.get("has_prev_global"):
             prefix = "prev_global/"
             self.prev_global = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not self.prev_global:
+                raise ValueError("its metadata say it holds the previous global model, but no prev_global/ tensor")
         else:
             self.prev_global = None

@@ -37,24 +37,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
 
 
-def _selection(text: str, flag: str, last: int) -> Selection:
-    rounds, every = parse_round_spec(text, flag, last)  # ranges cut at the run's last file: none is expanded past it
+def _selection(text: str, flag: str, found: set[int]) -> Selection:
+    rounds, every = parse_round_spec(text, flag, among=found)  # ranges select files that exist: none is expanded
     return Selection(rounds, every)
 
 
-def _last_round(run: Path) -> int:
-    """The highest round of any round or clients file in ``run`` (0 for an empty or missing folder)."""
+def _file_rounds(run: Path) -> set[int]:
+    """The rounds of every round or clients file in ``run`` (none for an empty or missing folder)."""
     import re
 
     names = [p.name for p in run.iterdir()] if run.is_dir() else []
-    found = [int(m.group(1)) for n in names if (m := re.fullmatch(r"(?:round|clients)_(\d+)\.safetensors", n))]
-    return max(found, default=0)
+    return {int(m.group(1)) for n in names if (m := re.fullmatch(r"(?:round|clients)_(\d+)\.safetensors", n))}
 
 
 def run(ns: dict[str, Any]) -> int:
-    last = _last_round(Path(ns["run"]))
-    keep = _selection(ns["keep"], "--keep", last)
-    clients = _selection(ns["keep_clients"], "--keep-clients", last) if ns.get("keep_clients") else None
+    found = _file_rounds(Path(ns["run"]))
+    keep = _selection(ns["keep"], "--keep", found)
+    clients = _selection(ns["keep_clients"], "--keep-clients", found) if ns.get("keep_clients") else None
     plan = prune(ns["run"], keep, clients, dry_run=ns["dry_run"])
     size = sum(p.stat().st_size for p in plan.delete if p.exists()) if ns["dry_run"] else None
     names = ", ".join(p.name for p in plan.delete[:6]) + (" ..." if len(plan.delete) > 6 else "")

@@ -79,7 +79,7 @@ def run_status(run: Run) -> RunStatus:
         try:
             info = json.loads(marker.read_text())
             why = str(info.get("message", "")) or f"diverged at round {info.get('round')}"
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError, RecursionError):  # AttributeError: JSON other than an object
             why = f"{marker} exists (unreadable)"
         return RunStatus("diverged", last, planned, why)
     for m in run.metrics():
