@@ -23,6 +23,14 @@ difference between the two reports' numbers.
     python bench/report_cost.py                      # ~5-7 min on 2 cores shared with other jobs
     python bench/report_cost.py --settings cifar --samples 1000   # the issue's 1,000 samples: ~17 min there
     python bench/report_cost.py --compare --repeats 2
+    python bench/report_cost.py --settings digits --candidates --repeats 2 --samples 1000
+
+With ``--candidates`` it decides the report's default set by measurement (issue 28 §3: the demo report may grow by
+at most ~50%): after one untimed warm-up, ``--repeats`` rounds of reports, each round every configuration once in
+a rotated order -- the *base* set (the report's own measures: every ``report_default`` measure switched off with
+its ``--no-NAME``), the base set plus each candidate alone (:data:`CANDIDATES`, and ``--candidate NAME=FLAGS``),
+and the current default set (no flags) -- and prints each one's median wall time, its ratio to the base set and the
+candidate's own stage seconds.
     python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
 """
 
@@ -166,6 +174,57 @@ def compare(
     return reps[True]
 
 
+# the measures of issue 28 §3 that may join the report's default set: name -> the flags that switch each on
+CANDIDATES: dict[str, list[str]] = {
+    "relative_flatness": ["--relative-flatness"],
+    "fisher_rao": ["--fisher-rao"],
+    "ggn": ["--curvature", "ggn"],
+    "ef": ["--curvature", "ef"],
+    "per_layer": ["--per-layer"],
+}
+
+
+def candidate_configs(extra: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Configuration name -> report flags: ``base`` (every default-set measure off), ``base + NAME`` per candidate,
+    ``default set`` (no flags)."""
+    from flatfl.runs.measures import REGISTRY, off_flag
+
+    defaults = [n for n, s in REGISTRY.items() if s.report and s.report_default]
+    base = [off_flag(REGISTRY[n]) for n in defaults]
+    configs = {"base": base}
+    for name, flags in {**CANDIDATES, **extra}.items():
+        on = [f for f in base if f != off_flag(REGISTRY[name])] if name in defaults else [*base, *flags]
+        configs[f"base + {name}"] = on
+    configs["default set"] = []
+    return configs
+
+
+def candidates(name: str, runs: list[str], tmp: Path, samples: int, repeats: int, at: list[str],
+               extra: dict[str, list[str]]) -> None:  # fmt: skip
+    """Every configuration of :func:`candidate_configs` ``repeats`` times, rotated, after one warm-up; medians."""
+    configs = candidate_configs(extra)
+    walls: dict[str, list[float]] = {c: [] for c in configs}
+    stage_s: dict[str, list[float]] = {c: [] for c in configs}
+    report(runs, tmp / f"{name}-cand-warm-up", samples, True, at)
+    names = list(configs)
+    for i in range(repeats):
+        k = i % len(names)
+        for c in names[k:] + names[:k]:  # rotated: a trend in the machine's load hits every configuration
+            rep, wall, _ = report(runs, tmp / f"{name}-cand-{i}-{c.replace(' ', '_')}", samples, True, [*at, *configs[c]])
+            walls[c].append(wall)
+            own = c.removeprefix("base + ")
+            secs = rep["timing"]["seconds"]
+            stage_s[c].append(secs.get(own, 0.0))
+            print(f"  {c}: {wall:.1f} s", flush=True)
+    b = statistics.median(walls["base"])
+    print(f"\n{name}: flatfl report {' '.join(at)} --samples {samples}, median of {repeats} (wall s)")
+    print(f"{'configuration':<26} {'wall s':>8} {'/ base':>7} {'own stage s':>12}  flags")
+    for c in names:
+        w = statistics.median(walls[c])
+        own = statistics.median(stage_s[c]) if c.startswith("base + ") else float("nan")
+        print(f"{c:<26} {w:>8.1f} {w / b:>7.2f} {own:>12.1f}  {' '.join(configs[c]) or '(none)'}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="digits,cifar", help="comma-separated: digits, cifar (default: both)")
@@ -177,7 +236,13 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also time shared work off vs on, interleaved")
     ap.add_argument("--repeats", type=int, default=2, help="--compare: report pairs per setting (default: 2)")
     ap.add_argument("--report-flags", default="", help="extra flatfl report flags, space-separated")
+    ap.add_argument("--candidates", action="store_true",
+                    help="time the report's default set with each candidate measure added (see above), not the "
+                    "breakdown")  # fmt: skip
+    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=FLAGS",
+                    help="--candidates: one more candidate, its report flags space-separated (repeatable)")
     args = ap.parse_args()
+    extra_candidates = {n: f.split() for n, _, f in (c.partition("=") for c in args.candidate)}
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = args.report_flags.split()
     cols, md5 = {}, {}
@@ -193,6 +258,9 @@ def main() -> None:
             print(f"{kind}: trained {len(runs[kind])} runs x {args.rounds} rounds in {took:.0f} s", flush=True)
         for kind in kinds:  # with --compare: pairs (before, after) interleaved; the breakdown is the last "after"
             at = ["--at-rounds", str(args.rounds), *extra]
+            if args.candidates:
+                candidates(kind, runs[kind], tmp, args.samples, args.repeats, at, extra_candidates)
+                continue
             if args.compare:
                 rep, wall, err = compare(kind, runs[kind], tmp, args.samples, args.repeats, at)
             else:
@@ -202,8 +270,9 @@ def main() -> None:
             print(f"{kind}: flatfl report {wall:.1f} s wall, {rep['timing']['counts'].get('data', 0)} data loads")
             if kind == "cifar":
                 print(f"cifar: {md5[kind]} md5 warnings in the report (6 per load of the data set: one per batch file)")
-        print()
-        print(side_by_side(cols), flush=True)
+        if cols:
+            print()
+            print(side_by_side(cols), flush=True)
 
 
 if __name__ == "__main__":

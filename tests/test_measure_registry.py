@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flatfl.runs.measures import REGISTRY, Context, Flag, MeasureSpec, register, unregister
+from flatfl.runs.measures import REGISTRY, Context, Flag, Meaning, MeasureSpec, register, unregister
 from flatfl.runs.problem import Problem
 
 
@@ -38,6 +38,11 @@ TOY = MeasureSpec(
         Flag(("--toy-loss",), {"action": "store_true", "help": "the toy measure: scale x the mean loss"}),
         Flag(("--toy-scale",), {"type": float, "metavar": "S", "help": "its scale (default: 1)"}, "scale"),
     ),
+    # its page text, read by the report's "What the measures mean" section, and the work it cites
+    meaning=lambda s, report: Meaning(
+        f"toy(θ) = {s.scale:g} · L(θ), the mean loss scaled (a test measure).", "lower", "none (exact)", ("Toy 2026",)
+    ),
+    references={"Toy 2026": "A. Toy. A measure defined in a test module. Journal of Registries, 2026."},
 )
 
 
@@ -98,6 +103,14 @@ def test_a_registered_measure_reaches_the_report(toy, runs, cli, tmp_path):
     assert float(verdict[0]["b_mean"]) == pytest.approx(by_group["fedmut"])
     html = (out / "report.html").read_text()
     assert "toy scaled loss" in html
+    # its text in "What the measures mean" (from the spec, the page untouched), its anchor from the verdict
+    # table, its citation linked to its bibliography entry
+    glossary = html[html.index("What the measures mean"):]
+    assert "<dt id='m-toy_loss'>" in glossary and "toy(θ) = 1 · L(θ), the mean loss scaled (a test measure)." in glossary
+    assert "A. Toy. A measure defined in a test module. Journal of Registries, 2026." in glossary
+    assert "href='#ref-toy2026'" in glossary and "href='#m-toy_loss'" in html
+    # not tested for invariance: the page claims none
+    assert "not tested by flatfl's reparametrisation tests" in glossary
     rep = json.loads((out / "report.json").read_text())
     row = next(r for r in rep["verdict"][0]["rows"] if r["measure"] == "toy_loss")
     assert row["lower_is_better"] is True and row["invariant_to"] == []
@@ -122,6 +135,8 @@ def test_builtin_specs_declare_tested_invariances_only():
         key = "width" if spec.name == "widths" else spec.name if spec.name in ("trace",) else None
         if spec.name == "hessian":
             key = "lambda_max"
+        elif spec.name in ("relative_flatness", "fisher_rao"):
+            key = spec.name
         elif spec.path[:1] == ("sharpness",):
             key = f"sharpness_{spec.name}"
         if key is None:
