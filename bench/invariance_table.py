@@ -23,10 +23,10 @@ floating point, and 3, which is not):
 
 Each measure is computed through the report's own code: :func:`flatfl.runs.measure.measure` with
 :class:`~flatfl.runs.report.ReportSettings`' default landscape settings (in float64, all six sharpness
-measures, relative flatness and the Fisher-Rao norm), :func:`flatfl.runs.report.measure_slices` with the default slice settings and
-:func:`flatfl.runs.report.checkpoint_row` -- the same seeds, so the same Lanczos start, trace probes,
-sharpness draws and Gaussian slice directions. The dense Hessian (``torch.autograd.functional.hessian``)
-gives the exact lambda_max and trace alongside.
+measures, relative flatness and the Fisher-Rao norm), :func:`flatfl.runs.report.measure_slices` with the
+default slice settings and :func:`flatfl.runs.report.checkpoint_row` -- the same seeds, so the same Lanczos
+start, trace probes, sharpness draws and Gaussian slice directions. The dense Hessian
+(``torch.autograd.functional.hessian``) gives the exact lambda_max and trace alongside.
 
 ``tests/test_invariance.py`` asserts that :data:`flatfl.analysis.invariance.INVARIANT_TO` is what this
 measures. Run as a script it prints each measure's relative change per reparametrisation and alpha,
@@ -61,13 +61,18 @@ from flatfl.runs.report import SCALE_INVARIANT, ReportSettings, checkpoint_row, 
 
 ALPHAS = (0.25, 3.0)
 TOL = 1e-9  # invariant: |m' - m| <= TOL |m| for every alpha (rounding is ~1e-14 here)
-CHANGE = 1e-3  # changes: |m' - m| > CHANGE |m| for every alpha
+# changes: |m' - m| > TOL |m| for every alpha (beyond rounding) and > CHANGE |m| for at least one. Epsilon-sharpness
+# under penultimate_neuron moves by 13% at alpha = 0.25 and by only 1.5e-5 at alpha = 3 (its box eps (|w| + 1) is
+# dominated by the "+ 1" that does not scale, and the shrunk output column leaves little to perturb): a real change,
+# 10^9 times rounding, that "> CHANGE for every alpha" would have called unclear
+CHANGE = 1e-3
 UNIT = 0  # the hidden unit (mlp) and the conv filter (cnn_bn) the filter-wise rescalings act on
 LITERATURE = (("relative_flatness", RelativeFlatnessSettings()), ("fisher_rao", FisherRaoSettings()))
 SETTINGS = replace(
     ReportSettings(),
-    landscape=replace(ReportSettings().landscape, dtype="float64", sharpness=SHARPNESS_MEASURES, surface=None,
-                      measures=LITERATURE),  # fmt: skip
+    landscape=replace(
+        ReportSettings().landscape, dtype="float64", sharpness=SHARPNESS_MEASURES, surface=None, measures=LITERATURE
+    ),  # fmt: skip
 )
 # the verdict measures, as checkpoint_row names them
 WIDTHS = tuple(f"width_{t:g}" for t in SETTINGS.widths)
@@ -267,12 +272,12 @@ class Measured:
         return abs(self.ratio(case, alpha, key) - 1.0)
 
     def verdict(self, case: str, key: str) -> str:
-        """ "invariant" (within :data:`TOL` for every alpha), "changes" (by more than :data:`CHANGE` for every
-        alpha) or "unclear" (neither: the test fails rather than classify it)."""
+        """ "invariant" (within :data:`TOL` for every alpha), "changes" (beyond :data:`TOL` for every alpha and by
+        more than :data:`CHANGE` for at least one) or "unclear" (neither: the test fails rather than classify it)."""
         rel = [self.relative(case, a, key) for a in ALPHAS]
         if max(rel) <= TOL:
             return "invariant"
-        return "changes" if min(rel) > CHANGE else "unclear"
+        return "changes" if min(rel) > TOL and max(rel) > CHANGE else "unclear"
 
 
 def measure_all(settings: ReportSettings = SETTINGS) -> Measured:

@@ -26,11 +26,12 @@ difference between the two reports' numbers.
     python bench/report_cost.py --settings digits --candidates --repeats 2 --samples 1000
 
 With ``--candidates`` it decides the report's default set by measurement (issue 28 §3: the demo report may grow by
-at most ~50%): after one untimed warm-up, ``--repeats`` rounds of reports, each round every configuration once in
-a rotated order -- the *base* set (the report's own measures: every ``report_default`` measure switched off with
-its ``--no-NAME``), the base set plus each candidate alone (:data:`CANDIDATES`, and ``--candidate NAME=FLAGS``),
-and the current default set (no flags) -- and prints each one's median wall time, its ratio to the base set and the
-candidate's own stage seconds.
+at most ~50%): after one untimed warm-up (at most 100 samples), ``--repeats`` rounds of reports, each round every
+configuration once in a rotated order -- the *base* set (the report's own measures: every ``report_default``
+measure switched off with its ``--no-NAME``), the base set plus each candidate alone (:data:`CANDIDATES`, and ``--candidate NAME=FLAGS``),
+and the current default set (no flags) -- and prints each one's median wall time and CPU time (this process's,
+``time.process_time``: on a machine shared with other jobs it moves far less than the wall time), their ratios to
+the base set and the candidate's own stage seconds (wall).
     python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
 """
 
@@ -104,13 +105,15 @@ def report(runs: list[str], out: Path, samples: int, share: bool, extra: list[st
     args = ["report", *runs, "--out", str(out), "--samples", str(samples), "--reference", "fedavg-mean",
             "--no-progress", "--device", "cpu", *labels, *extra]  # fmt: skip
     os.environ["FLATFL_SHARE_WORK"] = "1" if share else "0"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         code = flatfl(args)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if code != 0:
         sys.exit(f"report: exit {code}\n{err.getvalue()[-2000:]}")
-    return json.loads((out / "report.json").read_text()), wall, err.getvalue()
+    rep = json.loads((out / "report.json").read_text())
+    rep["bench_cpu_seconds"] = cpu  # this process's CPU time: less sensitive than wall time to a loaded machine
+    return rep, wall, err.getvalue()
 
 
 def side_by_side(cols: dict[str, dict]) -> str:
@@ -204,25 +207,29 @@ def candidates(name: str, runs: list[str], tmp: Path, samples: int, repeats: int
     """Every configuration of :func:`candidate_configs` ``repeats`` times, rotated, after one warm-up; medians."""
     configs = candidate_configs(extra)
     walls: dict[str, list[float]] = {c: [] for c in configs}
+    cpus: dict[str, list[float]] = {c: [] for c in configs}
     stage_s: dict[str, list[float]] = {c: [] for c in configs}
-    report(runs, tmp / f"{name}-cand-warm-up", samples, True, at)
+    report(runs, tmp / f"{name}-cand-warm-up", min(samples, 100), True, at)  # first calls (kernels) are slow
     names = list(configs)
     for i in range(repeats):
         k = i % len(names)
         for c in names[k:] + names[:k]:  # rotated: a trend in the machine's load hits every configuration
-            rep, wall, _ = report(runs, tmp / f"{name}-cand-{i}-{c.replace(' ', '_')}", samples, True, [*at, *configs[c]])
+            where = tmp / f"{name}-cand-{i}-{c.replace(' ', '_')}"
+            rep, wall, _ = report(runs, where, samples, True, [*at, *configs[c]])
             walls[c].append(wall)
+            cpus[c].append(rep["bench_cpu_seconds"])
             own = c.removeprefix("base + ")
             secs = rep["timing"]["seconds"]
             stage_s[c].append(secs.get(own, 0.0))
-            print(f"  {c}: {wall:.1f} s", flush=True)
-    b = statistics.median(walls["base"])
-    print(f"\n{name}: flatfl report {' '.join(at)} --samples {samples}, median of {repeats} (wall s)")
-    print(f"{'configuration':<26} {'wall s':>8} {'/ base':>7} {'own stage s':>12}  flags")
+            print(f"  {c}: {wall:.1f} s wall, {cpus[c][-1]:.1f} s CPU, own stage {stage_s[c][-1]:.1f} s", flush=True)
+    b, bc = statistics.median(walls["base"]), statistics.median(cpus["base"])
+    print(f"\n{name}: flatfl report {' '.join(at)} --samples {samples}, median of {repeats}")
+    print(f"{'configuration':<26} {'wall s':>8} {'/ base':>7} {'CPU s':>8} {'/ base':>7} {'own stage s':>12}  flags")
     for c in names:
-        w = statistics.median(walls[c])
+        w, cp = statistics.median(walls[c]), statistics.median(cpus[c])
         own = statistics.median(stage_s[c]) if c.startswith("base + ") else float("nan")
-        print(f"{c:<26} {w:>8.1f} {w / b:>7.2f} {own:>12.1f}  {' '.join(configs[c]) or '(none)'}", flush=True)
+        print(f"{c:<26} {w:>8.1f} {w / b:>7.2f} {cp:>8.1f} {cp / bc:>7.2f} {own:>12.1f}  "
+              f"{' '.join(configs[c]) or '(none)'}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -239,8 +246,13 @@ def main() -> None:
     ap.add_argument("--candidates", action="store_true",
                     help="time the report's default set with each candidate measure added (see above), not the "
                     "breakdown")  # fmt: skip
-    ap.add_argument("--candidate", action="append", default=[], metavar="NAME=FLAGS",
-                    help="--candidates: one more candidate, its report flags space-separated (repeatable)")
+    ap.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="--candidates: one more candidate, its report flags space-separated (repeatable)",
+    )
     args = ap.parse_args()
     extra_candidates = {n: f.split() for n, _, f in (c.partition("=") for c in args.candidate)}
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -105,8 +105,9 @@ def test_a_registered_measure_reaches_the_report(toy, runs, cli, tmp_path):
     assert "toy scaled loss" in html
     # its text in "What the measures mean" (from the spec, the page untouched), its anchor from the verdict
     # table, its citation linked to its bibliography entry
-    glossary = html[html.index("What the measures mean"):]
-    assert "<dt id='m-toy_loss'>" in glossary and "toy(θ) = 1 · L(θ), the mean loss scaled (a test measure)." in glossary
+    glossary = html[html.index("What the measures mean") :]
+    assert "<dt id='m-toy_loss'>" in glossary
+    assert "toy(θ) = 1 · L(θ), the mean loss scaled (a test measure)." in glossary
     assert "A. Toy. A measure defined in a test module. Journal of Registries, 2026." in glossary
     assert "href='#ref-toy2026'" in glossary and "href='#m-toy_loss'" in html
     # not tested for invariance: the page claims none
@@ -159,3 +160,31 @@ def test_samples_zero_means_all_the_data_in_every_command():
         assert samples_setting(vars(parser.parse_args([*cmd, "--samples", "70"]))["samples"]) == (70, False)
     with pytest.raises(argparse.ArgumentTypeError, match="0 = all"):
         samples_t("-3")
+
+
+def test_the_reports_default_set_and_its_off_switches():
+    """relative flatness and the Fisher-Rao norm are in flatfl report's default set (measured cost:
+    docs/landscapes.md); ``--no-NAME`` switches each off, and asking for a measure while switching it off is one
+    line naming the flag."""
+    from flatfl.cli import build_parser
+    from flatfl.cli.report import _report_settings
+    from flatfl.errors import UserError
+    from flatfl.runs.measures import off_flag
+
+    parser = build_parser()
+
+    def measures(*flags: str) -> list[str]:
+        ns = vars(parser.parse_args(["report", "somerun", "--out", "o", *flags]))
+        return [name for name, _ in _report_settings(ns).landscape.measures]
+
+    defaults = [s.name for s in REGISTRY.values() if s.report_default]
+    assert defaults == ["relative_flatness", "fisher_rao"] and measures() == defaults
+    assert [off_flag(REGISTRY[n]) for n in defaults] == ["--no-relative-flatness", "--no-fisher-rao"]
+    assert measures("--no-fisher-rao") == ["relative_flatness"]
+    assert measures("--no-relative-flatness", "--no-fisher-rao") == []
+    # one flag away: the rest join in registry order
+    assert measures("--curvature", "ggn", "--per-layer") == ["ggn", "per_layer", "relative_flatness", "fisher_rao"]
+    ns = vars(parser.parse_args(["report", "r", "--out", "o", "--relative-flatness-layer", "fc2",
+                                 "--no-relative-flatness"]))  # fmt: skip
+    with pytest.raises(UserError, match="--no-relative-flatness"):
+        _report_settings(ns)

@@ -112,7 +112,8 @@ def test_without_the_flag_no_section_and_no_entry(tmp_path, report):
     out = tmp_path / "plain"
     args = ["report", str(root / "fedavg-s0"), str(root / "fedmut-s0"), "--out", str(out), "--no-hessian",
             "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0", "--no-surface", "--no-spread",
-            "--no-match", "--samples", str(SAMPLES), "--at-rounds", "2", "--no-progress", "--no-fisher-rao"]  # fmt: skip
+            "--no-match", "--samples", str(SAMPLES), "--at-rounds", "2", "--no-progress",
+            "--no-fisher-rao"]  # fmt: skip
     assert main(args) == 0
     assert "per_layer" not in json.loads((out / "report.json").read_text())
     assert not (out / "per_layer.png").exists() and "Per-layer curvature" not in (out / "report.html").read_text()

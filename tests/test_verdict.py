@@ -331,7 +331,8 @@ def test_caution_follows_the_invariance_table():
     assert scale_caveat(ms, demo | {AVG.key: "flatter: B"}) is None  # an invariant-to-everything measure agrees
     layer_only = {"lambda_max": "flatter: B", "width_0.1": "no clear difference", "test_acc": "better: B"}
     text = scale_caveat([LAM, FNW, ACC], layer_only)
-    assert "layer-wise, pre-BatchNorm filter and output-layer rescaling" in text and "1D width: no clear difference" in text
+    assert "layer-wise, pre-BatchNorm filter and output-layer rescaling" in text
+    assert "1D width: no clear difference" in text
     assert scale_caveat([LAM, ACC], {"lambda_max": "flatter: B"}) is None  # no invariant measure compared
     line = headline(ms, demo, "A", "B", pairs={k: paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 4.1, 2: 6.0},
                                                          ratio=True) for k in demo})  # fmt: skip

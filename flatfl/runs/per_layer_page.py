@@ -91,6 +91,7 @@ def per_layer_sections(
     grouping, kind = rows[0]["grouping"], rows[0]["curvature"]
     png = plot_per_layer(panels, colors, out / "per_layer", title=f"diagonal {kind} blocks per {grouping}, round {rnd}")
     files["per_layer_png"] = png[0]
+    uri = base64.b64encode(png[0].read_bytes()).decode()
     n = {g: len({p[0] for pts in per.values() for p in pts}) for g, per in panels.items()}
     text = (
         f"<p>Which layer is sharp: for every {html.escape(grouping)} l of the model, λmax and trace of its diagonal "
@@ -101,7 +102,7 @@ def per_layer_sections(
         "λmax is at most the whole Hessian's; the traces add up to the whole trace. Static figure: per_layer.png "
         "and per_layer.pdf; every block of every measured checkpoint, with its Lanczos residual and the trace's "
         "standard error, is in report.json under <code>per_layer</code>.</p>"
-        f"<img alt='per-layer curvature' style='max-width:100%' src='data:image/png;base64,{base64.b64encode(png[0].read_bytes()).decode()}'>"
+        f"<img alt='per-layer curvature' style='max-width:100%' src='data:image/png;base64,{uri}'>"
         f"<details><summary>Means over seeds, block by block</summary><div class='scroll'>"
         f"{_means_table(panels, labels)}</div></details>"
     )

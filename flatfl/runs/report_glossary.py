@@ -20,7 +20,6 @@ from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to, is_test
 from flatfl.runs.measures import Meaning, registered
 from flatfl.runs.settings import ReportSettings
 
-
 BIBLIOGRAPHY: dict[str, str] = {
     "Lanczos 1950": "C. Lanczos. An iteration method for the solution of the eigenvalue problem of linear "
     "differential and integral operators. J. Res. Nat. Bur. Standards 45, 1950.",

@@ -79,7 +79,9 @@ def meaning(name: str, s: SharpnessSettings) -> Meaning:
             ascent,
             adaptive,
         ),
-        "adaptive_linf": Meaning(f"max<sub>‖δ / |θ|‖∞ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}.", "lower", ascent, adaptive),
+        "adaptive_linf": Meaning(
+            f"max<sub>‖δ / |θ|‖∞ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}.", "lower", ascent, adaptive
+        ),
         "average_adaptive": Meaning(
             f"E<sub>δ ~ N(0, σ² diag|θ|²)</sub>[L(θ + δ)] − L(θ), σ = {sigma:g}: the average loss rise under "
             "Gaussian noise scaled by the weights (Monte Carlo). Compared as a difference, not a ratio: it can be "
