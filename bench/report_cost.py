@@ -23,16 +23,16 @@ difference between the two reports' numbers.
     python bench/report_cost.py                      # ~5-7 min on 2 cores shared with other jobs
     python bench/report_cost.py --settings cifar --samples 1000   # the issue's 1,000 samples: ~17 min there
     python bench/report_cost.py --compare --repeats 2
-    python bench/report_cost.py --settings digits --candidates --repeats 2 --samples 1000
-
-With ``--candidates`` it decides the report's default set by measurement (issue 28 §3: the demo report may grow by
-at most ~50%): after one untimed warm-up (at most 100 samples), ``--repeats`` rounds of reports, each round every
-configuration once in a rotated order -- the *base* set (the report's own measures: every ``report_default``
-measure switched off with its ``--no-NAME``), the base set plus each candidate alone (:data:`CANDIDATES`, and ``--candidate NAME=FLAGS``),
-and the current default set (no flags) -- and prints each one's median wall time and CPU time (this process's,
-``time.process_time``: on a machine shared with other jobs it moves far less than the wall time), their ratios to
-the base set and the candidate's own stage seconds (wall).
     python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
+    python bench/report_cost.py --settings digits --candidates --seeds 0 --samples 1000 --repeats 1
+
+With ``--candidates`` it decides the report's default set by measurement (issue 28 §3: the demo report may grow
+by at most ~50%): after one untimed warm-up (at most 100 samples), ``--repeats`` rounds of reports, each round
+every configuration once in a rotated order -- the *base* set (the report's own measures: every
+``report_default`` measure switched off with its ``--no-NAME``), the base set plus each candidate alone
+(:data:`CANDIDATES`, and ``--candidate NAME=FLAGS``), and the current default set (no flags) -- and prints each
+one's median wall time and CPU time (this process's, ``time.process_time``: on a machine shared with other jobs
+it moves far less than the wall time), their ratios to the base set and the candidate's own stage seconds (wall).
 """
 
 from __future__ import annotations
