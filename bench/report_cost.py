@@ -203,9 +203,12 @@ def candidate_configs(extra: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def candidates(name: str, runs: list[str], tmp: Path, samples: int, repeats: int, at: list[str],
-               extra: dict[str, list[str]]) -> None:  # fmt: skip
-    """Every configuration of :func:`candidate_configs` ``repeats`` times, rotated, after one warm-up; medians."""
+               extra: dict[str, list[str]], only: list[str] | None = None) -> None:  # fmt: skip
+    """Every configuration of :func:`candidate_configs` (``only``: these) ``repeats`` times, rotated, after one
+    warm-up; medians."""
     configs = candidate_configs(extra)
+    if only:
+        configs = {c: f for c, f in configs.items() if c in only or c == "base"}
     walls: dict[str, list[float]] = {c: [] for c in configs}
     cpus: dict[str, list[float]] = {c: [] for c in configs}
     stage_s: dict[str, list[float]] = {c: [] for c in configs}
@@ -253,8 +256,12 @@ def main() -> None:
         metavar="NAME=FLAGS",
         help="--candidates: one more candidate, its report flags space-separated (repeatable)",
     )
+    ap.add_argument("--only", default="", metavar="LIST",
+                    help="--candidates: only these configurations (comma-separated names as printed; the base set is "
+                    "always run, for the ratios)")  # fmt: skip
     args = ap.parse_args()
     extra_candidates = {n: f.split() for n, _, f in (c.partition("=") for c in args.candidate)}
+    only = [c.strip() for c in args.only.split(",")] if args.only else None
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = args.report_flags.split()
     cols, md5 = {}, {}
@@ -271,7 +278,7 @@ def main() -> None:
         for kind in kinds:  # with --compare: pairs (before, after) interleaved; the breakdown is the last "after"
             at = ["--at-rounds", str(args.rounds), *extra]
             if args.candidates:
-                candidates(kind, runs[kind], tmp, args.samples, args.repeats, at, extra_candidates)
+                candidates(kind, runs[kind], tmp, args.samples, args.repeats, at, extra_candidates, only)
                 continue
             if args.compare:
                 rep, wall, err = compare(kind, runs[kind], tmp, args.samples, args.repeats, at)

@@ -20,6 +20,7 @@ from typing import Any
 from flatfl.runs.measure import record_at
 
 PATH = ("literature", "per_layer")
+KINDS = {"hessian": "Hessian", "ggn": "GGN", "ef": "empirical Fisher"}  # the curvature's name in the figure
 
 
 def per_layer_rows(measured: Any, order: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -88,7 +89,8 @@ def per_layer_sections(
     if not panels:
         return []
     panels = {g: panels[g] for g in labels if g in panels}
-    grouping, kind = rows[0]["grouping"], rows[0]["curvature"]
+    grouping = rows[0]["grouping"]
+    kind = KINDS.get(rows[0]["curvature"], rows[0]["curvature"])
     png = plot_per_layer(panels, colors, out / "per_layer", title=f"diagonal {kind} blocks per {grouping}, round {rnd}")
     files["per_layer_png"] = png[0]
     uri = base64.b64encode(png[0].read_bytes()).decode()
