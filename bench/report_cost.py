@@ -202,6 +202,15 @@ def candidate_configs(extra: dict[str, list[str]]) -> dict[str, list[str]]:
     return configs
 
 
+def own_stages(config: str) -> list[str]:
+    """The time-table stages of what ``config`` adds to the base set (a measure's stage is its name)."""
+    from flatfl.runs.measures import REGISTRY
+
+    if config == "default set":
+        return [n for n, s in REGISTRY.items() if s.report and s.report_default]
+    return [config.removeprefix("base + ")] if config.startswith("base + ") else []
+
+
 def candidates(name: str, runs: list[str], tmp: Path, samples: int, repeats: int, at: list[str],
                extra: dict[str, list[str]], only: list[str] | None = None) -> None:  # fmt: skip
     """Every configuration of :func:`candidate_configs` (``only``: these) ``repeats`` times, rotated, after one
@@ -221,17 +230,20 @@ def candidates(name: str, runs: list[str], tmp: Path, samples: int, repeats: int
             rep, wall, _ = report(runs, where, samples, True, [*at, *configs[c]])
             walls[c].append(wall)
             cpus[c].append(rep["bench_cpu_seconds"])
-            own = c.removeprefix("base + ")
             secs = rep["timing"]["seconds"]
-            stage_s[c].append(secs.get(own, 0.0))
+            stage_s[c].append(sum(secs.get(n, 0.0) for n in own_stages(c)))
             print(f"  {c}: {wall:.1f} s wall, {cpus[c][-1]:.1f} s CPU, own stage {stage_s[c][-1]:.1f} s", flush=True)
     b, bc = statistics.median(walls["base"]), statistics.median(cpus["base"])
     print(f"\n{name}: flatfl report {' '.join(at)} --samples {samples}, median of {repeats}")
-    print(f"{'configuration':<26} {'wall s':>8} {'/ base':>7} {'CPU s':>8} {'/ base':>7} {'own stage s':>12}  flags")
+    print(f"{'configuration':<26} {'wall s':>8} {'/ base':>7} {'CPU s':>8} {'/ base':>7} {'own stage s':>12} "
+          f"{'own/rest':>9}  flags")  # fmt: skip
     for c in names:
         w, cp = statistics.median(walls[c]), statistics.median(cpus[c])
-        own = statistics.median(stage_s[c]) if c.startswith("base + ") else float("nan")
-        print(f"{c:<26} {w:>8.1f} {w / b:>7.2f} {cp:>8.1f} {cp / bc:>7.2f} {own:>12.1f}  "
+        own = statistics.median(stage_s[c])
+        # the candidate's own stage over the rest of the same report: its growth, whatever the machine's load
+        # (both are wall seconds of one report; on a shared machine the whole-report ratios carry its noise)
+        share = statistics.median(s / (x - s) for s, x in zip(stage_s[c], walls[c])) if c != "base" else 0.0
+        print(f"{c:<26} {w:>8.1f} {w / b:>7.2f} {cp:>8.1f} {cp / bc:>7.2f} {own:>12.1f} {share:>+9.1%}  "
               f"{' '.join(configs[c]) or '(none)'}", flush=True)  # fmt: skip
 
 
