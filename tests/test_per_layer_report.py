@@ -117,3 +117,28 @@ def test_without_the_flag_no_section_and_no_entry(tmp_path, report):
     assert main(args) == 0
     assert "per_layer" not in json.loads((out / "report.json").read_text())
     assert not (out / "per_layer.png").exists() and "Per-layer curvature" not in (out / "report.html").read_text()
+
+
+def test_the_figure_shares_axes_across_groups_and_names_every_block():
+    """Groups side by side on one axis per row (λmax, trace), the blocks named under the bottom row, every seed a
+    point, a log axis where all values are positive and a symmetric-log one where a trace is negative."""
+    from flatfl.analysis.plots import plot_per_layer
+
+    panels = {
+        "fedavg": {"a.weight": [(0, 2.0, 5.0), (1, 3.0, 6.0)], "a.bias": [(0, 0.01, 0.02), (1, 0.02, 0.03)]},
+        "fedmut": {"a.weight": [(0, 1.0, 4.0), (1, 1.5, -0.5)], "a.bias": [(0, 0.03, 0.04), (1, 0.01, 0.02)]},
+    }
+    fig = plot_per_layer(panels, {"fedavg": "#0072B2", "fedmut": "#D55E00"}, None)
+    axes = fig.axes
+    top, bottom = axes[:2], axes[2:]
+    assert [a.get_title() for a in top] == ["fedavg", "fedmut"]
+    assert top[0].get_ylim() == top[1].get_ylim() and bottom[0].get_ylim() == bottom[1].get_ylim()  # shared
+    assert all(a.get_yscale() == "log" for a in top) and all(a.get_yscale() == "symlog" for a in bottom)
+    assert [t.get_text() for t in bottom[0].get_xticklabels()] == ["a.weight", "a.bias"]
+    # one marker per seed and block (the means are line collections, not markers)
+    for ax, g in zip(top, panels):
+        ys = sorted(float(line.get_ydata()[0]) for line in ax.lines)
+        assert ys == sorted(p[1] for pts in panels[g].values() for p in pts)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
