@@ -291,3 +291,52 @@ def plot_spread(series, path: Path, *, ylabel: str, title: str = "") -> list[Pat
         ax.set_title(title, fontsize=9)
     fig.legend(fontsize=7, loc="outside lower center", ncols=2)
     return _save(fig, path)
+
+
+def plot_per_layer(panels, colors, path: Path | None, *, title: str = "") -> list[Path]:
+    """λmax and trace of each layer's diagonal Hessian block, one column per group side by side (a shared y axis per
+    row), the blocks named along x, each seed a point and the mean over seeds a bar, as PNG and PDF.
+
+    ``panels``: {group label: {block name: [(seed, lambda_max, trace), ...]}} (every group the same blocks, in
+    model order); ``colors``: group -> colour (Okabe-Ito, as the report's). A row whose values are all positive
+    is drawn on a log axis (block curvatures span decades), else on a symmetric-log one.
+    """
+    groups = [g for g in panels if panels[g]]
+    blocks = list(dict.fromkeys(b for g in groups for b in panels[g]))
+    width = min(4.8, max(2.4, 0.42 * len(blocks) + 1.2))
+    fig, axes = plt.subplots(2, len(groups), figsize=(width * len(groups) + 0.6, 5.6), dpi=150, squeeze=False,
+                             sharey="row", layout="constrained")  # fmt: skip
+    seeds = sorted({p[0] for g in groups for pts in panels[g].values() for p in pts})
+    shapes = ["o", "s", "D", "^", "v", "P", "X", "*"]
+    for row, (col, name) in enumerate(((1, "λmax of the block"), (2, "trace of the block"))):
+        values = [p[col] for g in groups for pts in panels[g].values() for p in pts]
+        for ax, g in zip(axes[row], groups):
+            for x, b in enumerate(blocks):
+                pts = panels[g].get(b, [])
+                if not pts:
+                    continue
+                ys = np.array([p[col] for p in pts], dtype=float)
+                offsets = np.linspace(-0.18, 0.18, len(pts)) if len(pts) > 1 else [0.0]
+                for off, p, y in zip(offsets, pts, ys):
+                    ax.plot(x + off, y, ls="none", marker=shapes[seeds.index(p[0]) % len(shapes)], ms=4.5,
+                            mfc="white", mec=colors[g], mew=1.1)  # fmt: skip
+                ax.hlines(ys.mean(), x - 0.3, x + 0.3, color=colors[g], lw=2.0)
+            if values and min(values) > 0:
+                ax.set_yscale("log")
+            elif values:
+                ax.set_yscale("symlog", linthresh=max(1e-6, float(np.percentile(np.abs(values), 10))))
+            ax.set_xticks(range(len(blocks)))
+            ax.set_xticklabels(blocks if row == 1 else [], rotation=60, ha="right", fontsize=7)
+            ax.set_xlim(-0.6, len(blocks) - 0.4)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if row == 0:
+                ax.set_title(g, fontsize=9, color=colors[g])
+        axes[row][0].set_ylabel(name, fontsize=8)
+    handles = [plt.Line2D([], [], ls="none", marker=shapes[i % len(shapes)], mfc="white", mec="0.2", ms=5,
+                          label=f"seed {s}") for i, s in enumerate(seeds)]  # fmt: skip
+    handles.append(plt.Line2D([], [], color="0.2", lw=2.0, label="mean over seeds"))
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=min(len(handles), 6))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

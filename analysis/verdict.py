@@ -322,7 +322,13 @@ def _compared(verdict_text: str | None) -> bool:
 
 
 # short names of analysis.invariance.REPARAMETRISATIONS' keys, for sentences
-REPARAMETRISATION_NAMES = {"layer": "layer-wise", "filter": "filter-wise", "bn_filter": "pre-BatchNorm filter"}
+REPARAMETRISATION_NAMES = {
+    "layer": "layer-wise",
+    "filter": "filter-wise",
+    "bn_filter": "pre-BatchNorm filter",
+    "penultimate_layer": "output-layer",
+    "penultimate_neuron": "output-neuron",
+}
 
 
 def invariance_text(inv: frozenset[str]) -> str:

@@ -26,6 +26,15 @@ difference between the two reports' numbers.
     python bench/report_cost.py --compare --repeats 2
     python bench/report_cost.py --settings digits --samples 1000 --compare --toggle FLATFL_FAST_POINTS
     python bench/report_cost.py --settings cifar --cifar-per-batch 10000 --rounds 100 --seeds 0,1,2
+    python bench/report_cost.py --settings digits --candidates --seeds 0 --samples 1000 --repeats 1
+
+With ``--candidates`` it decides the report's default set by measurement (issue 28 §3: the demo report may grow
+by at most ~50%): after one untimed warm-up (at most 100 samples), ``--repeats`` rounds of reports, each round
+every configuration once in a rotated order -- the *base* set (the report's own measures: every
+``report_default`` measure switched off with its ``--no-NAME``), the base set plus each candidate alone
+(:data:`CANDIDATES`, and ``--candidate NAME=FLAGS``), and the current default set (no flags) -- and prints each
+one's median wall time and CPU time (this process's, ``time.process_time``: on a machine shared with other jobs
+it moves far less than the wall time), their ratios to the base set and the candidate's own stage seconds (wall).
 """
 
 from __future__ import annotations
@@ -99,13 +108,15 @@ def report(runs: list[str], out: Path, samples: int, share: bool, extra: list[st
     args = ["report", *runs, "--out", str(out), "--samples", str(samples), "--reference", "fedavg-mean",
             "--no-progress", "--device", "cpu", *labels, *extra]  # fmt: skip
     os.environ[TOGGLE[0]] = "1" if share else "0"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         code = flatfl(args)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if code != 0:
         sys.exit(f"report: exit {code}\n{err.getvalue()[-2000:]}")
-    return json.loads((out / "report.json").read_text()), wall, err.getvalue()
+    rep = json.loads((out / "report.json").read_text())
+    rep["bench_cpu_seconds"] = cpu  # this process's CPU time: less sensitive than wall time to a loaded machine
+    return rep, wall, err.getvalue()
 
 
 def side_by_side(cols: dict[str, dict]) -> str:
@@ -169,6 +180,76 @@ def compare(
     return reps[True]
 
 
+# the measures of issue 28 §3 that may join the report's default set: name -> the flags that switch each on
+CANDIDATES: dict[str, list[str]] = {
+    "relative_flatness": ["--relative-flatness"],
+    "fisher_rao": ["--fisher-rao"],
+    "ggn": ["--curvature", "ggn"],
+    "ef": ["--curvature", "ef"],
+    "per_layer": ["--per-layer"],
+}
+
+
+def candidate_configs(extra: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Configuration name -> report flags: ``base`` (every default-set measure off), ``base + NAME`` per candidate,
+    ``default set`` (no flags)."""
+    from flatfl.runs.measures import REGISTRY, off_flag
+
+    defaults = [n for n, s in REGISTRY.items() if s.report and s.report_default]
+    base = [off_flag(REGISTRY[n]) for n in defaults]
+    configs = {"base": base}
+    for name, flags in {**CANDIDATES, **extra}.items():
+        on = [f for f in base if f != off_flag(REGISTRY[name])] if name in defaults else [*base, *flags]
+        configs[f"base + {name}"] = on
+    configs["default set"] = []
+    return configs
+
+
+def own_stages(config: str) -> list[str]:
+    """The time-table stages of what ``config`` adds to the base set (a measure's stage is its name)."""
+    from flatfl.runs.measures import REGISTRY
+
+    if config == "default set":
+        return [n for n, s in REGISTRY.items() if s.report and s.report_default]
+    return [config.removeprefix("base + ")] if config.startswith("base + ") else []
+
+
+def candidates(name: str, runs: list[str], tmp: Path, samples: int, repeats: int, at: list[str],
+               extra: dict[str, list[str]], only: list[str] | None = None) -> None:  # fmt: skip
+    """Every configuration of :func:`candidate_configs` (``only``: these) ``repeats`` times, rotated, after one
+    warm-up; medians."""
+    configs = candidate_configs(extra)
+    if only:
+        configs = {c: f for c, f in configs.items() if c in only or c == "base"}
+    walls: dict[str, list[float]] = {c: [] for c in configs}
+    cpus: dict[str, list[float]] = {c: [] for c in configs}
+    stage_s: dict[str, list[float]] = {c: [] for c in configs}
+    report(runs, tmp / f"{name}-cand-warm-up", min(samples, 100), True, at)  # first calls (kernels) are slow
+    names = list(configs)
+    for i in range(repeats):
+        k = i % len(names)
+        for c in names[k:] + names[:k]:  # rotated: a trend in the machine's load hits every configuration
+            where = tmp / f"{name}-cand-{i}-{c.replace(' ', '_')}"
+            rep, wall, _ = report(runs, where, samples, True, [*at, *configs[c]])
+            walls[c].append(wall)
+            cpus[c].append(rep["bench_cpu_seconds"])
+            secs = rep["timing"]["seconds"]
+            stage_s[c].append(sum(secs.get(n, 0.0) for n in own_stages(c)))
+            print(f"  {c}: {wall:.1f} s wall, {cpus[c][-1]:.1f} s CPU, own stage {stage_s[c][-1]:.1f} s", flush=True)
+    b, bc = statistics.median(walls["base"]), statistics.median(cpus["base"])
+    print(f"\n{name}: flatfl report {' '.join(at)} --samples {samples}, median of {repeats}")
+    print(f"{'configuration':<26} {'wall s':>8} {'/ base':>7} {'CPU s':>8} {'/ base':>7} {'own stage s':>12} "
+          f"{'own/rest':>9}  flags")  # fmt: skip
+    for c in names:
+        w, cp = statistics.median(walls[c]), statistics.median(cpus[c])
+        own = statistics.median(stage_s[c])
+        # the candidate's own stage over the rest of the same report: its growth, whatever the machine's load
+        # (both are wall seconds of one report; on a shared machine the whole-report ratios carry its noise)
+        share = statistics.median(s / (x - s) for s, x in zip(stage_s[c], walls[c])) if c != "base" else 0.0
+        print(f"{c:<26} {w:>8.1f} {w / b:>7.2f} {cp:>8.1f} {cp / bc:>7.2f} {own:>12.1f} {share:>+9.1%}  "
+              f"{' '.join(configs[c]) or '(none)'}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="digits,cifar", help="comma-separated: digits, cifar (default: both)")
@@ -181,7 +262,22 @@ def main() -> None:
     ap.add_argument("--toggle", default=TOGGLE[0], help="--compare: the switch (default: FLATFL_SHARE_WORK)")
     ap.add_argument("--repeats", type=int, default=2, help="--compare: report pairs per setting (default: 2)")
     ap.add_argument("--report-flags", default="", help="extra flatfl report flags, space-separated")
+    ap.add_argument("--candidates", action="store_true",
+                    help="time the report's default set with each candidate measure added (see above), not the "
+                    "breakdown")  # fmt: skip
+    ap.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="--candidates: one more candidate, its report flags space-separated (repeatable)",
+    )
+    ap.add_argument("--only", default="", metavar="LIST",
+                    help="--candidates: only these configurations (comma-separated names as printed; the base set is "
+                    "always run, for the ratios)")  # fmt: skip
     args = ap.parse_args()
+    extra_candidates = {n: f.split() for n, _, f in (c.partition("=") for c in args.candidate)}
+    only = [c.strip() for c in args.only.split(",")] if args.only else None
     seeds = [int(s) for s in args.seeds.split(",")]
     TOGGLE[0] = args.toggle
     extra = args.report_flags.split()
@@ -198,6 +294,9 @@ def main() -> None:
             print(f"{kind}: trained {len(runs[kind])} runs x {args.rounds} rounds in {took:.0f} s", flush=True)
         for kind in kinds:  # with --compare: pairs (before, after) interleaved; the breakdown is the last "after"
             at = ["--at-rounds", str(args.rounds), *extra]
+            if args.candidates:
+                candidates(kind, runs[kind], tmp, args.samples, args.repeats, at, extra_candidates, only)
+                continue
             if args.compare:
                 rep, wall, err = compare(kind, runs[kind], tmp, args.samples, args.repeats, at)
             else:
@@ -207,8 +306,9 @@ def main() -> None:
             print(f"{kind}: flatfl report {wall:.1f} s wall, {rep['timing']['counts'].get('data', 0)} data loads")
             if kind == "cifar":
                 print(f"cifar: {md5[kind]} md5 warnings in the report (6 per load of the data set: one per batch file)")
-        print()
-        print(side_by_side(cols), flush=True)
+        if cols:
+            print()
+            print(side_by_side(cols), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """What each verdict measure is invariant to, measured on real reparametrised models.
 
 ``bench/invariance_table.py`` trains a small ReLU MLP and a conv + BatchNorm net (float64), applies
-the three function-preserving reparametrisations of :data:`flatfl.analysis.invariance.REPARAMETRISATIONS`
+the five function-preserving reparametrisations of :data:`flatfl.analysis.invariance.REPARAMETRISATIONS`
 with alpha = 0.25 and 3, and computes every verdict measure through ``flatfl report``'s own code with its
 default settings and seeds. A measure is *invariant* when it equals the original to 1e-9 relative
-for both alphas, *changes* when it differs by more than 1e-3 relative for both; anything in between
+for both alphas, *changes* when it differs beyond that for both and by more than 1e-3 relative for at least one
+(epsilon-sharpness under ``penultimate_neuron`` moves by 13% at alpha 0.25 and 1.5e-5 at alpha 3); anything in between
 fails. :data:`~flatfl.analysis.invariance.INVARIANT_TO` -- what the report's caution sentence and the
 docs table read -- must be exactly what is measured.
 """
@@ -110,7 +111,8 @@ def test_labels_and_keys_are_the_reports():
     for name in SHARPNESS_MEASURES:
         assert LABELS[f"sharpness_{name}"] == SHARPNESS_LABELS[name]
     assert set(LABELS) == set(INVARIANT_TO)
-    every = replace(ReportSettings().landscape, hessian=True, trace=True, sharpness=SHARPNESS_MEASURES)
+    every = replace(ReportSettings().landscape, hessian=True, trace=True, sharpness=SHARPNESS_MEASURES,
+                    measures=bench.LITERATURE)  # fmt: skip
     settings = ReportSettings(landscape=every)
     for m in measures(settings):
         if m.kind == "flatness":
@@ -119,7 +121,31 @@ def test_labels_and_keys_are_the_reports():
             assert invariant_to(m.key) == INVARIANT_TO[key]
             expected = LABELS[key].replace("τ", m.key.removeprefix("width_")) if key == "width" else LABELS[key]
             assert m.label == expected
+    assert {m.key for m in measures(settings)} >= {"relative_flatness", "fisher_rao"}
     assert invariant_to("test_acc") == frozenset()
+
+
+def test_the_literature_measures_invariances_are_the_measured_ones(measured):
+    """Relative flatness (Petzka et al. 2021) and the Fisher-Rao norm (Liang et al. 2019), as the report computes
+    them: kappa_Tr is unchanged when the scale moves between the feature layer and the output layer (the paper's
+    layer-wise case) and changes when one feature neuron's does; the Fisher-Rao norm is unchanged by all five,
+    with the biases scaled along (their specs declare exactly this)."""
+    from flatfl.runs.measures import REGISTRY
+
+    assert measured.verdict("penultimate_layer", "relative_flatness") == "invariant"
+    assert measured.verdict("penultimate_neuron", "relative_flatness") == "changes"
+    assert all(measured.verdict(c, "fisher_rao") == "invariant" for c in REPARAMETRISATIONS)
+    for name in ("relative_flatness", "fisher_rao"):
+        assert REGISTRY[name].invariances == INVARIANT_TO[name]
+    # the same rescalings move the Hessian's numbers: the invariance is the measure's, not the model's
+    assert measured.verdict("penultimate_layer", "lambda_max") == "changes"
+
+
+def test_an_untested_measure_claims_nothing():
+    from flatfl.analysis.invariance import is_tested
+
+    assert is_tested("width_0.1") and is_tested("relative_flatness") and not is_tested("ggn_lambda_max")
+    assert invariant_to("ggn_lambda_max") == frozenset()
 
 
 def test_widths_with_bias_directions_lose_the_pre_batchnorm_invariance():

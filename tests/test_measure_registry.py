@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from flatfl.runs.measures import REGISTRY, Context, Flag, MeasureSpec, register, unregister
+from flatfl.runs.measures import REGISTRY, Context, Flag, Meaning, MeasureSpec, register, unregister
 from flatfl.runs.problem import Problem
 
 
@@ -38,6 +38,11 @@ TOY = MeasureSpec(
         Flag(("--toy-loss",), {"action": "store_true", "help": "the toy measure: scale x the mean loss"}),
         Flag(("--toy-scale",), {"type": float, "metavar": "S", "help": "its scale (default: 1)"}, "scale"),
     ),
+    # its page text, read by the report's "What the measures mean" section, and the work it cites
+    meaning=lambda s, report: Meaning(
+        f"toy(θ) = {s.scale:g} · L(θ), the mean loss scaled (a test measure).", "lower", "none (exact)", ("Toy 2026",)
+    ),
+    references={"Toy 2026": "A. Toy. A measure defined in a test module. Journal of Registries, 2026."},
 )
 
 
@@ -98,6 +103,15 @@ def test_a_registered_measure_reaches_the_report(toy, runs, cli, tmp_path):
     assert float(verdict[0]["b_mean"]) == pytest.approx(by_group["fedmut"])
     html = (out / "report.html").read_text()
     assert "toy scaled loss" in html
+    # its text in "What the measures mean" (from the spec, the page untouched), its anchor from the verdict
+    # table, its citation linked to its bibliography entry
+    glossary = html[html.index("What the measures mean") :]
+    assert "<dt id='m-toy_loss'>" in glossary
+    assert "toy(θ) = 1 · L(θ), the mean loss scaled (a test measure)." in glossary
+    assert "A. Toy. A measure defined in a test module. Journal of Registries, 2026." in glossary
+    assert "href='#ref-toy2026'" in glossary and "href='#m-toy_loss'" in html
+    # not tested for invariance: the page claims none
+    assert "not tested by flatfl's reparametrisation tests" in glossary
     rep = json.loads((out / "report.json").read_text())
     row = next(r for r in rep["verdict"][0]["rows"] if r["measure"] == "toy_loss")
     assert row["lower_is_better"] is True and row["invariant_to"] == []
@@ -122,6 +136,8 @@ def test_builtin_specs_declare_tested_invariances_only():
         key = "width" if spec.name == "widths" else spec.name if spec.name in ("trace",) else None
         if spec.name == "hessian":
             key = "lambda_max"
+        elif spec.name in ("relative_flatness", "fisher_rao"):
+            key = spec.name
         elif spec.path[:1] == ("sharpness",):
             key = f"sharpness_{spec.name}"
         if key is None:
@@ -144,3 +160,31 @@ def test_samples_zero_means_all_the_data_in_every_command():
         assert samples_setting(vars(parser.parse_args([*cmd, "--samples", "70"]))["samples"]) == (70, False)
     with pytest.raises(argparse.ArgumentTypeError, match="0 = all"):
         samples_t("-3")
+
+
+def test_the_reports_default_set_and_its_off_switches():
+    """relative flatness and the Fisher-Rao norm are in flatfl report's default set (measured cost:
+    docs/landscapes.md); ``--no-NAME`` switches each off, and asking for a measure while switching it off is one
+    line naming the flag."""
+    from flatfl.cli import build_parser
+    from flatfl.cli.report import _report_settings
+    from flatfl.errors import UserError
+    from flatfl.runs.measures import off_flag
+
+    parser = build_parser()
+
+    def measures(*flags: str) -> list[str]:
+        ns = vars(parser.parse_args(["report", "somerun", "--out", "o", *flags]))
+        return [name for name, _ in _report_settings(ns).landscape.measures]
+
+    defaults = [s.name for s in REGISTRY.values() if s.report_default]
+    assert defaults == ["relative_flatness", "fisher_rao"] and measures() == defaults
+    assert [off_flag(REGISTRY[n]) for n in defaults] == ["--no-relative-flatness", "--no-fisher-rao"]
+    assert measures("--no-fisher-rao") == ["relative_flatness"]
+    assert measures("--no-relative-flatness", "--no-fisher-rao") == []
+    # one flag away: the rest join in registry order
+    assert measures("--curvature", "ggn", "--per-layer") == ["ggn", "per_layer", "relative_flatness", "fisher_rao"]
+    ns = vars(parser.parse_args(["report", "r", "--out", "o", "--relative-flatness-layer", "fc2",
+                                 "--no-relative-flatness"]))  # fmt: skip
+    with pytest.raises(UserError, match="--no-relative-flatness"):
+        _report_settings(ns)

@@ -196,7 +196,7 @@ def test_state_metadata_without_a_key(cli, run3, tmp_path, key):
         (["--no-match", "--match-loss", "2"], "--no-match"),
         (
             ["--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0", "--no-surface"]
-            + ["--no-spread"],
+            + ["--no-spread", "--no-relative-flatness", "--no-fisher-rao"],
             "nothing to measure",
         ),
         (["--grid", "1"], "--grid 1"),

@@ -320,9 +320,10 @@ def test_caution_follows_the_invariance_table():
             AVG.key: "no clear difference", "test_acc": "better: B"}  # fmt: skip
     text = scale_caveat(ms, demo, norm_ratio=0.8, names=("A", "B"))
     # the widths are named with what they are invariant to, never as scale-dependent
-    assert "1D width (invariant to layer-wise and pre-BatchNorm filter rescaling)" in text
+    assert "1D width (invariant to layer-wise, pre-BatchNorm filter and output-layer rescaling)" in text
     assert "lambda_max (not invariant to any tested rescaling)" in text
-    assert "none of them is invariant to filter-wise rescaling" in text  # the only rescaling no favouring one resists
+    # the only rescalings no favouring one resists
+    assert "none of them is invariant to filter-wise and output-neuron rescaling" in text
     assert "adaptive sharpness (L2): inconclusive; average adaptive sharpness: no clear difference" in text
     assert "‖θ‖₂ ratio A/B is ×0.8" in text and "scale-dependent" not in text
     # only inconclusive witnesses: they neither confirm nor rule it out
@@ -330,13 +331,15 @@ def test_caution_follows_the_invariance_table():
     assert scale_caveat(ms, demo | {AVG.key: "flatter: B"}) is None  # an invariant-to-everything measure agrees
     layer_only = {"lambda_max": "flatter: B", "width_0.1": "no clear difference", "test_acc": "better: B"}
     text = scale_caveat([LAM, FNW, ACC], layer_only)
-    assert "layer-wise and pre-BatchNorm filter rescaling" in text and "1D width: no clear difference" in text
+    assert "layer-wise, pre-BatchNorm filter and output-layer rescaling" in text
+    assert "1D width: no clear difference" in text
     assert scale_caveat([LAM, ACC], {"lambda_max": "flatter: B"}) is None  # no invariant measure compared
     line = headline(ms, demo, "A", "B", pairs={k: paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 4.1, 2: 6.0},
                                                          ratio=True) for k in demo})  # fmt: skip
     assert line == (
         "B is flatter by 2 of 4 flatness measures on 3/3 seeds: lambda_max (not invariant to any tested rescaling), "
-        "1D width (invariant to layer-wise and pre-BatchNorm filter rescaling); no clear difference by average "
+        "1D width (invariant to layer-wise, pre-BatchNorm filter and output-layer rescaling); no clear difference "
+        "by average "
         "adaptive sharpness; adaptive sharpness (L2) inconclusive at n = 3; test accuracy better for B."
     )
 

@@ -103,6 +103,21 @@ def add_parser(sub: Any) -> None:
     from flatfl.runs.connectivity import add_connect_flags
 
     add_connect_flags(p)  # --connect: mode connectivity (flatfl.runs.connectivity)
+    _default_set_flags(p)
+
+
+def _default_set_flags(p: Any) -> None:
+    """``--no-NAME`` for each measure of the report's default set beyond its own (``report_default`` specs;
+    which ones is decided by measured cost, docs/landscapes.md)."""
+    from flatfl.runs.measures import off_flag, registered
+
+    on = [s for s in registered() if s.report and s.report_default]
+    if not on:
+        return
+    g = p.add_argument_group("the default set", "measured by every report unless switched off")
+    for spec in on:
+        g.add_argument(off_flag(spec), action="store_true", dest="no_measure_" + spec.name,
+                       help=f"skip {spec.label} (default: measured)")  # fmt: skip
 
 
 def _measure_arguments(p: Any, d: Any) -> None:
@@ -355,7 +370,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     """The frozen :class:`ReportSettings` of the command line (measures validated first)."""
     from flatfl.analysis.sharpness import SHARPNESS_MEASURES
     from flatfl.runs.connectivity import connect_settings
-    from flatfl.runs.measures import REGISTRY
+    from flatfl.runs.measures import REGISTRY, report_defaults
     from flatfl.runs.report import ReportSettings
 
     connect = connect_settings(ns)  # before the registry's --connect SPEC of flatfl landscape reads the same names
@@ -375,6 +390,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
     from flatfl.cli.landscape import registry_settings
 
     more = tuple((name, st) for name, st in registry_settings(ns) if REGISTRY[name].report)
+    more = report_defaults(ns, more)  # the default set's measures (report_default), unless --no-NAME
     _check_report_flags(ns, sharp, more)
     d = ReportSettings()
     ls = replace(
@@ -422,10 +438,11 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...], more: tuple 
         raise UserError("--match-loss: a training-loss level to match, but --no-match turns loss matching off")
     measures = not ns["no_hessian"] or ns["trace_matvecs"] > 0 or sharp or ns["slices"] > 0 or more or ns.get("connect")
     if not measures and ns["no_surface"] and ns["no_spread"]:
-        raise UserError(
-            "nothing to measure: --no-hessian, --trace-matvecs 0, --sharpness none, --slices 0, --no-surface and "
-            "--no-spread leave nothing; drop one of them"
-        )
+        from flatfl.runs.measures import off_flag, registered
+
+        offs = [off_flag(s) for s in registered() if s.report and s.report_default]
+        given = ["--no-hessian", "--trace-matvecs 0", "--sharpness none", "--slices 0", *offs, "--no-surface"]
+        raise UserError(f"nothing to measure: {', '.join(given)} and --no-spread leave nothing; drop one of them")
     if ns["grid"] < 2:  # the 1D slices and the surfaces both read it
         raise UserError(f"--grid {ns['grid']}: a surface needs at least 2 points per axis")
     if not ns["no_surface"]:

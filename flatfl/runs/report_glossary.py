@@ -3,7 +3,10 @@ means for it, what it is invariant to (:mod:`flatfl.analysis.invariance`, establ
 ``tests/test_invariance.py``), how its own estimation error is measured, and a reference; then a
 bibliography of every work the page cites.
 
-Pure text from the report's settings; it computes nothing.
+The text of each measure is its spec's (:attr:`flatfl.runs.measures.MeasureSpec.meaning`, a
+:class:`~flatfl.runs.measures.Meaning`): the section iterates the measures the report switches on, so a newly
+registered measure's text appears without a line changed here. Pure text from the report's settings; it
+computes nothing.
 """
 
 from __future__ import annotations
@@ -11,23 +14,11 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to, markdown_table
-from flatfl.runs.settings import LandscapeSettings, ReportSettings
-
-
-@dataclass(frozen=True)
-class Meaning:
-    """One measure's entry: ``formula`` and ``error`` are HTML; ``cite`` keys :data:`BIBLIOGRAPHY`."""
-
-    key: str
-    formula: str
-    flatter: str
-    error: str
-    cite: tuple[str, ...]
-
+from flatfl.analysis.invariance import REPARAMETRISATIONS, invariant_to, is_tested, markdown_table
+from flatfl.runs.measures import Meaning, registered
+from flatfl.runs.settings import ReportSettings
 
 BIBLIOGRAPHY: dict[str, str] = {
     "Lanczos 1950": "C. Lanczos. An iteration method for the solution of the eigenvalue problem of linear "
@@ -58,7 +49,18 @@ BIBLIOGRAPHY: dict[str, str] = {
     "learning via stochastic mutation. AAAI 2024.",
     "Wasserman 2004": "L. Wasserman. All of Statistics, sec. 10.1 (paired comparisons). Springer, 2004.",
 }
-_CITATION = re.compile("|".join(re.escape(k) for k in sorted(BIBLIOGRAPHY, key=len, reverse=True)))
+
+
+def bibliography() -> dict[str, str]:
+    """:data:`BIBLIOGRAPHY` (the page's own citations) with every registered measure's ``references``."""
+    out = dict(BIBLIOGRAPHY)
+    for spec in registered():
+        out.update(spec.references)
+    return out
+
+
+def _citation() -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(k) for k in sorted(bibliography(), key=len, reverse=True)))
 
 
 def ref_id(key: str) -> str:
@@ -69,16 +71,18 @@ def ref_id(key: str) -> str:
 def cited_in(texts: Iterable[str]) -> list[str]:
     """The :data:`BIBLIOGRAPHY` keys the texts cite, in order of first citation."""
     out: list[str] = []
+    pattern = _citation()
     for t in texts:
-        out += [k for k in _CITATION.findall(t) if k not in out]
+        out += [k for k in pattern.findall(t) if k not in out]
     return out
 
 
 def link_citations(text: str) -> str:
     """Every citation of a :data:`BIBLIOGRAPHY` work in an HTML string (outside tags) as a link to its entry."""
     parts = re.split(r"(<[^>]*>)", text)
+    pattern = _citation()
     return "".join(
-        p if p.startswith("<") else _CITATION.sub(lambda m: f"<a href='#{ref_id(m.group())}'>{m.group()}</a>", p)
+        p if p.startswith("<") else pattern.sub(lambda m: f"<a href='#{ref_id(m.group())}'>{m.group()}</a>", p)
         for p in parts
     )
 
@@ -122,99 +126,27 @@ def column_name(key: str, labels: Mapping[str, str] | None = None) -> str:
     return key.replace("_", " ")
 
 
-def _meanings(ls: LandscapeSettings, radius: float) -> dict[str, Meaning]:
-    rho, sigma, eps = ls.rho, ls.sigma, ls.eps
-    n_avg = ls.sharpness_samples
-    return {
-        "lambda_max": Meaning(
-            "λmax",
-            "λ<sub>max</sub>(∇²L(θ)): the largest eigenvalue of the Hessian of the training loss L at the "
-            "global model θ (Lanczos iteration on Hessian-vector products).",
-            "lower: the loss curves up less steeply along its sharpest direction",
-            "the Lanczos residual ‖Hv − λv‖ of the returned eigenpair (converged below the tolerance)",
-            ("Lanczos 1950", "Keskar et al. 2017"),
-        ),
-        "trace": Meaning(
-            "trace",
-            "tr ∇²L(θ) = Σ<sub>i</sub> λ<sub>i</sub>: the sum of all Hessian eigenvalues (the average curvature "
-            "over all directions), estimated from random probes z as E[zᵀ∇²L z].",
-            "lower",
-            "the estimator's standard error over its probes",
-            ("Hutchinson 1989", "Meyer et al. 2021"),
-        ),
-        "sharpness_sam": Meaning(
-            "sharpness_sam",
-            f"max<sub>‖δ‖₂ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}: the worst loss rise in a Euclidean ball "
-            "(projected gradient ascent).",
-            "lower",
-            "none (a maximum found by ascent; a lower bound on the true maximum)",
-            ("Foret et al. 2021", "Keskar et al. 2017"),
-        ),
-        "sharpness_epsilon": Meaning(
-            "sharpness_epsilon",
-            f"max<sub>‖δ‖∞ ≤ ε(|θ|+1)</sub> L(θ + δ) − L(θ), ε = {eps:g} (Keskar et al.'s box, L-BFGS-B).",
-            "lower",
-            "none (a maximum found by a local solver)",
-            ("Keskar et al. 2017",),
-        ),
-        "sharpness_adaptive_l2": Meaning(
-            "sharpness_adaptive_l2",
-            f"max<sub>‖δ / |θ|‖₂ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}: the ball scaled coordinate-wise by the "
-            "weights' own magnitudes |θ|.",
-            "lower",
-            "none (a maximum found by ascent)",
-            ("Kwon et al. 2021", "Andriushchenko et al. 2023"),
-        ),
-        "sharpness_adaptive_linf": Meaning(
-            "sharpness_adaptive_linf",
-            f"max<sub>‖δ / |θ|‖∞ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}.",
-            "lower",
-            "none (a maximum found by ascent)",
-            ("Kwon et al. 2021", "Andriushchenko et al. 2023"),
-        ),
-        "sharpness_average_adaptive": Meaning(
-            "sharpness_average_adaptive",
-            f"E<sub>δ ~ N(0, σ² diag|θ|²)</sub>[L(θ + δ)] − L(θ), σ = {sigma:g}: the average loss rise under "
-            "Gaussian noise scaled by the weights (Monte Carlo). Compared as a difference, not a ratio: it can be "
-            "negative.",
-            "lower",
-            f"the Monte Carlo standard error over its {n_avg} draws",
-            ("Andriushchenko et al. 2023",),
-        ),
-        "sharpness_average_isotropic": Meaning(
-            "sharpness_average_isotropic",
-            f"E<sub>δ ~ N(0, σ² I)</sub>[L(θ + δ)] − L(θ), σ = {sigma:g}.",
-            "lower",
-            f"the Monte Carlo standard error over its {n_avg} draws",
-            ("Andriushchenko et al. 2023",),
-        ),
-        "width": Meaning(
-            "width",
-            "Along K random directions d<sub>k</sub>, each filter of d<sub>k</sub> rescaled to the norm of the "
-            "same filter of θ (biases and BatchNorm parameters get no direction), Δ<sub>k</sub>(t) = L(θ + t "
-            "d<sub>k</sub>) − L(θ); the width at τ is the distance between the first crossings of the mean "
-            f"curve over k with Δloss = τ on either side of t = 0, within ±{radius:g}.",
-            "wider",
-            "the spread of the widths read from each direction's own curve",
-            ("Li et al. 2018",),
-        ),
-    }
+def meanings(settings: ReportSettings) -> dict[str, Meaning]:
+    """The page text of every verdict row of the measures ``settings`` switch on (their specs' ``meaning``), by
+    row key; a measure without a text has no entry."""
+    ls = settings.landscape
+    out: dict[str, Meaning] = {}
+    for spec in registered():
+        st = spec.on(ls, settings)
+        if st is not None:
+            out.update(spec.meanings(st, settings))
+    return out
 
 
-def glossary_has(key: str) -> bool:
-    """Whether the section defines the measure ``key`` (its entry's id is ``m-KEY``)."""
-    return ("width" if key.startswith("width_") else key) in _meanings(_Defaults(), 1.0)
-
-
-@dataclass(frozen=True)
-class _Defaults:
-    rho: float = 0.05
-    sigma: float = 0.01
-    eps: float = 1e-3
-    sharpness_samples: int = 50
+def glossary_has(key: str, settings: ReportSettings | None = None) -> bool:
+    """Whether the section defines the measure ``key`` (its entry's id is ``m-KEY``) under ``settings`` (default:
+    the report's default settings)."""
+    return key in meanings(settings if settings is not None else ReportSettings())
 
 
 def _invariance_text(key: str) -> str:
+    if not is_tested(key):
+        return "not tested by flatfl's reparametrisation tests, so none is claimed"
     inv = invariant_to(key)
     if not inv:
         return "changes under every function-preserving rescaling tested (see the table below)"
@@ -233,13 +165,13 @@ def glossary_html(
 ) -> str:
     """The section's HTML for the verdict's rows ``measures`` (:class:`flatfl.analysis.verdict.Measure`), ending
     with a bibliography of the works it cites and of ``cited`` (the rest of the page's citations, :func:`cited_in`)."""
-    meanings = _meanings(settings.landscape, getattr(settings, "slice_radius", 1.0))
+    texts = meanings(settings)
     cited = list(cited)
     items = []
     for m in measures:
         if m.kind != "flatness":
             continue
-        mean = meanings.get("width" if m.key.startswith("width_") else m.key)
+        mean = texts.get(m.key)
         if mean is None:
             continue
         cited += [c for c in mean.cite if c not in cited]
@@ -247,11 +179,12 @@ def glossary_html(
         items.append(
             f"<dt id='m-{html.escape(m.key)}'><b>{html.escape(m.label)}</b></dt><dd>{mean.formula} "
             f"<i>Flatter</i>: {html.escape(mean.flatter)}. <i>Invariance</i>: {_invariance_text(m.key)}. "
-            f"<i>Estimation error</i>: {html.escape(mean.error)}. ({refs})</dd>"
+            f"<i>Estimation error</i>: {html.escape(mean.error)}." + (f" ({refs})" if refs else "") + "</dd>"
         )
     table = _table_html(markdown_table())
     cited += [c for c in ("Dinh et al. 2017",) if c not in cited]
-    bib = "".join(f"<li id='{ref_id(c)}'>[{html.escape(c)}] {html.escape(BIBLIOGRAPHY[c])}</li>" for c in cited)
+    works = bibliography()
+    bib = "".join(f"<li id='{ref_id(c)}'>[{html.escape(c)}] {html.escape(works[c])}</li>" for c in cited if c in works)
     return (
         "<p>Every flatness measure in the verdict, with what a lower or higher value means. A function-preserving "
         "rescaling of a ReLU network's weights changes some measures without changing the function (Dinh et al. "

@@ -31,6 +31,7 @@ from flatfl.runs.files import write_page
 from flatfl.runs.landscape import json_ready
 from flatfl.runs.matching_page import matching_sections
 from flatfl.runs.measures import describe_measures
+from flatfl.runs.per_layer_page import per_layer_json, per_layer_sections
 from flatfl.runs.report_glossary import cited_in, column_name, glossary_has, glossary_html, link_citations
 from flatfl.runs.scale_page import context_html, context_text
 from flatfl.runs.settings import ReportSettings
@@ -712,6 +713,7 @@ def _write_json(path, settings, groups, rounds, verdict, rows, measured, lines, 
                 "verdict": list(verdict),
                 "rounds": list(rows),
                 "results": {f"{lab} seed {s} round {r}": v for (lab, s, r), v in measured.results.items()},
+                **per_layer_json(measured, [g.label for g in groups]),  # every block, with --per-layer
                 "lines": lines,
                 "curves": list(curves),
                 **({"connectivity": connectivity} if connectivity is not None else {}),
@@ -731,7 +733,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
     labels = [g.label for g in groups]
     colors = group_colors(labels)
     matching = matching_sections(conds, out, files)
-    anchors = {f"m-{m.key}": f"m-{m.key}" for m in measures if glossary_has(m.key)}
+    anchors = {f"m-{m.key}": f"m-{m.key}" for m in measures if glossary_has(m.key, settings)}
     anchors["verdict"] = "verdict-rule"
     if matching:
         anchors["loss"] = section_id(matching[0][0])
@@ -782,6 +784,7 @@ def _sections(out, settings, groups, rounds, conds, measured, measures, verdict,
         )
     )
     sections.append(_curves_section(curves, colors))
+    sections += per_layer_sections(out, measured, labels, rounds, colors, files)  # with --per-layer
     sections += _surface_sections(out, measured, settings, files, {g.label: g.seeds[0] for g in groups if g.seeds})
     if settings.spread:
         sections += _spread_sections(curves, groups, colors, out, files)

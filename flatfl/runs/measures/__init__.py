@@ -30,11 +30,14 @@ from flatfl.runs.measures.spec import (
     REGISTRY,
     Context,
     Flag,
+    Meaning,
     MeasureSpec,
     describe_measures,
+    off_flag,
     register,
     registered,
     reorder,
+    report_defaults,
     unregister,
 )
 
@@ -43,5 +46,6 @@ BUILTIN_ORDER = ("hessian", "trace", "density", *SHARPNESS_MEASURES, "ggn", "ef"
 reorder(BUILTIN_ORDER)
 
 __all__ = [
-    "REGISTRY", "Context", "Flag", "MeasureSpec", "describe_measures", "register", "registered", "unregister",
+    "REGISTRY", "Context", "Flag", "Meaning", "MeasureSpec", "describe_measures", "off_flag", "register",
+    "registered", "report_defaults", "unregister",
 ]  # fmt: skip

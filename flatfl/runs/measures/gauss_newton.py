@@ -15,12 +15,19 @@ from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.trace import TRACE_ESTIMATORS
 from flatfl.analysis.verdict import Measure
 from flatfl.flagtypes import name_list
-from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
+from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
-from flatfl.runs.settings import LandscapeSettings
+from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
 CURVATURE_KINDS = ("ggn", "ef")
 LABELS = {"ggn": "GGN", "ef": "empirical Fisher"}
+REFERENCES = {
+    "Schraudolph 2002": "N. N. Schraudolph. Fast curvature matrix-vector products for second-order gradient "
+    "descent. Neural Computation 14, 2002.",
+    "Kunstner et al. 2019": "F. Kunstner, L. Balles, P. Hennig. Limitations of the empirical Fisher approximation "
+    "for natural gradient descent. NeurIPS 2019.",
+    "Papyan 2020": "V. Papyan. Traces of class/cross-class structure pervade deep learning spectra. JMLR 21, 2020.",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,20 @@ def _spec(kind: str) -> MeasureSpec:
     def from_flags(ns: dict[str, Any]) -> CurvatureSettings | None:
         return CurvatureSettings(kind) if kind in parse_curvature(ns.get("curvature")) else None
 
+    def meaning(s: CurvatureSettings, report: ReportSettings) -> dict[str, Meaning]:
+        what = ("G = (1/N) Σ<sub>i</sub> J<sub>i</sub>ᵀ H<sub>out,i</sub> J<sub>i</sub>, the generalised Gauss-Newton "
+                "matrix (J the Jacobian of the model's output, H<sub>out</sub> the loss's Hessian in the output)"
+                if kind == "ggn" else "F = (1/N) Σ<sub>i</sub> g<sub>i</sub> g<sub>i</sub>ᵀ, the empirical Fisher "
+                "(g<sub>i</sub> example i's loss gradient)")  # fmt: skip
+        cite = ("Schraudolph 2002", "Papyan 2020") if kind == "ggn" else ("Kunstner et al. 2019", "Papyan 2020")
+        psd = "; a positive semi-definite part of the Hessian (Papyan 2020)"
+        return {
+            f"{kind}_lambda_max": Meaning(f"λ<sub>max</sub> of {what}{psd}, by Lanczos.", "lower",
+                                          "the Lanczos residual of the returned eigenpair", cite),
+            f"{kind}_trace": Meaning(f"tr of {what}, from random probes.", "lower",
+                                     "the estimator's standard error over its probes", cite),
+        }  # fmt: skip
+
     return MeasureSpec(
         name=kind,
         label=f"{LABELS[kind]} curvature",
@@ -85,6 +106,8 @@ def _spec(kind: str) -> MeasureSpec:
         columns=columns,
         verdict=verdict,
         describe=lambda s: f"{kind} lambda_max and trace",
+        meaning=meaning,
+        references=REFERENCES,
     )
 
 

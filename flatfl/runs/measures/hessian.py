@@ -13,7 +13,7 @@ from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.verdict import Measure
 from flatfl.flagtypes import pos_float, pos_int
 from flatfl.runs import curvature
-from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
+from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
@@ -59,6 +59,13 @@ SPEC = register(
     MeasureSpec(
         name="hessian",
         label="λmax",
+        meaning=Meaning(
+            "λ<sub>max</sub>(∇²L(θ)): the largest eigenvalue of the Hessian of the training loss L at the "
+            "global model θ (Lanczos iteration on Hessian-vector products).",
+            "lower: the loss curves up less steeply along its sharpest direction",
+            "the Lanczos residual ‖Hv − λv‖ of the returned eigenpair (converged below the tolerance)",
+            ("Lanczos 1950", "Keskar et al. 2017"),
+        ),
         direction="lower",
         invariances=invariant_to("lambda_max"),
         settings=HessianSettings,

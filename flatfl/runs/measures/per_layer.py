@@ -1,6 +1,9 @@
 """lambda_max and trace of each layer's diagonal Hessian block (``--per-layer [parameter|module]``).
 
-Which layer is sharp: a table per block in landscape.json, no single number, so no verdict row.
+Which layer is sharp: a table per block in landscape.json, no single number, so no verdict row. In ``flatfl
+report --per-layer`` a figure per group side by side and every block in report.json
+(:mod:`flatfl.runs.per_layer_page`); one flag away, not in the report's default set (its measured cost:
+docs/landscapes.md, "The report's default set").
 """
 
 from __future__ import annotations
@@ -80,6 +83,6 @@ SPEC = register(
         path=("literature", "per_layer"),
         columns=lambda res, s: {},
         verdict=no_rows,
-        report=False,
+        describe=lambda s: f"per-layer curvature per {s.group}" + (" (shared probes)" if s.shared else ""),
     )
 )

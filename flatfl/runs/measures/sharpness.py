@@ -17,7 +17,7 @@ from flatfl.analysis.verdict import Measure
 from flatfl.errors import UserError
 from flatfl.flagtypes import pos_float, pos_int
 from flatfl.runs import curvature
-from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
+from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
@@ -52,6 +52,51 @@ FLAGS = (
     Flag(("--m",), {"type": pos_int, "metavar": "M",
                     "help": "SAM m-sharpness: mean of worst cases over batches of M samples"}),
 )  # fmt: skip
+
+
+def meaning(name: str, s: SharpnessSettings) -> Meaning:
+    """The page's text of sharpness measure ``name`` at settings ``s``."""
+    rho, sigma, eps, n = s.rho, s.sigma, s.eps, s.samples
+    ascent, adaptive = "none (a maximum found by ascent)", ("Kwon et al. 2021", "Andriushchenko et al. 2023")
+    return {
+        "sam": Meaning(
+            f"max<sub>‖δ‖₂ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}: the worst loss rise in a Euclidean ball "
+            "(projected gradient ascent).",
+            "lower",
+            "none (a maximum found by ascent; a lower bound on the true maximum)",
+            ("Foret et al. 2021", "Keskar et al. 2017"),
+        ),
+        "epsilon": Meaning(
+            f"max<sub>‖δ‖∞ ≤ ε(|θ|+1)</sub> L(θ + δ) − L(θ), ε = {eps:g} (Keskar et al.'s box, L-BFGS-B).",
+            "lower",
+            "none (a maximum found by a local solver)",
+            ("Keskar et al. 2017",),
+        ),
+        "adaptive_l2": Meaning(
+            f"max<sub>‖δ / |θ|‖₂ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}: the ball scaled coordinate-wise by the "
+            "weights' own magnitudes |θ|.",
+            "lower",
+            ascent,
+            adaptive,
+        ),
+        "adaptive_linf": Meaning(
+            f"max<sub>‖δ / |θ|‖∞ ≤ ρ</sub> L(θ + δ) − L(θ), ρ = {rho:g}.", "lower", ascent, adaptive
+        ),
+        "average_adaptive": Meaning(
+            f"E<sub>δ ~ N(0, σ² diag|θ|²)</sub>[L(θ + δ)] − L(θ), σ = {sigma:g}: the average loss rise under "
+            "Gaussian noise scaled by the weights (Monte Carlo). Compared as a difference, not a ratio: it can be "
+            "negative.",
+            "lower",
+            f"the Monte Carlo standard error over its {n} draws",
+            ("Andriushchenko et al. 2023",),
+        ),
+        "average_isotropic": Meaning(
+            f"E<sub>δ ~ N(0, σ² I)</sub>[L(θ + δ)] − L(θ), σ = {sigma:g}.",
+            "lower",
+            f"the Monte Carlo standard error over its {n} draws",
+            ("Andriushchenko et al. 2023",),
+        ),
+    }[name]
 
 
 def _spec(kind: SharpnessKind) -> MeasureSpec:
@@ -102,6 +147,7 @@ def _spec(kind: SharpnessKind) -> MeasureSpec:
         report=False,
         builtin=True,
         listed_as="sharpness",
+        meaning=lambda s, report: meaning(name, s),
     )
 
 

@@ -23,8 +23,21 @@ from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
 __all__ = [
-    "REGISTRY", "Context", "Flag", "MeasureSpec", "describe_measures", "register", "registered", "unregister",
+    "REGISTRY", "Context", "Flag", "Meaning", "MeasureSpec", "describe_measures", "off_flag", "register",
+    "registered", "report_defaults", "unregister",
 ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """A measure's entry in the report's "What the measures mean": ``formula`` (HTML) says what is computed,
+    ``flatter`` which way is flatter, ``error`` how its own estimation error is measured, ``cite`` the works it
+    follows (keys of the report's bibliography, or of the spec's own ``references``)."""
+
+    formula: str
+    flatter: str = "lower"
+    error: str = "none (computed exactly)"
+    cite: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,10 +102,15 @@ class MeasureSpec:
     settings)``: its report.csv / verdict columns (default: ``name`` = ``record["value"]`` and ``name_stderr``);
     ``verdict(settings, landscape)``: its verdict rows (default: one row ``name`` with ``label``, direction and
     invariances); ``collective``: computed on every torchrun rank (Hessian products reduced over the shards),
-    else on rank 0 only; ``report``: ``flatfl report`` offers its flags too; ``describe(settings)``: a phrase
+    else on rank 0 only; ``report``: ``flatfl report`` offers its flags too; ``report_default``: ``flatfl report``
+    measures it unless ``--no-NAME`` (:func:`off_flag`; the default set is decided by measured cost,
+    ``bench/report_cost.py --candidates``); ``describe(settings)``: a phrase
     for the report's settings line (``listed_as``: named in one phrase with its kin, e.g. ``sharpness: sam,
-    adaptive_l2``). Built-in measures read their settings from :class:`LandscapeSettings`'
-    own fields (``settings_of``); every other one from ``LandscapeSettings.measures``.
+    adaptive_l2``); ``meaning``: its text on the report's page, a :class:`Meaning` for every verdict row or
+    ``meaning(settings, report_settings)`` -> a Meaning or {row key: Meaning}; ``references``: bibliography
+    entries (citation key -> the full reference) its ``cite`` keys need beyond the report's own. Built-in measures
+    read their settings from :class:`LandscapeSettings`' own fields (``settings_of``); every other one from
+    ``LandscapeSettings.measures``.
     """
 
     name: str
@@ -113,6 +131,9 @@ class MeasureSpec:
     describe: Callable[[Any], str] | None = None
     builtin: bool = False
     listed_as: str | None = None  # the settings line names it in one phrase with the others of this name
+    report_default: bool = False
+    meaning: Meaning | Callable[[Any, ReportSettings], Meaning | Mapping[str, Meaning]] | None = None
+    references: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.direction not in ("lower", "higher"):
@@ -149,6 +170,15 @@ class MeasureSpec:
             return self.verdict(s, landscape)
         lower = self.direction == "lower"
         return [Measure(self.name, self.label, lower_is_better=lower, invariant_to=self.invariances)]
+
+    def meanings(self, s: Any, report: ReportSettings) -> dict[str, Meaning]:
+        """Its verdict rows' page texts by row key ({} without a ``meaning``)."""
+        if self.meaning is None:
+            return {}
+        m = self.meaning if isinstance(self.meaning, Meaning) else self.meaning(s, report)
+        if isinstance(m, Meaning):
+            return {row.key: m for row in self.rows(s, report.landscape)}
+        return dict(m)
 
 
 def settings_from_flags(spec: MeasureSpec, ns: dict[str, Any]) -> Any:
@@ -212,6 +242,25 @@ def describe_measures(landscape: LandscapeSettings, report: ReportSettings | Non
         elif spec.describe is not None:
             parts.append(spec.describe(st))
     return [f"{p}: {', '.join(kin[p])}" if p in kin else p for p in parts]
+
+
+def off_flag(spec: MeasureSpec) -> str:
+    """The ``flatfl report`` flag that switches off a measure of its default set: ``--no-`` and its name."""
+    return "--no-" + spec.name.replace("_", "-")
+
+
+def report_defaults(ns: dict[str, Any], chosen: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """``chosen`` (the measures the command line asks for) with every ``report_default`` measure that its
+    :func:`off_flag` does not switch off, at its default settings, in registry order; a measure both asked for
+    and switched off is refused in one line."""
+    have = dict(chosen)
+    for spec in registered():
+        off = bool(ns.get("no_measure_" + spec.name))
+        if off and spec.name in have:
+            raise UserError(f"{off_flag(spec)}: {spec.label} is switched off and asked for by its own flags at once")
+        if spec.report_default and not off and spec.name not in have:
+            have[spec.name] = spec.settings()
+    return tuple((spec.name, have[spec.name]) for spec in registered() if spec.name in have)
 
 
 def settings_record(specs_on: list[tuple[MeasureSpec, Any]]) -> dict[str, Any]:

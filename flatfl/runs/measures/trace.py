@@ -12,7 +12,7 @@ from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.verdict import Measure
 from flatfl.flagtypes import pos_int
 from flatfl.runs import curvature
-from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
+from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
 
@@ -52,6 +52,13 @@ SPEC = register(
     MeasureSpec(
         name="trace",
         label="trace",
+        meaning=Meaning(
+            "tr ∇²L(θ) = Σ<sub>i</sub> λ<sub>i</sub>: the sum of all Hessian eigenvalues (the average curvature "
+            "over all directions), estimated from random probes z as E[zᵀ∇²L z].",
+            "lower",
+            "the estimator's standard error over its probes",
+            ("Hutchinson 1989", "Meyer et al. 2021"),
+        ),
         direction="lower",
         invariances=invariant_to("trace"),
         settings=TraceSettings,

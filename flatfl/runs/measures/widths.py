@@ -18,7 +18,7 @@ import numpy as np
 from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.slices import Slices, random_slices, symmetric_grid, width, width_stderr
 from flatfl.analysis.verdict import Measure
-from flatfl.runs.measures.spec import Context, MeasureSpec, register
+from flatfl.runs.measures.spec import Context, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings, ReportSettings
 from flatfl.runs.share import enabled as share_enabled
@@ -74,6 +74,18 @@ def verdict(s: WidthSettings, ls: LandscapeSettings) -> list[Measure]:
     ]  # fmt: skip
 
 
+def meaning(s: WidthSettings, report: ReportSettings) -> Meaning:
+    return Meaning(
+        "Along K random directions d<sub>k</sub>, each filter of d<sub>k</sub> rescaled to the norm of the "
+        "same filter of θ (biases and BatchNorm parameters get no direction), Δ<sub>k</sub>(t) = L(θ + t "
+        "d<sub>k</sub>) − L(θ); the width at τ is the distance between the first crossings of the mean "
+        f"curve over k with Δloss = τ on either side of t = 0, within ±{s.radius:g}.",
+        "wider",
+        "the spread of the widths read from each direction's own curve",
+        ("Li et al. 2018",),
+    )
+
+
 def settings_of(ls: LandscapeSettings, report: ReportSettings | None = None) -> WidthSettings | None:
     if report is None or not report.slice_directions:
         return None
@@ -94,5 +106,6 @@ SPEC = register(
         verdict=verdict,
         report=False,
         builtin=True,
+        meaning=meaning,
     )
 )
