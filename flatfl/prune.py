@@ -65,11 +65,23 @@ def protected_rounds(run_dir: Path) -> dict[int, str]:
     return out
 
 
+def _header_meta(path: Path) -> object:
+    """The flatfl metadata of a safetensors file from its header, checked by safetensors where it can open the path
+    (UTF-8 paths only: a folder name in another encoding is read by :func:`flatfl.checkpoint.read_metadata`)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        meta = ckpt.read_metadata(path)
+        if meta is None:
+            raise ValueError("its header is not a safetensors header") from None
+        return meta
+    with safe_open(str(path), "pt") as f:
+        return json.loads((f.metadata() or {}).get(ckpt.META_KEY, "{}"))
+
+
 def _state_round(path: Path) -> int:
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get(ckpt.META_KEY, "{}"))
-        return int(meta["round"])
+        return int(_header_meta(path)["round"])  # type: ignore[index]
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UserError(
@@ -100,8 +112,7 @@ def _check_kept_round(path: Path, r: int) -> None:
     if not path.exists():
         return
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get(ckpt.META_KEY, "{}"))
+        meta = _header_meta(path)
         ok = isinstance(meta, dict) and meta.get("format") == "flatfl.round" and meta.get("round") == r
     except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types for a damaged header
         raise UserError(

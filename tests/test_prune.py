@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,15 @@ def test_a_stray_round_file_with_a_huge_number_does_not_expand_keep(copy):
     (copy / "round_99999999999.safetensors").unlink()
     code, out, err = _capped("prune", copy, "--keep", "2-99999999999", "--keep-clients", "5-99999999999", "--dry-run")
     assert code == 0 and "would delete 5 files" in out, (out, err)  # rounds 1, clients 1-4
+
+
+def test_a_run_folder_whose_name_is_not_utf8_is_pruned(copy, tmp_path):
+    # safetensors opens UTF-8 paths only: its SafetensorError about the path was a traceback
+    import os
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/run-\xff\xfe"))
+    copy.rename(odd)
+    proc = flatfl_proc("prune", odd, "--keep", "2-4", errors="replace")  # its own process: stdout escapes the name
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "deleted 2 files" in out, (out, err)  # rounds 1 and 5 (0 and the last stay)
+    assert sorted(ckpt.list_rounds(odd)) == [0, 2, 3, 4, 6]

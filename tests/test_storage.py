@@ -209,3 +209,18 @@ def test_a_save_rounds_range_of_more_rounds_than_can_be_listed_is_refused(tmp_pa
                            "--out", tmp_path / "run")  # fmt: skip
     _one_line_error(code, err, "--save-rounds: range 1-100000000000 lists more than 10,000,000 rounds")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("frac", ["1e-9", "0.9999"])
+def test_a_digits_split_with_no_test_or_no_training_image_is_refused(cli, tmp_path, frac):
+    # --test-frac 1e-9 rounded to 0 test images: every round was evaluated to loss 0.0, accuracy 0.0 without a word
+    code, _, err = cli("train", *TINY, "--rounds", "1", "--test-frac", frac, "--out", tmp_path / "run")
+    _one_line_error(code, err, f"--test-frac {float(frac):g}: gives", "a run needs both splits")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_allocation_the_machine_cannot_hold_is_one_line(cli, tmp_path):
+    # FedGen's generator with 10^11 hidden units asks torch for 40 TiB: a RuntimeError traceback from its allocator
+    code, _, err = cli("train", *TINY, "--algo", "fedgen", "--gen-hidden", "100000000000", "--rounds", "1",
+                       "--out", tmp_path / "run")  # fmt: skip
+    _one_line_error(code, err, "out of memory (tried to allocate", "GiB); lower the size flags")

@@ -87,6 +87,17 @@ def _main(argv: Sequence[str] | None) -> int:
         say(f"flatfl: error: {where}cannot write ({exc.strerror}); {write_fix(exc.errno)}, then run the command "
             "again\n")  # fmt: skip
         return 2
+    except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot hold (a size flag far too large)
+        text = str(exc)
+        if debug or not (isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text):
+            raise
+        import re
+
+        m = re.search(r"allocate (\d+) bytes", text)
+        asked = f" (tried to allocate {int(m.group(1)) / 2**30:,.0f} GiB)" if m else ""
+        say(f"flatfl: error: out of memory{asked}; lower the size flags "
+            "(--batch-size, --samples, model or generator sizes) or use a machine with more memory\n")  # fmt: skip
+        return 2
     except ValueError as exc:  # the analysis' one known message (NaN/inf reached an estimator): one line
         from flatfl.analysis.operators import NOT_FINITE
 

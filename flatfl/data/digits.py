@@ -20,6 +20,7 @@ import torch
 
 from flatfl.config import DataConfig
 from flatfl.data import Dataset, TensorData, register_dataset
+from flatfl.errors import UserError
 
 N_IMAGES = 1797
 
@@ -43,6 +44,10 @@ def load_digits(cfg: DataConfig, download: bool = False) -> Dataset:
     n = len(labels)
     perm = np.random.default_rng(cfg.split_seed).permutation(n)
     n_test = int(round(cfg.test_frac * n))
+    if not 0 < n_test < n:  # an empty test split evaluated every round to loss 0.0, accuracy 0.0 without a word
+        raise UserError(
+            f"--test-frac {cfg.test_frac:g}: gives {n_test} test images of the {n} digits; a run needs both splits"
+        )
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
     y = torch.from_numpy(labels)
