@@ -483,7 +483,11 @@ def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
 
 
 def _number_or_null(v: Any) -> bool:
-    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+    """None, a float, or an integer a float can hold (JSON has no size limit: ``10**400`` is no loss a float
+    training could have recorded, and float() of it overflows where the readers average it)."""
+    if isinstance(v, bool):
+        return False
+    return v is None or isinstance(v, float) or (isinstance(v, int) and abs(v) <= 2**53)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

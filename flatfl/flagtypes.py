@@ -38,6 +38,10 @@ momentum_t = _typed(float, lambda v: 0 <= v < 1, "a momentum in [0, 1)")
 MAX_SEED = 2**32 - 1  # every seed flag: numpy, torch and the derived per-round seeds all take it
 SEED_RANGE = f"0 to {MAX_SEED} = 2^32 - 1"
 seed_t = _typed(int, lambda v: 0 <= v <= MAX_SEED, f"a seed from {SEED_RANGE}")
+MAX_DIRECTIONS = 10_000  # --slices: each direction is --slice-points full passes over the analysis data
+MAX_GRID = 1_000  # --grid: N^2 points on a surface, each a full pass over the analysis data
+slices_t = _typed(int, lambda v: 0 <= v <= MAX_DIRECTIONS, f"a number of directions from 0 to {MAX_DIRECTIONS}")
+grid_t = _typed(int, lambda v: 0 < v <= MAX_GRID, f"points per axis from 1 to {MAX_GRID}")
 SAMPLES_HELP = "0 = all the selected data"  # one meaning of --samples 0 for every command
 
 

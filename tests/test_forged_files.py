@@ -474,7 +474,8 @@ def test_forged_algorithm_state_is_refused_on_resume(fedmut_base, cli, tmp_path,
     [
         ("test_acc", 7.0, "an accuracy in [0, 1]"),
         ("test_loss", -5.0, "a loss >= 0"),
-        ("test_acc", -(10**400), "an accuracy in [0, 1]"),
+        ("test_acc", -(10**400), "not a number"),
+        ("test_loss", 10**400, "not a number"),  # >= 0, but no float training records it; float() overflows
     ],  # fmt: skip
 )
 def test_metrics_values_no_run_can_record_are_refused(base, cli, tmp_path, key, value, what):
@@ -505,3 +506,29 @@ def test_weights_so_large_the_surface_plane_overflows_are_one_line(fedmut_base, 
     tensors, meta = ckpt.load_tensors(path)
     ckpt.save_tensors(path, {k: v * 0 + 3e38 for k, v in tensors.items()}, meta)
     _refused(cli, run, "landscape", "not finite", tmp=tmp_path)
+
+
+def test_an_empty_metrics_file_is_refused_by_report(base, cli, tmp_path):
+    # hostile pass: an empty metrics.jsonl gave a report (rc 0) where a missing one is refused
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    (run / ckpt.METRICS_FILE).write_text("")
+    _refused(cli, run, "report", "metrics.jsonl: holds no line for round", tmp=tmp_path)
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [("--slices", "100000000", "0 to 10000"),
+                                                        ("--grid", "5000", "1 to 1000")])  # fmt: skip
+def test_report_work_flags_are_bounded(base, cli, tmp_path, flag, value, needle):
+    # hostile pass: --slices 100000000 ran without a bound (each direction is a full pass per point)
+    code, _, err = cli("report", base, "--out", tmp_path / "r", flag, value)
+    assert code == 2 and err.count("\n") == 1 and flag in err and needle in err, err
+
+
+def test_report_on_a_folder_name_that_is_not_utf8_names_it(base, cli, tmp_path):
+    import os
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/run-\xff"))
+    shutil.copytree(base, odd)
+    code, _, err = cli("report", odd, "--out", tmp_path / "r", *REPORT)
+    assert code == 2 and err.count("\n") == 1 and "run-\\udcff" in err and "not UTF-8" in err, err
+    assert not (tmp_path / "r").exists()

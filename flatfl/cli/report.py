@@ -17,11 +17,11 @@ from flatfl.cli.common import (
     name_list,
     nonneg_int,
     pos_float,
-    pos_int,
     samples_setting,
     samples_t,
 )
 from flatfl.errors import UserError
+from flatfl.flagtypes import grid_t, slices_t
 from flatfl.runs.match_rule import MATCH_RULE, MIN_DROP, SMOOTH_WINDOW
 
 
@@ -157,7 +157,7 @@ def _measure_arguments(p: Any, d: Any) -> None:
     )
     p.add_argument("--no-hessian", action="store_true", help="skip lambda_max")
     p.add_argument(
-        "--grid", type=pos_int, default=ld.grid, metavar="N", help=f"surface points per axis (default: {ld.grid})"
+        "--grid", type=grid_t, default=ld.grid, metavar="N", help=f"surface points per axis (default: {ld.grid})"
     )
     p.add_argument(
         "--span",
@@ -230,7 +230,7 @@ def _group_arguments(p: Any, d: Any) -> None:
     )
     g.add_argument(
         "--slices",
-        type=nonneg_int,
+        type=slices_t,
         default=d.slice_directions,
         metavar="K",
         help=f"1D slices (Li et al.): K filter-normalised random directions per checkpoint, 0 = none "
@@ -323,6 +323,13 @@ def run(ns: dict[str, Any]) -> int:
     from flatfl.rundir import settle
     from flatfl.runs.report import build_report
 
+    for r, flag in [*((r, "run folder") for r in ns["runs"]), (ns["out"], "--out")]:
+        try:  # report.json, report.html and the CSVs name these paths, in UTF-8
+            str(r).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(
+                f"{ascii(str(r))[1:-1]}: a {flag} name that is not UTF-8 (the report's files name it); rename it"
+            ) from None
     for r in ns["runs"]:
         settle(Path(r))  # an interrupted --overwrite finished or undone first
         if not (Path(r) / ckpt.RUN_JSON).is_file():

@@ -239,6 +239,12 @@ def _build_report(
                 f"{r.path / ckpt.METRICS_FILE}: missing (the report reads each round's test accuracy from it); "
                 "restore it, or leave this run out"
             )
+        last = max(r.rounds(), default=0)  # every round's line is appended before its round file is committed
+        if last and not any(m["round"] == last for m in r.metrics()):
+            raise ValueError(
+                f"{r.path / ckpt.METRICS_FILE}: holds no line for round {last}, the run's last saved round (a run "
+                "writes each round's line before its round file); restore it, or leave this run out"
+            )
     groups = group_runs(runs, dict(settings.labels), settings.reference)
     check_comparable(groups, settings, log)
     for g in groups:
