@@ -23,7 +23,7 @@ from tests.conftest import TINY
 ROUNDS = 2
 LANDSCAPE = ["--samples", "20", "--surface", "1d", "--grid", "2"]
 REPORT = ["--samples", "20", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0"]
-REPORT += ["--grid", "2", "--no-spread", "--no-match", "--no-progress"]
+REPORT += ["--grid", "2", "--no-spread", "--no-match", "--no-progress", "--no-relative-flatness", "--no-fisher-rao"]
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,13 @@ def shared_data() -> Iterator[dict[Hashable, Any]]:
         memo.clear()
 
 
-def cached(key: Hashable, load: Callable[[], T]) -> T:
-    """``load()`` once per ``key`` inside :func:`shared_data` (every call outside it), timed as ``data``."""
+def cached(key: Hashable, load: Callable[[], T], name: str = "data") -> T:
+    """``load()`` once per ``key`` inside :func:`shared_data` (every call outside it), timed as stage ``name``."""
     memo = _ACTIVE.get()
     if memo is not None and key in memo:
-        count("data reused")
+        count(f"{name} reused")
         return memo[key]
-    with stage("data"):
+    with stage(name):
         value = load()
     if memo is not None:
         memo[key] = value

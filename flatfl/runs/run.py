@@ -129,7 +129,8 @@ class Run:
         key = ("dataset", cfg, str(Path(cfg.data_root).expanduser().resolve()))
         data = cached(key, lambda: load_dataset(cfg))
         if (self.path / ckpt.PARTITION_JSON).is_file():  # the split it drew, before any of its data is analysed
-            cached(("partition drawn", str(self.path.resolve()), self.identity), lambda: self.partition(data))
+            key = ("partition drawn", str(self.path.resolve()), self.identity)
+            cached(key, lambda: self.partition(data), name="partition check")
         return data
 
     def user_data_pair(self, spec: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
