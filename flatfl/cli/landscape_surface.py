@@ -9,7 +9,6 @@ from typing import Any
 
 from flatfl.cli.common import nonneg_int, pos_float, pos_int
 from flatfl.errors import UserError
-from flatfl.flagtypes import grid_t
 
 
 def flag_given(ns: dict[str, Any], key: str) -> bool:
@@ -56,7 +55,7 @@ def surface_arguments(p: Any, d: Any) -> None:
         metavar="MODEL",
         help="models: the two other models of the plane (same forms as --to), e.g. mutant:0 mutant:1",
     )
-    g.add_argument("--grid", type=grid_t, metavar="N", help=f"points per axis (default: {d.grid})")
+    g.add_argument("--grid", type=pos_int, metavar="N", help=f"points per axis (default: {d.grid})")
     g.add_argument(
         "--span",
         type=pos_float,
