@@ -47,12 +47,22 @@ CASES = [
 
 
 def flatfl_proc(*args: str | Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    """flatfl in its own process, with Ctrl-C's default disposition: a test run started in the background by a
+    shell ignores SIGINT, and a child inheriting that would never see the Ctrl-C the kill tests send."""
+    user = kw.pop("preexec_fn", None)
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if user is not None:
+            user()
+
     return subprocess.Popen(
         [sys.executable, "-m", "flatfl", *map(str, args)],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec,
         **kw,
     )
 
