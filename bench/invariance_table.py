@@ -147,22 +147,23 @@ def cnn_bn() -> Trained:
     return _train(model, x, y, steps=60), x, y
 
 
-def layer(model: nn.Module, alpha: float) -> nn.Module:
+def _move_scale(model: nn.Module, into: int, out_of: int, alpha: float, unit: slice | int = slice(None)) -> nn.Module:
+    """A copy with the ``unit`` outputs of layer ``into`` (weight and bias) times alpha and the matching inputs of
+    layer ``out_of`` divided by it: the same function through a positively homogeneous (ReLU) layer between."""
     out = copy.deepcopy(model)
     with torch.no_grad():
-        out[0].weight.mul_(alpha)
-        out[0].bias.mul_(alpha)
-        out[2].weight.div_(alpha)
+        out[into].weight[unit].mul_(alpha)
+        out[into].bias[unit].mul_(alpha)
+        out[out_of].weight[:, unit].div_(alpha)
     return out
+
+
+def layer(model: nn.Module, alpha: float) -> nn.Module:
+    return _move_scale(model, 0, 2, alpha)
 
 
 def filter_wise(model: nn.Module, alpha: float) -> nn.Module:
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        out[0].weight[UNIT].mul_(alpha)
-        out[0].bias[UNIT].mul_(alpha)
-        out[2].weight[:, UNIT].div_(alpha)
-    return out
+    return _move_scale(model, 0, 2, alpha, UNIT)
 
 
 def bn_filter(model: nn.Module, alpha: float) -> nn.Module:
@@ -176,21 +177,11 @@ def bn_filter(model: nn.Module, alpha: float) -> nn.Module:
 
 
 def penultimate_layer(model: nn.Module, alpha: float) -> nn.Module:
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        out[2].weight.mul_(alpha)
-        out[2].bias.mul_(alpha)
-        out[4].weight.div_(alpha)
-    return out
+    return _move_scale(model, 2, 4, alpha)
 
 
 def penultimate_neuron(model: nn.Module, alpha: float) -> nn.Module:
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        out[2].weight[UNIT].mul_(alpha)
-        out[2].bias[UNIT].mul_(alpha)
-        out[4].weight[:, UNIT].div_(alpha)
-    return out
+    return _move_scale(model, 2, 4, alpha, UNIT)
 
 
 @dataclass(frozen=True)
