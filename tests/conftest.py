@@ -50,6 +50,14 @@ def tiny(cli, tmp_path):
     return run
 
 
+def train_pair(root: Path, rounds: int, *extra: str) -> Path:
+    """FedAvg and FedMut on :data:`TINY` for ``rounds`` rounds (``extra``: more train flags), in ``root/fedavg``
+    and ``root/fedmut``; returns ``root``."""
+    for algo in ("fedavg", "fedmut"):
+        assert main(["train", *TINY, "--rounds", str(rounds), "--algo", algo, *extra, "--out", str(root / algo)]) == 0
+    return root
+
+
 def assert_same_rounds(a: Path, b: Path, rounds: int, atol: float = 0.0) -> None:
     """Rounds 0..rounds of two run directories hold the same tensors (bit for bit with atol=0)."""
     from flatfl import checkpoint as ckpt

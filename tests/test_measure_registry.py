@@ -55,13 +55,9 @@ def toy():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from flatfl.cli import main
-    from tests.conftest import TINY
+    from tests.conftest import train_pair
 
-    root = tmp_path_factory.mktemp("toy")
-    for algo in ("fedavg", "fedmut"):
-        assert main(["train", *TINY, "--rounds", "2", "--algo", algo, "--out", str(root / algo)]) == 0
-    return root
+    return train_pair(tmp_path_factory.mktemp("toy"), 2)
 
 
 def test_a_registered_measure_reaches_landscape_and_its_help(toy, runs, cli, tmp_path):

@@ -20,14 +20,9 @@ from tests.test_cli import _one_line_error
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from flatfl.cli import main
-    from tests.conftest import TINY
+    from tests.conftest import train_pair
 
-    root = tmp_path_factory.mktemp("rep")
-    for algo in ("fedavg", "fedmut"):
-        args = ["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]
-        assert main(args) == 0
-    return root
+    return train_pair(tmp_path_factory.mktemp("rep"), 4, "--save-clients")
 
 
 REPORT = ["--at-rounds", "2,4", "--samples", "150", "--grid", "5", "--trace-matvecs", "12",

@@ -24,14 +24,9 @@ CONNECT = ["--connect", "--connect-steps", str(STEPS)]
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """FedAvg and FedMut, seed 0, 2 rounds, client models saved (3 clients per round)."""
-    from flatfl.cli import main
-    from tests.conftest import TINY
+    from tests.conftest import train_pair
 
-    root = tmp_path_factory.mktemp("conn")
-    for algo in ("fedavg", "fedmut"):
-        args = ["train", *TINY, "--rounds", "2", "--algo", algo, "--save-clients", "--out", str(root / algo)]
-        assert main(args) == 0
-    return root
+    return train_pair(tmp_path_factory.mktemp("conn"), 2, "--save-clients")
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +147,9 @@ def test_off_by_default(report, pair, tmp_path, cli):
 @pytest.fixture(scope="module")
 def no_clients(tmp_path_factory):
     """Two 1-round runs that did not save their clients."""
-    from flatfl.cli import main
-    from tests.conftest import TINY
+    from tests.conftest import train_pair
 
-    root = tmp_path_factory.mktemp("conn-none")
-    for algo in ("fedavg", "fedmut"):
-        assert main(["train", *TINY, "--rounds", "1", "--algo", algo, "--out", str(root / algo)]) == 0
-    return root
+    return train_pair(tmp_path_factory.mktemp("conn-none"), 1)
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,9 @@ from tests.test_cli import _one_line_error
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from flatfl.cli import main
-    from tests.conftest import TINY
+    from tests.conftest import train_pair
 
-    root = tmp_path_factory.mktemp("kinds")
-    for algo in ("fedavg", "fedmut"):
-        args = ["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]
-        assert main(args) == 0
-    return root
+    return train_pair(tmp_path_factory.mktemp("kinds"), 4, "--save-clients")
 
 
 def _loss_of(run: Run, state: dict, x, y) -> tuple[float, float]:
