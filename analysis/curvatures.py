@@ -26,6 +26,8 @@ batch by batch (streamed data work), in its dtype and on its device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -61,6 +63,19 @@ def per_example_losses(obj: ModelLoss, out: Any, batch: Any) -> torch.Tensor:
         return torch.stack([bl.loss_fn(out[i : i + 1], t[i : i + 1]).reshape(()) for i in range(out.shape[0])])
 
 
+@contextmanager
+def native_rnn_kernels() -> Iterator[None]:
+    """oneDNN and cuDNN switched off (their RNN backward has no derivative, so PyTorch's native LSTM/GRU kernels
+    run instead) and only those two switches restored afterwards (``torch.backends.*.flags`` would also reset
+    TF32 and determinism)."""
+    saved = torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled
+    torch.backends.mkldnn.enabled = torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = saved
+
+
 class _ProductOperator(ScipyExport):
     """Base of the GGN and empirical Fisher: ``size``/``dtype``/``device`` of the objective, a product
     counter, and products J_f^T M (J_f v) per batch for a function f of the parameters (the model's output,
@@ -75,6 +90,9 @@ class _ProductOperator(ScipyExport):
         self.size, self.dtype, self.device = objective.size, objective.dtype, objective.device
         self.num_matvecs = 0
         self.method = self.name
+        self.jv_method = "forward"  # "reverse" once the model turned out to have no forward-mode rule
+        self.forward_error: str | None = None  # why forward mode failed (the first line of PyTorch's error)
+        self._adjoint_checked = False
 
     def _f(self, batch: Any):
         raise NotImplementedError
@@ -83,6 +101,20 @@ class _ProductOperator(ScipyExport):
         raise NotImplementedError
 
     def _batch_products(self, batch: Any, tangents: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """J_f^T M (J_f t) for each tangent t: J t by forward mode; once an operation of the model turns out to
+        have no forward-mode rule (NotImplementedError; PyTorch's LSTM kernels: ``mkldnn_rnn_layer`` on the
+        CPU in float32, ``_cudnn_rnn`` and ``_thnn_fused_lstm_cell`` on CUDA) or torch.func refuses it (a
+        RuntimeError, e.g. an ``autograd.Function`` without ``setup_context``), by reverse over reverse from then
+        on (:meth:`_reverse_products`; an error that is not about forward mode recurs there and is raised)."""
+        if self.jv_method == "forward":
+            try:
+                return self._forward_products(batch, tangents)
+            except (NotImplementedError, RuntimeError) as e:
+                self.jv_method = "reverse"
+                self.forward_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return self._reverse_products(batch, tangents)
+
+    def _forward_products(self, batch: Any, tangents: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         obj = self.objective
         f = self._f(batch)
         value, pull = vjp(f, obj.params)
@@ -92,6 +124,62 @@ class _ProductOperator(ScipyExport):
             (back,) = pull(self._middle(value, jv, batch))
             outs.append(obj.flat(back))
         return outs
+
+    def _reverse_products(self, batch: Any, tangents: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """The same products without forward mode: J t = d/du <J^T u, t> (the derivative of the linear map
+        u -> J^T u, itself a reverse-mode product built with ``create_graph``), then J^T (M J t) by reverse mode;
+        one graph per batch for all tangents. Runs PyTorch's RNNs on their native kernels (oneDNN and cuDNN
+        off here only: their backward has no derivative); needs a tensor f (the output, or the per-example
+        losses) and twice-differentiable operations."""
+        obj = self.objective
+        with torch.enable_grad(), native_rnn_kernels():
+            leaves = {n: p.detach().requires_grad_(True) for n, p in obj.params.items()}
+            ps = [leaves[n] for n in obj.names]
+            value = self._f(batch)(leaves)
+            if not isinstance(value, torch.Tensor):
+                raise NotImplementedError(
+                    f"{self.name}: {self.forward_error}; the reverse-mode fallback needs a tensor model output"
+                )
+            u = torch.zeros_like(value, requires_grad=True)
+            jtu = torch.autograd.grad(value, ps, u, create_graph=True, allow_unused=True)
+            linked = [(g, n) for g, n in zip(jtu, obj.names) if g is not None]
+            if not self._adjoint_checked:
+                self._check_adjoint(value, ps, u, linked)
+            outs = []
+            for t in tangents:
+                jv = torch.zeros_like(value)
+                if linked:
+                    (d,) = torch.autograd.grad([g for g, _ in linked], u, [t[n] for _, n in linked],
+                                               retain_graph=True, allow_unused=True)  # fmt: skip
+                    jv = jv if d is None else d
+                back = torch.autograd.grad(value, ps, self._middle(value.detach(), jv.detach(), batch),
+                                           retain_graph=True, allow_unused=True)  # fmt: skip
+                outs.append(torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
+                                       for b, p in zip(back, ps)]))  # fmt: skip
+        return outs
+
+    def _check_adjoint(self, value: torch.Tensor, ps: list[torch.Tensor], u: torch.Tensor, linked: list) -> None:
+        """<w, J t> by reverse over reverse against <J^T w, t> by plain reverse mode, for one seeded t and w (once
+        per operator). An operation whose backward is not differentiable (``@once_differentiable``, a backward
+        under no_grad) silently drops its part of d/du <J^T u, t>; this adjoint identity then fails, and a
+        RuntimeError says so instead of returning a wrong matrix."""
+        g = torch.Generator().manual_seed(0)
+        t = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for p in ps]
+        w = torch.randn(value.shape, generator=g, dtype=torch.float64).to(value)
+        tn = dict(zip(self.objective.names, t))
+        d = torch.autograd.grad([a for a, _ in linked], u, [tn[n] for _, n in linked], retain_graph=True,
+                                allow_unused=True)[0] if linked else None  # fmt: skip
+        jt = float((w * d).sum()) if d is not None else 0.0
+        back = torch.autograd.grad(value, ps, w, retain_graph=True, allow_unused=True)
+        terms = [float((b * ti).sum()) for b, ti in zip(back, t) if b is not None]
+        eps = torch.finfo(value.dtype).eps
+        if abs(jt - sum(terms)) > max(1e-3, 8 * eps) * (sum(abs(x) for x in terms) + abs(jt)) + 256 * eps:
+            raise RuntimeError(
+                f"{self.name}: no forward-mode rule ({self.forward_error}), and reverse over reverse cannot "
+                f"differentiate the backward pass either (<w, J t> = {jt:.6g} against <J^T w, t> = {sum(terms):.6g}: "
+                "an operation whose backward is not differentiable, e.g. @once_differentiable)"
+            )
+        self._adjoint_checked = True
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """The operator times V (size x b), every column in one pass over the data."""

@@ -46,14 +46,21 @@ def _spec(kind: str) -> MeasureSpec:
     def compute(problem: Problem, s: CurvatureSettings, ctx: Context) -> dict[str, Any]:
         ls = ctx.landscape
         op = curvature_operator(problem.objective, kind, None)
-        eig = lanczos(op, k=1, tol=ls.tol, generator=ctx.generator(901 + CURVATURE_KINDS.index(kind)),
-                      return_vectors=False)  # fmt: skip
-        lam_products = op.num_matvecs
-        tr = TRACE_ESTIMATORS[ls.trace_method](op, num_matvecs=ls.trace_matvecs, generator=ctx.generator(903))
-        ctx.log(f"{kind}: lambda_max {eig.values[0]:.6g}, trace {tr.estimate:.6g} +- {tr.stderr:.2g}")
+        try:
+            eig = lanczos(op, k=1, tol=ls.tol, generator=ctx.generator(901 + CURVATURE_KINDS.index(kind)),
+                          return_vectors=False)  # fmt: skip
+            lam_products = op.num_matvecs
+            tr = TRACE_ESTIMATORS[ls.trace_method](op, num_matvecs=ls.trace_matvecs, generator=ctx.generator(903))
+        except (RuntimeError, NotImplementedError) as e:  # neither forward mode nor reverse over reverse
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            ctx.log(f"{kind}: not measured (its products failed: {why})")
+            return {"lambda_max": None, "residual": None, "trace": None, "trace_stderr": None, "not_measured": why}
+        ctx.log(f"{kind}: lambda_max {eig.values[0]:.6g}, trace {tr.estimate:.6g} +- {tr.stderr:.2g}"
+                + ("" if op.jv_method == "forward" else f" (J v by reverse over reverse: {op.forward_error})"))
         return {"lambda_max": float(eig.values[0]), "residual": float(eig.residuals[0]),
                 "lambda_max_products": lam_products, "trace": tr.estimate, "trace_stderr": tr.stderr,
-                "trace_products": tr.num_matvecs, "trace_method": ls.trace_method}  # fmt: skip
+                "trace_products": tr.num_matvecs, "trace_method": ls.trace_method, "jv": op.jv_method,
+                "forward_mode_error": op.forward_error}  # fmt: skip
 
     def columns(res: dict[str, Any], s: CurvatureSettings) -> dict[str, Any]:
         return {f"{kind}_lambda_max": res["lambda_max"], f"{kind}_lambda_max_residual": res["residual"],
