@@ -26,10 +26,10 @@ docs/landscapes.md's table (:func:`markdown_table`) are built from; the test fai
 disagrees with what the measure does on a real reparametrised model.
 
 **How it is decided.** Each measure is computed by the report's own code (``flatfl.runs.measure``,
-``measure_slices``, ``checkpoint_row``) with the report's default settings (all six sharpness
-measures, relative flatness, the Fisher-Rao norm), in float64, and the same seeds -- the same Lanczos start,
-trace probes, sharpness draws and slice directions -- on a trained model and on its reparametrised copy, for
-alpha = 0.25 and 3. *Invariant*: equal to 1e-9 relative for both alphas (measured: at most 6.9e-14, rounding).
+``measure_slices``, ``checkpoint_row``) with the report's default settings (all six sharpness measures, GGN and
+empirical-Fisher curvature, relative flatness, the Fisher-Rao norm), in float64, and the same seeds -- the same
+Lanczos start, trace probes, sharpness draws and slice directions -- on a trained model and on its reparametrised
+copy, for alpha = 0.25 and 3. *Invariant*: equal to 1e-9 relative for both alphas (measured: at most 6.9e-14, rounding).
 *Changes*: beyond 1e-9 for both alphas and by more than 1e-3 for at least one (measured: 1.5e-5 -- epsilon-sharpness
 under ``penultimate_neuron`` at alpha = 3, where it moves by 13 % at alpha = 0.25 -- to 10x). A measure in between
 fails the test rather than being classified. In float32 (the report's default dtype) the invariant measures
@@ -69,6 +69,13 @@ L(T v) = L(v) for all v, not only at the trained weights.
 * The Fisher-Rao norm <theta, grad l>^2 (Liang et al. 2019; the verdict's number uses the data's labels):
   when l(T v) = l(v) for all v, grad l(T theta) = T^-1 grad l(theta), so <T theta, T^-1 grad l> =
   <theta, grad l>: invariant to all five, example by example.
+* The GGN and the empirical Fisher (``--curvature ggn,ef``): J(T v) = J(v) T^-1 and g_i(T v) = T^-1 g_i(v), so
+  G -> T^-1 G T^-1 and F -> T^-1 F T^-1, as the Hessian: their lambda_max and trace change under all five. Decided
+  on their dense float64 matrices (``exact_*`` in the bench: rounding only, so any change beyond 1e-9 for both
+  alphas counts); the estimates agree wherever the change exceeds 1e-3. The smallest change: the empirical Fisher's
+  lambda_max under ``penultimate_neuron``, x1.00016 and x1.00004 (dense), as small as the Lanczos estimate's own
+  error at the report's tolerance (2.8e-5 relative). For a ReLU network tr(G) = tr(H): the output is linear in each
+  single weight, so the term the GGN drops has a zero diagonal.
 * lambda_max and the trace (H -> T^-1 H T^-1), SAM sharpness and average (isotropic) sharpness (a
   Euclidean ball or an isotropic Gaussian, not mapped onto itself by T) and epsilon-sharpness
   (Keskar et al.'s box |delta_i| <= eps (|w_i| + 1): the "+ 1" does not scale) change under all five.
@@ -97,6 +104,10 @@ INVARIANT_TO: dict[str, frozenset[str]] = {
     "sharpness_adaptive_linf": ALL,
     "sharpness_average_adaptive": ALL,
     "width": frozenset({"layer", "bn_filter", "penultimate_layer"}),
+    "ggn_lambda_max": frozenset(),
+    "ggn_trace": frozenset(),
+    "ef_lambda_max": frozenset(),
+    "ef_trace": frozenset(),
     "relative_flatness": frozenset({"layer", "filter", "bn_filter", "penultimate_layer"}),
     "fisher_rao": ALL,
 }
@@ -112,6 +123,10 @@ LABELS: dict[str, str] = {
     "sharpness_adaptive_linf": "adaptive sharpness (Linf)",
     "sharpness_average_adaptive": "average adaptive sharpness",
     "width": "1D width at Δloss τ",
+    "ggn_lambda_max": "GGN λmax",
+    "ggn_trace": "GGN trace",
+    "ef_lambda_max": "empirical Fisher λmax",
+    "ef_trace": "empirical Fisher trace",
     "relative_flatness": "relative flatness",
     "fisher_rao": "Fisher-Rao norm²",
 }

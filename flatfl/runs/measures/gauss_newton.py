@@ -1,7 +1,13 @@
 """lambda_max and trace of the generalised Gauss-Newton matrix and of the empirical Fisher (``--curvature ggn,ef``).
 
 GGN = J^T H_out J and EF = mean g_i g_i^T, the PSD parts of the Hessian (Papyan 2020), on curvlinops-style
-operators (:mod:`flatfl.analysis.curvatures`). Lower is flatter. No invariance is claimed: none is tested.
+operators (:mod:`flatfl.analysis.curvatures`). Lower is flatter. Invariant to none of the tested function-preserving
+rescalings: under w -> T w, J -> J T^-1, so both matrices become T^-1 M T^-1 as the Hessian does; their dense
+float64 matrices change under all five (tests/test_invariance.py, :mod:`flatfl.analysis.invariance`).
+
+On a model without forward-mode autodiff (PyTorch's LSTM kernels: the Shakespeare model) J v is formed by reverse
+over reverse instead (``jv: "reverse"`` and the forward-mode error in the record); where that cannot differentiate
+the backward pass either, the record says ``not_measured`` with the reason and the columns stay empty.
 """
 
 from __future__ import annotations
@@ -55,8 +61,10 @@ def _spec(kind: str) -> MeasureSpec:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             ctx.log(f"{kind}: not measured (its products failed: {why})")
             return {"lambda_max": None, "residual": None, "trace": None, "trace_stderr": None, "not_measured": why}
-        ctx.log(f"{kind}: lambda_max {eig.values[0]:.6g}, trace {tr.estimate:.6g} +- {tr.stderr:.2g}"
-                + ("" if op.jv_method == "forward" else f" (J v by reverse over reverse: {op.forward_error})"))
+        ctx.log(
+            f"{kind}: lambda_max {eig.values[0]:.6g}, trace {tr.estimate:.6g} +- {tr.stderr:.2g}"
+            + ("" if op.jv_method == "forward" else f" (J v by reverse over reverse: {op.forward_error})")
+        )
         return {"lambda_max": float(eig.values[0]), "residual": float(eig.residuals[0]),
                 "lambda_max_products": lam_products, "trace": tr.estimate, "trace_stderr": tr.stderr,
                 "trace_products": tr.num_matvecs, "trace_method": ls.trace_method, "jv": op.jv_method,
@@ -69,7 +77,7 @@ def _spec(kind: str) -> MeasureSpec:
     def verdict(s: CurvatureSettings, ls: LandscapeSettings) -> list[Measure]:
         k = f"{kind}_lambda_max"
         t = f"{kind}_trace"
-        return [Measure(k, f"{LABELS[kind]} lambda_max", invariant_to=invariant_to(k), error=f"{k}_residual"),
+        return [Measure(k, f"{LABELS[kind]} λmax", invariant_to=invariant_to(k), error=f"{k}_residual"),
                 Measure(t, f"{LABELS[kind]} trace", invariant_to=invariant_to(t), error=f"{t}_stderr",
                         budget=(ls.trace_matvecs, "products"))]  # fmt: skip
 
@@ -94,7 +102,7 @@ def _spec(kind: str) -> MeasureSpec:
         name=kind,
         label=f"{LABELS[kind]} curvature",
         direction="lower",
-        invariances=frozenset(),
+        invariances=invariant_to(f"{kind}_lambda_max") & invariant_to(f"{kind}_trace"),
         settings=CurvatureSettings,
         compute=compute,
         flags=(
