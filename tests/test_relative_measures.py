@@ -128,3 +128,26 @@ def test_invariances_under_the_reparametrisations(case):
                 assert change <= 1e-9, (key, alpha, change)
             else:
                 assert change > 1e-3, (key, alpha, change)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ggn_and_empirical_fisher_transform_as_t_inv_m_t_inv(case):
+    """Why GGN and empirical-Fisher curvature change under every reparametrisation (tests/test_invariance.py): with
+    w' = T w (T diagonal: alpha, 1/alpha or 1 per weight), J' = J T^-1 and g_i' = T^-1 g_i, so flatfl's operators on
+    the reparametrised model are T^-1 M T^-1 of the original's, to rounding (checked on 6 random vectors; the
+    dense lambda_max and trace that therefore change are in tests/test_invariance.py)."""
+    from flatfl.analysis.curvatures import EFOperator, GGNOperator
+    from flatfl.analysis.operators import ModelLoss
+
+    build, reparam = CASES[case]
+    model, x, y = build()
+    other = reparam(model, 3.0)
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    t_inv = torch.diag(w / torch.cat([p.detach().reshape(-1) for p in other.parameters()]))
+    assert set(torch.round(t_inv.diagonal(), decimals=9).tolist()) <= {1.0, 3.0, round(1 / 3, 9)}
+    V = torch.randn(len(w), 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for op in (GGNOperator, EFOperator):
+        a, b = (op(ModelLoss(m, x, y, batch_size=32, dtype=torch.float64)) for m in (model, other))
+        expected = t_inv @ a.matmat(t_inv @ V)
+        torch.testing.assert_close(b.matmat(V), expected, rtol=1e-9, atol=1e-12)
+        assert float((expected - a.matmat(V)).abs().max()) > 1e-3 * float(expected.abs().max())  # T is not I here
