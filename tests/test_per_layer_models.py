@@ -115,3 +115,23 @@ def test_per_layer_ggn_blocks_of_the_float32_lstm():
     obj = ModelLoss(model, x, y, batch_size=4, dtype=torch.float32)
     r = layer_curvature(obj, group="module", curvature="ggn", num_matvecs=100, tol=1e-6)
     _check(r.rows(), parameter_blocks(obj, "module"), G, exact_trace=True, rel=1e-4)
+
+
+def test_per_layer_blocks_under_a_layer_wise_rescaling():
+    """w -> T w maps H to T^-1 H T^-1, so a block on which T is alpha is divided by alpha^2 and a block T leaves
+    alone is unchanged: under the bench's layer-wise rescaling ((W_1, b_1) alpha, W_2 / alpha) the first layer's
+    blocks shrink by alpha^2, W_2's grows by alpha^2, the rest (b_2, the output layer) keep their numbers. No
+    per-layer number is invariant to the rescalings that touch its block (the spec claims none)."""
+    bench = _bench()
+    model, x, y = bench.mlp()
+    alpha = 3.0
+    rows = []
+    for m in (model, bench.layer(model, alpha)):
+        obj = ModelLoss(m, x, y, dtype=torch.float64)
+        rows.append({r["name"]: r for r in layer_curvature(obj, num_matvecs=100, tol=1e-12).rows()})
+    factor = {"0.weight": alpha**-2, "0.bias": alpha**-2, "2.weight": alpha**2, "2.bias": 1, "4.weight": 1, "4.bias": 1}
+    assert set(factor) == set(rows[0])
+    for name, f in factor.items():
+        for key in ("lambda_max", "trace"):
+            assert rows[1][name][key] == pytest.approx(f * rows[0][name][key], rel=1e-8), (name, key)
+    assert REGISTRY["per_layer"].invariances == frozenset()

@@ -3,7 +3,9 @@
 Which layer is sharp: a table per block in landscape.json, no single number, so no verdict row. In ``flatfl
 report --per-layer`` a figure per group side by side and every block in report.json
 (:mod:`flatfl.runs.per_layer_page`); one flag away, not in the report's default set (its measured cost:
-docs/landscapes.md, "The report's default set").
+docs/landscapes.md, "The report's default set"). Works on the LSTM (by module, ``nn.LSTM`` is one block) and on
+BatchNorm nets in eval mode (tests/test_per_layer_models.py, against the dense Hessian's blocks). No invariance
+is claimed: a block on which a rescaling w -> T w is alpha is divided by alpha^2 (H -> T^-1 H T^-1).
 """
 
 from __future__ import annotations
