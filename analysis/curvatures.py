@@ -76,6 +76,58 @@ def native_rnn_kernels() -> Iterator[None]:
         torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled = saved
 
 
+class ReverseJacobian:
+    """J t and J^T w of a tensor function f of the parameters at one point, by reverse mode alone (for a model
+    without forward-mode autodiff): J t = d/du <J^T u, t>, the derivative of the linear map u -> J^T u, itself a
+    reverse-mode product built with ``create_graph`` ("reverse over reverse"); J^T w by plain reverse mode. Build
+    it under ``torch.enable_grad()`` and :func:`native_rnn_kernels` (oneDNN's and cuDNN's RNN backward has no
+    derivative); it needs twice-differentiable operations, which :meth:`check_adjoint` verifies. ``why``: the
+    forward-mode failure, for the error messages."""
+
+    def __init__(self, f: Any, params: dict[str, torch.Tensor], names: list[str], why: str = "") -> None:
+        self.names, self.why = list(names), why
+        self.leaves = {n: params[n].detach().requires_grad_(True) for n in self.names}
+        self.ps = [self.leaves[n] for n in self.names]
+        self.value = f(self.leaves)
+        if not isinstance(self.value, torch.Tensor):
+            raise NotImplementedError(f"{why}; the reverse-mode fallback needs a tensor model output")
+        self.u = torch.zeros_like(self.value, requires_grad=True)
+        jtu = torch.autograd.grad(self.value, self.ps, self.u, create_graph=True, allow_unused=True)
+        self.linked = [(g, n) for g, n in zip(jtu, self.names) if g is not None]
+
+    def jvp(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """J t (the shape of f's value) for a tangent ``t`` (name -> tensor)."""
+        if not self.linked:
+            return torch.zeros_like(self.value)
+        (d,) = torch.autograd.grad([g for g, _ in self.linked], self.u, [t[n].to(g) for g, n in self.linked],
+                                   retain_graph=True, allow_unused=True)  # fmt: skip
+        return torch.zeros_like(self.value) if d is None else d
+
+    def vjp(self, w: torch.Tensor) -> torch.Tensor:
+        """J^T w, flat (in ``names`` order)."""
+        back = torch.autograd.grad(self.value, self.ps, w, retain_graph=True, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1) for b, p in zip(back, self.ps)])
+
+    def check_adjoint(self) -> None:
+        """<w, J t> by reverse over reverse against <J^T w, t> by plain reverse mode, for one seeded t and w. An
+        operation whose backward is not differentiable (``@once_differentiable``, a backward under no_grad)
+        silently drops its part of d/du <J^T u, t> (autograd raises nothing); this adjoint identity then fails,
+        and a RuntimeError says so instead of a wrong number."""
+        g = torch.Generator().manual_seed(0)
+        t = {n: torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for n, p in zip(self.names, self.ps)}
+        w = torch.randn(self.value.shape, generator=g, dtype=torch.float64).to(self.value)
+        jt = float((w * self.jvp(t)).sum())
+        back = torch.autograd.grad(self.value, self.ps, w, retain_graph=True, allow_unused=True)
+        terms = [float((b * t[n]).sum()) for b, n in zip(back, self.names) if b is not None]
+        eps = torch.finfo(self.value.dtype).eps
+        if abs(jt - sum(terms)) > max(1e-3, 8 * eps) * (sum(abs(x) for x in terms) + abs(jt)) + 256 * eps:
+            raise RuntimeError(
+                f"{self.why}; and reverse over reverse cannot differentiate the backward pass either (<w, J t> = "
+                f"{jt:.6g} against <J^T w, t> = {sum(terms):.6g}: an operation whose backward is not "
+                "differentiable, e.g. @once_differentiable)"
+            )
+
+
 class _ProductOperator(ScipyExport):
     """Base of the GGN and empirical Fisher: ``size``/``dtype``/``device`` of the objective, a product
     counter, and products J_f^T M (J_f v) per batch for a function f of the parameters (the model's output,
@@ -126,60 +178,16 @@ class _ProductOperator(ScipyExport):
         return outs
 
     def _reverse_products(self, batch: Any, tangents: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """The same products without forward mode: J t = d/du <J^T u, t> (the derivative of the linear map
-        u -> J^T u, itself a reverse-mode product built with ``create_graph``), then J^T (M J t) by reverse mode;
-        one graph per batch for all tangents. Runs PyTorch's RNNs on their native kernels (oneDNN and cuDNN
-        off here only: their backward has no derivative); needs a tensor f (the output, or the per-example
-        losses) and twice-differentiable operations."""
+        """The same products without forward mode (:class:`ReverseJacobian`, one graph per batch for all
+        tangents): J t by reverse over reverse, then J^T (M J t) by reverse mode."""
         obj = self.objective
         with torch.enable_grad(), native_rnn_kernels():
-            leaves = {n: p.detach().requires_grad_(True) for n, p in obj.params.items()}
-            ps = [leaves[n] for n in obj.names]
-            value = self._f(batch)(leaves)
-            if not isinstance(value, torch.Tensor):
-                raise NotImplementedError(
-                    f"{self.name}: {self.forward_error}; the reverse-mode fallback needs a tensor model output"
-                )
-            u = torch.zeros_like(value, requires_grad=True)
-            jtu = torch.autograd.grad(value, ps, u, create_graph=True, allow_unused=True)
-            linked = [(g, n) for g, n in zip(jtu, obj.names) if g is not None]
+            why = f"{self.name}: no forward-mode rule ({self.forward_error})"
+            rj = ReverseJacobian(self._f(batch), obj.params, obj.names, why)
             if not self._adjoint_checked:
-                self._check_adjoint(value, ps, u, linked)
-            outs = []
-            for t in tangents:
-                jv = torch.zeros_like(value)
-                if linked:
-                    (d,) = torch.autograd.grad([g for g, _ in linked], u, [t[n] for _, n in linked],
-                                               retain_graph=True, allow_unused=True)  # fmt: skip
-                    jv = jv if d is None else d
-                back = torch.autograd.grad(value, ps, self._middle(value.detach(), jv.detach(), batch),
-                                           retain_graph=True, allow_unused=True)  # fmt: skip
-                outs.append(torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
-                                       for b, p in zip(back, ps)]))  # fmt: skip
-        return outs
-
-    def _check_adjoint(self, value: torch.Tensor, ps: list[torch.Tensor], u: torch.Tensor, linked: list) -> None:
-        """<w, J t> by reverse over reverse against <J^T w, t> by plain reverse mode, for one seeded t and w (once
-        per operator). An operation whose backward is not differentiable (``@once_differentiable``, a backward
-        under no_grad) silently drops its part of d/du <J^T u, t>; this adjoint identity then fails, and a
-        RuntimeError says so instead of returning a wrong matrix."""
-        g = torch.Generator().manual_seed(0)
-        t = [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p) for p in ps]
-        w = torch.randn(value.shape, generator=g, dtype=torch.float64).to(value)
-        tn = dict(zip(self.objective.names, t))
-        d = torch.autograd.grad([a for a, _ in linked], u, [tn[n] for _, n in linked], retain_graph=True,
-                                allow_unused=True)[0] if linked else None  # fmt: skip
-        jt = float((w * d).sum()) if d is not None else 0.0
-        back = torch.autograd.grad(value, ps, w, retain_graph=True, allow_unused=True)
-        terms = [float((b * ti).sum()) for b, ti in zip(back, t) if b is not None]
-        eps = torch.finfo(value.dtype).eps
-        if abs(jt - sum(terms)) > max(1e-3, 8 * eps) * (sum(abs(x) for x in terms) + abs(jt)) + 256 * eps:
-            raise RuntimeError(
-                f"{self.name}: no forward-mode rule ({self.forward_error}), and reverse over reverse cannot "
-                f"differentiate the backward pass either (<w, J t> = {jt:.6g} against <J^T w, t> = {sum(terms):.6g}: "
-                "an operation whose backward is not differentiable, e.g. @once_differentiable)"
-            )
-        self._adjoint_checked = True
+                rj.check_adjoint()
+                self._adjoint_checked = True
+            return [rj.vjp(self._middle(rj.value.detach(), rj.jvp(t).detach(), batch)) for t in tangents]
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """The operator times V (size x b), every column in one pass over the data."""
@@ -302,6 +310,8 @@ __all__ = [
     "GGNOperator",
     "EFOperator",
     "BlockOperator",
+    "ReverseJacobian",
+    "native_rnn_kernels",
     "parameter_blocks",
     "per_example_losses",
     "exact_trace",
