@@ -27,7 +27,14 @@ from torch.func import jvp
 
 from flatfl.analysis import checks
 from flatfl.analysis.api import _common, _curvature, _problem
-from flatfl.analysis.curvatures import BlockOperator, exact_trace, parameter_blocks, per_example_losses
+from flatfl.analysis.curvatures import (
+    BlockOperator,
+    ReverseJacobian,
+    exact_trace,
+    native_rnn_kernels,
+    parameter_blocks,
+    per_example_losses,
+)
 from flatfl.analysis.lanczos import lanczos
 from flatfl.analysis.operators import ModelLoss, eval_mode, matmat
 from flatfl.analysis.trace import _rademacher, adaptive_trace
@@ -233,7 +240,8 @@ def fisher_rao_norm(
     mean over examples (1/N) sum_i <θ, ∇ℓ_i>^2). ``labels="model"`` (cross-entropy without class weights or
     label smoothing): y ~ softmax(f_θ(x)), exactly: with u = J θ (the output's derivative along θ) and p the
     softmax, E_y[<p - e_y, u>^2] = sum_y p_y (u_y - <p, u>)^2, which makes ||θ||_fr^2 = θ^T G θ (G the GGN).
-    Each <θ, ∇ℓ_i> is the derivative of example i's loss along θ: one forward-mode product per batch.
+    Each <θ, ∇ℓ_i> is the derivative of example i's loss along θ: one forward-mode product per batch (on a model
+    without forward-mode autodiff, PyTorch's LSTM, by reverse over reverse: ``settings["jv"] == "reverse"``).
     For a bias-free ReLU network with L hidden layers, <θ, ∇_θ ℓ> = (L+1) <∂ℓ/∂f, f> (Liang et al., Lemma 2)."""
     if labels not in ("empirical", "model"):
         raise ValueError(f"labels must be 'empirical' or 'model', got {labels!r}")
@@ -243,21 +251,39 @@ def fisher_rao_norm(
                               or bl.options.get("label_smoothing", 0.0)):  # fmt: skip
         raise ValueError("labels='model' needs a cross-entropy loss without class weights or label smoothing")
     total = torch.zeros((), dtype=obj.dtype, device=obj.device)
+    reverse: list[str] = []  # the forward-mode failure, once J theta had to go by reverse over reverse
     with torch.no_grad(), eval_mode(obj.model):
         for b in obj.batches:
             b = obj.on_device(b)
             if labels == "empirical":
                 f = lambda p, b=b: per_example_losses(obj, obj.output(p, b), b)  # noqa: E731
-                _, d = jvp(f, (obj.params,), (obj.params,))
+                _, d = _along_theta(obj, f, reverse)
                 total += (d**2).sum()
             else:
-                out, u = jvp(lambda p, b=b: obj.output(p, b), (obj.params,), (obj.params,))
+                out, u = _along_theta(obj, lambda p, b=b: obj.output(p, b), reverse)
                 p = torch.softmax(out, dim=1)
                 t = obj.targets(b)
                 kept = (t != bl.options.get("ignore_index", -100)).to(p.dtype)
                 var = (p * (u - (p * u).sum(1, keepdim=True)) ** 2).sum(1)
                 total += (kept * var).sum()
     sq = float(total) / obj.norm
-    settings = {"labels": labels, **_common(obj, 0)}
+    settings = {"labels": labels, **_common(obj, 0), "jv": "reverse" if reverse else "forward"}
     settings.pop("seed")
     return FisherRaoNorm(sq, sq**0.5, labels, settings)
+
+
+def _along_theta(obj: ModelLoss, f: Any, reverse: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(θ), J_f θ): by forward mode, or -- once forward mode failed (PyTorch's LSTM kernels have no forward-mode
+    rule; ``reverse`` then holds why) -- by reverse over reverse on the native kernels, its adjoint checked once
+    (:class:`~flatfl.analysis.curvatures.ReverseJacobian`)."""
+    if not reverse:
+        try:
+            return jvp(f, (obj.params,), (obj.params,))
+        except (NotImplementedError, RuntimeError) as e:
+            reverse.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    with torch.enable_grad(), native_rnn_kernels():
+        rj = ReverseJacobian(f, obj.params, obj.names, f"Fisher-Rao norm: no forward-mode rule ({reverse[0]})")
+        if len(reverse) == 1:
+            rj.check_adjoint()
+            reverse.append("checked")
+        return rj.value.detach(), rj.jvp(obj.params).detach()

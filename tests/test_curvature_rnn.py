@@ -181,3 +181,26 @@ def test_not_measured_with_the_reason_when_no_product_works(kind):
     assert spec.row(rec, CurvatureSettings(kind)) == {f"{kind}_lambda_max": None, f"{kind}_lambda_max_residual": None,
                                                       f"{kind}_trace": None, f"{kind}_trace_stderr": None}  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fisher_rao_norm_of_the_float32_lstm():
+    """The Fisher-Rao norm (in the report's default set) on the LSTM: J θ by reverse over reverse where forward mode
+    fails; θᵀFθ and θᵀGθ with the dense float64 empirical Fisher and GGN."""
+    from flatfl.analysis import fisher_rao_norm
+
+    model, x, y = _lstm(3)
+    w, _ = _flat_fn(model)
+    obj = ModelLoss(model, x, y, batch_size=3, dtype=torch.float32)
+    emp, mod = fisher_rao_norm(obj), fisher_rao_norm(obj, labels="model")
+    assert emp.squared == pytest.approx(float(w @ _dense(model, x, y, "ef") @ w), rel=1e-5)
+    assert mod.squared == pytest.approx(float(w @ _dense(model, x, y, "ggn") @ w), rel=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert emp.settings["jv"] == mod.settings["jv"] == "reverse"
+    f64 = ModelLoss(model, x, y, batch_size=3, dtype=torch.float64)
+    assert fisher_rao_norm(f64).settings["jv"] == "forward"  # PyTorch's native float64 LSTM has forward mode
+
+
+def test_fisher_rao_not_measured_when_no_product_works():
+    model, x, y = _mlp(_NoSecondDerivative)
+    rec = REGISTRY["fisher_rao"].compute(_problem(model, x, y, torch.float64), None, Context(LandscapeSettings()))
+    assert rec["squared_empirical"] is None and "cannot differentiate the backward pass" in rec["not_measured"]

@@ -2,7 +2,9 @@
 
 With the data's labels (empirical, the verdict's number) and with labels drawn from the model (cross-entropy
 only). Lower is flatter. Invariant to every tested function-preserving rescaling (tests/test_invariance.py:
-<T theta, T^-1 grad l> = <theta, grad l>; :mod:`flatfl.analysis.invariance`).
+<T theta, T^-1 grad l> = <theta, grad l>; :mod:`flatfl.analysis.invariance`). On a model without forward-mode
+autodiff (the LSTM) the products go by reverse over reverse; "not measured" with the reason only where that fails
+too.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ def compute(problem: Problem, s: FisherRaoSettings, ctx: Context) -> dict[str, A
     obj = problem.objective
     try:
         res = {"empirical": fisher_rao_norm(obj).squared}
-    except (RuntimeError, NotImplementedError) as e:  # an operation without forward-mode autodiff
+    except (RuntimeError, NotImplementedError) as e:  # neither forward mode nor reverse over reverse
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        ctx.log(f"Fisher-Rao norm: not measured (forward-mode autodiff failed: {first})")
+        ctx.log(f"Fisher-Rao norm: not measured ({first})")
         return {"squared_empirical": None, "squared_model": None, "not_measured": first}
     try:
         res["model"] = fisher_rao_norm(obj, labels="model").squared
