@@ -161,6 +161,8 @@ class _ProductOperator(ScipyExport):
         if self.jv_method == "forward":
             try:
                 return self._forward_products(batch, tangents)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not about forward mode, and reverse over reverse needs more memory still
             except (NotImplementedError, RuntimeError) as e:
                 self.jv_method = "reverse"
                 self.forward_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -279,6 +279,8 @@ def _along_theta(obj: ModelLoss, f: Any, reverse: list[str]) -> tuple[torch.Tens
     if not reverse:
         try:
             return jvp(f, (obj.params,), (obj.params,))
+        except torch.cuda.OutOfMemoryError:
+            raise
         except (NotImplementedError, RuntimeError) as e:
             reverse.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     with torch.enable_grad(), native_rnn_kernels():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.measures import fisher_rao_norm
 from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
@@ -27,6 +29,8 @@ def compute(problem: Problem, s: FisherRaoSettings, ctx: Context) -> dict[str, A
     obj = problem.objective
     try:
         res = {"empirical": fisher_rao_norm(obj).squared}
+    except torch.cuda.OutOfMemoryError:
+        raise  # the device's limit, not the model's
     except (RuntimeError, NotImplementedError) as e:  # neither forward mode nor reverse over reverse
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         ctx.log(f"Fisher-Rao norm: not measured ({first})")

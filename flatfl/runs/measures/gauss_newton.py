@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from flatfl.analysis.curvatures import curvature_operator
 from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.lanczos import lanczos
@@ -57,6 +59,8 @@ def _spec(kind: str) -> MeasureSpec:
                           return_vectors=False)  # fmt: skip
             lam_products = op.num_matvecs
             tr = TRACE_ESTIMATORS[ls.trace_method](op, num_matvecs=ls.trace_matvecs, generator=ctx.generator(903))
+        except torch.cuda.OutOfMemoryError:
+            raise  # the device's limit, not the model's: --batch-size / --samples are the user's to change
         except (RuntimeError, NotImplementedError) as e:  # neither forward mode nor reverse over reverse
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             ctx.log(f"{kind}: not measured (its products failed: {why})")
