@@ -204,3 +204,20 @@ def test_fisher_rao_not_measured_when_no_product_works():
     model, x, y = _mlp(_NoSecondDerivative)
     rec = REGISTRY["fisher_rao"].compute(_problem(model, x, y, torch.float64), None, Context(LandscapeSettings()))
     assert rec["squared_empirical"] is None and "cannot differentiate the backward pass" in rec["not_measured"]
+
+
+@pytest.mark.parametrize("kind", sorted(OPS))
+def test_out_of_memory_is_raised_not_taken_for_a_missing_rule(kind, monkeypatch):
+    """A device out of memory in forward mode is not a missing forward-mode rule: no fallback (it needs more memory
+    still), no "not measured" -- the error reaches the user (whose --batch-size / --samples can fix it)."""
+    import flatfl.analysis.curvatures as curvatures
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(curvatures, "jvp", oom)
+    _, x, y = _mlp(_OldStyleTanh)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    problem = _problem(model, x, y, torch.float64)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        REGISTRY[kind].compute(problem, CurvatureSettings(kind), Context(LandscapeSettings()))
