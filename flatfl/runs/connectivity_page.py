@@ -159,7 +159,7 @@ def _figure(panels: Sequence[tuple[str, list[Trace]]]) -> Any:
     plot = 300 * rows
     fig.update_layout(height=plot + 200, **{**LAYOUT, "margin": dict(l=60, r=20, t=50, b=150)},
                       legend=dict(orientation="h", x=0, y=-70 / plot, yanchor="top"))  # fmt: skip
-    return stack_narrow(fig, titles, 260)
+    return stack_narrow(fig, titles, 320, legend_gap=50)  # two-line titles: more room above each panel
 
 
 def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str]]) -> str:
