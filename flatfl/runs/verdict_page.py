@@ -78,9 +78,10 @@ def error_text(s: Mapping[str, Any] | None) -> str:
 
 
 def resolution_text(comp: Mapping[str, Any]) -> str:
-    """What the comparison resolves at its n, and for an inconclusive verdict what would decide it."""
+    """What the comparison resolves at its n, and for an inconclusive verdict what would decide it (nothing for a
+    comparison not made: more seeds would not decide it; verdict.csv keeps the numbers)."""
     res = comp.get("resolution")
-    if not res:
+    if not res or str(comp.get("verdict", "")).startswith("not compared"):
         return ""
     if res.get("text"):
         return res["text"]
@@ -202,6 +203,8 @@ def answer_html(verdict: Sequence[Mapping[str, Any]], table: str = "") -> str:
             parts.append(
                 f"<p class='answer'><b>At {html.escape(c['title'])}</b> ({who}): {text_html(comp['headline'])}</p>"
             )
+            if comp.get("caution"):  # a verdict that stands, with what may undermine it
+                parts.append(f"<p class='differs caution'>{text_html(comp['caution'])}</p>")
     parts += [f"<p class='differs'>{text_html(t)}</p>" for t in differs_lines(verdict)]
     if table:
         parts.append(table)
@@ -235,6 +238,8 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         for other in others:  # in the groups' order (report.json's dicts have sorted keys)
             comp = c["comparisons"][other]
             lines.append(f"  At {c['title']} ({ref} vs {other}): {comp['headline']}")
+            if comp.get("caution"):
+                lines.append(f"    {comp['caution']}")
     lines += [f"  {t}" for t in differs_lines(verdict, labels)]
     lines.append(f"Rule: {VERDICT_RULE}.")
     for c in verdict:

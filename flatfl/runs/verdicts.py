@@ -43,10 +43,13 @@ def not_compared(c: Condition, rows: list[dict[str, Any]], comp: dict[str, dict[
         if why is None:
             if c.warnings.get(other):
                 words["headline"] += " Caution: " + "; ".join(c.warnings[other]) + "."
+            words["caution"] = ("Caution: " + "; ".join(c.cautions[other]) + ".") if c.cautions.get(other) else None
             continue
         for r in rows:
             r["comparisons"][other].update(verdict=f"not compared: {why[0]}", winner=None)
-        words.update(headline=f"Not compared at this level: {why[1]}.", disagreement=None, scale_caveat=None)
+        # more seeds would not decide a comparison that is not made: no "about k seeds would decide it"
+        words.update(headline=f"Not compared at this level: {why[1]}.", disagreement=None, scale_caveat=None,
+                     caution=None, inconclusive={})  # fmt: skip
 
 
 def _summary_json(values: list[float | None], errors: dict[int, float | None] | None = None) -> dict[str, Any] | None:

@@ -1,0 +1,96 @@
+"""The answer's cautions on a noisy setting (digits, Dirichlet 0.05, 2 clients a round): at the equal round a
+verdict stands but says when the compared models have not lowered their loss on the analysis data 10% below their
+untrained loss (the rule that refuses such a level at equal train loss), and a comparison that is not made at all
+does not tell the reader how many seeds "would decide" it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from flatfl.runs.conditions import Condition, _caution_untrained
+from flatfl.runs.groups import Group
+from flatfl.runs.match_rule import MIN_DROP
+from flatfl.runs.matching import Match
+from flatfl.runs.verdict_page import answer_html, resolution_text, verdict_text
+from flatfl.runs.verdicts import not_compared
+
+UNTRAINED = 2.31
+
+
+def _group(label: str, algo: str) -> Group:
+    g = Group(label, label, algo)
+    for s in (0, 1):
+        g.runs[s] = SimpleNamespace(path=f"{label}-s{s}")
+        g.status[s] = SimpleNamespace(state="complete")
+    return g
+
+
+def _curve(last_loss: float, untrained: float | None = UNTRAINED) -> dict:
+    return {"rounds": [1, 2, 3, 4], "loss": [2.3, 2.2, 2.1, last_loss], "untrained": untrained}
+
+
+def _conditions(curves: dict) -> tuple[Condition, Condition, list[Group]]:
+    groups = [_group("fedavg", "fedavg"), _group("fedmut", "fedmut")]
+    rounds = {g.label: {s: Match(4, None) for s in (0, 1)} for g in groups}
+    rnd = Condition("round", "equal round (4)", rounds)
+    loss = Condition("loss", "equal train loss (settled ≤ 2.2)", rounds, 2.2, curves=curves)
+    return rnd, loss, groups
+
+
+def test_equal_round_caution_names_the_runs_near_their_untrained_loss():
+    edge = (1 - MIN_DROP) * UNTRAINED  # exactly 10% below: trained enough (the rule is strict)
+    rnd, loss, groups = _conditions(
+        {"fedavg": {0: _curve(2.3), 1: _curve(edge)}, "fedmut": {0: _curve(2.25), 1: _curve(1.1)}}
+    )
+    _caution_untrained(rnd, loss, groups, 4)
+    assert rnd.cautions == {
+        "fedmut": [
+            "at round 4, fedavg seed 0 and fedmut seed 0 have not lowered their loss on the analysis data 10% below "
+            "the untrained (round 0) loss (fedavg seed 0: 2.3 vs 2.31; fedmut seed 0: 2.25 vs 2.31): the flatness "
+            "compared may be that of models near their initialisation -- train longer, or compare at equal test "
+            "accuracy with --match-acc"
+        ]
+    }
+    # the verdict stands; the caution is its own sentence (the headline is unchanged)
+    rows = [{"comparisons": {"fedmut": {"verdict": "flatter: fedmut", "winner": "fedmut"}}}]
+    comp = {"fedmut": {"headline": "fedmut is flatter by λmax.", "disagreement": None, "scale_caveat": None}}
+    not_compared(rnd, rows, comp)
+    assert rows[0]["comparisons"]["fedmut"]["verdict"] == "flatter: fedmut"
+    assert comp["fedmut"]["headline"] == "fedmut is flatter by λmax."
+    assert comp["fedmut"]["caution"] == "Caution: " + rnd.cautions["fedmut"][0] + "."
+    verdict = [{"title": rnd.title, "reference": "fedavg", "rows": [], "comparisons": comp}]
+    page = answer_html(verdict)
+    assert page.index("fedmut is flatter by λmax.") < page.index("<p class='differs caution'>Caution: at round 4")
+    assert "<span style='white-space:nowrap'>--match-acc</span>" in page
+    assert "\n    Caution: at round 4, fedavg seed 0 and fedmut seed 0 " in verdict_text(verdict, ["fedavg", "fedmut"])
+
+
+def test_no_caution_where_training_lowered_the_loss_or_round_0_is_unknown():
+    rnd, loss, groups = _conditions(
+        {"fedavg": {0: _curve(1.0), 1: _curve(2.3, None)}, "fedmut": {0: _curve(1.2), 1: _curve(2.0)}}
+    )
+    _caution_untrained(rnd, loss, groups, 4)
+    assert rnd.cautions == {}
+    rnd.cautions.clear()
+    _caution_untrained(rnd, loss, groups, 5)  # the equal round is not on the curve: nothing to say
+    assert rnd.cautions == {}
+
+
+def test_a_comparison_not_made_names_no_seeds_that_would_decide_it():
+    rounds = {lab: {s: Match(None, None, "never settles") for s in (0, 1)} for lab in ("fedavg", "fedmut")}
+    c = Condition("loss", "t", rounds, 2.66, refused="loss level 2.66 is at or above the untrained loss")
+    resolution = {"resolves": 41.6, "margin": 1.25, "seeds": 3, "text": "inconclusive at n = 2: about 3 seeds"}
+    rows = [{"comparisons": {"fedmut": {"verdict": "inconclusive", "winner": None, "resolution": resolution,
+                                        "paired": {"log": True, "n": 2}}}}]  # fmt: skip
+    comp = {"fedmut": {"headline": "h", "disagreement": "d", "scale_caveat": "s",
+                       "inconclusive": {"λmax": "inconclusive at n = 2: about 3 seeds would decide it"}}}  # fmt: skip
+    not_compared(c, rows, comp)
+    cell = rows[0]["comparisons"]["fedmut"]
+    assert cell["verdict"] == "not compared: level not reached by training"
+    assert comp["fedmut"]["inconclusive"] == {} and comp["fedmut"]["caution"] is None
+    assert resolution_text(cell) == ""  # no "resolves ×41.6" / "about 3 seeds" beside "not compared"
+    assert cell["resolution"]["seeds"] == 3  # verdict.csv keeps the numbers
+    verdict = [{"title": "equal train loss", "reference": "fedavg", "comparisons": comp,
+                "rows": [{"label": "λmax", "groups": {}, "censored": {}, **rows[0]}]}]  # fmt: skip
+    text = verdict_text(verdict, ["fedavg", "fedmut"])
+    assert "would decide" not in text and "not compared: level not reached by training" in text
