@@ -1,7 +1,7 @@
-"""The answer's cautions on a noisy setting (digits, Dirichlet 0.05, 2 clients a round): at the equal round a
-verdict stands but says when the compared models have not lowered their loss on the analysis data 10% below their
-untrained loss (the rule that refuses such a level at equal train loss), and a comparison that is not made at all
-does not tell the reader how many seeds "would decide" it."""
+"""The answer's cautions and wording on a noisy setting (digits, Dirichlet 0.05, 2 clients a round): at the
+equal round a verdict stands but says when the compared models have not lowered their loss on the analysis data 10%
+below their untrained loss (the rule that refuses such a level at equal train loss); a comparison that is not made
+does not tell the reader how many seeds "would decide" it; flags and exponents are not split across lines."""
 
 from __future__ import annotations
 
@@ -94,3 +94,15 @@ def test_a_comparison_not_made_names_no_seeds_that_would_decide_it():
                 "rows": [{"label": "λmax", "groups": {}, "censored": {}, **rows[0]}]}]  # fmt: skip
     text = verdict_text(verdict, ["fedavg", "fedmut"])
     assert "would decide" not in text and "not compared: level not reached by training" in text
+
+
+def test_flags_and_exponents_stay_on_one_line():
+    """The page keeps '--slice-radius' and '±2e-05/ckpt' whole (a browser breaks a line after a hyphen)."""
+    from flatfl.runs.verdict_page import text_html
+
+    nowrap = "<span style='white-space:nowrap'>{}</span>"
+    assert text_html("73.9 ±2e-05/ckpt, ratio ×3.62e+03 (raise --slice-radius) <x>") == (
+        f"73.9 {nowrap.format('±2e-05/ckpt')}, ratio ×{nowrap.format('3.62e+03')} "
+        f"(raise {nowrap.format('--slice-radius')}) &lt;x&gt;"
+    )
+    assert text_html("loss 2.308 - 0.1, x-y") == "loss 2.308 - 0.1, x-y"  # plain hyphens and numbers untouched

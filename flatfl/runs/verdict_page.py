@@ -25,10 +25,11 @@ def fmt(v: Any, digits: int = 4) -> str:
 
 
 def text_html(text: str) -> str:
-    """``text`` escaped for the page, each command-line flag in it (``--mut-acc-rate``) kept on one line: a
-    browser may break a line after a hyphen, which splits '--slice-radius' into '--slice-' and 'radius'."""
-    return re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"<span style='white-space:nowrap'>{m.group(0)}</span>",
-                  html.escape(text))  # fmt: skip
+    """``text`` escaped for the page, each command-line flag (``--mut-acc-rate``) and each number in scientific
+    notation (``±2e-05/ckpt``) kept on one line: a browser may break a line after a hyphen, which splits
+    '--slice-radius' into '--slice-' and 'radius' and '2e-05' into '2e-' and '05'."""
+    return re.sub(r"--[a-z][a-z0-9-]*|±?\d+(?:\.\d+)?e[-+]\d+(?:/ckpt)?",
+                  lambda m: f"<span style='white-space:nowrap'>{m.group(0)}</span>", html.escape(text))  # fmt: skip
 
 
 def _clip(v: float, bounds: Sequence[float | None]) -> float:
