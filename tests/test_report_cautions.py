@@ -106,3 +106,26 @@ def test_flags_and_exponents_stay_on_one_line():
         f"(raise {nowrap.format('--slice-radius')}) &lt;x&gt;"
     )
     assert text_html("loss 2.308 - 0.1, x-y") == "loss 2.308 - 0.1, x-y"  # plain hyphens and numbers untouched
+
+
+def test_one_seed_pair_left_by_an_unreached_level_is_named(monkeypatch):
+    """digits, Dirichlet 0.05, --match-acc 0.2: fedmut seed 1 never reaches 0.2, so one seed pair remains -- the
+    answer says which run is missing instead of "one seed per group ... train more seeds" (each group has two)."""
+    import flatfl.runs.verdicts as verdicts_mod
+    from flatfl.analysis.verdict import Measure
+
+    monkeypatch.setattr(verdicts_mod, "add_differences", lambda comp, ref, g: None)  # no run configs here
+    groups = [_group("fedavg", "fedavg"), _group("fedmut", "fedmut")]
+    never = Match(None, None, "never reaches accuracy 0.2")
+    rounds = {"fedavg": {0: Match(18, 0.21), 1: Match(37, 0.21)}, "fedmut": {0: Match(27, 0.2), 1: never}}
+    acc = Condition("acc", "equal test accuracy (≥ 0.2)", rounds, 0.2, user_level=True)
+    acc.values = {"fedavg": {0: {"lambda_max": 32.3}, 1: {"lambda_max": 50.8}}, "fedmut": {0: {"lambda_max": 1.0}}}
+    (out,) = verdicts_mod.verdicts(groups, [acc], [Measure("lambda_max", "λmax")])
+    assert out["rows"][0]["comparisons"]["fedmut"]["verdict"] == "one seed: no interval"
+    assert out["comparisons"]["fedmut"]["headline"] == (
+        "One seed pair at this level (fedmut seed 1 never reaches accuracy 0.2): no interval, so no verdict."
+    )
+    acc.rounds["fedmut"][1] = Match(30, 0.2)  # every run placed, one seed each would still say "one seed per group"
+    groups[0].runs.pop(1), groups[1].runs.pop(1)
+    (out,) = verdicts_mod.verdicts(groups, [acc], [Measure("lambda_max", "λmax")])
+    assert out["comparisons"]["fedmut"]["headline"].startswith("One seed per group: no interval")
