@@ -129,3 +129,21 @@ def test_one_seed_pair_left_by_an_unreached_level_is_named(monkeypatch):
     groups[0].runs.pop(1), groups[1].runs.pop(1)
     (out,) = verdicts_mod.verdicts(groups, [acc], [Measure("lambda_max", "λmax")])
     assert out["comparisons"]["fedmut"]["headline"].startswith("One seed per group: no interval")
+
+
+def test_connectivity_panel_titles_break_before_the_condition():
+    """The connectivity figure's panel titles: the path, then the condition on its own line -- also when a group
+    label holds ', ' (labels join the settings that tell groups apart that way); one legend entry per seed."""
+    from flatfl.runs.connectivity_page import Trace, _figure
+
+    path = Trace("seed 0 (rounds 4→4)", "#000000", [0.0, 1.0], [1.0, 2.0], [1.0, 1.5], "seed 0", "seed 0")
+    fig = _figure([("fedavg weighted=True, lr=0.1 → fedmut, equal round (4)", [path]),
+                   ("fedavg weighted=True, lr=0.1 → fedmut, equal test accuracy (≥ 0.2)", [path])])  # fmt: skip
+    assert [a.text for a in fig.layout.annotations] == [
+        "fedavg weighted=True, lr=0.1 → fedmut<br>equal round (4)",
+        "fedavg weighted=True, lr=0.1 → fedmut<br>equal test accuracy (≥ 0.2)",
+    ]
+    assert [t.name for t in fig.data if t.showlegend is not False] == [
+        "seed 0", "straight line (1 − t)·a + t·b", "trained Bézier curve"
+    ]  # fmt: skip
+    assert [a["text"] for a in fig.layout.meta["narrow"]["annotations"]] == [a.text for a in fig.layout.annotations]

@@ -133,8 +133,8 @@ def _figure(panels: Sequence[tuple[str, list[Trace]]]) -> Any:
 
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
-    # the path, then the condition on a second line: a whole title fits over a phone-width panel
-    titles = [t.replace(", ", "<br>", 1) for t, _ in panels]
+    # the path, then the condition on a second line (a group label may hold ', '): a whole title fits a phone
+    titles = ["<br>".join(t.rsplit(", ", 1)) for t, _ in panels]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=min(0.4 / rows, 0.16))
     shown: set[str] = set()
     for i, (title, traces) in enumerate(panels):
