@@ -32,10 +32,11 @@ def group_colors(labels: Sequence[str]) -> dict[str, str]:
     return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
 
 
-def stack_narrow(fig: go.Figure, titles: Sequence[str], panel_height: int = 300) -> go.Figure:
+def stack_narrow(fig: go.Figure, titles: Sequence[str], panel_height: int = 300, *, legend_gap: int = 30) -> go.Figure:
     """Attach a layout patch (``layout.meta["narrow"]``) that the report page applies below 700 px: the
     figure's panels (subplots numbered row by row) stacked in one column, each ``panel_height`` px, the
-    legend above them -- no two subplot or axis titles overlap on a phone."""
+    legend above them, ``legend_gap`` px above the first panel (room for its title: more for a two-line
+    one) -- no two subplot or axis titles overlap on a phone."""
     n = len(titles)
     if n < 2:
         return fig
@@ -49,7 +50,7 @@ def stack_narrow(fig: go.Figure, titles: Sequence[str], panel_height: int = 300)
     titled = set(titles)
     extra = [a.to_plotly_json() for a in fig.layout.annotations if a.text not in titled]
     patch["annotations"] = [a.to_plotly_json() for a in ref.layout.annotations] + extra
-    patch["legend"] = dict(orientation="h", x=0, y=1 + 30 / plot, yanchor="bottom")
+    patch["legend"] = dict(orientation="h", x=0, y=1 + legend_gap / plot, yanchor="bottom")
     if fig.layout.updatemenus:
         patch["updatemenus"] = [dict(m.to_plotly_json(), y=1 + 100 / plot) for m in fig.layout.updatemenus]
     fig.update_layout(meta={"narrow": patch})

@@ -217,7 +217,9 @@ def plot(results: Sequence[EosResult], stem: Path) -> list[Path]:
 
     n = len(results)
     fig, axes = plt.subplots(2, n, figsize=(3.4 * n, 4.8), sharex="col", squeeze=False, constrained_layout=True)
-    colors = plt.get_cmap("tab10").colors
+    from flatfl.analysis.report_figures import PALETTE  # Okabe-Ito, as every other figure of flatfl
+
+    colors = [PALETTE[i % len(PALETTE)] for i in range(max(len(r.series) for r in results))]
     for j, res in enumerate(results):
         st, top, bottom = res.setting, axes[0][j], axes[1][j]
         for i, s in enumerate(res.series):

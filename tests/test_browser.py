@@ -26,8 +26,8 @@ CONTOUR_WITH_SLIDER = (
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    """A report of FedAvg vs FedMut (two measured rounds: a slider; matched at equal train loss) and a standalone
-    surface page."""
+    """A report of FedAvg vs FedMut (two measured rounds: a slider; matched at equal train loss; per-layer curvature
+    and mode connectivity with client paths) and a standalone surface page."""
     from flatfl.cli import main
     from tests.conftest import TINY
 
@@ -36,7 +36,8 @@ def pages(tmp_path_factory):
         assert main(["train", *TINY, "--rounds", "4", "--algo", algo, "--save-clients", "--out", str(root / algo)]) == 0
     assert main(["report", str(root / "fedavg"), str(root / "fedmut"), "--out", str(root / "rep"), "--at-rounds", "2,4",
                  "--samples", "100", "--grid", "5", "--trace-matvecs", "0", "--sharpness", "none", "--slices", "2",
-                 "--spread-samples", "50", "--no-progress"]) == 0  # fmt: skip
+                 "--spread-samples", "50", "--no-progress", "--per-layer", "module",
+                 "--connect", "--connect-steps", "5", "--connect-clients", "2"]) == 0  # fmt: skip
     assert main(["landscape", "--ckpt", str(root / "fedmut" / "round_0004.safetensors"), "--surface", "2d",
                  "--grid", "5", "--samples", "100", "--levels", "8", "--zrange=0,0.5",
                  "--out", str(root / "land")]) == 0  # fmt: skip
@@ -304,5 +305,67 @@ def test_report_words_for_a_reader(pages):
         numbers = re.findall(r"[−-]?\d[\d.]*(?:e[−-]?\d+)?", hover.split("barrier")[-1])
         assert numbers and all(len(re.sub(r"\D", "", n.split("e")[0]).lstrip("0")) <= 3 for n in numbers), hover
         assert "diverged runs dashed" not in body and "Why runs diverge" not in body
+    finally:
+        close()
+
+
+# the mode-connectivity figure: its legend, line colours, subplot titles (with the figure's box) and x domains
+CONNECT_FIGURE = """() => {
+    const f = [...document.querySelectorAll('.js-plotly-plot')]
+        .find(f => f.data.some(t => t.name === 'trained Bézier curve'));
+    f.scrollIntoView();
+    const box = f.getBoundingClientRect();
+    const titles = [...f.querySelectorAll('.annotation-text')].map(e => {
+        const r = e.getBoundingClientRect();
+        return [e.textContent, r.left >= box.left - 1 && r.right <= box.right + 1];
+    });
+    const axes = Object.keys(f._fullLayout).filter(k => /^xaxis\\d*$/.test(k));
+    return {legend: f.data.filter(t => t.showlegend !== false).map(t => t.name),
+            colours: [...new Set(f.data.map(t => t.line.color.toLowerCase()))],
+            titles: titles, widths: axes.map(k => f._fullLayout[k].domain[1] - f._fullLayout[k].domain[0]),
+            xtitles: axes.map(k => f._fullLayout[k].title.text)};
+}"""
+PER_LAYER_IMAGE = """() => {
+    const img = document.querySelector('img.per-layer');
+    img.scrollIntoView();
+    const box = img.parentElement;
+    return {loaded: img.complete && img.naturalWidth > 0, natural: img.naturalWidth,
+            width: img.getBoundingClientRect().width, scroll: getComputedStyle(box).overflowX,
+            boxRight: box.getBoundingClientRect().right, alt: img.alt,
+            table: getComputedStyle(document.querySelector('h2[id^=per-layer] ~ details div.scroll')).overflowX};
+}"""
+
+
+@pytest.mark.parametrize("width", [1366, 390], ids=["desktop", "phone"])
+def test_per_layer_and_connectivity_sections(pages, width):
+    """--per-layer and --connect on the page at 1366 and 390 px: the per-layer figure loaded at a readable width
+    (on a phone in its own sideways scroll, not the page's), the connectivity figure with one legend entry per
+    colour plus the two line styles, Okabe-Ito colours, every panel title whole inside the figure, and the panels
+    one per row on a phone; no console error, no outside request."""
+    from flatfl.analysis.report_figures import PALETTE, SEED_PALETTE
+    from flatfl.runs.per_layer_page import MIN_WIDTH
+
+    page, errors, requests, close = _open(pages[0], NO_WEBGL, width=width)
+    try:
+        assert requests == [] and [e for e in errors if "WebGL" not in e] == []
+        heads = page.evaluate("() => [...document.querySelectorAll('h2')].map(h => h.textContent)")
+        assert "Per-layer curvature (round 4)" in heads and "Mode connectivity (Garipov et al. 2018)" in heads
+        img = page.evaluate(PER_LAYER_IMAGE)
+        assert img["loaded"] and img["alt"].startswith("per-layer curvature: λmax and trace of each module")
+        assert min(img["natural"], MIN_WIDTH) - 1 <= img["width"] <= img["natural"] + 1
+        assert img["scroll"] == "auto" and img["boxRight"] <= width + 1 and img["table"] == "auto"
+        conn = page.evaluate(CONNECT_FIGURE)
+        assert len(conn["legend"]) == len(set(conn["legend"]))
+        assert set(conn["legend"]) == {"seed 0", "fedavg → its clients", "fedmut → its clients",
+                                       "straight line (1 − t)·a + t·b", "trained Bézier curve"}  # fmt: skip
+        okabe_ito = {c.lower() for c in PALETTE + SEED_PALETTE} | {"#555555"}
+        assert set(conn["colours"]) <= okabe_ito, conn["colours"]
+        # 2 conditions x (the groups' pair + each group's 2 client paths): 6 panels, each title whole on screen
+        assert len(conn["titles"]) == 6 and all(inside for _, inside in conn["titles"]), conn["titles"]
+        assert set(conn["xtitles"]) == {"t"}
+        if width < 700:
+            assert len(conn["widths"]) == 6 and min(conn["widths"]) > 0.9  # one panel per row
+        else:
+            assert max(conn["widths"]) < 0.5  # two columns
     finally:
         close()

@@ -15,6 +15,7 @@ import torch
 from flatfl import checkpoint as ckpt
 from flatfl.runs.groups import Group, confound_sentence, differences, group_runs, reference_group
 from flatfl.runs.run import Run
+from flatfl.runs.verdict_page import text_html
 from tests.conftest import TINY, assert_same_rounds
 from tests.test_cli import _one_line_error
 
@@ -72,9 +73,13 @@ def test_one_extra_flag_is_listed_and_named_in_the_headline(cli, arms, tmp_path)
     assert agg["headline"].endswith(said)
     assert said in stdout
     page = (out / "report.html").read_text()
-    assert html.escape(plain["differs_by_text"]) in page and html.escape(said) in page
+    assert text_html(plain["differs_by_text"]) in page and html.escape(said) in page
     assert plain["differs_by_text"].startswith("fedmut differs from fedavg weighted=False by the algorithm alone: ")
     assert "radius 4" in plain["differs_by_text"]
+    # FedMut's own settings in words with their flag, the flag kept on one line on the page
+    assert "mutation acceleration β₀ (--mut-acc-rate) 0.3" in plain["differs_by_text"]
+    assert "round β reaches 0 (--mut-bound) 50" in plain["differs_by_text"]
+    assert "(<span style='white-space:nowrap'>--mut-bound</span>) 50" in page and "mut_acc_rate 0.3" not in page
 
 
 def test_a_confound_is_named_in_the_answer_and_norm_ratio_of_a_rescaled_copy(cli, arms, tmp_path):

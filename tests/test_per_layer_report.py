@@ -97,7 +97,7 @@ def test_the_figure_is_written_and_on_the_page(report):
     png, pdf = out / "per_layer.png", out / "per_layer.pdf"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
     html = (out / "report.html").read_text()
-    assert "Per-layer curvature (round 2)" in html and "alt='per-layer curvature'" in html
+    assert "Per-layer curvature (round 2)" in html and "alt='per-layer curvature: λmax and trace" in html
     assert "fedavg: 2 seeds" in html and "fedmut: 2 seeds" in html
     # the means table names every block
     for name in ("conv1.weight", "fc2.bias"):

@@ -17,7 +17,15 @@ from flatfl.runs.groups import (
     Group,
     reference_group,
 )
-from flatfl.runs.matching import LossCurve, Match, level_refusal, match_accuracy, match_loss, round_warnings
+from flatfl.runs.matching import (
+    MIN_DROP,
+    LossCurve,
+    Match,
+    level_refusal,
+    match_accuracy,
+    match_loss,
+    round_warnings,
+)
 from flatfl.runs.settings import ReportSettings
 
 
@@ -37,6 +45,8 @@ class Condition:
     user_level: bool = False
     curves: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # label -> seed -> Trace as a dict
     window: int | None = None  # the moving median's window (saved rounds)
+    # sentences per compared group that leave the verdict standing (e.g. models not yet off their untrained loss)
+    cautions: dict[str, list[str]] = field(default_factory=dict)
 
     def no_verdict(self, other: str) -> tuple[str, str] | None:
         """(short, long) reason why the comparison of ``other`` with the reference gets no verdict here:
@@ -110,6 +120,7 @@ def plan_conditions(
                 )  # fmt: skip
                 curves[_name(g.label, s)] = (curve, run.rounds())
         conds.append(_loss_condition(groups, curves, settings.match_loss, last))
+        _caution_untrained(conds[0], conds[-1], groups, last)
     if settings.match_acc is not None:
         accs = {}
         for g in groups:
@@ -163,3 +174,31 @@ def _warn_rounds(c: Condition, groups: Sequence[Group], total: int) -> None:
             said = round_warnings(ref.label, g.label, rounds[ref.label], rounds[g.label], total)
             if said:
                 c.warnings[g.label] = said
+
+
+def _caution_untrained(rnd: Condition, loss: Condition, groups: Sequence[Group], last: int) -> None:
+    """At the equal round ``last``: a caution for every comparison in which a run's loss on the analysis data is
+    not ``MIN_DROP`` below its own untrained (round 0) loss -- the rule that refuses such a level at equal train
+    loss (:func:`flatfl.runs.matching.level_refusal`). The verdict stands (on non-IID data the pooled loss can stay
+    high while a model learns), but the flatness compared may be that of models near their initialisation."""
+    ref = reference_group(groups)
+    near: dict[str, dict[int, tuple[float, float]]] = {}  # label -> seed -> (loss at last, untrained loss)
+    for g in groups:
+        for s in g.seeds:
+            t = loss.curves.get(g.label, {}).get(s)
+            if not t or t["untrained"] is None or last not in t["rounds"]:
+                continue
+            now = t["loss"][t["rounds"].index(last)]
+            if now > (1 - MIN_DROP) * t["untrained"]:
+                near.setdefault(g.label, {})[s] = (now, t["untrained"])
+    for g in groups:
+        who = [(x.label, near[x.label]) for x in (ref, g) if x.label in near]
+        if g is ref or not who:
+            continue
+        runs = " and ".join(f"{lab} seed{'s' if len(v) > 1 else ''} {', '.join(map(str, sorted(v)))}" for lab, v in who)
+        nums = "; ".join(f"{lab} seed {s}: {now:.4g} vs {l0:.4g}" for lab, v in who for s, (now, l0) in v.items())
+        rnd.cautions[g.label] = [
+            f"at round {last}, {runs} have not lowered their loss on the analysis data {MIN_DROP:.0%} below the "
+            f"untrained (round 0) loss ({nums}): the flatness compared may be that of models near their "
+            "initialisation -- train longer, or compare at equal test accuracy with --match-acc"
+        ]

@@ -9,7 +9,7 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from flatfl import checkpoint as ckpt
 
@@ -39,30 +39,51 @@ def _numbers(p: Mapping[str, Any]) -> dict[str, Any]:
             "curve_loss_max": max(p["curve_loss"])}  # fmt: skip
 
 
-def connectivity_panels(conn: Mapping[str, Any], colors: Mapping[str, str]) -> list[tuple[str, list[tuple]]]:
-    """The figure's panels: (title, [(legend label or None, colour, t, line loss, curve loss)]). One panel per
-    compared pair of groups and condition (a colour per seed), then one per group and condition with client
-    paths (the group's colour, one thin line per client; legend once)."""
+class Trace(NamedTuple):
+    """One path of a panel: ``label`` its entry in the static figure's legend (None: no entry), ``key`` its
+    entry in the interactive figure's legend (shared across panels: a seed, or a group's clients), ``name``
+    the path in words (the hover box)."""
+
+    label: str | None
+    colour: str
+    t: Sequence[float]
+    line: Sequence[float]
+    curve: Sequence[float]
+    key: str
+    name: str
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def connectivity_panels(conn: Mapping[str, Any], colors: Mapping[str, str]) -> list[tuple[str, list[Trace]]]:
+    """The figure's panels: (title, traces). One panel per compared pair of groups and condition (a colour per
+    seed), then one per group and condition with client paths (the group's colour, one thin line per client;
+    legend once)."""
     from flatfl.analysis.report_figures import SEED_PALETTE
 
-    panels: dict[str, list[tuple]] = {}
+    panels: dict[str, list[Trace]] = {}
     seeds = sorted({p["seed"] for p in conn["pairs"]} | {c["seed"] for c in conn["clients"]})
     for p in conn["pairs"]:
         title = f"{p['reference']} → {p['other']}, {p['title']}"
         colour = SEED_PALETTE[seeds.index(p["seed"]) % len(SEED_PALETTE)]
         label = f"seed {p['seed']} (rounds {p['round_a']}→{p['round_b']})"
-        panels.setdefault(title, []).append((label, colour, p["t"], p["line_loss"], p["curve_loss"]))
+        panels.setdefault(title, []).append(Trace(label, colour, p["t"], p["line_loss"], p["curve_loss"],
+                                                  f"seed {p['seed']}", label))  # fmt: skip
     for s in conn["client_summary"]:
         title = f"{s['group']} global → its clients, {s['title']}"
         have = [c for c in conn["clients"] if c["group"] == s["group"] and s["condition"] in c["conditions"]]
         for i, c in enumerate(have):
-            label = f"{len(have)} clients, seeds {', '.join(map(str, s['seeds']))}" if i == 0 else None
-            panels.setdefault(title, []).append((label, colors.get(s["group"], "#000000"), c["t"], c["line_loss"],
-                                                 c["curve_loss"]))  # fmt: skip
+            label = f"{len(have)} clients, {_seeds_text(s['seeds'])}" if i == 0 else None
+            name = f"client {c['client']}, seed {c['seed']}, round {c['round']}"
+            colour = colors.get(s["group"], "#000000")
+            panels.setdefault(title, []).append(Trace(label, colour, c["t"], c["line_loss"], c["curve_loss"],
+                                                      f"{s['group']} → its clients", name))  # fmt: skip
     return list(panels.items())
 
 
-def plot_connectivity(panels: Sequence[tuple[str, list[tuple]]], path: Path | None) -> Any:
+def plot_connectivity(panels: Sequence[tuple[str, list[Trace]]], path: Path | None) -> Any:
     """Loss along t ∈ [0, 1] per panel: the straight line dashed, the trained Bézier curve solid, as PNG and
     PDF (Okabe-Ito colours; TrueType fonts in the PDF)."""
     import matplotlib.pyplot as plt
@@ -77,7 +98,7 @@ def plot_connectivity(panels: Sequence[tuple[str, list[tuple]]], path: Path | No
                              layout="constrained")  # fmt: skip
     for ax, (title, traces) in zip(axes.flat, panels):
         many = len(traces) > 6
-        for label, colour, t, line, curve in traces:
+        for label, colour, t, line, curve, *_ in traces:
             ax.plot(t, line, color=colour, ls="--", lw=0.8 if many else 1.3, alpha=0.6 if many else 0.9)
             ax.plot(t, curve, color=colour, ls="-", lw=0.8 if many else 1.6, alpha=0.6 if many else 1.0, label=label)
         ax.set_title(title, fontsize=8)
@@ -101,32 +122,44 @@ def plot_connectivity(panels: Sequence[tuple[str, list[tuple]]], path: Path | No
     return outs
 
 
-def _figure(panels: Sequence[tuple[str, list[tuple]]]) -> Any:
-    """The same panels, interactive (hover: t, loss and the path)."""
+def _figure(panels: Sequence[tuple[str, list[Trace]]]) -> Any:
+    """The same panels, interactive: two columns (one below 700 px), the straight line dashed and the curve
+    solid; the legend names each colour once (a seed, or a group's clients; a click hides it in every panel)
+    and the two line styles; hover: the panel, the path, t and the loss."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from flatfl.analysis.report_figures import LAYOUT
+    from flatfl.analysis.report_figures import LAYOUT, stack_narrow
 
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for t, _ in panels])
+    # the path, then the condition on a second line (a group label may hold ', '): a whole title fits a phone
+    titles = ["<br>".join(t.rsplit(", ", 1)) for t, _ in panels]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=min(0.4 / rows, 0.16))
+    shown: set[str] = set()
     for i, (title, traces) in enumerate(panels):
         r, c = divmod(i, cols)
-        for j, (label, colour, t, line, curve) in enumerate(traces):
-            name = label or f"{title}: path {j + 1}"
-            for kind, ys, dash in (("line", line, "dash"), ("Bézier curve", curve, "solid")):
+        for tr in traces:
+            for kind, ys, dash in (("straight line", tr.line, "dash"), ("Bézier curve", tr.curve, "solid")):
+                first = dash == "solid" and tr.key not in shown
                 fig.add_trace(
-                    go.Scatter(x=t, y=ys, mode="lines", line=dict(color=colour, dash=dash, width=1.5),
-                               name=f"{name}: {kind}", legendgroup=f"{i}-{j}", showlegend=label is not None,
-                               hovertemplate=f"{html.escape(title)}<br>{html.escape(name)}, {kind}<br>t = %{{x:.3~g}}"
-                               "<br>loss = %{y:.4~g}<extra></extra>"),
+                    go.Scatter(x=tr.t, y=ys, mode="lines", line=dict(color=tr.colour, dash=dash, width=1.5),
+                               name=tr.key, legendgroup=tr.key, showlegend=first,
+                               hovertemplate=f"{html.escape(title)}<br>{html.escape(tr.name)}, {kind}"
+                               "<br>t = %{x:.3~g}<br>loss = %{y:.4~g}<extra></extra>"),
                     row=r + 1, col=c + 1,
                 )  # fmt: skip
+                if first:
+                    shown.add(tr.key)
         fig.update_xaxes(title_text="t", range=[0, 1], row=r + 1, col=c + 1)
         fig.update_yaxes(title_text="loss", row=r + 1, col=c + 1)
-    fig.update_layout(height=330 * rows + 120, legend=dict(orientation="h", y=-0.12), **LAYOUT)
-    return fig
+    for name, dash in (("straight line (1 − t)·a + t·b", "dash"), ("trained Bézier curve", "solid")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color="#555555", dash=dash, width=1.5),
+                                 name=name, legendgroup="style", hoverinfo="skip"), row=1, col=1)  # fmt: skip
+    plot = 300 * rows
+    fig.update_layout(height=plot + 200, **{**LAYOUT, "margin": dict(l=60, r=20, t=50, b=150)},
+                      legend=dict(orientation="h", x=0, y=-70 / plot, yanchor="top"))  # fmt: skip
+    return stack_narrow(fig, titles, 320, legend_gap=50)  # two-line titles: more room above each panel
 
 
 def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str]]) -> str:

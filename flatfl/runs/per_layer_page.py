@@ -21,6 +21,8 @@ from flatfl.runs.measure import record_at
 
 PATH = ("literature", "per_layer")
 KINDS = {"hessian": "Hessian", "ggn": "GGN", "ef": "empirical Fisher"}  # the curvature's name in the figure
+GROUPINGS = {"parameter": "parameter tensor", "module": "module"}  # --per-layer's grouping in words
+MIN_WIDTH = 640  # px: the static figure's narrowest width on the page (its block names stay readable)
 
 
 def per_layer_rows(measured: Any, order: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -91,12 +93,16 @@ def per_layer_sections(
     panels = {g: panels[g] for g in labels if g in panels}
     grouping = rows[0]["grouping"]
     kind = KINDS.get(rows[0]["curvature"], rows[0]["curvature"])
-    png = plot_per_layer(panels, colors, out / "per_layer", title=f"diagonal {kind} blocks per {grouping}, round {rnd}")
+    unit = GROUPINGS.get(grouping, grouping)
+    png = plot_per_layer(panels, colors, out / "per_layer", title=f"diagonal {kind} blocks per {unit}, round {rnd}")
     files["per_layer_png"] = png[0]
-    uri = base64.b64encode(png[0].read_bytes()).decode()
+    data = png[0].read_bytes()
+    uri = base64.b64encode(data).decode()
+    natural = int.from_bytes(data[16:20], "big")  # the PNG's width in pixels (its IHDR chunk)
     n = {g: len({p[0] for pts in per.values() for p in pts}) for g, per in panels.items()}
+    alt = f"per-layer curvature: λmax and trace of each {unit}'s {kind} block at round {rnd}, per group"
     text = (
-        f"<p>Which layer is sharp: for every {html.escape(grouping)} l of the model, λmax and trace of its diagonal "
+        f"<p>Which layer is sharp: for every {html.escape(unit)} l of the model, λmax and trace of its diagonal "
         f"block of the {html.escape(kind)}, H[I<sub>l</sub>, I<sub>l</sub>] (the curvature of the loss when only "
         f"that block's parameters move), at round {rnd} (the verdict's equal round). One column per group ("
         + ", ".join(f"{html.escape(g)}: {k} seed{'s' if k != 1 else ''}" for g, k in n.items())
@@ -104,7 +110,10 @@ def per_layer_sections(
         "λmax is at most the whole Hessian's; the traces add up to the whole trace. Static figure: per_layer.png "
         "and per_layer.pdf; every block of every measured checkpoint, with its Lanczos residual and the trace's "
         "standard error, is in report.json under <code>per_layer</code>.</p>"
-        f"<img alt='per-layer curvature' style='max-width:100%' src='data:image/png;base64,{uri}'>"
+        # a static figure: on a phone it keeps a readable width and scrolls sideways in its own box
+        f"<div class='scroll'><img class='per-layer' alt='{html.escape(alt)}' "
+        f"style='width:100%;max-width:{natural}px;min-width:{min(natural, MIN_WIDTH)}px' "
+        f"src='data:image/png;base64,{uri}'></div>"
         f"<details><summary>Means over seeds, block by block</summary><div class='scroll'>"
         f"{_means_table(panels, labels)}</div></details>"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,14 @@ def fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}g}"
     return str(v)
+
+
+def text_html(text: str) -> str:
+    """``text`` escaped for the page, each command-line flag (``--mut-acc-rate``) and each number in scientific
+    notation (``±2e-05/ckpt``) kept on one line: a browser may break a line after a hyphen, which splits
+    '--slice-radius' into '--slice-' and 'radius' and '2e-05' into '2e-' and '05'."""
+    return re.sub(r"--[a-z][a-z0-9-]*|±?\d+(?:\.\d+)?e[-+]\d+(?:/ckpt)?",
+                  lambda m: f"<span style='white-space:nowrap'>{m.group(0)}</span>", html.escape(text))  # fmt: skip
 
 
 def _clip(v: float, bounds: Sequence[float | None]) -> float:
@@ -70,9 +79,10 @@ def error_text(s: Mapping[str, Any] | None) -> str:
 
 
 def resolution_text(comp: Mapping[str, Any]) -> str:
-    """What the comparison resolves at its n, and for an inconclusive verdict what would decide it."""
+    """What the comparison resolves at its n, and for an inconclusive verdict what would decide it (nothing for a
+    comparison not made: more seeds would not decide it; verdict.csv keeps the numbers)."""
     res = comp.get("resolution")
-    if not res:
+    if not res or str(comp.get("verdict", "")).startswith("not compared"):
         return ""
     if res.get("text"):
         return res["text"]
@@ -111,7 +121,7 @@ def _summary_cell(r: Mapping[str, Any], lab: str, title: str) -> str:
     tip = ""
     if s and s.get("lo") is not None:
         tip = f" title='95% t-interval over seeds {html.escape(interval_text(s, r.get('bounds') or (None, None)))}'"
-    return f"<td data-label='{html.escape(f'{lab}, {title}')}'{tip}>{html.escape(_row_summary(r, lab))}</td>"
+    return f"<td data-label='{html.escape(f'{lab}, {title}')}'{tip}>{text_html(_row_summary(r, lab))}</td>"
 
 
 def verdict_table_html(
@@ -158,8 +168,8 @@ def verdict_table_html(
                 res = resolution_text(comp).removeprefix("inconclusive ")  # the verdict above says it
                 detail = "; ".join(t for t in (paired_text(comp["paired"], ref, o), res) if t)
                 cells.append(
-                    f"<td class='v {cls}' data-label='{tag}'>{html.escape(comp['verdict'])}<br><small>"
-                    f"{html.escape(detail)}</small></td>"
+                    f"<td class='v {cls}' data-label='{tag}'>{text_html(comp['verdict'])}<br><small>"
+                    f"{text_html(detail)}</small></td>"
                 )
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
@@ -192,9 +202,11 @@ def answer_html(verdict: Sequence[Mapping[str, Any]], table: str = "") -> str:
         for other, comp in c["comparisons"].items():
             who = f"{html.escape(c['reference'])} vs {html.escape(other)}"
             parts.append(
-                f"<p class='answer'><b>At {html.escape(c['title'])}</b> ({who}): {html.escape(comp['headline'])}</p>"
+                f"<p class='answer'><b>At {html.escape(c['title'])}</b> ({who}): {text_html(comp['headline'])}</p>"
             )
-    parts += [f"<p class='differs'>{html.escape(t)}</p>" for t in differs_lines(verdict)]
+            if comp.get("caution"):  # a verdict that stands, with what may undermine it
+                parts.append(f"<p class='differs caution'>{text_html(comp['caution'])}</p>")
+    parts += [f"<p class='differs'>{text_html(t)}</p>" for t in differs_lines(verdict)]
     if table:
         parts.append(table)
     for c in verdict:
@@ -204,8 +216,7 @@ def answer_html(verdict: Sequence[Mapping[str, Any]], table: str = "") -> str:
                 continue
             who = f"{html.escape(c['reference'])} vs {html.escape(other)}, {html.escape(c['title'])}"
             items = "".join(
-                f"<li{' class=disagree' if d == comp.get('disagreement') else ''}>{html.escape(d)}</li>"
-                for d in details
+                f"<li{' class=disagree' if d == comp.get('disagreement') else ''}>{text_html(d)}</li>" for d in details
             )
             parts.append(f"<p><small>{who}:</small></p><ul>{items}</ul>")
     return "\n".join(parts)
@@ -228,6 +239,8 @@ def verdict_text(verdict: Sequence[Mapping[str, Any]], labels: Sequence[str]) ->
         for other in others:  # in the groups' order (report.json's dicts have sorted keys)
             comp = c["comparisons"][other]
             lines.append(f"  At {c['title']} ({ref} vs {other}): {comp['headline']}")
+            if comp.get("caution"):
+                lines.append(f"    {comp['caution']}")
     lines += [f"  {t}" for t in differs_lines(verdict, labels)]
     lines.append(f"Rule: {VERDICT_RULE}.")
     for c in verdict:

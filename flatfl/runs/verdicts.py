@@ -12,6 +12,7 @@ import numpy as np
 
 from flatfl.analysis.verdict import (
     CENSORED,
+    ONE_SEED,
     Measure,
     Paired,
     disagreement,
@@ -43,10 +44,13 @@ def not_compared(c: Condition, rows: list[dict[str, Any]], comp: dict[str, dict[
         if why is None:
             if c.warnings.get(other):
                 words["headline"] += " Caution: " + "; ".join(c.warnings[other]) + "."
+            words["caution"] = ("Caution: " + "; ".join(c.cautions[other]) + ".") if c.cautions.get(other) else None
             continue
         for r in rows:
             r["comparisons"][other].update(verdict=f"not compared: {why[0]}", winner=None)
-        words.update(headline=f"Not compared at this level: {why[1]}.", disagreement=None, scale_caveat=None)
+        # more seeds would not decide a comparison that is not made: no "about k seeds would decide it"
+        words.update(headline=f"Not compared at this level: {why[1]}.", disagreement=None, scale_caveat=None,
+                     caution=None, inconclusive={})  # fmt: skip
 
 
 def _summary_json(values: list[float | None], errors: dict[int, float | None] | None = None) -> dict[str, Any] | None:
@@ -89,6 +93,13 @@ def why_not_compared(ref: Group, g: Group, c: Condition, short: bool = False) ->
         return None
     if short:
         return f"{'accuracy' if c.name == 'acc' else 'loss'} level not reached"
+    return unplaced(ref, g, c)
+
+
+def unplaced(ref: Group, g: Group, c: Condition) -> str:
+    """The runs of the seeds ``ref`` and ``g`` share that condition ``c`` places at no round (a matched level never
+    reached), in words -- e.g. 'fedmut seed 1 never reaches accuracy 0.2'; '' when every one is placed."""
+    shared = sorted(set(ref.seeds) & set(g.seeds))
     by_note: dict[str, dict[str, list[int]]] = {}  # note -> group -> seeds that never get there
     for x in (ref, g):
         for s in shared:
@@ -171,8 +182,13 @@ def verdicts(
         for g in others:
             vs = {r["measure"]: r["comparisons"][g.label]["verdict"] for r in rows}
             pairs = {r["measure"]: _paired_of(r["comparisons"][g.label]["paired"]) for r in rows}
+            head = headline(ms, vs, ref.label, g.label, why_not_compared(ref, g, c), pairs)
+            left = unplaced(ref, g, c)
+            flat = [m.key for m in ms if m.kind == "flatness" and m.key in vs]
+            if left and flat and all(vs[k] == ONE_SEED for k in flat):  # not "one seed per group": one *pair*
+                head = f"One seed pair at this level ({left}): no interval, so no verdict."
             entry: dict[str, Any] = {
-                "headline": headline(ms, vs, ref.label, g.label, why_not_compared(ref, g, c), pairs),
+                "headline": head,
                 "disagreement": disagreement(ms, vs),
                 "measures_compared": sum(1 for m in ms if m.kind == "flatness" and pairs.get(m.key) is not None),
                 "inconclusive": {
