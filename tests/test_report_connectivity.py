@@ -8,6 +8,7 @@ import csv
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from flatfl.analysis import mode_connectivity
@@ -198,3 +199,32 @@ def test_equals_flatfl_landscape_connect(pair, report, tmp_path, cli):
         got = json.loads((out / "landscape.json").read_text())["literature"]["connectivity"]
         assert (got["line_barrier"], got["curve_barrier"]) == (want["line_barrier"], want["curve_barrier"])
         assert got["curve_loss"] == want["curve_loss"]
+
+
+def _path(line: list[float], curve: list[float]) -> dict:
+    from flatfl.analysis.connectivity import barrier
+
+    t = np.linspace(0, 1, len(line))
+    return {"line_loss": line, "curve_loss": curve, "line_barrier": barrier(t, np.array(line)),
+            "curve_barrier": barrier(t, np.array(curve))}  # fmt: skip
+
+
+def test_reading_tells_ends_that_are_not_minima_from_joined_minima():
+    from flatfl.runs.connectivity_page import connectivity_csv_rows, curve_dip, reading
+
+    # converged ends joined by a curve: the line rises, the curve stays at the end losses (no dip)
+    minima = _path([0.10, 0.40, 0.10], [0.10, 0.11, 0.10])
+    # ends that are not minima: the trained curve runs to half the lower end loss
+    unconverged = _path([0.50, 0.45, 0.60], [0.50, 0.25, 0.60])
+    assert curve_dip(minima) == pytest.approx(0.0) and curve_dip(unconverged) == pytest.approx(0.5)
+    pair = {**minima, "condition": "round", "reference": "a", "other": "b", "seed": 0, "round_a": 4, "round_b": 4}
+    client = {**unconverged, "conditions": ["round"], "group": "a", "client": 3, "seed": 0, "round": 4}
+    text = reading({"pairs": [pair], "clients": [client]})
+    assert "1 of 2 straight lines never rise above the chord" in text
+    assert "On 1 of 2 paths the trained curve runs more than 5% below both end models (median 50%" in text
+    assert "not minima" in reading({"pairs": [], "clients": [client]})
+    assert "not minima" not in reading({"pairs": [pair], "clients": []})
+    assert reading({"pairs": [], "clients": []}) == ""
+    rows = connectivity_csv_rows({"pairs": [pair], "clients": [client]})
+    assert [r["curve_dip"] for r in rows] == pytest.approx([0.0, 0.5])
+    assert [r["curve_loss_min"] for r in rows] == pytest.approx([0.10, 0.25])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,7 +37,41 @@ def connectivity_csv_rows(conn: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _numbers(p: Mapping[str, Any]) -> dict[str, Any]:
     return {"line_barrier": p["line_barrier"], "curve_barrier": p["curve_barrier"], "loss_from": p["line_loss"][0],
             "loss_to": p["line_loss"][-1], "line_loss_max": max(p["line_loss"]),
-            "curve_loss_max": max(p["curve_loss"])}  # fmt: skip
+            "curve_loss_max": max(p["curve_loss"]), "curve_loss_min": min(p["curve_loss"]),
+            "curve_dip": curve_dip(p)}  # fmt: skip
+
+
+def curve_dip(p: Mapping[str, Any]) -> float:
+    """How far the trained curve runs below the lower end: min(L(a), L(b)) - min_t L(φ(t)), relative to
+    min(L(a), L(b)); > 0 when the bend found lower loss than both end models, i.e. they are not minima of the
+    analysis loss (Garipov et al. connect trained minima, where this is about 0)."""
+    low = min(p["line_loss"][0], p["line_loss"][-1])
+    return (low - min(p["curve_loss"])) / low if low > 0 else 0.0
+
+
+def reading(conn: Mapping[str, Any], dip: float = 0.05) -> str:
+    """What the barriers can and cannot say here, counted over every computed path: how many straight lines
+    stay on or below the chord (line barrier 0), and how many trained curves run more than ``dip`` (5%) below
+    both end models -- then the ends are not minima and a curve barrier of 0 says the bend found lower ground,
+    not that two minima are joined. "" when no path was computed."""
+    paths = [*conn["pairs"], *conn["clients"]]
+    if not paths:
+        return ""
+    n = len(paths)
+    flat_line = sum(p["line_barrier"] <= 0 for p in paths)
+    dips = sorted(curve_dip(p) for p in paths)
+    below = [d for d in dips if d > dip]
+    text = f"<p><b>Reading.</b> {flat_line} of {n} straight lines never rise above the chord (line barrier 0)."
+    if below:
+        median = statistics.median(below)
+        text += (
+            f" On {len(below)} of {n} paths the trained curve runs more than {dip:.0%} below both end models "
+            f"(median {median:.0%} below the lower end loss): those models are not minima of this loss, the bend "
+            "found lower ground, and a barrier of 0 there does not show that two minima are joined -- mode "
+            "connectivity (Garipov et al. 2018) compares trained minima. Compare models that have converged "
+            "(a later round, or at equal training loss) before reading these barriers as flatness."
+        )
+    return text + "</p>"
 
 
 class Trace(NamedTuple):
@@ -204,6 +239,8 @@ def connectivity_sections(conn: Mapping[str, Any] | None, out: Path, files: dict
         f"each path, up to {st['max_clients']} clients per run and round. Every path: connectivity.csv; curves: "
         "report.json's connectivity.</small></p>"
     ]
+    if read := reading(conn):
+        body.append(read)
     if conn["pairs"]:
         body.append("<h3>Between the groups' models of the same seed</h3>")
         cols = [("title", "condition"), ("reference", "from (t = 0)"), ("other", "to (t = 1)"), ("seed", "seed"),
