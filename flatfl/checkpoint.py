@@ -23,17 +23,16 @@ the round's metrics line is appended just before it, so every committed round ha
 
 Files are created with the permissions ``open()`` would give (``0o666 & ~umask``), not the
 0600 of ``tempfile.mkstemp``. ``FLATFL_FAULT_AT`` is a test-only hook (``flatfl.faults``).
+
+This module reads and writes the tensor files (rounds, clients, state), run.json and partition.json; its
+parts live apart and are importable from here too: :mod:`flatfl.run_files` (the files' names and paths),
+:mod:`flatfl.atomic` (atomic writes, a refused write's message), :mod:`flatfl.metrics_file` (metrics.jsonl)
+and :mod:`flatfl.background_writer` (the writer thread).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import math
-import os
-import tempfile
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,100 +41,42 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from flatfl.atomic import atomic_write_bytes, atomic_write_json, os_error, write_fix
+from flatfl.background_writer import BackgroundWriter, cpu_snapshot
 from flatfl.config import canonical_json
 from flatfl.digest import sha256_hex
 from flatfl.errors import UserError
-from flatfl.faults import fault_point
+from flatfl.metrics_file import (
+    METRIC_NUMBERS,
+    append_metrics,
+    metrics_for_resume,
+    read_metrics,
+    write_metrics,
+)
+from flatfl.run_files import (
+    CLIENT_STATE_DIR,
+    DIVERGED_JSON,
+    FORMAT,
+    FORMAT_VERSION,
+    META_KEY,
+    METRICS_FILE,
+    PARTITION_JSON,
+    RUN_JSON,
+    STATE_FILE,
+    clients_path,
+    round_path,
+)
 from flatfl.statedict import StateDict
 
-FORMAT = "flatfl.run"
-FORMAT_VERSION = 1
-RUN_JSON = "run.json"
-PARTITION_JSON = "partition.json"
-STATE_FILE = "state.safetensors"
-META_KEY = "flatfl"
-METRICS_FILE = "metrics.jsonl"
-DIVERGED_JSON = "diverged.json"  # written when training diverged: round, client, message
-CLIENT_STATE_DIR = "client_state"  # per-client algorithm state, one file per client (flatfl.client_state)
-
-
-def round_path(run_dir: Path, round: int) -> Path:
-    return Path(run_dir) / f"round_{round:04d}.safetensors"
-
-
-def clients_path(run_dir: Path, round: int) -> Path:
-    return Path(run_dir) / f"clients_{round:04d}.safetensors"
-
-
-# -- atomic writes ---------------------------------------------------------------------
-def _umask() -> int:
-    """The process umask, read without changing it (Linux), else by setting and restoring it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def os_error(path: Path, exc: OSError) -> UserError:
-    """One line for a filesystem error: the path and the OS's reason (read-only, full, ...); ``--resume`` is
-    named only for a run's own files (a report's or a landscape's are written again by their command)."""
-    reason = exc.strerror or str(exc)
-    path = Path(path)
-    run_file = path.parent.name == CLIENT_STATE_DIR or path.name in (RUN_JSON, PARTITION_JSON, STATE_FILE, METRICS_FILE)
-    run_file = run_file or (path.suffix == ".safetensors" and path.name.startswith(("round_", "clients_")))
-    then = "then --resume the run" if run_file else "then run the command again"
-    return UserError(f"{path}: cannot write ({reason}); {write_fix(exc.errno)}, {then}")
-
-
-def write_fix(err: int | None) -> str:
-    """What to do about a write the OS refused: a file-size limit (``ulimit -f``, EFBIG) is not a full disk."""
-    if err == errno.EFBIG:
-        return "a file-size limit (ulimit -f) stopped it: raise the limit or free the quota"
-    return "free space or fix permissions"
-
-
-def _kind(path: Path) -> str:
-    """The write point's name in ``FLATFL_FAULT_AT``: round, clients, state, client_state, metrics, run.json,
-    partition.json."""
-    name = path.name
-    if path.parent.name == CLIENT_STATE_DIR:
-        return "client_state"
-    if name.startswith(("round_", "clients_")):
-        return name.split("_", 1)[0]
-    return name.removesuffix(".safetensors").removesuffix(".jsonl")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise os_error(path, exc) from exc
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
-        with os.fdopen(fd, "wb") as fh:
-            fault_point(f"{_kind(path)}:write", lambda: fh.write(data[: len(data) // 2]) and fh.flush())
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise os_error(path, exc) from exc
-        raise
-    fault_point(f"{_kind(path)}:commit")
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+# the checkpoint's parts, importable from here as before the split
+__all__ = [
+    "CLIENT_STATE_DIR", "DIVERGED_JSON", "FORMAT", "FORMAT_VERSION", "META_KEY", "METRICS_FILE", "METRIC_NUMBERS",
+    "PARTITION_JSON", "RUN_JSON", "STATE_FILE", "BackgroundWriter", "append_metrics", "atomic_write_bytes",
+    "atomic_write_json", "check_partition_file", "clients_path", "cpu_snapshot", "list_rounds", "load_clients",
+    "load_round", "load_state", "load_tensors", "metrics_for_resume", "os_error", "partition_json_bytes",
+    "read_metadata", "read_metrics", "read_partition", "read_run_json", "round_path", "save_clients", "save_round",
+    "save_state", "save_tensors", "set_run_rounds", "sha256_hex", "write_fix", "write_metrics", "write_run_json",
+]  # fmt: skip
 
 
 def save_tensors(path: Path, tensors: StateDict, metadata: dict[str, Any]) -> None:
@@ -418,173 +359,3 @@ def load_state(run_dir: Path, identity: str) -> tuple[int, str, StateDict, dict[
     if index:
         tensors.update(client_state.load(run_dir, index, identity))
     return _meta_round(path, meta), meta["algo"], tensors, meta["algo_state"]
-
-
-# -- metrics -------------------------------------------------------------------------------
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    path = Path(run_dir) / METRICS_FILE
-    line = (json.dumps(record) + "\n").encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        with os.fdopen(fd, "ab") as fh:
-            fault_point("metrics:write", lambda: fh.write(line[: len(line) // 2]) and fh.flush())
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise os_error(path, exc) from exc
-    fault_point("metrics:commit")
-
-
-# the per-round numbers every reader computes with (and any key ending in _loss, _acc, _norm, _rel, _time)
-METRIC_NUMBERS = ("test_loss", "test_acc", "train_loss", "wall_time", "round_time")
-
-
-def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """(records, torn): every line must be a JSON object with an integer ``round``; only an
-    unterminated last line (a write cut short by a kill) may be unreadable, and is left out."""
-    if not path.is_file():
-        return [], False
-    lines = path.read_bytes().split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline
-    out = []
-    for i, line in enumerate(lines, 1):
-        rec = _metrics_record(path, i, line)
-        out.append(rec)
-    torn = False
-    if tail:
-        try:
-            out.append(_metrics_record(path, len(lines) + 1, tail))
-        except UserError:
-            torn = True
-    return out, torn
-
-
-def _metrics_record(path: Path, i: int, line: bytes) -> dict[str, Any]:
-    try:
-        rec = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: line {i} is not UTF-8 JSON ({exc}); fix or delete that line") from exc
-    r = rec.get("round") if isinstance(rec, dict) else None
-    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
-        raise UserError(f"{path}: line {i} is not a round record (needs an object with an integer 'round')")
-    for k, v in rec.items():
-        if k in METRIC_NUMBERS or k.endswith(("_loss", "_acc", "_norm", "_rel", "_time", "_mean")):
-            if not all(_number_or_null(x) for x in (v if isinstance(v, list) else [v])):
-                raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not a number; fix or delete that line")
-    # a cross-entropy is >= 0 and an accuracy a fraction: anything else was edited, and would be averaged or matched
-    # on as it is (a non-finite value stays: a recorded Flower run that diverged has one, and is listed as diverged)
-    for k, ok, what in (("test_loss", lambda v: v >= 0, "a loss >= 0"),
-                        ("test_acc", lambda v: 0 <= v <= 1, "an accuracy in [0, 1]")):  # fmt: skip
-        v = rec.get(k)
-        if v is not None and not (isinstance(v, float) and not math.isfinite(v)) and not ok(v):
-            raise UserError(f"{path}: line {i} (round {r}): {k} is {v!r}, not {what}; the file was edited")
-    return rec
-
-
-def _number_or_null(v: Any) -> bool:
-    """None, a float, or an integer a float can hold (JSON has no size limit: ``10**400`` is no loss a float
-    training could have recorded, and float() of it overflows where the readers average it)."""
-    if isinstance(v, bool):
-        return False
-    return v is None or isinstance(v, float) or (isinstance(v, int) and abs(v) <= 2**53)
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` (a torn last line, cut by a kill, is left out); any other
-    unreadable line, or a round out of order or recorded twice, is a :class:`UserError` naming it
-    (as ``--resume`` refuses it: which of two lines is the round's cannot be told)."""
-    path = Path(run_dir) / METRICS_FILE
-    records = _parse_metrics(path)[0]
-    _check_order(path, [r["round"] for r in records], "")
-    return records
-
-
-def _check_order(path: Path, rounds: list[int], then: str) -> None:
-    """Rounds strictly increasing: one line naming the first round out of order or recorded twice."""
-    bad = next((r for i, r in enumerate(rounds) if i and r <= rounds[i - 1]), None)
-    if bad is not None:
-        raise UserError(
-            f"{path}: round {bad} is out of order or recorded twice (two processes wrote this run?); "
-            f"keep one line per round, in order{then}"
-        )
-
-
-def metrics_for_resume(run_dir: Path, committed: int) -> tuple[list[dict[str, Any]], list[int], bool]:
-    """(records to keep, committed rounds without a record, whether the file must be rewritten).
-
-    Records of rounds after ``committed`` were written by a round that never committed and are
-    dropped, as is a torn last line. A record out of order or twice (two writers) is refused: no
-    valid record is ever deleted. Missing rounds are rebuilt by the caller.
-    """
-    path = Path(run_dir) / METRICS_FILE
-    records, torn = _parse_metrics(path)
-    keep = [r for r in records if r["round"] <= committed]
-    rounds = [r["round"] for r in keep]
-    _check_order(path, rounds, ", then --resume again")
-    missing = sorted(set(range(committed + 1)) - set(rounds))
-    return keep, missing, torn or len(keep) != len(records) or bool(missing)
-
-
-def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    atomic_write_bytes(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records).encode())
-
-
-class BackgroundWriter:
-    """Runs checkpoint writes on one background thread, in submission order.
-
-    Training of round t+1 overlaps the (fsynced) writes of round t. Writes stay ordered, so
-    the commit protocol (round file, metrics line, then state) holds; ``close()`` waits for
-    all of them, and an exception raised by a write is re-raised on the next ``submit`` or
-    on ``close``. Callers pass tensors that are not modified afterwards (CPU snapshots).
-    """
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flatfl-ckpt", initializer=_lower_priority)
-        self._pending: list[Future] = []
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        self._raise_failed()
-        self._pending.append(self._pool.submit(fn))
-
-    def _raise_failed(self) -> None:
-        still = []
-        for f in self._pending:
-            if f.done():
-                f.result()  # re-raises a failed write
-            else:
-                still.append(f)
-        self._pending = still
-
-    def cancel_pending(self) -> None:
-        """Drop the writes not yet begun (on interrupt: stop at the round being written)."""
-        for f in self._pending:
-            f.cancel()
-        self._pending = [f for f in self._pending if not f.cancelled()]
-
-    def close(self) -> None:
-        try:
-            for f in self._pending:
-                f.result()
-        finally:
-            self._pending = []
-            self._pool.shutdown(wait=True)
-
-
-def _lower_priority() -> None:
-    """Nice the writer thread (Linux: per thread) so it yields the cores to training threads.
-
-    On a small machine the writes' CPU time (serialisation, syscalls, fsync) would otherwise
-    preempt PyTorch's intra-op threads and stall every op's barrier.
-    """
-    try:
-        import threading
-
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
-        pass
-
-
-def cpu_snapshot(sd: StateDict) -> StateDict:
-    """Detached CPU copies, safe to hand to a :class:`BackgroundWriter`."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}

@@ -2,8 +2,8 @@
 
 ``FLATFL_FAULT_AT=<point>:<n>`` makes the n-th (1-based) passage through ``<point>`` end the
 process at once with ``os._exit(KILLED)`` -- no ``finally``, no flush, as a SIGKILL would.
-Points (``flatfl.checkpoint``'s write helpers) are ``<file>:write`` (the temporary file half
-written, not yet renamed; for ``metrics`` half a line appended) and ``<file>:commit`` (the
+Points (the write helpers of ``flatfl.atomic`` and ``flatfl.metrics_file``) are ``<file>:write``
+(the temporary file half written, not yet renamed; for ``metrics`` half a line appended) and ``<file>:commit`` (the
 file complete, the next write not begun), where ``<file>`` is ``run.json``,
 ``partition.json``, ``round``, ``clients``, ``state`` or ``metrics``; ``overwrite:begin``,
 ``overwrite:move`` (after each file of the previous run is moved aside), ``overwrite:moved``,

@@ -15,10 +15,11 @@ With ``resume=True`` it continues a run directory from its last committed round 
 bitwise the same tensors as an uninterrupted run on CPU (all randomness is derived from
 (seed, round, client); see ``flatfl.seeding``).
 
-This module is the round loop and the run's start (fresh or resumed); its parts live apart:
-:mod:`flatfl.simulation` (the simulated clients), :mod:`flatfl.sampling` (partition, server data,
-each round's clients), :mod:`flatfl.device` (``--device``) and :mod:`flatfl.run_checks` (checks of
-the run directory). Their public names are importable from here too.
+This module is the round loop and the run directory's opening (lock, ``--overwrite``, Ctrl-C); its parts
+live apart: :mod:`flatfl.run_start` (the run's start, fresh or resumed), :mod:`flatfl.simulation` (the
+simulated clients), :mod:`flatfl.sampling` (partition, server data, each round's clients),
+:mod:`flatfl.device` (``--device``) and :mod:`flatfl.run_checks` (checks of the run directory). Their
+public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -41,23 +42,14 @@ from flatfl.config import RunConfig
 from flatfl.data import load_dataset
 from flatfl.device import resolve_device
 from flatfl.errors import DivergenceError, Interrupted, UserError
-from flatfl.run_checks import (
-    check_finite,
-    check_keys,
-    check_state_groups,
-    complete_metrics,
-    prepare_out,
-    resume_info,
-    resumed_storage,
-)
-from flatfl.sampling import check_drawn, draw_clients, make_partition, sample_clients, server_holdout
+from flatfl.run_checks import check_finite, prepare_out
+from flatfl.run_start import build_simulation, on_main, restore_run, run_partition, start_fresh
+from flatfl.sampling import draw_clients, make_partition, sample_clients
 from flatfl.saver import RoundSaver
-from flatfl.simulation import Simulation, run_info
-from flatfl.startup import start_header
+from flatfl.simulation import Simulation
 from flatfl.statedict import StateDict, first_nonfinite
 from flatfl.storage import StorageConfig
 from flatfl.tracking import Tracker
-from flatfl.validate import check_dtypes
 
 # the trainer's parts, importable from here as before the split
 __all__ = ["RoundLog", "Simulation", "check_finite", "draw_clients", "make_partition", "prepare_out", "resolve_device",
@@ -71,22 +63,6 @@ class RoundLog:
     test_acc: float
     train_loss: float | None
     wall_time: float
-
-
-def _on_main(ctx: distributed.DistContext | None, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 only and give its result -- or its ``UserError`` -- to every rank."""
-    if ctx is None:
-        return fn()
-    result, error = None, None
-    if ctx.is_main:
-        try:
-            result = fn()
-        except UserError as exc:
-            error = str(exc)
-    result, error = distributed.broadcast_object(ctx, (result, error))
-    if error is not None:
-        raise UserError(error)
-    return result
 
 
 def train(
@@ -125,12 +101,12 @@ def train(
     rd = rundir.RunDir(out) if ctx is None or ctx.is_main else None  # rank 0 holds the lock
     try:
         check = lambda: prepare_out(out, resume=resume, overwrite=overwrite)  # noqa: E731
-        settled = _on_main(ctx, lambda: rundir.settle(out))  # an interrupted --overwrite finished or undone
+        settled = on_main(ctx, lambda: rundir.settle(out))  # an interrupted --overwrite finished or undone
         for note in settled or []:
             (log or print)(f"{out}: {note}")
-        _on_main(ctx, check)  # before the folder is made or locked
-        notes = _on_main(ctx, lambda: rd.open(create=not resume))  # type: ignore[union-attr]
-        _on_main(ctx, check)  # again under the lock, after recovery
+        on_main(ctx, check)  # before the folder is made or locked
+        notes = on_main(ctx, lambda: rd.open(create=not resume))  # type: ignore[union-attr]
+        on_main(ctx, check)  # again under the lock, after recovery
         for note in notes if rd is not None else []:
             (log or print)(f"{out}: {note}")
         logs = _train(cfg, out, dev, ctx, rd, resume, progress, log, download, parallel_clients, storage, tensorboard)
@@ -206,22 +182,22 @@ def _train(
     if not main:
         log = lambda s: None  # noqa: E731
     identity = cfg.identity()
-    if resume and not _on_main(ctx, lambda: rundir.committed(out) or not rundir.uncommitted_start(out)):
+    if resume and not on_main(ctx, lambda: rundir.committed(out) or not rundir.uncommitted_start(out)):
         log(f"{out}: stopped before its round 0 was saved; starting it from round 0")
         resume = False
     data = load_dataset(cfg.data, download=download and main)
 
-    parts, resume_data = _partition(out, cfg, data, ctx, resume, identity)
-    sim, info = _simulation(cfg, dev, data, parts, ctx, parallel_clients, log)
+    parts, resume_data = run_partition(out, cfg, data, ctx, resume, identity)
+    sim, info = build_simulation(cfg, dev, data, parts, ctx, parallel_clients, log)
     algo = sim.algorithm
 
     if resume:
-        start, global_state, storage = _restore(out, cfg, sim, dev, identity, storage, main, log, resume_data, info)
+        start, global_state, storage = restore_run(out, cfg, sim, dev, identity, storage, main, log, resume_data, info)
         if start >= cfg.rounds:
             return []
     else:
         start = 0
-        global_state, saver = _start_fresh(out, cfg, sim, dev, ctx, rd, info, parts, data, storage, tensorboard, log)
+        global_state, saver = start_fresh(out, cfg, sim, dev, ctx, rd, info, parts, data, storage, tensorboard, log)
     if main and resume:
         tracker = Tracker(Path(tensorboard) / out.name, start + 1, warn=log) if tensorboard is not None else None
         saver = RoundSaver(out, cfg, identity, storage or StorageConfig(), algo, tracker)
@@ -281,67 +257,6 @@ def _round_job(
     return saver.job(t, result.new_global, record, result.sent if keep else None, returned, clients_info)
 
 
-def _partition(
-    out: Path, cfg: RunConfig, data: Any, ctx: distributed.DistContext | None, resume: bool, identity: str
-) -> tuple[list[np.ndarray], list[Any] | None]:
-    """The clients' indices -- drawn anew, or read back with the saved state on a resume (main rank reads)."""
-
-    def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
-        info = resume_info(out, identity)
-        parts = ckpt.read_partition(out, info)
-        check_drawn(out / ckpt.PARTITION_JSON, info, cfg, data, parts)  # an index moved between clients
-        start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
-        global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
-        check_finite(ckpt.round_path(out, start), global_cpu)
-        check_finite(out / ckpt.STATE_FILE, st_tensors)
-        return parts, start, algo_name, st_tensors, st_json, global_cpu
-
-    if not resume:
-        return make_partition(cfg, data), None
-    raw_parts, *resume_data = _on_main(ctx, read_resume)
-    parts = [np.asarray(p, dtype=np.int64) for p in raw_parts]
-    n = len(data.train)
-    if len(parts) != cfg.data.num_clients or any(len(p) and (p.min() < 0 or p.max() >= n) for p in parts):
-        raise UserError(
-            f"{out / ckpt.PARTITION_JSON}: does not match the run's data "
-            f"({cfg.data.num_clients} clients over {n} samples)"
-        )
-    return parts, resume_data
-
-
-def _simulation(
-    cfg: RunConfig,
-    dev: torch.device,
-    data: Any,
-    parts: list[np.ndarray],
-    ctx: distributed.DistContext | None,
-    parallel_clients: int | str,
-    log: Callable[[str], None],
-) -> tuple[Simulation, dict[str, Any]]:
-    """The simulation (data, model, algorithm) and run.json's description of it."""
-    if parallel_clients == "auto":
-        from flatfl.parallel import auto_parallel_clients
-
-        parallel_clients = auto_parallel_clients(dev, cfg.clients_per_round)
-    sim = Simulation(cfg, dev, data, parts, dist=ctx, parallel_clients=parallel_clients)
-    if parallel_clients > 1:
-        from flatfl.parallel import model_qualifies
-
-        if not model_qualifies(sim.model):
-            log(
-                f"note: --parallel-clients: {cfg.model} has BatchNorm statistics, dropout or an LSTM, which cannot "
-                "be stacked; its clients train one after another"
-            )
-    info = run_info(cfg, sim, parts, dev) | (
-        {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
-    )
-    source = getattr(cfg.algo_config, "proxy_data", None)
-    if source is not None:  # FedDF/FedAUX: where the unlabelled proxy data come from (checked now)
-        info["server_data"] = {"source": source, "samples": int(len(sim.server_data()))}
-
-    return sim, info
-
-
 def _one_round(
     t: int,
     cfg: RunConfig,
@@ -367,86 +282,6 @@ def _one_round(
     train_losses = [u.train_loss for u in result.updates]
     rec = RoundLog(t, test_loss, test_acc, float(np.mean(train_losses)), time.perf_counter() - t0)
     return rec, result, t1 - t0
-
-
-def _restore(
-    out: Path,
-    cfg: RunConfig,
-    sim: Simulation,
-    dev: torch.device,
-    identity: str,
-    storage: StorageConfig | None,
-    main: bool,
-    log: Callable[[str], None],
-    resume_data: list[Any],
-    info: dict[str, Any],
-) -> tuple[int, StateDict, StorageConfig | None]:
-    """The saved global model and algorithm state, checked against the model; (start round, global, storage)."""
-    start, algo_name, st_tensors, st_json, global_cpu = resume_data
-    algo = sim.algorithm
-    if algo_name != cfg.algo:
-        raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")
-    # files store tensors sorted by name; keep the model's state_dict order, which fixes
-    # the order in which FedMut draws per-tensor coefficients (resume == straight run)
-    model_sd = sim.model.state_dict()
-    check_keys(global_cpu, model_sd, ckpt.round_path(out, start))
-    global_cpu = check_dtypes(ckpt.round_path(out, start), global_cpu, {k: v.dtype for k, v in model_sd.items()})
-    check_state_groups(st_tensors, model_sd, {n for n, _ in sim.model.named_parameters()}, out / ckpt.STATE_FILE)
-    global_state = {k: global_cpu[k].to(dev) for k in model_sd}
-    try:
-        algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
-    except (KeyError, ValueError) as exc:  # state the algorithm needs is missing or does not fit
-        raise UserError(f"{out / ckpt.STATE_FILE}: {exc}; the state file is damaged (restore it from a copy)") from exc
-    if main:
-        complete_metrics(out, start, sim, identity, str(dev))
-    if start >= cfg.rounds:
-        log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
-        return start, global_state, storage
-    if main:
-        ckpt.set_run_rounds(out, cfg.rounds)
-        storage = resumed_storage(out, storage)
-        (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
-    log(start_header(cfg, info, dev, out, resumed_from=start))
-    return start, global_state, storage
-
-
-def _start_fresh(
-    out: Path,
-    cfg: RunConfig,
-    sim: Simulation,
-    dev: torch.device,
-    ctx: distributed.DistContext | None,
-    rd: rundir.RunDir | None,
-    info: dict[str, Any],
-    parts: list[np.ndarray],
-    data: Any,
-    storage: StorageConfig | None,
-    tensorboard: Path | None,
-    log: Callable[[str], None],
-) -> tuple[StateDict, RoundSaver | None]:
-    """Round 0: the initial global model, evaluated; on the main rank run.json, partition.json and round 0
-    written and committed (an overwritten run is moved aside only now, after every check)."""
-    global_state = distributed.broadcast_state(ctx, sim.initial_state())
-    loss0, acc0 = sim.evaluate(global_state)
-    log(start_header(cfg, info, dev, out, round0=(loss0, acc0)))
-    if not (ctx is None or ctx.is_main):
-        return global_state, None
-    assert rd is not None
-    tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
-    rd.clear_for_new_run()
-    partition = ckpt.partition_json_bytes(
-        {"clients": [p.tolist() for p in parts]}
-        | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {})
-    )
-    storage = storage or StorageConfig()
-    run_json = info | {"partition_sha256": ckpt.sha256_hex(partition), "storage": storage.to_dict()}
-    ckpt.write_run_json(out, run_json)
-    ckpt.atomic_write_bytes(out / ckpt.PARTITION_JSON, partition)
-    saver = RoundSaver(out, cfg, cfg.identity(), storage, sim.algorithm, tracker)
-    record0 = {"round": 0, "test_loss": loss0, "test_acc": acc0, "train_loss": None, "device": str(dev)}
-    saver.job(0, global_state, record0)()
-    rd.round0_committed()
-    return global_state, saver
 
 
 def _check_round_finite(t: int, result: Any) -> None:

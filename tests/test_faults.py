@@ -454,9 +454,9 @@ def test_files_moved_aside_by_hand_are_not_settled_nor_deleted(finished, cli, tm
 CTRL_C = [
     ("rundir", "overwrite:move", 3, False),  # during the move (.flatfl-replaced.partial)
     ("rundir", "overwrite:moved", 1, False),  # the previous run set aside, nothing new written (said "nothing saved")
-    ("checkpoint", "run.json:commit", 1, False),  # the new run.json written (said "continue with --resume")
-    ("checkpoint", "round:commit", 1, False),  # the new round 0 written, not committed
-    ("checkpoint", "state:commit", 1, True),  # round 0 committed, the previous run not yet deleted
+    ("atomic", "run.json:commit", 1, False),  # the new run.json written (said "continue with --resume")
+    ("atomic", "round:commit", 1, False),  # the new round 0 written, not committed
+    ("atomic", "state:commit", 1, True),  # round 0 committed, the previous run not yet deleted
 ]
 
 

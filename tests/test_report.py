@@ -223,16 +223,16 @@ def test_markers_far_off_the_plane_are_not_drawn():
     surf = Surface(np.zeros(3), np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3)), markers=ms)
     groups, hidden = surf.drawn_marker_groups()
     assert [m["name"] for m in groups["clients"]] == ["near"] and hidden == 1
-    from flatfl.runs.report_page import _markers_note
+    from flatfl.runs.figure_sections import markers_note
 
-    assert "1 of 2 are not drawn" in _markers_note([surf])
+    assert "1 of 2 are not drawn" in markers_note([surf])
     from flatfl.analysis.interactive import surface_figures
 
     surf = Surface(np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), np.ones((3, 3)), np.ones((3, 3)), markers=ms)
     for fig in surface_figures([("round 1", surf)]):
         assert "(1 of 2 models far off the plane not drawn)" in fig.layout.title.text
         assert [len(t.x) for t in fig.data if t.name == "returned client models"] == [1]
-    assert _markers_note(
+    assert markers_note(
         [Surface(np.zeros(3), np.zeros(3), np.zeros((3, 3)), np.zeros((3, 3)), markers=ms[1:])]
     ).startswith("No client model is drawn: all 1 ")
 
