@@ -57,7 +57,9 @@ def current_version(out: Path) -> Path | None:
 
 
 def _versions(out: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in out.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir() and not p.is_symlink()}
+    return {
+        int(m.group(1)): p for p in out.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir() and not p.is_symlink()
+    }
 
 
 def _link(out: Path, name: str, target: str) -> None:
