@@ -49,11 +49,17 @@ def _ours(p: Path) -> bool:
 
 def current_version(out: Path) -> Path | None:
     link = Path(out) / CURRENT
-    return Path(out) / os.readlink(link) if link.is_symlink() else None
+    if not link.is_symlink():
+        return None
+    target = os.readlink(link)
+    # only a version folder of OUT itself: a link edited to point elsewhere must never be deleted as "the old version"
+    return Path(out) / target if _VERSION.match(target) and not (Path(out) / target).is_symlink() else None
 
 
 def _versions(out: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in out.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir()}
+    return {
+        int(m.group(1)): p for p in out.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir() and not p.is_symlink()
+    }
 
 
 def _link(out: Path, name: str, target: str) -> None:
@@ -70,6 +76,8 @@ def tidy(out: Path) -> None:
     fixed links the current version has no file for."""
     cur = current_version(out)
     for p in out.iterdir():
+        if p.is_symlink() and not _ours(p) and p.name != CURRENT:
+            continue  # not ours (never delete through a link)
         if p.name.startswith(STAGING) and p.is_dir():
             shutil.rmtree(p)
         elif p.name.endswith(".tmp") and ".link-" in p.name and p.is_symlink():

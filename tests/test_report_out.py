@@ -251,3 +251,20 @@ def test_report_under_a_file_size_limit_names_the_file_and_leaves_no_staging_fol
     assert Path(named).parent in (out, *out.glob("runs/**")) and reportdir.STAGING not in named, proc.stderr
     assert not [p for p in out.rglob("*") if p.name.startswith(reportdir.STAGING) or p.name.endswith(".tmp")]
     assert not Path(named).exists() or Path(named).is_symlink()  # no half-written file under the name
+
+
+def test_a_forged_current_link_or_linked_version_never_deletes_a_folder_outside_out(tmp_path):
+    """hostile2: OUT/.report-current edited to point at any folder made the rerun delete that folder."""
+    out, victim, victim2 = tmp_path / "rep", tmp_path / "victim", tmp_path / "victim2"
+    for v in (victim, victim2):
+        v.mkdir()
+        (v / "thesis.tex").write_text("precious")
+    with ReportDir(out) as d:
+        d.write(writer(OLD))
+    (out / reportdir.CURRENT).unlink()
+    os.symlink(victim, out / reportdir.CURRENT)
+    os.symlink(victim2, out / ".report-v9")
+    with ReportDir(out) as d:
+        d.write(writer(NEW))
+    assert (victim / "thesis.tex").read_text() == "precious" and (victim2 / "thesis.tex").read_text() == "precious"
+    assert visible(out) == NEW
