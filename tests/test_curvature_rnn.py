@@ -178,8 +178,11 @@ def test_not_measured_with_the_reason_when_no_product_works(kind):
     rec = spec.compute(_problem(model, x, y, torch.float64), CurvatureSettings(kind), Context(LandscapeSettings()))
     assert rec["lambda_max"] is None and rec["trace"] is None
     assert "cannot differentiate the backward pass" in rec["not_measured"], rec
+    why = rec["not_measured"]
     assert spec.row(rec, CurvatureSettings(kind)) == {f"{kind}_lambda_max": None, f"{kind}_lambda_max_residual": None,
-                                                      f"{kind}_trace": None, f"{kind}_trace_stderr": None}  # fmt: skip
+                                                      f"{kind}_trace": None, f"{kind}_trace_stderr": None,
+                                                      f"{kind}_lambda_max_not_measured": why,
+                                                      f"{kind}_trace_not_measured": why}  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -534,3 +534,24 @@ def test_an_unreached_accuracy_level_is_named_in_the_answer(cli, twins, tmp_path
     head = next(c for c in rep["verdict"] if c["condition"] == "acc")["comparisons"]["fedprox"]["headline"]
     assert head == "No flatness comparison: fedavg seeds 0, 1 and fedprox seeds 0, 1 never reach accuracy 0.999."
     assert head in stdout and "No flatness measure was computed" not in stdout
+
+
+def test_not_measured_names_the_reason_the_spec_recorded():
+    """A measure whose spec left its value empty with a reason (e.g. relative flatness or Fisher-Rao on a model
+    without the products it needs) gets 'not measured: REASON' in its verdict cell, not a bare 'not measured'."""
+    from flatfl.runs.conditions import Condition
+    from flatfl.runs.matching import Match
+    from flatfl.runs.measures import REGISTRY
+    from flatfl.runs.verdicts import _measure_row
+
+    why = "the model has no nn.Linear output layer"
+    row = REGISTRY["relative_flatness"].row({"kappa": None, "layer": None, "not_measured": why}, None)
+    assert row == {"relative_flatness": None, "relative_flatness_not_measured": why}
+    assert REGISTRY["relative_flatness"].row({"kappa": 2.0}, None) == {"relative_flatness": 2.0}
+    a, b = _group("A", [0, 1]), _group("B", [0, 1])
+    cond = Condition("round", "r", {g: {s: Match(3, None) for s in range(2)} for g in "AB"})
+    cond.values = {g: {s: dict(row) for s in range(2)} for g in "AB"}
+    m = Measure("relative_flatness", "relative flatness")
+    assert _measure_row(m, cond, [a, b], a, 1.0)["comparisons"]["B"]["verdict"] == f"not measured: {why}"
+    cond.values = {g: {s: {"relative_flatness": None} for s in range(2)} for g in "AB"}  # no reason recorded
+    assert _measure_row(m, cond, [a, b], a, 1.0)["comparisons"]["B"]["verdict"] == "not measured"

@@ -12,6 +12,7 @@ import numpy as np
 
 from flatfl.analysis.verdict import (
     CENSORED,
+    NOT_MEASURED,
     ONE_SEED,
     Measure,
     Paired,
@@ -157,6 +158,8 @@ def _measure_row(m: Measure, c: Condition, groups: Sequence[Group], ref: Group, 
             p = None
         else:
             text = verdict(m, p, ref.label, g.label, why_not_compared(ref, g, c, short=True))
+            if text == NOT_MEASURED and (why := _not_measured_why(c, m.key, (ref.label, g.label))):
+                text = f"{NOT_MEASURED}: {why}"
         res = resolution(m, p)
         row["comparisons"][g.label] = {
             "against": ref.label,
@@ -166,6 +169,17 @@ def _measure_row(m: Measure, c: Condition, groups: Sequence[Group], ref: Group, 
             "resolution": None if res is None else asdict(res),
         }
     return row
+
+
+def _not_measured_why(c: Condition, key: str, labels: Sequence[str], limit: int = 200) -> str:
+    """The reason the measure's spec recorded for leaving ``key`` empty (``KEY_not_measured``) in the runs of
+    ``labels`` at condition ``c``, cut to ``limit`` characters ("" when none recorded one)."""
+    reasons = sorted({str(r[key + "_not_measured"]) for lab in labels for r in c.values.get(lab, {}).values()
+                      if r.get(key + "_not_measured")})  # fmt: skip
+    if not reasons:
+        return ""
+    text = reasons[0] if len(reasons) == 1 else f"{reasons[0]} (and {len(reasons) - 1} other reason(s))"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def verdicts(

@@ -163,7 +163,14 @@ class MeasureSpec:
         return record
 
     def row(self, record: dict[str, Any], s: Any) -> dict[str, Any]:
-        return (self.columns or _default_columns(self))(record, s)
+        """Its report.csv / verdict columns; a record that says ``not_measured`` adds the reason as
+        ``KEY_not_measured`` beside each empty value column, so the verdict can say why."""
+        out = (self.columns or _default_columns(self))(record, s)
+        why = record.get("not_measured")
+        if why:
+            out.update({f"{k}_not_measured": str(why) for k, v in list(out.items())
+                        if v is None and not k.endswith(("_stderr", "_residual"))})  # fmt: skip
+        return out
 
     def rows(self, s: Any, landscape: LandscapeSettings) -> list[Measure]:
         if self.verdict is not None:
