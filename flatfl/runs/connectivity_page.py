@@ -67,7 +67,7 @@ def reading(conn: Mapping[str, Any], dip: float = 0.05) -> str:
         text += (
             f" On {len(below)} of {n} paths the trained curve runs more than {dip:.0%} below both end models "
             f"(median {median:.0%} below the lower end loss): those models are not minima of this loss, the bend "
-            "found lower ground, and a barrier of 0 there does not show that two minima are joined -- mode "
+            "found lower ground, and a barrier of 0 there does not show that two minima are joined — mode "
             "connectivity (Garipov et al. 2018) compares trained minima. Compare models that have converged "
             "(a later round, or at equal training loss) before reading these barriers as flatness."
         )
