@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from flatfl import checkpoint as ckpt
-from flatfl import diagnostics, distributed, rundir, seeding
+from flatfl import diagnostics, distributed, rundir, seeding, state_check
 from flatfl.algorithms.base import FederatedAlgorithm
 from flatfl.config import RunConfig
 from flatfl.data import load_dataset
@@ -291,6 +291,9 @@ def _partition(
         parts = ckpt.read_partition(out, info)
         check_drawn(out / ckpt.PARTITION_JSON, info, cfg, data, parts)  # an index moved between clients
         start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
+        state_check.check_commit_point(out, info, start)  # a state file edited back to an earlier round
+        if algo_name == cfg.algo:  # else _restore names both
+            state_check.check_algorithm_state(out, start, algo_name, cfg.algo_config, st_tensors, st_json)
         global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
         check_finite(ckpt.round_path(out, start), global_cpu)
         check_finite(out / ckpt.STATE_FILE, st_tensors)
@@ -403,6 +406,7 @@ def _restore(
         log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
         return start, global_state, storage
     if main:
+        state_check.drop_uncommitted(out, start)  # before run.json's rounds or storage change (flatfl.state_check)
         ckpt.set_run_rounds(out, cfg.rounds)
         storage = resumed_storage(out, storage)
         (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
