@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from flatfl import checkpoint as ckpt
 from flatfl import state_check
