@@ -46,8 +46,9 @@ def partition_dirichlet(
             p = rng.dirichlet(np.full(num_clients, alpha))
             sizes = np.array([len(q) for q in parts])
             p = p * (sizes < n / num_clients)
-            p = p / p.sum()
-            cuts = (np.cumsum(p) * len(idx_c)).astype(int)[:-1]
+            with np.errstate(invalid="ignore", divide="ignore"):  # alpha so small every p underflows to 0: the
+                p = p / p.sum()  # draw is as before (no warnings), and the min-size check refuses it
+                cuts = (np.cumsum(p) * len(idx_c)).astype(int)[:-1]
             for k, chunk in enumerate(np.split(idx_c, cuts)):
                 parts[k].extend(chunk.tolist())
         if min(len(q) for q in parts) >= min_size:

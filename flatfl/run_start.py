@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flatfl import checkpoint as ckpt
-from flatfl import distributed, rundir
+from flatfl import distributed, rundir, state_check
 from flatfl.config import RunConfig
 from flatfl.errors import UserError
 from flatfl.run_checks import (
@@ -63,6 +63,9 @@ def run_partition(
         parts = ckpt.read_partition(out, info)
         check_drawn(out / ckpt.PARTITION_JSON, info, cfg, data, parts)  # an index moved between clients
         start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
+        state_check.check_commit_point(out, info, start)  # a state file edited back to an earlier round
+        if algo_name == cfg.algo:  # else restore_run names both
+            state_check.check_algorithm_state(out, start, algo_name, cfg.algo_config, st_tensors, st_json)
         global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
         check_finite(ckpt.round_path(out, start), global_cpu)
         check_finite(out / ckpt.STATE_FILE, st_tensors)
@@ -148,6 +151,7 @@ def restore_run(
         log(f"{out}: already at round {start} of {cfg.rounds}; nothing to do (raise --rounds to continue)")
         return start, global_state, storage
     if main:
+        state_check.drop_uncommitted(out, start)  # before run.json's rounds or storage change (flatfl.state_check)
         ckpt.set_run_rounds(out, cfg.rounds)
         storage = resumed_storage(out, storage)
         (out / ckpt.DIVERGED_JSON).unlink(missing_ok=True)  # training goes on: written again if it diverges
