@@ -1,5 +1,6 @@
 """Bad input: one clear line naming the flag or file, exit code 2, never a traceback."""
 
+import os
 import subprocess
 import sys
 
@@ -201,3 +202,15 @@ def test_landscape_help_explains_every_flag():
         "--federated-clients",
     ]:
         assert flag in proc.stdout, flag
+
+
+def test_tiny_dirichlet_alpha_is_one_line_without_numpy_warnings(tmp_path):
+    """--dirichlet 1e-300 gives NaN proportions; its refusal is the one --min-size line, with no numpy
+    RuntimeWarning printed before it (a real process: in-process, pytest would capture the warnings)."""
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "flatfl", "train", "--dataset", "digits", "--clients", "10",
+         "--rounds", "1", "--dirichlet", "1e-300", "--no-progress", "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    _one_line_error(proc.returncode, proc.stderr, "--min-size")
+    assert "RuntimeWarning" not in proc.stderr
