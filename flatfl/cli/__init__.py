@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, prune, report, train
-from flatfl.cli.common import Parser, add_threads_argument, apply_threads
+from flatfl.cli.common import Parser, add_threads_argument, apply_threads, check_path_flags
 from flatfl.errors import DivergenceError, Interrupted, UserError
 
 # the errors of a write the OS refused: full disk, file-size limit (ulimit -f), quota, read-only, permissions
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     for p in sub.choices.values():
         add_threads_argument(p)
+        check_path_flags(p)
     return top
 
 
@@ -79,6 +80,11 @@ def _main(argv: Sequence[str] | None) -> int:
         say(f"flatfl: error: {exc}\n")
         return exc.exit_code
     except OSError as exc:  # a write the OS refused (full disk, file-size limit, read-only): one line
+        if not debug and exc.errno == errno.ENAMETOOLONG:  # a name made from a checked flag (+ a suffix)
+            name = str(exc.filename or "")
+            say(f"flatfl: error: {name[:30] + '...' + name[-30:] if len(name) > 64 else name}: {exc.strerror}; choose a "
+                "shorter file or folder name\n")  # fmt: skip
+            return 2
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
