@@ -24,8 +24,20 @@ WHERE = [
     ("--out", ["train", *TINY, "--rounds", "1", "--out", "PATH"]),
     ("--ckpt", ["landscape", *CUT, "--ckpt", "PATH"]),
     ("--out", ["landscape", *CUT, "--ckpt", "RUN/round_0001.safetensors", "--out", "PATH"]),
-    ("--to", ["landscape", "--ckpt", "RUN/round_0001.safetensors", "--surface", "1d", "--surface-dirs", "interp",
-              "--to", "PATH"]),  # fmt: skip
+    (
+        "--to",
+        [
+            "landscape",
+            "--ckpt",
+            "RUN/round_0001.safetensors",
+            "--surface",
+            "1d",
+            "--surface-dirs",
+            "interp",
+            "--to",
+            "PATH",
+        ],
+    ),  # fmt: skip
     ("--weights", ["landscape", *CUT, "--model", "resnet18", "--data", "digits", "--weights", "PATH"]),
     ("RUN", ["report", "PATH", "--out", "OUT"]),
     ("--out", ["report", "RUN", "--out", "PATH"]),
@@ -78,3 +90,18 @@ def test_unicode_tab_and_newline_names_work(cli, tmp_path, name):
     code, _, err = cli("prune", run, "--keep", "0")
     assert code == 0, err
     assert ckpt.list_rounds(run) == [0, 2]
+
+
+@pytest.mark.parametrize("flag", ["--ckpt", "--to"])
+def test_trailing_slash_on_a_file_is_refused(cli, run1, flag):
+    """Before: pathlib dropped the '/' and ``--ckpt round_0001.safetensors/`` was analysed as the file."""
+    ck = f"{run1}/round_0001.safetensors"
+    extra = ["--ckpt", ck, "--surface", "1d", "--surface-dirs", "interp"] if flag == "--to" else CUT
+    code, _, err = cli("landscape", *extra, flag, ck + "/")
+    _one_line_error(code, err, f"argument {flag}", "is a file, but the path ends in '/'")
+
+
+def test_a_newline_in_a_named_path_stays_on_one_line(cli, tmp_path):
+    """Before: ``--ckpt 'a<newline>b'`` printed its 'does not exist' message over two lines."""
+    code, _, err = cli("landscape", *CUT, "--ckpt", tmp_path / "a\nb.safetensors")
+    _one_line_error(code, err, "--ckpt", "a\\nb.safetensors does not exist")

@@ -26,7 +26,6 @@ from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared wi
     unit,
 )
 
-
 NAME_MAX = 255  # bytes in one file name (Linux, macOS); PATH_MAX: bytes in a whole path
 PATH_MAX = 4096
 PATH_DESTS = ("weights", "to")  # path flags that stay strings (a file or a spec) but get the same checks
@@ -48,6 +47,8 @@ def checked_path(kind: Any = Path) -> Any:
             raise argparse.ArgumentTypeError(
                 f"a name of {len(longest)} bytes ({os.fsdecode(longest[:24])}...); the system allows {NAME_MAX}"
             )
+        if text.endswith("/") and os.path.isfile(text.rstrip("/")):
+            raise argparse.ArgumentTypeError(f"{text.rstrip('/')} is a file, but the path ends in '/'")
         return kind(text)
 
     parse.__name__ = getattr(kind, "__name__", "path")
