@@ -105,3 +105,9 @@ def test_a_newline_in_a_named_path_stays_on_one_line(cli, tmp_path):
     """Before: ``--ckpt 'a<newline>b'`` printed its 'does not exist' message over two lines."""
     code, _, err = cli("landscape", *CUT, "--ckpt", tmp_path / "a\nb.safetensors")
     _one_line_error(code, err, "--ckpt", "a\\nb.safetensors does not exist")
+
+
+def test_weights_naming_a_folder_says_so(cli, run1):
+    """Before: ``--weights RUN`` (a folder) said 'RUN does not exist'."""
+    code, _, err = cli("landscape", *CUT, "--model", "resnet18", "--data", "digits", "--weights", run1)
+    _one_line_error(code, err, "--weights", f"{run1} is a folder")
