@@ -164,6 +164,8 @@ class ReportDir:
             if isinstance(exc, OSError) and exc.filename and Path(exc.filename).parent == stage:
                 # the file under the name the report gives it (the staging folder is gone)
                 raise OSError(exc.errno, exc.strerror, str(self.out / Path(exc.filename).name)) from exc
+            if type(exc) is UserError and f"{stage}/" in str(exc):  # an atomic write's one line: the same
+                raise UserError(str(exc).replace(f"{stage}/", f"{self.out}/")) from exc
             raise
         fault_point("report:staged")
         publish(self.out, stage)

@@ -227,7 +227,7 @@ def test_partition_plot_paths(cli, tmp_path):
     _one_line_error(code, err, "--plot", "choose another folder")
 
 
-@pytest.mark.parametrize("limit", [3_000, 30_000])  # a small file of the set refused, or only a large figure
+@pytest.mark.parametrize("limit", [3_000, 30_000, 600_000])  # a small file, a large figure, report.html
 def test_report_under_a_file_size_limit_names_the_file_and_leaves_no_staging_folder(pair, tmp_path, limit):
     # F15 (#27): EFBIG from a figure's write named no file, and .staging-PID/ stayed behind
     import resource

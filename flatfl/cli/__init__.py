@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, prune, report, train
-from flatfl.cli.common import Parser, add_threads_argument, apply_threads
+from flatfl.cli.common import Parser, add_threads_argument, apply_threads, check_path_flags
 from flatfl.errors import DivergenceError, Interrupted, UserError
 
 # the errors of a write the OS refused: full disk, file-size limit (ulimit -f), quota, read-only, permissions
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     for p in sub.choices.values():
         add_threads_argument(p)
+        check_path_flags(p)
     return top
 
 
@@ -76,16 +77,21 @@ def _main(argv: Sequence[str] | None) -> int:
     except UserError as exc:
         if debug:
             raise
-        say(f"flatfl: error: {exc}\n")
+        say(one_line(f"flatfl: error: {exc}"))
         return exc.exit_code
     except OSError as exc:  # a write the OS refused (full disk, file-size limit, read-only): one line
+        if not debug and exc.errno == errno.ENAMETOOLONG:  # a name made from a checked flag (+ a suffix)
+            name = str(exc.filename or "")
+            name = name[:30] + "..." + name[-30:] if len(name) > 64 else name
+            say(one_line(f"flatfl: error: {name}: {exc.strerror}; choose a shorter file or folder name"))
+            return 2
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         from flatfl.checkpoint import write_fix
 
-        say(f"flatfl: error: {where}cannot write ({exc.strerror}); {write_fix(exc.errno)}, then run the command "
-            "again\n")  # fmt: skip
+        fix = write_fix(exc.errno)
+        say(one_line(f"flatfl: error: {where}cannot write ({exc.strerror}); {fix}, then run the command again"))
         return 2
     except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot hold (a size flag far too large)
         text = str(exc)
@@ -112,6 +118,12 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stderr.write(f"flatfl: {exc if isinstance(exc, Interrupted) else 'interrupted'}\n")
         return 130
     return 0
+
+
+def one_line(message: str) -> str:
+    """``message`` as one line of stderr: newlines and carriage returns inside it (a file name may hold them)
+    are written as ``\\n`` and ``\\r``."""
+    return message.replace("\r", "\\r").replace("\n", "\\n") + "\n"
 
 
 if __name__ == "__main__":

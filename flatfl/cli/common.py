@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared with RunConfig.from_flags and measure specs)
@@ -23,6 +25,47 @@ from flatfl.flagtypes import (  # noqa: F401  (the checked flag types, shared wi
     seed_t,
     unit,
 )
+
+NAME_MAX = 255  # bytes in one file name (Linux, macOS); PATH_MAX: bytes in a whole path
+PATH_MAX = 4096
+PATH_DESTS = ("weights", "to")  # path flags that stay strings (a file or a spec) but get the same checks
+
+
+def checked_path(kind: Any = Path) -> Any:
+    """A flag type for file and folder names: an empty name, a name longer than ``NAME_MAX`` bytes or a path
+    longer than ``PATH_MAX`` bytes is one argparse line naming the flag (the OS would refuse it later with a
+    traceback, after minutes of work); any other name -- unicode, spaces, tabs, newlines -- passes unchanged."""
+
+    def parse(text: str) -> Any:
+        if not text:
+            raise argparse.ArgumentTypeError("empty path; give a file or folder name")
+        raw = os.fsencode(text)
+        if len(raw) >= PATH_MAX:
+            raise argparse.ArgumentTypeError(f"path of {len(raw)} bytes; the system allows {PATH_MAX - 1}")
+        longest = max(raw.split(b"/"), key=len)
+        if len(longest) > NAME_MAX:
+            raise argparse.ArgumentTypeError(
+                f"a name of {len(longest)} bytes ({os.fsdecode(longest[:24])}...); the system allows {NAME_MAX}"
+            )
+        if text.endswith("/") and os.path.isfile(text.rstrip("/")):
+            raise argparse.ArgumentTypeError(f"{text.rstrip('/')} is a file, but the path ends in '/'")
+        return kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "path")
+    return parse
+
+
+def check_path_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every path flag of ``parser`` (``type=Path``, or a dest in ``PATH_DESTS``) the :func:`checked_path`
+    checks."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                check_path_flags(sub)
+        elif action.type is Path:
+            action.type = checked_path(Path)
+        elif action.dest in PATH_DESTS and action.type is None:
+            action.type = checked_path(str)
 
 
 class Parser(argparse.ArgumentParser):

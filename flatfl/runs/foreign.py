@@ -80,6 +80,8 @@ def build(spec: ForeignSpec) -> nn.Module:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``), unwrapped."""
+    if path.is_dir():
+        raise UserError(f"--weights: {path} is a folder; give a .safetensors, .pt or .pth file")
     if not path.is_file():
         raise UserError(f"--weights: {path} does not exist")
     try:
