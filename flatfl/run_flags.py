@@ -25,6 +25,7 @@ from flatfl.data import DATASETS, dataset_info
 from flatfl.errors import UserError
 from flatfl.flagtypes import (
     batch_size_t,
+    clients_t,
     frac_0_1,
     momentum_t,
     nonneg_float,
@@ -127,7 +128,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "test_frac": open_frac,
     "split_seed": seed_t,
     "data_root": str,
-    "clients": pos_int,
+    "clients": clients_t,
     "frac": frac_0_1,
     "partition_file": Path,
     "dirichlet": pos_float,
@@ -190,8 +191,9 @@ def flag(name: str) -> str:
 def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
     """The checked, typed values of ``given`` (flag names without dashes, ``-`` or ``_``), keyed by
     the flag's name with ``_``; a value is its text, or a number/boolean (checked as its text).
-    ``unweighted = true`` is ``weighted = false``; ``false`` for a flag that is not on/off leaves it
-    out (as leaving the flag off), ``true`` for ``save-clients`` is 1 (as ``--save-clients`` alone)."""
+    ``unweighted = true`` is ``weighted = false``; ``save-clients`` may be ``true`` (1, as ``--save-clients``
+    alone) or ``false`` (left out); any other flag that is not on/off refuses true/false (``seed = false`` is
+    not seed 0), and a path or name flag (``data-root``) refuses a number."""
     out: dict[str, Any] = {}
     for key, value in given.items():
         name = str(key).replace("-", "_")
@@ -220,10 +222,12 @@ def _value(name: str, value: Any) -> Any:
     if name in SWITCHES:
         on = _switch(name, value)
         return on if (on or name == "weighted") else None
-    if value is False:
-        return None
-    if value is True and name == "save_clients":
-        return 1
+    if isinstance(value, bool):  # only --save-clients is a flag that may be given alone (true) or left out (false)
+        if name == "save_clients":
+            return 1 if value else None
+        raise UserError(f"{flag(name)}: expected a value, got {str(value).lower()} (true/false is for on/off flags)")
+    if KINDS.get(name) in (str, Path) and not isinstance(value, (str, Path)):
+        raise UserError(f"{flag(name)}: expected a path or name as text, got {value!r}")
     text = str(value)
     if name in CHOICE_FLAGS:
         names = _choices()[name]
