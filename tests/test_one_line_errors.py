@@ -501,3 +501,26 @@ def test_fedswa_schedule_outside_the_run_is_one_line(cli, tmp_path):
         code, _, err = cli(*base, *extra, "--out", out)
         assert code == 2 and err.startswith(f"flatfl: error: {flag} ") and err.count("\n") == 1, err
         assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_lock_file_that_is_not_a_file(cli, run3, tmp_path, kind):
+    """A FIFO opens read-write without blocking but cannot be truncated (EINVAL); a symlink would have the
+    lock (and the PID written into it) land outside the run. Both are named in one line, nothing follows."""
+    run = _copy(run3, tmp_path)
+    lock = run / ".flatfl.lock"
+    lock.unlink(missing_ok=True)
+    outside = tmp_path / "outside"
+    os.mkfifo(lock) if kind == "fifo" else lock.symlink_to(outside)
+    want = "a FIFO" if kind == "fifo" else "symbolic link"
+    code, _, err = cli("train", "--resume", run, "--rounds", "4")
+    _one_line_error(code, err, ".flatfl.lock", want)
+    code, _, err = cli("prune", run, "--keep", "0", "--dry-run")
+    _one_line_error(code, err, ".flatfl.lock", want)
+    code, _, err = cli("report", run, "--out", tmp_path / "rep", "--no-hessian", "--trace-matvecs", "0",
+                       "--sharpness", "none", "--slices", "0", "--no-surface")  # fmt: skip
+    assert "Traceback" not in err
+    assert not outside.exists()
+    assert sorted(p.name for p in run.glob("round_*.safetensors")) == sorted(
+        p.name for p in run3.glob("round_*.safetensors")
+    )
