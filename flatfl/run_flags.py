@@ -222,10 +222,8 @@ def _value(name: str, value: Any) -> Any:
     if name in SWITCHES:
         on = _switch(name, value)
         return on if (on or name == "weighted") else None
-    if isinstance(value, bool):  # only --save-clients is a flag that may be given alone (true) or left out (false)
-        if name == "save_clients":
-            return 1 if value else None
-        raise UserError(f"{flag(name)}: expected a value, got {str(value).lower()} (true/false is for on/off flags)")
+    if isinstance(value, bool) and name == "save_clients":  # the one flag given alone (true) or left out (false)
+        return 1 if value else None
     if KINDS.get(name) in (str, Path) and not isinstance(value, (str, Path)):
         raise UserError(f"{flag(name)}: expected a path or name as text, got {value!r}")
     text = str(value)
@@ -250,6 +248,8 @@ def config_from_flags(given: Mapping[str, Any]) -> RunConfig:
         data = replace(data, partition="natural")
     if "partition_file" in ns:
         data = _with_partition_file(data, ns)
+    else:
+        _check_partition_options(ns, data.partition)
     algo = ns.get("algo", "fedavg")
     algo_cls = get_algorithm(algo)
     local = _local_config(ns, algo_cls)
@@ -343,6 +343,22 @@ def _check_swa(cfg: Any, local: Any, rounds: int, given: set[str]) -> None:
     swa_lr = cfg.swa_lr
     if "swa_lr" in given and swa_lr > local.lr:
         raise UserError(f"--swa-lr {swa_lr:g}: above --lr {local.lr:g} (the cycle runs from --lr down to --swa-lr)")
+
+
+# the options of each partition (flatfl.partition; --min-size is also shakespeare's natural split's smallest role):
+# given with another partition they would be ignored
+PARTITION_OPTIONS = {"dirichlet": ("dirichlet",), "min_size": ("dirichlet", "natural"), "shards": ("shards",)}
+
+
+def _check_partition_options(ns: dict[str, Any], partition: str) -> None:
+    """Refuse ``--shards`` unless ``--partition shards``, ``--dirichlet`` unless dirichlet, ``--min-size``
+    unless dirichlet or natural: silently ignored otherwise."""
+    for k, owners in PARTITION_OPTIONS.items():
+        if k in ns and partition not in owners:
+            raise UserError(
+                f"{flag(k)} {ns[k]}: an option of --partition {' or '.join(owners)}, and the partition is "
+                f"{partition}; give --partition {owners[0]} or drop {flag(k)}"
+            )
 
 
 def _centralised(ns: dict[str, Any]) -> dict[str, Any]:

@@ -79,8 +79,8 @@ def test_report_budgets_are_bounded(cli, tmp_path, args):
     ("config", "needles"),
     [
         ({"clients": 10**400}, ["--clients", f"{MAX_CLIENTS:,}"]),
-        ({"seed": False}, ["--seed", "false"]),
-        ({"lr": False}, ["--lr", "false"]),
+        ({"seed": False}, ["--seed", "False"]),
+        ({"lr": False}, ["--lr", "False"]),
         ({"data-root": 5}, ["--data-root", "5"]),
         ({"lr": 1e39}, ["--lr", "3.4e38"]),
     ],
@@ -103,3 +103,26 @@ def test_flower_prefix_once_for_rounds_twice():
 def test_flower_save_clients_false_is_left_out():
     assert run_config({"save-clients": False}).save_clients == run_config({}).save_clients
     assert run_config({"save-clients": True, "data-root": "d"}).save_clients == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--shards", "5"], "--partition shards"),  # the default partition is dirichlet
+        (["--partition", "iid", "--dirichlet", "0.5"], "--partition dirichlet"),
+        (["--partition", "shards", "--dirichlet", "0.5"], "--partition dirichlet"),
+        (["--partition", "iid", "--min-size", "3"], "--partition dirichlet or natural"),
+    ],
+)
+@pytest.mark.parametrize("command", ["partition", "train"])
+def test_options_of_a_partition_not_chosen(cli, tmp_path, command, args, needle):
+    out = ["--out", tmp_path / "r"] if command == "train" else ["--plot", tmp_path / "p.png"]
+    code, _, err = cli(command, "--dataset", "digits", "--clients", "10", *args, *out)
+    _one_line_error(code, err, args[-2], needle)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_options_of_the_chosen_partition_are_taken():
+    cfg = run_config({"partition": "shards", "shards": 3, "clients": 5})
+    assert cfg.data.shards_per_client == 3
+    assert run_config({"dirichlet": 0.5, "min-size": 3}).data.min_size == 3
