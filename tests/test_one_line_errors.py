@@ -524,3 +524,30 @@ def test_lock_file_that_is_not_a_file(cli, run3, tmp_path, kind):
     assert sorted(p.name for p in run.glob("round_*.safetensors")) == sorted(
         p.name for p in run3.glob("round_*.safetensors")
     )
+
+
+@pytest.fixture(scope="module")
+def other3(tmp_path_factory):
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("other3") / "run"
+    args = ["train", *TINY, "--algo", "fedmut", "--rounds", "3", "--save-clients", "--seed", "7", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+@pytest.mark.parametrize("source", ["other run", "other round"])
+def test_clients_file_of_another_run_or_round(cli, run3, other3, tmp_path, source):
+    """Round files of another run are refused; so are clients files, by every reader (landscape --to,
+    report's spread), and a clients file renamed to another round."""
+    run = _copy(run3, tmp_path)
+    src = other3 / "clients_0003.safetensors" if source == "other run" else run3 / "clients_0002.safetensors"
+    shutil.copyfile(src, run / "clients_0003.safetensors")
+    want = "different run" if source == "other run" else "its name round 3"
+    code, _, err = cli("landscape", "--ckpt", run / "round_0003.safetensors", "--samples", "50", "--surface", "1d",
+                       "--grid", "3", "--to", "returned:0", "--out", tmp_path / "l")  # fmt: skip
+    _one_line_error(code, err, "clients_0003.safetensors", want)
+    code, _, err = cli("report", run, "--out", tmp_path / "rep", "--samples", "50", "--no-hessian",
+                       "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0", "--no-surface",
+                       "--no-relative-flatness", "--no-fisher-rao")  # fmt: skip
+    _one_line_error(code, err, "clients_0003.safetensors", want)
