@@ -57,6 +57,11 @@ passes_t = _typed(int, lambda v: 0 < v <= MAX_PASSES, f"a positive integer at mo
 passes0_t = _typed(int, lambda v: 0 <= v <= MAX_PASSES, f"an integer from 0 to {MAX_PASSES:,}")
 MAX_CLIENTS = 1_000_000  # --clients: each gets at least one sample; no data set here has a million
 clients_t = _typed(int, lambda v: 0 < v <= MAX_CLIENTS, f"a number of clients from 1 to {MAX_CLIENTS:,}")
+# --temperature (FedDF/FedAUX): softmax(z / T) of float32 logits z is uniform to within float32's resolution once
+# T is far above |z|; measured on a 4-class linear teacher (logits ~3): the distillation KL still falls at T = 1,000
+# and comes out negative (rounding noise) at T = 10,000. Hinton et al. and FedDF use T of 1 to 20.
+MAX_TEMPERATURE = 1_000.0
+temperature_t = _typed(float, lambda v: 0 < v <= MAX_TEMPERATURE, f"a temperature in (0, {MAX_TEMPERATURE:,.0f}]")
 MAX_LEVELS = 1_000  # --levels: contour levels of a 2D page (matplotlib draws each one)
 levels_t = _typed(int, lambda v: 0 < v <= MAX_LEVELS, f"a number of levels from 1 to {MAX_LEVELS}")
 SAMPLES_HELP = "0 = all the selected data"  # one meaning of --samples 0 for every command

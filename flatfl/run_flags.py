@@ -34,6 +34,7 @@ from flatfl.flagtypes import (
     pos_float,
     pos_int,
     seed_t,
+    temperature_t,
     unit,
 )
 from flatfl.models import DEFAULT_MODEL, MODELS, model_kwargs_for
@@ -155,7 +156,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "clusters": pos_int,
     "proxy_frac": open_frac,
     "proxy_data": str,
-    "temperature": pos_float,
+    "temperature": temperature_t,
     "distill_steps": pos_int,
     "distill_lr": pos_float,
     "gen_alpha": nonneg_float,

@@ -27,7 +27,6 @@ def test_the_bound_is_float32s_largest():
         ["--lr", "1e39"],
         ["--weight-decay", "1e39"],
         ["--algo", "feddf", "--distill-lr", "1e300"],
-        ["--algo", "feddf", "--temperature", "1e300"],
         ["--algo", "fedmut", "--radius", "1e39"],
         ["--algo", "fedsam", "--rho", "1e39"],
     ],
@@ -126,3 +125,23 @@ def test_options_of_the_chosen_partition_are_taken():
     cfg = run_config({"partition": "shards", "shards": 3, "clients": 5})
     assert cfg.data.shards_per_client == 3
     assert run_config({"dirichlet": 0.5, "min-size": 3}).data.min_size == 3
+
+
+@pytest.mark.parametrize("algo", ["feddf", "fedaux"])
+@pytest.mark.parametrize("value", ["1e300", "1e4", "1001", "0"])
+def test_temperature_past_float32_resolution(cli, tmp_path, algo, value):
+    code, _, err = cli(*TRAIN, "--algo", algo, "--temperature", value, "--out", tmp_path / "r")
+    _one_line_error(code, err, "--temperature", "(0, 1,000]")
+
+
+def test_distillation_that_diverges_says_so(cli, tmp_path):
+    """--distill-lr 2**70: Adam's first steps make the student's loss NaN; the early stopping used to keep
+    w_avg silently (rc 0, FedDF run as FedAvg). Now it is a divergence: exit 1, the usual message."""
+    from flatfl.run_files import DIVERGED_JSON
+
+    out = tmp_path / "r"
+    code, _, err = cli(*TRAIN, "--local-epochs", "1", "--algo", "feddf", "--distill-steps", "5",
+                       "--distill-lr", HUGE, "--no-progress", "--out", out)  # fmt: skip
+    assert code == 1, err
+    assert "round 1: the server's distillation loss became nan" in err and "--distill-lr" in err, err
+    assert "Traceback" not in err and (out / DIVERGED_JSON).is_file()
