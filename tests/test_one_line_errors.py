@@ -551,3 +551,14 @@ def test_clients_file_of_another_run_or_round(cli, run3, other3, tmp_path, sourc
                        "--trace-matvecs", "0", "--sharpness", "none", "--slices", "0", "--no-surface",
                        "--no-relative-flatness", "--no-fisher-rao")  # fmt: skip
     _one_line_error(code, err, "clients_0003.safetensors", want)
+
+
+def test_metrics_file_that_is_a_fifo_is_not_read_as_missing(cli, run3, tmp_path):
+    """A FIFO at metrics.jsonl used to count as "no records": --resume rebuilt every round's record (training
+    losses lost) and replaced the FIFO, exit 0. Now it is named in one line and the run is left as it was."""
+    run = _copy(run3, tmp_path)
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")
+    code, _, err = cli("train", "--resume", run, "--rounds", "4")
+    _one_line_error(code, err, "metrics.jsonl", "a FIFO")
+    assert (run / "metrics.jsonl").is_fifo() and not (run / "round_0004.safetensors").exists()
