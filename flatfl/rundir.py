@@ -213,6 +213,12 @@ class RunDir:
 
     def _recover(self) -> list[str]:
         out, notes = self.out, []
+        for name in (REPLACED, MOVING, DISCARDED):  # a link would have files moved from or deleted in its target
+            if (out / name).is_symlink() or ((out / name).exists() and not (out / name).is_dir()):
+                raise UserError(
+                    f"{out / name}: a symbolic link or file, not the folder an --overwrite leaves; nothing was "
+                    "changed: remove it (its target is not touched) and try again"
+                )
         cs = out / CLIENT_STATE_DIR
         for p in [*out.iterdir(), *(cs.iterdir() if cs.is_dir() else [])]:
             if is_temp_file(p.name) or (p.parent == cs and p.name.endswith(".tmp")):

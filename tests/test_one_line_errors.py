@@ -562,3 +562,20 @@ def test_metrics_file_that_is_a_fifo_is_not_read_as_missing(cli, run3, tmp_path)
     code, _, err = cli("train", "--resume", run, "--rounds", "4")
     _one_line_error(code, err, "metrics.jsonl", "a FIFO")
     assert (run / "metrics.jsonl").is_fifo() and not (run / "round_0004.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", [".flatfl-replaced", ".flatfl-replaced.partial", ".flatfl-replaced.delete"])
+def test_overwrite_folders_that_are_links_touch_nothing_outside(cli, run3, tmp_path, name):
+    """A link at one of --overwrite's folders: ``.partial`` used to move every file of the link's target into
+    the run (emptying another run), the others ended in an rmtree traceback. Now one line, nothing moved."""
+    run = _copy(run3, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(run3, other)
+    before = sorted(p.name for p in other.iterdir())
+    (run / name).symlink_to(other)
+    for args in (["train", "--resume", run, "--rounds", "4"], ["prune", run, "--keep", "0", "--dry-run"],
+                 ["landscape", "--ckpt", run / "round_0003.safetensors", "--samples", "50", "--hessian"]):  # fmt: skip
+        code, _, err = cli(*args)
+        _one_line_error(code, err, name, "symbolic link")
+    assert sorted(p.name for p in other.iterdir()) == before
+    assert not (run / "round_0004.safetensors").exists()
