@@ -104,3 +104,13 @@ def test_overwrite_folders_that_are_links_touch_nothing_outside(cli, run3, tmp_p
         _one_line_error(code, err, name, "symbolic link")
     assert sorted(p.name for p in other.iterdir()) == before
     assert not (run / "round_0004.safetensors").exists()
+
+
+def test_landscape_rerun_leaves_no_density_of_an_earlier_run(cli, run3, tmp_path):
+    args = ["landscape", "--ckpt", run3 / "round_0003.safetensors", "--samples", "50", "--out", tmp_path / "l"]
+    code, _, err = cli(*args, "--density", "--slq-runs", "2", "--slq-steps", "5")
+    assert code == 0 and (tmp_path / "l" / "density.png").is_file(), err
+    code, out, err = cli(*args, "--hessian", "--topk", "1")
+    assert code == 0, err
+    assert not (tmp_path / "l" / "density.png").exists() and not (tmp_path / "l" / "density.pdf").exists()
+    assert "removed" in out and "density.png" in out
