@@ -57,7 +57,6 @@ def test_clients_beyond_the_bound(cli, tmp_path):
         (["--density", "--slq-steps", HUGE], f"{MAX_PASSES:,}"),
         (["--connect", "returned:0", "--connect-steps", HUGE], f"{MAX_PASSES:,}"),
         (["--surface", "2d", "--levels", HUGE], str(MAX_LEVELS)),
-        (["--surface", "2d", "--grid", HUGE], "1000"),
         (["--surface", "1d", "--bn-reestimate", HUGE], f"{MAX_PASSES:,}"),
         (["--surface", "1d", "--range=-1e39,1"], "3.4e38"),
         (["--sharpness", "sam", "--rho", "1e39"], "3.4e38"),

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flatfl.cli.common import pos_float
+from flatfl.cli.common import pos_float, pos_int
 from flatfl.errors import UserError
-from flatfl.flagtypes import FLOAT32_MAX, FLOAT_BOUND, grid_t, levels_t, passes0_t
+from flatfl.flagtypes import FLOAT32_MAX, FLOAT_BOUND, levels_t, passes0_t
 
 
 def flag_given(ns: dict[str, Any], key: str) -> bool:
@@ -58,7 +58,7 @@ def surface_arguments(p: Any, d: Any) -> None:
         metavar="MODEL",
         help="models: the two other models of the plane (same forms as --to), e.g. mutant:0 mutant:1",
     )
-    g.add_argument("--grid", type=grid_t, metavar="N", help=f"points per axis (default: {d.grid})")
+    g.add_argument("--grid", type=pos_int, metavar="N", help=f"points per axis (default: {d.grid})")
     g.add_argument(
         "--span",
         type=pos_float,
