@@ -307,12 +307,19 @@ def save_clients(
     save_tensors(clients_path(run_dir, round), tensors, meta)
 
 
-def load_clients(path: Path) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
+def load_clients(
+    path: Path, identity: str | None = None, round: int | None = None
+) -> tuple[list[StateDict], list[StateDict], dict[str, Any]]:
     """(sent models, returned models, info) of one round saved with ``--save-clients``; tensors
-    stored in bfloat16 (``--clients-dtype bfloat16``) come back as float32."""
+    stored in bfloat16 (``--clients-dtype bfloat16``) come back as float32. With ``identity`` a file of
+    another run is refused (as :func:`load_round` does), with ``round`` one whose metadata name another round."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != "flatfl.clients":
         raise UserError(f"{path}: not a flatfl clients file")
+    if identity is not None and meta.get("run_identity") != identity:
+        raise UserError(f"{path}: belongs to a different run than the run.json beside it (config differs)")
+    if round is not None and _meta_round(path, meta) != round:
+        raise UserError(f"{path}: its metadata say round {meta['round']}, its name round {round}; rename or restore it")
     info = {k: v for k, v in meta.items() if k not in ("format", "run_identity")}
     m = len(info["clients"])
     sent: list[StateDict] = [{} for _ in range(m)]

@@ -12,15 +12,22 @@ from typing import Any
 
 from flatfl.errors import UserError
 
+# Every float flag ends in a float32 tensor or optimizer (torch's default dtype): a value beyond float32's
+# largest finite number cannot be converted there ("value cannot be converted to type float without overflow").
+FLOAT32_MAX = 3.4028234663852886e38  # float(torch.finfo(torch.float32).max), kept torch-free here
+FLOAT_BOUND = "at most 3.4e38 (float32's largest)"
+
 
 def _typed(kind: type, check: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not check(value) or (kind is float and not math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if kind is float and abs(value) > FLOAT32_MAX:
+            raise argparse.ArgumentTypeError(f"expected {what} {FLOAT_BOUND}, got {text!r}")
         return value
 
     parse.__name__ = what
@@ -42,6 +49,21 @@ MAX_DIRECTIONS = 10_000  # --slices: each direction is --slice-points full passe
 MAX_GRID = 1_000  # --grid: N^2 points on a surface, each a full pass over the analysis data
 slices_t = _typed(int, lambda v: 0 <= v <= MAX_DIRECTIONS, f"a number of directions from 0 to {MAX_DIRECTIONS}")
 grid_t = _typed(int, lambda v: 0 < v <= MAX_GRID, f"points per axis from 1 to {MAX_GRID}")
+# Work budgets counted in full passes over the analysis data (HVPs, Lanczos/SLQ steps and vectors, ascent steps,
+# Monte Carlo draws, SGD steps on a bend, BatchNorm batches): far more than any study uses, and a bound, so a
+# slip such as 2**70 is refused in one line instead of overflowing a tensor size or running for ever.
+MAX_PASSES = 100_000
+passes_t = _typed(int, lambda v: 0 < v <= MAX_PASSES, f"a positive integer at most {MAX_PASSES:,}")
+passes0_t = _typed(int, lambda v: 0 <= v <= MAX_PASSES, f"an integer from 0 to {MAX_PASSES:,}")
+MAX_CLIENTS = 1_000_000  # --clients: each gets at least one sample; no data set here has a million
+clients_t = _typed(int, lambda v: 0 < v <= MAX_CLIENTS, f"a number of clients from 1 to {MAX_CLIENTS:,}")
+# --temperature (FedDF/FedAUX): softmax(z / T) of float32 logits z is uniform to within float32's resolution once
+# T is far above |z|; measured on a 4-class linear teacher (logits ~3): the distillation KL still falls at T = 1,000
+# and comes out negative (rounding noise) at T = 10,000. Hinton et al. and FedDF use T of 1 to 20.
+MAX_TEMPERATURE = 1_000.0
+temperature_t = _typed(float, lambda v: 0 < v <= MAX_TEMPERATURE, f"a temperature in (0, {MAX_TEMPERATURE:,.0f}]")
+MAX_LEVELS = 1_000  # --levels: contour levels of a 2D page (matplotlib draws each one)
+levels_t = _typed(int, lambda v: 0 < v <= MAX_LEVELS, f"a number of levels from 1 to {MAX_LEVELS}")
 SAMPLES_HELP = "0 = all the selected data"  # one meaning of --samples 0 for every command
 
 

@@ -38,10 +38,21 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 METRIC_NUMBERS = ("test_loss", "test_acc", "train_loss", "wall_time", "round_time")
 
 
+def _kind(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a dangling symbolic link"
+    return "a FIFO" if path.is_fifo() else "a folder" if path.is_dir() else "a device or socket"
+
+
 def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """(records, torn): every line must be a JSON object with an integer ``round``; only an
     unterminated last line (a write cut short by a kill) may be unreadable, and is left out."""
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a FIFO, a folder, a dangling link: not "no records yet"
+            raise UserError(
+                f"{path}: not a regular file ({_kind(path)}); restore the run's metrics.jsonl, or remove this "
+                "to have the records rebuilt from the round files"
+            )
         return [], False
     lines = path.read_bytes().split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline

@@ -25,6 +25,7 @@ from flatfl.data import DATASETS, dataset_info
 from flatfl.errors import UserError
 from flatfl.flagtypes import (
     batch_size_t,
+    clients_t,
     frac_0_1,
     momentum_t,
     nonneg_float,
@@ -33,6 +34,7 @@ from flatfl.flagtypes import (
     pos_float,
     pos_int,
     seed_t,
+    temperature_t,
     unit,
 )
 from flatfl.models import DEFAULT_MODEL, MODELS, model_kwargs_for
@@ -127,7 +129,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "test_frac": open_frac,
     "split_seed": seed_t,
     "data_root": str,
-    "clients": pos_int,
+    "clients": clients_t,
     "frac": frac_0_1,
     "partition_file": Path,
     "dirichlet": pos_float,
@@ -154,7 +156,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "clusters": pos_int,
     "proxy_frac": open_frac,
     "proxy_data": str,
-    "temperature": pos_float,
+    "temperature": temperature_t,
     "distill_steps": pos_int,
     "distill_lr": pos_float,
     "gen_alpha": nonneg_float,
@@ -190,8 +192,9 @@ def flag(name: str) -> str:
 def parse_flags(given: Mapping[str, Any]) -> dict[str, Any]:
     """The checked, typed values of ``given`` (flag names without dashes, ``-`` or ``_``), keyed by
     the flag's name with ``_``; a value is its text, or a number/boolean (checked as its text).
-    ``unweighted = true`` is ``weighted = false``; ``false`` for a flag that is not on/off leaves it
-    out (as leaving the flag off), ``true`` for ``save-clients`` is 1 (as ``--save-clients`` alone)."""
+    ``unweighted = true`` is ``weighted = false``; ``save-clients`` may be ``true`` (1, as ``--save-clients``
+    alone) or ``false`` (left out); any other flag that is not on/off refuses true/false (``seed = false`` is
+    not seed 0), and a path or name flag (``data-root``) refuses a number."""
     out: dict[str, Any] = {}
     for key, value in given.items():
         name = str(key).replace("-", "_")
@@ -220,10 +223,10 @@ def _value(name: str, value: Any) -> Any:
     if name in SWITCHES:
         on = _switch(name, value)
         return on if (on or name == "weighted") else None
-    if value is False:
-        return None
-    if value is True and name == "save_clients":
-        return 1
+    if isinstance(value, bool) and name == "save_clients":  # the one flag given alone (true) or left out (false)
+        return 1 if value else None
+    if KINDS.get(name) in (str, Path) and not isinstance(value, (str, Path)):
+        raise UserError(f"{flag(name)}: expected a path or name as text, got {value!r}")
     text = str(value)
     if name in CHOICE_FLAGS:
         names = _choices()[name]
@@ -246,6 +249,8 @@ def config_from_flags(given: Mapping[str, Any]) -> RunConfig:
         data = replace(data, partition="natural")
     if "partition_file" in ns:
         data = _with_partition_file(data, ns)
+    else:
+        _check_partition_options(ns, data.partition)
     algo = ns.get("algo", "fedavg")
     algo_cls = get_algorithm(algo)
     local = _local_config(ns, algo_cls)
@@ -339,6 +344,22 @@ def _check_swa(cfg: Any, local: Any, rounds: int, given: set[str]) -> None:
     swa_lr = cfg.swa_lr
     if "swa_lr" in given and swa_lr > local.lr:
         raise UserError(f"--swa-lr {swa_lr:g}: above --lr {local.lr:g} (the cycle runs from --lr down to --swa-lr)")
+
+
+# the options of each partition (flatfl.partition; --min-size is also shakespeare's natural split's smallest role):
+# given with another partition they would be ignored
+PARTITION_OPTIONS = {"dirichlet": ("dirichlet",), "min_size": ("dirichlet", "natural"), "shards": ("shards",)}
+
+
+def _check_partition_options(ns: dict[str, Any], partition: str) -> None:
+    """Refuse ``--shards`` unless ``--partition shards``, ``--dirichlet`` unless dirichlet, ``--min-size``
+    unless dirichlet or natural: silently ignored otherwise."""
+    for k, owners in PARTITION_OPTIONS.items():
+        if k in ns and partition not in owners:
+            raise UserError(
+                f"{flag(k)} {ns[k]}: an option of --partition {' or '.join(owners)}, and the partition is "
+                f"{partition}; give --partition {owners[0]} or drop {flag(k)}"
+            )
 
 
 def _centralised(ns: dict[str, Any]) -> dict[str, Any]:

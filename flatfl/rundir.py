@@ -22,11 +22,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
 import shlex
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,9 +115,17 @@ def lock_dir(out: Path, doing: str) -> int:
     process dies); a second holder stops with one line: another flatfl process (PID ...) is ``doing``."""
     path = Path(out) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW: the lock file is a symlink
+            raise UserError(f"{path}: the lock file is a symbolic link; remove it and try again") from None
         raise UserError(f"{path}: cannot open the lock file ({exc.strerror}); choose another folder") from exc
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):  # a FIFO or device opens, but cannot be truncated or hold the PID
+        os.close(fd)
+        what = "a FIFO" if stat.S_ISFIFO(kind) else "not a regular file"
+        raise UserError(f"{path}: the lock file is {what}; remove it and try again")
+    os.set_blocking(fd, True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -203,6 +213,12 @@ class RunDir:
 
     def _recover(self) -> list[str]:
         out, notes = self.out, []
+        for name in (REPLACED, MOVING, DISCARDED):  # a link would have files moved from or deleted in its target
+            if (out / name).is_symlink() or ((out / name).exists() and not (out / name).is_dir()):
+                raise UserError(
+                    f"{out / name}: a symbolic link or file, not the folder an --overwrite leaves; nothing was "
+                    "changed: remove it (its target is not touched) and try again"
+                )
         cs = out / CLIENT_STATE_DIR
         for p in [*out.iterdir(), *(cs.iterdir() if cs.is_dir() else [])]:
             if is_temp_file(p.name) or (p.parent == cs and p.name.endswith(".tmp")):

@@ -101,6 +101,10 @@ def test_prune_bad_input_and_a_running_trainer_are_one_line(cli, copy, tmp_path)
     _one_line_error(code, err, "--keep", "every:N")
     code, _, err = cli("prune", copy)
     _one_line_error(code, err, "--keep")
+    for flag in ("--keep", "--keep-clients"):  # an empty list is refused, not read as the flag left off
+        args = ["--keep", "0", flag, ""] if flag == "--keep-clients" else ["--keep", ""]
+        code, _, err = cli("prune", copy, *args, "--dry-run")
+        _one_line_error(code, err, flag, "''")
     lock = RunDir(copy)
     lock.open(create=False)  # a trainer holds the run
     try:

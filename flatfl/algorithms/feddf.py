@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, Federation
+from flatfl.errors import DivergenceError
 from flatfl.statedict import StateDict, clone
 
 
@@ -91,6 +92,14 @@ class FedDF(FederatedAlgorithm):
         student = federation.new_model(aggregate)
         target = self.teacher_log_probs(teachers, [u.client for u in updates], x)
         self.last_info = self.distill(student, target, x, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        if "nonfinite" in self.last_info:  # the aggregate itself is finite: say so now, not as a silent no-op
+            c = self.config
+            raise DivergenceError(
+                f"round {round}: the server's distillation loss became {self.last_info['nonfinite']} at step "
+                f"{self.last_info['steps']} (--distill-lr {c.lr}, --temperature {c.temperature}); lower --distill-lr",
+                round,
+                None,
+            )
         new = clone(aggregate)
         new.update({k: v.detach().clone() for k, v in student.state_dict().items() if k in self.param_names})
         return new
@@ -122,6 +131,9 @@ class FedDF(FederatedAlgorithm):
         for step in range(1, c.steps + 1):
             idx = tr[torch.randint(len(tr), (min(c.batch_size, len(tr)),), generator=gen).to(x.device)]
             loss = distillation_loss(student(x[idx]), z[idx], T)
+            if not torch.isfinite(loss):
+                student.load_state_dict(best_state)
+                return {"val_kl_before": start, "val_kl_after": best, "steps": step, "nonfinite": float(loss)}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

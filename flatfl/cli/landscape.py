@@ -385,7 +385,12 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     print(f"wrote {out / 'landscape.json'}")
     if m.surface is not None:
         write_surface(ns, m, out)
-    if m.density is not None:
+    if m.density is None:  # an earlier --density into this --out: its figures would read as this checkpoint's
+        for old in (out / "density.png", out / "density.pdf"):
+            if old.is_file():
+                old.unlink()
+                print(f"removed {old}: from an earlier run into this folder, this one measured no --density")
+    else:
         from flatfl.analysis.plots import plot_density
 
         data = m.record["data"]

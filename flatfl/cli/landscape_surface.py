@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flatfl.cli.common import nonneg_int, pos_float, pos_int
+from flatfl.cli.common import pos_float, pos_int
 from flatfl.errors import UserError
+from flatfl.flagtypes import FLOAT32_MAX, FLOAT_BOUND, levels_t, passes0_t
 
 
 def flag_given(ns: dict[str, Any], key: str) -> bool:
@@ -25,6 +26,8 @@ def float_pair(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI (two numbers)") from None
     if not lo < hi or not all(abs(v) < float("inf") for v in (lo, hi)):
         raise argparse.ArgumentTypeError(f"{text!r}: LO must be below HI (finite numbers)")
+    if max(abs(lo), abs(hi)) > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: LO and HI must be {FLOAT_BOUND} in size")
     return lo, hi
 
 
@@ -72,7 +75,7 @@ def surface_arguments(p: Any, d: Any) -> None:
     )
     g.add_argument(
         "--levels",
-        type=pos_int,
+        type=levels_t,
         metavar="N",
         help="2D pages and figures: N linear Δloss levels (default: a 1-2-5 sequence, 0.01, 0.02, 0.05, 0.1, ... "
         "up to the top of --zrange, so the basin gets levels of its own; the colour bar's ticks are the levels); "
@@ -87,7 +90,7 @@ def surface_arguments(p: Any, d: Any) -> None:
     )
     g.add_argument(
         "--bn-reestimate",
-        type=nonneg_int,
+        type=passes0_t,
         metavar="N",
         help="BatchNorm models: recompute the running statistics at every grid point on N batches of training "
         "data (default 0: keep the checkpoint's statistics, as Li et al.); the output says which was used",

@@ -53,7 +53,7 @@ def _file_rounds(run: Path) -> set[int]:
 def run(ns: dict[str, Any]) -> int:
     found = _file_rounds(Path(ns["run"]))
     keep = _selection(ns["keep"], "--keep", found)
-    clients = _selection(ns["keep_clients"], "--keep-clients", found) if ns.get("keep_clients") else None
+    clients = _selection(ns["keep_clients"], "--keep-clients", found) if ns.get("keep_clients") is not None else None
     plan = prune(ns["run"], keep, clients, dry_run=ns["dry_run"])
     size = sum(p.stat().st_size for p in plan.delete if p.exists()) if ns["dry_run"] else None
     names = ", ".join(p.name for p in plan.delete[:6]) + (" ..." if len(plan.delete) > 6 else "")

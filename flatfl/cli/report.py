@@ -21,7 +21,7 @@ from flatfl.cli.common import (
     samples_t,
 )
 from flatfl.errors import UserError
-from flatfl.flagtypes import grid_t, slices_t
+from flatfl.flagtypes import grid_t, passes0_t, slices_t
 from flatfl.runs.match_rule import MATCH_RULE, MIN_DROP, SMOOTH_WINDOW
 
 
@@ -150,7 +150,7 @@ def _measure_arguments(p: Any, d: Any) -> None:
     )
     p.add_argument(
         "--trace-matvecs",
-        type=nonneg_int,
+        type=passes0_t,
         default=ld.trace_matvecs,
         metavar="N",
         help=f"HVP budget of the trace estimator (adaptive Hutch++), 0 = no trace (default: {ld.trace_matvecs})",

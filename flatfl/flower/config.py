@@ -40,7 +40,8 @@ def train_flags(user_config: Mapping[str, Any]) -> dict[str, Any]:
 def run_config(user_config: Mapping[str, Any]) -> RunConfig:
     """The RunConfig ``flatfl train`` builds from the same flags; a bad key or value is the one-line
     UserError ``flatfl train`` gives, prefixed with ``Flower run config:``."""
+    flags = train_flags(user_config)  # its errors carry the prefix already
     try:
-        return RunConfig.from_flags(train_flags(user_config))
+        return RunConfig.from_flags(flags)
     except UserError as exc:
         raise UserError(f"{PREFIX}{exc}") from None

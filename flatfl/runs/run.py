@@ -167,7 +167,7 @@ class Run:
         path = ckpt.clients_path(self.path, round)
         if not path.is_file():
             raise UserError(f"{path}: missing; train with --save-clients to keep client models")
-        sent, returned, info = ckpt.load_clients(path)
+        sent, returned, info = ckpt.load_clients(path, self.identity, round)
         want = parameter_dtypes(self.info)
         return [check_dtypes(path, s, want) for s in sent], [check_dtypes(path, r, want) for r in returned], info
 

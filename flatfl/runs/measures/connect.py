@@ -12,7 +12,7 @@ from typing import Any
 from flatfl.analysis.connectivity import mode_connectivity
 from flatfl.analysis.verdict import Measure
 from flatfl.errors import UserError
-from flatfl.flagtypes import pos_float, pos_int
+from flatfl.flagtypes import passes_t, pos_float
 from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings
@@ -82,7 +82,7 @@ SPEC = register(
             ),
             Flag(
                 ("--connect-steps",),
-                {"type": pos_int, "metavar": "N", "help": f"SGD steps on the bend (default: {D.steps})"},
+                {"type": passes_t, "metavar": "N", "help": f"SGD steps on the bend (default: {D.steps})"},
             ),
             Flag(
                 ("--connect-lr",), {"type": pos_float, "metavar": "LR", "help": f"its learning rate (default: {D.lr})"}

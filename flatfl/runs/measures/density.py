@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flatfl.analysis.verdict import Measure
-from flatfl.flagtypes import pos_int
+from flatfl.flagtypes import passes_t
 from flatfl.runs import curvature
 from flatfl.runs.measures.spec import Context, Flag, MeasureSpec, register
 from flatfl.runs.problem import Problem
@@ -57,11 +57,11 @@ SPEC = register(
             ),
             Flag(
                 ("--slq-runs",),
-                {"type": pos_int, "metavar": "N", "help": f"SLQ random vectors (default: {D.slq_runs})"},
+                {"type": passes_t, "metavar": "N", "help": f"SLQ random vectors (default: {D.slq_runs})"},
             ),
             Flag(
                 ("--slq-steps",),
-                {"type": pos_int, "metavar": "N", "help": f"Lanczos steps per SLQ run (default: {D.slq_steps})"},
+                {"type": passes_t, "metavar": "N", "help": f"Lanczos steps per SLQ run (default: {D.slq_steps})"},
             ),
         ),  # fmt: skip
         settings_of=settings_of,

@@ -11,7 +11,7 @@ from typing import Any
 
 from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.verdict import Measure
-from flatfl.flagtypes import pos_float, pos_int
+from flatfl.flagtypes import passes_t, pos_float
 from flatfl.runs import curvature
 from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
@@ -77,7 +77,8 @@ SPEC = register(
                 {"action": "store_true", "help": "top-k eigenpairs and the most negative eigenvalue (Lanczos)"},
             ),
             Flag(
-                ("--topk",), {"type": pos_int, "metavar": "K", "help": f"number of top eigenvalues (default: {D.topk})"}
+                ("--topk",),
+                {"type": passes_t, "metavar": "K", "help": f"number of top eigenvalues (default: {D.topk})"},
             ),
             Flag(
                 ("--tol",),
@@ -89,7 +90,7 @@ SPEC = register(
             Flag(
                 ("--max-vectors",),
                 {
-                    "type": pos_int,
+                    "type": passes_t,
                     "metavar": "N",
                     "help": f"most parameter-sized vectors Lanczos/SLQ hold in memory (default: {D.max_vectors})",
                 },

@@ -15,7 +15,7 @@ from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.sharpness import SHARPNESS, SHARPNESS_MEASURES, SharpnessKind
 from flatfl.analysis.verdict import Measure
 from flatfl.errors import UserError
-from flatfl.flagtypes import pos_float, pos_int
+from flatfl.flagtypes import passes_t, pos_float, pos_int
 from flatfl.runs import curvature
 from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
@@ -44,9 +44,9 @@ FLAGS = (
     Flag(("--rho",), {"type": pos_float, "help": f"radius of SAM and adaptive sharpness (default: {D.rho})"}),
     Flag(("--eps",), {"type": pos_float, "help": f"box size of epsilon-sharpness (default: {D.eps})"}),
     Flag(("--sigma",), {"type": pos_float, "help": f"noise scale of average-case sharpness (default: {D.sigma})"}),
-    Flag(("--sharpness-steps",), {"type": pos_int, "metavar": "N",
+    Flag(("--sharpness-steps",), {"type": passes_t, "metavar": "N",
                                   "help": f"ascent steps of SAM/adaptive sharpness (default: {D.sharpness_steps})"}),
-    Flag(("--sharpness-samples",), {"type": pos_int, "metavar": "N",
+    Flag(("--sharpness-samples",), {"type": passes_t, "metavar": "N",
                                     "help": "Monte Carlo draws of average-case sharpness "
                                             f"(default: {D.sharpness_samples})"}),
     Flag(("--m",), {"type": pos_int, "metavar": "M",

@@ -10,7 +10,7 @@ from typing import Any
 
 from flatfl.analysis.invariance import invariant_to
 from flatfl.analysis.verdict import Measure
-from flatfl.flagtypes import pos_int
+from flatfl.flagtypes import passes_t
 from flatfl.runs import curvature
 from flatfl.runs.measures.spec import Context, Flag, Meaning, MeasureSpec, register
 from flatfl.runs.problem import Problem
@@ -72,7 +72,7 @@ SPEC = register(
             Flag(
                 ("--trace-matvecs",),
                 {
-                    "type": pos_int,
+                    "type": passes_t,
                     "metavar": "N",
                     "help": f"HVP budget of the trace estimator (default: {D.trace_matvecs})",
                 },
