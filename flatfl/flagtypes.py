@@ -62,6 +62,11 @@ clients_t = _typed(int, lambda v: 0 < v <= MAX_CLIENTS, f"a number of clients fr
 # and comes out negative (rounding noise) at T = 10,000. Hinton et al. and FedDF use T of 1 to 20.
 MAX_TEMPERATURE = 1_000.0
 temperature_t = _typed(float, lambda v: 0 < v <= MAX_TEMPERATURE, f"a temperature in (0, {MAX_TEMPERATURE:,.0f}]")
+# --dirichlet: numpy < 1.25's Generator.dirichlet never returns for a concentration of about 1e-7 or less
+# (measured with numpy 1.24.4, the lowest supported: 1e-6 returns, 1e-7 and 1e-300 loop forever); far below any
+# non-IID setting in use (0.01-1), and the same bound on every numpy
+MIN_DIRICHLET = 1e-6
+dirichlet_t = _typed(float, lambda v: v >= MIN_DIRICHLET, f"a concentration of at least {MIN_DIRICHLET:g}")
 MAX_LEVELS = 1_000  # --levels: contour levels of a 2D page (matplotlib draws each one)
 levels_t = _typed(int, lambda v: 0 < v <= MAX_LEVELS, f"a number of levels from 1 to {MAX_LEVELS}")
 SAMPLES_HELP = "0 = all the selected data"  # one meaning of --samples 0 for every command

@@ -26,6 +26,7 @@ from flatfl.errors import UserError
 from flatfl.flagtypes import (
     batch_size_t,
     clients_t,
+    dirichlet_t,
     frac_0_1,
     momentum_t,
     nonneg_float,
@@ -132,7 +133,7 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "clients": clients_t,
     "frac": frac_0_1,
     "partition_file": Path,
-    "dirichlet": pos_float,
+    "dirichlet": dirichlet_t,
     "shards": pos_int,
     "min_size": pos_int,
     "lr": pos_float,

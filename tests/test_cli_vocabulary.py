@@ -172,5 +172,6 @@ def test_non_finite_numbers_are_refused_by_from_flags(args):
     from flatfl.config import RunConfig
     from flatfl.errors import UserError
 
-    with pytest.raises(UserError, match=f"^{args[0]}: expected a (non-negative|positive) number, got '{args[1]}'$"):
+    what = "((non-negative|positive) number|concentration of at least 1e-06)"
+    with pytest.raises(UserError, match=f"^{args[0]}: expected a {what}, got '{args[1]}'$"):
         RunConfig.from_flags(config_flags(_parse("train", "--algo", "fedmut", *args)))

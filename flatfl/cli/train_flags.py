@@ -102,7 +102,8 @@ def _add_client_arguments(g: Any, client_sampling: bool) -> None:
     g.add_argument(
         "--dirichlet",
         metavar="ALPHA",
-        help=f"Dirichlet concentration of label skew; smaller = more non-IID {default(dd, 'dirichlet_alpha')}",
+        help="Dirichlet concentration of label skew, at least 1e-6; smaller = more non-IID "
+        f"{default(dd, 'dirichlet_alpha')}",
     )
     g.add_argument(
         "--shards",
