@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,8 @@ import torch
 from flatfl.cli import main
 
 # A run small enough for tests: 6 clients, m = 3 per round (odd: exercises FedMut's plain slot).
+ROOT = Path(__file__).resolve().parents[1]
+
 TINY = [
     "--dataset",
     "digits",
@@ -68,3 +73,31 @@ def assert_same_rounds(a: Path, b: Path, rounds: int, atol: float = 0.0) -> None
         assert sa.keys() == sb.keys(), r
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=atol, msg=f"round {r} {k}")
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    """A 3-round FedMut run with its client models (TINY), trained once per test module; copy it before editing."""
+    from flatfl.cli import main
+
+    out = tmp_path_factory.mktemp("run3") / "run"
+    assert main(["train", *TINY, "--algo", "fedmut", "--rounds", "3", "--save-clients", "--out", str(out)]) == 0
+    return out
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    """A copy of ``run`` under ``tmp_path``/copy, to damage without touching the shared one."""
+    out = tmp_path / "copy"
+    shutil.copytree(run, out)
+    return out
+
+
+def invariance_bench():
+    """bench/invariance_table.py as a module, loaded once (dataclasses resolve the module by name)."""
+    if "invariance_table" in sys.modules:
+        return sys.modules["invariance_table"]
+    spec = importlib.util.spec_from_file_location("invariance_table", ROOT / "bench" / "invariance_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["invariance_table"] = module
+    spec.loader.exec_module(module)
+    return module

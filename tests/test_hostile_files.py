@@ -10,22 +10,8 @@ import shutil
 import pytest
 
 from tests.conftest import TINY
+from tests.conftest import copy_run as _copy
 from tests.test_cli import _one_line_error
-
-
-@pytest.fixture(scope="module")
-def run3(tmp_path_factory):
-    from flatfl.cli import main
-
-    out = tmp_path_factory.mktemp("run3") / "run"
-    assert main(["train", *TINY, "--algo", "fedmut", "--rounds", "3", "--save-clients", "--out", str(out)]) == 0
-    return out
-
-
-def _copy(run3, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(run3, out)
-    return out
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])

@@ -12,9 +12,7 @@ docs table read -- must be exactly what is measured.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,17 +21,13 @@ import pytest
 from flatfl.analysis.invariance import INVARIANT_TO, LABELS, REPARAMETRISATIONS, invariant_to, markdown_table
 from flatfl.runs.curvature import SHARPNESS_MEASURES
 from flatfl.runs.report import SHARPNESS_LABELS, ReportSettings, measures
+from tests.conftest import invariance_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "landscapes.md"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("invariance_table", ROOT / "bench" / "invariance_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["invariance_table"] = module  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
+_bench = invariance_bench
 
 
 bench = _bench()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -13,23 +12,9 @@ import torch
 
 from flatfl import checkpoint as ckpt
 from tests.conftest import TINY
+from tests.conftest import copy_run as _copy
 from tests.test_cli import _one_line_error
 from tests.test_faults import flatfl_proc
-
-
-@pytest.fixture(scope="module")
-def run3(tmp_path_factory):
-    from flatfl.cli import main
-
-    out = tmp_path_factory.mktemp("run3") / "run"
-    assert main(["train", *TINY, "--algo", "fedmut", "--rounds", "3", "--save-clients", "--out", str(out)]) == 0
-    return out
-
-
-def _copy(run3, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(run3, out)
-    return out
 
 
 def test_ckpt_directory_names_its_latest_round(cli, run3):

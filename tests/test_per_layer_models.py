@@ -7,8 +7,6 @@ PyTorch's LSTM and for BatchNorm in eval mode (its running statistics are buffer
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,18 +23,12 @@ from flatfl.runs.measures import REGISTRY, Context
 from flatfl.runs.measures.per_layer import PER_BLOCK_MATVECS, PerLayerSettings
 from flatfl.runs.problem import Problem
 from flatfl.runs.settings import LandscapeSettings
+from tests.conftest import invariance_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    if "invariance_table" in sys.modules:
-        return sys.modules["invariance_table"]
-    spec = importlib.util.spec_from_file_location("invariance_table", ROOT / "bench" / "invariance_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["invariance_table"] = module
-    spec.loader.exec_module(module)
-    return module
+_bench = invariance_bench
 
 
 def _lstm() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -8,8 +8,6 @@ and the paper's double sum; ||θ||_fr^2 as θ^T F θ and θ^T G θ with the dens
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,18 +19,12 @@ from torch.func import functional_call
 
 from flatfl.analysis import fisher_rao_norm, relative_flatness
 from flatfl.analysis.invariance import INVARIANT_TO
+from tests.conftest import invariance_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    if "invariance_table" in sys.modules:
-        return sys.modules["invariance_table"]
-    spec = importlib.util.spec_from_file_location("invariance_table", ROOT / "bench" / "invariance_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["invariance_table"] = module
-    spec.loader.exec_module(module)
-    return module
+_bench = invariance_bench
 
 
 bench = _bench()
