@@ -34,6 +34,12 @@ def test_three_seeds_show_their_values_not_a_clipped_interval():
     assert "0.41, 0.52, 0.96" in table and "[0, 0.966]" not in re.sub(r"title='[^']*'", "", table)
     assert "title='95% t-interval over seeds [0, 0.966]'" in table
     assert "href='#verdict-rule'" in table and "href='#where'" in table  # the rules are linked from the table
+    # the value first on its own line, the seeds' values and the per-checkpoint error under it in small type
+    cell = re.search(r"<td data-label='A, equal round \(4\)'[^>]*>(.*?)</td>", table).group(1)
+    assert cell == "0.63<br><small>(per seed: 0.41, 0.52, 0.96)</small>"
+    err = {**three["groups"]["A"], "error": 2e-5}
+    one = verdict_table_html([{**verdict[0], "rows": [{**three, "groups": {"A": err, "B": err}}]}], ["A", "B"])
+    assert "0.63<br><small>(per seed: 0.41, 0.52, 0.96)<br><span style='white-space:nowrap'>±2e-05/ckpt</span>" in one
 
 
 def test_column_names_are_words():

@@ -64,6 +64,7 @@ PAGE_CSS = (
     "p.differs{margin:0.3em 0;padding:0.2em 0.5em;border-left:3px solid #9a3b00}"
     "table.verdict th{text-align:center}small{color:#555}details{margin:0.6em 0}summary{cursor:pointer;color:#1f4e79}"
     "dl.glossary dt{margin-top:0.7em}dl.glossary dd{margin-left:1.2em}table.invariance td{text-align:left}"
+    "table.context td:nth-child(-n+2),table.context th:nth-child(-n+2){text-align:left}"
     # a phone-width screen: the verdict table becomes one card per measure, each cell labelled, so the
     # verdict is on screen rather than behind a horizontal scroll
     "@media (max-width:700px){table.verdict,table.verdict tbody,table.verdict tr,table.verdict td{display:block}"

@@ -53,16 +53,27 @@ def summary_text(
     bound ('[0, 0.966]' for a loss), where the values themselves say more (the interval stays in verdict.csv
     and report.json). ``censored`` 1D widths (never reached within ±``radius``) are left out of the mean and
     named instead."""
+    return "".join(summary_parts(s, censored, bounds, radius))
+
+
+def summary_parts(
+    s: Mapping[str, Any] | None,
+    censored: int = 0,
+    bounds: Sequence[float | None] = (None, None),
+    radius: float | None = None,
+) -> tuple[str, str, str, str]:
+    """:func:`summary_text` in its four parts (value, ' (per seed: ...)' or ' [lo, hi]', ' ±e/ckpt', the
+    censored note), so that the page can set the value apart from its details."""
     cut = f"not reached within ±{fmt(radius)} (raise --slice-radius)"
     if s is None:
-        return cut if censored else "–"
+        return (cut if censored else "–", "", "", "")
     note = f" + {censored} {cut}" if censored else ""
     if s["lo"] is None:
-        return f"{fmt(s['mean'])} (1 seed){error_text(s)}{note}"
+        return (fmt(s["mean"]), " (1 seed)", error_text(s), note)
     values = s.get("values") or ()
     if 1 < len(values) == s["n"] <= PER_SEED_MAX:
-        return f"{fmt(s['mean'])} (per seed: {', '.join(fmt(v) for v in values)}){error_text(s)}{note}"
-    return f"{fmt(s['mean'])} {interval_text(s, bounds)}{error_text(s)}{note}"
+        return (fmt(s["mean"]), f" (per seed: {', '.join(fmt(v) for v in values)})", error_text(s), note)
+    return (fmt(s["mean"]), f" {interval_text(s, bounds)}", error_text(s), note)
 
 
 def interval_text(s: Mapping[str, Any], bounds: Sequence[float | None] = (None, None)) -> str:
@@ -121,7 +132,10 @@ def _summary_cell(r: Mapping[str, Any], lab: str, title: str) -> str:
     tip = ""
     if s and s.get("lo") is not None:
         tip = f" title='95% t-interval over seeds {html.escape(interval_text(s, r.get('bounds') or (None, None)))}'"
-    return f"<td data-label='{html.escape(f'{lab}, {title}')}'{tip}>{text_html(_row_summary(r, lab))}</td>"
+    value, *rest = summary_parts(s, r["censored"].get(lab, 0), r.get("bounds") or (None, None), r.get("censor_radius"))
+    details = "<br>".join(text_html(p.strip()) for p in rest if p.strip())
+    body = text_html(value) + (f"<br><small>{details}</small>" if details else "")
+    return f"<td data-label='{html.escape(f'{lab}, {title}')}'{tip}>{body}</td>"
 
 
 def verdict_table_html(
