@@ -296,6 +296,11 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
+    if ns.get("density") and ns["slq_steps"] > ns["max_vectors"]:  # was cut to --max-vectors without a word
+        raise UserError(
+            f"--slq-steps {ns['slq_steps']}: above --max-vectors {ns['max_vectors']} (each SLQ step holds one "
+            "vector); raise --max-vectors or lower --slq-steps"
+        )
     from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 
     if ns["trace"] and ns["trace_method"] != "hutchinson" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:

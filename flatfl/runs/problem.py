@@ -58,14 +58,14 @@ class Problem:
 
 
 def select_data(
-    run: Run, spec: str, samples: int | None, seed: int
+    run: Run, spec: str, samples: int | None, seed: int, flag: str = "--samples"
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The (x, y) a measurement uses: ``train``, ``test`` or ``client:K`` (a user-data run: ``train``, ``test``
     or a data name, :meth:`Run.user_data_pair`); optionally a seeded subset."""
     x, y = run.user_data_pair(spec, 500) if run.user_data else _run_data(run, spec)
     if len(y) == 0:
         raise UserError(f"--data: the selection {spec!r} holds no samples")
-    x, y, info = subset(x, y, samples, seed)
+    x, y, info = subset(x, y, samples, seed, flag=flag, what=f"the {spec} selection")
     return x, y, {"selection": spec, **info}
 
 

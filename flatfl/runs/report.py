@@ -167,7 +167,7 @@ def training_curves(groups: Sequence[Group], settings: ReportSettings, show_prog
         s, run = first
         data = None
         if settings.spread_samples:
-            x, y, _ = select_data(run, "test", settings.spread_samples, settings.landscape.seed)
+            x, y, _ = select_data(run, "test", settings.spread_samples, settings.landscape.seed, "--spread-samples")
             data = (x, y)
         rs = spread_rounds(run)
         with tqdm(total=len(rs), desc=f"spread {g.label}", unit="round", disable=not show_progress) as bar:
