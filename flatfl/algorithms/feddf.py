@@ -34,7 +34,6 @@ from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, Federation
 from flatfl.errors import DivergenceError
 from flatfl.statedict import StateDict, clone
 
-
 REJECTED_WARN = 3  # rounds running without a kept distillation step before FedDF warns
 
 
@@ -164,8 +163,12 @@ class FedDF(FederatedAlgorithm):
         info, kept = getattr(self, "last_info", None), getattr(self, "last_kept", None)
         if info is None or kept is None:
             return {}
-        return {"distill_steps": info["steps"], "distill_kept_step": kept,
-                "distill_val_kl_before": info["val_kl_before"], "distill_val_kl_after": info["val_kl_after"]}  # fmt: skip
+        return {
+            "distill_steps": info["steps"],
+            "distill_kept_step": kept,
+            "distill_val_kl_before": info["val_kl_before"],
+            "distill_val_kl_after": info["val_kl_after"],
+        }
 
     def round_notes(self) -> list[str]:
         """A warning once distillation has been rejected (the FedAvg mean kept) ``REJECTED_WARN`` rounds running:

@@ -377,8 +377,8 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     from flatfl import checkpoint as ckpt
     from flatfl.analysis.distributed import is_main
     from flatfl.runs.curvature import no_bars, tqdm_bars
-    from flatfl.runs.landscape import json_ready
     from flatfl.runs.files import save_surface
+    from flatfl.runs.landscape import json_ready
     from flatfl.runs.measure import measure
     from flatfl.runs.outset import CACHE_DIR, OutputSet, seed_cache
 
