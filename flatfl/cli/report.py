@@ -174,7 +174,7 @@ def _measure_arguments(p: Any, d: Any) -> None:
         default=d.spread_samples,
         metavar="N",
         help="test samples for the loss of each sent/returned model, 0 = distances only; an N above the test split "
-        f"takes all of it, with a note (default: {d.spread_samples})",
+        f"takes all of it, with a note (none at the default, an 'up to') (default: {d.spread_samples})",
     )
 
 

@@ -207,6 +207,15 @@ def note(text: str) -> None:
     print(f"flatfl: {text}", file=sys.stderr)
 
 
+def _report_default(flag: str) -> int | None:
+    """``flatfl report``'s default of ``--samples`` / ``--spread-samples``: a subset of "up to" that many, cut
+    to the data without a note (every digits report would otherwise carry one)."""
+    from flatfl.runs.settings import ReportSettings
+
+    d = ReportSettings()
+    return {"--samples": d.landscape.samples, "--spread-samples": d.spread_samples}.get(flag)
+
+
 def subset(
     x: Any, y: torch.Tensor, samples: int | None, seed: int, *, flag: str = "--samples", what: str = "the selection"
 ) -> tuple[Any, torch.Tensor, dict[str, Any]]:
@@ -223,7 +232,8 @@ def subset(
         x, y = x[idx], y[idx]
         if samples > n_all > 0:
             cut = {"requested": int(samples)}
-            note(f"note: {flag} {samples}: {what} holds {n_all} samples; all {n_all} are used")
+            if samples != _report_default(flag):  # the report's own defaults are "up to" (its page says so)
+                note(f"note: {flag} {samples}: {what} holds {n_all} samples; all {n_all} are used")
     if len(y) == 0:
         raise UserError("--data: the selection holds no samples")
     return x, y, {"samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None, **cut}
