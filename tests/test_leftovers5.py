@@ -75,6 +75,11 @@ def test_landscape_rerun_without_surface_sets_the_earlier_surface_aside(cli, run
     assert all((out / n).is_file() for n in files)
     assert (out / "surface.json").read_bytes() == earlier["surface.json"]
     assert not any(p.name.startswith(".flatfl-staging") for p in out.iterdir())
+    (out / ".flatfl-staging-999999").mkdir()  # a killed invocation's staging folder: removed by the next one
+    (out / ".flatfl-staging-999999" / "landscape.json").write_text("{}")
+    code, stdout, err = _landscape(cli, run3, out, "--samples", "20", "--sharpness", "sam")
+    assert code == 0 and "replaced the older surface.npz" in stdout, stdout  # the older set there: said, not silent
+    assert not any(p.name.startswith(".flatfl-staging") for p in out.iterdir())
 
 
 # -- 4. a write refused half-way: the set in --out is the earlier one, whole ----------------------------------

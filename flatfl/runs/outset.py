@@ -5,7 +5,8 @@ A folder named by ``--out`` holds the outputs of one invocation, never a mix of 
 * **staged, then moved**: every file of the set (``landscape.json``, the surface's ``.npz``/``.json``/``.html`` and
   figures, the density figures) is written into ``OUT/.flatfl-staging-PID/`` first and renamed into ``OUT`` only
   once all of them are written, ``landscape.json`` last. A write the OS refuses (full disk, ``ulimit -f``) leaves
-  ``OUT`` as it was and names the file in one line;
+  ``OUT`` as it was and names the file in one line; a kill leaves at most a staging folder, which the next
+  landscape into ``OUT`` removes (under ``OUT``'s lock);
 * **earlier outputs set aside, never lost**: a known output in ``OUT`` that this invocation did not produce (say
   ``surface.html`` of an earlier ``--surface`` run) is moved to ``OUT/.flatfl-earlier/`` with a line saying so, and
   ``landscape.json``'s ``files`` lists the set that belongs to it;
@@ -55,7 +56,8 @@ class OutputSet:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.stage = self.out / f"{STAGING_PREFIX}{os.getpid()}"
-        shutil.rmtree(self.stage, ignore_errors=True)
+        for old in self.out.glob(f"{STAGING_PREFIX}*"):  # a killed invocation's (we hold OUT's lock)
+            shutil.rmtree(old, ignore_errors=True)
         self.stage.mkdir()
 
     def __enter__(self) -> OutputSet:
@@ -77,11 +79,13 @@ class OutputSet:
         if stale:
             earlier = self.out / EARLIER_DIR
             earlier.mkdir(exist_ok=True)
+            older = [n for n in stale if (earlier / n).exists()]
             for n in stale:
                 os.replace(self.out / n, earlier / n)
             say(
                 f"moved {', '.join(stale)} to {earlier}: from an earlier run into this folder, removed from this "
                 "output set (this run did not write them)"
+                + (f"; replaced the older {', '.join(older)} kept there" if older else "")
             )
         for n in sorted(names, key=lambda n: n == "landscape.json"):
             os.replace(self.stage / n, self.out / n)
