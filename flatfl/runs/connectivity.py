@@ -47,6 +47,7 @@ from flatfl.runs.groups import Group, reference_group
 from flatfl.runs.measures import connect as landscape_connect
 from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.settings import ConnectivitySettings, ReportSettings
+from flatfl.runs.sources import note
 
 __all__ = ["MOMENTUM", "POINTS", "STREAM", "add_connect_flags", "connect_seed", "connect_settings",
            "measure_connectivity"]  # fmt: skip
@@ -238,8 +239,6 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
                     found.append({"group": g.label, "seed": s, "round": rnd, "conditions": names, "slot": k,
                                   "client": client, **rec})  # fmt: skip
     if paths.cs.require_clients and 0 < most < paths.cs.max_clients:  # "up to N", said when N is above them all
-        from flatfl.runs.sources import note
-
         note(
             f"note: --connect-clients {paths.cs.max_clients}: no compared round returned more than {most} client "
             "models; all of them are used"

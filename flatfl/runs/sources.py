@@ -207,21 +207,20 @@ def note(text: str) -> None:
     print(f"flatfl: {text}", file=sys.stderr)
 
 
-def _report_default(flag: str) -> int | None:
-    """``flatfl report``'s default of ``--samples`` / ``--spread-samples``: a subset of "up to" that many, cut
-    to the data without a note (every digits report would otherwise carry one)."""
-    from flatfl.runs.settings import ReportSettings
-
-    d = ReportSettings()
-    return {"--samples": d.landscape.samples, "--spread-samples": d.spread_samples}.get(flag)
-
-
 def subset(
-    x: Any, y: torch.Tensor, samples: int | None, seed: int, *, flag: str = "--samples", what: str = "the selection"
+    x: Any,
+    y: torch.Tensor,
+    samples: int | None,
+    seed: int,
+    *,
+    flag: str = "--samples",
+    what: str = "the selection",
+    quiet: bool = False,
 ) -> tuple[Any, torch.Tensor, dict[str, Any]]:
     """A seeded random subset of ``samples`` examples (all when None), in their original order. ``samples`` is
     "up to": above the data's size, all of it is used -- said once per process on stderr (naming ``flag``) and
-    recorded as ``requested`` in the returned description."""
+    recorded as ``requested`` in the returned description (``quiet``: recorded only, for a command's own default
+    of "up to" that many)."""
     n_all = len(y)
     cut = {}
     if samples is not None:
@@ -232,7 +231,7 @@ def subset(
         x, y = x[idx], y[idx]
         if samples > n_all > 0:
             cut = {"requested": int(samples)}
-            if samples != _report_default(flag):  # the report's own defaults are "up to" (its page says so)
+            if not quiet:
                 note(f"note: {flag} {samples}: {what} holds {n_all} samples; all {n_all} are used")
     if len(y) == 0:
         raise UserError("--data: the selection holds no samples")
