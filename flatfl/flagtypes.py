@@ -69,7 +69,10 @@ MIN_DIRICHLET = 1e-6
 dirichlet_t = _typed(float, lambda v: v >= MIN_DIRICHLET, f"a concentration of at least {MIN_DIRICHLET:g}")
 MAX_LEVELS = 1_000  # --levels: contour levels of a 2D page (matplotlib draws each one)
 levels_t = _typed(int, lambda v: 0 < v <= MAX_LEVELS, f"a number of levels from 1 to {MAX_LEVELS}")
-SAMPLES_HELP = "0 = all the selected data"  # one meaning of --samples 0 for every command
+SAMPLES_HELP = (  # one meaning of --samples 0 (and of an N above the data) for every command
+    "0 = all the selected data; an N above its size also takes all of it, with a note on stderr (none at flatfl "
+    "report's default, an 'up to') and N recorded as the data's requested"
+)
 
 
 def batch_size_t(text: str) -> int | str:

@@ -127,6 +127,21 @@ def _check_kept_round(path: Path, r: int) -> None:
         )
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """One line when ``run_dir`` is not a folder: a file inside a run (``RUN/run.json``) names the run it is in."""
+    if run_dir.is_dir():
+        return
+    if run_dir.exists() or run_dir.is_symlink():
+        parent = run_dir.parent
+        hint = (
+            f"; did you mean its folder {parent}?"
+            if (parent / ckpt.RUN_JSON).is_file() or (parent / ckpt.METRICS_FILE).is_file()
+            else ""
+        )
+        raise UserError(f"{run_dir}: a file, not a run folder (prune takes the folder flatfl train --out wrote){hint}")
+    raise UserError(f"{run_dir}: no such run directory")
+
+
 def prune(
     run_dir: Path,
     keep: Selection,
@@ -136,8 +151,7 @@ def prune(
     say: Callable[[str], None] = print,
 ) -> Plan:
     """Delete the planned files under the run's lock (nothing with ``dry_run``); returns the plan."""
-    if not Path(run_dir).is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
+    check_run_folder(Path(run_dir))
     for note in settle(Path(run_dir)):  # an interrupted --overwrite finished or undone
         say(f"{run_dir}: {note}")
     ckpt.check_partition_file(run_dir, ckpt.read_run_json(run_dir))  # checked before the lock file is made in it

@@ -107,6 +107,12 @@ def build_simulation(
                 f"note: --parallel-clients: {cfg.model} has BatchNorm statistics, dropout or an LSTM, which cannot "
                 "be stacked; its clients train one after another"
             )
+    largest = max((len(p) for p in parts), default=0)
+    if cfg.local.batch_size != "full" and int(cfg.local.batch_size) > largest > 0:
+        log(
+            f"note: --batch-size {cfg.local.batch_size}: no client holds more than {largest} training samples; each "
+            "local epoch is one batch of the client's whole data (as --batch-size full)"
+        )
     info = run_info(cfg, sim, parts, dev) | (
         {"launch": {"world_size": ctx.world_size, "backend": ctx.backend}} if ctx is not None else {}
     )

@@ -222,6 +222,8 @@ def _train(
                 continue
             writer.submit(_round_job(t, cfg, saver, rec, result, algo, old_global, round_time, dev, ctx))
             _show_round(bar, last_eval, log, cfg, t, rec)
+            for note in algo.round_notes():
+                (bar.write if bar is not None else log)(f"flatfl: round {t}: {note}")
     except KeyboardInterrupt:
         writer.cancel_pending()  # queued rounds are dropped; the one being written completes
         raise

@@ -283,6 +283,10 @@ class FederatedAlgorithm:
         """The algorithm's own diagnostics of the last round, added to its metrics line (default none)."""
         return {}
 
+    def round_notes(self) -> list[str]:
+        """Lines for the user about the last round (a warning its metrics alone would hide); default none."""
+        return []
+
     # -- state (saved with every round) ---------------------------------------------------
     def state_tensors(self) -> StateDict:
         return {}

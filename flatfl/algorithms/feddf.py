@@ -34,6 +34,8 @@ from flatfl.algorithms.base import ClientUpdate, FederatedAlgorithm, Federation
 from flatfl.errors import DivergenceError
 from flatfl.statedict import StateDict, clone
 
+REJECTED_WARN = 3  # rounds running without a kept distillation step before FedDF warns
+
 
 @dataclass(frozen=True)
 class FedDFConfig:
@@ -86,6 +88,7 @@ class FedDF(FederatedAlgorithm):
     ) -> StateDict:
         """The aggregate's parameters distilled towards the clients' ensemble on the server's proxy data."""
         x = federation.server_data()
+        self.last_kept = None
         if len(x) < 2:
             return aggregate
         teachers = [federation.new_model(u.state) for u in updates]
@@ -128,6 +131,7 @@ class FedDF(FederatedAlgorithm):
         opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=c.lr)
         start = best = val_loss()
         best_state, bad, steps = clone(student.state_dict()), 0, 0
+        self.last_kept = 0  # the step of the student kept: 0 = the aggregate itself (distillation never helped)
         for step in range(1, c.steps + 1):
             idx = tr[torch.randint(len(tr), (min(c.batch_size, len(tr)),), generator=gen).to(x.device)]
             loss = distillation_loss(student(x[idx]), z[idx], T)
@@ -142,6 +146,7 @@ class FedDF(FederatedAlgorithm):
                 v = val_loss()
                 if v < best:
                     best, best_state, bad = v, clone(student.state_dict()), 0
+                    self.last_kept = step
                 else:
                     bad += 1
                     if bad >= c.patience:
@@ -151,3 +156,32 @@ class FedDF(FederatedAlgorithm):
 
     def dispatch_info(self) -> dict[str, Any]:
         return {"distillation": getattr(self, "last_info", None)}
+
+    def round_metrics(self) -> dict[str, Any]:
+        """The round's distillation on the metrics line: steps run, the step whose student was kept (0: the
+        validation KL never fell below the aggregate's, so w_{t+1} is the plain FedAvg mean) and the KL."""
+        info, kept = getattr(self, "last_info", None), getattr(self, "last_kept", None)
+        if info is None or kept is None:
+            return {}
+        return {
+            "distill_steps": info["steps"],
+            "distill_kept_step": kept,
+            "distill_val_kl_before": info["val_kl_before"],
+            "distill_val_kl_after": info["val_kl_after"],
+        }
+
+    def round_notes(self) -> list[str]:
+        """A warning once distillation has been rejected (the FedAvg mean kept) ``REJECTED_WARN`` rounds running:
+        FedDF then trains as FedAvg, which its metrics alone would not tell."""
+        kept = getattr(self, "last_kept", None)
+        if kept is None:
+            return []
+        self.rejected_run = 0 if kept else getattr(self, "rejected_run", 0) + 1
+        if self.rejected_run != REJECTED_WARN:
+            return []
+        c = self.config
+        return [
+            f"warning: FedDF's distillation has not lowered the validation KL in {REJECTED_WARN} rounds running "
+            f"(--distill-lr {c.lr:g}, --temperature {c.temperature:g}, --distill-steps {c.steps}): each such round "
+            "keeps the plain FedAvg mean (metrics.jsonl: distill_kept_step 0); a smaller --distill-lr may help"
+        ]

@@ -65,6 +65,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a one-line usage error (2)
         return int(exc.code or 0)
     debug = ns.pop("debug", False)
+    if (sources := sys.modules.get("flatfl.runs.sources")) is not None:  # its once-per-command notes said again
+        sources.reset_notes()
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)

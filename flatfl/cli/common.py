@@ -99,7 +99,8 @@ def add_analysis_arguments(g: Any, d: Any, data_help: str = "") -> None:
         type=pos_int,
         default=d.batch_size,
         metavar="B",
-        help=f"samples per forward/backward pass; results do not depend on it (default: {d.batch_size})",
+        help="samples per forward/backward pass; results do not depend on it, and a B above the data's size is one "
+        f"pass over all of it (default: {d.batch_size})",
     )
     g.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -295,6 +296,11 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
     if ns["max_vectors"] < ns["topk"]:
         raise UserError(f"--max-vectors: must be >= --topk ({ns['topk']})")
+    if ns.get("density") and ns["slq_steps"] > ns["max_vectors"]:  # was cut to --max-vectors without a word
+        raise UserError(
+            f"--slq-steps {ns['slq_steps']}: above --max-vectors {ns['max_vectors']} (each SLQ step holds one "
+            "vector); raise --max-vectors or lower --slq-steps"
+        )
     from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 
     if ns["trace"] and ns["trace_method"] != "hutchinson" and ns["trace_matvecs"] < HUTCHPP_MIN_MATVECS:
@@ -371,32 +377,36 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     from flatfl import checkpoint as ckpt
     from flatfl.analysis.distributed import is_main
     from flatfl.runs.curvature import no_bars, tqdm_bars
+    from flatfl.runs.files import save_surface
     from flatfl.runs.landscape import json_ready
     from flatfl.runs.measure import measure
+    from flatfl.runs.outset import CACHE_DIR, OutputSet, seed_cache
 
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)
-    m = measure(problem, settings, log=log, out_dir=out, bars=tqdm_bars if main else no_bars, main=main)
+    cache = seed_cache(out) if settings.surface else out / CACHE_DIR  # the surface's resume cache
+    m = measure(problem, settings, log=log, out_dir=cache, bars=tqdm_bars if main else no_bars, main=main)
     if not main:
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_json(out / "landscape.json", json_ready(m.record))
-    print(f"wrote {out / 'landscape.json'}")
     if m.surface is not None:
-        write_surface(ns, m, out)
-    if m.density is None:  # an earlier --density into this --out: its figures would read as this checkpoint's
-        for old in (out / "density.png", out / "density.pdf"):
-            if old.is_file():
-                old.unlink()
-                print(f"removed {old}: from an earlier run into this folder, this one measured no --density")
-    else:
-        from flatfl.analysis.plots import plot_density
+        m.record["surface"]["file"] = str(out / "surface.npz")
+    with OutputSet(out) as files:  # staged, then moved into OUT together (outset.py)
+        if m.surface is not None:
+            save_surface(m.surface, files.stage / "surface")
+            write_surface(ns, m, files.stage)
+        if m.density is not None:
+            from flatfl.analysis.plots import plot_density
 
-        data = m.record["data"]
-        title = f"{record_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
-        for p in plot_density(m.density, out / "density", title=title):
-            print(f"wrote {p}")
+            data = m.record["data"]
+            title = f"{record_title(m.record)}, {data.get('selection', 'data')} ({data['samples']} samples)"
+            plot_density(m.density, files.stage / "density", title=title)
+        m.record["files"] = sorted([*files.staged(), "landscape.json"])  # the set this invocation wrote
+        ckpt.atomic_write_json(files.stage / "landscape.json", json_ready(m.record))
+        for name in files.commit(print):
+            print(f"wrote {out / name}")
+    if m.surface is not None:
+        shutil.rmtree(out / CACHE_DIR, ignore_errors=True)  # its surface is now OUT/surface.npz/.json
     return 0
 
 

@@ -158,12 +158,11 @@ def write_surface(ns: dict[str, Any], m: Any, out: Path) -> None:
 
     surf = m.surface
     title = f"{record_title(m.record)}: {surf.description['kind']} surface"
-    for p in plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"]):
-        print(f"wrote {p}")
+    plot_surface(surf, out / "surface", title=title, levels=ns["levels"], zrange=ns["zrange"])
     label = f"round {m.record['round']}" if m.record.get("round") is not None else record_title(m.record)
     figs = surface_figures([(label, surf)], title=title, levels=ns["levels"], zrange=ns["zrange"])
     sections = [(surf.description["kind"], f) for f in figs if f is not None]
-    print(f"wrote {write_page(out / 'surface.html', title, sections)}")
+    write_page(out / "surface.html", title, sections)
 
 
 def check_grid(grid: int, dims: int) -> None:

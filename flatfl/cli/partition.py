@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,14 @@ def add_parser(sub: Any) -> None:
     )
     add_data_arguments(p, training=False)
     p.add_argument("--seed", type=seed_t, help=f"run seed (the partition depends on it), {SEED_RANGE} (default: 0)")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="heatmap file (default: partition.png)")
-    add_deprecated_alias(p, "--out", "--plot", "plot", type=Path)
+    p.add_argument(
+        "--plot",
+        type=plot_arg,
+        metavar="PNG",
+        help="heatmap file (default: partition.png); an existing folder, or a name ending in '/' (made if "
+        "missing), gets partition.png inside; a name without a type gets .png",
+    )
+    add_deprecated_alias(p, "--out", "--plot", "plot", type=plot_arg)
 
 
 def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
@@ -44,12 +51,15 @@ def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="samples")
     fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:  # a refused write (full disk, ulimit -f): one line naming the file, no partial figure
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # staged, then renamed: a refused write leaves neither a partial figure nor an earlier one lost
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower())
+        os.replace(tmp, path)
+    except OSError as exc:  # a refused write (full disk, ulimit -f): one line naming the file
         from flatfl.checkpoint import os_error
 
-        Path(path).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise os_error(path, exc) from exc
     finally:
         plt.close(fig)
@@ -57,6 +67,14 @@ def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:
 
 
 PLOT_TYPES = (".png", ".pdf", ".svg")
+
+
+def plot_arg(text: str) -> Path:
+    """``--plot`` as typed: a trailing separator names a folder (``newdir/`` -> ``newdir/partition.png``, the folder
+    made if missing), which :class:`Path` alone would drop and turn into ``newdir.png``."""
+    if text.endswith(("/", os.sep)):
+        return Path(text) / "partition.png"
+    return Path(text)
 
 
 def plot_path(path: Path) -> Path:

@@ -51,6 +51,9 @@ def _file_rounds(run: Path) -> set[int]:
 
 
 def run(ns: dict[str, Any]) -> int:
+    from flatfl.prune import check_run_folder
+
+    check_run_folder(Path(ns["run"]))  # before the round lists: RUN/run.json names the folder it is in
     found = _file_rounds(Path(ns["run"]))
     keep = _selection(ns["keep"], "--keep", found)
     clients = _selection(ns["keep_clients"], "--keep-clients", found) if ns.get("keep_clients") is not None else None

@@ -173,7 +173,8 @@ def _measure_arguments(p: Any, d: Any) -> None:
         type=nonneg_int,
         default=d.spread_samples,
         metavar="N",
-        help=f"test samples for the loss of each sent/returned model, 0 = distances only (default: {d.spread_samples})",
+        help="test samples for the loss of each sent/returned model, 0 = distances only; an N above the test split "
+        f"takes all of it, with a note (none at the default, an 'up to') (default: {d.spread_samples})",
     )
 
 

@@ -156,7 +156,8 @@ def add_model_arguments(t: Any, ld: Any) -> None:
         "--batch-size",
         metavar="B",
         help="local minibatch size, or 'full': one batch of all the client's data per epoch (full-batch gradient "
-        f"descent) {default(ld, 'batch_size')}",
+        "descent); a client holding fewer samples than B takes them all in one batch (a note says when B is above "
+        f"every client's size) {default(ld, 'batch_size')}",
     )
     g.add_argument("--local-epochs", metavar="E", help=f"local epochs per round {default(ld, 'epochs')}")
     g.add_argument("--weight-decay", metavar="WD", help=f"local SGD weight decay {default(ld, 'weight_decay')}")
@@ -270,7 +271,8 @@ def add_run_arguments(t: Any) -> None:
     g.add_argument(
         "--eval-batch-size",
         metavar="N",
-        help=f"batch size of test evaluation {default(RunConfig, 'eval_batch_size')}",
+        help="batch size of test evaluation (results do not depend on it; an N above the test split's size is one "
+        f"batch of all of it) {default(RunConfig, 'eval_batch_size')}",
     )
     g.add_argument(
         "--no-progress",

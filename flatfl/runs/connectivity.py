@@ -47,6 +47,7 @@ from flatfl.runs.groups import Group, reference_group
 from flatfl.runs.measures import connect as landscape_connect
 from flatfl.runs.problem import Problem, of_checkpoint
 from flatfl.runs.settings import ConnectivitySettings, ReportSettings
+from flatfl.runs.sources import note
 
 __all__ = ["MOMENTUM", "POINTS", "STREAM", "add_connect_flags", "connect_seed", "connect_settings",
            "measure_connectivity"]  # fmt: skip
@@ -86,8 +87,9 @@ def add_connect_flags(p: Any) -> None:
         default=None,
         metavar="N",
         help="client paths per run and round: the first N returned models of the round, in the order of "
-        f"clients_NNNN.safetensors (default: {DEFAULT_CLIENTS} where saved). Given, it asks for them: a report "
-        "whose runs saved no client models is refused",
+        f"clients_NNNN.safetensors (default: {DEFAULT_CLIENTS} where saved); a round that returned fewer gives all "
+        "of them (a note says when N is above every round's). Given, it asks for them: a report whose runs saved "
+        "no client models is refused",
     )
 
 
@@ -205,6 +207,7 @@ def _group_pairs(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, o
 def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, out: Path, skipped: list) -> list:
     """Each run's global model to the first ``max_clients`` models its clients returned, at each compared round."""
     found = []
+    most = 0  # the most client models one round returned
     for g in groups:
         for s in g.seeds:
             run = g.runs[s]
@@ -223,6 +226,7 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
                     continue
                 _, returned, info = run.clients(rnd)
                 a = ckpt.round_path(run.path, rnd)
+                most = max(most, len(returned))
                 for k in range(min(len(returned), paths.cs.max_clients)):
                     client = info["clients"][k]
                     cache = cache_dir(out, g.label, s, rnd) / f"connect_client_slot{k:03d}.json"
@@ -234,6 +238,11 @@ def _client_paths(groups: Sequence[Group], conds: Sequence[Any], paths: _Paths, 
                         continue
                     found.append({"group": g.label, "seed": s, "round": rnd, "conditions": names, "slot": k,
                                   "client": client, **rec})  # fmt: skip
+    if paths.cs.require_clients and 0 < most < paths.cs.max_clients:  # "up to N", said when N is above them all
+        note(
+            f"note: --connect-clients {paths.cs.max_clients}: no compared round returned more than {most} client "
+            "models; all of them are used"
+        )
     return found
 
 

@@ -161,7 +161,7 @@ def of_foreign(spec: ForeignSpec, settings: LandscapeSettings, log: Callable[[st
     if not spec.forward:
         pair, data = tensors_of(data, settings.batch_size, spec.data)
     if pair is not None:
-        x, y, info = subset(pair[0], pair[1], settings.samples, settings.seed)
+        x, y, info = subset(pair[0], pair[1], settings.samples, settings.seed, what="--data")
         source["data"].update(info)
         bn = [
             x[i : i + settings.batch_size]

@@ -24,7 +24,7 @@ from flatfl.analysis.operators import HessianOperator, ModelLoss
 from flatfl.analysis.subsample import SubsampleSettings, subsample
 from flatfl.errors import UserError
 from flatfl.runs.run import Run
-from flatfl.runs.settings import DTYPES, LandscapeSettings
+from flatfl.runs.settings import DTYPES, LandscapeSettings, ReportSettings
 from flatfl.runs.sources import file_digest, subset
 
 
@@ -57,15 +57,21 @@ class Problem:
         return self.source.get("memory_budget_gb", 2.0) * 2**30
 
 
+# flatfl report's defaults of --samples / --spread-samples: a subset of "up to" that many, cut to the data without a
+# note (every digits report would otherwise carry one)
+REPORT_UP_TO = {"--samples": ReportSettings().landscape.samples, "--spread-samples": ReportSettings().spread_samples}
+
+
 def select_data(
-    run: Run, spec: str, samples: int | None, seed: int
+    run: Run, spec: str, samples: int | None, seed: int, flag: str = "--samples"
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The (x, y) a measurement uses: ``train``, ``test`` or ``client:K`` (a user-data run: ``train``, ``test``
     or a data name, :meth:`Run.user_data_pair`); optionally a seeded subset."""
     x, y = run.user_data_pair(spec, 500) if run.user_data else _run_data(run, spec)
     if len(y) == 0:
         raise UserError(f"--data: the selection {spec!r} holds no samples")
-    x, y, info = subset(x, y, samples, seed)
+    quiet = samples == REPORT_UP_TO.get(flag)  # flatfl report's own defaults are "up to" (its page says so)
+    x, y, info = subset(x, y, samples, seed, flag=flag, what=f"the {spec} selection", quiet=quiet)
     return x, y, {"selection": spec, **info}
 
 

@@ -167,7 +167,7 @@ def training_curves(groups: Sequence[Group], settings: ReportSettings, show_prog
         s, run = first
         data = None
         if settings.spread_samples:
-            x, y, _ = select_data(run, "test", settings.spread_samples, settings.landscape.seed)
+            x, y, _ = select_data(run, "test", settings.spread_samples, settings.landscape.seed, "--spread-samples")
             data = (x, y)
         rs = spread_rounds(run)
         with tqdm(total=len(rs), desc=f"spread {g.label}", unit="round", disable=not show_progress) as bar:
@@ -234,9 +234,11 @@ def _build_report(
     check_report_out(out, list(run_dirs))
     runs = [Run.open(p) for p in run_dirs]
     for r in runs:
-        if not (r.path / ckpt.METRICS_FILE).is_file():
+        metrics = r.path / ckpt.METRICS_FILE
+        if not metrics.is_file():
+            what = "not a regular file" if metrics.exists() or metrics.is_symlink() else "missing"
             raise ValueError(
-                f"{r.path / ckpt.METRICS_FILE}: missing (the report reads each round's test accuracy from it); "
+                f"{metrics}: {what} (the report reads each round's test accuracy from it); "
                 "restore it, or leave this run out"
             )
         last = max(r.rounds(), default=0)  # every round's line is appended before its round file is committed

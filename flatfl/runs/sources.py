@@ -8,6 +8,7 @@ data through it, :mod:`flatfl.runs.problem` and :mod:`flatfl.runs.foreign` selec
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -190,15 +191,48 @@ def data_pair(spec: str, batch_size: int, flag: str = "--data") -> tuple[torch.T
     return pair
 
 
-def subset(x: Any, y: torch.Tensor, samples: int | None, seed: int) -> tuple[Any, torch.Tensor, dict[str, Any]]:
-    """A seeded random subset of ``samples`` examples (all when None), in their original order."""
+_SAID: set[str] = set()  # emptied by flatfl.cli.main at the start of every command
+
+
+def reset_notes() -> None:
+    _SAID.clear()
+
+
+def note(text: str) -> None:
+    """``flatfl: TEXT`` on stderr, once per process (a report takes the same subset for every checkpoint); rank 0
+    alone under torchrun."""
+    if text in _SAID or os.environ.get("RANK", "0") != "0":
+        return
+    _SAID.add(text)
+    print(f"flatfl: {text}", file=sys.stderr)
+
+
+def subset(
+    x: Any,
+    y: torch.Tensor,
+    samples: int | None,
+    seed: int,
+    *,
+    flag: str = "--samples",
+    what: str = "the selection",
+    quiet: bool = False,
+) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+    """A seeded random subset of ``samples`` examples (all when None), in their original order. ``samples`` is
+    "up to": above the data's size, all of it is used -- said once per process on stderr (naming ``flag``) and
+    recorded as ``requested`` in the returned description (``quiet``: recorded only, for a command's own default
+    of "up to" that many)."""
     n_all = len(y)
+    cut = {}
     if samples is not None:
         if samples <= 0:
-            raise UserError("--samples: must be a positive number of samples")
+            raise UserError(f"{flag}: must be a positive number of samples")
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n_all, generator=g)[: min(samples, n_all)].sort().values
         x, y = x[idx], y[idx]
+        if samples > n_all > 0:
+            cut = {"requested": int(samples)}
+            if not quiet:
+                note(f"note: {flag} {samples}: {what} holds {n_all} samples; all {n_all} are used")
     if len(y) == 0:
         raise UserError("--data: the selection holds no samples")
-    return x, y, {"samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None}
+    return x, y, {"samples": int(len(y)), "of": int(n_all), "subset_seed": seed if samples else None, **cut}

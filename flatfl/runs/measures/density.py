@@ -61,7 +61,11 @@ SPEC = register(
             ),
             Flag(
                 ("--slq-steps",),
-                {"type": passes_t, "metavar": "N", "help": f"Lanczos steps per SLQ run (default: {D.slq_steps})"},
+                {
+                    "type": passes_t,
+                    "metavar": "N",
+                    "help": f"Lanczos steps per SLQ run, at most --max-vectors (default: {D.slq_steps})",
+                },
             ),
         ),  # fmt: skip
         settings_of=settings_of,
