@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
-import tomllib
 
 import pytest
 
@@ -32,14 +32,15 @@ sys.argv = ["flatfl", "--version"]
 
 def _console_script() -> str:
     """What pip writes as ``bin/flatfl`` for pyproject's entry point."""
-    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["flatfl"]
-    module, func = target.split(":")
+    scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]", 1)[1]  # tomllib: Python 3.11+
+    module, func = re.search(r'^flatfl\s*=\s*"([\w.]+):(\w+)"', scripts, re.M).groups()
     return f"from {module} import {func}\nsys.exit({func}())\n"
 
 
 @pytest.mark.parametrize("how", ["console script", "python -m flatfl"])
 def test_ctrl_c_while_flatfl_loads_is_one_line_and_130(how):
-    run = _console_script() if how == "console script" else "import runpy; runpy.run_module('flatfl', run_name='__main__')"
+    by_m = "import runpy; runpy.run_module('flatfl', run_name='__main__')"
+    run = _console_script() if how == "console script" else by_m
     proc = subprocess.run(
         [sys.executable, "-c", SIGINT_AT_TORCH + run],
         cwd=ROOT,
