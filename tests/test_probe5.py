@@ -65,3 +65,17 @@ def test_an_ignored_sigint_stays_ignored_while_flatfl_loads():
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert proc.returncode == 0 and proc.stdout.startswith("flatfl "), (proc.returncode, proc.stderr[-1500:])
+
+
+def test_a_refused_writer_names_what_the_lock_holder_is_doing(cli, tmp_path):
+    """conc2's report + train into one folder: the train was told another process "is training this run"
+    while a report held the folder (it named its own activity). The holder's own words now, and the PID."""
+    from flatfl.rundir import LOCK_FILE, locked_folder
+
+    out = tmp_path / "rep"
+    with locked_folder(out, "writing a report here"):
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\nwriting a report here\n"
+        code, _, err = cli("train", "--dataset", "digits", "--clients", "2", "--rounds", "1", "--out", out)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"another flatfl process (PID {os.getpid()}) is writing a report here;" in err, err
+    assert not (out / "run.json").exists()
