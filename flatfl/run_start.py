@@ -63,12 +63,11 @@ def run_partition(
         parts = ckpt.read_partition(out, info)
         check_drawn(out / ckpt.PARTITION_JSON, info, cfg, data, parts)  # an index moved between clients
         start, algo_name, st_tensors, st_json = ckpt.load_state(out, identity)
-        state_check.check_commit_point(out, info, start)  # a state file edited back to an earlier round
-        if algo_name == cfg.algo:  # else restore_run names both
-            state_check.check_algorithm_state(out, start, algo_name, cfg.algo_config, st_tensors, st_json)
+        # a state file edited back to an earlier round, or another round's algorithm state (restore_run names
+        # another algorithm)
+        state_check.check_resume_state(out, info, start, (algo_name, cfg.algo, cfg.algo_config), st_tensors, st_json)
         global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
         check_finite(ckpt.round_path(out, start), global_cpu)
-        check_finite(out / ckpt.STATE_FILE, st_tensors)
         return parts, start, algo_name, st_tensors, st_json, global_cpu
 
     if not resume:

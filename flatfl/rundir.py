@@ -2,8 +2,8 @@
 
 :class:`RunDir` is what ``flatfl train`` holds while it writes ``--out``:
 
-* an exclusive ``fcntl.flock`` on ``DIR/.flatfl.lock`` (which holds the owner's PID while it
-  runs): a second train, resume or overwrite of the same directory stops with one line naming
+* an exclusive ``fcntl.flock`` on ``DIR/.flatfl.lock`` (which holds the owner's PID and what it is doing
+  while it runs): a second train, resume or overwrite of the same directory stops with one line naming
   that PID. The kernel drops the lock when the process dies, so a kill leaves nothing stale.
 * ``--overwrite`` moves the old run's files into ``DIR/.flatfl-replaced/`` and deletes them
   only once the new run's round 0 is committed (``state.safetensors`` written). Opening a
@@ -111,8 +111,10 @@ def refuse_run_dir(out: Path, flag: str = "--out") -> None:
 
 
 def lock_dir(out: Path, doing: str) -> int:
-    """An exclusive ``fcntl.flock`` on ``out/.flatfl.lock`` holding this PID (the kernel drops it when the
-    process dies); a second holder stops with one line: another flatfl process (PID ...) is ``doing``."""
+    """An exclusive ``fcntl.flock`` on ``out/.flatfl.lock`` holding this PID and, on a second line, what it is
+    ``doing`` (the kernel drops the lock when the process dies); a second holder stops with one line: another
+    flatfl process (PID ...) is <what the holder is doing> -- a train refused beside a report says the report's
+    "writing a report here", not its own "training this run"."""
     path = Path(out) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW, 0o666)
@@ -129,13 +131,16 @@ def lock_dir(out: Path, doing: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        lines = os.read(fd, 256).decode(errors="replace").split("\n")
         os.close(fd)
+        holder = lines[0].strip() or "unknown"
+        held_for = lines[1].strip() if len(lines) > 1 and lines[1].strip() else doing  # an older flatfl: PID only
         raise UserError(
-            f"{out}: another flatfl process (PID {holder}) is {doing}; wait for it to finish or stop it, then try again"
+            f"{out}: another flatfl process (PID {holder}) is {held_for}; wait for it to finish or stop it, then try "
+            "again"
         ) from None
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, f"{os.getpid()}\n{doing}\n".encode())
     return fd
 
 

@@ -19,7 +19,9 @@ silently train them again. The algorithm's own state must also be the one of rou
 count of averaged models is the number of collection rounds up to s; SCAFFOLD holds a control variate for exactly
 the clients that took part in rounds 1..s (metrics.jsonl records them).
 
-Each refusal is one line naming the state file and the field, and nothing is written.
+Each refusal is one line naming the state file and the field, and nothing is written. Both resumes run them,
+through :func:`check_resume_state`: ``flatfl train --resume`` (:mod:`flatfl.run_start`) and the Flower recorder's
+``start(..., resume=True)`` (:mod:`flatfl.flower.resume`), whose writes go in the same order.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from flatfl import checkpoint as ckpt
 from flatfl import client_state
 from flatfl.algorithms.fedswa import cycle_position
 from flatfl.errors import UserError
+from flatfl.run_checks import check_finite
 from flatfl.statedict import StateDict
 from flatfl.storage import StorageConfig
 
@@ -57,6 +60,21 @@ def _later(out: Path, pattern: str, s: int) -> list[int]:
         if stem.isdigit() and int(stem) > s:
             rounds.append(int(stem))
     return sorted(rounds)
+
+
+def check_resume_state(
+    out: Path, info: dict[str, Any], s: int, algo: tuple[str, str, Any], tensors: StateDict, meta: dict[str, Any]
+) -> None:
+    """What a resume checks of ``state.safetensors`` (round ``s``, its ``tensors`` and JSON ``meta``) before it
+    continues: the commit point against the files beside it, the algorithm's state against the run's files when
+    ``algo`` = (the state's algorithm, the run's, the run's algorithm config) agree (else the caller names both;
+    the run's ``None``: a state holding no algorithm state, as the Flower recorder's for a strategy other than
+    FedMut), and every state tensor finite (first: a NaN would otherwise be named as another round's tensor)."""
+    check_finite(out / ckpt.STATE_FILE, tensors)
+    check_commit_point(out, info, s)
+    saved, want, algo_config = algo
+    if saved == want:
+        check_algorithm_state(out, s, saved, algo_config, tensors, meta)
 
 
 def check_commit_point(out: Path, info: dict[str, Any], s: int) -> None:

@@ -295,7 +295,7 @@ def test_second_trainer_is_refused_naming_the_holder(finished, cli):
     holder = flatfl_proc("train", "--resume", run, "--rounds", "100000")
     try:
         deadline = time.monotonic() + 120
-        while (run / LOCK_FILE).read_text().strip() != str(holder.pid):
+        while (run / LOCK_FILE).read_text().split("\n")[0] != str(holder.pid):  # then what it is doing
             assert holder.poll() is None and time.monotonic() < deadline, holder.communicate()
             time.sleep(0.05)
         for args in (["--resume", run], [*ARGS, "--overwrite", "--out", run]):

@@ -2,7 +2,9 @@
 
 What ``flatfl train --resume`` restores, read from the run directory: the global model of the last
 round with a commit point (``state.safetensors``), the strategy's state saved with it (FedMut's
-previous global model), metrics.jsonl cut back to the committed rounds. The strategy's rounds are
+previous global model), metrics.jsonl cut back to the committed rounds, after the checks ``flatfl train --resume``
+makes (:func:`flatfl.state_check.check_resume_state`: a state file edited back to an earlier round, or holding
+another round's previous global model, is refused in one line naming it). The strategy's rounds are
 then numbered on from there, so the seeded sample, the mutants and the clients' seeds are those of
 an uninterrupted run, which the resumed one equals byte for byte (tests/test_flower.py).
 """
@@ -13,10 +15,12 @@ from logging import INFO
 from typing import TYPE_CHECKING, Any
 
 from flatfl import checkpoint as ckpt
+from flatfl import state_check
 from flatfl.errors import UserError
 from flatfl.flower.strategy import FedMutStrategy
-from flatfl.run_checks import check_finite
+from flatfl.run_checks import check_finite, check_state_groups
 from flatfl.statedict import StateDict
+from flatfl.validate import check_dtypes
 
 if TYPE_CHECKING:
     from flatfl.flower.recorder import RunRecorder
@@ -50,13 +54,20 @@ def check_resumable(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict, 
     start, algo, tensors, meta = ckpt.load_state(out, rec.identity)
     if algo != rec.config["algo"]:
         raise UserError(f"resume: {out / ckpt.STATE_FILE} holds {algo} state but the strategy is {rec.config['algo']}")
+    # the checks of `flatfl train --resume` (flatfl.state_check): the recorder commits each round as it does
+    fm = rec.strategy.fedmut if isinstance(rec.strategy, FedMutStrategy) else None
+    run_algo = (algo, algo if fm is not None else None, fm.config if fm is not None else None)
+    state_check.check_resume_state(out, info, start, run_algo, tensors, meta)
     path = ckpt.round_path(out, start)
     saved, _ = ckpt.load_round(path, rec.identity)
     check_finite(path, saved)
-    order = list(rec.subject.initial_state())  # the model's key order: FedMut draws per tensor in it
-    if set(order) != set(saved):
-        raise UserError(f"{path}: its tensors are not the model's ({sorted(set(order) ^ set(saved))[:3]} ...)")
-    return start, {k: saved[k] for k in order}, tensors, meta
+    model = rec.subject.initial_state()  # the model's key order: FedMut draws per tensor in it
+    if set(model) != set(saved):
+        raise UserError(f"{path}: its tensors are not the model's ({sorted(set(model) ^ set(saved))[:3]} ...)")
+    saved = check_dtypes(path, saved, {k: v.dtype for k, v in model.items()})
+    params = set(fm.param_names) if fm is not None else set(model)
+    check_state_groups(tensors, model, params, out / ckpt.STATE_FILE)
+    return start, {k: saved[k] for k in model}, tensors, meta
 
 
 def _leaves(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,11 +89,17 @@ def restore(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict]:
     out = rec.out
     start, global_state, tensors, meta = check_resumable(rec, num_rounds)
     if isinstance(rec.strategy, FedMutStrategy):
-        rec.strategy.fedmut.load_state(tensors, meta)
+        try:
+            rec.strategy.fedmut.load_state(tensors, meta)
+        except (KeyError, ValueError) as exc:  # state FedMut needs is missing or does not fit
+            raise UserError(
+                f"{out / ckpt.STATE_FILE}: {exc}; the state file is damaged (restore it from a copy)"
+            ) from exc
     keep, _, rewrite = ckpt.metrics_for_resume(out, start)
     if rewrite:
         ckpt.write_metrics(out, keep)
     if start < num_rounds:
+        state_check.drop_uncommitted(out, start)  # a killed round's files, before run.json's rounds change
         ckpt.set_run_rounds(out, num_rounds)
     else:
         log(INFO, "%s: already at round %d of %d; nothing to do (raise rounds to continue)", out, start, num_rounds)
