@@ -24,6 +24,9 @@ from flatfl.rundir import LOCK_FILE
 from tests.conftest import TINY
 from tests.forkserver import ForkServer
 
+# The kills below run in processes forked from one that imported flatfl once (conftest's forked, tests/forkserver.py);
+# the first kill test and the lock holder keep a fresh interpreter (flatfl_proc).
+
 ROUNDS = 3
 ARGS = [*TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--save-clients"]
 TIMING = ("wall_time", "round_time")
@@ -66,16 +69,6 @@ def flatfl_proc(*args: str | Path, env: dict[str, str] | None = None, **kw) -> s
         preexec_fn=preexec,
         **kw,
     )
-
-
-@pytest.fixture(scope="module")
-def forked():
-    """Real ``python -m flatfl`` processes forked from one that imported flatfl once (tests/forkserver.py): the kills
-    below end a process of their own, without paying the interpreter's start-up each time. The first kill test and
-    the lock holder keep a fresh interpreter (flatfl_proc)."""
-    server = ForkServer()
-    yield server
-    server.close()
 
 
 def metrics_without_timing(run: Path) -> list[dict]:
