@@ -101,3 +101,14 @@ def invariance_bench():
     sys.modules["invariance_table"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def forked():
+    """Real ``python -m flatfl`` processes forked from one that imported flatfl once (tests/forkserver.py): a kill
+    test's process ends on its own, without paying the interpreter's start-up each time."""
+    from tests.forkserver import ForkServer
+
+    server = ForkServer()
+    yield server
+    server.close()

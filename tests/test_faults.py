@@ -22,6 +22,10 @@ from flatfl import checkpoint as ckpt
 from flatfl.faults import ENV, KILLED
 from flatfl.rundir import LOCK_FILE
 from tests.conftest import TINY
+from tests.forkserver import ForkServer
+
+# The kills below run in processes forked from one that imported flatfl once (conftest's forked, tests/forkserver.py);
+# the first kill test and the lock holder keep a fresh interpreter (flatfl_proc).
 
 ROUNDS = 3
 ARGS = [*TINY, "--algo", "fedmut", "--rounds", str(ROUNDS), "--save-clients"]
@@ -91,11 +95,10 @@ def straight(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("point", "n"), CASES, ids=[f"{p}-{n}" for p, n in CASES])
-def test_killed_at_every_write_point_then_continued_equals_straight_run(straight, cli, tmp_path, point, n):
+def test_killed_at_every_write_point_then_continued_equals_straight_run(straight, forked, cli, tmp_path, point, n):
     out = tmp_path / "run"
-    proc = flatfl_proc("train", *ARGS, "--out", out, env={ENV: f"{point}:{n}"})
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == KILLED, err
+    proc = forked.run("train", *ARGS, "--out", out, env={ENV: f"{point}:{n}"})
+    assert proc.returncode == KILLED, proc.stderr
     # the straight run's command again: --resume when run.json made it, else the first command
     if (out / ckpt.RUN_JSON).is_file():
         code, _, err = cli("train", "--resume", out)
@@ -260,11 +263,10 @@ def test_failed_overwrite_keeps_the_old_run(finished, cli, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_overwrite_killed_before_its_round0_commit_gives_the_old_run_back(finished, cli):
+def test_overwrite_killed_before_its_round0_commit_gives_the_old_run_back(finished, forked, cli):
     run = finished("overwrite-killed")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != LOCK_FILE}
-    proc = flatfl_proc("train", *ARGS, "--seed", "1", "--overwrite", "--out", run, env={ENV: "state:write:1"})
-    proc.communicate(timeout=300)
+    proc = forked.run("train", *ARGS, "--seed", "1", "--overwrite", "--out", run, env={ENV: "state:write:1"})
     assert proc.returncode == KILLED
     code, _, err = cli("train", "--resume", run, "--rounds", "1")  # opening the run undoes the overwrite
     assert code == 0, err
@@ -334,7 +336,7 @@ def _files(run: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def overwrite_killed(straight, tmp_path_factory):
+def overwrite_killed(straight, forked, tmp_path_factory):
     """point -> a run directory holding ``straight`` as it is left by ``--overwrite`` killed there (made once)."""
     import shutil
 
@@ -344,9 +346,8 @@ def overwrite_killed(straight, tmp_path_factory):
         if point not in made:
             run = tmp_path_factory.mktemp("killed") / "run"
             shutil.copytree(straight, run)
-            proc = flatfl_proc("train", *ARGS, "--seed", "1", "--overwrite", "--out", run, env={ENV: f"{point}:{n}"})
-            _, err = proc.communicate(timeout=300)
-            assert proc.returncode == KILLED, err
+            proc = forked.run("train", *ARGS, "--seed", "1", "--overwrite", "--out", run, env={ENV: f"{point}:{n}"})
+            assert proc.returncode == KILLED, proc.stderr
             made[point] = run
         return made[point]
 
@@ -544,16 +545,14 @@ raise SystemExit(main(sys.argv[3:]))
 """
 
 
-def _die_after(call: str, n: int, *args: str | Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", DIE_AFTER, call, str(n), *map(str, args)], capture_output=True, text=True, timeout=300
-    )
+def _die_after(forked: ForkServer, call: str, n: int, *args: str | Path) -> None:
+    proc = forked.run(call, str(n), *args, code=DIE_AFTER)
     assert proc.returncode == KILLED, proc.stderr
 
 
 @pytest.mark.parametrize("n", [1, 10])
 def test_a_kill_while_the_previous_run_moves_back_is_settled_by_the_next_command(
-    straight, overwrite_killed, cli, tmp_path, n
+    straight, overwrite_killed, forked, cli, tmp_path, n
 ):
     import shutil
 
@@ -561,7 +560,7 @@ def test_a_kill_while_the_previous_run_moves_back_is_settled_by_the_next_command
     shutil.copytree(overwrite_killed("round:commit", 1), run)  # the new run's round 0 written, not committed
     # its opening moves the previous run back; a kill there left files moved back that the next opening took for the
     # new run's and deleted (n = 1), or a set-aside run without its run.json that stopped every command (n = 10)
-    _die_after("replace", n, "prune", run, "--keep", "0", "--dry-run")
+    _die_after(forked, "replace", n, "prune", run, "--keep", "0", "--dry-run")
     for reader in ("prune", "landscape", "resume"):
         code, err = _reader(reader, cli, run, tmp_path, committed=False)
         assert code == 0, (reader, err)
@@ -570,14 +569,14 @@ def test_a_kill_while_the_previous_run_moves_back_is_settled_by_the_next_command
 
 
 @pytest.mark.parametrize("n", [1, 8])
-def test_a_kill_while_the_replaced_run_is_deleted_is_settled_by_the_next_command(straight, cli, tmp_path, n):
+def test_a_kill_while_the_replaced_run_is_deleted_is_settled_by_the_next_command(straight, forked, cli, tmp_path, n):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(straight, run)
     # the first unlinks of an --overwrite are those deleting the previous run, after the new round 0's commit; a kill
     # once run.json was deleted left a set-aside run without it, which stopped every command (n = 8)
-    _die_after("unlink", n, "train", *ARGS, "--rounds", "1", "--seed", "1", "--overwrite", "--out", run)
+    _die_after(forked, "unlink", n, "train", *ARGS, "--rounds", "1", "--seed", "1", "--overwrite", "--out", run)
     assert (run / ckpt.STATE_FILE).is_file()
     for reader in ("prune", "landscape", "resume"):
         code, err = _reader(reader, cli, run, tmp_path, committed=True)

@@ -21,7 +21,6 @@ from flatfl import checkpoint as ckpt
 from flatfl import state_check
 from flatfl.faults import ENV, KILLED
 from tests.conftest import TINY
-from tests.test_faults import flatfl_proc
 
 ROUNDS = 4
 
@@ -177,22 +176,22 @@ def test_next_saved_round(storage, rounds, s, want):
 KILL_ARGS = [*TINY, "--algo", "fedmut", "--rounds", "5", "--save-clients"]
 
 
-def _killed(out: Path, point: str, *args: str) -> None:
-    proc = flatfl_proc("train", *args, env={ENV: point})
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == KILLED, err
+def _killed(forked, point: str, *args: str) -> None:
+    """``flatfl train ARGS`` killed at ``point`` in a real process of its own (conftest's forked)."""
+    proc = forked.run("train", *args, env={ENV: point})
+    assert proc.returncode == KILLED, proc.stderr
 
 
-def test_kills_around_a_resume_that_changes_save_every_are_not_taken_for_forgeries(cli, tmp_path):
+def test_kills_around_a_resume_that_changes_save_every_are_not_taken_for_forgeries(cli, forked, tmp_path):
     # every 3rd round saved: killed after round 3's file, before its commit (state at 0; round_0003, lines 1-2);
     # resumed with every round saved, killed after round 1's file: round_0003 must not be left as a later
     # round's file, and the run ends as a straight one with every round saved
     straight = tmp_path / "straight"
     assert cli("train", *KILL_ARGS, "--out", straight)[0] == 0
     out = tmp_path / "run"
-    _killed(out, "round:commit:2", *KILL_ARGS, "--save-every", "3", "--out", str(out))
+    _killed(forked, "round:commit:2", *KILL_ARGS, "--save-every", "3", "--out", str(out))
     assert ckpt.round_path(out, 3).is_file() and not ckpt.round_path(out, 1).is_file()
-    _killed(out, "round:commit:1", "--resume", str(out), "--save-every", "1")
+    _killed(forked, "round:commit:1", "--resume", str(out), "--save-every", "1")
     assert not ckpt.round_path(out, 3).is_file()  # the uncommitted round's file went before run.json changed
     code, _, err = cli("train", "--resume", out)
     assert code == 0, err
@@ -203,12 +202,12 @@ def test_kills_around_a_resume_that_changes_save_every_are_not_taken_for_forgeri
 
 
 @pytest.mark.parametrize("point", ["round:commit:3", "metrics:commit:3", "clients:commit:2"])
-def test_a_kill_between_saved_rounds_resumes(cli, tmp_path, point):
+def test_a_kill_between_saved_rounds_resumes(cli, forked, tmp_path, point):
     # every 2nd round saved: the kill leaves the state at round 2 and round 3's (and maybe 4's) writes past it
     straight = tmp_path / "straight"
     assert cli("train", *KILL_ARGS, "--save-every", "2", "--out", straight)[0] == 0
     out = tmp_path / "run"
-    _killed(out, point, *KILL_ARGS, "--save-every", "2", "--out", str(out))
+    _killed(forked, point, *KILL_ARGS, "--save-every", "2", "--out", str(out))
     code, _, err = cli("train", "--resume", out)
     assert code == 0, err
     assert _files(out).keys() == _files(straight).keys()

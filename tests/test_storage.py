@@ -18,7 +18,7 @@ from flatfl.faults import ENV, KILLED
 from tests.conftest import TINY
 from tests.test_checkpoint import _files
 from tests.test_cli import _one_line_error
-from tests.test_faults import flatfl_proc, metrics_without_timing
+from tests.test_faults import metrics_without_timing
 
 ROUNDS = 5
 SCAFFOLD = [*TINY, "--algo", "scaffold", "--rounds", str(ROUNDS)]
@@ -124,11 +124,10 @@ KILLS = [
 
 
 @pytest.mark.parametrize(("point", "n"), KILLS, ids=[f"{p}-{n}" for p, n in KILLS])
-def test_killed_save_every_run_resumes_to_the_straight_run(runs, cli, tmp_path, point, n):
+def test_killed_save_every_run_resumes_to_the_straight_run(runs, forked, cli, tmp_path, point, n):
     out = tmp_path / "run"
-    proc = flatfl_proc("train", *SCAFFOLD, "--save-every", "2", "--out", out, env={ENV: f"{point}:{n}"})
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == KILLED, err
+    proc = forked.run("train", *SCAFFOLD, "--save-every", "2", "--out", out, env={ENV: f"{point}:{n}"})
+    assert proc.returncode == KILLED, proc.stderr
     code, _, err = cli("train", "--resume", out)
     assert code == 0, err
     assert _files(out) == _files(runs["every2"])
