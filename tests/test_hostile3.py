@@ -19,3 +19,31 @@ def test_fedgen_sizes_beyond_a_tensor_dimension_are_one_line(cli, tmp_path, flag
     code, _, err = cli("train", *TINY, *FEDGEN, "--rounds", "1", "--out", out, flag, value)
     _one_line_error(code, err, flag, value, "1,000,000")
     assert not out.exists()
+
+
+REPORT_CHEAP = ["--at-rounds", "3", "--samples", "40", "--no-hessian", "--trace-matvecs", "0", "--sharpness", "none",
+                "--no-match", "--no-fisher-rao", "--no-progress"]  # fmt: skip
+
+
+def test_report_options_of_switched_off_sections_are_said_to_have_no_effect(cli, run3, tmp_path):
+    """--grid with --no-surface, --spread-samples with --no-spread, --slice-radius/--widths with --slices 0 and
+    --data-tol without --samples auto were ignored without a word."""
+    off = ["--no-surface", "--grid", "5", "--span", "2", "--no-spread", "--spread-samples", "10", "--slices", "0",
+           "--slice-radius", "2", "--widths", "0.5", "--data-tol", "0.1"]  # fmt: skip
+    code, _, err = cli("report", run3, "--out", tmp_path / "r", *REPORT_CHEAP, *off)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("flatfl: warning:")]
+    assert warnings == [
+        "flatfl: warning: --grid 5 has no effect: the loss surfaces are off (--no-surface)",
+        "flatfl: warning: --span 2 has no effect: the loss surfaces are off (--no-surface)",
+        "flatfl: warning: --spread-samples 10 has no effect: the spread is off (--no-spread)",
+        "flatfl: warning: --slice-radius 2 has no effect: the 1D slices are off (--slices 0)",
+        "flatfl: warning: --widths 0.5 has no effect: the 1D slices are off (--slices 0)",
+        "flatfl: warning: --data-tol 0.1 has no effect: --samples is not auto",
+    ]
+    assert (tmp_path / "r" / "report.json").is_file()
+    # a default given explicitly says nothing
+    code, _, err = cli("report", run3, "--out", tmp_path / "r2", *REPORT_CHEAP, "--no-surface", "--grid", "21",
+                       "--no-spread", "--spread-samples", "500", "--slices", "0")  # fmt: skip
+    assert code == 0, err
+    assert "warning" not in err
