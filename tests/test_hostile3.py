@@ -47,3 +47,35 @@ def test_report_options_of_switched_off_sections_are_said_to_have_no_effect(cli,
                        "--no-spread", "--spread-samples", "500", "--slices", "0")  # fmt: skip
     assert code == 0, err
     assert "warning" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--algo", "fedaux", "--distill-steps", "2", "--dp-delta", "0.1"], ["--dp-delta", "--dp-epsilon 0"]),
+        (["--algo", "fedaux", "--distill-steps", "2", "--aux-pretrain-lr", "0.1"],
+         ["--aux-pretrain-lr", "--aux-pretrain-steps 0"]),
+        (["--cifar100-labels", "fine"], ["--cifar100-labels", "cifar100 only, not digits"]),
+        (["--download"], ["--download", "digits"]),
+        (["--clients-dtype", "bfloat16"], ["--clients-dtype", "no --save-clients"]),
+    ],
+)  # fmt: skip
+def test_train_options_that_would_be_ignored_are_refused(cli, tmp_path, args, needles):
+    """Each was accepted and had no effect on the run (recorded in run.json as if it had)."""
+    out = tmp_path / "run"
+    code, _, err = cli("train", *TINY, "--rounds", "1", "--out", out, *args)
+    _one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_partition_download_of_embedded_data_is_refused(cli, tmp_path):
+    code, _, err = cli("partition", "--dataset", "digits", "--clients", "6", "--download", "--plot", tmp_path / "p.png")
+    _one_line_error(code, err, "--download", "digits")
+
+
+def test_resume_clients_dtype_of_a_run_without_client_files_is_refused(cli, tiny):
+    run = tiny("r", rounds=1, algo="fedavg")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, _, err = cli("train", "--resume", run, "--rounds", "2", "--clients-dtype", "bfloat16")
+    _one_line_error(code, err, "--clients-dtype", "without --save-clients")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
