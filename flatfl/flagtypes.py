@@ -106,7 +106,10 @@ def name_list(
 ) -> tuple[str, ...]:
     """``--flag A,B`` as a tuple of ``choices``, or a word of ``alone`` given by itself (``all``, ``none``) as the
     names it stands for; an unknown or repeated name is refused in one line."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
+    items = [s.strip() for s in text.split(",")]
+    if len(items) > 1 and "" in items:  # 'a,,b' or 'a,': a name left out by mistake
+        raise UserError(f"{flag} {text}: an empty name between commas; give comma-separated names")
+    names = [s for s in items if s]
     if len(names) == 1 and names[0] in alone:
         return alone[names[0]]
     words = ", ".join([*alone, *choices])

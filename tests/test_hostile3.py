@@ -79,3 +79,27 @@ def test_resume_clients_dtype_of_a_run_without_client_files_is_refused(cli, tiny
     code, _, err = cli("train", "--resume", run, "--rounds", "2", "--clients-dtype", "bfloat16")
     _one_line_error(code, err, "--clients-dtype", "without --save-clients")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--at-rounds", "2,,3"], "--at-rounds"),
+        (["--at-rounds", "3,"], "--at-rounds"),
+        (["--widths", "0.5,,1"], "--widths"),
+        (["--sharpness", "sam,,epsilon"], "--sharpness sam,,epsilon"),
+        (["--curvature", "ef,,ggn"], "--curvature ef,,ggn"),
+    ],
+)
+def test_report_lists_with_an_empty_item_are_refused(cli, run3, tmp_path, args, needle):
+    """'2,,3' measured rounds 2 and 3 and 'sam,,epsilon' two measures, without a word about the gap (--save-rounds
+    and --keep already refused it)."""
+    code, _, err = cli("report", run3, "--out", tmp_path / "r", *REPORT_CHEAP, *args)
+    _one_line_error(code, err, needle, "empty item" if "rounds" in needle or "widths" in needle else "empty name")
+    assert not (tmp_path / "r").exists()
+
+
+def test_landscape_sharpness_with_an_empty_item_is_refused(cli, run3, tmp_path):
+    code, _, err = cli("landscape", "--ckpt", run3 / "round_0003.safetensors", "--samples", "20",
+                       "--sharpness", "epsilon,", "--out", tmp_path / "l")  # fmt: skip
+    _one_line_error(code, err, "--sharpness epsilon,", "empty name")

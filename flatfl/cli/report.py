@@ -31,8 +31,10 @@ def _rounds(text: str) -> tuple[int, ...] | None:
 
     if text == "auto":
         return None
+    if "" in (v.strip() for v in text.split(",")):  # '2,,4' or '4,': a round left out by mistake
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty item between commas; give comma-separated rounds")
     try:
-        given = [int(v) for v in text.split(",") if v.strip()]
+        given = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not auto or a comma-separated list of rounds") from None
     vals = tuple(sorted(set(given)))
@@ -331,8 +333,10 @@ def _fraction(text: str) -> float:
 def _thresholds(text: str) -> tuple[float, ...]:
     import argparse
 
+    if "" in (v.strip() for v in text.split(",")):  # '0.1,,1' or '0.1,': a threshold left out by mistake
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty item between commas; give comma-separated thresholds")
     try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
+        vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
     if not vals or not all(0 < v < float("inf") for v in vals):
