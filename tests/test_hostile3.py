@@ -103,3 +103,12 @@ def test_landscape_sharpness_with_an_empty_item_is_refused(cli, run3, tmp_path):
     code, _, err = cli("landscape", "--ckpt", run3 / "round_0003.safetensors", "--samples", "20",
                        "--sharpness", "epsilon,", "--out", tmp_path / "l")  # fmt: skip
     _one_line_error(code, err, "--sharpness epsilon,", "empty name")
+
+
+def test_report_tensorboard_on_a_file_is_refused_before_measuring(cli, run3, tmp_path):
+    """The refusal came after every measurement, with the report already written and exit code 2."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = cli("report", run3, "--out", tmp_path / "r", *REPORT_CHEAP, "--tensorboard", afile / "tb")
+    _one_line_error(code, err, "--tensorboard", "is not a folder")
+    assert not (tmp_path / "r").exists()

@@ -368,6 +368,10 @@ def run(ns: dict[str, Any]) -> int:
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
             )
     settings = _report_settings(ns)
+    if ns.get("tensorboard") is not None:
+        from flatfl.tracking import check_logdir
+
+        check_logdir(Path(ns["tensorboard"]))
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
     from tqdm.auto import tqdm
 
