@@ -3,6 +3,10 @@ pass found ending in a traceback, or accepted silently, on main as of b9e3f1e.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.conftest import TINY
@@ -112,3 +116,17 @@ def test_report_tensorboard_on_a_file_is_refused_before_measuring(cli, run3, tmp
     code, _, err = cli("report", run3, "--out", tmp_path / "r", *REPORT_CHEAP, "--tensorboard", afile / "tb")
     _one_line_error(code, err, "--tensorboard", "is not a folder")
     assert not (tmp_path / "r").exists()
+
+
+def test_partition_file_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    """Reading a FIFO blocks until some process writes to it: flatfl train --partition-file FIFO hung for ever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flatfl", "train", "--dataset", "digits", "--clients", "6", "--rounds", "1",
+         "--no-progress", "--partition-file", str(fifo), "--out",
+         str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    _one_line_error(proc.returncode, proc.stderr, "--partition-file", "not a regular file (a FIFO)")
+    assert not (tmp_path / "run").exists()
