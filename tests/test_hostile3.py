@@ -130,3 +130,10 @@ def test_partition_file_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     )  # fmt: skip
     _one_line_error(proc.returncode, proc.stderr, "--partition-file", "not a regular file (a FIFO)")
     assert not (tmp_path / "run").exists()
+
+
+def test_diverged_fedgen_names_its_generator_step_size(cli, tmp_path):
+    """A generator step of 2**70 diverges the run; the advice named only the local step's flags."""
+    code, _, err = cli("train", *TINY, *FEDGEN, "--rounds", "3", "--gen-lr", str(2.0**70), "--out", tmp_path / "r")
+    assert code == 1, err
+    assert err.startswith("flatfl: diverged:") and "(fedgen: also --gen-lr)" in err, err
