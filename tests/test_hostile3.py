@@ -137,3 +137,14 @@ def test_diverged_fedgen_names_its_generator_step_size(cli, tmp_path):
     code, _, err = cli("train", *TINY, *FEDGEN, "--rounds", "3", "--gen-lr", str(2.0**70), "--out", tmp_path / "r")
     assert code == 1, err
     assert err.startswith("flatfl: diverged:") and "(fedgen: also --gen-lr)" in err, err
+
+
+def test_resume_and_ckpt_of_a_fifo_or_device_say_what_it_is(cli, tmp_path):
+    """'/dev/null does not exist' (it does: it is not a run folder, nor a checkpoint file)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/null"):
+        code, _, err = cli("train", "--resume", path, "--rounds", "2")
+        _one_line_error(code, err, f"--resume: {path} is not a folder")
+        code, _, err = cli("landscape", "--ckpt", path, "--hessian", "--out", tmp_path / "l")
+        _one_line_error(code, err, f"--ckpt: {path} is not a regular file")
