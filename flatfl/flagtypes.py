@@ -57,6 +57,12 @@ passes_t = _typed(int, lambda v: 0 < v <= MAX_PASSES, f"a positive integer at mo
 passes0_t = _typed(int, lambda v: 0 <= v <= MAX_PASSES, f"an integer from 0 to {MAX_PASSES:,}")
 MAX_CLIENTS = 1_000_000  # --clients: each gets at least one sample; no data set here has a million
 clients_t = _typed(int, lambda v: 0 < v <= MAX_CLIENTS, f"a number of clients from 1 to {MAX_CLIENTS:,}")
+# FedGen's generator sizes (--gen-batch latents per step, --gen-hidden width, --gen-noise size) are tensor
+# dimensions: torch refuses one beyond int64 ("Overflow when unpacking long long") with a traceback. FedGen (Zhu et
+# al. 2021) uses 32 to 512; a million is far beyond any study, and any size up to it either runs or ends in the
+# out-of-memory line (a million x a million float32 weights is 4 TB, an allocation torch refuses cleanly).
+MAX_GEN_SIZE = 1_000_000
+gen_size_t = _typed(int, lambda v: 0 < v <= MAX_GEN_SIZE, f"a positive integer at most {MAX_GEN_SIZE:,}")
 # --temperature (FedDF/FedAUX): softmax(z / T) of float32 logits z is uniform to within float32's resolution once
 # T is far above |z|; measured on a 4-class linear teacher (logits ~3): the distillation KL still falls at T = 1,000
 # and comes out negative (rounding noise) at T = 10,000. Hinton et al. and FedDF use T of 1 to 20.
@@ -103,7 +109,10 @@ def name_list(
 ) -> tuple[str, ...]:
     """``--flag A,B`` as a tuple of ``choices``, or a word of ``alone`` given by itself (``all``, ``none``) as the
     names it stands for; an unknown or repeated name is refused in one line."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
+    items = [s.strip() for s in text.split(",")]
+    if len(items) > 1 and "" in items:  # 'a,,b' or 'a,': a name left out by mistake
+        raise UserError(f"{flag} {text}: an empty name between commas; give comma-separated names")
+    names = [s for s in items if s]
     if len(names) == 1 and names[0] in alone:
         return alone[names[0]]
     words = ", ".join([*alone, *choices])

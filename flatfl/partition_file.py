@@ -45,6 +45,9 @@ def read_partition_file(path: str | Path) -> PartitionFile:
     """Parse and check ``path`` (see the module docstring); one-line errors name the file."""
     path = Path(path)
     where = f"--partition-file {path}"
+    if path.exists() and not path.is_file() and not path.is_dir():  # reading a FIFO blocks until a writer comes
+        kind = "a FIFO" if path.is_fifo() else "a device or socket"
+        raise UserError(f"{where}: not a regular file ({kind}); give a flatfl partition.json or a FedMut data/*.json")
     try:
         raw = path.read_bytes()
     except OSError as exc:

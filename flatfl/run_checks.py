@@ -25,6 +25,8 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     committed is no run yet."""
     run_json = out / ckpt.RUN_JSON
     if resume:
+        if out.exists() and not out.is_dir():  # a file, FIFO or device (/dev/null)
+            raise UserError(f"--resume: {out} is not a folder; give the run directory (the --out of flatfl train)")
         if not out.is_dir():
             raise UserError(f"--resume: {out} does not exist; start the run without --resume")
         if not run_json.is_file():

@@ -28,6 +28,7 @@ from flatfl.flagtypes import (
     clients_t,
     dirichlet_t,
     frac_0_1,
+    gen_size_t,
     momentum_t,
     nonneg_float,
     nonneg_int,
@@ -165,9 +166,9 @@ KINDS: dict[str, Callable[[str], Any]] = {
     "gen_lr": pos_float,
     "gen_epochs": pos_int,
     "gen_iters": pos_int,
-    "gen_batch": pos_int,
-    "gen_hidden": pos_int,
-    "gen_noise": pos_int,
+    "gen_batch": gen_size_t,
+    "gen_hidden": gen_size_t,
+    "gen_noise": gen_size_t,
     "diversity": nonneg_float,
     "aux_pretrain_steps": nonneg_int,
     "aux_pretrain_lr": pos_float,
@@ -259,6 +260,8 @@ def config_from_flags(given: Mapping[str, Any]) -> RunConfig:
     model, kwargs = _model(ns, data)
     if data.augment and not data.dataset.startswith("cifar"):
         raise UserError(f"--augment: crop + flip is defined for cifar10/cifar100, not {data.dataset}")
+    if "cifar100_labels" in ns and data.dataset != "cifar100":
+        raise UserError(f"--cifar100-labels: applies to --dataset cifar100 only, not {data.dataset}")
     cfg = RunConfig(
         algo=algo,
         algo_config=algo_config,
@@ -332,7 +335,24 @@ def _algo_config(ns: dict[str, Any], algo_cls: Any, data: DataConfig, local: Loc
         raise UserError(f"--clusters {clusters}: more clusters than the {data.num_clients} clients (--clients)")
     if algo == "fedaux" and algo_config.pretrain_steps > 0 and data.dataset == "shakespeare":
         raise UserError("--aux-pretrain-steps: rotation pre-training needs images; use 0 with --dataset shakespeare")
+    if algo == "fedaux":
+        _check_fedaux(algo_config, set(ns))
     return algo_config
+
+
+def _check_fedaux(cfg: Any, given: set[str]) -> None:
+    """FedAUX's dependent options are refused where their switch is off (they would be ignored): the pre-training
+    step size without pre-training steps, the DP delta without a DP epsilon."""
+    if "aux_pretrain_lr" in given and cfg.pretrain_steps == 0:
+        raise UserError(
+            "--aux-pretrain-lr: the step size of rotation pre-training, which --aux-pretrain-steps 0 (the default) "
+            "leaves off; give --aux-pretrain-steps N or drop --aux-pretrain-lr"
+        )
+    if "dp_delta" in given and cfg.dp_epsilon == 0:
+        raise UserError(
+            "--dp-delta: the delta of the scorers' (epsilon, delta)-DP noise, which --dp-epsilon 0 (the default) "
+            "leaves off; give --dp-epsilon EPS or drop --dp-delta"
+        )
 
 
 def _check_swa(cfg: Any, local: Any, rounds: int, given: set[str]) -> None:

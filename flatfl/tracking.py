@@ -89,6 +89,22 @@ REPORT_PREFIX = "curvature/"
 ROW_LABELS = ("run", "seed", "algo", "path", "round", "conditions")  # report.json rows: labels, not numbers
 
 
+def check_logdir(logdir: Path) -> None:
+    """Before any work: ``--tensorboard DIR`` that can never be written (tensorboardX missing, DIR or a folder
+    above it an existing file) is refused in one line, not after a report's measurements."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--tensorboard: needs the tensorboardX package; pip install 'flatfl[track]' (or tensorboardX)"
+        ) from None
+    for p in (Path(logdir), *Path(logdir).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"--tensorboard: cannot write to {logdir} ({p} is not a folder); choose another folder")
+            break
+
+
 def log_report_rows(logdir: Path, rows: list[dict[str, Any]], warn: Callable[[str], None] = print) -> list[Path]:
     """``flatfl report --tensorboard``: each report row (one run at one measured round) as scalars
     ``curvature/<measure>`` at step = round, in ``logdir/<run folder name>``. Returns the folders."""

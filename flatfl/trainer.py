@@ -333,6 +333,17 @@ def _round_record(
     return clients_info, record
 
 
+# the step sizes of an algorithm's own optimisers (server step, generator, distillation, pre-training), which a
+# diverged run may owe to them as much as to the local SGD
+OWN_STEPS = {"scaffold": "--global-lr", "mofedsam": "--global-lr", "fedswa": "--swa-lr", "feddf": "--distill-lr",
+             "fedaux": "--distill-lr, --aux-pretrain-lr", "fedgen": "--gen-lr"}  # fmt: skip
+
+
+def _own_steps(algo: FederatedAlgorithm) -> str:
+    own = OWN_STEPS.get(getattr(algo, "name", ""))
+    return f" ({algo.name}: also {own})" if own else ""
+
+
 def _diverged(exc: DivergenceError, out: Path, algo: FederatedAlgorithm, main: bool) -> DivergenceError:
     """The one-line error of a diverged run; ``diverged.json`` so the analysis lists it instead of averaging it."""
     rounds = ckpt.list_rounds(out) if main else []
@@ -340,7 +351,7 @@ def _diverged(exc: DivergenceError, out: Path, algo: FederatedAlgorithm, main: b
     reason = f"{exc}{_mutation_note(algo)}"
     message = (
         f"{reason}; {ckpt.round_path(out, last)} is the last finite checkpoint. "
-        "Lower --lr, --momentum, (FedMut) --radius or (SAM family) --rho."
+        f"Lower --lr, --momentum, (FedMut) --radius or (SAM family) --rho{_own_steps(algo)}."
     )
     if main:
         ckpt.atomic_write_json(

@@ -422,6 +422,8 @@ def check_ckpt_arg(path: Path) -> Path:
         rounds = ckpt.list_rounds(path)
         hint = f", e.g. {ckpt.round_path(path, rounds[-1])} (its latest)" if rounds else ""
         raise UserError(f"--ckpt: {path} is a directory; pass one round_NNNN.safetensors file{hint}")
+    if path.exists() and not path.is_file():  # a FIFO or a device (/dev/null)
+        raise UserError(f"--ckpt: {path} is not a regular file; pass one round_NNNN.safetensors file")
     if not path.is_file():
         raise UserError(f"--ckpt: {path} does not exist")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from dataclasses import replace
@@ -30,8 +31,10 @@ def _rounds(text: str) -> tuple[int, ...] | None:
 
     if text == "auto":
         return None
+    if "" in (v.strip() for v in text.split(",")):  # '2,,4' or '4,': a round left out by mistake
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty item between commas; give comma-separated rounds")
     try:
-        given = [int(v) for v in text.split(",") if v.strip()]
+        given = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not auto or a comma-separated list of rounds") from None
     vals = tuple(sorted(set(given)))
@@ -118,6 +121,32 @@ def _default_set_flags(p: Any) -> None:
     for spec in on:
         g.add_argument(off_flag(spec), action="store_true", dest="no_measure_" + spec.name,
                        help=f"skip {spec.label} (default: measured)")  # fmt: skip
+
+
+def _warn_switched_off_options(ns: dict[str, Any]) -> None:
+    """An option of a section that is switched off has no effect: said in one warning line when given a value
+    other than its default (--grid with --no-surface, --spread-samples with --no-spread, --slice-radius or
+    --widths with --slices 0, --data-tol without --samples auto). A warning, not a refusal: adding --no-surface
+    to a report's command line keeps its cache (the settings, --grid included, key it)."""
+    from flatfl.runs.report import ReportSettings
+
+    d = ReportSettings()
+    sections = [
+        (ns["no_surface"], "the loss surfaces are off (--no-surface)", {"grid": d.landscape.grid,
+                                                                        "span": d.landscape.span}),
+        (ns["no_spread"], "the spread is off (--no-spread)", {"spread_samples": d.spread_samples}),
+        (ns["slices"] == 0, "the 1D slices are off (--slices 0)", {"slice_radius": d.slice_radius,
+                                                                    "widths": tuple(d.widths)}),
+        (ns["samples"] != "auto", "--samples is not auto", {"data_tol": d.landscape.data_tol}),
+    ]  # fmt: skip
+    for off, why, defaults in sections:
+        for dest, default in defaults.items():
+            value = ns[dest]
+            if off and (tuple(value) if isinstance(value, (list, tuple)) else value) != default:
+                shown = ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else f"{value:g}"
+                flag = "--" + dest.replace("_", "-")
+                if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone says it
+                    sys.stderr.write(f"flatfl: warning: {flag} {shown} has no effect: {why}\n")
 
 
 def _measure_arguments(p: Any, d: Any) -> None:
@@ -305,8 +334,10 @@ def _fraction(text: str) -> float:
 def _thresholds(text: str) -> tuple[float, ...]:
     import argparse
 
+    if "" in (v.strip() for v in text.split(",")):  # '0.1,,1' or '0.1,': a threshold left out by mistake
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty item between commas; give comma-separated thresholds")
     try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
+        vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
     if not vals or not all(0 < v < float("inf") for v in vals):
@@ -338,6 +369,10 @@ def run(ns: dict[str, Any]) -> int:
                 f"{r}: not a flatfl run directory (no {ckpt.RUN_JSON}); pass folders written by flatfl train"
             )
     settings = _report_settings(ns)
+    if ns.get("tensorboard") is not None:
+        from flatfl.tracking import check_logdir
+
+        check_logdir(Path(ns["tensorboard"]))
     command = "flatfl " + " ".join(shlex.quote(a) for a in (ns.get("_argv") or sys.argv[1:]))
     from tqdm.auto import tqdm
 
@@ -455,6 +490,7 @@ def _check_report_flags(ns: dict[str, Any], sharp: tuple[str, ...], more: tuple 
         raise UserError(f"--grid {ns['grid']}: a surface needs at least 2 points per axis")
     if not ns["no_surface"]:
         check_grid(ns["grid"], 2)
+    _warn_switched_off_options(ns)
 
 
 def _print_verdict(report_json: Path, settings: str, wrote: list[str]) -> None:

@@ -20,6 +20,7 @@ from flatfl.cli.train_flags import (
     add_data_arguments,
     add_model_arguments,
     add_run_arguments,
+    check_download,
 )
 from flatfl.config import LocalConfig, RunConfig
 from flatfl.errors import Interrupted, UserError
@@ -107,6 +108,12 @@ def run(ns: dict[str, Any]) -> int:
         storage = storage_from_args(ns, StorageConfig(), cfg.rounds)
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
+    check_download(ns.get("download", False), cfg)
+    if "clients_dtype" in ns and not cfg.save_clients:
+        raise UserError(
+            f"--clients-dtype: the precision of clients_NNNN.safetensors, which this run does not write "
+            f"({'the resumed run was trained without' if resume else 'no'} --save-clients); drop --clients-dtype"
+        )
     try:
         logs = train(
             cfg,

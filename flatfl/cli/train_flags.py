@@ -10,6 +10,7 @@ from typing import Any
 
 from flatfl.cli.common import SEED_RANGE, default, nonneg_int, pos_int
 from flatfl.config import DataConfig, RunConfig
+from flatfl.errors import UserError
 from flatfl.presets import PRESETS, describe
 
 
@@ -316,3 +317,14 @@ def add_storage_arguments(t: Any) -> None:
         "(needs pip install 'flatfl[track]'; metrics.jsonl stays the record; a failing logger never stops the run) "
         "(default: off)",
     )
+
+
+def check_download(download: bool, cfg: Any) -> None:
+    """``--download`` fetches missing CIFAR archives (the run's data set or its FedDF/FedAUX proxy data); with
+    nothing to fetch it would be ignored, so it is refused."""
+    proxy = str(getattr(cfg.algo_config, "proxy_data", ""))
+    if download and not (cfg.data.dataset.startswith("cifar") or proxy.startswith("cifar")):
+        raise UserError(
+            f"--download: fetches a missing CIFAR archive, and --dataset {cfg.data.dataset} has none to fetch "
+            "(digits is embedded; shakespeare is built with flatfl data shakespeare); drop --download"
+        )
