@@ -137,7 +137,7 @@ class FedDF(FederatedAlgorithm):
             loss = distillation_loss(student(x[idx]), z[idx], T)
             if not torch.isfinite(loss):
                 student.load_state_dict(best_state)
-                return {"val_kl_before": start, "val_kl_after": best, "steps": step, "nonfinite": float(loss)}
+                return {"val_kl_before": start, "val_kl_after": best, "steps": step, "nonfinite": float(loss.detach())}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
