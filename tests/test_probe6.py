@@ -1,0 +1,110 @@
+"""probe6's findings (issue #27's final hostile pass), each failing before its fix:
+
+* landscape's hidden folders of ``--out`` (flatfl/runs/outset.py): a ``.flatfl-earlier`` that is a symbolic link
+  moved the earlier set's files outside ``--out`` and replaced a file of the same name there; a ``.flatfl-cache``
+  link had the surface's cache written outside ``--out``; either of them as a plain file gave a traceback;
+* a lock file held by another process showed its bytes as they were: terminal escapes and binary reached the
+  terminal, and any first line was called a PID;
+* ``flatfl data shakespeare --out RUN`` wrote train/ and test/ into a run directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from flatfl.errors import UserError
+from flatfl.rundir import lock_dir
+
+CHEAP = ("--samples", "20", "--sharpness", "sam")
+
+
+def _landscape(cli, run3: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return cli("landscape", "--ckpt", run3 / "round_0003.safetensors", "--out", out, *extra)
+
+
+def test_an_earlier_folder_linked_outside_out_is_refused_and_nothing_moves(cli, run3, tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (outside / "surface.html").write_text("precious")  # would be replaced by the earlier set's surface.html
+    (out / "surface.html").write_text("earlier set")  # a known output this run does not write: to be set aside
+    (out / ".flatfl-earlier").symlink_to(outside)
+    code, _, err = _landscape(cli, run3, out, *CHEAP)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and ".flatfl-earlier" in err and "symbolic link" in err, err
+    assert (outside / "surface.html").read_text() == "precious"
+    assert sorted(p.name for p in outside.iterdir()) == ["surface.html"]
+    assert (out / "surface.html").read_text() == "earlier set"
+    assert not (out / "landscape.json").exists()
+
+
+@pytest.mark.parametrize("name", [".flatfl-earlier", ".flatfl-cache"])
+def test_a_file_in_place_of_a_hidden_folder_is_one_line(cli, run3, tmp_path, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "surface.html").write_text("earlier set")
+    (out / name).write_text("not a folder")
+    code, _, err = _landscape(cli, run3, out, *CHEAP, "--surface", "1d", "--grid", "3")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and name in err and "not a folder" in err, err
+    assert (out / name).read_text() == "not a folder" and (out / "surface.html").read_text() == "earlier set"
+
+
+def test_a_cache_folder_linked_outside_out_is_refused_before_measuring(cli, run3, tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / ".flatfl-cache").symlink_to(outside)
+    code, _, err = _landscape(cli, run3, out, *CHEAP, "--surface", "1d", "--grid", "3")
+    assert code == 2 and ".flatfl-cache" in err and "symbolic link" in err, err
+    assert list(outside.iterdir()) == []  # no surface cache written outside --out
+
+
+def _held(folder: Path, content: bytes):
+    """The lock file of ``folder`` holding ``content``, flock-held through a descriptor of this process (a
+    separate open file description conflicts with lock_dir's own, as another process's would)."""
+    path = folder / ".flatfl.lock"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"1\x1b[2J\nformatting\x1b[31m your disk\x00\n", bytes(range(256)), b"\xff\xfe\n\x9b2J\x07" * 40],
+)
+def test_a_forged_lock_file_reaches_the_message_printable_only(tmp_path, content):
+    fd = _held(tmp_path, content)
+    try:
+        with pytest.raises(UserError) as caught:
+            lock_dir(tmp_path, "writing a landscape here")
+    finally:
+        os.close(fd)
+    msg = str(caught.value)
+    assert msg.isprintable() and "\n" not in msg, repr(msg)
+    assert "(PID unknown)" in msg, msg  # no first line of digits: not called a PID
+    assert len(msg) < 300, msg
+
+
+def test_a_well_formed_lock_file_still_names_its_holder(tmp_path):
+    fd = _held(tmp_path, b"4242\ntraining this run\n")
+    try:
+        with pytest.raises(UserError, match=r"\(PID 4242\) is training this run;"):
+            lock_dir(tmp_path, "writing a landscape here")
+    finally:
+        os.close(fd)
+
+
+def test_data_shakespeare_into_a_run_directory_is_refused(cli, run3, tmp_path):
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    (plays / "a.txt").write_text("HAM. To be, or not to be.\nHOR. My lord.\n")
+    before = sorted(p.name for p in run3.iterdir())
+    code, _, err = cli("data", "shakespeare", "--plays", plays, "--out", run3)
+    assert code == 2 and "--out" in err and "run directory" in err, err
+    assert sorted(p.name for p in run3.iterdir()) == before
