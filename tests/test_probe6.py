@@ -108,3 +108,23 @@ def test_data_shakespeare_into_a_run_directory_is_refused(cli, run3, tmp_path):
     code, _, err = cli("data", "shakespeare", "--plays", plays, "--out", run3)
     assert code == 2 and "--out" in err and "run directory" in err, err
     assert sorted(p.name for p in run3.iterdir()) == before
+
+
+@pytest.mark.parametrize("config", [[], None, "x"])
+def test_a_round_file_whose_metadata_config_is_not_an_object_is_refused(cli, run3, tmp_path, config):
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run3, run)
+    f = run / "round_0003.safetensors"
+    with safe_open(str(f), "pt") as s:
+        tensors, meta = {k: s.get_tensor(k) for k in s.keys()}, json.loads(s.metadata()["flatfl"])
+    save_file(tensors, str(f), metadata={"flatfl": json.dumps({**meta, "config": config})})
+    code, _, err = cli("landscape", "--ckpt", f, "--out", tmp_path / "l", *CHEAP)
+    assert code == 2 and "round_0003.safetensors" in err and "config" in err, err
+    code, _, err = cli("train", "--resume", run, "--rounds", "4", "--no-progress")
+    assert code == 2 and "round_0003.safetensors" in err and "config" in err, err
