@@ -257,14 +257,18 @@ def save_round(run_dir: Path, round: int, state: StateDict, config: dict[str, An
     )
 
 
-def load_round(path: Path, identity: str | None = None) -> tuple[StateDict, int]:
-    """Load a global-model checkpoint; with ``identity``, refuse one from another run."""
+def load_round(path: Path, identity: str | None = None, round: int | None = None) -> tuple[StateDict, int]:
+    """Load a global-model checkpoint; with ``identity``, refuse one from another run, with ``round`` one whose
+    metadata name another round (as :func:`load_clients`)."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != "flatfl.round":
         raise UserError(f"{path}: not a flatfl round checkpoint (metadata format {meta.get('format')!r})")
     if identity is not None and meta.get("run_identity") != identity:
         raise UserError(f"{path}: belongs to a different run than the run.json beside it (config differs)")
-    return tensors, _meta_round(path, meta)
+    r = _meta_round(path, meta)
+    if round is not None and r != round:
+        raise UserError(f"{path}: its metadata say round {r}, its name round {round}; rename or restore it")
+    return tensors, r
 
 
 def _meta_round(path: Path, meta: dict[str, Any]) -> int:

@@ -128,3 +128,21 @@ def test_a_round_file_whose_metadata_config_is_not_an_object_is_refused(cli, run
     assert code == 2 and "round_0003.safetensors" in err and "config" in err, err
     code, _, err = cli("train", "--resume", run, "--rounds", "4", "--no-progress")
     assert code == 2 and "round_0003.safetensors" in err and "config" in err, err
+
+
+def test_resume_from_a_round_file_whose_metadata_name_another_round_is_refused(cli, run3, tmp_path):
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run3, run)
+    f = run / "round_0003.safetensors"  # the round --resume continues from
+    with safe_open(str(f), "pt") as s:
+        tensors, meta = {k: s.get_tensor(k) for k in s.keys()}, json.loads(s.metadata()["flatfl"])
+    save_file(tensors, str(f), metadata={"flatfl": json.dumps({**meta, "round": 2})})
+    code, _, err = cli("train", "--resume", run, "--rounds", "4", "--no-progress")
+    assert code == 2 and "round_0003.safetensors" in err and "say round 2" in err, err
+    assert not (run / "round_0004.safetensors").exists()
