@@ -146,3 +146,15 @@ def test_resume_from_a_round_file_whose_metadata_name_another_round_is_refused(c
     code, _, err = cli("train", "--resume", run, "--rounds", "4", "--no-progress")
     assert code == 2 and "round_0003.safetensors" in err and "say round 2" in err, err
     assert not (run / "round_0004.safetensors").exists()
+
+
+@pytest.mark.parametrize("index", [10**400, 2**63, -(2**70)])
+def test_a_partition_file_index_beyond_int64_is_one_line(cli, tmp_path, index):
+    import json
+
+    f = tmp_path / "partition.json"
+    f.write_text(json.dumps({"clients": [[0, 1, index], [2, 3]]}))
+    code, _, err = cli("partition", "--dataset", "digits", "--partition-file", f, "--plot", tmp_path / "p.png")
+    assert code == 2 and "--partition-file" in err and str(index) in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "p.png").exists()
