@@ -160,10 +160,10 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         got = info.get("format") if isinstance(info, dict) else type(info).__name__
         raise UserError(f"{path}: not a flatfl run.json (format {got!r})")
-    if info.get("format_version") != FORMAT_VERSION:
+    version = info.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # "1", 1.0 and true are edits, not version 1
         raise UserError(
-            f"{path}: format version {info.get('format_version')} is not supported by this "
-            f"flatfl (expects {FORMAT_VERSION})"
+            f"{path}: format version {version!r} is not supported by this flatfl (expects {FORMAT_VERSION})"
         )
     _check_run_info(path, info)
     from flatfl.validate import check_run_config

@@ -158,3 +158,16 @@ def test_a_partition_file_index_beyond_int64_is_one_line(cli, tmp_path, index):
     assert code == 2 and "--partition-file" in err and str(index) in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, True])
+def test_a_run_json_format_version_of_another_json_type_is_refused_as_it_is(cli, run3, tmp_path, version):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run3, run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "format_version": version}))
+    code, _, err = cli("prune", run, "--keep", "1", "--dry-run")
+    assert code == 2 and f"format version {version!r} is not supported" in err, err
