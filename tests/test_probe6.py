@@ -171,3 +171,23 @@ def test_a_run_json_format_version_of_another_json_type_is_refused_as_it_is(cli,
     (run / "run.json").write_text(json.dumps({**info, "format_version": version}))
     code, _, err = cli("prune", run, "--keep", "1", "--dry-run")
     assert code == 2 and f"format version {version!r} is not supported" in err, err
+
+
+def test_a_run_reader_refuses_a_round_file_whose_metadata_name_another_round(run3, tmp_path):
+    """What report and landscape read a run's rounds with (Run.global_state)."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from flatfl.runs.run import Run
+
+    run = tmp_path / "run"
+    shutil.copytree(run3, run)
+    f = run / "round_0002.safetensors"
+    with safe_open(str(f), "pt") as s:
+        tensors, meta = {k: s.get_tensor(k) for k in s.keys()}, json.loads(s.metadata()["flatfl"])
+    save_file(tensors, str(f), metadata={"flatfl": json.dumps({**meta, "round": 1})})
+    with pytest.raises(UserError, match="say round 1, its name round 2"):
+        Run.open(run).global_state(2)
