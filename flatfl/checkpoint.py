@@ -160,10 +160,10 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         got = info.get("format") if isinstance(info, dict) else type(info).__name__
         raise UserError(f"{path}: not a flatfl run.json (format {got!r})")
-    if info.get("format_version") != FORMAT_VERSION:
+    version = info.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # "1", 1.0 and true are edits, not version 1
         raise UserError(
-            f"{path}: format version {info.get('format_version')} is not supported by this "
-            f"flatfl (expects {FORMAT_VERSION})"
+            f"{path}: format version {version!r} is not supported by this flatfl (expects {FORMAT_VERSION})"
         )
     _check_run_info(path, info)
     from flatfl.validate import check_run_config
@@ -257,14 +257,18 @@ def save_round(run_dir: Path, round: int, state: StateDict, config: dict[str, An
     )
 
 
-def load_round(path: Path, identity: str | None = None) -> tuple[StateDict, int]:
-    """Load a global-model checkpoint; with ``identity``, refuse one from another run."""
+def load_round(path: Path, identity: str | None = None, round: int | None = None) -> tuple[StateDict, int]:
+    """Load a global-model checkpoint; with ``identity``, refuse one from another run, with ``round`` one whose
+    metadata name another round (as :func:`load_clients`)."""
     tensors, meta = load_tensors(path)
     if meta.get("format") != "flatfl.round":
         raise UserError(f"{path}: not a flatfl round checkpoint (metadata format {meta.get('format')!r})")
     if identity is not None and meta.get("run_identity") != identity:
         raise UserError(f"{path}: belongs to a different run than the run.json beside it (config differs)")
-    return tensors, _meta_round(path, meta)
+    r = _meta_round(path, meta)
+    if round is not None and r != round:
+        raise UserError(f"{path}: its metadata say round {r}, its name round {round}; rename or restore it")
+    return tensors, r
 
 
 def _meta_round(path: Path, meta: dict[str, Any]) -> int:

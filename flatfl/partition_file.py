@@ -94,6 +94,9 @@ def _index_array(c: object, k: int, where: str) -> np.ndarray:
         raise UserError(f"{where}: client {k}'s entry is not a list of integer indices")
     if not c:
         raise UserError(f"{where}: client {k} holds no samples")
+    big = next((i for i in c if abs(i) >= 2**63), None)  # JSON integers have no size; an int64 array would overflow
+    if big is not None:
+        raise UserError(f"{where}: client {k} lists the index {big}, beyond any training set")
     a = np.asarray(c, dtype=np.int64)
     if a.min() < 0:
         raise UserError(f"{where}: client {k} lists the negative index {int(a.min())}")

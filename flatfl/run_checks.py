@@ -78,7 +78,7 @@ def complete_metrics(out: Path, start: int, sim: Simulation, identity: str, devi
         path = ckpt.round_path(out, r)
         if not path.is_file():
             raise UserError(f"{out / ckpt.METRICS_FILE}: round {r} has no line and no {path.name} to rebuild it from")
-        state, _ = ckpt.load_round(path, identity)
+        state, _ = ckpt.load_round(path, identity, r)
         loss, acc = sim.evaluate({k: v.to(sim.device) for k, v in state.items()})
         keep.append(
             {"round": r, "test_loss": loss, "test_acc": acc, "train_loss": None, "device": device, "rebuilt": True}

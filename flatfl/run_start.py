@@ -66,7 +66,7 @@ def run_partition(
         # a state file edited back to an earlier round, or another round's algorithm state (restore_run names
         # another algorithm)
         state_check.check_resume_state(out, info, start, (algo_name, cfg.algo, cfg.algo_config), st_tensors, st_json)
-        global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity)
+        global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity, start)
         check_finite(ckpt.round_path(out, start), global_cpu)
         return parts, start, algo_name, st_tensors, st_json, global_cpu
 

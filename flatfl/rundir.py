@@ -133,8 +133,9 @@ def lock_dir(out: Path, doing: str) -> int:
     except BlockingIOError:
         lines = os.read(fd, 256).decode(errors="replace").split("\n")
         os.close(fd)
-        holder = lines[0].strip() or "unknown"
-        held_for = lines[1].strip() if len(lines) > 1 and lines[1].strip() else doing  # an older flatfl: PID only
+        holder = lines[0].strip() if lines[0].strip().isdecimal() else "unknown"  # a forged or garbled file
+        held_for = _printable(lines[1]) if len(lines) > 1 else ""
+        held_for = held_for or doing  # an older flatfl: PID only
         raise UserError(
             f"{out}: another flatfl process (PID {holder}) is {held_for}; wait for it to finish or stop it, then try "
             "again"
@@ -142,6 +143,12 @@ def lock_dir(out: Path, doing: str) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n{doing}\n".encode())
     return fd
+
+
+def _printable(text: str) -> str:
+    """What a lock file says its holder is doing, as it may be shown: printable characters only (no terminal
+    escapes from a forged file), at most 100 of them."""
+    return "".join(c for c in text if c.isprintable()).strip()[:100]
 
 
 def unlock_dir(fd: int) -> None:

@@ -179,8 +179,10 @@ def _header(file: Path) -> dict[str, Any] | None:
     from flatfl import checkpoint as ckpt
 
     meta = ckpt.read_metadata(file)
-    if not isinstance(meta, dict) or meta.get("format") != "flatfl.round" or not isinstance(meta.get("config"), dict):
+    if not isinstance(meta, dict) or meta.get("format") != "flatfl.round":
         return None
+    if not isinstance(meta.get("config"), dict):  # a round file's config is what it was trained with: never absent
+        raise UserError(f"{file}: its metadata's config is {meta.get('config')!r}, not an object; {EDITED}")
     return meta
 
 

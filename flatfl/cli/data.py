@@ -41,6 +41,9 @@ def run(ns: dict[str, Any]) -> int:
     if ns["kind"] == "shakespeare":
         if not Path(ns["plays"]).is_dir():
             raise UserError(f"--plays: {ns['plays']} is not a folder")
+        from flatfl.rundir import refuse_run_dir
+
+        refuse_run_dir(ns["out"])  # train/ and test/ written into a run directory would mix data with a run
         info = build_leaf_json(ns["plays"], ns["out"], ns["train_frac"])
         print(
             f"wrote {ns['out']}/train and {ns['out']}/test: {info['roles']} roles from {info['plays']} plays, "

@@ -380,8 +380,9 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     from flatfl.runs.files import save_surface
     from flatfl.runs.landscape import json_ready
     from flatfl.runs.measure import measure
-    from flatfl.runs.outset import CACHE_DIR, OutputSet, seed_cache
+    from flatfl.runs.outset import CACHE_DIR, OutputSet, check_own_folders, seed_cache
 
+    check_own_folders(out)  # before measuring: a link there would move files outside --out (outset.py)
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)

@@ -59,7 +59,7 @@ def check_resumable(rec: RunRecorder, num_rounds: int) -> tuple[int, StateDict, 
     run_algo = (algo, algo if fm is not None else None, fm.config if fm is not None else None)
     state_check.check_resume_state(out, info, start, run_algo, tensors, meta)
     path = ckpt.round_path(out, start)
-    saved, _ = ckpt.load_round(path, rec.identity)
+    saved, _ = ckpt.load_round(path, rec.identity, start)
     check_finite(path, saved)
     model = rec.subject.initial_state()  # the model's key order: FedMut draws per tensor in it
     if set(model) != set(saved):

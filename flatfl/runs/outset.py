@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flatfl.atomic import os_error
+from flatfl.errors import UserError
 
 STAGING_PREFIX = ".flatfl-staging-"
 EARLIER_DIR = ".flatfl-earlier"
@@ -30,6 +31,25 @@ CACHE_DIR = ".flatfl-cache"
 SURFACE_FILES = ("surface.npz", "surface.json", "surface.html", "surface.png", "surface.pdf")
 DENSITY_FILES = ("density.png", "density.pdf")
 OUTPUTS = ("landscape.json", *SURFACE_FILES, *DENSITY_FILES)  # what a landscape invocation may write into OUT
+
+
+def check_own_folders(out: Path) -> None:
+    """``OUT/.flatfl-earlier`` and ``OUT/.flatfl-cache``, where they exist, must be folders of ``OUT`` itself: files
+    are moved into the first and written into the second, so a symbolic link there would move or write them outside
+    ``OUT`` (and replace what the link's target holds), and a file there fails mid-run. Either is refused in one line
+    before anything is measured."""
+    for name in (EARLIER_DIR, CACHE_DIR):
+        path = Path(out) / name
+        if path.is_symlink():
+            raise UserError(
+                f"--out: {path} is a symbolic link; flatfl keeps its own files there, inside --out; remove the link "
+                "and try again"
+            )
+        if path.exists() and not path.is_dir():
+            raise UserError(
+                f"--out: {path} is not a folder; flatfl keeps its own files in a folder of that name; remove it and "
+                "try again"
+            )
 
 
 def seed_cache(out: Path) -> Path:
@@ -75,6 +95,7 @@ class OutputSet:
         """Rename the staged files into ``OUT`` (``landscape.json`` last); known outputs it does not replace
         move to ``OUT/.flatfl-earlier``. Returns the names committed."""
         names = self.staged()
+        check_own_folders(self.out)  # again: one could have been planted while this run measured
         stale = [n for n in OUTPUTS if n not in names and (self.out / n).is_file()]
         if stale:
             earlier = self.out / EARLIER_DIR

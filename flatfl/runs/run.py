@@ -80,7 +80,7 @@ class Run:
         """The global model's ``state_dict`` after ``round`` (tensors on the CPU, in the model's key order);
         refused in one line when the file belongs to another run or holds NaN or Inf."""
         path = ckpt.round_path(self.path, round)
-        state, _ = ckpt.load_round(path, self.identity)
+        state, _ = ckpt.load_round(path, self.identity, round)
         state = check_dtypes(path, state, parameter_dtypes(self.info))
         bad = first_nonfinite(state)
         if bad is not None:
