@@ -150,6 +150,12 @@ def restore_run(
         algo.load_state({k: v.to(dev) for k, v in st_tensors.items()}, st_json)
     except (KeyError, ValueError) as exc:  # state the algorithm needs is missing or does not fit
         raise UserError(f"{out / ckpt.STATE_FILE}: {exc}; the state file is damaged (restore it from a copy)") from exc
+    unused = sorted(set(st_tensors) - set(algo.state_tensors()))  # load then save: what the algorithm keeps
+    if unused:
+        raise UserError(
+            f"{out / ckpt.STATE_FILE}: holds tensors {cfg.algo} does not use ({', '.join(unused[:3])}"
+            f"{', ...' if len(unused) > 3 else ''}); the state file is damaged or forged (restore it from a copy)"
+        )
     if main:
         complete_metrics(out, start, sim, identity, str(dev))
     if start >= cfg.rounds:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from flatfl import checkpoint as ckpt
 from flatfl import state_check
@@ -214,3 +215,18 @@ def test_a_kill_between_saved_rounds_resumes(cli, forked, tmp_path, point):
     for name in _files(out):
         if name != ckpt.METRICS_FILE:
             assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def fedavg(tmp_path_factory):
+    return _train(tmp_path_factory, "fedavg")
+
+
+@pytest.mark.parametrize(("which", "name"), [("fedavg", "prev_global/fc.weight"), ("fedmut", "scores")])
+def test_a_state_tensor_the_algorithm_does_not_use_is_refused(request, cli, tmp_path, which, name):
+    """Load then save must give back every tensor of the state file: a tensor no part of the algorithm reads
+    (FedAvg keeps no state; FedAux's scores in a FedMut run) is a forgery or damage, not something to ignore."""
+    run = tmp_path / "run"
+    shutil.copytree(request.getfixturevalue(which), run)
+    _edit_state(run, lambda meta: None, lambda t: {**t, name: torch.zeros(3)})
+    _refused(cli, run, f"holds tensors {which} does not use ({name})")

@@ -221,8 +221,8 @@ class FedGen(FederatedAlgorithm):
 
     # -- state ----------------------------------------------------------------------------
     def state_tensors(self) -> StateDict:
-        if self.generator is None:
-            return {}
+        if self.generator is None:  # not built yet: a loaded generator waits in _pending for its latent size
+            return {f"generator.{k}": v for k, v in (self._pending or {}).items()}
         return {f"generator.{k}": v.detach().clone() for k, v in self.generator.state_dict().items()}
 
     def load_state(self, tensors: StateDict, meta: dict[str, Any]) -> None:
