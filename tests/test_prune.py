@@ -154,3 +154,13 @@ def test_a_run_folder_whose_name_is_not_utf8_is_pruned(copy, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "deleted 2 files" in out, (out, err)  # rounds 1 and 5 (0 and the last stay)
     assert sorted(ckpt.list_rounds(odd)) == [0, 2, 3, 4, 6]
+
+
+def test_keep_clients_on_a_run_without_clients_files_says_so(tiny, cli):
+    """--keep-clients on a run trained without --save-clients thins nothing: one note, not silence."""
+    run = tiny("noclients", rounds=2)
+    code, out, err = cli("prune", run, "--keep", "1-2", "--keep-clients", "1", "--dry-run")
+    assert code == 0 and "--keep-clients has nothing to thin" in err and "holds no clients files" in err, err
+    run2 = tiny("withclients", "--save-clients", rounds=2)
+    code, out, err = cli("prune", run2, "--keep", "1-2", "--keep-clients", "1", "--dry-run")
+    assert code == 0 and "nothing to thin" not in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ def run(ns: dict[str, Any]) -> int:
     found = _file_rounds(Path(ns["run"]))
     keep = _selection(ns["keep"], "--keep", found)
     clients = _selection(ns["keep_clients"], "--keep-clients", found) if ns.get("keep_clients") is not None else None
+    if clients is not None and not any(Path(ns["run"]).glob("clients_*.safetensors")):
+        print(f"flatfl: note: {ns['run']} holds no clients files (trained without --save-clients): "
+              "--keep-clients has nothing to thin", file=sys.stderr)  # fmt: skip
     plan = prune(ns["run"], keep, clients, dry_run=ns["dry_run"])
     size = sum(p.stat().st_size for p in plan.delete if p.exists()) if ns["dry_run"] else None
     names = ", ".join(p.name for p in plan.delete[:6]) + (" ..." if len(plan.delete) > 6 else "")
