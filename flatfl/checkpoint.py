@@ -179,7 +179,17 @@ def _check_run_info(path: Path, info: dict[str, Any]) -> None:
         (not isinstance(config, dict), "'config' is missing or not an object"),
         (not isinstance(info.get("identity"), str), "'identity' is missing or not a string"),
         (not isinstance(info.get("model"), dict), "'model' is missing or not an object"),
+        ("dataset" in info and not isinstance(info["dataset"], dict), "'dataset' is not an object"),
     ]
+    for part, key in (
+        ("model", "num_parameters"),
+        ("dataset", "n_train"),
+        ("dataset", "n_test"),
+        ("dataset", "num_classes"),
+    ):
+        v = info.get(part).get(key) if isinstance(info.get(part), dict) else None
+        bad = v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0)
+        problems.append((bad, f"{part}.{key} is {v!r}, not a count"))
     if isinstance(config, dict):
         for key in ("rounds", "seed"):
             v = config.get(key)

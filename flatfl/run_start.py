@@ -34,7 +34,7 @@ from flatfl.startup import start_header
 from flatfl.statedict import StateDict
 from flatfl.storage import StorageConfig
 from flatfl.tracking import Tracker
-from flatfl.validate import check_dtypes
+from flatfl.validate import EDITED, check_dtypes
 
 
 def on_main(ctx: distributed.DistContext | None, fn: Callable[[], Any]) -> Any:
@@ -122,6 +122,29 @@ def build_simulation(
     return sim, info
 
 
+DESCRIBED = {  # run.json's description of the model and data, which a resume recomputes ('source': where the
+    "model": ("name", "num_parameters", "parameters", "state_keys"),  # data were read, may move)
+    "dataset": ("name", "num_classes", "input_shape", "n_train", "n_test"),
+}
+
+
+def check_description(out: Path, info: dict[str, Any]) -> None:
+    """run.json's ``model`` and ``dataset`` records (outside the identity digest) are what this resume rebuilt
+    from the config; a field that differs was edited, or the data changed since the run was trained."""
+    path = out / ckpt.RUN_JSON
+    stored = ckpt.read_run_json(out)
+    short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
+    for part, keys in DESCRIBED.items():
+        have = stored.get(part)
+        if not isinstance(have, dict):
+            raise UserError(f"{path}: '{part}' is {short(have)}, not an object; {EDITED}")
+        for key in (k for k in keys if k in have and have[k] != info[part][k]):
+            raise UserError(
+                f"{path}: {part}.{key} is {short(have[key])}, the run's config rebuilds {short(info[part][key])}; "
+                "the file was edited after the run wrote it, or the data changed since (nothing was changed)"
+            )
+
+
 def restore_run(
     out: Path,
     cfg: RunConfig,
@@ -136,6 +159,8 @@ def restore_run(
 ) -> tuple[int, StateDict, StorageConfig | None]:
     """The saved global model and algorithm state, checked against the model; (start round, global, storage)."""
     start, algo_name, st_tensors, st_json, global_cpu = resume_data
+    if main:
+        check_description(out, info)
     algo = sim.algorithm
     if algo_name != cfg.algo:
         raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")

@@ -230,3 +230,31 @@ def test_a_state_tensor_the_algorithm_does_not_use_is_refused(request, cli, tmp_
     shutil.copytree(request.getfixturevalue(which), run)
     _edit_state(run, lambda meta: None, lambda t: {**t, name: torch.zeros(3)})
     _refused(cli, run, f"holds tensors {which} does not use ({name})")
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value", "needle"),
+    [
+        ("dataset", "num_classes", 3, "dataset.num_classes is 3, the run's config rebuilds 10"),
+        ("dataset", "input_shape", "1x8x8", "dataset.input_shape is '1x8x8'"),
+        ("model", "num_parameters", 5, "model.num_parameters is 5"),
+        ("dataset", "n_train", "1438", "dataset.n_train is '1438', not a count"),
+        ("dataset", None, None, "'dataset' is not an object"),
+    ],
+)
+def test_run_json_description_edits_are_refused_by_resume(fedavg, cli, tmp_path, part, key, value, needle):
+    """run.json's model/dataset records lie outside the identity digest: a resume compares them with what the
+    config rebuilds (types checked by every reader)."""
+    run = tmp_path / "run"
+    shutil.copytree(fedavg, run)
+    info = json.loads((run / ckpt.RUN_JSON).read_text())
+    if key is None:
+        info[part] = value
+    else:
+        info[part][key] = value
+    (run / ckpt.RUN_JSON).write_text(json.dumps(info))
+    before = _files(run)
+    code, out, err = cli("train", "--resume", run, "--rounds", str(ROUNDS + 1))
+    assert code == 2 and err.startswith("flatfl: error: ") and err.count("\n") == 1, err
+    assert f"{run / ckpt.RUN_JSON}:" in err and needle in err, err
+    assert _files(run) == before
