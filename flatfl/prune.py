@@ -81,7 +81,10 @@ def _header_meta(path: Path) -> object:
 
 def _state_round(path: Path) -> int:
     try:
-        return int(_header_meta(path)["round"])  # type: ignore[index]
+        r = _header_meta(path)["round"]  # type: ignore[index]
+        if type(r) is not int or r < 0:  # 4.0 or "4": not what flatfl writes (the other readers refuse it too)
+            raise ValueError(f"metadata 'round' is {r!r}, not a round number")
+        return r
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise UserError(
@@ -113,7 +116,12 @@ def _check_kept_round(path: Path, r: int) -> None:
         return
     try:
         meta = _header_meta(path)
-        ok = isinstance(meta, dict) and meta.get("format") == "flatfl.round" and meta.get("round") == r
+        ok = (
+            isinstance(meta, dict)
+            and meta.get("format") == "flatfl.round"
+            and type(meta.get("round")) is int
+            and meta["round"] == r
+        )
     except Exception as exc:  # noqa: BLE001 -- safetensors raises its own error types for a damaged header
         raise UserError(
             f"{path}: unreadable ({str(exc).splitlines()[0][:120]}); prune deletes nothing while a round it must "

@@ -164,3 +164,15 @@ def test_keep_clients_on_a_run_without_clients_files_says_so(tiny, cli):
     run2 = tiny("withclients", "--save-clients", rounds=2)
     code, out, err = cli("prune", run2, "--keep", "1-2", "--keep-clients", "1", "--dry-run")
     assert code == 0 and "nothing to thin" not in err, err
+
+
+@pytest.mark.parametrize("said", [4.0, "4"])
+def test_a_round_number_of_another_json_type_is_refused_as_landscape_does(tiny, cli, tmp_path, said):
+    """Metadata 'round' of 4.0 or "4" is not what flatfl writes: prune refuses it as landscape and resume do."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny("roundtype", rounds=4), run)
+    path = ckpt.round_path(run, 4)
+    tensors, meta = ckpt.load_tensors(path)
+    ckpt.save_tensors(path, tensors, meta | {"round": said})
+    code, _, err = cli("prune", run, "--keep", "0", "--dry-run")
+    assert code == 2 and "round_0004.safetensors" in err and "its metadata say" in err, err
