@@ -1,0 +1,94 @@
+"""fix5b (issue #27's last hostile pass): a partition file bound to its training set, bounded loop counts of
+train, --data-root refused on embedded data, and landscape options that would be ignored refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from flatfl import checkpoint as ckpt
+from tests.test_partition_file import BASE
+
+
+def _one_line(err: str) -> str:
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# -- 1. partition.json records the training set its indices refer to ------------------------------------------------
+def test_partition_json_records_its_training_set(tiny):
+    run = tiny("a", rounds=1)
+    split = json.loads((run / "partition.json").read_text())["split"]
+    info = ckpt.read_run_json(run)
+    assert split["dataset"] == "digits" and split["split_seed"] == 0 and split["test_frac"] == 0.2
+    assert split["num_train"] == info["dataset"]["n_train"] == 1438
+
+
+def test_partition_file_with_another_split_seed_is_refused(cli, tiny, tmp_path):
+    run = tiny("a", rounds=1)
+    out = tmp_path / "b"
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", run / "partition.json",
+                       "--split-seed", "5", "--out", out)  # fmt: skip
+    line = _one_line(err)
+    assert code == 2 and "partition.json" in line and "--split-seed" in line and "split_seed 0" in line
+    assert not out.exists()
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", run / "partition.json",
+                       "--test-frac", "0.3", "--out", out)  # fmt: skip
+    assert code == 2 and "--test-frac" in _one_line(err)
+
+
+def test_edited_training_labels_digest_is_refused(cli, tiny, tmp_path):
+    run = tiny("a", rounds=1)
+    doc = json.loads((run / "partition.json").read_text())
+    doc["split"]["train_labels_sha256"] = "0" * 64
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(doc))
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", f, "--out", tmp_path / "b")
+    line = _one_line(err)
+    assert code == 2 and "train_labels_sha256" in line and str(f) in line
+
+
+def _make_old(run):
+    """The run as flatfl wrote it before partition.json recorded its split (run.json's digest made to match)."""
+    doc = json.loads((run / "partition.json").read_text())
+    del doc["split"]
+    raw = ckpt.partition_json_bytes(doc)
+    (run / "partition.json").write_bytes(raw)
+    info = ckpt.read_run_json(run)
+    info["partition_sha256"] = hashlib.sha256(raw).hexdigest()
+    (run / "run.json").write_text(json.dumps(info))
+    return raw
+
+
+def test_an_old_partition_json_is_checked_against_the_run_json_beside_it(cli, tiny, tmp_path):
+    run = tiny("a", rounds=1)
+    raw = _make_old(run)
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", run / "partition.json",
+                       "--split-seed", "5", "--out", tmp_path / "b")  # fmt: skip
+    assert code == 2 and "--split-seed" in _one_line(err)
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", run / "partition.json",
+                       "--out", tmp_path / "c")  # fmt: skip
+    assert code == 0 and "note:" not in err, err
+    # copied away from its run.json: nothing to check against but the index range -- a note says so
+    lone = tmp_path / "lone.json"
+    lone.write_bytes(raw)
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", lone, "--split-seed", "5",
+                       "--out", tmp_path / "d")  # fmt: skip
+    assert code == 0
+    assert "note:" in err and "could not be verified" in err and str(lone) in err
+
+
+def test_old_run_json_label_counts_catch_an_unrecorded_split_change(cli, tiny, tmp_path):
+    """run.json's config edited to agree, its label counts do not: the indices hold other labels."""
+    run = tiny("a", rounds=1)
+    _make_old(run)
+    info = ckpt.read_run_json(run)
+    info["partition"]["label_counts"][0][0] += 1
+    (run / "run.json").write_text(json.dumps(info))
+    code, _, err = cli("train", *BASE, "--rounds", "1", "--partition-file", run / "partition.json",
+                       "--out", tmp_path / "b")  # fmt: skip
+    line = _one_line(err)
+    assert code == 2 and "client 0" in line and "label_counts" in line
