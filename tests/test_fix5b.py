@@ -9,6 +9,7 @@ import json
 import pytest
 
 from flatfl import checkpoint as ckpt
+from flatfl.errors import UserError
 from tests.test_partition_file import BASE
 
 
@@ -92,3 +93,51 @@ def test_old_run_json_label_counts_catch_an_unrecorded_split_change(cli, tiny, t
                        "--out", tmp_path / "b")  # fmt: skip
     line = _one_line(err)
     assert code == 2 and "client 0" in line and "label_counts" in line
+
+
+# -- 2. train's loop counts have stated bounds ---------------------------------------------------------------------
+# flag -> (the most it takes, the algorithm whose flag it is)
+LOOP_FLAGS = {
+    "rounds": (1_000_000, "fedavg"),
+    "local-epochs": (100_000, "fedavg"),
+    "mut-bound": (1_000_000, "fedmut"),
+    "swa-start": (1_000_000, "fedswa"),
+    "swa-cycle": (1_000_000, "fedswa"),
+    "distill-steps": (100_000, "feddf"),
+    "gen-epochs": (100_000, "fedgen"),
+    "gen-iters": (100_000, "fedgen"),
+    "aux-pretrain-steps": (100_000, "fedaux"),
+    "save-clients": (1_000_000, "fedavg"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOP_FLAGS))
+def test_loop_counts_are_bounded_in_the_config_parser(name):
+    from flatfl.run_flags import parse_flags
+
+    most, _ = LOOP_FLAGS[name]
+    assert parse_flags({name: str(most)})[name.replace("-", "_")] == most
+    for bad in (most + 1, 2**70):
+        with pytest.raises(UserError, match=f"--{name}"):
+            parse_flags({name: str(bad)})
+
+
+@pytest.mark.parametrize("name", sorted(LOOP_FLAGS))
+def test_a_loop_count_of_2_70_is_one_line_and_its_bound_is_in_help(cli, tmp_path, name):
+    most, algo = LOOP_FLAGS[name]
+    code, out, _ = cli("train", "--help")
+    assert code == 0
+    entry = " ".join(out[out.index(f"\n  --{name} ") :].split())  # the option's own help, not the usage line
+    assert f"at most {most:,}" in entry[:400], entry[:400]
+    code, _, err = cli("train", *BASE, "--algo", algo, f"--{name}", str(2**70), "--out", tmp_path / "r")
+    line = _one_line(err)
+    assert code == 2 and f"--{name}" in line and f"{most:,}" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_save_every_and_resume_rounds_are_bounded(cli, tiny, tmp_path):
+    code, _, err = cli("train", *BASE, "--save-every", str(2**70), "--out", tmp_path / "r")
+    assert code == 2 and "--save-every" in _one_line(err)
+    run = tiny("a", rounds=1)
+    code, _, err = cli("train", "--resume", run, "--rounds", "1000001")
+    assert code == 2 and "--rounds" in _one_line(err) and "1,000,000" in err
