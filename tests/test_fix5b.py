@@ -141,3 +141,22 @@ def test_save_every_and_resume_rounds_are_bounded(cli, tiny, tmp_path):
     run = tiny("a", rounds=1)
     code, _, err = cli("train", "--resume", run, "--rounds", "1000001")
     assert code == 2 and "--rounds" in _one_line(err) and "1,000,000" in err
+
+
+# -- 3. --data-root on the embedded digits is refused, as --download is -------------------------------------------
+@pytest.mark.parametrize("root", ["/dev/null", "data", "somewhere/else"])
+def test_data_root_on_embedded_digits_is_refused(cli, tmp_path, root):
+    code, _, err = cli("train", *BASE, "--data-root", root, "--out", tmp_path / "r")
+    line = _one_line(err)
+    assert code == 2 and f"--data-root {root}" in line and "embedded" in line
+    assert not (tmp_path / "r").exists()
+    code, _, err = cli("partition", "--dataset", "digits", "--data-root", root, "--plot", tmp_path / "p.png")
+    assert code == 2 and "--data-root" in _one_line(err)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_data_root_on_resuming_a_digits_run_is_refused(cli, tiny):
+    run = tiny("a", rounds=1)
+    code, _, err = cli("train", "--resume", run, "--rounds", "2", "--data-root", "/dev/null")
+    assert code == 2 and "--data-root" in _one_line(err)
+    assert ckpt.list_rounds(run) == [0, 1]

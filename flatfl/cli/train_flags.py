@@ -54,7 +54,8 @@ def _add_source_arguments(g: Any, training: bool) -> None:
     g.add_argument(
         "--data-root",
         metavar="DIR",
-        help="folder holding on-disk datasets (CIFAR: DIR/cifar-10-batches-py/, DIR/cifar-100-python/) "
+        help="folder holding on-disk datasets (CIFAR: DIR/cifar-10-batches-py/, DIR/cifar-100-python/); refused "
+        "with the embedded digits, which read nothing from it "
         f"{default(dd, 'data_root')}",
     )
     g.add_argument(
@@ -330,4 +331,18 @@ def check_download(download: bool, cfg: Any) -> None:
         raise UserError(
             f"--download: fetches a missing CIFAR archive, and --dataset {cfg.data.dataset} has none to fetch "
             "(digits is embedded; shakespeare is built with flatfl data shakespeare); drop --download"
+        )
+
+
+EMBEDDED = ("digits",)  # data sets shipped inside flatfl: nothing is read from --data-root
+
+
+def check_data_root(given: bool, cfg: Any) -> None:
+    """``--data-root`` names where on-disk data sets live; for the embedded digits (and no on-disk proxy data) it
+    would be ignored, so it is refused, as --download is."""
+    proxy = str(getattr(cfg.algo_config, "proxy_data", "holdout"))
+    if given and cfg.data.dataset in EMBEDDED and proxy in ("holdout", *EMBEDDED):
+        raise UserError(
+            f"--data-root {cfg.data.data_root}: --dataset {cfg.data.dataset} is embedded in flatfl and reads nothing "
+            "from disk; drop --data-root"
         )
