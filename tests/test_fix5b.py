@@ -160,3 +160,57 @@ def test_data_root_on_resuming_a_digits_run_is_refused(cli, tiny):
     code, _, err = cli("train", "--resume", run, "--rounds", "2", "--data-root", "/dev/null")
     assert code == 2 and "--data-root" in _one_line(err)
     assert ckpt.list_rounds(run) == [0, 1]
+
+
+# -- 4. landscape options that would be ignored are refused in one line naming both flags ---------------------------
+IGNORED = [
+    ("--hessian --model-kwargs '{\"a\":1}'", "--model-kwargs", "--model"),
+    ("--sharpness epsilon --m 10", "--m", "--sharpness sam"),
+    ("--sharpness epsilon --rho 0.1", "--rho", "--sharpness sam"),
+    ("--sharpness sam --sigma 0.1", "--sigma", "--sharpness average_adaptive"),
+    ("--sharpness sam --sharpness-samples 3", "--sharpness-samples", "--sharpness average_adaptive"),
+    ("--sharpness average_isotropic --sharpness-steps 3", "--sharpness-steps", "--sharpness sam"),
+    ("--sharpness sam --eps 0.01", "--eps", "--sharpness epsilon"),
+    ("--hessian --data-tol 0.1", "--data-tol", "--samples auto"),
+    ("--surface 1d --grid 3 --levels 5", "--levels", "--surface 2d"),
+    ("--surface 1d --grid 3 --zrange 0,1", "--zrange", "--surface 2d"),
+    ("--surface 1d --grid 3 --bn-reestimate 2", "--bn-reestimate", "BatchNorm"),
+    ("--federated --federated-clients 1,1", "--federated-clients 1,1", "twice"),
+    ("--federated --federated-clients 1,,2", "--federated-clients 1,,2", "empty"),
+]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    from flatfl.cli import main
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("land") / "run"
+    assert main(["train", *map(str, TINY), "--algo", "fedavg", "--rounds", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(("flags", "flag", "needs"), IGNORED)
+def test_landscape_option_that_would_be_ignored_is_refused(cli, base_run, tmp_path, flags, flag, needs):
+    import shlex
+
+    out = tmp_path / "L"
+    code, _, err = cli("landscape", "--ckpt", base_run / "round_0001.safetensors", "--samples", "40", "--out", out,
+                       *shlex.split(flags))  # fmt: skip
+    line = _one_line(err)
+    assert code == 2 and flag in line and needs in line, line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_landscape_options_with_what_they_need_still_run(cli, base_run, tmp_path):
+    ckpt_file = base_run / "round_0001.safetensors"
+    code, _, err = cli("landscape", "--ckpt", ckpt_file, "--samples", "40", "--out", tmp_path / "a",
+                       "--sharpness", "sam,average_isotropic", "--m", "20", "--sharpness-steps", "2",
+                       "--sharpness-samples", "2", "--federated", "--federated-clients", "0,2")  # fmt: skip
+    assert code == 0, err
+    # --to means --surface 1d (the help): the interpolation line is computed alongside --hessian
+    code, _, err = cli("landscape", "--ckpt", ckpt_file, "--samples", "40", "--out", tmp_path / "b", "--hessian",
+                       "--to", base_run / "round_0000.safetensors", "--grid", "3")  # fmt: skip
+    assert code == 0, err
+    kind = json.loads((tmp_path / "b" / "surface.json").read_text())
+    assert "interp" in json.dumps(kind)
