@@ -214,3 +214,20 @@ def test_landscape_options_with_what_they_need_still_run(cli, base_run, tmp_path
     assert code == 0, err
     kind = json.loads((tmp_path / "b" / "surface.json").read_text())
     assert "interp" in json.dumps(kind)
+
+
+def test_a_setting_that_leaves_the_training_labels_unchanged_is_free(tmp_path):
+    """CIFAR's official split ignores --test-frac: same dataset, size and label digest -> the same training set."""
+    import numpy as np
+
+    from flatfl.config import DataConfig
+    from flatfl.partition_file import check_split, read_partition_file, split_record
+
+    labels = np.arange(30) % 10
+    f = tmp_path / "p.json"
+    rec = split_record(DataConfig(dataset="cifar10", test_frac=0.2), labels)
+    f.write_text(json.dumps({"clients": [[0, 1], [2, 3]], "split": rec}))
+    pf = read_partition_file(f)
+    assert check_split(pf, f, DataConfig(dataset="cifar10", test_frac=0.3), labels) is None
+    with pytest.raises(UserError, match="--test-frac"):  # other labels: the differing setting is named
+        check_split(pf, f, DataConfig(dataset="cifar10", test_frac=0.3), labels[::-1].copy())
