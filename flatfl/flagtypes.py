@@ -55,6 +55,16 @@ grid_t = _typed(int, lambda v: 0 < v <= MAX_GRID, f"points per axis from 1 to {M
 MAX_PASSES = 100_000
 passes_t = _typed(int, lambda v: 0 < v <= MAX_PASSES, f"a positive integer at most {MAX_PASSES:,}")
 passes0_t = _typed(int, lambda v: 0 <= v <= MAX_PASSES, f"an integer from 0 to {MAX_PASSES:,}")
+# flatfl train's loop counts: rounds (and flags counted in rounds: --mut-bound, --swa-start/--swa-cycle,
+# --save-every, --save-clients K) at most a million; work inside a round (--local-epochs, --distill-steps,
+# --gen-epochs, --gen-iters, --aux-pretrain-steps) at most MAX_PASSES, as landscape's budgets. FedMut and the
+# papers it compares with run 100 to 2,000 rounds of 1 to 10 epochs; a slip such as 2**70 is refused in one line
+# instead of running for ever.
+MAX_ROUNDS = 1_000_000
+ROUNDS_BOUND = f"at most {MAX_ROUNDS:,}"
+STEPS_BOUND = f"at most {MAX_PASSES:,}"
+rounds_t = _typed(int, lambda v: 0 < v <= MAX_ROUNDS, f"a number of rounds from 1 to {MAX_ROUNDS:,}")
+rounds0_t = _typed(int, lambda v: 0 <= v <= MAX_ROUNDS, f"a number of rounds from 0 to {MAX_ROUNDS:,}")
 MAX_CLIENTS = 1_000_000  # --clients: each gets at least one sample; no data set here has a million
 clients_t = _typed(int, lambda v: 0 < v <= MAX_CLIENTS, f"a number of clients from 1 to {MAX_CLIENTS:,}")
 # FedGen's generator sizes (--gen-batch latents per step, --gen-hidden width, --gen-noise size) are tensor

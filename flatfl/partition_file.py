@@ -16,13 +16,24 @@ or across clients), ``num_users`` equal to the number of clients, the authors' `
 to ``--dataset``, and (once the data are loaded) every index inside the training set. The
 file's SHA-256 is part of the run's config (``data.partition_sha256``), so the run records
 exactly which split it used; the file is read again at training time and must still match.
+
+The indices mean something only for one training set: flatfl's ``partition.json`` records it under ``"split"``
+(:func:`split_record`: the dataset, ``split_seed``, ``test_frac``, CIFAR-100's label granularity, the number
+of training samples and the SHA-256 of the training labels in order). A file used with other settings (another
+``--split-seed`` draws another digits training set, so the same indices hold other samples and the label skew
+is lost) is refused in one line naming the file and the field (:func:`check_split`). A file without the record
+(written before it existed) is checked against the ``run.json`` beside it when there is one (its
+``config.data`` and ``partition.label_counts``); otherwise only the index range can be checked and a note says
+the training set could not be verified.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +50,7 @@ class PartitionFile:
     format: str  # "flatfl" | "fedmut"
     sha256: str
     dataset: str | None  # the dataset the file names (authors' format), lower case
+    split: dict | None = None  # flatfl's record of the training set the indices refer to (split_record)
 
 
 def read_partition_file(path: str | Path) -> PartitionFile:
@@ -58,10 +70,14 @@ def read_partition_file(path: str | Path) -> PartitionFile:
         raise UserError(
             f"{where}: not valid JSON ({exc}); give a flatfl partition.json or a FedMut data/*.json"
         ) from exc
+    split = None
     if isinstance(doc, dict) and "clients" in doc:
         fmt, lists, dataset = "flatfl", doc["clients"], None
         if not isinstance(lists, list):
             raise UserError(f"{where}: 'clients' must be a list of index lists")
+        split = doc.get("split")
+        if split is not None and not isinstance(split, dict):
+            raise UserError(f"{where}: 'split' must be an object (the training set the indices refer to)")
     elif isinstance(doc, dict) and "train_data" in doc:
         fmt, lists, dataset = "fedmut", _author_lists(doc, where), str(doc.get("dataset", "")).lower() or None
     else:
@@ -72,7 +88,7 @@ def read_partition_file(path: str | Path) -> PartitionFile:
         raise UserError(f"{where}: lists no clients")
     clients = [_index_array(c, k, where) for k, c in enumerate(lists)]
     _check_disjoint(clients, where)
-    return PartitionFile(clients, fmt, sha256_hex(raw), dataset)
+    return PartitionFile(clients, fmt, sha256_hex(raw), dataset, split)
 
 
 def _author_lists(doc: dict, where: str) -> list:
@@ -133,10 +149,101 @@ def check_against(pf: PartitionFile, path: str | Path, *, dataset: str, num_trai
         )
 
 
-def load_for_run(path: str | Path, sha256: str | None, *, dataset: str, num_train: int) -> list[np.ndarray]:
-    """The clients' indices of a run's partition file, checked against the hash in its config."""
+# the config fields that decide which samples form a dataset's training set, in the order they are named
+SPLIT_FIELDS = ("dataset", "split_seed", "test_frac", "cifar100_labels")
+SPLIT_FLAGS = {"dataset": "--dataset", "split_seed": "--split-seed", "test_frac": "--test-frac",
+               "cifar100_labels": "--cifar100-labels"}  # fmt: skip
+
+
+def labels_sha256(labels: np.ndarray) -> str:
+    """SHA-256 of the training labels in order (int64, little-endian): two training sets with the same digest
+    list the same label at every index, so a client's label counts -- its skew -- are the ones it was cut for."""
+    return sha256_hex(np.ascontiguousarray(np.asarray(labels), dtype="<i8").tobytes())
+
+
+def split_record(data: Any, labels: np.ndarray) -> dict[str, Any]:
+    """partition.json's ``"split"``: what its indices refer to (``data`` is the run's DataConfig)."""
+    rec: dict[str, Any] = {f: getattr(data, f) for f in SPLIT_FIELDS[:3]}
+    if data.dataset == "cifar100":
+        rec["cifar100_labels"] = data.cifar100_labels
+    return rec | {"num_train": int(len(labels)), "train_labels_sha256": labels_sha256(labels)}
+
+
+def check_split(pf: PartitionFile, path: str | Path, data: Any, labels: np.ndarray) -> str | None:
+    """``pf``'s indices refer to this run's training set (``data``: its DataConfig, ``labels``: its training
+    labels). A mismatch is one line naming the file and the field; a file that cannot be verified gives the
+    note returned (None when verified)."""
+    where = f"--partition-file {path}"
+    rec = pf.split if pf.split is not None else _record_beside(pf, Path(path))
+    if rec is None:
+        if pf.format == "fedmut":  # the authors' files index the dataset's own training set (CIFAR, no split seed)
+            return None
+        return (
+            f"note: {where} records no training set (written before flatfl recorded it): its indices could not be "
+            f"verified against this run's split ({', '.join(SPLIT_FLAGS[f] for f in SPLIT_FIELDS[:3])})"
+        )
+    mine = split_record(data, labels)
+    if all(rec.get(f) == mine[f] for f in ("dataset", "num_train", "train_labels_sha256")):
+        return None  # the same label at every index: a --test-frac that does not change it (CIFAR's split) is free
+    for f in SPLIT_FIELDS:
+        if f in rec and f in mine and rec[f] != mine[f]:
+            raise UserError(
+                f"{where}: its indices refer to the training set of {f} {rec[f]!r}, this run's {SPLIT_FLAGS[f]} is "
+                f"{mine[f]!r}; the same indices would hold other samples (give {SPLIT_FLAGS[f]} {rec[f]})"
+            )
+    for f in ("num_train", "train_labels_sha256"):
+        if f in rec and rec[f] != mine[f]:
+            raise UserError(
+                f"{where}: its {f} ({rec[f]}) differs from this run's training set ({mine[f]}); "
+                "the indices refer to other data"
+            )
+    counts = rec.get("label_counts")
+    if (
+        isinstance(counts, list)
+        and len(counts) == len(pf.clients)
+        and max(int(c.max()) for c in pf.clients) < len(labels)
+    ):
+        for j, (idx, want) in enumerate(zip(pf.clients, counts, strict=True)):
+            have = np.bincount(labels[idx], minlength=len(want) if isinstance(want, list) else 0).tolist()
+            if isinstance(want, list) and have != want:
+                raise UserError(
+                    f"{where}: client {j}'s labels per class are {have}, the run.json beside it records {want} "
+                    "(partition.label_counts); the indices refer to another training set"
+                )
+    return None
+
+
+def _record_beside(pf: PartitionFile, path: Path) -> dict[str, Any] | None:
+    """An older run's partition.json has no ``"split"``; the run.json beside it (when its ``partition_sha256`` is
+    this file's) records the config and each client's label counts."""
+    beside = path.parent / "run.json"
+    try:
+        info = json.loads(beside.read_bytes()) if path.name == "partition.json" and beside.is_file() else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(info, dict) or info.get("partition_sha256") != pf.sha256:
+        return None
+    data = (info.get("config") or {}).get("data") if isinstance(info.get("config"), dict) else None
+    if not isinstance(data, dict):
+        return None
+    rec = {f: data[f] for f in SPLIT_FIELDS if f in data}
+    part = info.get("partition")
+    if isinstance(part, dict) and "label_counts" in part:
+        rec["label_counts"] = part["label_counts"]
+    return rec
+
+
+def load_for_run(
+    path: str | Path, sha256: str | None, *, dataset: str, num_train: int, data: Any = None, labels: Any = None
+) -> list[np.ndarray]:
+    """The clients' indices of a run's partition file, checked against the hash in its config and (given the
+    run's DataConfig ``data`` and training ``labels``) against the training set they refer to."""
     pf = read_partition_file(path)
     if sha256 is not None and pf.sha256 != sha256:
         raise UserError(f"--partition-file {path}: changed since the run was configured (SHA-256 differs)")
+    check_dataset(pf, path, dataset)
+    note = check_split(pf, path, data, np.asarray(labels)) if data is not None and labels is not None else None
     check_against(pf, path, dataset=dataset, num_train=num_train)
+    if note:
+        print(note, file=sys.stderr)
     return pf.clients

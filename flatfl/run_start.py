@@ -219,8 +219,10 @@ def start_fresh(
     assert rd is not None
     tracker = Tracker(Path(tensorboard) / out.name, warn=log) if tensorboard is not None else None
     rd.clear_for_new_run()
+    from flatfl.partition_file import split_record
+
     partition = ckpt.partition_json_bytes(
-        {"clients": [p.tolist() for p in parts]}
+        {"clients": [p.tolist() for p in parts], "split": split_record(cfg.data, data.train.y.numpy())}
         | ({"server": held.tolist()} if len(held := server_holdout(cfg, len(data.train))) else {})
     )
     storage = storage or StorageConfig()

@@ -75,7 +75,10 @@ def make_partition(cfg: RunConfig, data: Dataset) -> list[np.ndarray]:
     if d.partition == "file":
         from flatfl.partition_file import load_for_run
 
-        parts = load_for_run(str(d.partition_file), d.partition_sha256, dataset=d.dataset, num_train=n)
+        labels = data.train.y.numpy()
+        parts = load_for_run(
+            str(d.partition_file), d.partition_sha256, dataset=d.dataset, num_train=n, data=d, labels=labels
+        )
         return [np.setdiff1d(p, held) if len(held) else p for p in parts]
     if d.partition == "natural":
         parts = data.natural_parts

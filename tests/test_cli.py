@@ -27,7 +27,7 @@ def _one_line_error(code, err, *needles):
         (["--dataset", "mnist"], ["--dataset", "digits"]),
         (["--algo", "fedsgd"], ["--algo", "fedavg", "fedmut"]),
         (["--model", "vit"], ["--model", "smallcnn"]),
-        (["--rounds", "0"], ["--rounds", "positive integer"]),
+        (["--rounds", "0"], ["--rounds", "from 1 to 1,000,000"]),
         (["--rounds", "-3"], ["--rounds"]),
         (["--rounds", "ten"], ["--rounds", "'ten'"]),
         (["--frac", "0"], ["--frac", "(0, 1]"]),

@@ -37,7 +37,7 @@ def test_text_and_typed_values_give_one_config():
 @pytest.mark.parametrize(
     "flags, message",
     [
-        ({"rounds": True}, "--rounds: expected a positive integer, got 'True'"),
+        ({"rounds": True}, "--rounds: expected a number of rounds from 1 to 1,000,000, got 'True'"),
         ({"clients": 2.0}, "--clients: expected a number of clients from 1 to 1,000,000, got '2.0'"),
         ({"augment": "yes"}, "--augment: expected true or false, got 'yes'"),
         ({"algo": "fedsgd"}, "--algo: invalid choice 'fedsgd' (choose from fedavg, fedmut, "),

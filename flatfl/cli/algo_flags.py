@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from flatfl.cli.common import default
+from flatfl.flagtypes import ROUNDS_BOUND, STEPS_BOUND
 
 
 def add_algorithm_flags(g: Any) -> None:
@@ -35,7 +36,7 @@ def _fedmut_arguments(g: Any) -> None:
     g.add_argument(
         "--mut-bound",
         metavar="TB",
-        help=f"FedMut: round after which beta reaches 0 {default(fm, 'mut_bound')}",
+        help=f"FedMut: round after which beta reaches 0, {ROUNDS_BOUND} {default(fm, 'mut_bound')}",
     )
     g.add_argument(
         "--mutate",
@@ -96,13 +97,13 @@ def _sam_family_arguments(g: Any) -> None:
         "--swa-start",
         metavar="S",
         help="FedSWA: rounds after round S average the server model and cycle the clients' lr "
-        "(default: 75%% of --rounds)",
+        f"({ROUNDS_BOUND}; default: 75%% of --rounds)",
     )
     g.add_argument(
         "--swa-cycle",
         metavar="C",
         help="FedSWA: cycle length in rounds; the SWA model collects the server model at each cycle's end "
-        "(default: 10)",
+        f"({ROUNDS_BOUND}; default: 10)",
     )
     g.add_argument(
         "--swa-lr",
@@ -132,7 +133,7 @@ def _distillation_arguments(g: Any) -> None:
         "--distill-steps",
         metavar="N",
         help="FedDF/FedAUX: most Adam steps of distillation per round, early-stopped on 10%% of the proxy data "
-        "(default: 100)",
+        f"({STEPS_BOUND}; default: 100)",
     )
     g.add_argument("--distill-lr", metavar="LR", help="FedDF/FedAUX: Adam step size (default: 1e-3)")
     _generator_arguments(g)
@@ -152,8 +153,10 @@ def _generator_arguments(g: Any) -> None:
         help="FedGen: client weight of KL(softmax(head(G(y))) || softmax(f(x))) on its own batch (default: 0.2)",
     )
     g.add_argument("--gen-lr", metavar="LR", help="FedGen: generator Adam step size (default: 3e-4)")
-    g.add_argument("--gen-epochs", metavar="N", help="FedGen: generator epochs a round (default: 10)")
-    g.add_argument("--gen-iters", metavar="N", help="FedGen: Adam steps per generator epoch (default: 5)")
+    g.add_argument("--gen-epochs", metavar="N", help=f"FedGen: generator epochs a round, {STEPS_BOUND} (default: 10)")
+    g.add_argument(
+        "--gen-iters", metavar="N", help=f"FedGen: Adam steps per generator epoch, {STEPS_BOUND} (default: 5)"
+    )
     g.add_argument(
         "--gen-batch",
         metavar="B",
@@ -170,7 +173,7 @@ def _scorer_arguments(g: Any) -> None:
         "--aux-pretrain-steps",
         metavar="N",
         help="FedAUX: Adam steps of self-supervised rotation-prediction pre-training of the feature extractor on "
-        "the auxiliary data before round 1; image datasets only (default: 0 = off)",
+        f"the auxiliary data before round 1; image datasets only; {STEPS_BOUND} (default: 0 = off)",
     )
     g.add_argument("--aux-pretrain-lr", metavar="LR", help="FedAUX: pre-training Adam step size (default: 1e-3)")
     g.add_argument(

@@ -116,9 +116,8 @@ def _data_arguments(p: Any, d: Any) -> None:
     g.add_argument(
         "--data-tol",
         type=pos_float,
-        default=d.data_tol,
         metavar="REL",
-        help=f"--samples auto: relative data-sampling error to reach (default: {d.data_tol})",
+        help=f"--samples auto: relative data-sampling error to reach; only with --samples auto (default: {d.data_tol})",
     )
     g.add_argument(
         "--dtype",
@@ -191,6 +190,29 @@ MEASURE_OPTIONS = {
 # several, so they need --sharpness
 SHARPNESS_OPTIONS = {"eps": "epsilon", "m": "sam"}
 SHARPNESS_SHARED = ("rho", "sigma", "sharpness_steps", "sharpness_samples")
+# option -> (what must be on for it to have an effect, the test on the command line and the --sharpness measures):
+# given without it the option would be ignored, so it is refused in one line naming both (flatfl report, whose
+# cache key includes every option, only warns: docs/landscapes.md)
+_ASCENT = ("sam", "adaptive_l2", "adaptive_linf")
+_AVERAGE = ("average_adaptive", "average_isotropic")
+REQUIRES: dict[str, tuple[str, Callable[[dict[str, Any], tuple[str, ...]], bool]]] = {
+    "rho": ("--sharpness sam, adaptive_l2 or adaptive_linf", lambda ns, sharp: bool(set(sharp) & set(_ASCENT))),
+    "sharpness_steps": (
+        "--sharpness sam, adaptive_l2 or adaptive_linf (ascent steps)",
+        lambda ns, sharp: bool(set(sharp) & set(_ASCENT)),
+    ),
+    "m": ("--sharpness sam", lambda ns, sharp: "sam" in sharp),
+    "eps": ("--sharpness epsilon", lambda ns, sharp: "epsilon" in sharp),
+    "sigma": ("--sharpness average_adaptive or average_isotropic", lambda ns, sharp: bool(set(sharp) & set(_AVERAGE))),
+    "sharpness_samples": (
+        "--sharpness average_adaptive or average_isotropic (Monte Carlo draws)",
+        lambda ns, sharp: bool(set(sharp) & set(_AVERAGE)),
+    ),
+    "data_tol": ("--samples auto", lambda ns, sharp: ns.get("samples") == "auto"),
+    "levels": ("--surface 2d (2D pages and figures)", lambda ns, sharp: ns.get("surface") == "2d"),
+    "zrange": ("--surface 2d (2D pages and figures)", lambda ns, sharp: ns.get("surface") == "2d"),
+    "model_kwargs": ("--model (a flatfl --ckpt's run fixes its model)", lambda ns, sharp: ns.get("model") is not None),
+}
 DEFAULTS = {"federated_clients": "clients"}  # flag -> LandscapeSettings field, where they differ
 
 
@@ -229,9 +251,12 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
 def run(ns: dict[str, Any]) -> int:
     import torch
 
+    given = {k for k in REQUIRES if flag_given(ns, k) and not (k == "model_kwargs" and ns[k] == "{}")}
     ns = implied_measures(ns)
     foreign = _check_source(ns)
-    settings = _settings(ns, _validated_measures(ns))
+    sharp = _validated_measures(ns)
+    check_requires(ns, given, sharp)
+    settings = _settings(ns, sharp)
     check_something(settings)
     from flatfl.runs.surface import check_surface_settings
 
@@ -268,6 +293,25 @@ def run(ns: dict[str, Any]) -> int:
             return _run(ns, settings, problem_of, out)
         with locked_folder(out, "writing a landscape here"):  # made and checked before any measuring
             return _run(ns, settings, problem_of, out)
+
+
+def check_requires(ns: dict[str, Any], given: set[str], sharp: tuple[str, ...]) -> None:
+    """Every option given has what it needs switched on (:data:`REQUIRES`); otherwise one line naming both."""
+    for key, (needs, on) in REQUIRES.items():
+        if key in given and not on(ns, sharp):
+            raise UserError(f"--{key.replace('_', '-')}: has an effect only with {needs}; add it or drop the option")
+
+
+def check_batchnorm(settings: Any, model: Any) -> None:
+    """--bn-reestimate on a model without BatchNorm would be ignored (REQUIRES' rule, known once the model is):
+    refused before anything is measured (flatfl report notes it on the surface instead)."""
+    from flatfl.analysis.batchnorm import has_batchnorm
+
+    if settings.surface and settings.bn_reestimate and not has_batchnorm(model):
+        raise UserError(
+            f"--bn-reestimate {settings.bn_reestimate}: has an effect only on a model with BatchNorm layers, and "
+            f"{type(model).__name__} has none; drop --bn-reestimate"
+        )
 
 
 def _check_source(ns: dict[str, Any]) -> bool:
@@ -331,7 +375,7 @@ def _settings(ns: dict[str, Any], sharp: tuple[str, ...]) -> LandscapeSettings:
         data=ns["data"],
         samples=samples_setting(ns.get("samples"))[0],
         samples_auto=samples_setting(ns.get("samples"))[1],
-        data_tol=ns["data_tol"],
+        data_tol=ns.get("data_tol") or LandscapeSettings().data_tol,
         batch_size=ns["batch_size"],
         dtype=ns["dtype"],
         device=str(device),
@@ -386,6 +430,7 @@ def _run(ns: dict[str, Any], settings: Any, problem_of: Callable[[Callable[[str]
     main = is_main()
     log = (lambda s: tqdm.write(s, file=sys.stderr)) if main else (lambda s: None)
     problem = problem_of(log)
+    check_batchnorm(settings, problem.model)
     cache = seed_cache(out) if settings.surface else out / CACHE_DIR  # the surface's resume cache
     m = measure(problem, settings, log=log, out_dir=cache, bars=tqdm_bars if main else no_bars, main=main)
     if not main:

@@ -98,7 +98,7 @@ def plot_path(path: Path) -> Path:
 
 def run(ns: dict[str, Any]) -> int:
     from flatfl.cli.train import config_flags
-    from flatfl.cli.train_flags import check_download
+    from flatfl.cli.train_flags import check_data_root, check_download
     from flatfl.config import RunConfig
     from flatfl.data import load_dataset
     from flatfl.partition import label_counts
@@ -111,6 +111,7 @@ def run(ns: dict[str, Any]) -> int:
     plot = plot_path(ns["plot"])  # before loading any data
     cfg = RunConfig.from_flags(config_flags(ns))
     check_download(ns["download"], cfg)
+    check_data_root("data_root" in ns, cfg)
     data = load_dataset(cfg.data, download=ns["download"])
     parts = make_partition(cfg, data)
     counts = label_counts(parts, data.train.y.numpy(), data.num_classes)

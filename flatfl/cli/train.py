@@ -20,6 +20,7 @@ from flatfl.cli.train_flags import (
     add_data_arguments,
     add_model_arguments,
     add_run_arguments,
+    check_data_root,
     check_download,
 )
 from flatfl.config import LocalConfig, RunConfig
@@ -109,6 +110,7 @@ def run(ns: dict[str, Any]) -> int:
         out = ns.get("out", Path("checkpoints") / f"{cfg.data.dataset}-{cfg.algo}-s{cfg.seed}")
         resume = False
     check_download(ns.get("download", False), cfg)
+    check_data_root("data_root" in given, cfg)
     if "clients_dtype" in ns and not cfg.save_clients:
         raise UserError(
             f"--clients-dtype: the precision of clients_NNNN.safetensors, which this run does not write "

@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flatfl.cli.common import SEED_RANGE, default, nonneg_int, pos_int
+from flatfl.cli.common import SEED_RANGE, default, pos_int
 from flatfl.config import DataConfig, RunConfig
 from flatfl.errors import UserError
+from flatfl.flagtypes import ROUNDS_BOUND, STEPS_BOUND, rounds0_t
 from flatfl.presets import PRESETS, describe
 
 
@@ -53,7 +54,8 @@ def _add_source_arguments(g: Any, training: bool) -> None:
     g.add_argument(
         "--data-root",
         metavar="DIR",
-        help="folder holding on-disk datasets (CIFAR: DIR/cifar-10-batches-py/, DIR/cifar-100-python/) "
+        help="folder holding on-disk datasets (CIFAR: DIR/cifar-10-batches-py/, DIR/cifar-100-python/); refused "
+        "with the embedded digits, which read nothing from it "
         f"{default(dd, 'data_root')}",
     )
     g.add_argument(
@@ -160,7 +162,7 @@ def add_model_arguments(t: Any, ld: Any) -> None:
         "descent); a client holding fewer samples than B takes them all in one batch (a note says when B is above "
         f"every client's size) {default(ld, 'batch_size')}",
     )
-    g.add_argument("--local-epochs", metavar="E", help=f"local epochs per round {default(ld, 'epochs')}")
+    g.add_argument("--local-epochs", metavar="E", help=f"local epochs per round, {STEPS_BOUND} {default(ld, 'epochs')}")
     g.add_argument("--weight-decay", metavar="WD", help=f"local SGD weight decay {default(ld, 'weight_decay')}")
     _local_opt_arguments(g)
 
@@ -205,7 +207,7 @@ def add_algorithm_arguments(t: Any) -> Any:
     g.add_argument(
         "--rounds",
         metavar="T",
-        help=f"number of rounds; with --resume, the new total {default(RunConfig, 'rounds')}",
+        help=f"number of rounds, {ROUNDS_BOUND}; with --resume, the new total {default(RunConfig, 'rounds')}",
     )
     w = g.add_mutually_exclusive_group()
     w.add_argument(
@@ -252,7 +254,8 @@ def add_run_arguments(t: Any) -> None:
         metavar="K",
         help="also save the model sent to each sampled client (FedMut mutants) and the model it returned, in "
         "clients_NNNN.safetensors: every round, or with K only rounds t with t %% K in (0, 1) -- the clients "
-        "that produced w_t and the mutants sent from it -- to save disk (needed by flatfl report's spread)",
+        "that produced w_t and the mutants sent from it -- to save disk (needed by flatfl report's spread); K "
+        f"{ROUNDS_BOUND}",
     )
     add_storage_arguments(t)
     g.add_argument(
@@ -289,11 +292,12 @@ def add_storage_arguments(t: Any) -> None:
     g = t.add_argument_group("storage and tracking (recorded in run.json; may change on --resume)")
     g.add_argument(
         "--save-every",
-        type=nonneg_int,
+        type=rounds0_t,
         metavar="N",
-        help="write round_NNNN.safetensors and the resume point state.safetensors every N rounds, plus round 0 and "
+        help=f"write round_NNNN.safetensors and the resume point state.safetensors every N rounds, plus round 0 and "
         "the last round (metrics.jsonl still gets every round); a run stopped between saves restarts with --resume "
-        "from the last saved round and redoes the rest bit for bit. 0: only round 0, the last and --save-rounds "
+        "from the last saved round and redoes the rest bit for bit. 0: only round 0, the last and --save-rounds; "
+        f"{ROUNDS_BOUND} "
         "(default: 1, every round; with --save-rounds alone: 0)",
     )
     g.add_argument(
@@ -327,4 +331,18 @@ def check_download(download: bool, cfg: Any) -> None:
         raise UserError(
             f"--download: fetches a missing CIFAR archive, and --dataset {cfg.data.dataset} has none to fetch "
             "(digits is embedded; shakespeare is built with flatfl data shakespeare); drop --download"
+        )
+
+
+EMBEDDED = ("digits",)  # data sets shipped inside flatfl: nothing is read from --data-root
+
+
+def check_data_root(given: bool, cfg: Any) -> None:
+    """``--data-root`` names where on-disk data sets live; for the embedded digits (and no on-disk proxy data) it
+    would be ignored, so it is refused, as --download is."""
+    proxy = str(getattr(cfg.algo_config, "proxy_data", "holdout"))
+    if given and cfg.data.dataset in EMBEDDED and proxy in ("holdout", *EMBEDDED):
+        raise UserError(
+            f"--data-root {cfg.data.data_root}: --dataset {cfg.data.dataset} is embedded in flatfl and reads nothing "
+            "from disk; drop --data-root"
         )

@@ -35,10 +35,16 @@ def _client_ids(run: Run, rnd: int, spec: str) -> tuple[list[int], dict | None]:
                 "(train with --save-clients)"
             )
         return list(saved["clients"]), saved
+    items = [c.strip() for c in spec.split(",")]
+    if len(items) > 1 and "" in items:  # '1,,2' or '1,': an id left out by mistake
+        raise UserError(f"--federated-clients {spec}: an empty id between commas; give comma-separated ids")
     try:
-        ids = [int(c) for c in spec.split(",") if c.strip()]
+        ids = [int(c) for c in items if c]
     except ValueError:
         raise UserError(f"--federated-clients: {spec!r} is not all, sampled or a comma-separated list of ids") from None
+    twice = sorted({c for c in ids if ids.count(c) > 1})
+    if twice:
+        raise UserError(f"--federated-clients {spec}: client {twice[0]} given twice; name each client once")
     bad = [c for c in ids if not 0 <= c < k_all]
     if bad or not ids:
         raise UserError(f"--federated-clients: {bad or spec!r} not among clients 0..{k_all - 1}")
