@@ -15,7 +15,14 @@ import warnings
 from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, prune, report, train
-from flatfl.cli.common import Parser, add_threads_argument, apply_threads, check_path_flags
+from flatfl.cli.common import (
+    Parser,
+    add_threads_argument,
+    apply_threads,
+    check_path_flags,
+    repeat_notes,
+    state_repeat_rule,
+)
 from flatfl.errors import DivergenceError, Interrupted, UserError
 
 # the errors of a write the OS refused: full disk, file-size limit (ulimit -f), quota, read-only, permissions
@@ -45,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():
         add_threads_argument(p)
         check_path_flags(p)
+    state_repeat_rule(top)
     return top
 
 
@@ -70,6 +78,8 @@ def _main(argv: Sequence[str] | None) -> int:
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
+    for note in repeat_notes(parser):  # a flag given twice: the last one counts, said once
+        say(one_line(note))
     # torch's forward-mode AD loads its decompositions through torch.jit.script, which warns on every
     # command that takes a jvp; it says nothing about the user's work
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
