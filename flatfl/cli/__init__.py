@@ -21,6 +21,7 @@ from flatfl.cli.common import (
     apply_threads,
     check_path_flags,
     repeat_notes,
+    said_before_output,
     state_repeat_rule,
 )
 from flatfl.errors import DivergenceError, Interrupted, UserError
@@ -78,14 +79,16 @@ def _main(argv: Sequence[str] | None) -> int:
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
-    for note in repeat_notes(parser):  # a flag given twice: the last one counts, said once
-        say(one_line(note))
+    # a flag given twice: the last one counts, said once -- before the command's first output, not before
+    # the one-line error of a command line it refuses
+    notes = [one_line(n) for n in repeat_notes(parser)] if os.environ.get("RANK", "0") == "0" else []
     # torch's forward-mode AD loads its decompositions through torch.jit.script, which warns on every
     # command that takes a jvp; it says nothing about the user's work
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     try:
         apply_threads(ns.get("threads"), say)
-        return COMMANDS[ns["command"]].run(ns)
+        with said_before_output(notes):
+            return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:
         if debug:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -146,6 +147,41 @@ def repeat_notes(parser: argparse.ArgumentParser) -> list[str]:
                 if getattr(sub, "_uses", None) is not None:
                     notes += repeat_notes(sub)
     return notes
+
+
+class _LinesFirst:
+    """A stream that writes ``pending`` (to ``to``) before its first text; everything else is the stream's."""
+
+    def __init__(self, stream: Any, pending: list[str], to: Any) -> None:
+        self._stream, self._pending, self._to = stream, pending, to
+
+    def write(self, text: str) -> int:
+        if self._pending and text:
+            lines, self._pending[:] = list(self._pending), []
+            self._to.write("".join(lines))
+            self._to.flush()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def said_before_output(lines: list[str]) -> Any:
+    """Write ``lines`` on stderr just before the first text the block writes (stdout or stderr), or at its end
+    when it wrote none; never when it raises without having written (a refused command line: its one-line
+    error stays alone)."""
+    if not lines:
+        yield
+        return
+    pending, err, out = list(lines), sys.stderr, sys.stdout
+    sys.stderr, sys.stdout = _LinesFirst(err, pending, err), _LinesFirst(out, pending, err)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stderr, sys.stdout = err, out
+    if pending:  # ended without an exception and without output
+        err.write("".join(pending))
 
 
 def reset_repeat_notes(parser: argparse.ArgumentParser) -> None:
