@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +216,56 @@ def test_said_before_output_waits_for_output_and_is_dropped_by_a_refusal(capsys)
         print("more", file=sys.stderr)
     got = capsys.readouterr()
     assert got.out == "out\n" and got.err == "flatfl: note: n\nmore\n", got
+
+
+# -- 3. wording: files that cannot be read, FIFOs and devices, resumed settings --------------------------------
+def test_access_error_text_tells_a_refused_read_from_a_refused_write(tmp_path, monkeypatch):
+    import errno
+
+    from flatfl.atomic import access_error_text
+
+    f = tmp_path / "sub" / "a.json"
+    f.parent.mkdir()
+    f.write_text("{}")
+    denied = PermissionError(errno.EACCES, "Permission denied", str(f))
+    can = {}  # path -> the modes os.access refuses there (root may do everything: simulated)
+    monkeypatch.setattr(os, "access", lambda p, mode: not (mode & can.get(str(p), 0)))
+    assert access_error_text(denied).startswith(f"{f}: cannot write (Permission denied); free space or fix")
+    can[str(f)] = os.R_OK
+    assert access_error_text(denied) == f"{f}: cannot read (Permission denied); fix its permissions, then run the " \
+        "command again"  # fmt: skip
+    can.clear()
+    can[str(f.parent)] = os.X_OK
+    text = access_error_text(denied)
+    assert f"cannot read (Permission denied); fix the permissions of the folder {f.parent}," in text, text
+    full = OSError(errno.ENOSPC, "No space left on device", str(f))
+    assert "cannot write (No space left on device)" in access_error_text(full)
+
+
+def test_fifos_and_devices_are_named_for_what_they_are(cli, two_runs, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (Path("/dev/null"), "a character device")):
+        code, _, err = cli("prune", path, "--keep", "1")
+        assert code == 2 and err == f"flatfl: error: {path}: {kind}, not a run folder (prune takes the folder " \
+            "flatfl train --out wrote)\n", err  # fmt: skip
+        code, _, err = cli("landscape", "--model", "flatfl.models.cnn:SmallCNN", "--weights", path, "--data",
+                           "digits", "--hessian", "--samples", "20", "--out", tmp_path / "l")  # fmt: skip
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"--weights: {path} is not a regular file ({kind})" in err and "does not exist" not in err, err
+        code, _, err = cli("landscape", "--ckpt", path, "--hessian")
+        assert code == 2 and f"--ckpt: {path} is not a regular file ({kind})" in err, err
+        code, _, err = cli("train", "--resume", path, "--rounds", "3")
+        assert code == 2 and f"--resume: {path} is not a folder ({kind})" in err, err
+
+
+def test_a_resumed_runs_settings_are_said_as_flags(cli, two_runs):
+    run = two_runs / "fedavg"  # no preset, weighted (FedAvg's default)
+    code, _, err = cli("train", "--resume", run, "--rounds", "3", "--preset", "paper")
+    assert code == 2 and "--preset paper differs from the resumed run, which has no preset (" in err, err
+    assert "None" not in err, err
+    code, _, err = cli("train", "--resume", run, "--rounds", "3", "--unweighted")
+    assert code == 2 and "--unweighted differs from the resumed run, which has --weighted (" in err, err
+    assert "False" not in err and "True" not in err, err
+    code, _, err = cli("train", "--resume", run, "--rounds", "3", "--augment")
+    assert code == 2 and "--augment differs from the resumed run, which has no --augment (" in err, err

@@ -102,11 +102,9 @@ def _main(argv: Sequence[str] | None) -> int:
             return 2
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        from flatfl.checkpoint import write_fix
+        from flatfl.atomic import access_error_text
 
-        fix = write_fix(exc.errno)
-        say(one_line(f"flatfl: error: {where}cannot write ({exc.strerror}); {fix}, then run the command again"))
+        say(one_line(f"flatfl: error: {access_error_text(exc)}"))  # a read refused is said as a read
         return 2
     except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot hold (a size flag far too large)
         text = str(exc)

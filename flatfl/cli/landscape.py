@@ -438,7 +438,10 @@ def check_ckpt_arg(path: Path) -> Path:
         hint = f", e.g. {ckpt.round_path(path, rounds[-1])} (its latest)" if rounds else ""
         raise UserError(f"--ckpt: {path} is a directory; pass one round_NNNN.safetensors file{hint}")
     if path.exists() and not path.is_file():  # a FIFO or a device (/dev/null)
-        raise UserError(f"--ckpt: {path} is not a regular file; pass one round_NNNN.safetensors file")
+        from flatfl.atomic import file_kind
+
+        kind = file_kind(path)
+        raise UserError(f"--ckpt: {path} is not a regular file ({kind}); pass one round_NNNN.safetensors file")
     if not path.is_file():
         raise UserError(f"--ckpt: {path} does not exist")
     return path
