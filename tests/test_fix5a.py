@@ -39,6 +39,17 @@ def test_a_flag_given_twice_with_different_values_gets_one_note_naming_both():
     assert notes == ["flatfl: note: --lr given twice (1, then 2): 2 counts"]
     notes = _notes("landscape", "--ckpt", "x", "--grid", "5", "--grid", "7", "--grid", "9")
     assert notes == ["flatfl: note: --grid given 3 times (5, 7, then 9): 9 counts"]
+    # an abbreviation argparse accepts is the same flag, named in full
+    assert _notes("landscape", "--ckpt", "x", "--grid", "5", "--gri", "7") == [
+        "flatfl: note: --grid given twice (5, then 7): 7 counts"
+    ]
+
+
+def test_a_parser_used_again_forgets_the_last_parse():
+    parser = build_parser()
+    parser.parse_args(["landscape", "--ckpt", "x", "--grid", "5", "--grid", "7"])
+    parser.parse_args(["prune", "r", "--keep", "1"])
+    assert repeat_notes(parser) == []
 
 
 def test_a_flag_repeated_with_the_same_value_and_repeatable_flags_are_silent():

@@ -93,6 +93,7 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        reset_repeat_notes(self)  # a subcommand an earlier parse chose and this one does not keeps no uses
         self._uses: list[tuple[argparse.Action, list[str], Any]] = []
         return super().parse_known_args(args, namespace)
 
