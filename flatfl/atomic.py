@@ -45,6 +45,57 @@ def os_error(path: Path, exc: OSError) -> UserError:
     return UserError(f"{path}: cannot write ({reason}); {write_fix(exc.errno)}, {then}")
 
 
+def file_kind(path: Path | str) -> str:
+    """What ``path`` is, for a message: "a folder", "a file", "a FIFO" (a named pipe), "a character device"
+    (/dev/null), "a block device", "a socket", "a broken symbolic link", or "nothing" (it does not exist)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "nothing"
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def unreadable_part(path: Path | str) -> Path | None:
+    """The part of ``path`` this process may not read: a folder on the way it may not enter (no x permission),
+    or ``path`` itself when it may not read it (a file without r, a folder without r or x); None when every
+    part is readable (a refused access was then a write)."""
+    path = Path(os.path.abspath(path))
+    for folder in reversed(path.parents):
+        if folder.is_dir() and not os.access(folder, os.X_OK):
+            return folder
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError:
+        return path
+    if is_dir and not os.access(path, os.R_OK | os.X_OK):
+        return path
+    if exists and not is_dir and not os.access(path, os.R_OK):
+        return path
+    return None
+
+
+def access_error_text(exc: OSError) -> str:
+    """The one line (without ``flatfl: error:``) for a filesystem error the OS raised outside the atomic
+    writers: a permission error on a path this process may not read is said as a read ("cannot read ...;
+    fix the permissions of X"), any other as the write it was (full disk, file-size limit, read-only)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+        part = unreadable_part(exc.filename)
+        if part is not None:
+            itself = part == Path(os.path.abspath(exc.filename))
+            whose = "its permissions" if itself else f"the permissions of the folder {part}"
+            return f"{where}cannot read ({exc.strerror}); fix {whose}, then run the command again"
+    return f"{where}cannot write ({exc.strerror}); {write_fix(exc.errno)}, then run the command again"
+
+
 def write_fix(err: int | None) -> str:
     """What to do about a write the OS refused: a file-size limit (``ulimit -f``, EFBIG) is not a full disk."""
     if err == errno.EFBIG:

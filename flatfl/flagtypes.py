@@ -118,7 +118,7 @@ def name_list(
     text: str, flag: str, choices: tuple[str, ...], alone: dict[str, tuple[str, ...]], what: str = "measure"
 ) -> tuple[str, ...]:
     """``--flag A,B`` as a tuple of ``choices``, or a word of ``alone`` given by itself (``all``, ``none``) as the
-    names it stands for; an unknown or repeated name is refused in one line."""
+    names it stands for; an unknown or repeated name, or none at all (an empty text), is refused in one line."""
     items = [s.strip() for s in text.split(",")]
     if len(items) > 1 and "" in items:  # 'a,,b' or 'a,': a name left out by mistake
         raise UserError(f"{flag} {text}: an empty name between commas; give comma-separated names")
@@ -126,6 +126,9 @@ def name_list(
     if len(names) == 1 and names[0] in alone:
         return alone[names[0]]
     words = ", ".join([*alone, *choices])
+    if not names:  # '--flag ""' (an unset shell variable): not a silent 'none'
+        off = f"{flag} none" if "none" in alone else "leave the flag out"
+        raise UserError(f"{flag} {text!r}: an empty list; name one or more of {words} (to measure none: {off})")
     bad = [n for n in names if n not in choices]
     if bad or not names:
         raise UserError(f"{flag}: unknown {what}(s) {bad or [text]}; choose from {words}")

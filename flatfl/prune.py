@@ -146,7 +146,10 @@ def check_run_folder(run_dir: Path) -> None:
             if (parent / ckpt.RUN_JSON).is_file() or (parent / ckpt.METRICS_FILE).is_file()
             else ""
         )
-        raise UserError(f"{run_dir}: a file, not a run folder (prune takes the folder flatfl train --out wrote){hint}")
+        from flatfl.atomic import file_kind
+
+        kind = file_kind(run_dir) if run_dir.exists() else "a broken symbolic link"
+        raise UserError(f"{run_dir}: {kind}, not a run folder (prune takes the folder flatfl train --out wrote){hint}")
     raise UserError(f"{run_dir}: no such run directory")
 
 

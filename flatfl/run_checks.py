@@ -26,7 +26,12 @@ def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     run_json = out / ckpt.RUN_JSON
     if resume:
         if out.exists() and not out.is_dir():  # a file, FIFO or device (/dev/null)
-            raise UserError(f"--resume: {out} is not a folder; give the run directory (the --out of flatfl train)")
+            from flatfl.atomic import file_kind
+
+            kind = file_kind(out)
+            raise UserError(
+                f"--resume: {out} is not a folder ({kind}); give the run directory (the --out of flatfl train)"
+            )
         if not out.is_dir():
             raise UserError(f"--resume: {out} does not exist; start the run without --resume")
         if not run_json.is_file():

@@ -462,6 +462,19 @@ def check_resume_flags(ns: dict[str, Any], saved: RunConfig, run_json: Path) -> 
             raise UserError(f"{flag}: does not apply to the {saved.algo} run being resumed ({run_json})")
         if values[k] != v:
             raise UserError(
-                f"{flag} {v} differs from the resumed run's {values[k]} ({run_json}); a resumed run keeps "
-                "its config: drop the flag, or start a new run with another --out"
+                f"{as_typed(k, v)} differs from the resumed run, which has {as_typed(k, values[k])} ({run_json}); "
+                "a resumed run keeps its config: drop the flag, or start a new run with another --out"
             )
+
+
+def as_typed(name: str, value: Any) -> str:
+    """Setting ``name`` = ``value`` the way a user types it: ``--lr 0.05``, ``--unweighted`` (weighted False),
+    ``--augment`` / ``no --augment`` (a switch), ``no preset`` (None: the flag left out)."""
+    flag = "--" + name.replace("_", "-")
+    if name == "weighted" and isinstance(value, bool):
+        return "--weighted" if value else "--unweighted"
+    if name in SWITCHES and isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    if value is None:
+        return f"no {name.replace('_', ' ')}"
+    return f"{flag} {value}"

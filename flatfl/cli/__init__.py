@@ -15,7 +15,15 @@ import warnings
 from collections.abc import Sequence
 
 from flatfl.cli import data, landscape, partition, prune, report, train
-from flatfl.cli.common import Parser, add_threads_argument, apply_threads, check_path_flags
+from flatfl.cli.common import (
+    Parser,
+    add_threads_argument,
+    apply_threads,
+    check_path_flags,
+    repeat_notes,
+    said_before_output,
+    state_repeat_rule,
+)
 from flatfl.errors import DivergenceError, Interrupted, UserError
 
 # the errors of a write the OS refused: full disk, file-size limit (ulimit -f), quota, read-only, permissions
@@ -45,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():
         add_threads_argument(p)
         check_path_flags(p)
+    state_repeat_rule(top)
     return top
 
 
@@ -70,12 +79,16 @@ def _main(argv: Sequence[str] | None) -> int:
     ns["_argv"] = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     # under torchrun every rank meets the same error: rank 0 alone reports it
     say = sys.stderr.write if os.environ.get("RANK", "0") == "0" else (lambda s: None)
+    # a flag given twice: the last one counts, said once -- before the command's first output, not before
+    # the one-line error of a command line it refuses
+    notes = [one_line(n) for n in repeat_notes(parser)] if os.environ.get("RANK", "0") == "0" else []
     # torch's forward-mode AD loads its decompositions through torch.jit.script, which warns on every
     # command that takes a jvp; it says nothing about the user's work
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     try:
         apply_threads(ns.get("threads"), say)
-        return COMMANDS[ns["command"]].run(ns)
+        with said_before_output(notes):
+            return COMMANDS[ns["command"]].run(ns)
     except UserError as exc:
         if debug:
             raise
@@ -89,11 +102,9 @@ def _main(argv: Sequence[str] | None) -> int:
             return 2
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        from flatfl.checkpoint import write_fix
+        from flatfl.atomic import access_error_text
 
-        fix = write_fix(exc.errno)
-        say(one_line(f"flatfl: error: {where}cannot write ({exc.strerror}); {fix}, then run the command again"))
+        say(one_line(f"flatfl: error: {access_error_text(exc)}"))  # a read refused is said as a read
         return 2
     except (MemoryError, RuntimeError) as exc:  # an allocation the machine cannot hold (a size flag far too large)
         text = str(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -68,12 +69,141 @@ def check_path_flags(parser: argparse.ArgumentParser) -> None:
             action.type = checked_path(str)
 
 
+REPEAT_RULE = (
+    "A single-valued option given more than once: the last one counts (a note on stderr names it when the "
+    "values differ)."
+)
+# actions that collect or count every use, and those that end the parse: given twice is their normal use
+_REPEATABLE = (
+    argparse._AppendAction,
+    argparse._AppendConstAction,
+    argparse._CountAction,
+    argparse._HelpAction,
+    argparse._VersionAction,
+    argparse._SubParsersAction,
+)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line and exit code 2 (no usage dump)."""
+    """argparse that reports errors as one line and exit code 2 (no usage dump), and records single-valued
+    options given more than once (:meth:`repeat_notes`): the last one counts, as in argparse, and is said."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"flatfl: error: {message} (see '{self.prog} --help')\n")
         raise SystemExit(2)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        reset_repeat_notes(self)  # a subcommand an earlier parse chose and this one does not keeps no uses
+        self._uses: list[tuple[argparse.Action, list[str], Any]] = []
+        return super().parse_known_args(args, namespace)
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        raw = list(arg_strings)
+        value = super()._get_values(action, arg_strings)
+        if action.option_strings and not isinstance(action, _REPEATABLE):
+            got = action.const if action.nargs == 0 else value  # store_true/const: the value is the constant
+            self.__dict__.setdefault("_uses", []).append((action, raw, got))
+        return value
+
+    def repeat_notes(self) -> list[str]:
+        """One ``flatfl: note:`` line per option (its dest: a flag and its aliases are one option) given more
+        than once in the last parse with different values; the same value repeated is silent."""
+        by_dest: dict[str, list[tuple[argparse.Action, list[str], Any]]] = {}
+        for use in getattr(self, "_uses", []):
+            by_dest.setdefault(use[0].dest, []).append(use)
+        notes = []
+        for uses in by_dest.values():
+            if len(uses) < 2 or all(_same(u[2], uses[0][2]) and u[0] is uses[0][0] for u in uses[1:]):
+                continue
+            name = getattr(uses[-1][0], "new_flag", "") or flag_name(uses[-1][0])  # an old alias: its new flag
+            one_flag = all(u[0] is uses[-1][0] for u in uses)
+            shown = [(" ".join(u[1]) if one_flag else " ".join([flag_name(u[0]), *u[1]])) or flag_name(u[0])
+                     for u in uses]  # fmt: skip
+            times = "twice" if len(uses) == 2 else f"{len(uses)} times"
+            listed = ", ".join(shown[:-1]) + f", then {shown[-1]}"
+            notes.append(f"flatfl: note: {name} given {times} ({listed}): {shown[-1]} counts")
+        return notes
+
+
+def flag_name(action: argparse.Action) -> str:
+    """The spelling of ``action``'s flag a message names: its longest ``--`` option string."""
+    long = [s for s in action.option_strings if s.startswith("--")] or list(action.option_strings)
+    return max(long, key=len)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # values without a plain equality (arrays): compare their text
+        return repr(a) == repr(b)
+
+
+def repeat_notes(parser: argparse.ArgumentParser) -> list[str]:
+    """The notes of :meth:`Parser.repeat_notes` of ``parser`` and of each subcommand parser the last parse
+    went through (the chosen ``COMMAND``, and ``data KIND``)."""
+    notes = parser.repeat_notes() if isinstance(parser, Parser) else []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                if getattr(sub, "_uses", None) is not None:
+                    notes += repeat_notes(sub)
+    return notes
+
+
+class _LinesFirst:
+    """A stream that writes ``pending`` (to ``to``) before its first text; everything else is the stream's."""
+
+    def __init__(self, stream: Any, pending: list[str], to: Any) -> None:
+        self._stream, self._pending, self._to = stream, pending, to
+
+    def write(self, text: str) -> int:
+        if self._pending and text:
+            lines, self._pending[:] = list(self._pending), []
+            self._to.write("".join(lines))
+            self._to.flush()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def said_before_output(lines: list[str]) -> Any:
+    """Write ``lines`` on stderr just before the first text the block writes (stdout or stderr), or at its end
+    when it wrote none; never when it raises without having written (a refused command line: its one-line
+    error stays alone)."""
+    if not lines:
+        yield
+        return
+    pending, err, out = list(lines), sys.stderr, sys.stdout
+    sys.stderr, sys.stdout = _LinesFirst(err, pending, err), _LinesFirst(out, pending, err)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stderr, sys.stdout = err, out
+    if pending:  # ended without an exception and without output
+        err.write("".join(pending))
+
+
+def reset_repeat_notes(parser: argparse.ArgumentParser) -> None:
+    """Forget every parser's recorded uses (a subcommand not chosen by the next parse keeps none)."""
+    parser.__dict__.pop("_uses", None)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                reset_repeat_notes(sub)
+
+
+def state_repeat_rule(parser: argparse.ArgumentParser) -> None:
+    """Add :data:`REPEAT_RULE` to the ``--help`` epilog of ``parser`` and of every subcommand under it."""
+    import textwrap
+
+    rule = textwrap.fill(REPEAT_RULE, 80)  # wrapped here too for the raw-text formatters (train, partition)
+    parser.epilog = f"{parser.epilog}\n\n{rule}" if parser.epilog else rule
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                state_repeat_rule(sub)
 
 
 MAX_THREADS_PER_CORE = 4  # --threads beyond this many per available core is refused (OpenMP crashes far above)

@@ -138,7 +138,8 @@ GROUP_HELP = {
 
 def add_measure_flags(p: Any, specs: Any) -> None:
     """The flags of the measures ``specs`` (:mod:`flatfl.runs.measures`), one --help group per spec group, each
-    flag once (the sharpness measures share theirs)."""
+    flag once (the sharpness measures share theirs). A help's ``(uses --a, --b)`` names only the flags ``p``
+    has (flatfl report fixes the Lanczos tolerance and the trace method: no --tol, no --trace-method)."""
     groups: dict[str, Any] = {}
     seen: set[str] = set()
     for spec in specs:
@@ -148,7 +149,21 @@ def add_measure_flags(p: Any, specs: Any) -> None:
             seen.add(flag.names[0])
             if spec.group not in groups:
                 groups[spec.group] = p.add_argument_group(spec.group, GROUP_HELP.get(spec.group))
-            groups[spec.group].add_argument(*flag.names, **flag.kwargs)
+            kwargs = dict(flag.kwargs)
+            if isinstance(kwargs.get("help"), str):
+                kwargs["help"] = _uses_own_flags(kwargs["help"], p)
+            groups[spec.group].add_argument(*flag.names, **kwargs)
+
+
+def _uses_own_flags(text: str, p: Any) -> str:
+    """``text`` with its ``(uses --a, --b)`` cut to the flags of parser ``p`` (the clause gone when none is)."""
+    import re
+
+    def keep(m: Any) -> str:
+        own = [f.strip() for f in m.group(1).split(",") if f.strip() in p._option_string_actions]
+        return f" (uses {', '.join(own)})" if own else ""
+
+    return re.sub(r" \(uses (--[^)]*)\)", keep, text)
 
 
 def _federated_arguments(p: Any, d: Any) -> None:
@@ -230,7 +245,7 @@ def implied_measures(ns: dict[str, Any]) -> dict[str, Any]:
         given = [k for k in keys if flag_given(ns, k) and not (k in ("tol", "max_vectors") and others)]
         if given:
             ns[measure] = True
-    if not ns.get("sharpness"):
+    if ns.get("sharpness") is None:  # '' is refused by _validated_measures, not read as left out
         named = sorted({m for k, m in SHARPNESS_OPTIONS.items() if flag_given(ns, k)})
         shared = [k for k in SHARPNESS_SHARED if flag_given(ns, k)]
         if shared and not named:
@@ -334,7 +349,7 @@ def _validated_measures(ns: dict[str, Any]) -> tuple[str, ...]:
     from flatfl.analysis.sharpness import SHARPNESS_MEASURES
 
     sharp: tuple[str, ...] = ()
-    if ns.get("sharpness"):
+    if ns.get("sharpness") is not None:
         sharp = name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"all": SHARPNESS_MEASURES})
     if ns.get("surface"):
         check_grid(ns["grid"], 2 if ns["surface"] == "2d" else 1)
@@ -469,7 +484,10 @@ def check_ckpt_arg(path: Path) -> Path:
         hint = f", e.g. {ckpt.round_path(path, rounds[-1])} (its latest)" if rounds else ""
         raise UserError(f"--ckpt: {path} is a directory; pass one round_NNNN.safetensors file{hint}")
     if path.exists() and not path.is_file():  # a FIFO or a device (/dev/null)
-        raise UserError(f"--ckpt: {path} is not a regular file; pass one round_NNNN.safetensors file")
+        from flatfl.atomic import file_kind
+
+        kind = file_kind(path)
+        raise UserError(f"--ckpt: {path} is not a regular file ({kind}); pass one round_NNNN.safetensors file")
     if not path.is_file():
         raise UserError(f"--ckpt: {path} does not exist")
     return path

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from flatfl.cli.common import SEED_RANGE, add_deprecated_alias, seed_t
+from flatfl.cli.common import SEED_RANGE, add_deprecated_alias, checked_path, seed_t
 
 
 def add_parser(sub: Any) -> None:
@@ -29,12 +29,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=seed_t, help=f"run seed (the partition depends on it), {SEED_RANGE} (default: 0)")
     p.add_argument(
         "--plot",
-        type=plot_arg,
+        type=checked_path(plot_arg),  # empty, over-long names: one argparse line, as every path flag
         metavar="PNG",
         help="heatmap file (default: partition.png); an existing folder, or a name ending in '/' (made if "
         "missing), gets partition.png inside; a name without a type gets .png",
     )
-    add_deprecated_alias(p, "--out", "--plot", "plot", type=plot_arg)
+    add_deprecated_alias(p, "--out", "--plot", "plot", type=checked_path(plot_arg))
 
 
 def heatmap(counts: np.ndarray, path: Path, title: str) -> Path:

@@ -418,11 +418,7 @@ def _report_settings(ns: dict[str, Any]) -> Any:
 
     connect = connect_settings(ns)  # before the registry's --connect SPEC of flatfl landscape reads the same names
 
-    sharp = (
-        name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"none": (), "all": SHARPNESS_MEASURES})
-        if ns["sharpness"].strip()
-        else ()
-    )
+    sharp = name_list(ns["sharpness"], "--sharpness", SHARPNESS_MEASURES, {"none": (), "all": SHARPNESS_MEASURES})
     device = analysis_device(ns["device"])
     from flatfl.analysis.trace import HUTCHPP_MIN_MATVECS
 

@@ -152,7 +152,15 @@ class _Paths:
 
     def path(self, a: Path, b: Path, slot: int | None, state: Callable[[], dict], cache: Path, what: str) -> dict:
         """The record of the path from checkpoint ``a`` to ``state()`` (checkpoint ``b``, or slot ``slot`` of
-        the clients file ``b``), cached in ``cache``."""
+        the clients file ``b``), cached in ``cache``; a curve whose training diverged is said on stderr and
+        marked in the record (``curve_diverged``: the note, else None)."""
+        rec = self._path(a, b, slot, state, cache, what)
+        rec["curve_diverged"] = landscape_connect.curve_diverged(rec["curve_loss"], self.cs.lr)
+        if rec["curve_diverged"]:
+            note(f"warning: {rec['curve_diverged']}")
+        return rec
+
+    def _path(self, a: Path, b: Path, slot: int | None, state: Callable[[], dict], cache: Path, what: str) -> dict:
         key = json.loads(json.dumps({"settings": self.key, "from_sha256": self.digest(a),
                                      "to_sha256": self.digest(b), "slot": slot}))  # fmt: skip
         try:

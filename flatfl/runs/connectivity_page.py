@@ -38,7 +38,7 @@ def _numbers(p: Mapping[str, Any]) -> dict[str, Any]:
     return {"line_barrier": p["line_barrier"], "curve_barrier": p["curve_barrier"], "loss_from": p["line_loss"][0],
             "loss_to": p["line_loss"][-1], "line_loss_max": max(p["line_loss"]),
             "curve_loss_max": max(p["curve_loss"]), "curve_loss_min": min(p["curve_loss"]),
-            "curve_dip": curve_dip(p)}  # fmt: skip
+            "curve_dip": curve_dip(p), "curve_diverged": bool(p.get("curve_diverged"))}  # fmt: skip
 
 
 def curve_dip(p: Mapping[str, Any]) -> float:
@@ -241,6 +241,10 @@ def connectivity_sections(conn: Mapping[str, Any] | None, out: Path, files: dict
     ]
     if read := reading(conn):
         body.append(read)
+    diverged = [p["curve_diverged"] for p in [*conn["pairs"], *conn["clients"]] if p.get("curve_diverged")]
+    if diverged:  # their curve barriers are nan: said where the numbers are read
+        body.append(f"<p><b>Warning.</b> {len(diverged)} of {len(conn['pairs']) + len(conn['clients'])} paths: "
+                    f"{html.escape(diverged[0])}.</p>")  # fmt: skip
     if conn["pairs"]:
         body.append("<h3>Between the groups' models of the same seed</h3>")
         cols = [("title", "condition"), ("reference", "from (t = 0)"), ("other", "to (t = 1)"), ("seed", "seed"),

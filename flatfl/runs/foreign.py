@@ -82,6 +82,11 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``), unwrapped."""
     if path.is_dir():
         raise UserError(f"--weights: {path} is a folder; give a .safetensors, .pt or .pth file")
+    if path.exists() and not path.is_file():  # a FIFO or a device (/dev/null): no state dict to read
+        from flatfl.atomic import file_kind
+
+        raise UserError(f"--weights: {path} is not a regular file ({file_kind(path)}); give a .safetensors, .pt or "
+                        ".pth file")  # fmt: skip
     if not path.is_file():
         raise UserError(f"--weights: {path} does not exist")
     try:

@@ -20,6 +20,19 @@ from flatfl.runs.settings import LandscapeSettings
 MAX_STEPS = 10**6
 
 
+def curve_diverged(curve_loss: Any, lr: float) -> str | None:
+    """The note for a Bézier curve whose training diverged (a loss along the trained curve that is not finite:
+    SGD on the bend overflowed, so its curve barrier is nan), else None. The straight line does not depend on it."""
+    import math
+
+    if all(math.isfinite(v) for v in curve_loss):
+        return None
+    return (
+        f"curve training diverged at --connect-lr {lr:g}: the loss along the trained Bezier curve is not finite "
+        f"(curve barrier nan; the straight line's is unaffected); lower --connect-lr (default: {ConnectSettings.lr:g})"
+    )
+
+
 @dataclass(frozen=True)
 class ConnectSettings:
     """The other end (a ``--to`` SPEC), SGD ``steps`` on the bend and their learning rate ``lr``."""
@@ -42,8 +55,12 @@ def compute(problem: Problem, s: ConnectSettings, ctx: Context) -> dict[str, Any
     except ValueError as exc:  # e.g. the same parameters as the checkpoint: no path to find
         raise UserError(f"--connect {s.to}: {exc}") from None
     ctx.log(f"connectivity to {label}: barrier line {r.line_barrier:.4g}, Bezier curve {r.curve_barrier:.4g}")
+    diverged = curve_diverged(r.curve_loss.tolist(), s.lr)
+    if diverged:
+        ctx.log(f"warning: --connect {s.to}: {diverged}")
     return {"to": label, "t": r.t.tolist(), "curve_loss": r.curve_loss.tolist(), "line_loss": r.line_loss.tolist(),
-            "curve_barrier": r.curve_barrier, "line_barrier": r.line_barrier, "steps": s.steps, "lr": s.lr}  # fmt: skip
+            "curve_barrier": r.curve_barrier, "line_barrier": r.line_barrier, "steps": s.steps, "lr": s.lr,
+            "curve_diverged": diverged}  # fmt: skip
 
 
 def from_flags(ns: dict[str, Any]) -> ConnectSettings | None:

@@ -47,7 +47,7 @@ class CurvatureSettings:
 
 def parse_curvature(text: str | None) -> tuple[str, ...]:
     """``--curvature ggn,ef`` as a tuple; a one-line error for an unknown or repeated kind."""
-    return name_list(text, "--curvature", CURVATURE_KINDS, {}, what="kind") if text else ()
+    return name_list(text, "--curvature", CURVATURE_KINDS, {}, what="kind") if text is not None else ()
 
 
 def _spec(kind: str) -> MeasureSpec:
