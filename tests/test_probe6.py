@@ -191,3 +191,24 @@ def test_a_run_reader_refuses_a_round_file_whose_metadata_name_another_round(run
     save_file(tensors, str(f), metadata={"flatfl": json.dumps({**meta, "round": 1})})
     with pytest.raises(UserError, match="say round 1, its name round 2"):
         Run.open(run).global_state(2)
+
+
+@pytest.mark.parametrize("name", [".flatfl-earlier", ".flatfl-cache", ".flatfl-staging-123"])
+def test_out_naming_a_hidden_folder_of_another_out_is_refused(cli, run3, tmp_path, name):
+    """--out OUT/.flatfl-earlier: a later landscape into OUT would move its older files in beside this set."""
+    out = tmp_path / "out" / name
+    code, _, err = _landscape(cli, run3, out, *CHEAP)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and name in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_partition_seed_with_a_partition_file_is_refused(cli, tmp_path):
+    """The file fixes the partition: --seed would change nothing but the heading ('seed 4')."""
+    import json
+
+    f = tmp_path / "partition.json"
+    f.write_text(json.dumps({"clients": [[0, 1], [2, 3]]}))
+    code, _, err = cli(
+        "partition", "--dataset", "digits", "--partition-file", f, "--seed", "4", "--plot", tmp_path / "p.png"
+    )
+    assert code == 2 and "--seed" in err and "--partition-file" in err and len(err.strip().splitlines()) == 1, err

@@ -101,6 +101,7 @@ def run(ns: dict[str, Any]) -> int:
     from flatfl.cli.train_flags import check_data_root, check_download
     from flatfl.config import RunConfig
     from flatfl.data import load_dataset
+    from flatfl.errors import UserError
     from flatfl.partition import label_counts
     from flatfl.sampling import make_partition
 
@@ -112,6 +113,8 @@ def run(ns: dict[str, Any]) -> int:
     cfg = RunConfig.from_flags(config_flags(ns))
     check_download(ns["download"], cfg)
     check_data_root("data_root" in ns, cfg)
+    if cfg.data.partition_file and "seed" in ns:  # the file fixes the partition; the heading said "seed N"
+        raise UserError("--seed: has no effect with --partition-file (the file fixes the partition); drop --seed")
     data = load_dataset(cfg.data, download=ns["download"])
     parts = make_partition(cfg, data)
     counts = label_counts(parts, data.train.y.numpy(), data.num_classes)
