@@ -179,7 +179,7 @@ def _check_run_info(path: Path, info: dict[str, Any]) -> None:
         (not isinstance(config, dict), "'config' is missing or not an object"),
         (not isinstance(info.get("identity"), str), "'identity' is missing or not a string"),
         (not isinstance(info.get("model"), dict), "'model' is missing or not an object"),
-        ("dataset" in info and not isinstance(info["dataset"], dict), "'dataset' is not an object"),
+        (info.get("dataset") is not None and not isinstance(info["dataset"], dict), "'dataset' is not an object"),
     ]
     for part, key in (
         ("model", "num_parameters"),

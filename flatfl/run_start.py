@@ -137,7 +137,7 @@ def check_description(out: Path, info: dict[str, Any]) -> None:
     for part, keys in DESCRIBED.items():
         have = stored.get(part)
         if not isinstance(have, dict):
-            raise UserError(f"{path}: '{part}' is {short(have)}, not an object; {EDITED}")
+            raise UserError(f"{path}: '{part}' is not an object ({short(have)}); {EDITED}")
         for key in (k for k in keys if k in have and have[k] != info[part][k]):
             raise UserError(
                 f"{path}: {part}.{key} is {short(have[key])}, the run's config rebuilds {short(info[part][key])}; "

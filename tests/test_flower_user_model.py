@@ -23,8 +23,9 @@ USER_APP = textwrap.dedent(
     from flwr.clientapp import ClientApp
     from torch import nn
 
-    def Net(hidden=16):
-        return nn.Sequential(nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, 10))
+    def Net(hidden=16, bn=False):
+        norm = [nn.BatchNorm1d(hidden)] if bn else []
+        return nn.Sequential(nn.Linear(64, hidden), *norm, nn.Tanh(), nn.Linear(hidden, 10))
 
     def _xy(lo, hi):  # 10 Gaussian classes in 64 dimensions
         g = torch.Generator().manual_seed(7)
@@ -82,18 +83,20 @@ def user_app(tmp_path, monkeypatch):
     return name
 
 
-def record(user_app: str, strategy, out, rounds: int = 3, test: str = "test_xy", overwrite=False, **config) -> None:
+def record(
+    user_app: str, strategy, out, rounds: int = 3, test: str = "test_xy", overwrite=False, kw=KW, **config
+) -> None:
     from flatfl.flower.local_grid import LocalGrid
     from flatfl.flower.recorder import RunRecorder
     from flatfl.flower.subjects import UserModel
 
     model = UserModel(
-        f"{user_app}:Net", KW, test_data=f"{user_app}:{test}", train_data=f"{user_app}:train_xy",
+        f"{user_app}:Net", kw, test_data=f"{user_app}:{test}", train_data=f"{user_app}:train_xy",
         num_clients=3, seed=1, save_clients=1,
     )  # fmt: skip
     rec = RunRecorder(strategy, out, model=model, overwrite=overwrite)
     client_app = __import__(user_app).app
-    rec.start(LocalGrid(client_app, 3, {"model": KW} | config), rec.initial_arrays(), num_rounds=rounds)
+    rec.start(LocalGrid(client_app, 3, {"model": kw} | config), rec.initial_arrays(), num_rounds=rounds)
 
 
 def test_a_user_model_run_is_recorded_and_measured(cli, user_app, tmp_path):
@@ -118,10 +121,17 @@ def test_a_user_model_run_is_recorded_and_measured(cli, user_app, tmp_path):
     assert code == 0, err
     lam = [json.loads((tmp_path / d / "landscape.json").read_text())["hessian"]["eigenvalues"][0] for d in "ab"]
     assert lam[0] > 0 and abs(lam[0] - lam[1]) <= 1e-9 * lam[1]
-    # BatchNorm re-estimation reads the train data run.json names
+    # BatchNorm re-estimation reads the train data run.json names (a model with BatchNorm; without, it would do
+    # nothing: refused in one line)
     code, _, err = cli("landscape", "--ckpt", last, "--data", "test", "--bn-reestimate", "2", "--surface", "1d",
-                       "--grid", "3", "--out", tmp_path / "bn")  # fmt: skip
+                       "--grid", "3", "--out", tmp_path / "nobn")  # fmt: skip
+    assert code == 2 and "--bn-reestimate" in err and "no" in err and len(err.strip().splitlines()) == 1, err
+    record(user_app, FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=3), tmp_path / "withbn",
+           rounds=1, kw=KW | {"bn": True})  # fmt: skip
+    code, _, err = cli("landscape", "--ckpt", tmp_path / "withbn" / "round_0001.safetensors", "--data", "test",
+                       "--bn-reestimate", "2", "--surface", "1d", "--grid", "3", "--out", tmp_path / "bn")  # fmt: skip
     assert code == 0, err
+    assert json.loads((tmp_path / "bn" / "landscape.json").read_text())["settings"]["bn_reestimate"] == 2
     # client data need flatfl's data set (a partition): one line
     code, _, err = cli("landscape", "--ckpt", tmp_path / "avg" / "round_0003.safetensors", "--data", "client:0",
                        "--hessian", "--out", tmp_path / "c")  # fmt: skip

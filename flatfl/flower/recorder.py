@@ -160,7 +160,7 @@ class RunRecorder(Strategy):
         if parts is None:
             ckpt.write_run_json(self.out, info)
         else:
-            partition = ckpt.partition_json_bytes({"clients": parts})
+            partition = ckpt.partition_json_bytes({"clients": parts, "split": self.subject.split()})
             ckpt.write_run_json(self.out, info | {"partition_sha256": ckpt.sha256_hex(partition)})
             ckpt.atomic_write_bytes(self.out / ckpt.PARTITION_JSON, partition)
         ckpt.save_round(self.out, 0, self._global, self.config, self.identity)
@@ -213,6 +213,7 @@ class RunRecorder(Strategy):
         losses = [float(m.get("train_loss", float("nan"))) for m in metric]
         clients = [c for _, c, _ in slots]
         self._check_keys(new_global, f"round {t}: the aggregated model")
+        new_global = self._model_dtypes(new_global)
         returned = None
         if saves_clients(self.subject.save_clients, t):
             returned = [from_record(next(iter(by_node[n].content.array_records.values()))) for n, _, _ in slots]
@@ -239,6 +240,14 @@ class RunRecorder(Strategy):
         ckpt.append_metrics(self.out, record)
         self._save_state(t)
         self._global = new_global
+
+    def _model_dtypes(self, state: StateDict) -> StateDict:
+        """``state`` in the recorded model's dtypes where a strategy averaged an integer buffer in floating point
+        (Flower's FedAvg gives BatchNorm's ``num_batches_tracked`` as float64): truncated and cast back, as
+        :func:`flatfl.statedict.weighted_average` does -- a round file must hold the model's own dtypes, which
+        every reader checks."""
+        fix = {k for k, v in state.items() if v.is_floating_point() and not self._global[k].is_floating_point()}
+        return {k: v.trunc().to(self._global[k].dtype) if k in fix else v for k, v in state.items()}
 
     def _check_keys(self, state: StateDict, what: str, want: StateDict | None = None) -> None:
         """One line when ``state`` is not a state dict of the recorded model (``want``, default the

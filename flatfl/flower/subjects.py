@@ -57,6 +57,12 @@ class RegistryModel:
         """Client -> training-set indices (partition.json), the split ``flatfl train`` draws from the config."""
         return [p.tolist() for p in self.parts]
 
+    def split(self) -> dict[str, Any] | None:
+        """partition.json's ``"split"``: the training set the indices refer to, as ``flatfl train`` records it."""
+        from flatfl.partition_file import split_record
+
+        return split_record(self.cfg.data, self.sim.data.train.y.numpy())
+
     def initial_state(self) -> StateDict:
         """Round 0's global model, seeded as ``flatfl train`` seeds it."""
         return self.sim.initial_state()
@@ -115,6 +121,10 @@ class UserModel:
     def partition(self) -> list[list[int]] | None:
         """None: the user's ClientApp splits its data, so there is no partition.json."""
         return None  # the user's ClientApp splits its data; flatfl never sees the split
+
+    def split(self) -> dict[str, Any] | None:
+        """None: no partition.json (see :meth:`partition`)."""
+        return None
 
     def initial_state(self) -> StateDict:
         """Round 0's model: the factory's weights with torch's generator seeded by ``seed`` (the caller's

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from flatfl.analysis.operators import ModelLoss
+from flatfl.atomic import file_kind
 from flatfl.errors import UserError
 from flatfl.runs.problem import Problem, from_tensors
 from flatfl.runs.settings import DTYPES, LandscapeSettings
@@ -83,8 +84,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise UserError(f"--weights: {path} is a folder; give a .safetensors, .pt or .pth file")
     if path.exists() and not path.is_file():  # a FIFO or a device (/dev/null): no state dict to read
-        from flatfl.atomic import file_kind
-
         raise UserError(f"--weights: {path} is not a regular file ({file_kind(path)}); give a .safetensors, .pt or "
                         ".pth file")  # fmt: skip
     if not path.is_file():
