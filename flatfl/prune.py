@@ -167,7 +167,7 @@ def prune(
         say(f"{run_dir}: {note}")
     ckpt.check_partition_file(run_dir, ckpt.read_run_json(run_dir))  # checked before the lock file is made in it
     lock = RunDir(Path(run_dir))
-    for note in lock.open(create=False):
+    for note in lock.open(create=False, doing="pruning this run"):
         say(f"{run_dir}: {note}")
     try:
         p = plan(run_dir, keep, keep_clients)

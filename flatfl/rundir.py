@@ -187,7 +187,7 @@ class RunDir:
         self._fd: int | None = None
 
     # -- lock ------------------------------------------------------------------------------
-    def open(self, create: bool) -> list[str]:
+    def open(self, create: bool, doing: str = "training this run") -> list[str]:
         """Lock the directory (making it with ``create``), then finish what a killed process left.
 
         Returns notes for the log (what was recovered)."""
@@ -197,7 +197,7 @@ class RunDir:
         elif out.exists() and not out.is_dir():
             raise UserError(f"--out: {out} exists and is not a directory")
         try:
-            fd = lock_dir(out, "training this run")
+            fd = lock_dir(out, doing)  # what a refused second writer is told this process is doing
         except UserError:
             self.close(failed=True)
             raise

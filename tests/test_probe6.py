@@ -193,12 +193,14 @@ def test_a_run_reader_refuses_a_round_file_whose_metadata_name_another_round(run
         Run.open(run).global_state(2)
 
 
-@pytest.mark.parametrize("name", [".flatfl-earlier", ".flatfl-cache", ".flatfl-staging-123"])
+@pytest.mark.parametrize("name", [".flatfl-earlier", ".flatfl-cache", ".flatfl-staging-123", ".flatfl-cache/mine",
+                                  ".flatfl-staging-999999/mine", ".flatfl-earlier/a/b"])  # fmt: skip
 def test_out_naming_a_hidden_folder_of_another_out_is_refused(cli, run3, tmp_path, name):
-    """--out OUT/.flatfl-earlier: a later landscape into OUT would move its older files in beside this set."""
+    """--out OUT/.flatfl-earlier: a later landscape into OUT would move its older files in beside this set; a set
+    in OUT/.flatfl-cache/mine or OUT/.flatfl-staging-N/mine would be removed with the cache or the staging folder."""
     out = tmp_path / "out" / name
     code, _, err = _landscape(cli, run3, out, *CHEAP)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and name in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err and name.split("/")[0] in err, err
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -212,3 +214,18 @@ def test_partition_seed_with_a_partition_file_is_refused(cli, tmp_path):
         "partition", "--dataset", "digits", "--partition-file", f, "--seed", "4", "--plot", tmp_path / "p.png"
     )
     assert code == 2 and "--seed" in err and "--partition-file" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_prune_says_in_the_lock_file_that_it_is_pruning(run3, tmp_path, monkeypatch):
+    """prune held the run's lock as "training this run": a trainer started meanwhile was told so."""
+    import shutil
+
+    import flatfl.prune as pr
+    from flatfl.rundir import LOCK_FILE
+
+    run = tmp_path / "run"
+    shutil.copytree(run3, run)
+    seen, real = [], pr.plan
+    monkeypatch.setattr(pr, "plan", lambda *a, **k: (seen.append((run / LOCK_FILE).read_text()), real(*a, **k))[1])
+    pr.prune(run, {0}, None, dry_run=True, say=lambda line: None)
+    assert seen == [f"{os.getpid()}\npruning this run\n"], seen

@@ -38,10 +38,11 @@ def check_own_folders(out: Path) -> None:
     are moved into the first and written into the second, so a symbolic link there would move or write them outside
     ``OUT`` (and replace what the link's target holds), and a file there fails mid-run. Either is refused in one line
     before anything is measured."""
-    if Path(out).name in (EARLIER_DIR, CACHE_DIR) or Path(out).name.startswith(STAGING_PREFIX):
+    own = [p for p in Path(out).parts if p in (EARLIER_DIR, CACHE_DIR) or p.startswith(STAGING_PREFIX)]
+    if own:  # a later landscape into the folder above replaces, clears or removes these folders and what they hold
         raise UserError(
-            f"--out: {out} is a folder flatfl keeps its own files in (an earlier set, the cache or a staging folder "
-            "of the folder above); name another --out"
+            f"--out: {out} is in {own[0]}, a folder flatfl keeps its own files in (an earlier set, the cache or a "
+            "staging folder of the folder above it); name another --out"
         )
     for name in (EARLIER_DIR, CACHE_DIR):
         path = Path(out) / name
