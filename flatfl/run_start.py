@@ -58,7 +58,7 @@ def run_partition(
 ) -> tuple[list[np.ndarray], list[Any] | None]:
     """The clients' indices -- drawn anew, or read back with the saved state on a resume (main rank reads)."""
 
-    def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict]:
+    def read_resume() -> tuple[list[list[int]], int, str, dict[str, Any], dict[str, Any], StateDict, dict[str, Any]]:
         info = resume_info(out, identity)
         parts = ckpt.read_partition(out, info)
         check_drawn(out / ckpt.PARTITION_JSON, info, cfg, data, parts)  # an index moved between clients
@@ -68,7 +68,7 @@ def run_partition(
         state_check.check_resume_state(out, info, start, (algo_name, cfg.algo, cfg.algo_config), st_tensors, st_json)
         global_cpu, _ = ckpt.load_round(ckpt.round_path(out, start), identity, start)
         check_finite(ckpt.round_path(out, start), global_cpu)
-        return parts, start, algo_name, st_tensors, st_json, global_cpu
+        return parts, start, algo_name, st_tensors, st_json, global_cpu, info  # info: run.json, checked
 
     if not resume:
         return make_partition(cfg, data), None
@@ -128,11 +128,11 @@ DESCRIBED = {  # run.json's description of the model and data, which a resume re
 }
 
 
-def check_description(out: Path, info: dict[str, Any]) -> None:
+def check_description(out: Path, stored: dict[str, Any], info: dict[str, Any]) -> None:
     """run.json's ``model`` and ``dataset`` records (outside the identity digest) are what this resume rebuilt
-    from the config; a field that differs was edited, or the data changed since the run was trained."""
+    from the config (``stored``: run.json as the resume read it); a field that differs was edited, or the data
+    changed since the run was trained."""
     path = out / ckpt.RUN_JSON
-    stored = ckpt.read_run_json(out)
     short = lambda v: repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."  # noqa: E731
     for part, keys in DESCRIBED.items():
         have = stored.get(part)
@@ -158,9 +158,9 @@ def restore_run(
     info: dict[str, Any],
 ) -> tuple[int, StateDict, StorageConfig | None]:
     """The saved global model and algorithm state, checked against the model; (start round, global, storage)."""
-    start, algo_name, st_tensors, st_json, global_cpu = resume_data
+    start, algo_name, st_tensors, st_json, global_cpu, stored = resume_data
     if main:
-        check_description(out, info)
+        check_description(out, stored, info)
     algo = sim.algorithm
     if algo_name != cfg.algo:
         raise UserError(f"{out / ckpt.STATE_FILE}: holds {algo_name} state but run.json says {cfg.algo}")

@@ -102,11 +102,16 @@ def resolution_text(comp: Mapping[str, Any]) -> str:
     return f"resolves {amount} at n = {p.get('n')}"
 
 
-def _row_summary(r: Mapping[str, Any], lab: str) -> str:
-    """A verdict row's summary cell for group ``lab``."""
-    return summary_text(
+def _row_parts(r: Mapping[str, Any], lab: str) -> tuple[str, str, str, str]:
+    """A verdict row's summary for group ``lab`` in :func:`summary_parts`' four parts."""
+    return summary_parts(
         r["groups"].get(lab), r["censored"].get(lab, 0), r.get("bounds") or (None, None), r.get("censor_radius")
     )
+
+
+def _row_summary(r: Mapping[str, Any], lab: str) -> str:
+    """A verdict row's summary cell for group ``lab`` (the text page)."""
+    return "".join(_row_parts(r, lab))
 
 
 def paired_text(p: Mapping[str, Any] | None, a: str = "A", b: str = "B") -> str:
@@ -132,7 +137,7 @@ def _summary_cell(r: Mapping[str, Any], lab: str, title: str) -> str:
     tip = ""
     if s and s.get("lo") is not None:
         tip = f" title='95% t-interval over seeds {html.escape(interval_text(s, r.get('bounds') or (None, None)))}'"
-    value, *rest = summary_parts(s, r["censored"].get(lab, 0), r.get("bounds") or (None, None), r.get("censor_radius"))
+    value, *rest = _row_parts(r, lab)
     details = "<br>".join(text_html(p.strip()) for p in rest if p.strip())
     body = text_html(value) + (f"<br><small>{details}</small>" if details else "")
     return f"<td data-label='{html.escape(f'{lab}, {title}')}'{tip}>{body}</td>"
